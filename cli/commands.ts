@@ -1,0 +1,155 @@
+// pnc's commands, with their I/O passed in so that tests can drive them. `pnc plan` previews
+// the rules a pod would get, without root and without a cluster.
+import { parseArgs } from "node:util";
+import { parseAllDocuments } from "yaml";
+import {
+  CaptureConfigError,
+  formatIssue,
+  parseCaptureConfig,
+  type CaptureConfigInput,
+} from "../contract/capture-config.ts";
+import { deriveCaptureInput } from "../functions/capture-from-pod.ts";
+import { parsePod, PodManifestError, type Pod } from "../functions/pod.ts";
+import { renderIptables } from "../node-runner/rules/iptables.ts";
+import { renderNftables } from "../node-runner/rules/nftables.ts";
+import { ipCommand, netSetupSteps } from "../node-runner/rules/routes.ts";
+
+/** Exit codes, documented in the README. */
+export const EXIT = {
+  ok: 0,
+  internal: 1,
+  invalidCapture: 2,
+  badInput: 3,
+  usage: 64,
+} as const;
+
+const USAGE = `usage:
+  pnc plan <pod.yaml|pod.json|-> [--backend iptables|nft] [--family v4|v6|both] [--json]
+
+  Prints the rules the node-runner would apply for the pod, derived the way istio-cni does
+  (annotations, istio-proxy env and securityContext). --family defaults to the pod's own
+  addresses (v4, or both when it has an IPv6 address); v6 and both preview IPv6 rules.
+
+exit codes: 0 ok, 2 invalid capture configuration, 3 unreadable input or not a Pod, 64 usage`;
+
+class UsageError extends Error {}
+class InputError extends Error {}
+
+export interface Io {
+  readonly stdout: (text: string) => void;
+  readonly stderr: (text: string) => void;
+  readonly readFile: (path: string) => string;
+  readonly readStdin: () => string;
+}
+
+export function runPnc(argv: readonly string[], io: Io): number {
+  try {
+    const [command, ...rest] = argv;
+    if (command === "plan") return plan(rest, io);
+    if (command === undefined || command === "help" || command === "--help" || command === "-h") {
+      io.stdout(`${USAGE}\n`);
+      return command === undefined ? EXIT.usage : EXIT.ok;
+    }
+    throw new UsageError(`unknown command ${JSON.stringify(command)}`);
+  } catch (err) {
+    if (err instanceof CaptureConfigError) {
+      io.stderr(`pnc: the pod's capture configuration is invalid; no rules would be applied:\n${err.issues.map((i) => `  - ${formatIssue(i)}`).join("\n")}\n`);
+      return EXIT.invalidCapture;
+    }
+    if (err instanceof InputError || err instanceof PodManifestError) {
+      io.stderr(`pnc: ${err.message}\n`);
+      return EXIT.badInput;
+    }
+    if (err instanceof UsageError || isParseArgsError(err)) {
+      io.stderr(`pnc: ${(err as Error).message}\n${USAGE}\n`);
+      return EXIT.usage;
+    }
+    io.stderr(`pnc: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    return EXIT.internal;
+  }
+}
+
+function isParseArgsError(err: unknown): boolean {
+  return err instanceof TypeError && typeof (err as { code?: unknown }).code === "string" && String((err as { code: string }).code).startsWith("ERR_PARSE_ARGS");
+}
+
+function plan(args: readonly string[], io: Io): number {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    options: {
+      backend: { type: "string", default: "iptables" },
+      family: { type: "string" },
+      json: { type: "boolean", default: false },
+    },
+  });
+  if (positionals.length !== 1) throw new UsageError("plan takes exactly one pod manifest (a path, or - for stdin)");
+  const backend = values.backend;
+  if (backend !== "iptables" && backend !== "nft") throw new UsageError(`--backend must be iptables or nft, not ${JSON.stringify(backend)}`);
+  const family = values.family;
+  if (family !== undefined && family !== "v4" && family !== "v6" && family !== "both") {
+    throw new UsageError(`--family must be v4, v6 or both, not ${JSON.stringify(family)}`);
+  }
+
+  const source = positionals[0] as string;
+  const pod = readPod(source, io);
+  const derived = deriveCaptureInput(pod);
+  const input: CaptureConfigInput = family === undefined ? derived.input : { ...derived.input, enableIPv6: family !== "v4" };
+  const config = parseCaptureConfig(input, derived.sources);
+  const showV4 = family !== "v6";
+  const showV6 = config.enableIPv6 && family !== "v4";
+  const netSetup = netSetupSteps(config).filter((s) => (s.family === 4 ? showV4 : showV6));
+  const podName = `${pod.metadata.namespace ?? "default"}/${pod.metadata.name ?? "(unnamed)"}`;
+
+  if (backend === "nft") {
+    const nft = renderNftables(config);
+    if (values.json) {
+      io.stdout(`${JSON.stringify({ pod: podName, backend, capture: input, nft: nft.script, netSetup: stepsJson(netSetup) }, null, 2)}\n`);
+      return EXIT.ok;
+    }
+    io.stdout(`# pod ${podName}: nft -f - (one transaction, IPv4${config.enableIPv6 ? " and IPv6" : ""} in inet tables)\n${nft.script}`);
+  } else {
+    const ipt = renderIptables(config);
+    if (values.json) {
+      const out = {
+        pod: podName,
+        backend,
+        capture: input,
+        iptables: { v4: showV4 ? ipt.v4.restore : null, v6: showV6 && ipt.v6 !== null ? ipt.v6.restore : null },
+        netSetup: stepsJson(netSetup),
+      };
+      io.stdout(`${JSON.stringify(out, null, 2)}\n`);
+      return EXIT.ok;
+    }
+    if (showV4) io.stdout(`# pod ${podName}: iptables-restore --noflush (IPv4)\n${ipt.v4.restore}`);
+    if (showV6 && ipt.v6 !== null) io.stdout(`# pod ${podName}: ip6tables-restore --noflush (IPv6)\n${ipt.v6.restore}`);
+    if (family === "v6" && !config.enableIPv6) io.stdout(`# pod ${podName}: no IPv6 rules\n`);
+  }
+  if (!values.json && netSetup.length > 0) {
+    io.stdout(`# network setup\n${netSetup.map((s) => `ip ${ipCommand(s, "add").join(" ")}`).join("\n")}\n`);
+  }
+  return EXIT.ok;
+}
+
+function stepsJson(steps: ReturnType<typeof netSetupSteps>): unknown[] {
+  return steps.map((s) => ({ ...s, argv: ["ip", ...ipCommand(s, "add")] }));
+}
+
+/** Read one Pod from a YAML or JSON file (or stdin for "-"). */
+function readPod(source: string, io: Io): Pod {
+  let text: string;
+  try {
+    text = source === "-" ? io.readStdin() : io.readFile(source);
+  } catch (err) {
+    throw new InputError(`cannot read ${source === "-" ? "stdin" : source}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  const docs = parseAllDocuments(text, { prettyErrors: true });
+  if (!Array.isArray(docs)) throw new InputError(`${source}: no YAML document found`);
+  const nonEmpty = docs.filter((d) => d.contents !== null);
+  if (nonEmpty.length !== 1) throw new InputError(`${source}: expected exactly one Pod manifest, found ${nonEmpty.length} documents`);
+  const doc = nonEmpty[0];
+  if (doc === undefined || doc.errors.length > 0) {
+    throw new InputError(`${source}: not valid YAML/JSON: ${doc?.errors.map((e) => e.message).join("; ") ?? ""}`);
+  }
+  return parsePod(doc.toJS({ maxAliasCount: 50 }));
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env -S node --import tsx
+// pnc — the project's command line (see `pnc help`).
+import { readFileSync } from "node:fs";
+import { runPnc } from "./commands.ts";
+
+// Output piped into `head` and closed early is not an error.
+process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+  if (err.code === "EPIPE") process.exit(process.exitCode ?? 0);
+  throw err;
+});
+
+process.exitCode = runPnc(process.argv.slice(2), {
+  stdout: (text) => process.stdout.write(text),
+  stderr: (text) => process.stderr.write(text),
+  readFile: (path) => readFileSync(path, "utf8"),
+  readStdin: () => readFileSync(0, "utf8"),
+});
