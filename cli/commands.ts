@@ -61,7 +61,7 @@ export function runPnc(argv: readonly string[], io: Io): number {
       return EXIT.badInput;
     }
     if (err instanceof UsageError || isParseArgsError(err)) {
-      io.stderr(`pnc: ${(err as Error).message}\n${USAGE}\n`);
+      io.stderr(`pnc: ${err.message}\n${USAGE}\n`);
       return EXIT.usage;
     }
     io.stderr(`pnc: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
@@ -69,8 +69,9 @@ export function runPnc(argv: readonly string[], io: Io): number {
   }
 }
 
-function isParseArgsError(err: unknown): boolean {
-  return err instanceof TypeError && typeof (err as { code?: unknown }).code === "string" && String((err as { code: string }).code).startsWith("ERR_PARSE_ARGS");
+function isParseArgsError(err: unknown): err is Error {
+  const code: unknown = err instanceof TypeError ? (err as TypeError & { code?: unknown }).code : undefined;
+  return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS");
 }
 
 function plan(args: readonly string[], io: Io): number {
@@ -123,9 +124,8 @@ function plan(args: readonly string[], io: Io): number {
     }
     if (showV4) io.stdout(`# pod ${podName}: iptables-restore --noflush (IPv4)\n${ipt.v4.restore}`);
     if (showV6 && ipt.v6 !== null) io.stdout(`# pod ${podName}: ip6tables-restore --noflush (IPv6)\n${ipt.v6.restore}`);
-    if (family === "v6" && !config.enableIPv6) io.stdout(`# pod ${podName}: no IPv6 rules\n`);
   }
-  if (!values.json && netSetup.length > 0) {
+  if (netSetup.length > 0) {
     io.stdout(`# network setup\n${netSetup.map((s) => `ip ${ipCommand(s, "add").join(" ")}`).join("\n")}\n`);
   }
   return EXIT.ok;

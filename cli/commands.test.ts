@@ -1,0 +1,127 @@
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { describe, test } from "node:test";
+import fc from "fast-check";
+import { EXIT, runPnc, type Io } from "./commands.ts";
+
+const root = path.resolve(import.meta.dirname, "..");
+const example = (name: string): string => path.join(root, "examples", name);
+
+function run(argv: string[], stdin = ""): { code: number; out: string; err: string } {
+  let out = "";
+  let err = "";
+  const io: Io = {
+    stdout: (t) => (out += t),
+    stderr: (t) => (err += t),
+    readFile: (p) => readFileSync(p, "utf8"),
+    readStdin: () => stdin,
+  };
+  const code = runPnc(argv, io);
+  return { code, out, err };
+}
+
+describe("pnc plan", () => {
+  test("an injected pod gets Istio's default rule set", () => {
+    const { code, out, err } = run(["plan", example("injected-pod.yaml")]);
+    assert.equal(code, EXIT.ok, err);
+    assert.match(out, /^# pod shop\/web-1: iptables-restore --noflush \(IPv4\)\n\* nat\n/);
+    assert.match(out, /-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n/);
+    assert.match(out, /-A ISTIO_OUTPUT -j ISTIO_REDIRECT\nCOMMIT\n$/);
+    assert.doesNotMatch(out, /ip6tables/);
+  });
+
+  test("TPROXY dual-stack pod: both families and the route steps", () => {
+    const { code, out } = run(["plan", example("tproxy-dual-stack-pod.yaml")]);
+    assert.equal(code, EXIT.ok);
+    assert.match(out, /\(IPv4\)\n\* mangle\n/);
+    assert.match(out, /\(IPv6\)\n\* mangle\n/);
+    assert.match(out, /ip -4 rule add fwmark 1337 lookup 133\n/);
+    assert.match(out, /ip -6 route add local default dev lo table 133\n/);
+    const v4only = run(["plan", example("tproxy-dual-stack-pod.yaml"), "--family", "v4"]).out;
+    assert.doesNotMatch(v4only, /IPv6|ip -6/);
+  });
+
+  test("--family v6 previews IPv6 rules for an IPv4 pod", () => {
+    const { out } = run(["plan", example("injected-pod.yaml"), "--family", "v6"]);
+    assert.match(out, /\(IPv6\)\n/);
+    assert.match(out, /-s ::6\/128/);
+    assert.doesNotMatch(out, /\(IPv4\)/);
+  });
+
+  test("--backend nft prints one transaction", () => {
+    const { code, out } = run(["plan", example("injected-pod.yaml"), "--backend", "nft"]);
+    assert.equal(code, EXIT.ok);
+    assert.match(out, /add table inet istio-proxy-nat\nflush table inet istio-proxy-nat\n/);
+  });
+
+  test("--json is machine-readable", () => {
+    const { out } = run(["plan", example("injected-pod.yaml"), "--json"]);
+    const parsed = JSON.parse(out) as { pod: string; capture: { inboundPortsExclude: string }; iptables: { v4: string; v6: null } };
+    assert.equal(parsed.pod, "shop/web-1");
+    assert.equal(parsed.capture.inboundPortsExclude, "15020,15021,15090");
+    assert.match(parsed.iptables.v4, /^\* nat\n/);
+    assert.equal(parsed.iptables.v6, null);
+  });
+
+  test("invalid annotations: readable error naming each annotation, exit 2, no rules printed", () => {
+    const { code, out, err } = run(["plan", example("invalid-annotations-pod.yaml")]);
+    assert.equal(code, EXIT.invalidCapture);
+    assert.equal(out, "");
+    assert.match(err, /annotation traffic\.sidecar\.istio\.io\/excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
+    assert.match(err, /annotation traffic\.sidecar\.istio\.io\/excludeOutboundPorts: "70000" is invalid/);
+    assert.match(err, /annotation traffic\.sidecar\.istio\.io\/excludeOutboundIPRanges: "10\.96\.0\.1" is invalid: a CIDR needs a prefix length/);
+  });
+
+  test("reads JSON from stdin", () => {
+    const pod = { apiVersion: "v1", kind: "Pod", metadata: { name: "j", namespace: "x" }, spec: { containers: [{ name: "istio-proxy" }] } };
+    const { code, out } = run(["plan", "-"], JSON.stringify(pod));
+    assert.equal(code, EXIT.ok);
+    assert.match(out, /# pod x\/j/);
+  });
+
+  test("bad input and usage errors have their own exit codes", () => {
+    assert.equal(run(["plan", "/nonexistent/pod.yaml"]).code, EXIT.badInput);
+    assert.equal(run(["plan", "-"], "kind: Service\nmetadata: {}\n").code, EXIT.badInput);
+    assert.equal(run(["plan", "-"], "a: [\n").code, EXIT.badInput);
+    assert.equal(run(["plan", "-"], "---\nmetadata: {}\n---\nmetadata: {}\n").code, EXIT.badInput);
+    assert.equal(run(["plan", "-"], "").code, EXIT.badInput);
+    assert.equal(run(["plan", "-"], "metadata: 5\n").code, EXIT.badInput);
+    assert.equal(run(["plan"]).code, EXIT.usage);
+    assert.equal(run(["plan", "a", "b"]).code, EXIT.usage);
+    assert.equal(run(["plan", "-", "--backend", "pf"]).code, EXIT.usage);
+    assert.equal(run(["plan", "-", "--family", "v5"]).code, EXIT.usage);
+    assert.equal(run(["plan", "-", "--bogus"]).code, EXIT.usage);
+    assert.equal(run(["frobnicate"]).code, EXIT.usage);
+    assert.equal(run([]).code, EXIT.usage);
+    assert.equal(run(["help"]).code, EXIT.ok);
+  });
+
+  test("property: any text on stdin ends in ok, invalid-capture or bad-input, never an internal error", () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.string({ unit: "binary", maxLength: 200 }),
+          fc.jsonValue({ maxDepth: 4 }).map((v) => JSON.stringify(v)),
+          fc.record({ metadata: fc.record({ annotations: fc.dictionary(fc.string({ maxLength: 60 }), fc.string({ unit: "binary", maxLength: 30 })) }) }).map((v) => JSON.stringify(v)),
+        ),
+        (text) => {
+          const { code, err } = run(["plan", "-"], text);
+          assert.ok([EXIT.ok, EXIT.invalidCapture, EXIT.badInput].includes(code as 0 | 2 | 3), `exit ${code}: ${err}`);
+        },
+      ),
+      { numRuns: 1500 },
+    );
+  });
+
+  test("the real CLI process: exit codes and output streams", () => {
+    const cli = path.join(root, "cli", "pnc.ts");
+    const ok = execFileSync(process.execPath, ["--import", "tsx", cli, "plan", example("injected-pod.yaml")], { cwd: root, encoding: "utf8" });
+    assert.match(ok, /^# pod shop\/web-1/);
+    const bad = spawnSync(process.execPath, ["--import", "tsx", cli, "plan", example("invalid-annotations-pod.yaml")], { cwd: root, encoding: "utf8" });
+    assert.equal(bad.status, EXIT.invalidCapture);
+    assert.equal(bad.stdout, "");
+    assert.match(bad.stderr, /excludeInterfaces/);
+  });
+});
