@@ -1,0 +1,450 @@
+// A real, local control plane for tests and the demo: etcd, kube-apiserver (RBAC on,
+// service-account token signing, an admin token) and, on request, Knative's ApiServerSource
+// receive adapter, all on loopback. Binaries come from test/controlplane/build.sh.
+//
+// Every start gets a fresh directory named pnc-cp-<pid>-<random> under the system temp dir;
+// stop() kills every process it started (by process group) and removes the directory. A run
+// that was killed is cleaned up by the next start (see reapStaleRuns).
+import { spawn, type ChildProcess } from "node:child_process";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { createWriteStream, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, appendFileSync } from "node:fs";
+import https from "node:https";
+import http from "node:http";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import * as k8s from "@kubernetes/client-node";
+
+export const CACHE_DIR = process.env.PNC_CACHE_DIR ?? path.join(os.homedir(), ".cache", "pnc-controlplane");
+export const BIN = {
+  etcd: path.join(CACHE_DIR, "bin", "etcd"),
+  kubeApiserver: path.join(CACHE_DIR, "bin", "kube-apiserver"),
+  adapter: path.join(CACHE_DIR, "bin", "apiserver_receive_adapter"),
+};
+/** Knative's adapter serves health probes on this fixed port: nothing else may use it. */
+export const ADAPTER_HEALTH_PORT = 8080;
+
+const RUN_PREFIX = "pnc-cp-";
+const SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local";
+
+/** undefined when the binaries are built; otherwise why the control plane cannot start. */
+export function missingBinariesReason(): string | undefined {
+  const missing = Object.values(BIN).filter((p) => !existsSync(p));
+  if (missing.length === 0) return undefined;
+  return `control-plane binaries not built (${missing.map((p) => path.basename(p)).join(", ")}): run test/controlplane/build.sh`;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => {
+        if (address === null || typeof address === "string") reject(new Error("no port"));
+        else resolve(address.port);
+      });
+    });
+  });
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function killGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+/** Remove what earlier runs left behind when they were killed before stop(). */
+export function reapStaleRuns(): number {
+  let reaped = 0;
+  for (const entry of readdirSync(os.tmpdir())) {
+    const match = /^pnc-cp-(\d+)-/.exec(entry);
+    if (match === null || pidAlive(Number(match[1]))) continue;
+    const dir = path.join(os.tmpdir(), entry);
+    const pidsFile = path.join(dir, "pids");
+    if (existsSync(pidsFile)) {
+      for (const line of readFileSync(pidsFile, "utf8").split("\n")) {
+        if (line !== "") killGroup(Number(line), "SIGKILL");
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+    reaped++;
+  }
+  return reaped;
+}
+
+interface Managed {
+  readonly name: string;
+  readonly child: ChildProcess;
+  readonly exited: Promise<void>;
+}
+
+async function waitFor(what: string, timeoutMs: number, probe: () => Promise<boolean>, failed?: () => string | undefined): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const reason = failed?.();
+    if (reason !== undefined) throw new Error(`${what}: ${reason}`);
+    if (await probe().catch(() => false)) return;
+    if (Date.now() > deadline) throw new Error(`${what}: not ready after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+function httpStatus(url: string, options: { ca?: Buffer; token?: string } = {}): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    const request = (u.protocol === "https:" ? https : http).get(
+      url,
+      {
+        ...(options.ca === undefined ? {} : { ca: options.ca }),
+        headers: options.token === undefined ? {} : { authorization: `Bearer ${options.token}` },
+        timeout: 2000,
+      },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      },
+    );
+    request.on("timeout", () => request.destroy(new Error("timeout")));
+    request.on("error", reject);
+  });
+}
+
+export interface AdapterOptions {
+  /** Where events go (the function's URL). */
+  readonly sink: string;
+  /** Namespace the adapter "runs in" (its ServiceAccount and ConfigMaps live there). */
+  readonly namespace?: string;
+  /** Server-side label selector for pods. */
+  readonly labelSelector?: string;
+  readonly mode?: "Resource" | "Reference";
+}
+
+export interface Adapter {
+  readonly logFile: string;
+  stop(): Promise<void>;
+}
+
+export interface ControlPlane {
+  readonly dir: string;
+  readonly server: string;
+  readonly caFile: string;
+  readonly ca: Buffer;
+  readonly adminToken: string;
+  /** A client configuration for a bearer token (admin when omitted). */
+  kubeConfig(token?: string): k8s.KubeConfig;
+  /** A kubeconfig file for a bearer token, for processes (the adapter, the node-runner). */
+  writeKubeconfig(name: string, token: string): string;
+  /** Create (if missing) a namespace and its default ServiceAccount (no controller-manager runs here). */
+  ensureNamespace(name: string): Promise<void>;
+  /** A real, API-signed token for a ServiceAccount (created if missing). */
+  serviceAccountToken(namespace: string, name: string): Promise<string>;
+  startAdapter(options: AdapterOptions): Promise<Adapter>;
+  /** Install Knative's CRDs (ApiServerSource, PingSource, Broker, Trigger, Service, ...) and wait until they serve. */
+  installKnativeCrds(): Promise<string[]>;
+  /** Processes still running (for leak checks). */
+  pids(): number[];
+  stop(): Promise<void>;
+}
+
+export async function startControlPlane(options: { log?: (line: string) => void } = {}): Promise<ControlPlane> {
+  const missing = missingBinariesReason();
+  if (missing !== undefined) throw new Error(missing);
+  const log = options.log ?? ((): void => undefined);
+  reapStaleRuns();
+
+  const dir = mkdtempSync(path.join(os.tmpdir(), `${RUN_PREFIX}${process.pid}-`));
+  const pidsFile = path.join(dir, "pids");
+  writeFileSync(pidsFile, "");
+  const managed: Managed[] = [];
+
+  const start = (name: string, command: string, args: string[], env: NodeJS.ProcessEnv = {}): Managed => {
+    const logPath = path.join(dir, `${name}.log`);
+    const out = createWriteStream(logPath);
+    // Own process group, so that stop() (and a later reap) reaches everything it forks.
+    const child = spawn(command, args, { detached: true, stdio: ["ignore", "pipe", "pipe"], env: { PATH: process.env.PATH, ...env } });
+    child.stdout.pipe(out);
+    child.stderr.pipe(out);
+    if (child.pid !== undefined) appendFileSync(pidsFile, `${child.pid}\n`);
+    const exited = new Promise<void>((resolve) => {
+      child.once("exit", () => {
+        resolve();
+      });
+    });
+    const m = { name, child, exited };
+    managed.push(m);
+    return m;
+  };
+  const exitedEarly = (m: Managed) => (): string | undefined =>
+    m.child.exitCode === null && m.child.signalCode === null
+      ? undefined
+      : `exited (${m.child.exitCode ?? m.child.signalCode ?? "?"}); log:\n${tail(path.join(dir, `${m.name}.log`))}`;
+
+  const stopAll = async (): Promise<void> => {
+    for (const m of [...managed].reverse()) {
+      if (m.child.pid === undefined || m.child.exitCode !== null || m.child.signalCode !== null) continue;
+      killGroup(m.child.pid, "SIGTERM");
+      const timer = setTimeout(() => {
+        if (m.child.pid !== undefined) killGroup(m.child.pid, "SIGKILL");
+      }, 5000);
+      await m.exited;
+      clearTimeout(timer);
+    }
+  };
+
+  try {
+    // etcd
+    const [etcdClient, etcdPeer] = [await freePort(), await freePort()];
+    const etcd = start("etcd", BIN.etcd, [
+      "--data-dir", path.join(dir, "etcd"),
+      "--listen-client-urls", `http://127.0.0.1:${etcdClient}`,
+      "--advertise-client-urls", `http://127.0.0.1:${etcdClient}`,
+      "--listen-peer-urls", `http://127.0.0.1:${etcdPeer}`,
+      "--initial-advertise-peer-urls", `http://127.0.0.1:${etcdPeer}`,
+      "--initial-cluster", `default=http://127.0.0.1:${etcdPeer}`,
+      "--listen-metrics-urls", `http://127.0.0.1:${await freePort()}`,
+      "--log-level", "warn",
+      "--unsafe-no-fsync",
+    ]);
+    log(`etcd starting on 127.0.0.1:${etcdClient}`);
+    await waitFor("etcd", 30_000, async () => (await httpStatus(`http://127.0.0.1:${etcdClient}/health`)) === 200, exitedEarly(etcd));
+
+    // kube-apiserver
+    const adminToken = randomBytes(24).toString("hex");
+    writeFileSync(path.join(dir, "tokens.csv"), `${adminToken},admin,admin,"system:masters"\n`, { mode: 0o600 });
+    const { privateKey, publicKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+    writeFileSync(path.join(dir, "sa.key"), privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
+    writeFileSync(path.join(dir, "sa.pub"), publicKey.export({ type: "spki", format: "pem" }));
+    const apiPort = await freePort();
+    const certDir = path.join(dir, "pki");
+    const apiserver = start("kube-apiserver", BIN.kubeApiserver, [
+      "--etcd-servers", `http://127.0.0.1:${etcdClient}`,
+      "--bind-address", "127.0.0.1",
+      "--advertise-address", "127.0.0.1",
+      // No Service endpoints for the API server itself: loopback is not allowed there, and nothing here needs them.
+      "--endpoint-reconciler-type", "none",
+      "--secure-port", String(apiPort),
+      "--cert-dir", certDir,
+      "--authorization-mode", "RBAC",
+      "--token-auth-file", path.join(dir, "tokens.csv"),
+      "--service-account-issuer", SERVICE_ACCOUNT_ISSUER,
+      "--api-audiences", SERVICE_ACCOUNT_ISSUER,
+      "--service-account-key-file", path.join(dir, "sa.pub"),
+      "--service-account-signing-key-file", path.join(dir, "sa.key"),
+      "--service-cluster-ip-range", "10.96.0.0/16",
+      "--allow-privileged",
+      "--profiling=false",
+      "--v", "1",
+    ]);
+    const server = `https://127.0.0.1:${apiPort}`;
+    const caFile = path.join(certDir, "apiserver.crt");
+    log(`kube-apiserver starting on ${server}`);
+    let ca = Buffer.alloc(0);
+    await waitFor("kube-apiserver", 90_000, async () => {
+      if (!existsSync(caFile)) return false;
+      ca = readFileSync(caFile);
+      return (await httpStatus(`${server}/readyz`, { ca, token: adminToken })) === 200;
+    }, exitedEarly(apiserver));
+
+    const kubeConfig = (token: string = adminToken): k8s.KubeConfig => {
+      const kc = new k8s.KubeConfig();
+      kc.loadFromOptions({
+        clusters: [{ name: "local", server, caFile }],
+        users: [{ name: "user", token }],
+        contexts: [{ name: "local", cluster: "local", user: "user" }],
+        currentContext: "local",
+      });
+      return kc;
+    };
+    const core = kubeConfig().makeApiClient(k8s.CoreV1Api);
+
+    const ensureNamespace = async (name: string): Promise<void> => {
+      await createIgnoringConflict(() => core.createNamespace({ body: { metadata: { name } } }));
+      await createIgnoringConflict(() => core.createNamespacedServiceAccount({ namespace: name, body: { metadata: { name: "default" } } }));
+    };
+    const serviceAccountToken = async (namespace: string, name: string): Promise<string> => {
+      await ensureNamespace(namespace);
+      await createIgnoringConflict(() => core.createNamespacedServiceAccount({ namespace, body: { metadata: { name } } }));
+      const request = await core.createNamespacedServiceAccountToken({
+        name,
+        namespace,
+        body: { spec: { audiences: [SERVICE_ACCOUNT_ISSUER], expirationSeconds: 24 * 3600 } },
+      });
+      const token = request.status?.token;
+      if (token === undefined) throw new Error(`no token issued for ${namespace}/${name}`);
+      return token;
+    };
+    const writeKubeconfig = (name: string, token: string): string => {
+      const file = path.join(dir, `${name}.kubeconfig`);
+      writeFileSync(file, kubeConfig(token).exportConfig(), { mode: 0o600 });
+      return file;
+    };
+
+    const startAdapter = async (a: AdapterOptions): Promise<Adapter> => {
+      const namespace = a.namespace ?? "podnet-system";
+      const token = await serviceAccountToken(namespace, "podnet-apiserversource");
+      await grantAdapter(kubeConfig(), namespace, "podnet-apiserversource");
+      if (!(await portFree(ADAPTER_HEALTH_PORT))) throw new Error(`port ${ADAPTER_HEALTH_PORT} is in use: the adapter's health port is fixed`);
+      const sourceConfig = {
+        namespaces: [],
+        allNamespaces: true,
+        resources: [{ gvr: { Group: "", Version: "v1", Resource: "pods" }, ...(a.labelSelector === undefined ? {} : { selector: a.labelSelector }) }],
+        mode: a.mode ?? "Resource",
+      };
+      const m = start("adapter", BIN.adapter, [], {
+        KUBECONFIG: writeKubeconfig("adapter", token),
+        K_SOURCE_CONFIG: JSON.stringify(sourceConfig),
+        K_SINK: a.sink,
+        NAMESPACE: namespace,
+        NAME: "podnet-pods",
+        SYSTEM_NAMESPACE: namespace,
+        POD_NAME: "podnet-pods-adapter",
+        PROFILING_PORT: String(await freePort()),
+        K_LOGGING_CONFIG: JSON.stringify({ zap_logger_config: JSON.stringify({ level: "info", encoding: "json", outputPaths: ["stdout"], errorOutputPaths: ["stderr"], encoderConfig: { messageKey: "msg", levelKey: "level", timeKey: "ts" } }) }),
+      });
+      log("ApiServerSource adapter starting");
+      await waitFor("apiserver_receive_adapter", 30_000, async () => (await httpStatus(`http://127.0.0.1:${ADAPTER_HEALTH_PORT}/`)) > 0, exitedEarly(m));
+      return {
+        logFile: path.join(dir, "adapter.log"),
+        stop: async () => {
+          if (m.child.pid !== undefined && m.child.exitCode === null && m.child.signalCode === null) {
+            killGroup(m.child.pid, "SIGTERM");
+            await m.exited;
+          }
+        },
+      };
+    };
+
+    const installKnativeCrds = async (): Promise<string[]> => {
+      const crdDir = path.join(CACHE_DIR, "crds");
+      const files = existsSync(crdDir) ? readdirSync(crdDir).filter((f) => f.endsWith(".yaml")).sort() : [];
+      if (files.length === 0) throw new Error(`no Knative CRDs in ${crdDir}: run test/controlplane/build.sh`);
+      const api = kubeConfig().makeApiClient(k8s.ApiextensionsV1Api);
+      const names: string[] = [];
+      for (const file of files) {
+        for (const doc of k8s.loadAllYaml(readFileSync(path.join(crdDir, file), "utf8")) as k8s.V1CustomResourceDefinition[]) {
+          if (doc.kind !== "CustomResourceDefinition") continue;
+          await createIgnoringConflict(() => api.createCustomResourceDefinition({ body: doc }));
+          names.push(doc.metadata?.name ?? "");
+        }
+      }
+      for (const name of names) {
+        await waitFor(`CRD ${name}`, 30_000, async () => {
+          const crd = await api.readCustomResourceDefinition({ name });
+          return crd.status?.conditions?.some((c) => c.type === "Established" && c.status === "True") ?? false;
+        });
+      }
+      return names;
+    };
+
+    return {
+      dir,
+      server,
+      installKnativeCrds,
+      caFile,
+      ca,
+      adminToken,
+      kubeConfig,
+      writeKubeconfig,
+      ensureNamespace,
+      serviceAccountToken,
+      startAdapter,
+      pids: () => managed.filter((m) => m.child.exitCode === null && m.child.signalCode === null).map((m) => m.child.pid ?? -1),
+      stop: async () => {
+        await stopAll();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    await stopAll();
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+async function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.once("error", () => {
+      resolve(false);
+    });
+    server.listen(port, "127.0.0.1", () => {
+      server.close(() => {
+        resolve(true);
+      });
+    });
+  });
+}
+
+function tail(file: string, lines = 30): string {
+  try {
+    return readFileSync(file, "utf8").split("\n").slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
+
+async function createIgnoringConflict(create: () => Promise<unknown>): Promise<void> {
+  try {
+    await create();
+  } catch (err) {
+    if (err instanceof k8s.ApiException && err.code === 409) return;
+    throw err;
+  }
+}
+
+/** What ApiServerSource's adapter needs: watch pods everywhere, read its ConfigMaps, write Events. */
+async function grantAdapter(kc: k8s.KubeConfig, namespace: string, serviceAccount: string): Promise<void> {
+  const rbac = kc.makeApiClient(k8s.RbacAuthorizationV1Api);
+  const subject = { kind: "ServiceAccount", name: serviceAccount, namespace };
+  await createIgnoringConflict(() =>
+    rbac.createClusterRole({
+      body: {
+        metadata: { name: "podnet-apiserversource" },
+        rules: [{ apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch"] }],
+      },
+    }),
+  );
+  await createIgnoringConflict(() =>
+    rbac.createClusterRoleBinding({
+      body: {
+        metadata: { name: `podnet-apiserversource-${namespace}` },
+        roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "podnet-apiserversource" },
+        subjects: [subject],
+      },
+    }),
+  );
+  await createIgnoringConflict(() =>
+    rbac.createNamespacedRole({
+      namespace,
+      body: {
+        metadata: { name: "podnet-apiserversource" },
+        rules: [
+          { apiGroups: [""], resources: ["configmaps"], verbs: ["get", "list", "watch"] },
+          { apiGroups: ["", "events.k8s.io"], resources: ["events"], verbs: ["create", "patch"] },
+        ],
+      },
+    }),
+  );
+  await createIgnoringConflict(() =>
+    rbac.createNamespacedRoleBinding({
+      namespace,
+      body: {
+        metadata: { name: "podnet-apiserversource" },
+        roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: "podnet-apiserversource" },
+        subjects: [subject],
+      },
+    }),
+  );
+}
