@@ -1,0 +1,212 @@
+// Program one pod's network namespace (DESIGN §7.2–7.3): render, compare with what is there,
+// and replace what differs in one iptables-restore transaction per address family, then the
+// TPROXY / IPv6 network setup. Idempotent: the same rules already in place → "unchanged".
+// Commands run inside the pod's netns only (nsenter --net=<path>), never in the node's.
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import type { CaptureConfig } from "../contract/capture-config.ts";
+import { addedBuiltinLines, builtinLines, ownedRules, parseSave, replaceTransaction, sameRules, type ChainRules } from "./iptables-state.ts";
+import { renderIptables, type Family, type IptablesFamilyPlan } from "./rules/iptables.ts";
+import { ipCommand, netSetupSteps, type NetSetupStep } from "./rules/routes.ts";
+
+export type IptablesVariant = "legacy" | "nft";
+
+export interface CommandResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs a command inside a network namespace. The seam tests and the server share. */
+export type NetnsRunner = (netnsPath: string, argv: readonly string[], input?: string) => Promise<CommandResult>;
+
+export const nsenterRunner: NetnsRunner = (netnsPath, argv, input) =>
+  new Promise((resolve) => {
+    const child = execFile(
+      "nsenter",
+      [`--net=${netnsPath}`, "--", ...argv],
+      { timeout: 10_000, maxBuffer: 8 * 1024 * 1024, encoding: "utf8" },
+      (error, stdout, stderr) => {
+        const code = error === null ? 0 : typeof error.code === "number" ? error.code : 1;
+        resolve({ code, stdout, stderr: stderr || (error?.message ?? "") });
+      },
+    );
+    child.stdin?.end(input ?? "");
+  });
+
+export class ApplyError extends Error {
+  override name = "ApplyError";
+}
+
+function tool(variant: IptablesVariant, family: Family, op: "save" | "restore"): string {
+  return `${family === 4 ? "iptables" : "ip6tables"}-${variant}-${op}`;
+}
+
+/** What the node-runner remembers about a namespace it programmed. */
+export interface NetnsRecord {
+  readonly podUid: string;
+  readonly netnsInode: string;
+  readonly digest: string;
+  readonly variant: IptablesVariant;
+  /** Built-in-chain lines the apply added, per family. */
+  readonly builtin: Partial<Record<"4" | "6", ChainRules>>;
+  /** Complete owned rules after the apply, per family (for drift detection). */
+  readonly owned: Partial<Record<"4" | "6", ChainRules>>;
+  readonly netSetup: readonly NetSetupStep[];
+}
+
+/** Records live beside the namespaces they describe (a tmpfs such as /run): both end at reboot. */
+export class RecordStore {
+  constructor(private readonly dir: string) {}
+  private file(inode: string): string {
+    if (!/^\d+$/.test(inode)) throw new Error(`bad netns inode ${inode}`);
+    return path.join(this.dir, `${inode}.json`);
+  }
+  async get(inode: string): Promise<NetnsRecord | undefined> {
+    try {
+      return JSON.parse(await readFile(this.file(inode), "utf8")) as NetnsRecord;
+    } catch {
+      return undefined;
+    }
+  }
+  async put(record: NetnsRecord): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    const tmp = `${this.file(record.netnsInode)}.tmp`;
+    await writeFile(tmp, JSON.stringify(record));
+    await rename(tmp, this.file(record.netnsInode));
+  }
+  async delete(inode: string): Promise<void> {
+    await rm(this.file(inode), { force: true });
+  }
+}
+
+/** Short digest of everything that would be applied: the value of the `rules` annotation. */
+export function rulesDigest(variant: IptablesVariant, families: readonly IptablesFamilyPlan[], steps: readonly NetSetupStep[]): string {
+  const h = createHash("sha256").update(`iptables-${variant}\n`);
+  for (const f of families) h.update(`v${f.family}\n${f.restore}`);
+  h.update(JSON.stringify(steps));
+  return h.digest("hex").slice(0, 16);
+}
+
+export interface ApplyOutcome {
+  readonly result: "applied" | "unchanged";
+  readonly digest: string;
+}
+
+export class IptablesApplier {
+  constructor(
+    private readonly variant: IptablesVariant,
+    private readonly records: RecordStore,
+    private readonly run: NetnsRunner = nsenterRunner,
+  ) {}
+
+  private async save(netnsPath: string, family: Family): Promise<string> {
+    const r = await this.run(netnsPath, [tool(this.variant, family, "save")]);
+    if (r.code !== 0) throw new ApplyError(`${tool(this.variant, family, "save")} failed: ${r.stderr.trim()}`);
+    return r.stdout;
+  }
+
+  private async restore(netnsPath: string, family: Family, input: string): Promise<void> {
+    const r = await this.run(netnsPath, [tool(this.variant, family, "restore"), "--noflush"], input);
+    if (r.code !== 0) throw new ApplyError(`${tool(this.variant, family, "restore")} failed: ${r.stderr.trim()}`);
+  }
+
+  async apply(netns: { path: string; inode: string }, podUid: string, config: CaptureConfig): Promise<ApplyOutcome> {
+    const plan = renderIptables(config);
+    const families = plan.v6 === null ? [plan.v4] : [plan.v4, plan.v6];
+    const steps = netSetupSteps(config);
+    const digest = rulesDigest(this.variant, families, steps);
+    const previous = await this.records.get(netns.inode);
+    const usable = previous !== undefined && previous.podUid === podUid && previous.variant === this.variant ? previous : undefined;
+
+    const live = new Map<Family, ReturnType<typeof parseSave>>();
+    for (const family of [4, 6] as const) {
+      if (family === 6 && plan.v6 === null && usable?.owned["6"] === undefined) continue;
+      live.set(family, parseSave(await this.save(netns.path, family)));
+    }
+    const ownedNow = (family: Family): ChainRules => {
+      const state = live.get(family);
+      return state === undefined ? {} : ownedRules(state, usable?.builtin[family === 4 ? "4" : "6"]);
+    };
+
+    if (
+      usable?.digest === digest &&
+      families.every((f) => sameRules(ownedNow(f.family), usable.owned[f.family === 4 ? "4" : "6"] ?? {})) &&
+      (plan.v6 !== null || Object.keys(ownedNow(6)).length === 0)
+    ) {
+      return { result: "unchanged", digest };
+    }
+
+    const builtin: NetnsRecord["builtin"] = {};
+    const owned: NetnsRecord["owned"] = {};
+    for (const family of [4, 6] as const) {
+      const before = live.get(family);
+      if (before === undefined) continue;
+      const desired = family === 4 ? plan.v4 : plan.v6;
+      const current = ownedNow(family);
+      if (desired === null && Object.keys(current).length === 0) continue;
+      await this.restore(netns.path, family, replaceTransaction(current, desired?.rules ?? null));
+      if (desired === null) continue;
+      const after = parseSave(await this.save(netns.path, family));
+      // Built-in lines present now that were not there before, plus the ones we replaced.
+      const added = addedBuiltinLines(before, after);
+      const key = family === 4 ? "4" : "6";
+      builtin[key] = mergeRules(added, builtinLines(current), after);
+      owned[key] = ownedRules(after, builtin[key]);
+    }
+    for (const step of steps) await this.ipStep(netns.path, step, "add");
+    await this.records.put({ podUid, netnsInode: netns.inode, digest, variant: this.variant, builtin, owned, netSetup: steps });
+    return { result: "applied", digest };
+  }
+
+  /** Remove exactly what the last apply added (and any ISTIO_* chains). */
+  async remove(netns: { path: string; inode: string }, podUid: string): Promise<"removed" | "absent"> {
+    const previous = await this.records.get(netns.inode);
+    const usable = previous?.podUid === podUid ? previous : undefined;
+    let removedAny = false;
+    for (const family of [4, 6] as const) {
+      const state = parseSave(await this.save(netns.path, family).catch(() => ""));
+      const current = ownedRules(state, usable?.builtin[family === 4 ? "4" : "6"]);
+      if (Object.keys(current).length === 0) continue;
+      await this.restore(netns.path, family, replaceTransaction(current, null));
+      removedAny = true;
+    }
+    for (const step of usable?.netSetup ?? []) await this.ipStep(netns.path, step, "del");
+    await this.records.delete(netns.inode);
+    return removedAny ? "removed" : "absent";
+  }
+
+  private async ipStep(netnsPath: string, step: NetSetupStep, op: "add" | "del"): Promise<void> {
+    const r = await this.run(netnsPath, ["ip", ...ipCommand(step, op)]);
+    // Adding what exists, or deleting what is gone, is the state we want.
+    if (r.code !== 0 && !/File exists|No such|Cannot find|does not exist/i.test(r.stderr)) {
+      throw new ApplyError(`ip ${ipCommand(step, op).join(" ")} failed: ${r.stderr.trim()}`);
+    }
+  }
+}
+
+/** Union of built-in lines that still exist in `after`. */
+function mergeRules(a: ChainRules, b: ChainRules, after: ReturnType<typeof parseSave>): ChainRules {
+  const out: ChainRules = {};
+  for (const source of [a, b]) {
+    for (const [table, chains] of Object.entries(source)) {
+      for (const [chain, specs] of Object.entries(chains)) {
+        const present = after.rules[table]?.[chain] ?? [];
+        const list = ((out[table] ??= {})[chain] ??= []);
+        for (const spec of specs) if (present.includes(spec) && !list.includes(spec)) list.push(spec);
+      }
+    }
+  }
+  return out;
+}
+
+/** Which iptables backend a namespace uses: the one holding rules, else the node's default. */
+export async function detectVariant(netnsPath: string, nodeDefault: IptablesVariant, run: NetnsRunner = nsenterRunner): Promise<IptablesVariant> {
+  for (const variant of ["nft", "legacy"] as const) {
+    const r = await run(netnsPath, [`iptables-${variant}-save`]);
+    if (r.code === 0 && /^-A /m.test(r.stdout)) return variant;
+  }
+  return nodeDefault;
+}

@@ -1,0 +1,128 @@
+// The node-runner's apply engine on real test pods: real network namespaces, real iptables.
+import assert from "node:assert/strict";
+import { execFileSync, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../../contract/capture-config.ts";
+import { IptablesApplier, RecordStore, detectVariant } from "../../node-runner/apply.ts";
+import { resolvePodNetns } from "../../node-runner/netns.ts";
+import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+import { TestPods, testPodsUnavailableReason, type TestPod } from "../support/test-pods.ts";
+
+const unavailable = testPodsUnavailableReason();
+const config = (overrides: object = {}) => parseCaptureConfig({ ...DEFAULT_CAPTURE_CONFIG, ...overrides });
+
+function hostRules(): string {
+  // Counters change with traffic; the rules themselves must not.
+  const strip = (t: string) => t.split("\n").filter((l) => !l.startsWith("#")).map((l) => l.replace(/\[\d+:\d+\]/g, "")).join("\n");
+  return ["iptables-save", "ip6tables-save"].map((cmd) => strip(execFileSync(cmd, { encoding: "utf8" }))).join("\n");
+}
+
+/** A TCP listener inside the pod that answers with its name. */
+function listener(pod: TestPod, port: number, answer: string, uid = 1337): ChildProcess {
+  return pod.spawn([process.execPath, "-e", `require("net").createServer((s)=>s.end(${JSON.stringify(answer)})).listen(${port}, "0.0.0.0", ()=>console.log("ready"))`], { uid });
+}
+
+async function ready(child: ChildProcess): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    child.stdout?.once("data", () => {
+      resolve();
+    });
+    child.once("exit", (code) => {
+      reject(new Error(`listener exited ${code}`));
+    });
+  });
+}
+
+/** Connect from inside the pod as `uid`; returns what the peer answered, or the error code. */
+function connect(pod: TestPod, host: string, port: number, uid: number): string {
+  const script = `const s=require("net").connect(${port}, ${JSON.stringify(host)});let d="";s.setTimeout(2000,()=>{console.log("TIMEOUT");process.exit(0)});s.on("data",(c)=>d+=c);s.on("end",()=>{console.log(d);process.exit(0)});s.on("error",(e)=>{console.log(e.code);process.exit(0)});`;
+  return pod.exec([process.execPath, "-e", script], { uid }).trim();
+}
+
+describe("node-runner apply on real network namespaces [needs root]", skipUnlessCI(unavailable), () => {
+  let pods: TestPods;
+  let stateDir: string;
+  let hostBefore: string;
+
+  before(() => {
+    assertAvailable(unavailable);
+    hostBefore = hostRules();
+    pods = TestPods.create();
+    stateDir = mkdtempSync(path.join(os.tmpdir(), "pnct-state-"));
+  });
+  after(async () => {
+    await pods.destroy();
+    rmSync(stateDir, { recursive: true, force: true });
+    assert.equal(hostRules(), hostBefore, "the host's own iptables were not modified");
+  });
+
+  async function setup(variant: "legacy" | "nft" = "nft") {
+    const pod = pods.add();
+    const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] });
+    assert.ok(resolved.found);
+    const applier = new IptablesApplier(variant, new RecordStore(stateDir));
+    return { pod, netns: resolved.netns, applier };
+  }
+
+  for (const variant of ["nft", "legacy"] as const) {
+    test(`apply, unchanged, drift repair, replace and remove (iptables-${variant})`, async () => {
+      const { pod, netns, applier } = await setup(variant);
+      pod.exec([`iptables-${variant}`, "-t", "nat", "-A", "OUTPUT", "-d", "192.0.2.1/32", "-j", "ACCEPT"]); // someone else's rule
+      const save = () => pod.exec([`iptables-${variant}-save`]);
+
+      const first = await applier.apply(netns, pod.uid, config());
+      assert.equal(first.result, "applied");
+      assert.match(save(), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
+      assert.equal(await detectVariant(netns.path, variant === "nft" ? "legacy" : "nft"), variant);
+
+      assert.deepEqual(await applier.apply(netns, pod.uid, config()), { result: "unchanged", digest: first.digest });
+
+      pod.exec([`iptables-${variant}`, "-t", "nat", "-D", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT"]);
+      assert.equal((await applier.apply(netns, pod.uid, config())).result, "applied", "drift is repaired");
+      assert.match(save(), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
+
+      const changed = await applier.apply(netns, pod.uid, config({ inboundInterceptionMode: "TPROXY", excludeInterfaces: "eth9", dropInvalid: true }));
+      assert.equal(changed.result, "applied");
+      assert.notEqual(changed.digest, first.digest);
+      const tproxy = save();
+      assert.match(tproxy, /-A PREROUTING -i eth9 -j RETURN/);
+      assert.match(tproxy, /TPROXY --on-port 15006/);
+      assert.equal(tproxy.match(/-A OUTPUT -j ISTIO_OUTPUT/g)?.length, 1, "the old jump was replaced, not duplicated");
+      assert.match(pod.exec(["ip", "rule", "show"]), /fwmark 0x539 lookup 133/);
+
+      await applier.apply(netns, pod.uid, config());
+      const back = save();
+      assert.doesNotMatch(back, /eth9|TPROXY|ISTIO_DIVERT|ISTIO_DROP/, "rules of the previous config are gone");
+
+      assert.equal(await applier.remove(netns, pod.uid), "removed");
+      const removed = save();
+      assert.doesNotMatch(removed, /ISTIO/);
+      assert.match(removed, /-A OUTPUT -d 192\.0\.2\.1\/32 -j ACCEPT/, "other rules are left alone");
+      assert.equal(await applier.remove(netns, pod.uid), "absent");
+    });
+  }
+
+  test("traffic proves interception: outbound → 15001, inbound → 15006, the proxy's UID is not captured", async () => {
+    const { pod, netns, applier } = await setup();
+    const client = pods.add();
+    const listeners = [listener(pod, 15001, "outbound-capture"), listener(pod, 15006, "inbound-capture"), listener(pod, 8080, "app", 1000)];
+    await Promise.all(listeners.map(ready));
+    await applier.apply(netns, pod.uid, config());
+
+    // From the app (any UID but 1337) to anywhere: lands on Envoy's outbound listener.
+    assert.equal(connect(pod, "203.0.113.9", 443, 1000), "outbound-capture");
+    // From Envoy's UID: not captured (nothing routes 203.0.113.9 here: the connection fails).
+    assert.notEqual(connect(pod, "203.0.113.9", 443, 1337), "outbound-capture");
+    // Inbound to the app's port from another pod: lands on Envoy's inbound listener.
+    assert.equal(connect(client, pod.ip, 8080, 1000), "inbound-capture");
+    // Excluded inbound port (the agent's 15020 is excluded by istio-cni defaults; here excludeInbound is the default list) → straight to the app.
+    await applier.apply(netns, pod.uid, config({ inboundPortsExclude: "8080" }));
+    assert.equal(connect(client, pod.ip, 8080, 1000), "app");
+    // Excluded outbound CIDR → not captured.
+    await applier.apply(netns, pod.uid, config({ outboundIPRangesExclude: "203.0.113.0/24" }));
+    assert.notEqual(connect(pod, "203.0.113.9", 443, 1000), "outbound-capture");
+  });
+});
