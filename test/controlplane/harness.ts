@@ -151,6 +151,8 @@ export interface ControlPlane {
   /** A real, API-signed token for a ServiceAccount (created if missing). */
   serviceAccountToken(namespace: string, name: string): Promise<string>;
   startAdapter(options: AdapterOptions): Promise<Adapter>;
+  /** Create every object in a YAML manifest file (as admin); existing objects are left as they are. */
+  applyManifest(file: string): Promise<void>;
   /** Install Knative's CRDs (ApiServerSource, PingSource, Broker, Trigger, Service, ...) and wait until they serve. */
   installKnativeCrds(): Promise<string[]>;
   /** Processes still running (for leak checks). */
@@ -348,9 +350,19 @@ export async function startControlPlane(options: { log?: (line: string) => void 
       return names;
     };
 
+    const applyManifest = async (file: string): Promise<void> => {
+      const client = k8s.KubernetesObjectApi.makeApiClient(kubeConfig());
+      for (const doc of k8s.loadAllYaml(readFileSync(file, "utf8")) as k8s.KubernetesObject[]) {
+        if (typeof doc !== "object") continue;
+        await createIgnoringConflict(() => client.create(doc));
+        if (doc.kind === "Namespace" && doc.metadata?.name !== undefined) await ensureNamespace(doc.metadata.name);
+      }
+    };
+
     return {
       dir,
       server,
+      applyManifest,
       installKnativeCrds,
       caFile,
       ca,

@@ -126,10 +126,10 @@ export class TestPods {
     }
   }
 
-  add(options: { layout?: CgroupLayout; name?: string } = {}): TestPod {
+  add(options: { layout?: CgroupLayout; name?: string; uid?: string } = {}): TestPod {
     const index = this.next++;
     const layout = options.layout ?? "v2-systemd-containerd";
-    const uid = randomUUID();
+    const uid = options.uid ?? randomUUID();
     const name = options.name ?? `pod-${index}`;
     const netns = `${this.run}-p${index}`;
     const ip = `${SUBNET}.${index}`;

@@ -1,0 +1,68 @@
+// The wire contract between the decision function and the node-runner (DESIGN §6), defined
+// once and imported by both sides.
+import { z } from "zod";
+import { captureConfigInputSchema } from "./capture-config.ts";
+import { checkIPv4, checkIPv6 } from "./tokens.ts";
+
+export const API_VERSION = "podnet/v1";
+export const APPLY_PATH = "/v1/apply";
+export const REMOVE_PATH = "/v1/remove";
+export const MAX_BODY_BYTES = 64 * 1024;
+export const CONTENT_TYPE = "application/json";
+
+/** Annotations only the node-runner writes (DESIGN §8). */
+export const MARK = {
+  status: "pod-network-controller.istio.io/status",
+  netns: "pod-network-controller.istio.io/netns",
+  rules: "pod-network-controller.istio.io/rules",
+} as const;
+export const STATUS_INITIALIZED = "initialized";
+
+const dnsLabel = z.string().regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, "must be a DNS label");
+const dnsSubdomain = z
+  .string()
+  .max(253)
+  .regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, "must be a DNS subdomain");
+const podIp = z.string().refine((ip) => checkIPv4(ip).ok || checkIPv6(ip).ok, "must be an IP address");
+
+export const podRefSchema = z.strictObject({
+  namespace: dnsLabel,
+  name: dnsSubdomain,
+  uid: z.string().regex(/^[0-9a-fA-F-]{36}$/, "must be a UID"),
+  ips: z.array(podIp).min(1).max(4),
+});
+
+export const applyRequestSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal("ApplyRequest"),
+  node: dnsSubdomain,
+  pod: podRefSchema,
+  capture: z.unknown(),
+  decision: z.strictObject({
+    reason: z.string().max(512),
+    policy: z.string().max(128),
+  }),
+});
+
+export const removeRequestSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal("RemoveRequest"),
+  node: dnsSubdomain,
+  pod: podRefSchema,
+  decision: z.strictObject({ reason: z.string().max(512), policy: z.string().max(128) }),
+});
+
+export type PodRef = z.infer<typeof podRefSchema>;
+/** `capture` is checked separately (422, not 400) with parseCaptureConfig. */
+export type ApplyRequest = Omit<z.infer<typeof applyRequestSchema>, "capture"> & { capture: z.infer<typeof captureConfigInputSchema> };
+export type RemoveRequest = z.infer<typeof removeRequestSchema>;
+
+export type ApplyResponse =
+  | { readonly result: "applied" | "unchanged"; readonly netns: string; readonly rules: string; readonly durationMs: number }
+  | { readonly result: "removed" | "absent"; readonly durationMs: number };
+
+export interface ErrorResponse {
+  readonly error: string;
+  readonly reason: string;
+  readonly detail?: string;
+}

@@ -1,0 +1,110 @@
+// node-runner entry point: configuration from flags and environment, then the HTTP(S) server.
+//
+//   --node-name / NODE_NAME            this node (downward API spec.nodeName)         required
+//   --listen / LISTEN_ADDRESS          address:port                                   0.0.0.0:9443
+//   --keys-dir / PUBLIC_KEYS_DIR       mounted public keys, one PEM per keyid          /etc/podnet/keys
+//   --kubeconfig / KUBECONFIG          kubeconfig file; in-cluster config when unset
+//   --state-dir / STATE_DIR            per-netns records (a tmpfs)                    /run/podnet
+//   --iptables / IPTABLES_BACKEND      auto | legacy | nft                            auto
+//   --proc / PROC_ROOT                 the host's /proc (hostPID)                      /proc
+//   --tls-cert, --tls-key / TLS_CERT, TLS_KEY   serve HTTPS with these files           (HTTP when unset)
+//   --max-concurrent / MAX_CONCURRENT  pods programmed at once                        8
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import http from "node:http";
+import https from "node:https";
+import { parseArgs } from "node:util";
+import * as k8s from "@kubernetes/client-node";
+import { pino } from "pino";
+import { IptablesApplier, RecordStore, detectVariant, type IptablesVariant } from "./apply.ts";
+import { KubePodApi } from "./kube.ts";
+import { PublicKeyDirectory } from "./keys.ts";
+import { createMetrics } from "./metrics.ts";
+import { resolvePodNetns } from "./netns.ts";
+import { ReplayCache } from "./replay.ts";
+import { createNodeRunnerApp } from "./server.ts";
+
+const { values } = parseArgs({
+  options: {
+    "node-name": { type: "string" },
+    listen: { type: "string" },
+    "keys-dir": { type: "string" },
+    kubeconfig: { type: "string" },
+    "state-dir": { type: "string" },
+    iptables: { type: "string" },
+    proc: { type: "string" },
+    "tls-cert": { type: "string" },
+    "tls-key": { type: "string" },
+    "max-concurrent": { type: "string" },
+  },
+});
+const env = process.env;
+const log = pino({ base: { component: "node-runner" } });
+
+function fail(message: string): never {
+  log.fatal(message);
+  process.exit(2);
+}
+
+const nodeName = values["node-name"] ?? env.NODE_NAME ?? fail("--node-name (or NODE_NAME) is required");
+const listen = values.listen ?? env.LISTEN_ADDRESS ?? "0.0.0.0:9443";
+const [host = "", portText = ""] = listen.includes("]") ? [listen.slice(1, listen.indexOf("]")), listen.slice(listen.indexOf("]") + 2)] : listen.split(":");
+const port = Number(portText);
+if (!Number.isInteger(port) || port < 1 || port > 65535) fail(`--listen must be address:port, got ${listen}`);
+const backend = values.iptables ?? env.IPTABLES_BACKEND ?? "auto";
+if (!["auto", "legacy", "nft"].includes(backend)) fail(`--iptables must be auto, legacy or nft, got ${backend}`);
+const maxConcurrent = Number(values["max-concurrent"] ?? env.MAX_CONCURRENT ?? "8");
+const procRoot = values.proc ?? env.PROC_ROOT ?? "/proc";
+
+const kubeConfig = new k8s.KubeConfig();
+const kubeconfigFile = values.kubeconfig ?? env.KUBECONFIG;
+if (kubeconfigFile !== undefined && kubeconfigFile !== "") kubeConfig.loadFromFile(kubeconfigFile);
+else kubeConfig.loadFromCluster();
+
+// The node's own iptables flavour, for namespaces that hold no rules yet.
+function nodeDefaultVariant(): IptablesVariant {
+  try {
+    return /nf_tables/.test(execFileSync("iptables", ["--version"], { encoding: "utf8" })) ? "nft" : "legacy";
+  } catch {
+    return "nft";
+  }
+}
+const defaultVariant = nodeDefaultVariant();
+const records = new RecordStore(values["state-dir"] ?? env.STATE_DIR ?? "/run/podnet");
+const appliers = { legacy: new IptablesApplier("legacy", records), nft: new IptablesApplier("nft", records) };
+
+const keys = new PublicKeyDirectory(values["keys-dir"] ?? env.PUBLIC_KEYS_DIR ?? "/etc/podnet/keys", log);
+await keys.start();
+
+const app = createNodeRunnerApp({
+  nodeName,
+  keys,
+  replay: new ReplayCache(100_000),
+  pods: new KubePodApi(kubeConfig, nodeName),
+  resolveNetns: (pod) => resolvePodNetns(pod, { procRoot }),
+  applierFor: async (netnsPath) => appliers[backend === "auto" ? await detectVariant(netnsPath, defaultVariant) : (backend as IptablesVariant)],
+  log,
+  metrics: createMetrics(),
+  maxConcurrent,
+});
+
+const tlsCert = values["tls-cert"] ?? env.TLS_CERT;
+const tlsKey = values["tls-key"] ?? env.TLS_KEY;
+const server =
+  tlsCert !== undefined && tlsKey !== undefined ? https.createServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }, app) : http.createServer(app);
+server.listen(port, host, () => {
+  log.info({ nodeName, listen, tls: tlsCert !== undefined, iptables: backend === "auto" ? `auto (node default ${defaultVariant})` : backend }, "node-runner listening");
+});
+
+function shutdown(signal: string): void {
+  log.info({ signal }, "shutting down: finishing requests in flight");
+  keys.stop();
+  server.close(() => process.exit(0));
+  setTimeout(() => process.exit(0), 10_000).unref();
+}
+process.once("SIGTERM", () => {
+  shutdown("SIGTERM");
+});
+process.once("SIGINT", () => {
+  shutdown("SIGINT");
+});

@@ -1,0 +1,44 @@
+// Prometheus metrics of the node-runner (GET /metrics).
+import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+
+export interface NodeRunnerMetrics {
+  readonly registry: Registry;
+  readonly requests: Counter<"route" | "result">;
+  readonly signatureFailures: Counter<"reason">;
+  readonly applyDuration: Histogram<"result">;
+  readonly netnsDuration: Histogram<"outcome">;
+}
+
+export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeRunnerMetrics {
+  const registry = new Registry();
+  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: "podnet_node_runner_" });
+  return {
+    registry,
+    requests: new Counter({
+      name: "podnet_node_runner_requests_total",
+      help: "Requests by route and result (applied, unchanged, removed, absent, or the refusal reason).",
+      labelNames: ["route", "result"],
+      registers: [registry],
+    }),
+    signatureFailures: new Counter({
+      name: "podnet_node_runner_signature_failures_total",
+      help: "Requests refused by signature verification, by reason.",
+      labelNames: ["reason"],
+      registers: [registry],
+    }),
+    applyDuration: new Histogram({
+      name: "podnet_node_runner_apply_duration_seconds",
+      help: "Time to render, compare and apply a pod's rules (netns resolution excluded).",
+      labelNames: ["result"],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
+    netnsDuration: new Histogram({
+      name: "podnet_node_runner_netns_resolution_duration_seconds",
+      help: "Time to find a pod's network namespace by scanning /proc.",
+      labelNames: ["outcome"],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25],
+      registers: [registry],
+    }),
+  };
+}

@@ -1,0 +1,260 @@
+// The node-runner's HTTP API (DESIGN §6–§8): verify, check the pod, find its netns, apply,
+// mark. Every refusal has its status and a log line, and changes nothing.
+import { randomUUID, type KeyObject } from "node:crypto";
+import express, { type Request, type Response } from "express";
+import type { Logger } from "pino";
+import {
+  APPLY_PATH,
+  MAX_BODY_BYTES,
+  REMOVE_PATH,
+  applyRequestSchema,
+  removeRequestSchema,
+  type ErrorResponse,
+  type PodRef,
+} from "../contract/apply-request.ts";
+import { CaptureConfigError, parseCaptureConfig, type CaptureConfig } from "../contract/capture-config.ts";
+import { verifyRequest } from "../contract/signature.ts";
+import type { PodApi } from "./kube.ts";
+import type { NodeRunnerMetrics } from "./metrics.ts";
+import type { NetnsResolution } from "./netns.ts";
+import type { ReplayCache } from "./replay.ts";
+
+export interface NetnsApplier {
+  apply(netns: { path: string; inode: string }, podUid: string, config: CaptureConfig): Promise<{ result: "applied" | "unchanged"; digest: string }>;
+  remove(netns: { path: string; inode: string }, podUid: string): Promise<"removed" | "absent">;
+}
+
+export interface NodeRunnerDeps {
+  readonly nodeName: string;
+  readonly keys: { readonly current: ReadonlyMap<string, KeyObject> };
+  readonly replay: ReplayCache;
+  readonly pods: PodApi;
+  readonly resolveNetns: (pod: { uid: string; ips: readonly string[] }) => Promise<NetnsResolution>;
+  /** The applier for a namespace (the iptables backend may be detected per namespace). */
+  readonly applierFor: (netnsPath: string) => Promise<NetnsApplier>;
+  readonly log: Logger;
+  readonly metrics: NodeRunnerMetrics;
+  readonly now?: () => number;
+  /** Pods programmed at once; more requests wait for a slot. */
+  readonly maxConcurrent?: number;
+  /** Whether the node-runner is ready (keys loaded, API reachable). */
+  readonly ready?: () => boolean;
+}
+
+class Refusal extends Error {
+  constructor(
+    readonly status: number,
+    readonly reason: string,
+    message: string,
+    readonly retryAfterSeconds?: number,
+  ) {
+    super(message);
+  }
+}
+
+/** Bounded parallelism across pods, strict serialisation per pod. */
+class WorkQueue {
+  private running = 0;
+  private readonly waiting: (() => void)[] = [];
+  private readonly busyPods = new Set<string>();
+  constructor(private readonly limit: number) {}
+
+  async run<T>(podUid: string, work: () => Promise<T>): Promise<T> {
+    if (this.busyPods.has(podUid)) throw new Refusal(503, "in-progress", "work for this pod is in progress", 1);
+    this.busyPods.add(podUid);
+    try {
+      if (this.running >= this.limit) await new Promise<void>((resolve) => this.waiting.push(resolve));
+      this.running++;
+      try {
+        return await work();
+      } finally {
+        this.running--;
+        this.waiting.shift()?.();
+      }
+    } finally {
+      this.busyPods.delete(podUid);
+    }
+  }
+}
+
+export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
+  const now = deps.now ?? Date.now;
+  const queue = new WorkQueue(deps.maxConcurrent ?? 8);
+  const app = express();
+  app.disable("x-powered-by");
+  app.set("trust proxy", false);
+
+  app.get("/healthz", (_req, res) => {
+    res.json({ status: "ok" });
+  });
+  app.get("/readyz", (_req, res) => {
+    const ready = (deps.ready?.() ?? true) && deps.keys.current.size > 0;
+    res.status(ready ? 200 : 503).json({ status: ready ? "ready" : "not ready", keys: deps.keys.current.size });
+  });
+  app.get("/metrics", async (_req, res) => {
+    res.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
+  });
+
+  const raw = express.raw({ type: () => true, limit: MAX_BODY_BYTES });
+  app.post(APPLY_PATH, raw, (req, res) => handle(req, res, "apply"));
+  app.post(REMOVE_PATH, raw, (req, res) => handle(req, res, "remove"));
+
+  // Errors from the body parser (oversize, bad encoding) and anything unexpected.
+  // Express recognises an error handler by its four parameters.
+  // eslint-disable-next-line @typescript-eslint/no-unused-vars
+  app.use((err: unknown, req: Request, res: Response, _next: express.NextFunction) => {
+    const e = err as { type?: string; status?: number; message?: string };
+    const route = req.path === APPLY_PATH ? "apply" : req.path === REMOVE_PATH ? "remove" : "other";
+    if (e.type === "entity.too.large") {
+      deps.metrics.requests.inc({ route, result: "too-large" });
+      deps.log.warn({ route, limit: MAX_BODY_BYTES }, "refused: body too large");
+      res.status(413).json({ error: "payload too large", reason: "too-large", detail: `at most ${MAX_BODY_BYTES} bytes` } satisfies ErrorResponse);
+      return;
+    }
+    deps.metrics.requests.inc({ route, result: "bad-request" });
+    deps.log.warn({ route, err: e.message }, "refused: unreadable request");
+    res.status(e.status !== undefined && e.status >= 400 && e.status < 500 ? e.status : 400).json({ error: "bad request", reason: "unreadable", detail: e.message ?? "" } satisfies ErrorResponse);
+  });
+
+  async function handle(req: Request, res: Response, route: "apply" | "remove"): Promise<void> {
+    const started = performance.now();
+    const requestId = (typeof req.headers["x-request-id"] === "string" ? req.headers["x-request-id"] : undefined) ?? randomUUID();
+    let log = deps.log.child({ requestId, route });
+    try {
+      const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+      // 1–3: digest, signature, freshness.
+      const verified = verifyRequest(
+        { method: req.method, authority: req.headers.host ?? "", path: req.originalUrl, headers: req.headers },
+        body,
+        deps.keys.current,
+        now(),
+      );
+      if (!verified.ok) {
+        deps.metrics.signatureFailures.inc({ reason: verified.reason });
+        throw new Refusal(401, verified.reason, verified.detail);
+      }
+      // 4: replay.
+      const seen = deps.replay.remember(`${verified.keyid}/${verified.nonce}`, (verified.expires + 5) * 1000, now());
+      if (seen === "replay") {
+        deps.metrics.signatureFailures.inc({ reason: "replay" });
+        throw new Refusal(401, "replay", "this nonce was already used");
+      }
+      if (seen === "full") throw new Refusal(503, "replay-cache-full", "too many requests in the signature window", 1);
+
+      let json: unknown;
+      try {
+        json = JSON.parse(body.toString("utf8"));
+      } catch {
+        throw new Refusal(400, "malformed", "body is not JSON");
+      }
+      const parsed = (route === "apply" ? applyRequestSchema : removeRequestSchema).safeParse(json);
+      if (!parsed.success) {
+        throw new Refusal(400, "malformed", parsed.error.issues.map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`).join("; "));
+      }
+      const request = parsed.data;
+      const pod = request.pod;
+      log = log.child({ pod: { namespace: pod.namespace, name: pod.name, uid: pod.uid }, keyid: verified.keyid });
+
+      // 5: the request is for this node.
+      if (request.node !== deps.nodeName) throw new Refusal(421, "wrong-node", `request for node ${request.node}, this is ${deps.nodeName}`);
+
+      const outcome = await queue.run(pod.uid, async () => {
+        // 6: the pod exists with that UID, is bound here, and has its own network namespace.
+        await checkPodIdentity(pod, route);
+        if (route === "remove") return remove(pod);
+        let capture: CaptureConfig;
+        try {
+          capture = parseCaptureConfig("capture" in request ? request.capture : undefined);
+        } catch (err) {
+          if (!(err instanceof CaptureConfigError)) throw err;
+          await recordEvent(pod, "Warning", "NetworkInitFailed", `invalid capture configuration: ${err.message}`, log);
+          throw new Refusal(422, "invalid-capture", err.message);
+        }
+        return apply(pod, capture);
+      });
+      const durationMs = Math.round((performance.now() - started) * 10) / 10;
+      deps.metrics.requests.inc({ route, result: outcome.result });
+      log.info({ ...outcome, durationMs, reason: request.decision.reason, policy: request.decision.policy }, `${route}: ${outcome.result}`);
+      res.status(200).json({ ...outcome, durationMs });
+    } catch (err) {
+      if (err instanceof Refusal) {
+        deps.metrics.requests.inc({ route, result: err.reason });
+        log.warn({ status: err.status, reason: err.reason, detail: err.message }, `refused: ${err.reason}`);
+        if (err.retryAfterSeconds !== undefined) res.set("Retry-After", String(err.retryAfterSeconds));
+        res.status(err.status).json({ error: statusText(err.status), reason: err.reason, detail: err.message } satisfies ErrorResponse);
+        return;
+      }
+      deps.metrics.requests.inc({ route, result: "error" });
+      log.error({ err }, `${route} failed`);
+      res.status(500).json({ error: "internal error", reason: "error", detail: err instanceof Error ? err.message : String(err) } satisfies ErrorResponse);
+    }
+
+    async function checkPodIdentity(pod: PodRef, r: "apply" | "remove"): Promise<void> {
+      const facts = await deps.pods.getPod(pod.namespace, pod.name).catch((err: unknown) => {
+        throw new Refusal(503, "api-unavailable", `cannot read the pod: ${err instanceof Error ? err.message : String(err)}`, 2);
+      });
+      if (facts === undefined) throw new Refusal(409, "pod-not-found", `pod ${pod.namespace}/${pod.name} does not exist`);
+      if (facts.uid !== pod.uid) throw new Refusal(409, "uid-mismatch", `pod ${pod.namespace}/${pod.name} has UID ${facts.uid}, not ${pod.uid}`);
+      if (facts.nodeName !== deps.nodeName) throw new Refusal(409, "not-on-this-node", `pod is bound to ${facts.nodeName ?? "no node"}, not ${deps.nodeName}`);
+      if (facts.hostNetwork) throw new Refusal(409, "host-network", "the pod uses the node's network namespace: it is never programmed");
+      if (r === "apply" && facts.terminating) throw new Refusal(409, "terminating", "the pod is being deleted");
+    }
+
+    async function findNetns(pod: PodRef): Promise<{ path: string; inode: string }> {
+      const t0 = performance.now();
+      const resolution = await deps.resolveNetns({ uid: pod.uid, ips: pod.ips });
+      deps.metrics.netnsDuration.observe({ outcome: resolution.found ? "found" : resolution.reason }, (performance.now() - t0) / 1000);
+      if (!resolution.found) {
+        if (resolution.reason === "host-netns-only") throw new Refusal(409, "host-netns", resolution.detail);
+        throw new Refusal(503, "netns-not-found", resolution.detail, 2);
+      }
+      return resolution.netns;
+    }
+
+    async function apply(pod: PodRef, capture: CaptureConfig) {
+      const netns = await findNetns(pod);
+      const t0 = performance.now();
+      let result: Awaited<ReturnType<NetnsApplier["apply"]>>;
+      try {
+        result = await (await deps.applierFor(netns.path)).apply(netns, pod.uid, capture);
+      } catch (err) {
+        await recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${err instanceof Error ? err.message : String(err)}`, log);
+        throw err;
+      }
+      deps.metrics.applyDuration.observe({ result: result.result }, (performance.now() - t0) / 1000);
+      try {
+        await deps.pods.markInitialized(pod, { netns: netns.inode, rules: result.digest });
+      } catch (err) {
+        // The rules are in place; a retry finds them unchanged and marks the pod then.
+        throw new Refusal(503, "mark-failed", `rules applied but the pod could not be marked: ${err instanceof Error ? err.message : String(err)}`, 2);
+      }
+      if (result.result === "applied") {
+        await recordEvent(pod, "Normal", "NetworkInitialized", `traffic capture programmed in network namespace ${netns.inode} (rules ${result.digest})`, log);
+      }
+      return { result: result.result, netns: netns.inode, rules: result.digest };
+    }
+
+    async function remove(pod: PodRef) {
+      const netns = await findNetns(pod);
+      const result = await (await deps.applierFor(netns.path)).remove(netns, pod.uid);
+      await deps.pods.clearMark(pod);
+      return { result };
+    }
+  }
+
+  async function recordEvent(pod: PodRef, type: "Normal" | "Warning", reason: string, message: string, log: Logger): Promise<void> {
+    try {
+      await deps.pods.recordEvent(pod, { type, reason, message });
+    } catch (err) {
+      log.warn({ err: err instanceof Error ? err.message : String(err), reason }, "could not record a Kubernetes Event");
+    }
+  }
+
+  return app;
+}
+
+function statusText(status: number): string {
+  return (
+    { 400: "bad request", 401: "unauthorized", 409: "pod identity mismatch", 413: "payload too large", 421: "misdirected request", 422: "invalid capture configuration", 503: "unavailable" }[status] ?? "error"
+  );
+}
