@@ -107,12 +107,12 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
     const route = req.path === APPLY_PATH ? "apply" : req.path === REMOVE_PATH ? "remove" : "other";
     if (e.type === "entity.too.large") {
       deps.metrics.requests.inc({ route, result: "too-large" });
-      deps.log.warn({ route, limit: MAX_BODY_BYTES }, "refused: body too large");
+      deps.log.warn({ route, status: 413, reason: "too-large", limit: MAX_BODY_BYTES }, "refused: too-large");
       res.status(413).json({ error: "payload too large", reason: "too-large", detail: `at most ${MAX_BODY_BYTES} bytes` } satisfies ErrorResponse);
       return;
     }
     deps.metrics.requests.inc({ route, result: "bad-request" });
-    deps.log.warn({ route, err: e.message }, "refused: unreadable request");
+    deps.log.warn({ route, status: 400, reason: "unreadable", detail: e.message }, "refused: unreadable");
     res.status(e.status !== undefined && e.status >= 400 && e.status < 500 ? e.status : 400).json({ error: "bad request", reason: "unreadable", detail: e.message ?? "" } satisfies ErrorResponse);
   });
 
@@ -174,7 +174,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
       });
       const durationMs = Math.round((performance.now() - started) * 10) / 10;
       deps.metrics.requests.inc({ route, result: outcome.result });
-      log.info({ ...outcome, durationMs, reason: request.decision.reason, policy: request.decision.policy }, `${route}: ${outcome.result}`);
+      log.info({ ...outcome, durationMs, decision: request.decision }, `${route}: ${outcome.result}`);
       res.status(200).json({ ...outcome, durationMs });
     } catch (err) {
       if (err instanceof Refusal) {

@@ -88,6 +88,15 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     rmSync(dir, { recursive: true, force: true });
   });
 
+  /** The node-runner logs asynchronously: wait briefly for a line. */
+  async function logged(pattern: RegExp, what: string): Promise<void> {
+    const deadline = Date.now() + 3000;
+    while (!pattern.test(runnerLog)) {
+      if (Date.now() > deadline) assert.fail(`${what}: no log line matching ${String(pattern)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   function get(p: string): Promise<number> {
     return new Promise((resolve, reject) => {
       http.get({ host: "127.0.0.1", port, path: p }, (res) => {
@@ -175,9 +184,10 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     assert.match(sandbox.exec(["iptables-save"]), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
 
     const marked = await core.readNamespacedPod({ name: "web-1", namespace: NS });
-    assert.equal(marked.metadata?.annotations?.[MARK.status], STATUS_INITIALIZED);
-    assert.equal(marked.metadata?.annotations?.[MARK.netns], sandbox.netnsInode());
-    assert.equal(marked.metadata?.annotations?.[MARK.rules], first.body.rules);
+    const annotations = marked.metadata?.annotations ?? {};
+    assert.equal(annotations[MARK.status], STATUS_INITIALIZED);
+    assert.equal(annotations[MARK.netns], sandbox.netnsInode());
+    assert.equal(annotations[MARK.rules], first.body.rules);
 
     const events = await core.listNamespacedEvent({ namespace: NS });
     assert.ok(events.items.some((e) => e.reason === "NetworkInitialized" && e.involvedObject.uid === uid), `no NetworkInitialized Event; node-runner log:\n${runnerLog.slice(-3000)}`);
@@ -191,5 +201,102 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     assert.doesNotMatch(sandbox.exec(["iptables-save"]), /ISTIO/);
     const cleared = await core.readNamespacedPod({ name: "web-1", namespace: NS });
     assert.equal(cleared.metadata?.annotations?.[MARK.status], undefined);
+  });
+
+  test("bad input gets its status, a log line, and changes nothing", async () => {
+    const { uid, ip, sandbox } = await createPod("guarded");
+    const other = await createPod("elsewhere", { nodeName: "node-b" });
+    const hostNet = await createPod("hostnet", { hostNetwork: true });
+    const good = applyRequest({ name: "guarded", uid, ip });
+    const bigBody = Buffer.alloc(70 * 1024, "a");
+    const { privateKey: strangerKey } = generateKeyPairSync("ed25519");
+    const replayed = signed(APPLY_PATH, good);
+    assert.equal((await send(APPLY_PATH, replayed.body, replayed.headers)).status, 200, "the original request is accepted");
+    await signedPost(REMOVE_PATH, { apiVersion: "podnet/v1", kind: "RemoveRequest", node: NODE, pod: good.pod, decision: good.decision });
+
+    const cases: [string, () => Promise<Reply>, number, string][] = [
+      ["malformed JSON", () => { const b = Buffer.from("{not json"); const h = signRequest({ method: "POST", authority: `127.0.0.1:${port}`, path: APPLY_PATH, contentType: "application/json", body: b }, { keyid: "fn-1", privateKey: signingKey }, { now: Date.now(), nonce: randomUUID() }); return send(APPLY_PATH, b, h); }, 400, "malformed"],
+      ["wrong schema", () => signedPost(APPLY_PATH, { ...good, kind: "Something" }), 400, "malformed"],
+      ["oversize body", () => send(APPLY_PATH, bigBody, {}), 413, "too-large"],
+      ["missing signature", () => send(APPLY_PATH, Buffer.from(JSON.stringify(good)), {}), 401, "missing-signature"],
+      ["tampered body", () => { const s = signed(APPLY_PATH, good); return send(APPLY_PATH, Buffer.from(JSON.stringify({ ...good, node: "node-b" })), s.headers); }, 401, "digest-mismatch"],
+      ["replay", () => send(APPLY_PATH, replayed.body, replayed.headers), 401, "replay"],
+      ["expired", () => signedPost(APPLY_PATH, good, { now: Date.now() - 120_000 }), 401, "expired"],
+      ["unknown keyid", () => signedPost(APPLY_PATH, good, { keyid: "fn-9" }), 401, "unknown-key"],
+      ["a stranger's key under our keyid", () => signedPost(APPLY_PATH, good, { key: strangerKey }), 401, "bad-signature"],
+      ["wrong node", () => signedPost(APPLY_PATH, applyRequest({ name: "guarded", uid, ip }, DEFAULT_CAPTURE_CONFIG, "node-b")), 421, "wrong-node"],
+      ["unknown pod", () => signedPost(APPLY_PATH, applyRequest({ name: "nope", uid, ip })), 409, "pod-not-found"],
+      ["UID mismatch", () => signedPost(APPLY_PATH, applyRequest({ name: "guarded", uid: randomUUID(), ip })), 409, "uid-mismatch"],
+      ["pod on another node", () => signedPost(APPLY_PATH, applyRequest({ name: "elsewhere", uid: other.uid, ip: other.ip })), 409, "not-on-this-node"],
+      ["hostNetwork pod", () => signedPost(APPLY_PATH, applyRequest({ name: "hostnet", uid: hostNet.uid, ip: hostNet.ip })), 409, "host-network"],
+      ["invalid capture", () => signedPost(APPLY_PATH, applyRequest({ name: "guarded", uid, ip }, { ...DEFAULT_CAPTURE_CONFIG, excludeInterfaces: "eth0 -j ACCEPT" })), 422, "invalid-capture"],
+    ];
+    for (const [what, call, status, reason] of cases) {
+      const reply = await call();
+      assert.equal(reply.status, status, `${what}: ${JSON.stringify(reply.body)}`);
+      assert.equal(reply.body.reason, reason, what);
+      assert.doesNotMatch(sandbox.exec(["iptables-save"]), /ISTIO/, `${what}: nothing applied`);
+      await logged(new RegExp(`"msg":"refused: ${reason}"`), what);
+    }
+    const pod = await core.readNamespacedPod({ name: "guarded", namespace: NS });
+    assert.equal(pod.metadata?.annotations?.[MARK.status], undefined, "not marked");
+    const events = await core.listNamespacedEvent({ namespace: NS });
+    const failed = events.items.find((e) => e.reason === "NetworkInitFailed" && e.involvedObject.uid === uid);
+    assert.match(failed?.message ?? "", /excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
+    assert.equal(failed?.type, "Warning");
+  });
+
+  test("under a flood of bad requests the server keeps serving", async () => {
+    const { uid, ip } = await createPod("after-flood");
+    const junk = Array.from({ length: 600 }, (_, i) => {
+      switch (i % 4) {
+        case 0:
+          return send(APPLY_PATH, Buffer.from(randomUUID()), {});
+        case 1:
+          return send(APPLY_PATH, Buffer.alloc(65 * 1024 + i), {});
+        case 2:
+          return signedPost(APPLY_PATH, applyRequest({ name: "after-flood", uid: randomUUID(), ip }));
+        default:
+          return send(APPLY_PATH, Buffer.from("{}"), { "signature-input": `podnet=("@method");created=${i}`, signature: "podnet=:AAAA:", "content-digest": "sha-256=:x:" });
+      }
+    });
+    const statuses = new Set((await Promise.all(junk)).map((r) => r.status));
+    assert.deepEqual([...statuses].sort(), [401, 409, 413]);
+    const ok = await signedPost(APPLY_PATH, applyRequest({ name: "after-flood", uid, ip }));
+    assert.equal(ok.status, 200, JSON.stringify(ok.body));
+    assert.equal(runner.exitCode, null);
+    assert.equal(await get("/healthz"), 200);
+  });
+
+  test("public keys are reloaded when the key directory changes (rotation)", async () => {
+    const { uid, ip } = await createPod("rotated");
+    const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+    const req = applyRequest({ name: "rotated", uid, ip });
+    assert.equal((await signedPost(APPLY_PATH, req, { keyid: "fn-2", key: privateKey })).body.reason, "unknown-key");
+    writeFileSync(path.join(dir, "keys", "fn-2.pem"), publicKey.export({ type: "spki", format: "pem" }));
+    const deadline = Date.now() + 5000;
+    let reply = await signedPost(APPLY_PATH, req, { keyid: "fn-2", key: privateKey });
+    while (reply.status === 401 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+      reply = await signedPost(APPLY_PATH, req, { keyid: "fn-2", key: privateKey });
+    }
+    assert.equal(reply.status, 200, JSON.stringify(reply.body));
+    assert.equal((await signedPost(APPLY_PATH, req)).body.result, "unchanged", "the old key stays valid too");
+  });
+
+  test("metrics count requests by result and signature failures by reason", async () => {
+    const text = await new Promise<string>((resolve, reject) => {
+      http.get({ host: "127.0.0.1", port, path: "/metrics" }, (res) => {
+        let t = "";
+        res.on("data", (c: Buffer) => (t += c.toString()));
+        res.on("end", () => {
+          resolve(t);
+        });
+      }).on("error", reject);
+    });
+    assert.match(text, /podnet_node_runner_requests_total\{route="apply",result="applied"\} \d+/);
+    assert.match(text, /podnet_node_runner_signature_failures_total\{reason="replay"\} 1/);
+    assert.match(text, /podnet_node_runner_apply_duration_seconds_bucket/);
+    assert.match(text, /podnet_node_runner_netns_resolution_duration_seconds_bucket/);
   });
 });
