@@ -1,0 +1,75 @@
+// Hostile input at the node-runner's endpoints, in process. Nothing here reaches the pod API,
+// a namespace or iptables: the guards below fail the test if anything tries.
+import assert from "node:assert/strict";
+import { generateKeyPairSync, randomUUID } from "node:crypto";
+import { describe, test } from "node:test";
+import fc from "fast-check";
+import { pino } from "pino";
+import request from "supertest";
+import { APPLY_PATH, REMOVE_PATH } from "../contract/apply-request.ts";
+import { signRequest } from "../contract/signature.ts";
+import { createMetrics } from "./metrics.ts";
+import { ReplayCache } from "./replay.ts";
+import { createNodeRunnerApp } from "./server.ts";
+
+const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+const unreachable = (what: string) => (): never => assert.fail(`${what} must not be reached by hostile input`);
+
+const app = createNodeRunnerApp({
+  nodeName: "node-a",
+  keys: { current: new Map([["fn-1", publicKey]]) },
+  replay: new ReplayCache(100_000),
+  pods: { getPod: unreachable("pod API"), markInitialized: unreachable("pod API"), clearMark: unreachable("pod API"), recordEvent: unreachable("pod API") },
+  resolveNetns: unreachable("netns resolution"),
+  applierFor: unreachable("applier"),
+  log: pino({ level: "silent" }),
+  metrics: createMetrics({ defaultMetrics: false }),
+});
+
+describe("node-runner endpoints under hostile input", () => {
+  test("property: arbitrary bodies and signature headers → 400/401/413, never a crash", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom(APPLY_PATH, REMOVE_PATH),
+        fc.string({ unit: "binary", maxLength: 300 }),
+        fc.record({ input: fc.string({ maxLength: 120 }), signature: fc.string({ maxLength: 120 }), digest: fc.string({ maxLength: 80 }) }, { requiredKeys: [] }),
+        async (path, body, h) => {
+          const headers: Record<string, string> = { "content-type": "application/json" };
+          const printable = (v: string): string => v.replace(/[^\x20-\x7e]/g, "");
+          if (h.input !== undefined) headers["signature-input"] = printable(h.input);
+          if (h.signature !== undefined) headers.signature = printable(h.signature);
+          if (h.digest !== undefined) headers["content-digest"] = printable(h.digest);
+          const res = await request(app).post(path).set(headers).send(body);
+          assert.ok([400, 401, 413].includes(res.status), `status ${res.status}: ${JSON.stringify(res.body)}`);
+        },
+      ),
+      { numRuns: 400 },
+    );
+  });
+
+  test("property: validly signed garbage is malformed (400), never a crash", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.oneof(fc.string({ unit: "binary", maxLength: 300 }), fc.jsonValue({ maxDepth: 4 }).map((v) => JSON.stringify(v))),
+        async (text) => {
+          const body = Buffer.from(text);
+          const signature = signRequest(
+            { method: "POST", authority: "node-a.test:9443", path: APPLY_PATH, contentType: "application/json", body },
+            { keyid: "fn-1", privateKey },
+            { now: Date.now(), nonce: randomUUID() },
+          );
+          const res = await request(app).post(APPLY_PATH).set("host", "node-a.test:9443").set("content-type", "application/json").set(signature).send(body.toString("utf8"));
+          assert.equal(res.status, 400, JSON.stringify(res.body));
+          assert.equal((res.body as { reason: string }).reason, "malformed");
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  test("health endpoints", async () => {
+    assert.equal((await request(app).get("/healthz")).status, 200);
+    assert.equal((await request(app).get("/readyz")).status, 200);
+    assert.match((await request(app).get("/metrics")).text, /podnet_node_runner_requests_total/);
+  });
+});
