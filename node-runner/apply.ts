@@ -33,6 +33,8 @@ export const nsenterRunner: NetnsRunner = (netnsPath, argv, input) =>
         resolve({ code, stdout, stderr: stderr || (error?.message ?? "") });
       },
     );
+    // A command that does not read its input may exit first: that is not an error here.
+    child.stdin?.on("error", () => undefined);
     child.stdin?.end(input ?? "");
   });
 

@@ -5,7 +5,7 @@
 // netns to hold one of the pod's IPs; prefer the oldest process (the sandbox's pause process).
 //
 // Everything is read from files under `procRoot`, so fixture trees can stand in for /proc.
-import { readdir, readFile, readlink } from "node:fs/promises";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import path from "node:path";
 
 export interface ResolvedNetns {
@@ -83,44 +83,48 @@ export function expandIPv6(address: string): string {
   return groups.map((g) => g.padStart(4, "0")).join(":");
 }
 
-async function readText(file: string): Promise<string | undefined> {
+// /proc files live in memory: synchronous reads take microseconds, while a promise per file
+// made a scan of a few hundred processes take tens of milliseconds.
+function readText(file: string): string | undefined {
   try {
-    return await readFile(file, "utf8");
+    return readFileSync(file, "utf8");
   } catch {
     return undefined;
   }
 }
 
-async function netnsInode(procRoot: string, pid: string): Promise<string | undefined> {
+function netnsInode(procRoot: string, pid: string): string | undefined {
   try {
-    const link = await readlink(path.join(procRoot, pid, "ns", "net"));
+    const link = readlinkSync(path.join(procRoot, pid, "ns", "net"));
     return /^net:\[(\d+)\]$/.exec(link)?.[1];
   } catch {
     return undefined;
   }
 }
 
+// async for the callers' sake: a CRI lookup or a slower scan may replace the body.
+// eslint-disable-next-line @typescript-eslint/require-await
 export async function resolvePodNetns(
   pod: { readonly uid: string; readonly ips: readonly string[] },
   options: { readonly procRoot?: string; readonly hostPid?: string } = {},
 ): Promise<NetnsResolution> {
   const procRoot = options.procRoot ?? "/proc";
-  const hostInode = await netnsInode(procRoot, options.hostPid ?? "1");
+  const hostInode = netnsInode(procRoot, options.hostPid ?? "1");
   const pattern = podUidPattern(pod.uid);
 
   const candidates = new Map<string, { pid: number; start: number; count: number }>();
   let hostOnly = false;
-  for (const entry of await readdir(procRoot)) {
+  for (const entry of readdirSync(procRoot)) {
     if (!/^\d+$/.test(entry)) continue;
-    const cgroup = await readText(path.join(procRoot, entry, "cgroup"));
+    const cgroup = readText(path.join(procRoot, entry, "cgroup"));
     if (cgroup === undefined || !cgroupBelongsToPod(cgroup, pattern)) continue;
-    const inode = await netnsInode(procRoot, entry);
+    const inode = netnsInode(procRoot, entry);
     if (inode === undefined) continue; // exited meanwhile, or not readable
     if (inode === hostInode) {
       hostOnly = true; // a hostNetwork pod, or a process that has not joined the sandbox yet
       continue;
     }
-    const start = processStartTime((await readText(path.join(procRoot, entry, "stat"))) ?? "") ?? Number.MAX_SAFE_INTEGER;
+    const start = processStartTime(readText(path.join(procRoot, entry, "stat")) ?? "") ?? Number.MAX_SAFE_INTEGER;
     const pid = Number(entry);
     const seen = candidates.get(inode);
     if (seen === undefined) candidates.set(inode, { pid, start, count: 1 });
@@ -140,8 +144,8 @@ export async function resolvePodNetns(
   const ordered = [...candidates.entries()].sort((a, b) => a[1].start - b[1].start || a[1].pid - b[1].pid);
   for (const [inode, c] of ordered) {
     const pidDir = path.join(procRoot, String(c.pid));
-    const v4 = localIPv4FromFibTrie((await readText(path.join(pidDir, "net", "fib_trie"))) ?? "");
-    const v6 = ipv6FromIfInet6((await readText(path.join(pidDir, "net", "if_inet6"))) ?? "");
+    const v4 = localIPv4FromFibTrie(readText(path.join(pidDir, "net", "fib_trie")) ?? "");
+    const v6 = ipv6FromIfInet6(readText(path.join(pidDir, "net", "if_inet6")) ?? "");
     if ([...wanted].some((ip) => v4.has(ip) || v6.has(ip))) {
       return { found: true, netns: { inode, path: path.join(pidDir, "ns", "net"), pid: c.pid, processes: c.count } };
     }

@@ -208,7 +208,6 @@ describe("control plane cleanup", () => {
     const dir = path.join(os.tmpdir(), `pnc-cp-${dead}-staletest`);
     mkdirSync(dir);
     const orphan = spawn("sleep", ["300"], { detached: true, stdio: "ignore" });
-    orphan.unref();
     assert.ok(orphan.pid !== undefined);
     writeFileSync(path.join(dir, "pids"), `${orphan.pid}\n`);
     const exited = new Promise((resolve) => orphan.once("exit", resolve));

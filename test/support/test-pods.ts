@@ -145,7 +145,6 @@ export class TestPods {
     const cgroupDir = this.cgroupFor(layout, uid);
     mkdirSync(cgroupDir, { recursive: true });
     const pause = spawn("nsenter", [`--net=/run/netns/${netns}`, "sleep", "infinity"], { stdio: "ignore", detached: true });
-    pause.unref();
     if (pause.pid === undefined) throw new Error("could not start the pause process");
     writeFileSync(path.join(cgroupDir, "cgroup.procs"), String(pause.pid));
     this.processes.push(pause);

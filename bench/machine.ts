@@ -1,0 +1,31 @@
+// The machine a benchmark ran on, printed with every table.
+import { execFileSync } from "node:child_process";
+import os from "node:os";
+
+export function machineDescription(): string {
+  const cpus = os.cpus();
+  let iptables = "";
+  try {
+    iptables = execFileSync("iptables", ["--version"], { encoding: "utf8" }).trim();
+  } catch {
+    iptables = "iptables: not found";
+  }
+  return [
+    `machine: ${cpus[0]?.model ?? "unknown CPU"} × ${cpus.length}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB`,
+    `kernel: ${os.type()} ${os.release()}; node ${process.version}; ${iptables}`,
+    `date: ${new Date().toISOString()}`,
+  ].join("\n");
+}
+
+export function summarize(samplesMs: readonly number[]): { min: number; median: number; p95: number; p99: number; max: number; mean: number } {
+  const s = [...samplesMs].sort((a, b) => a - b);
+  const at = (q: number): number => s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))] ?? NaN;
+  return { min: s[0] ?? NaN, median: at(0.5), p95: at(0.95), p99: at(0.99), max: s[s.length - 1] ?? NaN, mean: s.reduce((a, b) => a + b, 0) / s.length };
+}
+
+export function table(headers: string[], rows: (string | number)[][]): string {
+  const cells = [headers, ...rows.map((r) => r.map((c) => (typeof c === "number" ? c.toFixed(2) : c)))];
+  const widths = headers.map((_, i) => Math.max(...cells.map((r) => String(r[i]).length)));
+  const line = (r: (string | number)[]): string => `| ${r.map((c, i) => String(c).padEnd(widths[i] ?? 0)).join(" | ")} |`;
+  return [line(cells[0] ?? []), `| ${widths.map((w) => "-".repeat(w)).join(" | ")} |`, ...cells.slice(1).map(line)].join("\n");
+}
