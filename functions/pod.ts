@@ -45,6 +45,14 @@ export const podSchema = z.looseObject({
       hostIP: z.string().optional(),
       podIP: z.string().optional(),
       podIPs: z.array(z.looseObject({ ip: z.string() })).nullish(),
+      initContainerStatuses: z
+        .array(
+          z.looseObject({
+            name: z.string(),
+            state: z.looseObject({ running: z.looseObject({ startedAt: z.string().optional() }).optional() }).optional(),
+          }),
+        )
+        .nullish(),
     })
     .optional(),
 });

@@ -18,7 +18,7 @@ import * as k8s from "@kubernetes/client-node";
 import { pino } from "pino";
 import { IptablesApplier, RecordStore, detectVariant, type IptablesVariant } from "./apply.ts";
 import { KubePodApi } from "./kube.ts";
-import { PublicKeyDirectory } from "./keys.ts";
+import { KeyDirectory } from "../contract/key-directory.ts";
 import { createMetrics } from "./metrics.ts";
 import { resolvePodNetns } from "./netns.ts";
 import { ReplayCache } from "./replay.ts";
@@ -73,7 +73,7 @@ const defaultVariant = nodeDefaultVariant();
 const records = new RecordStore(values["state-dir"] ?? env.STATE_DIR ?? "/run/podnet");
 const appliers = { legacy: new IptablesApplier("legacy", records), nft: new IptablesApplier("nft", records) };
 
-const keys = new PublicKeyDirectory(values["keys-dir"] ?? env.PUBLIC_KEYS_DIR ?? "/etc/podnet/keys", log);
+const keys = new KeyDirectory(values["keys-dir"] ?? env.PUBLIC_KEYS_DIR ?? "/etc/podnet/keys", "public", log);
 await keys.start();
 
 const app = createNodeRunnerApp({

@@ -1,0 +1,126 @@
+// Does this pod need rules now, and which? (DESIGN §4). Pure: pod, namespace and policy in,
+// a decision with a machine-readable reason out. Cheap checks come first: most events are
+// updates of pods that need nothing, and they must cost microseconds.
+import { MARK, STATUS_INITIALIZED, type PodRef } from "../contract/apply-request.ts";
+import { CaptureConfigError, parseCaptureConfig, type CaptureConfigInput, type CaptureIssue } from "../contract/capture-config.ts";
+import { ANNOTATION, deriveCaptureInput } from "./capture-from-pod.ts";
+import { podIPs, proxyContainer, type Pod } from "./pod.ts";
+import { applyCaptureOverrides, matchesSelector, type Policy } from "./policy.ts";
+
+/** The init container of the injection template that waits for the mark (config/istio). */
+export const WAITER_CONTAINER = "podnet-wait";
+export const LEGACY_OPT_IN = "istio-pod-network-controller/initialize";
+
+export type SkipReason =
+  | "deleted"
+  | "not-sidecar-injected"
+  | "istio-init-present"
+  | "injection-disabled"
+  | "envoy-disabled"
+  | "interception-none"
+  | "host-network"
+  | "namespace-excluded"
+  | "namespace-not-included"
+  | "selector-mismatch"
+  | "not-bound"
+  | "no-host-ip"
+  | "no-pod-ip"
+  | "terminating"
+  | "finished"
+  | "already-initialized";
+
+export type Decision =
+  | {
+      readonly action: "apply";
+      readonly reason: "needs-rules" | "waiter-still-waiting";
+      readonly pod: PodRef;
+      readonly hostIP: string;
+      readonly node: string;
+      readonly capture: CaptureConfigInput;
+    }
+  | { readonly action: "skip"; readonly reason: SkipReason; readonly detail?: string }
+  | { readonly action: "error"; readonly reason: "invalid-capture"; readonly detail: string; readonly issues: readonly CaptureIssue[] };
+
+export interface NamespaceFacts {
+  readonly labels?: Readonly<Record<string, string>>;
+  readonly annotations?: Readonly<Record<string, string>>;
+}
+
+const skip = (reason: SkipReason, detail?: string): Decision => (detail === undefined ? { action: "skip", reason } : { action: "skip", reason, detail });
+
+export function decide(input: {
+  readonly pod: Pod;
+  readonly policy: Policy;
+  readonly namespace?: NamespaceFacts;
+  readonly deleted?: boolean;
+  readonly now?: number;
+}): Decision {
+  const { pod, policy } = input;
+  const p = policy.document;
+  const meta = pod.metadata;
+  const annotations = meta.annotations ?? {};
+  const labels = meta.labels ?? {};
+  const namespace = meta.namespace ?? "default";
+
+  if (input.deleted === true) return skip("deleted");
+  if (pod.spec.hostNetwork === true) return skip("host-network");
+  if (p.namespaces.exclude.includes(namespace)) return skip("namespace-excluded", namespace);
+  if (p.namespaces.include.length > 0 && !p.namespaces.include.includes(namespace)) return skip("namespace-not-included", namespace);
+  if (meta.deletionTimestamp !== undefined && meta.deletionTimestamp !== null) return skip("terminating");
+  const phase = pod.status?.phase;
+  if (phase === "Succeeded" || phase === "Failed") return skip("finished", phase);
+
+  // Mesh membership: injected by Istio's sidecar injector (or opted in the original way).
+  const optedIn =
+    p.legacyOptIn && (annotations[LEGACY_OPT_IN] === "true" || input.namespace?.annotations?.[LEGACY_OPT_IN] === "true");
+  const proxy = proxyContainer(pod);
+  if (!optedIn) {
+    if (proxy === undefined || annotations["sidecar.istio.io/status"] === undefined) return skip("not-sidecar-injected");
+  }
+  if (pod.spec.initContainers?.some((c) => c.name === "istio-init") === true) return skip("istio-init-present");
+  const inject = labels["sidecar.istio.io/inject"] ?? annotations["sidecar.istio.io/inject"];
+  if (inject === "false") return skip("injection-disabled");
+  if (proxy?.env?.some((e) => e.name === "DISABLE_ENVOY" && e.value === "true") === true) return skip("envoy-disabled");
+  if (annotations[ANNOTATION.interceptionMode] === "NONE") return skip("interception-none");
+  if (p.podSelector !== undefined && !matchesSelector(labels, p.podSelector)) return skip("selector-mismatch");
+
+  const node = pod.spec.nodeName;
+  if (node === undefined || node === "") return skip("not-bound");
+  const hostIP = pod.status?.hostIP;
+  if (hostIP === undefined || hostIP === "") return skip("no-host-ip");
+  const ips = podIPs(pod);
+  if (ips.length === 0) return skip("no-pod-ip");
+
+  let reason: "needs-rules" | "waiter-still-waiting" = "needs-rules";
+  if (annotations[MARK.status] === STATUS_INITIALIZED) {
+    // Marked. Only a waiter that keeps waiting (its netns differs: the sandbox was re-created)
+    // brings the pod back.
+    if (!waiterStuck(pod, p.redispatchWaitingAfterSeconds, input.now ?? Date.now())) return skip("already-initialized");
+    reason = "waiter-still-waiting";
+  }
+
+  let capture: CaptureConfigInput;
+  try {
+    const derived = deriveCaptureInput(pod);
+    capture = applyCaptureOverrides(derived.input, p, namespace);
+    parseCaptureConfig(capture, derived.sources);
+  } catch (err) {
+    if (!(err instanceof CaptureConfigError)) throw err;
+    return { action: "error", reason: "invalid-capture", detail: err.message, issues: err.issues };
+  }
+  return {
+    action: "apply",
+    reason,
+    node,
+    hostIP,
+    pod: { namespace, name: meta.name ?? "", uid: meta.uid ?? "", ips },
+    capture,
+  };
+}
+
+function waiterStuck(pod: Pod, afterSeconds: number, now: number): boolean {
+  const started = pod.status?.initContainerStatuses?.find((s) => s.name === WAITER_CONTAINER)?.state?.running?.startedAt;
+  if (started === undefined) return false;
+  const t = Date.parse(started);
+  return Number.isFinite(t) && now - t > afterSeconds * 1000;
+}

@@ -1,0 +1,163 @@
+// Signed apply requests to the node-runner on the pod's node (DESIGN §6): keep-alive
+// connections, a timeout, a concurrency bound, retries with backoff on connection errors and
+// 503, and coalescing: while a request for a pod is in flight, newer decisions for that pod
+// wait and only the latest is sent next.
+import { randomUUID, type KeyObject } from "node:crypto";
+import http from "node:http";
+import https from "node:https";
+import { API_VERSION, APPLY_PATH, CONTENT_TYPE, type ApplyRequest } from "../contract/apply-request.ts";
+import { signRequest } from "../contract/signature.ts";
+import type { Decision } from "./decision.ts";
+
+export type ApplyDecision = Extract<Decision, { action: "apply" }>;
+
+export type DispatchResult =
+  | { readonly ok: true; readonly status: 200; readonly result: string; readonly attempts: number }
+  | { readonly ok: false; readonly status: number; readonly reason: string; readonly retryable: boolean; readonly attempts: number };
+
+export interface DispatcherOptions {
+  /** The current signing key (the newest, when several are mounted). */
+  readonly signingKey: () => { keyid: string; privateKey: KeyObject };
+  readonly port: number;
+  readonly scheme?: "http" | "https";
+  /** CA for HTTPS node-runners. */
+  readonly ca?: Buffer;
+  readonly timeoutMs?: number;
+  readonly maxConcurrent?: number;
+  readonly attempts?: number;
+  readonly backoffMs?: number;
+  /** Override where a node's runner is reached (tests: everything on loopback). */
+  readonly addressFor?: (decision: ApplyDecision) => string;
+}
+
+/** Per pod: the newest decision not yet sent, and who waits for its result. */
+interface PodQueue {
+  pending: { decision: ApplyDecision; policyId: string } | undefined;
+  waiters: ((result: DispatchResult) => void)[];
+}
+
+export class Dispatcher {
+  private readonly agent: http.Agent;
+  private readonly pods = new Map<string, PodQueue>();
+  private running = 0;
+  private readonly queue: (() => void)[] = [];
+
+  constructor(private readonly options: DispatcherOptions) {
+    const agentOptions = { keepAlive: true, maxSockets: options.maxConcurrent ?? 32 };
+    this.agent = options.scheme === "https" ? new https.Agent({ ...agentOptions, ...(options.ca === undefined ? {} : { ca: options.ca }) }) : new http.Agent(agentOptions);
+  }
+
+  /** Dispatch; while a request for the same pod is under way, only the newest decision is sent next. */
+  dispatch(decision: ApplyDecision, policyId: string): Promise<DispatchResult> {
+    const uid = decision.pod.uid;
+    let q = this.pods.get(uid);
+    const idle = q === undefined;
+    if (q === undefined) {
+      q = { pending: undefined, waiters: [] };
+      this.pods.set(uid, q);
+    }
+    q.pending = { decision, policyId };
+    const result = new Promise<DispatchResult>((resolve) => q.waiters.push(resolve));
+    if (idle) void this.drain(uid, q);
+    return result;
+  }
+
+  /** Requests for pods currently being dispatched (for drain on shutdown). */
+  get busy(): number {
+    return this.pods.size;
+  }
+
+  private async drain(uid: string, q: PodQueue): Promise<void> {
+    while (q.pending !== undefined) {
+      const { decision, policyId } = q.pending;
+      const waiters = q.waiters;
+      q.pending = undefined;
+      q.waiters = [];
+      const result = await this.withSlot(() => this.send(decision, policyId)).catch(
+        (err: unknown): DispatchResult => ({ ok: false, status: 0, reason: err instanceof Error ? err.message : String(err), retryable: true, attempts: 0 }),
+      );
+      for (const resolve of waiters) resolve(result);
+    }
+    this.pods.delete(uid);
+  }
+
+  private async withSlot<T>(work: () => Promise<T>): Promise<T> {
+    if (this.running >= (this.options.maxConcurrent ?? 32)) await new Promise<void>((resolve) => this.queue.push(resolve));
+    this.running++;
+    try {
+      return await work();
+    } finally {
+      this.running--;
+      this.queue.shift()?.();
+    }
+  }
+
+  private async send(decision: ApplyDecision, policyId: string): Promise<DispatchResult> {
+    const body: ApplyRequest = {
+      apiVersion: API_VERSION,
+      kind: "ApplyRequest",
+      node: decision.node,
+      pod: decision.pod,
+      capture: decision.capture,
+      decision: { reason: decision.reason, policy: policyId },
+    };
+    const payload = Buffer.from(JSON.stringify(body));
+    const attempts = this.options.attempts ?? 3;
+    let last: DispatchResult = { ok: false, status: 0, reason: "not-sent", retryable: true, attempts: 0 };
+    for (let attempt = 1; attempt <= attempts; attempt++) {
+      last = await this.once(decision, payload, attempt);
+      if (last.ok || !last.retryable || attempt === attempts) return last;
+      await new Promise((r) => setTimeout(r, (this.options.backoffMs ?? 100) * 2 ** (attempt - 1)));
+    }
+    return last;
+  }
+
+  private once(decision: ApplyDecision, payload: Buffer, attempt: number): Promise<DispatchResult> {
+    const host = this.options.addressFor?.(decision) ?? decision.hostIP;
+    const authority = `${host.includes(":") ? `[${host}]` : host}:${this.options.port}`;
+    const headers = signRequest(
+      { method: "POST", authority, path: APPLY_PATH, contentType: CONTENT_TYPE, body: payload },
+      this.options.signingKey(),
+      { now: Date.now(), nonce: randomUUID() },
+    );
+    const client = this.options.scheme === "https" ? https : http;
+    return new Promise((resolve) => {
+      const req = client.request(
+        {
+          host,
+          port: this.options.port,
+          path: APPLY_PATH,
+          method: "POST",
+          agent: this.agent,
+          timeout: this.options.timeoutMs ?? 5000,
+          headers: { ...headers, host: authority, "content-type": CONTENT_TYPE, "content-length": payload.length },
+        },
+        (res) => {
+          let text = "";
+          res.setEncoding("utf8");
+          res.on("data", (c: string) => (text += c));
+          res.on("end", () => {
+            const status = res.statusCode ?? 0;
+            let parsed: { result?: string; reason?: string } = {};
+            try {
+              parsed = JSON.parse(text) as typeof parsed;
+            } catch {
+              // not JSON: keep the status
+            }
+            if (status === 200) resolve({ ok: true, status: 200, result: parsed.result ?? "applied", attempts: attempt });
+            else resolve({ ok: false, status, reason: parsed.reason ?? `http-${status}`, retryable: status === 503 || status >= 500, attempts: attempt });
+          });
+        },
+      );
+      req.on("timeout", () => req.destroy(new Error("timeout")));
+      req.on("error", (err: NodeJS.ErrnoException) => {
+        resolve({ ok: false, status: 0, reason: err.code ?? err.message, retryable: true, attempts: attempt });
+      });
+      req.end(payload);
+    });
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+}

@@ -1,0 +1,250 @@
+// The decision function's HTTP side: CloudEvents in (binary, structured and batch mode),
+// ApiServerSource pod events (Resource and Reference mode) and PingSource resync ticks.
+// Answers: 2xx when done or skipped, 503 when a failure is transient (the adapter retries),
+// 400 when an event can never be processed (DESIGN §10).
+import express, { type Request, type Response } from "express";
+import { HTTP, type CloudEventV1 } from "cloudevents";
+import type { Logger } from "pino";
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { decide, type Decision, type NamespaceFacts } from "./decision.ts";
+import type { Dispatcher, DispatchResult } from "./dispatch.ts";
+import { parsePod, PodManifestError, type Pod } from "./pod.ts";
+import type { Policy } from "./policy.ts";
+
+export const MAX_EVENT_BYTES = 1024 * 1024;
+export const MESH_POD_SELECTOR = "security.istio.io/tlsMode=istio";
+
+export interface ClusterReader {
+  getPod(namespace: string, name: string): Promise<Pod | undefined>;
+  getNamespace(name: string): Promise<NamespaceFacts | undefined>;
+  /** Candidate pods cluster-wide, page by page (server-side label selector). */
+  listPods(labelSelector: string): AsyncIterable<Pod[]>;
+  /** A Warning Event on the pod (invalid annotations). */
+  recordInvalid(pod: Pod, message: string): Promise<void>;
+}
+
+export function createFunctionMetrics(options: { defaultMetrics?: boolean } = {}) {
+  const registry = new Registry();
+  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: "podnet_function_" });
+  return {
+    registry,
+    events: new Counter({ name: "podnet_function_events_total", help: "CloudEvents by type and outcome.", labelNames: ["type", "outcome"], registers: [registry] }),
+    decisions: new Counter({ name: "podnet_function_decisions_total", help: "Decisions by action and reason.", labelNames: ["action", "reason"], registers: [registry] }),
+    decisionDuration: new Histogram({ name: "podnet_function_decision_duration_seconds", help: "Time to decide one pod.", buckets: [0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01], registers: [registry] }),
+    dispatchDuration: new Histogram({ name: "podnet_function_dispatch_duration_seconds", help: "Time of one signed dispatch, retries included.", labelNames: ["result"], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [registry] }),
+    dispatchFailures: new Counter({ name: "podnet_function_dispatch_failures_total", help: "Failed dispatches by HTTP status (0: no answer) and reason.", labelNames: ["status", "reason"], registers: [registry] }),
+    policyReloadFailures: new Counter({ name: "podnet_function_policy_reload_failures_total", help: "Policy documents refused (the last good policy stays).", registers: [registry] }),
+    policyInfo: new Gauge({ name: "podnet_function_policy_info", help: "The policy in force (value 1).", labelNames: ["id", "mode"], registers: [registry] }),
+  };
+}
+export type FunctionMetrics = ReturnType<typeof createFunctionMetrics>;
+
+export interface FunctionDeps {
+  readonly policy: () => Policy;
+  readonly dispatcher: Dispatcher;
+  readonly cluster: ClusterReader;
+  readonly log: Logger;
+  readonly metrics: FunctionMetrics;
+  /** Pods dispatched at once during a resync. */
+  readonly resyncConcurrency?: number;
+}
+
+type Outcome = "applied" | "unchanged" | "skipped" | "dry-run" | "invalid" | "duplicate" | "failed";
+interface HandledPod {
+  readonly pod: string;
+  readonly outcome: Outcome;
+  readonly reason: string;
+  readonly transient?: boolean;
+}
+
+class BadEvent extends Error {}
+
+const POD_EVENT = /^dev\.knative\.apiserver\.(resource|ref)\.(add|update|delete)$/;
+const PING_EVENT = "dev.knative.sources.ping";
+
+export function createFunctionApp(deps: FunctionDeps): express.Express & { inFlight: () => number } {
+  const { log, metrics } = deps;
+  // uid → resourceVersion last handled: ApiServerSource may deliver a notification twice.
+  const handled = new Map<string, string>();
+  let inFlight = 0;
+
+  const app = express() as express.Express & { inFlight: () => number };
+  app.inFlight = () => inFlight;
+  app.disable("x-powered-by");
+  app.get("/healthz", (_req, res) => {
+    res.json({ status: "ok" });
+  });
+  app.get("/readyz", (_req, res) => {
+    res.json({ status: "ready", policy: deps.policy().id });
+  });
+  app.get("/metrics", async (_req, res) => {
+    res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
+
+  app.post("/", express.raw({ type: () => true, limit: MAX_EVENT_BYTES }), async (req: Request, res: Response) => {
+    inFlight++;
+    try {
+      let events: CloudEventV1<unknown>[];
+      try {
+        const body = Buffer.isBuffer(req.body) ? req.body.toString("utf8") : "";
+        const parsed = HTTP.toEvent({ headers: req.headers, body });
+        events = Array.isArray(parsed) ? parsed : [parsed];
+      } catch (err) {
+        metrics.events.inc({ type: "unknown", outcome: "malformed" });
+        log.warn({ err: err instanceof Error ? err.message : String(err) }, "refused: not a CloudEvent");
+        res.status(400).json({ error: "not a CloudEvent", detail: err instanceof Error ? err.message : String(err) });
+        return;
+      }
+      const results: HandledPod[] = [];
+      let status = 200;
+      for (const event of events) {
+        const elog = log.child({ ceId: event.id, ceType: event.type });
+        try {
+          const r = event.type === PING_EVENT ? await resync(elog) : [await handlePodEvent(event, elog)];
+          results.push(...r);
+          metrics.events.inc({ type: event.type, outcome: r.some((x) => x.transient === true) ? "transient" : "handled" });
+          if (r.some((x) => x.transient === true)) status = Math.max(status, 503);
+        } catch (err) {
+          if (!(err instanceof BadEvent)) throw err;
+          metrics.events.inc({ type: event.type, outcome: "malformed" });
+          elog.warn({ detail: err.message }, "refused: event cannot be processed");
+          status = Math.max(status, 400);
+          results.push({ pod: event.subject ?? "", outcome: "failed", reason: err.message });
+        }
+      }
+      res.status(status === 200 ? 200 : status).json({ results });
+    } catch (err) {
+      log.error({ err }, "event handling failed");
+      res.status(503).json({ error: "transient failure", detail: err instanceof Error ? err.message : String(err) });
+    } finally {
+      inFlight--;
+    }
+  });
+
+  // Express recognises an error handler by its four parameters.
+  // eslint-disable-next-line @typescript-eslint/no-unused-vars
+  app.use((err: { type?: string; message?: string }, _req: Request, res: Response, _next: express.NextFunction) => {
+    const tooLarge = err.type === "entity.too.large";
+    metrics.events.inc({ type: "unknown", outcome: tooLarge ? "too-large" : "malformed" });
+    log.warn({ err: err.message }, tooLarge ? "refused: event too large" : "refused: unreadable request");
+    res.status(tooLarge ? 413 : 400).json({ error: tooLarge ? "event too large" : "bad request" });
+  });
+
+  async function handlePodEvent(event: CloudEventV1<unknown>, elog: Logger): Promise<HandledPod> {
+    const match = POD_EVENT.exec(event.type);
+    if (match === null) throw new BadEvent(`unsupported event type ${event.type}`);
+    const [, mode, verb] = match;
+    let pod: Pod | undefined;
+    if (mode === "ref") {
+      const ref = event.data as { kind?: unknown; namespace?: unknown; name?: unknown } | undefined;
+      if (ref?.kind !== "Pod" || typeof ref.namespace !== "string" || typeof ref.name !== "string") throw new BadEvent("reference event without a Pod reference");
+      if (verb === "delete") return record({ action: "skip", reason: "deleted" }, `${ref.namespace}/${ref.name}`, elog);
+      try {
+        pod = await deps.cluster.getPod(ref.namespace, ref.name);
+      } catch (err) {
+        elog.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot read the referenced pod");
+        return { pod: `${ref.namespace}/${ref.name}`, outcome: "failed", reason: "api-unavailable", transient: true };
+      }
+      if (pod === undefined) return record({ action: "skip", reason: "deleted" }, `${ref.namespace}/${ref.name}`, elog);
+    } else {
+      try {
+        pod = parsePod(typeof event.data === "string" ? JSON.parse(event.data) : event.data);
+      } catch (err) {
+        throw new BadEvent(err instanceof PodManifestError ? err.message : "event data is not a Pod");
+      }
+    }
+    return handlePod(pod, elog, verb === "delete");
+  }
+
+  async function handlePod(pod: Pod, elog: Logger, deleted = false): Promise<HandledPod> {
+    const name = `${pod.metadata.namespace ?? ""}/${pod.metadata.name ?? ""}`;
+    const uid = pod.metadata.uid ?? "";
+    const plog = elog.child({ pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid } });
+    const rv = pod.metadata.resourceVersion;
+    if (!deleted && rv !== undefined && handled.get(uid) === rv) {
+      metrics.decisions.inc({ action: "skip", reason: "duplicate" });
+      return { pod: name, outcome: "duplicate", reason: "duplicate" };
+    }
+    const policy = deps.policy();
+    let namespace: NamespaceFacts | undefined;
+    if (policy.document.legacyOptIn && pod.metadata.annotations?.["istio-pod-network-controller/initialize"] === undefined) {
+      // Only the original controller's namespace-level opt-in needs the namespace.
+      namespace = await deps.cluster.getNamespace(pod.metadata.namespace ?? "default").catch(() => undefined);
+    }
+    const t0 = performance.now();
+    const decision = decide({ pod, policy, ...(namespace === undefined ? {} : { namespace }), deleted });
+    metrics.decisionDuration.observe((performance.now() - t0) / 1000);
+    const result = await act(decision, pod, name, plog);
+    if (result.transient !== true && rv !== undefined) remember(uid, rv);
+    return result;
+  }
+
+  function remember(uid: string, rv: string): void {
+    handled.delete(uid);
+    handled.set(uid, rv);
+    if (handled.size > 50_000) handled.delete(handled.keys().next().value ?? "");
+  }
+
+  function record(decision: Decision, name: string, plog: Logger): HandledPod {
+    metrics.decisions.inc({ action: decision.action, reason: decision.reason });
+    plog.debug({ decision: decision.action, reason: decision.reason }, "skipped");
+    return { pod: name, outcome: "skipped", reason: decision.reason };
+  }
+
+  async function act(decision: Decision, pod: Pod, name: string, plog: Logger): Promise<HandledPod> {
+    if (decision.action === "skip") return record(decision, name, plog);
+    metrics.decisions.inc({ action: decision.action, reason: decision.reason });
+    const policy = deps.policy();
+    if (decision.action === "error") {
+      plog.warn({ decision: "error", reason: decision.reason, detail: decision.detail }, "pod refused: invalid capture configuration");
+      if (policy.document.mode === "enforce") {
+        await deps.cluster.recordInvalid(pod, `NetworkInitFailed: ${decision.detail}`).catch((err: unknown) => {
+          plog.warn({ err: err instanceof Error ? err.message : String(err) }, "could not record the Event");
+        });
+      }
+      return { pod: name, outcome: "invalid", reason: decision.detail };
+    }
+    if (policy.document.mode === "dry-run") {
+      plog.info({ decision: "apply", reason: decision.reason, node: decision.node, policy: policy.id, capture: decision.capture }, "dry-run: would apply");
+      return { pod: name, outcome: "dry-run", reason: decision.reason };
+    }
+    const t0 = performance.now();
+    const result: DispatchResult = await deps.dispatcher.dispatch(decision, policy.id);
+    metrics.dispatchDuration.observe({ result: result.ok ? result.result : "failed" }, (performance.now() - t0) / 1000);
+    if (result.ok) {
+      plog.info({ decision: "apply", reason: decision.reason, node: decision.node, result: result.result, attempts: result.attempts }, `dispatched: ${result.result}`);
+      return { pod: name, outcome: result.result === "unchanged" ? "unchanged" : "applied", reason: decision.reason };
+    }
+    metrics.dispatchFailures.inc({ status: String(result.status), reason: result.reason });
+    plog.warn({ decision: "apply", node: decision.node, status: result.status, reason: result.reason, attempts: result.attempts }, "dispatch failed");
+    return { pod: name, outcome: "failed", reason: result.reason, transient: result.retryable };
+  }
+
+  async function resync(elog: Logger): Promise<HandledPod[]> {
+    const summary = { seen: 0, dispatched: 0, skipped: 0, failed: 0 };
+    const results: HandledPod[] = [];
+    const limit = deps.resyncConcurrency ?? 16;
+    try {
+      for await (const page of deps.cluster.listPods(MESH_POD_SELECTOR)) {
+        for (let i = 0; i < page.length; i += limit) {
+          const batch = await Promise.all(page.slice(i, i + limit).map((pod) => handlePod(pod, elog)));
+          for (const r of batch) {
+            summary.seen++;
+            if (r.outcome === "applied" || r.outcome === "unchanged") summary.dispatched++;
+            else if (r.outcome === "failed") summary.failed++;
+            else summary.skipped++;
+            if (r.outcome !== "skipped" && r.outcome !== "duplicate") results.push(r);
+          }
+        }
+      }
+    } catch (err) {
+      elog.warn({ err: err instanceof Error ? err.message : String(err), ...summary }, "resync could not list pods");
+      return [...results, { pod: "*", outcome: "failed", reason: "list-failed", transient: true }];
+    }
+    elog.info(summary, "resync done");
+    // Failed pods are caught by the next tick: the resync itself succeeded.
+    return results.map((r) => ({ ...r, transient: false }));
+  }
+
+  return app;
+}
