@@ -9,7 +9,9 @@ import {
   type CaptureConfigInput,
 } from "../contract/capture-config.ts";
 import { deriveCaptureInput } from "../functions/capture-from-pod.ts";
+import { decide, type NamespaceFacts } from "../functions/decision.ts";
 import { parsePod, PodManifestError, type Pod } from "../functions/pod.ts";
+import { parsePolicy, PolicyError } from "../functions/policy.ts";
 import { renderIptables } from "../node-runner/rules/iptables.ts";
 import { renderNftables } from "../node-runner/rules/nftables.ts";
 import { ipCommand, netSetupSteps } from "../node-runner/rules/routes.ts";
@@ -20,17 +22,23 @@ export const EXIT = {
   internal: 1,
   invalidCapture: 2,
   badInput: 3,
+  invalidPolicy: 4,
   usage: 64,
 } as const;
 
 const USAGE = `usage:
   pnc plan <pod.yaml|pod.json|-> [--backend iptables|nft] [--family v4|v6|both] [--json]
+  pnc decide <pod.yaml|pod.json|-> [--namespace <namespace manifest>] [--policy <policy.yaml>] [--json]
 
   Prints the rules the node-runner would apply for the pod, derived the way istio-cni does
   (annotations, istio-proxy env and securityContext). --family defaults to the pod's own
   addresses (v4, or both when it has an IPv6 address); v6 and both preview IPv6 rules.
 
-exit codes: 0 ok, 2 invalid capture configuration, 3 unreadable input or not a Pod, 64 usage`;
+  decide prints what the decision function would do with the pod (apply or skip, and why)
+  under the policy given (Istio defaults when none).
+
+exit codes: 0 ok, 2 invalid capture configuration, 3 unreadable input or not a Pod,
+  4 invalid policy, 64 usage`;
 
 class UsageError extends Error {}
 class InputError extends Error {}
@@ -46,6 +54,7 @@ export function runPnc(argv: readonly string[], io: Io): number {
   try {
     const [command, ...rest] = argv;
     if (command === "plan") return plan(rest, io);
+    if (command === "decide") return decideCommand(rest, io);
     if (command === undefined || command === "help" || command === "--help" || command === "-h") {
       io.stdout(`${USAGE}\n`);
       return command === undefined ? EXIT.usage : EXIT.ok;
@@ -55,6 +64,10 @@ export function runPnc(argv: readonly string[], io: Io): number {
     if (err instanceof CaptureConfigError) {
       io.stderr(`pnc: the pod's capture configuration is invalid; no rules would be applied:\n${err.issues.map((i) => `  - ${formatIssue(i)}`).join("\n")}\n`);
       return EXIT.invalidCapture;
+    }
+    if (err instanceof PolicyError) {
+      io.stderr(`pnc: ${err.message}\n`);
+      return EXIT.invalidPolicy;
     }
     if (err instanceof InputError || err instanceof PodManifestError) {
       io.stderr(`pnc: ${err.message}\n`);
@@ -131,18 +144,55 @@ function plan(args: readonly string[], io: Io): number {
   return EXIT.ok;
 }
 
+function decideCommand(args: readonly string[], io: Io): number {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    options: { namespace: { type: "string" }, policy: { type: "string" }, json: { type: "boolean", default: false } },
+  });
+  if (positionals.length !== 1) throw new UsageError("decide takes exactly one pod manifest (a path, or - for stdin)");
+  const pod = readPod(positionals[0] as string, io);
+  const policy = parsePolicy(values.policy === undefined ? "" : readText(values.policy, io));
+  let namespace: NamespaceFacts | undefined;
+  if (values.namespace !== undefined) {
+    const ns = readDocument(values.namespace, io) as { kind?: unknown; metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> } } | null;
+    if (ns?.kind !== "Namespace") throw new InputError(`${values.namespace}: not a Namespace manifest`);
+    namespace = { labels: ns.metadata?.labels ?? {}, annotations: ns.metadata?.annotations ?? {} };
+  }
+  const decision = decide({ pod, policy, ...(namespace === undefined ? {} : { namespace }) });
+  if (values.json) {
+    io.stdout(`${JSON.stringify({ policy: policy.id, mode: policy.document.mode, ...decision }, null, 2)}\n`);
+  } else if (decision.action === "apply") {
+    io.stdout(`apply (${decision.reason}): pod ${decision.pod.namespace}/${decision.pod.name} on node ${decision.node} (${decision.hostIP}); policy ${policy.id}, ${policy.document.mode}\n`);
+  } else if (decision.action === "skip") {
+    io.stdout(`skip (${decision.reason})${decision.detail === undefined ? "" : `: ${decision.detail}`}; policy ${policy.id}\n`);
+  } else {
+    io.stderr(`pnc: error (${decision.reason}): the pod would be refused and a NetworkInitFailed Event recorded:\n${decision.issues.map((i) => `  - ${formatIssue(i)}`).join("\n")}\n`);
+    return EXIT.invalidCapture;
+  }
+  return EXIT.ok;
+}
+
 function stepsJson(steps: ReturnType<typeof netSetupSteps>): unknown[] {
   return steps.map((s) => ({ ...s, argv: ["ip", ...ipCommand(s, "add")] }));
 }
 
-/** Read one Pod from a YAML or JSON file (or stdin for "-"). */
-function readPod(source: string, io: Io): Pod {
-  let text: string;
+function readText(source: string, io: Io): string {
   try {
-    text = source === "-" ? io.readStdin() : io.readFile(source);
+    return source === "-" ? io.readStdin() : io.readFile(source);
   } catch (err) {
     throw new InputError(`cannot read ${source === "-" ? "stdin" : source}: ${err instanceof Error ? err.message : String(err)}`);
   }
+}
+
+/** Read one Pod from a YAML or JSON file (or stdin for "-"). */
+function readPod(source: string, io: Io): Pod {
+  return parsePod(readDocument(source, io));
+}
+
+/** Exactly one YAML/JSON document. */
+function readDocument(source: string, io: Io): unknown {
+  const text = readText(source, io);
   const docs = parseAllDocuments(text, { prettyErrors: true });
   if (!Array.isArray(docs)) throw new InputError(`${source}: no YAML document found`);
   const nonEmpty = docs.filter((d) => d.contents !== null);
@@ -151,5 +201,5 @@ function readPod(source: string, io: Io): Pod {
   if (doc === undefined || doc.errors.length > 0) {
     throw new InputError(`${source}: not valid YAML/JSON: ${doc?.errors.map((e) => e.message).join("; ") ?? ""}`);
   }
-  return parsePod(doc.toJS({ maxAliasCount: 50 }));
+  return doc.toJS({ maxAliasCount: 50 }) as unknown;
 }

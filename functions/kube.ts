@@ -1,0 +1,70 @@
+// The decision function's Kubernetes side: read pods (Reference mode) and namespaces (opt-in
+// annotation, cached briefly), list mesh pods for resync, and record Warning Events for pods
+// whose annotations are invalid.
+import * as k8s from "@kubernetes/client-node";
+import type { NamespaceFacts } from "./decision.ts";
+import { parsePod, type Pod } from "./pod.ts";
+import type { ClusterReader } from "./server.ts";
+
+export class KubeClusterReader implements ClusterReader {
+  private readonly core: k8s.CoreV1Api;
+  private readonly namespaces = new Map<string, { facts: NamespaceFacts | undefined; until: number }>();
+
+  constructor(
+    kubeConfig: k8s.KubeConfig,
+    private readonly options: { namespaceCacheMs?: number; pageSize?: number } = {},
+  ) {
+    this.core = kubeConfig.makeApiClient(k8s.CoreV1Api);
+  }
+
+  async getPod(namespace: string, name: string): Promise<Pod | undefined> {
+    try {
+      return parsePod(await this.core.readNamespacedPod({ namespace, name }));
+    } catch (err) {
+      if (err instanceof k8s.ApiException && err.code === 404) return undefined;
+      throw err;
+    }
+  }
+
+  async getNamespace(name: string): Promise<NamespaceFacts | undefined> {
+    const cached = this.namespaces.get(name);
+    if (cached !== undefined && cached.until > Date.now()) return cached.facts;
+    let facts: NamespaceFacts | undefined;
+    try {
+      const ns = await this.core.readNamespace({ name });
+      facts = { labels: ns.metadata?.labels ?? {}, annotations: ns.metadata?.annotations ?? {} };
+    } catch (err) {
+      if (!(err instanceof k8s.ApiException && err.code === 404)) throw err;
+    }
+    this.namespaces.set(name, { facts, until: Date.now() + (this.options.namespaceCacheMs ?? 30_000) });
+    return facts;
+  }
+
+  async *listPods(labelSelector: string): AsyncIterable<Pod[]> {
+    let cont: string | undefined;
+    do {
+      const page = await this.core.listPodForAllNamespaces({ labelSelector, limit: this.options.pageSize ?? 500, ...(cont === undefined ? {} : { _continue: cont }) });
+      // List items carry no kind/apiVersion; the schema does not need them.
+      yield page.items.map((p) => parsePod(JSON.parse(JSON.stringify(p)) as unknown));
+      cont = page.metadata?._continue;
+    } while (cont !== undefined && cont !== "");
+  }
+
+  async recordInvalid(pod: Pod, message: string): Promise<void> {
+    const now = new Date();
+    await this.core.createNamespacedEvent({
+      namespace: pod.metadata.namespace ?? "default",
+      body: {
+        metadata: { generateName: `${pod.metadata.name ?? "pod"}.` },
+        involvedObject: { apiVersion: "v1", kind: "Pod", namespace: pod.metadata.namespace ?? "default", name: pod.metadata.name ?? "", uid: pod.metadata.uid ?? "" },
+        reason: "NetworkInitFailed",
+        message: message.slice(0, 1024),
+        type: "Warning",
+        source: { component: "podnet-decision" },
+        firstTimestamp: now,
+        lastTimestamp: now,
+        count: 1,
+      },
+    });
+  }
+}

@@ -1,0 +1,90 @@
+// Decision function entry point (a Knative Service). Configuration from the environment:
+//
+//   PORT                      listen port (Knative injects it)                        8080
+//   POLICY_FILE               mounted policy YAML; built-in defaults when unset
+//   SIGNING_KEYS_DIR          mounted Secret: Ed25519 private keys, <keyid>.pem       /etc/podnet/signing
+//   NODE_RUNNER_PORT          the node-runners' port                                  9443
+//   NODE_RUNNER_SCHEME        http | https                                            http
+//   NODE_RUNNER_CA_FILE       CA bundle for https node-runners
+//   DISPATCH_TIMEOUT_MS, DISPATCH_CONCURRENCY, DISPATCH_ATTEMPTS                      5000, 32, 3
+//   CONTROLLER_NAMESPACE      always excluded (the controller's own namespace)
+//   NODE_RUNNER_ADDRESS       send every request to this address instead of the pod's hostIP (tests, demo)
+//   KUBECONFIG                kubeconfig file; in-cluster config when unset
+import { readFileSync } from "node:fs";
+import http from "node:http";
+import * as k8s from "@kubernetes/client-node";
+import { pino } from "pino";
+import { KeyDirectory } from "../contract/key-directory.ts";
+import { Dispatcher } from "./dispatch.ts";
+import { KubeClusterReader } from "./kube.ts";
+import { PolicyStore } from "./policy-store.ts";
+import { createFunctionApp, createFunctionMetrics } from "./server.ts";
+
+const env = process.env;
+const log = pino({ base: { component: "decision-function" } });
+const number = (name: string, fallback: number): number => {
+  const n = Number(env[name] ?? fallback);
+  if (!Number.isFinite(n) || n <= 0) {
+    log.fatal(`${name} must be a positive number, got ${env[name] ?? ""}`);
+    process.exit(2);
+  }
+  return n;
+};
+
+const metrics = createFunctionMetrics();
+const policies = await PolicyStore.open({
+  file: env.POLICY_FILE,
+  ...(env.CONTROLLER_NAMESPACE === undefined ? {} : { controllerNamespace: env.CONTROLLER_NAMESPACE }),
+  log,
+  onRefused: () => {
+    metrics.policyReloadFailures.inc();
+  },
+  onLoaded: (p) => {
+    metrics.policyInfo.reset();
+    metrics.policyInfo.set({ id: p.id, mode: p.document.mode }, 1);
+  },
+});
+policies.watch();
+
+const signing = new KeyDirectory(env.SIGNING_KEYS_DIR ?? "/etc/podnet/signing", "private", log);
+await signing.start();
+
+const kubeConfig = new k8s.KubeConfig();
+if (env.KUBECONFIG !== undefined && env.KUBECONFIG !== "") kubeConfig.loadFromFile(env.KUBECONFIG);
+else kubeConfig.loadFromCluster();
+
+const scheme = env.NODE_RUNNER_SCHEME === "https" ? "https" : "http";
+const dispatcher = new Dispatcher({
+  signingKey: () => {
+    const newest = signing.newest();
+    if (newest === undefined) throw new Error("no signing key loaded");
+    return { keyid: newest.keyid, privateKey: newest.key };
+  },
+  port: number("NODE_RUNNER_PORT", 9443),
+  scheme,
+  ...(env.NODE_RUNNER_CA_FILE === undefined ? {} : { ca: readFileSync(env.NODE_RUNNER_CA_FILE) }),
+  timeoutMs: number("DISPATCH_TIMEOUT_MS", 5000),
+  maxConcurrent: number("DISPATCH_CONCURRENCY", 32),
+  attempts: number("DISPATCH_ATTEMPTS", 3),
+  ...(env.NODE_RUNNER_ADDRESS === undefined ? {} : { addressFor: () => env.NODE_RUNNER_ADDRESS ?? "" }),
+});
+
+const app = createFunctionApp({ policy: () => policies.current, dispatcher, cluster: new KubeClusterReader(kubeConfig), log, metrics });
+const port = number("PORT", 8080);
+const server = http.createServer(app);
+server.listen(port, () => {
+  log.info({ port, policy: policies.current.id, nodeRunner: `${scheme}://<hostIP>:${env.NODE_RUNNER_PORT ?? 9443}` }, "decision function listening");
+});
+
+// Knative sends SIGTERM before stopping a revision: stop accepting, finish what is in flight.
+process.once("SIGTERM", () => {
+  log.info({ inFlight: app.inFlight() }, "SIGTERM: draining");
+  server.close(() => {
+    dispatcher.close();
+    policies.stop();
+    signing.stop();
+    log.info("drained");
+    process.exit(0);
+  });
+  setTimeout(() => process.exit(0), 25_000).unref();
+});
