@@ -1,0 +1,116 @@
+// The function's HTTP side with events exactly as ApiServerSource sends them. Skips and
+// refusals never reach the dispatcher or the API: the guards fail the test if they do.
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import fc from "fast-check";
+import { pino } from "pino";
+import request from "supertest";
+import { apiServerSourceEvent, meshPodObject } from "../test/support/apiserversource.ts";
+import type { Dispatcher } from "./dispatch.ts";
+import { parsePolicy } from "./policy.ts";
+import { createFunctionApp, createFunctionMetrics } from "./server.ts";
+
+const unreachable = (what: string) => (): never => assert.fail(`${what} must not be reached`);
+const metrics = createFunctionMetrics({ defaultMetrics: false });
+const dryRun = parsePolicy("mode: dry-run");
+
+const app = createFunctionApp({
+  policy: () => dryRun,
+  dispatcher: { dispatch: unreachable("dispatcher") } as unknown as Dispatcher,
+  cluster: {
+    getPod: unreachable("pod API"),
+    getNamespace: () => Promise.resolve(undefined),
+    listPods: unreachable("pod list"),
+    recordInvalid: () => Promise.resolve(),
+  },
+  log: pino({ level: "silent" }),
+  metrics,
+});
+
+function post(event: { headers: Record<string, string>; body: string }) {
+  return request(app).post("/").set(event.headers).send(event.body);
+}
+
+describe("decision function: events as ApiServerSource sends them", () => {
+  test("an add for a mesh pod is decided (dry-run: logged, not applied)", async () => {
+    const res = await post(apiServerSourceEvent("add", meshPodObject("web-1")));
+    assert.equal(res.status, 200);
+    assert.deepEqual((res.body as { results: unknown[] }).results, [{ pod: "shop/web-1", outcome: "dry-run", reason: "needs-rules" }]);
+  });
+
+  test("updates of initialized pods, deletes and non-mesh pods are skipped with reasons", async () => {
+    const marked = meshPodObject("web-2", { annotations: { "pod-network-controller.istio.io/status": "initialized" } });
+    const plain = { ...meshPodObject("plain"), spec: { nodeName: "node-a", containers: [{ name: "app" }] } };
+    for (const [event, reason] of [
+      [apiServerSourceEvent("update", marked), "already-initialized"],
+      [apiServerSourceEvent("delete", meshPodObject("gone")), "deleted"],
+      [apiServerSourceEvent("add", plain), "not-sidecar-injected"],
+    ] as const) {
+      const res = await post(event);
+      assert.equal(res.status, 200);
+      assert.equal((res.body as { results: { reason: string }[] }).results[0]?.reason, reason);
+    }
+  });
+
+  test("a duplicate notification (same UID and resourceVersion) is not decided twice", async () => {
+    const pod = meshPodObject("dup");
+    await post(apiServerSourceEvent("add", pod));
+    const res = await post(apiServerSourceEvent("update", pod));
+    assert.equal((res.body as { results: { outcome: string }[] }).results[0]?.outcome, "duplicate");
+  });
+
+  test("structured and batch content modes are accepted", async () => {
+    const e = apiServerSourceEvent("add", meshPodObject("structured"));
+    const structured = {
+      specversion: "1.0",
+      id: e.headers["ce-id"],
+      source: e.headers["ce-source"],
+      type: e.headers["ce-type"],
+      subject: e.headers["ce-subject"],
+      datacontenttype: "application/json",
+      data: JSON.parse(e.body) as unknown,
+    };
+    const one = await request(app).post("/").set("content-type", "application/cloudevents+json").send(JSON.stringify(structured));
+    assert.equal(one.status, 200, JSON.stringify(one.body));
+    const batch = await request(app)
+      .post("/")
+      .set("content-type", "application/cloudevents-batch+json")
+      .send(JSON.stringify([{ ...structured, id: "b1" }, { ...structured, id: "b2", data: meshPodObject("batch-2") }]));
+    assert.equal(batch.status, 200, JSON.stringify(batch.body));
+    assert.equal((batch.body as { results: unknown[] }).results.length, 2);
+  });
+
+  const malformed: [string, () => request.Test, number][] = [
+    ["no CloudEvent headers", () => request(app).post("/").set("content-type", "application/json").send("{}"), 400],
+    ["unknown event type", () => post({ ...apiServerSourceEvent("add", meshPodObject("x")), headers: { ...apiServerSourceEvent("add", meshPodObject("x")).headers, "ce-type": "com.example.other" } }), 400],
+    ["not a pod", () => { const e = apiServerSourceEvent("add", meshPodObject("x")); return post({ ...e, body: JSON.stringify({ metadata: "nope" }) }); }, 400],
+    ["invalid JSON", () => { const e = apiServerSourceEvent("add", meshPodObject("x")); return post({ ...e, body: "{not json" }); }, 400],
+    ["a 2 MiB body", () => { const e = apiServerSourceEvent("add", meshPodObject("x")); return post({ ...e, body: "x".repeat(2 * 1024 * 1024) }); }, 413],
+    ["a Reference event without a pod reference", () => { const e = apiServerSourceEvent("add", meshPodObject("x")); return post({ headers: { ...e.headers, "ce-type": "dev.knative.apiserver.ref.add" }, body: JSON.stringify({ kind: "Service" }) }); }, 400],
+  ];
+  for (const [what, send, status] of malformed) {
+    test(`malformed: ${what} → ${status}, and the server keeps serving`, async () => {
+      const res = await send();
+      assert.equal(res.status, status, JSON.stringify(res.body));
+      assert.equal((await request(app).get("/healthz")).status, 200);
+    });
+  }
+
+  test("property: arbitrary bodies with ApiServerSource headers → 200 or 4xx, never 5xx", async () => {
+    const headers = apiServerSourceEvent("add", meshPodObject("p")).headers;
+    await fc.assert(
+      fc.asyncProperty(fc.oneof(fc.string({ unit: "binary", maxLength: 300 }), fc.jsonValue({ maxDepth: 4 }).map((v) => JSON.stringify(v))), async (body) => {
+        const res = await request(app).post("/").set(headers).send(body);
+        assert.ok(res.status === 200 || (res.status >= 400 && res.status < 500), `status ${res.status}: ${JSON.stringify(res.body)}`);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  test("metrics count events by type and outcome and decisions by reason", async () => {
+    const text = (await request(app).get("/metrics")).text;
+    assert.match(text, /podnet_function_events_total\{type="dev\.knative\.apiserver\.resource\.add",outcome="handled"\} \d+/);
+    assert.match(text, /podnet_function_decisions_total\{action="skip",reason="already-initialized"\} 1/);
+    assert.match(text, /podnet_function_decision_duration_seconds_bucket/);
+  });
+});
