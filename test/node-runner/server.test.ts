@@ -15,7 +15,8 @@ import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { signRequest } from "../../contract/signature.ts";
 import { freePort, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
-import { TestPods, testPodsUnavailableReason, type TestPod } from "../support/test-pods.ts";
+import { createMeshPod } from "../support/mesh-pods.ts";
+import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
@@ -141,26 +142,8 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     return send(p, body, headers);
   }
 
-  /**
-   * A pod in the API bound to this node and its sandbox: a test pod whose cgroup carries the
-   * UID the API assigned, with the API status showing the sandbox's IP.
-   */
-  async function createPod(name: string, overrides: { nodeName?: string; hostNetwork?: boolean } = {}): Promise<{ uid: string; ip: string; sandbox: TestPod }> {
-    const created = await core.createNamespacedPod({
-      namespace: NS,
-      body: {
-        metadata: { name, labels: { "security.istio.io/tlsMode": "istio" } },
-        spec: { nodeName: overrides.nodeName ?? NODE, hostNetwork: overrides.hostNetwork ?? false, containers: [{ name: "app", image: "example/app" }] },
-      },
-    });
-    const uid = created.metadata?.uid ?? "";
-    const sandbox = pods.add({ name, uid });
-    await core.patchNamespacedPodStatus(
-      { name, namespace: NS, body: { status: { podIP: sandbox.ip, podIPs: [{ ip: sandbox.ip }], hostIP: "127.0.0.1" } } },
-      k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
-    );
-    return { uid, ip: sandbox.ip, sandbox };
-  }
+  const createPod = (name: string, overrides: { nodeName?: string; hostNetwork?: boolean } = {}) =>
+    createMeshPod(core, pods, { namespace: NS, name, nodeName: overrides.nodeName ?? NODE, ...(overrides.hostNetwork === undefined ? {} : { hostNetwork: overrides.hostNetwork }) });
 
   function applyRequest(pod: { name: string; uid: string; ip: string }, capture: unknown = DEFAULT_CAPTURE_CONFIG, node = NODE) {
     return {

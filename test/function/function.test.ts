@@ -1,0 +1,124 @@
+// The decision function with everything real around it: Knative's ApiServerSource adapter
+// sending events, a node-runner on loopback verifying the signatures and programming real test
+// pods, the kube-apiserver with each component's own ServiceAccount.
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import http from "node:http";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import * as k8s from "@kubernetes/client-node";
+import { MARK, STATUS_INITIALIZED } from "../../contract/apply-request.ts";
+import { missingBinariesReason, startControlPlane, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
+import { scratchDir, signingKeyDirs, startFunction, startNodeRunner, type Component } from "../support/components.ts";
+import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+import { createMeshPod, waitForAnnotations } from "../support/mesh-pods.ts";
+import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
+
+const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
+const NODE = "node-a";
+const NS = "shop";
+
+function postEvent(url: string, headers: Record<string, string>, body: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: "POST", headers }, (res) => {
+      let text = "";
+      res.on("data", (c: Buffer) => (text += c.toString()));
+      res.on("end", () => {
+        resolve({ status: res.statusCode ?? 0, body: text });
+      });
+    });
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+const ping = (url: string) =>
+  postEvent(url, { "ce-specversion": "1.0", "ce-id": `ping-${Date.now()}`, "ce-source": "/apis/v1/namespaces/podnet-system/pingsources/resync", "ce-type": "dev.knative.sources.ping", "content-type": "application/json" }, "{}");
+
+describe("decision function end to end [needs root and control plane]", skipUnlessCI(unavailable), () => {
+  let cp: ControlPlane;
+  let pods: TestPods;
+  let scratch: ReturnType<typeof scratchDir>;
+  let keys: ReturnType<typeof signingKeyDirs>;
+  let runner: Component;
+  let fn: Component;
+  let adapter: Adapter;
+  let core: k8s.CoreV1Api;
+  let policyFile: string;
+
+  before(async () => {
+    assertAvailable(unavailable);
+    cp = await startControlPlane();
+    pods = TestPods.create();
+    scratch = scratchDir("fn");
+    keys = signingKeyDirs(scratch.dir);
+    policyFile = path.join(scratch.dir, "policy.yaml");
+    writeFileSync(policyFile, "mode: enforce\nrevision: r1\n");
+    await cp.ensureNamespace(NS);
+    core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state") });
+    fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port });
+    adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio" });
+  });
+
+  after(async () => {
+    await adapter.stop();
+    await fn.stop();
+    await runner.stop();
+    await pods.destroy();
+    await cp.stop();
+    scratch.remove();
+  });
+
+  test("a pod created through the API is programmed and marked, through the real event source", async () => {
+    const pod = await createMeshPod(core, pods, { namespace: NS, name: "web-1", nodeName: NODE });
+    const annotations = await waitForAnnotations(core, pod, (a) => a[MARK.status] === STATUS_INITIALIZED);
+    assert.equal(annotations[MARK.netns], pod.sandbox.netnsInode());
+    assert.match(pod.sandbox.exec(["iptables-save"]), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
+    await fn.waitForLog(/"msg":"dispatched: applied"/);
+    assert.match(fn.log(), /"policy":"r1@sha256:/);
+  });
+
+  test("invalid annotations: nothing applied, a NetworkInitFailed Event names the annotation", async () => {
+    const pod = await createMeshPod(core, pods, { namespace: NS, name: "sneaky", nodeName: NODE, annotations: { "traffic.sidecar.istio.io/excludeInterfaces": "eth0 -j ACCEPT" } });
+    const deadline = Date.now() + 10_000;
+    let event: k8s.CoreV1Event | undefined;
+    while (event === undefined && Date.now() < deadline) {
+      event = (await core.listNamespacedEvent({ namespace: NS })).items.find((e) => e.reason === "NetworkInitFailed" && e.involvedObject.uid === pod.uid);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.match(event?.message ?? "", /annotation traffic\.sidecar\.istio\.io\/excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
+    assert.doesNotMatch(pod.sandbox.exec(["iptables-save"]), /ISTIO/);
+  });
+
+  test("a node-runner that was down is caught up by the resync after it returns", async () => {
+    await runner.stop();
+    const pod = await createMeshPod(core, pods, { namespace: NS, name: "late", nodeName: NODE });
+    await fn.waitForLog(/"msg":"dispatch failed"/, 10_000);
+    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), port: runner.port });
+    const res = await ping(`${fn.url}/`);
+    assert.equal(res.status, 200, res.body);
+    await waitForAnnotations(core, pod, (a) => a[MARK.status] === STATUS_INITIALIZED);
+  });
+
+  test("policy: an invalid document is refused and the last good one stays; a dry-run policy applies nothing", async () => {
+    writeFileSync(policyFile, "mode: sometimes\n");
+    await fn.waitForLog(/policy refused; keeping the last good one/);
+    writeFileSync(policyFile, "mode: dry-run\nrevision: r2\n");
+    await fn.waitForLog(/"to":"r2@sha256:[0-9a-f]+","mode":"dry-run","msg":"policy reloaded"/);
+    const pod = await createMeshPod(core, pods, { namespace: NS, name: "observed", nodeName: NODE });
+    await fn.waitForLog(/"name":"observed".*"msg":"dry-run: would apply"/, 10_000);
+    assert.doesNotMatch(pod.sandbox.exec(["iptables-save"]), /ISTIO/);
+    const metrics = await new Promise<string>((resolve, reject) => {
+      http.get(`${fn.url}/metrics`, (res) => {
+        let t = "";
+        res.on("data", (c: Buffer) => (t += c.toString()));
+        res.on("end", () => {
+          resolve(t);
+        });
+      }).on("error", reject);
+    });
+    assert.match(metrics, /podnet_function_policy_reload_failures_total 1/);
+    assert.match(metrics, /podnet_function_policy_info\{id="r2@sha256:[0-9a-f]+",mode="dry-run"\} 1/);
+  });
+});
