@@ -6,9 +6,9 @@ import express, { type Request, type Response } from "express";
 import { HTTP, type CloudEventV1 } from "cloudevents";
 import type { Logger } from "pino";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import { decide, type Decision, type NamespaceFacts } from "./decision.ts";
+import { decide, LEGACY_OPT_IN, type Decision, type NamespaceFacts } from "./decision.ts";
 import type { Dispatcher, DispatchResult } from "./dispatch.ts";
-import { parsePod, PodManifestError, type Pod } from "./pod.ts";
+import { parsePod, PodManifestError, proxyContainer, type Pod } from "./pod.ts";
 import type { Policy } from "./policy.ts";
 
 export const MAX_EVENT_BYTES = 1024 * 1024;
@@ -167,8 +167,9 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     }
     const policy = deps.policy();
     let namespace: NamespaceFacts | undefined;
-    if (policy.document.legacyOptIn && pod.metadata.annotations?.["istio-pod-network-controller/initialize"] === undefined) {
-      // Only the original controller's namespace-level opt-in needs the namespace.
+    const injected = proxyContainer(pod) !== undefined && pod.metadata.annotations?.["sidecar.istio.io/status"] !== undefined;
+    if (!injected && policy.document.legacyOptIn && pod.metadata.annotations?.[LEGACY_OPT_IN] === undefined) {
+      // Only the original controller's namespace-level opt-in, for pods Istio did not inject, needs the namespace.
       namespace = await deps.cluster.getNamespace(pod.metadata.namespace ?? "default").catch(() => undefined);
     }
     const t0 = performance.now();

@@ -42,8 +42,8 @@ async function startProcess(entry: string, env: NodeJS.ProcessEnv, port: number,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
-  child.stdout?.on("data", (c: Buffer) => (output += c.toString()));
-  child.stderr?.on("data", (c: Buffer) => (output += c.toString()));
+  child.stdout.on("data", (c: Buffer) => (output += c.toString()));
+  child.stderr.on("data", (c: Buffer) => (output += c.toString()));
   const exited = new Promise<void>((resolve) => {
     child.once("exit", () => {
       resolve();
