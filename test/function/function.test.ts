@@ -121,4 +121,21 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     assert.match(metrics, /podnet_function_policy_reload_failures_total 1/);
     assert.match(metrics, /podnet_function_policy_info\{id="r2@sha256:[0-9a-f]+",mode="dry-run"\} 1/);
   });
+
+  test("Reference mode: the function reads the pod the event refers to", async () => {
+    writeFileSync(policyFile, "mode: enforce\nrevision: r3\n");
+    await fn.waitForLog(/"to":"r3@sha256:[0-9a-f]+","mode":"enforce"/);
+    await adapter.stop();
+    adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", mode: "Reference" });
+    const pod = await createMeshPod(core, pods, { namespace: NS, name: "by-reference", nodeName: NODE });
+    await waitForAnnotations(core, pod, (a) => a[MARK.status] === STATUS_INITIALIZED);
+    await fn.waitForLog(/"ceType":"dev\.knative\.apiserver\.ref\.(add|update)".*"name":"by-reference".*"msg":"dispatched: applied"/);
+  });
+
+  test("SIGTERM: the function drains and exits 0", async () => {
+    await adapter.stop();
+    await fn.stop();
+    assert.equal(fn.process.exitCode, 0);
+    assert.match(fn.log(), /"msg":"drained"/);
+  });
 });

@@ -1,0 +1,130 @@
+// The dispatcher against a scripted HTTP peer that verifies every signature for real:
+// retries with backoff, coalescing per pod, concurrency bound, connection errors, timeouts.
+import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
+import http from "node:http";
+import { after, before, describe, test } from "node:test";
+import { verifyRequest } from "../contract/signature.ts";
+import { freePort } from "../test/controlplane/harness.ts";
+import { Dispatcher, type ApplyDecision } from "./dispatch.ts";
+
+const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+const keys = new Map([["fn-1", publicKey]]);
+
+interface Seen {
+  uid: string;
+  reason: string;
+  verified: boolean;
+}
+
+describe("dispatcher", () => {
+  let server: http.Server;
+  let port: number;
+  const seen: Seen[] = [];
+  let script: (s: Seen) => { status: number; delayMs?: number; retryAfter?: string } = () => ({ status: 200 });
+  let concurrent = 0;
+  let maxConcurrent = 0;
+
+  before(async () => {
+    port = await freePort();
+    server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        const body = Buffer.concat(chunks);
+        const verified = verifyRequest({ method: req.method ?? "", authority: req.headers.host ?? "", path: req.url ?? "", headers: req.headers }, body, keys, Date.now()).ok;
+        const parsed = JSON.parse(body.toString()) as { pod: { uid: string }; decision: { reason: string } };
+        const s = { uid: parsed.pod.uid, reason: parsed.decision.reason, verified };
+        seen.push(s);
+        const answer = script(s);
+        const counted = s.uid.startsWith("g");
+        if (counted) concurrent++;
+        maxConcurrent = Math.max(maxConcurrent, concurrent);
+        setTimeout(() => {
+          if (counted) concurrent--;
+          if (answer.retryAfter !== undefined) res.setHeader("retry-after", answer.retryAfter);
+          res.writeHead(answer.status, { "content-type": "application/json" }).end(JSON.stringify(answer.status === 200 ? { result: "applied" } : { reason: `scripted-${answer.status}` }));
+        }, answer.delayMs ?? 0);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
+  });
+  after(() => {
+    server.close();
+  });
+
+  const decision = (uid: string, reason: "needs-rules" | "waiter-still-waiting" = "needs-rules"): ApplyDecision => ({
+    action: "apply",
+    reason,
+    node: "node-a",
+    hostIP: "127.0.0.1",
+    pod: { namespace: "shop", name: uid, uid, ips: ["10.0.0.2"] },
+    capture: {} as ApplyDecision["capture"],
+  });
+  const dispatcher = (options: Partial<ConstructorParameters<typeof Dispatcher>[0]> = {}) =>
+    new Dispatcher({ signingKey: () => ({ keyid: "fn-1", privateKey }), port, backoffMs: 10, ...options });
+
+  test("signed requests verify at the peer", async () => {
+    seen.length = 0;
+    script = () => ({ status: 200 });
+    const d = dispatcher();
+    assert.deepEqual(await d.dispatch(decision("a"), "p1"), { ok: true, status: 200, result: "applied", attempts: 1 });
+    assert.equal(seen[0]?.verified, true);
+    d.close();
+  });
+
+  test("503 and connection errors are retried with backoff; 4xx is not", async () => {
+    seen.length = 0;
+    let calls = 0;
+    script = () => ({ status: ++calls < 3 ? 503 : 200, retryAfter: "1" });
+    const d = dispatcher({ attempts: 3 });
+    assert.deepEqual(await d.dispatch(decision("b"), "p1"), { ok: true, status: 200, result: "applied", attempts: 3 });
+    script = () => ({ status: 409 });
+    const refused = await d.dispatch(decision("c"), "p1");
+    assert.deepEqual(refused.ok ? null : [refused.status, refused.retryable, refused.attempts], [409, false, 1]);
+    const nobody = dispatcher({ port: await freePort(), attempts: 2 });
+    const down = await nobody.dispatch(decision("d"), "p1");
+    assert.deepEqual(down.ok ? null : [down.reason, down.retryable, down.attempts], ["ECONNREFUSED", true, 2]);
+    d.close();
+    nobody.close();
+  });
+
+  test("a slow peer times out (retryable)", async () => {
+    script = () => ({ status: 200, delayMs: 500 });
+    const d = dispatcher({ timeoutMs: 100, attempts: 1 });
+    const r = await d.dispatch(decision("e"), "p1");
+    assert.deepEqual(r.ok ? null : [r.reason, r.retryable], ["timeout", true]);
+    d.close();
+  });
+
+  test("events for the same pod coalesce: one in flight, only the newest sent next", async () => {
+    seen.length = 0;
+    script = () => ({ status: 200, delayMs: 100 });
+    const d = dispatcher();
+    const results = await Promise.all([
+      d.dispatch(decision("f"), "p1"),
+      d.dispatch(decision("f"), "p1"),
+      d.dispatch(decision("f"), "p1"),
+      d.dispatch(decision("f", "waiter-still-waiting"), "p1"),
+    ]);
+    assert.ok(results.every((r) => r.ok));
+    assert.deepEqual(seen.map((s) => s.reason), ["needs-rules", "waiter-still-waiting"]);
+    d.close();
+  });
+
+  test("the concurrency bound holds across pods (pods g*)", async () => {
+    maxConcurrent = 0;
+    script = () => ({ status: 200, delayMs: 30 });
+    const d = dispatcher({ maxConcurrent: 3 });
+    await Promise.all(Array.from({ length: 12 }, (_, i) => d.dispatch(decision(`g${i}`), "p1")));
+    assert.equal(maxConcurrent, 3);
+    d.close();
+  });
+
+  test("no signing key: a retryable failure, not a crash", async () => {
+    const d = new Dispatcher({ signingKey: () => { throw new Error("no signing key loaded"); }, port });
+    const r = await d.dispatch(decision("h"), "p1");
+    assert.deepEqual(r.ok ? null : [r.reason, r.retryable], ["no signing key loaded", true]);
+    d.close();
+  });
+});
