@@ -57,6 +57,13 @@ interface HandledPod {
   readonly transient?: boolean;
 }
 
+interface ResyncSummary {
+  seen: number;
+  dispatched: number;
+  skipped: number;
+  failed: number;
+}
+
 class BadEvent extends Error {}
 
 const POD_EVENT = /^dev\.knative\.apiserver\.(resource|ref)\.(add|update|delete)$/;
@@ -96,11 +103,19 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
         return;
       }
       const results: HandledPod[] = [];
+      let resyncSummary: ResyncSummary | undefined;
       let status = 200;
       for (const event of events) {
         const elog = log.child({ ceId: event.id, ceType: event.type });
         try {
-          const r = event.type === PING_EVENT ? await resync(elog) : [await handlePodEvent(event, elog)];
+          let r: HandledPod[];
+          if (event.type === PING_EVENT) {
+            const done = await resync(elog);
+            resyncSummary = done.summary;
+            r = done.results;
+          } else {
+            r = [await handlePodEvent(event, elog)];
+          }
           results.push(...r);
           metrics.events.inc({ type: event.type, outcome: r.some((x) => x.transient === true) ? "transient" : "handled" });
           if (r.some((x) => x.transient === true)) status = Math.max(status, 503);
@@ -112,7 +127,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
           results.push({ pod: event.subject ?? "", outcome: "failed", reason: err.message });
         }
       }
-      res.status(status === 200 ? 200 : status).json({ results });
+      res.status(status).json(resyncSummary === undefined ? { results } : { resync: resyncSummary, results });
     } catch (err) {
       log.error({ err }, "event handling failed");
       res.status(503).json({ error: "transient failure", detail: err instanceof Error ? err.message : String(err) });
@@ -221,8 +236,8 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     return { pod: name, outcome: "failed", reason: result.reason, transient: result.retryable };
   }
 
-  async function resync(elog: Logger): Promise<HandledPod[]> {
-    const summary = { seen: 0, dispatched: 0, skipped: 0, failed: 0 };
+  async function resync(elog: Logger): Promise<{ summary: ResyncSummary; results: HandledPod[] }> {
+    const summary: ResyncSummary = { seen: 0, dispatched: 0, skipped: 0, failed: 0 };
     const results: HandledPod[] = [];
     const limit = deps.resyncConcurrency ?? 16;
     try {
@@ -240,11 +255,11 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
       }
     } catch (err) {
       elog.warn({ err: err instanceof Error ? err.message : String(err), ...summary }, "resync could not list pods");
-      return [...results, { pod: "*", outcome: "failed", reason: "list-failed", transient: true }];
+      return { summary, results: [...results, { pod: "*", outcome: "failed", reason: "list-failed", transient: true }] };
     }
     elog.info(summary, "resync done");
     // Failed pods are caught by the next tick: the resync itself succeeded.
-    return results.map((r) => ({ ...r, transient: false }));
+    return { summary, results: results.map((r) => ({ ...r, transient: false })) };
   }
 
   return app;

@@ -98,6 +98,8 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), port: runner.port });
     const res = await ping(`${fn.url}/`);
     assert.equal(res.status, 200, res.body);
+    const summary = (JSON.parse(res.body) as { resync: { seen: number; dispatched: number; failed: number } }).resync;
+    assert.ok(summary.seen >= 3 && summary.dispatched >= 1 && summary.failed === 0, res.body);
     await waitForAnnotations(core, pod, (a) => a[MARK.status] === STATUS_INITIALIZED);
   });
 
