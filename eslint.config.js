@@ -14,8 +14,10 @@ export default tseslint.config(
     },
     rules: {
       "@typescript-eslint/restrict-template-expressions": ["error", { allowNumber: true }],
+      "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_" }],
       // @kubernetes/client-node models are classes but are documented to be passed as plain objects.
       "@typescript-eslint/no-unsafe-class-instance-assignment": "off",
+      "@typescript-eslint/no-misused-spread": "off",
       // node:test's test()/describe() return promises the runner itself awaits.
       "@typescript-eslint/no-floating-promises": [
         "error",

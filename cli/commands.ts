@@ -29,6 +29,7 @@ export const EXIT = {
 const USAGE = `usage:
   pnc plan <pod.yaml|pod.json|-> [--backend iptables|nft] [--family v4|v6|both] [--json]
   pnc decide <pod.yaml|pod.json|-> [--namespace <namespace manifest>] [--policy <policy.yaml>] [--json]
+  pnc wait [--annotations <file>] [--timeout <s>] [--capture-port <port>] [--no-probe] ...
 
   Prints the rules the node-runner would apply for the pod, derived the way istio-cni does
   (annotations, istio-proxy env and securityContext). --family defaults to the pod's own
@@ -36,6 +37,9 @@ const USAGE = `usage:
 
   decide prints what the decision function would do with the pod (apply or skip, and why)
   under the policy given (Istio defaults when none).
+
+  wait is the init container's command: it waits for the node-runner's mark for its own
+  network namespace, then proves interception works (exit codes: README).
 
 exit codes: 0 ok, 2 invalid capture configuration, 3 unreadable input or not a Pod,
   4 invalid policy, 64 usage`;

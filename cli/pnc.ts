@@ -1,6 +1,7 @@
 #!/usr/bin/env -S node --import tsx
 // pnc — the project's command line (see `pnc help`).
 import { readFileSync } from "node:fs";
+import { waitMain } from "../node-runner/wait-main.ts";
 import { runPnc } from "./commands.ts";
 
 // Output piped into `head` and closed early is not an error.
@@ -9,9 +10,15 @@ process.stdout.on("error", (err: NodeJS.ErrnoException) => {
   throw err;
 });
 
-process.exitCode = runPnc(process.argv.slice(2), {
-  stdout: (text) => process.stdout.write(text),
-  stderr: (text) => process.stderr.write(text),
-  readFile: (path) => readFileSync(path, "utf8"),
-  readStdin: () => readFileSync(0, "utf8"),
-});
+const args = process.argv.slice(2);
+if (args[0] === "wait") {
+  // The init container's long-running command.
+  process.exitCode = await waitMain(args.slice(1));
+} else {
+  process.exitCode = runPnc(args, {
+    stdout: (text) => process.stdout.write(text),
+    stderr: (text) => process.stderr.write(text),
+    readFile: (path) => readFileSync(path, "utf8"),
+    readStdin: () => readFileSync(0, "utf8"),
+  });
+}

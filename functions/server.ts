@@ -137,7 +137,6 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
   });
 
   // Express recognises an error handler by its four parameters.
-  // eslint-disable-next-line @typescript-eslint/no-unused-vars
   app.use((err: { type?: string; message?: string }, _req: Request, res: Response, _next: express.NextFunction) => {
     const tooLarge = err.type === "entity.too.large";
     metrics.events.inc({ type: "unknown", outcome: tooLarge ? "too-large" : "malformed" });

@@ -101,7 +101,6 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
 
   // Errors from the body parser (oversize, bad encoding) and anything unexpected.
   // Express recognises an error handler by its four parameters.
-  // eslint-disable-next-line @typescript-eslint/no-unused-vars
   app.use((err: unknown, req: Request, res: Response, _next: express.NextFunction) => {
     const e = err as { type?: string; status?: number; message?: string };
     const route = req.path === APPLY_PATH ? "apply" : req.path === REMOVE_PATH ? "remove" : "other";

@@ -80,7 +80,7 @@ async function startProcess(entry: string, env: NodeJS.ProcessEnv, port: number,
 }
 
 /** A key pair for signing: the function's private-key directory and the node-runners' public one. */
-export function signingKeyDirs(base: string, keyid = "fn-20261125000000"): { privateDir: string; publicDir: string } {
+export function signingKeyDirs(base: string, keyid = "fn-20261125000000"): { privateDir: string; publicDir: string; signingKey: { keyid: string; privateKey: import("node:crypto").KeyObject } } {
   const { privateKey, publicKey } = generateKeyPairSync("ed25519");
   const privateDir = path.join(base, "signing");
   const publicDir = path.join(base, "public");
@@ -88,7 +88,7 @@ export function signingKeyDirs(base: string, keyid = "fn-20261125000000"): { pri
   mkdirSync(publicDir, { recursive: true });
   writeFileSync(path.join(privateDir, `${keyid}.pem`), privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
   writeFileSync(path.join(publicDir, `${keyid}.pem`), publicKey.export({ type: "spki", format: "pem" }));
-  return { privateDir, publicDir };
+  return { privateDir, publicDir, signingKey: { keyid, privateKey } };
 }
 
 export async function startNodeRunner(cp: ControlPlane, options: { nodeName: string; publicKeysDir: string; stateDir: string; port?: number }): Promise<Component> {
@@ -142,4 +142,39 @@ export function scratchDir(prefix: string): { dir: string; remove: () => void } 
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** POST a payload signed as the decision function signs it; returns status and parsed body. */
+export async function sendSigned(
+  url: string,
+  requestPath: string,
+  payload: unknown,
+  key: { keyid: string; privateKey: import("node:crypto").KeyObject },
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  const { signRequest } = await import("../../contract/signature.ts");
+  const { randomUUID } = await import("node:crypto");
+  const target = new URL(requestPath, url);
+  const body = Buffer.from(JSON.stringify(payload));
+  const headers = signRequest(
+    { method: "POST", authority: target.host, path: target.pathname, contentType: "application/json", body },
+    key,
+    { now: Date.now(), nonce: randomUUID() },
+  );
+  return new Promise((resolve, reject) => {
+    const req = http.request(target, { method: "POST", headers: { ...headers, "content-type": "application/json" } }, (res) => {
+      let text = "";
+      res.on("data", (c: Buffer) => (text += c.toString()));
+      res.on("end", () => {
+        let parsed: Record<string, unknown>;
+        try {
+          parsed = JSON.parse(text) as Record<string, unknown>;
+        } catch {
+          parsed = { raw: text };
+        }
+        resolve({ status: res.statusCode ?? 0, body: parsed });
+      });
+    });
+    req.on("error", reject);
+    req.end(body);
+  });
 }

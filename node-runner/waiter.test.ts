@@ -1,0 +1,85 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import fc from "fast-check";
+import { AnnotationsFileError, markState, parseAnnotationsFile } from "./waiter.ts";
+
+/** What Go's strconv.Quote makes of a string (for printable ASCII and the common escapes). */
+function goQuote(s: string): string {
+  let out = '"';
+  for (const ch of s) {
+    const cp = ch.codePointAt(0) ?? 0;
+    if (ch === '"' || ch === "\\") out += `\\${ch}`;
+    else if (ch === "\n") out += "\\n";
+    else if (ch === "\t") out += "\\t";
+    else if (ch === "\r") out += "\\r";
+    else if (cp < 0x20 || cp === 0x7f) out += `\\x${cp.toString(16).padStart(2, "0")}`;
+    else if (cp > 0xffff) out += `\\U${cp.toString(16).padStart(8, "0")}`;
+    else if (cp > 0x7e) out += `\\u${cp.toString(16).padStart(4, "0")}`;
+    else out += ch;
+  }
+  return `${out}"`;
+}
+
+describe("downward API annotations file", () => {
+  test("kubelet's format: key=\"Go-quoted value\" lines", () => {
+    const text = [
+      'kubectl.kubernetes.io/last-applied-configuration="{\\"a\\":1}\\n"',
+      'pod-network-controller.istio.io/netns="4026532246"',
+      'pod-network-controller.istio.io/status="initialized"',
+      'sidecar.istio.io/status="{\\"containers\\":[\\"istio-proxy\\"]}"',
+      'weird="tab\\there \\u00e9 \\U0001f600 \\x41 \\101"',
+      "",
+    ].join("\n");
+    const a = parseAnnotationsFile(text);
+    assert.equal(a.get("pod-network-controller.istio.io/status"), "initialized");
+    assert.equal(a.get("kubectl.kubernetes.io/last-applied-configuration"), '{"a":1}\n');
+    assert.equal(a.get("weird"), "tab\there é 😀 A A");
+    assert.equal(markState(a, "4026532246"), "initialized");
+    assert.equal(markState(a, "4026532999"), "other-netns");
+    assert.equal(markState(new Map(), "1"), "not-yet");
+  });
+
+  const malformed: [string, string][] = [
+    ["truncated value", 'pod-network-controller.istio.io/status="initial'],
+    ["no quotes", "pod-network-controller.istio.io/status=initialized"],
+    ["no key", '="x"'],
+    ["bad escape", 'a="\\q"'],
+    ["short hex escape", 'a="\\x4"'],
+    ["dangling backslash", 'a="abc\\"'],
+    ["inner quote", 'a="a"b"'],
+    ["garbage line", "\u0000\u0001binary"],
+    ["surrogate escape", 'a="\\ud800"'],
+  ];
+  for (const [what, text] of malformed) {
+    test(`malformed: ${what}`, () => {
+      assert.throws(() => parseAnnotationsFile(text), AnnotationsFileError);
+    });
+  }
+
+  test("oversize files are refused", () => {
+    assert.throws(() => parseAnnotationsFile(`a="${"x".repeat(1024 * 1024)}"`), /larger than/);
+  });
+
+  test("property: any value survives Go quoting and parsing", () => {
+    fc.assert(
+      fc.property(fc.string({ unit: "binary", maxLength: 100 }), (value) => {
+        const clean = Buffer.from(value, "utf8").toString("utf8"); // lone surrogates become U+FFFD, as in a real file
+        assert.equal(parseAnnotationsFile(`k8s.io/key=${goQuote(clean)}\n`).get("k8s.io/key"), clean);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  test("property: arbitrary text is parsed or refused with AnnotationsFileError, nothing else", () => {
+    fc.assert(
+      fc.property(fc.string({ unit: "binary", maxLength: 300 }), (text) => {
+        try {
+          parseAnnotationsFile(text);
+        } catch (err) {
+          if (!(err instanceof AnnotationsFileError)) throw err;
+        }
+      }),
+      { numRuns: 3000 },
+    );
+  });
+});

@@ -1,0 +1,165 @@
+// The waiter in a real test pod: UID 1337, no capabilities (nsenter drops them with the UID),
+// after a real node-runner apply and the pod's real annotations, copied into the downward API
+// file the way kubelet writes it.
+import assert from "node:assert/strict";
+import type { ChildProcess } from "node:child_process";
+import { chmodSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import * as k8s from "@kubernetes/client-node";
+import { APPLY_PATH } from "../../contract/apply-request.ts";
+import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
+import { WAIT_EXIT } from "../../node-runner/waiter.ts";
+import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { scratchDir, sendSigned, signingKeyDirs, startNodeRunner, type Component } from "../support/components.ts";
+import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+import { createMeshPod, type MeshPod } from "../support/mesh-pods.ts";
+import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
+
+const root = path.resolve(import.meta.dirname, "../..");
+const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
+const NODE = "node-a";
+const NS = "shop";
+
+function goQuote(s: string): string {
+  return JSON.stringify(s).replace(/\\u([0-9a-f]{4})/g, (_m, h: string) => `\\x${h.slice(2)}`);
+}
+
+describe("waiter init container [needs root and control plane]", skipUnlessCI(unavailable), () => {
+  let cp: ControlPlane;
+  let pods: TestPods;
+  let scratch: ReturnType<typeof scratchDir>;
+  let keys: ReturnType<typeof signingKeyDirs>;
+  let runner: Component;
+  let core: k8s.CoreV1Api;
+  let seq = 0;
+
+  before(async () => {
+    assertAvailable(unavailable);
+    cp = await startControlPlane();
+    pods = TestPods.create();
+    scratch = scratchDir("wait");
+    chmodSync(scratch.dir, 0o755);
+    keys = signingKeyDirs(scratch.dir);
+    await cp.ensureNamespace(NS);
+    core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state") });
+  });
+  after(async () => {
+    await runner.stop();
+    await pods.destroy();
+    await cp.stop();
+    scratch.remove();
+  });
+
+  /** A downward API directory as kubelet provides it, readable by UID 1337. */
+  function podinfo(): { dir: string; file: string; terminationLog: string } {
+    const dir = path.join(scratch.dir, `podinfo-${++seq}`);
+    mkdirSync(dir, { mode: 0o755 });
+    chmodSync(dir, 0o777);
+    const terminationLog = path.join(dir, "termination-log");
+    writeFileSync(terminationLog, "", { mode: 0o666 });
+    chmodSync(terminationLog, 0o666);
+    return { dir, file: path.join(dir, "annotations"), terminationLog };
+  }
+
+  /** Write annotations in kubelet's format, atomically (kubelet swaps a symlink). */
+  function writeAnnotations(file: string, annotations: Record<string, string>): void {
+    const text = Object.keys(annotations).sort().map((k) => `${k}=${goQuote(annotations[k] ?? "")}`).join("\n");
+    writeFileSync(`${file}.tmp`, `${text}\n`, { mode: 0o644 });
+    renameSync(`${file}.tmp`, file);
+  }
+
+  async function copyFromApi(pod: MeshPod, file: string): Promise<void> {
+    const p = await core.readNamespacedPod({ namespace: pod.namespace, name: pod.name });
+    writeAnnotations(file, p.metadata?.annotations ?? {});
+  }
+
+  function startWaiter(pod: MeshPod, info: ReturnType<typeof podinfo>, extra: string[] = []): { child: ChildProcess; exit: Promise<{ code: number; at: number; stderr: string }> } {
+    const child = pod.sandbox.spawn(
+      [process.execPath, "--import", "tsx", path.join(root, "cli/pnc.ts"), "wait", `--annotations=${info.file}`, `--termination-log=${info.terminationLog}`, "--poll=200", ...extra],
+      { uid: 1337, gid: 1337 },
+    );
+    let stderr = "";
+    child.stderr?.on("data", (c: Buffer) => (stderr += c.toString()));
+    const exit = new Promise<{ code: number; at: number; stderr: string }>((resolve) => {
+      child.once("exit", (code) => {
+        resolve({ code: code ?? -1, at: performance.now(), stderr });
+      });
+    });
+    return { child, exit };
+  }
+
+  const apply = (pod: MeshPod) =>
+    sendSigned(runner.url, APPLY_PATH, {
+      apiVersion: "podnet/v1",
+      kind: "ApplyRequest",
+      node: NODE,
+      pod: { namespace: NS, name: pod.name, uid: pod.uid, ips: [pod.ip] },
+      capture: DEFAULT_CAPTURE_CONFIG,
+      decision: { reason: "test", policy: "test" },
+    }, keys.signingKey);
+
+  test("waits while unmarked, exits 0 after the real apply and annotation; and the time it takes", async (t) => {
+    const pod = await createMeshPod(core, pods, { namespace: NS, name: "web-1", nodeName: NODE });
+    const info = podinfo();
+    await copyFromApi(pod, info.file);
+    const waiter = startWaiter(pod, info);
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(waiter.child.exitCode, null, "still waiting before the mark");
+    assert.equal((await apply(pod)).status, 200);
+    await copyFromApi(pod, info.file);
+    const marked = performance.now();
+    const done = await waiter.exit;
+    assert.equal(done.code, WAIT_EXIT.ok, done.stderr);
+    assert.match(done.stderr, /initialized; interception verified/);
+    t.diagnostic(`annotation to waiter exit: ${(done.at - marked).toFixed(0)} ms`);
+  });
+
+  test("keeps waiting while the mark names another netns (sandbox re-created); exits 0 once re-programmed", async () => {
+    const pod = await createMeshPod(core, pods, { namespace: NS, name: "recreated", nodeName: NODE });
+    const info = podinfo();
+    writeAnnotations(info.file, { "pod-network-controller.istio.io/status": "initialized", "pod-network-controller.istio.io/netns": "4026530000" });
+    const waiter = startWaiter(pod, info);
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(waiter.child.exitCode, null, "a mark for another netns is not enough");
+    assert.equal((await apply(pod)).status, 200);
+    await copyFromApi(pod, info.file);
+    const done = await waiter.exit;
+    assert.equal(done.code, WAIT_EXIT.ok, done.stderr);
+    assert.match(done.stderr, /another network namespace/);
+  });
+
+  test("a spoofed mark without rules ends in the probe-failure code, with the reason in the termination log", async () => {
+    const pod = await createMeshPod(core, pods, { namespace: NS, name: "spoofed", nodeName: NODE });
+    const info = podinfo();
+    writeAnnotations(info.file, { "pod-network-controller.istio.io/status": "initialized", "pod-network-controller.istio.io/netns": pod.sandbox.netnsInode() });
+    const done = await startWaiter(pod, info).exit;
+    assert.equal(done.code, WAIT_EXIT.probeFailed, done.stderr);
+    assert.match(readFileSync(info.terminationLog, "utf8"), /^marked initialized but interception does not work: .*not redirected/);
+  });
+
+  const broken: [string, string][] = [
+    ["truncated", 'pod-network-controller.istio.io/status="initial'],
+    ["garbled", "\u0000\u00ff\u0001=\n==="],
+    ["oversize", `big="${"x".repeat(1100 * 1024)}"\n`],
+  ];
+  for (const [what, content] of broken) {
+    test(`a ${what} annotations file ends in the bad-annotations code, never a crash`, async () => {
+      const pod = await createMeshPod(core, pods, { namespace: NS, name: `broken-${what}`, nodeName: NODE });
+      const info = podinfo();
+      writeFileSync(info.file, content, { mode: 0o644 });
+      const done = await startWaiter(pod, info).exit;
+      assert.equal(done.code, WAIT_EXIT.badAnnotations, done.stderr);
+      assert.match(readFileSync(info.terminationLog, "utf8"), /annotations file/);
+    });
+  }
+
+  test("timeout: its own code and the reason in the termination log", async () => {
+    const pod = await createMeshPod(core, pods, { namespace: NS, name: "never", nodeName: NODE });
+    const info = podinfo();
+    const done = await startWaiter(pod, info, ["--timeout=1"]).exit;
+    assert.equal(done.code, WAIT_EXIT.timeout, done.stderr);
+    assert.match(readFileSync(info.terminationLog, "utf8"), /^timed out after 1000 ms/);
+  });
+});
