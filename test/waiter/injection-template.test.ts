@@ -89,8 +89,9 @@ describe("injection template vs Pod Security restricted [needs control plane]", 
 
   test("the template puts the waiter first and removes istio-init and istio-validation", () => {
     const pod = inject(injectedPod("p", [istioInit, istioValidation]), renderTemplate());
-    assert.deepEqual(pod.spec?.initContainers?.map((c) => c.name), ["podnet-wait"]);
-    const waiter = pod.spec?.initContainers?.[0];
+    const initContainers = pod.spec?.initContainers ?? [];
+    assert.deepEqual(initContainers.map((c) => c.name), ["podnet-wait"]);
+    const waiter = initContainers[0];
     assert.ok(waiter !== undefined);
     assert.equal(waiter.securityContext?.runAsUser, 1337);
     assert.deepEqual(waiter.volumeMounts?.map((m) => m.mountPath), ["/etc/istio/pod"]);
