@@ -148,8 +148,11 @@ export interface ControlPlane {
   writeKubeconfig(name: string, token: string): string;
   /** Create (if missing) a namespace and its default ServiceAccount (no controller-manager runs here). */
   ensureNamespace(name: string): Promise<void>;
-  /** A real, API-signed token for a ServiceAccount (created if missing). */
-  serviceAccountToken(namespace: string, name: string): Promise<string>;
+  /**
+   * A real, API-signed token for a ServiceAccount (created if missing). Bound to a Node object
+   * when `boundNode` is given, as a DaemonSet pod's token names its node.
+   */
+  serviceAccountToken(namespace: string, name: string, boundNode?: string): Promise<string>;
   startAdapter(options: AdapterOptions): Promise<Adapter>;
   /** Create every object in a YAML manifest file (as admin); existing objects are left as they are. */
   applyManifest(file: string): Promise<void>;
@@ -275,13 +278,19 @@ export async function startControlPlane(options: { log?: (line: string) => void 
       await createIgnoringConflict(() => core.createNamespace({ body: { metadata: { name } } }));
       await createIgnoringConflict(() => core.createNamespacedServiceAccount({ namespace: name, body: { metadata: { name: "default" } } }));
     };
-    const serviceAccountToken = async (namespace: string, name: string): Promise<string> => {
+    const serviceAccountToken = async (namespace: string, name: string, boundNode?: string): Promise<string> => {
       await ensureNamespace(namespace);
       await createIgnoringConflict(() => core.createNamespacedServiceAccount({ namespace, body: { metadata: { name } } }));
+      let boundObjectRef: k8s.V1BoundObjectReference | undefined;
+      if (boundNode !== undefined) {
+        await createIgnoringConflict(() => core.createNode({ body: { metadata: { name: boundNode } } }));
+        const node = await core.readNode({ name: boundNode });
+        boundObjectRef = { apiVersion: "v1", kind: "Node", name: boundNode, ...(node.metadata?.uid === undefined ? {} : { uid: node.metadata.uid }) };
+      }
       const request = await core.createNamespacedServiceAccountToken({
         name,
         namespace,
-        body: { spec: { audiences: [SERVICE_ACCOUNT_ISSUER], expirationSeconds: 24 * 3600 } },
+        body: { spec: { audiences: [SERVICE_ACCOUNT_ISSUER], expirationSeconds: 24 * 3600, ...(boundObjectRef === undefined ? {} : { boundObjectRef }) } },
       });
       const token = request.status?.token;
       if (token === undefined) throw new Error(`no token issued for ${namespace}/${name}`);

@@ -93,7 +93,8 @@ export function signingKeyDirs(base: string, keyid = "fn-20261125000000"): { pri
 
 export async function startNodeRunner(cp: ControlPlane, options: { nodeName: string; publicKeysDir: string; stateDir: string; port?: number }): Promise<Component> {
   await cp.applyManifest(path.join(root, "config/node-runner/rbac.yaml"));
-  const token = await cp.serviceAccountToken("podnet-system", "podnet-node-runner");
+  // Bound to its node, as a DaemonSet pod's token is: the admission policy checks the node name in it.
+  const token = await cp.serviceAccountToken("podnet-system", "podnet-node-runner", options.nodeName);
   const port = options.port ?? (await freePort());
   return startProcess(
     "node-runner/main.ts",

@@ -1,0 +1,103 @@
+// config/admission/: the ValidatingAdmissionPolicy, enforced for real by the kube-apiserver,
+// with the node-runner's own code path (KubePodApi) and a node-bound ServiceAccount token.
+import assert from "node:assert/strict";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import * as k8s from "@kubernetes/client-node";
+import { MARK } from "../../contract/apply-request.ts";
+import { KubePodApi } from "../../node-runner/kube.ts";
+import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+
+const root = path.resolve(import.meta.dirname, "../..");
+const missing = missingBinariesReason();
+const NS = "shop";
+const merge = k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch);
+
+const forbidden = (pattern: RegExp) => (err: unknown) => err instanceof k8s.ApiException && err.code === 403 && pattern.test(err.message);
+
+describe("admission policy for the project's annotations [needs control plane]", skipUnlessCI(missing), () => {
+  let cp: ControlPlane;
+  let admin: k8s.CoreV1Api;
+  let runnerA: KubePodApi;
+  let runnerCore: k8s.CoreV1Api;
+  const pods: Record<string, { namespace: string; name: string; uid: string; ips: string[] }> = {};
+
+  before(async () => {
+    assertAvailable(missing);
+    cp = await startControlPlane();
+    await cp.applyManifest(path.join(root, "config/node-runner/rbac.yaml"));
+    await cp.applyManifest(path.join(root, "config/admission/podnet-annotations.yaml"));
+    await cp.ensureNamespace(NS);
+    admin = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+    const token = await cp.serviceAccountToken("podnet-system", "podnet-node-runner", "node-a");
+    runnerA = new KubePodApi(cp.kubeConfig(token), "node-a");
+    runnerCore = cp.kubeConfig(token).makeApiClient(k8s.CoreV1Api);
+    for (const [name, node] of [["on-a", "node-a"], ["on-b", "node-b"], ["users", "node-a"]] as const) {
+      const p = await admin.createNamespacedPod({ namespace: NS, body: { metadata: { name }, spec: { nodeName: node, containers: [{ name: "app", image: "example/app" }] } } });
+      pods[name] = { namespace: NS, name, uid: p.metadata?.uid ?? "", ips: ["10.0.0.2"] };
+    }
+    // The policy takes effect once the API server has loaded it: wait for the first denial.
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      try {
+        await admin.patchNamespacedPod({ namespace: NS, name: "users", body: { metadata: { annotations: { [MARK.status]: "initialized" } } } }, merge);
+        await admin.patchNamespacedPod({ namespace: NS, name: "users", body: { metadata: { annotations: { [MARK.status]: null } } } }, merge).catch(() => undefined);
+      } catch (err) {
+        if (err instanceof k8s.ApiException && err.code === 403) break;
+        throw err;
+      }
+      if (Date.now() > deadline) throw new Error("the admission policy never took effect");
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  });
+  after(async () => {
+    await cp.stop();
+  });
+
+  const pod = (name: string) => {
+    const p = pods[name];
+    assert.ok(p !== undefined);
+    return p;
+  };
+
+  test("a user (even cluster-admin) cannot set the mark", async () => {
+    await assert.rejects(
+      admin.patchNamespacedPod({ namespace: NS, name: "users", body: { metadata: { annotations: { [MARK.status]: "initialized" } } } }, merge),
+      forbidden(/only the podnet node-runner may set/),
+    );
+  });
+
+  test("nobody can create a pod that is already marked", async () => {
+    await assert.rejects(
+      admin.createNamespacedPod({ namespace: NS, body: { metadata: { name: "premarked", annotations: { [MARK.status]: "initialized" } }, spec: { containers: [{ name: "app", image: "example/app" }] } } }),
+      forbidden(/only the podnet node-runner may set/),
+    );
+  });
+
+  test("the node-runner marks a pod bound to its own node (its real code path)", async () => {
+    await runnerA.markInitialized(pod("on-a"), { netns: "4026532246", rules: "0123456789abcdef" });
+    const marked = await admin.readNamespacedPod({ namespace: NS, name: "on-a" });
+    assert.equal(marked.metadata?.annotations?.[MARK.netns], "4026532246");
+    await runnerA.clearMark(pod("on-a"));
+  });
+
+  test("the node-runner cannot mark a pod on another node", async () => {
+    await assert.rejects(runnerA.markInitialized(pod("on-b"), { netns: "1", rules: "x" }), forbidden(/node-runner of node node-a may only mark pods bound to that node/));
+  });
+
+  test("the node-runner cannot change anything but its annotations", async () => {
+    await assert.rejects(
+      runnerCore.patchNamespacedPod({ namespace: NS, name: "on-a", body: { metadata: { labels: { sneaky: "yes" } } } }, merge),
+      forbidden(/may change only the pod-network-controller\.istio\.io annotations/),
+    );
+    await assert.rejects(
+      runnerCore.patchNamespacedPod({ namespace: NS, name: "on-a", body: { metadata: { annotations: { other: "x", [MARK.status]: "initialized" } } } }, merge),
+      forbidden(/may change only/),
+    );
+  });
+
+  test("users keep changing their own annotations", async () => {
+    await admin.patchNamespacedPod({ namespace: NS, name: "users", body: { metadata: { annotations: { "example.com/owner": "team-a" } } } }, merge);
+  });
+});
