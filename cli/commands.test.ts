@@ -17,6 +17,7 @@ function run(argv: string[], stdin = ""): { code: number; out: string; err: stri
     stderr: (t) => (err += t),
     readFile: (p) => readFileSync(p, "utf8"),
     readStdin: () => stdin,
+    writeFile: () => undefined,
   };
   const code = runPnc(argv, io);
   return { code, out, err };
@@ -139,7 +140,7 @@ describe("pnc plan", () => {
     const plainPod = JSON.stringify({ kind: "Pod", metadata: { name: "p", namespace: "shop" }, spec: { nodeName: "n1", containers: [{ name: "app" }] }, status: { hostIP: "10.0.0.1", podIPs: [{ ip: "10.1.0.2" }] } });
     assert.match(run(["decide", "-"], plainPod).out, /^skip \(not-sidecar-injected\)/);
     let out = "";
-    const code = runPnc(["decide", "-", "--namespace", "/ns.yaml"], { stdout: (t) => (out += t), stderr: () => undefined, readFile: () => ns, readStdin: () => plainPod });
+    const code = runPnc(["decide", "-", "--namespace", "/ns.yaml"], { stdout: (t) => (out += t), stderr: () => undefined, readFile: () => ns, readStdin: () => plainPod, writeFile: () => undefined });
     assert.equal(code, EXIT.ok);
     assert.match(out, /^apply \(needs-rules\)/);
     assert.equal(run(["decide", example("injected-pod.yaml"), "--policy", example("injected-pod.yaml")]).code, EXIT.invalidPolicy);

@@ -12,6 +12,7 @@ import { deriveCaptureInput } from "../functions/capture-from-pod.ts";
 import { decide, type NamespaceFacts } from "../functions/decision.ts";
 import { parsePod, PodManifestError, type Pod } from "../functions/pod.ts";
 import { parsePolicy, PolicyError } from "../functions/policy.ts";
+import { generateKeys, KeyManifestError, rotateKeys, type KeyManifests } from "./keys.ts";
 import { renderIptables } from "../node-runner/rules/iptables.ts";
 import { renderNftables } from "../node-runner/rules/nftables.ts";
 import { ipCommand, netSetupSteps } from "../node-runner/rules/routes.ts";
@@ -30,6 +31,8 @@ const USAGE = `usage:
   pnc plan <pod.yaml|pod.json|-> [--backend iptables|nft] [--family v4|v6|both] [--json]
   pnc decide <pod.yaml|pod.json|-> [--namespace <namespace manifest>] [--policy <policy.yaml>] [--json]
   pnc wait [--annotations <file>] [--timeout <s>] [--capture-port <port>] [--no-probe] ...
+  pnc keys generate [--namespace podnet-system] --out <dir>
+  pnc keys rotate --secret <file> --configmap <file> --out <dir>
 
   Prints the rules the node-runner would apply for the pod, derived the way istio-cni does
   (annotations, istio-proxy env and securityContext). --family defaults to the pod's own
@@ -37,6 +40,10 @@ const USAGE = `usage:
 
   decide prints what the decision function would do with the pod (apply or skip, and why)
   under the policy given (Istio defaults when none).
+
+  keys writes signing-keys.secret.yaml (the function's private keys) and
+  public-keys.configmap.yaml (the node-runners' public keys); rotate adds a new pair and keeps
+  the old ones.
 
   wait is the init container's command: it waits for the node-runner's mark for its own
   network namespace, then proves interception works (exit codes: README).
@@ -52,6 +59,7 @@ export interface Io {
   readonly stderr: (text: string) => void;
   readonly readFile: (path: string) => string;
   readonly readStdin: () => string;
+  readonly writeFile: (path: string, text: string) => void;
 }
 
 export function runPnc(argv: readonly string[], io: Io): number {
@@ -59,6 +67,7 @@ export function runPnc(argv: readonly string[], io: Io): number {
     const [command, ...rest] = argv;
     if (command === "plan") return plan(rest, io);
     if (command === "decide") return decideCommand(rest, io);
+    if (command === "keys") return keysCommand(rest, io);
     if (command === undefined || command === "help" || command === "--help" || command === "-h") {
       io.stdout(`${USAGE}\n`);
       return command === undefined ? EXIT.usage : EXIT.ok;
@@ -68,6 +77,10 @@ export function runPnc(argv: readonly string[], io: Io): number {
     if (err instanceof CaptureConfigError) {
       io.stderr(`pnc: the pod's capture configuration is invalid; no rules would be applied:\n${err.issues.map((i) => `  - ${formatIssue(i)}`).join("\n")}\n`);
       return EXIT.invalidCapture;
+    }
+    if (err instanceof KeyManifestError) {
+      io.stderr(`pnc: ${err.message}\n`);
+      return EXIT.badInput;
     }
     if (err instanceof PolicyError) {
       io.stderr(`pnc: ${err.message}\n`);
@@ -174,6 +187,25 @@ function decideCommand(args: readonly string[], io: Io): number {
     io.stderr(`pnc: error (${decision.reason}): the pod would be refused and a NetworkInitFailed Event recorded:\n${decision.issues.map((i) => `  - ${formatIssue(i)}`).join("\n")}\n`);
     return EXIT.invalidCapture;
   }
+  return EXIT.ok;
+}
+
+function keysCommand(args: readonly string[], io: Io): number {
+  const [sub, ...rest] = args;
+  const { values } = parseArgs({
+    args: rest,
+    options: { namespace: { type: "string", default: "podnet-system" }, out: { type: "string" }, secret: { type: "string" }, configmap: { type: "string" } },
+  });
+  if (values.out === undefined) throw new UsageError("keys needs --out <dir>");
+  let result: KeyManifests;
+  if (sub === "generate") result = generateKeys(values.namespace);
+  else if (sub === "rotate") {
+    if (values.secret === undefined || values.configmap === undefined) throw new UsageError("keys rotate needs --secret and --configmap");
+    result = rotateKeys(readText(values.secret, io), readText(values.configmap, io));
+  } else throw new UsageError(`keys takes generate or rotate, not ${JSON.stringify(sub ?? "")}`);
+  io.writeFile(`${values.out}/signing-keys.secret.yaml`, result.secret);
+  io.writeFile(`${values.out}/public-keys.configmap.yaml`, result.configMap);
+  io.stdout(`new key ${result.keyid}: ${values.out}/signing-keys.secret.yaml (private; apply after the ConfigMap), ${values.out}/public-keys.configmap.yaml (public)\n`);
   return EXIT.ok;
 }
 

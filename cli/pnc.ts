@@ -1,6 +1,6 @@
 #!/usr/bin/env -S node --import tsx
 // pnc — the project's command line (see `pnc help`).
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { waitMain } from "../node-runner/wait-main.ts";
 import { runPnc } from "./commands.ts";
 
@@ -20,5 +20,8 @@ if (args[0] === "wait") {
     stderr: (text) => process.stderr.write(text),
     readFile: (path) => readFileSync(path, "utf8"),
     readStdin: () => readFileSync(0, "utf8"),
+    writeFile: (path, text) => {
+      writeFileSync(path, text, { mode: path.endsWith(".secret.yaml") ? 0o600 : 0o644 });
+    },
   });
 }

@@ -88,6 +88,14 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
 
+  // Dead-letter sink of the Broker variant: record what could not be delivered, accept it.
+  app.post("/dead-letter", express.raw({ type: () => true, limit: MAX_EVENT_BYTES }), (req: Request, res: Response) => {
+    const type = typeof req.headers["ce-type"] === "string" ? req.headers["ce-type"] : "unknown";
+    metrics.events.inc({ type, outcome: "dead-letter" });
+    log.warn({ ceId: req.headers["ce-id"], ceType: type, ceSubject: req.headers["ce-subject"] }, "dead letter: an event was not delivered");
+    res.status(202).end();
+  });
+
   app.post("/", express.raw({ type: () => true, limit: MAX_EVENT_BYTES }), async (req: Request, res: Response) => {
     inFlight++;
     try {

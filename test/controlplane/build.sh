@@ -14,6 +14,7 @@ components=(
   "etcd etcd go.etcd.io/etcd/server/v3"
   "kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver"
   "apiserver_receive_adapter knative knative.dev/eventing/cmd/apiserver_receive_adapter"
+  "kustomize kustomize sigs.k8s.io/kustomize/kustomize/v5"
 )
 
 for entry in "${components[@]}"; do

@@ -20,6 +20,7 @@ export const BIN = {
   etcd: path.join(CACHE_DIR, "bin", "etcd"),
   kubeApiserver: path.join(CACHE_DIR, "bin", "kube-apiserver"),
   adapter: path.join(CACHE_DIR, "bin", "apiserver_receive_adapter"),
+  kustomize: path.join(CACHE_DIR, "bin", "kustomize"),
 };
 /** Knative's adapter serves health probes on this fixed port: nothing else may use it. */
 export const ADAPTER_HEALTH_PORT = 8080;
@@ -156,6 +157,8 @@ export interface ControlPlane {
   startAdapter(options: AdapterOptions): Promise<Adapter>;
   /** Create every object in a YAML manifest file (as admin); existing objects are left as they are. */
   applyManifest(file: string): Promise<void>;
+  /** The same for YAML text; returns the objects created, as kind/name. */
+  applyYaml(text: string): Promise<string[]>;
   /** Install Knative's CRDs (ApiServerSource, PingSource, Broker, Trigger, Service, ...) and wait until they serve. */
   installKnativeCrds(): Promise<string[]>;
   /** Processes still running (for leak checks). */
@@ -359,19 +362,27 @@ export async function startControlPlane(options: { log?: (line: string) => void 
       return names;
     };
 
-    const applyManifest = async (file: string): Promise<void> => {
+    const applyYaml = async (text: string): Promise<string[]> => {
       const client = k8s.KubernetesObjectApi.makeApiClient(kubeConfig());
-      for (const doc of k8s.loadAllYaml(readFileSync(file, "utf8")) as k8s.KubernetesObject[]) {
-        if (typeof doc !== "object") continue;
+      const created: string[] = [];
+      for (const doc of k8s.loadAllYaml(text) as (k8s.KubernetesObject | null)[]) {
+        if (doc === null || typeof doc !== "object") continue;
+        if (doc.metadata?.namespace !== undefined) await ensureNamespace(doc.metadata.namespace);
         await createIgnoringConflict(() => client.create(doc));
         if (doc.kind === "Namespace" && doc.metadata?.name !== undefined) await ensureNamespace(doc.metadata.name);
+        created.push(`${doc.kind ?? "?"}/${doc.metadata?.name ?? "?"}`);
       }
+      return created;
+    };
+    const applyManifest = async (file: string): Promise<void> => {
+      await applyYaml(readFileSync(file, "utf8"));
     };
 
     return {
       dir,
       server,
       applyManifest,
+      applyYaml,
       installKnativeCrds,
       caFile,
       ca,

@@ -1,0 +1,77 @@
+// The deployment manifests: every file parses, the kustomize overlays render, and on the real
+// API server (with Knative's CRDs from its Go modules) everything is accepted.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { parseAllDocuments } from "yaml";
+import { generateKeys } from "../../cli/keys.ts";
+import { parsePolicy } from "../../functions/policy.ts";
+import { BIN, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+
+const root = path.resolve(import.meta.dirname, "../..");
+const missing = missingBinariesReason();
+
+function yamlFiles(dir: string): string[] {
+  return readdirSync(dir).flatMap((entry) => {
+    const p = path.join(dir, entry);
+    if (statSync(p).isDirectory()) return yamlFiles(p);
+    return p.endsWith(".yaml") ? [p] : [];
+  });
+}
+
+const kustomize = (dir: string): string => execFileSync(BIN.kustomize, ["build", path.join(root, dir)], { encoding: "utf8" });
+
+describe("manifests", () => {
+  // The injection template is a Go template for Istio's injector (tested in test/waiter).
+  const files = [...yamlFiles(path.join(root, "config")), ...yamlFiles(path.join(root, "eventing"))].filter((f) => !f.includes(`${path.sep}istio${path.sep}`));
+  for (const file of files) {
+    test(`${path.relative(root, file)} parses`, () => {
+      const docs = parseAllDocuments(readFileSync(file, "utf8"));
+      assert.ok(Array.isArray(docs) && docs.length > 0);
+      for (const d of docs) assert.deepEqual(d.errors, [], path.relative(root, file));
+    });
+  }
+  test("the policy in the ConfigMap and the example policy are valid policies", () => {
+    const cm = parseAllDocuments(readFileSync(path.join(root, "config/function/policy.configmap.yaml"), "utf8"))[0]?.toJS() as { data: { "policy.yaml": string } };
+    assert.equal(parsePolicy(cm.data["policy.yaml"]).document.mode, "enforce");
+    parsePolicy(readFileSync(path.join(root, "examples/policy.yaml"), "utf8"));
+  });
+});
+
+describe("manifests on the real API server [needs control plane]", skipUnlessCI(missing), () => {
+  let cp: ControlPlane;
+  before(async () => {
+    assertAvailable(missing);
+    cp = await startControlPlane();
+    await cp.installKnativeCrds();
+  });
+  after(async () => {
+    await cp.stop();
+  });
+
+  test("the overlays render with kustomize", () => {
+    const kinds = (text: string) => [...text.matchAll(/^kind: (\w+)$/gm)].map((m) => m[1]).sort();
+    const kubernetes = kinds(kustomize("config/overlays/kubernetes"));
+    for (const kind of ["DaemonSet", "ApiServerSource", "PingSource", "Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "Namespace", "ConfigMap"]) {
+      assert.ok(kubernetes.includes(kind), `kubernetes overlay has a ${kind}`);
+    }
+    const openshift = kinds(kustomize("config/overlays/openshift"));
+    assert.deepEqual(openshift.filter((k) => !kubernetes.includes(k)), ["SecurityContextConstraints"]);
+    assert.match(kustomize("eventing/broker"), /kind: Broker\n[\s\S]*kind: Trigger/);
+  });
+
+  test("the kubernetes overlay, the Broker variant and generated keys are accepted", async () => {
+    const created = await cp.applyYaml(kustomize("config/overlays/kubernetes"));
+    assert.ok(created.includes("DaemonSet/podnet-node-runner"));
+    assert.ok(created.includes("Service/podnet-decision"));
+    assert.ok(created.includes("ApiServerSource/podnet-pods"));
+    const broker = await cp.applyYaml(kustomize("eventing/broker"));
+    assert.ok(broker.includes("Broker/podnet") && broker.includes("Trigger/podnet-pod-events"));
+    const keys = generateKeys("podnet-system");
+    assert.deepEqual(await cp.applyYaml(keys.configMap), ["ConfigMap/podnet-public-keys"]);
+    assert.deepEqual(await cp.applyYaml(keys.secret), ["Secret/podnet-signing-keys"]);
+  });
+});
