@@ -1,0 +1,84 @@
+// The whole system on one machine: the real control plane (with RBAC and the admission
+// policy), a node-runner for the simulated node, the decision function, Knative's
+// ApiServerSource adapter, and real test pods as the node's sandboxes. Used by the end-to-end
+// tests, the demo and the latency benchmark.
+import { writeFileSync } from "node:fs";
+import path from "node:path";
+import * as k8s from "@kubernetes/client-node";
+import { startControlPlane, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
+import { scratchDir, signingKeyDirs, startFunction, startNodeRunner, type Component } from "./components.ts";
+import { createMeshPod, type MeshPod } from "./mesh-pods.ts";
+import { TestPods } from "./test-pods.ts";
+
+const root = path.resolve(import.meta.dirname, "../..");
+export const STACK_NODE = "node-a";
+
+export interface Stack {
+  readonly cp: ControlPlane;
+  readonly pods: TestPods;
+  readonly core: k8s.CoreV1Api;
+  readonly keys: ReturnType<typeof signingKeyDirs>;
+  readonly policyFile: string;
+  runner: Component;
+  fn: Component;
+  adapter: Adapter | undefined;
+  createPod(options: { namespace: string; name: string; annotations?: Record<string, string>; injected?: boolean; hostNetwork?: boolean }): Promise<MeshPod>;
+  startAdapter(): Promise<void>;
+  restartNodeRunner(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startStack(options: { policy?: string; log?: (line: string) => void; withAdapter?: boolean } = {}): Promise<Stack> {
+  const log = options.log ?? ((): void => undefined);
+  const cp = await startControlPlane({ log });
+  const scratch = scratchDir("stack");
+  const pods = TestPods.create();
+  try {
+    await cp.applyManifest(path.join(root, "config/admission/podnet-annotations.yaml"));
+    const keys = signingKeyDirs(scratch.dir);
+    const policyFile = path.join(scratch.dir, "policy.yaml");
+    writeFileSync(policyFile, options.policy ?? "mode: enforce\n");
+    const stateDir = path.join(scratch.dir, "state");
+    log("node-runner starting");
+    const runner = await startNodeRunner(cp, { nodeName: STACK_NODE, publicKeysDir: keys.publicDir, stateDir });
+    log("decision function starting");
+    const fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port });
+    const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+    const stack: Stack = {
+      cp,
+      pods,
+      core,
+      keys,
+      policyFile,
+      runner,
+      fn,
+      adapter: undefined,
+      createPod: async (o) => {
+        await cp.ensureNamespace(o.namespace);
+        return createMeshPod(core, pods, { ...o, nodeName: STACK_NODE });
+      },
+      startAdapter: async () => {
+        stack.adapter = await cp.startAdapter({ sink: `${stack.fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio" });
+      },
+      restartNodeRunner: async () => {
+        await stack.runner.stop();
+        stack.runner = await startNodeRunner(cp, { nodeName: STACK_NODE, publicKeysDir: keys.publicDir, stateDir, port: stack.runner.port });
+      },
+      stop: async () => {
+        await stack.adapter?.stop();
+        await stack.fn.stop();
+        await stack.runner.stop();
+        await pods.destroy();
+        await cp.stop();
+        scratch.remove();
+      },
+    };
+    if (options.withAdapter !== false) await stack.startAdapter();
+    return stack;
+  } catch (err) {
+    await pods.destroy();
+    await cp.stop();
+    scratch.remove();
+    throw err;
+  }
+}
