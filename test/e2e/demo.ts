@@ -69,7 +69,9 @@ function connectAs(pod: MeshPod, uid: number, host: string, port: number): strin
 
 async function listener(pod: MeshPod, port: number, answer: string): Promise<ChildProcess> {
   const child = pod.sandbox.spawn([process.execPath, "-e", `require("net").createServer((s)=>s.end(${JSON.stringify(answer)})).listen(${port},"0.0.0.0",()=>console.log("ready"))`], { uid: 1337 });
-  await new Promise((resolve) => child.stdout?.once("data", resolve));
+  await new Promise((resolve) => {
+    child.stdout?.once("data", resolve);
+  });
   return child;
 }
 
