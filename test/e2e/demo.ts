@@ -77,7 +77,12 @@ async function listener(pod: MeshPod, port: number, answer: string): Promise<Chi
 
 try {
   const t0 = Date.now();
-  stack = await startStack({ policy: policyText, log: (l) => say(`  · ${l}`) });
+  stack = await startStack({
+    policy: policyText,
+    log: (l) => {
+      say(`  · ${l}`);
+    },
+  });
   say(`local cluster up in ${((Date.now() - t0) / 1000).toFixed(1)} s: kube-apiserver ${stack.cp.server}, node-runner :${stack.runner.port}, function :${stack.fn.port}\n`);
   const policy = parsePolicy(policyText, "podnet-system");
 
