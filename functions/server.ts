@@ -71,7 +71,8 @@ const PING_EVENT = "dev.knative.sources.ping";
 
 export function createFunctionApp(deps: FunctionDeps): express.Express & { inFlight: () => number } {
   const { log, metrics } = deps;
-  // uid → resourceVersion last handled: ApiServerSource may deliver a notification twice.
+  // uid → "resourceVersion policy" last handled: ApiServerSource may deliver a notification
+  // twice. A new policy decides again.
   const handled = new Map<string, string>();
   let inFlight = 0;
 
@@ -182,12 +183,12 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     const name = `${pod.metadata.namespace ?? ""}/${pod.metadata.name ?? ""}`;
     const uid = pod.metadata.uid ?? "";
     const plog = elog.child({ pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid } });
-    const rv = pod.metadata.resourceVersion;
+    const policy = deps.policy();
+    const rv = pod.metadata.resourceVersion === undefined ? undefined : `${pod.metadata.resourceVersion} ${policy.id}`;
     if (!deleted && rv !== undefined && handled.get(uid) === rv) {
       metrics.decisions.inc({ action: "skip", reason: "duplicate" });
       return { pod: name, outcome: "duplicate", reason: "duplicate" };
     }
-    const policy = deps.policy();
     let namespace: NamespaceFacts | undefined;
     const injected = proxyContainer(pod) !== undefined && pod.metadata.annotations?.["sidecar.istio.io/status"] !== undefined;
     if (!injected && policy.document.legacyOptIn && pod.metadata.annotations?.[LEGACY_OPT_IN] === undefined) {

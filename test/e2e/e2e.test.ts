@@ -1,0 +1,161 @@
+// End to end on the real control plane (DESIGN §2, §12): pods created through the API server
+// → Knative's real ApiServerSource adapter → the function → the node-runner (its own
+// ServiceAccount, node-bound token, under RBAC and the admission policy) → rules in real test
+// pods → the mark → the waiter exits 0 and traffic proves interception.
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import * as k8s from "@kubernetes/client-node";
+import { MARK, STATUS_INITIALIZED } from "../../contract/apply-request.ts";
+import { WAITER_CONTAINER } from "../../functions/decision.ts";
+import { missingBinariesReason } from "../controlplane/harness.ts";
+import { apiServerSourceEvent } from "../support/apiserversource.ts";
+import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+import { waitForAnnotations, type MeshPod } from "../support/mesh-pods.ts";
+import { startStack, STACK_NODE, type Stack } from "../support/stack.ts";
+import { testPodsUnavailableReason } from "../support/test-pods.ts";
+
+const root = path.resolve(import.meta.dirname, "../..");
+const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
+const NS = "shop";
+const merge = k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch);
+const initialized = (a: Record<string, string>) => a[MARK.status] === STATUS_INITIALIZED;
+
+async function post(url: string, event: { headers: Record<string, string>; body: string }): Promise<{ status: number; body: { results: { outcome: string }[] } }> {
+  const res = await fetch(url, { method: "POST", headers: event.headers, body: event.body });
+  return { status: res.status, body: (await res.json()) as { results: { outcome: string }[] } };
+}
+
+const ping = (url: string) =>
+  post(url, { headers: { "ce-specversion": "1.0", "ce-id": `ping-${Date.now()}`, "ce-source": "/apis/v1/namespaces/podnet-system/pingsources/podnet-resync", "ce-type": "dev.knative.sources.ping", "content-type": "application/json" }, body: "{}" });
+
+describe("end to end [needs root and control plane]", skipUnlessCI(unavailable), () => {
+  let stack: Stack;
+  let early: MeshPod;
+
+  before(async () => {
+    assertAvailable(unavailable);
+    stack = await startStack({ withAdapter: false });
+    // Exists before the event source starts: no event will ever come for it.
+    early = await stack.createPod({ namespace: NS, name: "early" });
+    await stack.startAdapter();
+  });
+  after(async () => {
+    await stack.stop();
+  });
+
+  test("a mesh pod is programmed and marked; its waiter exits 0; traffic is intercepted", async () => {
+    const pod = await stack.createPod({ namespace: NS, name: "web-1" });
+    const annotations = await waitForAnnotations(stack.core, pod, initialized);
+    assert.equal(annotations[MARK.netns], pod.sandbox.netnsInode());
+    // The waiter, as the pod's init container would run it: UID 1337, no capabilities.
+    const file = path.join("/tmp", `pnct-annotations-${pod.uid}`);
+    writeFileSync(file, Object.entries(annotations).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("\n"), { mode: 0o644 });
+    const waiter = pod.sandbox.spawn([process.execPath, "--import", "tsx", path.join(root, "cli/pnc.ts"), "wait", `--annotations=${file}`, "--timeout=20", "--termination-log=/dev/null"], { uid: 1337 });
+    const code = await new Promise<number | null>((resolve) => waiter.once("exit", resolve));
+    assert.equal(code, 0);
+    const envoy = pod.sandbox.spawn([process.execPath, "-e", `require("net").createServer((s)=>s.end("envoy")).listen(15001,"0.0.0.0",()=>console.log("ready"))`], { uid: 1337 });
+    await new Promise((resolve) => envoy.stdout?.once("data", resolve));
+    const answer = pod.sandbox.exec([process.execPath, "-e", `const s=require("net").connect(443,"203.0.113.9");let d="";s.on("data",(c)=>d+=c);s.on("end",()=>console.log(d));s.on("error",(e)=>console.log(e.code))`], { uid: 1000 }).trim();
+    envoy.kill();
+    assert.equal(answer, "envoy", "the app's outbound connection landed on Envoy's port");
+  });
+
+  test("non-mesh, hostNetwork, excluded-namespace and invalid pods are left alone (the last with an Event)", async () => {
+    const plain = await stack.createPod({ namespace: NS, name: "plain", injected: false });
+    const hostNet = await stack.createPod({ namespace: NS, name: "hostnet", hostNetwork: true });
+    const system = await stack.createPod({ namespace: "kube-system", name: "system" });
+    const sneaky = await stack.createPod({ namespace: NS, name: "sneaky", annotations: { "traffic.sidecar.istio.io/excludeOutboundPorts": "99999" } });
+    const marker = await stack.createPod({ namespace: NS, name: "marker" });
+    await waitForAnnotations(stack.core, marker, initialized); // events are in order: the others were handled before
+    for (const p of [plain, hostNet, system, sneaky]) {
+      assert.doesNotMatch(p.sandbox.exec(["iptables-save"]), /ISTIO/, `${p.name}: no rules`);
+      const a = (await stack.core.readNamespacedPod({ namespace: p.namespace, name: p.name })).metadata?.annotations ?? {};
+      assert.equal(a[MARK.status], undefined, `${p.name}: not marked`);
+    }
+    const events = await stack.core.listNamespacedEvent({ namespace: NS });
+    assert.match(events.items.find((e) => e.involvedObject.uid === sneaky.uid && e.reason === "NetworkInitFailed")?.message ?? "", /traffic\.sidecar\.istio\.io\/excludeOutboundPorts: "99999"/);
+  });
+
+  test("a pod that existed before the event source started is initialized by the resync", async () => {
+    assert.equal((await stack.core.readNamespacedPod({ namespace: NS, name: "early" })).metadata?.annotations?.[MARK.status], undefined);
+    assert.equal((await ping(`${stack.fn.url}/`)).status, 200);
+    await waitForAnnotations(stack.core, early, initialized);
+  });
+
+  test("a node-runner that is down while events arrive is caught up after it returns", async () => {
+    await stack.runner.stop();
+    const pod = await stack.createPod({ namespace: NS, name: "while-down" });
+    await stack.fn.waitForLog(/"name":"while-down".*"msg":"dispatch failed"/, 15_000);
+    await stack.restartNodeRunner();
+    await ping(`${stack.fn.url}/`);
+    await waitForAnnotations(stack.core, pod, initialized);
+  });
+
+  test("a policy change takes effect for new pods without restarting the node-runner", async () => {
+    const runnerPid = stack.runner.process.pid;
+    writeFileSync(stack.policyFile, "mode: enforce\nnamespaces:\n  exclude: [kube-system, istio-system, shop]\n");
+    await stack.fn.waitForLog(/"msg":"policy reloaded"/);
+    const pod = await stack.createPod({ namespace: NS, name: "after-policy" });
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.doesNotMatch(pod.sandbox.exec(["iptables-save"]), /ISTIO/);
+    assert.equal(stack.runner.process.pid, runnerPid);
+    writeFileSync(stack.policyFile, "mode: enforce\n");
+    await stack.fn.waitForLog(/"msg":"policy reloaded"[\s\S]*"msg":"policy reloaded"/);
+    await ping(`${stack.fn.url}/`);
+    await waitForAnnotations(stack.core, pod, initialized);
+  });
+
+  test("a sandbox re-created under the same pod UID is re-programmed", async () => {
+    const pod = await stack.createPod({ namespace: NS, name: "recreated" });
+    const first = await waitForAnnotations(stack.core, pod, initialized);
+    await stack.pods.removePod(pod.sandbox);
+    const sandbox = stack.pods.add({ name: pod.name, uid: pod.uid });
+    // What kubelet reports: the new sandbox's IP, and the waiter still running long after the mark.
+    await stack.core.patchNamespacedPodStatus(
+      {
+        namespace: NS,
+        name: pod.name,
+        body: {
+          status: {
+            podIP: sandbox.ip,
+            podIPs: [{ ip: sandbox.ip }],
+            initContainerStatuses: [{ name: WAITER_CONTAINER, image: "podnet", imageID: "", ready: false, restartCount: 1, state: { running: { startedAt: new Date(Date.now() - 120_000) } } }],
+          },
+        },
+      },
+      merge,
+    );
+    const second = await waitForAnnotations(stack.core, pod, (a) => a[MARK.netns] === sandbox.netnsInode());
+    assert.notEqual(second[MARK.netns], first[MARK.netns]);
+    assert.match(sandbox.exec(["iptables-save"]), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
+  });
+
+  test("duplicate and out-of-order events cause no double work and no wrong state", async () => {
+    const pod = await stack.createPod({ namespace: NS, name: "replayed" });
+    const marked = await waitForAnnotations(stack.core, pod, initialized);
+    const current = JSON.parse(JSON.stringify(await stack.core.readNamespacedPod({ namespace: NS, name: pod.name }))) as { metadata: { namespace: string; name: string; resourceVersion: string; annotations: Record<string, string> } };
+    const event = apiServerSourceEvent("update", current);
+    await post(`${stack.fn.url}/`, event);
+    const again = await post(`${stack.fn.url}/`, event);
+    assert.equal(again.body.results[0]?.outcome, "duplicate");
+    // An older state (before the mark) arriving late: the node finds the rules in place.
+    const unmarked = Object.fromEntries(Object.entries(current.metadata.annotations).filter(([k]) => !Object.values(MARK).includes(k as never)));
+    const stale = { ...current, metadata: { ...current.metadata, resourceVersion: "1", annotations: unmarked } };
+    const late = await post(`${stack.fn.url}/`, apiServerSourceEvent("update", stale));
+    assert.equal(late.body.results[0]?.outcome, "unchanged");
+    const after = (await stack.core.readNamespacedPod({ namespace: NS, name: pod.name })).metadata?.annotations ?? {};
+    assert.deepEqual([after[MARK.netns], after[MARK.rules]], [marked[MARK.netns], marked[MARK.rules]]);
+    assert.equal(stack.runner.log().match(new RegExp(`"name":"replayed"[^\\n]*"result":"applied"`, "g"))?.length, 1, "applied exactly once");
+  });
+
+  test("the node-runner's marks went through the admission policy with its node-bound token", async () => {
+    const pod = await stack.core.readNamespacedPod({ namespace: NS, name: "web-1" });
+    assert.equal(pod.spec?.nodeName, STACK_NODE);
+    await assert.rejects(
+      stack.core.patchNamespacedPod({ namespace: NS, name: "plain", body: { metadata: { annotations: { [MARK.status]: STATUS_INITIALIZED } } } }, merge),
+      (err: unknown) => err instanceof k8s.ApiException && err.code === 403,
+    );
+  });
+});
