@@ -3,15 +3,14 @@
 // loads the function's public keys (several may be valid at once: rotation); the function
 // loads its private keys and signs with the newest.
 import { createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
-import { watch, type FSWatcher } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
+import { watchMount } from "./watch-mount.ts";
 
 export class KeyDirectory {
   private keys = new Map<string, KeyObject>();
-  private watcher: FSWatcher | undefined;
-  private timer: NodeJS.Timeout | undefined;
+  private unwatch: (() => void) | undefined;
 
   constructor(
     private readonly dir: string,
@@ -26,18 +25,11 @@ export class KeyDirectory {
   /** Load now; then reload on change (with a periodic re-read: mounted Secrets swap symlinks). */
   async start(pollMs = 30_000): Promise<void> {
     await this.reload();
-    try {
-      this.watcher = watch(this.dir, () => void this.reload());
-    } catch (err) {
-      this.log.warn({ err, dir: this.dir }, "cannot watch the key directory; polling only");
-    }
-    this.timer = setInterval(() => void this.reload(), pollMs);
-    this.timer.unref();
+    this.unwatch = watchMount(this.dir, () => void this.reload(), { pollMs, log: this.log });
   }
 
   stop(): void {
-    this.watcher?.close();
-    if (this.timer !== undefined) clearInterval(this.timer);
+    this.unwatch?.();
   }
 
   async reload(): Promise<void> {

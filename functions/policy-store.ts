@@ -1,17 +1,16 @@
 // The policy in force: loaded from a mounted file and reloaded when it changes. A new document
 // that fails validation is refused with a log line and a metric; the last good policy stays.
-import { watch, type FSWatcher } from "node:fs";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
+import { watchMount } from "../contract/watch-mount.ts";
 import { parsePolicy, PolicyError, type Policy } from "./policy.ts";
 
 export class PolicyStore {
   private policy: Policy;
-  private watcher: FSWatcher | undefined;
+  private unwatch: (() => void) | undefined;
   /** The last refused document: refused once, not again on every poll. */
   private refusedText: string | undefined;
-  private timer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly file: string | undefined,
@@ -47,18 +46,11 @@ export class PolicyStore {
   /** Watch the file's directory (ConfigMap mounts swap a symlink) and poll as a fallback. */
   watch(pollMs = 10_000): void {
     if (this.file === undefined) return;
-    try {
-      this.watcher = watch(path.dirname(this.file), () => void this.reload());
-    } catch (err) {
-      this.log.warn({ err }, "cannot watch the policy file; polling only");
-    }
-    this.timer = setInterval(() => void this.reload(), pollMs);
-    this.timer.unref();
+    this.unwatch = watchMount(path.dirname(this.file), () => void this.reload(), { pollMs, log: this.log });
   }
 
   stop(): void {
-    this.watcher?.close();
-    if (this.timer !== undefined) clearInterval(this.timer);
+    this.unwatch?.();
   }
 
   async reload(): Promise<void> {

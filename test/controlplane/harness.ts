@@ -49,7 +49,8 @@ export async function freePort(): Promise<number> {
   });
 }
 
-function pidAlive(pid: number): boolean {
+/** Is a process (still) running? */
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

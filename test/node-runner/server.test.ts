@@ -2,7 +2,6 @@
 // the real kube-apiserver with the node-runner's own ServiceAccount under the RBAC of
 // config/node-runner/rbac.yaml. Requests are signed as the decision function signs them.
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { generateKeyPairSync, randomUUID, type KeyObject } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
@@ -13,12 +12,12 @@ import * as k8s from "@kubernetes/client-node";
 import { APPLY_PATH, MARK, REMOVE_PATH, STATUS_INITIALIZED } from "../../contract/apply-request.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { signRequest } from "../../contract/signature.ts";
-import { freePort, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { signingKeyDirs, startNodeRunner, type Component } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod } from "../support/mesh-pods.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 
-const root = path.resolve(import.meta.dirname, "../..");
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
 const NODE = "node-a";
 const NS = "shop";
@@ -32,58 +31,28 @@ interface Reply {
 describe("node-runner server [needs root and control plane]", skipUnlessCI(unavailable), () => {
   let cp: ControlPlane;
   let pods: TestPods;
-  let runner: ChildProcess;
+  let runner: Component;
   let port: number;
   let dir: string;
   let core: k8s.CoreV1Api;
   let signingKey: KeyObject;
-  let runnerLog = "";
+  const runnerLog = (): string => runner.log();
 
   before(async () => {
     assertAvailable(unavailable);
     cp = await startControlPlane();
     pods = TestPods.create();
     dir = mkdtempSync(path.join(os.tmpdir(), "pnct-runner-"));
-    await cp.applyManifest(path.join(root, "config/node-runner/rbac.yaml"));
     await cp.ensureNamespace(NS);
     core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
-
-    const { privateKey, publicKey } = generateKeyPairSync("ed25519");
-    signingKey = privateKey;
-    const keysDir = path.join(dir, "keys");
-    const { mkdirSync } = await import("node:fs");
-    mkdirSync(keysDir);
-    writeFileSync(path.join(keysDir, "fn-1.pem"), publicKey.export({ type: "spki", format: "pem" }));
-
-    const token = await cp.serviceAccountToken("podnet-system", "podnet-node-runner");
-    port = await freePort();
-    runner = spawn(process.execPath, ["--import", "tsx", path.join(root, "node-runner/main.ts")], {
-      cwd: root,
-      env: {
-        ...process.env,
-        NODE_NAME: NODE,
-        LISTEN_ADDRESS: `127.0.0.1:${port}`,
-        PUBLIC_KEYS_DIR: keysDir,
-        KUBECONFIG: cp.writeKubeconfig("node-runner", token),
-        STATE_DIR: path.join(dir, "state"),
-      },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    runner.stdout?.on("data", (c: Buffer) => (runnerLog += c.toString()));
-    runner.stderr?.on("data", (c: Buffer) => (runnerLog += c.toString()));
-    const deadline = Date.now() + 20_000;
-    while ((await get("/readyz").catch(() => 0)) !== 200) {
-      if (Date.now() > deadline || runner.exitCode !== null) throw new Error(`node-runner did not become ready:\n${runnerLog}`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    const keys = signingKeyDirs(dir, "fn-1");
+    signingKey = keys.signingKey.privateKey;
+    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(dir, "state") });
+    port = runner.port;
   });
 
   after(async () => {
-    if (runner.exitCode === null) {
-      const exited = new Promise((r) => runner.once("exit", r));
-      runner.kill("SIGTERM");
-      await exited;
-    }
+    await runner.stop();
     await pods.destroy();
     await cp.stop();
     rmSync(dir, { recursive: true, force: true });
@@ -91,11 +60,7 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
 
   /** The node-runner logs asynchronously: wait briefly for a line. */
   async function logged(pattern: RegExp, what: string): Promise<void> {
-    const deadline = Date.now() + 3000;
-    while (!pattern.test(runnerLog)) {
-      if (Date.now() > deadline) assert.fail(`${what}: no log line matching ${String(pattern)}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await runner.waitForLog(pattern, 3000).catch(() => assert.fail(`${what}: no log line matching ${String(pattern)}`));
   }
 
   function get(p: string): Promise<number> {
@@ -161,7 +126,7 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     const req = applyRequest({ name: "web-1", uid, ip });
 
     const first = await signedPost(APPLY_PATH, req);
-    assert.equal(first.status, 200, JSON.stringify(first.body) + runnerLog.slice(-2000));
+    assert.equal(first.status, 200, JSON.stringify(first.body) + runnerLog().slice(-2000));
     assert.equal(first.body.result, "applied");
     assert.equal(first.body.netns, sandbox.netnsInode());
     assert.match(sandbox.exec(["iptables-save"]), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
@@ -173,7 +138,7 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     assert.equal(annotations[MARK.rules], first.body.rules);
 
     const events = await core.listNamespacedEvent({ namespace: NS });
-    assert.ok(events.items.some((e) => e.reason === "NetworkInitialized" && e.involvedObject.uid === uid), `no NetworkInitialized Event; node-runner log:\n${runnerLog.slice(-3000)}`);
+    assert.ok(events.items.some((e) => e.reason === "NetworkInitialized" && e.involvedObject.uid === uid), `no NetworkInitialized Event; node-runner log:\n${runnerLog().slice(-3000)}`);
 
     const again = await signedPost(APPLY_PATH, req);
     assert.equal(again.body.result, "unchanged");
@@ -247,7 +212,7 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     assert.deepEqual([...statuses].sort(), [401, 409, 413]);
     const ok = await signedPost(APPLY_PATH, applyRequest({ name: "after-flood", uid, ip }));
     assert.equal(ok.status, 200, JSON.stringify(ok.body));
-    assert.equal(runner.exitCode, null);
+    assert.equal(runner.process.exitCode, null);
     assert.equal(await get("/healthz"), 200);
   });
 
@@ -256,7 +221,7 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     const { privateKey, publicKey } = generateKeyPairSync("ed25519");
     const req = applyRequest({ name: "rotated", uid, ip });
     assert.equal((await signedPost(APPLY_PATH, req, { keyid: "fn-2", key: privateKey })).body.reason, "unknown-key");
-    writeFileSync(path.join(dir, "keys", "fn-2.pem"), publicKey.export({ type: "spki", format: "pem" }));
+    writeFileSync(path.join(dir, "public", "fn-2.pem"), publicKey.export({ type: "spki", format: "pem" }));
     const deadline = Date.now() + 5000;
     let reply = await signedPost(APPLY_PATH, req, { keyid: "fn-2", key: privateKey });
     while (reply.status === 401 && Date.now() < deadline) {

@@ -9,6 +9,7 @@ import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, rmdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { pidAlive } from "../controlplane/harness.ts";
 
 export const TEST_PREFIX = "pnct-";
 const SUBNET = "10.251.0";
@@ -44,14 +45,6 @@ function v1Root(): string | undefined {
   return undefined;
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Remove a cgroup subtree: children first; fails (throws) while processes remain. */
 function removeCgroupTree(dir: string): void {
