@@ -3,7 +3,7 @@
 // ServiceAccount, node-bound token, under RBAC and the admission policy) → rules in real test
 // pods → the mark → the waiter exits 0 and traffic proves interception.
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
@@ -54,6 +54,7 @@ describe("end to end [needs root and control plane]", skipUnlessCI(unavailable),
     writeFileSync(file, Object.entries(annotations).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("\n"), { mode: 0o644 });
     const waiter = pod.sandbox.spawn([process.execPath, "--import", "tsx", path.join(root, "cli/pnc.ts"), "wait", `--annotations=${file}`, "--timeout=20", "--termination-log=/dev/null"], { uid: 1337 });
     const code = await new Promise<number | null>((resolve) => waiter.once("exit", resolve));
+    rmSync(file, { force: true });
     assert.equal(code, 0);
     const envoy = pod.sandbox.spawn([process.execPath, "-e", `require("net").createServer((s)=>s.end("envoy")).listen(15001,"0.0.0.0",()=>console.log("ready"))`], { uid: 1337 });
     await new Promise((resolve) => envoy.stdout?.once("data", resolve));
