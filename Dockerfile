@@ -1,5 +1,6 @@
-# Images of this project, one build stage shared by two targets:
-#   docker build --target node-runner -t podnet/node-runner .   (also the waiter: `pnc wait`)
+# Images of this project, one build stage shared by three targets:
+#   docker build --target node-runner -t podnet/node-runner .
+#   docker build --target waiter      -t podnet/waiter .        (`pnc wait`, no system tools)
 #   docker build --target decision    -t podnet/decision .
 # Pin the base images by digest in your registry mirror; tags are given for readability.
 FROM node:22.20.0-bookworm-slim AS build
@@ -28,6 +29,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends iptables nftables iproute2 util-linux \
  && rm -rf /var/lib/apt/lists/*
 ENTRYPOINT ["node", "dist/cli/pnc.js"]
+
+# The waiter init container: the runtime alone, as the proxy's UID (the template sets it too).
+FROM runtime AS waiter
+USER 1337:1337
+ENTRYPOINT ["node", "dist/cli/pnc.js", "wait"]
 
 # The decision function (a Knative Service): non-root; run it with a read-only root filesystem.
 FROM runtime AS decision

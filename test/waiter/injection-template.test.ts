@@ -95,7 +95,8 @@ describe("injection template vs Pod Security restricted [needs control plane]", 
     assert.ok(waiter !== undefined);
     assert.equal(waiter.securityContext?.runAsUser, 1337);
     assert.deepEqual(waiter.volumeMounts?.map((m) => m.mountPath), ["/etc/istio/pod"]);
-    assert.ok(waiter.args?.includes("wait"));
+    assert.ok(waiter.args?.includes("--annotations=/etc/istio/pod/annotations"));
+    assert.equal(waiter.image, "ghcr.io/podnet/waiter:0.1.0");
     const native = inject(injectedPod("n", [{ name: "istio-proxy", image: "istio/proxyv2", restartPolicy: "Always" }]), renderTemplate());
     assert.deepEqual(native.spec?.initContainers?.map((c) => c.name), ["podnet-wait", "istio-proxy"], "before a native-sidecar proxy");
   });
