@@ -51,7 +51,10 @@ export interface NetnsRecord {
   readonly podUid: string;
   readonly netnsInode: string;
   readonly digest: string;
-  readonly variant: IptablesVariant;
+  /** iptables-legacy, iptables-nft, or nftables natively ("nft-native"). */
+  readonly variant: IptablesVariant | "nft-native";
+  /** nft-native: hash of the Istio tables as listed after the apply (drift detection). */
+  readonly nftListing?: string;
   /** Built-in-chain lines the apply added, per family. */
   readonly builtin: Partial<Record<"4" | "6", ChainRules>>;
   /** Complete owned rules after the apply, per family (for drift detection). */
@@ -158,7 +161,7 @@ export class IptablesApplier {
       builtin[key] = mergeRules(added, builtinLines(current), after);
       owned[key] = ownedRules(after, builtin[key]);
     }
-    for (const step of steps) await this.ipStep(netns.path, step, "add");
+    for (const step of steps) await runIpStep(this.run, netns.path, step, "add");
     await this.records.put({ podUid, netnsInode: netns.inode, digest, variant: this.variant, builtin, owned, netSetup: steps });
     return { result: "applied", digest };
   }
@@ -175,17 +178,19 @@ export class IptablesApplier {
       await this.restore(netns.path, family, replaceTransaction(current, null));
       removedAny = true;
     }
-    for (const step of usable?.netSetup ?? []) await this.ipStep(netns.path, step, "del");
+    for (const step of usable?.netSetup ?? []) await runIpStep(this.run, netns.path, step, "del");
     await this.records.delete(netns.inode);
     return removedAny ? "removed" : "absent";
   }
 
-  private async ipStep(netnsPath: string, step: NetSetupStep, op: "add" | "del"): Promise<void> {
-    const r = await this.run(netnsPath, ["ip", ...ipCommand(step, op)]);
-    // Adding what exists, or deleting what is gone, is the state we want.
-    if (r.code !== 0 && !/File exists|No such|Cannot find|does not exist/i.test(r.stderr)) {
-      throw new ApplyError(`ip ${ipCommand(step, op).join(" ")} failed: ${r.stderr.trim()}`);
-    }
+}
+
+/** Run one TPROXY/IPv6 network setup step in the namespace. */
+export async function runIpStep(run: NetnsRunner, netnsPath: string, step: NetSetupStep, op: "add" | "del"): Promise<void> {
+  const r = await run(netnsPath, ["ip", ...ipCommand(step, op)]);
+  // Adding what exists, or deleting what is gone, is the state we want.
+  if (r.code !== 0 && !/File exists|No such|Cannot find|does not exist/i.test(r.stderr)) {
+    throw new ApplyError(`ip ${ipCommand(step, op).join(" ")} failed: ${r.stderr.trim()}`);
   }
 }
 

@@ -5,7 +5,9 @@
 //   --keys-dir / PUBLIC_KEYS_DIR       mounted public keys, one PEM per keyid          /etc/podnet/keys
 //   --kubeconfig / KUBECONFIG          kubeconfig file; in-cluster config when unset
 //   --state-dir / STATE_DIR            per-netns records (a tmpfs)                    /run/podnet
-//   --iptables / IPTABLES_BACKEND      auto | legacy | nft                            auto
+//   --backend / RULES_BACKEND          auto | iptables-legacy | iptables-nft | nftables  auto
+//                                      (auto: iptables, the variant holding rules in the pod's
+//                                      netns, else the node's; nftables: native, one nft -f)
 //   --proc / PROC_ROOT                 the host's /proc (hostPID)                      /proc
 //   --tls-cert, --tls-key / TLS_CERT, TLS_KEY   serve HTTPS with these files           (HTTP when unset)
 //   --max-concurrent / MAX_CONCURRENT  pods programmed at once                        8
@@ -17,6 +19,7 @@ import { parseArgs } from "node:util";
 import * as k8s from "@kubernetes/client-node";
 import { pino } from "pino";
 import { IptablesApplier, RecordStore, detectVariant, type IptablesVariant } from "./apply.ts";
+import { NftApplier } from "./apply-nft.ts";
 import { KubePodApi } from "./kube.ts";
 import { KeyDirectory } from "../contract/key-directory.ts";
 import { createMetrics } from "./metrics.ts";
@@ -31,7 +34,7 @@ const { values } = parseArgs({
     "keys-dir": { type: "string" },
     kubeconfig: { type: "string" },
     "state-dir": { type: "string" },
-    iptables: { type: "string" },
+    backend: { type: "string" },
     proc: { type: "string" },
     "tls-cert": { type: "string" },
     "tls-key": { type: "string" },
@@ -51,8 +54,8 @@ const listen = values.listen ?? env.LISTEN_ADDRESS ?? "0.0.0.0:9443";
 const [host = "", portText = ""] = listen.includes("]") ? [listen.slice(1, listen.indexOf("]")), listen.slice(listen.indexOf("]") + 2)] : listen.split(":");
 const port = Number(portText);
 if (!Number.isInteger(port) || port < 1 || port > 65535) fail(`--listen must be address:port, got ${listen}`);
-const backend = values.iptables ?? env.IPTABLES_BACKEND ?? "auto";
-if (!["auto", "legacy", "nft"].includes(backend)) fail(`--iptables must be auto, legacy or nft, got ${backend}`);
+const backend = values.backend ?? env.RULES_BACKEND ?? "auto";
+if (!["auto", "iptables-legacy", "iptables-nft", "nftables"].includes(backend)) fail(`--backend must be auto, iptables-legacy, iptables-nft or nftables, got ${backend}`);
 const maxConcurrent = Number(values["max-concurrent"] ?? env.MAX_CONCURRENT ?? "8");
 const procRoot = values.proc ?? env.PROC_ROOT ?? "/proc";
 
@@ -71,7 +74,7 @@ function nodeDefaultVariant(): IptablesVariant {
 }
 const defaultVariant = nodeDefaultVariant();
 const records = new RecordStore(values["state-dir"] ?? env.STATE_DIR ?? "/run/podnet");
-const appliers = { legacy: new IptablesApplier("legacy", records), nft: new IptablesApplier("nft", records) };
+const appliers = { legacy: new IptablesApplier("legacy", records), nft: new IptablesApplier("nft", records), native: new NftApplier(records) };
 
 const keys = new KeyDirectory(values["keys-dir"] ?? env.PUBLIC_KEYS_DIR ?? "/etc/podnet/keys", "public", log);
 await keys.start();
@@ -82,7 +85,10 @@ const app = createNodeRunnerApp({
   replay: new ReplayCache(100_000),
   pods: new KubePodApi(kubeConfig, nodeName),
   resolveNetns: (pod) => resolvePodNetns(pod, { procRoot }),
-  applierFor: async (netnsPath) => appliers[backend === "auto" ? await detectVariant(netnsPath, defaultVariant) : (backend as IptablesVariant)],
+  applierFor: async (netnsPath) =>
+    backend === "nftables" ? appliers.native
+    : backend === "auto" ? appliers[await detectVariant(netnsPath, defaultVariant)]
+    : appliers[backend === "iptables-legacy" ? "legacy" : "nft"],
   log,
   metrics: createMetrics(),
   maxConcurrent,
@@ -93,7 +99,7 @@ const tlsKey = values["tls-key"] ?? env.TLS_KEY;
 const server =
   tlsCert !== undefined && tlsKey !== undefined ? https.createServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }, app) : http.createServer(app);
 server.listen(port, host, () => {
-  log.info({ nodeName, listen, tls: tlsCert !== undefined, iptables: backend === "auto" ? `auto (node default ${defaultVariant})` : backend }, "node-runner listening");
+  log.info({ nodeName, listen, tls: tlsCert !== undefined, backend: backend === "auto" ? `auto (iptables; node default ${defaultVariant})` : backend }, "node-runner listening");
 });
 
 function shutdown(signal: string): void {

@@ -7,6 +7,7 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../../contract/capture-config.ts";
 import { IptablesApplier, RecordStore, detectVariant } from "../../node-runner/apply.ts";
+import { NftApplier } from "../../node-runner/apply-nft.ts";
 import { resolvePodNetns } from "../../node-runner/netns.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { TestPods, testPodsUnavailableReason, type TestPod } from "../support/test-pods.ts";
@@ -124,5 +125,34 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
     // Excluded outbound CIDR → not captured.
     await applier.apply(netns, pod.uid, config({ outboundIPRangesExclude: "203.0.113.0/24" }));
     assert.notEqual(connect(pod, "203.0.113.9", 443, 1000), "outbound-capture");
+  });
+
+  test("native nftables: apply, unchanged, drift repair, replace, remove; traffic is captured", async () => {
+    const pod = pods.add();
+    const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] });
+    assert.ok(resolved.found);
+    const netns = resolved.netns;
+    const applier = new NftApplier(new RecordStore(stateDir));
+    const tables = () => pod.exec(["nft", "list", "tables", "inet"]);
+
+    const first = await applier.apply(netns, pod.uid, config({ inboundInterceptionMode: "TPROXY" }));
+    assert.equal(first.result, "applied");
+    assert.match(tables(), /istio-proxy-nat[\s\S]*istio-proxy-mangle/);
+    assert.deepEqual(await applier.apply(netns, pod.uid, config({ inboundInterceptionMode: "TPROXY" })), { result: "unchanged", digest: first.digest });
+
+    pod.exec(["nft", "flush", "chain", "inet", "istio-proxy-nat", "istio-output"]);
+    assert.equal((await applier.apply(netns, pod.uid, config({ inboundInterceptionMode: "TPROXY" }))).result, "applied", "drift is repaired");
+    assert.match(pod.exec(["nft", "list", "chain", "inet", "istio-proxy-nat", "istio-output"]), /jump istio-redirect/);
+
+    assert.equal((await applier.apply(netns, pod.uid, config())).result, "applied");
+    assert.doesNotMatch(tables(), /istio-proxy-mangle/, "the table the new config does not need is gone");
+
+    const envoy = listener(pod, 15001, "outbound-capture");
+    await ready(envoy);
+    assert.equal(connect(pod, "203.0.113.9", 443, 1000), "outbound-capture");
+
+    assert.equal(await applier.remove(netns, pod.uid), "removed");
+    assert.doesNotMatch(tables(), /istio-proxy/);
+    assert.equal(await applier.remove(netns, pod.uid), "absent");
   });
 });
