@@ -2,6 +2,7 @@
 // annotation, cached briefly), list mesh pods for resync, and record Warning Events for pods
 // whose annotations are invalid.
 import * as k8s from "@kubernetes/client-node";
+import { podEvent } from "../contract/pod-event.ts";
 import type { NamespaceFacts } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
 import type { ClusterReader } from "./server.ts";
@@ -51,20 +52,9 @@ export class KubeClusterReader implements ClusterReader {
   }
 
   async recordInvalid(pod: Pod, message: string): Promise<void> {
-    const now = new Date();
-    await this.core.createNamespacedEvent({
-      namespace: pod.metadata.namespace ?? "default",
-      body: {
-        metadata: { generateName: `${pod.metadata.name ?? "pod"}.` },
-        involvedObject: { apiVersion: "v1", kind: "Pod", namespace: pod.metadata.namespace ?? "default", name: pod.metadata.name ?? "", uid: pod.metadata.uid ?? "" },
-        reason: "NetworkInitFailed",
-        message: message.slice(0, 1024),
-        type: "Warning",
-        source: { component: "podnet-decision" },
-        firstTimestamp: now,
-        lastTimestamp: now,
-        count: 1,
-      },
-    });
+    const namespace = pod.metadata.namespace ?? "default";
+    const identity = { namespace, name: pod.metadata.name ?? "", uid: pod.metadata.uid ?? "" };
+    await this.core.createNamespacedEvent({ namespace, body: podEvent(identity, { type: "Warning", reason: "NetworkInitFailed", message }, { component: "decision" }) });
   }
+
 }

@@ -19,7 +19,7 @@ export interface ClusterReader {
   getNamespace(name: string): Promise<NamespaceFacts | undefined>;
   /** Candidate pods cluster-wide, page by page (server-side label selector). */
   listPods(labelSelector: string): AsyncIterable<Pod[]>;
-  /** A Warning Event on the pod (invalid annotations). */
+  /** A NetworkInitFailed Warning Event on the pod (invalid annotations). */
   recordInvalid(pod: Pod, message: string): Promise<void>;
 }
 
@@ -222,7 +222,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     if (decision.action === "error") {
       plog.warn({ decision: "error", reason: decision.reason, detail: decision.detail }, "pod refused: invalid capture configuration");
       if (policy.document.mode === "enforce") {
-        await deps.cluster.recordInvalid(pod, `NetworkInitFailed: ${decision.detail}`).catch((err: unknown) => {
+        await deps.cluster.recordInvalid(pod, `invalid capture configuration: ${decision.detail}`).catch((err: unknown) => {
           plog.warn({ err: err instanceof Error ? err.message : String(err) }, "could not record the Event");
         });
       }

@@ -3,6 +3,7 @@
 // the server's logic does not depend on the client library.
 import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED, type PodRef } from "../contract/apply-request.ts";
+import { podEvent } from "../contract/pod-event.ts";
 
 export interface PodFacts {
   readonly uid: string;
@@ -63,23 +64,7 @@ export class KubePodApi implements PodApi {
   }
 
   async recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void> {
-    // core/v1 Events: events.k8s.io/v1 needs a microsecond eventTime the client cannot send.
-    const now = new Date();
-    await this.core.createNamespacedEvent({
-      namespace: pod.namespace,
-      body: {
-        metadata: { generateName: `${pod.name}.` },
-        involvedObject: { apiVersion: "v1", kind: "Pod", namespace: pod.namespace, name: pod.name, uid: pod.uid },
-        reason: event.reason,
-        message: event.message.slice(0, 1024),
-        type: event.type,
-        source: { component: "podnet-node-runner", host: this.nodeName },
-        reportingComponent: "pod-network-controller.istio.io/node-runner",
-        reportingInstance: this.nodeName,
-        firstTimestamp: now,
-        lastTimestamp: now,
-        count: 1,
-      },
-    });
+    await this.core.createNamespacedEvent({ namespace: pod.namespace, body: podEvent(pod, event, { component: "node-runner", host: this.nodeName }) });
   }
+
 }

@@ -18,10 +18,6 @@ export class ReplayCache {
     return "fresh";
   }
 
-  get size(): number {
-    return this.seen.size;
-  }
-
   private evictExpired(nowMs: number): void {
     for (const [nonce, expires] of this.seen) if (expires < nowMs) this.seen.delete(nonce);
   }

@@ -37,8 +37,6 @@ export interface NodeRunnerDeps {
   readonly now?: () => number;
   /** Pods programmed at once; more requests wait for a slot. */
   readonly maxConcurrent?: number;
-  /** Whether the node-runner is ready (keys loaded, API reachable). */
-  readonly ready?: () => boolean;
 }
 
 class Refusal extends Error {
@@ -88,7 +86,8 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
     res.json({ status: "ok" });
   });
   app.get("/readyz", (_req, res) => {
-    const ready = (deps.ready?.() ?? true) && deps.keys.current.size > 0;
+    // Ready once it can verify requests: at least one public key loaded.
+    const ready = deps.keys.current.size > 0;
     res.status(ready ? 200 : 503).json({ status: ready ? "ready" : "not ready", keys: deps.keys.current.size });
   });
   app.get("/metrics", async (_req, res) => {

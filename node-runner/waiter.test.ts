@@ -1,24 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
+import { goQuote } from "../test/support/downward-api.ts";
 import { AnnotationsFileError, markState, parseAnnotationsFile } from "./waiter.ts";
-
-/** What Go's strconv.Quote makes of a string (for printable ASCII and the common escapes). */
-function goQuote(s: string): string {
-  let out = '"';
-  for (const ch of s) {
-    const cp = ch.codePointAt(0) ?? 0;
-    if (ch === '"' || ch === "\\") out += `\\${ch}`;
-    else if (ch === "\n") out += "\\n";
-    else if (ch === "\t") out += "\\t";
-    else if (ch === "\r") out += "\\r";
-    else if (cp < 0x20 || cp === 0x7f) out += `\\x${cp.toString(16).padStart(2, "0")}`;
-    else if (cp > 0xffff) out += `\\U${cp.toString(16).padStart(8, "0")}`;
-    else if (cp > 0x7e) out += `\\u${cp.toString(16).padStart(4, "0")}`;
-    else out += ch;
-  }
-  return `${out}"`;
-}
 
 describe("downward API annotations file", () => {
   test("kubelet's format: key=\"Go-quoted value\" lines", () => {

@@ -103,7 +103,8 @@ async function waitFor(what: string, timeoutMs: number, probe: () => Promise<boo
   }
 }
 
-function httpStatus(url: string, options: { ca?: Buffer; token?: string } = {}): Promise<number> {
+/** The status of a GET (https with `ca`, a bearer `token` if given); rejects when nothing answers. */
+export function httpStatus(url: string, options: { ca?: Buffer; token?: string } = {}): Promise<number> {
   return new Promise((resolve, reject) => {
     const u = new URL(url);
     const request = (u.protocol === "https:" ? https : http).get(

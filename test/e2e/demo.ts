@@ -2,16 +2,16 @@
 // ApiServerSource adapter, the decision function, a node-runner, and real network namespaces
 // as pods. Creates mesh and non-mesh pods and shows, for each, the decision and its reason,
 // the rules applied, the mark, the waiter's result and a traffic proof. Needs root.
-import { spawnSync, type ChildProcess } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { MARK } from "../../contract/apply-request.ts";
 import { decide } from "../../functions/decision.ts";
 import { parsePod } from "../../functions/pod.ts";
 import { parsePolicy } from "../../functions/policy.ts";
 import { missingBinariesReason } from "../controlplane/harness.ts";
-import type { MeshPod } from "../support/mesh-pods.ts";
 import { startStack, type Stack } from "../support/stack.ts";
 import { testPodsUnavailableReason } from "../support/test-pods.ts";
+import { connectFrom, startListener } from "../support/traffic.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 const say = (line: string): void => {
@@ -62,19 +62,6 @@ const scenarios: Scenario[] = [
   { namespace: "shop", name: "sneaky", what: "hostile annotation", annotations: { "traffic.sidecar.istio.io/excludeInterfaces": "eth0 -j ACCEPT" } },
 ];
 
-function connectAs(pod: MeshPod, uid: number, host: string, port: number): string {
-  const script = `const s=require("net").connect(${port},${JSON.stringify(host)});let d="";s.setTimeout(1500,()=>{console.log("timeout");process.exit(0)});s.on("data",(c)=>d+=c);s.on("end",()=>{console.log(d);process.exit(0)});s.on("error",(e)=>{console.log(e.code);process.exit(0)});`;
-  return pod.sandbox.exec([process.execPath, "-e", script], { uid }).trim();
-}
-
-async function listener(pod: MeshPod, port: number, answer: string): Promise<ChildProcess> {
-  const child = pod.sandbox.spawn([process.execPath, "-e", `require("net").createServer((s)=>s.end(${JSON.stringify(answer)})).listen(${port},"0.0.0.0",()=>console.log("ready"))`], { uid: 1337 });
-  await new Promise((resolve) => {
-    child.stdout?.once("data", resolve);
-  });
-  return child;
-}
-
 try {
   const t0 = Date.now();
   stack = await startStack({
@@ -117,8 +104,8 @@ try {
     const rules = pod.sandbox.exec(["iptables-save"]).split("\n").filter((l) => l.includes("ISTIO"));
     say(`   rules: ${rules.length} lines, e.g.`);
     for (const l of rules.filter((r) => /^-A (OUTPUT|PREROUTING)/.test(r)).slice(0, 4)) say(`     ${l}`);
-    const envoy = [await listener(pod, 15001, "envoy-outbound"), await listener(pod, 15006, "envoy-inbound")];
-    say(`   traffic: app (uid 1000) → 203.0.113.9:443 lands on ${connectAs(pod, 1000, "203.0.113.9", 443)}; proxy (uid 1337) → same: ${connectAs(pod, 1337, "203.0.113.9", 443)} (not captured)`);
+    const envoy = [await startListener(pod.sandbox, 15001, "envoy-outbound"), await startListener(pod.sandbox, 15006, "envoy-inbound")];
+    say(`   traffic: app (uid 1000) → 203.0.113.9:443 lands on ${connectFrom(pod.sandbox, "203.0.113.9", 443, 1000)}; proxy (uid 1337) → same: ${connectFrom(pod.sandbox, "203.0.113.9", 443, 1337)} (not captured)`);
     for (const l of envoy) l.kill();
     say("");
   }

@@ -4,17 +4,19 @@
 // pods → the mark → the waiter exits 0 and traffic proves interception.
 import assert from "node:assert/strict";
 import { rmSync, writeFileSync } from "node:fs";
+import { writeAnnotationsFile } from "../support/downward-api.ts";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED } from "../../contract/apply-request.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { missingBinariesReason } from "../controlplane/harness.ts";
-import { apiServerSourceEvent } from "../support/apiserversource.ts";
+import { apiServerSourceEvent, deliver, pingEvent } from "../support/apiserversource.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { waitForAnnotations, type MeshPod } from "../support/mesh-pods.ts";
 import { startStack, STACK_NODE, type Stack } from "../support/stack.ts";
 import { testPodsUnavailableReason } from "../support/test-pods.ts";
+import { connectFrom, startListener } from "../support/traffic.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
@@ -22,13 +24,8 @@ const NS = "shop";
 const merge = k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch);
 const initialized = (a: Record<string, string>) => a[MARK.status] === STATUS_INITIALIZED;
 
-async function post(url: string, event: { headers: Record<string, string>; body: string }): Promise<{ status: number; body: { results: { outcome: string }[] } }> {
-  const res = await fetch(url, { method: "POST", headers: event.headers, body: event.body });
-  return { status: res.status, body: (await res.json()) as { results: { outcome: string }[] } };
-}
-
-const ping = (url: string) =>
-  post(url, { headers: { "ce-specversion": "1.0", "ce-id": `ping-${Date.now()}`, "ce-source": "/apis/v1/namespaces/podnet-system/pingsources/podnet-resync", "ce-type": "dev.knative.sources.ping", "content-type": "application/json" }, body: "{}" });
+const ping = (url: string) => deliver(url, pingEvent());
+const outcome = (r: { body: Record<string, unknown> }): string | undefined => (r.body as { results?: { outcome: string }[] }).results?.[0]?.outcome;
 
 describe("end to end [needs root and control plane]", skipUnlessCI(unavailable), () => {
   let stack: Stack;
@@ -51,14 +48,13 @@ describe("end to end [needs root and control plane]", skipUnlessCI(unavailable),
     assert.equal(annotations[MARK.netns], pod.sandbox.netnsInode());
     // The waiter, as the pod's init container would run it: UID 1337, no capabilities.
     const file = path.join("/tmp", `pnct-annotations-${pod.uid}`);
-    writeFileSync(file, Object.entries(annotations).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("\n"), { mode: 0o644 });
+    writeAnnotationsFile(file, annotations);
     const waiter = pod.sandbox.spawn([process.execPath, "--import", "tsx", path.join(root, "cli/pnc.ts"), "wait", `--annotations=${file}`, "--timeout=20", "--termination-log=/dev/null"], { uid: 1337 });
     const code = await new Promise<number | null>((resolve) => waiter.once("exit", resolve));
     rmSync(file, { force: true });
     assert.equal(code, 0);
-    const envoy = pod.sandbox.spawn([process.execPath, "-e", `require("net").createServer((s)=>s.end("envoy")).listen(15001,"0.0.0.0",()=>console.log("ready"))`], { uid: 1337 });
-    await new Promise((resolve) => envoy.stdout?.once("data", resolve));
-    const answer = pod.sandbox.exec([process.execPath, "-e", `const s=require("net").connect(443,"203.0.113.9");let d="";s.on("data",(c)=>d+=c);s.on("end",()=>console.log(d));s.on("error",(e)=>console.log(e.code))`], { uid: 1000 }).trim();
+    const envoy = await startListener(pod.sandbox, 15001, "envoy");
+    const answer = connectFrom(pod.sandbox, "203.0.113.9", 443, 1000);
     envoy.kill();
     assert.equal(answer, "envoy", "the app's outbound connection landed on Envoy's port");
   });
@@ -138,14 +134,14 @@ describe("end to end [needs root and control plane]", skipUnlessCI(unavailable),
     const marked = await waitForAnnotations(stack.core, pod, initialized);
     const current = JSON.parse(JSON.stringify(await stack.core.readNamespacedPod({ namespace: NS, name: pod.name }))) as { metadata: { namespace: string; name: string; resourceVersion: string; annotations: Record<string, string> } };
     const event = apiServerSourceEvent("update", current);
-    await post(`${stack.fn.url}/`, event);
-    const again = await post(`${stack.fn.url}/`, event);
-    assert.equal(again.body.results[0]?.outcome, "duplicate");
+    await deliver(`${stack.fn.url}/`, event);
+    const again = await deliver(`${stack.fn.url}/`, event);
+    assert.equal(outcome(again), "duplicate");
     // An older state (before the mark) arriving late: the node finds the rules in place.
     const unmarked = Object.fromEntries(Object.entries(current.metadata.annotations).filter(([k]) => !Object.values(MARK).includes(k as never)));
     const stale = { ...current, metadata: { ...current.metadata, resourceVersion: "1", annotations: unmarked } };
-    const late = await post(`${stack.fn.url}/`, apiServerSourceEvent("update", stale));
-    assert.equal(late.body.results[0]?.outcome, "unchanged");
+    const late = await deliver(`${stack.fn.url}/`, apiServerSourceEvent("update", stale));
+    assert.equal(outcome(late), "unchanged");
     const after = (await stack.core.readNamespacedPod({ namespace: NS, name: pod.name })).metadata?.annotations ?? {};
     assert.deepEqual([after[MARK.netns], after[MARK.rules]], [marked[MARK.netns], marked[MARK.rules]]);
     assert.equal(stack.runner.log().match(new RegExp(`"name":"replayed"[^\\n]*"result":"applied"`, "g"))?.length, 1, "applied exactly once");

@@ -8,6 +8,7 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED } from "../../contract/apply-request.ts";
+import { deliver, pingEvent } from "../support/apiserversource.ts";
 import { missingBinariesReason, startControlPlane, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
 import { scratchDir, signingKeyDirs, startFunction, startNodeRunner, type Component } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
@@ -17,23 +18,6 @@ import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
 const NODE = "node-a";
 const NS = "shop";
-
-function postEvent(url: string, headers: Record<string, string>, body: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: "POST", headers }, (res) => {
-      let text = "";
-      res.on("data", (c: Buffer) => (text += c.toString()));
-      res.on("end", () => {
-        resolve({ status: res.statusCode ?? 0, body: text });
-      });
-    });
-    req.on("error", reject);
-    req.end(body);
-  });
-}
-
-const ping = (url: string) =>
-  postEvent(url, { "ce-specversion": "1.0", "ce-id": `ping-${Date.now()}`, "ce-source": "/apis/v1/namespaces/podnet-system/pingsources/resync", "ce-type": "dev.knative.sources.ping", "content-type": "application/json" }, "{}");
 
 describe("decision function end to end [needs root and control plane]", skipUnlessCI(unavailable), () => {
   let cp: ControlPlane;
@@ -96,10 +80,10 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "late", nodeName: NODE });
     await fn.waitForLog(/"msg":"dispatch failed"/, 10_000);
     runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), port: runner.port });
-    const res = await ping(`${fn.url}/`);
-    assert.equal(res.status, 200, res.body);
-    const summary = (JSON.parse(res.body) as { resync: { seen: number; dispatched: number; failed: number } }).resync;
-    assert.ok(summary.seen >= 3 && summary.dispatched >= 1 && summary.failed === 0, res.body);
+    const res = await deliver(`${fn.url}/`, pingEvent());
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    const summary = (res.body as { resync: { seen: number; dispatched: number; failed: number } }).resync;
+    assert.ok(summary.seen >= 3 && summary.dispatched >= 1 && summary.failed === 0, JSON.stringify(res.body));
     await waitForAnnotations(core, pod, (a) => a[MARK.status] === STATUS_INITIALIZED);
   });
 

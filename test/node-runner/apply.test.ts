@@ -1,6 +1,6 @@
 // The node-runner's apply engine on real test pods: real network namespaces, real iptables.
 import assert from "node:assert/strict";
-import { execFileSync, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -10,7 +10,8 @@ import { IptablesApplier, RecordStore, detectVariant } from "../../node-runner/a
 import { NftApplier } from "../../node-runner/apply-nft.ts";
 import { resolvePodNetns } from "../../node-runner/netns.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
-import { TestPods, testPodsUnavailableReason, type TestPod } from "../support/test-pods.ts";
+import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
+import { connectFrom, startListener } from "../support/traffic.ts";
 
 const unavailable = testPodsUnavailableReason();
 const config = (overrides: object = {}) => parseCaptureConfig({ ...DEFAULT_CAPTURE_CONFIG, ...overrides });
@@ -19,28 +20,6 @@ function hostRules(): string {
   // Counters change with traffic; the rules themselves must not.
   const strip = (t: string) => t.split("\n").filter((l) => !l.startsWith("#")).map((l) => l.replace(/\[\d+:\d+\]/g, "")).join("\n");
   return ["iptables-save", "ip6tables-save"].map((cmd) => strip(execFileSync(cmd, { encoding: "utf8" }))).join("\n");
-}
-
-/** A TCP listener inside the pod that answers with its name. */
-function listener(pod: TestPod, port: number, answer: string, uid = 1337): ChildProcess {
-  return pod.spawn([process.execPath, "-e", `require("net").createServer((s)=>s.end(${JSON.stringify(answer)})).listen(${port}, "0.0.0.0", ()=>console.log("ready"))`], { uid });
-}
-
-async function ready(child: ChildProcess): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    child.stdout?.once("data", () => {
-      resolve();
-    });
-    child.once("exit", (code) => {
-      reject(new Error(`listener exited ${code}`));
-    });
-  });
-}
-
-/** Connect from inside the pod as `uid`; returns what the peer answered, or the error code. */
-function connect(pod: TestPod, host: string, port: number, uid: number): string {
-  const script = `const s=require("net").connect(${port}, ${JSON.stringify(host)});let d="";s.setTimeout(2000,()=>{console.log("TIMEOUT");process.exit(0)});s.on("data",(c)=>d+=c);s.on("end",()=>{console.log(d);process.exit(0)});s.on("error",(e)=>{console.log(e.code);process.exit(0)});`;
-  return pod.exec([process.execPath, "-e", script], { uid }).trim();
 }
 
 describe("node-runner apply on real network namespaces [needs root]", skipUnlessCI(unavailable), () => {
@@ -109,22 +88,21 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
   test("traffic proves interception: outbound → 15001, inbound → 15006, the proxy's UID is not captured", async () => {
     const { pod, netns, applier } = await setup();
     const client = pods.add();
-    const listeners = [listener(pod, 15001, "outbound-capture"), listener(pod, 15006, "inbound-capture"), listener(pod, 8080, "app", 1000)];
-    await Promise.all(listeners.map(ready));
+    await Promise.all([startListener(pod, 15001, "outbound-capture"), startListener(pod, 15006, "inbound-capture"), startListener(pod, 8080, "app", 1000)]);
     await applier.apply(netns, pod.uid, config());
 
     // From the app (any UID but 1337) to anywhere: lands on Envoy's outbound listener.
-    assert.equal(connect(pod, "203.0.113.9", 443, 1000), "outbound-capture");
+    assert.equal(connectFrom(pod, "203.0.113.9", 443, 1000), "outbound-capture");
     // From Envoy's UID: not captured (nothing routes 203.0.113.9 here: the connection fails).
-    assert.notEqual(connect(pod, "203.0.113.9", 443, 1337), "outbound-capture");
+    assert.notEqual(connectFrom(pod, "203.0.113.9", 443, 1337), "outbound-capture");
     // Inbound to the app's port from another pod: lands on Envoy's inbound listener.
-    assert.equal(connect(client, pod.ip, 8080, 1000), "inbound-capture");
+    assert.equal(connectFrom(client, pod.ip, 8080, 1000), "inbound-capture");
     // Excluded inbound port (the agent's 15020 is excluded by istio-cni defaults; here excludeInbound is the default list) → straight to the app.
     await applier.apply(netns, pod.uid, config({ inboundPortsExclude: "8080" }));
-    assert.equal(connect(client, pod.ip, 8080, 1000), "app");
+    assert.equal(connectFrom(client, pod.ip, 8080, 1000), "app");
     // Excluded outbound CIDR → not captured.
     await applier.apply(netns, pod.uid, config({ outboundIPRangesExclude: "203.0.113.0/24" }));
-    assert.notEqual(connect(pod, "203.0.113.9", 443, 1000), "outbound-capture");
+    assert.notEqual(connectFrom(pod, "203.0.113.9", 443, 1000), "outbound-capture");
   });
 
   test("native nftables: apply, unchanged, drift repair, replace, remove; traffic is captured", async () => {
@@ -147,9 +125,8 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
     assert.equal((await applier.apply(netns, pod.uid, config())).result, "applied");
     assert.doesNotMatch(tables(), /istio-proxy-mangle/, "the table the new config does not need is gone");
 
-    const envoy = listener(pod, 15001, "outbound-capture");
-    await ready(envoy);
-    assert.equal(connect(pod, "203.0.113.9", 443, 1000), "outbound-capture");
+    await startListener(pod, 15001, "outbound-capture");
+    assert.equal(connectFrom(pod, "203.0.113.9", 443, 1000), "outbound-capture");
 
     assert.equal(await applier.remove(netns, pod.uid), "removed");
     assert.doesNotMatch(tables(), /istio-proxy/);

@@ -51,3 +51,30 @@ export function meshPodObject(name: string, options: { namespace?: string; uid?:
     status: { phase: "Pending", hostIP: options.hostIP ?? "127.0.0.1", podIP: options.ip ?? "10.251.0.10", podIPs: [{ ip: options.ip ?? "10.251.0.10" }] },
   };
 }
+
+/** A PingSource tick, as the resync PingSource sends it (binary mode). */
+export function pingEvent(): { headers: Record<string, string>; body: string } {
+  return {
+    headers: {
+      "ce-specversion": "1.0",
+      "ce-id": randomUUID(),
+      "ce-source": "/apis/v1/namespaces/podnet-system/pingsources/podnet-resync",
+      "ce-type": "dev.knative.sources.ping",
+      "content-type": "application/json",
+    },
+    body: '{"resync": true}',
+  };
+}
+
+/** Deliver an event to the function as a source would; the answer's status and JSON body. */
+export async function deliver(url: string, event: { headers: Record<string, string>; body: string }): Promise<{ status: number; body: Record<string, unknown> }> {
+  const res = await fetch(url, { method: "POST", headers: event.headers, body: event.body });
+  const text = await res.text();
+  let body: Record<string, unknown>;
+  try {
+    body = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    body = { raw: text };
+  }
+  return { status: res.status, body };
+}

@@ -7,7 +7,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { freePort, type ControlPlane } from "../controlplane/harness.ts";
+import { freePort, httpStatus, type ControlPlane } from "../controlplane/harness.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 
@@ -20,19 +20,6 @@ export interface Component {
   waitForLog(pattern: RegExp, timeoutMs?: number): Promise<void>;
   stop(): Promise<void>;
   readonly process: ChildProcess;
-}
-
-async function httpStatus(url: string): Promise<number> {
-  return new Promise((resolve) => {
-    http
-      .get(url, (res) => {
-        res.resume();
-        resolve(res.statusCode ?? 0);
-      })
-      .on("error", () => {
-        resolve(0);
-      });
-  });
 }
 
 async function startProcess(entry: string, env: NodeJS.ProcessEnv, port: number, readyPath: string): Promise<Component> {
@@ -51,7 +38,7 @@ async function startProcess(entry: string, env: NodeJS.ProcessEnv, port: number,
   });
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 30_000;
-  while ((await httpStatus(`${url}${readyPath}`)) !== 200) {
+  while ((await httpStatus(`${url}${readyPath}`).catch(() => 0)) !== 200) {
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill("SIGKILL");
       throw new Error(`${entry} did not become ready:\n${output}`);

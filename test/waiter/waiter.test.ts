@@ -3,7 +3,7 @@
 // file the way kubelet writes it.
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
-import { chmodSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
@@ -12,6 +12,7 @@ import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { WAIT_EXIT } from "../../node-runner/waiter.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { scratchDir, sendSigned, signingKeyDirs, startNodeRunner, type Component } from "../support/components.ts";
+import { writeAnnotationsFile } from "../support/downward-api.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, type MeshPod } from "../support/mesh-pods.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
@@ -20,10 +21,6 @@ const root = path.resolve(import.meta.dirname, "../..");
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
 const NODE = "node-a";
 const NS = "shop";
-
-function goQuote(s: string): string {
-  return JSON.stringify(s).replace(/\\u([0-9a-f]{4})/g, (_m, h: string) => `\\x${h.slice(2)}`);
-}
 
 describe("waiter init container [needs root and control plane]", skipUnlessCI(unavailable), () => {
   let cp: ControlPlane;
@@ -63,16 +60,9 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
     return { dir, file: path.join(dir, "annotations"), terminationLog };
   }
 
-  /** Write annotations in kubelet's format, atomically (kubelet swaps a symlink). */
-  function writeAnnotations(file: string, annotations: Record<string, string>): void {
-    const text = Object.keys(annotations).sort().map((k) => `${k}=${goQuote(annotations[k] ?? "")}`).join("\n");
-    writeFileSync(`${file}.tmp`, `${text}\n`, { mode: 0o644 });
-    renameSync(`${file}.tmp`, file);
-  }
-
   async function copyFromApi(pod: MeshPod, file: string): Promise<void> {
     const p = await core.readNamespacedPod({ namespace: pod.namespace, name: pod.name });
-    writeAnnotations(file, p.metadata?.annotations ?? {});
+    writeAnnotationsFile(file, p.metadata?.annotations ?? {});
   }
 
   function startWaiter(pod: MeshPod, info: ReturnType<typeof podinfo>, extra: string[] = []): { child: ChildProcess; exit: Promise<{ code: number; at: number; stderr: string }> } {
@@ -119,7 +109,7 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
   test("keeps waiting while the mark names another netns (sandbox re-created); exits 0 once re-programmed", async () => {
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "recreated", nodeName: NODE });
     const info = podinfo();
-    writeAnnotations(info.file, { "pod-network-controller.istio.io/status": "initialized", "pod-network-controller.istio.io/netns": "4026530000" });
+    writeAnnotationsFile(info.file, { "pod-network-controller.istio.io/status": "initialized", "pod-network-controller.istio.io/netns": "4026530000" });
     const waiter = startWaiter(pod, info);
     await new Promise((r) => setTimeout(r, 1500));
     assert.equal(waiter.child.exitCode, null, "a mark for another netns is not enough");
@@ -133,7 +123,7 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
   test("a spoofed mark without rules ends in the probe-failure code, with the reason in the termination log", async () => {
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "spoofed", nodeName: NODE });
     const info = podinfo();
-    writeAnnotations(info.file, { "pod-network-controller.istio.io/status": "initialized", "pod-network-controller.istio.io/netns": pod.sandbox.netnsInode() });
+    writeAnnotationsFile(info.file, { "pod-network-controller.istio.io/status": "initialized", "pod-network-controller.istio.io/netns": pod.sandbox.netnsInode() });
     const done = await startWaiter(pod, info).exit;
     assert.equal(done.code, WAIT_EXIT.probeFailed, done.stderr);
     assert.match(readFileSync(info.terminationLog, "utf8"), /^marked initialized but interception does not work: .*not redirected/);
