@@ -54,7 +54,7 @@ const fn = await listen(
   createFunctionApp({
     policy: () => policy,
     dispatcher,
-    cluster: { getPod: () => Promise.resolve(undefined), getNamespace: () => Promise.resolve(undefined), listPods: async function* () {}, recordInvalid: () => Promise.resolve() },
+    cluster: { getPod: () => Promise.resolve(undefined), getNamespace: () => Promise.resolve(undefined), listPods: async function* () {}, recordPodWarning: () => Promise.resolve() },
     log: silent,
     metrics: createFunctionMetrics({ defaultMetrics: false }),
   }),

@@ -146,3 +146,26 @@ describe("pnc plan", () => {
     assert.equal(run(["decide", example("injected-pod.yaml"), "--policy", example("injected-pod.yaml")]).code, EXIT.invalidPolicy);
   });
 });
+
+describe("pnc plan: Istio parity", () => {
+  const podWith = (annotations: Record<string, string>, env: object[] = []) =>
+    JSON.stringify({
+      metadata: { name: "p", namespace: "n", annotations: { "sidecar.istio.io/status": "{}", ...annotations } },
+      spec: { containers: [{ name: "app" }, { name: "istio-proxy", env }] },
+      status: { podIPs: [{ ip: "10.0.0.2" }] },
+    });
+
+  test("a pod Istio refuses (an empty list item) exits 2 naming the annotation, and prints no rules", () => {
+    const { code, out, err } = run(["plan", "-"], podWith({ "traffic.sidecar.istio.io/excludeOutboundPorts": "80," }));
+    assert.equal(code, EXIT.invalidCapture);
+    assert.equal(out, "");
+    assert.match(err, /annotation traffic\.sidecar\.istio\.io\/excludeOutboundPorts: "80," is invalid: .*empty item/);
+  });
+
+  test("a non-boolean env flag is read as false, with a warning on stderr", () => {
+    const { code, out, err } = run(["plan", "-"], podWith({}, [{ name: "ISTIO_META_DNS_CAPTURE", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } }]));
+    assert.equal(code, EXIT.ok, err);
+    assert.doesNotMatch(out, /15053/);
+    assert.match(err, /warning: istio-proxy env ISTIO_META_DNS_CAPTURE: "\(valueFrom\)" is set with valueFrom/);
+  });
+});

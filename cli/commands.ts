@@ -5,6 +5,7 @@ import { parseAllDocuments } from "yaml";
 import {
   CaptureConfigError,
   formatIssue,
+  formatWarning,
   parseCaptureConfig,
   type CaptureConfigInput,
 } from "../contract/capture-config.ts";
@@ -126,7 +127,8 @@ function plan(args: readonly string[], io: Io): number {
   const pod = readPod(source, io);
   const derived = deriveCaptureInput(pod);
   const input: CaptureConfigInput = family === undefined ? derived.input : { ...derived.input, enableIPv6: family !== "v4" };
-  const config = parseCaptureConfig(input, derived.sources);
+  const config = parseCaptureConfig(input, derived.sources, derived.issues);
+  for (const w of derived.warnings) io.stderr(`pnc: warning: ${formatWarning(w)}\n`);
   const showV4 = family !== "v6";
   const showV6 = config.enableIPv6 && family !== "v4";
   const netSetup = netSetupSteps(config).filter((s) => (s.family === 4 ? showV4 : showV6));

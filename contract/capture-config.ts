@@ -144,6 +144,12 @@ export function formatIssue(issue: CaptureIssue): string {
   return `${where}: ${JSON.stringify(issue.value)} is invalid: ${issue.reason}`;
 }
 
+/** A value read with Istio's lenient semantics (see `DerivedCapture.warnings`). */
+export function formatWarning(issue: CaptureIssue): string {
+  const where = issue.source ?? `capture field ${issue.field}`;
+  return `${where}: ${JSON.stringify(issue.value)} ${issue.reason}`;
+}
+
 export class CaptureConfigError extends Error {
   readonly issues: readonly CaptureIssue[];
   constructor(issues: readonly CaptureIssue[]) {
@@ -158,13 +164,15 @@ export type FieldSources = Partial<Record<CaptureField, string>>;
 
 /**
  * Validate a wire-form capture config. Returns the validated config, or throws a
- * `CaptureConfigError` listing every problem found (each naming its field or source).
+ * `CaptureConfigError` listing every problem found (each naming its field or source), after
+ * `priorIssues` (problems the caller found upstream, e.g. in the pod's annotations).
  */
-export function parseCaptureConfig(input: unknown, sources: FieldSources = {}): CaptureConfig {
+export function parseCaptureConfig(input: unknown, sources: FieldSources = {}, priorIssues: readonly CaptureIssue[] = []): CaptureConfig {
   const shape = captureConfigInputSchema.safeParse(input);
   if (!shape.success) {
-    throw new CaptureConfigError(
-      shape.error.issues.map((i) => {
+    throw new CaptureConfigError([
+      ...priorIssues,
+      ...shape.error.issues.map((i) => {
         const field = i.path.map(String).join(".") || "(capture)";
         const source = sources[i.path[0] as CaptureField];
         return {
@@ -174,12 +182,13 @@ export function parseCaptureConfig(input: unknown, sources: FieldSources = {}): 
           reason: i.message,
         };
       }),
-    );
+    ]);
   }
   const raw = shape.data;
-  const issues: CaptureIssue[] = [];
+  const issues: CaptureIssue[] = [...priorIssues];
 
   const report = (field: CaptureField, value: unknown, reason: string): void => {
+    if (priorIssues.some((i) => i.field === field && i.value === value)) return;
     const source = sources[field];
     issues.push({ field, ...(source === undefined ? {} : { source }), value, reason });
   };

@@ -60,6 +60,10 @@ describe("token checks", () => {
     assert.deepEqual(checkCidr("2001:0db8:0000::/32"), { ok: true, value: { text: "2001:db8::/32", family: 6, loopback: false } });
     assert.deepEqual(checkCidr("::1/128"), { ok: true, value: { text: "::1/128", family: 6, loopback: true } });
     assert.deepEqual(checkCidr("::ffff:10.1.2.3/128"), { ok: true, value: { text: "::ffff:10.1.2.3/128", family: 6, loopback: false } });
+    // Istio parity: Go keeps an IPv4-compatible tail where it is (ipaddr.js would map it), and
+    // unwraps a mapped address before asking whether it is loopback.
+    assert.deepEqual(checkCidr("::1.2.3.4/128"), { ok: true, value: { text: "::102:304/128", family: 6, loopback: false } });
+    assert.deepEqual(checkCidr("::ffff:127.0.0.1/128"), { ok: true, value: { text: "::ffff:127.0.0.1/128", family: 6, loopback: true } });
     for (const bad of ["10.0.0.1", "10.0.0.0/33", "10.0.0.0/08", "10.0.0.0/", "/8", "::/129", "fe80::%eth0/64", "*", "10.0.0.0/8 ", "10.0.0.0/-1"]) {
       assert.equal(checkCidr(bad).ok, false, `should reject ${JSON.stringify(bad)}`);
     }

@@ -70,8 +70,9 @@ export function checkInterfaceName(text: string): TokenCheck {
   if (text.length === 0 || text.length > 15) {
     return bad("an interface name must have 1 to 15 characters");
   }
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(text)) {
-    return bad("an interface name may only contain letters, digits, '_', '.', '-' and must start with a letter or digit");
+  // Istio's rule (pkg/util/net.ValidateInterfaceNames): a letter first.
+  if (!/^[A-Za-z][A-Za-z0-9_.-]*$/.test(text)) {
+    return bad("an interface name may only contain letters, digits, '_', '.', '-' and must start with a letter");
   }
   return ok(text);
 }
@@ -102,6 +103,19 @@ export interface Cidr {
   readonly loopback: boolean;
 }
 
+/**
+ * Parse an IPv6 address. ipaddr.js reads any dotted tail as an IPv4-mapped address
+ * ("::1.2.3.4" becomes ::ffff:1.2.3.4); Go keeps the tail's bits where they are
+ * (::102:304), so the tail is turned into two hex groups first.
+ */
+function parseIPv6(text: string): ipaddr.IPv6 {
+  const tail = /^(.*:)(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (tail === null) return ipaddr.IPv6.parse(text);
+  const [a, b, c, d] = tail.slice(2).map(Number) as [number, number, number, number];
+  const hex = (hi: number, lo: number) => ((hi << 8) | lo).toString(16);
+  return ipaddr.IPv6.parse(`${tail[1]}${hex(a, b)}:${hex(c, d)}`);
+}
+
 function formatIPv6(address: ipaddr.IPv6): string {
   // Go prints IPv4-mapped addresses with a dotted tail; ipaddr.js would print hex groups.
   if (address.isIPv4MappedAddress()) return `::ffff:${address.toIPv4Address().toString()}`;
@@ -123,8 +137,11 @@ export function checkCidr(text: string): { ok: true; value: Cidr } | { ok: false
   if (checkIPv6(addr).ok) {
     const len = decimalInRange(bits, 0, 128, "an IPv6 prefix length");
     if (!len.ok) return len;
-    const a = ipaddr.IPv6.parse(addr);
-    return { ok: true, value: { text: `${formatIPv6(a)}/${bits}`, family: 6, loopback: a.range() === "loopback" } };
+    const a = parseIPv6(addr);
+    // Go's netip unwraps an IPv4-mapped address before asking whether it is loopback, so
+    // ::ffff:127.0.0.1 counts as loopback for Istio (it stays an IPv6 range all the same).
+    const loopback = a.isIPv4MappedAddress() ? a.toIPv4Address().range() === "loopback" : a.range() === "loopback";
+    return { ok: true, value: { text: `${formatIPv6(a)}/${bits}`, family: 6, loopback } };
   }
   return { ok: false, reason: "not an IPv4 or IPv6 address with a prefix length" };
 }

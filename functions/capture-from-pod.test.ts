@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { CaptureConfigError } from "../contract/capture-config.ts";
+import { CaptureConfigError, formatWarning } from "../contract/capture-config.ts";
+import { renderIptables } from "../node-runner/rules/iptables.ts";
+import { renderNftables } from "../node-runner/rules/nftables.ts";
 import { ANNOTATION, captureConfigFromPod, deriveCaptureInput, parseGoBool } from "./capture-from-pod.ts";
 import { parsePod } from "./pod.ts";
 
-function pod(options: { annotations?: Record<string, string>; env?: { name: string; value: string }[]; securityContext?: object; nativeSidecar?: boolean; ips?: string[] } = {}) {
+function pod(options: { annotations?: Record<string, string>; env?: { name: string; value?: string; valueFrom?: object }[]; securityContext?: object; nativeSidecar?: boolean; ips?: string[] } = {}) {
   const proxy = { name: "istio-proxy", env: options.env ?? [], securityContext: options.securityContext ?? {}, ...(options.nativeSidecar === true ? { restartPolicy: "Always" } : {}) };
   return parsePod({
     metadata: { name: "p", namespace: "n", annotations: { "sidecar.istio.io/status": "{}", ...options.annotations } },
@@ -28,7 +30,7 @@ describe("pod → capture config (istio-cni rules)", () => {
   });
 
   test("excludeInboundPorts: agent ports appended, exact duplicates dropped", () => {
-    const { input } = deriveCaptureInput(pod({ annotations: { [ANNOTATION.excludeInboundPorts]: "15021,9000," } }));
+    const { input } = deriveCaptureInput(pod({ annotations: { [ANNOTATION.excludeInboundPorts]: "15021,9000" } }));
     assert.equal(input.inboundPortsExclude, "15021,9000,15020,15090");
   });
 
@@ -52,8 +54,21 @@ describe("pod → capture config (istio-cni rules)", () => {
     assert.equal(parseGoBool("yes"), undefined);
   });
 
-  test("an unparsable env boolean is an error naming the variable", () => {
-    assert.throws(() => deriveCaptureInput(pod({ env: [{ name: "INVALID_DROP", value: "yes" }] })), /istio-proxy env INVALID_DROP: "yes" is invalid/);
+  // Istio parity (issue 11, case 5): strconv.ParseBool failure is logged and read as false.
+  test("parity: a non-boolean proxy env flag (yes, empty, valueFrom) is false with a warning naming the variable", () => {
+    for (const entry of [
+      { name: "INVALID_DROP", value: "yes" },
+      { name: "ISTIO_META_DNS_CAPTURE", value: "" },
+      { name: "ISTIO_DUAL_STACK", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } },
+    ]) {
+      const derived = deriveCaptureInput(pod({ env: [entry], ips: ["10.0.0.2", "fd00::2"] }));
+      assert.equal(derived.input.dropInvalid, false);
+      assert.equal(derived.input.redirectDNS, false);
+      assert.equal(derived.input.enableIPv6, false);
+      assert.equal(derived.warnings.length, 1);
+      assert.equal(derived.warnings[0]?.source, `istio-proxy env ${entry.name}`);
+      assert.match(derived.warnings.map(formatWarning).join(), new RegExp(`istio-proxy env ${entry.name}: .* treated as false`));
+    }
   });
 
   test("runAsUser/runAsGroup set the proxy identity; 0 means the default", () => {
@@ -70,14 +85,65 @@ describe("pod → capture config (istio-cni rules)", () => {
     assert.equal(deriveCaptureInput(pod({ nativeSidecar: true, env: [{ name: "INVALID_DROP", value: "true" }] })).input.dropInvalid, true);
   });
 
-  test("an IPv6 pod address enables IPv6 rules", () => {
-    assert.equal(deriveCaptureInput(pod({ ips: ["10.0.0.2", "fd00::2"] })).input.enableIPv6, true);
+  // Istio parity (issue 11, case 1): IPv6 rules for IPv6-only pods, or dual-stack with ISTIO_DUAL_STACK.
+  test("parity: IPv6 rules for an IPv6-only pod, and for a dual-stack pod only with ISTIO_DUAL_STACK=true", () => {
+    assert.equal(deriveCaptureInput(pod({ ips: ["fd00::2"] })).input.enableIPv6, true);
+    assert.equal(deriveCaptureInput(pod({ ips: ["10.0.0.2", "fd00::2"] })).input.enableIPv6, false);
+    assert.equal(deriveCaptureInput(pod({ ips: ["fd00::2", "10.0.0.2"] })).input.enableIPv6, false);
+    assert.equal(deriveCaptureInput(pod({ ips: ["10.0.0.2", "fd00::2"], env: [{ name: "ISTIO_DUAL_STACK", value: "true" }] })).input.enableIPv6, true);
+    assert.equal(deriveCaptureInput(pod({ ips: ["10.0.0.2"], env: [{ name: "ISTIO_DUAL_STACK", value: "true" }] })).input.enableIPv6, false);
+    const plan = renderIptables(captureConfigFromPod(pod({ ips: ["10.0.0.2", "fd00::2"] })));
+    assert.equal(plan.v6, null);
+    assert.doesNotMatch(renderNftables(captureConfigFromPod(pod({ ips: ["10.0.0.2", "fd00::2"] }))).script, /ip6 /);
+  });
+
+  // Istio parity (issue 11, case 3): istio-cni refuses a list with an empty item.
+  test("parity: an empty item in any list annotation is refused, naming the annotation", () => {
+    const keys = [
+      ANNOTATION.includeOutboundIPRanges,
+      ANNOTATION.excludeOutboundIPRanges,
+      ANNOTATION.includeInboundPorts,
+      ANNOTATION.excludeInboundPorts,
+      ANNOTATION.includeOutboundPorts,
+      ANNOTATION.excludeOutboundPorts,
+      ANNOTATION.excludeInterfaces,
+      ANNOTATION.rerouteVirtualInterfaces,
+      ANNOTATION.kubevirtInterfaces,
+    ];
+    const lists = { ports: ["80,", ",80", "80,,90", ","], ranges: ["10.0.0.0/8,", ",10.0.0.0/8", ","], ifaces: ["eth1,", ",eth1", ","] };
+    for (const key of keys) {
+      const values = key.includes("Ports") ? lists.ports : key.includes("IPRanges") ? lists.ranges : lists.ifaces;
+      for (const value of values) {
+        assert.throws(() => captureConfigFromPod(pod({ annotations: { [key]: value } })), (err: unknown) => {
+          assert.ok(err instanceof CaptureConfigError, `${key}=${value}`);
+          assert.equal(err.issues[0]?.source, `annotation ${key}`);
+          assert.match(err.message, /empty item/);
+          return true;
+        });
+      }
+    }
+    // An empty value is not a list with an empty item.
+    assert.equal(deriveCaptureInput(pod({ annotations: { [ANNOTATION.excludeOutboundPorts]: "" } })).input.outboundPortsExclude, "");
+  });
+
+  // Istio parity (issue 11, case 4): interface names start with a letter.
+  test("parity: an interface name starting with a digit is refused", () => {
+    for (const value of ["0eth", "1"]) {
+      assert.throws(() => captureConfigFromPod(pod({ annotations: { [ANNOTATION.excludeInterfaces]: value } })), /excludeInterfaces: .* must start with a letter/);
+    }
+  });
+
+  // Istio parity (issue 11, case 2): Go unwraps ::ffff:127.0.0.1 before its loopback test.
+  test("parity: an IPv4-mapped loopback include range drops the lo owner RETURN lines", () => {
+    const plan = renderIptables(captureConfigFromPod(pod({ ips: ["fd00::2"], annotations: { [ANNOTATION.includeOutboundIPRanges]: "::ffff:127.0.0.1/128" } })));
+    assert.ok(plan.v6 !== null);
+    for (const family of [plan.v4, plan.v6]) assert.doesNotMatch(family.restore, /-o lo -m owner ! --(uid|gid)-owner/);
   });
 
   test("interception modes: TPROXY accepted, NONE and unknown refused with the annotation named", () => {
     assert.equal(captureConfigFromPod(pod({ annotations: { [ANNOTATION.interceptionMode]: "TPROXY" } })).tproxy, true);
     for (const mode of ["NONE", "tproxy", "REDIRECT "]) {
-      assert.throws(() => deriveCaptureInput(pod({ annotations: { [ANNOTATION.interceptionMode]: mode } })), (err: unknown) => {
+      assert.throws(() => captureConfigFromPod(pod({ annotations: { [ANNOTATION.interceptionMode]: mode } })), (err: unknown) => {
         assert.ok(err instanceof CaptureConfigError);
         assert.equal(err.issues[0]?.source, `annotation ${ANNOTATION.interceptionMode}`);
         return true;

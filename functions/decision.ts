@@ -37,6 +37,8 @@ export type Decision =
       readonly hostIP: string;
       readonly node: string;
       readonly capture: CaptureConfigInput;
+      /** Values read leniently, as Istio does (the operator is told with a Warning Event). */
+      readonly warnings: readonly CaptureIssue[];
     }
   | { readonly action: "skip"; readonly reason: SkipReason; readonly detail?: string }
   | { readonly action: "error"; readonly reason: "invalid-capture"; readonly detail: string; readonly issues: readonly CaptureIssue[] };
@@ -100,10 +102,12 @@ export function decide(input: {
   }
 
   let capture: CaptureConfigInput;
+  let warnings: readonly CaptureIssue[];
   try {
     const derived = deriveCaptureInput(pod);
+    warnings = derived.warnings;
     capture = applyCaptureOverrides(derived.input, p, namespace);
-    parseCaptureConfig(capture, derived.sources);
+    parseCaptureConfig(capture, derived.sources, derived.issues);
   } catch (err) {
     if (!(err instanceof CaptureConfigError)) throw err;
     return { action: "error", reason: "invalid-capture", detail: err.message, issues: err.issues };
@@ -115,6 +119,7 @@ export function decide(input: {
     hostIP,
     pod: { namespace, name: meta.name ?? "", uid: meta.uid ?? "", ips },
     capture,
+    warnings,
   };
 }
 

@@ -60,6 +60,7 @@ describe("dispatcher", () => {
     hostIP: "127.0.0.1",
     pod: { namespace: "shop", name: uid, uid, ips: ["10.0.0.2"] },
     capture: {} as ApplyDecision["capture"],
+    warnings: [],
   });
   const dispatcher = (options: Partial<ConstructorParameters<typeof Dispatcher>[0]> = {}) =>
     new Dispatcher({ signingKey: () => ({ keyid: "fn-1", privateKey }), port, backoffMs: 10, ...options });

@@ -5,7 +5,7 @@ import * as k8s from "@kubernetes/client-node";
 import { podEvent } from "../contract/pod-event.ts";
 import type { NamespaceFacts } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
-import type { ClusterReader } from "./server.ts";
+import type { ClusterReader, PodWarningReason } from "./server.ts";
 
 export class KubeClusterReader implements ClusterReader {
   private readonly core: k8s.CoreV1Api;
@@ -51,10 +51,10 @@ export class KubeClusterReader implements ClusterReader {
     } while (cont !== undefined && cont !== "");
   }
 
-  async recordInvalid(pod: Pod, message: string): Promise<void> {
+  async recordPodWarning(pod: Pod, reason: PodWarningReason, message: string): Promise<void> {
     const namespace = pod.metadata.namespace ?? "default";
     const identity = { namespace, name: pod.metadata.name ?? "", uid: pod.metadata.uid ?? "" };
-    await this.core.createNamespacedEvent({ namespace, body: podEvent(identity, { type: "Warning", reason: "NetworkInitFailed", message }, { component: "decision" }) });
+    await this.core.createNamespacedEvent({ namespace, body: podEvent(identity, { type: "Warning", reason, message }, { component: "decision" }) });
   }
 
 }

@@ -5,6 +5,7 @@ import { z } from "zod";
 const envVarSchema = z.looseObject({
   name: z.string(),
   value: z.string().optional(),
+  valueFrom: z.unknown().optional(),
 });
 
 const securityContextSchema = z.looseObject({

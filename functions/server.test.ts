@@ -21,7 +21,7 @@ const app = createFunctionApp({
     getPod: unreachable("pod API"),
     getNamespace: () => Promise.resolve(undefined),
     listPods: unreachable("pod list"),
-    recordInvalid: () => Promise.resolve(),
+    recordPodWarning: () => Promise.resolve(),
   },
   log: pino({ level: "silent" }),
   metrics,
@@ -112,5 +112,40 @@ describe("decision function: events as ApiServerSource sends them", () => {
     assert.match(text, /podnet_function_events_total\{type="dev\.knative\.apiserver\.resource\.add",outcome="handled"\} \d+/);
     assert.match(text, /podnet_function_decisions_total\{action="skip",reason="already-initialized"\} 1/);
     assert.match(text, /podnet_function_decision_duration_seconds_bucket/);
+  });
+});
+
+describe("decision function: capture warnings (Istio parity)", () => {
+  test("a non-boolean proxy env flag still dispatches, and a CaptureConfigWarning Event names the variable", async () => {
+    const warnings: { reason: string; message: string }[] = [];
+    const dispatched: string[] = [];
+    const enforcing = createFunctionApp({
+      policy: () => parsePolicy("mode: enforce"),
+      dispatcher: {
+        dispatch: (d: { pod: { name: string } }) => {
+          dispatched.push(d.pod.name);
+          return Promise.resolve({ ok: true, result: "applied" });
+        },
+      } as unknown as Dispatcher,
+      cluster: {
+        getPod: unreachable("pod API"),
+        getNamespace: () => Promise.resolve(undefined),
+        listPods: unreachable("pod list"),
+        recordPodWarning: (_pod, reason, message) => {
+          warnings.push({ reason, message });
+          return Promise.resolve();
+        },
+      },
+      log: pino({ level: "silent" }),
+      metrics: createFunctionMetrics({ defaultMetrics: false }),
+    });
+    const base = meshPodObject("env-yes");
+    const pod = { ...base, spec: { ...base.spec, containers: [{ name: "app" }, { name: "istio-proxy", env: [{ name: "INVALID_DROP", value: "yes" }] }] } };
+    const res = await request(enforcing).post("/").set(apiServerSourceEvent("add", pod).headers).send(apiServerSourceEvent("add", pod).body);
+    assert.equal(res.status, 200);
+    assert.deepEqual(dispatched, ["env-yes"]);
+    assert.equal(warnings.length, 1);
+    assert.equal(warnings[0]?.reason, "CaptureConfigWarning");
+    assert.match(warnings.map((w) => w.message).join(), /istio-proxy env INVALID_DROP: "yes" is not a boolean/);
   });
 });

@@ -6,10 +6,13 @@ import express, { type Request, type Response } from "express";
 import { HTTP, type CloudEventV1 } from "cloudevents";
 import type { Logger } from "pino";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { formatWarning } from "../contract/capture-config.ts";
 import { decide, LEGACY_OPT_IN, type Decision, type NamespaceFacts } from "./decision.ts";
 import type { Dispatcher, DispatchResult } from "./dispatch.ts";
 import { parsePod, PodManifestError, proxyContainer, type Pod } from "./pod.ts";
 import type { Policy } from "./policy.ts";
+
+export type PodWarningReason = "NetworkInitFailed" | "CaptureConfigWarning";
 
 export const MAX_EVENT_BYTES = 1024 * 1024;
 export const MESH_POD_SELECTOR = "security.istio.io/tlsMode=istio";
@@ -19,8 +22,11 @@ export interface ClusterReader {
   getNamespace(name: string): Promise<NamespaceFacts | undefined>;
   /** Candidate pods cluster-wide, page by page (server-side label selector). */
   listPods(labelSelector: string): AsyncIterable<Pod[]>;
-  /** A NetworkInitFailed Warning Event on the pod (invalid annotations). */
-  recordInvalid(pod: Pod, message: string): Promise<void>;
+  /**
+   * A Warning Event on the pod: NetworkInitFailed (invalid annotations, no rules) or
+   * CaptureConfigWarning (a value Istio reads as false; the pod still gets rules).
+   */
+  recordPodWarning(pod: Pod, reason: PodWarningReason, message: string): Promise<void>;
 }
 
 export function createFunctionMetrics(options: { defaultMetrics?: boolean } = {}) {
@@ -222,7 +228,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     if (decision.action === "error") {
       plog.warn({ decision: "error", reason: decision.reason, detail: decision.detail }, "pod refused: invalid capture configuration");
       if (policy.document.mode === "enforce") {
-        await deps.cluster.recordInvalid(pod, `invalid capture configuration: ${decision.detail}`).catch((err: unknown) => {
+        await deps.cluster.recordPodWarning(pod, "NetworkInitFailed", `invalid capture configuration: ${decision.detail}`).catch((err: unknown) => {
           plog.warn({ err: err instanceof Error ? err.message : String(err) }, "could not record the Event");
         });
       }
@@ -231,6 +237,13 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     if (policy.document.mode === "dry-run") {
       plog.info({ decision: "apply", reason: decision.reason, node: decision.node, policy: policy.id, capture: decision.capture }, "dry-run: would apply");
       return { pod: name, outcome: "dry-run", reason: decision.reason };
+    }
+    if (decision.warnings.length > 0) {
+      const message = decision.warnings.map(formatWarning).join("; ");
+      plog.warn({ warnings: decision.warnings }, "capture configuration warning");
+      void deps.cluster.recordPodWarning(pod, "CaptureConfigWarning", message).catch((err: unknown) => {
+        plog.warn({ err: err instanceof Error ? err.message : String(err) }, "could not record the Event");
+      });
     }
     const t0 = performance.now();
     const result: DispatchResult = await deps.dispatcher.dispatch(decision, policy.id);
