@@ -8,7 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../contract/capture-config.ts";
 import { IptablesApplier, RecordStore, type IptablesVariant } from "../node-runner/apply.ts";
-import { resolvePodNetns } from "../node-runner/netns.ts";
+import { openNetns, resolvePodNetns } from "../node-runner/netns.ts";
 import { renderIptables, type IptablesRule } from "../node-runner/rules/iptables.ts";
 import { TestPods, testPodsUnavailableReason } from "../test/support/test-pods.ts";
 import { machineDescription, summarize, table } from "./machine.ts";
@@ -58,11 +58,14 @@ try {
       const pod = targets[i * 2 + (method === "restore" ? 0 : 1)];
       if (pod === undefined) throw new Error("missing pod");
       const t0 = performance.now();
-      const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] });
+      const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot });
       const t1 = performance.now();
       if (!resolved.found) throw new Error(resolved.detail);
       if (method === "restore") {
-        const outcome = await applier.apply(resolved.netns, pod.uid, config);
+        const netns = openNetns(resolved.netns);
+        const outcome = await applier.apply(netns, pod.uid, config).finally(() => {
+          netns.close();
+        });
         if (outcome.result !== "applied") throw new Error("expected applied");
         restoreMs.push(performance.now() - t0);
         resolveMs.push(t1 - t0);

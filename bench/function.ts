@@ -30,9 +30,12 @@ async function listen(handler: http.RequestListener): Promise<{ port: number; cl
 
 // The node-runner: real verification; pods "exist" with the UIDs the events carry.
 const uids = new Set<string>();
+const authorities = new Set<string>();
 const runner = await listen(
   createNodeRunnerApp({
     nodeName: "node-a",
+    authorities,
+    startedAtMs: Date.now() - 5000,
     keys: { current: new Map([["fn-1", publicKey]]) },
     replay: new ReplayCache(1_000_000),
     pods: {
@@ -41,13 +44,15 @@ const runner = await listen(
       clearMark: () => Promise.resolve(),
       recordEvent: () => Promise.resolve(),
     },
-    resolveNetns: () => Promise.resolve({ found: true, netns: { inode: "4026532000", path: "/proc/1/ns/net", pid: 1, processes: 1 } }),
+    resolveNetns: () => Promise.resolve({ found: true, netns: { inode: "4026532000", path: "/proc/1/ns/net", pid: 1, processes: 1, hostInode: "4026531840" } }),
+    openNetns: (netns) => ({ fd: -1, inode: netns.inode, close: () => undefined }),
     applierFor: () => Promise.resolve({ apply: () => Promise.resolve({ result: "unchanged" as const, digest: "0123456789abcdef" }), remove: () => Promise.resolve("absent" as const) }),
     log: silent,
     metrics: createMetrics({ defaultMetrics: false }),
   }),
 );
 
+authorities.add(`127.0.0.1:${runner.port}`);
 const dispatcher = new Dispatcher({ signingKey: () => ({ keyid: "fn-1", privateKey }), port: runner.port, addressFor: () => "127.0.0.1" });
 const policy = parsePolicy("");
 const fn = await listen(

@@ -221,8 +221,17 @@ export function verifyRequest(
   if (expires < created || expires - created > SIGNATURE_PROFILE.maxValiditySeconds) {
     return fail("profile-mismatch", `validity ${expires - created} s is outside 0–${SIGNATURE_PROFILE.maxValiditySeconds} s`);
   }
-  if (expires + skew < now) return fail("expired", `expired at ${expires} (now ${now})`);
+  if (nowMs > acceptedUntilMs(expires)) return fail("expired", `expired at ${expires} (now ${now})`);
   return { ok: true, keyid, nonce, created, expires };
+}
+
+/**
+ * The last millisecond at which a signature expiring at `expires` (seconds) passes the
+ * freshness check. The replay cache keeps a nonce exactly this long: one clock arithmetic for
+ * both, so no request can pass freshness after its nonce has been forgotten.
+ */
+export function acceptedUntilMs(expires: number): number {
+  return (expires + SIGNATURE_PROFILE.clockSkewSeconds + 1) * 1000 - 1;
 }
 
 function safeEqual(a: string, b: string): boolean {

@@ -13,7 +13,10 @@ export type ApplyDecision = Extract<Decision, { action: "apply" }>;
 
 export type DispatchResult =
   | { readonly ok: true; readonly status: 200; readonly result: string; readonly attempts: number }
-  | { readonly ok: false; readonly status: number; readonly reason: string; readonly retryable: boolean; readonly attempts: number };
+  | { readonly ok: false; readonly status: number; readonly reason: string; readonly retryable: boolean; readonly attempts: number; readonly retryAfterMs?: number };
+
+/** The longest Retry-After the dispatcher honours before a retry (the resync catches the rest). */
+const MAX_RETRY_AFTER_MS = 5000;
 
 export interface DispatcherOptions {
   /** The current signing key (the newest, when several are mounted). */
@@ -107,7 +110,10 @@ export class Dispatcher {
     for (let attempt = 1; attempt <= attempts; attempt++) {
       last = await this.once(decision, payload, attempt);
       if (last.ok || !last.retryable || attempt === attempts) return last;
-      await new Promise((r) => setTimeout(r, (this.options.backoffMs ?? 100) * 2 ** (attempt - 1)));
+      // The node-runner's Retry-After (capped) when it gives one, else exponential backoff.
+      const backoff = (this.options.backoffMs ?? 100) * 2 ** (attempt - 1);
+      const retryAfterMs = "retryAfterMs" in last ? (last.retryAfterMs ?? 0) : 0;
+      await new Promise((r) => setTimeout(r, Math.max(backoff, Math.min(retryAfterMs, MAX_RETRY_AFTER_MS))));
     }
     return last;
   }
@@ -145,7 +151,17 @@ export class Dispatcher {
               // not JSON: keep the status
             }
             if (status === 200) resolve({ ok: true, status: 200, result: parsed.result ?? "applied", attempts: attempt });
-            else resolve({ ok: false, status, reason: parsed.reason ?? `http-${status}`, retryable: status === 503 || status >= 500, attempts: attempt });
+            else {
+              const retryAfter = Number(res.headers["retry-after"]);
+              resolve({
+                ok: false,
+                status,
+                reason: parsed.reason ?? `http-${status}`,
+                retryable: status === 503 || status >= 500,
+                attempts: attempt,
+                ...(Number.isFinite(retryAfter) && retryAfter > 0 ? { retryAfterMs: retryAfter * 1000 } : {}),
+              });
+            }
           });
         },
       );

@@ -4,7 +4,7 @@
 // same transaction.
 import { createHash } from "node:crypto";
 import type { CaptureConfig } from "../contract/capture-config.ts";
-import { ApplyError, nsenterRunner, RecordStore, runIpStep, type ApplyOutcome, type NetnsRunner } from "./apply.ts";
+import { ApplyError, nsenterRunner, RecordStore, runIpStep, type ApplyOutcome, type NetnsRunner, type NetnsTarget } from "./apply.ts";
 import { NFT_TABLE, renderNftables } from "./rules/nftables.ts";
 import { netSetupSteps } from "./rules/routes.ts";
 
@@ -17,48 +17,48 @@ export class NftApplier {
   ) {}
 
   /** The Istio tables as they are now (stateless listing: no counters), hashed. */
-  private async listing(netnsPath: string): Promise<{ hash: string; present: string[] }> {
-    const r = await this.run(netnsPath, ["nft", "-s", "list", "tables", "inet"]);
+  private async listing(netns: NetnsTarget): Promise<{ hash: string; present: string[] }> {
+    const r = await this.run(netns, ["nft", "-s", "list", "tables", "inet"]);
     if (r.code !== 0) throw new ApplyError(`nft list tables failed: ${r.stderr.trim()}`);
     const present = ISTIO_TABLES.filter((t) => new RegExp(`^table inet ${t}$`, "m").test(r.stdout));
     const h = createHash("sha256");
     for (const table of present) {
-      const t = await this.run(netnsPath, ["nft", "-s", "list", "table", "inet", table]);
+      const t = await this.run(netns, ["nft", "-s", "list", "table", "inet", table]);
       if (t.code !== 0) throw new ApplyError(`nft list table ${table} failed: ${t.stderr.trim()}`);
       h.update(t.stdout);
     }
     return { hash: h.digest("hex"), present };
   }
 
-  private async transaction(netnsPath: string, script: string): Promise<void> {
-    const r = await this.run(netnsPath, ["nft", "-f", "-"], script);
+  private async transaction(netns: NetnsTarget, script: string): Promise<void> {
+    const r = await this.run(netns, ["nft", "-f", "-"], script);
     if (r.code !== 0) throw new ApplyError(`nft -f failed: ${r.stderr.trim()}`);
   }
 
-  async apply(netns: { path: string; inode: string }, podUid: string, config: CaptureConfig): Promise<ApplyOutcome> {
+  async apply(netns: NetnsTarget, podUid: string, config: CaptureConfig): Promise<ApplyOutcome> {
     const plan = renderNftables(config);
     const steps = netSetupSteps(config);
     const digest = createHash("sha256").update(`nft-native\n${plan.script}${JSON.stringify(steps)}`).digest("hex").slice(0, 16);
     const previous = await this.records.get(netns.inode);
-    const before = await this.listing(netns.path);
+    const before = await this.listing(netns);
     if (previous?.podUid === podUid && previous.variant === "nft-native" && previous.digest === digest && previous.nftListing === before.hash) {
       return { result: "unchanged", digest };
     }
     const wanted = new Set<string>(plan.rules.map((r) => NFT_TABLE[r.table]));
     // `add` before `delete` makes deleting a table that does not exist a no-op.
     const stale = before.present.filter((t) => !wanted.has(t)).flatMap((t) => [`add table inet ${t}`, `delete table inet ${t}`]);
-    await this.transaction(netns.path, `${[...stale, plan.script.trimEnd()].filter((l) => l !== "").join("\n")}\n`);
-    for (const step of steps) await runIpStep(this.run, netns.path, step, "add");
-    const after = await this.listing(netns.path);
+    await this.transaction(netns, `${[...stale, plan.script.trimEnd()].filter((l) => l !== "").join("\n")}\n`);
+    for (const step of steps) await runIpStep(this.run, netns, step, "add");
+    const after = await this.listing(netns);
     await this.records.put({ podUid, netnsInode: netns.inode, digest, variant: "nft-native", nftListing: after.hash, builtin: {}, owned: {}, netSetup: steps });
     return { result: "applied", digest };
   }
 
-  async remove(netns: { path: string; inode: string }, podUid: string): Promise<"removed" | "absent"> {
+  async remove(netns: NetnsTarget, podUid: string): Promise<"removed" | "absent"> {
     const previous = await this.records.get(netns.inode);
-    const { present } = await this.listing(netns.path);
-    if (present.length > 0) await this.transaction(netns.path, `${present.flatMap((t) => [`add table inet ${t}`, `delete table inet ${t}`]).join("\n")}\n`);
-    for (const step of previous?.podUid === podUid ? previous.netSetup : []) await runIpStep(this.run, netns.path, step, "del");
+    const { present } = await this.listing(netns);
+    if (present.length > 0) await this.transaction(netns, `${present.flatMap((t) => [`add table inet ${t}`, `delete table inet ${t}`]).join("\n")}\n`);
+    for (const step of previous?.podUid === podUid ? previous.netSetup : []) await runIpStep(this.run, netns, step, "del");
     await this.records.delete(netns.inode);
     return present.length > 0 ? "removed" : "absent";
   }

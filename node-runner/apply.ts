@@ -1,13 +1,14 @@
 // Program one pod's network namespace (DESIGN §7.2–7.3): render, compare with what is there,
 // and replace what differs in one iptables-restore transaction per address family, then the
 // TPROXY / IPv6 network setup. Idempotent: the same rules already in place → "unchanged".
-// Commands run inside the pod's netns only (nsenter --net=<path>), never in the node's.
-import { execFile } from "node:child_process";
+// Commands run inside the pod's netns only, entered by a file descriptor opened once per apply
+// (a PID can be reused meanwhile; a descriptor keeps naming the same namespace), never the node's.
+import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { CaptureConfig } from "../contract/capture-config.ts";
-import { addedBuiltinLines, builtinLines, ownedRules, parseSave, replaceTransaction, sameRules, type ChainRules } from "./iptables-state.ts";
+import { addedBuiltinLines, builtinLines, ownedRules, parseSave, replaceTransaction, sameRules, type ChainRules, type SaveState } from "./iptables-state.ts";
 import { renderIptables, type Family, type IptablesFamilyPlan } from "./rules/iptables.ts";
 import { ipCommand, netSetupSteps, type NetSetupStep } from "./rules/routes.ts";
 
@@ -19,27 +20,55 @@ export interface CommandResult {
   readonly stderr: string;
 }
 
-/** Runs a command inside a network namespace. The seam tests and the server share. */
-export type NetnsRunner = (netnsPath: string, argv: readonly string[], input?: string) => Promise<CommandResult>;
+/** An open network namespace: a descriptor of /proc/<pid>/ns/net and its inode. */
+export interface NetnsTarget {
+  readonly fd: number;
+  readonly inode: string;
+}
 
-export const nsenterRunner: NetnsRunner = (netnsPath, argv, input) =>
+/** Runs a command inside a network namespace. The seam tests and the server share. */
+export type NetnsRunner = (netns: NetnsTarget, argv: readonly string[], input?: string) => Promise<CommandResult>;
+
+const COMMAND_TIMEOUT_MS = 10_000;
+
+/** The namespace descriptor becomes the child's fd 3, which nsenter enters. */
+export const nsenterRunner: NetnsRunner = (netns, argv, input) =>
   new Promise((resolve) => {
-    const child = execFile(
-      "nsenter",
-      [`--net=${netnsPath}`, "--", ...argv],
-      { timeout: 10_000, maxBuffer: 8 * 1024 * 1024, encoding: "utf8" },
-      (error, stdout, stderr) => {
-        const code = error === null ? 0 : typeof error.code === "number" ? error.code : 1;
-        resolve({ code, stdout, stderr: stderr || (error?.message ?? "") });
-      },
-    );
+    const child = spawn("nsenter", ["--net=/proc/self/fd/3", "--", ...argv], { stdio: ["pipe", "pipe", "pipe", netns.fd] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.setEncoding("utf8").on("data", (t: string) => (stdout += t));
+    child.stderr?.setEncoding("utf8").on("data", (t: string) => (stderr += t));
+    const timer = setTimeout(() => child.kill("SIGKILL"), COMMAND_TIMEOUT_MS);
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      resolve({ code: 127, stdout, stderr: err.message });
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? 128, stdout, stderr: signal === null ? stderr : `${stderr}killed by ${signal}` });
+    });
     // A command that does not read its input may exit first: that is not an error here.
     child.stdin?.on("error", () => undefined);
     child.stdin?.end(input ?? "");
   });
 
+/**
+ * A command in the namespace failed. `kind` says what the answer is: an owner group the node
+ * cannot resolve is the config's fault (422); a namespace that went away is retryable; the
+ * rest (a foreign rule holding an ISTIO_* chain, ...) is a conflict in the namespace.
+ */
 export class ApplyError extends Error {
   override name = "ApplyError";
+  readonly kind: "owner-group" | "netns-gone" | "refused";
+  constructor(message: string) {
+    super(message);
+    this.kind = /owner.*group|group.*(unknown|not found|bad)/i.test(message)
+      ? "owner-group"
+      : /cannot open .*ns\/net|reassociate to namespace|No such file or directory.*nsenter/i.test(message)
+        ? "netns-gone"
+        : "refused";
+  }
 }
 
 function tool(variant: IptablesVariant, family: Family, op: "save" | "restore"): string {
@@ -59,6 +88,12 @@ export interface NetnsRecord {
   readonly builtin: Partial<Record<"4" | "6", ChainRules>>;
   /** Complete owned rules after the apply, per family (for drift detection). */
   readonly owned: Partial<Record<"4" | "6", ChainRules>>;
+  /**
+   * Written before a restore and cleared after it: the built-in-chain lines as they were
+   * before, per family. Found on the next apply (the runner died in between), every built-in
+   * line added since then is owned, so nothing the crashed apply wrote is left behind.
+   */
+  readonly pending?: Partial<Record<"4" | "6", ChainRules>>;
   readonly netSetup: readonly NetSetupStep[];
 }
 
@@ -107,18 +142,18 @@ export class IptablesApplier {
     private readonly run: NetnsRunner = nsenterRunner,
   ) {}
 
-  private async save(netnsPath: string, family: Family): Promise<string> {
-    const r = await this.run(netnsPath, [tool(this.variant, family, "save")]);
+  private async save(netns: NetnsTarget, family: Family): Promise<string> {
+    const r = await this.run(netns, [tool(this.variant, family, "save")]);
     if (r.code !== 0) throw new ApplyError(`${tool(this.variant, family, "save")} failed: ${r.stderr.trim()}`);
     return r.stdout;
   }
 
-  private async restore(netnsPath: string, family: Family, input: string): Promise<void> {
-    const r = await this.run(netnsPath, [tool(this.variant, family, "restore"), "--noflush"], input);
+  private async restore(netns: NetnsTarget, family: Family, input: string): Promise<void> {
+    const r = await this.run(netns, [tool(this.variant, family, "restore"), "--noflush"], input);
     if (r.code !== 0) throw new ApplyError(`${tool(this.variant, family, "restore")} failed: ${r.stderr.trim()}`);
   }
 
-  async apply(netns: { path: string; inode: string }, podUid: string, config: CaptureConfig): Promise<ApplyOutcome> {
+  async apply(netns: NetnsTarget, podUid: string, config: CaptureConfig): Promise<ApplyOutcome> {
     const plan = renderIptables(config);
     const families = plan.v6 === null ? [plan.v4] : [plan.v4, plan.v6];
     const steps = netSetupSteps(config);
@@ -128,12 +163,16 @@ export class IptablesApplier {
 
     const live = new Map<Family, ReturnType<typeof parseSave>>();
     for (const family of [4, 6] as const) {
-      if (family === 6 && plan.v6 === null && usable?.owned["6"] === undefined) continue;
-      live.set(family, parseSave(await this.save(netns.path, family)));
+      if (family === 6 && plan.v6 === null && usable?.owned["6"] === undefined && usable?.pending?.["6"] === undefined) continue;
+      live.set(family, parseSave(await this.save(netns, family)));
     }
+    const recordedBuiltin = (family: Family): ChainRules | undefined => {
+      const state = live.get(family);
+      return state === undefined ? undefined : ownedBuiltin(usable, family, state);
+    };
     const ownedNow = (family: Family): ChainRules => {
       const state = live.get(family);
-      return state === undefined ? {} : ownedRules(state, usable?.builtin[family === 4 ? "4" : "6"]);
+      return state === undefined ? {} : ownedRules(state, recordedBuiltin(family));
     };
 
     if (
@@ -144,6 +183,17 @@ export class IptablesApplier {
       return { result: "unchanged", digest };
     }
 
+    // Intent first: a crash from here on leaves a record from which ownership is recovered.
+    const pending: NonNullable<NetnsRecord["pending"]> = {};
+    const carried: NetnsRecord["builtin"] = {};
+    for (const [family, state] of live) {
+      const key = family === 4 ? "4" : "6";
+      pending[key] = builtinLines(state.rules);
+      const mine = recordedBuiltin(family);
+      if (mine !== undefined) carried[key] = mine;
+    }
+    await this.records.put({ podUid, netnsInode: netns.inode, digest: "", variant: this.variant, builtin: carried, owned: usable?.owned ?? {}, netSetup: usable?.netSetup ?? [], pending });
+
     const builtin: NetnsRecord["builtin"] = {};
     const owned: NetnsRecord["owned"] = {};
     for (const family of [4, 6] as const) {
@@ -152,33 +202,33 @@ export class IptablesApplier {
       const desired = family === 4 ? plan.v4 : plan.v6;
       const current = ownedNow(family);
       if (desired === null && Object.keys(current).length === 0) continue;
-      await this.restore(netns.path, family, replaceTransaction(current, desired?.rules ?? null));
+      await this.restore(netns, family, replaceTransaction(current, desired?.rules ?? null));
       if (desired === null) continue;
-      const after = parseSave(await this.save(netns.path, family));
+      const after = parseSave(await this.save(netns, family));
       // Built-in lines present now that were not there before, plus the ones we replaced.
       const added = addedBuiltinLines(before, after);
       const key = family === 4 ? "4" : "6";
       builtin[key] = mergeRules(added, builtinLines(current), after);
       owned[key] = ownedRules(after, builtin[key]);
     }
-    for (const step of steps) await runIpStep(this.run, netns.path, step, "add");
+    for (const step of steps) await runIpStep(this.run, netns, step, "add");
     await this.records.put({ podUid, netnsInode: netns.inode, digest, variant: this.variant, builtin, owned, netSetup: steps });
     return { result: "applied", digest };
   }
 
   /** Remove exactly what the last apply added (and any ISTIO_* chains). */
-  async remove(netns: { path: string; inode: string }, podUid: string): Promise<"removed" | "absent"> {
+  async remove(netns: NetnsTarget, podUid: string): Promise<"removed" | "absent"> {
     const previous = await this.records.get(netns.inode);
     const usable = previous?.podUid === podUid ? previous : undefined;
     let removedAny = false;
     for (const family of [4, 6] as const) {
-      const state = parseSave(await this.save(netns.path, family).catch(() => ""));
-      const current = ownedRules(state, usable?.builtin[family === 4 ? "4" : "6"]);
+      const state = parseSave(await this.save(netns, family).catch(() => ""));
+      const current = ownedRules(state, ownedBuiltin(usable, family, state));
       if (Object.keys(current).length === 0) continue;
-      await this.restore(netns.path, family, replaceTransaction(current, null));
+      await this.restore(netns, family, replaceTransaction(current, null));
       removedAny = true;
     }
-    for (const step of usable?.netSetup ?? []) await runIpStep(this.run, netns.path, step, "del");
+    for (const step of usable?.netSetup ?? []) await runIpStep(this.run, netns, step, "del");
     await this.records.delete(netns.inode);
     return removedAny ? "removed" : "absent";
   }
@@ -186,16 +236,27 @@ export class IptablesApplier {
 }
 
 /** Run one TPROXY/IPv6 network setup step in the namespace. */
-export async function runIpStep(run: NetnsRunner, netnsPath: string, step: NetSetupStep, op: "add" | "del"): Promise<void> {
-  const r = await run(netnsPath, ["ip", ...ipCommand(step, op)]);
+export async function runIpStep(run: NetnsRunner, netns: NetnsTarget, step: NetSetupStep, op: "add" | "del"): Promise<void> {
+  const r = await run(netns, ["ip", ...ipCommand(step, op)]);
   // Adding what exists, or deleting what is gone, is the state we want.
   if (r.code !== 0 && !/File exists|No such|Cannot find|does not exist/i.test(r.stderr)) {
     throw new ApplyError(`ip ${ipCommand(step, op).join(" ")} failed: ${r.stderr.trim()}`);
   }
 }
 
+/**
+ * The built-in-chain lines a record says this runner owns in `state`: as recorded, plus, when
+ * an apply died between its intent and its record, every line added since the intent.
+ */
+function ownedBuiltin(record: NetnsRecord | undefined, family: Family, state: SaveState): ChainRules | undefined {
+  const key = family === 4 ? "4" : "6";
+  const before = record?.pending?.[key];
+  if (before === undefined) return record?.builtin[key];
+  return mergeRules(record?.builtin[key] ?? {}, addedBuiltinLines({ chains: {}, rules: before }, state), state);
+}
+
 /** Union of built-in lines that still exist in `after`. */
-function mergeRules(a: ChainRules, b: ChainRules, after: ReturnType<typeof parseSave>): ChainRules {
+function mergeRules(a: ChainRules, b: ChainRules, after: SaveState): ChainRules {
   const out: ChainRules = {};
   for (const source of [a, b]) {
     for (const [table, chains] of Object.entries(source)) {
@@ -210,9 +271,9 @@ function mergeRules(a: ChainRules, b: ChainRules, after: ReturnType<typeof parse
 }
 
 /** Which iptables backend a namespace uses: the one holding rules, else the node's default. */
-export async function detectVariant(netnsPath: string, nodeDefault: IptablesVariant, run: NetnsRunner = nsenterRunner): Promise<IptablesVariant> {
+export async function detectVariant(netns: NetnsTarget, nodeDefault: IptablesVariant, run: NetnsRunner = nsenterRunner): Promise<IptablesVariant> {
   for (const variant of ["nft", "legacy"] as const) {
-    const r = await run(netnsPath, [`iptables-${variant}-save`]);
+    const r = await run(netns, [`iptables-${variant}-save`]);
     if (r.code === 0 && /^-A /m.test(r.stdout)) return variant;
   }
   return nodeDefault;

@@ -21,19 +21,47 @@ export interface PodApi {
   recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void>;
 }
 
+/** An API call that did not answer within its deadline (the server may still act on it). */
+export class ApiDeadlineError extends Error {
+  override name = "ApiDeadlineError";
+}
+
+/** What a failed API call means for the request: retry later, or the pod is not what was asked. */
+export function apiFailureKind(err: unknown): "not-found" | "conflict" | "unavailable" {
+  if (err instanceof k8s.ApiException) {
+    if (err.code === 404) return "not-found";
+    if (err.code === 409) return "conflict";
+  }
+  return "unavailable";
+}
+
 export class KubePodApi implements PodApi {
   private readonly core: k8s.CoreV1Api;
 
   constructor(
     kubeConfig: k8s.KubeConfig,
     private readonly nodeName: string,
+    /** Every call's deadline: a frozen API server must not hold a pod's work. */
+    private readonly deadlineMs = 5000,
   ) {
     this.core = kubeConfig.makeApiClient(k8s.CoreV1Api);
   }
 
+  private deadline<T>(what: string, call: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        reject(new ApiDeadlineError(`${what}: no answer from the API server within ${this.deadlineMs} ms`));
+      }, this.deadlineMs);
+    });
+    return Promise.race([call, expired]).finally(() => {
+      clearTimeout(timer);
+    });
+  }
+
   async getPod(namespace: string, name: string): Promise<PodFacts | undefined> {
     try {
-      const pod = await this.core.readNamespacedPod({ namespace, name });
+      const pod = await this.deadline("read pod", this.core.readNamespacedPod({ namespace, name }));
       return {
         uid: pod.metadata?.uid ?? "",
         nodeName: pod.spec?.nodeName,
@@ -57,14 +85,17 @@ export class KubePodApi implements PodApi {
 
   private async patchAnnotations(pod: PodRef, annotations: Record<string, string | null>): Promise<void> {
     // The UID precondition makes the patch fail rather than mark a re-created pod of the same name.
-    await this.core.patchNamespacedPod(
-      { namespace: pod.namespace, name: pod.name, body: { metadata: { uid: pod.uid, annotations } } },
-      k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
+    await this.deadline(
+      "patch pod",
+      this.core.patchNamespacedPod(
+        { namespace: pod.namespace, name: pod.name, body: { metadata: { uid: pod.uid, annotations } } },
+        k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
+      ),
     );
   }
 
   async recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void> {
-    await this.core.createNamespacedEvent({ namespace: pod.namespace, body: podEvent(pod, event, { component: "node-runner", host: this.nodeName }) });
+    await this.deadline("create event", this.core.createNamespacedEvent({ namespace: pod.namespace, body: podEvent(pod, event, { component: "node-runner", host: this.nodeName }) }));
   }
 
 }

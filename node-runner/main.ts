@@ -8,11 +8,17 @@
 //   --backend / RULES_BACKEND          auto | iptables-legacy | iptables-nft | nftables  auto
 //                                      (auto: iptables, the variant holding rules in the pod's
 //                                      netns, else the node's; nftables: native, one nft -f)
+//   --host-ip / HOST_IP                this node's IP(s), comma-separated (downward API  the listen
+//                                      status.hostIP): the signed @authority must be     address
+//                                      one of them with the listen port
 //   --proc / PROC_ROOT                 the host's /proc (hostPID)                      /proc
+//   --cgroup-root / CGROUP_ROOT        the kubelet's --cgroup-root (pods' cgroups lie   /
+//                                      directly under <root>/kubepods[.slice])
 //   --tls-cert, --tls-key / TLS_CERT, TLS_KEY   serve HTTPS with these files           (HTTP when unset)
 //   --max-concurrent / MAX_CONCURRENT  pods programmed at once                        8
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
+import path from "node:path";
 import http from "node:http";
 import https from "node:https";
 import { parseArgs } from "node:util";
@@ -23,7 +29,7 @@ import { NftApplier } from "./apply-nft.ts";
 import { KubePodApi } from "./kube.ts";
 import { KeyDirectory } from "../contract/key-directory.ts";
 import { createMetrics } from "./metrics.ts";
-import { resolvePodNetns } from "./netns.ts";
+import { podUidPattern, resolvePodNetns } from "./netns.ts";
 import { ReplayCache } from "./replay.ts";
 import { createNodeRunnerApp } from "./server.ts";
 
@@ -36,6 +42,8 @@ const { values } = parseArgs({
     "state-dir": { type: "string" },
     backend: { type: "string" },
     proc: { type: "string" },
+    "host-ip": { type: "string" },
+    "cgroup-root": { type: "string" },
     "tls-cert": { type: "string" },
     "tls-key": { type: "string" },
     "max-concurrent": { type: "string" },
@@ -54,10 +62,23 @@ const listen = values.listen ?? env.LISTEN_ADDRESS ?? "0.0.0.0:9443";
 const [host = "", portText = ""] = listen.includes("]") ? [listen.slice(1, listen.indexOf("]")), listen.slice(listen.indexOf("]") + 2)] : listen.split(":");
 const port = Number(portText);
 if (!Number.isInteger(port) || port < 1 || port > 65535) fail(`--listen must be address:port, got ${listen}`);
+// The addresses requests are signed for: the node's IP(s) (the function dispatches to the pod's
+// status.hostIP) and the listen address unless it is a wildcard.
+const startedAtMs = Date.now();
+const hostIPs = (values["host-ip"] ?? env.HOST_IP ?? "").split(",").map((a) => a.trim()).filter((a) => a !== "");
+if (!["", "0.0.0.0", "::"].includes(host)) hostIPs.push(host);
+if (hostIPs.length === 0) fail("--host-ip (or HOST_IP, from status.hostIP) is required when listening on a wildcard address: signed requests name the address they are for");
+const authorities = new Set(hostIPs.map((ip) => `${ip.includes(":") ? `[${ip.toLowerCase()}]` : ip}:${port}`));
 const backend = values.backend ?? env.RULES_BACKEND ?? "auto";
 if (!["auto", "iptables-legacy", "iptables-nft", "nftables"].includes(backend)) fail(`--backend must be auto, iptables-legacy, iptables-nft or nftables, got ${backend}`);
 const maxConcurrent = Number(values["max-concurrent"] ?? env.MAX_CONCURRENT ?? "8");
 const procRoot = values.proc ?? env.PROC_ROOT ?? "/proc";
+const cgroupRoot = values["cgroup-root"] ?? env.CGROUP_ROOT ?? "/";
+try {
+  podUidPattern("0", cgroupRoot);
+} catch (err) {
+  fail(`--cgroup-root: ${err instanceof Error ? err.message : String(err)}`);
+}
 
 const kubeConfig = new k8s.KubeConfig();
 const kubeconfigFile = values.kubeconfig ?? env.KUBECONFIG;
@@ -73,7 +94,10 @@ function nodeDefaultVariant(): IptablesVariant {
   }
 }
 const defaultVariant = nodeDefaultVariant();
-const records = new RecordStore(values["state-dir"] ?? env.STATE_DIR ?? "/run/podnet");
+const stateDir = values["state-dir"] ?? env.STATE_DIR ?? "/run/podnet";
+const records = new RecordStore(stateDir);
+mkdirSync(stateDir, { recursive: true });
+const replay = new ReplayCache(100_000, { path: path.join(stateDir, "nonces.jsonl"), nowMs: startedAtMs });
 const appliers = { legacy: new IptablesApplier("legacy", records), nft: new IptablesApplier("nft", records), native: new NftApplier(records) };
 
 const keys = new KeyDirectory(values["keys-dir"] ?? env.PUBLIC_KEYS_DIR ?? "/etc/podnet/keys", "public", log);
@@ -81,13 +105,15 @@ await keys.start();
 
 const app = createNodeRunnerApp({
   nodeName,
+  authorities,
+  startedAtMs,
   keys,
-  replay: new ReplayCache(100_000),
+  replay,
   pods: new KubePodApi(kubeConfig, nodeName),
-  resolveNetns: (pod) => resolvePodNetns(pod, { procRoot }),
-  applierFor: async (netnsPath) =>
+  resolveNetns: (pod) => resolvePodNetns(pod, { procRoot, cgroupRoot }),
+  applierFor: async (netns) =>
     backend === "nftables" ? appliers.native
-    : backend === "auto" ? appliers[await detectVariant(netnsPath, defaultVariant)]
+    : backend === "auto" ? appliers[await detectVariant(netns, defaultVariant)]
     : appliers[backend === "iptables-legacy" ? "legacy" : "nft"],
   log,
   metrics: createMetrics(),
@@ -99,7 +125,7 @@ const tlsKey = values["tls-key"] ?? env.TLS_KEY;
 const server =
   tlsCert !== undefined && tlsKey !== undefined ? https.createServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }, app) : http.createServer(app);
 server.listen(port, host, () => {
-  log.info({ nodeName, listen, tls: tlsCert !== undefined, backend: backend === "auto" ? `auto (iptables; node default ${defaultVariant})` : backend }, "node-runner listening");
+  log.info({ nodeName, listen, authorities: [...authorities], tls: tlsCert !== undefined, backend: backend === "auto" ? `auto (iptables; node default ${defaultVariant})` : backend }, "node-runner listening");
 });
 
 function shutdown(signal: string): void {

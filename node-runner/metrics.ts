@@ -5,6 +5,7 @@ export interface NodeRunnerMetrics {
   readonly registry: Registry;
   readonly requests: Counter<"route" | "result">;
   readonly signatureFailures: Counter<"reason">;
+  readonly eventFailures: Counter<"reason">;
   readonly applyDuration: Histogram<"result">;
   readonly netnsDuration: Histogram<"outcome">;
 }
@@ -23,6 +24,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeR
     signatureFailures: new Counter({
       name: "podnet_node_runner_signature_failures_total",
       help: "Requests refused by signature verification, by reason.",
+      labelNames: ["reason"],
+      registers: [registry],
+    }),
+    eventFailures: new Counter({
+      name: "podnet_node_runner_event_failures_total",
+      help: "Kubernetes Events that could not be recorded (they follow the answer), by Event reason.",
       labelNames: ["reason"],
       registers: [registry],
     }),

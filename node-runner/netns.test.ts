@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { cgroupBelongsToPod, expandIPv6, ipv6FromIfInet6, localIPv4FromFibTrie, podUidPattern, processStartTime, resolvePodNetns } from "./netns.ts";
+import { cgroupBelongsToPod, expandIPv6, ipv6FromIfInet6, localIPv4FromFibTrie, NetnsGoneError, openNetns, podUidPattern, processStartTime, resolvePodNetns } from "./netns.ts";
 
 const UID = "6c0e5c7e-3f0a-4b8e-9d59-2f1b7c1d0a11";
 const UID_ = UID.replace(/-/g, "_");
@@ -23,7 +23,6 @@ function procTree(entries: Record<string, { cgroup?: string; inode?: string; sta
     writeFileSync(path.join(dir, "net", "fib_trie"), e.ip === undefined ? "" : fibTrie(e.ip));
     writeFileSync(path.join(dir, "net", "if_inet6"), e.ip6hex === undefined ? "" : `${e.ip6hex} 02 40 00 80     eth0\n00000000000000000000000000000001 01 80 10 80       lo\n`);
   }
-  mkdirSync(path.join(root, "self"));
   return root;
 }
 
@@ -32,7 +31,7 @@ after(() => {
   for (const r of roots) rmSync(r, { recursive: true, force: true });
 });
 function tree(entries: Parameters<typeof procTree>[0]): string {
-  const r = procTree({ "1": { cgroup: "0::/init.scope\n", inode: "4026531840" }, ...entries });
+  const r = procTree({ "1": { cgroup: "0::/init.scope\n", inode: "4026531840" }, self: { inode: "4026531840" }, ...entries });
   roots.push(r);
   return r;
 }
@@ -52,6 +51,24 @@ describe("cgroup paths → pod UID", () => {
       assert.equal(cgroupBelongsToPod(file, podUidPattern(UID)), true);
     });
   }
+  test("seen from the node-runner's own cgroup namespace (a /.. prefix)", () => {
+    assert.equal(cgroupBelongsToPod(`0::/../../kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${UID_}.slice/cri-containerd-0a1b.scope\n`, podUidPattern(UID)), true);
+  });
+  // Security (issue 13, attack 4): only the kubelet's pod cgroup, directly under kubepods.
+  test("attack: cgroup look-alikes outside the kubelet's pod cgroup do not match", () => {
+    const p = podUidPattern(UID);
+    for (const file of [
+      `0::/user.slice/evil-pod${UID}/x\n`,
+      `0::/user.slice/pod${UID}/x\n`,
+      `0::/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555/ctr/pod${UID}\n`,
+      `0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod11111111_2222.slice/cri-containerd-x.scope/kubepods-besteffort-pod${UID_}.slice\n`,
+      `0::/kubepods.slice/kubepods-burstable.slice/kubepods-besteffort-pod${UID_}.slice/x\n`,
+      `0::/system.slice/kubepods/pod${UID}/x\n`,
+      `0::/kubepods/guaranteed/pod${UID}/x\n`,
+    ]) {
+      assert.equal(cgroupBelongsToPod(file, p), false, file);
+    }
+  });
   test("other pods, prefixes and look-alikes do not match", () => {
     const p = podUidPattern(UID);
     assert.equal(cgroupBelongsToPod(`0::/kubepods/besteffort/pod${UID}0/x\n`, p), false);
@@ -90,7 +107,7 @@ describe("resolvePodNetns on fixture trees", () => {
       "400": { cgroup: "0::/kubepods/besteffort/podother/x\n", inode: "4026532600", start: 1, ip: "10.244.3.18" },
     });
     const r = await resolvePodNetns({ uid: UID, ips: ["10.244.3.17"] }, { procRoot });
-    assert.deepEqual(r, { found: true, netns: { inode: "4026532500", path: path.join(procRoot, "200", "ns", "net"), pid: 200, processes: 2 } });
+    assert.deepEqual(r, { found: true, netns: { inode: "4026532500", path: path.join(procRoot, "200", "ns", "net"), pid: 200, processes: 2, hostInode: "4026531840" } });
   });
 
   test("skips the host netns and unreadable entries", async () => {
@@ -118,8 +135,60 @@ describe("resolvePodNetns on fixture trees", () => {
     assert.equal(v6.found && v6.netns.inode, "4026532800");
   });
 
+  // Security (issue 13, attack 4): the victim's IP in a second netns of "the pod" → refuse.
+  test("attack: two namespaces of the pod hold its IP → ambiguous, never chosen", async () => {
+    const procRoot = tree({
+      "200": { cgroup: v2, inode: "4026532500", start: 5000, ip: "10.244.3.17" },
+      "300": { cgroup: `0::/kubepods/besteffort/pod${UID}/evil\n`, inode: "4026532999", start: 9000, ip: "10.244.3.17" },
+    });
+    const r = await resolvePodNetns({ uid: UID, ips: ["10.244.3.17"] }, { procRoot });
+    assert.equal(!r.found && r.reason, "ambiguous-netns");
+  });
+
+  test("attack: a look-alike cgroup holding the victim's IP is not a candidate", async () => {
+    const procRoot = tree({
+      "200": { cgroup: v2, inode: "4026532500", start: 5000, ip: "10.244.3.17" },
+      "300": { cgroup: `0::/user.slice/evil-pod${UID}/x\n`, inode: "4026532999", start: 1, ip: "10.244.3.17" },
+    });
+    const r = await resolvePodNetns({ uid: UID, ips: ["10.244.3.17"] }, { procRoot });
+    assert.equal(r.found && r.netns.inode, "4026532500");
+  });
+
+  // Security (issue 13, attack 3): fail closed when the host's netns is not known for certain.
+  test("attack surface: the host netns cannot be read → refuse, never guess", async () => {
+    const procRoot = procTree({ "200": { cgroup: v2, inode: "4026532500", ip: "10.244.3.17" } });
+    roots.push(procRoot);
+    const r = await resolvePodNetns({ uid: UID, ips: ["10.244.3.17"] }, { procRoot });
+    assert.equal(!r.found && r.reason, "host-netns-unknown");
+    const split = tree({ self: { inode: "4026530001" }, "200": { cgroup: v2, inode: "4026532500", ip: "10.244.3.17" } });
+    const s = await resolvePodNetns({ uid: UID, ips: ["10.244.3.17"] }, { procRoot: split });
+    assert.equal(!s.found && s.reason, "host-netns-unknown", "self and PID 1 disagree: not hostNetwork+hostPID");
+  });
+
   test("no process of the pod", async () => {
     const r = await resolvePodNetns({ uid: UID, ips: ["10.244.3.17"] }, { procRoot: tree({}) });
     assert.equal(!r.found && r.reason, "no-process");
+  });
+});
+
+// Security (issue 13, attack 5): the path is opened once and its inode checked; a PID that now
+// belongs to another process (here: this process, in the host's netns) is refused.
+describe("openNetns", () => {
+  const own = (): string => readlinkSync("/proc/self/ns/net").replace(/^net:\[(\d+)\]$/, "$1");
+  test("opens a namespace whose inode is the one resolved", () => {
+    const netns = openNetns({ inode: own(), path: "/proc/self/ns/net", pid: process.pid, processes: 1, hostInode: "1" });
+    assert.equal(netns.inode, own());
+    assert.ok(netns.fd >= 0);
+    netns.close();
+    netns.close();
+  });
+  test("attack: the PID now names another namespace → refused", () => {
+    assert.throws(() => openNetns({ inode: "4026599999", path: "/proc/self/ns/net", pid: process.pid, processes: 1, hostInode: "1" }), NetnsGoneError);
+  });
+  test("attack: the namespace is the host's → refused even when the inode matches", () => {
+    assert.throws(() => openNetns({ inode: own(), path: "/proc/self/ns/net", pid: process.pid, processes: 1, hostInode: own() }), NetnsGoneError);
+  });
+  test("a process that is gone → refused", () => {
+    assert.throws(() => openNetns({ inode: own(), path: "/proc/999999999/ns/net", pid: 999999999, processes: 1, hostInode: "1" }), NetnsGoneError);
   });
 });

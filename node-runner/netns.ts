@@ -1,11 +1,13 @@
 // Find a pod's network namespace from the node, without trusting the container runtime
-// (DESIGN §7.1): scan /proc (the node-runner runs with hostPID) for processes whose cgroup path
-// carries the pod UID, as kubelet names it under cgroup v1 or v2, the cgroupfs or systemd
-// driver, containerd or CRI-O; skip the host's own netns and unreadable entries; require the
-// netns to hold one of the pod's IPs; prefer the oldest process (the sandbox's pause process).
+// (docs/architecture.md, "Finding the pod's network namespace"): scan /proc (the node-runner
+// runs with hostPID) for processes in the kubelet's own cgroup for the pod — only the exact
+// shapes kubelet creates under the kubepods hierarchy, never a UID found elsewhere in a path —
+// skip the host's own netns (known for certain, else refuse), require the netns to hold one of
+// the pod's IPs, refuse when more than one netns qualifies, and name the oldest process (the
+// sandbox's pause process).
 //
 // Everything is read from files under `procRoot`, so fixture trees can stand in for /proc.
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import path from "node:path";
 
 export interface ResolvedNetns {
@@ -16,23 +18,41 @@ export interface ResolvedNetns {
   readonly pid: number;
   /** Processes of the pod found in that namespace. */
   readonly processes: number;
+  /** The host's own netns inode: whatever is opened later must never be it. */
+  readonly hostInode: string;
 }
 
 export type NetnsResolution =
   | { readonly found: true; readonly netns: ResolvedNetns }
-  | { readonly found: false; readonly reason: "no-process" | "host-netns-only" | "ip-mismatch"; readonly detail: string };
+  | {
+      readonly found: false;
+      readonly reason: "no-process" | "host-netns-only" | "ip-mismatch" | "ambiguous-netns" | "host-netns-unknown";
+      readonly detail: string;
+    };
 
 /**
- * The pod UID as it may appear in a cgroup path: kubelet's systemd driver writes dashes as
- * underscores (kubepods-besteffort-pod<uid_with_underscores>.slice); cgroupfs keeps dashes.
+ * The kubelet's pod cgroup for this UID, as a path pattern over a /proc/<pid>/cgroup path:
+ * cgroupfs driver `/kubepods[/burstable|/besteffort]/pod<uid>`, systemd driver
+ * `/kubepods.slice[/kubepods-<qos>.slice]/kubepods[-<qos>]-pod<uid_with_underscores>.slice`,
+ * directly under the kubelet's cgroup root (its `--cgroup-root`, `/` unless configured). Seen
+ * from the node-runner's own cgroup namespace the root may appear as `/..` segments, which no
+ * cgroup can be named, so they are allowed.
  */
-export function podUidPattern(uid: string): RegExp {
+export function podUidPattern(uid: string, cgroupRoot = "/"): RegExp {
   if (!/^[0-9A-Za-z_-]{1,64}$/.test(uid)) throw new Error(`not a pod UID: ${JSON.stringify(uid)}`);
-  const normalized = uid.toLowerCase().replace(/[-_]/g, "[-_]");
-  return new RegExp(`(?:^|[/-])pod${normalized}(?:\\.slice)?(?:/|$)`);
+  if (!/^(\/[0-9A-Za-z_.-]+)*\/?$/.test(cgroupRoot) || cgroupRoot.split("/").includes("..")) {
+    throw new Error(`not a cgroup root: ${JSON.stringify(cgroupRoot)}`);
+  }
+  const prefix = cgroupRoot.replace(/\/+$/, "").toLowerCase().replace(/[.]/g, "\\.");
+  const dashed = uid.toLowerCase().replace(/_/g, "-");
+  const underscored = dashed.replace(/-/g, "_");
+  const root = `^(?:/\\.\\.)*${prefix}`;
+  const cgroupfs = `/kubepods(?:/burstable|/besteffort)?/pod${dashed}`;
+  const systemd = `/kubepods\\.slice(?:/kubepods-burstable\\.slice/kubepods-burstable|/kubepods-besteffort\\.slice/kubepods-besteffort|/kubepods)-pod${underscored}\\.slice`;
+  return new RegExp(`${root}(?:${cgroupfs}|${systemd})(?:/|$)`);
 }
 
-/** Does a /proc/<pid>/cgroup file place the process in this pod? */
+/** Does a /proc/<pid>/cgroup file place the process in this pod's kubelet cgroup? */
 export function cgroupBelongsToPod(cgroupFile: string, uidPattern: RegExp): boolean {
   for (const line of cgroupFile.split("\n")) {
     // hierarchy-ID:controllers:path — the path may itself contain ':'.
@@ -102,15 +122,32 @@ function netnsInode(procRoot: string, pid: string): string | undefined {
   }
 }
 
+/**
+ * The host's own network namespace. The node-runner runs with hostNetwork, so its own netns
+ * (/proc/self) is the host's; /proc/1 (hostPID) must agree. Undefined when it cannot be known
+ * for certain: then nothing may be programmed.
+ */
+export function hostNetnsInode(procRoot: string): { inode: string } | { error: string } {
+  const self = netnsInode(procRoot, "self");
+  if (self === undefined) return { error: `cannot read ${path.join(procRoot, "self", "ns", "net")}` };
+  const init = netnsInode(procRoot, "1");
+  if (init !== undefined && init !== self) {
+    return { error: `the node-runner's netns (${self}) is not the one of PID 1 (${init}): it must run with hostNetwork and hostPID` };
+  }
+  return { inode: self };
+}
+
 // async for the callers' sake: a CRI lookup or a slower scan may replace the body.
 // eslint-disable-next-line @typescript-eslint/require-await
 export async function resolvePodNetns(
   pod: { readonly uid: string; readonly ips: readonly string[] },
-  options: { readonly procRoot?: string; readonly hostPid?: string } = {},
+  options: { readonly procRoot?: string; readonly cgroupRoot?: string } = {},
 ): Promise<NetnsResolution> {
   const procRoot = options.procRoot ?? "/proc";
-  const hostInode = netnsInode(procRoot, options.hostPid ?? "1");
-  const pattern = podUidPattern(pod.uid);
+  const host = hostNetnsInode(procRoot);
+  if ("error" in host) return { found: false, reason: "host-netns-unknown", detail: host.error };
+  const hostInode = host.inode;
+  const pattern = podUidPattern(pod.uid, options.cgroupRoot);
 
   const candidates = new Map<string, { pid: number; start: number; count: number }>();
   let hostOnly = false;
@@ -140,19 +177,67 @@ export async function resolvePodNetns(
   }
 
   const wanted = new Set(pod.ips.map((ip) => (ip.includes(":") ? expandIPv6(ip) : ip)));
-  // Oldest first: the pause process created the sandbox's namespace.
-  const ordered = [...candidates.entries()].sort((a, b) => a[1].start - b[1].start || a[1].pid - b[1].pid);
-  for (const [inode, c] of ordered) {
+  const holding = [...candidates.entries()].filter(([, c]) => {
     const pidDir = path.join(procRoot, String(c.pid));
     const v4 = localIPv4FromFibTrie(readText(path.join(pidDir, "net", "fib_trie")) ?? "");
     const v6 = ipv6FromIfInet6(readText(path.join(pidDir, "net", "if_inet6")) ?? "");
-    if ([...wanted].some((ip) => v4.has(ip) || v6.has(ip))) {
-      return { found: true, netns: { inode, path: path.join(pidDir, "ns", "net"), pid: c.pid, processes: c.count } };
-    }
+    return [...wanted].some((ip) => v4.has(ip) || v6.has(ip));
+  });
+  if (holding.length > 1) {
+    // Two namespaces of "this pod" with its IP: one is not what it claims. Never choose.
+    return {
+      found: false,
+      reason: "ambiguous-netns",
+      detail: `pod ${pod.uid}: ${holding.length} network namespaces (${holding.map(([inode]) => inode).join(", ")}) hold ${pod.ips.join(", ")}`,
+    };
   }
+  const only = holding[0];
+  if (only === undefined) {
+    return {
+      found: false,
+      reason: "ip-mismatch",
+      detail: `pod ${pod.uid}: ${candidates.size} network namespace(s) found, none holds ${pod.ips.join(", ") || "(no pod IP)"}`,
+    };
+  }
+  const [inode, c] = only;
+  return { found: true, netns: { inode, path: path.join(procRoot, String(c.pid), "ns", "net"), pid: c.pid, processes: c.count, hostInode } };
+}
+
+/** An open descriptor of a pod's network namespace, for the length of one apply. */
+export interface OpenNetns {
+  readonly fd: number;
+  readonly inode: string;
+  close(): void;
+}
+
+export class NetnsGoneError extends Error {
+  override name = "NetnsGoneError";
+}
+
+/**
+ * Open the resolved namespace once. The descriptor keeps naming that namespace whatever
+ * happens to the process afterwards; its inode must still be the one resolved (the process
+ * may have exited and its PID been reused) and never the host's.
+ */
+export function openNetns(netns: ResolvedNetns): OpenNetns {
+  let fd: number;
+  try {
+    fd = openSync(netns.path, "r");
+  } catch (err) {
+    throw new NetnsGoneError(`cannot open ${netns.path}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  const inode = fstatSync(fd, { bigint: true }).ino.toString();
+  if (inode !== netns.inode || inode === netns.hostInode) {
+    closeSync(fd);
+    throw new NetnsGoneError(`${netns.path} is now network namespace ${inode}, not ${netns.inode}: the process changed`);
+  }
+  let open = true;
   return {
-    found: false,
-    reason: "ip-mismatch",
-    detail: `pod ${pod.uid}: ${candidates.size} network namespace(s) found, none holds ${pod.ips.join(", ") || "(no pod IP)"}`,
+    fd,
+    inode,
+    close: () => {
+      if (open) closeSync(fd);
+      open = false;
+    },
   };
 }

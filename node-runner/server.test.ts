@@ -17,6 +17,8 @@ const unreachable = (what: string) => (): never => assert.fail(`${what} must not
 
 const app = createNodeRunnerApp({
   nodeName: "node-a",
+  authorities: new Set(["node-a.test:9443"]),
+  startedAtMs: Date.now() - 5000,
   keys: { current: new Map([["fn-1", publicKey]]) },
   replay: new ReplayCache(100_000),
   pods: { getPod: unreachable("pod API"), markInitialized: unreachable("pod API"), clearMark: unreachable("pod API"), recordEvent: unreachable("pod API") },

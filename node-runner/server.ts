@@ -13,25 +13,35 @@ import {
   type PodRef,
 } from "../contract/apply-request.ts";
 import { CaptureConfigError, parseCaptureConfig, type CaptureConfig } from "../contract/capture-config.ts";
-import { verifyRequest } from "../contract/signature.ts";
-import type { PodApi } from "./kube.ts";
+import { acceptedUntilMs, verifyRequest } from "../contract/signature.ts";
+import { apiFailureKind, type PodApi } from "./kube.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
-import type { NetnsResolution } from "./netns.ts";
+import { ApplyError, type NetnsTarget } from "./apply.ts";
+import { NetnsGoneError, openNetns, type NetnsResolution, type OpenNetns, type ResolvedNetns } from "./netns.ts";
 import type { ReplayCache } from "./replay.ts";
 
 export interface NetnsApplier {
-  apply(netns: { path: string; inode: string }, podUid: string, config: CaptureConfig): Promise<{ result: "applied" | "unchanged"; digest: string }>;
-  remove(netns: { path: string; inode: string }, podUid: string): Promise<"removed" | "absent">;
+  apply(netns: NetnsTarget, podUid: string, config: CaptureConfig): Promise<{ result: "applied" | "unchanged"; digest: string }>;
+  remove(netns: NetnsTarget, podUid: string): Promise<"removed" | "absent">;
 }
 
 export interface NodeRunnerDeps {
   readonly nodeName: string;
+  /**
+   * The `host:port` forms this node-runner is reached at (its node's IP and port): the signed
+   * `@authority` must be one of them.
+   */
+  readonly authorities: ReadonlySet<string>;
+  /** When this process started (ms): without a restored nonce journal, requests signed before it are refused. */
+  readonly startedAtMs: number;
   readonly keys: { readonly current: ReadonlyMap<string, KeyObject> };
   readonly replay: ReplayCache;
   readonly pods: PodApi;
   readonly resolveNetns: (pod: { uid: string; ips: readonly string[] }) => Promise<NetnsResolution>;
   /** The applier for a namespace (the iptables backend may be detected per namespace). */
-  readonly applierFor: (netnsPath: string) => Promise<NetnsApplier>;
+  readonly applierFor: (netns: NetnsTarget) => Promise<NetnsApplier>;
+  /** Opens the resolved namespace for one apply (default: openNetns). */
+  readonly openNetns?: (netns: ResolvedNetns) => OpenNetns;
   readonly log: Logger;
   readonly metrics: NodeRunnerMetrics;
   readonly now?: () => number;
@@ -77,6 +87,7 @@ class WorkQueue {
 
 export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
   const now = deps.now ?? Date.now;
+  const startedAtMs = deps.startedAtMs;
   const queue = new WorkQueue(deps.maxConcurrent ?? 8);
   const app = express();
   app.disable("x-powered-by");
@@ -86,9 +97,11 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
     res.json({ status: "ok" });
   });
   app.get("/readyz", (_req, res) => {
-    // Ready once it can verify requests: at least one public key loaded.
-    const ready = deps.keys.current.size > 0;
-    res.status(ready ? 200 : 503).json({ status: ready ? "ready" : "not ready", keys: deps.keys.current.size });
+    // Ready once it can verify requests: at least one public key loaded, and requests signed
+    // now are accepted (without a restored nonce journal, the second it started is refused).
+    const accepting = deps.replay.restored || now() >= (Math.floor(startedAtMs / 1000) + 1) * 1000;
+    const ready = deps.keys.current.size > 0 && accepting;
+    res.status(ready ? 200 : 503).json({ status: ready ? "ready" : "not ready", keys: deps.keys.current.size, accepting });
   });
   app.get("/metrics", async (_req, res) => {
     res.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
@@ -131,8 +144,25 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
         deps.metrics.signatureFailures.inc({ reason: verified.reason });
         throw new Refusal(401, verified.reason, verified.detail);
       }
-      // 4: replay.
-      const seen = deps.replay.remember(`${verified.keyid}/${verified.nonce}`, (verified.expires + 5) * 1000, now());
+      // The signed authority must name this node-runner: a request signed for another
+      // address (a forged hostIP sent the function elsewhere) is not for it.
+      const authority = (req.headers.host ?? "").toLowerCase();
+      if (!deps.authorities.has(authority)) {
+        throw new Refusal(421, "wrong-authority", `signed for ${JSON.stringify(authority)}, this node-runner answers as ${[...deps.authorities].join(", ")}`);
+      }
+      // 4: replay. When the nonces of an earlier process are not known (no journal survived),
+      // a request signed before this process started cannot be told from a replay: refused
+      // (503: re-sign and retry).
+      if (!deps.replay.restored && verified.created * 1000 <= startedAtMs) {
+        deps.metrics.signatureFailures.inc({ reason: "signed-before-start" });
+        throw new Refusal(503, "signed-before-start", `signed at ${verified.created}, before this node-runner started (${Math.floor(startedAtMs / 1000)}): re-sign and retry`, 1);
+      }
+      let seen: ReturnType<ReplayCache["remember"]>;
+      try {
+        seen = deps.replay.remember(`${verified.keyid}/${verified.nonce}`, acceptedUntilMs(verified.expires), now());
+      } catch (err) {
+        throw new Refusal(503, "replay-cache-unavailable", `the nonce journal cannot be written: ${err instanceof Error ? err.message : String(err)}`, 5);
+      }
       if (seen === "replay") {
         deps.metrics.signatureFailures.inc({ reason: "replay" });
         throw new Refusal(401, "replay", "this nonce was already used");
@@ -165,7 +195,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
           capture = parseCaptureConfig("capture" in request ? request.capture : undefined);
         } catch (err) {
           if (!(err instanceof CaptureConfigError)) throw err;
-          await recordEvent(pod, "Warning", "NetworkInitFailed", `invalid capture configuration: ${err.message}`, log);
+          recordEvent(pod, "Warning", "NetworkInitFailed", `invalid capture configuration: ${err.message}`, log);
           throw new Refusal(422, "invalid-capture", err.message);
         }
         return apply(pod, capture);
@@ -188,7 +218,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
     }
 
     async function checkPodIdentity(pod: PodRef, r: "apply" | "remove"): Promise<void> {
-      const facts = await deps.pods.getPod(pod.namespace, pod.name).catch((err: unknown) => {
+      const facts = await deps.pods.getPod(pod.namespace, pod.name).catch((err: unknown): never => {
         throw new Refusal(503, "api-unavailable", `cannot read the pod: ${err instanceof Error ? err.message : String(err)}`, 2);
       });
       if (facts === undefined) throw new Refusal(409, "pod-not-found", `pod ${pod.namespace}/${pod.name} does not exist`);
@@ -198,57 +228,88 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
       if (r === "apply" && facts.terminating) throw new Refusal(409, "terminating", "the pod is being deleted");
     }
 
-    async function findNetns(pod: PodRef): Promise<{ path: string; inode: string }> {
+    /** Resolve the pod's netns and open it once: the work runs against that descriptor. */
+    async function withNetns<T>(pod: PodRef, work: (netns: OpenNetns) => Promise<T>): Promise<T> {
       const t0 = performance.now();
       const resolution = await deps.resolveNetns({ uid: pod.uid, ips: pod.ips });
       deps.metrics.netnsDuration.observe({ outcome: resolution.found ? "found" : resolution.reason }, (performance.now() - t0) / 1000);
       if (!resolution.found) {
         if (resolution.reason === "host-netns-only") throw new Refusal(409, "host-netns", resolution.detail);
+        if (resolution.reason === "ambiguous-netns") throw new Refusal(409, "ambiguous-netns", resolution.detail);
+        if (resolution.reason === "host-netns-unknown") throw new Refusal(503, "host-netns-unknown", resolution.detail, 10);
         throw new Refusal(503, "netns-not-found", resolution.detail, 2);
       }
-      return resolution.netns;
+      let netns: OpenNetns;
+      try {
+        netns = (deps.openNetns ?? openNetns)(resolution.netns);
+      } catch (err) {
+        if (err instanceof NetnsGoneError) throw new Refusal(503, "netns-not-found", err.message, 1);
+        throw err;
+      }
+      try {
+        return await work(netns);
+      } finally {
+        netns.close();
+      }
     }
 
-    async function apply(pod: PodRef, capture: CaptureConfig) {
-      const netns = await findNetns(pod);
+    function apply(pod: PodRef, capture: CaptureConfig) {
+      return withNetns(pod, (netns) => applyIn(pod, capture, netns));
+    }
+
+    async function applyIn(pod: PodRef, capture: CaptureConfig, netns: OpenNetns) {
       const t0 = performance.now();
       let result: Awaited<ReturnType<NetnsApplier["apply"]>>;
       try {
-        result = await (await deps.applierFor(netns.path)).apply(netns, pod.uid, capture);
+        result = await (await deps.applierFor(netns)).apply(netns, pod.uid, capture);
       } catch (err) {
-        await recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${err instanceof Error ? err.message : String(err)}`, log);
+        recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${err instanceof Error ? err.message : String(err)}`, log);
+        if (err instanceof ApplyError) throw refusalFor(err);
         throw err;
       }
       deps.metrics.applyDuration.observe({ result: result.result }, (performance.now() - t0) / 1000);
       try {
         await deps.pods.markInitialized(pod, { netns: netns.inode, rules: result.digest });
       } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        const kind = apiFailureKind(err);
+        // The UID precondition of the patch: the pod is gone or is another pod now.
+        if (kind === "not-found") throw new Refusal(409, "pod-not-found", `the pod was deleted while its rules were applied: ${message}`);
+        if (kind === "conflict") throw new Refusal(409, "uid-mismatch", `the pod changed identity while its rules were applied: ${message}`);
         // The rules are in place; a retry finds them unchanged and marks the pod then.
-        throw new Refusal(503, "mark-failed", `rules applied but the pod could not be marked: ${err instanceof Error ? err.message : String(err)}`, 2);
+        throw new Refusal(503, "api-unavailable", `rules applied but the pod could not be marked: ${message}`, 2);
       }
       if (result.result === "applied") {
-        await recordEvent(pod, "Normal", "NetworkInitialized", `traffic capture programmed in network namespace ${netns.inode} (rules ${result.digest})`, log);
+        recordEvent(pod, "Normal", "NetworkInitialized", `traffic capture programmed in network namespace ${netns.inode} (rules ${result.digest})`, log);
       }
       return { result: result.result, netns: netns.inode, rules: result.digest };
     }
 
-    async function remove(pod: PodRef) {
-      const netns = await findNetns(pod);
-      const result = await (await deps.applierFor(netns.path)).remove(netns, pod.uid);
-      await deps.pods.clearMark(pod);
-      return { result };
+    function remove(pod: PodRef) {
+      return withNetns(pod, async (netns) => {
+        const result = await (await deps.applierFor(netns)).remove(netns, pod.uid);
+        await deps.pods.clearMark(pod);
+        return { result };
+      });
     }
   }
 
-  async function recordEvent(pod: PodRef, type: "Normal" | "Warning", reason: string, message: string, log: Logger): Promise<void> {
-    try {
-      await deps.pods.recordEvent(pod, { type, reason, message });
-    } catch (err) {
+  /** Events follow the answer: recorded in the background, a failure only logged and counted. */
+  function recordEvent(pod: PodRef, type: "Normal" | "Warning", reason: string, message: string, log: Logger): void {
+    deps.pods.recordEvent(pod, { type, reason, message }).catch((err: unknown) => {
+      deps.metrics.eventFailures.inc({ reason });
       log.warn({ err: err instanceof Error ? err.message : String(err), reason }, "could not record a Kubernetes Event");
-    }
+    });
   }
 
   return app;
+}
+
+/** A command the kernel or a tool refused, as a documented answer (never a 500). */
+function refusalFor(err: ApplyError): Refusal {
+  if (err.kind === "owner-group") return new Refusal(422, "invalid-capture", `an owner group cannot be resolved on this node: ${err.message}`);
+  if (err.kind === "netns-gone") return new Refusal(503, "netns-not-found", err.message, 1);
+  return new Refusal(409, "rules-refused", err.message);
 }
 
 function statusText(status: number): string {

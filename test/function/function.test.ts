@@ -40,7 +40,7 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     writeFileSync(policyFile, "mode: enforce\nrevision: r1\n");
     await cp.ensureNamespace(NS);
     core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
-    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state") });
+    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), cgroupRoot: pods.cgroupRoot });
     fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port });
     adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio" });
   });
@@ -79,7 +79,7 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     await runner.stop();
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "late", nodeName: NODE });
     await fn.waitForLog(/"msg":"dispatch failed"/, 10_000);
-    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), port: runner.port });
+    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), cgroupRoot: pods.cgroupRoot, port: runner.port });
     const res = await deliver(`${fn.url}/`, pingEvent());
     assert.equal(res.status, 200, JSON.stringify(res.body));
     const summary = (res.body as { resync: { seen: number; dispatched: number; failed: number } }).resync;

@@ -8,7 +8,7 @@ import { after, before, describe, test } from "node:test";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../../contract/capture-config.ts";
 import { IptablesApplier, RecordStore, detectVariant } from "../../node-runner/apply.ts";
 import { NftApplier } from "../../node-runner/apply-nft.ts";
-import { resolvePodNetns } from "../../node-runner/netns.ts";
+import { openNetns, resolvePodNetns, type OpenNetns } from "../../node-runner/netns.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 import { connectFrom, startListener } from "../support/traffic.ts";
@@ -33,7 +33,13 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
     pods = TestPods.create();
     stateDir = mkdtempSync(path.join(os.tmpdir(), "pnct-state-"));
   });
+  const opened: OpenNetns[] = [];
+  const track = (netns: OpenNetns): OpenNetns => {
+    opened.push(netns);
+    return netns;
+  };
   after(async () => {
+    for (const netns of opened) netns.close();
     await pods.destroy();
     rmSync(stateDir, { recursive: true, force: true });
     assert.equal(hostRules(), hostBefore, "the host's own iptables were not modified");
@@ -41,10 +47,10 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
 
   async function setup(variant: "legacy" | "nft" = "nft") {
     const pod = pods.add();
-    const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] });
+    const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot });
     assert.ok(resolved.found);
     const applier = new IptablesApplier(variant, new RecordStore(stateDir));
-    return { pod, netns: resolved.netns, applier };
+    return { pod, netns: track(openNetns(resolved.netns)), applier };
   }
 
   for (const variant of ["nft", "legacy"] as const) {
@@ -56,7 +62,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       const first = await applier.apply(netns, pod.uid, config());
       assert.equal(first.result, "applied");
       assert.match(save(), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
-      assert.equal(await detectVariant(netns.path, variant === "nft" ? "legacy" : "nft"), variant);
+      assert.equal(await detectVariant(netns, variant === "nft" ? "legacy" : "nft"), variant);
 
       assert.deepEqual(await applier.apply(netns, pod.uid, config()), { result: "unchanged", digest: first.digest });
 
@@ -107,9 +113,9 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
 
   test("native nftables: apply, unchanged, drift repair, replace, remove; traffic is captured", async () => {
     const pod = pods.add();
-    const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] });
+    const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot });
     assert.ok(resolved.found);
-    const netns = resolved.netns;
+    const netns = track(openNetns(resolved.netns));
     const applier = new NftApplier(new RecordStore(stateDir));
     const tables = () => pod.exec(["nft", "list", "tables", "inet"]);
 

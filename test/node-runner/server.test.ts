@@ -47,7 +47,7 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     const keys = signingKeyDirs(dir, "fn-1");
     signingKey = keys.signingKey.privateKey;
-    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(dir, "state") });
+    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(dir, "state"), cgroupRoot: pods.cgroupRoot });
     port = runner.port;
   });
 

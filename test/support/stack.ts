@@ -40,7 +40,7 @@ export async function startStack(options: { policy?: string; log?: (line: string
     writeFileSync(policyFile, options.policy ?? "mode: enforce\n");
     const stateDir = path.join(scratch.dir, "state");
     log("node-runner starting");
-    const runner = await startNodeRunner(cp, { nodeName: STACK_NODE, publicKeysDir: keys.publicDir, stateDir });
+    const runner = await startNodeRunner(cp, { nodeName: STACK_NODE, publicKeysDir: keys.publicDir, stateDir, cgroupRoot: pods.cgroupRoot });
     log("decision function starting");
     const fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port });
     const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
@@ -62,7 +62,7 @@ export async function startStack(options: { policy?: string; log?: (line: string
       },
       restartNodeRunner: async () => {
         await stack.runner.stop();
-        stack.runner = await startNodeRunner(cp, { nodeName: STACK_NODE, publicKeysDir: keys.publicDir, stateDir, port: stack.runner.port });
+        stack.runner = await startNodeRunner(cp, { nodeName: STACK_NODE, publicKeysDir: keys.publicDir, stateDir, cgroupRoot: pods.cgroupRoot, port: stack.runner.port });
       },
       stop: async () => {
         await stack.adapter?.stop();

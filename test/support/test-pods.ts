@@ -72,6 +72,8 @@ export interface TestPod {
 
 export class TestPods {
   private readonly run: string;
+  /** Where the pods' cgroups live, as kubelet's --cgroup-root would place them (the node-runner's --cgroup-root). */
+  readonly cgroupRoot: string;
   private readonly bridge: string;
   private readonly pods: TestPod[] = [];
   private readonly processes: ChildProcess[] = [];
@@ -80,6 +82,7 @@ export class TestPods {
 
   private constructor() {
     this.run = `${TEST_PREFIX}${process.pid}-${randomUUID().slice(0, 6)}`;
+    this.cgroupRoot = `/${this.run}`;
     this.bridge = `${this.run}-br`;
   }
 

@@ -40,7 +40,7 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
     keys = signingKeyDirs(scratch.dir);
     await cp.ensureNamespace(NS);
     core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
-    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state") });
+    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), cgroupRoot: pods.cgroupRoot });
   });
   after(async () => {
     await runner.stop();
