@@ -16,6 +16,7 @@
 //                                      directly under <root>/kubepods[.slice])
 //   --tls-cert, --tls-key / TLS_CERT, TLS_KEY   serve HTTPS with these files           (HTTP when unset)
 //   --max-concurrent / MAX_CONCURRENT  pods programmed at once                        8
+//   --api-timeout-ms / API_TIMEOUT_MS  deadline of every Kubernetes API call          5000
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync } from "node:fs";
 import path from "node:path";
@@ -47,6 +48,7 @@ const { values } = parseArgs({
     "tls-cert": { type: "string" },
     "tls-key": { type: "string" },
     "max-concurrent": { type: "string" },
+    "api-timeout-ms": { type: "string" },
   },
 });
 const env = process.env;
@@ -72,6 +74,8 @@ const authorities = new Set(hostIPs.map((ip) => `${ip.includes(":") ? `[${ip.toL
 const backend = values.backend ?? env.RULES_BACKEND ?? "auto";
 if (!["auto", "iptables-legacy", "iptables-nft", "nftables"].includes(backend)) fail(`--backend must be auto, iptables-legacy, iptables-nft or nftables, got ${backend}`);
 const maxConcurrent = Number(values["max-concurrent"] ?? env.MAX_CONCURRENT ?? "8");
+const apiTimeoutMs = Number(values["api-timeout-ms"] ?? env.API_TIMEOUT_MS ?? "5000");
+if (!Number.isInteger(apiTimeoutMs) || apiTimeoutMs < 100) fail(`--api-timeout-ms must be an integer ≥ 100, got ${apiTimeoutMs}`);
 const procRoot = values.proc ?? env.PROC_ROOT ?? "/proc";
 const cgroupRoot = values["cgroup-root"] ?? env.CGROUP_ROOT ?? "/";
 try {
@@ -109,7 +113,7 @@ const app = createNodeRunnerApp({
   startedAtMs,
   keys,
   replay,
-  pods: new KubePodApi(kubeConfig, nodeName),
+  pods: new KubePodApi(kubeConfig, nodeName, apiTimeoutMs),
   resolveNetns: (pod) => resolvePodNetns(pod, { procRoot, cgroupRoot }),
   applierFor: async (netns) =>
     backend === "nftables" ? appliers.native

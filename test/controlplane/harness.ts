@@ -165,6 +165,8 @@ export interface ControlPlane {
   installKnativeCrds(): Promise<string[]>;
   /** Processes still running (for leak checks). */
   pids(): number[];
+  /** The kube-apiserver's process (tests freeze it with SIGSTOP to play a hung API server). */
+  readonly apiserverPid: number;
   stop(): Promise<void>;
 }
 
@@ -383,6 +385,7 @@ export async function startControlPlane(options: { log?: (line: string) => void 
     return {
       dir,
       server,
+      apiserverPid: apiserver.child.pid ?? -1,
       applyManifest,
       applyYaml,
       installKnativeCrds,

@@ -6,7 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../../contract/capture-config.ts";
-import { IptablesApplier, RecordStore, detectVariant } from "../../node-runner/apply.ts";
+import { IptablesApplier, RecordStore, detectVariant, nsenterRunner, type NetnsRunner } from "../../node-runner/apply.ts";
 import { NftApplier } from "../../node-runner/apply-nft.ts";
 import { openNetns, resolvePodNetns, type OpenNetns } from "../../node-runner/netns.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
@@ -90,6 +90,30 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       assert.equal(await applier.remove(netns, pod.uid), "absent");
     });
   }
+
+  // Security (issue 13, attack 6): the runner dies (kill -9) after iptables-restore and before
+  // its record is written. The intent written before the restore keeps ownership: switching
+  // excludeInterfaces ethA → ethB (crash) → ethA leaves no ethB line behind.
+  test("attack 6: a crash between the restore and the record leaves nothing the runner does not know it owns", async () => {
+    const { pod, netns } = await setup("nft");
+    const records = new RecordStore(stateDir);
+    const crashAfterRestore: NetnsRunner = async (target, argv, input) => {
+      const result = await nsenterRunner(target, argv, input);
+      if (/-restore$/.test(argv[0] ?? "")) throw new Error("killed -9 after the restore");
+      return result;
+    };
+    const iface = (name: string) => config({ excludeInterfaces: name });
+    await new IptablesApplier("nft", records).apply(netns, pod.uid, iface("ethA"));
+    await assert.rejects(new IptablesApplier("nft", records, crashAfterRestore).apply(netns, pod.uid, iface("ethB")), /killed -9/);
+    assert.match(pod.exec(["iptables-nft-save"]), /-i ethB -j RETURN/, "the crashed apply did write its rules");
+    const restarted = new IptablesApplier("nft", records);
+    assert.equal((await restarted.apply(netns, pod.uid, iface("ethA"))).result, "applied");
+    const save = pod.exec(["iptables-nft-save"]);
+    assert.doesNotMatch(save, /ethB/, "no line of the crashed apply is left");
+    assert.match(save, /-i ethA -j RETURN/);
+    assert.equal(await restarted.remove(netns, pod.uid), "removed");
+    assert.doesNotMatch(pod.exec(["iptables-nft-save"]), /ethA|ISTIO/);
+  });
 
   test("traffic proves interception: outbound → 15001, inbound → 15006, the proxy's UID is not captured", async () => {
     const { pod, netns, applier } = await setup();

@@ -78,7 +78,10 @@ export function signingKeyDirs(base: string, keyid = "fn-20261125000000"): { pri
   return { privateDir, publicDir, signingKey: { keyid, privateKey } };
 }
 
-export async function startNodeRunner(cp: ControlPlane, options: { nodeName: string; publicKeysDir: string; stateDir: string; cgroupRoot: string; port?: number }): Promise<Component> {
+export async function startNodeRunner(
+  cp: ControlPlane,
+  options: { nodeName: string; publicKeysDir: string; stateDir: string; cgroupRoot: string; port?: number; env?: NodeJS.ProcessEnv },
+): Promise<Component> {
   await cp.applyManifest(path.join(root, "config/node-runner/rbac.yaml"));
   // Bound to its node, as a DaemonSet pod's token is: the admission policy checks the node name in it.
   const token = await cp.serviceAccountToken("podnet-system", "podnet-node-runner", options.nodeName);
@@ -92,6 +95,7 @@ export async function startNodeRunner(cp: ControlPlane, options: { nodeName: str
       KUBECONFIG: cp.writeKubeconfig("node-runner", token),
       STATE_DIR: options.stateDir,
       CGROUP_ROOT: options.cgroupRoot,
+      ...options.env,
     },
     port,
     "/readyz",

@@ -78,6 +78,7 @@ export class TestPods {
   private readonly pods: TestPod[] = [];
   private readonly processes: ChildProcess[] = [];
   private readonly cgroupRoots: string[] = [];
+  private readonly impostors: string[] = [];
   private next = 10;
 
   private constructor() {
@@ -209,8 +210,42 @@ export class TestPods {
     );
   }
 
+  /**
+   * An attacker's process: its own netns holding `ip` (not on the bridge),
+   * placed in the cgroup `<cgroup root>/<cgroupPath>` of the unified hierarchy, which may imitate
+   * a pod's. Removed with the other pods.
+   */
+  addImpostor(options: { ip: string; cgroupPath: string }): { netns: string; pid: number; inode: string } {
+    const index = this.next++;
+    const netns = `${this.run}-x${index}`;
+    sh(["ip", "netns", "add", netns]);
+    // A veth pair inside the namespace (no dummy module on every kernel): no way out of it.
+    sh(["ip", "-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
+    sh(["ip", "-n", netns, "addr", "add", `${options.ip}/32`, "dev", "eth0"]);
+    sh(["ip", "-n", netns, "link", "set", "eth0", "up"]);
+    const root = unifiedRoot();
+    this.cgroupRoots.push(path.join(root, this.run));
+    const cgroupDir = path.join(root, this.run, options.cgroupPath);
+    mkdirSync(cgroupDir, { recursive: true });
+    const proc = spawn("nsenter", [`--net=/run/netns/${netns}`, "sleep", "infinity"], { stdio: "ignore", detached: true });
+    if (proc.pid === undefined) throw new Error("could not start the impostor");
+    writeFileSync(path.join(cgroupDir, "cgroup.procs"), String(proc.pid));
+    this.processes.push(proc);
+    this.impostors.push(netns);
+    return { netns, pid: proc.pid, inode: sh(["stat", "-L", "-c", "%i", `/run/netns/${netns}`]).trim() };
+  }
+
+  /** Run a command inside a namespace made here (an impostor's). */
+  execIn(netns: string, argv: string[]): string {
+    return sh(["nsenter", `--net=/run/netns/${netns}`, ...argv]);
+  }
+
   async destroy(): Promise<void> {
     await this.kill(this.processes);
+    for (const netns of this.impostors) {
+      for (const pid of pidsInNetns(netns)) killQuietly(pid);
+      sh(["ip", "netns", "del", netns]);
+    }
     for (const pod of this.pods) {
       for (const pid of pidsInNetns(pod.netns)) killQuietly(pid);
       try {

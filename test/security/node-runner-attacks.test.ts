@@ -1,0 +1,234 @@
+// Attacks on a running node-runner, on real parts: its real entry point as a process, the real
+// kube-apiserver with the node-runner's RBAC, real test pods (network namespaces, kubelet-shaped
+// cgroups, real iptables). Each attack is refused and changes nothing.
+import assert from "node:assert/strict";
+import { randomUUID, type KeyObject } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import * as k8s from "@kubernetes/client-node";
+import { APPLY_PATH, MARK } from "../../contract/apply-request.ts";
+import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
+import { SIGNATURE_PROFILE, signRequest } from "../../contract/signature.ts";
+import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { signingKeyDirs, startNodeRunner, type Component } from "../support/components.ts";
+import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+import { createMeshPod, type MeshPod } from "../support/mesh-pods.ts";
+import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
+
+const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
+const NODE = "node-a";
+const NS = "shop";
+
+interface Reply {
+  readonly status: number;
+  readonly headers: http.IncomingHttpHeaders;
+  readonly body: Record<string, unknown>;
+}
+
+describe("attacks on the node-runner [needs root and control plane]", skipUnlessCI(unavailable), () => {
+  let cp: ControlPlane;
+  let pods: TestPods;
+  let dir: string;
+  let keysDir: string;
+  let core: k8s.CoreV1Api;
+  let signingKey: KeyObject;
+  let runner: Component;
+  const stateDir = (): string => path.join(dir, "state");
+
+  before(async () => {
+    assertAvailable(unavailable);
+    cp = await startControlPlane();
+    pods = TestPods.create();
+    dir = mkdtempSync(path.join(os.tmpdir(), "pnct-attacks-"));
+    await cp.ensureNamespace(NS);
+    core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+    const keys = signingKeyDirs(dir, "fn-1");
+    keysDir = keys.publicDir;
+    signingKey = keys.signingKey.privateKey;
+    // Started once before, as on a node: the second process restores the first one's nonce
+    // journal, so requests signed before it started are judged by their nonces.
+    runner = await start();
+    await runner.stop();
+    runner = await start();
+  });
+
+  after(async () => {
+    await runner.stop();
+    await pods.destroy();
+    await cp.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function start(env: NodeJS.ProcessEnv = {}, port?: number): Promise<Component> {
+    return startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keysDir, stateDir: stateDir(), cgroupRoot: pods.cgroupRoot, env, ...(port === undefined ? {} : { port }) });
+  }
+
+  function send(body: Buffer, headers: Record<string, string>, port = runner.port): Promise<Reply> {
+    return new Promise((resolve, reject) => {
+      const req = http.request({ host: "127.0.0.1", port, path: APPLY_PATH, method: "POST", headers: { "content-type": "application/json", ...headers } }, (res) => {
+        let text = "";
+        res.on("data", (c: Buffer) => (text += c.toString()));
+        res.on("end", () => {
+          let parsed: Record<string, unknown>;
+          try {
+            parsed = JSON.parse(text) as Record<string, unknown>;
+          } catch {
+            parsed = { raw: text };
+          }
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: parsed });
+        });
+      });
+      req.on("error", reject);
+      req.end(body);
+    });
+  }
+
+  const post = (r: { body: Buffer; headers: Record<string, string> }): Promise<Reply> => send(r.body, r.headers);
+
+  /** A signed apply request, as the function would send it (authority: the runner's address). */
+  function signedApply(pod: MeshPod, options: { capture?: object; now?: number; authority?: string } = {}): { body: Buffer; headers: Record<string, string> } {
+    const payload = {
+      apiVersion: "podnet/v1",
+      kind: "ApplyRequest",
+      node: NODE,
+      pod: { namespace: NS, name: pod.name, uid: pod.uid, ips: [pod.ip] },
+      capture: { ...DEFAULT_CAPTURE_CONFIG, ...options.capture },
+      decision: { reason: "needs-rules", policy: "test" },
+    };
+    const body = Buffer.from(JSON.stringify(payload));
+    const authority = options.authority ?? `127.0.0.1:${runner.port}`;
+    const headers = signRequest(
+      { method: "POST", authority, path: APPLY_PATH, contentType: "application/json", body },
+      { keyid: "fn-1", privateKey: signingKey },
+      { now: options.now ?? Date.now(), nonce: randomUUID() },
+    );
+    return { body, headers: { ...headers, host: authority } };
+  }
+
+  const rules = (pod: MeshPod): string =>
+    pod.sandbox.exec(["iptables-save"]).split("\n").filter((l) => !l.startsWith("#")).map((l) => l.replace(/\[\d+:\d+\]/g, "")).join("\n");
+
+  async function marks(pod: MeshPod): Promise<Record<string, string>> {
+    const p = await core.readNamespacedPod({ namespace: NS, name: pod.name });
+    return Object.fromEntries(Object.entries(p.metadata?.annotations ?? {}).filter(([k]) => k.startsWith("pod-network-controller.istio.io/")));
+  }
+
+  let podCount = 0;
+  const newPod = (): Promise<MeshPod> => createMeshPod(core, pods, { namespace: NS, name: `victim-${++podCount}`, nodeName: NODE });
+
+  test("attack 1: a request replayed in the last second of its signature window is refused", async () => {
+    const pod = await newPod();
+    // Sign so that the send falls in the window's last second: created + validity + skew.
+    while (Date.now() % 1000 > 400) await new Promise((r) => setTimeout(r, 20));
+    const last = SIGNATURE_PROFILE.validitySeconds + SIGNATURE_PROFILE.clockSkewSeconds;
+    const { body, headers } = signedApply(pod, { now: (Math.floor(Date.now() / 1000) - last) * 1000 });
+    const first = await send(body, headers);
+    assert.equal(first.status, 200, JSON.stringify(first.body));
+    const before = rules(pod);
+    for (let i = 0; i < 3; i++) {
+      const replay = await send(body, headers);
+      assert.equal(replay.status, 401, JSON.stringify(replay.body));
+      assert.equal(replay.body.reason, "replay");
+    }
+    assert.equal(rules(pod), before);
+  });
+
+  test("attack 2: a request replayed after the node-runner was killed (-9) and restarted is refused", async () => {
+    const pod = await newPod();
+    const { body, headers } = signedApply(pod);
+    assert.equal((await send(body, headers)).status, 200);
+    const port = runner.port;
+    runner.process.kill("SIGKILL");
+    await new Promise((r) => runner.process.once("exit", r));
+    runner = await start({}, port);
+    await core.patchNamespacedPod(
+      { namespace: NS, name: pod.name, body: { metadata: { annotations: { [MARK.status]: null, [MARK.netns]: null, [MARK.rules]: null } } } },
+      k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
+    );
+    const replay = await send(body, headers);
+    assert.equal(replay.status, 401, JSON.stringify(replay.body));
+    assert.equal(replay.body.reason, "replay");
+    assert.deepEqual(await marks(pod), {}, "the replay marked nothing");
+  });
+
+  test("attack 4: cgroup look-alikes holding the victim's IP never get the victim's rules", async () => {
+    const pod = await newPod();
+    const impostors = [
+      pods.addImpostor({ ip: pod.ip, cgroupPath: `user.slice/evil-pod${pod.uid}/x` }),
+      pods.addImpostor({ ip: pod.ip, cgroupPath: `kubepods/besteffort/pod${randomUUID()}/ctr/pod${pod.uid}` }),
+    ];
+    const before = impostors.map((x) => pods.execIn(x.netns, ["iptables-save"]));
+    const reply = await post(signedApply(pod));
+    assert.equal(reply.status, 200, JSON.stringify(reply.body));
+    assert.equal(reply.body.netns, pod.sandbox.netnsInode(), "the victim's own netns was programmed");
+    assert.deepEqual(impostors.map((x) => pods.execIn(x.netns, ["iptables-save"])), before, "the impostors' netns are untouched");
+    assert.equal((await marks(pod))[MARK.netns], pod.sandbox.netnsInode());
+  });
+
+  test("attack 4b: a second netns in the pod's own cgroup holding its IP → 409 ambiguous, nothing applied", async () => {
+    const pod = await newPod();
+    const slice = `kubepods-besteffort-pod${pod.uid.replace(/-/g, "_")}.slice`;
+    const impostor = pods.addImpostor({ ip: pod.ip, cgroupPath: `kubepods.slice/kubepods-besteffort.slice/${slice}/evil.scope` });
+    const before = rules(pod);
+    const reply = await post(signedApply(pod));
+    assert.equal(reply.status, 409, JSON.stringify(reply.body));
+    assert.equal(reply.body.reason, "ambiguous-netns");
+    assert.equal(rules(pod), before);
+    assert.doesNotMatch(pods.execIn(impostor.netns, ["iptables-save"]), /ISTIO/);
+    assert.deepEqual(await marks(pod), {});
+  });
+
+  test("attack 7: a frozen API server → 503 api-unavailable with Retry-After, and the pod is not stuck", async () => {
+    const pod = await newPod();
+    const port = runner.port;
+    await runner.stop();
+    runner = await start({ API_TIMEOUT_MS: "800" }, port);
+    process.kill(cp.apiserverPid, "SIGSTOP");
+    let reply: Reply;
+    const t0 = Date.now();
+    try {
+      reply = await post(signedApply(pod));
+    } finally {
+      process.kill(cp.apiserverPid, "SIGCONT");
+    }
+    assert.equal(reply.status, 503, JSON.stringify(reply.body));
+    assert.equal(reply.body.reason, "api-unavailable");
+    assert.ok(Number(reply.headers["retry-after"]) > 0);
+    assert.ok(Date.now() - t0 < 5000, "answered at the deadline, not when the API server came back");
+    const again = await post(signedApply(pod));
+    assert.equal(again.status, 200, JSON.stringify(again.body));
+  });
+
+  test("attack 8: an unresolvable owner group is 422 naming the field; a foreign rule on an ISTIO_ chain is 409; never 500", async () => {
+    const pod = await newPod();
+    const group = await post(signedApply(pod, { capture: { ownerGroupsInclude: "nosuchgroup-podnet" } }));
+    assert.equal(group.status, 422, JSON.stringify(group.body));
+    assert.equal(group.body.reason, "invalid-capture");
+    assert.match(String(group.body.detail), /owner group/);
+    assert.deepEqual(await marks(pod), {});
+
+    const tproxy = await post(signedApply(pod, { capture: { inboundInterceptionMode: "TPROXY" } }));
+    assert.equal(tproxy.status, 200, JSON.stringify(tproxy.body));
+    // Someone else's chain now jumps to one the next config no longer needs: -X must fail.
+    pod.sandbox.exec(["iptables", "-t", "mangle", "-N", "FOREIGN"]);
+    pod.sandbox.exec(["iptables", "-t", "mangle", "-A", "FOREIGN", "-j", "ISTIO_DIVERT"]);
+    const before = rules(pod);
+    const conflict = await post(signedApply(pod));
+    assert.equal(conflict.status, 409, JSON.stringify(conflict.body));
+    assert.equal(conflict.body.reason, "rules-refused");
+    assert.equal(rules(pod), before, "the refused transaction changed nothing");
+  });
+
+  test("attack 9c: a request signed for another address → 421, nothing applied", async () => {
+    const pod = await newPod();
+    const before = rules(pod);
+    const reply = await post(signedApply(pod, { authority: "10.99.0.1:9443" }));
+    assert.equal(reply.status, 421, JSON.stringify(reply.body));
+    assert.equal(reply.body.reason, "wrong-authority");
+    assert.equal(rules(pod), before);
+    assert.deepEqual(await marks(pod), {});
+  });
+});
