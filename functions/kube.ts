@@ -20,7 +20,7 @@ export class KubeClusterReader implements ClusterReader {
 
   async getPod(namespace: string, name: string): Promise<Pod | undefined> {
     try {
-      return parsePod(await this.core.readNamespacedPod({ namespace, name }));
+      return podFromClient(await this.core.readNamespacedPod({ namespace, name }));
     } catch (err) {
       if (err instanceof k8s.ApiException && err.code === 404) return undefined;
       throw err;
@@ -45,8 +45,7 @@ export class KubeClusterReader implements ClusterReader {
     let cont: string | undefined;
     do {
       const page = await this.core.listPodForAllNamespaces({ labelSelector, limit: this.options.pageSize ?? 500, ...(cont === undefined ? {} : { _continue: cont }) });
-      // List items carry no kind/apiVersion; the schema does not need them.
-      yield page.items.map((p) => parsePod(JSON.parse(JSON.stringify(p)) as unknown));
+      yield page.items.map(podFromClient);
       cont = page.metadata?._continue;
     } while (cont !== undefined && cont !== "");
   }
@@ -57,4 +56,12 @@ export class KubeClusterReader implements ClusterReader {
     await this.core.createNamespacedEvent({ namespace, body: podEvent(identity, { type: "Warning", reason, message }, { component: "decision" }) });
   }
 
+}
+
+/**
+ * The client library returns its own model (Date objects for timestamps, no kind/apiVersion on
+ * list items); the project's Pod schema reads the JSON form, as events carry it.
+ */
+function podFromClient(pod: k8s.V1Pod): Pod {
+  return parsePod(JSON.parse(JSON.stringify(pod)) as unknown);
 }

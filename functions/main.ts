@@ -10,6 +10,14 @@
 //   CONTROLLER_NAMESPACE      always excluded (the controller's own namespace)
 //   NODE_RUNNER_ADDRESS       send every request to this address instead of the pod's hostIP (tests, demo)
 //   KUBECONFIG                kubeconfig file; in-cluster config when unset
+//   SENDER_AUTH               oidc | none: who may send events (Knative's OIDC sender     oidc
+//                             identity, verified with a TokenReview)
+//   SINK_AUDIENCE             the audience senders' tokens are for (the Service's          serving.knative.dev/service/
+//                             status.address.audience)                                    <CONTROLLER_NAMESPACE>/podnet-decision
+//   ALLOWED_SENDERS           ServiceAccount users allowed to send, comma-separated        the OIDC identities of the
+//                                                                                         podnet-pods ApiServerSource and
+//                                                                                         podnet-resync PingSource
+//   RESYNC_MIN_INTERVAL_MS    a resync runs at most this often                            30000
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import * as k8s from "@kubernetes/client-node";
@@ -18,6 +26,7 @@ import { KeyDirectory } from "../contract/key-directory.ts";
 import { Dispatcher } from "./dispatch.ts";
 import { KubeClusterReader } from "./kube.ts";
 import { PolicyStore } from "./policy-store.ts";
+import { knativeSourceIdentity, SenderAuthenticator, tokenReviewer } from "./sender-auth.ts";
 import { createFunctionApp, createFunctionMetrics } from "./server.ts";
 
 const env = process.env;
@@ -69,11 +78,43 @@ const dispatcher = new Dispatcher({
   ...(env.NODE_RUNNER_ADDRESS === undefined ? {} : { addressFor: () => env.NODE_RUNNER_ADDRESS ?? "" }),
 });
 
-const app = createFunctionApp({ policy: () => policies.current, dispatcher, cluster: new KubeClusterReader(kubeConfig), log, metrics });
+const controllerNamespace = env.CONTROLLER_NAMESPACE ?? "podnet-system";
+const senderAuth = env.SENDER_AUTH ?? "oidc";
+if (senderAuth !== "oidc" && senderAuth !== "none") {
+  log.fatal(`SENDER_AUTH must be oidc or none, got ${senderAuth}`);
+  process.exit(2);
+}
+const allowedSenders = new Set(
+  (env.ALLOWED_SENDERS ?? [knativeSourceIdentity(controllerNamespace, "podnet-pods", "ApiServerSource"), knativeSourceIdentity(controllerNamespace, "podnet-resync", "PingSource")].join(","))
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== ""),
+);
+const auth =
+  senderAuth === "oidc"
+    ? new SenderAuthenticator({
+        audience: env.SINK_AUDIENCE ?? `serving.knative.dev/service/${controllerNamespace}/podnet-decision`,
+        allowed: allowedSenders,
+        review: tokenReviewer(kubeConfig),
+      })
+    : undefined;
+if (auth === undefined) log.warn("SENDER_AUTH=none: anyone who can reach the function can send it events");
+
+const app = createFunctionApp({
+  policy: () => policies.current,
+  dispatcher,
+  cluster: new KubeClusterReader(kubeConfig),
+  log,
+  metrics,
+  ...(auth === undefined ? {} : { auth }),
+  resyncMinIntervalMs: number("RESYNC_MIN_INTERVAL_MS", 30_000),
+  // Without a key it can sign nothing: not ready, so the revision gets no traffic.
+  notReady: () => (signing.newest() === undefined ? `no usable Ed25519 private key in ${env.SIGNING_KEYS_DIR ?? "/etc/podnet/signing"} (is the Secret mounted world-readable for a non-root user?)` : undefined),
+});
 const port = number("PORT", 8080);
 const server = http.createServer(app);
 server.listen(port, () => {
-  log.info({ port, policy: policies.current.id, nodeRunner: `${scheme}://<hostIP>:${env.NODE_RUNNER_PORT ?? 9443}` }, "decision function listening");
+  log.info({ port, policy: policies.current.id, senderAuth, allowedSenders: auth === undefined ? undefined : [...allowedSenders], nodeRunner: `${scheme}://<hostIP>:${env.NODE_RUNNER_PORT ?? 9443}` }, "decision function listening");
 });
 
 // Knative sends SIGTERM before stopping a revision: stop accepting, finish what is in flight.

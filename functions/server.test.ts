@@ -7,6 +7,7 @@ import { pino } from "pino";
 import request from "supertest";
 import { apiServerSourceEvent, meshPodObject } from "../test/support/apiserversource.ts";
 import type { Dispatcher } from "./dispatch.ts";
+import { parsePod } from "./pod.ts";
 import { parsePolicy } from "./policy.ts";
 import { createFunctionApp, createFunctionMetrics } from "./server.ts";
 
@@ -18,7 +19,8 @@ const app = createFunctionApp({
   policy: () => dryRun,
   dispatcher: { dispatch: unreachable("dispatcher") } as unknown as Dispatcher,
   cluster: {
-    getPod: unreachable("pod API"),
+    // The API server's view of a pod to act on: the event is only a trigger.
+    getPod: (_namespace, name) => Promise.resolve(parsePod(meshPodObject(name))),
     getNamespace: () => Promise.resolve(undefined),
     listPods: unreachable("pod list"),
     recordPodWarning: () => Promise.resolve(),
@@ -117,6 +119,8 @@ describe("decision function: events as ApiServerSource sends them", () => {
 
 describe("decision function: capture warnings (Istio parity)", () => {
   test("a non-boolean proxy env flag still dispatches, and a CaptureConfigWarning Event names the variable", async () => {
+    const base = meshPodObject("env-yes");
+    const pod = { ...base, spec: { ...base.spec, containers: [{ name: "app" }, { name: "istio-proxy", env: [{ name: "INVALID_DROP", value: "yes" }] }] } };
     const warnings: { reason: string; message: string }[] = [];
     const dispatched: string[] = [];
     const enforcing = createFunctionApp({
@@ -128,7 +132,7 @@ describe("decision function: capture warnings (Istio parity)", () => {
         },
       } as unknown as Dispatcher,
       cluster: {
-        getPod: unreachable("pod API"),
+        getPod: () => Promise.resolve(parsePod(pod)),
         getNamespace: () => Promise.resolve(undefined),
         listPods: unreachable("pod list"),
         recordPodWarning: (_pod, reason, message) => {
@@ -139,8 +143,6 @@ describe("decision function: capture warnings (Istio parity)", () => {
       log: pino({ level: "silent" }),
       metrics: createFunctionMetrics({ defaultMetrics: false }),
     });
-    const base = meshPodObject("env-yes");
-    const pod = { ...base, spec: { ...base.spec, containers: [{ name: "app" }, { name: "istio-proxy", env: [{ name: "INVALID_DROP", value: "yes" }] }] } };
     const res = await request(enforcing).post("/").set(apiServerSourceEvent("add", pod).headers).send(apiServerSourceEvent("add", pod).body);
     assert.equal(res.status, 200);
     assert.deepEqual(dispatched, ["env-yes"]);

@@ -11,6 +11,7 @@ import { decide, LEGACY_OPT_IN, type Decision, type NamespaceFacts } from "./dec
 import type { Dispatcher, DispatchResult } from "./dispatch.ts";
 import { parsePod, PodManifestError, proxyContainer, type Pod } from "./pod.ts";
 import type { Policy } from "./policy.ts";
+import type { SenderAuthenticator } from "./sender-auth.ts";
 
 export type PodWarningReason = "NetworkInitFailed" | "CaptureConfigWarning";
 
@@ -40,6 +41,8 @@ export function createFunctionMetrics(options: { defaultMetrics?: boolean } = {}
     dispatchDuration: new Histogram({ name: "podnet_function_dispatch_duration_seconds", help: "Time of one signed dispatch, retries included.", labelNames: ["result"], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [registry] }),
     dispatchFailures: new Counter({ name: "podnet_function_dispatch_failures_total", help: "Failed dispatches by HTTP status (0: no answer) and reason.", labelNames: ["status", "reason"], registers: [registry] }),
     policyReloadFailures: new Counter({ name: "podnet_function_policy_reload_failures_total", help: "Policy documents refused (the last good policy stays).", registers: [registry] }),
+    authFailures: new Counter({ name: "podnet_function_auth_failures_total", help: "Events refused because the sender is not authenticated or not allowed, by reason.", labelNames: ["reason"], registers: [registry] }),
+    resyncsLimited: new Counter({ name: "podnet_function_resyncs_rate_limited_total", help: "Resync requests ignored because one ran less than the minimum interval ago.", registers: [registry] }),
     policyInfo: new Gauge({ name: "podnet_function_policy_info", help: "The policy in force (value 1).", labelNames: ["id", "mode"], registers: [registry] }),
   };
 }
@@ -53,6 +56,13 @@ export interface FunctionDeps {
   readonly metrics: FunctionMetrics;
   /** Pods dispatched at once during a resync. */
   readonly resyncConcurrency?: number;
+  /** Who may send events (Knative's OIDC sender identity); undefined: anyone (not for production). */
+  readonly auth?: SenderAuthenticator;
+  /** A resync runs at most this often (ms); more PingSource events are answered and ignored. */
+  readonly resyncMinIntervalMs?: number;
+  readonly now?: () => number;
+  /** Why the function cannot work yet (e.g. no usable signing key), or undefined when it can. */
+  readonly notReady?: () => string | undefined;
 }
 
 type Outcome = "applied" | "unchanged" | "skipped" | "dry-run" | "invalid" | "duplicate" | "failed";
@@ -89,6 +99,11 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     res.json({ status: "ok" });
   });
   app.get("/readyz", (_req, res) => {
+    const why = deps.notReady?.();
+    if (why !== undefined) {
+      res.status(503).json({ status: "not ready", reason: why });
+      return;
+    }
     res.json({ status: "ready", policy: deps.policy().id });
   });
   app.get("/metrics", async (_req, res) => {
@@ -106,6 +121,17 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
   app.post("/", express.raw({ type: () => true, limit: MAX_EVENT_BYTES }), async (req: Request, res: Response) => {
     inFlight++;
     try {
+      if (deps.auth !== undefined) {
+        const verdict = await deps.auth.authenticate(req.headers.authorization);
+        if (!verdict.ok) {
+          metrics.authFailures.inc({ reason: verdict.reason });
+          log.warn({ reason: verdict.reason, detail: verdict.detail }, "refused: sender not authenticated");
+          // The API server could not be asked: let the source retry.
+          const status = verdict.reason === "auth-unavailable" ? 503 : 401;
+          res.status(status).json({ error: status === 401 ? "unauthorized" : "transient failure", reason: verdict.reason, detail: verdict.detail });
+          return;
+        }
+      }
       let events: CloudEventV1<unknown>[];
       try {
         const body = Buffer.isBuffer(req.body) ? req.body.toString("utf8") : "";
@@ -118,7 +144,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
         return;
       }
       const results: HandledPod[] = [];
-      let resyncSummary: ResyncSummary | undefined;
+      let resyncSummary: ResyncSummary | "rate-limited" | undefined;
       let status = 200;
       for (const event of events) {
         const elog = log.child({ ceId: event.id, ceType: event.type });
@@ -182,14 +208,22 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
         throw new BadEvent(err instanceof PodManifestError ? err.message : "event data is not a Pod");
       }
     }
-    return handlePod(pod, elog, verb === "delete");
+    // Resource mode carries the pod as the sender saw it: a trigger, not the truth.
+    return handlePod(pod, elog, { deleted: verb === "delete", fromApi: mode === "ref" });
   }
 
-  async function handlePod(pod: Pod, elog: Logger, deleted = false): Promise<HandledPod> {
-    const name = `${pod.metadata.namespace ?? ""}/${pod.metadata.name ?? ""}`;
-    const uid = pod.metadata.uid ?? "";
-    const plog = elog.child({ pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid } });
+  /**
+   * Decide for one pod under one policy snapshot. Content that did not come from the API
+   * server itself (a Resource-mode event) only decides skips: a pod to act on is read fresh
+   * and decided again, and only that read is ever signed.
+   */
+  async function handlePod(eventPod: Pod, elog: Logger, from: { deleted?: boolean; fromApi: boolean }): Promise<HandledPod> {
+    const deleted = from.deleted ?? false;
     const policy = deps.policy();
+    let pod = eventPod;
+    const name = `${pod.metadata.namespace ?? ""}/${pod.metadata.name ?? ""}`;
+    let uid = pod.metadata.uid ?? "";
+    let plog = elog.child({ pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid } });
     const rv = pod.metadata.resourceVersion === undefined ? undefined : `${pod.metadata.resourceVersion} ${policy.id}`;
     if (!deleted && rv !== undefined && handled.get(uid) === rv) {
       metrics.decisions.inc({ action: "skip", reason: "duplicate" });
@@ -202,10 +236,29 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
       namespace = await deps.cluster.getNamespace(pod.metadata.namespace ?? "default").catch(() => undefined);
     }
     const t0 = performance.now();
-    const decision = decide({ pod, policy, ...(namespace === undefined ? {} : { namespace }), deleted });
+    let decision = decide({ pod, policy, ...(namespace === undefined ? {} : { namespace }), deleted });
     metrics.decisionDuration.observe((performance.now() - t0) / 1000);
-    const result = await act(decision, pod, name, plog);
-    if (result.transient !== true && rv !== undefined) remember(uid, rv);
+    if (decision.action !== "skip" && !from.fromApi) {
+      let fresh: Pod | undefined;
+      try {
+        fresh = await deps.cluster.getPod(pod.metadata.namespace ?? "", pod.metadata.name ?? "");
+      } catch (err) {
+        plog.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot read the pod");
+        return { pod: name, outcome: "failed", reason: "api-unavailable", transient: true };
+      }
+      if (fresh === undefined) return record({ action: "skip", reason: "deleted" }, name, plog);
+      if (fresh.metadata.uid !== uid) plog.warn({ eventUid: uid, apiUid: fresh.metadata.uid }, "the event's pod is not the API server's: deciding on the API server's");
+      pod = fresh;
+      uid = pod.metadata.uid ?? "";
+      plog = elog.child({ pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid } });
+      decision = decide({ pod, policy, ...(namespace === undefined ? {} : { namespace }), deleted });
+    }
+    const result = await act(decision, pod, name, policy, plog);
+    const freshRv = pod.metadata.resourceVersion === undefined ? undefined : `${pod.metadata.resourceVersion} ${policy.id}`;
+    if (result.transient !== true && freshRv !== undefined) {
+      remember(uid, freshRv);
+      if (rv !== undefined && rv !== freshRv) remember(eventPod.metadata.uid ?? "", rv);
+    }
     return result;
   }
 
@@ -221,10 +274,9 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     return { pod: name, outcome: "skipped", reason: decision.reason };
   }
 
-  async function act(decision: Decision, pod: Pod, name: string, plog: Logger): Promise<HandledPod> {
+  async function act(decision: Decision, pod: Pod, name: string, policy: Policy, plog: Logger): Promise<HandledPod> {
     if (decision.action === "skip") return record(decision, name, plog);
     metrics.decisions.inc({ action: decision.action, reason: decision.reason });
-    const policy = deps.policy();
     if (decision.action === "error") {
       plog.warn({ decision: "error", reason: decision.reason, detail: decision.detail }, "pod refused: invalid capture configuration");
       if (policy.document.mode === "enforce") {
@@ -257,14 +309,23 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     return { pod: name, outcome: "failed", reason: result.reason, transient: result.retryable };
   }
 
-  async function resync(elog: Logger): Promise<{ summary: ResyncSummary; results: HandledPod[] }> {
+  let lastResync = -Infinity;
+  async function resync(elog: Logger): Promise<{ summary: ResyncSummary | "rate-limited"; results: HandledPod[] }> {
+    // A sweep lists every mesh pod: one per interval, however many ticks arrive.
+    const now = (deps.now ?? Date.now)();
+    if (now - lastResync < (deps.resyncMinIntervalMs ?? 30_000)) {
+      metrics.resyncsLimited.inc();
+      elog.info({ lastResyncMsAgo: now - lastResync }, "resync skipped: one ran less than the minimum interval ago");
+      return { summary: "rate-limited", results: [] };
+    }
+    lastResync = now;
     const summary: ResyncSummary = { seen: 0, dispatched: 0, skipped: 0, failed: 0 };
     const results: HandledPod[] = [];
     const limit = deps.resyncConcurrency ?? 16;
     try {
       for await (const page of deps.cluster.listPods(MESH_POD_SELECTOR)) {
         for (let i = 0; i < page.length; i += limit) {
-          const batch = await Promise.all(page.slice(i, i + limit).map((pod) => handlePod(pod, elog)));
+          const batch = await Promise.all(page.slice(i, i + limit).map((pod) => handlePod(pod, elog, { fromApi: true })));
           for (const r of batch) {
             summary.seen++;
             if (r.outcome === "applied" || r.outcome === "unchanged") summary.dispatched++;

@@ -132,6 +132,12 @@ export interface AdapterOptions {
   /** Server-side label selector for pods. */
   readonly labelSelector?: string;
   readonly mode?: "Resource" | "Reference";
+  /**
+   * Send Knative's OIDC sender identity for this sink audience, as the ApiServerSource
+   * reconciler configures it (K_AUDIENCE, K_OIDC_SERVICE_ACCOUNT): the adapter requests a token
+   * of `<source>-oidc-sources.knative.dev-apiserversource` and sends it as a Bearer token.
+   */
+  readonly audience?: string;
 }
 
 export interface Adapter {
@@ -155,7 +161,7 @@ export interface ControlPlane {
    * A real, API-signed token for a ServiceAccount (created if missing). Bound to a Node object
    * when `boundNode` is given, as a DaemonSet pod's token names its node.
    */
-  serviceAccountToken(namespace: string, name: string, boundNode?: string): Promise<string>;
+  serviceAccountToken(namespace: string, name: string, boundNode?: string, audience?: string): Promise<string>;
   startAdapter(options: AdapterOptions): Promise<Adapter>;
   /** Create every object in a YAML manifest file (as admin); existing objects are left as they are. */
   applyManifest(file: string): Promise<void>;
@@ -285,7 +291,7 @@ export async function startControlPlane(options: { log?: (line: string) => void 
       await createIgnoringConflict(() => core.createNamespace({ body: { metadata: { name } } }));
       await createIgnoringConflict(() => core.createNamespacedServiceAccount({ namespace: name, body: { metadata: { name: "default" } } }));
     };
-    const serviceAccountToken = async (namespace: string, name: string, boundNode?: string): Promise<string> => {
+    const serviceAccountToken = async (namespace: string, name: string, boundNode?: string, audience = SERVICE_ACCOUNT_ISSUER): Promise<string> => {
       await ensureNamespace(namespace);
       await createIgnoringConflict(() => core.createNamespacedServiceAccount({ namespace, body: { metadata: { name } } }));
       let boundObjectRef: k8s.V1BoundObjectReference | undefined;
@@ -297,7 +303,7 @@ export async function startControlPlane(options: { log?: (line: string) => void 
       const request = await core.createNamespacedServiceAccountToken({
         name,
         namespace,
-        body: { spec: { audiences: [SERVICE_ACCOUNT_ISSUER], expirationSeconds: 24 * 3600, ...(boundObjectRef === undefined ? {} : { boundObjectRef }) } },
+        body: { spec: { audiences: [audience], expirationSeconds: 24 * 3600, ...(boundObjectRef === undefined ? {} : { boundObjectRef }) } },
       });
       const token = request.status?.token;
       if (token === undefined) throw new Error(`no token issued for ${namespace}/${name}`);
@@ -320,7 +326,10 @@ export async function startControlPlane(options: { log?: (line: string) => void 
         resources: [{ gvr: { Group: "", Version: "v1", Resource: "pods" }, ...(a.labelSelector === undefined ? {} : { selector: a.labelSelector }) }],
         mode: a.mode ?? "Resource",
       };
+      const oidcAccount = "podnet-pods-oidc-sources.knative.dev-apiserversource";
+      if (a.audience !== undefined) await grantOidcIdentity(kubeConfig(), namespace, "podnet-apiserversource", oidcAccount);
       const m = start("adapter", BIN.adapter, [], {
+        ...(a.audience === undefined ? {} : { K_AUDIENCE: a.audience, K_OIDC_SERVICE_ACCOUNT: oidcAccount }),
         KUBECONFIG: writeKubeconfig("adapter", token),
         K_SOURCE_CONFIG: JSON.stringify(sourceConfig),
         K_SINK: a.sink,
@@ -442,6 +451,29 @@ async function createIgnoringConflict(create: () => Promise<unknown>): Promise<v
 }
 
 /** What ApiServerSource's adapter needs: watch pods everywhere, read its ConfigMaps, write Events. */
+/** What Knative's source reconciler sets up: the OIDC identity, and the adapter's right to its tokens. */
+async function grantOidcIdentity(kc: k8s.KubeConfig, namespace: string, adapterAccount: string, identity: string): Promise<void> {
+  const core = kc.makeApiClient(k8s.CoreV1Api);
+  const rbac = kc.makeApiClient(k8s.RbacAuthorizationV1Api);
+  await createIgnoringConflict(() => core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: identity } } }));
+  await createIgnoringConflict(() =>
+    rbac.createNamespacedRole({
+      namespace,
+      body: { metadata: { name: `${identity}-token` }, rules: [{ apiGroups: [""], resources: ["serviceaccounts/token"], resourceNames: [identity], verbs: ["create"] }] },
+    }),
+  );
+  await createIgnoringConflict(() =>
+    rbac.createNamespacedRoleBinding({
+      namespace,
+      body: {
+        metadata: { name: `${identity}-token` },
+        roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: `${identity}-token` },
+        subjects: [{ kind: "ServiceAccount", name: adapterAccount, namespace }],
+      },
+    }),
+  );
+}
+
 async function grantAdapter(kc: k8s.KubeConfig, namespace: string, serviceAccount: string): Promise<void> {
   const rbac = kc.makeApiClient(k8s.RbacAuthorizationV1Api);
   const subject = { kind: "ServiceAccount", name: serviceAccount, namespace };

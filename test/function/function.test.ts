@@ -10,7 +10,7 @@ import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED } from "../../contract/apply-request.ts";
 import { deliver, pingEvent } from "../support/apiserversource.ts";
 import { missingBinariesReason, startControlPlane, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
-import { scratchDir, signingKeyDirs, startFunction, startNodeRunner, type Component } from "../support/components.ts";
+import { FUNCTION_AUDIENCE, scratchDir, senderToken, signingKeyDirs, startFunction, startNodeRunner, type Component } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, waitForAnnotations } from "../support/mesh-pods.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
@@ -42,7 +42,7 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), cgroupRoot: pods.cgroupRoot });
     fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port });
-    adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio" });
+    adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
   });
 
   after(async () => {
@@ -80,7 +80,7 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "late", nodeName: NODE });
     await fn.waitForLog(/"msg":"dispatch failed"/, 10_000);
     runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), cgroupRoot: pods.cgroupRoot, port: runner.port });
-    const res = await deliver(`${fn.url}/`, pingEvent());
+    const res = await deliver(`${fn.url}/`, pingEvent(), await senderToken(cp, "PingSource"));
     assert.equal(res.status, 200, JSON.stringify(res.body));
     const summary = (res.body as { resync: { seen: number; dispatched: number; failed: number } }).resync;
     assert.ok(summary.seen >= 3 && summary.dispatched >= 1 && summary.failed === 0, JSON.stringify(res.body));
@@ -112,7 +112,7 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     writeFileSync(policyFile, "mode: enforce\nrevision: r3\n");
     await fn.waitForLog(/"to":"r3@sha256:[0-9a-f]+","mode":"enforce"/);
     await adapter.stop();
-    adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", mode: "Reference" });
+    adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", mode: "Reference", audience: FUNCTION_AUDIENCE });
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "by-reference", nodeName: NODE });
     await waitForAnnotations(core, pod, (a) => a[MARK.status] === STATUS_INITIALIZED);
     await fn.waitForLog(/"ceType":"dev\.knative\.apiserver\.ref\.(add|update)".*"name":"by-reference".*"msg":"dispatched: applied"/);

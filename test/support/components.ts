@@ -102,9 +102,18 @@ export async function startNodeRunner(
   );
 }
 
+/** The function's audience, as Knative Serving names a Service's (status.address.audience). */
+export const FUNCTION_AUDIENCE = "serving.knative.dev/service/podnet-system/podnet-decision";
+
+/** A token of a source's OIDC identity for the function's audience, as Knative's sources send. */
+export function senderToken(cp: ControlPlane, kind: "ApiServerSource" | "PingSource", audience = FUNCTION_AUDIENCE): Promise<string> {
+  const name = kind === "PingSource" ? "podnet-resync" : "podnet-pods";
+  return cp.serviceAccountToken("podnet-system", `${name}-oidc-sources.knative.dev-${kind.toLowerCase()}`, undefined, audience);
+}
+
 export async function startFunction(
   cp: ControlPlane,
-  options: { signingKeysDir: string; policyFile?: string; nodeRunnerPort: number; port?: number },
+  options: { signingKeysDir: string; policyFile?: string; nodeRunnerPort: number; port?: number; env?: NodeJS.ProcessEnv },
 ): Promise<Component> {
   await cp.applyManifest(path.join(root, "config/function/rbac.yaml"));
   const token = await cp.serviceAccountToken("podnet-system", "podnet-decision");
@@ -121,6 +130,11 @@ export async function startFunction(
       CONTROLLER_NAMESPACE: "podnet-system",
       KUBECONFIG: cp.writeKubeconfig("decision", token),
       DISPATCH_ATTEMPTS: "2",
+      // As in the manifests: only the sources' OIDC identities may send, for this audience.
+      SENDER_AUTH: "oidc",
+      SINK_AUDIENCE: FUNCTION_AUDIENCE,
+      RESYNC_MIN_INTERVAL_MS: "1",
+      ...options.env,
     },
     port,
     "/readyz",

@@ -6,7 +6,7 @@ import { writeFileSync } from "node:fs";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { startControlPlane, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
-import { scratchDir, signingKeyDirs, startFunction, startNodeRunner, type Component } from "./components.ts";
+import { FUNCTION_AUDIENCE, scratchDir, senderToken, signingKeyDirs, startFunction, startNodeRunner, type Component } from "./components.ts";
 import { createMeshPod, type MeshPod } from "./mesh-pods.ts";
 import { TestPods } from "./test-pods.ts";
 
@@ -24,11 +24,13 @@ export interface Stack {
   adapter: Adapter | undefined;
   createPod(options: { namespace: string; name: string; annotations?: Record<string, string>; injected?: boolean; hostNetwork?: boolean }): Promise<MeshPod>;
   startAdapter(): Promise<void>;
+  /** Bearer tokens of the sources' OIDC identities, for events sent by hand. */
+  readonly tokens: { readonly pods: string; readonly resync: string };
   restartNodeRunner(): Promise<void>;
   stop(): Promise<void>;
 }
 
-export async function startStack(options: { policy?: string; log?: (line: string) => void; withAdapter?: boolean } = {}): Promise<Stack> {
+export async function startStack(options: { policy?: string; log?: (line: string) => void; withAdapter?: boolean; functionEnv?: NodeJS.ProcessEnv } = {}): Promise<Stack> {
   const log = options.log ?? ((): void => undefined);
   const cp = await startControlPlane({ log });
   const scratch = scratchDir("stack");
@@ -42,9 +44,11 @@ export async function startStack(options: { policy?: string; log?: (line: string
     log("node-runner starting");
     const runner = await startNodeRunner(cp, { nodeName: STACK_NODE, publicKeysDir: keys.publicDir, stateDir, cgroupRoot: pods.cgroupRoot });
     log("decision function starting");
-    const fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port });
+    const fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port, ...(options.functionEnv === undefined ? {} : { env: options.functionEnv }) });
     const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+    const tokens = { pods: await senderToken(cp, "ApiServerSource"), resync: await senderToken(cp, "PingSource") };
     const stack: Stack = {
+      tokens,
       cp,
       pods,
       core,
@@ -58,7 +62,7 @@ export async function startStack(options: { policy?: string; log?: (line: string
         return createMeshPod(core, pods, { ...o, nodeName: STACK_NODE });
       },
       startAdapter: async () => {
-        stack.adapter = await cp.startAdapter({ sink: `${stack.fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio" });
+        stack.adapter = await cp.startAdapter({ sink: `${stack.fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
       },
       restartNodeRunner: async () => {
         await stack.runner.stop();
