@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
 import fc from "fast-check";
@@ -124,6 +125,18 @@ describe("pnc plan", () => {
     assert.equal(bad.status, EXIT.invalidCapture);
     assert.equal(bad.stdout, "");
     assert.match(bad.stderr, /excludeInterfaces/);
+  });
+
+  test("the real CLI process: keys generate creates the output folder (private file 0600)", () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "pnct-keys-"));
+    try {
+      const out = path.join(dir, "not", "there", "podnet-keys");
+      execFileSync(process.execPath, ["--import", "tsx", path.join(root, "cli", "pnc.ts"), "keys", "generate", "--out", out], { cwd: root, encoding: "utf8" });
+      assert.equal(statSync(path.join(out, "signing-keys.secret.yaml")).mode & 0o777, 0o600);
+      assert.match(readFileSync(path.join(out, "public-keys.configmap.yaml"), "utf8"), /kind: ConfigMap/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("pnc decide: apply, skip and error with their reasons", () => {

@@ -1,6 +1,7 @@
 #!/usr/bin/env -S node --import tsx
 // pnc — the project's command line (see `pnc help`).
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
 import { waitMain } from "../node-runner/wait-main.ts";
 import { runPnc } from "./commands.ts";
 
@@ -21,6 +22,8 @@ if (args[0] === "wait") {
     readFile: (path) => readFileSync(path, "utf8"),
     readStdin: () => readFileSync(0, "utf8"),
     writeFile: (path, text) => {
+      // `--out ./podnet-keys` names a folder that need not exist yet.
+      mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
       writeFileSync(path, text, { mode: path.endsWith(".secret.yaml") ? 0o600 : 0o644 });
     },
   });

@@ -7,8 +7,11 @@ import { ANNOTATION, deriveCaptureInput } from "./capture-from-pod.ts";
 import { podIPs, proxyContainer, type Pod } from "./pod.ts";
 import { applyCaptureOverrides, matchesSelector, type Policy } from "./policy.ts";
 
-/** The init container of the injection template that waits for the mark (config/istio). */
-export const WAITER_CONTAINER = "podnet-wait";
+/**
+ * The init container of the injection template that waits for interception (config/istio). It
+ * takes the name of Istio's validation container, which Istio's injector always orders first.
+ */
+export const WAITER_CONTAINER = "istio-validation";
 export const LEGACY_OPT_IN = "istio-pod-network-controller/initialize";
 
 export type SkipReason =

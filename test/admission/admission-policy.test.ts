@@ -68,6 +68,36 @@ describe("admission policy for the project's annotations [needs control plane]",
     );
   });
 
+  // The other ways annotations reach a pod (issue 16, item 7).
+  test("the mark cannot be set through pods/status", async () => {
+    await assert.rejects(
+      admin.patchNamespacedPodStatus({ namespace: NS, name: "users", body: { metadata: { annotations: { [MARK.status]: "initialized" } } } }, merge),
+      forbidden(/through pods\/status or a binding/),
+    );
+    const after = await admin.readNamespacedPod({ namespace: NS, name: "users" });
+    assert.equal(after.metadata?.annotations?.[MARK.status], undefined);
+  });
+
+  test("ordinary status updates still pass", async () => {
+    await admin.patchNamespacedPodStatus({ namespace: NS, name: "users", body: { status: { podIP: "10.0.0.9", podIPs: [{ ip: "10.0.0.9" }] } } }, merge);
+    assert.equal((await admin.readNamespacedPod({ namespace: NS, name: "users" })).status?.podIP, "10.0.0.9");
+  });
+
+  test("the mark cannot come in with a binding (annotations are copied onto the pod); a plain binding passes", async () => {
+    for (const name of ["unbound-1", "unbound-2"]) {
+      await admin.createNamespacedPod({ namespace: NS, body: { metadata: { name }, spec: { containers: [{ name: "app", image: "example/app" }] } } });
+    }
+    await assert.rejects(
+      admin.createNamespacedBinding({ namespace: NS, body: { metadata: { name: "unbound-1", annotations: { [MARK.status]: "initialized" } }, target: { kind: "Node", name: "node-a" } } }),
+      forbidden(/through pods\/status or a binding/),
+    );
+    const unbound = await admin.readNamespacedPod({ namespace: NS, name: "unbound-1" });
+    assert.equal(unbound.metadata?.annotations?.[MARK.status], undefined);
+    assert.equal(unbound.spec?.nodeName, undefined);
+    await admin.createNamespacedBinding({ namespace: NS, body: { metadata: { name: "unbound-2" }, target: { kind: "Node", name: "node-a" } } });
+    assert.equal((await admin.readNamespacedPod({ namespace: NS, name: "unbound-2" })).spec?.nodeName, "node-a");
+  });
+
   test("nobody can create a pod that is already marked", async () => {
     await assert.rejects(
       admin.createNamespacedPod({ namespace: NS, body: { metadata: { name: "premarked", annotations: { [MARK.status]: "initialized" } }, spec: { containers: [{ name: "app", image: "example/app" }] } } }),
