@@ -1,0 +1,157 @@
+// The project's injection template under Istio's real injector: `istioctl manifest generate`
+// renders Istio's own injector configuration (config, values, mesh) with the template under
+// sidecarInjectorWebhook.templates and CNI mode on; `istioctl kube-inject` then runs Istio's
+// injector (its templates, the strategic merge of custom templates, reorderPod) offline. The
+// injected pods go to the real kube-apiserver with Pod Security `restricted` enforced.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import * as k8s from "@kubernetes/client-node";
+import { parseAllDocuments, stringify } from "yaml";
+import { WAITER_CONTAINER } from "../../functions/decision.ts";
+import { CACHE_DIR, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+
+const root = path.resolve(import.meta.dirname, "../..");
+const ISTIOCTL = path.join(CACHE_DIR, "bin", "istioctl");
+const missing = existsSync(ISTIOCTL) ? missingBinariesReason() : `istioctl not built (${ISTIOCTL}): run test/controlplane/build.sh`;
+
+type Container = k8s.V1Container & { restartPolicy?: string };
+type Pod = { metadata: { name: string; annotations?: Record<string, string> }; spec: { initContainers?: Container[]; containers: Container[]; volumes?: { name: string }[] } };
+
+const APP_SECURITY = { runAsNonRoot: true, runAsUser: 1000, allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] }, seccompProfile: { type: "RuntimeDefault" } };
+
+function appPod(name: string, o: { native: boolean; appInit: boolean; mode: "REDIRECT" | "TPROXY"; templates: string }): Pod {
+  return {
+    metadata: {
+      name,
+      annotations: { "inject.istio.io/templates": o.templates, "sidecar.istio.io/nativeSidecar": String(o.native), "sidecar.istio.io/interceptionMode": o.mode },
+    },
+    spec: {
+      ...(o.appInit ? { initContainers: [{ name: "migrate", image: "example/migrate:1", securityContext: APP_SECURITY }] } : {}),
+      containers: [{ name: "app", image: "example/app:1", securityContext: APP_SECURITY }],
+    },
+  };
+}
+
+const capsAdded = (c: Container | undefined): string[] => [...(c?.securityContext?.capabilities?.add ?? [])].sort();
+const allContainers = (p: Pod): Container[] => [...(p.spec.initContainers ?? []), ...p.spec.containers];
+
+describe("the injection template under Istio's real injector (istioctl kube-inject) [needs control plane]", skipUnlessCI(missing), () => {
+  let dir: string;
+  let cp: ControlPlane;
+  let core: k8s.CoreV1Api;
+  const files = { config: "", values: "", mesh: "" };
+
+  before(async () => {
+    assertAvailable(missing);
+    dir = mkdtempSync(path.join(os.tmpdir(), "pnct-istio-"));
+    // Istio's own injector configuration, with the project's template, as an operator installs it.
+    const operator = {
+      apiVersion: "install.istio.io/v1alpha1",
+      kind: "IstioOperator",
+      spec: {
+        components: { cni: { enabled: true } },
+        values: {
+          sidecarInjectorWebhook: { templates: { podnet: readFileSync(path.join(root, "config/istio/podnet-injection-template.yaml"), "utf8") } },
+          // Istio's own setting for the proxy's seccomp profile (restricted requires one).
+          global: { proxy: { seccompProfile: { type: "RuntimeDefault" } } },
+        },
+      },
+    };
+    writeFileSync(path.join(dir, "operator.yaml"), stringify(operator));
+    const manifest = execFileSync(ISTIOCTL, ["manifest", "generate", "-f", path.join(dir, "operator.yaml")], { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
+    const configMaps = parseAllDocuments(manifest)
+      .map((d) => d.toJS() as { kind?: string; metadata?: { name?: string }; data?: Record<string, string> } | null)
+      .filter((d) => d?.kind === "ConfigMap");
+    const injector = configMaps.find((d) => d?.metadata?.name === "istio-sidecar-injector")?.data;
+    const mesh = configMaps.find((d) => d?.metadata?.name === "istio")?.data?.mesh;
+    assert.ok(injector?.config !== undefined && injector.values !== undefined && mesh !== undefined, "manifest generate rendered the injector ConfigMaps");
+    assert.equal((JSON.parse(injector.values) as { pilot: { cni: { enabled: boolean } } }).pilot.cni.enabled, true, "CNI mode reaches the injector as pilot.cni.enabled");
+    for (const [key, text] of [["config", injector.config], ["values", injector.values], ["mesh", mesh]] as const) {
+      files[key] = path.join(dir, `${key}.yaml`);
+      writeFileSync(files[key], text);
+    }
+    cp = await startControlPlane();
+    core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+    await core.createNamespace({ body: { metadata: { name: "restricted", labels: { "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest" } } } });
+    await core.createNamespacedServiceAccount({ namespace: "restricted", body: { metadata: { name: "default" } } });
+  });
+  after(async () => {
+    await cp.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function inject(pod: Pod): Pod {
+    const input = path.join(dir, `${pod.metadata.name}.yaml`);
+    writeFileSync(input, stringify({ apiVersion: "v1", kind: "Pod", ...pod }));
+    // -r default: offline (without it kube-inject looks for a cluster).
+    const out = execFileSync(ISTIOCTL, ["kube-inject", "-r", "default", "--injectConfigFile", files.config, "--valuesFile", files.values, "--meshConfigFile", files.mesh, "-f", input], { encoding: "utf8" });
+    const docs = parseAllDocuments(out).map((d) => d.toJS() as Pod | null).filter((d): d is Pod => d !== null);
+    assert.equal(docs.length, 1, out);
+    return docs[0] as Pod;
+  }
+
+  for (const native of [true, false]) {
+    for (const appInit of [true, false]) {
+      for (const mode of ["REDIRECT", "TPROXY"] as const) {
+        const name = `${native ? "native" : "classic"}-${appInit ? "appinit" : "noinit"}-${mode.toLowerCase()}`;
+        test(`${name}: the waiter runs first, nothing but istio-proxy is privileged, the app is untouched`, async () => {
+          const original = appPod(name, { native, appInit, mode, templates: "sidecar,podnet" });
+          const pod = inject(original);
+          const istioOnly = inject(appPod(`${name}-istio`, { native, appInit, mode, templates: "sidecar" }));
+          const inits = pod.spec.initContainers ?? [];
+          const waiter = inits[0];
+
+          assert.equal(waiter?.name, WAITER_CONTAINER, `init containers: ${inits.map((c) => c.name).join(", ")}`);
+          assert.deepEqual(waiter.command, ["node", "dist/cli/pnc.js", "wait"]);
+          assert.ok(waiter.args?.some((a) => a === "--capture-port=15006"), JSON.stringify(waiter.args));
+          assert.equal(waiter.restartPolicy, undefined, "the waiter runs to completion");
+          assert.ok(!inits.some((c) => c.name === "istio-init"), "no istio-init");
+          assert.equal(inits.filter((c) => c.name === WAITER_CONTAINER).length, 1);
+          assert.ok(waiter.volumeMounts?.some((m) => m.name === "istio-podinfo"), "the downward API annotations are mounted");
+          assert.ok(pod.spec.volumes?.some((v) => v.name === "istio-podinfo"), "Istio's template provides the istio-podinfo volume");
+          assert.equal(native, inits.some((c) => c.name === "istio-proxy"), "native sidecar: istio-proxy among the init containers");
+          if (native) assert.equal(inits[1]?.name, "istio-proxy", "then the native-sidecar proxy, before the app's init containers");
+          if (appInit) assert.ok(inits.findIndex((c) => c.name === "migrate") > 0, "the app's init container runs after the waiter");
+
+          // The waiter: the proxy's UID, no capabilities, no privilege.
+          assert.equal(waiter.securityContext?.privileged, false);
+          assert.equal(waiter.securityContext?.allowPrivilegeEscalation, false);
+          assert.deepEqual(waiter.securityContext?.capabilities?.drop, ["ALL"]);
+          assert.deepEqual(capsAdded(waiter), []);
+          assert.equal(waiter.securityContext?.runAsUser, 1337);
+
+          // Nothing but istio-proxy may have NET_ADMIN/NET_RAW or privilege, and istio-proxy no
+          // more than Istio's own sidecar template gives the same pod.
+          for (const c of allContainers(pod)) {
+            if (c.name === "istio-proxy") continue;
+            assert.deepEqual(capsAdded(c), [], `${c.name} adds capabilities`);
+            assert.notEqual(c.securityContext?.privileged, true, `${c.name} is privileged`);
+          }
+          const proxy = allContainers(pod).find((c) => c.name === "istio-proxy");
+          const istiosProxy = allContainers(istioOnly).find((c) => c.name === "istio-proxy");
+          assert.deepEqual(capsAdded(proxy), capsAdded(istiosProxy));
+          if (mode === "TPROXY") assert.deepEqual(capsAdded(proxy), ["NET_ADMIN"], "in TPROXY mode Envoy needs NET_ADMIN for transparent sockets (Istio's own template)");
+
+          // The app's containers exactly as they were.
+          for (const c of [...(original.spec.initContainers ?? []), ...original.spec.containers]) {
+            assert.deepEqual(allContainers(pod).find((x) => x.name === c.name)?.securityContext, c.securityContext, `${c.name}'s securityContext`);
+          }
+          assert.equal((pod.spec as { securityContext?: unknown }).securityContext, undefined, "no pod-level securityContext is imposed");
+
+          // Admitted by the real API server under Pod Security restricted: in REDIRECT mode.
+          const body = { ...pod, metadata: { ...pod.metadata, namespace: "restricted" } } as unknown as k8s.V1Pod;
+          if (mode === "REDIRECT") {
+            await core.createNamespacedPod({ namespace: "restricted", body });
+          } else {
+            await assert.rejects(core.createNamespacedPod({ namespace: "restricted", body }), (err: unknown) => err instanceof k8s.ApiException && err.code === 403 && /istio-proxy/.test(String(err.body)) && /NET_ADMIN/.test(String(err.body)));
+          }
+        });
+      }
+    }
+  }
+});
