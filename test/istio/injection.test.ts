@@ -119,11 +119,12 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
           if (appInit) assert.ok(inits.findIndex((c) => c.name === "migrate") > 0, "the app's init container runs after the waiter");
 
           // The waiter: the proxy's UID, no capabilities, no privilege.
-          assert.equal(waiter.securityContext?.privileged, false);
-          assert.equal(waiter.securityContext?.allowPrivilegeEscalation, false);
-          assert.deepEqual(waiter.securityContext?.capabilities?.drop, ["ALL"]);
+          const waiterSecurity = waiter.securityContext ?? {};
+          assert.equal(waiterSecurity.privileged, false);
+          assert.equal(waiterSecurity.allowPrivilegeEscalation, false);
+          assert.deepEqual(waiterSecurity.capabilities?.drop, ["ALL"]);
           assert.deepEqual(capsAdded(waiter), []);
-          assert.equal(waiter.securityContext?.runAsUser, 1337);
+          assert.equal(waiterSecurity.runAsUser, 1337);
 
           // Nothing but istio-proxy may have NET_ADMIN/NET_RAW or privilege, and istio-proxy no
           // more than Istio's own sidecar template gives the same pod.
