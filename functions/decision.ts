@@ -14,6 +14,43 @@ import { applyCaptureOverrides, matchesSelector, type Policy } from "./policy.ts
 export const WAITER_CONTAINER = "istio-validation";
 export const LEGACY_OPT_IN = "istio-pod-network-controller/initialize";
 
+/** Does the pod carry the project's waiter (the template's `pnc wait` init container)? */
+export function carriesWaiter(pod: Pod): boolean {
+  return (
+    pod.spec.initContainers?.some((c) => c.name === WAITER_CONTAINER && (c.command ?? []).some((a) => a.endsWith("pnc.js")) && c.command?.includes("wait") === true) ===
+    true
+  );
+}
+
+/**
+ * Skips that are final for the pod as it is: a pod that carries the waiter and is skipped for
+ * one of these will wait until its waiter times out, so the operator is told (an Event).
+ * Transient states (not bound yet, no IP yet, being deleted, already done) are not among them.
+ */
+const STRANDING_SKIPS: ReadonlySet<SkipReason> = new Set<SkipReason>([
+  "not-sidecar-injected",
+  "istio-init-present",
+  "injection-disabled",
+  "envoy-disabled",
+  "interception-none",
+  "host-network",
+  "namespace-excluded",
+  "namespace-not-included",
+  "selector-mismatch",
+]);
+
+/** Why a pod carrying the waiter will not get rules under this decision, or undefined. */
+export function strandedWaiter(decision: Decision, pod: Pod, mode: "enforce" | "dry-run"): string | undefined {
+  if (!carriesWaiter(pod)) return undefined;
+  if (decision.action === "skip" && STRANDING_SKIPS.has(decision.reason)) {
+    return `the policy skips this pod (${decision.reason}${decision.detail === undefined ? "" : `: ${decision.detail}`}): no rules will be applied and its ${WAITER_CONTAINER} init container will time out`;
+  }
+  if (decision.action === "apply" && mode === "dry-run") {
+    return `the policy is in dry-run mode: no rules will be applied and its ${WAITER_CONTAINER} init container will time out`;
+  }
+  return undefined;
+}
+
 export type SkipReason =
   | "deleted"
   | "not-sidecar-injected"

@@ -3,7 +3,7 @@
 //   PORT                      listen port (Knative injects it)                        8080
 //   POLICY_FILE               mounted policy YAML; built-in defaults when unset
 //   SIGNING_KEYS_DIR          mounted Secret: Ed25519 private keys, <keyid>.pem       /etc/podnet/signing
-//   NODE_RUNNER_PORT          the node-runners' port                                  9443
+//   NODE_RUNNER_PORT          the node-runners' port                                  19443
 //   NODE_RUNNER_SCHEME        http | https                                            http
 //   NODE_RUNNER_CA_FILE       CA bundle for https node-runners
 //   DISPATCH_TIMEOUT_MS, DISPATCH_CONCURRENCY, DISPATCH_ATTEMPTS                      5000, 32, 3
@@ -69,7 +69,7 @@ const dispatcher = new Dispatcher({
     if (newest === undefined) throw new Error("no signing key loaded");
     return { keyid: newest.keyid, privateKey: newest.key };
   },
-  port: number("NODE_RUNNER_PORT", 9443),
+  port: number("NODE_RUNNER_PORT", 19443),
   scheme,
   ...(env.NODE_RUNNER_CA_FILE === undefined ? {} : { ca: readFileSync(env.NODE_RUNNER_CA_FILE) }),
   timeoutMs: number("DISPATCH_TIMEOUT_MS", 5000),
@@ -114,7 +114,7 @@ const app = createFunctionApp({
 const port = number("PORT", 8080);
 const server = http.createServer(app);
 server.listen(port, () => {
-  log.info({ port, policy: policies.current.id, senderAuth, allowedSenders: auth === undefined ? undefined : [...allowedSenders], nodeRunner: `${scheme}://<hostIP>:${env.NODE_RUNNER_PORT ?? 9443}` }, "decision function listening");
+  log.info({ port, policy: policies.current.id, senderAuth, allowedSenders: auth === undefined ? undefined : [...allowedSenders], nodeRunner: `${scheme}://<hostIP>:${env.NODE_RUNNER_PORT ?? 19443}` }, "decision function listening");
 });
 
 // Knative sends SIGTERM before stopping a revision: stop accepting, finish what is in flight.

@@ -15,6 +15,7 @@ const securityContextSchema = z.looseObject({
 
 const containerSchema = z.looseObject({
   name: z.string(),
+  command: z.array(z.string()).nullish(),
   env: z.array(envVarSchema).nullish(),
   securityContext: securityContextSchema.nullish(),
   restartPolicy: z.string().optional(),

@@ -23,7 +23,7 @@ const app = createFunctionApp({
     getPod: (_namespace, name) => Promise.resolve(parsePod(meshPodObject(name))),
     getNamespace: () => Promise.resolve(undefined),
     listPods: unreachable("pod list"),
-    recordPodWarning: () => Promise.resolve(),
+    recordPodWarning: unreachable("events"),
   },
   log: pino({ level: "silent" }),
   metrics,
@@ -149,5 +149,58 @@ describe("decision function: capture warnings (Istio parity)", () => {
     assert.equal(warnings.length, 1);
     assert.equal(warnings[0]?.reason, "CaptureConfigWarning");
     assert.match(warnings.map((w) => w.message).join(), /istio-proxy env INVALID_DROP: "yes" is not a boolean/);
+  });
+});
+
+describe("decision function: pods that carry the waiter but get no rules", () => {
+  const waiterInit = { name: "istio-validation", image: "ghcr.io/podnet/waiter:0.1.0", command: ["node", "dist/cli/pnc.js", "wait"] };
+  const withWaiter = (name: string, namespace: string) => {
+    const base = meshPodObject(name, { namespace });
+    return { ...base, spec: { ...base.spec, initContainers: [waiterInit] } };
+  };
+  function appWith(policy: string) {
+    const warnings: { pod: string; reason: string; message: string }[] = [];
+    const app = createFunctionApp({
+      policy: () => parsePolicy(policy),
+      dispatcher: { dispatch: unreachable("dispatcher") } as unknown as Dispatcher,
+      cluster: {
+        getPod: (namespace, name) => Promise.resolve(parsePod(withWaiter(name, namespace))),
+        getNamespace: () => Promise.resolve(undefined),
+        listPods: unreachable("pod list"),
+        recordPodWarning: (pod, reason, message) => {
+          warnings.push({ pod: pod.metadata.name ?? "", reason, message });
+          return Promise.resolve();
+        },
+      },
+      log: pino({ level: "silent" }),
+      metrics: createFunctionMetrics({ defaultMetrics: false }),
+    });
+    const send = async (pod: ReturnType<typeof withWaiter>) => {
+      const e = apiServerSourceEvent("update", pod);
+      return request(app).post("/").set(e.headers).send(e.body);
+    };
+    return { send, warnings };
+  }
+
+  test("skipped by the policy (excluded namespace): one NetworkInitSkipped Event saying the waiter will time out", async () => {
+    const { send, warnings } = appWith("mode: enforce");
+    const pod = withWaiter("stranded", "kube-system");
+    for (let i = 0; i < 2; i++) assert.equal((await send({ ...pod, metadata: { ...pod.metadata, resourceVersion: String(i) } })).status, 200);
+    assert.equal(warnings.length, 1, JSON.stringify(warnings));
+    assert.equal(warnings[0]?.reason, "NetworkInitSkipped");
+    assert.match(warnings.map((w) => w.message).join(), /namespace-excluded: kube-system.*istio-validation init container will time out/);
+  });
+
+  test("dry-run: the pod is told no rules will come", async () => {
+    const { send, warnings } = appWith("mode: dry-run");
+    assert.equal((await send(withWaiter("dry", "shop"))).status, 200);
+    assert.match(warnings.map((w) => `${w.reason} ${w.message}`).join(), /NetworkInitSkipped the policy is in dry-run mode/);
+  });
+
+  test("a pod without the waiter that the policy skips is left alone, silently", async () => {
+    // `app` (above) fails the test if it records any Event.
+    const e = apiServerSourceEvent("update", meshPodObject("plain", { namespace: "kube-system" }));
+    const res = await post(e);
+    assert.deepEqual((res.body as { results: { reason: string }[] }).results.map((r) => r.reason), ["namespace-excluded"]);
   });
 });

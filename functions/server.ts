@@ -7,13 +7,13 @@ import { HTTP, type CloudEventV1 } from "cloudevents";
 import type { Logger } from "pino";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { formatWarning } from "../contract/capture-config.ts";
-import { decide, LEGACY_OPT_IN, type Decision, type NamespaceFacts } from "./decision.ts";
+import { decide, LEGACY_OPT_IN, strandedWaiter, type Decision, type NamespaceFacts } from "./decision.ts";
 import type { Dispatcher, DispatchResult } from "./dispatch.ts";
 import { parsePod, PodManifestError, proxyContainer, type Pod } from "./pod.ts";
 import type { Policy } from "./policy.ts";
 import type { SenderAuthenticator } from "./sender-auth.ts";
 
-export type PodWarningReason = "NetworkInitFailed" | "CaptureConfigWarning";
+export type PodWarningReason = "NetworkInitFailed" | "CaptureConfigWarning" | "NetworkInitSkipped";
 
 export const MAX_EVENT_BYTES = 1024 * 1024;
 export const MESH_POD_SELECTOR = "security.istio.io/tlsMode=istio";
@@ -268,6 +268,20 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     if (handled.size > 50_000) handled.delete(handled.keys().next().value ?? "");
   }
 
+  // Pods told that their waiter will time out (once per pod and reason).
+  const strandedTold = new Map<string, string>();
+  function warnStranded(pod: Pod, message: string, plog: Logger): void {
+    const uid = pod.metadata.uid ?? "";
+    if (strandedTold.get(uid) === message) return;
+    strandedTold.delete(uid);
+    strandedTold.set(uid, message);
+    if (strandedTold.size > 50_000) strandedTold.delete(strandedTold.keys().next().value ?? "");
+    plog.warn({ detail: message }, "pod carries the waiter but will get no rules");
+    void deps.cluster.recordPodWarning(pod, "NetworkInitSkipped", message).catch((err: unknown) => {
+      plog.warn({ err: err instanceof Error ? err.message : String(err) }, "could not record the Event");
+    });
+  }
+
   function record(decision: Decision, name: string, plog: Logger): HandledPod {
     metrics.decisions.inc({ action: decision.action, reason: decision.reason });
     plog.debug({ decision: decision.action, reason: decision.reason }, "skipped");
@@ -275,6 +289,8 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
   }
 
   async function act(decision: Decision, pod: Pod, name: string, policy: Policy, plog: Logger): Promise<HandledPod> {
+    const stranded = strandedWaiter(decision, pod, policy.document.mode);
+    if (stranded !== undefined) warnStranded(pod, stranded, plog);
     if (decision.action === "skip") return record(decision, name, plog);
     metrics.decisions.inc({ action: decision.action, reason: decision.reason });
     if (decision.action === "error") {

@@ -1,7 +1,7 @@
 // node-runner entry point: configuration from flags and environment, then the HTTP(S) server.
 //
 //   --node-name / NODE_NAME            this node (downward API spec.nodeName)         required
-//   --listen / LISTEN_ADDRESS          address:port                                   0.0.0.0:9443
+//   --listen / LISTEN_ADDRESS          address:port                                   0.0.0.0:19443
 //   --keys-dir / PUBLIC_KEYS_DIR       mounted public keys, one PEM per keyid          /etc/podnet/keys
 //   --kubeconfig / KUBECONFIG          kubeconfig file; in-cluster config when unset
 //   --state-dir / STATE_DIR            per-netns records (a tmpfs)                    /run/podnet
@@ -60,7 +60,7 @@ function fail(message: string): never {
 }
 
 const nodeName = values["node-name"] ?? env.NODE_NAME ?? fail("--node-name (or NODE_NAME) is required");
-const listen = values.listen ?? env.LISTEN_ADDRESS ?? "0.0.0.0:9443";
+const listen = values.listen ?? env.LISTEN_ADDRESS ?? "0.0.0.0:19443";
 const [host = "", portText = ""] = listen.includes("]") ? [listen.slice(1, listen.indexOf("]")), listen.slice(listen.indexOf("]") + 2)] : listen.split(":");
 const port = Number(portText);
 if (!Number.isInteger(port) || port < 1 || port > 65535) fail(`--listen must be address:port, got ${listen}`);
@@ -89,13 +89,18 @@ const kubeconfigFile = values.kubeconfig ?? env.KUBECONFIG;
 if (kubeconfigFile !== undefined && kubeconfigFile !== "") kubeConfig.loadFromFile(kubeconfigFile);
 else kubeConfig.loadFromCluster();
 
-// The node's own iptables flavour, for namespaces that hold no rules yet.
+// The node's own iptables flavour, for namespaces that hold no rules yet: the variant that
+// holds rules in the host's network namespace (the runner's own: hostNetwork), as kube-proxy
+// and the CNI wrote them — not whatever the image's `iptables` link points at. Read only.
 function nodeDefaultVariant(): IptablesVariant {
-  try {
-    return /nf_tables/.test(execFileSync("iptables", ["--version"], { encoding: "utf8" })) ? "nft" : "legacy";
-  } catch {
-    return "nft";
+  for (const variant of ["nft", "legacy"] as const) {
+    try {
+      if (/^-A /m.test(execFileSync(`iptables-${variant}-save`, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }))) return variant;
+    } catch {
+      // that variant is not usable here
+    }
   }
+  return "nft";
 }
 const defaultVariant = nodeDefaultVariant();
 const stateDir = values["state-dir"] ?? env.STATE_DIR ?? "/run/podnet";
