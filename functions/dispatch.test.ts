@@ -122,6 +122,25 @@ describe("dispatcher", () => {
     d.close();
   });
 
+  test("offer queues without waiting, coalesces per pod, refuses past the bound, and drains", async () => {
+    seen.length = 0;
+    script = () => ({ status: 200, delayMs: 50 });
+    const ages: number[] = [];
+    const d = dispatcher({ maxQueuedPods: 2, onQueueAge: (s) => ages.push(s) });
+    const results: string[] = [];
+    const record = (r: { ok: boolean }) => results.push(r.ok ? "ok" : "failed");
+    assert.equal(d.offer(decision("q1"), "p1", record), "queued");
+    assert.equal(d.offer(decision("q1"), "p1", record), "coalesced");
+    assert.equal(d.offer(decision("q2"), "p1", record), "queued");
+    assert.equal(d.offer(decision("q3"), "p1", record), "full", "two pods queued: the third is refused");
+    assert.equal(d.busy, 2);
+    await d.whenIdle();
+    assert.deepEqual(results, ["ok", "ok", "ok"]);
+    assert.equal(d.busy, 0);
+    assert.ok(ages.length >= 2);
+    d.close();
+  });
+
   test("no signing key: a retryable failure, not a crash", async () => {
     const d = new Dispatcher({ signingKey: () => { throw new Error("no signing key loaded"); }, port });
     const r = await d.dispatch(decision("h"), "p1");

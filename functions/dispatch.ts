@@ -31,11 +31,15 @@ export interface DispatcherOptions {
   readonly backoffMs?: number;
   /** Override where a node's runner is reached (tests: everything on loopback). */
   readonly addressFor?: (decision: ApplyDecision) => string;
+  /** Pods queued at most (in flight or waiting); `offer` refuses more. */
+  readonly maxQueuedPods?: number;
+  /** Seconds a decision waited in the queue before it was sent (a metric). */
+  readonly onQueueAge?: (seconds: number) => void;
 }
 
 /** Per pod: the newest decision not yet sent, and who waits for its result. */
 interface PodQueue {
-  pending: { decision: ApplyDecision; policyId: string } | undefined;
+  pending: { decision: ApplyDecision; policyId: string; queuedAt: number } | undefined;
   waiters: ((result: DispatchResult) => void)[];
 }
 
@@ -59,24 +63,44 @@ export class Dispatcher {
       q = { pending: undefined, waiters: [] };
       this.pods.set(uid, q);
     }
-    q.pending = { decision, policyId };
+    q.pending = { decision, policyId, queuedAt: performance.now() };
     const result = new Promise<DispatchResult>((resolve) => q.waiters.push(resolve));
     if (idle) void this.drain(uid, q);
     return result;
   }
 
-  /** Requests for pods currently being dispatched (for drain on shutdown). */
+  /**
+   * Queue a decision without waiting for it: the caller answers its event at once (the event
+   * source delivers one event at a time and waits). `onResult` gets the outcome, retries
+   * included. "full" when the queue holds `maxQueuedPods` other pods: nothing was queued.
+   */
+  offer(decision: ApplyDecision, policyId: string, onResult: (result: DispatchResult) => void): "queued" | "coalesced" | "full" {
+    const known = this.pods.has(decision.pod.uid);
+    if (!known && this.pods.size >= (this.options.maxQueuedPods ?? 10_000)) return "full";
+    void this.dispatch(decision, policyId).then(onResult);
+    return known ? "coalesced" : "queued";
+  }
+
+  /** Pods queued or in flight. */
   get busy(): number {
     return this.pods.size;
   }
 
+  /** Resolves once nothing is queued or in flight (drain on SIGTERM). */
+  async whenIdle(pollMs = 20): Promise<void> {
+    while (this.pods.size > 0) await new Promise((r) => setTimeout(r, pollMs));
+  }
+
   private async drain(uid: string, q: PodQueue): Promise<void> {
     while (q.pending !== undefined) {
-      const { decision, policyId } = q.pending;
+      const { decision, policyId, queuedAt } = q.pending;
       const waiters = q.waiters;
       q.pending = undefined;
       q.waiters = [];
-      const result = await this.withSlot(() => this.send(decision, policyId)).catch(
+      const result = await this.withSlot(() => {
+        this.options.onQueueAge?.((performance.now() - queuedAt) / 1000);
+        return this.send(decision, policyId);
+      }).catch(
         (err: unknown): DispatchResult => ({ ok: false, status: 0, reason: err instanceof Error ? err.message : String(err), retryable: true, attempts: 0 }),
       );
       for (const resolve of waiters) resolve(result);

@@ -7,6 +7,7 @@
 //   NODE_RUNNER_SCHEME        http | https                                            http
 //   NODE_RUNNER_CA_FILE       CA bundle for https node-runners
 //   DISPATCH_TIMEOUT_MS, DISPATCH_CONCURRENCY, DISPATCH_ATTEMPTS                      5000, 32, 3
+//   DISPATCH_QUEUE_PODS       pods queued at most; more events are answered 503          10000
 //   CONTROLLER_NAMESPACE      always excluded (the controller's own namespace)
 //   NODE_RUNNER_ADDRESS       send every request to this address instead of the pod's hostIP (tests, demo)
 //   KUBECONFIG                kubeconfig file; in-cluster config when unset
@@ -75,6 +76,10 @@ const dispatcher = new Dispatcher({
   timeoutMs: number("DISPATCH_TIMEOUT_MS", 5000),
   maxConcurrent: number("DISPATCH_CONCURRENCY", 32),
   attempts: number("DISPATCH_ATTEMPTS", 3),
+  maxQueuedPods: number("DISPATCH_QUEUE_PODS", 10_000),
+  onQueueAge: (seconds) => {
+    metrics.queueAge.observe(seconds);
+  },
   ...(env.NODE_RUNNER_ADDRESS === undefined ? {} : { addressFor: () => env.NODE_RUNNER_ADDRESS ?? "" }),
 });
 
@@ -119,13 +124,16 @@ server.listen(port, () => {
 
 // Knative sends SIGTERM before stopping a revision: stop accepting, finish what is in flight.
 process.once("SIGTERM", () => {
-  log.info({ inFlight: app.inFlight() }, "SIGTERM: draining");
+  log.info({ inFlight: app.inFlight(), queued: dispatcher.busy }, "SIGTERM: draining");
+  // Stop taking events, answer those in flight, then send what was queued for them.
   server.close(() => {
-    dispatcher.close();
-    policies.stop();
-    signing.stop();
-    log.info("drained");
-    process.exit(0);
+    void dispatcher.whenIdle().then(() => {
+      dispatcher.close();
+      policies.stop();
+      signing.stop();
+      log.info("drained");
+      process.exit(0);
+    });
   });
   setTimeout(() => process.exit(0), 25_000).unref();
 });

@@ -6,7 +6,6 @@ import fc from "fast-check";
 import { pino } from "pino";
 import request from "supertest";
 import { apiServerSourceEvent, meshPodObject } from "../test/support/apiserversource.ts";
-import type { Dispatcher } from "./dispatch.ts";
 import { parsePod } from "./pod.ts";
 import { parsePolicy } from "./policy.ts";
 import { createFunctionApp, createFunctionMetrics } from "./server.ts";
@@ -17,7 +16,7 @@ const dryRun = parsePolicy("mode: dry-run");
 
 const app = createFunctionApp({
   policy: () => dryRun,
-  dispatcher: { dispatch: unreachable("dispatcher") } as unknown as Dispatcher,
+  dispatcher: { offer: unreachable("dispatcher"), busy: 0 },
   cluster: {
     // The API server's view of a pod to act on: the event is only a trigger.
     getPod: (_namespace, name) => Promise.resolve(parsePod(meshPodObject(name))),
@@ -126,11 +125,12 @@ describe("decision function: capture warnings (Istio parity)", () => {
     const enforcing = createFunctionApp({
       policy: () => parsePolicy("mode: enforce"),
       dispatcher: {
-        dispatch: (d: { pod: { name: string } }) => {
+        offer: (d) => {
           dispatched.push(d.pod.name);
-          return Promise.resolve({ ok: true, result: "applied" });
+          return "queued";
         },
-      } as unknown as Dispatcher,
+        busy: 0,
+      },
       cluster: {
         getPod: () => Promise.resolve(parsePod(pod)),
         getNamespace: () => Promise.resolve(undefined),
@@ -162,7 +162,7 @@ describe("decision function: pods that carry the waiter but get no rules", () =>
     const warnings: { pod: string; reason: string; message: string }[] = [];
     const app = createFunctionApp({
       policy: () => parsePolicy(policy),
-      dispatcher: { dispatch: unreachable("dispatcher") } as unknown as Dispatcher,
+      dispatcher: { offer: unreachable("dispatcher"), busy: 0 },
       cluster: {
         getPod: (namespace, name) => Promise.resolve(parsePod(withWaiter(name, namespace))),
         getNamespace: () => Promise.resolve(undefined),

@@ -1,7 +1,9 @@
 // The decision function's HTTP side: CloudEvents in (binary, structured and batch mode),
 // ApiServerSource pod events (Resource and Reference mode) and PingSource resync ticks.
-// Answers: 2xx when done or skipped, 503 when a failure is transient (the adapter retries),
-// 400 when an event can never be processed (DESIGN §10).
+// Answers: 2xx once an event is decided and, for pods to program, queued (the dispatch runs
+// after the answer: the source delivers one event at a time and waits for each); 503 when a
+// failure is transient or the queue is full (the adapter retries, the resync catches the
+// rest); 400 when an event can never be processed.
 import express, { type Request, type Response } from "express";
 import { HTTP, type CloudEventV1 } from "cloudevents";
 import type { Logger } from "pino";
@@ -38,7 +40,10 @@ export function createFunctionMetrics(options: { defaultMetrics?: boolean } = {}
     events: new Counter({ name: "podnet_function_events_total", help: "CloudEvents by type and outcome.", labelNames: ["type", "outcome"], registers: [registry] }),
     decisions: new Counter({ name: "podnet_function_decisions_total", help: "Decisions by action and reason.", labelNames: ["action", "reason"], registers: [registry] }),
     decisionDuration: new Histogram({ name: "podnet_function_decision_duration_seconds", help: "Time to decide one pod.", buckets: [0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01], registers: [registry] }),
-    dispatchDuration: new Histogram({ name: "podnet_function_dispatch_duration_seconds", help: "Time of one signed dispatch, retries included.", labelNames: ["result"], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [registry] }),
+    dispatchDuration: new Histogram({ name: "podnet_function_dispatch_duration_seconds", help: "Time from queueing a pod to its dispatch's outcome, retries included.", labelNames: ["result"], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [registry] }),
+    queueAge: new Histogram({ name: "podnet_function_dispatch_queue_age_seconds", help: "Time a decision waited in the dispatch queue before it was sent.", buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5], registers: [registry] }),
+    queueDepth: new Gauge({ name: "podnet_function_dispatch_queue_pods", help: "Pods queued or in flight to node-runners.", registers: [registry] }),
+    queueFull: new Counter({ name: "podnet_function_dispatch_queue_full_total", help: "Pods not queued because the dispatch queue was full (answered 503).", registers: [registry] }),
     dispatchFailures: new Counter({ name: "podnet_function_dispatch_failures_total", help: "Failed dispatches by HTTP status (0: no answer) and reason.", labelNames: ["status", "reason"], registers: [registry] }),
     policyReloadFailures: new Counter({ name: "podnet_function_policy_reload_failures_total", help: "Policy documents refused (the last good policy stays).", registers: [registry] }),
     authFailures: new Counter({ name: "podnet_function_auth_failures_total", help: "Events refused because the sender is not authenticated or not allowed, by reason.", labelNames: ["reason"], registers: [registry] }),
@@ -50,12 +55,10 @@ export type FunctionMetrics = ReturnType<typeof createFunctionMetrics>;
 
 export interface FunctionDeps {
   readonly policy: () => Policy;
-  readonly dispatcher: Dispatcher;
+  readonly dispatcher: Pick<Dispatcher, "offer" | "busy">;
   readonly cluster: ClusterReader;
   readonly log: Logger;
   readonly metrics: FunctionMetrics;
-  /** Pods dispatched at once during a resync. */
-  readonly resyncConcurrency?: number;
   /** Who may send events (Knative's OIDC sender identity); undefined: anyone (not for production). */
   readonly auth?: SenderAuthenticator;
   /** A resync runs at most this often (ms); more PingSource events are answered and ignored. */
@@ -65,7 +68,7 @@ export interface FunctionDeps {
   readonly notReady?: () => string | undefined;
 }
 
-type Outcome = "applied" | "unchanged" | "skipped" | "dry-run" | "invalid" | "duplicate" | "failed";
+type Outcome = "queued" | "skipped" | "dry-run" | "invalid" | "duplicate" | "failed";
 interface HandledPod {
   readonly pod: string;
   readonly outcome: Outcome;
@@ -75,7 +78,7 @@ interface HandledPod {
 
 interface ResyncSummary {
   seen: number;
-  dispatched: number;
+  queued: number;
   skipped: number;
   failed: number;
 }
@@ -314,15 +317,26 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
       });
     }
     const t0 = performance.now();
-    const result: DispatchResult = await deps.dispatcher.dispatch(decision, policy.id);
-    metrics.dispatchDuration.observe({ result: result.ok ? result.result : "failed" }, (performance.now() - t0) / 1000);
-    if (result.ok) {
-      plog.info({ decision: "apply", reason: decision.reason, node: decision.node, result: result.result, attempts: result.attempts }, `dispatched: ${result.result}`);
-      return { pod: name, outcome: result.result === "unchanged" ? "unchanged" : "applied", reason: decision.reason };
+    const uid = pod.metadata.uid ?? "";
+    const offered = deps.dispatcher.offer(decision, policy.id, (result: DispatchResult) => {
+      metrics.queueDepth.set(deps.dispatcher.busy);
+      metrics.dispatchDuration.observe({ result: result.ok ? result.result : "failed" }, (performance.now() - t0) / 1000);
+      if (result.ok) {
+        plog.info({ decision: "apply", reason: decision.reason, node: decision.node, result: result.result, attempts: result.attempts }, `dispatched: ${result.result}`);
+        return;
+      }
+      // Not done: the same notification, redelivered, or the resync must try again.
+      handled.delete(uid);
+      metrics.dispatchFailures.inc({ status: String(result.status), reason: result.reason });
+      plog.warn({ decision: "apply", node: decision.node, status: result.status, reason: result.reason, attempts: result.attempts }, "dispatch failed");
+    });
+    metrics.queueDepth.set(deps.dispatcher.busy);
+    if (offered === "full") {
+      metrics.queueFull.inc();
+      plog.warn({ queued: deps.dispatcher.busy }, "dispatch queue full");
+      return { pod: name, outcome: "failed", reason: "queue-full", transient: true };
     }
-    metrics.dispatchFailures.inc({ status: String(result.status), reason: result.reason });
-    plog.warn({ decision: "apply", node: decision.node, status: result.status, reason: result.reason, attempts: result.attempts }, "dispatch failed");
-    return { pod: name, outcome: "failed", reason: result.reason, transient: result.retryable };
+    return { pod: name, outcome: "queued", reason: decision.reason };
   }
 
   let lastResync = -Infinity;
@@ -335,20 +349,17 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
       return { summary: "rate-limited", results: [] };
     }
     lastResync = now;
-    const summary: ResyncSummary = { seen: 0, dispatched: 0, skipped: 0, failed: 0 };
+    const summary: ResyncSummary = { seen: 0, queued: 0, skipped: 0, failed: 0 };
     const results: HandledPod[] = [];
-    const limit = deps.resyncConcurrency ?? 16;
     try {
       for await (const page of deps.cluster.listPods(MESH_POD_SELECTOR)) {
-        for (let i = 0; i < page.length; i += limit) {
-          const batch = await Promise.all(page.slice(i, i + limit).map((pod) => handlePod(pod, elog, { fromApi: true })));
-          for (const r of batch) {
-            summary.seen++;
-            if (r.outcome === "applied" || r.outcome === "unchanged") summary.dispatched++;
-            else if (r.outcome === "failed") summary.failed++;
-            else summary.skipped++;
-            if (r.outcome !== "skipped" && r.outcome !== "duplicate") results.push(r);
-          }
+        for (const pod of page) {
+          const r = await handlePod(pod, elog, { fromApi: true });
+          summary.seen++;
+          if (r.outcome === "queued") summary.queued++;
+          else if (r.outcome === "failed") summary.failed++;
+          else summary.skipped++;
+          if (r.outcome !== "skipped" && r.outcome !== "duplicate") results.push(r);
         }
       }
     } catch (err) {

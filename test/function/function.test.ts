@@ -82,8 +82,8 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), cgroupRoot: pods.cgroupRoot, port: runner.port });
     const res = await deliver(`${fn.url}/`, pingEvent(), await senderToken(cp, "PingSource"));
     assert.equal(res.status, 200, JSON.stringify(res.body));
-    const summary = (res.body as { resync: { seen: number; dispatched: number; failed: number } }).resync;
-    assert.ok(summary.seen >= 3 && summary.dispatched >= 1 && summary.failed === 0, JSON.stringify(res.body));
+    const summary = (res.body as { resync: { seen: number; queued: number; failed: number } }).resync;
+    assert.ok(summary.seen >= 3 && summary.queued >= 1 && summary.failed === 0, JSON.stringify(res.body));
     await waitForAnnotations(core, pod, (a) => a[MARK.status] === STATUS_INITIALIZED);
   });
 
