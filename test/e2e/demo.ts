@@ -20,7 +20,8 @@ const say = (line: string): void => {
 
 const cannot = testPodsUnavailableReason();
 if (cannot !== undefined) {
-  say(`demo: ${cannot}. Run it as root (sudo npm run demo); \`npm run pnc -- plan examples/injected-pod.yaml\` works without.`);
+  const asRoot = process.getuid?.() === 0 ? "" : " Run it as root (sudo npm run demo).";
+  say(`demo: ${cannot}.${asRoot} \`npm run pnc -- plan examples/injected-pod.yaml\` works without.`);
   process.exit(1);
 }
 if (missingBinariesReason() !== undefined) {
