@@ -12,6 +12,7 @@
 //                                      status.hostIP): the signed @authority must be     address
 //                                      one of them with the listen port
 //   --proc / PROC_ROOT                 the host's /proc (hostPID)                      /proc
+//   --cgroup-fs / CGROUP_FS            the host's cgroup filesystem (mounted read-only)  /sys/fs/cgroup
 //   --cgroup-root / CGROUP_ROOT        the kubelet's --cgroup-root (pods' cgroups lie   /
 //                                      directly under <root>/kubepods[.slice])
 //   --tls-cert, --tls-key / TLS_CERT, TLS_KEY   serve HTTPS with these files           (HTTP when unset)
@@ -45,6 +46,7 @@ const { values } = parseArgs({
     proc: { type: "string" },
     "host-ip": { type: "string" },
     "cgroup-root": { type: "string" },
+    "cgroup-fs": { type: "string" },
     "tls-cert": { type: "string" },
     "tls-key": { type: "string" },
     "max-concurrent": { type: "string" },
@@ -78,6 +80,7 @@ const apiTimeoutMs = Number(values["api-timeout-ms"] ?? env.API_TIMEOUT_MS ?? "5
 if (!Number.isInteger(apiTimeoutMs) || apiTimeoutMs < 100) fail(`--api-timeout-ms must be an integer ≥ 100, got ${apiTimeoutMs}`);
 const procRoot = values.proc ?? env.PROC_ROOT ?? "/proc";
 const cgroupRoot = values["cgroup-root"] ?? env.CGROUP_ROOT ?? "/";
+const cgroupFs = values["cgroup-fs"] ?? env.CGROUP_FS ?? "/sys/fs/cgroup";
 try {
   podUidPattern("0", cgroupRoot);
 } catch (err) {
@@ -119,7 +122,7 @@ const app = createNodeRunnerApp({
   keys,
   replay,
   pods: new KubePodApi(kubeConfig, nodeName, apiTimeoutMs),
-  resolveNetns: (pod) => resolvePodNetns(pod, { procRoot, cgroupRoot }),
+  resolveNetns: (pod) => resolvePodNetns(pod, { procRoot, cgroupRoot, cgroupFs }),
   applierFor: async (netns) =>
     backend === "nftables" ? appliers.native
     : backend === "auto" ? appliers[await detectVariant(netns, defaultVariant)]

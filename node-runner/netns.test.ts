@@ -107,7 +107,7 @@ describe("resolvePodNetns on fixture trees", () => {
       "400": { cgroup: "0::/kubepods/besteffort/podother/x\n", inode: "4026532600", start: 1, ip: "10.244.3.18" },
     });
     const r = await resolvePodNetns({ uid: UID, ips: ["10.244.3.17"] }, { procRoot });
-    assert.deepEqual(r, { found: true, netns: { inode: "4026532500", path: path.join(procRoot, "200", "ns", "net"), pid: 200, processes: 2, hostInode: "4026531840" } });
+    assert.deepEqual(r, { found: true, netns: { inode: "4026532500", path: path.join(procRoot, "200", "ns", "net"), pid: 200, processes: 2, hostInode: "4026531840" }, method: "proc-scan" });
   });
 
   test("skips the host netns and unreadable entries", async () => {

@@ -1,13 +1,14 @@
-// Find a pod's network namespace from the node, without trusting the container runtime
-// (docs/architecture.md, "Finding the pod's network namespace"): scan /proc (the node-runner
-// runs with hostPID) for processes in the kubelet's own cgroup for the pod — only the exact
-// shapes kubelet creates under the kubepods hierarchy, never a UID found elsewhere in a path —
-// skip the host's own netns (known for certain, else refuse), require the netns to hold one of
-// the pod's IPs, refuse when more than one netns qualifies, and name the oldest process (the
-// sandbox's pause process).
+// Find a pod's network namespace from the node, without trusting the container runtime: the
+// processes of the kubelet's own cgroup for the pod — read directly from the host's cgroup
+// filesystem (O(1)), or, where that layout is not found, by scanning /proc (the node-runner runs
+// with hostPID) for processes in that cgroup; only the exact shapes kubelet creates under the
+// kubepods hierarchy count, never a UID found elsewhere in a path. Skip the host's own netns
+// (known for certain, else refuse), require the netns to hold one of the pod's IPs, refuse when
+// more than one netns qualifies, and name the oldest process (the sandbox's pause process).
 //
 // Everything is read from files under `procRoot`, so fixture trees can stand in for /proc.
 import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 
 export interface ResolvedNetns {
@@ -137,24 +138,74 @@ export function hostNetnsInode(procRoot: string): { inode: string } | { error: s
   return { inode: self };
 }
 
-// async for the callers' sake: a CRI lookup or a slower scan may replace the body.
-// eslint-disable-next-line @typescript-eslint/require-await
+/** Where the kubelet puts a pod's cgroup, relative to a hierarchy's root (all drivers and QoS classes). */
+export function podCgroupDirs(uid: string, cgroupRoot = "/"): string[] {
+  podUidPattern(uid, cgroupRoot); // validates both
+  const root = cgroupRoot.replace(/\/+$/, "");
+  const dashed = uid.toLowerCase().replace(/_/g, "-");
+  const underscored = dashed.replace(/-/g, "_");
+  return [
+    `${root}/kubepods/pod${dashed}`,
+    `${root}/kubepods/burstable/pod${dashed}`,
+    `${root}/kubepods/besteffort/pod${dashed}`,
+    `${root}/kubepods.slice/kubepods-pod${underscored}.slice`,
+    `${root}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${underscored}.slice`,
+    `${root}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${underscored}.slice`,
+  ];
+}
+
+/** The hierarchies a pod's processes are listed in: the unified one, then v1's usual ones. */
+const HIERARCHIES = ["", "unified", "systemd", "pids", "memory", "cpu,cpuacct"];
+
+/**
+ * The processes of the kubelet's cgroup for the pod, read directly (O(1) in the node's process
+ * count): the pod cgroup's own `cgroup.procs` and those of its children (the containers').
+ * Undefined when no such cgroup exists under `cgroupFs` (another layout: the caller scans /proc).
+ */
+export async function podCgroupPids(uid: string, options: { readonly cgroupFs: string; readonly cgroupRoot?: string }): Promise<number[] | undefined> {
+  for (const hierarchy of HIERARCHIES) {
+    for (const dir of podCgroupDirs(uid, options.cgroupRoot)) {
+      const podDir = path.join(options.cgroupFs, hierarchy, dir);
+      let children: string[];
+      try {
+        children = (await readdir(podDir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => path.join(podDir, e.name));
+      } catch {
+        continue;
+      }
+      const pids: number[] = [];
+      for (const cgroup of [podDir, ...children]) {
+        const text = await readFile(path.join(cgroup, "cgroup.procs"), "utf8").catch(() => "");
+        for (const line of text.split("\n")) if (/^\d+$/.test(line)) pids.push(Number(line));
+      }
+      return pids;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Find the pod's network namespace. The kubelet's pod cgroup is read directly when it can be
+ * found under `cgroupFs`; otherwise every process under `procRoot` is scanned for one whose
+ * cgroup is the pod's (slower: it grows with the node's process count).
+ */
 export async function resolvePodNetns(
   pod: { readonly uid: string; readonly ips: readonly string[] },
-  options: { readonly procRoot?: string; readonly cgroupRoot?: string } = {},
-): Promise<NetnsResolution> {
+  options: { readonly procRoot?: string; readonly cgroupRoot?: string; readonly cgroupFs?: string } = {},
+): Promise<NetnsResolution & { readonly method?: "cgroup" | "proc-scan" }> {
   const procRoot = options.procRoot ?? "/proc";
   const host = hostNetnsInode(procRoot);
   if ("error" in host) return { found: false, reason: "host-netns-unknown", detail: host.error };
   const hostInode = host.inode;
   const pattern = podUidPattern(pod.uid, options.cgroupRoot);
 
+  const direct = await podCgroupPids(pod.uid, { cgroupFs: options.cgroupFs ?? "/sys/fs/cgroup", ...(options.cgroupRoot === undefined ? {} : { cgroupRoot: options.cgroupRoot }) });
+  const method = direct === undefined ? "proc-scan" : "cgroup";
+  // With the direct read the cgroup is the kubelet's by its path; a scan checks each process's.
+  const pids = direct?.map(String) ?? readdirSync(procRoot).filter((entry) => /^\d+$/.test(entry) && cgroupBelongsToPod(readText(path.join(procRoot, entry, "cgroup")) ?? "", pattern));
+
   const candidates = new Map<string, { pid: number; start: number; count: number }>();
   let hostOnly = false;
-  for (const entry of readdirSync(procRoot)) {
-    if (!/^\d+$/.test(entry)) continue;
-    const cgroup = readText(path.join(procRoot, entry, "cgroup"));
-    if (cgroup === undefined || !cgroupBelongsToPod(cgroup, pattern)) continue;
+  for (const entry of pids) {
     const inode = netnsInode(procRoot, entry);
     if (inode === undefined) continue; // exited meanwhile, or not readable
     if (inode === hostInode) {
@@ -172,8 +223,8 @@ export async function resolvePodNetns(
   }
   if (candidates.size === 0) {
     return hostOnly
-      ? { found: false, reason: "host-netns-only", detail: `processes of pod ${pod.uid} are only in the host network namespace` }
-      : { found: false, reason: "no-process", detail: `no process of pod ${pod.uid} found under ${procRoot}` };
+      ? { found: false, reason: "host-netns-only", detail: `processes of pod ${pod.uid} are only in the host network namespace`, method }
+      : { found: false, reason: "no-process", detail: `no process of pod ${pod.uid} found (${method})`, method };
   }
 
   const wanted = new Set(pod.ips.map((ip) => (ip.includes(":") ? expandIPv6(ip) : ip)));
@@ -189,6 +240,7 @@ export async function resolvePodNetns(
       found: false,
       reason: "ambiguous-netns",
       detail: `pod ${pod.uid}: ${holding.length} network namespaces (${holding.map(([inode]) => inode).join(", ")}) hold ${pod.ips.join(", ")}`,
+      method,
     };
   }
   const only = holding[0];
@@ -197,10 +249,11 @@ export async function resolvePodNetns(
       found: false,
       reason: "ip-mismatch",
       detail: `pod ${pod.uid}: ${candidates.size} network namespace(s) found, none holds ${pod.ips.join(", ") || "(no pod IP)"}`,
+      method,
     };
   }
   const [inode, c] = only;
-  return { found: true, netns: { inode, path: path.join(procRoot, String(c.pid), "ns", "net"), pid: c.pid, processes: c.count, hostInode } };
+  return { found: true, netns: { inode, path: path.join(procRoot, String(c.pid), "ns", "net"), pid: c.pid, processes: c.count, hostInode }, method };
 }
 
 /** An open descriptor of a pod's network namespace, for the length of one apply. */
