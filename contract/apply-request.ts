@@ -1,4 +1,4 @@
-// The wire contract between the decision function and the node-runner (DESIGN §6), defined
+// The wire contract between the decision function and the node-runner (docs/architecture.md §6), defined
 // once and imported by both sides.
 import { z } from "zod";
 import { captureConfigInputSchema } from "./capture-config.ts";
@@ -10,7 +10,7 @@ export const REMOVE_PATH = "/v1/remove";
 export const MAX_BODY_BYTES = 64 * 1024;
 export const CONTENT_TYPE = "application/json";
 
-/** Annotations only the node-runner writes (DESIGN §8). */
+/** Annotations only the node-runner writes (docs/architecture.md §6). */
 export const MARK = {
   status: "pod-network-controller.istio.io/status",
   netns: "pod-network-controller.istio.io/netns",

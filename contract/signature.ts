@@ -1,4 +1,4 @@
-// The signature profile of apply requests (DESIGN §6): RFC 9421 HTTP Message Signatures with
+// The signature profile of apply requests (docs/architecture.md §6): RFC 9421 HTTP Message Signatures with
 // Ed25519, covering the method, authority, path, content type and an RFC 9530 content digest,
 // with created/expires/nonce/keyid/alg and a fixed tag. The decision function signs with a
 // private key; node-runners hold only public keys, so no node can forge requests to another.
@@ -142,7 +142,7 @@ function single(value: string | readonly string[] | undefined): string | undefin
 }
 
 /**
- * Verify a request against the profile, in DESIGN §6's order: digest, signature (by keyid),
+ * Verify a request against the profile, in the order of docs/architecture.md §6: digest, signature (by keyid),
  * freshness. Replay (nonce) is checked by the caller, which owns the cache.
  */
 export function verifyRequest(

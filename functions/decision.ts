@@ -1,4 +1,4 @@
-// Does this pod need rules now, and which? (DESIGN §4). Pure: pod, namespace and policy in,
+// Does this pod need rules now, and which? (docs/architecture.md §4). Pure: pod, namespace and policy in,
 // a decision with a machine-readable reason out. Cheap checks come first: most events are
 // updates of pods that need nothing, and they must cost microseconds.
 import { MARK, STATUS_INITIALIZED, type PodRef } from "../contract/apply-request.ts";

@@ -1,4 +1,4 @@
-// Signed apply requests to the node-runner on the pod's node (DESIGN §6): keep-alive
+// Signed apply requests to the node-runner on the pod's node (docs/architecture.md §6): keep-alive
 // connections, a timeout, a concurrency bound, retries with backoff on connection errors and
 // 503, and coalescing: while a request for a pod is in flight, newer decisions for that pod
 // wait and only the latest is sent next.

@@ -1,4 +1,4 @@
-// The decision policy (DESIGN §4): a YAML document operators edit (a mounted ConfigMap).
+// The decision policy (docs/architecture.md §4): a YAML document operators edit (a mounted ConfigMap).
 // Validated with a schema; its digest travels in every apply request.
 import { createHash } from "node:crypto";
 import { z } from "zod";

@@ -1,4 +1,4 @@
-// Program one pod's network namespace (DESIGN §7.2–7.3): render, compare with what is there,
+// Program one pod's network namespace (docs/architecture.md §7): render, compare with what is there,
 // and replace what differs in one iptables-restore transaction per address family, then the
 // TPROXY / IPv6 network setup. Idempotent: the same rules already in place → "unchanged".
 // Commands run inside the pod's netns only, entered by a file descriptor opened once per apply

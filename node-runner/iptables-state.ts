@@ -1,5 +1,5 @@
 // What the node-runner owns in a pod's iptables, and the single iptables-restore transaction
-// that replaces or removes it (DESIGN §7.3). Pure: save text and rules in, text out.
+// that replaces or removes it (docs/architecture.md §7). Pure: save text and rules in, text out.
 //
 // Owned: every ISTIO_* chain with its rules, plus the lines in built-in chains that the
 // previous apply added (recorded by the node-runner) or that jump to an ISTIO_* chain.

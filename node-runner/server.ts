@@ -1,4 +1,4 @@
-// The node-runner's HTTP API (DESIGN §6–§8): verify, check the pod, find its netns, apply,
+// The node-runner's HTTP API (docs/architecture.md §6–§7): verify, check the pod, find its netns, apply,
 // mark. Every refusal has its status and a log line, and changes nothing.
 import { randomUUID, type KeyObject } from "node:crypto";
 import express, { type Request, type Response } from "express";

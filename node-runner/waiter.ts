@@ -1,4 +1,4 @@
-// The waiter (DESIGN §9): the pod's first init container, UID of the proxy, no capabilities,
+// The waiter (docs/architecture.md §9): the pod's first init container, UID of the proxy, no capabilities,
 // no API token. It reads the downward API annotations file, waits until the node-runner has
 // marked the pod initialized for *this* network namespace, proves that redirection works, and
 // exits 0, so that Envoy and the application start only with interception in place.

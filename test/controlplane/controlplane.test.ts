@@ -1,6 +1,6 @@
 // Smoke test of the real control plane: a pod created through kube-apiserver reaches a
-// receiver as a CloudEvent sent by Knative's real ApiServerSource adapter, shaped as DESIGN
-// §11 says. Needs the binaries from test/controlplane/build.sh.
+// receiver as a CloudEvent sent by Knative's real ApiServerSource adapter, shaped as Knative
+// documents (type, source, subject, extensions; binary mode). Needs the binaries from test/controlplane/build.sh.
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import http from "node:http";

@@ -1,4 +1,4 @@
-// End to end on the real control plane (DESIGN §2, §12): pods created through the API server
+// End to end on the real control plane (docs/architecture.md §2, §10): pods created through the API server
 // → Knative's real ApiServerSource adapter → the function → the node-runner (its own
 // ServiceAccount, node-bound token, under RBAC and the admission policy) → rules in real test
 // pods → the mark → the waiter exits 0 and traffic proves interception.

@@ -1,4 +1,4 @@
-// Real "pods" for tests (DESIGN §12): each is a network namespace with a veth into an isolated
+// Real "pods" for tests (docs/architecture.md §10): each is a network namespace with a veth into an isolated
 // bridge namespace that has no uplink, an address from the test range, a pause-like process
 // inside, placed in a cgroup whose path carries the pod UID the way kubelet names it. The
 // node-runner finds them exactly as it would on a node. Nothing touches the host's netns.
