@@ -129,5 +129,7 @@ describe("admission policy for the project's annotations [needs control plane]",
 
   test("users keep changing their own annotations", async () => {
     await admin.patchNamespacedPod({ namespace: NS, name: "users", body: { metadata: { annotations: { "example.com/owner": "team-a" } } } }, merge);
+    const after = await admin.readNamespacedPod({ namespace: NS, name: "users" });
+    assert.equal(after.metadata?.annotations?.["example.com/owner"], "team-a");
   });
 });
