@@ -57,12 +57,12 @@ export type PodRef = z.infer<typeof podRefSchema>;
 export type ApplyRequest = Omit<z.infer<typeof applyRequestSchema>, "capture"> & { capture: z.infer<typeof captureConfigInputSchema> };
 export type RemoveRequest = z.infer<typeof removeRequestSchema>;
 
-export type ApplyResponse =
-  | { readonly result: "applied" | "unchanged"; readonly netns: string; readonly rules: string; readonly durationMs: number }
-  | { readonly result: "removed" | "absent"; readonly durationMs: number };
+/** The node-runner's answers: 200 with the outcome, anything else with a reason. */
+export const applyResponseSchema = z.union([
+  z.object({ result: z.enum(["applied", "unchanged"]), netns: z.string(), rules: z.string(), durationMs: z.number() }),
+  z.object({ result: z.enum(["removed", "absent"]), durationMs: z.number() }),
+]);
+export type ApplyResponse = z.infer<typeof applyResponseSchema>;
 
-export interface ErrorResponse {
-  readonly error: string;
-  readonly reason: string;
-  readonly detail?: string;
-}
+export const errorResponseSchema = z.object({ error: z.string(), reason: z.string(), detail: z.string().optional() });
+export type ErrorResponse = z.infer<typeof errorResponseSchema>;

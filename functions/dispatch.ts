@@ -5,7 +5,7 @@
 import { randomUUID, type KeyObject } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
-import { API_VERSION, APPLY_PATH, CONTENT_TYPE, type ApplyRequest } from "../contract/apply-request.ts";
+import { API_VERSION, APPLY_PATH, CONTENT_TYPE, applyResponseSchema, errorResponseSchema, type ApplyRequest } from "../contract/apply-request.ts";
 import { signRequest } from "../contract/signature.ts";
 import type { Decision } from "./decision.ts";
 
@@ -168,12 +168,15 @@ export class Dispatcher {
           res.on("data", (c: string) => (text += c));
           res.on("end", () => {
             const status = res.statusCode ?? 0;
-            let parsed: { result?: string; reason?: string } = {};
+            let body: unknown;
             try {
-              parsed = JSON.parse(text) as typeof parsed;
+              body = JSON.parse(text);
             } catch {
-              // not JSON: keep the status
+              body = undefined; // not JSON: the status alone says what happened
             }
+            const answer = applyResponseSchema.safeParse(body);
+            const refusal = errorResponseSchema.safeParse(body);
+            const parsed = { result: answer.success ? answer.data.result : undefined, reason: refusal.success ? refusal.data.reason : undefined };
             if (status === 200) resolve({ ok: true, status: 200, result: parsed.result ?? "applied", attempts: attempt });
             else {
               const retryAfter = Number(res.headers["retry-after"]);

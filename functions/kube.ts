@@ -7,13 +7,17 @@ import type { NamespaceFacts } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
 import type { ClusterReader, PodWarningReason } from "./server.ts";
 
+/** Namespace facts change rarely; the legacy opt-in reads them for pods Istio did not inject. */
+const NAMESPACE_CACHE_MS = 30_000;
+/** Pods per page when a resync lists the mesh pods. */
+const LIST_PAGE_SIZE = 500;
+
 export class KubeClusterReader implements ClusterReader {
   private readonly core: k8s.CoreV1Api;
   private readonly namespaces = new Map<string, { facts: NamespaceFacts | undefined; until: number }>();
 
   constructor(
     kubeConfig: k8s.KubeConfig,
-    private readonly options: { namespaceCacheMs?: number; pageSize?: number } = {},
   ) {
     this.core = kubeConfig.makeApiClient(k8s.CoreV1Api);
   }
@@ -37,14 +41,14 @@ export class KubeClusterReader implements ClusterReader {
     } catch (err) {
       if (!(err instanceof k8s.ApiException && err.code === 404)) throw err;
     }
-    this.namespaces.set(name, { facts, until: Date.now() + (this.options.namespaceCacheMs ?? 30_000) });
+    this.namespaces.set(name, { facts, until: Date.now() + NAMESPACE_CACHE_MS });
     return facts;
   }
 
   async *listPods(labelSelector: string): AsyncIterable<Pod[]> {
     let cont: string | undefined;
     do {
-      const page = await this.core.listPodForAllNamespaces({ labelSelector, limit: this.options.pageSize ?? 500, ...(cont === undefined ? {} : { _continue: cont }) });
+      const page = await this.core.listPodForAllNamespaces({ labelSelector, limit: LIST_PAGE_SIZE, ...(cont === undefined ? {} : { _continue: cont }) });
       yield page.items.map(podFromClient);
       cont = page.metadata?._continue;
     } while (cont !== undefined && cont !== "");
