@@ -13,7 +13,9 @@ import { deriveCaptureInput } from "../functions/capture-from-pod.ts";
 import { decide, type NamespaceFacts } from "../functions/decision.ts";
 import { parsePod, PodManifestError, type Pod } from "../functions/pod.ts";
 import { parsePolicy, PolicyError } from "../functions/policy.ts";
+import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
 import { generateKeys, KeyManifestError, rotateKeys, type KeyManifests } from "./keys.ts";
+import { generateTls, tlsManifests } from "./tls.ts";
 import { renderIptables } from "../node-runner/rules/iptables.ts";
 import { renderNftables } from "../node-runner/rules/nftables.ts";
 import { ipCommand, netSetupSteps } from "../node-runner/rules/routes.ts";
@@ -43,8 +45,10 @@ const USAGE = `usage:
   under the policy given (Istio defaults when none).
 
   keys writes signing-keys.secret.yaml (the function's private keys) and
-  public-keys.configmap.yaml (the node-runners' public keys); rotate adds a new pair and keeps
-  the old ones.
+  public-keys.configmap.yaml (the node-runners' public keys); generate also writes the
+  node-runners' TLS certificate (node-runner-tls.secret.yaml, needs openssl) and the CA the
+  function trusts (node-runner-ca.configmap.yaml); rotate adds a new signing pair and keeps the
+  old ones.
 
   wait is the init container's command: it waits for the node-runner's mark for its own
   network namespace, then proves interception works (exit codes: README).
@@ -208,6 +212,12 @@ function keysCommand(args: readonly string[], io: Io): number {
   io.writeFile(`${values.out}/signing-keys.secret.yaml`, result.secret);
   io.writeFile(`${values.out}/public-keys.configmap.yaml`, result.configMap);
   io.stdout(`new key ${result.keyid}: ${values.out}/signing-keys.secret.yaml (private; apply after the ConfigMap), ${values.out}/public-keys.configmap.yaml (public)\n`);
+  if (sub === "generate") {
+    const tls = tlsManifests(values.namespace, generateTls());
+    io.writeFile(`${values.out}/node-runner-tls.secret.yaml`, tls.secret);
+    io.writeFile(`${values.out}/node-runner-ca.configmap.yaml`, tls.configMap);
+    io.stdout(`node-runner TLS for ${NODE_RUNNER_SERVER_NAME}: ${values.out}/node-runner-tls.secret.yaml (private), ${values.out}/node-runner-ca.configmap.yaml (the CA the function trusts)\n`);
+  }
   return EXIT.ok;
 }
 

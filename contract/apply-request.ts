@@ -10,6 +10,12 @@ export const REMOVE_PATH = "/v1/remove";
 export const MAX_BODY_BYTES = 64 * 1024;
 export const CONTENT_TYPE = "application/json";
 
+/**
+ * The name every node-runner's TLS certificate carries. The function connects to a node's IP and
+ * checks the certificate against this name (one certificate serves every node).
+ */
+export const NODE_RUNNER_SERVER_NAME = "podnet-node-runner.podnet-system.svc";
+
 /** Annotations only the node-runner writes (docs/architecture.md §6). */
 export const MARK = {
   status: "pod-network-controller.istio.io/status",

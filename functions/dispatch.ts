@@ -25,6 +25,8 @@ export interface DispatcherOptions {
   readonly scheme?: "http" | "https";
   /** CA for HTTPS node-runners. */
   readonly ca?: Buffer;
+  /** The name node-runners' certificates carry (checked instead of the node's IP). */
+  readonly serverName?: string;
   readonly timeoutMs?: number;
   readonly maxConcurrent?: number;
   readonly attempts?: number;
@@ -161,6 +163,7 @@ export class Dispatcher {
           agent: this.agent,
           timeout: this.options.timeoutMs ?? 5000,
           headers: { ...headers, host: authority, "content-type": CONTENT_TYPE, "content-length": payload.length },
+          ...(this.options.serverName === undefined ? {} : { servername: this.options.serverName }),
         },
         (res) => {
           let text = "";

@@ -4,8 +4,9 @@
 //   POLICY_FILE               mounted policy YAML; built-in defaults when unset
 //   SIGNING_KEYS_DIR          mounted Secret: Ed25519 private keys, <keyid>.pem       /etc/podnet/signing
 //   NODE_RUNNER_PORT          the node-runners' port                                  19443
-//   NODE_RUNNER_SCHEME        http | https                                            http
-//   NODE_RUNNER_CA_FILE       CA bundle for https node-runners
+//   NODE_RUNNER_SCHEME        https | http                                            https
+//   NODE_RUNNER_CA_FILE       the CA of the node-runners' certificate (https: required)
+//   NODE_RUNNER_SERVER_NAME   the name in that certificate                            podnet-node-runner.podnet-system.svc
 //   DISPATCH_TIMEOUT_MS, DISPATCH_CONCURRENCY, DISPATCH_ATTEMPTS                      5000, 32, 3
 //   DISPATCH_QUEUE_PODS       pods queued at most; more events are answered 503          10000
 //   CONTROLLER_NAMESPACE      always excluded (the controller's own namespace)
@@ -23,6 +24,7 @@ import { readFileSync } from "node:fs";
 import http from "node:http";
 import * as k8s from "@kubernetes/client-node";
 import { pino } from "pino";
+import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
 import { KeyDirectory } from "../contract/key-directory.ts";
 import { Dispatcher } from "./dispatch.ts";
 import { KubeClusterReader } from "./kube.ts";
@@ -63,7 +65,16 @@ const kubeConfig = new k8s.KubeConfig();
 if (env.KUBECONFIG !== undefined && env.KUBECONFIG !== "") kubeConfig.loadFromFile(env.KUBECONFIG);
 else kubeConfig.loadFromCluster();
 
-const scheme = env.NODE_RUNNER_SCHEME === "https" ? "https" : "http";
+const scheme = env.NODE_RUNNER_SCHEME ?? "https";
+if (scheme !== "https" && scheme !== "http") {
+  log.fatal(`NODE_RUNNER_SCHEME must be https or http, got ${scheme}`);
+  process.exit(2);
+}
+if (scheme === "https" && env.NODE_RUNNER_CA_FILE === undefined) {
+  log.fatal("NODE_RUNNER_CA_FILE is required with https (the CA from `pnc keys generate`: node-runner-ca.configmap.yaml)");
+  process.exit(2);
+}
+if (scheme === "http") log.warn("NODE_RUNNER_SCHEME=http: requests to node-runners are signed but not encrypted");
 const dispatcher = new Dispatcher({
   signingKey: () => {
     const newest = signing.newest();
@@ -73,6 +84,7 @@ const dispatcher = new Dispatcher({
   port: number("NODE_RUNNER_PORT", 19443),
   scheme,
   ...(env.NODE_RUNNER_CA_FILE === undefined ? {} : { ca: readFileSync(env.NODE_RUNNER_CA_FILE) }),
+  serverName: env.NODE_RUNNER_SERVER_NAME ?? NODE_RUNNER_SERVER_NAME,
   timeoutMs: number("DISPATCH_TIMEOUT_MS", 5000),
   maxConcurrent: number("DISPATCH_CONCURRENCY", 32),
   attempts: number("DISPATCH_ATTEMPTS", 3),

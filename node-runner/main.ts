@@ -134,6 +134,8 @@ const app = createNodeRunnerApp({
 
 const tlsCert = values["tls-cert"] ?? env.TLS_CERT;
 const tlsKey = values["tls-key"] ?? env.TLS_KEY;
+if ((tlsCert === undefined) !== (tlsKey === undefined)) fail("--tls-cert and --tls-key go together");
+if (tlsCert === undefined) log.warn("no --tls-cert/--tls-key: serving plain HTTP (requests are signed, not encrypted)");
 const server =
   tlsCert !== undefined && tlsKey !== undefined ? https.createServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }, app) : http.createServer(app);
 server.listen(port, host, () => {

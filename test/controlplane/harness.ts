@@ -104,13 +104,14 @@ async function waitFor(what: string, timeoutMs: number, probe: () => Promise<boo
 }
 
 /** The status of a GET (https with `ca`, a bearer `token` if given); rejects when nothing answers. */
-export function httpStatus(url: string, options: { ca?: Buffer; token?: string } = {}): Promise<number> {
+export function httpStatus(url: string, options: { ca?: Buffer; token?: string; servername?: string } = {}): Promise<number> {
   return new Promise((resolve, reject) => {
     const u = new URL(url);
     const request = (u.protocol === "https:" ? https : http).get(
       url,
       {
         ...(options.ca === undefined ? {} : { ca: options.ca }),
+        ...(options.servername === undefined ? {} : { servername: options.servername }),
         headers: options.token === undefined ? {} : { authorization: `Bearer ${options.token}` },
         timeout: 2000,
       },

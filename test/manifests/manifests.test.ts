@@ -7,6 +7,7 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { parseAllDocuments } from "yaml";
 import { generateKeys } from "../../cli/keys.ts";
+import { generateTls, tlsManifests } from "../../cli/tls.ts";
 import { parsePolicy } from "../../functions/policy.ts";
 import { BIN, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
@@ -73,5 +74,8 @@ describe("manifests on the real API server [needs control plane]", skipUnlessCI(
     const keys = generateKeys("podnet-system");
     assert.deepEqual(await cp.applyYaml(keys.configMap), ["ConfigMap/podnet-public-keys"]);
     assert.deepEqual(await cp.applyYaml(keys.secret), ["Secret/podnet-signing-keys"]);
+    const tls = tlsManifests("podnet-system", generateTls());
+    assert.deepEqual(await cp.applyYaml(tls.secret), ["Secret/podnet-node-runner-tls"]);
+    assert.deepEqual(await cp.applyYaml(tls.configMap), ["ConfigMap/podnet-node-runner-ca"]);
   });
 });

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync, randomUUID, type KeyObject } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import http from "node:http";
+import https from "node:https";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -12,8 +12,8 @@ import * as k8s from "@kubernetes/client-node";
 import { APPLY_PATH, MARK, REMOVE_PATH, STATUS_INITIALIZED } from "../../contract/apply-request.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { signRequest } from "../../contract/signature.ts";
-import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
-import { signingKeyDirs, startNodeRunner, type Component } from "../support/components.ts";
+import { httpStatus, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { nodeRunnerTlsOptions, postToRunner, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod } from "../support/mesh-pods.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
@@ -22,11 +22,7 @@ const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
 const NODE = "node-a";
 const NS = "shop";
 
-interface Reply {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: Record<string, unknown>;
-}
+type Reply = RunnerReply;
 
 describe("node-runner server [needs root and control plane]", skipUnlessCI(unavailable), () => {
   let cp: ControlPlane;
@@ -63,34 +59,8 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     await runner.waitForLog(pattern, 3000).catch(() => assert.fail(`${what}: no log line matching ${String(pattern)}`));
   }
 
-  function get(p: string): Promise<number> {
-    return new Promise((resolve, reject) => {
-      http.get({ host: "127.0.0.1", port, path: p }, (res) => {
-        res.resume();
-        resolve(res.statusCode ?? 0);
-      }).on("error", reject);
-    });
-  }
-
-  function send(p: string, body: Buffer, headers: Record<string, string>): Promise<Reply> {
-    return new Promise((resolve, reject) => {
-      const req = http.request({ host: "127.0.0.1", port, path: p, method: "POST", headers: { "content-type": "application/json", ...headers } }, (res) => {
-        let text = "";
-        res.on("data", (c: Buffer) => (text += c.toString()));
-        res.on("end", () => {
-          let parsed: Record<string, unknown> = {};
-          try {
-            parsed = JSON.parse(text) as Record<string, unknown>;
-          } catch {
-            parsed = { raw: text };
-          }
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: parsed });
-        });
-      });
-      req.on("error", reject);
-      req.end(body);
-    });
-  }
+  const get = (p: string): Promise<number> => httpStatus(`https://127.0.0.1:${port}${p}`, nodeRunnerTlsOptions());
+  const send = (p: string, body: Buffer, headers: Record<string, string>): Promise<Reply> => postToRunner(port, p, body, headers);
 
   function signed(p: string, payload: unknown, options: { now?: number; keyid?: string; key?: KeyObject } = {}): { body: Buffer; headers: Record<string, string> } {
     const body = Buffer.from(JSON.stringify(payload));
@@ -234,13 +204,15 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
 
   test("metrics count requests by result and signature failures by reason", async () => {
     const text = await new Promise<string>((resolve, reject) => {
-      http.get({ host: "127.0.0.1", port, path: "/metrics" }, (res) => {
-        let t = "";
-        res.on("data", (c: Buffer) => (t += c.toString()));
-        res.on("end", () => {
-          resolve(t);
-        });
-      }).on("error", reject);
+      https
+        .get({ host: "127.0.0.1", port, path: "/metrics", ...nodeRunnerTlsOptions() }, (res) => {
+          let t = "";
+          res.on("data", (c: Buffer) => (t += c.toString()));
+          res.on("end", () => {
+            resolve(t);
+          });
+        })
+        .on("error", reject);
     });
     assert.match(text, /podnet_node_runner_requests_total\{route="apply",result="applied"\} \d+/);
     assert.match(text, /podnet_node_runner_signature_failures_total\{reason="replay"\} 1/);

@@ -4,7 +4,6 @@
 import assert from "node:assert/strict";
 import { randomUUID, type KeyObject } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
-import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -13,7 +12,7 @@ import { APPLY_PATH, MARK } from "../../contract/apply-request.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { SIGNATURE_PROFILE, signRequest } from "../../contract/signature.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
-import { signingKeyDirs, startNodeRunner, type Component } from "../support/components.ts";
+import { postToRunner, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, type MeshPod } from "../support/mesh-pods.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
@@ -22,11 +21,7 @@ const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
 const NODE = "node-a";
 const NS = "shop";
 
-interface Reply {
-  readonly status: number;
-  readonly headers: http.IncomingHttpHeaders;
-  readonly body: Record<string, unknown>;
-}
+type Reply = RunnerReply;
 
 describe("attacks on the node-runner [needs root and control plane]", skipUnlessCI(unavailable), () => {
   let cp: ControlPlane;
@@ -66,26 +61,7 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
     return startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keysDir, stateDir: stateDir(), cgroupRoot: pods.cgroupRoot, env, ...(port === undefined ? {} : { port }) });
   }
 
-  function send(body: Buffer, headers: Record<string, string>, port = runner.port): Promise<Reply> {
-    return new Promise((resolve, reject) => {
-      const req = http.request({ host: "127.0.0.1", port, path: APPLY_PATH, method: "POST", headers: { "content-type": "application/json", ...headers } }, (res) => {
-        let text = "";
-        res.on("data", (c: Buffer) => (text += c.toString()));
-        res.on("end", () => {
-          let parsed: Record<string, unknown>;
-          try {
-            parsed = JSON.parse(text) as Record<string, unknown>;
-          } catch {
-            parsed = { raw: text };
-          }
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: parsed });
-        });
-      });
-      req.on("error", reject);
-      req.end(body);
-    });
-  }
-
+  const send = (body: Buffer, headers: Record<string, string>): Promise<Reply> => postToRunner(runner.port, APPLY_PATH, body, headers);
   const post = (r: { body: Buffer; headers: Record<string, string> }): Promise<Reply> => send(r.body, r.headers);
 
   /** A signed apply request, as the function would send it (authority: the runner's address). */

@@ -5,8 +5,11 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import https from "node:https";
 import os from "node:os";
 import path from "node:path";
+import { generateTls } from "../../cli/tls.ts";
+import { NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
 import { freePort, httpStatus, type ControlPlane } from "../controlplane/harness.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
@@ -22,7 +25,34 @@ export interface Component {
   readonly process: ChildProcess;
 }
 
-async function startProcess(entry: string, env: NodeJS.ProcessEnv, port: number, readyPath: string): Promise<Component> {
+/**
+ * The node-runners' TLS, as `pnc keys generate` makes it (openssl), once per test process: files
+ * for the node-runner, the CA for its clients, the name the certificate carries.
+ */
+let tls: { certFile: string; keyFile: string; caFile: string; ca: Buffer } | undefined;
+export function nodeRunnerTls(): { certFile: string; keyFile: string; caFile: string; ca: Buffer; servername: string } {
+  if (tls === undefined) {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "pnct-tls-"));
+    process.once("exit", () => {
+      rmSync(dir, { recursive: true, force: true });
+    });
+    const files = generateTls();
+    const [certFile, keyFile, caFile] = ["tls.crt", "tls.key", "ca.crt"].map((f) => path.join(dir, f)) as [string, string, string];
+    writeFileSync(certFile, files.cert);
+    writeFileSync(keyFile, files.key, { mode: 0o600 });
+    writeFileSync(caFile, files.ca);
+    tls = { certFile, keyFile, caFile, ca: Buffer.from(files.ca) };
+  }
+  return { ...tls, servername: NODE_RUNNER_SERVER_NAME };
+}
+
+/** Options for https requests to a node-runner on loopback (its certificate names the service). */
+export function nodeRunnerTlsOptions(): { ca: Buffer; servername: string } {
+  const t = nodeRunnerTls();
+  return { ca: t.ca, servername: t.servername };
+}
+
+async function startProcess(entry: string, env: NodeJS.ProcessEnv, port: number, readyPath: string, tlsClient?: { ca: Buffer; servername: string }): Promise<Component> {
   let output = "";
   const child = spawn(process.execPath, ["--import", "tsx", path.join(root, entry)], {
     cwd: root,
@@ -36,9 +66,9 @@ async function startProcess(entry: string, env: NodeJS.ProcessEnv, port: number,
       resolve();
     });
   });
-  const url = `http://127.0.0.1:${port}`;
+  const url = `${tlsClient === undefined ? "http" : "https"}://127.0.0.1:${port}`;
   const deadline = Date.now() + 30_000;
-  while ((await httpStatus(`${url}${readyPath}`).catch(() => 0)) !== 200) {
+  while ((await httpStatus(`${url}${readyPath}`, tlsClient ?? {}).catch(() => 0)) !== 200) {
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill("SIGKILL");
       throw new Error(`${entry} did not become ready:\n${output}`);
@@ -95,10 +125,13 @@ export async function startNodeRunner(
       KUBECONFIG: cp.writeKubeconfig("node-runner", token),
       STATE_DIR: options.stateDir,
       CGROUP_ROOT: options.cgroupRoot,
+      TLS_CERT: nodeRunnerTls().certFile,
+      TLS_KEY: nodeRunnerTls().keyFile,
       ...options.env,
     },
     port,
     "/readyz",
+    nodeRunnerTlsOptions(),
   );
 }
 
@@ -125,6 +158,8 @@ export async function startFunction(
       ...(options.policyFile === undefined ? {} : { POLICY_FILE: options.policyFile }),
       SIGNING_KEYS_DIR: options.signingKeysDir,
       NODE_RUNNER_PORT: String(options.nodeRunnerPort),
+      NODE_RUNNER_SCHEME: "https",
+      NODE_RUNNER_CA_FILE: nodeRunnerTls().caFile,
       // Every "node" is this machine: send to loopback whatever the pod's hostIP says.
       NODE_RUNNER_ADDRESS: "127.0.0.1",
       CONTROLLER_NAMESPACE: "podnet-system",
@@ -152,36 +187,48 @@ export function scratchDir(prefix: string): { dir: string; remove: () => void } 
 }
 
 /** POST a payload signed as the decision function signs it; returns status and parsed body. */
-export async function sendSigned(
-  url: string,
-  requestPath: string,
-  payload: unknown,
-  key: { keyid: string; privateKey: import("node:crypto").KeyObject },
-): Promise<{ status: number; body: Record<string, unknown> }> {
-  const { signRequest } = await import("../../contract/signature.ts");
-  const { randomUUID } = await import("node:crypto");
-  const target = new URL(requestPath, url);
-  const body = Buffer.from(JSON.stringify(payload));
-  const headers = signRequest(
-    { method: "POST", authority: target.host, path: target.pathname, contentType: "application/json", body },
-    key,
-    { now: Date.now(), nonce: randomUUID() },
-  );
+/** What a node-runner answered. */
+export interface RunnerReply {
+  readonly status: number;
+  readonly headers: http.IncomingHttpHeaders;
+  readonly body: Record<string, unknown>;
+}
+
+/** POST to a node-runner on loopback over its TLS, headers as given (the Host header included). */
+export function postToRunner(port: number, requestPath: string, body: Buffer, headers: Record<string, string>): Promise<RunnerReply> {
   return new Promise((resolve, reject) => {
-    const req = http.request(target, { method: "POST", headers: { ...headers, "content-type": "application/json" } }, (res) => {
-      let text = "";
-      res.on("data", (c: Buffer) => (text += c.toString()));
-      res.on("end", () => {
-        let parsed: Record<string, unknown>;
-        try {
-          parsed = JSON.parse(text) as Record<string, unknown>;
-        } catch {
-          parsed = { raw: text };
-        }
-        resolve({ status: res.statusCode ?? 0, body: parsed });
-      });
-    });
+    const req = https.request(
+      { host: "127.0.0.1", port, path: requestPath, method: "POST", ...nodeRunnerTlsOptions(), headers: { "content-type": "application/json", ...headers } },
+      (res) => {
+        let text = "";
+        res.on("data", (c: Buffer) => (text += c.toString()));
+        res.on("end", () => {
+          let parsed: Record<string, unknown>;
+          try {
+            parsed = JSON.parse(text) as Record<string, unknown>;
+          } catch {
+            parsed = { raw: text };
+          }
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: parsed });
+        });
+      },
+    );
     req.on("error", reject);
     req.end(body);
   });
+}
+
+/** A signed request to a node-runner, as the function sends it (authority: the runner's address). */
+export async function sendSigned(
+  runner: { port: number },
+  requestPath: string,
+  payload: unknown,
+  key: { keyid: string; privateKey: import("node:crypto").KeyObject },
+): Promise<RunnerReply> {
+  const { signRequest } = await import("../../contract/signature.ts");
+  const { randomUUID } = await import("node:crypto");
+  const body = Buffer.from(JSON.stringify(payload));
+  const authority = `127.0.0.1:${runner.port}`;
+  const headers = signRequest({ method: "POST", authority, path: requestPath, contentType: "application/json", body }, key, { now: Date.now(), nonce: randomUUID() });
+  return postToRunner(runner.port, requestPath, body, { ...headers, host: authority });
 }

@@ -81,7 +81,7 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
   }
 
   const apply = (pod: MeshPod) =>
-    sendSigned(runner.url, APPLY_PATH, {
+    sendSigned(runner, APPLY_PATH, {
       apiVersion: "podnet/v1",
       kind: "ApplyRequest",
       node: NODE,
