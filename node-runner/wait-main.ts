@@ -2,7 +2,8 @@
 //
 //   --annotations <file>      downward API annotations file       /etc/istio/pod/annotations
 //   --timeout <seconds>       give up after                       120
-//   --poll <ms>               re-read interval besides file events 500
+//   --poll <ms>               re-read interval without a probe     500
+//   --probe-every <ms>        probe interval (the probe is the signal) 10
 //   --capture-port <port>     inbound capture port to listen on   15006
 //   --probe-target <ip:port>  loopback address nothing listens on 127.0.0.2:15999
 //   --no-probe                skip the interception probe
@@ -20,6 +21,7 @@ export async function waitMain(argv: readonly string[]): Promise<number> {
         annotations: { type: "string", default: "/etc/istio/pod/annotations" },
         timeout: { type: "string", default: "120" },
         poll: { type: "string", default: "500" },
+        "probe-every": { type: "string", default: "10" },
         "capture-port": { type: "string", default: "15006" },
         "probe-target": { type: "string", default: "127.0.0.2:15999" },
         "no-probe": { type: "boolean", default: false },
@@ -32,9 +34,10 @@ export async function waitMain(argv: readonly string[]): Promise<number> {
   }
   const timeout = Number(values.timeout);
   const poll = Number(values.poll);
+  const probeEvery = Number(values["probe-every"]);
   const capturePort = Number(values["capture-port"]);
   const target = /^(\d+\.\d+\.\d+\.\d+):(\d+)$/.exec(values["probe-target"]);
-  if (!(timeout > 0) || !(poll > 0) || !Number.isInteger(capturePort) || capturePort < 1 || capturePort > 65535 || target === null) {
+  if (!(timeout > 0) || !(poll > 0) || !(probeEvery > 0) || !Number.isInteger(capturePort) || capturePort < 1 || capturePort > 65535 || target === null) {
     process.stderr.write("pnc wait: --timeout and --poll must be positive, --capture-port a port, --probe-target ip:port\n");
     return WAIT_EXIT.usage;
   }
@@ -43,6 +46,7 @@ export async function waitMain(argv: readonly string[]): Promise<number> {
     annotationsFile: values.annotations,
     timeoutMs: timeout * 1000,
     pollMs: poll,
+    probeIntervalMs: probeEvery,
     probe: values["no-probe"] ? null : { capturePort, target: { host: target[1] ?? "", port: Number(target[2]) }, timeoutMs: 3000 },
     ownNetnsLink: "/proc/self/ns/net",
     log: (line) => process.stderr.write(`pnc wait: ${line}\n`),

@@ -1,7 +1,10 @@
-// The waiter (docs/architecture.md §9): the pod's first init container, UID of the proxy, no capabilities,
-// no API token. It reads the downward API annotations file, waits until the node-runner has
-// marked the pod initialized for *this* network namespace, proves that redirection works, and
-// exits 0, so that Envoy and the application start only with interception in place.
+// The waiter (docs/architecture.md §9): the pod's first init container, UID of the proxy, no
+// capabilities, no API token. It proves, every few ms, that redirection works in its own
+// network namespace and exits 0 as soon as it does, so that Envoy and the application start
+// only with interception in place. A stale or forged annotation cannot fool the probe, and the
+// kubelet's late refresh of the annotations file costs nothing; the file still tells it why it
+// waits (not yet marked, marked for another netns after a sandbox re-creation) and, without a
+// probe, is the signal.
 import { readFile, readlink, watch } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
@@ -150,7 +153,10 @@ export async function probeInterception(options: { capturePort: number; target: 
 export interface WaitOptions {
   readonly annotationsFile: string;
   readonly timeoutMs: number;
+  /** Re-read interval of the annotations file (besides file events) when there is no probe. */
   readonly pollMs: number;
+  /** How often the probe is tried: the probe, not the annotation, is the signal. */
+  readonly probeIntervalMs?: number;
   readonly probe: { capturePort: number; target: { host: string; port: number }; timeoutMs: number } | null;
   readonly ownNetnsLink: string;
   readonly log: (line: string) => void;
@@ -158,17 +164,27 @@ export interface WaitOptions {
 
 export type WaitResult = { code: number; reason: string };
 
-/** Wait for the mark, then probe. Resolves with the exit code and a one-line reason. */
+/**
+ * How long the probe may keep failing once the pod is marked for this netns: the mark is written
+ * after the rules, so a mark without working rules is a spoof or a broken apply.
+ */
+const MARKED_WITHOUT_INTERCEPTION_MS = 2000;
+
+/**
+ * Wait until redirection works in this network namespace, proven by the probe every few ms
+ * (the annotation the kubelet refreshes late is not waited for); without a probe, wait for the
+ * mark naming this netns. Resolves with the exit code and a one-line reason.
+ */
 export async function waitForInterception(options: WaitOptions): Promise<WaitResult> {
   let own: string;
   try {
     own = await netnsInodeOf(options.ownNetnsLink);
   } catch (err) {
-    return { code: WAIT_EXIT.ownNetnsUnknown, reason: `cannot read own network namespace: ${err instanceof Error ? err.message : String(err)}` };
+    return { code: WAIT_EXIT.ownNetnsUnknown, reason: `cannot read this pod's network namespace: ${err instanceof Error ? err.message : String(err)}` };
   }
   const deadline = Date.now() + options.timeoutMs;
   const abort = new AbortController();
-  // Wake on changes to the file's directory (kubelet swaps a symlink), or at the poll interval.
+  // Wake on changes to the file's directory (kubelet swaps a symlink), or at the interval.
   let wake: () => void = () => undefined;
   const watcher = (async () => {
     try {
@@ -178,9 +194,18 @@ export async function waitForInterception(options: WaitOptions): Promise<WaitRes
       // aborted, or watching unsupported: polling still works
     }
   })();
-  let lastState: MarkState | "unreadable" | undefined;
+  let lastState: MarkState | undefined;
+  let markedSince: number | undefined;
+  let lastProbe = "not tried";
   try {
     for (;;) {
+      if (options.probe !== null) {
+        const probe = await probeInterception({ ...options.probe, timeoutMs: Math.max(1, Math.min(options.probe.timeoutMs, deadline - Date.now())) });
+        if (probe.ok) {
+          return { code: WAIT_EXIT.ok, reason: lastState === "initialized" ? "initialized; interception verified" : "interception verified (before the mark reached this pod)" };
+        }
+        lastProbe = probe.reason;
+      }
       let state: MarkState;
       try {
         const text = await readFile(options.annotationsFile, "utf8");
@@ -193,11 +218,20 @@ export async function waitForInterception(options: WaitOptions): Promise<WaitRes
       }
       if (state !== lastState) options.log(`waiting: ${state === "other-netns" ? "the mark names another network namespace (sandbox re-created)" : state} (own netns ${own})`);
       lastState = state;
-      if (state === "initialized") break;
+      if (state === "initialized") {
+        if (options.probe === null) return { code: WAIT_EXIT.ok, reason: "initialized (probe disabled)" };
+        markedSince ??= Date.now();
+        if (Date.now() - markedSince > MARKED_WITHOUT_INTERCEPTION_MS) return { code: WAIT_EXIT.probeFailed, reason: `marked initialized but interception does not work: ${lastProbe}` };
+      } else {
+        markedSince = undefined;
+      }
       const left = deadline - Date.now();
-      if (left <= 0) return { code: WAIT_EXIT.timeout, reason: `timed out after ${options.timeoutMs} ms: pod not marked initialized for network namespace ${own}` };
+      if (left <= 0) {
+        return { code: WAIT_EXIT.timeout, reason: `timed out after ${options.timeoutMs} ms: interception not in place in network namespace ${own} (mark: ${state}; probe: ${lastProbe})` };
+      }
+      const interval = options.probe === null ? options.pollMs : (options.probeIntervalMs ?? 10);
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, Math.min(options.pollMs, left));
+        const t = setTimeout(resolve, Math.min(interval, left));
         wake = () => {
           clearTimeout(t);
           resolve();
@@ -208,8 +242,4 @@ export async function waitForInterception(options: WaitOptions): Promise<WaitRes
     abort.abort();
     await watcher;
   }
-  if (options.probe === null) return { code: WAIT_EXIT.ok, reason: "initialized (probe disabled)" };
-  const probe = await probeInterception(options.probe);
-  if (!probe.ok) return { code: WAIT_EXIT.probeFailed, reason: `marked initialized but interception does not work: ${probe.reason}` };
-  return { code: WAIT_EXIT.ok, reason: "initialized; interception verified" };
 }
