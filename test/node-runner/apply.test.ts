@@ -1,7 +1,7 @@
 // The node-runner's apply engine on real test pods: real network namespaces, real iptables.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -9,11 +9,13 @@ import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../../contract/captu
 import { IptablesApplier, RecordStore, detectVariant, nsenterRunner, type NetnsRunner } from "../../node-runner/apply.ts";
 import { NftApplier } from "../../node-runner/apply-nft.ts";
 import { openNetns, resolvePodNetns, type OpenNetns } from "../../node-runner/netns.ts";
+import { recordingRunner, transcriptScenario, type Transcript } from "../../node-runner/transcript.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 import { connectFrom, startListener } from "../support/traffic.ts";
 
 const unavailable = testPodsUnavailableReason();
+const root = path.resolve(import.meta.dirname, "../..");
 const config = (overrides: object = {}) => parseCaptureConfig({ ...DEFAULT_CAPTURE_CONFIG, ...overrides });
 
 function hostRules(): string {
@@ -88,6 +90,30 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       assert.doesNotMatch(removed, /ISTIO/);
       assert.match(removed, /-A OUTPUT -d 192\.0\.2\.1\/32 -j ACCEPT/, "other rules are left alone");
       assert.equal(await applier.remove(netns, pod.uid), "absent");
+    });
+  }
+
+  // The engine's conversation with the real kernel is the golden transcript that
+  // node-runner/transcript.test.ts replays without root (UPDATE_TRANSCRIPTS=1 rewrites them).
+  for (const backend of ["iptables-nft", "iptables-legacy", "nftables"] as const) {
+    test(`transcript (${backend}): the real kernel's conversation matches the golden one`, async () => {
+      const pod = pods.add();
+      const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot });
+      assert.ok(resolved.found);
+      const netns = track(openNetns(resolved.netns));
+      const recorder = recordingRunner(nsenterRunner);
+      const drift = (): void => {
+        if (backend === "nftables") pod.exec(["nft", "flush", "chain", "inet", "istio-proxy-nat", "istio-output"]);
+        else pod.exec([backend, "-t", "nat", "-D", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT"]);
+      };
+      const records = new RecordStore(mkdtempSync(path.join(stateDir, "transcript-")));
+      const outcomes = await transcriptScenario(backend, recorder.run, records, netns, "6c0e5c7e-3f0a-4b8e-9d59-2f1b7c1d0a11", drift);
+      assert.deepEqual(outcomes, ["applied", "unchanged", "applied", "applied", "applied", "removed", "absent"]);
+      const file = path.join(root, "node-runner/testdata/transcripts", `${backend}.json`);
+      const transcript: Transcript = { backend, outcomes, commands: recorder.entries };
+      if (process.env.UPDATE_TRANSCRIPTS === "1") writeFileSync(file, `${JSON.stringify(transcript, null, 1)}\n`);
+      const golden = JSON.parse(readFileSync(file, "utf8")) as Transcript;
+      assert.deepEqual(transcript.commands.map((c) => [c.argv, c.stdin]), golden.commands.map((c) => [c.argv, c.stdin]));
     });
   }
 
