@@ -78,47 +78,41 @@ else
   echo "controlplane: built istio-oracle in $(( $(date +%s) - start )) s"
 fi
 
+# A command-line tool installed straight from its module at a version (go install), stamped
+# with that version, into the cache: name, version, package, -ldflags, expected build time.
+install_tool() {
+  local name="$1" version="$2" package="$3" ldflags="$4" expected="$5"
+  local out="$cache/bin/$name"
+  if [ -x "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$version" ]; then
+    echo "controlplane: $name is up to date ($out)"
+    return
+  fi
+  echo "controlplane: building $name $version (measured on 2 cores: $expected)"
+  local start ticker
+  start=$(date +%s)
+  ( while sleep 15; do printf '.'; done ) & ticker=$!
+  if ! GOBIN="$cache/bin" go install -trimpath -ldflags "$ldflags" "$package@$version"; then
+    kill "$ticker" 2>/dev/null || true
+    echo "controlplane: building $name failed" >&2
+    exit 1
+  fi
+  kill "$ticker" 2>/dev/null || true
+  echo "$version" >"$out.stamp"
+  echo
+  echo "controlplane: built $name in $(( $(date +%s) - start )) s"
+}
+
 # istioctl from the same Istio version: its offline `manifest generate` renders Istio's own
 # injector configuration and `kube-inject` runs Istio's real injector (template merge and
 # reordering) for the injection-template tests (test/istio).
 istio_version="$(awk '($1=="require" && $2=="istio.io/istio") {print $3} ($1=="istio.io/istio") {print $2}' "$oracle_dir/go.mod" | head -1)"
-istioctl_out="$cache/bin/istioctl"
-if [ -x "$istioctl_out" ] && [ "$(cat "$istioctl_out.stamp" 2>/dev/null)" = "$istio_version" ]; then
-  echo "controlplane: istioctl is up to date ($istioctl_out)"
-else
-  echo "controlplane: building istioctl $istio_version (measured on 2 cores: about 2 min with the oracle's modules downloaded, 5 min cold)"
-  start=$(date +%s)
-  ( while sleep 15; do printf '.'; done ) & ticker=$!
-  if ! GOBIN="$cache/bin" go install -trimpath -ldflags "-X istio.io/istio/pkg/version.buildVersion=$istio_version" "istio.io/istio/istioctl/cmd/istioctl@$istio_version"; then
-    kill "$ticker" 2>/dev/null || true
-    echo "controlplane: building istioctl failed" >&2
-    exit 1
-  fi
-  kill "$ticker" 2>/dev/null || true
-  echo "$istio_version" >"$istioctl_out.stamp"
-  echo
-  echo "controlplane: built istioctl in $(( $(date +%s) - start )) s"
-fi
+install_tool istioctl "$istio_version" istio.io/istio/istioctl/cmd/istioctl \
+  "-X istio.io/istio/pkg/version.buildVersion=$istio_version" "about 2 min with the oracle's modules downloaded"
 
 # helm, for the chart tests (charts/podnet) and Istio's own istiod chart with this project's values.
 helm_version=v3.22.0
-helm_out="$cache/bin/helm"
-if [ -x "$helm_out" ] && [ "$(cat "$helm_out.stamp" 2>/dev/null)" = "$helm_version" ]; then
-  echo "controlplane: helm is up to date ($helm_out)"
-else
-  echo "controlplane: building helm $helm_version (measured on 2 cores: about 2 min)"
-  start=$(date +%s)
-  ( while sleep 15; do printf '.'; done ) & ticker=$!
-  if ! GOBIN="$cache/bin" go install -trimpath -ldflags "-X helm.sh/helm/v3/internal/version.version=$helm_version" "helm.sh/helm/v3/cmd/helm@$helm_version"; then
-    kill "$ticker" 2>/dev/null || true
-    echo "controlplane: building helm failed" >&2
-    exit 1
-  fi
-  kill "$ticker" 2>/dev/null || true
-  echo "$helm_version" >"$helm_out.stamp"
-  echo
-  echo "controlplane: built helm in $(( $(date +%s) - start )) s"
-fi
+install_tool helm "$helm_version" helm.sh/helm/v3/cmd/helm \
+  "-X helm.sh/helm/v3/internal/version.version=$helm_version" "about 2 min"
 
 # Knative's CRDs, from the same module versions, so that this repository's manifests can be
 # applied to the local API server for real.
