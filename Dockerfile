@@ -12,6 +12,7 @@ COPY contract contract
 COPY node-runner node-runner
 COPY functions functions
 COPY cli cli
+COPY waiter waiter
 RUN npm run build && npm prune --omit=dev
 
 FROM node:22.20.0-bookworm-slim AS runtime

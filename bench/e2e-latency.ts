@@ -5,7 +5,7 @@
 //   npm run bench:e2e -- [pods]
 import { readFileSync } from "node:fs";
 import * as k8s from "@kubernetes/client-node";
-import { MARK, STATUS_INITIALIZED } from "../contract/apply-request.ts";
+import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { missingBinariesReason } from "../test/controlplane/harness.ts";
 import { startStack } from "../test/support/stack.ts";
 import { testPodsUnavailableReason } from "../test/support/test-pods.ts";

@@ -19,6 +19,7 @@ import { generateTls, tlsManifests } from "./tls.ts";
 import { renderIptables } from "../node-runner/rules/iptables.ts";
 import { renderNftables } from "../node-runner/rules/nftables.ts";
 import { ipCommand, netSetupSteps } from "../node-runner/rules/routes.ts";
+import { errorMessage } from "../contract/errors.ts";
 
 /** Exit codes, documented in the README. */
 export const EXIT = {
@@ -229,7 +230,7 @@ function readText(source: string, io: Io): string {
   try {
     return source === "-" ? io.readStdin() : io.readFile(source);
   } catch (err) {
-    throw new InputError(`cannot read ${source === "-" ? "stdin" : source}: ${err instanceof Error ? err.message : String(err)}`);
+    throw new InputError(`cannot read ${source === "-" ? "stdin" : source}: ${errorMessage(err)}`);
   }
 }
 

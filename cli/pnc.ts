@@ -2,7 +2,7 @@
 // pnc — the project's command line (see `pnc help`).
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { waitMain } from "../node-runner/wait-main.ts";
+import { waitMain } from "../waiter/wait-main.ts";
 import { runPnc } from "./commands.ts";
 
 // Output piped into `head` and closed early is not an error.

@@ -16,14 +16,6 @@ export const CONTENT_TYPE = "application/json";
  */
 export const NODE_RUNNER_SERVER_NAME = "podnet-node-runner.podnet-system.svc";
 
-/** Annotations only the node-runner writes (docs/architecture.md §6). */
-export const MARK = {
-  status: "pod-network-controller.istio.io/status",
-  netns: "pod-network-controller.istio.io/netns",
-  rules: "pod-network-controller.istio.io/rules",
-} as const;
-export const STATUS_INITIALIZED = "initialized";
-
 const dnsLabel = z.string().regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, "must be a DNS label");
 const dnsSubdomain = z
   .string()

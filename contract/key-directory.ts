@@ -7,6 +7,7 @@ import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import { watchMount } from "./watch-mount.ts";
+import { errorMessage } from "./errors.ts";
 
 export class KeyDirectory {
   private keys = new Map<string, KeyObject>();
@@ -50,7 +51,7 @@ export class KeyDirectory {
         if (key.asymmetricKeyType !== "ed25519") throw new Error(`key type ${key.asymmetricKeyType ?? "?"}, expected ed25519`);
         next.set(keyid, key);
       } catch (err) {
-        this.log.warn({ keyid, err: err instanceof Error ? err.message : String(err) }, `ignoring an unusable ${this.kind} key file`);
+        this.log.warn({ keyid, err: errorMessage(err) }, `ignoring an unusable ${this.kind} key file`);
       }
     }
     const changed = [...next.keys()].sort().join(",") !== [...this.keys.keys()].sort().join(",");

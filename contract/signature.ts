@@ -7,6 +7,7 @@
 // node-runner.
 import { createHash, sign as edSign, timingSafeEqual, verify as edVerify, type KeyObject } from "node:crypto";
 import { isInnerList, parseDictionary, serializeInnerList, type BareItem, type InnerList, type Item, type Parameters } from "structured-headers";
+import { errorMessage } from "./errors.ts";
 
 export const SIGNATURE_PROFILE = {
   /** Dictionary key of our signature in Signature-Input / Signature. */
@@ -167,7 +168,7 @@ export function verifyRequest(
     inputMember = i;
     signatureMember = s;
   } catch (err) {
-    return fail("malformed-signature", err instanceof Error ? err.message : String(err));
+    return fail("malformed-signature", errorMessage(err));
   }
   if (!isInnerList(inputMember)) return fail("malformed-signature", "Signature-Input member is not an inner list");
   const [items, params] = inputMember;
@@ -209,7 +210,7 @@ export function verifyRequest(
   try {
     base = signatureBase(message, components as string[], serializeInnerList(inputMember));
   } catch (err) {
-    return fail("malformed-signature", err instanceof Error ? err.message : String(err));
+    return fail("malformed-signature", errorMessage(err));
   }
   if (!edVerify(null, Buffer.from(base), key, Buffer.from(signatureBytes))) {
     return fail("bad-signature", "the signature does not verify");

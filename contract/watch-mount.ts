@@ -3,13 +3,14 @@
 // `pollMs`. Returns a function that stops both.
 import { watch } from "node:fs";
 import type { Logger } from "pino";
+import { errorMessage } from "./errors.ts";
 
 export function watchMount(dir: string, onChange: () => void, options: { pollMs: number; log: Logger }): () => void {
   let watcher: ReturnType<typeof watch> | undefined;
   try {
     watcher = watch(dir, onChange);
   } catch (err) {
-    options.log.warn({ err: err instanceof Error ? err.message : String(err), dir }, "cannot watch the mounted directory; polling only");
+    options.log.warn({ err: errorMessage(err), dir }, "cannot watch the mounted directory; polling only");
   }
   const timer = setInterval(onChange, options.pollMs);
   timer.unref();

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { MARK } from "../contract/apply-request.ts";
+import { MARK } from "../contract/mark.ts";
 import { decide, WAITER_CONTAINER, type Decision } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
 import { parsePolicy } from "./policy.ts";

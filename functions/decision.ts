@@ -1,7 +1,8 @@
 // Does this pod need rules now, and which? (docs/architecture.md §4). Pure: pod, namespace and policy in,
 // a decision with a machine-readable reason out. Cheap checks come first: most events are
 // updates of pods that need nothing, and they must cost microseconds.
-import { MARK, STATUS_INITIALIZED, type PodRef } from "../contract/apply-request.ts";
+import { type PodRef } from "../contract/apply-request.ts";
+import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { CaptureConfigError, parseCaptureConfig, type CaptureConfigInput, type CaptureIssue } from "../contract/capture-config.ts";
 import { ANNOTATION, deriveCaptureInput } from "./capture-from-pod.ts";
 import { podIPs, proxyContainer, type Pod } from "./pod.ts";

@@ -8,6 +8,7 @@ import https from "node:https";
 import { API_VERSION, APPLY_PATH, CONTENT_TYPE, applyResponseSchema, errorResponseSchema, type ApplyRequest } from "../contract/apply-request.ts";
 import { signRequest } from "../contract/signature.ts";
 import type { Decision } from "./decision.ts";
+import { errorMessage } from "../contract/errors.ts";
 
 export type ApplyDecision = Extract<Decision, { action: "apply" }>;
 
@@ -103,7 +104,7 @@ export class Dispatcher {
         this.options.onQueueAge?.((performance.now() - queuedAt) / 1000);
         return this.send(decision, policyId);
       }).catch(
-        (err: unknown): DispatchResult => ({ ok: false, status: 0, reason: err instanceof Error ? err.message : String(err), retryable: true, attempts: 0 }),
+        (err: unknown): DispatchResult => ({ ok: false, status: 0, reason: errorMessage(err), retryable: true, attempts: 0 }),
       );
       for (const resolve of waiters) resolve(result);
     }

@@ -5,6 +5,7 @@ import path from "node:path";
 import type { Logger } from "pino";
 import { watchMount } from "../contract/watch-mount.ts";
 import { parsePolicy, PolicyError, type Policy } from "./policy.ts";
+import { errorMessage } from "../contract/errors.ts";
 
 export class PolicyStore {
   private policy: Policy;
@@ -59,7 +60,7 @@ export class PolicyStore {
     try {
       text = await readFile(this.file, "utf8");
     } catch (err) {
-      this.log.error({ err: err instanceof Error ? err.message : String(err), file: this.file }, "cannot read the policy; keeping the last good one");
+      this.log.error({ err: errorMessage(err), file: this.file }, "cannot read the policy; keeping the last good one");
       this.onRefused();
       return;
     }

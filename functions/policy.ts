@@ -11,6 +11,7 @@ import {
   type CaptureConfigInput,
   parseCaptureConfig,
 } from "../contract/capture-config.ts";
+import { errorMessage } from "../contract/errors.ts";
 
 const overridesSchema = captureConfigInputSchema.partial().strict();
 
@@ -75,7 +76,7 @@ export function parsePolicy(text: string, controllerNamespace?: string): Policy 
   try {
     raw = text.trim() === "" ? {} : parseYaml(text, { maxAliasCount: 50 });
   } catch (err) {
-    throw new PolicyError(`policy is not valid YAML: ${err instanceof Error ? err.message : String(err)}`);
+    throw new PolicyError(`policy is not valid YAML: ${errorMessage(err)}`);
   }
   const parsed = policySchema.safeParse(raw ?? {});
   if (!parsed.success) {

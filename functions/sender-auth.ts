@@ -7,6 +7,7 @@
 // work for them (and, with PingSource events, sweep the cluster).
 import { createHash } from "node:crypto";
 import * as k8s from "@kubernetes/client-node";
+import { errorMessage } from "../contract/errors.ts";
 
 export type SenderVerdict =
   | { readonly ok: true; readonly sender: string }
@@ -80,7 +81,7 @@ export class SenderAuthenticator {
       review = await this.options.review(token, this.options.audience);
     } catch (err) {
       // Not cached: the next event asks again.
-      return { ok: false, reason: "auth-unavailable", detail: err instanceof Error ? err.message : String(err) };
+      return { ok: false, reason: "auth-unavailable", detail: errorMessage(err) };
     }
     let verdict: SenderVerdict;
     if (!review.authenticated || review.username === undefined) {

@@ -14,6 +14,7 @@ import type { Dispatcher, DispatchResult } from "./dispatch.ts";
 import { parsePod, PodManifestError, proxyContainer, type Pod } from "./pod.ts";
 import type { Policy } from "./policy.ts";
 import type { SenderAuthenticator } from "./sender-auth.ts";
+import { errorMessage } from "../contract/errors.ts";
 
 export type PodWarningReason = "NetworkInitFailed" | "CaptureConfigWarning" | "NetworkInitSkipped";
 
@@ -142,8 +143,8 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
         events = Array.isArray(parsed) ? parsed : [parsed];
       } catch (err) {
         metrics.events.inc({ type: "unknown", outcome: "malformed" });
-        log.warn({ err: err instanceof Error ? err.message : String(err) }, "refused: not a CloudEvent");
-        res.status(400).json({ error: "not a CloudEvent", detail: err instanceof Error ? err.message : String(err) });
+        log.warn({ err: errorMessage(err) }, "refused: not a CloudEvent");
+        res.status(400).json({ error: "not a CloudEvent", detail: errorMessage(err) });
         return;
       }
       const results: HandledPod[] = [];
@@ -174,7 +175,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
       res.status(status).json(resyncSummary === undefined ? { results } : { resync: resyncSummary, results });
     } catch (err) {
       log.error({ err }, "event handling failed");
-      res.status(503).json({ error: "transient failure", detail: err instanceof Error ? err.message : String(err) });
+      res.status(503).json({ error: "transient failure", detail: errorMessage(err) });
     } finally {
       inFlight--;
     }
@@ -200,7 +201,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
       try {
         pod = await deps.cluster.getPod(ref.namespace, ref.name);
       } catch (err) {
-        elog.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot read the referenced pod");
+        elog.warn({ err: errorMessage(err) }, "cannot read the referenced pod");
         return { pod: `${ref.namespace}/${ref.name}`, outcome: "failed", reason: "api-unavailable", transient: true };
       }
       if (pod === undefined) return record({ action: "skip", reason: "deleted" }, `${ref.namespace}/${ref.name}`, elog);
@@ -246,7 +247,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
       try {
         fresh = await deps.cluster.getPod(pod.metadata.namespace ?? "", pod.metadata.name ?? "");
       } catch (err) {
-        plog.warn({ err: err instanceof Error ? err.message : String(err) }, "cannot read the pod");
+        plog.warn({ err: errorMessage(err) }, "cannot read the pod");
         return { pod: name, outcome: "failed", reason: "api-unavailable", transient: true };
       }
       if (fresh === undefined) return record({ action: "skip", reason: "deleted" }, name, plog);
@@ -281,7 +282,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     if (strandedTold.size > 50_000) strandedTold.delete(strandedTold.keys().next().value ?? "");
     plog.warn({ detail: message }, "pod carries the waiter but will get no rules");
     void deps.cluster.recordPodWarning(pod, "NetworkInitSkipped", message).catch((err: unknown) => {
-      plog.warn({ err: err instanceof Error ? err.message : String(err) }, "could not record the Event");
+      plog.warn({ err: errorMessage(err) }, "could not record the Event");
     });
   }
 
@@ -300,7 +301,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
       plog.warn({ decision: "error", reason: decision.reason, detail: decision.detail }, "pod refused: invalid capture configuration");
       if (policy.document.mode === "enforce") {
         await deps.cluster.recordPodWarning(pod, "NetworkInitFailed", `invalid capture configuration: ${decision.detail}`).catch((err: unknown) => {
-          plog.warn({ err: err instanceof Error ? err.message : String(err) }, "could not record the Event");
+          plog.warn({ err: errorMessage(err) }, "could not record the Event");
         });
       }
       return { pod: name, outcome: "invalid", reason: decision.detail };
@@ -313,7 +314,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
       const message = decision.warnings.map(formatWarning).join("; ");
       plog.warn({ warnings: decision.warnings }, "capture configuration warning");
       void deps.cluster.recordPodWarning(pod, "CaptureConfigWarning", message).catch((err: unknown) => {
-        plog.warn({ err: err instanceof Error ? err.message : String(err) }, "could not record the Event");
+        plog.warn({ err: errorMessage(err) }, "could not record the Event");
       });
     }
     const t0 = performance.now();
@@ -363,7 +364,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
         }
       }
     } catch (err) {
-      elog.warn({ err: err instanceof Error ? err.message : String(err), ...summary }, "resync could not list pods");
+      elog.warn({ err: errorMessage(err), ...summary }, "resync could not list pods");
       return { summary, results: [...results, { pod: "*", outcome: "failed", reason: "list-failed", transient: true }] };
     }
     elog.info(summary, "resync done");

@@ -2,7 +2,8 @@
 // with a merge patch of annotations only, and record Events. Behind small interfaces so that
 // the server's logic does not depend on the client library.
 import * as k8s from "@kubernetes/client-node";
-import { MARK, STATUS_INITIALIZED, type PodRef } from "../contract/apply-request.ts";
+import { type PodRef } from "../contract/apply-request.ts";
+import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { podEvent } from "../contract/pod-event.ts";
 
 export interface PodFacts {

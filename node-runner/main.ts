@@ -34,6 +34,7 @@ import { createMetrics } from "./metrics.ts";
 import { podUidPattern, resolvePodNetns } from "./netns.ts";
 import { ReplayCache } from "./replay.ts";
 import { createNodeRunnerApp } from "./server.ts";
+import { errorMessage } from "../contract/errors.ts";
 
 const { values } = parseArgs({
   options: {
@@ -84,7 +85,7 @@ const cgroupFs = values["cgroup-fs"] ?? env.CGROUP_FS ?? "/sys/fs/cgroup";
 try {
   podUidPattern("0", cgroupRoot);
 } catch (err) {
-  fail(`--cgroup-root: ${err instanceof Error ? err.message : String(err)}`);
+  fail(`--cgroup-root: ${errorMessage(err)}`);
 }
 
 const kubeConfig = new k8s.KubeConfig();

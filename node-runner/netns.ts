@@ -10,6 +10,7 @@
 import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
+import { errorMessage } from "../contract/errors.ts";
 
 export interface ResolvedNetns {
   /** Inode number of the network namespace: its identity (also recorded on the pod). */
@@ -277,7 +278,7 @@ export function openNetns(netns: ResolvedNetns): OpenNetns {
   try {
     fd = openSync(netns.path, "r");
   } catch (err) {
-    throw new NetnsGoneError(`cannot open ${netns.path}: ${err instanceof Error ? err.message : String(err)}`);
+    throw new NetnsGoneError(`cannot open ${netns.path}: ${errorMessage(err)}`);
   }
   const inode = fstatSync(fd, { bigint: true }).ino.toString();
   if (inode !== netns.inode || inode === netns.hostInode) {

@@ -19,6 +19,7 @@ import type { NodeRunnerMetrics } from "./metrics.ts";
 import { ApplyError, type NetnsTarget } from "./apply.ts";
 import { NetnsGoneError, openNetns, type NetnsResolution, type OpenNetns, type ResolvedNetns } from "./netns.ts";
 import type { ReplayCache } from "./replay.ts";
+import { errorMessage } from "../contract/errors.ts";
 
 export interface NetnsApplier {
   apply(netns: NetnsTarget, podUid: string, config: CaptureConfig): Promise<{ result: "applied" | "unchanged"; digest: string }>;
@@ -161,7 +162,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
       try {
         seen = deps.replay.remember(`${verified.keyid}/${verified.nonce}`, acceptedUntilMs(verified.expires), now());
       } catch (err) {
-        throw new Refusal(503, "replay-cache-unavailable", `the nonce journal cannot be written: ${err instanceof Error ? err.message : String(err)}`, 5);
+        throw new Refusal(503, "replay-cache-unavailable", `the nonce journal cannot be written: ${errorMessage(err)}`, 5);
       }
       if (seen === "replay") {
         deps.metrics.signatureFailures.inc({ reason: "replay" });
@@ -214,12 +215,12 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
       }
       deps.metrics.requests.inc({ route, result: "error" });
       log.error({ err }, `${route} failed`);
-      res.status(500).json({ error: "internal error", reason: "error", detail: err instanceof Error ? err.message : String(err) } satisfies ErrorResponse);
+      res.status(500).json({ error: "internal error", reason: "error", detail: errorMessage(err) } satisfies ErrorResponse);
     }
 
     async function checkPodIdentity(pod: PodRef, r: "apply" | "remove"): Promise<void> {
       const facts = await deps.pods.getPod(pod.namespace, pod.name).catch((err: unknown): never => {
-        throw new Refusal(503, "api-unavailable", `cannot read the pod: ${err instanceof Error ? err.message : String(err)}`, 2);
+        throw new Refusal(503, "api-unavailable", `cannot read the pod: ${errorMessage(err)}`, 2);
       });
       if (facts === undefined) throw new Refusal(409, "pod-not-found", `pod ${pod.namespace}/${pod.name} does not exist`);
       if (facts.uid !== pod.uid) throw new Refusal(409, "uid-mismatch", `pod ${pod.namespace}/${pod.name} has UID ${facts.uid}, not ${pod.uid}`);
@@ -263,7 +264,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
       try {
         result = await (await deps.applierFor(netns)).apply(netns, pod.uid, capture);
       } catch (err) {
-        recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${err instanceof Error ? err.message : String(err)}`, log);
+        recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${errorMessage(err)}`, log);
         if (err instanceof ApplyError) throw refusalFor(err);
         throw err;
       }
@@ -271,7 +272,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
       try {
         await deps.pods.markInitialized(pod, { netns: netns.inode, rules: result.digest });
       } catch (err) {
-        const message = err instanceof Error ? err.message : String(err);
+        const message = errorMessage(err);
         const kind = apiFailureKind(err);
         // The UID precondition of the patch: the pod is gone or is another pod now.
         if (kind === "not-found") throw new Refusal(409, "pod-not-found", `the pod was deleted while its rules were applied: ${message}`);
@@ -298,7 +299,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
   function recordEvent(pod: PodRef, type: "Normal" | "Warning", reason: string, message: string, log: Logger): void {
     deps.pods.recordEvent(pod, { type, reason, message }).catch((err: unknown) => {
       deps.metrics.eventFailures.inc({ reason });
-      log.warn({ err: err instanceof Error ? err.message : String(err), reason }, "could not record a Kubernetes Event");
+      log.warn({ err: errorMessage(err), reason }, "could not record a Kubernetes Event");
     });
   }
 

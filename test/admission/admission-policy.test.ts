@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { MARK } from "../../contract/apply-request.ts";
+import { MARK } from "../../contract/mark.ts";
 import { KubePodApi } from "../../node-runner/kube.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";

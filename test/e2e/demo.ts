@@ -4,7 +4,7 @@
 // the rules applied, the mark, the waiter's result and a traffic proof. Needs root.
 import { spawnSync } from "node:child_process";
 import path from "node:path";
-import { MARK } from "../../contract/apply-request.ts";
+import { MARK } from "../../contract/mark.ts";
 import { decide } from "../../functions/decision.ts";
 import { parsePod } from "../../functions/pod.ts";
 import { parsePolicy } from "../../functions/policy.ts";

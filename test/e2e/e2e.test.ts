@@ -8,7 +8,7 @@ import { writeAnnotationsFile } from "../support/downward-api.ts";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { MARK, STATUS_INITIALIZED } from "../../contract/apply-request.ts";
+import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { missingBinariesReason } from "../controlplane/harness.ts";
 import { apiServerSourceEvent, deliver, pingEvent } from "../support/apiserversource.ts";

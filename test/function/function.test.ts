@@ -7,7 +7,7 @@ import http from "node:http";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { MARK, STATUS_INITIALIZED } from "../../contract/apply-request.ts";
+import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { deliver, pingEvent } from "../support/apiserversource.ts";
 import { missingBinariesReason, startControlPlane, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
 import { FUNCTION_AUDIENCE, scratchDir, senderToken, signingKeyDirs, startFunction, startNodeRunner, type Component } from "../support/components.ts";

@@ -3,7 +3,7 @@
 // reach the function can post events; none of these may make it act for them.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { MARK, STATUS_INITIALIZED } from "../../contract/apply-request.ts";
+import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { missingBinariesReason } from "../controlplane/harness.ts";
 import { apiServerSourceEvent, deliver, meshPodObject, pingEvent } from "../support/apiserversource.ts";
 import { FUNCTION_AUDIENCE, senderToken } from "../support/components.ts";

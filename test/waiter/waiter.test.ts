@@ -9,7 +9,7 @@ import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { APPLY_PATH } from "../../contract/apply-request.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
-import { WAIT_EXIT } from "../../node-runner/waiter.ts";
+import { WAIT_EXIT } from "../../waiter/waiter.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { scratchDir, sendSigned, signingKeyDirs, startNodeRunner, type Component } from "../support/components.ts";
 import { writeAnnotationsFile } from "../support/downward-api.ts";

@@ -8,7 +8,8 @@
 import { readFile, readlink, watch } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
-import { MARK, STATUS_INITIALIZED } from "../contract/apply-request.ts";
+import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
+import { errorMessage } from "../contract/errors.ts";
 
 /** Exit codes, documented in the README. */
 export const WAIT_EXIT = {
@@ -127,7 +128,7 @@ export async function probeInterception(options: { capturePort: number; target: 
       server.listen(options.capturePort, "127.0.0.1", resolve);
     });
   } catch (err) {
-    return { ok: false, reason: `cannot listen on 127.0.0.1:${options.capturePort}: ${err instanceof Error ? err.message : String(err)}` };
+    return { ok: false, reason: `cannot listen on 127.0.0.1:${options.capturePort}: ${errorMessage(err)}` };
   }
   try {
     return await new Promise((resolve) => {
@@ -180,7 +181,7 @@ export async function waitForInterception(options: WaitOptions): Promise<WaitRes
   try {
     own = await netnsInodeOf(options.ownNetnsLink);
   } catch (err) {
-    return { code: WAIT_EXIT.ownNetnsUnknown, reason: `cannot read this pod's network namespace: ${err instanceof Error ? err.message : String(err)}` };
+    return { code: WAIT_EXIT.ownNetnsUnknown, reason: `cannot read this pod's network namespace: ${errorMessage(err)}` };
   }
   const deadline = Date.now() + options.timeoutMs;
   const abort = new AbortController();

@@ -11,6 +11,7 @@
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { WAIT_EXIT, waitForInterception } from "./waiter.ts";
+import { errorMessage } from "../contract/errors.ts";
 
 export async function waitMain(argv: readonly string[]): Promise<number> {
   let values;
@@ -29,7 +30,7 @@ export async function waitMain(argv: readonly string[]): Promise<number> {
       },
     }).values;
   } catch (err) {
-    process.stderr.write(`pnc wait: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`pnc wait: ${errorMessage(err)}\n`);
     return WAIT_EXIT.usage;
   }
   const timeout = Number(values.timeout);
