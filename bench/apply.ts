@@ -19,14 +19,14 @@ if (unavailable !== undefined) {
   process.exit(1);
 }
 const count = Number(process.argv[2] ?? "50");
-const variant: IptablesVariant = /nf_tables/.test(execFileSync("iptables", ["--version"], { encoding: "utf8" })) ? "nft" : "legacy";
+const variant: IptablesVariant = /nf_tables/.test(execFileSync("iptables", ["--version"], { encoding: "utf8" })) ? "iptables-nft" : "iptables-legacy";
 const config = parseCaptureConfig(DEFAULT_CAPTURE_CONFIG);
 const stateDir = mkdtempSync(path.join(os.tmpdir(), "pnct-bench-"));
 const pods = TestPods.create();
 
 /** The shell-script way: declare chains, then one iptables invocation per rule, in the pod's netns. */
 function perRule(netnsPath: string, rules: readonly IptablesRule[]): void {
-  const ipt = `iptables-${variant}`;
+  const ipt = variant;
   const chains = new Map<string, string>();
   for (const r of rules) if (r.chain.startsWith("ISTIO_")) chains.set(`${r.table}/${r.chain}`, r.table);
   for (const r of rules) {
@@ -82,7 +82,7 @@ try {
     return [name, String(samples.length), s.min, s.median, s.p95, s.max];
   };
   console.log(machineDescription());
-  console.log(`Istio default capture config, IPv4: ${ruleCount} rules; iptables-${variant}; times in ms per pod\n`);
+  console.log(`Istio default capture config, IPv4: ${ruleCount} rules; ${variant}; times in ms per pod\n`);
   console.log(
     table(["method", "pods", "min", "median", "p95", "max"], [
       row("node-runner: resolve + render + iptables-save/compare + one iptables-restore", restoreMs),

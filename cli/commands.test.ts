@@ -52,8 +52,8 @@ describe("pnc plan", () => {
     assert.doesNotMatch(out, /\(IPv4\)/);
   });
 
-  test("--backend nft prints one transaction", () => {
-    const { code, out } = run(["plan", example("injected-pod.yaml"), "--backend", "nft"]);
+  test("--backend nftables prints one transaction", () => {
+    const { code, out } = run(["plan", example("injected-pod.yaml"), "--backend", "nftables"]);
     assert.equal(code, EXIT.ok);
     assert.match(out, /add table inet istio-proxy-nat\nflush table inet istio-proxy-nat\n/);
   });

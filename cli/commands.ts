@@ -16,6 +16,7 @@ import { parsePolicy, PolicyError } from "../functions/policy.ts";
 import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
 import { generateKeys, KeyManifestError, rotateKeys, type KeyManifests } from "./keys.ts";
 import { generateTls, tlsManifests } from "./tls.ts";
+import { BACKENDS, isBackendName } from "../node-runner/backends.ts";
 import { renderIptables } from "../node-runner/rules/iptables.ts";
 import { renderNftables } from "../node-runner/rules/nftables.ts";
 import { ipCommand, netSetupSteps } from "../node-runner/rules/routes.ts";
@@ -32,7 +33,7 @@ export const EXIT = {
 } as const;
 
 const USAGE = `usage:
-  pnc plan <pod.yaml|pod.json|-> [--backend iptables|nft] [--family v4|v6|both] [--json]
+  pnc plan <pod.yaml|pod.json|-> [--backend iptables-nft|iptables-legacy|nftables] [--family v4|v6|both] [--json]
   pnc decide <pod.yaml|pod.json|-> [--namespace <namespace manifest>] [--policy <policy.yaml>] [--json]
   pnc wait [--annotations <file>] [--timeout <s>] [--capture-port <port>] [--no-probe] ...
   pnc keys generate [--namespace podnet-system] --out <dir>
@@ -115,14 +116,14 @@ function plan(args: readonly string[], io: Io): number {
     args: [...args],
     allowPositionals: true,
     options: {
-      backend: { type: "string", default: "iptables" },
+      backend: { type: "string", default: "iptables-nft" },
       family: { type: "string" },
       json: { type: "boolean", default: false },
     },
   });
   if (positionals.length !== 1) throw new UsageError("plan takes exactly one pod manifest (a path, or - for stdin)");
   const backend = values.backend;
-  if (backend !== "iptables" && backend !== "nft") throw new UsageError(`--backend must be iptables or nft, not ${JSON.stringify(backend)}`);
+  if (!isBackendName(backend)) throw new UsageError(`--backend must be one of ${BACKENDS.join(", ")}, not ${JSON.stringify(backend)}`);
   const family = values.family;
   if (family !== undefined && family !== "v4" && family !== "v6" && family !== "both") {
     throw new UsageError(`--family must be v4, v6 or both, not ${JSON.stringify(family)}`);
@@ -139,7 +140,7 @@ function plan(args: readonly string[], io: Io): number {
   const netSetup = netSetupSteps(config).filter((s) => (s.family === 4 ? showV4 : showV6));
   const podName = `${pod.metadata.namespace ?? "default"}/${pod.metadata.name ?? "(unnamed)"}`;
 
-  if (backend === "nft") {
+  if (backend === "nftables") {
     const nft = renderNftables(config);
     if (values.json) {
       io.stdout(`${JSON.stringify({ pod: podName, backend, capture: input, nft: nft.script, netSetup: stepsJson(netSetup) }, null, 2)}\n`);

@@ -38,10 +38,10 @@ export class NftApplier {
   async apply(netns: NetnsTarget, podUid: string, config: CaptureConfig): Promise<ApplyOutcome> {
     const plan = renderNftables(config);
     const steps = netSetupSteps(config);
-    const digest = createHash("sha256").update(`nft-native\n${plan.script}${JSON.stringify(steps)}`).digest("hex").slice(0, 16);
+    const digest = createHash("sha256").update(`nftables\n${plan.script}${JSON.stringify(steps)}`).digest("hex").slice(0, 16);
     const previous = await this.records.get(netns.inode);
     const before = await this.listing(netns);
-    if (previous?.podUid === podUid && previous.variant === "nft-native" && previous.digest === digest && previous.nftListing === before.hash) {
+    if (previous?.podUid === podUid && previous.variant === "nftables" && previous.digest === digest && previous.nftListing === before.hash) {
       return { result: "unchanged", digest };
     }
     const wanted = new Set<string>(plan.rules.map((r) => NFT_TABLE[r.table]));
@@ -50,7 +50,7 @@ export class NftApplier {
     await this.transaction(netns, `${[...stale, plan.script.trimEnd()].filter((l) => l !== "").join("\n")}\n`);
     for (const step of steps) await runIpStep(this.run, netns, step, "add");
     const after = await this.listing(netns);
-    await this.records.put({ podUid, netnsInode: netns.inode, digest, variant: "nft-native", nftListing: after.hash, builtin: {}, owned: {}, netSetup: steps });
+    await this.records.put({ podUid, netnsInode: netns.inode, digest, variant: "nftables", nftListing: after.hash, builtin: {}, owned: {}, netSetup: steps });
     return { result: "applied", digest };
   }
 

@@ -12,7 +12,8 @@ import { addedBuiltinLines, builtinLines, ownedRules, parseSave, replaceTransact
 import { renderIptables, type Family, type IptablesFamilyPlan } from "./rules/iptables.ts";
 import { ipCommand, netSetupSteps, type NetSetupStep } from "./rules/routes.ts";
 
-export type IptablesVariant = "legacy" | "nft";
+/** The iptables variants, named as the backends are (backends.ts). */
+export type IptablesVariant = "iptables-nft" | "iptables-legacy";
 
 export interface CommandResult {
   readonly code: number;
@@ -72,7 +73,7 @@ export class ApplyError extends Error {
 }
 
 function tool(variant: IptablesVariant, family: Family, op: "save" | "restore"): string {
-  return `${family === 4 ? "iptables" : "ip6tables"}-${variant}-${op}`;
+  return `${family === 4 ? "iptables" : "ip6tables"}-${variant.slice("iptables-".length)}-${op}`;
 }
 
 /** What the node-runner remembers about a namespace it programmed. */
@@ -80,9 +81,9 @@ export interface NetnsRecord {
   readonly podUid: string;
   readonly netnsInode: string;
   readonly digest: string;
-  /** iptables-legacy, iptables-nft, or nftables natively ("nft-native"). */
-  readonly variant: IptablesVariant | "nft-native";
-  /** nft-native: hash of the Istio tables as listed after the apply (drift detection). */
+  /** The backend that programmed it (backends.ts). */
+  readonly variant: IptablesVariant | "nftables";
+  /** nftables: hash of the Istio tables as listed after the apply (drift detection). */
   readonly nftListing?: string;
   /** Built-in-chain lines the apply added, per family. */
   readonly builtin: Partial<Record<"4" | "6", ChainRules>>;
@@ -124,7 +125,7 @@ export class RecordStore {
 
 /** Short digest of everything that would be applied: the value of the `rules` annotation. */
 export function rulesDigest(variant: IptablesVariant, families: readonly IptablesFamilyPlan[], steps: readonly NetSetupStep[]): string {
-  const h = createHash("sha256").update(`iptables-${variant}\n`);
+  const h = createHash("sha256").update(`${variant}\n`);
   for (const f of families) h.update(`v${f.family}\n${f.restore}`);
   h.update(JSON.stringify(steps));
   return h.digest("hex").slice(0, 16);
@@ -272,8 +273,8 @@ function mergeRules(a: ChainRules, b: ChainRules, after: SaveState): ChainRules 
 
 /** Which iptables backend a namespace uses: the one holding rules, else the node's default. */
 export async function detectVariant(netns: NetnsTarget, nodeDefault: IptablesVariant, run: NetnsRunner = nsenterRunner): Promise<IptablesVariant> {
-  for (const variant of ["nft", "legacy"] as const) {
-    const r = await run(netns, [`iptables-${variant}-save`]);
+  for (const variant of ["iptables-nft", "iptables-legacy"] as const) {
+    const r = await run(netns, [`${variant}-save`]);
     if (r.code === 0 && /^-A /m.test(r.stdout)) return variant;
   }
   return nodeDefault;

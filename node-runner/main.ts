@@ -26,8 +26,8 @@ import https from "node:https";
 import { parseArgs } from "node:util";
 import * as k8s from "@kubernetes/client-node";
 import { pino } from "pino";
-import { IptablesApplier, RecordStore, detectVariant, type IptablesVariant } from "./apply.ts";
-import { NftApplier } from "./apply-nft.ts";
+import { RecordStore, detectVariant, type IptablesVariant } from "./apply.ts";
+import { BACKEND, BACKENDS, isBackendName, type BackendName, type NetnsApplier } from "./backends.ts";
 import { KubePodApi } from "./kube.ts";
 import { KeyDirectory } from "../contract/key-directory.ts";
 import { createMetrics } from "./metrics.ts";
@@ -74,8 +74,9 @@ const hostIPs = (values["host-ip"] ?? env.HOST_IP ?? "").split(",").map((a) => a
 if (!["", "0.0.0.0", "::"].includes(host)) hostIPs.push(host);
 if (hostIPs.length === 0) fail("--host-ip (or HOST_IP, from status.hostIP) is required when listening on a wildcard address: signed requests name the address they are for");
 const authorities = new Set(hostIPs.map((ip) => `${ip.includes(":") ? `[${ip.toLowerCase()}]` : ip}:${port}`));
-const backend = values.backend ?? env.RULES_BACKEND ?? "auto";
-if (!["auto", "iptables-legacy", "iptables-nft", "nftables"].includes(backend)) fail(`--backend must be auto, iptables-legacy, iptables-nft or nftables, got ${backend}`);
+const backendFlag = values.backend ?? env.RULES_BACKEND ?? "auto";
+if (backendFlag !== "auto" && !isBackendName(backendFlag)) fail(`--backend must be auto, ${BACKENDS.join(", ")}; got ${backendFlag}`);
+const backend: BackendName | "auto" = backendFlag;
 const maxConcurrent = Number(values["max-concurrent"] ?? env.MAX_CONCURRENT ?? "8");
 const apiTimeoutMs = Number(values["api-timeout-ms"] ?? env.API_TIMEOUT_MS ?? "5000");
 if (!Number.isInteger(apiTimeoutMs) || apiTimeoutMs < 100) fail(`--api-timeout-ms must be an integer ≥ 100, got ${apiTimeoutMs}`);
@@ -97,21 +98,21 @@ else kubeConfig.loadFromCluster();
 // holds rules in the host's network namespace (the runner's own: hostNetwork), as kube-proxy
 // and the CNI wrote them — not whatever the image's `iptables` link points at. Read only.
 function nodeDefaultVariant(): IptablesVariant {
-  for (const variant of ["nft", "legacy"] as const) {
+  for (const variant of ["iptables-nft", "iptables-legacy"] as const) {
     try {
-      if (/^-A /m.test(execFileSync(`iptables-${variant}-save`, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }))) return variant;
+      if (/^-A /m.test(execFileSync(`${variant}-save`, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }))) return variant;
     } catch {
       // that variant is not usable here
     }
   }
-  return "nft";
+  return "iptables-nft";
 }
 const defaultVariant = nodeDefaultVariant();
 const stateDir = values["state-dir"] ?? env.STATE_DIR ?? "/run/podnet";
 const records = new RecordStore(stateDir);
 mkdirSync(stateDir, { recursive: true });
 const replay = new ReplayCache(100_000, { path: path.join(stateDir, "nonces.jsonl"), nowMs: startedAtMs });
-const appliers = { legacy: new IptablesApplier("legacy", records), nft: new IptablesApplier("nft", records), native: new NftApplier(records) };
+const appliers = Object.fromEntries(BACKENDS.map((name) => [name, BACKEND[name].applier(records)])) as Record<BackendName, NetnsApplier>;
 
 const keys = new KeyDirectory(values["keys-dir"] ?? env.PUBLIC_KEYS_DIR ?? "/etc/podnet/keys", "public", log);
 await keys.start();
@@ -124,10 +125,7 @@ const app = createNodeRunnerApp({
   replay,
   pods: new KubePodApi(kubeConfig, nodeName, apiTimeoutMs),
   resolveNetns: (pod) => resolvePodNetns(pod, { procRoot, cgroupRoot, cgroupFs }),
-  applierFor: async (netns) =>
-    backend === "nftables" ? appliers.native
-    : backend === "auto" ? appliers[await detectVariant(netns, defaultVariant)]
-    : appliers[backend === "iptables-legacy" ? "legacy" : "nft"],
+  applierFor: async (netns) => appliers[backend === "auto" ? await detectVariant(netns, defaultVariant) : backend],
   log,
   metrics: createMetrics(),
   maxConcurrent,

@@ -17,14 +17,11 @@ import { acceptedUntilMs, verifyRequest } from "../contract/signature.ts";
 import { apiFailureKind, type PodApi } from "./kube.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
 import { ApplyError, type NetnsTarget } from "./apply.ts";
+import type { NetnsApplier } from "./backends.ts";
 import { NetnsGoneError, openNetns, type NetnsResolution, type OpenNetns, type ResolvedNetns } from "./netns.ts";
 import type { ReplayCache } from "./replay.ts";
 import { errorMessage } from "../contract/errors.ts";
 
-export interface NetnsApplier {
-  apply(netns: NetnsTarget, podUid: string, config: CaptureConfig): Promise<{ result: "applied" | "unchanged"; digest: string }>;
-  remove(netns: NetnsTarget, podUid: string): Promise<"removed" | "absent">;
-}
 
 export interface NodeRunnerDeps {
   readonly nodeName: string;

@@ -3,8 +3,8 @@
 // apply tests), replayed without root, so that the engine's behaviour — apply, unchanged, drift
 // repair, replace, remove — is pinned by golden transcripts and the kernel only confirms it.
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig, type CaptureConfig } from "../contract/capture-config.ts";
-import { IptablesApplier, RecordStore, type CommandResult, type NetnsRunner, type NetnsTarget } from "./apply.ts";
-import { NftApplier } from "./apply-nft.ts";
+import type { CommandResult, NetnsRunner, NetnsTarget, RecordStore } from "./apply.ts";
+import { BACKEND, type BackendName } from "./backends.ts";
 
 export interface TranscriptEntry {
   readonly argv: readonly string[];
@@ -20,7 +20,7 @@ export interface Transcript {
   readonly commands: readonly TranscriptEntry[];
 }
 
-export type TranscriptBackend = "iptables-nft" | "iptables-legacy" | "nftables";
+export type TranscriptBackend = BackendName;
 
 /** Wraps a runner and keeps every call (for recording from real namespaces). */
 export function recordingRunner(inner: NetnsRunner): { run: NetnsRunner; entries: TranscriptEntry[] } {
@@ -61,7 +61,7 @@ const config = (overrides: object = {}): CaptureConfig => parseCaptureConfig({ .
  * remove; remove again (absent).
  */
 export async function transcriptScenario(backend: TranscriptBackend, run: NetnsRunner, records: RecordStore, netns: NetnsTarget, podUid: string, drift: () => void): Promise<string[]> {
-  const applier = backend === "nftables" ? new NftApplier(records, run) : new IptablesApplier(backend === "iptables-nft" ? "nft" : "legacy", records, run);
+  const applier = BACKEND[backend].applier(records, run);
   const outcomes: string[] = [];
   outcomes.push((await applier.apply(netns, podUid, config())).result);
   outcomes.push((await applier.apply(netns, podUid, config())).result);

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { parseCaptureConfig } from "../../contract/capture-config.ts";
-import { renderIptables } from "../../node-runner/rules/iptables.ts";
+import { BACKEND } from "../../node-runner/backends.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { captureTranscript, loadConfigCases, missingConformanceReason } from "./load.ts";
 
@@ -15,10 +15,13 @@ describe("istio conformance: capture (iptables)", () => {
     });
     return;
   }
-  for (const c of loadConfigCases("capture")) {
-    test(c.name, () => {
-      const plan = renderIptables(parseCaptureConfig(c.config));
-      assert.equal(captureTranscript(plan.v4.restore, plan.v6?.restore ?? null), c.golden.trim());
-    });
+  // Both iptables backends render the same rules (they differ in the tool that applies them).
+  for (const backend of [BACKEND["iptables-nft"], BACKEND["iptables-legacy"]]) {
+    for (const c of loadConfigCases("capture")) {
+      test(`${c.name} (${backend.name})`, () => {
+        const { text } = backend.render(parseCaptureConfig(c.config));
+        assert.equal(captureTranscript(text.v4 ?? "", text.v6 ?? null), c.golden.trim());
+      });
+    }
   }
 });

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { parseCaptureConfig } from "../../contract/capture-config.ts";
-import { renderNftables } from "../../node-runner/rules/nftables.ts";
+import { BACKEND } from "../../node-runner/backends.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { loadConfigCases, missingConformanceReason } from "./load.ts";
 
@@ -17,7 +17,7 @@ describe("istio conformance: nft (native nftables)", () => {
   }
   for (const c of loadConfigCases("nft")) {
     test(c.name, () => {
-      assert.equal(renderNftables(parseCaptureConfig(c.config)).script.trim(), c.golden.trim());
+      assert.equal(BACKEND.nftables.render(parseCaptureConfig(c.config)).text.both?.trim(), c.golden.trim());
     });
   }
 });

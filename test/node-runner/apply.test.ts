@@ -47,7 +47,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
     assert.equal(hostRules(), hostBefore, "the host's own iptables were not modified");
   });
 
-  async function setup(variant: "legacy" | "nft" = "nft") {
+  async function setup(variant: "iptables-legacy" | "iptables-nft" = "iptables-nft") {
     const pod = pods.add();
     const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot });
     assert.ok(resolved.found);
@@ -55,20 +55,20 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
     return { pod, netns: track(openNetns(resolved.netns)), applier };
   }
 
-  for (const variant of ["nft", "legacy"] as const) {
-    test(`apply, unchanged, drift repair, replace and remove (iptables-${variant})`, async () => {
+  for (const variant of ["iptables-nft", "iptables-legacy"] as const) {
+    test(`apply, unchanged, drift repair, replace and remove (${variant})`, async () => {
       const { pod, netns, applier } = await setup(variant);
-      pod.exec([`iptables-${variant}`, "-t", "nat", "-A", "OUTPUT", "-d", "192.0.2.1/32", "-j", "ACCEPT"]); // someone else's rule
-      const save = () => pod.exec([`iptables-${variant}-save`]);
+      pod.exec([variant, "-t", "nat", "-A", "OUTPUT", "-d", "192.0.2.1/32", "-j", "ACCEPT"]); // someone else's rule
+      const save = () => pod.exec([`${variant}-save`]);
 
       const first = await applier.apply(netns, pod.uid, config());
       assert.equal(first.result, "applied");
       assert.match(save(), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
-      assert.equal(await detectVariant(netns, variant === "nft" ? "legacy" : "nft"), variant);
+      assert.equal(await detectVariant(netns, variant === "iptables-nft" ? "iptables-legacy" : "iptables-nft"), variant);
 
       assert.deepEqual(await applier.apply(netns, pod.uid, config()), { result: "unchanged", digest: first.digest });
 
-      pod.exec([`iptables-${variant}`, "-t", "nat", "-D", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT"]);
+      pod.exec([variant, "-t", "nat", "-D", "ISTIO_OUTPUT", "-j", "ISTIO_REDIRECT"]);
       assert.equal((await applier.apply(netns, pod.uid, config())).result, "applied", "drift is repaired");
       assert.match(save(), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
 
@@ -121,7 +121,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
   // its record is written. The intent written before the restore keeps ownership: switching
   // excludeInterfaces ethA → ethB (crash) → ethA leaves no ethB line behind.
   test("attack 6: a crash between the restore and the record leaves nothing the runner does not know it owns", async () => {
-    const { pod, netns } = await setup("nft");
+    const { pod, netns } = await setup("iptables-nft");
     const records = new RecordStore(stateDir);
     const crashAfterRestore: NetnsRunner = async (target, argv, input) => {
       const result = await nsenterRunner(target, argv, input);
@@ -129,10 +129,10 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       return result;
     };
     const iface = (name: string) => config({ excludeInterfaces: name });
-    await new IptablesApplier("nft", records).apply(netns, pod.uid, iface("ethA"));
-    await assert.rejects(new IptablesApplier("nft", records, crashAfterRestore).apply(netns, pod.uid, iface("ethB")), /killed -9/);
+    await new IptablesApplier("iptables-nft", records).apply(netns, pod.uid, iface("ethA"));
+    await assert.rejects(new IptablesApplier("iptables-nft", records, crashAfterRestore).apply(netns, pod.uid, iface("ethB")), /killed -9/);
     assert.match(pod.exec(["iptables-nft-save"]), /-i ethB -j RETURN/, "the crashed apply did write its rules");
-    const restarted = new IptablesApplier("nft", records);
+    const restarted = new IptablesApplier("iptables-nft", records);
     assert.equal((await restarted.apply(netns, pod.uid, iface("ethA"))).result, "applied");
     const save = pod.exec(["iptables-nft-save"]);
     assert.doesNotMatch(save, /ethB/, "no line of the crashed apply is left");
