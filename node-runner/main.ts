@@ -27,6 +27,7 @@ import { parseArgs } from "node:util";
 import * as k8s from "@kubernetes/client-node";
 import { pino } from "pino";
 import { RecordStore, detectVariant, type IptablesVariant } from "./apply.ts";
+import { helperRunner } from "./helper-runner.ts";
 import { BACKEND, BACKENDS, isBackendName, type BackendName, type NetnsApplier } from "./backends.ts";
 import { KubePodApi } from "./kube.ts";
 import { KeyDirectory } from "../contract/key-directory.ts";
@@ -112,7 +113,9 @@ const stateDir = values["state-dir"] ?? env.STATE_DIR ?? "/run/podnet";
 const records = new RecordStore(stateDir);
 mkdirSync(stateDir, { recursive: true });
 const replay = new ReplayCache(100_000, { path: path.join(stateDir, "nonces.jsonl"), nowMs: startedAtMs });
-const appliers = Object.fromEntries(BACKENDS.map((name) => [name, BACKEND[name].applier(records)])) as Record<BackendName, NetnsApplier>;
+// Commands run through a small long-lived helper: no fork of this large process per command.
+const helper = helperRunner();
+const appliers = Object.fromEntries(BACKENDS.map((name) => [name, BACKEND[name].applier(records, helper.run)])) as Record<BackendName, NetnsApplier>;
 
 const keys = new KeyDirectory(values["keys-dir"] ?? env.PUBLIC_KEYS_DIR ?? "/etc/podnet/keys", "public", log);
 await keys.start();
@@ -125,7 +128,7 @@ const app = createNodeRunnerApp({
   replay,
   pods: new KubePodApi(kubeConfig, nodeName, apiTimeoutMs),
   resolveNetns: (pod) => resolvePodNetns(pod, { procRoot, cgroupRoot, cgroupFs }),
-  applierFor: async (netns) => appliers[backend === "auto" ? await detectVariant(netns, defaultVariant) : backend],
+  applierFor: async (netns) => appliers[backend === "auto" ? await detectVariant(netns, defaultVariant, helper.run) : backend],
   log,
   metrics: createMetrics(),
   maxConcurrent,
@@ -144,6 +147,7 @@ server.listen(port, host, () => {
 function shutdown(signal: string): void {
   log.info({ signal }, "shutting down: finishing requests in flight");
   keys.stop();
+  helper.stop();
   server.close(() => process.exit(0));
   setTimeout(() => process.exit(0), 10_000).unref();
 }
