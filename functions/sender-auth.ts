@@ -7,6 +7,7 @@
 // work for them (and, with PingSource events, sweep the cluster).
 import { createHash } from "node:crypto";
 import * as k8s from "@kubernetes/client-node";
+import { withDeadline } from "../contract/deadline.ts";
 import { errorMessage } from "../contract/errors.ts";
 
 export type SenderVerdict =
@@ -19,19 +20,9 @@ export type TokenReviewer = (token: string, audience: string) => Promise<{ authe
 export function tokenReviewer(kubeConfig: k8s.KubeConfig, deadlineMs = 5000): TokenReviewer {
   const api = kubeConfig.makeApiClient(k8s.AuthenticationV1Api);
   return async (token, audience) => {
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        reject(new Error(`TokenReview: no answer within ${deadlineMs} ms`));
-      }, deadlineMs);
-    });
-    try {
-      const review = await Promise.race([api.createTokenReview({ body: { spec: { token, audiences: [audience] } } }), expired]);
-      const status = review.status;
-      return { authenticated: status?.authenticated === true && (status.audiences ?? [audience]).includes(audience), ...(status?.user?.username === undefined ? {} : { username: status.user.username }), ...(status?.error === undefined ? {} : { error: status.error }) };
-    } finally {
-      clearTimeout(timer);
-    }
+    const review = await withDeadline(api.createTokenReview({ body: { spec: { token, audiences: [audience] } } }), deadlineMs, "TokenReview");
+    const status = review.status;
+    return { authenticated: status?.authenticated === true && (status.audiences ?? [audience]).includes(audience), ...(status?.user?.username === undefined ? {} : { username: status.user.username }), ...(status?.error === undefined ? {} : { error: status.error }) };
   };
 }
 

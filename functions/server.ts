@@ -27,8 +27,9 @@ export interface ClusterReader {
   /** Candidate pods cluster-wide, page by page (server-side label selector). */
   listPods(labelSelector: string): AsyncIterable<Pod[]>;
   /**
-   * A Warning Event on the pod: NetworkInitFailed (invalid annotations, no rules) or
-   * CaptureConfigWarning (a value Istio reads as false; the pod still gets rules).
+   * A Warning Event on the pod: NetworkInitFailed (invalid annotations, no rules),
+   * CaptureConfigWarning (a value Istio reads as false; the pod still gets rules) or
+   * NetworkInitSkipped (it carries the waiter but the policy gives it no rules).
    */
   recordPodWarning(pod: Pod, reason: PodWarningReason, message: string): Promise<void>;
 }
@@ -257,7 +258,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
       plog = elog.child({ pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid } });
       decision = decide({ pod, policy, ...(namespace === undefined ? {} : { namespace }), deleted });
     }
-    const result = await act(decision, pod, name, policy, plog);
+    const result = act(decision, pod, name, policy, plog);
     const freshRv = pod.metadata.resourceVersion === undefined ? undefined : `${pod.metadata.resourceVersion} ${policy.id}`;
     if (result.transient !== true && freshRv !== undefined) {
       remember(uid, freshRv);
@@ -281,8 +282,13 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     strandedTold.set(uid, message);
     if (strandedTold.size > 50_000) strandedTold.delete(strandedTold.keys().next().value ?? "");
     plog.warn({ detail: message }, "pod carries the waiter but will get no rules");
-    void deps.cluster.recordPodWarning(pod, "NetworkInitSkipped", message).catch((err: unknown) => {
-      plog.warn({ err: errorMessage(err) }, "could not record the Event");
+    warnPod(pod, "NetworkInitSkipped", message, plog);
+  }
+
+  /** A Warning Event on the pod, recorded after the answer; a failure is only logged. */
+  function warnPod(pod: Pod, reason: PodWarningReason, message: string, plog: Logger): void {
+    deps.cluster.recordPodWarning(pod, reason, message).catch((err: unknown) => {
+      plog.warn({ err: errorMessage(err), reason }, "could not record the Event");
     });
   }
 
@@ -292,18 +298,14 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     return { pod: name, outcome: "skipped", reason: decision.reason };
   }
 
-  async function act(decision: Decision, pod: Pod, name: string, policy: Policy, plog: Logger): Promise<HandledPod> {
+  function act(decision: Decision, pod: Pod, name: string, policy: Policy, plog: Logger): HandledPod {
     const stranded = strandedWaiter(decision, pod, policy.document.mode);
     if (stranded !== undefined) warnStranded(pod, stranded, plog);
     if (decision.action === "skip") return record(decision, name, plog);
     metrics.decisions.inc({ action: decision.action, reason: decision.reason });
     if (decision.action === "error") {
       plog.warn({ decision: "error", reason: decision.reason, detail: decision.detail }, "pod refused: invalid capture configuration");
-      if (policy.document.mode === "enforce") {
-        await deps.cluster.recordPodWarning(pod, "NetworkInitFailed", `invalid capture configuration: ${decision.detail}`).catch((err: unknown) => {
-          plog.warn({ err: errorMessage(err) }, "could not record the Event");
-        });
-      }
+      if (policy.document.mode === "enforce") warnPod(pod, "NetworkInitFailed", `invalid capture configuration: ${decision.detail}`, plog);
       return { pod: name, outcome: "invalid", reason: decision.detail };
     }
     if (policy.document.mode === "dry-run") {
@@ -313,9 +315,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     if (decision.warnings.length > 0) {
       const message = decision.warnings.map(formatWarning).join("; ");
       plog.warn({ warnings: decision.warnings }, "capture configuration warning");
-      void deps.cluster.recordPodWarning(pod, "CaptureConfigWarning", message).catch((err: unknown) => {
-        plog.warn({ err: errorMessage(err) }, "could not record the Event");
-      });
+      warnPod(pod, "CaptureConfigWarning", message, plog);
     }
     const t0 = performance.now();
     const uid = pod.metadata.uid ?? "";

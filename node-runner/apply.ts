@@ -3,11 +3,11 @@
 // TPROXY / IPv6 network setup. Idempotent: the same rules already in place → "unchanged".
 // Commands run inside the pod's netns only, entered by a file descriptor opened once per apply
 // (a PID can be reused meanwhile; a descriptor keeps naming the same namespace), never the node's.
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { CaptureConfig } from "../contract/capture-config.ts";
+import { runInNetns, type CommandResult } from "./nsenter.ts";
 import { addedBuiltinLines, builtinLines, ownedRules, parseSave, replaceTransaction, sameRules, type ChainRules, type SaveState } from "./iptables-state.ts";
 import { renderIptables, type Family, type IptablesFamilyPlan } from "./rules/iptables.ts";
 import { ipCommand, netSetupSteps, type NetSetupStep } from "./rules/routes.ts";
@@ -15,11 +15,7 @@ import { ipCommand, netSetupSteps, type NetSetupStep } from "./rules/routes.ts";
 /** The iptables variants, named as the backends are (backends.ts). */
 export type IptablesVariant = "iptables-nft" | "iptables-legacy";
 
-export interface CommandResult {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
+export type { CommandResult } from "./nsenter.ts";
 
 /** An open network namespace: a descriptor of /proc/<pid>/ns/net and its inode. */
 export interface NetnsTarget {
@@ -30,29 +26,8 @@ export interface NetnsTarget {
 /** Runs a command inside a network namespace. The seam tests and the server share. */
 export type NetnsRunner = (netns: NetnsTarget, argv: readonly string[], input?: string) => Promise<CommandResult>;
 
-const COMMAND_TIMEOUT_MS = 10_000;
-
-/** The namespace descriptor becomes the child's fd 3, which nsenter enters. */
-export const nsenterRunner: NetnsRunner = (netns, argv, input) =>
-  new Promise((resolve) => {
-    const child = spawn("nsenter", ["--net=/proc/self/fd/3", "--", ...argv], { stdio: ["pipe", "pipe", "pipe", netns.fd] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout?.setEncoding("utf8").on("data", (t: string) => (stdout += t));
-    child.stderr?.setEncoding("utf8").on("data", (t: string) => (stderr += t));
-    const timer = setTimeout(() => child.kill("SIGKILL"), COMMAND_TIMEOUT_MS);
-    child.on("error", (err) => {
-      clearTimeout(timer);
-      resolve({ code: 127, stdout, stderr: err.message });
-    });
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? 128, stdout, stderr: signal === null ? stderr : `${stderr}killed by ${signal}` });
-    });
-    // A command that does not read its input may exit first: that is not an error here.
-    child.stdin?.on("error", () => undefined);
-    child.stdin?.end(input ?? "");
-  });
+/** In this process: the namespace descriptor becomes the child's fd 3, which nsenter enters. */
+export const nsenterRunner: NetnsRunner = (netns, argv, input) => runInNetns("/proc/self/fd/3", argv, input, netns.fd);
 
 /**
  * A command in the namespace failed. `kind` says what the answer is: an owner group the node
@@ -66,7 +41,7 @@ export class ApplyError extends Error {
     super(message);
     this.kind = /owner.*group|group.*(unknown|not found|bad)/i.test(message)
       ? "owner-group"
-      : /cannot open .*ns\/net|reassociate to namespace|No such file or directory.*nsenter/i.test(message)
+      : /nsenter: (cannot open|reassociate to namespace)/i.test(message)
         ? "netns-gone"
         : "refused";
   }

@@ -7,10 +7,8 @@
 // line on stdout, {id, code, stdout, stderr}, in any order. `netns` is a path that names the
 // namespace the node-runner holds open (/proc/<node-runner>/fd/<n>): the namespace it resolved
 // and checked, whatever happens to the pod's processes meanwhile.
-import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
-
-const COMMAND_TIMEOUT_MS = 10_000;
+import { runInNetns } from "./nsenter.ts";
 
 interface Request {
   readonly id: number;
@@ -19,27 +17,10 @@ interface Request {
   readonly input?: string;
 }
 
-function answer(reply: { id: number; code: number; stdout: string; stderr: string }): void {
-  process.stdout.write(`${JSON.stringify(reply)}\n`);
-}
-
 function run(req: Request): void {
-  const child = spawn("nsenter", [`--net=${req.netns}`, "--", ...req.argv], { stdio: ["pipe", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.setEncoding("utf8").on("data", (t: string) => (stdout += t));
-  child.stderr.setEncoding("utf8").on("data", (t: string) => (stderr += t));
-  const timer = setTimeout(() => child.kill("SIGKILL"), COMMAND_TIMEOUT_MS);
-  child.on("error", (err) => {
-    clearTimeout(timer);
-    answer({ id: req.id, code: 127, stdout, stderr: err.message });
+  void runInNetns(req.netns, req.argv, req.input).then((r) => {
+    process.stdout.write(`${JSON.stringify({ id: req.id, ...r })}\n`);
   });
-  child.on("close", (code, signal) => {
-    clearTimeout(timer);
-    answer({ id: req.id, code: code ?? 128, stdout, stderr: signal === null ? stderr : `${stderr}killed by ${signal}` });
-  });
-  child.stdin.on("error", () => undefined);
-  child.stdin.end(req.input ?? "");
 }
 
 createInterface({ input: process.stdin }).on("line", (line) => {

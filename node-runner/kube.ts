@@ -4,6 +4,7 @@
 import * as k8s from "@kubernetes/client-node";
 import { type PodRef } from "../contract/apply-request.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
+import { withDeadline } from "../contract/deadline.ts";
 import { podEvent } from "../contract/pod-event.ts";
 
 export interface PodFacts {
@@ -20,11 +21,6 @@ export interface PodApi {
   markInitialized(pod: PodRef, mark: { netns: string; rules: string }): Promise<void>;
   clearMark(pod: PodRef): Promise<void>;
   recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void>;
-}
-
-/** An API call that did not answer within its deadline (the server may still act on it). */
-export class ApiDeadlineError extends Error {
-  override name = "ApiDeadlineError";
 }
 
 /** What a failed API call means for the request: retry later, or the pod is not what was asked. */
@@ -49,15 +45,7 @@ export class KubePodApi implements PodApi {
   }
 
   private deadline<T>(what: string, call: Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        reject(new ApiDeadlineError(`${what}: no answer from the API server within ${this.deadlineMs} ms`));
-      }, this.deadlineMs);
-    });
-    return Promise.race([call, expired]).finally(() => {
-      clearTimeout(timer);
-    });
+    return withDeadline(call, this.deadlineMs, `${what} (API server)`);
   }
 
   async getPod(namespace: string, name: string): Promise<PodFacts | undefined> {

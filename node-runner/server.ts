@@ -86,6 +86,9 @@ class WorkQueue {
 export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
   const now = deps.now ?? Date.now;
   const startedAtMs = deps.startedAtMs;
+  // Without the nonces of an earlier process (no journal survived), a request signed before
+  // this process started cannot be told from a replay. `created` is in whole seconds.
+  const acceptsSignedAt = (createdSeconds: number): boolean => deps.replay.restored || createdSeconds * 1000 > startedAtMs;
   const queue = new WorkQueue(deps.maxConcurrent ?? 8);
   const app = express();
   app.disable("x-powered-by");
@@ -97,7 +100,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
   app.get("/readyz", (_req, res) => {
     // Ready once it can verify requests: at least one public key loaded, and requests signed
     // now are accepted (without a restored nonce journal, the second it started is refused).
-    const accepting = deps.replay.restored || now() >= (Math.floor(startedAtMs / 1000) + 1) * 1000;
+    const accepting = acceptsSignedAt(Math.floor(now() / 1000));
     const ready = deps.keys.current.size > 0 && accepting;
     res.status(ready ? 200 : 503).json({ status: ready ? "ready" : "not ready", keys: deps.keys.current.size, accepting });
   });
@@ -148,10 +151,8 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
       if (!deps.authorities.has(authority)) {
         throw new Refusal(421, "wrong-authority", `signed for ${JSON.stringify(authority)}, this node-runner answers as ${[...deps.authorities].join(", ")}`);
       }
-      // 4: replay. When the nonces of an earlier process are not known (no journal survived),
-      // a request signed before this process started cannot be told from a replay: refused
-      // (503: re-sign and retry).
-      if (!deps.replay.restored && verified.created * 1000 <= startedAtMs) {
+      // 4: replay (503 when signed before this process started and not judgeable: re-sign).
+      if (!acceptsSignedAt(verified.created)) {
         deps.metrics.signatureFailures.inc({ reason: "signed-before-start" });
         throw new Refusal(503, "signed-before-start", `signed at ${verified.created}, before this node-runner started (${Math.floor(startedAtMs / 1000)}): re-sign and retry`, 1);
       }
