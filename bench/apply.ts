@@ -87,7 +87,7 @@ try {
     table(["method", "pods", "min", "median", "p95", "max"], [
       row("node-runner: resolve + render + iptables-save/compare + one iptables-restore", restoreMs),
       row("resolve + render + one iptables command per rule (original controller's way)", perRuleMs),
-      row("  (netns resolution alone: /proc scan, in both rows)", resolveMs),
+      row("  (netns resolution alone: the pod cgroup read directly, in both rows)", resolveMs),
     ]),
   );
 } finally {
