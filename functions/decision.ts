@@ -54,6 +54,7 @@ export function strandedWaiter(decision: Decision, pod: Pod, mode: "enforce" | "
 
 export type SkipReason =
   | "deleted"
+  | "duplicate"
   | "not-sidecar-injected"
   | "istio-init-present"
   | "injection-disabled"

@@ -5,7 +5,7 @@ import * as k8s from "@kubernetes/client-node";
 import { podEvent } from "../contract/pod-event.ts";
 import type { NamespaceFacts } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
-import type { ClusterReader, PodWarningReason } from "./server.ts";
+import type { ClusterReader, PodWarningReason } from "./reconcile.ts";
 
 /** Namespace facts change rarely; the legacy opt-in reads them for pods Istio did not inject. */
 const NAMESPACE_CACHE_MS = 30_000;

@@ -30,7 +30,8 @@ import { Dispatcher } from "./dispatch.ts";
 import { KubeClusterReader } from "./kube.ts";
 import { PolicyStore } from "./policy-store.ts";
 import { knativeSourceIdentity, SenderAuthenticator, tokenReviewer } from "./sender-auth.ts";
-import { createFunctionApp, createFunctionMetrics } from "./server.ts";
+import { createFunctionMetrics } from "./metrics.ts";
+import { createFunctionApp } from "./server.ts";
 
 const env = process.env;
 const log = pino({ base: { component: "decision-function" } });

@@ -8,7 +8,8 @@ import request from "supertest";
 import { apiServerSourceEvent, meshPodObject } from "../test/support/apiserversource.ts";
 import { parsePod } from "./pod.ts";
 import { parsePolicy } from "./policy.ts";
-import { createFunctionApp, createFunctionMetrics } from "./server.ts";
+import { createFunctionMetrics } from "./metrics.ts";
+import { createFunctionApp } from "./server.ts";
 
 const unreachable = (what: string) => (): never => assert.fail(`${what} must not be reached`);
 const metrics = createFunctionMetrics({ defaultMetrics: false });

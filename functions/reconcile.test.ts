@@ -1,0 +1,88 @@
+// The per-pod core with its edges replaced (a recording dispatcher and an in-memory cluster):
+// which pod is decided, under which policy, and what is queued.
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { pino } from "pino";
+import { meshPodObject } from "../test/support/apiserversource.ts";
+import type { Decision } from "./decision.ts";
+import { createFunctionMetrics } from "./metrics.ts";
+import { parsePod, type Pod } from "./pod.ts";
+import { parsePolicy } from "./policy.ts";
+import { createReconciler, type ClusterReader } from "./reconcile.ts";
+
+const log = pino({ level: "silent" });
+
+function setup(apiPods: Record<string, Pod>) {
+  const offered: { decision: Decision; policyId: string }[] = [];
+  const reads: string[] = [];
+  const cluster: ClusterReader = {
+    getPod: (_ns, name) => {
+      reads.push(name);
+      return Promise.resolve(apiPods[name]);
+    },
+    getNamespace: () => Promise.resolve(undefined),
+    listPods: async function* () {
+      yield await Promise.resolve(Object.values(apiPods));
+    },
+    recordPodWarning: () => Promise.resolve(),
+  };
+  const reconciler = createReconciler({
+    dispatcher: {
+      offer: (decision, policyId) => {
+        offered.push({ decision, policyId });
+        return "queued";
+      },
+      busy: 0,
+    },
+    cluster,
+    metrics: createFunctionMetrics({ defaultMetrics: false }),
+  });
+  return { reconciler, offered, reads };
+}
+
+describe("reconcilePod", () => {
+  const enforce = parsePolicy("mode: enforce");
+
+  test("an event's copy of a pod only triggers: the API server's pod is decided and queued, with the policy it was decided under", async () => {
+    const apiPod = parsePod(meshPodObject("web", { uid: "uid-api", ip: "10.0.0.9" }));
+    const { reconciler, offered, reads } = setup({ web: apiPod });
+    const eventPod = parsePod(meshPodObject("web", { uid: "uid-event", ip: "10.0.0.66" }));
+    const r = await reconciler.reconcilePod(eventPod, enforce, log, { fromApi: false });
+    assert.equal(r.outcome, "queued");
+    assert.deepEqual(reads, ["web"]);
+    assert.equal(offered.length, 1);
+    const decision = offered[0]?.decision;
+    assert.equal(decision?.action === "apply" ? decision.pod.uid : undefined, "uid-api");
+    assert.deepEqual(decision?.action === "apply" ? decision.pod.ips : undefined, ["10.0.0.9"]);
+    assert.equal(offered[0]?.policyId, enforce.id);
+  });
+
+  test("a pod from the API server is not read again; the same version under the same policy is a duplicate, under a new policy it is decided again", async () => {
+    const pod = parsePod(meshPodObject("web"));
+    const { reconciler, offered, reads } = setup({});
+    assert.equal((await reconciler.reconcilePod(pod, enforce, log, { fromApi: true })).outcome, "queued");
+    assert.equal((await reconciler.reconcilePod(pod, enforce, log, { fromApi: true })).outcome, "duplicate");
+    const next = parsePolicy("mode: enforce\nnamespaces:\n  exclude: [other]");
+    assert.equal((await reconciler.reconcilePod(pod, next, log, { fromApi: true })).outcome, "queued");
+    assert.deepEqual(reads, []);
+    assert.deepEqual(
+      offered.map((o) => o.policyId),
+      [enforce.id, next.id],
+    );
+  });
+
+  test("a pod deleted before the fresh read is skipped as deleted, nothing queued", async () => {
+    const { reconciler, offered } = setup({});
+    const r = await reconciler.reconcilePod(parsePod(meshPodObject("gone")), enforce, log, { fromApi: false });
+    assert.deepEqual(r, { pod: "shop/gone", outcome: "skipped", reason: "deleted" });
+    assert.equal(offered.length, 0);
+  });
+
+  test("a resync decides every listed pod under one snapshot and is rate-limited", async () => {
+    const { reconciler, offered } = setup({ a: parsePod(meshPodObject("a")), b: parsePod(meshPodObject("b")) });
+    const first = await reconciler.resync(enforce, log);
+    assert.deepEqual(first.summary, { seen: 2, queued: 2, skipped: 0, failed: 0 });
+    assert.equal((await reconciler.resync(enforce, log)).summary, "rate-limited");
+    assert.equal(offered.length, 2);
+  });
+});

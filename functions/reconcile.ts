@@ -1,0 +1,257 @@
+// One pod, one policy snapshot: decide, and queue the pods to program (docs/architecture.md §4).
+// The HTTP side (server.ts) turns CloudEvents into calls of `reconcilePod` and `resync`; this
+// module owns what happens to a pod after that: dedupe, the fresh read before acting, the
+// decision, Warning Events, dry-run and the dispatch queue.
+import type { Logger } from "pino";
+import { formatWarning } from "../contract/capture-config.ts";
+import { errorMessage } from "../contract/errors.ts";
+import { decide, LEGACY_OPT_IN, strandedWaiter, type Decision, type NamespaceFacts } from "./decision.ts";
+import type { Dispatcher, DispatchResult } from "./dispatch.ts";
+import type { FunctionMetrics } from "./metrics.ts";
+import { proxyContainer, type Pod } from "./pod.ts";
+import type { Policy } from "./policy.ts";
+
+export type PodWarningReason = "NetworkInitFailed" | "CaptureConfigWarning" | "NetworkInitSkipped";
+
+/** Only pods Istio injected carry this label: a resync lists nothing else. */
+export const MESH_POD_SELECTOR = "security.istio.io/tlsMode=istio";
+
+/** The function's view of the cluster (functions/kube.ts on a real one). */
+export interface ClusterReader {
+  getPod(namespace: string, name: string): Promise<Pod | undefined>;
+  getNamespace(name: string): Promise<NamespaceFacts | undefined>;
+  /** Candidate pods cluster-wide, page by page (server-side label selector). */
+  listPods(labelSelector: string): AsyncIterable<Pod[]>;
+  /**
+   * A Warning Event on the pod: NetworkInitFailed (invalid annotations, no rules),
+   * CaptureConfigWarning (a value Istio reads as false; the pod still gets rules) or
+   * NetworkInitSkipped (it carries the waiter but the policy gives it no rules).
+   */
+  recordPodWarning(pod: Pod, reason: PodWarningReason, message: string): Promise<void>;
+}
+
+export type Outcome = "queued" | "skipped" | "dry-run" | "invalid" | "duplicate" | "failed";
+export interface HandledPod {
+  readonly pod: string;
+  readonly outcome: Outcome;
+  readonly reason: string;
+  /** The event should be delivered again (the API server or the queue was not available). */
+  readonly transient?: boolean;
+}
+
+export interface ResyncSummary {
+  seen: number;
+  queued: number;
+  skipped: number;
+  failed: number;
+}
+
+export interface ReconcilerDeps {
+  readonly dispatcher: Pick<Dispatcher, "offer" | "busy">;
+  readonly cluster: ClusterReader;
+  readonly metrics: FunctionMetrics;
+  /** A resync runs at most this often (ms); more requests are answered and ignored. */
+  readonly resyncMinIntervalMs?: number;
+  readonly now?: () => number;
+}
+
+/** Where a pod came from: the API server (a read or a list) or an event's copy of it. */
+export interface PodSource {
+  readonly fromApi: boolean;
+  readonly deleted?: boolean;
+}
+
+/** Bounded memory of pods already handled or already told something: oldest forgotten first. */
+class RecentMap {
+  private readonly entries = new Map<string, string>();
+  constructor(private readonly limit: number) {}
+  get(key: string): string | undefined {
+    return this.entries.get(key);
+  }
+  set(key: string, value: string): void {
+    this.entries.delete(key);
+    this.entries.set(key, value);
+    if (this.entries.size > this.limit) this.entries.delete(this.entries.keys().next().value ?? "");
+  }
+  delete(key: string): void {
+    this.entries.delete(key);
+  }
+}
+
+export interface Reconciler {
+  /**
+   * Decide for one pod under one policy snapshot. Content that did not come from the API
+   * server itself (a Resource-mode event) only decides skips: a pod to act on is read fresh
+   * and decided again, and only that read is ever signed.
+   */
+  reconcilePod(pod: Pod, policy: Policy, log: Logger, source: PodSource): Promise<HandledPod>;
+  /** A pod that no longer exists (a delete, or a reference to a pod the API server no longer has). */
+  gone(name: string, log: Logger): HandledPod;
+  /** Every mesh pod, one page at a time, under one policy snapshot. */
+  resync(policy: Policy, log: Logger): Promise<{ summary: ResyncSummary | "rate-limited"; results: HandledPod[] }>;
+}
+
+export function createReconciler(deps: ReconcilerDeps): Reconciler {
+  const { metrics } = deps;
+  // uid → "resourceVersion policy" last handled: ApiServerSource may deliver a notification
+  // twice. A new policy decides again.
+  const handled = new RecentMap(50_000);
+  // Pods told that their waiter will time out (once per pod and reason).
+  const strandedTold = new RecentMap(50_000);
+  let lastResync = -Infinity;
+
+  const versionKey = (pod: Pod, policy: Policy): string | undefined =>
+    pod.metadata.resourceVersion === undefined ? undefined : `${pod.metadata.resourceVersion} ${policy.id}`;
+  const podName = (pod: Pod): string => `${pod.metadata.namespace ?? ""}/${pod.metadata.name ?? ""}`;
+  const podLog = (log: Logger, pod: Pod): Logger => log.child({ pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid: pod.metadata.uid } });
+
+  async function namespaceFactsFor(pod: Pod, policy: Policy): Promise<NamespaceFacts | undefined> {
+    // Only the original controller's namespace-level opt-in, for pods Istio did not inject, needs the namespace.
+    const injected = proxyContainer(pod) !== undefined && pod.metadata.annotations?.["sidecar.istio.io/status"] !== undefined;
+    if (injected || !policy.document.legacyOptIn || pod.metadata.annotations?.[LEGACY_OPT_IN] !== undefined) return undefined;
+    return deps.cluster.getNamespace(pod.metadata.namespace ?? "default").catch(() => undefined);
+  }
+
+  function decideTimed(pod: Pod, policy: Policy, namespace: NamespaceFacts | undefined, deleted: boolean): Decision {
+    const t0 = performance.now();
+    const decision = decide({ pod, policy, ...(namespace === undefined ? {} : { namespace }), deleted });
+    metrics.decisionDuration.observe((performance.now() - t0) / 1000);
+    return decision;
+  }
+
+  async function reconcilePod(eventPod: Pod, policy: Policy, log: Logger, source: PodSource): Promise<HandledPod> {
+    const deleted = source.deleted ?? false;
+    const eventUid = eventPod.metadata.uid ?? "";
+    const eventVersion = versionKey(eventPod, policy);
+    if (!deleted && eventVersion !== undefined && handled.get(eventUid) === eventVersion) {
+      return skipped({ action: "skip", reason: "duplicate" }, podName(eventPod), log, "duplicate");
+    }
+    const namespace = await namespaceFactsFor(eventPod, policy);
+    let pod = eventPod;
+    let decision = decideTimed(pod, policy, namespace, deleted);
+    if (decision.action !== "skip" && !source.fromApi) {
+      let fresh: Pod | undefined;
+      try {
+        fresh = await deps.cluster.getPod(pod.metadata.namespace ?? "", pod.metadata.name ?? "");
+      } catch (err) {
+        podLog(log, pod).warn({ err: errorMessage(err) }, "cannot read the pod");
+        return { pod: podName(pod), outcome: "failed", reason: "api-unavailable", transient: true };
+      }
+      if (fresh === undefined) return gone(podName(pod), podLog(log, pod));
+      if (fresh.metadata.uid !== eventUid) podLog(log, pod).warn({ eventUid, apiUid: fresh.metadata.uid }, "the event's pod is not the API server's: deciding on the API server's");
+      pod = fresh;
+      decision = decideTimed(pod, policy, namespace, deleted);
+    }
+    const result = act(decision, pod, policy, podLog(log, pod));
+    const freshVersion = versionKey(pod, policy);
+    if (result.transient !== true && freshVersion !== undefined) {
+      handled.set(pod.metadata.uid ?? "", freshVersion);
+      if (eventVersion !== undefined && eventVersion !== freshVersion) handled.set(eventUid, eventVersion);
+    }
+    return result;
+  }
+
+  function gone(name: string, log: Logger): HandledPod {
+    return skipped({ action: "skip", reason: "deleted" }, name, log);
+  }
+
+  function skipped(decision: Decision & { action: "skip" }, name: string, log: Logger, outcome: Outcome = "skipped"): HandledPod {
+    metrics.decisions.inc({ action: decision.action, reason: decision.reason });
+    log.debug({ decision: decision.action, reason: decision.reason }, "skipped");
+    return { pod: name, outcome, reason: decision.reason };
+  }
+
+  function warnStranded(pod: Pod, message: string, log: Logger): void {
+    const uid = pod.metadata.uid ?? "";
+    if (strandedTold.get(uid) === message) return;
+    strandedTold.set(uid, message);
+    log.warn({ detail: message }, "pod carries the waiter but will get no rules");
+    warnPod(pod, "NetworkInitSkipped", message, log);
+  }
+
+  /** A Warning Event on the pod, recorded after the answer; a failure is only logged. */
+  function warnPod(pod: Pod, reason: PodWarningReason, message: string, log: Logger): void {
+    deps.cluster.recordPodWarning(pod, reason, message).catch((err: unknown) => {
+      log.warn({ err: errorMessage(err), reason }, "could not record the Event");
+    });
+  }
+
+  function act(decision: Decision, pod: Pod, policy: Policy, log: Logger): HandledPod {
+    const name = podName(pod);
+    const stranded = strandedWaiter(decision, pod, policy.document.mode);
+    if (stranded !== undefined) warnStranded(pod, stranded, log);
+    if (decision.action === "skip") return skipped(decision, name, log);
+    metrics.decisions.inc({ action: decision.action, reason: decision.reason });
+    if (decision.action === "error") {
+      log.warn({ decision: "error", reason: decision.reason, detail: decision.detail }, "pod refused: invalid capture configuration");
+      if (policy.document.mode === "enforce") warnPod(pod, "NetworkInitFailed", `invalid capture configuration: ${decision.detail}`, log);
+      return { pod: name, outcome: "invalid", reason: decision.detail };
+    }
+    if (policy.document.mode === "dry-run") {
+      log.info({ decision: "apply", reason: decision.reason, node: decision.node, policy: policy.id, capture: decision.capture }, "dry-run: would apply");
+      return { pod: name, outcome: "dry-run", reason: decision.reason };
+    }
+    if (decision.warnings.length > 0) {
+      log.warn({ warnings: decision.warnings }, "capture configuration warning");
+      warnPod(pod, "CaptureConfigWarning", decision.warnings.map(formatWarning).join("; "), log);
+    }
+    return queue(decision, pod, policy, log);
+  }
+
+  function queue(decision: Decision & { action: "apply" }, pod: Pod, policy: Policy, log: Logger): HandledPod {
+    const t0 = performance.now();
+    const uid = pod.metadata.uid ?? "";
+    const offered = deps.dispatcher.offer(decision, policy.id, (result: DispatchResult) => {
+      metrics.queueDepth.set(deps.dispatcher.busy);
+      metrics.dispatchDuration.observe({ result: result.ok ? result.result : "failed" }, (performance.now() - t0) / 1000);
+      if (result.ok) {
+        log.info({ decision: "apply", reason: decision.reason, node: decision.node, result: result.result, attempts: result.attempts }, `dispatched: ${result.result}`);
+        return;
+      }
+      // Not done: the same notification, redelivered, or the resync must try again.
+      handled.delete(uid);
+      metrics.dispatchFailures.inc({ status: String(result.status), reason: result.reason });
+      log.warn({ decision: "apply", node: decision.node, status: result.status, reason: result.reason, attempts: result.attempts }, "dispatch failed");
+    });
+    metrics.queueDepth.set(deps.dispatcher.busy);
+    if (offered === "full") {
+      metrics.queueFull.inc();
+      log.warn({ queued: deps.dispatcher.busy }, "dispatch queue full");
+      return { pod: podName(pod), outcome: "failed", reason: "queue-full", transient: true };
+    }
+    return { pod: podName(pod), outcome: "queued", reason: decision.reason };
+  }
+
+  async function resync(policy: Policy, log: Logger): Promise<{ summary: ResyncSummary | "rate-limited"; results: HandledPod[] }> {
+    // A sweep lists every mesh pod: one per interval, however many ticks arrive.
+    const now = (deps.now ?? Date.now)();
+    if (now - lastResync < (deps.resyncMinIntervalMs ?? 30_000)) {
+      metrics.resyncsLimited.inc();
+      log.info({ lastResyncMsAgo: now - lastResync }, "resync skipped: one ran less than the minimum interval ago");
+      return { summary: "rate-limited", results: [] };
+    }
+    lastResync = now;
+    const summary: ResyncSummary = { seen: 0, queued: 0, skipped: 0, failed: 0 };
+    const results: HandledPod[] = [];
+    try {
+      for await (const page of deps.cluster.listPods(MESH_POD_SELECTOR)) {
+        for (const pod of page) {
+          const r = await reconcilePod(pod, policy, log, { fromApi: true });
+          summary.seen++;
+          if (r.outcome === "queued") summary.queued++;
+          else if (r.outcome === "failed") summary.failed++;
+          else summary.skipped++;
+          if (r.outcome !== "skipped" && r.outcome !== "duplicate") results.push(r);
+        }
+      }
+    } catch (err) {
+      log.warn({ err: errorMessage(err), ...summary }, "resync could not list pods");
+      return { summary, results: [...results, { pod: "*", outcome: "failed", reason: "list-failed", transient: true }] };
+    }
+    log.info(summary, "resync done");
+    // Failed pods are caught by the next tick: the resync itself succeeded.
+    return { summary, results: results.map((r) => ({ ...r, transient: false })) };
+  }
+
+  return { reconcilePod, gone, resync };
+}
