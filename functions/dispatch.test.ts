@@ -21,7 +21,7 @@ describe("dispatcher", () => {
   let server: http.Server;
   let port: number;
   const seen: Seen[] = [];
-  let script: (s: Seen) => { status: number; delayMs?: number; retryAfter?: string } = () => ({ status: 200 });
+  let script: (s: Seen) => { status: number; delayMs?: number; retryAfter?: string; body?: string } = () => ({ status: 200 });
   let concurrent = 0;
   let maxConcurrent = 0;
 
@@ -43,7 +43,7 @@ describe("dispatcher", () => {
         setTimeout(() => {
           if (counted) concurrent--;
           if (answer.retryAfter !== undefined) res.setHeader("retry-after", answer.retryAfter);
-          res.writeHead(answer.status, { "content-type": "application/json" }).end(JSON.stringify(answer.status === 200 ? { result: "applied" } : { reason: `scripted-${answer.status}` }));
+          res.writeHead(answer.status, { "content-type": "application/json" }).end(answer.body ?? JSON.stringify(answer.status === 200 ? { result: "applied", netns: "4026532000", rules: "sha256:0", durationMs: 1 } : { error: "scripted", reason: `scripted-${answer.status}` }));
         }, answer.delayMs ?? 0);
       });
     });
@@ -88,6 +88,16 @@ describe("dispatcher", () => {
     assert.deepEqual(down.ok ? null : [down.reason, down.retryable, down.attempts], ["ECONNREFUSED", true, 2]);
     d.close();
     nobody.close();
+  });
+
+  test("a 200 that is not the contract's answer is a failure (bad-response), never taken as applied", async () => {
+    const d = dispatcher({ attempts: 3 });
+    for (const body of ["", "not json", "{}", '{"result":"applied"}', '{"result":"pwned","durationMs":1}', "[]"]) {
+      script = () => ({ status: 200, body });
+      const r = await d.dispatch(decision(`bad-${body.length}`), "p1");
+      assert.deepEqual(r.ok ? null : [r.reason, r.retryable, r.attempts], ["bad-response", false, 1], body);
+    }
+    d.close();
   });
 
   test("a slow peer times out (retryable)", async () => {

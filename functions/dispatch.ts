@@ -8,6 +8,7 @@ import https from "node:https";
 import { API_VERSION, APPLY_PATH, CONTENT_TYPE, applyResponseSchema, errorResponseSchema, type ApplyRequest } from "../contract/apply-request.ts";
 import { signRequest } from "../contract/signature.ts";
 import type { Decision } from "./decision.ts";
+import { ConcurrencyLimit } from "../contract/concurrency.ts";
 import { errorMessage } from "../contract/errors.ts";
 
 export type ApplyDecision = Extract<Decision, { action: "apply" }>;
@@ -49,11 +50,11 @@ interface PodQueue {
 export class Dispatcher {
   private readonly agent: http.Agent;
   private readonly pods = new Map<string, PodQueue>();
-  private running = 0;
-  private readonly queue: (() => void)[] = [];
+  private readonly slots: ConcurrencyLimit;
 
   constructor(private readonly options: DispatcherOptions) {
-    const agentOptions = { keepAlive: true, maxSockets: options.maxConcurrent ?? 32 };
+    this.slots = new ConcurrencyLimit(options.maxConcurrent ?? 32);
+    const agentOptions = { keepAlive: true, maxSockets: this.slots.limit };
     this.agent = options.scheme === "https" ? new https.Agent({ ...agentOptions, ...(options.ca === undefined ? {} : { ca: options.ca }) }) : new http.Agent(agentOptions);
   }
 
@@ -100,7 +101,7 @@ export class Dispatcher {
       const waiters = q.waiters;
       q.pending = undefined;
       q.waiters = [];
-      const result = await this.withSlot(() => {
+      const result = await this.slots.run(() => {
         this.options.onQueueAge?.((performance.now() - queuedAt) / 1000);
         return this.send(decision, policyId);
       }).catch(
@@ -109,17 +110,6 @@ export class Dispatcher {
       for (const resolve of waiters) resolve(result);
     }
     this.pods.delete(uid);
-  }
-
-  private async withSlot<T>(work: () => Promise<T>): Promise<T> {
-    if (this.running >= (this.options.maxConcurrent ?? 32)) await new Promise<void>((resolve) => this.queue.push(resolve));
-    this.running++;
-    try {
-      return await work();
-    } finally {
-      this.running--;
-      this.queue.shift()?.();
-    }
   }
 
   private async send(decision: ApplyDecision, policyId: string): Promise<DispatchResult> {
@@ -178,16 +168,18 @@ export class Dispatcher {
             } catch {
               body = undefined; // not JSON: the status alone says what happened
             }
-            const answer = applyResponseSchema.safeParse(body);
-            const refusal = errorResponseSchema.safeParse(body);
-            const parsed = { result: answer.success ? answer.data.result : undefined, reason: refusal.success ? refusal.data.reason : undefined };
-            if (status === 200) resolve({ ok: true, status: 200, result: parsed.result ?? "applied", attempts: attempt });
-            else {
+            if (status === 200) {
+              const answer = applyResponseSchema.safeParse(body);
+              // A 200 that is not the contract's answer is not proof that anything was applied.
+              if (answer.success) resolve({ ok: true, status: 200, result: answer.data.result, attempts: attempt });
+              else resolve({ ok: false, status, reason: "bad-response", retryable: false, attempts: attempt });
+            } else {
+              const refusal = errorResponseSchema.safeParse(body);
               const retryAfter = Number(res.headers["retry-after"]);
               resolve({
                 ok: false,
                 status,
-                reason: parsed.reason ?? `http-${status}`,
+                reason: refusal.success ? refusal.data.reason : `http-${status}`,
                 retryable: status === 503 || status >= 500,
                 attempts: attempt,
                 ...(Number.isFinite(retryAfter) && retryAfter > 0 ? { retryAfterMs: retryAfter * 1000 } : {}),

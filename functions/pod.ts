@@ -1,5 +1,6 @@
 // The parts of a Kubernetes Pod this project reads, validated where pods enter (events, the
 // API, files). Unknown fields pass through untouched; known fields must have the right type.
+import { formatSchemaIssues } from "../contract/errors.ts";
 import { z } from "zod";
 
 const envVarSchema = z.looseObject({
@@ -70,7 +71,7 @@ export class PodManifestError extends Error {
 export function parsePod(input: unknown): Pod {
   const result = podSchema.safeParse(input);
   if (!result.success) {
-    const detail = result.error.issues.map((i) => `${i.path.join(".") || "(pod)"}: ${i.message}`).join("; ");
+    const detail = formatSchemaIssues(result.error, "(pod)");
     throw new PodManifestError(`not a valid Pod: ${detail}`);
   }
   if (result.data.kind !== undefined && result.data.kind !== "Pod") {

@@ -11,7 +11,7 @@ import {
   type CaptureConfigInput,
   parseCaptureConfig,
 } from "../contract/capture-config.ts";
-import { errorMessage } from "../contract/errors.ts";
+import { errorMessage, formatSchemaIssues } from "../contract/errors.ts";
 
 const overridesSchema = captureConfigInputSchema.partial().strict();
 
@@ -80,7 +80,7 @@ export function parsePolicy(text: string, controllerNamespace?: string): Policy 
   }
   const parsed = policySchema.safeParse(raw ?? {});
   if (!parsed.success) {
-    throw new PolicyError(`invalid policy: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(document)"}: ${i.message}`).join("; ")}`);
+    throw new PolicyError(`invalid policy: ${formatSchemaIssues(parsed.error, "(document)")}`);
   }
   const document = parsed.data;
   if (controllerNamespace !== undefined && !document.namespaces.exclude.includes(controllerNamespace)) {

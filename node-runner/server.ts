@@ -9,6 +9,7 @@ import {
   REMOVE_PATH,
   applyRequestSchema,
   removeRequestSchema,
+  type ApplyResponse,
   type ErrorResponse,
   type PodRef,
 } from "../contract/apply-request.ts";
@@ -20,7 +21,8 @@ import { ApplyError, type NetnsTarget } from "./apply.ts";
 import type { NetnsApplier } from "./backends.ts";
 import { NetnsGoneError, openNetns, type NetnsResolution, type OpenNetns, type ResolvedNetns } from "./netns.ts";
 import type { ReplayCache } from "./replay.ts";
-import { errorMessage } from "../contract/errors.ts";
+import { ConcurrencyLimit } from "../contract/concurrency.ts";
+import { errorMessage, formatSchemaIssues } from "../contract/errors.ts";
 
 
 export interface NodeRunnerDeps {
@@ -60,23 +62,17 @@ class Refusal extends Error {
 
 /** Bounded parallelism across pods, strict serialisation per pod. */
 class WorkQueue {
-  private running = 0;
-  private readonly waiting: (() => void)[] = [];
+  private readonly slots: ConcurrencyLimit;
   private readonly busyPods = new Set<string>();
-  constructor(private readonly limit: number) {}
+  constructor(limit: number) {
+    this.slots = new ConcurrencyLimit(limit);
+  }
 
   async run<T>(podUid: string, work: () => Promise<T>): Promise<T> {
     if (this.busyPods.has(podUid)) throw new Refusal(503, "in-progress", "work for this pod is in progress", 1);
     this.busyPods.add(podUid);
     try {
-      if (this.running >= this.limit) await new Promise<void>((resolve) => this.waiting.push(resolve));
-      this.running++;
-      try {
-        return await work();
-      } finally {
-        this.running--;
-        this.waiting.shift()?.();
-      }
+      return await this.slots.run(work);
     } finally {
       this.busyPods.delete(podUid);
     }
@@ -176,7 +172,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
       }
       const parsed = (route === "apply" ? applyRequestSchema : removeRequestSchema).safeParse(json);
       if (!parsed.success) {
-        throw new Refusal(400, "malformed", parsed.error.issues.map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`).join("; "));
+        throw new Refusal(400, "malformed", formatSchemaIssues(parsed.error, "(body)"));
       }
       const request = parsed.data;
       const pod = request.pod;
@@ -202,7 +198,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
       const durationMs = Math.round((performance.now() - started) * 10) / 10;
       deps.metrics.requests.inc({ route, result: outcome.result });
       log.info({ ...outcome, durationMs, decision: request.decision }, `${route}: ${outcome.result}`);
-      res.status(200).json({ ...outcome, durationMs });
+      res.status(200).json({ ...outcome, durationMs } satisfies ApplyResponse);
     } catch (err) {
       if (err instanceof Refusal) {
         deps.metrics.requests.inc({ route, result: err.reason });
