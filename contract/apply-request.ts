@@ -56,10 +56,11 @@ export type ApplyRequest = Omit<z.infer<typeof applyRequestSchema>, "capture"> &
 export type RemoveRequest = z.infer<typeof removeRequestSchema>;
 
 /** The node-runner's answers: 200 with the outcome, anything else with a reason. */
-export const applyResponseSchema = z.union([
-  z.object({ result: z.enum(["applied", "unchanged"]), netns: z.string(), rules: z.string(), durationMs: z.number() }),
-  z.object({ result: z.enum(["removed", "absent"]), durationMs: z.number() }),
-]);
+const appliedOutcome = z.object({ result: z.enum(["applied", "unchanged"]), netns: z.string(), rules: z.string() });
+const removedOutcome = z.object({ result: z.enum(["removed", "absent"]) });
+/** What programming a pod did (the answer without its timing). */
+export type ProgramOutcome = z.infer<typeof appliedOutcome> | z.infer<typeof removedOutcome>;
+export const applyResponseSchema = z.union([appliedOutcome.extend({ durationMs: z.number() }), removedOutcome.extend({ durationMs: z.number() })]);
 export type ApplyResponse = z.infer<typeof applyResponseSchema>;
 
 export const errorResponseSchema = z.object({ error: z.string(), reason: z.string(), detail: z.string().optional() });

@@ -1,0 +1,148 @@
+// Programming one pod once its request is verified (docs/architecture.md §7): the pod is the
+// API server's pod on this node, its network namespace is found and opened once, the rules
+// are applied against that descriptor, and the pod is marked. Every refusal is a `Refusal`
+// with its HTTP status; nothing is half-applied (the apply engine's own transaction).
+import type { Logger } from "pino";
+import type { PodRef, ProgramOutcome } from "../contract/apply-request.ts";
+import { CaptureConfigError, parseCaptureConfig } from "../contract/capture-config.ts";
+import { errorMessage } from "../contract/errors.ts";
+import { ApplyError, type NetnsTarget } from "./apply.ts";
+import type { NetnsApplier } from "./backends.ts";
+import { apiFailureKind, type PodApi } from "./kube.ts";
+import type { NodeRunnerMetrics } from "./metrics.ts";
+import { NetnsGoneError, openNetns, type NetnsResolution, type OpenNetns, type ResolvedNetns } from "./netns.ts";
+
+/** A request refused with a documented status and reason; nothing was changed. */
+export class Refusal extends Error {
+  constructor(
+    readonly status: number,
+    readonly reason: string,
+    message: string,
+    readonly retryAfterSeconds?: number,
+  ) {
+    super(message);
+  }
+}
+
+export interface ProgramDeps {
+  readonly nodeName: string;
+  readonly pods: PodApi;
+  readonly resolveNetns: (pod: { uid: string; ips: readonly string[] }) => Promise<NetnsResolution>;
+  /** The applier for a namespace (the iptables backend may be detected per namespace). */
+  readonly applierFor: (netns: NetnsTarget) => Promise<NetnsApplier>;
+  /** Opens the resolved namespace for one apply (default: openNetns). */
+  readonly openNetns?: (netns: ResolvedNetns) => OpenNetns;
+  readonly metrics: NodeRunnerMetrics;
+}
+
+export interface PodProgrammer {
+  /** Rules for `capture` (wire form, validated here: 422 when invalid) in the pod's netns, then the mark. */
+  apply(pod: PodRef, capture: unknown, log: Logger): Promise<ProgramOutcome>;
+  /** The pod's rules removed and its mark cleared. */
+  remove(pod: PodRef, log: Logger): Promise<ProgramOutcome>;
+}
+
+export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
+  /** The pod exists with that UID, is bound here, and has its own network namespace. */
+  async function checkPodIdentity(pod: PodRef, route: "apply" | "remove"): Promise<void> {
+    const facts = await deps.pods.getPod(pod.namespace, pod.name).catch((err: unknown): never => {
+      throw new Refusal(503, "api-unavailable", `cannot read the pod: ${errorMessage(err)}`, 2);
+    });
+    if (facts === undefined) throw new Refusal(409, "pod-not-found", `pod ${pod.namespace}/${pod.name} does not exist`);
+    if (facts.uid !== pod.uid) throw new Refusal(409, "uid-mismatch", `pod ${pod.namespace}/${pod.name} has UID ${facts.uid}, not ${pod.uid}`);
+    if (facts.nodeName !== deps.nodeName) throw new Refusal(409, "not-on-this-node", `pod is bound to ${facts.nodeName ?? "no node"}, not ${deps.nodeName}`);
+    if (facts.hostNetwork) throw new Refusal(409, "host-network", "the pod uses the node's network namespace: it is never programmed");
+    if (route === "apply" && facts.terminating) throw new Refusal(409, "terminating", "the pod is being deleted");
+  }
+
+  /** Resolve the pod's netns and open it once: the work runs against that descriptor. */
+  async function withNetns<T>(pod: PodRef, work: (netns: OpenNetns) => Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    const resolution = await deps.resolveNetns({ uid: pod.uid, ips: pod.ips });
+    deps.metrics.netnsDuration.observe({ outcome: resolution.found ? "found" : resolution.reason }, (performance.now() - t0) / 1000);
+    if (!resolution.found) {
+      if (resolution.reason === "host-netns-only") throw new Refusal(409, "host-netns", resolution.detail);
+      if (resolution.reason === "ambiguous-netns") throw new Refusal(409, "ambiguous-netns", resolution.detail);
+      if (resolution.reason === "host-netns-unknown") throw new Refusal(503, "host-netns-unknown", resolution.detail, 10);
+      throw new Refusal(503, "netns-not-found", resolution.detail, 2);
+    }
+    let netns: OpenNetns;
+    try {
+      netns = (deps.openNetns ?? openNetns)(resolution.netns);
+    } catch (err) {
+      if (err instanceof NetnsGoneError) throw new Refusal(503, "netns-not-found", err.message, 1);
+      throw err;
+    }
+    try {
+      return await work(netns);
+    } finally {
+      netns.close();
+    }
+  }
+
+  /** Events follow the answer: recorded in the background, a failure only logged and counted. */
+  function recordEvent(pod: PodRef, type: "Normal" | "Warning", reason: string, message: string, log: Logger): void {
+    deps.pods.recordEvent(pod, { type, reason, message }).catch((err: unknown) => {
+      deps.metrics.eventFailures.inc({ reason });
+      log.warn({ err: errorMessage(err), reason }, "could not record a Kubernetes Event");
+    });
+  }
+
+  async function applyIn(pod: PodRef, capture: ReturnType<typeof parseCaptureConfig>, netns: OpenNetns, log: Logger): Promise<ProgramOutcome> {
+    const t0 = performance.now();
+    let result: Awaited<ReturnType<NetnsApplier["apply"]>>;
+    try {
+      result = await (await deps.applierFor(netns)).apply(netns, pod.uid, capture);
+    } catch (err) {
+      recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${errorMessage(err)}`, log);
+      if (err instanceof ApplyError) throw refusalFor(err);
+      throw err;
+    }
+    deps.metrics.applyDuration.observe({ result: result.result }, (performance.now() - t0) / 1000);
+    try {
+      await deps.pods.markInitialized(pod, { netns: netns.inode, rules: result.digest });
+    } catch (err) {
+      const message = errorMessage(err);
+      const kind = apiFailureKind(err);
+      // The UID precondition of the patch: the pod is gone or is another pod now.
+      if (kind === "not-found") throw new Refusal(409, "pod-not-found", `the pod was deleted while its rules were applied: ${message}`);
+      if (kind === "conflict") throw new Refusal(409, "uid-mismatch", `the pod changed identity while its rules were applied: ${message}`);
+      // The rules are in place; a retry finds them unchanged and marks the pod then.
+      throw new Refusal(503, "api-unavailable", `rules applied but the pod could not be marked: ${message}`, 2);
+    }
+    if (result.result === "applied") {
+      recordEvent(pod, "Normal", "NetworkInitialized", `traffic capture programmed in network namespace ${netns.inode} (rules ${result.digest})`, log);
+    }
+    return { result: result.result, netns: netns.inode, rules: result.digest };
+  }
+
+  return {
+    async apply(pod, captureInput, log) {
+      await checkPodIdentity(pod, "apply");
+      let capture: ReturnType<typeof parseCaptureConfig>;
+      try {
+        capture = parseCaptureConfig(captureInput);
+      } catch (err) {
+        if (!(err instanceof CaptureConfigError)) throw err;
+        recordEvent(pod, "Warning", "NetworkInitFailed", `invalid capture configuration: ${err.message}`, log);
+        throw new Refusal(422, "invalid-capture", err.message);
+      }
+      return withNetns(pod, (netns) => applyIn(pod, capture, netns, log));
+    },
+    async remove(pod) {
+      await checkPodIdentity(pod, "remove");
+      return withNetns(pod, async (netns) => {
+        const result = await (await deps.applierFor(netns)).remove(netns, pod.uid);
+        await deps.pods.clearMark(pod);
+        return { result };
+      });
+    },
+  };
+}
+
+/** A command the kernel or a tool refused, as a documented answer (never a 500). */
+function refusalFor(err: ApplyError): Refusal {
+  if (err.kind === "owner-group") return new Refusal(422, "invalid-capture", `an owner group cannot be resolved on this node: ${err.message}`);
+  if (err.kind === "netns-gone") return new Refusal(503, "netns-not-found", err.message, 1);
+  return new Refusal(409, "rules-refused", err.message);
+}
