@@ -16,9 +16,7 @@ import { parsePolicy, PolicyError } from "../functions/policy.ts";
 import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
 import { generateKeys, KeyManifestError, rotateKeys, type KeyManifests } from "./keys.ts";
 import { generateTls, tlsManifests } from "./tls.ts";
-import { BACKENDS, isBackendName } from "../node-runner/backends.ts";
-import { renderIptables } from "../node-runner/rules/iptables.ts";
-import { renderNftables } from "../node-runner/rules/nftables.ts";
+import { BACKEND, BACKENDS, isBackendName } from "../node-runner/backends.ts";
 import { ipCommand, netSetupSteps } from "../node-runner/rules/routes.ts";
 import { errorMessage } from "../contract/errors.ts";
 
@@ -140,28 +138,23 @@ function plan(args: readonly string[], io: Io): number {
   const netSetup = netSetupSteps(config).filter((s) => (s.family === 4 ? showV4 : showV6));
   const podName = `${pod.metadata.namespace ?? "default"}/${pod.metadata.name ?? "(unnamed)"}`;
 
-  if (backend === "nftables") {
-    const nft = renderNftables(config);
+  const { text } = BACKEND[backend].render(config);
+  if (text.both !== undefined) {
+    // One tool run for both families (nftables' inet tables).
     if (values.json) {
-      io.stdout(`${JSON.stringify({ pod: podName, backend, capture: input, nft: nft.script, netSetup: stepsJson(netSetup) }, null, 2)}\n`);
+      io.stdout(`${JSON.stringify({ pod: podName, backend, capture: input, nft: text.both, netSetup: stepsJson(netSetup) }, null, 2)}\n`);
       return EXIT.ok;
     }
-    io.stdout(`# pod ${podName}: nft -f - (one transaction, IPv4${config.enableIPv6 ? " and IPv6" : ""} in inet tables)\n${nft.script}`);
+    io.stdout(`# pod ${podName}: nft -f - (one transaction, IPv4${config.enableIPv6 ? " and IPv6" : ""} in inet tables)\n${text.both}`);
   } else {
-    const ipt = renderIptables(config);
+    const v4 = showV4 ? (text.v4 ?? null) : null;
+    const v6 = showV6 ? (text.v6 ?? null) : null;
     if (values.json) {
-      const out = {
-        pod: podName,
-        backend,
-        capture: input,
-        iptables: { v4: showV4 ? ipt.v4.restore : null, v6: showV6 && ipt.v6 !== null ? ipt.v6.restore : null },
-        netSetup: stepsJson(netSetup),
-      };
-      io.stdout(`${JSON.stringify(out, null, 2)}\n`);
+      io.stdout(`${JSON.stringify({ pod: podName, backend, capture: input, iptables: { v4, v6 }, netSetup: stepsJson(netSetup) }, null, 2)}\n`);
       return EXIT.ok;
     }
-    if (showV4) io.stdout(`# pod ${podName}: iptables-restore --noflush (IPv4)\n${ipt.v4.restore}`);
-    if (showV6 && ipt.v6 !== null) io.stdout(`# pod ${podName}: ip6tables-restore --noflush (IPv6)\n${ipt.v6.restore}`);
+    if (v4 !== null) io.stdout(`# pod ${podName}: iptables-restore --noflush (IPv4)\n${v4}`);
+    if (v6 !== null) io.stdout(`# pod ${podName}: ip6tables-restore --noflush (IPv6)\n${v6}`);
   }
   if (netSetup.length > 0) {
     io.stdout(`# network setup\n${netSetup.map((s) => `ip ${ipCommand(s, "add").join(" ")}`).join("\n")}\n`);
@@ -243,13 +236,10 @@ function readPod(source: string, io: Io): Pod {
 /** Exactly one YAML/JSON document. */
 function readDocument(source: string, io: Io): unknown {
   const text = readText(source, io);
-  const docs = parseAllDocuments(text, { prettyErrors: true });
-  if (!Array.isArray(docs)) throw new InputError(`${source}: no YAML document found`);
-  const nonEmpty = docs.filter((d) => d.contents !== null);
-  if (nonEmpty.length !== 1) throw new InputError(`${source}: expected exactly one Pod manifest, found ${nonEmpty.length} documents`);
-  const doc = nonEmpty[0];
-  if (doc === undefined || doc.errors.length > 0) {
-    throw new InputError(`${source}: not valid YAML/JSON: ${doc?.errors.map((e) => e.message).join("; ") ?? ""}`);
-  }
+  // An empty stream is an empty array: "found 0 documents".
+  const nonEmpty = parseAllDocuments(text, { prettyErrors: true }).filter((d) => d.contents !== null);
+  const [doc] = nonEmpty;
+  if (doc === undefined || nonEmpty.length !== 1) throw new InputError(`${source}: expected exactly one Pod manifest, found ${nonEmpty.length} documents`);
+  if (doc.errors.length > 0) throw new InputError(`${source}: not valid YAML/JSON: ${doc.errors.map((e) => e.message).join("; ")}`);
   return doc.toJS({ maxAliasCount: 50 }) as unknown;
 }

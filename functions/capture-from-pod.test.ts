@@ -3,7 +3,8 @@ import { describe, test } from "node:test";
 import { CaptureConfigError, formatWarning } from "../contract/capture-config.ts";
 import { renderIptables } from "../node-runner/rules/iptables.ts";
 import { renderNftables } from "../node-runner/rules/nftables.ts";
-import { ANNOTATION, captureConfigFromPod, deriveCaptureInput, parseGoBool } from "./capture-from-pod.ts";
+import { captureConfigFromPod } from "../test/support/capture.ts";
+import { ANNOTATION, deriveCaptureInput, parseGoBool } from "./capture-from-pod.ts";
 import { parsePod } from "./pod.ts";
 
 function pod(options: { annotations?: Record<string, string>; env?: { name: string; value?: string; valueFrom?: object }[]; securityContext?: object; nativeSidecar?: boolean; ips?: string[] } = {}) {

@@ -3,8 +3,6 @@
 import {
   type CaptureIssue,
   DEFAULT_CAPTURE_CONFIG,
-  parseCaptureConfig,
-  type CaptureConfig,
   type CaptureConfigInput,
   type CaptureField,
   type FieldSources,
@@ -65,7 +63,7 @@ const LIST_ANNOTATIONS: readonly { key: string; field: CaptureField; wildcard: b
  * Derive the wire-form capture config and where each non-default value came from, as
  * istio-cni's `NewRedirect` does. Checked here: what istio-cni checks on the annotation as a
  * whole (the interception mode; no empty item in a list). Token validation is
- * `parseCaptureConfig`'s job (see `captureConfigFromPod`).
+ * `parseCaptureConfig`'s job (the decision runs both).
  */
 export function deriveCaptureInput(pod: Pod): DerivedCapture {
   const annotations = pod.metadata.annotations ?? {};
@@ -163,12 +161,6 @@ export function deriveCaptureInput(pod: Pod): DerivedCapture {
   input.enableIPv6 = hasV6 && (!hasV4 || dualStack);
 
   return { input, sources, warnings, issues };
-}
-
-/** Derive and validate: the capture config for a pod, or a `CaptureConfigError` naming the bad annotation. */
-export function captureConfigFromPod(pod: Pod): CaptureConfig {
-  const { input, sources, issues } = deriveCaptureInput(pod);
-  return parseCaptureConfig(input, sources, issues);
 }
 
 /** Go's strconv.ParseBool, which istio-cni uses for these env values. */

@@ -8,7 +8,7 @@ import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { CaptureConfig } from "../contract/capture-config.ts";
 import { runInNetns, type CommandResult } from "./nsenter.ts";
-import { addedBuiltinLines, builtinLines, ownedRules, parseSave, replaceTransaction, sameRules, type ChainRules, type SaveState } from "./iptables-state.ts";
+import { addedBuiltinLines, builtinLines, ownedRules, parseSave, replaceTransaction, ruleLine, sameRules, type ChainRules, type SaveState } from "./rules/iptables-text.ts";
 import { renderIptables, type Family, type IptablesFamilyPlan } from "./rules/iptables.ts";
 import { ipCommand, netSetupSteps, type NetSetupStep } from "./rules/routes.ts";
 
@@ -98,10 +98,13 @@ export class RecordStore {
   }
 }
 
-/** Short digest of everything that would be applied: the value of the `rules` annotation. */
+/**
+ * Short digest of what an apply installs (the rule lines of its transaction, per family, and
+ * the link steps): the value of the `rules` annotation.
+ */
 export function rulesDigest(variant: IptablesVariant, families: readonly IptablesFamilyPlan[], steps: readonly NetSetupStep[]): string {
   const h = createHash("sha256").update(`${variant}\n`);
-  for (const f of families) h.update(`v${f.family}\n${f.restore}`);
+  for (const f of families) h.update(`v${f.family}\n${f.rules.map(ruleLine).join("\n")}\n`);
   h.update(JSON.stringify(steps));
   return h.digest("hex").slice(0, 16);
 }

@@ -7,6 +7,7 @@ import {
   type CaptureConfig,
 } from "../../contract/capture-config.ts";
 import type { Cidr } from "../../contract/tokens.ts";
+import { restoreText } from "./iptables-text.ts";
 
 export type Table = "filter" | "mangle" | "nat" | "raw";
 export type Family = 4 | 6;
@@ -31,9 +32,6 @@ export interface IptablesPlan {
   /** Null when the config does not enable IPv6. */
   readonly v6: IptablesFamilyPlan | null;
 }
-
-// Chains and targets that exist without being declared.
-const BUILTIN = new Set(["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING", "ACCEPT", "DROP", "RETURN"]);
 
 export const CHAIN = {
   inbound: "ISTIO_INBOUND",
@@ -298,32 +296,4 @@ function tproxyMarkRules(b: RuleBuilder, c: CaptureConfig): void {
   b.insertV4("mangle", CHAIN.inbound, 2, "-p", "tcp", "-s", V4_PASSTHROUGH_SOURCE, "-i", "lo", "-j", "RETURN");
   b.insertV6("mangle", CHAIN.inbound, 2, "-p", "tcp", "-s", V6_PASSTHROUGH_SOURCE, "-i", "lo", "-j", "RETURN");
   b.insert("mangle", CHAIN.inbound, 3, "-p", "tcp", "-i", "lo", "-m", "mark", "!", "--mark", OUTBOUND_MARK, "-j", "RETURN");
-}
-
-/**
- * One block per table (sorted by name): chain declarations (chains with rules in order of
- * first use, then chains only jumped to), then the rules in generation order.
- */
-export function restoreText(rules: readonly IptablesRule[]): string {
-  const tables = [...new Set(rules.map((r) => r.table))].sort();
-  const lines: string[] = [];
-  for (const table of tables) {
-    const inTable = rules.filter((r) => r.table === table);
-    const declared: string[] = [];
-    const declare = (chain: string): void => {
-      if (!BUILTIN.has(chain) && !declared.includes(chain)) declared.push(chain);
-    };
-    for (const r of inTable) declare(r.chain);
-    for (const r of inTable) {
-      const n = r.args.length;
-      if (n >= 2 && r.args[n - 2] === "-j") declare(r.args[n - 1] as string);
-    }
-    lines.push(`* ${table}`, ...declared.map((chain) => `-N ${chain}`), ...inTable.map(ruleLine), "COMMIT");
-  }
-  return lines.length === 0 ? "" : `${lines.join("\n")}\n`;
-}
-
-export function ruleLine(r: IptablesRule): string {
-  const head = r.position === undefined ? ["-A", r.chain] : ["-I", r.chain, String(r.position)];
-  return [...head, ...r.args].join(" ");
 }

@@ -2,7 +2,7 @@
 // compared table by table as the upstream test does.
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { captureConfigFromPod } from "../../functions/capture-from-pod.ts";
+import { captureConfigFromPod } from "../support/capture.ts";
 import { parsePod } from "../../functions/pod.ts";
 import { renderIptables } from "../../node-runner/rules/iptables.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";

@@ -1,13 +1,17 @@
-// What the node-runner owns in a pod's iptables, and the single iptables-restore transaction
-// that replaces or removes it (docs/architecture.md §7). Pure: save text and rules in, text out.
+// iptables text, both ways (docs/architecture.md §7): rules as iptables-restore lines, Istio's
+// restore form of a plan, iptables-save output parsed, what the node-runner owns in it, and the
+// single iptables-restore transaction that replaces or removes that. Pure: text and rules in,
+// text out.
 //
 // Owned: every ISTIO_* chain with its rules, plus the lines in built-in chains that the
 // previous apply added (recorded by the node-runner) or that jump to an ISTIO_* chain.
 // Anything else in the namespace belongs to someone else and is left alone.
-import { ruleLine, type IptablesRule, type Table } from "./rules/iptables.ts";
+import type { IptablesRule, Table } from "./iptables.ts";
 
 export const MANAGED_TABLES: readonly Table[] = ["mangle", "nat", "raw"];
 const BUILTIN_CHAINS = new Set(["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]);
+/** Targets that are not chains to declare. */
+const BUILTIN_TARGETS = new Set([...BUILTIN_CHAINS, "ACCEPT", "DROP", "RETURN"]);
 const OWN_CHAIN = /^ISTIO_[A-Z_]+$/;
 
 /** table → chain → rule specs (iptables-save form, without the leading "-A <chain>"). */
@@ -146,4 +150,32 @@ export function replaceTransaction(owned: ChainRules, desired: readonly Iptables
 function jumpTarget(args: readonly string[]): string | undefined {
   const i = args.lastIndexOf("-j");
   return i >= 0 && i === args.length - 2 ? args[i + 1] : undefined;
+}
+
+/**
+ * One block per table (sorted by name): chain declarations (chains with rules in order of
+ * first use, then chains only jumped to), then the rules in generation order.
+ */
+export function restoreText(rules: readonly IptablesRule[]): string {
+  const tables = [...new Set(rules.map((r) => r.table))].sort();
+  const lines: string[] = [];
+  for (const table of tables) {
+    const inTable = rules.filter((r) => r.table === table);
+    const declared: string[] = [];
+    const declare = (chain: string): void => {
+      if (!BUILTIN_TARGETS.has(chain) && !declared.includes(chain)) declared.push(chain);
+    };
+    for (const r of inTable) declare(r.chain);
+    for (const r of inTable) {
+      const n = r.args.length;
+      if (n >= 2 && r.args[n - 2] === "-j") declare(r.args[n - 1] as string);
+    }
+    lines.push(`* ${table}`, ...declared.map((chain) => `-N ${chain}`), ...inTable.map(ruleLine), "COMMIT");
+  }
+  return lines.length === 0 ? "" : `${lines.join("\n")}\n`;
+}
+
+export function ruleLine(r: IptablesRule): string {
+  const head = r.position === undefined ? ["-A", r.chain] : ["-I", r.chain, String(r.position)];
+  return [...head, ...r.args].join(" ");
 }
