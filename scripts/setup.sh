@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(iproute2 iptables nftables util-linux openssl)
+# containerd, runc and buildah: the real test node (test/controlplane/node.ts) and its images.
+packages=(iproute2 iptables nftables util-linux openssl containerd runc buildah)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -28,6 +29,10 @@ fi
 
 echo "== control plane and Istio tools (built from the Go module proxy, cached)"
 test/controlplane/build.sh
+if [ "$(id -u)" = 0 ]; then
+  echo "== images for the test node (built locally, cached)"
+  test/controlplane/images.sh
+fi
 
 if [ "${1:-}" = "--ci" ] || [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "== npm packages"

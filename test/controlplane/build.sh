@@ -2,7 +2,8 @@
 # Builds the upstream tools the tests and the demo run, from the Go module proxy, into a cache
 # outside the repository: etcd, kube-apiserver, Knative's ApiServerSource receive adapter and
 # kustomize (from the wrapper modules in this folder), Istio's capture code as the parity oracle,
-# istioctl and helm. A tool is rebuilt only when its module (or version) changes.
+# istioctl and helm; for the real node: kubelet, kube-controller-manager, kube-scheduler, the CNI
+# plugins and a pause program. A tool is rebuilt only when its module (or version) changes.
 #
 #   PNC_CACHE_DIR   cache directory (default: ~/.cache/pnc-controlplane)
 set -euo pipefail
@@ -89,6 +90,35 @@ build_tool istioctl "$istio_version" "about 2 min with the oracle's modules down
 helm_version=v3.22.0
 build_tool helm "$helm_version" "about 2 min" \
   install_module helm "helm.sh/helm/v3/cmd/helm@$helm_version" "-X helm.sh/helm/v3/internal/version.version=$helm_version"
+
+# The node side of the test cluster (test/controlplane/node.ts): kubelet, and the two controllers
+# a real node needs (DaemonSets, ServiceAccount tokens' CA ConfigMap, scheduling), from the same
+# Kubernetes version as kube-apiserver, stamped with it (else they report v0.0.0-master).
+k8s_version="$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$here/node/go.mod")"
+k8s_minor="$(echo "$k8s_version" | cut -d. -f2)"
+k8s_ldflags="-X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$k8s_minor -X k8s.io/component-base/version.gitTreeState=clean"
+build_k8s() { # <package>
+  (cd "$here/node" && go build -trimpath -ldflags "$k8s_ldflags" -o "$BUILD_OUT" "$1")
+}
+k8s_stamp="$(cat "$here/node/go.mod" "$here/node/go.sum" | sha256sum | cut -c1-16)-$k8s_version"
+build_tool kubelet "$k8s_stamp" "about 2 min" build_k8s k8s.io/kubernetes/cmd/kubelet
+build_tool kube-controller-manager "$k8s_stamp" "about 2 min" build_k8s k8s.io/kubernetes/cmd/kube-controller-manager
+build_tool kube-scheduler "$k8s_stamp" "about 1 min" build_k8s k8s.io/kubernetes/cmd/kube-scheduler
+
+# The CNI plugins the test node's pods use (a bridge with host-local addresses, and loopback).
+cni_version=v1.9.1
+mkdir -p "$cache/bin/cni"
+for plugin in main/bridge main/loopback ipam/host-local; do
+  build_tool "cni/$(basename "$plugin")" "$cni_version" "under a minute" \
+    install_module "$(basename "$plugin")" "github.com/containernetworking/plugins/plugins/$plugin@$cni_version" "-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$cni_version"
+done
+
+# The sandbox process of the test node's pods (test/controlplane/pause): static, packed into a
+# local image by test/controlplane/images.sh.
+build_pause() {
+  (cd "$here/pause" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BUILD_OUT" .)
+}
+build_tool pause "$(cat "$here/pause/go.mod" "$here/pause/main.go" | sha256sum | cut -c1-16)" "seconds" build_pause
 
 # Knative's CRDs, from the same module versions, so that this repository's manifests can be
 # applied to the local API server for real.

@@ -1,0 +1,11 @@
+//go:build tools
+
+// Package tools pins the commands this module builds: the node agent and the two controllers a
+// real node needs (DaemonSets, ServiceAccounts, kube-root-ca.crt, scheduling).
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+)
