@@ -4,20 +4,17 @@
 // injector (its templates, the strategic merge of custom templates, reorderPod) offline. The
 // injected pods go to the real kube-apiserver with Pod Security `restricted` enforced.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { parseAllDocuments, stringify } from "yaml";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
-import { CACHE_DIR, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+import { kubeInject, missingIstioReason, renderInjector, type InjectorFiles } from "../support/istio-injector.ts";
 
-const root = path.resolve(import.meta.dirname, "../..");
-const ISTIOCTL = path.join(CACHE_DIR, "bin", "istioctl");
-const missing = existsSync(ISTIOCTL) ? missingBinariesReason() : `istioctl not built (${ISTIOCTL}): run test/controlplane/build.sh`;
+const missing = missingIstioReason();
 
 type Container = k8s.V1Container & { restartPolicy?: string };
 type Pod = { metadata: { name: string; annotations?: Record<string, string> }; spec: { initContainers?: Container[]; containers: Container[]; volumes?: { name: string }[] } };
@@ -44,37 +41,13 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
   let dir: string;
   let cp: ControlPlane;
   let core: k8s.CoreV1Api;
-  const files = { config: "", values: "", mesh: "" };
+  let files: InjectorFiles;
 
   before(async () => {
     assertAvailable(missing);
     dir = mkdtempSync(path.join(os.tmpdir(), "pnct-istio-"));
-    // Istio's own injector configuration, with the project's template, as an operator installs it.
-    const operator = {
-      apiVersion: "install.istio.io/v1alpha1",
-      kind: "IstioOperator",
-      spec: {
-        components: { cni: { enabled: true } },
-        values: {
-          sidecarInjectorWebhook: { templates: { podnet: readFileSync(path.join(root, "config/istio/podnet-injection-template.yaml"), "utf8") } },
-          // Istio's own setting for the proxy's seccomp profile (restricted requires one).
-          global: { proxy: { seccompProfile: { type: "RuntimeDefault" } } },
-        },
-      },
-    };
-    writeFileSync(path.join(dir, "operator.yaml"), stringify(operator));
-    const manifest = execFileSync(ISTIOCTL, ["manifest", "generate", "-f", path.join(dir, "operator.yaml")], { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
-    const configMaps = parseAllDocuments(manifest)
-      .map((d) => d.toJS() as { kind?: string; metadata?: { name?: string }; data?: Record<string, string> } | null)
-      .filter((d) => d?.kind === "ConfigMap");
-    const injector = configMaps.find((d) => d?.metadata?.name === "istio-sidecar-injector")?.data;
-    const mesh = configMaps.find((d) => d?.metadata?.name === "istio")?.data?.mesh;
-    assert.ok(injector?.config !== undefined && injector.values !== undefined && mesh !== undefined, "manifest generate rendered the injector ConfigMaps");
-    assert.equal((JSON.parse(injector.values) as { pilot: { cni: { enabled: boolean } } }).pilot.cni.enabled, true, "CNI mode reaches the injector as pilot.cni.enabled");
-    for (const [key, text] of [["config", injector.config], ["values", injector.values], ["mesh", mesh]] as const) {
-      files[key] = path.join(dir, `${key}.yaml`);
-      writeFileSync(files[key], text);
-    }
+    files = renderInjector(dir);
+    assert.equal((JSON.parse(readFileSync(files.values, "utf8")) as { pilot: { cni: { enabled: boolean } } }).pilot.cni.enabled, true, "CNI mode reaches the injector as pilot.cni.enabled");
     cp = await startControlPlane();
     core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     await core.createNamespace({ body: { metadata: { name: "restricted", labels: { "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest" } } } });
@@ -85,15 +58,7 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
     rmSync(dir, { recursive: true, force: true });
   });
 
-  function inject(pod: Pod): Pod {
-    const input = path.join(dir, `${pod.metadata.name}.yaml`);
-    writeFileSync(input, stringify({ apiVersion: "v1", kind: "Pod", ...pod }));
-    // -r default: offline (without it kube-inject looks for a cluster).
-    const out = execFileSync(ISTIOCTL, ["kube-inject", "-r", "default", "--injectConfigFile", files.config, "--valuesFile", files.values, "--meshConfigFile", files.mesh, "-f", input], { encoding: "utf8" });
-    const docs = parseAllDocuments(out).map((d) => d.toJS() as Pod | null).filter((d): d is Pod => d !== null);
-    assert.equal(docs.length, 1, out);
-    return docs[0] as Pod;
-  }
+  const inject = (pod: Pod): Pod => kubeInject(files, pod);
 
   for (const native of [true, false]) {
     for (const appInit of [true, false]) {

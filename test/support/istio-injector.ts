@@ -1,0 +1,67 @@
+// Istio's real injector, offline: `istioctl manifest generate` renders Istio's own injector
+// configuration (config, values, mesh) with the project's template under
+// sidecarInjectorWebhook.templates and CNI mode on, and `istioctl kube-inject` runs the injector
+// (its templates, the strategic merge of custom templates, reorderPod) on a pod.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { parseAllDocuments, stringify } from "yaml";
+import { CACHE_DIR, missingBinariesReason } from "../controlplane/harness.ts";
+
+const root = path.resolve(import.meta.dirname, "../..");
+export const ISTIOCTL = path.join(CACHE_DIR, "bin", "istioctl");
+
+/** undefined when istioctl and the control plane are built; otherwise why not. */
+export function missingIstioReason(): string | undefined {
+  return existsSync(ISTIOCTL) ? missingBinariesReason() : `istioctl not built (${ISTIOCTL}): run test/controlplane/build.sh`;
+}
+
+export interface InjectorFiles {
+  readonly dir: string;
+  readonly config: string;
+  readonly values: string;
+  readonly mesh: string;
+}
+
+/** Istio's injector ConfigMaps for an operator with the project's template, written into `dir`. */
+export function renderInjector(dir: string): InjectorFiles {
+  const operator = {
+    apiVersion: "install.istio.io/v1alpha1",
+    kind: "IstioOperator",
+    spec: {
+      components: { cni: { enabled: true } },
+      values: {
+        sidecarInjectorWebhook: { templates: { podnet: readFileSync(path.join(root, "config/istio/podnet-injection-template.yaml"), "utf8") } },
+        // Istio's own setting for the proxy's seccomp profile (restricted requires one).
+        global: { proxy: { seccompProfile: { type: "RuntimeDefault" } } },
+      },
+    },
+  };
+  writeFileSync(path.join(dir, "operator.yaml"), stringify(operator));
+  const manifest = execFileSync(ISTIOCTL, ["manifest", "generate", "-f", path.join(dir, "operator.yaml")], { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
+  const configMaps = parseAllDocuments(manifest)
+    .map((d) => d.toJS() as { kind?: string; metadata?: { name?: string }; data?: Record<string, string> } | null)
+    .filter((d) => d?.kind === "ConfigMap");
+  const injector = configMaps.find((d) => d?.metadata?.name === "istio-sidecar-injector")?.data;
+  const mesh = configMaps.find((d) => d?.metadata?.name === "istio")?.data?.mesh;
+  assert.ok(injector?.config !== undefined && injector.values !== undefined && mesh !== undefined, "manifest generate rendered the injector ConfigMaps");
+  const files = { dir, config: path.join(dir, "config.yaml"), values: path.join(dir, "values.yaml"), mesh: path.join(dir, "mesh.yaml") };
+  writeFileSync(files.config, injector.config);
+  writeFileSync(files.values, injector.values);
+  writeFileSync(files.mesh, mesh);
+  return files;
+}
+
+/** The pod as Istio's injector returns it. */
+export function kubeInject<P extends { metadata: { name: string } }>(files: InjectorFiles, pod: P): P {
+  const input = path.join(files.dir, `${pod.metadata.name}.yaml`);
+  writeFileSync(input, stringify({ apiVersion: "v1", kind: "Pod", ...pod }));
+  // -r default: offline (without it kube-inject looks for a cluster).
+  const out = execFileSync(ISTIOCTL, ["kube-inject", "-r", "default", "--injectConfigFile", files.config, "--valuesFile", files.values, "--meshConfigFile", files.mesh, "-f", input], { encoding: "utf8" });
+  const docs = parseAllDocuments(out)
+    .map((d) => d.toJS() as P | null)
+    .filter((d): d is P => d !== null);
+  assert.equal(docs.length, 1, out);
+  return docs[0] as P;
+}
