@@ -1,9 +1,12 @@
 # Images of this project, one build stage shared by three targets:
 #   docker build --target node-runner -t podnet/node-runner .
-#   docker build --target waiter      -t podnet/waiter .        (`pnc wait`, no system tools)
+#   docker build --target waiter      -t podnet/waiter .        (`pnc wait`: one bundled file, no node_modules)
 #   docker build --target decision    -t podnet/decision .
-# Pin the base images by digest in your registry mirror; tags are given for readability.
-FROM node:22.20.0-bookworm-slim AS build
+# The base is pinned by its multi-architecture index digest. The tests build these same targets
+# with buildah on a locally produced base (test/controlplane/images.sh passes NODE_IMAGE).
+ARG NODE_IMAGE=node:22.20.0-bookworm-slim@sha256:b21fe589dfbe5cc39365d0544b9be3f1f33f55f3c86c87a76ff65a02f8f5848e
+
+FROM ${NODE_IMAGE} AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -13,9 +16,15 @@ COPY node-runner node-runner
 COPY functions functions
 COPY cli cli
 COPY waiter waiter
-RUN npm run build && npm prune --omit=dev
+# Compiled JavaScript for the node-runner and the function (tsx is a dev dependency only); the
+# CLI bundled into one file for the waiter image; then the dev dependencies go.
+RUN npm run build \
+ && npx esbuild cli/pnc.ts --bundle --platform=node --target=node20 --format=esm --legal-comments=none \
+      --banner:js="import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" \
+      --outfile=bundle/dist/cli/pnc.js \
+ && npm prune --omit=dev
 
-FROM node:22.20.0-bookworm-slim AS runtime
+FROM ${NODE_IMAGE} AS runtime
 WORKDIR /app
 COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules node_modules
@@ -23,16 +32,21 @@ COPY --from=build /src/dist dist
 ENV NODE_ENV=production
 
 # The node-runner: iptables (legacy and nft variants), nft, ip and nsenter, run inside pods'
-# network namespaces. `pnc` is the entry point: the injection template runs `pnc wait` as the
-# proxy's UID; the DaemonSet runs `node dist/node-runner/main.js` (root, four capabilities).
+# network namespaces. The DaemonSet runs `node dist/node-runner/main.js` (root, four capabilities)
+# with V8 limits suited to a small agent.
 FROM runtime AS node-runner
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iptables nftables iproute2 util-linux \
  && rm -rf /var/lib/apt/lists/*
 ENTRYPOINT ["node", "dist/cli/pnc.js"]
 
-# The waiter init container: the runtime alone, as the proxy's UID (the template sets it too).
-FROM runtime AS waiter
+# The waiter init container: Node and one bundled file, as the proxy's UID (the template sets it
+# too). Every mesh pod pulls it; apart from the shared base its layer is about a megabyte.
+FROM ${NODE_IMAGE} AS waiter
+WORKDIR /app
+COPY --from=build /src/package.json ./
+COPY --from=build /src/bundle/dist dist
+ENV NODE_ENV=production
 USER 1337:1337
 ENTRYPOINT ["node", "dist/cli/pnc.js", "wait"]
 

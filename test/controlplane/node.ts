@@ -70,6 +70,8 @@ export interface RealNode {
   importImage(archive: string): void;
   /** Run `ctr` against the node's containerd. */
   ctr(...args: string[]): string;
+  /** What a container wrote (stdout and stderr, every restart), from the kubelet's pod log files. */
+  containerLog(pod: { namespace: string; name: string; uid: string }, container: string): string;
   stop(): Promise<void>;
 }
 
@@ -439,6 +441,16 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
       kubeletLog: path.join(dir, "kubelet.log"),
       importImage,
       ctr,
+      containerLog: (pod, container) => {
+        const logDir = path.join(dir, "pod-logs", `${pod.namespace}_${pod.name}_${pod.uid}`, container);
+        const files = existsSync(logDir) ? readdirSync(logDir).filter((f) => f.endsWith(".log")).sort() : [];
+        // CRI log lines: <time> <stream> <P|F> <text>
+        return files
+          .flatMap((f) => readFileSync(path.join(logDir, f), "utf8").split("\n"))
+          .map((line) => line.split(" ").slice(3).join(" "))
+          .filter((line) => line !== "")
+          .join("\n");
+      },
       stop,
     };
   } catch (err) {

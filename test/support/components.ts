@@ -56,7 +56,8 @@ async function startProcess(entry: string, env: NodeJS.ProcessEnv, port: number,
   let output = "";
   const child = spawn(process.execPath, ["--import", "tsx", path.join(root, entry)], {
     cwd: root,
-    env: { ...process.env, ...env },
+    // An env value of undefined removes the variable.
+    env: Object.fromEntries(Object.entries({ ...process.env, ...env }).filter(([, v]) => v !== undefined)),
     stdio: ["ignore", "pipe", "pipe"],
   });
   child.stdout.on("data", (c: Buffer) => (output += c.toString()));
@@ -146,7 +147,17 @@ export function senderToken(cp: ControlPlane, kind: "ApiServerSource" | "PingSou
 
 export async function startFunction(
   cp: ControlPlane,
-  options: { signingKeysDir: string; policyFile?: string; nodeRunnerPort: number; port?: number; env?: NodeJS.ProcessEnv },
+  options: {
+    signingKeysDir: string;
+    policyFile?: string;
+    nodeRunnerPort: number;
+    port?: number;
+    env?: NodeJS.ProcessEnv;
+    /** The CA of the node-runners' certificate (default: the tests' own). */
+    nodeRunnerCaFile?: string;
+    /** Where every request goes (default loopback: every "node" is this machine); null: the pod's hostIP, as in a cluster. */
+    nodeRunnerAddress?: string | null;
+  },
 ): Promise<Component> {
   await cp.applyManifest(path.join(root, "config/function/rbac.yaml"));
   const token = await cp.serviceAccountToken("podnet-system", "podnet-decision");
@@ -159,9 +170,9 @@ export async function startFunction(
       SIGNING_KEYS_DIR: options.signingKeysDir,
       NODE_RUNNER_PORT: String(options.nodeRunnerPort),
       NODE_RUNNER_SCHEME: "https",
-      NODE_RUNNER_CA_FILE: nodeRunnerTls().caFile,
-      // Every "node" is this machine: send to loopback whatever the pod's hostIP says.
-      NODE_RUNNER_ADDRESS: "127.0.0.1",
+      NODE_RUNNER_CA_FILE: options.nodeRunnerCaFile ?? nodeRunnerTls().caFile,
+      // Every simulated "node" is this machine: send to loopback whatever the pod's hostIP says.
+      NODE_RUNNER_ADDRESS: options.nodeRunnerAddress === null ? undefined : (options.nodeRunnerAddress ?? "127.0.0.1"),
       CONTROLLER_NAMESPACE: "podnet-system",
       KUBECONFIG: cp.writeKubeconfig("decision", token),
       DISPATCH_ATTEMPTS: "2",
