@@ -29,7 +29,7 @@ import { pino } from "pino";
 import { RecordStore, detectVariant, type IptablesVariant } from "./apply.ts";
 import { helperRunner } from "./helper-runner.ts";
 import { BACKEND, BACKENDS, isBackendName, type BackendName, type NetnsApplier } from "./backends.ts";
-import { KubePodApi } from "./kube.ts";
+import { KubePodApi, WatchedPodApi } from "./kube.ts";
 import { KeyDirectory } from "../contract/key-directory.ts";
 import { createMetrics } from "./metrics.ts";
 import { podUidPattern, resolvePodNetns } from "./netns.ts";
@@ -120,17 +120,42 @@ const appliers = Object.fromEntries(BACKENDS.map((name) => [name, BACKEND[name].
 const keys = new KeyDirectory(values["keys-dir"] ?? env.PUBLIC_KEYS_DIR ?? "/etc/podnet/keys", "public", log);
 await keys.start();
 
+const metrics = createMetrics();
+// The pods bound to this node come from a watch; a GET only for a pod the watch has not seen yet.
+const pods = new WatchedPodApi(
+  kubeConfig,
+  nodeName,
+  new KubePodApi(kubeConfig, nodeName, apiTimeoutMs),
+  (source) => {
+    metrics.podReads.inc({ source });
+  },
+  (err) => {
+    metrics.watchErrors.inc();
+    log.warn({ err: errorMessage(err) }, "pod watch failed: restarting it (identity checks use GETs meanwhile)");
+  },
+);
+pods.start().catch((err: unknown) => {
+  log.warn({ err: errorMessage(err) }, "pod watch did not start: identity checks use GETs until it does");
+});
+
 const app = createNodeRunnerApp({
   nodeName,
   authorities,
   startedAtMs,
   keys,
   replay,
-  pods: new KubePodApi(kubeConfig, nodeName, apiTimeoutMs),
+  pods,
   resolveNetns: (pod) => resolvePodNetns(pod, { procRoot, cgroupRoot, cgroupFs }),
-  applierFor: async (netns) => appliers[backend === "auto" ? await detectVariant(netns, defaultVariant, helper.run) : backend],
+  applierFor: async (netns, podUid) => {
+    if (backend !== "auto") return appliers[backend];
+    // The variant this pod's rules were applied with, from its record; a probe (two saves) only
+    // for a namespace this runner has not programmed for this pod.
+    const record = await records.get(netns.inode);
+    if (record?.podUid === podUid && (record.variant === "iptables-nft" || record.variant === "iptables-legacy")) return appliers[record.variant];
+    return appliers[await detectVariant(netns, defaultVariant, helper.run)];
+  },
   log,
-  metrics: createMetrics(),
+  metrics,
   maxConcurrent,
 });
 
@@ -147,6 +172,7 @@ server.listen(port, host, () => {
 function shutdown(signal: string): void {
   log.info({ signal }, "shutting down: finishing requests in flight");
   keys.stop();
+  pods.stop();
   helper.stop();
   server.close(() => process.exit(0));
   setTimeout(() => process.exit(0), 10_000).unref();

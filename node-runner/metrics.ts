@@ -6,6 +6,8 @@ export interface NodeRunnerMetrics {
   readonly requests: Counter<"route" | "result">;
   readonly signatureFailures: Counter<"reason">;
   readonly eventFailures: Counter<"reason">;
+  readonly podReads: Counter<"source">;
+  readonly watchErrors: Counter;
   readonly applyDuration: Histogram<"result">;
   readonly netnsDuration: Histogram<"outcome">;
 }
@@ -31,6 +33,17 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeR
       name: "podnet_node_runner_event_failures_total",
       help: "Kubernetes Events that could not be recorded (they follow the answer), by Event reason.",
       labelNames: ["reason"],
+      registers: [registry],
+    }),
+    podReads: new Counter({
+      name: "podnet_node_runner_pod_reads_total",
+      help: "Identity checks by where the pod came from: the node's pod watch, or a GET when the watch did not know it.",
+      labelNames: ["source"],
+      registers: [registry],
+    }),
+    watchErrors: new Counter({
+      name: "podnet_node_runner_pod_watch_errors_total",
+      help: "Times the watch of this node's pods failed and was restarted (reads fall back to GETs meanwhile).",
       registers: [registry],
     }),
     applyDuration: new Histogram({

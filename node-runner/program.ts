@@ -28,8 +28,8 @@ export interface ProgramDeps {
   readonly nodeName: string;
   readonly pods: PodApi;
   readonly resolveNetns: (pod: { uid: string; ips: readonly string[] }) => Promise<NetnsResolution>;
-  /** The applier for a namespace (the iptables backend may be detected per namespace). */
-  readonly applierFor: (netns: NetnsTarget) => Promise<NetnsApplier>;
+  /** The applier for a pod's namespace (the iptables backend may be detected per namespace). */
+  readonly applierFor: (netns: NetnsTarget, podUid: string) => Promise<NetnsApplier>;
   /** Opens the resolved namespace for one apply (default: openNetns). */
   readonly openNetns?: (netns: ResolvedNetns) => OpenNetns;
   readonly metrics: NodeRunnerMetrics;
@@ -45,7 +45,7 @@ export interface PodProgrammer {
 export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   /** The pod exists with that UID, is bound here, and has its own network namespace. */
   async function checkPodIdentity(pod: PodRef, route: "apply" | "remove"): Promise<void> {
-    const facts = await deps.pods.getPod(pod.namespace, pod.name).catch((err: unknown): never => {
+    const facts = await deps.pods.getPod(pod.namespace, pod.name, pod.uid).catch((err: unknown): never => {
       throw new Refusal(503, "api-unavailable", `cannot read the pod: ${errorMessage(err)}`, 2);
     });
     if (facts === undefined) throw new Refusal(409, "pod-not-found", `pod ${pod.namespace}/${pod.name} does not exist`);
@@ -92,7 +92,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     const t0 = performance.now();
     let result: Awaited<ReturnType<NetnsApplier["apply"]>>;
     try {
-      result = await (await deps.applierFor(netns)).apply(netns, pod.uid, capture);
+      result = await (await deps.applierFor(netns, pod.uid)).apply(netns, pod.uid, capture);
     } catch (err) {
       recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${errorMessage(err)}`, log);
       if (err instanceof ApplyError) throw refusalFor(err);
@@ -132,7 +132,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     async remove(pod) {
       await checkPodIdentity(pod, "remove");
       return withNetns(pod, async (netns) => {
-        const result = await (await deps.applierFor(netns)).remove(netns, pod.uid);
+        const result = await (await deps.applierFor(netns, pod.uid)).remove(netns, pod.uid);
         await deps.pods.clearMark(pod);
         return { result };
       });

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Container images for the test node (test/controlplane/node.ts), built locally: there is no
 # registry here. Each image is written as an OCI archive into the cache (with a stamp of its
-# inputs) and imported into the node's containerd at start. buildah runs with the vfs driver in
+# inputs) and imported into the node's containerd at start. buildah runs with the overlay driver in
 # a private root in the cache.
 #
 #   pause         the sandbox process (test/controlplane/pause)                 localhost/pnc/pause:test
@@ -19,8 +19,8 @@ repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cache="${PNC_CACHE_DIR:-$HOME/.cache/pnc-controlplane}"
 images="$cache/images"
 mkdir -p "$images"
-buildah_root="$cache/buildah"
-bh() { buildah --root "$buildah_root/root" --runroot "$buildah_root/run" --storage-driver vfs "$@"; }
+buildah_root="$cache/buildah-overlay"
+bh() { buildah --root "$buildah_root/root" --runroot "$buildah_root/run" --storage-driver overlay "$@"; }
 
 up_to_date() { # <archive> <stamp>
   [ -f "$1" ] && [ "$(cat "$1.stamp" 2>/dev/null)" = "$2" ]

@@ -26,12 +26,14 @@ export const PAUSE_IMAGE = "localhost/pnc/pause:test";
 
 const RUN_PREFIX = "pnc-node-";
 /**
- * The node's IP lives on a link of its own (a port-less bridge: this kernel has no dummy links),
- * since kubelet refuses a loopback node IP. RFC 2544 range, never routed.
+ * The pod bridge, made before the CNI plugin sees it, carries the node's IP (the first address of
+ * the pod subnet, which host-local never hands out): the kubelet reaches pods for probes, pods
+ * reach their hostIP, and nothing is routed further. The plugin runs without isGateway, so it
+ * neither gives pods a default route nor turns on IP forwarding: no packet can leave the machine.
+ * (kubelet refuses a loopback node IP.)
  */
-const NODE_LINK = "pncnode0";
-const NODE_IP = "198.18.0.1";
 const POD_BRIDGE = "pnc0";
+const NODE_IP = "10.244.0.1";
 export const POD_SUBNET = "10.244.0.0/24";
 /** What kubelet and the CNI bridge plugin change on the host, restored on stop. */
 const SYSCTLS = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"];
@@ -123,7 +125,7 @@ function cleanUpNode(dir: string): void {
   unmountUnder(dir);
   for (const p of FOREIGN_PATHS) if (!state.preexisting.includes(p)) unmountUnder(p);
   removeCgroupTree("kubepods");
-  for (const link of [POD_BRIDGE, NODE_LINK]) sh("ip", ["link", "del", link]);
+  sh("ip", ["link", "del", POD_BRIDGE]);
   for (const [key, value] of Object.entries(state.sysctls)) {
     try {
       writeFileSync(path.join("/proc/sys", key), value);
@@ -303,12 +305,12 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
   };
 
   try {
-    // The node's address.
-    must("ip", ["link", "add", NODE_LINK, "type", "bridge"]);
-    must("ip", ["addr", "add", `${NODE_IP}/32`, "dev", NODE_LINK]);
-    must("ip", ["link", "set", NODE_LINK, "up"]);
+    // The pod bridge with the node's address.
+    must("ip", ["link", "add", POD_BRIDGE, "type", "bridge"]);
+    must("ip", ["addr", "add", `${NODE_IP}/24`, "dev", POD_BRIDGE]);
+    must("ip", ["link", "set", POD_BRIDGE, "up"]);
 
-    // CNI: one bridge, host-local addresses kept in the node's directory, no gateway.
+    // CNI: the bridge above, host-local addresses kept in the node's directory, no gateway.
     const cniConf = path.join(dir, "cni", "net.d");
     mkdirSync(cniConf, { recursive: true });
     writeFileSync(

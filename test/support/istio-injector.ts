@@ -33,8 +33,10 @@ export function renderInjector(dir: string): InjectorFiles {
       components: { cni: { enabled: true } },
       values: {
         sidecarInjectorWebhook: { templates: { podnet: readFileSync(path.join(root, "config/istio/podnet-injection-template.yaml"), "utf8") } },
-        // Istio's own setting for the proxy's seccomp profile (restricted requires one).
-        global: { proxy: { seccompProfile: { type: "RuntimeDefault" } } },
+        // Istio's own setting for the proxy's seccomp profile (restricted requires one); images
+        // already on the node are used (an istioctl built from the module names proxyv2:latest,
+        // which the kubelet would otherwise always pull).
+        global: { proxy: { seccompProfile: { type: "RuntimeDefault" } }, imagePullPolicy: "IfNotPresent" },
       },
     },
   };

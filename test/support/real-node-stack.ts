@@ -1,0 +1,247 @@
+// The whole system on a real node (test/controlplane/node.ts), as an operator installs it: the
+// project's images (built from the Dockerfile) in the node's containerd, keys and TLS from
+// `pnc keys generate`, the manifests of config/overlays/kubernetes as kustomize renders them (the
+// node-runner runs as the DaemonSet), the function and Knative's ApiServerSource adapter as
+// processes (Knative Serving is out of scope here), and Istio's real injector for mesh pods.
+//
+// Istio's proxyv2 image cannot be pulled here: the istio-proxy container runs a recorder under
+// its name (test/node/proxy-recorder.mjs) that answers on Envoy's ports with the port the
+// connection arrived on. The one test-only change to the DaemonSet: in-cluster configuration
+// points at the API server's loopback address (there is no kube-proxy on this node).
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import * as k8s from "@kubernetes/client-node";
+import { parse as parseYaml } from "yaml";
+import { BIN, missingBinariesReason, startControlPlane, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
+import { IMAGE_DIR, missingNodeReason, startNode, type RealNode } from "../controlplane/node.ts";
+import { FUNCTION_AUDIENCE, startFunction, type Component } from "./components.ts";
+import { kubeInject, missingIstioReason, renderInjector, type InjectorFiles } from "./istio-injector.ts";
+
+const root = path.resolve(import.meta.dirname, "../..");
+const PROJECT_IMAGES = ["node-runner", "waiter", "proxy-recorder"];
+/** An image with Node for the apps of test pods (the recorder's: the local base plus one file). */
+export const APP_IMAGE = "localhost/pnc/proxy-recorder:test";
+/** Paths the DaemonSet's hostPath volumes create on the host (removed after, when they were not there). */
+const HOST_PATHS = ["/run/podnet", "/run/xtables.lock"];
+export const RUNNER_LABEL = "app.kubernetes.io/name=podnet-node-runner";
+
+/** A TCP server on :8080 that answers "app". */
+export const SERVER = `require("net").createServer((s) => { s.on("error", () => {}); s.once("data", () => s.end("app\\n")); }).listen(8080, "::")`;
+/** Every 100 ms: connect to $TARGET:8080, say where it meant to go, print the answer. */
+export const CLIENT = `const net = require("net"); setInterval(() => { const s = net.connect(8080, process.env.TARGET); s.on("error", (e) => console.log("error " + e.code)); s.on("data", (d) => console.log("answer " + d.toString().trim())); s.write(process.env.TARGET + ":8080\\n"); }, 100);`;
+
+/** undefined when the real-node stack can start here; otherwise why not. */
+export function missingRealNodeReason(): string | undefined {
+  return (
+    missingBinariesReason() ??
+    missingNodeReason() ??
+    missingIstioReason() ??
+    (PROJECT_IMAGES.every((i) => existsSync(path.join(IMAGE_DIR, `${i}.oci.tar`))) ? undefined : "the project's images are not built: run test/controlplane/images.sh")
+  );
+}
+
+export interface PodRef {
+  readonly namespace: string;
+  readonly name: string;
+  readonly uid: string;
+}
+export const podRef = (p: k8s.V1Pod): PodRef => ({ namespace: p.metadata?.namespace ?? "", name: p.metadata?.name ?? "", uid: p.metadata?.uid ?? "" });
+
+export interface RealNodeStack {
+  readonly cp: ControlPlane;
+  readonly node: RealNode;
+  readonly core: k8s.CoreV1Api;
+  readonly fn: Component;
+  /** A pod as Istio's injector makes it from an app pod (templates sidecar,podnet; native sidecar). */
+  readonly meshPod: (name: string, app: k8s.V1Container, options?: { native?: boolean }) => k8s.V1Pod;
+  readonly appContainer: (role: "server" | "client", target?: string) => k8s.V1Container;
+  /** Resolves when the pod is Running with every container ready. */
+  readonly waitRunning: (namespace: string, name: string, timeoutMs?: number) => Promise<k8s.V1Pod>;
+  /** The node-runner pods' combined log tail. */
+  readonly runnerLog: (lines?: number) => Promise<string>;
+  /** Peak RSS (MiB) of the node-runner's and the function's processes so far. */
+  readonly peakRssMiB: () => { nodeRunner: number; fn: number };
+  readonly stop: () => Promise<void>;
+}
+
+export async function startRealNodeStack(options: { log?: (line: string) => void; namespaces?: string[]; functionEnv?: NodeJS.ProcessEnv } = {}): Promise<RealNodeStack> {
+  const log = options.log ?? ((): void => undefined);
+  const hostPathsBefore = HOST_PATHS.filter((p) => existsSync(p));
+  const dir = mkdtempSync(path.join(os.tmpdir(), "pnct-realnode-"));
+  let cp: ControlPlane | undefined;
+  let node: RealNode | undefined;
+  let fn: Component | undefined;
+  let adapter: Adapter | undefined;
+  const stop = async (): Promise<void> => {
+    await adapter?.stop();
+    fn?.process.kill("SIGTERM");
+    await node?.stop();
+    await cp?.stop();
+    for (const p of HOST_PATHS) if (!hostPathsBefore.includes(p)) rmSync(p, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    const injector: InjectorFiles = renderInjector(dir);
+    cp = await startControlPlane();
+    const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+    await cp.installKnativeCrds();
+    node = await startNode(cp, { log });
+
+    const appContainer = (role: "server" | "client", target?: string): k8s.V1Container => ({
+      name: "app",
+      image: APP_IMAGE,
+      imagePullPolicy: "Never",
+      command: ["node", "-e", role === "server" ? SERVER : CLIENT],
+      ...(target === undefined ? {} : { env: [{ name: "TARGET", value: target }] }),
+      securityContext: { runAsUser: 1000, runAsNonRoot: true, allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } },
+    });
+    const meshPod = (name: string, app: k8s.V1Container, o: { native?: boolean } = {}): k8s.V1Pod =>
+      kubeInject(injector, {
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { name, annotations: { "inject.istio.io/templates": "sidecar,podnet", "sidecar.istio.io/nativeSidecar": String(o.native ?? true) } },
+        spec: { automountServiceAccountToken: false, containers: [app] },
+      });
+
+    // Images under the names the manifests and Istio's injector use.
+    const proxyImage = [...(meshPod("probe", appContainer("server")).spec?.initContainers ?? [])].find((c) => c.name === "istio-proxy")?.image ?? "";
+    assert.match(proxyImage, /proxyv2/);
+    for (const [archive, local, name] of [
+      ["node-runner", "localhost/podnet/node-runner:test", "ghcr.io/podnet/node-runner:0.1.0"],
+      ["waiter", "localhost/podnet/waiter:test", "ghcr.io/podnet/waiter:0.1.0"],
+      ["proxy-recorder", APP_IMAGE, proxyImage],
+    ] as const) {
+      node.importImage(path.join(IMAGE_DIR, `${archive}.oci.tar`));
+      node.ctr("images", "tag", "--force", local, name);
+    }
+
+    // Keys and TLS as an operator makes them (`pnc keys generate`), applied as they are written.
+    const keysDir = path.join(dir, "keys");
+    execFileSync(process.execPath, ["--import", "tsx", path.join(root, "cli/pnc.ts"), "keys", "generate", "--out", keysDir], { cwd: root });
+    for (const f of ["public-keys.configmap.yaml", "signing-keys.secret.yaml", "node-runner-tls.secret.yaml", "node-runner-ca.configmap.yaml"]) {
+      await cp.applyManifest(path.join(keysDir, f));
+    }
+    // The project's manifests for a Kubernetes cluster, as `kustomize build` renders them.
+    const rendered = execFileSync(BIN.kustomize, ["build", path.join(root, "config/overlays/kubernetes")], { encoding: "utf8" });
+    const docs = k8s.loadAllYaml(rendered) as k8s.KubernetesObject[];
+    for (const doc of docs) {
+      if (doc.kind !== "DaemonSet") continue;
+      const container = (doc as k8s.V1DaemonSet).spec?.template.spec?.containers[0];
+      container?.env?.push({ name: "KUBERNETES_SERVICE_HOST", value: "127.0.0.1" }, { name: "KUBERNETES_SERVICE_PORT", value: new URL(cp.server).port });
+    }
+    await cp.applyYaml(docs.map((d) => k8s.dumpYaml(d)).join("---\n"));
+    await waitUntil("the node-runner pod is Ready", 90_000, async () => {
+      const pods = await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL });
+      return pods.items.some((p) => p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"));
+    });
+    log("node-runner DaemonSet pod Ready");
+
+    // The function, with the Secret's key and the CA ConfigMap's certificate, sending to each pod's hostIP.
+    const signingDir = path.join(dir, "signing");
+    mkdirSync(signingDir);
+    const secret = parseYaml(readFileSync(path.join(keysDir, "signing-keys.secret.yaml"), "utf8")) as { stringData: Record<string, string> };
+    for (const [file, pem] of Object.entries(secret.stringData)) writeFileSync(path.join(signingDir, file), pem, { mode: 0o600 });
+    const caConfigMap = parseYaml(readFileSync(path.join(keysDir, "node-runner-ca.configmap.yaml"), "utf8")) as { data: { "ca.crt": string } };
+    writeFileSync(path.join(dir, "node-runner-ca.crt"), caConfigMap.data["ca.crt"]);
+    fn = await startFunction(cp, {
+      signingKeysDir: signingDir,
+      nodeRunnerPort: 19443,
+      nodeRunnerCaFile: path.join(dir, "node-runner-ca.crt"),
+      nodeRunnerAddress: null,
+      ...(options.functionEnv === undefined ? {} : { env: options.functionEnv }),
+    });
+    adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
+
+    for (const ns of options.namespaces ?? []) {
+      await cp.ensureNamespace(ns);
+      // Istio's template mounts istiod's root certificate; istiod is not here.
+      await core.createNamespacedConfigMap({ namespace: ns, body: { metadata: { name: "istio-ca-root-cert" }, data: { "root-cert.pem": "" } } });
+    }
+
+    const runningNode = node;
+    const runningFn = fn;
+    const runnerPids = (): number[] =>
+      readdirSync("/proc")
+        .filter((e) => /^\d+$/.test(e))
+        .filter((pid) => {
+          try {
+            return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("dist/node-runner/main.js");
+          } catch {
+            return false;
+          }
+        })
+        .map(Number);
+    let runnerPeak = 0;
+    return {
+      cp,
+      node,
+      core,
+      fn,
+      meshPod,
+      appContainer,
+      waitRunning: async (namespace, name, timeoutMs = 60_000) => {
+        let pod: k8s.V1Pod | undefined;
+        await waitUntil(
+          `pod ${name} Running`,
+          timeoutMs,
+          async () => {
+            pod = await core.readNamespacedPod({ namespace, name });
+            return pod.status?.phase === "Running" && pod.status.containerStatuses?.every((c) => c.ready) === true;
+          },
+          () => JSON.stringify(pod?.status?.initContainerStatuses?.map((s) => [s.name, s.state]) ?? pod?.status),
+        );
+        return pod as k8s.V1Pod;
+      },
+      runnerLog: async (lines = 20) => {
+        const pods = await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL });
+        return pods.items.map((p) => runningNode.containerLog(podRef(p), "node-runner").split("\n").slice(-lines).join("\n")).join("\n");
+      },
+      peakRssMiB: () => {
+        for (const pid of runnerPids()) runnerPeak = Math.max(runnerPeak, peakRss(pid));
+        return { nodeRunner: runnerPeak, fn: peakRss(runningFn.process.pid ?? -1) };
+      },
+      stop,
+    };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+function peakRss(pid: number): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m?.[1] === undefined ? 0 : Number(m[1]) / 1024;
+  } catch {
+    return 0;
+  }
+}
+
+/** The kubelet's cgroup of the pod (cgroupfs driver: kubepods[/<qos>]/pod<uid>), in the pids hierarchy. */
+export function podCgroup(p: k8s.V1Pod): string {
+  const uid = p.metadata?.uid ?? "";
+  const found = ["besteffort/", "burstable/", ""].map((qos) => `/sys/fs/cgroup/pids/kubepods/${qos}pod${uid}`).find((d) => existsSync(d));
+  if (found === undefined) throw new Error(`no kubelet cgroup for pod ${uid}`);
+  return found;
+}
+
+/** The processes of a running pod (every container's, the sandbox's included). */
+export function podPids(p: k8s.V1Pod): number[] {
+  const cgroup = podCgroup(p);
+  return readdirSync(cgroup, { withFileTypes: true })
+    .filter((d) => d.isDirectory())
+    .flatMap((d) => readFileSync(path.join(cgroup, d.name, "cgroup.procs"), "utf8").split("\n").filter((l) => l !== ""))
+    .map(Number);
+}
+
+export async function waitUntil(what: string, timeoutMs: number, probe: () => Promise<boolean> | boolean, detail?: () => string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await Promise.resolve(probe()).catch(() => false)) return;
+    if (Date.now() > deadline) assert.fail(`${what}: not after ${timeoutMs} ms${detail === undefined ? "" : `: ${detail()}`}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
