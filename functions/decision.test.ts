@@ -16,7 +16,7 @@ interface Container {
 interface RawPod {
   metadata: { name: string; namespace: string; uid: string; resourceVersion: string; labels: Record<string, string>; annotations: Record<string, string>; deletionTimestamp?: string };
   spec: { nodeName?: string; hostNetwork?: boolean; containers: Container[]; initContainers: Container[] };
-  status: { phase: string; hostIP?: string; podIPs: { ip: string }[]; initContainerStatuses?: { name: string; state: { running: { startedAt: string } } }[] };
+  status: { phase: string; hostIP?: string; podIPs: { ip: string }[]; initContainerStatuses?: { name: string; restartCount?: number; state: { running: { startedAt: string } } }[] };
 }
 
 function meshPod(change: (p: RawPod) => void = () => undefined): Pod {
@@ -87,6 +87,14 @@ describe("decide", () => {
       });
     assert.equal(reasonOf(decide({ pod: pod("2026-11-25T11:59:50Z"), policy: defaults, now })), "skip:already-initialized");
     assert.equal(reasonOf(decide({ pod: pod("2026-11-25T11:58:00Z"), policy: defaults, now })), "apply:waiter-still-waiting");
+  });
+
+  test("a marked pod whose waiter runs again (restartCount > 0: a re-created sandbox runs its init containers again) is re-dispatched at once", () => {
+    const pod = meshPod((p) => {
+      p.metadata.annotations[MARK.status] = "initialized";
+      p.status.initContainerStatuses = [{ name: WAITER_CONTAINER, restartCount: 1, state: { running: { startedAt: "2026-11-25T11:59:59Z" } } }];
+    });
+    assert.equal(reasonOf(decide({ pod, policy: defaults, now: Date.parse("2026-11-25T12:00:00Z") })), "apply:waiter-still-waiting");
   });
 
   test("the original controller's opt-in annotation, on the pod or its namespace", () => {

@@ -137,8 +137,8 @@ export function decide(input: {
 
   let reason: "needs-rules" | "waiter-still-waiting" = "needs-rules";
   if (annotations[MARK.status] === STATUS_INITIALIZED) {
-    // Marked. Only a waiter that keeps waiting (its netns differs: the sandbox was re-created)
-    // brings the pod back.
+    // Marked. Only a waiter that runs again or keeps waiting (its netns differs: the sandbox
+    // was re-created) brings the pod back.
     if (!waiterStuck(pod, p.redispatchWaitingAfterSeconds, input.now ?? Date.now())) return skip("already-initialized");
     reason = "waiter-still-waiting";
   }
@@ -165,9 +165,17 @@ export function decide(input: {
   };
 }
 
+/**
+ * A marked pod whose waiter runs again (the kubelet re-created the sandbox, so its init
+ * containers run again in a new netns, or the waiter gave up and restarted), or still waits well
+ * after it started: the rules are not where it runs. (A waiter in a programmed netns exits within
+ * milliseconds.)
+ */
 function waiterStuck(pod: Pod, afterSeconds: number, now: number): boolean {
-  const started = pod.status?.initContainerStatuses?.find((s) => s.name === WAITER_CONTAINER)?.state?.running?.startedAt;
+  const waiter = pod.status?.initContainerStatuses?.find((s) => s.name === WAITER_CONTAINER);
+  const started = waiter?.state?.running?.startedAt;
   if (started === undefined) return false;
+  if ((waiter?.restartCount ?? 0) > 0) return true;
   const t = Date.parse(started);
   return Number.isFinite(t) && now - t > afterSeconds * 1000;
 }

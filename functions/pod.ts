@@ -52,6 +52,7 @@ export const podSchema = z.looseObject({
         .array(
           z.looseObject({
             name: z.string(),
+            restartCount: z.number().int().nonnegative().optional(),
             state: z.looseObject({ running: z.looseObject({ startedAt: z.string().optional() }).optional() }).optional(),
           }),
         )
