@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# containerd, runc and buildah: the real test node (test/controlplane/node.ts) and its images.
-packages=(iproute2 iptables nftables util-linux openssl containerd runc buildah)
+# containerd, runc, buildah and mmdebstrap: the real test node (test/controlplane/node.ts) and its images.
+packages=(iproute2 iptables nftables util-linux openssl containerd runc buildah mmdebstrap)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
