@@ -104,6 +104,8 @@ k8s_stamp="$(cat "$here/node/go.mod" "$here/node/go.sum" | sha256sum | cut -c1-1
 build_tool kubelet "$k8s_stamp" "about 2 min" build_k8s k8s.io/kubernetes/cmd/kubelet
 build_tool kube-controller-manager "$k8s_stamp" "about 2 min" build_k8s k8s.io/kubernetes/cmd/kube-controller-manager
 build_tool kube-scheduler "$k8s_stamp" "about 1 min" build_k8s k8s.io/kubernetes/cmd/kube-scheduler
+# kubectl, to look at the node started by `npm run node:up`.
+build_tool kubectl "$k8s_stamp" "about 1 min" build_k8s k8s.io/kubernetes/cmd/kubectl
 
 # The CNI plugins the test node's pods use (a bridge with host-local addresses, and loopback).
 cni_version=v1.9.1

@@ -74,6 +74,8 @@ export interface RealNode {
   ctr(...args: string[]): string;
   /** What a container wrote (stdout and stderr, every restart), from the kubelet's pod log files. */
   containerLog(pod: { namespace: string; name: string; uid: string }, container: string): string;
+  /** The same, line by line with the runtime's timestamp (RFC 3339, nanoseconds). */
+  containerLogLines(pod: { namespace: string; name: string; uid: string }, container: string): { time: string; text: string }[];
   stop(): Promise<void>;
 }
 
@@ -435,6 +437,18 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
     );
     log(`node ${name} Ready (${Math.round(performance.now() - started)} ms after start)`);
 
+    const containerLogLines = (pod: { namespace: string; name: string; uid: string }, container: string): { time: string; text: string }[] => {
+      const logDir = path.join(dir, "pod-logs", `${pod.namespace}_${pod.name}_${pod.uid}`, container);
+      const files = existsSync(logDir) ? readdirSync(logDir).filter((f) => f.endsWith(".log")).sort() : [];
+      // CRI log lines: <time> <stream> <P|F> <text>
+      return files
+        .flatMap((f) => readFileSync(path.join(logDir, f), "utf8").split("\n"))
+        .filter((line) => line !== "")
+        .map((line) => {
+          const [time = "", , , ...text] = line.split(" ");
+          return { time, text: text.join(" ") };
+        });
+    };
     return {
       name,
       ip: NODE_IP,
@@ -443,16 +457,11 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
       kubeletLog: path.join(dir, "kubelet.log"),
       importImage,
       ctr,
-      containerLog: (pod, container) => {
-        const logDir = path.join(dir, "pod-logs", `${pod.namespace}_${pod.name}_${pod.uid}`, container);
-        const files = existsSync(logDir) ? readdirSync(logDir).filter((f) => f.endsWith(".log")).sort() : [];
-        // CRI log lines: <time> <stream> <P|F> <text>
-        return files
-          .flatMap((f) => readFileSync(path.join(logDir, f), "utf8").split("\n"))
-          .map((line) => line.split(" ").slice(3).join(" "))
-          .filter((line) => line !== "")
-          .join("\n");
-      },
+      containerLogLines,
+      containerLog: (pod, container) =>
+        containerLogLines(pod, container)
+          .map((l) => l.text)
+          .join("\n"),
       stop,
     };
   } catch (err) {

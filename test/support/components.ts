@@ -52,9 +52,18 @@ export function nodeRunnerTlsOptions(): { ca: Buffer; servername: string } {
   return { ca: t.ca, servername: t.servername };
 }
 
-async function startProcess(entry: string, env: NodeJS.ProcessEnv, port: number, readyPath: string, tlsClient?: { ca: Buffer; servername: string }): Promise<Component> {
+async function startProcess(
+  entry: string,
+  env: NodeJS.ProcessEnv,
+  port: number,
+  readyPath: string,
+  tlsClient?: { ca: Buffer; servername: string },
+  nodeArgs: readonly string[] = [],
+): Promise<Component> {
   let output = "";
-  const child = spawn(process.execPath, ["--import", "tsx", path.join(root, entry)], {
+  // TypeScript through tsx; compiled JavaScript (dist/, `npm run build`) with the flags given.
+  const args = entry.endsWith(".js") ? [...nodeArgs, path.join(root, entry)] : ["--import", "tsx", path.join(root, entry)];
+  const child = spawn(process.execPath, args, {
     cwd: root,
     // An env value of undefined removes the variable.
     env: Object.fromEntries(Object.entries({ ...process.env, ...env }).filter(([, v]) => v !== undefined)),
@@ -157,13 +166,15 @@ export async function startFunction(
     nodeRunnerCaFile?: string;
     /** Where every request goes (default loopback: every "node" is this machine); null: the pod's hostIP, as in a cluster. */
     nodeRunnerAddress?: string | null;
+    /** Run the compiled function (dist/, `npm run build`) with these V8 flags, as its image does. */
+    compiled?: { nodeArgs: readonly string[] };
   },
 ): Promise<Component> {
   await cp.applyManifest(path.join(root, "config/function/rbac.yaml"));
   const token = await cp.serviceAccountToken("podnet-system", "podnet-decision");
   const port = options.port ?? (await freePort());
   return startProcess(
-    "functions/main.ts",
+    options.compiled === undefined ? "functions/main.ts" : "dist/functions/main.js",
     {
       PORT: String(port),
       ...(options.policyFile === undefined ? {} : { POLICY_FILE: options.policyFile }),
@@ -184,6 +195,8 @@ export async function startFunction(
     },
     port,
     "/readyz",
+    undefined,
+    options.compiled?.nodeArgs,
   );
 }
 

@@ -56,7 +56,7 @@ export interface RealNodeStack {
   readonly core: k8s.CoreV1Api;
   readonly fn: Component;
   /** A pod as Istio's injector makes it from an app pod (templates sidecar,podnet; native sidecar). */
-  readonly meshPod: (name: string, app: k8s.V1Container, options?: { native?: boolean }) => k8s.V1Pod;
+  readonly meshPod: (name: string, app: k8s.V1Container, options?: { native?: boolean; annotations?: Record<string, string> }) => k8s.V1Pod;
   readonly appContainer: (role: "server" | "client", target?: string) => k8s.V1Container;
   /** Resolves when the pod is Running with every container ready. */
   readonly waitRunning: (namespace: string, name: string, timeoutMs?: number) => Promise<k8s.V1Pod>;
@@ -67,7 +67,15 @@ export interface RealNodeStack {
   readonly stop: () => Promise<void>;
 }
 
-export async function startRealNodeStack(options: { log?: (line: string) => void; namespaces?: string[]; functionEnv?: NodeJS.ProcessEnv } = {}): Promise<RealNodeStack> {
+export async function startRealNodeStack(
+  options: {
+    log?: (line: string) => void;
+    namespaces?: string[];
+    functionEnv?: NodeJS.ProcessEnv;
+    /** Run the compiled function (dist/) with these V8 flags, as its image does (benchmarks). */
+    compiledFunction?: { nodeArgs: readonly string[] };
+  } = {},
+): Promise<RealNodeStack> {
   const log = options.log ?? ((): void => undefined);
   const hostPathsBefore = HOST_PATHS.filter((p) => existsSync(p));
   const dir = mkdtempSync(path.join(os.tmpdir(), "pnct-realnode-"));
@@ -98,11 +106,11 @@ export async function startRealNodeStack(options: { log?: (line: string) => void
       ...(target === undefined ? {} : { env: [{ name: "TARGET", value: target }] }),
       securityContext: { runAsUser: 1000, runAsNonRoot: true, allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } },
     });
-    const meshPod = (name: string, app: k8s.V1Container, o: { native?: boolean } = {}): k8s.V1Pod =>
+    const meshPod = (name: string, app: k8s.V1Container, o: { native?: boolean; annotations?: Record<string, string> } = {}): k8s.V1Pod =>
       kubeInject(injector, {
         apiVersion: "v1",
         kind: "Pod",
-        metadata: { name, annotations: { "inject.istio.io/templates": "sidecar,podnet", "sidecar.istio.io/nativeSidecar": String(o.native ?? true) } },
+        metadata: { name, annotations: { "inject.istio.io/templates": "sidecar,podnet", "sidecar.istio.io/nativeSidecar": String(o.native ?? true), ...o.annotations } },
         spec: { automountServiceAccountToken: false, containers: [app] },
       });
 
@@ -152,6 +160,7 @@ export async function startRealNodeStack(options: { log?: (line: string) => void
       nodeRunnerCaFile: path.join(dir, "node-runner-ca.crt"),
       nodeRunnerAddress: null,
       ...(options.functionEnv === undefined ? {} : { env: options.functionEnv }),
+      ...(options.compiledFunction === undefined ? {} : { compiled: options.compiledFunction }),
     });
     adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
 
