@@ -31,7 +31,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeR
     }),
     eventFailures: new Counter({
       name: "podnet_node_runner_event_failures_total",
-      help: "Kubernetes Events that could not be recorded (they follow the answer), by Event reason.",
+      help: "Kubernetes Events that could not be recorded (they follow the answer), by Event reason; <reason>-dropped: not sent, too many in flight.",
       labelNames: ["reason"],
       registers: [registry],
     }),

@@ -12,6 +12,9 @@ import { apiFailureKind, type PodApi } from "./kube.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
 import { NetnsGoneError, openNetns, type NetnsResolution, type OpenNetns, type ResolvedNetns } from "./netns.ts";
 
+/** Events recorded at once, in the background; more are dropped (and counted). */
+export const MAX_EVENTS_IN_FLIGHT = 64;
+
 /** A request refused with a documented status and reason; nothing was changed. */
 export class Refusal extends Error {
   constructor(
@@ -80,12 +83,28 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     }
   }
 
-  /** Events follow the answer: recorded in the background, a failure only logged and counted. */
+  /**
+   * Events follow the answer: recorded in the background, at most MAX_EVENTS_IN_FLIGHT at once
+   * (a slow API server must not pile them up in memory); one more is dropped, counted and logged.
+   * A failure is only logged and counted.
+   */
+  let eventsInFlight = 0;
   function recordEvent(pod: PodRef, type: "Normal" | "Warning", reason: string, message: string, log: Logger): void {
-    deps.pods.recordEvent(pod, { type, reason, message }).catch((err: unknown) => {
-      deps.metrics.eventFailures.inc({ reason });
-      log.warn({ err: errorMessage(err), reason }, "could not record a Kubernetes Event");
-    });
+    if (eventsInFlight >= MAX_EVENTS_IN_FLIGHT) {
+      deps.metrics.eventFailures.inc({ reason: `${reason}-dropped` });
+      log.warn({ reason, inFlight: eventsInFlight }, "Kubernetes Event dropped: too many in flight");
+      return;
+    }
+    eventsInFlight++;
+    deps.pods
+      .recordEvent(pod, { type, reason, message })
+      .catch((err: unknown) => {
+        deps.metrics.eventFailures.inc({ reason });
+        log.warn({ err: errorMessage(err), reason }, "could not record a Kubernetes Event");
+      })
+      .finally(() => {
+        eventsInFlight--;
+      });
   }
 
   async function applyIn(pod: PodRef, capture: ReturnType<typeof parseCaptureConfig>, netns: OpenNetns, log: Logger): Promise<ProgramOutcome> {
