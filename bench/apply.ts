@@ -1,15 +1,22 @@
-// Benchmark: programming a pod's network namespace the node-runner's way (find the netns in
-// /proc, render, one iptables-restore transaction) against the same rules applied one
-// iptables command per rule, the way the original controller's shell script did. Real test
-// pods, side by side in one run. Needs root.  npm run bench:apply -- [pods]
-import { execFileSync } from "node:child_process";
+// Benchmark: programming a pod's network namespace the node-runner's way (find the netns from
+// the pod's cgroup, render, one iptables-restore transaction through its command helper)
+// against its floor, a bare `nsenter` + `iptables-restore` of the same rules forked from this
+// process, and against one iptables command per rule, the way the original controller's shell
+// script did. Netns resolution is timed both ways: the pod cgroup read directly, and the /proc
+// scan it falls back to. Real test pods, side by side in one run, optionally with N idle
+// processes on the machine (a busy node). Needs root.
+//   npm run bench:apply -- [pods] [--processes N]
+import { execFileSync, spawn } from "node:child_process";
+import { parseArgs } from "node:util";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../contract/capture-config.ts";
-import { IptablesApplier, RecordStore, type IptablesVariant } from "../node-runner/apply.ts";
+import { detectVariant, IptablesApplier, RecordStore, type IptablesVariant } from "../node-runner/apply.ts";
+import { helperRunner } from "../node-runner/helper-runner.ts";
 import { openNetns, resolvePodNetns } from "../node-runner/netns.ts";
 import { renderIptables, type IptablesRule } from "../node-runner/rules/iptables.ts";
+import { replaceTransaction } from "../node-runner/rules/iptables-text.ts";
 import { TestPods, testPodsUnavailableReason } from "../test/support/test-pods.ts";
 import { machineDescription, summarize, table } from "./machine.ts";
 
@@ -18,7 +25,9 @@ if (unavailable !== undefined) {
   console.error(`bench:apply ${unavailable}`);
   process.exit(1);
 }
-const count = Number(process.argv[2] ?? "50");
+const { values: flags, positionals } = parseArgs({ allowPositionals: true, options: { processes: { type: "string", default: "0" } } });
+const count = Number(positionals[0] ?? "50");
+const extraProcesses = Number(flags.processes);
 const variant: IptablesVariant = /nf_tables/.test(execFileSync("iptables", ["--version"], { encoding: "utf8" })) ? "iptables-nft" : "iptables-legacy";
 const config = parseCaptureConfig(DEFAULT_CAPTURE_CONFIG);
 const stateDir = mkdtempSync(path.join(os.tmpdir(), "pnct-bench-"));
@@ -40,38 +49,62 @@ function perRule(netnsPath: string, rules: readonly IptablesRule[]): void {
   }
 }
 
+// A busy node: idle processes in their own group (one kill at the end).
+const idle = extraProcesses > 0 ? spawn("sh", ["-c", `for i in $(seq ${extraProcesses}); do sleep 3600 & done; wait`], { detached: true, stdio: "ignore" }) : undefined;
+const helper = helperRunner();
 try {
-  const applier = new IptablesApplier(variant, new RecordStore(stateDir));
+  if (idle !== undefined) {
+    while (Number(execFileSync("sh", ["-c", "ls /proc | grep -c '^[0-9]'"], { encoding: "utf8" })) < extraProcesses) await new Promise((r) => setTimeout(r, 200));
+  }
+  const processes = Number(execFileSync("sh", ["-c", "ls /proc | grep -c '^[0-9]'"], { encoding: "utf8" }));
+  // As main.ts runs it: commands through the long-lived helper.
+  const records = new RecordStore(stateDir);
+  const appliers = { "iptables-nft": new IptablesApplier("iptables-nft", records, helper.run), "iptables-legacy": new IptablesApplier("iptables-legacy", records, helper.run) };
   const restoreMs: number[] = [];
+  const floorMs: number[] = [];
   const perRuleMs: number[] = [];
   const resolveMs: number[] = [];
+  const scanMs: number[] = [];
   let ruleCount = 0;
-  process.stderr.write(`creating ${count * 2} test pods `);
-  const targets = Array.from({ length: count * 2 }, (_, i) => {
+  process.stderr.write(`creating ${count * 3} test pods `);
+  const targets = Array.from({ length: count * 3 }, (_, i) => {
     if (i % 20 === 0) process.stderr.write(".");
     return pods.add();
   });
   process.stderr.write("\n");
+  const plan = renderIptables(config);
+  ruleCount = plan.v4.rules.length;
+  const floorInput = replaceTransaction({}, plan.v4.rules);
   for (let i = 0; i < count; i++) {
-    // Alternate the two methods so that drift in the machine's load hits both alike.
-    for (const method of ["restore", "per-rule"] as const) {
-      const pod = targets[i * 2 + (method === "restore" ? 0 : 1)];
+    // Alternate the methods so that drift in the machine's load hits all alike.
+    for (const [k, method] of (["restore", "floor", "per-rule"] as const).entries()) {
+      const pod = targets[i * 3 + k];
       if (pod === undefined) throw new Error("missing pod");
       const t0 = performance.now();
       const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot });
       const t1 = performance.now();
       if (!resolved.found) throw new Error(resolved.detail);
       if (method === "restore") {
+        // As main.ts with --backend auto: the variant probed in a namespace it has not programmed.
         const netns = openNetns(resolved.netns);
-        const outcome = await applier.apply(netns, pod.uid, config).finally(() => {
-          netns.close();
-        });
+        const outcome = await detectVariant(netns, variant, helper.run)
+          .then((detected) => appliers[detected].apply(netns, pod.uid, config))
+          .finally(() => {
+            netns.close();
+          });
         if (outcome.result !== "applied") throw new Error("expected applied");
         restoreMs.push(performance.now() - t0);
         resolveMs.push(t1 - t0);
+        // The fallback: every process's cgroup read (no pod cgroup where it looks).
+        const s0 = performance.now();
+        const scanned = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot, cgroupFs: "/nonexistent" });
+        if (!scanned.found || scanned.method !== "proc-scan") throw new Error("expected a /proc scan");
+        scanMs.push(performance.now() - s0);
+      } else if (method === "floor") {
+        const f0 = performance.now();
+        execFileSync("nsenter", [`--net=${resolved.netns.path}`, `${variant}-restore`, "--noflush"], { input: floorInput });
+        floorMs.push(performance.now() - f0);
       } else {
-        const plan = renderIptables(config);
-        ruleCount = plan.v4.rules.length;
         perRule(resolved.netns.path, plan.v4.rules);
         perRuleMs.push(performance.now() - t0);
       }
@@ -82,15 +115,21 @@ try {
     return [name, String(samples.length), s.min, s.median, s.p95, s.max];
   };
   console.log(machineDescription());
-  console.log(`Istio default capture config, IPv4: ${ruleCount} rules; ${variant}; times in ms per pod\n`);
+  console.log(`Istio default capture config, IPv4: ${ruleCount} rules; ${variant}; ${processes} processes on the machine; times in ms per pod\n`);
+  const median = (xs: number[]): number => summarize(xs).median;
   console.log(
     table(["method", "pods", "min", "median", "p95", "max"], [
-      row("node-runner: resolve + render + iptables-save/compare + one iptables-restore", restoreMs),
+      row("floor: nsenter + iptables-restore of the same rules (bare tool, forked here)", floorMs),
+      row("node-runner: resolve, probe variant, render, save/compare, restore, save (helper)", restoreMs),
       row("resolve + render + one iptables command per rule (original controller's way)", perRuleMs),
-      row("  (netns resolution alone: the pod cgroup read directly, in both rows)", resolveMs),
+      row("  netns resolution: the pod cgroup read directly (in the two rows above)", resolveMs),
+      row("  netns resolution: /proc scan (the fallback when no pod cgroup is found)", scanMs),
     ]),
   );
+  console.log(`\nnode-runner / floor (medians): ${(median(restoreMs) / median(floorMs)).toFixed(2)}×`);
 } finally {
+  helper.stop();
+  if (idle?.pid !== undefined) process.kill(-idle.pid, "SIGKILL");
   await pods.destroy();
   rmSync(stateDir, { recursive: true, force: true });
 }

@@ -52,7 +52,7 @@ const runner = await listen(
       recordEvent: () => Promise.resolve(),
     },
     resolveNetns: () => Promise.resolve({ found: true, netns: { inode: "4026532000", path: "/proc/1/ns/net", pid: 1, processes: 1, hostInode: "4026531840" } }),
-    openNetns: (netns) => ({ fd: -1, inode: netns.inode, close: () => undefined }),
+    openNetns: (netns) => ({ fd: -1, inode: netns.inode, earlierSaves: new Map(), close: () => undefined }),
     applierFor: () => Promise.resolve({ apply: () => Promise.resolve({ result: "unchanged" as const, digest: "0123456789abcdef" }), remove: () => Promise.resolve("absent" as const) }),
     log: silent,
     metrics: createMetrics({ defaultMetrics: false }),

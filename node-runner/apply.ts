@@ -21,6 +21,11 @@ export type { CommandResult } from "./nsenter.ts";
 export interface NetnsTarget {
   readonly fd: number;
   readonly inode: string;
+  /**
+   * Saves taken earlier in this request, before anything changed (the variant probe's), by
+   * command: the engine's first save with the same tool uses one instead of running it again.
+   */
+  readonly earlierSaves?: Map<string, string>;
 }
 
 /** Runs a command inside a network namespace. The seam tests and the server share. */
@@ -122,7 +127,13 @@ export class IptablesApplier {
   ) {}
 
   private async save(netns: NetnsTarget, family: Family): Promise<string> {
-    const r = await this.run(netns, [tool(this.variant, family, "save")]);
+    const command = tool(this.variant, family, "save");
+    const earlier = netns.earlierSaves?.get(command);
+    if (earlier !== undefined) {
+      netns.earlierSaves?.delete(command); // valid only until this request changes something
+      return earlier;
+    }
+    const r = await this.run(netns, [command]);
     if (r.code !== 0) throw new ApplyError(`${tool(this.variant, family, "save")} failed: ${r.stderr.trim()}`);
     return r.stdout;
   }
@@ -252,7 +263,9 @@ function mergeRules(a: ChainRules, b: ChainRules, after: SaveState): ChainRules 
 /** Which iptables backend a namespace uses: the one holding rules, else the node's default. */
 export async function detectVariant(netns: NetnsTarget, nodeDefault: IptablesVariant, run: NetnsRunner = nsenterRunner): Promise<IptablesVariant> {
   for (const variant of ["iptables-nft", "iptables-legacy"] as const) {
-    const r = await run(netns, [`${variant}-save`]);
+    const command = `${variant}-save`;
+    const r = await run(netns, [command]);
+    if (r.code === 0) netns.earlierSaves?.set(command, r.stdout);
     if (r.code === 0 && /^-A /m.test(r.stdout)) return variant;
   }
   return nodeDefault;

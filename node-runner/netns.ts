@@ -261,6 +261,8 @@ export async function resolvePodNetns(
 export interface OpenNetns {
   readonly fd: number;
   readonly inode: string;
+  /** For one request: saves already taken in it (see NetnsTarget). */
+  readonly earlierSaves: Map<string, string>;
   close(): void;
 }
 
@@ -289,6 +291,7 @@ export function openNetns(netns: ResolvedNetns): OpenNetns {
   return {
     fd,
     inode,
+    earlierSaves: new Map(),
     close: () => {
       if (open) closeSync(fd);
       open = false;
