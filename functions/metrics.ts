@@ -14,6 +14,7 @@ export function createFunctionMetrics(options: { defaultMetrics?: boolean } = {}
     queueDepth: new Gauge({ name: "podnet_function_dispatch_queue_pods", help: "Pods queued or in flight to node-runners.", registers: [registry] }),
     queueFull: new Counter({ name: "podnet_function_dispatch_queue_full_total", help: "Pods not queued because the dispatch queue was full (answered 503).", registers: [registry] }),
     dispatchFailures: new Counter({ name: "podnet_function_dispatch_failures_total", help: "Failed dispatches by HTTP status (0: no answer) and reason.", labelNames: ["status", "reason"], registers: [registry] }),
+    redispatches: new Counter({ name: "podnet_function_redispatches_total", help: "Pods read again and reconciled after a dispatch failed in a way that can pass (node-runner not answering or 503).", registers: [registry] }),
     policyReloadFailures: new Counter({ name: "podnet_function_policy_reload_failures_total", help: "Policy documents refused (the last good policy stays).", registers: [registry] }),
     authFailures: new Counter({ name: "podnet_function_auth_failures_total", help: "Events refused because the sender is not authenticated or not allowed, by reason.", labelNames: ["reason"], registers: [registry] }),
     resyncsLimited: new Counter({ name: "podnet_function_resyncs_rate_limited_total", help: "Resync requests ignored because one ran less than the minimum interval ago.", registers: [registry] }),

@@ -5,6 +5,7 @@ import { describe, test } from "node:test";
 import { pino } from "pino";
 import { meshPodObject } from "../test/support/apiserversource.ts";
 import type { Decision } from "./decision.ts";
+import type { DispatchResult } from "./dispatch.ts";
 import { createFunctionMetrics } from "./metrics.ts";
 import { parsePod, type Pod } from "./pod.ts";
 import { parsePolicy } from "./policy.ts";
@@ -84,5 +85,46 @@ describe("reconcilePod", () => {
     assert.deepEqual(first.summary, { seen: 2, queued: 2, skipped: 0, failed: 0 });
     assert.equal((await reconciler.resync(enforce, log)).summary, "rate-limited");
     assert.equal(offered.length, 2);
+  });
+
+  test("a dispatch that fails in a way that can pass (node-runner restarting) is redispatched from a fresh read; one that cannot is not", async () => {
+    const apiPod = parsePod(meshPodObject("web"));
+    let reads = 0;
+    const results: DispatchResult[] = [
+      { ok: false, status: 0, reason: "ECONNREFUSED", retryable: true, attempts: 2 },
+      { ok: false, status: 503, reason: "netns-not-found", retryable: true, attempts: 2 },
+      { ok: true, status: 200, result: "applied", attempts: 1 },
+    ];
+    let offers = 0;
+    const reconciler = createReconciler({
+      dispatcher: {
+        offer: (_decision, _policy, onResult) => {
+          const result = results[offers++] ?? { ok: false, status: 409, reason: "uid-mismatch", retryable: false, attempts: 1 };
+          setImmediate(() => {
+            onResult(result);
+          });
+          return "queued";
+        },
+        busy: 0,
+      },
+      cluster: {
+        getPod: () => {
+          reads++;
+          return Promise.resolve(apiPod);
+        },
+        getNamespace: () => Promise.resolve(undefined),
+        listPods: async function* () {
+          yield await Promise.resolve([]);
+        },
+        recordPodWarning: () => Promise.resolve(),
+      },
+      metrics: createFunctionMetrics({ defaultMetrics: false }),
+      redispatch: { policy: () => enforce, delaysMs: [5, 5, 5] },
+    });
+    await reconciler.reconcilePod(apiPod, enforce, log, { fromApi: true });
+    for (let i = 0; i < 50 && offers < 3; i++) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(offers, 3, "offered, redispatched twice, then applied: no more");
+    assert.equal(reads, 2, "each redispatch reads the pod again");
   });
 });

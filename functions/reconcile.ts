@@ -53,7 +53,15 @@ export interface ReconcilerDeps {
   /** A resync runs at most this often (ms); more requests are answered and ignored. */
   readonly resyncMinIntervalMs?: number;
   readonly now?: () => number;
+  /**
+   * After a dispatch fails in a way that can pass (no answer, 503: a node-runner restarting),
+   * the pod is read again and reconciled after each of these delays in turn, under the policy
+   * then in force; after the last, the resync catches it. Default: about a minute in all.
+   */
+  readonly redispatch?: { readonly policy: () => Policy; readonly delaysMs?: readonly number[] };
 }
+
+export const REDISPATCH_DELAYS_MS: readonly number[] = [1000, 2000, 4000, 8000, 15_000, 30_000];
 
 /** Where a pod came from: the API server (a read or a list) or an event's copy of it. */
 export interface PodSource {
@@ -99,6 +107,8 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
   // Pods told that their waiter will time out (once per pod and reason).
   const strandedTold = new RecentMap(50_000);
   let lastResync = -Infinity;
+  // uid → redispatches so far, for pods whose dispatch failed and may pass later.
+  const redispatches = new Map<string, number>();
 
   const versionKey = (pod: Pod, policy: Policy): string | undefined =>
     pod.metadata.resourceVersion === undefined ? undefined : `${pod.metadata.resourceVersion} ${policy.id}`;
@@ -205,13 +215,16 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       metrics.queueDepth.set(deps.dispatcher.busy);
       metrics.dispatchDuration.observe({ result: result.ok ? result.result : "failed" }, (performance.now() - t0) / 1000);
       if (result.ok) {
+        redispatches.delete(uid);
         log.info({ decision: "apply", reason: decision.reason, node: decision.node, result: result.result, attempts: result.attempts }, `dispatched: ${result.result}`);
         return;
       }
-      // Not done: the same notification, redelivered, or the resync must try again.
+      // Not done: the same notification, redelivered, a redispatch or the resync must try again.
       handled.delete(uid);
       metrics.dispatchFailures.inc({ status: String(result.status), reason: result.reason });
       log.warn({ decision: "apply", node: decision.node, status: result.status, reason: result.reason, attempts: result.attempts }, "dispatch failed");
+      if (result.retryable) redispatchLater(pod, log);
+      else redispatches.delete(uid);
     });
     metrics.queueDepth.set(deps.dispatcher.busy);
     if (offered === "full") {
@@ -220,6 +233,39 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       return { pod: podName(pod), outcome: "failed", reason: "queue-full", transient: true };
     }
     return { pod: podName(pod), outcome: "queued", reason: decision.reason };
+  }
+
+  /** Read the pod again after a pause and reconcile it: its node-runner may be back by then. */
+  function redispatchLater(pod: Pod, log: Logger): void {
+    const uid = pod.metadata.uid ?? "";
+    const done = redispatches.get(uid) ?? 0;
+    const delay = (deps.redispatch?.delaysMs ?? REDISPATCH_DELAYS_MS)[done];
+    if (deps.redispatch === undefined || delay === undefined) {
+      redispatches.delete(uid);
+      log.warn({ redispatches: done }, "no more redispatches: the resync will catch the pod");
+      return;
+    }
+    redispatches.set(uid, done + 1);
+    if (redispatches.size > 50_000) redispatches.delete(redispatches.keys().next().value ?? "");
+    metrics.redispatches.inc();
+    log.info({ inMs: delay, redispatch: done + 1 }, "will read the pod again and redispatch");
+    setTimeout(() => {
+      void (async () => {
+        // The API server not answering: decide on the pod as last read (it is read again before acting).
+        const read = await deps.cluster.getPod(pod.metadata.namespace ?? "", pod.metadata.name ?? "").then(
+          (fresh) => ({ fresh, fromApi: true }),
+          () => ({ fresh: pod, fromApi: false }),
+        );
+        if (read.fresh === undefined || read.fresh.metadata.uid !== uid) {
+          redispatches.delete(uid);
+          return;
+        }
+        const policy = deps.redispatch?.policy();
+        if (policy !== undefined) await reconcilePod(read.fresh, policy, log, { fromApi: read.fromApi });
+      })().catch((err: unknown) => {
+        log.warn({ err: errorMessage(err) }, "redispatch failed");
+      });
+    }, delay).unref();
   }
 
   async function resync(policy: Policy, log: Logger): Promise<{ summary: ResyncSummary | "rate-limited"; results: HandledPod[] }> {

@@ -30,6 +30,8 @@ export interface FunctionDeps {
   readonly now?: () => number;
   /** Why the function cannot work yet (e.g. no usable signing key), or undefined when it can. */
   readonly notReady?: () => string | undefined;
+  /** Delays of the redispatches after a failed dispatch (default REDISPATCH_DELAYS_MS). */
+  readonly redispatchDelaysMs?: readonly number[];
 }
 
 class BadEvent extends Error {}
@@ -45,6 +47,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     metrics,
     ...(deps.resyncMinIntervalMs === undefined ? {} : { resyncMinIntervalMs: deps.resyncMinIntervalMs }),
     ...(deps.now === undefined ? {} : { now: deps.now }),
+    redispatch: { policy: deps.policy, ...(deps.redispatchDelaysMs === undefined ? {} : { delaysMs: deps.redispatchDelaysMs }) },
   });
   let inFlight = 0;
 

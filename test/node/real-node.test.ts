@@ -3,12 +3,13 @@
 // tests on the real node rely on exactly these facts (the pod cgroup where the node-runner looks
 // for it, the pod's own netns, the node's IP).
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
-import { missingNodeReason, PAUSE_IMAGE, POD_SUBNET, startNode, type RealNode } from "../controlplane/node.ts";
+import { missingBinariesReason, reapStaleRuns, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { missingNodeReason, PAUSE_IMAGE, POD_SUBNET, reapStaleNodes, startNode, type RealNode } from "../controlplane/node.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 
 const missing = missingBinariesReason() ?? missingNodeReason();
@@ -102,5 +103,31 @@ describe("real node [needs root, control plane and node binaries]", skipUnlessCI
       }
     });
     assert.deepEqual(ours, [], "no process of the node is left");
+  });
+
+  test("a run killed with SIGKILL is cleaned up by the next start", async () => {
+    assertAvailable(missing);
+    const child = spawn(process.execPath, ["--import", "tsx", path.join(import.meta.dirname, "killed-node.ts")], { stdio: ["ignore", "pipe", "inherit"] });
+    const ready = await new Promise<string>((resolve, reject) => {
+      let out = "";
+      child.stdout.on("data", (c: Buffer) => {
+        out += c.toString();
+        const line = /ready (\S+) (\S+)/.exec(out);
+        if (line !== null) resolve(line[1] ?? "");
+      });
+      child.once("exit", (code) => {
+        reject(new Error(`the run exited (${String(code)}) before it was ready: ${out}`));
+      });
+    });
+    child.kill("SIGKILL");
+    await new Promise((r) => child.once("exit", r));
+    assert.ok(existsSync(ready), "the killed run left its node behind");
+    assert.ok(reapStaleNodes() >= 1);
+    reapStaleRuns();
+    assert.equal(existsSync(ready), false);
+    for (const controller of ["pids", "memory", "cpu"]) assert.equal(existsSync(`/sys/fs/cgroup/${controller}/kubepods`), false, `no ${controller} kubepods cgroup`);
+    assert.deepEqual(readSysctls(), sysctlsBefore);
+    assert.deepEqual(FOREIGN.filter((p) => existsSync(p)), foreignBefore);
+    assert.ok(!readdirSync("/sys/class/net").includes("pnc0"));
   });
 });
