@@ -28,10 +28,12 @@ export const APP_IMAGE = "localhost/pnc/proxy-recorder:test";
 const HOST_PATHS = ["/run/podnet", "/run/xtables.lock"];
 export const RUNNER_LABEL = "app.kubernetes.io/name=podnet-node-runner";
 
+/** PID 1 of a container ignores SIGTERM unless it handles it (else the kubelet waits 30 s). */
+const EXIT_ON_SIGTERM = `process.on("SIGTERM", () => process.exit(0));`;
 /** A TCP server on :8080 that answers "app". */
-export const SERVER = `require("net").createServer((s) => { s.on("error", () => {}); s.once("data", () => s.end("app\\n")); }).listen(8080, "::")`;
+export const SERVER = `${EXIT_ON_SIGTERM} require("net").createServer((s) => { s.on("error", () => {}); s.once("data", () => s.end("app\\n")); }).listen(8080, "::")`;
 /** Every 100 ms: connect to $TARGET:8080, say where it meant to go, print the answer. */
-export const CLIENT = `const net = require("net"); setInterval(() => { const s = net.connect(8080, process.env.TARGET); s.on("error", (e) => console.log("error " + e.code)); s.on("data", (d) => console.log("answer " + d.toString().trim())); s.write(process.env.TARGET + ":8080\\n"); }, 100);`;
+export const CLIENT = `${EXIT_ON_SIGTERM} const net = require("net"); setInterval(() => { const s = net.connect(8080, process.env.TARGET); s.on("error", (e) => console.log("error " + e.code)); s.on("data", (d) => console.log("answer " + d.toString().trim())); s.write(process.env.TARGET + ":8080\\n"); }, 100);`;
 
 /** undefined when the real-node stack can start here; otherwise why not. */
 export function missingRealNodeReason(): string | undefined {
