@@ -1,12 +1,18 @@
 // The node-runner's Kubernetes side: read the pod named in a request (identity check) — from a
 // watch of the pods bound to its node, with a GET only when the watch does not know the pod yet
 // — mark it with a merge patch of annotations only, and record Events. Behind small interfaces
-// so that the server's logic does not depend on the client library.
-import * as k8s from "@kubernetes/client-node";
+// so that the server's logic does not depend on how the API is spoken (kube-http.ts).
 import { type PodRef } from "../contract/apply-request.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { withDeadline } from "../contract/deadline.ts";
 import { podEvent } from "../contract/pod-event.ts";
+import { ApiError, apiRequest, watchStream, type ApiConnection, type WatchEvent } from "./kube-http.ts";
+
+/** The fields of a Pod the node-runner reads. */
+interface PodObject {
+  readonly metadata?: { readonly name?: string; readonly namespace?: string; readonly uid?: string; readonly resourceVersion?: string; readonly deletionTimestamp?: string; readonly annotations?: Record<string, string> };
+  readonly spec?: { readonly nodeName?: string; readonly hostNetwork?: boolean };
+}
 
 export interface PodFacts {
   readonly uid: string;
@@ -26,14 +32,14 @@ export interface PodApi {
 
 /** What a failed API call means for the request: retry later, or the pod is not what was asked. */
 export function apiFailureKind(err: unknown): "not-found" | "conflict" | "unavailable" {
-  if (err instanceof k8s.ApiException) {
+  if (err instanceof ApiError) {
     if (err.code === 404) return "not-found";
     if (err.code === 409) return "conflict";
   }
   return "unavailable";
 }
 
-function podFacts(pod: k8s.V1Pod): PodFacts {
+function podFacts(pod: PodObject): PodFacts {
   return {
     uid: pod.metadata?.uid ?? "",
     nodeName: pod.spec?.nodeName,
@@ -49,48 +55,74 @@ function podFacts(pod: k8s.V1Pod): PodFacts {
  * another UID, is read with a GET: the answer is never older than the request's pod.
  */
 export class WatchedPodApi implements PodApi {
-  private readonly informer: k8s.ListWatch<k8s.V1Pod>;
+  /** namespace/name → pod, while the watch is current. */
+  private readonly pods = new Map<string, PodObject>();
   private synced = false;
   private stopped = false;
+  private current: { abort: () => void } | undefined;
+  private readonly selector: string;
 
   constructor(
-    kubeConfig: k8s.KubeConfig,
+    private readonly conn: ApiConnection,
     nodeName: string,
     private readonly api: PodApi,
     private readonly onRead: (source: "watch" | "api") => void = () => undefined,
     private readonly onWatchError: (err: unknown) => void = () => undefined,
   ) {
-    const core = kubeConfig.makeApiClient(k8s.CoreV1Api);
-    const fieldSelector = `spec.nodeName=${nodeName}`;
-    this.informer = new k8s.ListWatch("/api/v1/pods", new k8s.Watch(kubeConfig), () => core.listPodForAllNamespaces({ fieldSelector }), false, undefined, fieldSelector);
-    this.informer.on("connect", () => {
-      this.synced = true;
-    });
-    this.informer.on("error", (err: unknown) => {
-      // Until the watch is back, every read is a GET; it restarts (and relists) after a pause.
-      this.synced = false;
-      this.onWatchError(err);
-      setTimeout(() => {
-        if (!this.stopped) {
-          this.informer.start().catch((e: unknown) => {
-            this.onWatchError(e);
-          });
-        }
-      }, 2000).unref();
-    });
+    this.selector = encodeURIComponent(`spec.nodeName=${nodeName}`);
   }
 
+  /** List, then watch from the list's resourceVersion; on any failure, list again after a pause. */
   async start(): Promise<void> {
-    await this.informer.start();
+    const list = (await apiRequest(this.conn, "GET", `/api/v1/pods?fieldSelector=${this.selector}`)) as { metadata?: { resourceVersion?: string }; items?: PodObject[] };
+    this.pods.clear();
+    for (const pod of list.items ?? []) this.pods.set(key(pod), pod);
+    this.synced = true;
+    this.watchFrom(list.metadata?.resourceVersion ?? "");
+  }
+
+  private watchFrom(resourceVersion: string): void {
+    if (this.stopped) return;
+    let version = resourceVersion;
+    this.current = watchStream<PodObject & { code?: number }>(
+      this.conn,
+      `/api/v1/pods?fieldSelector=${this.selector}&watch=1&allowWatchBookmarks=true&resourceVersion=${encodeURIComponent(version)}`,
+      (event: WatchEvent<PodObject & { code?: number }>) => {
+        if (event.type === "ERROR") throw new ApiError(event.object.code ?? 0, "watch error (resourceVersion too old)");
+        version = event.object.metadata?.resourceVersion ?? version;
+        if (event.type === "DELETED") this.pods.delete(key(event.object));
+        else if (event.type !== "BOOKMARK") this.pods.set(key(event.object), event.object);
+      },
+      (err) => {
+        if (this.stopped) return;
+        if (err === undefined) {
+          this.watchFrom(version); // the server ended the watch: go on from where it was
+          return;
+        }
+        // Until the watch is back, every read is a GET; it relists after a pause.
+        this.synced = false;
+        this.onWatchError(err);
+        setTimeout(() => {
+          if (!this.stopped) this.start().catch((e: unknown) => { this.retryLater(e); });
+        }, 2000).unref();
+      },
+    );
+  }
+
+  private retryLater(err: unknown): void {
+    this.onWatchError(err);
+    setTimeout(() => {
+      if (!this.stopped) this.start().catch((e: unknown) => { this.retryLater(e); });
+    }, 2000).unref();
   }
 
   stop(): void {
     this.stopped = true;
-    void this.informer.stop();
+    this.current?.abort();
   }
 
   async getPod(namespace: string, name: string, uid?: string): Promise<PodFacts | undefined> {
-    const cached = this.synced ? this.informer.get(name, namespace) : undefined;
+    const cached = this.synced ? this.pods.get(`${namespace}/${name}`) : undefined;
     if (cached !== undefined && (uid === undefined || cached.metadata?.uid === uid)) {
       this.onRead("watch");
       return podFacts(cached);
@@ -110,17 +142,16 @@ export class WatchedPodApi implements PodApi {
   }
 }
 
-export class KubePodApi implements PodApi {
-  private readonly core: k8s.CoreV1Api;
+const key = (pod: PodObject): string => `${pod.metadata?.namespace ?? ""}/${pod.metadata?.name ?? ""}`;
+const podPath = (namespace: string, name: string): string => `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`;
 
+export class KubePodApi implements PodApi {
   constructor(
-    kubeConfig: k8s.KubeConfig,
+    private readonly conn: ApiConnection,
     private readonly nodeName: string,
     /** Every call's deadline: a frozen API server must not hold a pod's work. */
     private readonly deadlineMs = 5000,
-  ) {
-    this.core = kubeConfig.makeApiClient(k8s.CoreV1Api);
-  }
+  ) {}
 
   private deadline<T>(what: string, call: Promise<T>): Promise<T> {
     return withDeadline(call, this.deadlineMs, `${what} (API server)`);
@@ -128,9 +159,9 @@ export class KubePodApi implements PodApi {
 
   async getPod(namespace: string, name: string): Promise<PodFacts | undefined> {
     try {
-      return podFacts(await this.deadline("read pod", this.core.readNamespacedPod({ namespace, name })));
+      return podFacts((await this.deadline("read pod", apiRequest(this.conn, "GET", podPath(namespace, name)))) as PodObject);
     } catch (err) {
-      if (err instanceof k8s.ApiException && err.code === 404) return undefined;
+      if (err instanceof ApiError && err.code === 404) return undefined;
       throw err;
     }
   }
@@ -147,15 +178,17 @@ export class KubePodApi implements PodApi {
     // The UID precondition makes the patch fail rather than mark a re-created pod of the same name.
     await this.deadline(
       "patch pod",
-      this.core.patchNamespacedPod(
-        { namespace: pod.namespace, name: pod.name, body: { metadata: { uid: pod.uid, annotations } } },
-        k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
-      ),
+      apiRequest(this.conn, "PATCH", podPath(pod.namespace, pod.name), { contentType: "application/merge-patch+json", value: { metadata: { uid: pod.uid, annotations } } }),
     );
   }
 
   async recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void> {
-    await this.deadline("create event", this.core.createNamespacedEvent({ namespace: pod.namespace, body: podEvent(pod, event, { component: "node-runner", host: this.nodeName }) }));
+    await this.deadline(
+      "create event",
+      apiRequest(this.conn, "POST", `/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/events`, {
+        contentType: "application/json",
+        value: podEvent(pod, event, { component: "node-runner", host: this.nodeName }),
+      }),
+    );
   }
-
 }

@@ -24,12 +24,12 @@ import path from "node:path";
 import http from "node:http";
 import https from "node:https";
 import { parseArgs } from "node:util";
-import * as k8s from "@kubernetes/client-node";
 import { pino } from "pino";
 import { RecordStore, detectVariant, type IptablesVariant } from "./apply.ts";
 import { helperRunner } from "./helper-runner.ts";
 import { BACKEND, BACKENDS, isBackendName, type BackendName, type NetnsApplier } from "./backends.ts";
 import { KubePodApi, WatchedPodApi } from "./kube.ts";
+import { inClusterConnection, kubeconfigConnection, type ApiConnection } from "./kube-http.ts";
 import { KeyDirectory } from "../contract/key-directory.ts";
 import { createMetrics } from "./metrics.ts";
 import { podUidPattern, resolvePodNetns } from "./netns.ts";
@@ -90,10 +90,13 @@ try {
   fail(`--cgroup-root: ${errorMessage(err)}`);
 }
 
-const kubeConfig = new k8s.KubeConfig();
 const kubeconfigFile = values.kubeconfig ?? env.KUBECONFIG;
-if (kubeconfigFile !== undefined && kubeconfigFile !== "") kubeConfig.loadFromFile(kubeconfigFile);
-else kubeConfig.loadFromCluster();
+let apiConnection: ApiConnection;
+try {
+  apiConnection = kubeconfigFile !== undefined && kubeconfigFile !== "" ? kubeconfigConnection(kubeconfigFile) : inClusterConnection(env);
+} catch (err) {
+  fail(`API server connection: ${errorMessage(err)}`);
+}
 
 // The node's own iptables flavour, for namespaces that hold no rules yet: the variant that
 // holds rules in the host's network namespace (the runner's own: hostNetwork), as kube-proxy
@@ -123,9 +126,9 @@ await keys.start();
 const metrics = createMetrics();
 // The pods bound to this node come from a watch; a GET only for a pod the watch has not seen yet.
 const pods = new WatchedPodApi(
-  kubeConfig,
+  apiConnection,
   nodeName,
-  new KubePodApi(kubeConfig, nodeName, apiTimeoutMs),
+  new KubePodApi(apiConnection, nodeName, apiTimeoutMs),
   (source) => {
     metrics.podReads.inc({ source });
   },

@@ -6,6 +6,7 @@ import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { MARK } from "../../contract/mark.ts";
 import { KubePodApi } from "../../node-runner/kube.ts";
+import { ApiError } from "../../node-runner/kube-http.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 
@@ -14,7 +15,8 @@ const missing = missingBinariesReason();
 const NS = "shop";
 const merge = k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch);
 
-const forbidden = (pattern: RegExp) => (err: unknown) => err instanceof k8s.ApiException && err.code === 403 && pattern.test(err.message);
+/** Refused by the admission policy, through the client library (users) or the node-runner's own client. */
+const forbidden = (pattern: RegExp) => (err: unknown) => (err instanceof k8s.ApiException || err instanceof ApiError) && err.code === 403 && pattern.test(err.message);
 
 describe("admission policy for the project's annotations [needs control plane]", skipUnlessCI(missing), () => {
   let cp: ControlPlane;
@@ -31,7 +33,7 @@ describe("admission policy for the project's annotations [needs control plane]",
     await cp.ensureNamespace(NS);
     admin = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     const token = await cp.serviceAccountToken("podnet-system", "podnet-node-runner", "node-a");
-    runnerA = new KubePodApi(cp.kubeConfig(token), "node-a");
+    runnerA = new KubePodApi({ server: new URL(cp.server), ca: cp.ca, token: () => token }, "node-a");
     runnerCore = cp.kubeConfig(token).makeApiClient(k8s.CoreV1Api);
     for (const [name, node] of [["on-a", "node-a"], ["on-b", "node-b"], ["users", "node-a"]] as const) {
       const p = await admin.createNamespacedPod({ namespace: NS, body: { metadata: { name }, spec: { nodeName: node, containers: [{ name: "app", image: "example/app" }] } } });

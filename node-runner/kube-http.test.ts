@@ -1,0 +1,75 @@
+// The node-runner's kubeconfig and in-cluster configuration: what it accepts, and a clear
+// KubeconfigError for anything else.
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, describe, test } from "node:test";
+import fc from "fast-check";
+import { inClusterConnection, KubeconfigError, kubeconfigConnection } from "./kube-http.ts";
+
+const dir = mkdtempSync(path.join(os.tmpdir(), "pnct-kubeconfig-"));
+const write = (name: string, text: string): string => {
+  const file = path.join(dir, name);
+  writeFileSync(file, text);
+  return file;
+};
+const kubeconfig = (user: string) => `apiVersion: v1
+kind: Config
+current-context: local
+clusters:
+  - name: local
+    cluster:
+      server: https://127.0.0.1:6443
+      certificate-authority-data: ${Buffer.from("CA PEM").toString("base64")}
+users:
+  - name: runner
+    user:
+${user}
+contexts:
+  - name: local
+    context: { cluster: local, user: runner }
+`;
+
+describe("kube-http configuration", () => {
+  after(() => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("a kubeconfig with a token, or a token file (read for each call: rotated tokens)", () => {
+    const c = kubeconfigConnection(write("a", kubeconfig("      token: abc")));
+    assert.equal(c.server.href, "https://127.0.0.1:6443/");
+    assert.equal(c.ca?.toString(), "CA PEM");
+    assert.equal(c.token(), "abc");
+    const tokenFile = write("token", "first\n");
+    const f = kubeconfigConnection(write("b", kubeconfig(`      tokenFile: ${tokenFile}`)));
+    assert.equal(f.token(), "first");
+    writeFileSync(tokenFile, "second");
+    assert.equal(f.token(), "second");
+  });
+
+  test("no token, no context, or not a kubeconfig: KubeconfigError naming the file", () => {
+    assert.throws(() => kubeconfigConnection(write("c", kubeconfig("      username: admin"))), (err: unknown) => err instanceof KubeconfigError && /no token/.test(err.message));
+    assert.throws(() => kubeconfigConnection(write("d", "clusters: []\nusers: []\ncontexts: []\n")), KubeconfigError);
+    assert.throws(() => kubeconfigConnection(write("e", "{{{")), KubeconfigError);
+    assert.throws(() => kubeconfigConnection(write("f", kubeconfig("      token: abc").replace("https://127.0.0.1:6443", "not a url"))), KubeconfigError);
+  });
+
+  test("property: any text is a connection or a KubeconfigError, nothing else", () => {
+    fc.assert(
+      fc.property(fc.string({ maxLength: 300 }), (text) => {
+        const file = write("prop", text);
+        try {
+          kubeconfigConnection(file);
+        } catch (err) {
+          assert.ok(err instanceof KubeconfigError, String(err));
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  test("in-cluster without KUBERNETES_SERVICE_HOST says so", () => {
+    assert.throws(() => inClusterConnection({}), (err: unknown) => err instanceof KubeconfigError && /KUBERNETES_SERVICE_HOST/.test(err.message));
+  });
+});
