@@ -58,7 +58,6 @@ interface NodeState {
   readonly sysctls: Record<string, string>;
   /** Of FOREIGN_PATHS, those that existed before the node started (left alone). */
   readonly preexisting: string[];
-  readonly pids: number[];
 }
 
 export interface RealNode {
@@ -112,7 +111,7 @@ export function reapStaleNodes(): number {
 
 /** Undo everything a node run made (its state file says what was there before). */
 function cleanUpNode(dir: string): void {
-  let state: NodeState = { sysctls: {}, preexisting: FOREIGN_PATHS, pids: [] };
+  let state: NodeState = { sysctls: {}, preexisting: FOREIGN_PATHS };
   try {
     state = JSON.parse(readFileSync(path.join(dir, "state.json"), "utf8")) as NodeState;
   } catch {
@@ -251,7 +250,6 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
       return v === undefined ? [] : [[k, v]];
     })),
     preexisting: FOREIGN_PATHS.filter((p) => existsSync(p)),
-    pids: [],
   };
   writeFileSync(path.join(dir, "state.json"), JSON.stringify(state));
 
