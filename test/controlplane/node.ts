@@ -65,7 +65,7 @@ export interface RealNode {
   readonly ip: string;
   readonly dir: string;
   readonly containerdSocket: string;
-  /** kubelet's cgroup root for pods, as the node-runner's --cgroup-root sees it ("/kubepods"). */
+  /** kubelet's log file. */
   readonly kubeletLog: string;
   /** Import an OCI archive into the node's containerd (the kubelet's k8s.io namespace). */
   importImage(archive: string): void;
