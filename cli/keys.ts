@@ -2,7 +2,8 @@
 // Secret with the private keys for the decision function, a ConfigMap with the public keys for
 // the node-runners. Key ids are fn-<UTC timestamp>, so the newest sorts last and signs.
 import { generateKeyPairSync } from "node:crypto";
-import { parseAllDocuments, stringify } from "yaml";
+import { parseAllDocuments } from "yaml";
+import { secretAndConfigMap } from "./manifests.ts";
 
 export const SECRET_NAME = "podnet-signing-keys";
 export const CONFIGMAP_NAME = "podnet-public-keys";
@@ -26,23 +27,11 @@ function pair(): { privatePem: string; publicPem: string } {
 }
 
 function manifests(namespace: string, privateKeys: Record<string, string>, publicKeys: Record<string, string>): { secret: string; configMap: string } {
-  const secret = {
-    apiVersion: "v1",
-    kind: "Secret",
-    metadata: { name: SECRET_NAME, namespace, labels: { "app.kubernetes.io/part-of": "podnet" } },
-    type: "Opaque",
-    stringData: privateKeys,
-  };
-  const configMap = {
-    apiVersion: "v1",
-    kind: "ConfigMap",
-    metadata: { name: CONFIGMAP_NAME, namespace, labels: { "app.kubernetes.io/part-of": "podnet" } },
-    data: publicKeys,
-  };
-  return {
-    secret: `# Private signing keys of the decision function. Keep out of version control.\n${stringify(secret)}`,
-    configMap: `# Public keys the node-runners accept (several during a rotation).\n${stringify(configMap)}`,
-  };
+  return secretAndConfigMap(
+    namespace,
+    { name: SECRET_NAME, type: "Opaque", stringData: privateKeys, comment: "Private signing keys of the decision function. Keep out of version control." },
+    { name: CONFIGMAP_NAME, data: publicKeys, comment: "Public keys the node-runners accept (several during a rotation)." },
+  );
 }
 
 export function generateKeys(namespace: string, now = new Date()): KeyManifests {
@@ -54,8 +43,9 @@ export function generateKeys(namespace: string, now = new Date()): KeyManifests 
 export class KeyManifestError extends Error {}
 
 function readMap(text: string, kind: "Secret" | "ConfigMap"): { namespace: string; entries: Record<string, string> } {
-  const docs = parseAllDocuments(text);
-  const doc = (Array.isArray(docs) ? docs : []).map((d) => d.toJS() as unknown).find((d) => typeof d === "object" && d !== null && (d as { kind?: unknown }).kind === kind) as
+  // An empty stream is an empty array: "no <kind>".
+  const doc = parseAllDocuments(text)
+    .map((d) => d.toJS() as unknown).find((d) => typeof d === "object" && d !== null && (d as { kind?: unknown }).kind === kind) as
     | { metadata?: { namespace?: string }; stringData?: Record<string, string>; data?: Record<string, string> }
     | undefined;
   if (doc === undefined) throw new KeyManifestError(`no ${kind} in the given file`);

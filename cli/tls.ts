@@ -7,8 +7,8 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { stringify } from "yaml";
 import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
+import { secretAndConfigMap } from "./manifests.ts";
 
 export const TLS_SECRET_NAME = "podnet-node-runner-tls";
 export const CA_CONFIGMAP_NAME = "podnet-node-runner-ca";
@@ -40,21 +40,9 @@ export function generateTls(options: { days?: number } = {}): TlsFiles {
 
 /** The Secret the node-runners serve with, and the CA ConfigMap the function trusts. */
 export function tlsManifests(namespace: string, tls: TlsFiles): { secret: string; configMap: string } {
-  const secret = {
-    apiVersion: "v1",
-    kind: "Secret",
-    metadata: { name: TLS_SECRET_NAME, namespace, labels: { "app.kubernetes.io/part-of": "podnet" } },
-    type: "kubernetes.io/tls",
-    stringData: { "tls.crt": tls.cert, "tls.key": tls.key },
-  };
-  const configMap = {
-    apiVersion: "v1",
-    kind: "ConfigMap",
-    metadata: { name: CA_CONFIGMAP_NAME, namespace, labels: { "app.kubernetes.io/part-of": "podnet" } },
-    data: { "ca.crt": tls.ca },
-  };
-  return {
-    secret: `# The node-runners' serving certificate and key. Keep out of version control.\n${stringify(secret)}`,
-    configMap: `# The CA the decision function trusts for the node-runners' certificate.\n${stringify(configMap)}`,
-  };
+  return secretAndConfigMap(
+    namespace,
+    { name: TLS_SECRET_NAME, type: "kubernetes.io/tls", stringData: { "tls.crt": tls.cert, "tls.key": tls.key }, comment: "The node-runners' serving certificate and key. Keep out of version control." },
+    { name: CA_CONFIGMAP_NAME, data: { "ca.crt": tls.ca }, comment: "The CA the decision function trusts for the node-runners' certificate." },
+  );
 }
