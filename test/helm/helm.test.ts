@@ -6,11 +6,12 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { parseAllDocuments } from "yaml";
-import { BIN, CACHE_DIR, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
-import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+import { BIN, CACHE_DIR, missingBinariesReason } from "../controlplane/harness.ts";
+import { skipUnlessCI } from "../support/environment.ts";
+import { controlPlaneForSuite } from "../support/suite.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 const HELM = path.join(CACHE_DIR, "bin", "helm");
@@ -51,15 +52,7 @@ const raw = (text: string): K8sObject[] =>
     .filter((o): o is K8sObject => o !== null);
 
 describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
-  let cp: ControlPlane;
-  before(async () => {
-    assertAvailable(missing);
-    cp = await startControlPlane();
-    await cp.installKnativeCrds();
-  });
-  after(async () => {
-    await cp.stop();
-  });
+  const controlPlane = controlPlaneForSuite(missing, { knativeCrds: true });
 
   test("helm lint passes", () => {
     assert.match(helm("lint", path.join(root, "charts/podnet")), /1 chart\(s\) linted, 0 chart\(s\) failed/);
@@ -106,8 +99,8 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
   test("each platform's rendering is accepted by the real API server with Knative's CRDs", async () => {
     // Server-side dry run: every object fully validated (schemas, CRDs, admission), none kept,
     // so each rendering is judged on its own.
-    const client = k8s.KubernetesObjectApi.makeApiClient(cp.kubeConfig());
-    await cp.ensureNamespace("podnet-system");
+    const client = k8s.KubernetesObjectApi.makeApiClient(controlPlane().kubeConfig());
+    await controlPlane().ensureNamespace("podnet-system");
     for (const set of [[], ["eventing.delivery=broker", "keys.publicKeys.fn-1=PEM"], ["platform.openshift=true", "nodeRunner.cgroupRoot=/kubelet"]]) {
       // SecurityContextConstraints is OpenShift's own API: its rendering is checked above.
       const docs = raw(chart(set)).filter((o) => o.kind !== "SecurityContextConstraints" && !(o.kind === "Namespace"));

@@ -4,13 +4,14 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import { parseAllDocuments } from "yaml";
 import { generateKeys } from "../../cli/keys.ts";
 import { generateTls, tlsManifests } from "../../cli/tls.ts";
 import { parsePolicy } from "../../functions/policy.ts";
-import { BIN, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
-import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+import { BIN, missingBinariesReason } from "../controlplane/harness.ts";
+import { skipUnlessCI } from "../support/environment.ts";
+import { controlPlaneForSuite } from "../support/suite.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 const missing = missingBinariesReason();
@@ -43,15 +44,7 @@ describe("manifests", () => {
 });
 
 describe("manifests on the real API server [needs control plane]", skipUnlessCI(missing), () => {
-  let cp: ControlPlane;
-  before(async () => {
-    assertAvailable(missing);
-    cp = await startControlPlane();
-    await cp.installKnativeCrds();
-  });
-  after(async () => {
-    await cp.stop();
-  });
+  const controlPlane = controlPlaneForSuite(missing, { knativeCrds: true });
 
   test("the overlays render with kustomize", () => {
     const kinds = (text: string) => [...text.matchAll(/^kind: (\w+)$/gm)].map((m) => m[1]).sort();
@@ -65,17 +58,17 @@ describe("manifests on the real API server [needs control plane]", skipUnlessCI(
   });
 
   test("the kubernetes overlay, the Broker variant and generated keys are accepted", async () => {
-    const created = await cp.applyYaml(kustomize("config/overlays/kubernetes"));
+    const created = await controlPlane().applyYaml(kustomize("config/overlays/kubernetes"));
     assert.ok(created.includes("DaemonSet/podnet-node-runner"));
     assert.ok(created.includes("Service/podnet-decision"));
     assert.ok(created.includes("ApiServerSource/podnet-pods"));
-    const broker = await cp.applyYaml(kustomize("eventing/broker"));
+    const broker = await controlPlane().applyYaml(kustomize("eventing/broker"));
     assert.ok(broker.includes("Broker/podnet") && broker.includes("Trigger/podnet-pod-events"));
     const keys = generateKeys("podnet-system");
-    assert.deepEqual(await cp.applyYaml(keys.configMap), ["ConfigMap/podnet-public-keys"]);
-    assert.deepEqual(await cp.applyYaml(keys.secret), ["Secret/podnet-signing-keys"]);
+    assert.deepEqual(await controlPlane().applyYaml(keys.configMap), ["ConfigMap/podnet-public-keys"]);
+    assert.deepEqual(await controlPlane().applyYaml(keys.secret), ["Secret/podnet-signing-keys"]);
     const tls = tlsManifests("podnet-system", generateTls());
-    assert.deepEqual(await cp.applyYaml(tls.secret), ["Secret/podnet-node-runner-tls"]);
-    assert.deepEqual(await cp.applyYaml(tls.configMap), ["ConfigMap/podnet-node-runner-ca"]);
+    assert.deepEqual(await controlPlane().applyYaml(tls.secret), ["Secret/podnet-node-runner-tls"]);
+    assert.deepEqual(await controlPlane().applyYaml(tls.configMap), ["ConfigMap/podnet-node-runner-ca"]);
   });
 });
