@@ -5,10 +5,10 @@
 // from there: per pod, IP → rules applied and IP → mark; the last mark; events per second; the
 // peak memory of the node-runner and the function. Needs root and the control plane.
 //   npm run bench:e2e -- [pods]
-import { readFileSync } from "node:fs";
 import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { missingBinariesReason } from "../test/controlplane/harness.ts";
+import { peakRssMiB } from "../test/support/processes.ts";
 import { STACK_NODE, startStack } from "../test/support/stack.ts";
 import { testPodsUnavailableReason } from "../test/support/test-pods.ts";
 import { machineDescription, summarize, table } from "./machine.ts";
@@ -21,11 +21,6 @@ if (unavailable !== undefined) {
 const count = Number(process.argv[2] ?? "200");
 const NS = "burst";
 
-function peakMemoryMiB(pid: number | undefined): number {
-  if (pid === undefined) return NaN;
-  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return m?.[1] === undefined ? NaN : Number(m[1]) / 1024;
-}
 
 async function metric(url: string, name: RegExp): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
@@ -112,7 +107,7 @@ try {
   const lastMark = Math.max(...[...markedAt.values()]) - t0;
   console.log(machineDescription());
   console.log(`${count} pods whose IPs appear at once: ${markedAt.size} marks seen (${listed} marked when listed); last mark ${(lastMark / 1000).toFixed(2)} s after the first IP (${(markedAt.size / (lastMark / 1000)).toFixed(0)} pods/s); ${events} events handled by the function in ${wall.toFixed(1)} s`);
-  console.log(`peak memory (VmHWM): node-runner ${peakMemoryMiB(stack.runner.process.pid).toFixed(0)} MiB, function ${peakMemoryMiB(stack.fn.process.pid).toFixed(0)} MiB (TypeScript through tsx)\n`);
+  console.log(`peak memory (VmHWM): node-runner ${peakRssMiB(stack.runner.process.pid).toFixed(0)} MiB, function ${peakRssMiB(stack.fn.process.pid).toFixed(0)} MiB (TypeScript through tsx)\n`);
   console.log(
     table(["ms after the pod's IP appeared", "pods", "min", "median", "p95", "p99", "max"], [
       row("rules applied (node-runner)", since(appliedAt)),

@@ -70,13 +70,13 @@ export interface PodSource {
 }
 
 /** Bounded memory of pods already handled or already told something: oldest forgotten first. */
-class RecentMap {
-  private readonly entries = new Map<string, string>();
+class RecentMap<V> {
+  private readonly entries = new Map<string, V>();
   constructor(private readonly limit: number) {}
-  get(key: string): string | undefined {
+  get(key: string): V | undefined {
     return this.entries.get(key);
   }
-  set(key: string, value: string): void {
+  set(key: string, value: V): void {
     this.entries.delete(key);
     this.entries.set(key, value);
     if (this.entries.size > this.limit) this.entries.delete(this.entries.keys().next().value ?? "");
@@ -103,12 +103,12 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
   const { metrics } = deps;
   // uid → "resourceVersion policy" last handled: ApiServerSource may deliver a notification
   // twice. A new policy decides again.
-  const handled = new RecentMap(50_000);
+  const handled = new RecentMap<string>(50_000);
   // Pods told that their waiter will time out (once per pod and reason).
-  const strandedTold = new RecentMap(50_000);
+  const strandedTold = new RecentMap<string>(50_000);
   let lastResync = -Infinity;
   // uid → redispatches so far, for pods whose dispatch failed and may pass later.
-  const redispatches = new Map<string, number>();
+  const redispatches = new RecentMap<number>(50_000);
 
   const versionKey = (pod: Pod, policy: Policy): string | undefined =>
     pod.metadata.resourceVersion === undefined ? undefined : `${pod.metadata.resourceVersion} ${policy.id}`;
@@ -246,7 +246,6 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       return;
     }
     redispatches.set(uid, done + 1);
-    if (redispatches.size > 50_000) redispatches.delete(redispatches.keys().next().value ?? "");
     metrics.redispatches.inc();
     log.info({ inMs: delay, redispatch: done + 1 }, "will read the pod again and redispatch");
     setTimeout(() => {

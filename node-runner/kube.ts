@@ -73,7 +73,13 @@ export class WatchedPodApi implements PodApi {
   }
 
   /** List, then watch from the list's resourceVersion; on any failure, list again after a pause. */
-  async start(): Promise<void> {
+  start(): void {
+    this.relist().catch((err: unknown) => {
+      this.failed(err);
+    });
+  }
+
+  private async relist(): Promise<void> {
     const list = (await apiRequest(this.conn, "GET", `/api/v1/pods?fieldSelector=${this.selector}`)) as { metadata?: { resourceVersion?: string }; items?: PodObject[] };
     this.pods.clear();
     for (const pod of list.items ?? []) this.pods.set(key(pod), pod);
@@ -95,24 +101,18 @@ export class WatchedPodApi implements PodApi {
       },
       (err) => {
         if (this.stopped) return;
-        if (err === undefined) {
-          this.watchFrom(version); // the server ended the watch: go on from where it was
-          return;
-        }
-        // Until the watch is back, every read is a GET; it relists after a pause.
-        this.synced = false;
-        this.onWatchError(err);
-        setTimeout(() => {
-          if (!this.stopped) this.start().catch((e: unknown) => { this.retryLater(e); });
-        }, 2000).unref();
+        if (err === undefined) this.watchFrom(version); // the server ended the watch: go on from where it was
+        else this.failed(err);
       },
     );
   }
 
-  private retryLater(err: unknown): void {
+  /** Until the watch is back, every read is a GET; it relists after a pause. */
+  private failed(err: unknown): void {
+    this.synced = false;
     this.onWatchError(err);
     setTimeout(() => {
-      if (!this.stopped) this.start().catch((e: unknown) => { this.retryLater(e); });
+      if (!this.stopped) this.start();
     }, 2000).unref();
   }
 

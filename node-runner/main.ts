@@ -134,12 +134,10 @@ const pods = new WatchedPodApi(
   },
   (err) => {
     metrics.watchErrors.inc();
-    log.warn({ err: errorMessage(err) }, "pod watch failed: restarting it (identity checks use GETs meanwhile)");
+    log.warn({ err: errorMessage(err) }, "pod watch failed or did not start: retrying in 2 s (identity checks use GETs meanwhile)");
   },
 );
-pods.start().catch((err: unknown) => {
-  log.warn({ err: errorMessage(err) }, "pod watch did not start: identity checks use GETs until it does");
-});
+pods.start();
 
 const app = createNodeRunnerApp({
   nodeName,

@@ -92,14 +92,24 @@ interface Managed {
   readonly exited: Promise<void>;
 }
 
-async function waitFor(what: string, timeoutMs: number, probe: () => Promise<boolean>, failed?: () => string | undefined): Promise<void> {
+/**
+ * Poll `probe` (a rejection counts as false) until it holds. Fails at once when `failed` gives a
+ * reason (a process exited), and after `timeoutMs` with what `detail` then says.
+ */
+export async function waitFor(
+  what: string,
+  timeoutMs: number,
+  probe: () => Promise<boolean> | boolean,
+  failed?: () => string | undefined,
+  detail?: () => string,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const reason = failed?.();
     if (reason !== undefined) throw new Error(`${what}: ${reason}`);
-    if (await probe().catch(() => false)) return;
-    if (Date.now() > deadline) throw new Error(`${what}: not ready after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 200));
+    if (await Promise.resolve(probe()).catch(() => false)) return;
+    if (Date.now() > deadline) throw new Error(`${what}: not ready after ${timeoutMs} ms${detail === undefined ? "" : `: ${detail()}`}`);
+    await new Promise((r) => setTimeout(r, 100));
   }
 }
 

@@ -13,7 +13,8 @@ import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, rea
 import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
-import { CACHE_DIR, freePort, pidAlive, type ControlPlane } from "./harness.ts";
+import { pidsWhere } from "../support/processes.ts";
+import { CACHE_DIR, freePort, pidAlive, waitFor, type ControlPlane } from "./harness.ts";
 
 export const NODE_BIN = {
   kubelet: path.join(CACHE_DIR, "bin", "kubelet"),
@@ -121,7 +122,7 @@ function cleanUpNode(dir: string): void {
   const pids = existsSync(pidsFile) ? readFileSync(pidsFile, "utf8").split("\n").filter((l) => l !== "").map(Number) : [];
   for (const pid of pids) killGroup(pid, "SIGKILL");
   // containerd's shims and the pods' processes are in no process group of ours.
-  for (const pid of shimPids(dir)) killPid(pid);
+  for (const pid of pidsWhere((cmdline) => cmdline.startsWith("/usr/bin/containerd-shim") && cmdline.includes(dir))) killPid(pid);
   killCgroupTree("kubepods");
   unmountUnder(dir);
   for (const p of FOREIGN_PATHS) if (!state.preexisting.includes(p)) unmountUnder(p);
@@ -151,21 +152,6 @@ function killPid(pid: number): void {
   } catch {
     // gone
   }
-}
-
-/** containerd-shim processes started for this node's containerd (they name its socket). */
-function shimPids(dir: string): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmdline = readFileSync(`/proc/${entry}/cmdline`, "utf8");
-      if (cmdline.startsWith("/usr/bin/containerd-shim") && cmdline.includes(dir)) out.push(Number(entry));
-    } catch {
-      // exited
-    }
-  }
-  return out;
 }
 
 /** Every cgroup hierarchy's directory of `name` (v1 controllers and the v2 unified tree). */
@@ -277,15 +263,15 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
       return "(no log)";
     }
   };
-  const waitFor = async (what: string, timeoutMs: number, probe: () => Promise<boolean> | boolean, proc?: { name: string; child: ChildProcess }) => {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      if (proc !== undefined && !alive(proc)) throw new Error(`${what}: ${proc.name} exited; log:\n${logTail(proc.name)}`);
-      if (await Promise.resolve(probe()).catch(() => false)) return;
-      if (Date.now() > deadline) throw new Error(`${what}: not ready after ${timeoutMs} ms${proc === undefined ? "" : `; ${proc.name} log:\n${logTail(proc.name)}`}`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  };
+  /** Wait for a probe while the node's process `proc` runs; its log tail tells why it failed. */
+  const waitWhile = (what: string, timeoutMs: number, probe: () => Promise<boolean> | boolean, proc: { name: string; child: ChildProcess }) =>
+    waitFor(
+      what,
+      timeoutMs,
+      probe,
+      () => (alive(proc) ? undefined : `${proc.name} exited; log:\n${logTail(proc.name)}`),
+      () => `${proc.name} log:\n${logTail(proc.name)}`,
+    );
 
   let stopped = false;
   const stop = async (): Promise<void> => {
@@ -358,7 +344,7 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
     );
     const containerd = start("containerd", "containerd", ["--config", containerdConfig]);
     const ctr = (...args: string[]): string => must("ctr", ["--address", socket, "--namespace", "k8s.io", ...args]);
-    await waitFor("containerd", 30_000, () => existsSync(socket) && sh("ctr", ["--address", socket, "version"]).code === 0, containerd);
+    await waitWhile("containerd", 30_000, () => existsSync(socket) && sh("ctr", ["--address", socket, "version"]).code === 0, containerd);
     const importImage = (archive: string): void => {
       ctr("images", "import", "--no-unpack=false", archive);
     };
@@ -427,7 +413,7 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
       "--v", "1",
     ]);
     const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
-    await waitFor(
+    await waitWhile(
       "kubelet: node Ready",
       90_000,
       async () => (await core.readNode({ name })).status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") === true,

@@ -9,8 +9,9 @@ import { after, before, describe, test } from "node:test";
 import type * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
+import { waitFor } from "../controlplane/harness.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
-import { missingRealNodeReason, podPids, podRef, RUNNER_LABEL, startRealNodeStack, waitUntil, type RealNodeStack } from "../support/real-node-stack.ts";
+import { missingRealNodeReason, podPids, podRef, RUNNER_LABEL, startRealNodeStack, type RealNodeStack } from "../support/real-node-stack.ts";
 
 const missing = missingRealNodeReason();
 const NS = "shop";
@@ -68,7 +69,7 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
       assert.equal(annotations[MARK.netns], podNetns(p), "marked for the netns the kubelet made");
     }
     const logOf = (p: k8s.V1Pod, container = "app") => node.containerLog(podRef(p), container);
-    await waitUntil("traffic answers", 20_000, () => logOf(meshClient).includes("answer") && logOf(plainClient).includes("answer"));
+    await waitFor("traffic answers", 20_000, () => logOf(meshClient).includes("answer") && logOf(plainClient).includes("answer"));
     // The mesh pod's outbound connection to a plain pod lands on its own proxy (15001)...
     assert.match(logOf(meshClient), /answer outbound 15001/);
     assert.doesNotMatch(logOf(meshClient), /answer app/);
@@ -90,7 +91,7 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
     assert.ok(pause !== undefined, "the sandbox's pause process");
     process.kill(pause, "SIGKILL");
     let after: k8s.V1Pod | undefined;
-    await waitUntil(
+    await waitFor(
       "re-programmed for the new netns",
       90_000,
       async () => {
@@ -98,6 +99,7 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
         const netns = after.metadata?.annotations?.[MARK.netns];
         return netns !== undefined && netns !== oldNetns && after.status?.phase === "Running" && after.status.containerStatuses?.every((c) => c.ready) === true;
       },
+      undefined,
       () => JSON.stringify(after?.status?.initContainerStatuses?.map((c) => [c.name, c.state, c.restartCount])),
     );
     assert.ok(after !== undefined);
@@ -120,7 +122,7 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
       assert.equal(p.metadata?.annotations?.[MARK.netns], podNetns(p));
     }
     for (const name of doomed) {
-      await waitUntil(`${name} gone`, 60_000, async () => (await core.listNamespacedPod({ namespace: NS, fieldSelector: `metadata.name=${name}` })).items.length === 0);
+      await waitFor(`${name} gone`, 60_000, async () => (await core.listNamespacedPod({ namespace: NS, fieldSelector: `metadata.name=${name}` })).items.length === 0);
     }
   });
 });

@@ -11,6 +11,7 @@ import * as k8s from "@kubernetes/client-node";
 import { missingBinariesReason, reapStaleRuns, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { missingNodeReason, PAUSE_IMAGE, POD_SUBNET, reapStaleNodes, startNode, type RealNode } from "../controlplane/node.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+import { pidsWhere } from "../support/processes.ts";
 
 const missing = missingBinariesReason() ?? missingNodeReason();
 const SYSCTLS = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/ipv4/ip_forward"];
@@ -94,14 +95,7 @@ describe("real node [needs root, control plane and node binaries]", skipUnlessCI
     assert.deepEqual(FOREIGN.filter((p) => existsSync(p)), foreignBefore);
     const links = readdirSync("/sys/class/net");
     assert.ok(!links.includes("pnc0"), `links left: ${links.join(" ")}`);
-    const procs = readdirSync("/proc").filter((e) => /^\d+$/.test(e));
-    const ours = procs.filter((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(dir);
-      } catch {
-        return false;
-      }
-    });
+    const ours = pidsWhere((cmdline) => cmdline.includes(dir));
     assert.deepEqual(ours, [], "no process of the node is left");
   });
 

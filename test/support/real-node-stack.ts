@@ -15,9 +15,10 @@ import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { parse as parseYaml } from "yaml";
-import { BIN, missingBinariesReason, startControlPlane, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
+import { BIN, missingBinariesReason, startControlPlane, waitFor, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
 import { IMAGE_DIR, missingNodeReason, startNode, type RealNode } from "../controlplane/node.ts";
 import { FUNCTION_AUDIENCE, startFunction, type Component } from "./components.ts";
+import { peakRssMiB, pidsWhere } from "./processes.ts";
 import { kubeInject, missingIstioReason, renderInjector, type InjectorFiles } from "./istio-injector.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
@@ -143,7 +144,7 @@ export async function startRealNodeStack(
       container?.env?.push({ name: "KUBERNETES_SERVICE_HOST", value: "127.0.0.1" }, { name: "KUBERNETES_SERVICE_PORT", value: new URL(cp.server).port });
     }
     await cp.applyYaml(docs.map((d) => k8s.dumpYaml(d)).join("---\n"));
-    await waitUntil("the node-runner pod is Ready", 90_000, async () => {
+    await waitFor("the node-runner pod is Ready", 90_000, async () => {
       const pods = await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL });
       return pods.items.some((p) => p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"));
     });
@@ -174,17 +175,6 @@ export async function startRealNodeStack(
 
     const runningNode = node;
     const runningFn = fn;
-    const runnerPids = (): number[] =>
-      readdirSync("/proc")
-        .filter((e) => /^\d+$/.test(e))
-        .filter((pid) => {
-          try {
-            return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("dist/node-runner/main.js");
-          } catch {
-            return false;
-          }
-        })
-        .map(Number);
     let runnerPeak = 0;
     return {
       cp,
@@ -195,13 +185,14 @@ export async function startRealNodeStack(
       appContainer,
       waitRunning: async (namespace, name, timeoutMs = 60_000) => {
         let pod: k8s.V1Pod | undefined;
-        await waitUntil(
+        await waitFor(
           `pod ${name} Running`,
           timeoutMs,
           async () => {
             pod = await core.readNamespacedPod({ namespace, name });
             return pod.status?.phase === "Running" && pod.status.containerStatuses?.every((c) => c.ready) === true;
           },
+          undefined,
           () => JSON.stringify(pod?.status?.initContainerStatuses?.map((s) => [s.name, s.state]) ?? pod?.status),
         );
         return pod as k8s.V1Pod;
@@ -211,23 +202,14 @@ export async function startRealNodeStack(
         return pods.items.map((p) => runningNode.containerLog(podRef(p), "node-runner").split("\n").slice(-lines).join("\n")).join("\n");
       },
       peakRssMiB: () => {
-        for (const pid of runnerPids()) runnerPeak = Math.max(runnerPeak, peakRss(pid));
-        return { nodeRunner: runnerPeak, fn: peakRss(runningFn.process.pid ?? -1) };
+        for (const pid of pidsWhere((cmdline) => cmdline.includes("dist/node-runner/main.js"))) runnerPeak = Math.max(runnerPeak, peakRssMiB(pid) || 0);
+        return { nodeRunner: runnerPeak, fn: peakRssMiB(runningFn.process.pid) };
       },
       stop,
     };
   } catch (err) {
     await stop();
     throw err;
-  }
-}
-
-function peakRss(pid: number): number {
-  try {
-    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-    return m?.[1] === undefined ? 0 : Number(m[1]) / 1024;
-  } catch {
-    return 0;
   }
 }
 
@@ -246,13 +228,4 @@ export function podPids(p: k8s.V1Pod): number[] {
     .filter((d) => d.isDirectory())
     .flatMap((d) => readFileSync(path.join(cgroup, d.name, "cgroup.procs"), "utf8").split("\n").filter((l) => l !== ""))
     .map(Number);
-}
-
-export async function waitUntil(what: string, timeoutMs: number, probe: () => Promise<boolean> | boolean, detail?: () => string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await Promise.resolve(probe()).catch(() => false)) return;
-    if (Date.now() > deadline) assert.fail(`${what}: not after ${timeoutMs} ms${detail === undefined ? "" : `: ${detail()}`}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }

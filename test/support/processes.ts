@@ -1,0 +1,28 @@
+// This machine's processes, as harnesses and benchmarks look at them through /proc.
+
+import { readdirSync, readFileSync } from "node:fs";
+
+/** Processes whose command line (arguments joined by NUL) matches; those that exit meanwhile are skipped. */
+export function pidsWhere(matches: (cmdline: string) => boolean): number[] {
+  return readdirSync("/proc")
+    .filter((entry) => /^\d+$/.test(entry))
+    .filter((pid) => {
+      try {
+        return matches(readFileSync(`/proc/${pid}/cmdline`, "utf8"));
+      } catch {
+        return false; // exited
+      }
+    })
+    .map(Number);
+}
+
+/** A process's peak resident memory (VmHWM) in MiB; NaN when it is gone. */
+export function peakRssMiB(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m?.[1] === undefined ? NaN : Number(m[1]) / 1024;
+  } catch {
+    return NaN;
+  }
+}
