@@ -20,6 +20,8 @@
 //                                                                                         podnet-pods ApiServerSource and
 //                                                                                         podnet-resync PingSource
 //   RESYNC_MIN_INTERVAL_MS    a resync runs at most this often                            30000
+//   REDISPATCH_DELAYS_MS      after a dispatch that can pass failed: read the pod again    1000,2000,4000,
+//                             and redispatch after each delay in turn ("": never)          8000,15000,30000
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import * as k8s from "@kubernetes/client-node";
@@ -28,6 +30,7 @@ import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
 import { KeyDirectory } from "../contract/key-directory.ts";
 import { Dispatcher } from "./dispatch.ts";
 import { KubeClusterReader } from "./kube.ts";
+import { REDISPATCH_DELAYS_MS } from "./reconcile.ts";
 import { PolicyStore } from "./policy-store.ts";
 import { knativeSourceIdentity, SenderAuthenticator, tokenReviewer } from "./sender-auth.ts";
 import { createFunctionMetrics } from "./metrics.ts";
@@ -35,6 +38,17 @@ import { createFunctionApp } from "./server.ts";
 
 const env = process.env;
 const log = pino({ base: { component: "decision-function" } });
+function redispatchDelays(): readonly number[] {
+  const text = env.REDISPATCH_DELAYS_MS;
+  if (text === undefined) return REDISPATCH_DELAYS_MS;
+  const delays = text.split(",").filter((d) => d.trim() !== "").map(Number);
+  if (delays.some((d) => !Number.isInteger(d) || d <= 0)) {
+    log.fatal(`REDISPATCH_DELAYS_MS must be positive whole milliseconds, comma-separated, got ${text}`);
+    process.exit(2);
+  }
+  return delays;
+}
+
 const number = (name: string, fallback: number): number => {
   const n = Number(env[name] ?? fallback);
   if (!Number.isFinite(n) || n <= 0) {
@@ -126,6 +140,7 @@ const app = createFunctionApp({
   metrics,
   ...(auth === undefined ? {} : { auth }),
   resyncMinIntervalMs: number("RESYNC_MIN_INTERVAL_MS", 30_000),
+  redispatchDelaysMs: redispatchDelays(),
   // Without a key it can sign nothing: not ready, so the revision gets no traffic.
   notReady: () => (signing.newest() === undefined ? `no usable Ed25519 private key in ${env.SIGNING_KEYS_DIR ?? "/etc/podnet/signing"} (is the Secret mounted world-readable for a non-root user?)` : undefined),
 });

@@ -41,7 +41,8 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     await cp.ensureNamespace(NS);
     core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), cgroupRoot: pods.cgroupRoot });
-    fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port });
+    // No redispatch: the resync is what this suite proves catches a node-runner that was down.
+    fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port, env: { REDISPATCH_DELAYS_MS: "" } });
     adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
   });
 
