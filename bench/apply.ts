@@ -51,7 +51,9 @@ function perRule(netnsPath: string, rules: readonly IptablesRule[]): void {
 
 // A busy node: idle processes in their own group (one kill at the end).
 const idle = extraProcesses > 0 ? spawn("sh", ["-c", `for i in $(seq ${extraProcesses}); do sleep 3600 & done; wait`], { detached: true, stdio: "ignore" }) : undefined;
-const helper = helperRunner();
+// The command helper as the image runs it: compiled JavaScript.
+execFileSync("npm", ["run", "--silent", "build"], { stdio: "inherit" });
+const helper = helperRunner({ entry: path.join(import.meta.dirname, "../dist/node-runner/command-helper.js") });
 try {
   if (idle !== undefined) {
     while (Number(execFileSync("sh", ["-c", "ls /proc | grep -c '^[0-9]'"], { encoding: "utf8" })) < extraProcesses) await new Promise((r) => setTimeout(r, 200));
@@ -62,12 +64,14 @@ try {
   const appliers = { "iptables-nft": new IptablesApplier("iptables-nft", records, helper.run), "iptables-legacy": new IptablesApplier("iptables-legacy", records, helper.run) };
   const restoreMs: number[] = [];
   const floorMs: number[] = [];
+  const shellFloorMs: number[] = [];
   const perRuleMs: number[] = [];
   const resolveMs: number[] = [];
   const scanMs: number[] = [];
   let ruleCount = 0;
-  process.stderr.write(`creating ${count * 3} test pods `);
-  const targets = Array.from({ length: count * 3 }, (_, i) => {
+  const methods = ["restore", "floor", "shell-floor", "per-rule"] as const;
+  process.stderr.write(`creating ${count * methods.length} test pods `);
+  const targets = Array.from({ length: count * methods.length }, (_, i) => {
     if (i % 20 === 0) process.stderr.write(".");
     return pods.add();
   });
@@ -77,8 +81,8 @@ try {
   const floorInput = replaceTransaction({}, plan.v4.rules);
   for (let i = 0; i < count; i++) {
     // Alternate the methods so that drift in the machine's load hits all alike.
-    for (const [k, method] of (["restore", "floor", "per-rule"] as const).entries()) {
-      const pod = targets[i * 3 + k];
+    for (const [k, method] of methods.entries()) {
+      const pod = targets[i * methods.length + k];
       if (pod === undefined) throw new Error("missing pod");
       const t0 = performance.now();
       const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot });
@@ -104,6 +108,11 @@ try {
         const f0 = performance.now();
         execFileSync("nsenter", [`--net=${resolved.netns.path}`, `${variant}-restore`, "--noflush"], { input: floorInput });
         floorMs.push(performance.now() - f0);
+      } else if (method === "shell-floor") {
+        // Timed inside bash (no fork for the clock): the tools alone, without a Node parent.
+        const us = execFileSync("bash", ["-c", `t=$EPOCHREALTIME; nsenter --net="$1" ${variant}-restore --noflush; echo $t $EPOCHREALTIME`, "bash", resolved.netns.path], { input: floorInput, encoding: "utf8" });
+        const [start = 0, end = 0] = us.trim().split(" ").map(Number);
+        shellFloorMs.push((end - start) * 1000);
       } else {
         perRule(resolved.netns.path, plan.v4.rules);
         perRuleMs.push(performance.now() - t0);
@@ -120,13 +129,14 @@ try {
   console.log(
     table(["method", "pods", "min", "median", "p95", "max"], [
       row("floor: nsenter + iptables-restore of the same rules (bare tool, forked here)", floorMs),
-      row("node-runner: resolve, probe variant, render, save/compare, restore, save (helper)", restoreMs),
+      row("floor: the same from a shell (no Node process in between)", shellFloorMs),
+      row("node-runner: resolve, probe variant, render, save/compare, restore (helper)", restoreMs),
       row("resolve + render + one iptables command per rule (original controller's way)", perRuleMs),
       row("  netns resolution: the pod cgroup read directly (in the two rows above)", resolveMs),
       row("  netns resolution: /proc scan (the fallback when no pod cgroup is found)", scanMs),
     ]),
   );
-  console.log(`\nnode-runner / floor (medians): ${(median(restoreMs) / median(floorMs)).toFixed(2)}×`);
+  console.log(`\nnode-runner / floor (medians): ${(median(restoreMs) / median(floorMs)).toFixed(2)}× (forked from Node), ${(median(restoreMs) / median(shellFloorMs)).toFixed(2)}× (from a shell)`);
 } finally {
   helper.stop();
   if (idle?.pid !== undefined) process.kill(-idle.pid, "SIGKILL");

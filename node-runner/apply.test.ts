@@ -1,30 +1,59 @@
 // The apply engine's command sequence without root (a recording runner): the variant probe's
-// saves are not taken again by the engine in the same request.
+// saves are not taken again by the engine in the same request, and the legacy probe is skipped
+// where the kernel shows no legacy table.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../contract/capture-config.ts";
-import { detectVariant, IptablesApplier, RecordStore, type NetnsRunner } from "./apply.ts";
+import { detectVariant, IptablesApplier, RecordStore, SavedFormCache, type NetnsRunner } from "./apply.ts";
+import { renderIptables } from "./rules/iptables.ts";
 
-test("an apply after the variant probe uses the probe's save as its state before: one command fewer", async () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "pnct-apply-"));
-  try {
-    const commands: string[] = [];
-    // A fresh namespace: every save is empty, every restore succeeds.
-    const run: NetnsRunner = (_netns, argv) => {
-      commands.push(argv[0] ?? "");
-      return Promise.resolve({ code: 0, stdout: "", stderr: "" });
-    };
-    const netns = { fd: -1, inode: "4026532999", earlierSaves: new Map<string, string>() };
-    const variant = await detectVariant(netns, "iptables-nft", run);
-    assert.equal(variant, "iptables-nft");
-    const outcome = await new IptablesApplier(variant, new RecordStore(dir), run).apply(netns, "uid-1", parseCaptureConfig(DEFAULT_CAPTURE_CONFIG));
-    assert.equal(outcome.result, "applied");
-    assert.deepEqual(commands, ["iptables-nft-save", "iptables-legacy-save", "iptables-nft-restore", "iptables-nft-save"]);
-    assert.equal(netns.earlierSaves.size, 1, "only the unused probe (legacy) is left");
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+for (const legacyTables of [undefined, false] as const) {
+  test(`an apply after the variant probe uses the probe's save as its state before (legacy tables ${String(legacyTables)})`, async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "pnct-apply-"));
+    try {
+      const commands: string[] = [];
+      // A fresh namespace: every save is empty, every restore succeeds.
+      const run: NetnsRunner = (_netns, argv) => {
+        commands.push(argv[0] ?? "");
+        return Promise.resolve({ code: 0, stdout: "", stderr: "" });
+      };
+      const netns = { fd: -1, inode: "4026532999", earlierSaves: new Map<string, string>(), legacyTables: () => legacyTables };
+      const variant = await detectVariant(netns, "iptables-nft", run);
+      assert.equal(variant, "iptables-nft");
+      const outcome = await new IptablesApplier(variant, new RecordStore(dir), run).apply(netns, "uid-1", parseCaptureConfig(DEFAULT_CAPTURE_CONFIG));
+      assert.equal(outcome.result, "applied");
+      const probe = legacyTables === false ? ["iptables-nft-save"] : ["iptables-nft-save", "iptables-legacy-save"];
+      // The save after the restore: this runner's saves are empty, so there is no form to keep.
+      assert.deepEqual(commands, [...probe, "iptables-nft-restore", "iptables-nft-save"]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
+
+test("a saved form is kept only when it holds exactly the plan's rules, chain by chain, and never for owner names", () => {
+  const cache = new SavedFormCache(2);
+  const rules = renderIptables(parseCaptureConfig(DEFAULT_CAPTURE_CONFIG)).v4.rules;
+  const saved: Record<string, Record<string, string[]>> = {};
+  for (const r of rules) ((saved[r.table] ??= {})[r.chain] ??= []).push(`${r.args.join(" ")} (as saved)`);
+  cache.learn("iptables-nft", 4, rules.slice(1), saved);
+  assert.equal(cache.get("iptables-nft", 4, rules.slice(1)), undefined, "one rule more than the plan");
+  cache.learn("iptables-nft", 4, rules, saved);
+  assert.equal(cache.get("iptables-nft", 4, rules), saved);
+  assert.equal(cache.get("iptables-legacy", 4, rules), undefined, "per tool");
+  assert.equal(cache.get("iptables-nft", 6, rules), undefined, "per family");
+  cache.forget("iptables-nft", 4, rules);
+  assert.equal(cache.get("iptables-nft", 4, rules), undefined);
+
+  const named = [{ table: "nat" as const, chain: "ISTIO_OUTPUT", args: ["-m", "owner", "--gid-owner", "istio", "-j", "RETURN"] }];
+  cache.learn("iptables-nft", 4, named, { nat: { ISTIO_OUTPUT: ["-m owner --gid-owner 1337 -j RETURN"] } });
+  assert.equal(cache.get("iptables-nft", 4, named), undefined, "owner names resolve to numbers that may change");
+
+  const bounded = (n: number) => [{ table: "nat" as const, chain: "ISTIO_OUTPUT", args: ["-d", `192.0.2.${n}/32`, "-j", "RETURN"] }];
+  for (const n of [1, 2, 3]) cache.learn("iptables-nft", 4, bounded(n), { nat: { ISTIO_OUTPUT: [`-d 192.0.2.${n}/32 -j RETURN`] } });
+  assert.equal(cache.get("iptables-nft", 4, bounded(1)), undefined, "the oldest is forgotten first");
+  assert.ok(cache.get("iptables-nft", 4, bounded(3)));
 });

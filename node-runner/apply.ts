@@ -9,7 +9,7 @@ import path from "node:path";
 import type { CaptureConfig } from "../contract/capture-config.ts";
 import { runInNetns, type CommandResult } from "./nsenter.ts";
 import { addedBuiltinLines, builtinLines, ownedRules, parseSave, replaceTransaction, ruleLine, sameRules, type ChainRules, type SaveState } from "./rules/iptables-text.ts";
-import { renderIptables, type Family, type IptablesFamilyPlan } from "./rules/iptables.ts";
+import { renderIptables, type Family, type IptablesFamilyPlan, type IptablesRule } from "./rules/iptables.ts";
 import { ipCommand, netSetupSteps, type NetSetupStep } from "./rules/routes.ts";
 
 /** The iptables variants, named as the backends are (backends.ts). */
@@ -26,6 +26,11 @@ export interface NetnsTarget {
    * command: the engine's first save with the same tool uses one instead of running it again.
    */
   readonly earlierSaves?: Map<string, string>;
+  /**
+   * Whether legacy (x_tables) tables exist in the namespace, as the kernel says now; false lets
+   * the variant probe skip iptables-legacy-save (no table, no rule).
+   */
+  legacyTables?(): boolean | undefined;
 }
 
 /** Runs a command inside a network namespace. The seam tests and the server share. */
@@ -78,28 +83,58 @@ export interface NetnsRecord {
   readonly netSetup: readonly NetSetupStep[];
 }
 
-/** Records live beside the namespaces they describe (a tmpfs such as /run): both end at reboot. */
+/**
+ * Records live beside the namespaces they describe (a tmpfs such as /run): both end at reboot.
+ * Written through to the file, read from memory after the first read (this process is the only
+ * writer): an apply reads a namespace's record twice (variant, engine) and writes it twice.
+ */
 export class RecordStore {
-  constructor(private readonly dir: string) {}
+  private readonly cache = new Map<string, NetnsRecord | undefined>();
+  private dirMade = false;
+  constructor(
+    private readonly dir: string,
+    private readonly cacheLimit = 4096,
+  ) {}
   private file(inode: string): string {
     if (!/^\d+$/.test(inode)) throw new Error(`bad netns inode ${inode}`);
     return path.join(this.dir, `${inode}.json`);
   }
+  private remember(inode: string, record: NetnsRecord | undefined): void {
+    this.cache.delete(inode);
+    this.cache.set(inode, record);
+    if (this.cache.size > this.cacheLimit) this.cache.delete(this.cache.keys().next().value as string);
+  }
   async get(inode: string): Promise<NetnsRecord | undefined> {
+    const file = this.file(inode);
+    if (this.cache.has(inode)) return this.cache.get(inode);
+    let record: NetnsRecord | undefined;
     try {
-      return JSON.parse(await readFile(this.file(inode), "utf8")) as NetnsRecord;
+      record = JSON.parse(await readFile(file, "utf8")) as NetnsRecord;
     } catch {
-      return undefined;
+      record = undefined;
     }
+    this.remember(inode, record);
+    return record;
   }
   async put(record: NetnsRecord): Promise<void> {
-    await mkdir(this.dir, { recursive: true });
-    const tmp = `${this.file(record.netnsInode)}.tmp`;
-    await writeFile(tmp, JSON.stringify(record));
-    await rename(tmp, this.file(record.netnsInode));
+    const file = this.file(record.netnsInode);
+    this.cache.delete(record.netnsInode); // a failed write leaves the file to say what is there
+    const write = () => writeFile(`${file}.tmp`, JSON.stringify(record));
+    if (!this.dirMade) await mkdir(this.dir, { recursive: true });
+    this.dirMade = true;
+    await write().catch(async (err: unknown) => {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      await mkdir(this.dir, { recursive: true }); // the directory was removed meanwhile
+      await write();
+    });
+    await rename(`${file}.tmp`, file);
+    this.remember(record.netnsInode, record);
   }
   async delete(inode: string): Promise<void> {
-    await rm(this.file(inode), { force: true });
+    const file = this.file(inode);
+    this.cache.delete(inode);
+    await rm(file, { force: true });
+    this.remember(inode, undefined);
   }
 }
 
@@ -119,11 +154,51 @@ export interface ApplyOutcome {
   readonly digest: string;
 }
 
+/**
+ * A plan's rules as iptables-save prints them once installed (its own normal form: `-p tcp`
+ * gains `-m tcp`, addresses their prefix length, ...), learned from the save after the first
+ * apply of that plan and reused by the next ones, which then need no save after their restore.
+ * Per tool and address family; plans naming owner users or groups by name are not kept (the
+ * tool prints the number the node resolves them to, which may change). Bounded: the oldest
+ * plan is forgotten first.
+ */
+export class SavedFormCache {
+  private readonly forms = new Map<string, ChainRules>();
+  constructor(private readonly limit = 256) {}
+
+  private static key(variant: IptablesVariant, family: Family, rules: readonly IptablesRule[]): string {
+    return createHash("sha256").update(`${variant}\n${family}\n${rules.map(ruleLine).join("\n")}`).digest("hex");
+  }
+
+  get(variant: IptablesVariant, family: Family, rules: readonly IptablesRule[]): ChainRules | undefined {
+    return this.forms.get(SavedFormCache.key(variant, family, rules));
+  }
+
+  /** Keep `saved` as the plan's form if it has exactly the plan's rules, chain by chain. */
+  learn(variant: IptablesVariant, family: Family, rules: readonly IptablesRule[], saved: ChainRules): void {
+    if (rules.some((r) => r.args.some((arg, i) => /^--(uid|gid)-owner$/.test(r.args[i - 1] ?? "") && !/^\d+(-\d+)?$/.test(arg)))) return;
+    const planned = new Map<string, number>();
+    for (const r of rules) planned.set(`${r.table} ${r.chain}`, (planned.get(`${r.table} ${r.chain}`) ?? 0) + 1);
+    const found = Object.entries(saved).flatMap(([table, chains]) => Object.entries(chains).filter(([, specs]) => specs.length > 0).map(([chain, specs]) => [`${table} ${chain}`, specs.length] as const));
+    if (found.length !== planned.size || found.some(([chain, n]) => planned.get(chain) !== n)) return;
+    const key = SavedFormCache.key(variant, family, rules);
+    this.forms.delete(key);
+    this.forms.set(key, saved);
+    if (this.forms.size > this.limit) this.forms.delete(this.forms.keys().next().value as string);
+  }
+
+  /** A learned form that did not match what the tool printed later: learn it again. */
+  forget(variant: IptablesVariant, family: Family, rules: readonly IptablesRule[]): void {
+    this.forms.delete(SavedFormCache.key(variant, family, rules));
+  }
+}
+
 export class IptablesApplier {
   constructor(
     private readonly variant: IptablesVariant,
     private readonly records: RecordStore,
     private readonly run: NetnsRunner = nsenterRunner,
+    private readonly savedForms = new SavedFormCache(),
   ) {}
 
   private async save(netns: NetnsTarget, family: Family): Promise<string> {
@@ -165,12 +240,11 @@ export class IptablesApplier {
       return state === undefined ? {} : ownedRules(state, recordedBuiltin(family));
     };
 
-    if (
-      usable?.digest === digest &&
-      families.every((f) => sameRules(ownedNow(f.family), usable.owned[f.family === 4 ? "4" : "6"] ?? {})) &&
-      (plan.v6 !== null || Object.keys(ownedNow(6)).length === 0)
-    ) {
-      return { result: "unchanged", digest };
+    if (usable?.digest === digest) {
+      const drifted = families.filter((f) => !sameRules(ownedNow(f.family), usable.owned[f.family === 4 ? "4" : "6"] ?? {}));
+      if (drifted.length === 0 && (plan.v6 !== null || Object.keys(ownedNow(6)).length === 0)) return { result: "unchanged", digest };
+      // Changed by someone else, or recorded in a form the tool does not print: learn it again.
+      for (const f of drifted) this.savedForms.forget(this.variant, f.family, f.rules);
     }
 
     // Intent first: a crash from here on leaves a record from which ownership is recovered.
@@ -194,12 +268,20 @@ export class IptablesApplier {
       if (desired === null && Object.keys(current).length === 0) continue;
       await this.restore(netns, family, replaceTransaction(current, desired?.rules ?? null));
       if (desired === null) continue;
+      const key = family === 4 ? "4" : "6";
+      // The transaction replaced everything owned: what is owned now is the plan, in saved form.
+      const known = this.savedForms.get(this.variant, family, desired.rules);
+      if (known !== undefined) {
+        owned[key] = known;
+        builtin[key] = builtinLines(known);
+        continue;
+      }
       const after = parseSave(await this.save(netns, family));
       // Built-in lines present now that were not there before, plus the ones we replaced.
       const added = addedBuiltinLines(before, after);
-      const key = family === 4 ? "4" : "6";
       builtin[key] = mergeRules(added, builtinLines(current), after);
       owned[key] = ownedRules(after, builtin[key]);
+      this.savedForms.learn(this.variant, family, desired.rules, owned[key]);
     }
     for (const step of steps) await runIpStep(this.run, netns, step, "add");
     await this.records.put({ podUid, netnsInode: netns.inode, digest, variant: this.variant, builtin, owned, netSetup: steps });
@@ -260,9 +342,13 @@ function mergeRules(a: ChainRules, b: ChainRules, after: SaveState): ChainRules 
   return out;
 }
 
-/** Which iptables backend a namespace uses: the one holding rules, else the node's default. */
+/**
+ * Which iptables backend a namespace uses: the one holding rules, else the node's default. The
+ * legacy save is skipped where the kernel shows no legacy table in the namespace.
+ */
 export async function detectVariant(netns: NetnsTarget, nodeDefault: IptablesVariant, run: NetnsRunner = nsenterRunner): Promise<IptablesVariant> {
   for (const variant of ["iptables-nft", "iptables-legacy"] as const) {
+    if (variant === "iptables-legacy" && netns.legacyTables?.() === false) break;
     const command = `${variant}-save`;
     const r = await run(netns, [command]);
     if (r.code === 0) netns.earlierSaves?.set(command, r.stdout);

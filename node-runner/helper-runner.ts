@@ -5,16 +5,17 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import type { CommandResult, NetnsRunner } from "./apply.ts";
 
-export function helperRunner(options: { maxOldSpaceMb?: number } = {}): { run: NetnsRunner; stop: () => void } {
+export function helperRunner(options: { maxOldSpaceMb?: number; entry?: string } = {}): { run: NetnsRunner; stop: () => void } {
   // Each helper answers only its own requests: one that exits fails only what it was given.
   let helper: { child: ChildProcessWithoutNullStreams; waiting: Map<number, (r: CommandResult) => void> } | undefined;
   let nextId = 1;
 
   const start = (): NonNullable<typeof helper> => {
     const waiting = new Map<number, (r: CommandResult) => void>();
-    // The helper is this file's sibling, .ts under tsx (the runner's own loader flags passed on), .js when compiled.
-    const entry = path.join(import.meta.dirname, `command-helper${path.extname(import.meta.filename)}`);
-    const child = spawn(process.execPath, [...process.execArgv, `--max-old-space-size=${options.maxOldSpaceMb ?? 32}`, entry], { stdio: ["pipe", "pipe", "pipe"] });
+    // The helper is this file's sibling, .ts under tsx (the runner's own loader flags passed on),
+    // .js when compiled; or the compiled helper named by `entry` (benchmarks run what images run).
+    const entry = options.entry ?? path.join(import.meta.dirname, `command-helper${path.extname(import.meta.filename)}`);
+    const child = spawn(process.execPath, [...(options.entry === undefined ? process.execArgv : []), `--max-old-space-size=${options.maxOldSpaceMb ?? 32}`, entry], { stdio: ["pipe", "pipe", "pipe"] });
     createInterface({ input: child.stdout }).on("line", (line) => {
       const reply = JSON.parse(line) as { id: number } & CommandResult;
       const resolve = waiting.get(reply.id);

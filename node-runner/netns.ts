@@ -8,7 +8,6 @@
 //
 // Everything is read from files under `procRoot`, so fixture trees can stand in for /proc.
 import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
-import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { errorMessage } from "../contract/errors.ts";
 
@@ -162,26 +161,41 @@ const HIERARCHIES = ["", "unified", "systemd", "pids", "memory", "cpu,cpuacct"];
  * The processes of the kubelet's cgroup for the pod, read directly (O(1) in the node's process
  * count): the pod cgroup's own `cgroup.procs` and those of its children (the containers').
  * Undefined when no such cgroup exists under `cgroupFs` (another layout: the caller scans /proc).
+ * Synchronous on purpose, like the /proc reads: a few lookups in the kernel's cgroup filesystem
+ * take microseconds, and each asynchronous one a round trip through libuv's thread pool (a
+ * millisecond in all on a busy runner).
  */
-export async function podCgroupPids(uid: string, options: { readonly cgroupFs: string; readonly cgroupRoot?: string }): Promise<number[] | undefined> {
+export function podCgroupPids(uid: string, options: { readonly cgroupFs: string; readonly cgroupRoot?: string }): number[] | undefined {
+  const dirs = podCgroupDirs(uid, options.cgroupRoot);
   for (const hierarchy of HIERARCHIES) {
-    for (const dir of podCgroupDirs(uid, options.cgroupRoot)) {
+    for (const dir of dirs) {
       const podDir = path.join(options.cgroupFs, hierarchy, dir);
       let children: string[];
       try {
-        children = (await readdir(podDir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => path.join(podDir, e.name));
+        children = readdirSync(podDir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => path.join(podDir, e.name));
       } catch {
         continue;
       }
-      const pids: number[] = [];
-      for (const cgroup of [podDir, ...children]) {
-        const text = await readFile(path.join(cgroup, "cgroup.procs"), "utf8").catch(() => "");
-        for (const line of text.split("\n")) if (/^\d+$/.test(line)) pids.push(Number(line));
-      }
-      return pids;
+      return [podDir, ...children].flatMap((cgroup) => (readText(path.join(cgroup, "cgroup.procs")) ?? "").split("\n").filter((line) => /^\d+$/.test(line)).map(Number));
     }
   }
   return undefined;
+}
+
+/** Processes scanned between two turns of the event loop: a scan of thousands never holds it long. */
+const SCAN_BATCH = 256;
+
+/** The fallback: every process's cgroup file read, in batches, yielding to the event loop between them. */
+async function scanProcForPod(procRoot: string, pattern: RegExp): Promise<string[]> {
+  const entries = readdirSync(procRoot).filter((entry) => /^\d+$/.test(entry));
+  const found: string[] = [];
+  for (let i = 0; i < entries.length; i += SCAN_BATCH) {
+    if (i > 0) await new Promise((resolve) => setImmediate(resolve));
+    for (const entry of entries.slice(i, i + SCAN_BATCH)) {
+      if (cgroupBelongsToPod(readText(path.join(procRoot, entry, "cgroup")) ?? "", pattern)) found.push(entry);
+    }
+  }
+  return found;
 }
 
 /**
@@ -199,10 +213,10 @@ export async function resolvePodNetns(
   const hostInode = host.inode;
   const pattern = podUidPattern(pod.uid, options.cgroupRoot);
 
-  const direct = await podCgroupPids(pod.uid, { cgroupFs: options.cgroupFs ?? "/sys/fs/cgroup", ...(options.cgroupRoot === undefined ? {} : { cgroupRoot: options.cgroupRoot }) });
+  const direct = podCgroupPids(pod.uid, { cgroupFs: options.cgroupFs ?? "/sys/fs/cgroup", ...(options.cgroupRoot === undefined ? {} : { cgroupRoot: options.cgroupRoot }) });
   const method = direct === undefined ? "proc-scan" : "cgroup";
   // With the direct read the cgroup is the kubelet's by its path; a scan checks each process's.
-  const pids = direct?.map(String) ?? readdirSync(procRoot).filter((entry) => /^\d+$/.test(entry) && cgroupBelongsToPod(readText(path.join(procRoot, entry, "cgroup")) ?? "", pattern));
+  const pids = direct?.map(String) ?? (await scanProcForPod(procRoot, pattern));
 
   const candidates = new Map<string, { pid: number; start: number; count: number }>();
   let hostOnly = false;
@@ -263,6 +277,8 @@ export interface OpenNetns {
   readonly inode: string;
   /** For one request: saves already taken in it (see NetnsTarget). */
   readonly earlierSaves: Map<string, string>;
+  /** Whether legacy (x_tables) tables exist in the namespace now; undefined when unknown (see NetnsTarget). */
+  legacyTables(): boolean | undefined;
   close(): void;
 }
 
@@ -292,9 +308,23 @@ export function openNetns(netns: ResolvedNetns): OpenNetns {
     fd,
     inode,
     earlierSaves: new Map(),
+    legacyTables: () => legacyTablesIn(path.dirname(path.dirname(netns.path)), inode),
     close: () => {
       if (open) closeSync(fd);
       open = false;
     },
   };
+}
+
+/**
+ * Whether iptables-legacy has instantiated any table in a process's network namespace: the
+ * kernel lists them in /proc/<pid>/net/ip{,6}_tables_names (iptables-nft's never appear there).
+ * No table, no legacy rule: the variant probe can skip iptables-legacy-save. Undefined when the
+ * files cannot be read or the process is no longer in namespace `inode` afterwards (PID reuse).
+ */
+export function legacyTablesIn(pidDir: string, inode: string): boolean | undefined {
+  const names = ["ip_tables_names", "ip6_tables_names"].map((file) => readText(path.join(pidDir, "net", file)));
+  if (names.some((text) => text === undefined)) return undefined;
+  if (netnsInode(path.dirname(pidDir), path.basename(pidDir)) !== inode) return undefined;
+  return names.some((text) => (text ?? "").trim() !== "");
 }
