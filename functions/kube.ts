@@ -1,7 +1,7 @@
 // The decision function's Kubernetes side: read pods (Reference mode) and namespaces (opt-in
 // annotation, cached briefly), list mesh pods for resync, and record Warning Events for pods
-// whose annotations are invalid.
-import * as k8s from "@kubernetes/client-node";
+// whose annotations are invalid. Spoken over the shared small client (contract/kube-http.ts).
+import { ApiError, apiRequest, type ApiConnection } from "../contract/kube-http.ts";
 import { podEvent } from "../contract/pod-event.ts";
 import type { NamespaceFacts } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
@@ -12,21 +12,23 @@ const NAMESPACE_CACHE_MS = 30_000;
 /** Pods per page when a resync lists the mesh pods. */
 const LIST_PAGE_SIZE = 500;
 
+const notFound = (err: unknown): boolean => err instanceof ApiError && err.code === 404;
+
+interface ObjectMeta {
+  readonly labels?: Record<string, string>;
+  readonly annotations?: Record<string, string>;
+}
+
 export class KubeClusterReader implements ClusterReader {
-  private readonly core: k8s.CoreV1Api;
   private readonly namespaces = new Map<string, { facts: NamespaceFacts | undefined; until: number }>();
 
-  constructor(
-    kubeConfig: k8s.KubeConfig,
-  ) {
-    this.core = kubeConfig.makeApiClient(k8s.CoreV1Api);
-  }
+  constructor(private readonly conn: ApiConnection) {}
 
   async getPod(namespace: string, name: string): Promise<Pod | undefined> {
     try {
-      return podFromClient(await this.core.readNamespacedPod({ namespace, name }));
+      return parsePod(await apiRequest(this.conn, "GET", `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`));
     } catch (err) {
-      if (err instanceof k8s.ApiException && err.code === 404) return undefined;
+      if (notFound(err)) return undefined;
       throw err;
     }
   }
@@ -36,10 +38,10 @@ export class KubeClusterReader implements ClusterReader {
     if (cached !== undefined && cached.until > Date.now()) return cached.facts;
     let facts: NamespaceFacts | undefined;
     try {
-      const ns = await this.core.readNamespace({ name });
-      facts = { labels: ns.metadata?.labels ?? {}, annotations: ns.metadata?.annotations ?? {} };
+      const ns = (await apiRequest(this.conn, "GET", `/api/v1/namespaces/${encodeURIComponent(name)}`)) as { metadata?: ObjectMeta } | undefined;
+      facts = { labels: ns?.metadata?.labels ?? {}, annotations: ns?.metadata?.annotations ?? {} };
     } catch (err) {
-      if (!(err instanceof k8s.ApiException && err.code === 404)) throw err;
+      if (!notFound(err)) throw err;
     }
     this.namespaces.set(name, { facts, until: Date.now() + NAMESPACE_CACHE_MS });
     return facts;
@@ -48,24 +50,20 @@ export class KubeClusterReader implements ClusterReader {
   async *listPods(labelSelector: string): AsyncIterable<Pod[]> {
     let cont: string | undefined;
     do {
-      const page = await this.core.listPodForAllNamespaces({ labelSelector, limit: LIST_PAGE_SIZE, ...(cont === undefined ? {} : { _continue: cont }) });
-      yield page.items.map(podFromClient);
-      cont = page.metadata?._continue;
+      const query = new URLSearchParams({ labelSelector, limit: String(LIST_PAGE_SIZE), ...(cont === undefined ? {} : { continue: cont }) });
+      const page = (await apiRequest(this.conn, "GET", `/api/v1/pods?${query.toString()}`)) as { items?: unknown[]; metadata?: { continue?: string } } | undefined;
+      // List items carry no kind/apiVersion; the Pod schema reads the object itself.
+      yield (page?.items ?? []).map((item) => parsePod(item));
+      cont = page?.metadata?.continue;
     } while (cont !== undefined && cont !== "");
   }
 
   async recordPodWarning(pod: Pod, reason: PodWarningReason, message: string): Promise<void> {
     const namespace = pod.metadata.namespace ?? "default";
     const identity = { namespace, name: pod.metadata.name ?? "", uid: pod.metadata.uid ?? "" };
-    await this.core.createNamespacedEvent({ namespace, body: podEvent(identity, { type: "Warning", reason, message }, { component: "decision" }) });
+    await apiRequest(this.conn, "POST", `/api/v1/namespaces/${encodeURIComponent(namespace)}/events`, {
+      contentType: "application/json",
+      value: podEvent(identity, { type: "Warning", reason, message }, { component: "decision" }),
+    });
   }
-
-}
-
-/**
- * The client library returns its own model (Date objects for timestamps, no kind/apiVersion on
- * list items); the project's Pod schema reads the JSON form, as events carry it.
- */
-function podFromClient(pod: k8s.V1Pod): Pod {
-  return parsePod(JSON.parse(JSON.stringify(pod)) as unknown);
 }

@@ -24,7 +24,8 @@
 //                             and redispatch after each delay in turn ("": never)          8000,15000,30000
 import { readFileSync } from "node:fs";
 import http from "node:http";
-import * as k8s from "@kubernetes/client-node";
+import { errorMessage } from "../contract/errors.ts";
+import { apiConnection, type ApiConnection } from "../contract/kube-http.ts";
 import { pino } from "pino";
 import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
 import { KeyDirectory } from "../contract/key-directory.ts";
@@ -76,9 +77,13 @@ policies.watch();
 const signing = new KeyDirectory(env.SIGNING_KEYS_DIR ?? "/etc/podnet/signing", "private", log);
 await signing.start();
 
-const kubeConfig = new k8s.KubeConfig();
-if (env.KUBECONFIG !== undefined && env.KUBECONFIG !== "") kubeConfig.loadFromFile(env.KUBECONFIG);
-else kubeConfig.loadFromCluster();
+let kubeApi: ApiConnection;
+try {
+  kubeApi = apiConnection(env.KUBECONFIG, env);
+} catch (err) {
+  log.fatal(`API server connection: ${errorMessage(err)}`);
+  process.exit(2);
+}
 
 const scheme = env.NODE_RUNNER_SCHEME ?? "https";
 if (scheme !== "https" && scheme !== "http") {
@@ -127,7 +132,7 @@ const auth =
     ? new SenderAuthenticator({
         audience: env.SINK_AUDIENCE ?? `serving.knative.dev/service/${controllerNamespace}/podnet-decision`,
         allowed: allowedSenders,
-        review: tokenReviewer(kubeConfig),
+        review: tokenReviewer(kubeApi),
       })
     : undefined;
 if (auth === undefined) log.warn("SENDER_AUTH=none: anyone who can reach the function can send it events");
@@ -135,7 +140,7 @@ if (auth === undefined) log.warn("SENDER_AUTH=none: anyone who can reach the fun
 const app = createFunctionApp({
   policy: () => policies.current,
   dispatcher,
-  cluster: new KubeClusterReader(kubeConfig),
+  cluster: new KubeClusterReader(kubeApi),
   log,
   metrics,
   ...(auth === undefined ? {} : { auth }),

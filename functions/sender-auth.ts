@@ -6,9 +6,9 @@
 // before anything is signed), but without this anyone who reaches the function could make it
 // work for them (and, with PingSource events, sweep the cluster).
 import { createHash } from "node:crypto";
-import * as k8s from "@kubernetes/client-node";
 import { withDeadline } from "../contract/deadline.ts";
 import { errorMessage } from "../contract/errors.ts";
+import { apiRequest, type ApiConnection } from "../contract/kube-http.ts";
 
 export type SenderVerdict =
   | { readonly ok: true; readonly sender: string }
@@ -17,11 +17,20 @@ export type SenderVerdict =
 /** Asks the API server about a token; the seam unit tests replace. */
 export type TokenReviewer = (token: string, audience: string) => Promise<{ authenticated: boolean; username?: string; error?: string }>;
 
-export function tokenReviewer(kubeConfig: k8s.KubeConfig, deadlineMs = 5000): TokenReviewer {
-  const api = kubeConfig.makeApiClient(k8s.AuthenticationV1Api);
+interface TokenReviewStatus {
+  readonly authenticated?: boolean;
+  readonly audiences?: string[];
+  readonly user?: { readonly username?: string };
+  readonly error?: string;
+}
+
+export function tokenReviewer(conn: ApiConnection, deadlineMs = 5000): TokenReviewer {
   return async (token, audience) => {
-    const review = await withDeadline(api.createTokenReview({ body: { spec: { token, audiences: [audience] } } }), deadlineMs, "TokenReview");
-    const status = review.status;
+    const body = { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec: { token, audiences: [audience] } };
+    const review = (await withDeadline(apiRequest(conn, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", { contentType: "application/json", value: body }), deadlineMs, "TokenReview")) as
+      | { status?: TokenReviewStatus }
+      | undefined;
+    const status = review?.status;
     return { authenticated: status?.authenticated === true && (status.audiences ?? [audience]).includes(audience), ...(status?.user?.username === undefined ? {} : { username: status.user.username }), ...(status?.error === undefined ? {} : { error: status.error }) };
   };
 }

@@ -6,7 +6,7 @@ import { type PodRef } from "../contract/apply-request.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { withDeadline } from "../contract/deadline.ts";
 import { podEvent } from "../contract/pod-event.ts";
-import { ApiError, apiRequest, watchStream, type ApiConnection, type WatchEvent } from "./kube-http.ts";
+import { ApiError, apiRequest, watchStream, type ApiConnection, type WatchEvent } from "../contract/kube-http.ts";
 
 /** The fields of a Pod the node-runner reads. */
 interface PodObject {

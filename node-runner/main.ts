@@ -29,7 +29,7 @@ import { RecordStore, detectVariant, type IptablesVariant } from "./apply.ts";
 import { helperRunner } from "./helper-runner.ts";
 import { BACKEND, BACKENDS, isBackendName, type BackendName, type NetnsApplier } from "./backends.ts";
 import { KubePodApi, WatchedPodApi } from "./kube.ts";
-import { inClusterConnection, kubeconfigConnection, type ApiConnection } from "./kube-http.ts";
+import { apiConnection as connectTo, type ApiConnection } from "../contract/kube-http.ts";
 import { KeyDirectory } from "../contract/key-directory.ts";
 import { createMetrics } from "./metrics.ts";
 import { podUidPattern, resolvePodNetns } from "./netns.ts";
@@ -93,7 +93,7 @@ try {
 const kubeconfigFile = values.kubeconfig ?? env.KUBECONFIG;
 let apiConnection: ApiConnection;
 try {
-  apiConnection = kubeconfigFile !== undefined && kubeconfigFile !== "" ? kubeconfigConnection(kubeconfigFile) : inClusterConnection(env);
+  apiConnection = connectTo(kubeconfigFile, env);
 } catch (err) {
   fail(`API server connection: ${errorMessage(err)}`);
 }

@@ -1,8 +1,9 @@
-// The node-runner's own connection to the API server: bearer-token HTTPS with JSON, and a
-// list-then-watch stream. The node-runner makes three kinds of call (watch its node's pods,
-// patch a pod's annotations, create an Event); @kubernetes/client-node costs about 67 MiB of
-// resident memory just to import, more than the rest of the agent together (README,
-// Performance), so the agent speaks HTTP itself. The function keeps the library.
+// The connection to the API server both components use: bearer-token HTTPS with JSON, and a
+// list-then-watch stream. Between them they make a handful of calls (the node-runner watches its
+// node's pods, patches annotations and creates Events; the function reads pods and namespaces,
+// lists mesh pods, creates Events and TokenReviews); @kubernetes/client-node costs about 60 MiB
+// of resident memory just to import, more than either component needs in all (README,
+// Performance), so both speak HTTP themselves.
 import { readFileSync } from "node:fs";
 import https from "node:https";
 import { parse as parseYaml } from "yaml";
@@ -50,7 +51,7 @@ const kubeconfigSchema = z.looseObject({
   contexts: z.array(z.looseObject({ name: z.string(), context: z.looseObject({ cluster: z.string(), user: z.string() }) })),
 });
 
-/** A kubeconfig file with a bearer token (or token file): the only credential the node-runner takes. */
+/** A kubeconfig file with a bearer token (or token file): the only credential the components take. */
 export function kubeconfigConnection(file: string): ApiConnection {
   let raw: unknown;
   try {
@@ -77,7 +78,7 @@ export function kubeconfigConnection(file: string): ApiConnection {
     throw new KubeconfigError(`${file}: the cluster's certificate authority: ${err instanceof Error ? err.message : String(err)}`);
   }
   const { token, tokenFile } = user;
-  if (token === undefined && tokenFile === undefined) throw new KubeconfigError(`${file}: the user has no token (the node-runner authenticates with a bearer token)`);
+  if (token === undefined && tokenFile === undefined) throw new KubeconfigError(`${file}: the user has no token (only bearer tokens are supported)`);
   return {
     server: new URL(cluster.server),
     ...(ca === undefined ? {} : { ca }),
@@ -105,6 +106,11 @@ function requestOptions(conn: ApiConnection, method: string, path: string, heade
     agent: agentFor(conn),
     headers: { authorization: `Bearer ${conn.token()}`, accept: "application/json", ...headers },
   };
+}
+
+/** The API server named by a kubeconfig file when one is given, else the in-cluster one. */
+export function apiConnection(kubeconfig: string | undefined, env: NodeJS.ProcessEnv = process.env): ApiConnection {
+  return kubeconfig !== undefined && kubeconfig !== "" ? kubeconfigConnection(kubeconfig) : inClusterConnection(env);
 }
 
 /** One JSON call; an error status rejects with ApiError (its message the API server's). */
