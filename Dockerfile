@@ -17,11 +17,10 @@ COPY functions functions
 COPY cli cli
 COPY waiter waiter
 # Compiled JavaScript for the node-runner and the function (tsx is a dev dependency only); the
-# CLI bundled into one file for the waiter image; then the dev dependencies go.
+# CLI bundled for the waiter image (`pnc wait` loads its own 13 KB of it, not the other
+# commands); then the dev dependencies go.
 RUN npm run build \
- && npx esbuild cli/pnc.ts --bundle --platform=node --target=node20 --format=esm --legal-comments=none \
-      --banner:js="import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" \
-      --outfile=bundle/dist/cli/pnc.js \
+ && npm run build:waiter \
  && npm prune --omit=dev
 
 FROM ${NODE_IMAGE} AS runtime

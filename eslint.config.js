@@ -4,7 +4,7 @@ import globals from "globals";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["node_modules/**", "dist/**", ".scratch/**"] },
+  { ignores: ["bundle/", "node_modules/**", "dist/**", ".scratch/**"] },
   js.configs.recommended,
   ...tseslint.configs.strictTypeChecked,
   {

@@ -10,6 +10,7 @@
 import { execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import * as k8s from "@kubernetes/client-node";
+import { manifestV8Flags } from "../test/support/components.ts";
 import { missingRealNodeReason, podRef, startRealNodeStack, type RealNodeStack } from "../test/support/real-node-stack.ts";
 import { machineDescription, summarize, table } from "./machine.ts";
 
@@ -119,7 +120,7 @@ async function run(stack: RealNodeStack, label: string, names: string[], mesh: b
 
 // The function as its image runs it: compiled, with the Knative Service's V8 flags.
 execFileSync("npm", ["run", "--silent", "build"], { stdio: "inherit" });
-const FUNCTION_V8_FLAGS = ["--max-old-space-size=96", "--max-semi-space-size=4"];
+const FUNCTION_V8_FLAGS = manifestV8Flags().function;
 const stack = await startRealNodeStack({ namespaces: [NS], compiledFunction: { nodeArgs: FUNCTION_V8_FLAGS }, log: (l) => process.stderr.write(`${l}\n`) });
 try {
   const rows: (string | number)[][] = [];

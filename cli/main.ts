@@ -1,9 +1,6 @@
-#!/usr/bin/env -S node --import tsx
-// pnc — the project's command line (see `pnc help`).
+// pnc — the project's command line (see `pnc help`); cli/pnc.ts is the executable that runs it.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { waitMain } from "../waiter/wait-main.ts";
-import { runPnc } from "./commands.ts";
 
 // Output piped into `head` and closed early is not an error.
 process.stdout.on("error", (err: NodeJS.ErrnoException) => {
@@ -13,9 +10,12 @@ process.stdout.on("error", (err: NodeJS.ErrnoException) => {
 
 const args = process.argv.slice(2);
 if (args[0] === "wait") {
-  // The init container's long-running command.
+  // The init container's command, in every mesh pod's start: only the waiter's own modules are
+  // loaded (the other commands pull in YAML, schemas and the decision logic).
+  const { waitMain } = await import("../waiter/wait-main.ts");
   process.exitCode = await waitMain(args.slice(1));
 } else {
+  const { runPnc } = await import("./commands.ts");
   process.exitCode = runPnc(args, {
     stdout: (text) => process.stdout.write(text),
     stderr: (text) => process.stderr.write(text),

@@ -3,7 +3,7 @@
 // end-to-end tests and the demo.
 import { spawn, type ChildProcess } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import os from "node:os";
@@ -118,16 +118,40 @@ export function signingKeyDirs(base: string, keyid = "fn-20261125000000"): { pri
   return { privateDir, publicDir, signingKey: { keyid, privateKey } };
 }
 
+/**
+ * The V8 flags each image runs with, from the manifests themselves (the DaemonSet's command,
+ * the Service's NODE_OPTIONS): benchmarks of compiled components use exactly these.
+ */
+export function manifestV8Flags(): { nodeRunner: string[]; function: string[] } {
+  const daemonSet = readFileSync(path.join(root, "config/node-runner/daemonset.yaml"), "utf8");
+  const service = readFileSync(path.join(root, "eventing/base/service.yaml"), "utf8");
+  const command = /command: \[([^\]]*dist\/node-runner\/main\.js[^\]]*)\]/.exec(daemonSet)?.[1] ?? "";
+  const nodeOptions = /name: NODE_OPTIONS\s+value: "([^"]*)"/.exec(service)?.[1] ?? "";
+  return {
+    nodeRunner: [...command.matchAll(/"(--[^"]+)"/g)].map((m) => m[1] ?? ""),
+    function: nodeOptions.split(/\s+/).filter((f) => f.startsWith("--")),
+  };
+}
+
 export async function startNodeRunner(
   cp: ControlPlane,
-  options: { nodeName: string; publicKeysDir: string; stateDir: string; cgroupRoot: string; port?: number; env?: NodeJS.ProcessEnv },
+  options: {
+    nodeName: string;
+    publicKeysDir: string;
+    stateDir: string;
+    cgroupRoot: string;
+    port?: number;
+    env?: NodeJS.ProcessEnv;
+    /** Run the compiled node-runner (dist/, `npm run build`) with these V8 flags, as its image does. */
+    compiled?: { nodeArgs: readonly string[] };
+  },
 ): Promise<Component> {
   await cp.applyManifest(path.join(root, "config/node-runner/rbac.yaml"));
   // Bound to its node, as a DaemonSet pod's token is: the admission policy checks the node name in it.
   const token = await cp.serviceAccountToken("podnet-system", "podnet-node-runner", options.nodeName);
   const port = options.port ?? (await freePort());
   return startProcess(
-    "node-runner/main.ts",
+    options.compiled === undefined ? "node-runner/main.ts" : "dist/node-runner/main.js",
     {
       NODE_NAME: options.nodeName,
       LISTEN_ADDRESS: `127.0.0.1:${port}`,
@@ -142,6 +166,7 @@ export async function startNodeRunner(
     port,
     "/readyz",
     nodeRunnerTlsOptions(),
+    options.compiled?.nodeArgs,
   );
 }
 

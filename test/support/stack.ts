@@ -6,7 +6,7 @@ import { writeFileSync } from "node:fs";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { startControlPlane, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
-import { FUNCTION_AUDIENCE, scratchDir, senderToken, signingKeyDirs, startFunction, startNodeRunner, type Component } from "./components.ts";
+import { FUNCTION_AUDIENCE, manifestV8Flags, scratchDir, senderToken, signingKeyDirs, startFunction, startNodeRunner, type Component } from "./components.ts";
 import { createMeshPod, type MeshPod } from "./mesh-pods.ts";
 import { TestPods } from "./test-pods.ts";
 
@@ -30,11 +30,22 @@ export interface Stack {
   stop(): Promise<void>;
 }
 
-export async function startStack(options: { policy?: string; log?: (line: string) => void; withAdapter?: boolean; functionEnv?: NodeJS.ProcessEnv } = {}): Promise<Stack> {
+export async function startStack(
+  options: {
+    policy?: string;
+    log?: (line: string) => void;
+    withAdapter?: boolean;
+    functionEnv?: NodeJS.ProcessEnv;
+    /** Compiled JavaScript (dist/, built first) with the manifests' V8 flags, as the images run: benchmarks. */
+    compiled?: boolean;
+  } = {},
+): Promise<Stack> {
   const log = options.log ?? ((): void => undefined);
   const cp = await startControlPlane({ log });
   const scratch = scratchDir("stack");
   const pods = TestPods.create();
+  const flags = manifestV8Flags();
+  const runnerBuild = options.compiled === true ? { compiled: { nodeArgs: flags.nodeRunner } } : {};
   try {
     await cp.applyManifest(path.join(root, "config/admission/podnet-annotations.yaml"));
     const keys = signingKeyDirs(scratch.dir);
@@ -42,9 +53,15 @@ export async function startStack(options: { policy?: string; log?: (line: string
     writeFileSync(policyFile, options.policy ?? "mode: enforce\n");
     const stateDir = path.join(scratch.dir, "state");
     log("node-runner starting");
-    const runner = await startNodeRunner(cp, { nodeName: STACK_NODE, publicKeysDir: keys.publicDir, stateDir, cgroupRoot: pods.cgroupRoot });
+    const runner = await startNodeRunner(cp, { nodeName: STACK_NODE, publicKeysDir: keys.publicDir, stateDir, cgroupRoot: pods.cgroupRoot, ...runnerBuild });
     log("decision function starting");
-    const fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port, ...(options.functionEnv === undefined ? {} : { env: options.functionEnv }) });
+    const fn = await startFunction(cp, {
+      signingKeysDir: keys.privateDir,
+      policyFile,
+      nodeRunnerPort: runner.port,
+      ...(options.functionEnv === undefined ? {} : { env: options.functionEnv }),
+      ...(options.compiled === true ? { compiled: { nodeArgs: flags.function } } : {}),
+    });
     const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     const tokens = { pods: await senderToken(cp, "ApiServerSource"), resync: await senderToken(cp, "PingSource") };
     const stack: Stack = {
@@ -66,7 +83,7 @@ export async function startStack(options: { policy?: string; log?: (line: string
       },
       restartNodeRunner: async () => {
         await stack.runner.stop();
-        stack.runner = await startNodeRunner(cp, { nodeName: STACK_NODE, publicKeysDir: keys.publicDir, stateDir, cgroupRoot: pods.cgroupRoot, port: stack.runner.port });
+        stack.runner = await startNodeRunner(cp, { nodeName: STACK_NODE, publicKeysDir: keys.publicDir, stateDir, cgroupRoot: pods.cgroupRoot, port: stack.runner.port, ...runnerBuild });
       },
       stop: async () => {
         await stack.adapter?.stop();
