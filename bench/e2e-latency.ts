@@ -1,16 +1,29 @@
-// Benchmark: a burst of pods through the whole system (kube-apiserver → Knative's
-// ApiServerSource adapter → decision function → node-runner → rules in real network
-// namespaces → annotation). The pods and their sandboxes are made first; then every pod's IP
-// appears in its status at once, as a node hands out addresses in a burst, and the clock runs
-// from there: per pod, IP → rules applied and IP → mark; the last mark; events per second; the
-// peak memory of the node-runner and the function. Needs root and the control plane.
-//   npm run bench:e2e -- [pods]
+// Benchmark: pods through the whole system (kube-apiserver → Knative's ApiServerSource adapter →
+// decision function → node-runner → rules in real network namespaces → annotation), with both
+// components compiled and run with their manifests' V8 flags, optionally with N idle processes
+// on the machine (a busy node).
+//
+//   npm run bench:e2e -- burst [pods] [--processes N]
+//     The pods and their sandboxes are made first; then every pod's IP appears in its status at
+//     once, as a node hands out addresses in a burst. Per pod: IP → rules applied, IP → mark;
+//     the last mark; the peak memory of each component.
+//   npm run bench:e2e -- single [pods] [--processes N]
+//     One pod at a time, its waiter (the bundled `pnc wait`, UID 1337, in the pod's netns)
+//     already waiting when the IP appears: IP → rules applied, IP → waiter exit. Its floor: the
+//     waiter in a namespace whose rules are already in place (start → exit, the probe passing
+//     at once), measured on the same pods.
+// Needs root and the control plane.
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
 import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { missingBinariesReason } from "../test/controlplane/harness.ts";
-import { peakRssMiB } from "../test/support/processes.ts";
+import { cpuSeconds, peakRssMiB, pidsWhere } from "../test/support/processes.ts";
 import { STACK_NODE, startStack } from "../test/support/stack.ts";
-import { testPodsUnavailableReason } from "../test/support/test-pods.ts";
+import { testPodsUnavailableReason, type TestPod } from "../test/support/test-pods.ts";
 import { machineDescription, summarize, table } from "./machine.ts";
 
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
@@ -18,27 +31,44 @@ if (unavailable !== undefined) {
   console.error(`bench:e2e: ${unavailable}`);
   process.exit(1);
 }
-const count = Number(process.argv[2] ?? "200");
+const { values: flags, positionals } = parseArgs({ allowPositionals: true, options: { processes: { type: "string", default: "0" } } });
+const mode = positionals[0] ?? "burst";
+if (mode !== "burst" && mode !== "single") {
+  console.error("usage: npm run bench:e2e -- burst|single [pods] [--processes N]");
+  process.exit(64);
+}
+const count = Number(positionals[1] ?? (mode === "burst" ? "200" : "20"));
+const extraProcesses = Number(flags.processes);
 const NS = "burst";
-
+const root = path.resolve(import.meta.dirname, "..");
+const WAITER = path.join(root, "bundle/dist/cli/pnc.js");
 
 async function metric(url: string, name: RegExp): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
   return [...text.matchAll(name)].reduce((sum, m) => sum + Number(m[1]), 0);
 }
 
-const stack = await startStack({ log: (l) => process.stderr.write(`${l}\n`) });
+const processCount = (): number => Number(execFileSync("sh", ["-c", "ls /proc | grep -c '^[0-9]'"], { encoding: "utf8" }));
+
+// What the images run: compiled JavaScript and the bundled waiter.
+execFileSync("npm", ["run", "--silent", "build"], { cwd: root, stdio: "inherit" });
+execFileSync("npm", ["run", "--silent", "build:waiter"], { cwd: root, stdio: "inherit" });
+// A busy node: idle processes in their own group (one kill at the end).
+const idle = extraProcesses > 0 ? spawn("sh", ["-c", `for i in $(seq ${extraProcesses}); do sleep 3600 & done; wait`], { detached: true, stdio: "ignore" }) : undefined;
+while (idle !== undefined && processCount() < extraProcesses) await new Promise((r) => setTimeout(r, 200));
+
+const scratch = mkdtempSync(path.join(os.tmpdir(), "pnct-bench-e2e-"));
+chmodSync(scratch, 0o755);
+const stack = await startStack({ compiled: true, log: (l) => process.stderr.write(`${l}\n`) });
 try {
   await stack.cp.ensureNamespace(NS);
-  const names = Array.from({ length: count }, (_, i) => `burst-${i}`);
+  const names = Array.from({ length: count }, (_, i) => `${mode}-${i}`);
   const ipAt = new Map<string, number>(); // epoch ms: the IP appeared in the pod status
   const markedAt = new Map<string, number>(); // epoch ms: the mark was seen
+  const waiterExitAt = new Map<string, number>();
+  const waiterFloorMs: number[] = [];
 
-  // 1. The pods and their sandboxes (the kubelet's part), before the clock starts: no IP yet,
-  //    so the function skips them (no-pod-ip).
-  process.stderr.write(`creating ${count} pods and sandboxes\n`);
-  const sandboxes = new Map<string, { uid: string; ip: string }>();
-  for (const name of names) {
+  async function createPod(name: string): Promise<TestPod> {
     const created = await stack.core.createNamespacedPod({
       namespace: NS,
       body: {
@@ -46,52 +76,104 @@ try {
         spec: { nodeName: STACK_NODE, containers: [{ name: "app", image: "example/app" }, { name: "istio-proxy", image: "istio/proxyv2" }] },
       },
     });
-    const uid = created.metadata?.uid ?? "";
-    sandboxes.set(name, { uid, ip: stack.pods.add({ name, uid }).ip });
+    return stack.pods.add({ name, uid: created.metadata?.uid ?? "" });
   }
 
-  // Marks, from a watch that is reopened whenever it ends, and a final list as a check.
+  // The IP appears when the API server has stored it: the answer to the status patch.
+  const giveIp = async (name: string, ip: string): Promise<void> => {
+    await stack.core.patchNamespacedPodStatus(
+      { namespace: NS, name, body: { status: { podIP: ip, podIPs: [{ ip }], hostIP: "127.0.0.1" } } },
+      k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
+    );
+    ipAt.set(name, Date.now());
+  };
+
+  /** The waiter as the init container runs it; resolves with its exit time (epoch ms) and code. */
+  function startWaiter(pod: TestPod): { child: ChildProcess; waiting: Promise<void>; exit: Promise<{ at: number; code: number | null }> } {
+    const annotations = path.join(scratch, `annotations-${pod.uid}`);
+    writeFileSync(annotations, ""); // the kubelet's file, not refreshed: the probe is the signal
+    const child = pod.spawn([process.execPath, WAITER, "wait", `--annotations=${annotations}`, "--timeout=60", "--termination-log=/dev/null"], { uid: 1337, gid: 1337 });
+    const waiting = new Promise<void>((resolve) => {
+      child.stderr?.on("data", (c: Buffer) => {
+        if (c.toString().includes("waiting:")) resolve();
+      });
+    });
+    const exit = new Promise<{ at: number; code: number | null }>((resolve) => child.once("exit", (code) => { resolve({ at: Date.now(), code }); }));
+    return { child, waiting, exit };
+  }
+
+  // Marks, from a watch that is reopened whenever it ends.
   let finished = false;
   const watcher = new k8s.Watch(stack.cp.kubeConfig());
-  const allMarked = new Promise<void>((resolve) => {
-    const open = (): void => {
-      void watcher.watch(
-        `/api/v1/namespaces/${NS}/pods`,
-        {},
-        (_type: string, pod: k8s.V1Pod) => {
-          const name = pod.metadata?.name ?? "";
-          if (pod.metadata?.annotations?.[MARK.status] === STATUS_INITIALIZED && !markedAt.has(name)) {
-            markedAt.set(name, Date.now());
-            if (markedAt.size === count) resolve();
-          }
-        },
-        () => {
-          if (!finished) open();
-        },
-      );
-    };
-    open();
-  });
+  const markWaiters = new Map<string, () => void>();
+  const open = (): void => {
+    void watcher.watch(
+      `/api/v1/namespaces/${NS}/pods`,
+      {},
+      (_type: string, pod: k8s.V1Pod) => {
+        const name = pod.metadata?.name ?? "";
+        if (pod.metadata?.annotations?.[MARK.status] === STATUS_INITIALIZED && !markedAt.has(name)) {
+          markedAt.set(name, Date.now());
+          markWaiters.get(name)?.();
+          if (markedAt.size === count) markWaiters.get("*")?.();
+        }
+      },
+      () => {
+        if (!finished) open();
+      },
+    );
+  };
+  open();
+  const marked = (name: string): Promise<void> => (markedAt.has(name) ? Promise.resolve() : new Promise((resolve) => markWaiters.set(name, resolve)));
   const eventsBefore = await metric(stack.fn.url, /podnet_function_events_total\{[^}]*\} (\d+)/g);
 
-  // 2. All IPs at once, as a node's CNI hands them out in a burst.
-  process.stderr.write(`${count} IPs appear at once\n`);
-  const t0 = Date.now();
-  await Promise.all(
-    names.map(async (name) => {
-      const ip = sandboxes.get(name)?.ip ?? "";
-      ipAt.set(name, Date.now());
-      await stack.core.patchNamespacedPodStatus(
-        { namespace: NS, name, body: { status: { podIP: ip, podIPs: [{ ip }], hostIP: "127.0.0.1" } } },
-        k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
-      );
-    }),
-  );
-  await Promise.race([allMarked, new Promise((r) => setTimeout(r, 180_000))]);
+  // CPU used during the run, by component (the node's two cores are shared by all of them).
+  const components = {
+    "kube-apiserver": () => pidsWhere((c) => c.includes("kube-apiserver")),
+    etcd: () => pidsWhere((c) => c.startsWith("/") && c.includes("etcd\0")),
+    adapter: () => pidsWhere((c) => c.includes("apiserver_receive_adapter")),
+    function: () => [stack.fn.process.pid ?? -1],
+    "node-runner": () => [stack.runner.process.pid ?? -1],
+    "its command helper (with nsenter, iptables)": () => pidsWhere((c) => c.includes("command-helper")),
+  };
+  const cpu = (): Record<string, number> => Object.fromEntries(Object.entries(components).map(([name, pids]) => [name, pids().reduce((sum, pid) => sum + (cpuSeconds(pid) || 0), 0)]));
+  let cpuBefore = cpu();
+  let t0 = Date.now();
+  if (mode === "burst") {
+    process.stderr.write(`creating ${count} pods and sandboxes (no IP yet: the function skips them)\n`);
+    const pods = new Map<string, TestPod>();
+    for (const name of names) pods.set(name, await createPod(name));
+    process.stderr.write(`${count} IPs appear at once\n`);
+    cpuBefore = cpu();
+    t0 = Date.now();
+    const all = new Promise<void>((resolve) => markWaiters.set("*", resolve));
+    await Promise.all(names.map((name) => giveIp(name, pods.get(name)?.ip ?? "")));
+    await Promise.race([all, new Promise((r) => setTimeout(r, 180_000))]);
+  } else {
+    for (const name of names) {
+      const pod = await createPod(name);
+      const waiter = startWaiter(pod);
+      await waiter.waiting;
+      await giveIp(name, pod.ip);
+      const done = await waiter.exit;
+      if (done.code === 0) waiterExitAt.set(name, done.at);
+      await Promise.race([marked(name), new Promise((r) => setTimeout(r, 10_000))]);
+      // The floor: the same waiter where the rules are already in place.
+      const started = Date.now();
+      const again = await startWaiter(pod).exit;
+      if (again.code === 0) waiterFloorMs.push(again.at - started);
+    }
+  }
+  const cpuAfter = cpu();
   finished = true;
   const wall = (Date.now() - t0) / 1000;
-  const listed = (await stack.core.listNamespacedPod({ namespace: NS })).items.filter((p) => p.metadata?.annotations?.[MARK.status] === STATUS_INITIALIZED).length;
   const events = (await metric(stack.fn.url, /podnet_function_events_total\{[^}]*\} (\d+)/g)) - eventsBefore;
+  // Where the time went, from the components' own numbers.
+  const mean = async (name: string): Promise<number> =>
+    (1000 * (await metric(stack.fn.url, new RegExp(`${name}_sum(?:\\{[^}]*\\})? ([0-9.e+-]+)`, "g")))) / Math.max(1, await metric(stack.fn.url, new RegExp(`${name}_count(?:\\{[^}]*\\})? (\\d+)`, "g")));
+  const queueAgeMs = await mean("podnet_function_dispatch_queue_age_seconds");
+  const dispatchMs = await mean("podnet_function_dispatch_duration_seconds");
+  const runnerMs = [...stack.runner.log().matchAll(/"durationMs":([0-9.]+).*"msg":"apply: applied"/g)].map((m) => Number(m[1]));
 
   // When each pod's rules were in place: the node-runner's "apply: applied" log line.
   const appliedAt = new Map<string, number>();
@@ -104,16 +186,28 @@ try {
     const s = summarize(samples);
     return [name, String(samples.length), s.min, s.median, s.p95, s.p99, s.max];
   };
-  const lastMark = Math.max(...[...markedAt.values()]) - t0;
   console.log(machineDescription());
-  console.log(`${count} pods whose IPs appear at once: ${markedAt.size} marks seen (${listed} marked when listed); last mark ${(lastMark / 1000).toFixed(2)} s after the first IP (${(markedAt.size / (lastMark / 1000)).toFixed(0)} pods/s); ${events} events handled by the function in ${wall.toFixed(1)} s`);
-  console.log(`peak memory (VmHWM): node-runner ${peakRssMiB(stack.runner.process.pid).toFixed(0)} MiB, function ${peakRssMiB(stack.fn.process.pid).toFixed(0)} MiB (TypeScript through tsx)\n`);
+  console.log(`${processCount()} processes on the machine; node-runner and function compiled, V8 flags from their manifests`);
+  if (mode === "burst") {
+    const lastMark = Math.max(...[...markedAt.values()]) - t0;
+    console.log(`${count} pods whose IPs appear at once: ${markedAt.size} marked; last mark ${(lastMark / 1000).toFixed(2)} s after the first IP (${(markedAt.size / (lastMark / 1000)).toFixed(0)} pods/s); ${events} events handled by the function in ${wall.toFixed(1)} s`);
+  } else {
+    console.log(`${count} pods one at a time, each with its waiter already waiting when the IP appears; ${events} events handled by the function`);
+  }
+  console.log(`function: mean wait in its dispatch queue ${queueAgeMs.toFixed(1)} ms, mean queue → node-runner answer ${dispatchMs.toFixed(1)} ms; node-runner: request handled in ${summarize(runnerMs).median} ms median (p95 ${summarize(runnerMs).p95})`);
+  console.log(`CPU seconds used meanwhile: ${Object.keys(cpuAfter).map((name) => `${name} ${((cpuAfter[name] ?? 0) - (cpuBefore[name] ?? 0)).toFixed(2)}`).join(", ")}`);
+  console.log(`peak memory (VmHWM): node-runner ${peakRssMiB(stack.runner.process.pid).toFixed(0)} MiB, function ${peakRssMiB(stack.fn.process.pid).toFixed(0)} MiB\n`);
   console.log(
     table(["ms after the pod's IP appeared", "pods", "min", "median", "p95", "p99", "max"], [
       row("rules applied (node-runner)", since(appliedAt)),
       row("pod marked (seen by a watch)", since(markedAt)),
+      ...(mode === "single"
+        ? [row("waiter exit (interception proven in the pod)", since(waiterExitAt)), row("  floor: the waiter where the rules are in place (start → exit)", waiterFloorMs)]
+        : []),
     ]),
   );
 } finally {
   await stack.stop();
+  rmSync(scratch, { recursive: true, force: true });
+  if (idle?.pid !== undefined) process.kill(-idle.pid, "SIGKILL");
 }

@@ -26,3 +26,19 @@ export function peakRssMiB(pid: number | undefined): number {
     return NaN;
   }
 }
+
+/**
+ * CPU time a process and its waited-for children have used, in seconds (utime + stime + cutime
+ * + cstime from /proc/<pid>/stat); NaN when it is gone.
+ */
+export function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i]), 0);
+    return ticks / 100; // USER_HZ
+  } catch {
+    return NaN;
+  }
+}
