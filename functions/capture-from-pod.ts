@@ -9,18 +9,8 @@ import {
 } from "../contract/capture-config.ts";
 import { PROXY_CONTAINER, podIPs, proxyContainer, type Pod } from "./pod.ts";
 
-export const ANNOTATION = {
-  interceptionMode: "sidecar.istio.io/interceptionMode",
-  includeOutboundIPRanges: "traffic.sidecar.istio.io/includeOutboundIPRanges",
-  excludeOutboundIPRanges: "traffic.sidecar.istio.io/excludeOutboundIPRanges",
-  includeInboundPorts: "traffic.sidecar.istio.io/includeInboundPorts",
-  excludeInboundPorts: "traffic.sidecar.istio.io/excludeInboundPorts",
-  includeOutboundPorts: "traffic.sidecar.istio.io/includeOutboundPorts",
-  excludeOutboundPorts: "traffic.sidecar.istio.io/excludeOutboundPorts",
-  excludeInterfaces: "traffic.sidecar.istio.io/excludeInterfaces",
-  rerouteVirtualInterfaces: "istio.io/reroute-virtual-interfaces",
-  kubevirtInterfaces: "traffic.sidecar.istio.io/kubevirtInterfaces",
-} as const;
+export { ISTIO_TRAFFIC_ANNOTATION as ANNOTATION } from "../contract/istio-annotations.ts";
+import { ISTIO_TRAFFIC_ANNOTATION as ANNOTATION } from "../contract/istio-annotations.ts";
 
 export const PROXY_ENV = {
   dnsCapture: "ISTIO_META_DNS_CAPTURE",

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import { goQuote } from "../test/support/downward-api.ts";
-import { AnnotationsFileError, markState, parseAnnotationsFile } from "./waiter.ts";
+import { AnnotationsFileError, markState, parseAnnotationsFile, probePortFor } from "./waiter.ts";
 
 describe("downward API annotations file", () => {
   test("kubelet's format: key=\"Go-quoted value\" lines", () => {
@@ -64,6 +64,28 @@ describe("downward API annotations file", () => {
         }
       }),
       { numRuns: 3000 },
+    );
+  });
+});
+
+describe("the probe's target port", () => {
+  test("moves off ports the pod excludes from outbound capture; none when all are", () => {
+    assert.equal(probePortFor(15999, undefined), 15999);
+    assert.equal(probePortFor(15999, "15020"), 15999);
+    assert.equal(probePortFor(15999, "15999, 15998 ,80"), 15997);
+    assert.equal(probePortFor(15009, "15009"), 15007, "15008 is exempt from Istio's loopback rule");
+    assert.equal(probePortFor(15999, "*"), null);
+    assert.equal(probePortFor(15999, "80,*"), null);
+  });
+
+  test("property: any annotation text gives an allowed port or none, never an exception", () => {
+    fc.assert(
+      fc.property(fc.string(), fc.integer({ min: 1025, max: 65535 }), (text, preferred) => {
+        const port = probePortFor(preferred, text);
+        const listed = text.split(",").map((p) => p.trim());
+        if (listed.includes("*")) return port === null;
+        return port === null || (port <= preferred && port > 1024 && port !== 15008 && !listed.map(Number).includes(port));
+      }),
     );
   });
 });

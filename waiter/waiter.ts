@@ -8,6 +8,7 @@
 import { readFile, readlink, watch } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
+import { ISTIO_TRAFFIC_ANNOTATION } from "../contract/istio-annotations.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { errorMessage } from "../contract/errors.ts";
 
@@ -151,6 +152,20 @@ export async function probeInterception(options: { capturePort: number; target: 
   }
 }
 
+/**
+ * The port the probe connects to: `preferred`, unless the pod's capture excludes it from
+ * outbound capture (Istio returns those before its loopback rule), then the next lower port
+ * that is neither excluded nor one Istio's loopback rule itself exempts (53, 15008). Null when
+ * every outbound port is excluded ("*"): no probe can pass, the annotation is the signal.
+ */
+export function probePortFor(preferred: number, excludeOutboundPorts: string | undefined): number | null {
+  const listed = (excludeOutboundPorts ?? "").split(",").map((p) => p.trim()).filter((p) => p !== "");
+  if (listed.includes("*")) return null;
+  const excluded = new Set([53, 15008, ...listed.map(Number).filter(Number.isInteger)]);
+  for (let port = preferred; port > 1024; port--) if (!excluded.has(port)) return port;
+  return null;
+}
+
 export interface WaitOptions {
   readonly annotationsFile: string;
   readonly timeoutMs: number;
@@ -171,6 +186,24 @@ export type WaitResult = { code: number; reason: string };
  */
 const MARKED_WITHOUT_INTERCEPTION_MS = 2000;
 
+/** The probe for this pod: its target moved off a port the pod's capture excludes (annotations file as the container starts). */
+async function probeForPod(options: WaitOptions): Promise<WaitOptions["probe"]> {
+  if (options.probe === null) return null;
+  let excluded: string | undefined;
+  try {
+    excluded = parseAnnotationsFile(await readFile(options.annotationsFile, "utf8")).get(ISTIO_TRAFFIC_ANNOTATION.excludeOutboundPorts);
+  } catch {
+    excluded = undefined; // no file yet or not readable: the wait loop reports it
+  }
+  const port = probePortFor(options.probe.target.port, excluded);
+  if (port === null) {
+    options.log("every outbound port is excluded from capture: no probe can pass, waiting for the mark");
+    return null;
+  }
+  if (port !== options.probe.target.port) options.log(`outbound port ${options.probe.target.port} is excluded from capture: probing ${options.probe.target.host}:${port}`);
+  return { ...options.probe, target: { ...options.probe.target, port } };
+}
+
 /**
  * Wait until redirection works in this network namespace, proven by the probe every few ms
  * (the annotation the kubelet refreshes late is not waited for); without a probe, wait for the
@@ -183,6 +216,7 @@ export async function waitForInterception(options: WaitOptions): Promise<WaitRes
   } catch (err) {
     return { code: WAIT_EXIT.ownNetnsUnknown, reason: `cannot read this pod's network namespace: ${errorMessage(err)}` };
   }
+  const probe = await probeForPod(options);
   const deadline = Date.now() + options.timeoutMs;
   const abort = new AbortController();
   // Wake on changes to the file's directory (kubelet swaps a symlink), or at the interval.
@@ -200,12 +234,12 @@ export async function waitForInterception(options: WaitOptions): Promise<WaitRes
   let lastProbe = "not tried";
   try {
     for (;;) {
-      if (options.probe !== null) {
-        const probe = await probeInterception({ ...options.probe, timeoutMs: Math.max(1, Math.min(options.probe.timeoutMs, deadline - Date.now())) });
-        if (probe.ok) {
+      if (probe !== null) {
+        const tried = await probeInterception({ ...probe, timeoutMs: Math.max(1, Math.min(probe.timeoutMs, deadline - Date.now())) });
+        if (tried.ok) {
           return { code: WAIT_EXIT.ok, reason: lastState === "initialized" ? "initialized; interception verified" : "interception verified (before the mark reached this pod)" };
         }
-        lastProbe = probe.reason;
+        lastProbe = tried.reason;
       }
       let state: MarkState;
       try {
@@ -220,7 +254,7 @@ export async function waitForInterception(options: WaitOptions): Promise<WaitRes
       if (state !== lastState) options.log(`waiting: ${state === "other-netns" ? "the mark names another network namespace (sandbox re-created)" : state} (own netns ${own})`);
       lastState = state;
       if (state === "initialized") {
-        if (options.probe === null) return { code: WAIT_EXIT.ok, reason: "initialized (probe disabled)" };
+        if (probe === null) return { code: WAIT_EXIT.ok, reason: options.probe === null ? "initialized (probe disabled)" : "initialized (no probe possible: every outbound port is excluded)" };
         markedSince ??= Date.now();
         if (Date.now() - markedSince > MARKED_WITHOUT_INTERCEPTION_MS) return { code: WAIT_EXIT.probeFailed, reason: `marked initialized but interception does not work: ${lastProbe}` };
       } else {
@@ -230,7 +264,7 @@ export async function waitForInterception(options: WaitOptions): Promise<WaitRes
       if (left <= 0) {
         return { code: WAIT_EXIT.timeout, reason: `timed out after ${options.timeoutMs} ms: interception not in place in network namespace ${own} (mark: ${state}; probe: ${lastProbe})` };
       }
-      const interval = options.probe === null ? options.pollMs : (options.probeIntervalMs ?? 10);
+      const interval = probe === null ? options.pollMs : (options.probeIntervalMs ?? 10);
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, Math.min(interval, left));
         wake = () => {

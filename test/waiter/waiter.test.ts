@@ -80,13 +80,13 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
     return { child, exit };
   }
 
-  const apply = (pod: MeshPod) =>
+  const apply = (pod: MeshPod, capture: object = DEFAULT_CAPTURE_CONFIG) =>
     sendSigned(runner, APPLY_PATH, {
       apiVersion: "podnet/v1",
       kind: "ApplyRequest",
       node: NODE,
       pod: { namespace: NS, name: pod.name, uid: pod.uid, ips: [pod.ip] },
-      capture: DEFAULT_CAPTURE_CONFIG,
+      capture,
       decision: { reason: "test", policy: "test" },
     }, keys.signingKey);
 
@@ -106,6 +106,32 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
     assert.match(done.stderr, /interception verified \(before the mark reached this pod\)/);
     t.diagnostic(`apply answered → waiter exit: ${(done.at - applied).toFixed(0)} ms (apply request ${(applied - sent).toFixed(0)} ms)`);
   });
+
+  // Issue 14: the probe is the signal for every capture Istio configures. Istio's loopback rule
+  // (the proxy's own connection to a non-127.0.0.1 loopback address → the inbound capture port)
+  // is rendered whatever the inbound and outbound settings, in both interception modes.
+  // The pod's annotations as Istio's injector writes them (CNI mode), in the downward API file.
+  const captures: [string, object, Record<string, string>?][] = [
+    ["outbound only (no inbound port captured)", { inboundPortsInclude: "" }],
+    ["inbound only (no outbound range captured)", { outboundIPRangesInclude: "" }],
+    ["TPROXY inbound", { inboundInterceptionMode: "TPROXY" }],
+    ["IPv6 rules too", { enableIPv6: true }],
+    ["DNS captured", { redirectDNS: true, captureAllDNS: true, dnsServersV4: ["10.96.0.10"] }],
+    ["the probe's port excluded from outbound capture", { outboundPortsExclude: "15999,15998" }, { "traffic.sidecar.istio.io/excludeOutboundPorts": "15999,15998" }],
+    ["virtual interfaces rerouted, an interface excluded", { rerouteVirtualInterfaces: "tun0", excludeInterfaces: "eth9" }],
+  ];
+  for (const [what, overrides, annotations] of captures) {
+    test(`the probe proves interception: ${what}`, async () => {
+      const pod = await createMeshPod(core, pods, { namespace: NS, name: `capture-${++seq}`, nodeName: NODE });
+      const info = podinfo();
+      if (annotations !== undefined) writeAnnotationsFile(info.file, annotations);
+      const waiter = startWaiter(pod, info, ["--timeout=20"]);
+      assert.equal((await apply(pod, { ...DEFAULT_CAPTURE_CONFIG, ...overrides })).status, 200);
+      const done = await waiter.exit;
+      assert.equal(done.code, WAIT_EXIT.ok, done.stderr);
+      assert.match(done.stderr, /interception verified/);
+    });
+  }
 
   test("keeps waiting while the mark names another netns (sandbox re-created); exits 0 once re-programmed", async () => {
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "recreated", nodeName: NODE });
