@@ -132,6 +132,18 @@ describe("dispatcher", () => {
     d.close();
   });
 
+  test("at most maxPerNode requests in flight to one node; other nodes are not held back (pods g*)", async () => {
+    maxConcurrent = 0;
+    script = () => ({ status: 200, delayMs: 30 });
+    const d = dispatcher({ maxConcurrent: 10, maxPerNode: 2 });
+    await Promise.all(Array.from({ length: 12 }, (_, i) => d.dispatch(decision(`g${i}`), "p1")));
+    assert.equal(maxConcurrent, 2, "one node");
+    maxConcurrent = 0;
+    await Promise.all(Array.from({ length: 12 }, (_, i) => d.dispatch({ ...decision(`g${i}`), node: `node-${i % 3}` }, "p1")));
+    assert.equal(maxConcurrent, 6, "three nodes, two each");
+    d.close();
+  });
+
   test("offer queues without waiting, coalesces per pod, refuses past the bound, and drains", async () => {
     seen.length = 0;
     script = () => ({ status: 200, delayMs: 50 });

@@ -31,6 +31,11 @@ export interface DispatcherOptions {
   readonly serverName?: string;
   readonly timeoutMs?: number;
   readonly maxConcurrent?: number;
+  /**
+   * Requests in flight to one node-runner at most (it programs 8 pods at once by default): more
+   * would only wait there, holding its memory, and one slow node would take every slot.
+   */
+  readonly maxPerNode?: number;
   readonly attempts?: number;
   readonly backoffMs?: number;
   /** Override where a node's runner is reached (tests: everything on loopback). */
@@ -51,6 +56,7 @@ export class Dispatcher {
   private readonly agent: http.Agent;
   private readonly pods = new Map<string, PodQueue>();
   private readonly slots: ConcurrencyLimit;
+  private readonly nodeSlots = new Map<string, ConcurrencyLimit>();
 
   constructor(private readonly options: DispatcherOptions) {
     this.slots = new ConcurrencyLimit(options.maxConcurrent ?? 32);
@@ -101,12 +107,21 @@ export class Dispatcher {
       const waiters = q.waiters;
       q.pending = undefined;
       q.waiters = [];
-      const result = await this.slots.run(() => {
-        this.options.onQueueAge?.((performance.now() - queuedAt) / 1000);
-        return this.send(decision, policyId);
-      }).catch(
-        (err: unknown): DispatchResult => ({ ok: false, status: 0, reason: errorMessage(err), retryable: true, attempts: 0 }),
-      );
+      let node = this.nodeSlots.get(decision.node);
+      if (node === undefined) {
+        node = new ConcurrencyLimit(this.options.maxPerNode ?? 8);
+        this.nodeSlots.set(decision.node, node);
+      }
+      // The node's slot first: a pod waiting for a busy node holds none of the shared ones.
+      const result = await node
+        .run(() =>
+          this.slots.run(() => {
+            this.options.onQueueAge?.((performance.now() - queuedAt) / 1000);
+            return this.send(decision, policyId);
+          }),
+        )
+        .catch((err: unknown): DispatchResult => ({ ok: false, status: 0, reason: errorMessage(err), retryable: true, attempts: 0 }));
+      if (node.idle) this.nodeSlots.delete(decision.node);
       for (const resolve of waiters) resolve(result);
     }
     this.pods.delete(uid);

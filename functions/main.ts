@@ -8,6 +8,7 @@
 //   NODE_RUNNER_CA_FILE       the CA of the node-runners' certificate (https: required)
 //   NODE_RUNNER_SERVER_NAME   the name in that certificate                            podnet-node-runner.podnet-system.svc
 //   DISPATCH_TIMEOUT_MS, DISPATCH_CONCURRENCY, DISPATCH_ATTEMPTS                      5000, 32, 3
+//   DISPATCH_PER_NODE         requests in flight to one node-runner                        8
 //   DISPATCH_QUEUE_PODS       pods queued at most; more events are answered 503          10000
 //   CONTROLLER_NAMESPACE      always excluded (the controller's own namespace)
 //   NODE_RUNNER_ADDRESS       send every request to this address instead of the pod's hostIP (tests, demo)
@@ -107,6 +108,7 @@ const dispatcher = new Dispatcher({
   serverName: env.NODE_RUNNER_SERVER_NAME ?? NODE_RUNNER_SERVER_NAME,
   timeoutMs: number("DISPATCH_TIMEOUT_MS", 5000),
   maxConcurrent: number("DISPATCH_CONCURRENCY", 32),
+  maxPerNode: number("DISPATCH_PER_NODE", 8),
   attempts: number("DISPATCH_ATTEMPTS", 3),
   maxQueuedPods: number("DISPATCH_QUEUE_PODS", 10_000),
   onQueueAge: (seconds) => {
