@@ -8,7 +8,7 @@ import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { CaptureConfig } from "../contract/capture-config.ts";
 import { runInNetns, type CommandResult } from "./nsenter.ts";
-import { addedBuiltinLines, builtinLines, ownedRules, parseSave, replaceTransaction, ruleLine, sameRules, type ChainRules, type SaveState } from "./rules/iptables-text.ts";
+import { addedBuiltinLines, builtinLines, builtinLinesSelfEvident, ownedRules, parseSave, replaceTransaction, ruleLine, sameRules, type ChainRules, type SaveState } from "./rules/iptables-text.ts";
 import { renderIptables, type Family, type IptablesFamilyPlan, type IptablesRule } from "./rules/iptables.ts";
 import { ipCommand, netSetupSteps, type NetSetupStep } from "./rules/routes.ts";
 
@@ -248,15 +248,19 @@ export class IptablesApplier {
     }
 
     // Intent first: a crash from here on leaves a record from which ownership is recovered.
-    const pending: NonNullable<NetnsRecord["pending"]> = {};
-    const carried: NetnsRecord["builtin"] = {};
-    for (const [family, state] of live) {
-      const key = family === 4 ? "4" : "6";
-      pending[key] = builtinLines(state.rules);
-      const mine = recordedBuiltin(family);
-      if (mine !== undefined) carried[key] = mine;
+    // Not needed when everything the apply adds is found again without one: built-in-chain
+    // lines that all jump to ISTIO_* chains (Istio's default capture) and no link steps.
+    if (!(steps.length === 0 && families.every((f) => builtinLinesSelfEvident(f.rules)))) {
+      const pending: NonNullable<NetnsRecord["pending"]> = {};
+      const carried: NetnsRecord["builtin"] = {};
+      for (const [family, state] of live) {
+        const key = family === 4 ? "4" : "6";
+        pending[key] = builtinLines(state.rules);
+        const mine = recordedBuiltin(family);
+        if (mine !== undefined) carried[key] = mine;
+      }
+      await this.records.put({ podUid, netnsInode: netns.inode, digest: "", variant: this.variant, builtin: carried, owned: usable?.owned ?? {}, netSetup: usable?.netSetup ?? [], pending });
     }
-    await this.records.put({ podUid, netnsInode: netns.inode, digest: "", variant: this.variant, builtin: carried, owned: usable?.owned ?? {}, netSetup: usable?.netSetup ?? [], pending });
 
     const builtin: NetnsRecord["builtin"] = {};
     const owned: NetnsRecord["owned"] = {};

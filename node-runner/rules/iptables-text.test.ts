@@ -2,7 +2,7 @@
 // text out. The real-kernel tests (test/node-runner) confirm the kernel agrees.
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { addedBuiltinLines, builtinLines, ownedRules, parseSave, replaceTransaction, sameRules } from "./iptables-text.ts";
+import { addedBuiltinLines, builtinLines, builtinLinesSelfEvident, ownedRules, parseSave, replaceTransaction, sameRules } from "./iptables-text.ts";
 import type { IptablesRule } from "./iptables.ts";
 
 // What iptables-nft-save prints for a pod with Istio's rules and one foreign rule.
@@ -123,4 +123,13 @@ describe("iptables state: the replace transaction", () => {
     assert.doesNotMatch(text, /^-[DX] /m);
     assert.match(text, /^:ISTIO_REDIRECT - \[0:0\]$/m);
   });
+});
+
+test("built-in-chain lines are self-evident only when every one jumps to an ISTIO_* chain", () => {
+  const jump = { table: "nat" as const, chain: "OUTPUT", args: ["-j", "ISTIO_OUTPUT"] };
+  const own = { table: "nat" as const, chain: "ISTIO_OUTPUT", args: ["-d", "127.0.0.1/32", "-j", "RETURN"] };
+  assert.equal(builtinLinesSelfEvident([jump, own]), true);
+  assert.equal(builtinLinesSelfEvident([jump, { table: "nat" as const, chain: "PREROUTING", args: ["-i", "eth9", "-j", "RETURN"] }]), false);
+  assert.equal(builtinLinesSelfEvident([{ table: "mangle" as const, chain: "OUTPUT", args: ["-p", "tcp", "-j", "CONNMARK", "--restore-mark"] }]), false);
+  assert.equal(builtinLinesSelfEvident([{ table: "nat" as const, chain: "OUTPUT", args: ["-j", "ISTIO_OUTPUT", "--foo"] }]), false, "the target is the last argument");
 });

@@ -83,6 +83,14 @@ export function ownedRules(state: SaveState, recorded: ChainRules = {}): ChainRu
   return owned;
 }
 
+/**
+ * Every line these rules add to a built-in chain jumps to an ISTIO_* chain: ownership of all of
+ * them is found again from the rules alone, with no record of what was added.
+ */
+export function builtinLinesSelfEvident(rules: readonly IptablesRule[]): boolean {
+  return rules.every((r) => !BUILTIN_CHAINS.has(r.chain) || OWN_CHAIN.test(jumpTarget(r.args) ?? ""));
+}
+
 /** The built-in-chain lines of an owned set (what must be recorded to be found again). */
 export function builtinLines(owned: ChainRules): ChainRules {
   const out: ChainRules = {};

@@ -202,6 +202,28 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
     assert.doesNotMatch(pod.exec(["iptables-nft-save"]), /ethA|ISTIO/);
   });
 
+  // Istio's default capture adds only jumps to ISTIO_* chains to built-in chains: the apply
+  // writes no intent record before its restore, and a crash right after the restore still
+  // leaves nothing the next apply does not find and own.
+  test("attack 6, default capture: a crash before any record leaves nothing unowned", async () => {
+    const { pod, netns } = await setup("iptables-nft");
+    const records = new RecordStore(mkdtempSync(path.join(stateDir, "crash-")));
+    const crashAfterRestore: NetnsRunner = async (target, argv, input) => {
+      const result = await nsenterRunner(target, argv, input);
+      if (/-restore$/.test(argv[0] ?? "")) throw new Error("killed -9 after the restore");
+      return result;
+    };
+    await assert.rejects(new IptablesApplier("iptables-nft", records, crashAfterRestore).apply(netns, pod.uid, config()), /killed -9/);
+    assert.equal(await records.get(netns.inode), undefined, "no record was written");
+    const restarted = new IptablesApplier("iptables-nft", records);
+    assert.equal((await restarted.apply(netns, pod.uid, config())).result, "applied");
+    const save = pod.exec(["iptables-nft-save"]);
+    assert.equal(save.match(/-A OUTPUT -j ISTIO_OUTPUT/g)?.length, 1, "the jump is found again, not duplicated");
+    assert.equal(save.match(/-A PREROUTING -p tcp -j ISTIO_INBOUND/g)?.length, 1);
+    assert.equal(await restarted.remove(netns, pod.uid), "removed");
+    assert.doesNotMatch(pod.exec(["iptables-nft-save"]), /ISTIO/);
+  });
+
   test("traffic proves interception: outbound → 15001, inbound → 15006, the proxy's UID is not captured", async () => {
     const { pod, netns, applier } = await setup();
     const client = pods.add();
