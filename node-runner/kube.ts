@@ -10,7 +10,7 @@ import { ApiError, apiRequest, watchStream, type ApiConnection, type WatchEvent 
 
 /** The fields of a Pod the node-runner reads. */
 interface PodObject {
-  readonly metadata?: { readonly name?: string; readonly namespace?: string; readonly uid?: string; readonly resourceVersion?: string; readonly deletionTimestamp?: string; readonly annotations?: Record<string, string> };
+  readonly metadata?: { readonly name?: string; readonly namespace?: string; readonly uid?: string; readonly resourceVersion?: string; readonly deletionTimestamp?: string };
   readonly spec?: { readonly nodeName?: string; readonly hostNetwork?: boolean };
 }
 
@@ -19,7 +19,6 @@ export interface PodFacts {
   readonly nodeName: string | undefined;
   readonly hostNetwork: boolean;
   readonly terminating: boolean;
-  readonly annotations: Readonly<Record<string, string>>;
 }
 
 export interface PodApi {
@@ -45,7 +44,6 @@ function podFacts(pod: PodObject): PodFacts {
     nodeName: pod.spec?.nodeName,
     hostNetwork: pod.spec?.hostNetwork === true,
     terminating: pod.metadata?.deletionTimestamp !== undefined,
-    annotations: pod.metadata?.annotations ?? {},
   };
 }
 
@@ -55,8 +53,11 @@ function podFacts(pod: PodObject): PodFacts {
  * another UID, is read with a GET: the answer is never older than the request's pod.
  */
 export class WatchedPodApi implements PodApi {
-  /** namespace/name → pod, while the watch is current. */
-  private readonly pods = new Map<string, PodObject>();
+  /**
+   * namespace/name → the facts of the pod, while the watch is current: only what the identity
+   * check reads is kept (a node's pods with their specs and annotations would be megabytes).
+   */
+  private readonly pods = new Map<string, PodFacts>();
   private synced = false;
   private stopped = false;
   private current: { abort: () => void } | undefined;
@@ -82,7 +83,7 @@ export class WatchedPodApi implements PodApi {
   private async relist(): Promise<void> {
     const list = (await apiRequest(this.conn, "GET", `/api/v1/pods?fieldSelector=${this.selector}`)) as { metadata?: { resourceVersion?: string }; items?: PodObject[] };
     this.pods.clear();
-    for (const pod of list.items ?? []) this.pods.set(key(pod), pod);
+    for (const pod of list.items ?? []) this.pods.set(key(pod), podFacts(pod));
     this.synced = true;
     this.watchFrom(list.metadata?.resourceVersion ?? "");
   }
@@ -97,7 +98,7 @@ export class WatchedPodApi implements PodApi {
         if (event.type === "ERROR") throw new ApiError(event.object.code ?? 0, "watch error (resourceVersion too old)");
         version = event.object.metadata?.resourceVersion ?? version;
         if (event.type === "DELETED") this.pods.delete(key(event.object));
-        else if (event.type !== "BOOKMARK") this.pods.set(key(event.object), event.object);
+        else if (event.type !== "BOOKMARK") this.pods.set(key(event.object), podFacts(event.object));
       },
       (err) => {
         if (this.stopped) return;
@@ -123,9 +124,9 @@ export class WatchedPodApi implements PodApi {
 
   async getPod(namespace: string, name: string, uid?: string): Promise<PodFacts | undefined> {
     const cached = this.synced ? this.pods.get(`${namespace}/${name}`) : undefined;
-    if (cached !== undefined && (uid === undefined || cached.metadata?.uid === uid)) {
+    if (cached !== undefined && (uid === undefined || cached.uid === uid)) {
       this.onRead("watch");
-      return podFacts(cached);
+      return cached;
     }
     this.onRead("api");
     return this.api.getPod(namespace, name);

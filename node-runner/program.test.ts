@@ -15,7 +15,7 @@ test("a stalled API server holds at most MAX_EVENTS_IN_FLIGHT Events; the rest a
   const programmer = createPodProgrammer({
     nodeName: "node-a",
     pods: {
-      getPod: () => Promise.resolve({ uid: "uid-1", nodeName: "node-a", hostNetwork: false, terminating: false, annotations: {} }),
+      getPod: () => Promise.resolve({ uid: "uid-1", nodeName: "node-a", hostNetwork: false, terminating: false }),
       markInitialized: () => assert.fail("nothing is marked"),
       clearMark: () => assert.fail("nothing is cleared"),
       recordEvent: () => {
