@@ -87,13 +87,14 @@ export interface NetnsRecord {
  * Records live beside the namespaces they describe (a tmpfs such as /run): both end at reboot.
  * Written through to the file, read from memory after the first read (this process is the only
  * writer): an apply reads a namespace's record twice (variant, engine) and writes it twice.
+ * The cache keeps the most recently used records, a node's worth of pods (110 by default).
  */
 export class RecordStore {
   private readonly cache = new Map<string, NetnsRecord | undefined>();
   private dirMade = false;
   constructor(
     private readonly dir: string,
-    private readonly cacheLimit = 4096,
+    private readonly cacheLimit = 256,
   ) {}
   private file(inode: string): string {
     if (!/^\d+$/.test(inode)) throw new Error(`bad netns inode ${inode}`);
