@@ -4,7 +4,7 @@
 // same transaction.
 import { createHash } from "node:crypto";
 import type { CaptureConfig } from "../contract/capture-config.ts";
-import { ApplyError, nsenterRunner, RecordStore, runIpStep, type ApplyOutcome, type NetnsRunner, type NetnsTarget } from "./apply.ts";
+import { ApplyError, nsenterRunner, RecordStore, replaceIpSteps, runIpStep, type ApplyOutcome, type NetnsRunner, type NetnsTarget } from "./apply.ts";
 import { NFT_TABLE, renderNftables } from "./rules/nftables.ts";
 import { netSetupSteps } from "./rules/routes.ts";
 
@@ -48,7 +48,7 @@ export class NftApplier {
     // `add` before `delete` makes deleting a table that does not exist a no-op.
     const stale = before.present.filter((t) => !wanted.has(t)).flatMap((t) => [`add table inet ${t}`, `delete table inet ${t}`]);
     await this.transaction(netns, `${[...stale, plan.script.trimEnd()].filter((l) => l !== "").join("\n")}\n`);
-    for (const step of steps) await runIpStep(this.run, netns, step, "add");
+    await replaceIpSteps(this.run, netns, previous?.podUid === podUid ? previous.netSetup : [], steps);
     const after = await this.listing(netns);
     await this.records.put({ podUid, netnsInode: netns.inode, digest, variant: "nftables", nftListing: after.hash, builtin: {}, owned: {}, netSetup: steps });
     return { result: "applied", digest };

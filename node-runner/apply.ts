@@ -288,7 +288,7 @@ export class IptablesApplier {
       owned[key] = ownedRules(after, builtin[key]);
       this.savedForms.learn(this.variant, family, desired.rules, owned[key]);
     }
-    for (const step of steps) await runIpStep(this.run, netns, step, "add");
+    await replaceIpSteps(this.run, netns, usable?.netSetup ?? [], steps);
     await this.records.put({ podUid, netnsInode: netns.inode, digest, variant: this.variant, builtin, owned, netSetup: steps });
     return { result: "applied", digest };
   }
@@ -310,6 +310,20 @@ export class IptablesApplier {
     return removedAny ? "removed" : "absent";
   }
 
+}
+
+/**
+ * From the link steps of the previous apply (its record's) to the new config's: those it no
+ * longer has are undone first (a TPROXY pod switched to REDIRECT keeps no policy routing), then
+ * those it did not have are done. Steps in both are left alone: `ip rule add` of a rule that
+ * exists adds a second one.
+ */
+export async function replaceIpSteps(run: NetnsRunner, netns: NetnsTarget, previous: readonly NetSetupStep[], steps: readonly NetSetupStep[]): Promise<void> {
+  const key = (step: NetSetupStep): string => JSON.stringify(step);
+  const wanted = new Set(steps.map(key));
+  const had = new Set(previous.map(key));
+  for (const step of previous) if (!wanted.has(key(step))) await runIpStep(run, netns, step, "del");
+  for (const step of steps) if (!had.has(key(step))) await runIpStep(run, netns, step, "add");
 }
 
 /** Run one TPROXY/IPv6 network setup step in the namespace. */

@@ -86,6 +86,8 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       await applier.apply(netns, pod.uid, config());
       const back = save();
       assert.doesNotMatch(back, /eth9|TPROXY|ISTIO_DIVERT|ISTIO_DROP/, "rules of the previous config are gone");
+      assert.doesNotMatch(pod.exec(["ip", "rule", "show"]), /fwmark 0x539/, "so is its policy routing");
+      assert.equal(pod.exec(["ip", "route", "show", "table", "133"]).trim(), "");
 
       assert.equal(await applier.remove(netns, pod.uid), "removed");
       const removed = save();
@@ -263,6 +265,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
 
     assert.equal((await applier.apply(netns, pod.uid, config())).result, "applied");
     assert.doesNotMatch(tables(), /istio-proxy-mangle/, "the table the new config does not need is gone");
+    assert.doesNotMatch(pod.exec(["ip", "rule", "show"]), /fwmark 0x539/, "so is the TPROXY policy routing");
 
     await startListener(pod, 15001, "outbound-capture");
     assert.equal(connectFrom(pod, "203.0.113.9", 443, 1000), "outbound-capture");
