@@ -36,31 +36,31 @@ describe("kube-http configuration", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  test("a kubeconfig with a token, or a token file (read for each call: rotated tokens)", () => {
-    const c = kubeconfigConnection(write("a", kubeconfig("      token: abc")));
+  test("a kubeconfig with a token, or a token file (read for each call: rotated tokens)", async () => {
+    const c = await kubeconfigConnection(write("a", kubeconfig("      token: abc")));
     assert.equal(c.server.href, "https://127.0.0.1:6443/");
     assert.equal(c.ca?.toString(), "CA PEM");
     assert.equal(c.token(), "abc");
     const tokenFile = write("token", "first\n");
-    const f = kubeconfigConnection(write("b", kubeconfig(`      tokenFile: ${tokenFile}`)));
+    const f = await kubeconfigConnection(write("b", kubeconfig(`      tokenFile: ${tokenFile}`)));
     assert.equal(f.token(), "first");
     writeFileSync(tokenFile, "second");
     assert.equal(f.token(), "second");
   });
 
-  test("no token, no context, or not a kubeconfig: KubeconfigError naming the file", () => {
-    assert.throws(() => kubeconfigConnection(write("c", kubeconfig("      username: admin"))), (err: unknown) => err instanceof KubeconfigError && /no token/.test(err.message));
-    assert.throws(() => kubeconfigConnection(write("d", "clusters: []\nusers: []\ncontexts: []\n")), KubeconfigError);
-    assert.throws(() => kubeconfigConnection(write("e", "{{{")), KubeconfigError);
-    assert.throws(() => kubeconfigConnection(write("f", kubeconfig("      token: abc").replace("https://127.0.0.1:6443", "not a url"))), KubeconfigError);
+  test("no token, no context, or not a kubeconfig: KubeconfigError naming the file", async () => {
+    await assert.rejects(kubeconfigConnection(write("c", kubeconfig("      username: admin"))), (err: unknown) => err instanceof KubeconfigError && /no token/.test(err.message));
+    await assert.rejects(kubeconfigConnection(write("d", "clusters: []\nusers: []\ncontexts: []\n")), KubeconfigError);
+    await assert.rejects(kubeconfigConnection(write("e", "{{{")), KubeconfigError);
+    await assert.rejects(kubeconfigConnection(write("f", kubeconfig("      token: abc").replace("https://127.0.0.1:6443", "not a url"))), KubeconfigError);
   });
 
-  test("property: any text is a connection or a KubeconfigError, nothing else", () => {
-    fc.assert(
-      fc.property(fc.string({ maxLength: 300 }), (text) => {
+  test("property: any text is a connection or a KubeconfigError, nothing else", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.string({ maxLength: 300 }), async (text) => {
         const file = write("prop", text);
         try {
-          kubeconfigConnection(file);
+          await kubeconfigConnection(file);
         } catch (err) {
           assert.ok(err instanceof KubeconfigError, String(err));
         }

@@ -6,7 +6,6 @@
 // Performance), so both speak HTTP themselves.
 import { readFileSync } from "node:fs";
 import https from "node:https";
-import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { formatSchemaIssues } from "../contract/errors.ts";
 
@@ -52,7 +51,9 @@ const kubeconfigSchema = z.looseObject({
 });
 
 /** A kubeconfig file with a bearer token (or token file): the only credential the components take. */
-export function kubeconfigConnection(file: string): ApiConnection {
+export async function kubeconfigConnection(file: string): Promise<ApiConnection> {
+  // The YAML parser only for a kubeconfig: in a cluster (the usual case) it is never loaded.
+  const { parse: parseYaml } = await import("yaml");
   let raw: unknown;
   try {
     raw = parseYaml(readFileSync(file, "utf8"));
@@ -109,7 +110,7 @@ function requestOptions(conn: ApiConnection, method: string, path: string, heade
 }
 
 /** The API server named by a kubeconfig file when one is given, else the in-cluster one. */
-export function apiConnection(kubeconfig: string | undefined, env: NodeJS.ProcessEnv = process.env): ApiConnection {
+export async function apiConnection(kubeconfig: string | undefined, env: NodeJS.ProcessEnv = process.env): Promise<ApiConnection> {
   return kubeconfig !== undefined && kubeconfig !== "" ? kubeconfigConnection(kubeconfig) : inClusterConnection(env);
 }
 

@@ -80,7 +80,7 @@ await signing.start();
 
 let kubeApi: ApiConnection;
 try {
-  kubeApi = apiConnection(env.KUBECONFIG, env);
+  kubeApi = await apiConnection(env.KUBECONFIG, env);
 } catch (err) {
   log.fatal(`API server connection: ${errorMessage(err)}`);
   process.exit(2);

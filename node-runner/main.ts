@@ -93,7 +93,7 @@ try {
 const kubeconfigFile = values.kubeconfig ?? env.KUBECONFIG;
 let apiConnection: ApiConnection;
 try {
-  apiConnection = connectTo(kubeconfigFile, env);
+  apiConnection = await connectTo(kubeconfigFile, env);
 } catch (err) {
   fail(`API server connection: ${errorMessage(err)}`);
 }
