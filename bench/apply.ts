@@ -6,7 +6,7 @@
 // scan it falls back to. Real test pods, side by side in one run, optionally with N idle
 // processes on the machine (a busy node). Needs root.
 //   npm run bench:apply -- [pods] [--processes N]
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { parseArgs } from "node:util";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
@@ -18,7 +18,7 @@ import { openNetns, resolvePodNetns } from "../node-runner/netns.ts";
 import { renderIptables, type IptablesRule } from "../node-runner/rules/iptables.ts";
 import { replaceTransaction } from "../node-runner/rules/iptables-text.ts";
 import { TestPods, testPodsUnavailableReason } from "../test/support/test-pods.ts";
-import { machineDescription, summarize, table } from "./machine.ts";
+import { idleProcesses, machineDescription, processCount, summarize, table } from "./machine.ts";
 
 const unavailable = testPodsUnavailableReason();
 if (unavailable !== undefined) {
@@ -49,16 +49,12 @@ function perRule(netnsPath: string, rules: readonly IptablesRule[]): void {
   }
 }
 
-// A busy node: idle processes in their own group (one kill at the end).
-const idle = extraProcesses > 0 ? spawn("sh", ["-c", `for i in $(seq ${extraProcesses}); do sleep 3600 & done; wait`], { detached: true, stdio: "ignore" }) : undefined;
+const idle = await idleProcesses(extraProcesses);
 // The command helper as the image runs it: compiled JavaScript.
 execFileSync("npm", ["run", "--silent", "build"], { stdio: "inherit" });
 const helper = helperRunner({ entry: path.join(import.meta.dirname, "../dist/node-runner/command-helper.js") });
 try {
-  if (idle !== undefined) {
-    while (Number(execFileSync("sh", ["-c", "ls /proc | grep -c '^[0-9]'"], { encoding: "utf8" })) < extraProcesses) await new Promise((r) => setTimeout(r, 200));
-  }
-  const processes = Number(execFileSync("sh", ["-c", "ls /proc | grep -c '^[0-9]'"], { encoding: "utf8" }));
+  const processes = processCount();
   // As main.ts runs it: commands through the long-lived helper.
   const records = new RecordStore(stateDir);
   const appliers = { "iptables-nft": new IptablesApplier("iptables-nft", records, helper.run), "iptables-legacy": new IptablesApplier("iptables-legacy", records, helper.run) };
@@ -139,7 +135,7 @@ try {
   console.log(`\nnode-runner / floor (medians): ${(median(restoreMs) / median(floorMs)).toFixed(2)}× (forked from Node), ${(median(restoreMs) / median(shellFloorMs)).toFixed(2)}× (from a shell)`);
 } finally {
   helper.stop();
-  if (idle?.pid !== undefined) process.kill(-idle.pid, "SIGKILL");
+  idle.stop();
   await pods.destroy();
   rmSync(stateDir, { recursive: true, force: true });
 }

@@ -13,7 +13,7 @@
 //     waiter in a namespace whose rules are already in place (start → exit, the probe passing
 //     at once), measured on the same pods.
 // Needs root and the control plane.
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, type ChildProcess } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -24,7 +24,7 @@ import { missingBinariesReason } from "../test/controlplane/harness.ts";
 import { cpuSeconds, peakRssMiB, pidsWhere } from "../test/support/processes.ts";
 import { STACK_NODE, startStack } from "../test/support/stack.ts";
 import { testPodsUnavailableReason, type TestPod } from "../test/support/test-pods.ts";
-import { machineDescription, summarize, table } from "./machine.ts";
+import { idleProcesses, machineDescription, processCount, summarize, table } from "./machine.ts";
 
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
 if (unavailable !== undefined) {
@@ -48,14 +48,11 @@ async function metric(url: string, name: RegExp): Promise<number> {
   return [...text.matchAll(name)].reduce((sum, m) => sum + Number(m[1]), 0);
 }
 
-const processCount = (): number => Number(execFileSync("sh", ["-c", "ls /proc | grep -c '^[0-9]'"], { encoding: "utf8" }));
 
 // What the images run: compiled JavaScript and the bundled waiter.
 execFileSync("npm", ["run", "--silent", "build"], { cwd: root, stdio: "inherit" });
 execFileSync("npm", ["run", "--silent", "build:waiter"], { cwd: root, stdio: "inherit" });
-// A busy node: idle processes in their own group (one kill at the end).
-const idle = extraProcesses > 0 ? spawn("sh", ["-c", `for i in $(seq ${extraProcesses}); do sleep 3600 & done; wait`], { detached: true, stdio: "ignore" }) : undefined;
-while (idle !== undefined && processCount() < extraProcesses) await new Promise((r) => setTimeout(r, 200));
+const idle = await idleProcesses(extraProcesses);
 
 const scratch = mkdtempSync(path.join(os.tmpdir(), "pnct-bench-e2e-"));
 chmodSync(scratch, 0o755);
@@ -209,5 +206,5 @@ try {
 } finally {
   await stack.stop();
   rmSync(scratch, { recursive: true, force: true });
-  if (idle?.pid !== undefined) process.kill(-idle.pid, "SIGKILL");
+  idle.stop();
 }

@@ -1,5 +1,6 @@
 // The machine a benchmark ran on, printed with every table.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
+import { readdirSync } from "node:fs";
 import os from "node:os";
 
 export function machineDescription(): string {
@@ -28,4 +29,24 @@ export function table(headers: string[], rows: (string | number)[][]): string {
   const widths = headers.map((_, i) => Math.max(...cells.map((r) => String(r[i]).length)));
   const line = (r: (string | number)[]): string => `| ${r.map((c, i) => String(c).padEnd(widths[i] ?? 0)).join(" | ")} |`;
   return [line(cells[0] ?? []), `| ${widths.map((w) => "-".repeat(w)).join(" | ")} |`, ...cells.slice(1).map(line)].join("\n");
+}
+
+/** Processes on this machine now. */
+export function processCount(): number {
+  return readdirSync("/proc").filter((entry) => /^\d+$/.test(entry)).length;
+}
+
+/**
+ * A busy node: `count` idle processes in their own process group, resolved once they exist;
+ * `stop` kills the group. Nothing is started for 0.
+ */
+export async function idleProcesses(count: number): Promise<{ stop: () => void }> {
+  if (count <= 0) return { stop: () => undefined };
+  const group = spawn("sh", ["-c", `for i in $(seq ${count}); do sleep 3600 & done; wait`], { detached: true, stdio: "ignore" });
+  while (processCount() < count) await new Promise((r) => setTimeout(r, 200));
+  return {
+    stop: () => {
+      if (group.pid !== undefined) process.kill(-group.pid, "SIGKILL");
+    },
+  };
 }
