@@ -114,6 +114,19 @@ export async function apiConnection(kubeconfig: string | undefined, env: NodeJS.
   return kubeconfig !== undefined && kubeconfig !== "" ? kubeconfigConnection(kubeconfig) : inClusterConnection(env);
 }
 
+/** A pod's API path. */
+export const podPath = (namespace: string, name: string): string => `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`;
+
+/** A GET whose 404 means "there is none": undefined instead of an error. */
+export async function apiGetIfExists(conn: ApiConnection, path: string): Promise<unknown> {
+  try {
+    return await apiRequest(conn, "GET", path);
+  } catch (err) {
+    if (err instanceof ApiError && err.code === 404) return undefined;
+    throw err;
+  }
+}
+
 /** One JSON call; an error status rejects with ApiError (its message the API server's). */
 export function apiRequest(conn: ApiConnection, method: string, path: string, body?: { contentType: string; value: unknown }): Promise<unknown> {
   const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body.value));

@@ -2,6 +2,7 @@
 // one shape for both the function and the node-runner. core/v1 Events: events.k8s.io/v1 needs
 // a microsecond eventTime that @kubernetes/client-node cannot send.
 import type { CoreV1Event } from "@kubernetes/client-node";
+import { apiRequest, type ApiConnection } from "./kube-http.ts";
 
 export interface PodIdentity {
   readonly namespace: string;
@@ -9,7 +10,7 @@ export interface PodIdentity {
   readonly uid: string;
 }
 
-export function podEvent(
+function podEvent(
   pod: PodIdentity,
   event: { type: "Normal" | "Warning"; reason: string; message: string },
   source: { component: string; host?: string },
@@ -28,4 +29,14 @@ export function podEvent(
     lastTimestamp: now,
     count: 1,
   };
+}
+
+/** Record an Event on a pod (core/v1, in the pod's namespace). */
+export async function recordPodEvent(
+  conn: ApiConnection,
+  pod: PodIdentity,
+  event: { type: "Normal" | "Warning"; reason: string; message: string },
+  source: { component: string; host?: string },
+): Promise<void> {
+  await apiRequest(conn, "POST", `/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/events`, { contentType: "application/json", value: podEvent(pod, event, source) });
 }

@@ -1,8 +1,8 @@
 // The decision function's Kubernetes side: read pods (Reference mode) and namespaces (opt-in
 // annotation, cached briefly), list mesh pods for resync, and record Warning Events for pods
 // whose annotations are invalid. Spoken over the shared small client (contract/kube-http.ts).
-import { ApiError, apiRequest, type ApiConnection } from "../contract/kube-http.ts";
-import { podEvent } from "../contract/pod-event.ts";
+import { apiGetIfExists, apiRequest, podPath, type ApiConnection } from "../contract/kube-http.ts";
+import { recordPodEvent } from "../contract/pod-event.ts";
 import type { NamespaceFacts } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
 import type { ClusterReader, PodWarningReason } from "./reconcile.ts";
@@ -11,8 +11,6 @@ import type { ClusterReader, PodWarningReason } from "./reconcile.ts";
 const NAMESPACE_CACHE_MS = 30_000;
 /** Pods per page when a resync lists the mesh pods. */
 const LIST_PAGE_SIZE = 500;
-
-const notFound = (err: unknown): boolean => err instanceof ApiError && err.code === 404;
 
 interface ObjectMeta {
   readonly labels?: Record<string, string>;
@@ -25,24 +23,15 @@ export class KubeClusterReader implements ClusterReader {
   constructor(private readonly conn: ApiConnection) {}
 
   async getPod(namespace: string, name: string): Promise<Pod | undefined> {
-    try {
-      return parsePod(await apiRequest(this.conn, "GET", `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`));
-    } catch (err) {
-      if (notFound(err)) return undefined;
-      throw err;
-    }
+    const pod = await apiGetIfExists(this.conn, podPath(namespace, name));
+    return pod === undefined ? undefined : parsePod(pod);
   }
 
   async getNamespace(name: string): Promise<NamespaceFacts | undefined> {
     const cached = this.namespaces.get(name);
     if (cached !== undefined && cached.until > Date.now()) return cached.facts;
-    let facts: NamespaceFacts | undefined;
-    try {
-      const ns = (await apiRequest(this.conn, "GET", `/api/v1/namespaces/${encodeURIComponent(name)}`)) as { metadata?: ObjectMeta } | undefined;
-      facts = { labels: ns?.metadata?.labels ?? {}, annotations: ns?.metadata?.annotations ?? {} };
-    } catch (err) {
-      if (!notFound(err)) throw err;
-    }
+    const ns = (await apiGetIfExists(this.conn, `/api/v1/namespaces/${encodeURIComponent(name)}`)) as { metadata?: ObjectMeta } | undefined;
+    const facts: NamespaceFacts | undefined = ns === undefined ? undefined : { labels: ns.metadata?.labels ?? {}, annotations: ns.metadata?.annotations ?? {} };
     this.namespaces.set(name, { facts, until: Date.now() + NAMESPACE_CACHE_MS });
     return facts;
   }
@@ -61,9 +50,6 @@ export class KubeClusterReader implements ClusterReader {
   async recordPodWarning(pod: Pod, reason: PodWarningReason, message: string): Promise<void> {
     const namespace = pod.metadata.namespace ?? "default";
     const identity = { namespace, name: pod.metadata.name ?? "", uid: pod.metadata.uid ?? "" };
-    await apiRequest(this.conn, "POST", `/api/v1/namespaces/${encodeURIComponent(namespace)}/events`, {
-      contentType: "application/json",
-      value: podEvent(identity, { type: "Warning", reason, message }, { component: "decision" }),
-    });
+    await recordPodEvent(this.conn, identity, { type: "Warning", reason, message }, { component: "decision" });
   }
 }

@@ -5,8 +5,8 @@
 import { type PodRef } from "../contract/apply-request.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { withDeadline } from "../contract/deadline.ts";
-import { podEvent } from "../contract/pod-event.ts";
-import { ApiError, apiRequest, watchStream, type ApiConnection, type WatchEvent } from "../contract/kube-http.ts";
+import { recordPodEvent } from "../contract/pod-event.ts";
+import { ApiError, apiGetIfExists, apiRequest, podPath, watchStream, type ApiConnection, type WatchEvent } from "../contract/kube-http.ts";
 
 /** The fields of a Pod the node-runner reads. */
 interface PodObject {
@@ -144,7 +144,6 @@ export class WatchedPodApi implements PodApi {
 }
 
 const key = (pod: PodObject): string => `${pod.metadata?.namespace ?? ""}/${pod.metadata?.name ?? ""}`;
-const podPath = (namespace: string, name: string): string => `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`;
 
 export class KubePodApi implements PodApi {
   constructor(
@@ -159,12 +158,8 @@ export class KubePodApi implements PodApi {
   }
 
   async getPod(namespace: string, name: string): Promise<PodFacts | undefined> {
-    try {
-      return podFacts((await this.deadline("read pod", apiRequest(this.conn, "GET", podPath(namespace, name)))) as PodObject);
-    } catch (err) {
-      if (err instanceof ApiError && err.code === 404) return undefined;
-      throw err;
-    }
+    const pod = (await this.deadline("read pod", apiGetIfExists(this.conn, podPath(namespace, name)))) as PodObject | undefined;
+    return pod === undefined ? undefined : podFacts(pod);
   }
 
   async markInitialized(pod: PodRef, mark: { netns: string; rules: string }): Promise<void> {
@@ -184,12 +179,6 @@ export class KubePodApi implements PodApi {
   }
 
   async recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void> {
-    await this.deadline(
-      "create event",
-      apiRequest(this.conn, "POST", `/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/events`, {
-        contentType: "application/json",
-        value: podEvent(pod, event, { component: "node-runner", host: this.nodeName }),
-      }),
-    );
+    await this.deadline("create event", recordPodEvent(this.conn, pod, event, { component: "node-runner", host: this.nodeName }));
   }
 }
