@@ -236,13 +236,20 @@ export class IptablesApplier {
       const state = live.get(family);
       return state === undefined ? undefined : ownedBuiltin(usable, family, state);
     };
+    // What the runner owns in each family before it changes anything (asked up to three times).
+    const ownedBefore = new Map<Family, ChainRules>();
     const ownedNow = (family: Family): ChainRules => {
-      const state = live.get(family);
-      return state === undefined ? {} : ownedRules(state, recordedBuiltin(family));
+      let owned = ownedBefore.get(family);
+      if (owned === undefined) {
+        const state = live.get(family);
+        owned = state === undefined ? {} : ownedRules(state, recordedBuiltin(family));
+        ownedBefore.set(family, owned);
+      }
+      return owned;
     };
 
     if (usable?.digest === digest) {
-      const drifted = families.filter((f) => !sameRules(ownedNow(f.family), usable.owned[f.family === 4 ? "4" : "6"] ?? {}));
+      const drifted = families.filter((f) => !sameRules(ownedNow(f.family), usable.owned[familyKey(f.family)] ?? {}));
       if (drifted.length === 0 && (plan.v6 !== null || Object.keys(ownedNow(6)).length === 0)) return { result: "unchanged", digest };
       // Changed by someone else, or recorded in a form the tool does not print: learn it again.
       for (const f of drifted) this.savedForms.forget(this.variant, f.family, f.rules);
@@ -255,7 +262,7 @@ export class IptablesApplier {
       const pending: NonNullable<NetnsRecord["pending"]> = {};
       const carried: NetnsRecord["builtin"] = {};
       for (const [family, state] of live) {
-        const key = family === 4 ? "4" : "6";
+        const key = familyKey(family);
         pending[key] = builtinLines(state.rules);
         const mine = recordedBuiltin(family);
         if (mine !== undefined) carried[key] = mine;
@@ -273,7 +280,7 @@ export class IptablesApplier {
       if (desired === null && Object.keys(current).length === 0) continue;
       await this.restore(netns, family, replaceTransaction(current, desired?.rules ?? null));
       if (desired === null) continue;
-      const key = family === 4 ? "4" : "6";
+      const key = familyKey(family);
       // The transaction replaced everything owned: what is owned now is the plan, in saved form.
       const known = this.savedForms.get(this.variant, family, desired.rules);
       if (known !== undefined) {
@@ -335,12 +342,15 @@ export async function runIpStep(run: NetnsRunner, netns: NetnsTarget, step: NetS
   }
 }
 
+/** A family's key in a record. */
+const familyKey = (family: Family): "4" | "6" => (family === 4 ? "4" : "6");
+
 /**
  * The built-in-chain lines a record says this runner owns in `state`: as recorded, plus, when
  * an apply died between its intent and its record, every line added since the intent.
  */
 function ownedBuiltin(record: NetnsRecord | undefined, family: Family, state: SaveState): ChainRules | undefined {
-  const key = family === 4 ? "4" : "6";
+  const key = familyKey(family);
   const before = record?.pending?.[key];
   if (before === undefined) return record?.builtin[key];
   return mergeRules(record?.builtin[key] ?? {}, addedBuiltinLines({ chains: {}, rules: before }, state), state);
