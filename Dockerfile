@@ -1,10 +1,12 @@
 # Images of this project, one build stage shared by three targets:
 #   docker build --target node-runner -t podnet/node-runner .
-#   docker build --target waiter      -t podnet/waiter .        (`pnc wait`: one bundled file, no node_modules)
+#   docker build --target waiter      -t podnet/waiter .        (one static Go binary, from scratch)
 #   docker build --target decision    -t podnet/decision .
-# The base is pinned by its multi-architecture index digest. The tests build these same targets
-# with buildah on a locally produced base (test/controlplane/images.sh passes NODE_IMAGE).
+# The bases are pinned by their multi-architecture index digests. The tests build these same
+# targets with buildah on locally produced bases (test/controlplane/images.sh passes NODE_IMAGE
+# and GO_IMAGE).
 ARG NODE_IMAGE=node:22.20.0-bookworm-slim@sha256:b21fe589dfbe5cc39365d0544b9be3f1f33f55f3c86c87a76ff65a02f8f5848e
+ARG GO_IMAGE=golang:1.25.5@sha256:6396b3d8039d2050ab7a3c5c6e1cbeed8bf6d2ddc0403e1ab39d78749227ca19
 
 FROM ${NODE_IMAGE} AS build
 WORKDIR /src
@@ -15,12 +17,9 @@ COPY contract contract
 COPY node-runner node-runner
 COPY functions functions
 COPY cli cli
-COPY waiter waiter
-# Compiled JavaScript for the node-runner and the function (tsx is a dev dependency only); the
-# CLI bundled for the waiter image (`pnc wait` loads its own 13 KB of it, not the other
-# commands); then the dev dependencies go.
+# Compiled JavaScript for the node-runner and the function (tsx is a dev dependency only); then
+# the dev dependencies go.
 RUN npm run build \
- && npm run build:waiter \
  && npm prune --omit=dev
 
 FROM ${NODE_IMAGE} AS runtime
@@ -39,15 +38,17 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 ENTRYPOINT ["node", "dist/cli/pnc.js"]
 
-# The waiter init container: Node and one bundled file, as the proxy's UID (the template sets it
-# too). Every mesh pod pulls it; apart from the shared base its layer is about a megabyte.
-FROM ${NODE_IMAGE} AS waiter
-WORKDIR /app
-COPY --from=build /src/package.json ./
-COPY --from=build /src/bundle/dist dist
-ENV NODE_ENV=production
+# The waiter init container: every mesh pod pulls it, so it is one static binary (waiter/, Go
+# standard library only) and nothing else: no shell, no libc, about 2.6 MB. UID of the proxy.
+FROM ${GO_IMAGE} AS waiter-build
+WORKDIR /src/waiter
+COPY waiter/go.mod waiter/*.go ./
+RUN rm -f *_test.go && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags="-s -w" -o /podnet-wait .
+
+FROM scratch AS waiter
+COPY --from=waiter-build /podnet-wait /podnet-wait
 USER 1337:1337
-ENTRYPOINT ["node", "dist/cli/pnc.js", "wait"]
+ENTRYPOINT ["/podnet-wait"]
 
 # The decision function (a Knative Service): non-root; run it with a read-only root filesystem.
 FROM runtime AS decision

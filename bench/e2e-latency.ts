@@ -8,7 +8,7 @@
 //     once, as a node hands out addresses in a burst. Per pod: IP → rules applied, IP → mark;
 //     the last mark; the peak memory of each component.
 //   npm run bench:e2e -- single [pods] [--processes N]
-//     One pod at a time, its waiter (the bundled `pnc wait`, UID 1337, in the pod's netns)
+//     One pod at a time, its waiter (the Go binary of the waiter image, UID 1337, in the pod's netns)
 //     already waiting when the IP appears: IP → rules applied, IP → waiter exit. Its floor: the
 //     waiter in a namespace whose rules are already in place (start → exit, the probe passing
 //     at once), measured on the same pods.
@@ -24,6 +24,7 @@ import { missingBinariesReason } from "../test/controlplane/harness.ts";
 import { cpuSeconds, peakRssMiB, pidsWhere } from "../test/support/processes.ts";
 import { STACK_NODE, startStack } from "../test/support/stack.ts";
 import { testPodsUnavailableReason, type TestPod } from "../test/support/test-pods.ts";
+import { waiterBinary } from "../test/support/waiter.ts";
 import { idleProcesses, machineDescription, processCount, summarize, table } from "./machine.ts";
 
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
@@ -41,7 +42,6 @@ const count = Number(positionals[1] ?? (mode === "burst" ? "200" : "20"));
 const extraProcesses = Number(flags.processes);
 const NS = "burst";
 const root = path.resolve(import.meta.dirname, "..");
-const WAITER = path.join(root, "bundle/dist/cli/pnc.js");
 
 async function metric(url: string, name: RegExp): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
@@ -49,9 +49,9 @@ async function metric(url: string, name: RegExp): Promise<number> {
 }
 
 
-// What the images run: compiled JavaScript and the bundled waiter.
+// What the images run: compiled JavaScript and the waiter binary.
 execFileSync("npm", ["run", "--silent", "build"], { cwd: root, stdio: "inherit" });
-execFileSync("npm", ["run", "--silent", "build:waiter"], { cwd: root, stdio: "inherit" });
+const WAITER = waiterBinary();
 const idle = await idleProcesses(extraProcesses);
 
 const scratch = mkdtempSync(path.join(os.tmpdir(), "pnct-bench-e2e-"));
@@ -89,7 +89,7 @@ try {
   function startWaiter(pod: TestPod): { child: ChildProcess; waiting: Promise<void>; exit: Promise<{ at: number; code: number | null }> } {
     const annotations = path.join(scratch, `annotations-${pod.uid}`);
     writeFileSync(annotations, ""); // the kubelet's file, not refreshed: the probe is the signal
-    const child = pod.spawn([process.execPath, WAITER, "wait", `--annotations=${annotations}`, "--timeout=60", "--termination-log=/dev/null"], { uid: 1337, gid: 1337 });
+    const child = pod.spawn([WAITER, `--annotations=${annotations}`, "--timeout=60", "--termination-log=/dev/null"], { uid: 1337, gid: 1337 });
     const waiting = new Promise<void>((resolve) => {
       child.stderr?.on("data", (c: Buffer) => {
         if (c.toString().includes("waiting:")) resolve();

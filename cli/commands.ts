@@ -33,7 +33,6 @@ export const EXIT = {
 const USAGE = `usage:
   pnc plan <pod.yaml|pod.json|-> [--backend iptables-nft|iptables-legacy|nftables] [--family v4|v6|both] [--json]
   pnc decide <pod.yaml|pod.json|-> [--namespace <namespace manifest>] [--policy <policy.yaml>] [--json]
-  pnc wait [--annotations <file>] [--timeout <s>] [--capture-port <port>] [--no-probe] ...
   pnc keys generate [--namespace podnet-system] --out <dir>
   pnc keys rotate --secret <file> --configmap <file> --out <dir>
 
@@ -50,8 +49,7 @@ const USAGE = `usage:
   function trusts (node-runner-ca.configmap.yaml); rotate adds a new signing pair and keeps the
   old ones.
 
-  wait is the init container's command: it waits for the node-runner's mark for its own
-  network namespace, then proves interception works (exit codes: README).
+  The waiter init container is its own small program (waiter/, image target waiter).
 
 exit codes: 0 ok, 2 invalid capture configuration, 3 unreadable input or not a Pod,
   4 invalid policy, 64 usage`;

@@ -13,14 +13,14 @@ import { applyCaptureOverrides, matchesSelector, type Policy } from "./policy.ts
  * takes the name of Istio's validation container, which Istio's injector always orders first.
  */
 export const WAITER_CONTAINER = "istio-validation";
+/** The waiter image's program (waiter/), as the template runs it; recognised by its file name. */
+const WAITER_PROGRAM = "podnet-wait";
+export const WAITER_COMMAND = `/${WAITER_PROGRAM}`;
 export const LEGACY_OPT_IN = "istio-pod-network-controller/initialize";
 
-/** Does the pod carry the project's waiter (the template's `pnc wait` init container)? */
+/** Does the pod carry the project's waiter (the template's init container running it)? */
 export function carriesWaiter(pod: Pod): boolean {
-  return (
-    pod.spec.initContainers?.some((c) => c.name === WAITER_CONTAINER && (c.command ?? []).some((a) => a.endsWith("pnc.js")) && c.command?.includes("wait") === true) ===
-    true
-  );
+  return pod.spec.initContainers?.some((c) => c.name === WAITER_CONTAINER && c.command?.[0]?.split("/").pop() === WAITER_PROGRAM) === true;
 }
 
 /**

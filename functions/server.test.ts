@@ -6,6 +6,7 @@ import fc from "fast-check";
 import { pino } from "pino";
 import request from "supertest";
 import { apiServerSourceEvent, meshPodObject } from "../test/support/apiserversource.ts";
+import { WAITER_COMMAND } from "./decision.ts";
 import { parsePod } from "./pod.ts";
 import { parsePolicy } from "./policy.ts";
 import { createFunctionMetrics } from "./metrics.ts";
@@ -154,7 +155,7 @@ describe("decision function: capture warnings (Istio parity)", () => {
 });
 
 describe("decision function: pods that carry the waiter but get no rules", () => {
-  const waiterInit = { name: "istio-validation", image: "ghcr.io/podnet/waiter:0.1.0", command: ["node", "dist/cli/pnc.js", "wait"] };
+  const waiterInit = { name: "istio-validation", image: "ghcr.io/podnet/waiter:0.1.0", command: [WAITER_COMMAND] };
   const withWaiter = (name: string, namespace: string) => {
     const base = meshPodObject(name, { namespace });
     return { ...base, spec: { ...base.spec, initContainers: [waiterInit] } };

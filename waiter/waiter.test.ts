@@ -1,91 +1,83 @@
+// The waiter's own Go tests (waiter_test.go: the kubelet's file format, the probe port, the
+// command line), run here so that `npm test` counts each; and its contract constants checked
+// against contract/, where they are defined.
 import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { describe, test } from "node:test";
 import fc from "fast-check";
-import { goQuote } from "../test/support/downward-api.ts";
-import { AnnotationsFileError, markState, parseAnnotationsFile, probePortFor } from "./waiter.ts";
+import { assertAvailable, skipUnlessCI } from "../test/support/environment.ts";
+import { WAIT_EXIT, waiterBinary, waiterUnavailableReason } from "../test/support/waiter.ts";
+import { CONTRACT_GO_FILE, contractGo } from "./generate-contract.ts";
 
-describe("downward API annotations file", () => {
-  test("kubelet's format: key=\"Go-quoted value\" lines", () => {
-    const text = [
-      'kubectl.kubernetes.io/last-applied-configuration="{\\"a\\":1}\\n"',
-      'pod-network-controller.istio.io/netns="4026532246"',
-      'pod-network-controller.istio.io/status="initialized"',
-      'sidecar.istio.io/status="{\\"containers\\":[\\"istio-proxy\\"]}"',
-      'weird="tab\\there \\u00e9 \\U0001f600 \\x41 \\101"',
-      "",
-    ].join("\n");
-    const a = parseAnnotationsFile(text);
-    assert.equal(a.get("pod-network-controller.istio.io/status"), "initialized");
-    assert.equal(a.get("kubectl.kubernetes.io/last-applied-configuration"), '{"a":1}\n');
-    assert.equal(a.get("weird"), "tab\there é 😀 A A");
-    assert.equal(markState(a, "4026532246"), "initialized");
-    assert.equal(markState(a, "4026532999"), "other-netns");
-    assert.equal(markState(new Map(), "1"), "not-yet");
-  });
+const dir = import.meta.dirname;
+const unavailable = waiterUnavailableReason();
 
-  const malformed: [string, string][] = [
-    ["truncated value", 'pod-network-controller.istio.io/status="initial'],
-    ["no quotes", "pod-network-controller.istio.io/status=initialized"],
-    ["no key", '="x"'],
-    ["bad escape", 'a="\\q"'],
-    ["short hex escape", 'a="\\x4"'],
-    ["dangling backslash", 'a="abc\\"'],
-    ["inner quote", 'a="a"b"'],
-    ["garbage line", "\u0000\u0001binary"],
-    ["surrogate escape", 'a="\\ud800"'],
-  ];
-  for (const [what, text] of malformed) {
-    test(`malformed: ${what}`, () => {
-      assert.throws(() => parseAnnotationsFile(text), AnnotationsFileError);
-    });
-  }
-
-  test("oversize files are refused", () => {
-    assert.throws(() => parseAnnotationsFile(`a="${"x".repeat(1024 * 1024)}"`), /larger than/);
-  });
-
-  test("property: any value survives Go quoting and parsing", () => {
-    fc.assert(
-      fc.property(fc.string({ unit: "binary", maxLength: 100 }), (value) => {
-        const clean = Buffer.from(value, "utf8").toString("utf8"); // lone surrogates become U+FFFD, as in a real file
-        assert.equal(parseAnnotationsFile(`k8s.io/key=${goQuote(clean)}\n`).get("k8s.io/key"), clean);
-      }),
-      { numRuns: 2000 },
-    );
-  });
-
-  test("property: arbitrary text is parsed or refused with AnnotationsFileError, nothing else", () => {
-    fc.assert(
-      fc.property(fc.string({ unit: "binary", maxLength: 300 }), (text) => {
-        try {
-          parseAnnotationsFile(text);
-        } catch (err) {
-          if (!(err instanceof AnnotationsFileError)) throw err;
-        }
-      }),
-      { numRuns: 3000 },
-    );
-  });
+test("waiter/contract.go is what waiter/generate-contract.ts makes of contract/", () => {
+  assert.equal(readFileSync(CONTRACT_GO_FILE, "utf8"), contractGo(), "run: node --import tsx waiter/generate-contract.ts");
 });
 
-describe("the probe's target port", () => {
-  test("moves off ports the pod excludes from outbound capture; none when all are", () => {
-    assert.equal(probePortFor(15999, undefined), 15999);
-    assert.equal(probePortFor(15999, "15020"), 15999);
-    assert.equal(probePortFor(15999, "15999, 15998 ,80"), 15997);
-    assert.equal(probePortFor(15009, "15009"), 15007, "15008 is exempt from Istio's loopback rule");
-    assert.equal(probePortFor(15999, "*"), null);
-    assert.equal(probePortFor(15999, "80,*"), null);
+describe("the waiter's Go tests [needs Go]", skipUnlessCI(unavailable), () => {
+  assertAvailable(unavailable);
+  test("gofmt and go vet are clean", () => {
+    assert.equal(execFileSync("gofmt", ["-l", "."], { cwd: dir, encoding: "utf8" }), "");
+    execFileSync("go", ["vet", "./..."], { cwd: dir, stdio: ["ignore", "ignore", "inherit"] });
   });
 
-  test("property: any annotation text gives an allowed port or none, never an exception", () => {
+  // `go test -json`: one event per line; each finished Go test becomes a test here.
+  const run = spawnSync("go", ["test", "-json", "-count=1", "./..."], { cwd: dir, encoding: "utf8" });
+  const results = run.stdout
+    .split("\n")
+    .filter((line) => line.startsWith("{"))
+    .map((line) => JSON.parse(line) as { Action: string; Test?: string; Output?: string })
+    .filter((e) => e.Test !== undefined);
+  test("go test ran", () => {
+    assert.ok(results.some((e) => e.Action === "pass" || e.Action === "fail"), run.stderr || run.stdout);
+  });
+  for (const end of results.filter((e) => e.Action === "pass" || e.Action === "fail")) {
+    test(`go: ${end.Test ?? ""}`, () => {
+      const output = results.filter((e) => e.Test === end.Test && e.Action === "output").map((e) => e.Output).join("");
+      assert.equal(end.Action, "pass", output);
+    });
+  }
+});
+
+describe("the waiter binary with hostile input [needs Go]", skipUnlessCI(unavailable), () => {
+  assertAvailable(unavailable);
+  const run = (args: string[]) => spawnSync(waiterBinary(), args, { encoding: "utf8", timeout: 10_000 });
+
+  // Outside a pod, with no probe and a short timeout: a file is either refused (12, with the
+  // reason in the termination log) or waited on until the timeout (10); never a crash.
+  test("property: any annotations file is refused with its code or waited on, never a crash", () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "pnct-waiter-"));
+    try {
+      const file = path.join(dir, "annotations");
+      const log = path.join(dir, "termination-log");
+      fc.assert(
+        fc.property(fc.oneof(fc.string({ unit: "binary", maxLength: 200 }), fc.uint8Array({ maxLength: 200 })), (content) => {
+          writeFileSync(file, content);
+          const r = run([`--annotations=${file}`, `--termination-log=${log}`, "--no-probe", "--timeout=0.02", "--poll=5"]);
+          assert.ok(r.status === WAIT_EXIT.badAnnotations || r.status === WAIT_EXIT.timeout, `exit ${String(r.status)}: ${r.stderr}`);
+          assert.match(readFileSync(log, "utf8"), r.status === WAIT_EXIT.badAnnotations ? /^malformed annotations file .*: line \d+: / : /^timed out after 20 ms/);
+        }),
+        { numRuns: 150 },
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("property: hostile option values end in the usage code with one line, never a wait", () => {
     fc.assert(
-      fc.property(fc.string(), fc.integer({ min: 1025, max: 65535 }), (text, preferred) => {
-        const port = probePortFor(preferred, text);
-        const listed = text.split(",").map((p) => p.trim());
-        if (listed.includes("*")) return port === null;
-        return port === null || (port <= preferred && port > 1024 && port !== 15008 && !listed.map(Number).includes(port));
+      fc.property(fc.constantFrom("timeout", "poll", "probe-every", "capture-port", "probe-target"), fc.string({ maxLength: 30 }), (option, value) => {
+        fc.pre(!/^\s*[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$/.test(value) && !/^\d+\.\d+\.\d+\.\d+:\d+$/.test(value) && !/^0x[0-9a-f]+/i.test(value));
+        const r = run([`--${option}=${value}`, "--no-probe", "--timeout=0.01", "--annotations=/nonexistent"].filter((a, i) => i === 0 || !a.startsWith(`--${option}=`)));
+        assert.equal(r.status, WAIT_EXIT.usage, r.stderr);
+        assert.match(r.stderr, /^podnet-wait: .+\n$/);
       }),
+      { numRuns: 150 },
     );
   });
 });

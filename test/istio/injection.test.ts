@@ -9,7 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { WAITER_CONTAINER } from "../../functions/decision.ts";
+import { WAITER_COMMAND, WAITER_CONTAINER } from "../../functions/decision.ts";
 import { startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { kubeInject, missingIstioReason, renderInjector, type InjectorFiles } from "../support/istio-injector.ts";
@@ -72,7 +72,7 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
           const waiter = inits[0];
 
           assert.equal(waiter?.name, WAITER_CONTAINER, `init containers: ${inits.map((c) => c.name).join(", ")}`);
-          assert.deepEqual(waiter.command, ["node", "dist/cli/pnc.js", "wait"]);
+          assert.deepEqual(waiter.command, [WAITER_COMMAND]);
           assert.ok(waiter.args?.some((a) => a === "--capture-port=15006"), JSON.stringify(waiter.args));
           assert.equal(waiter.restartPolicy, undefined, "the waiter runs to completion");
           assert.ok(!inits.some((c) => c.name === "istio-init"), "no istio-init");

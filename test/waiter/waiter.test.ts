@@ -1,4 +1,4 @@
-// The waiter in a real test pod: UID 1337, no capabilities (nsenter drops them with the UID),
+// The waiter (the Go binary its image runs) in a real test pod: UID 1337, no capabilities (nsenter drops them with the UID),
 // after a real node-runner apply and the pod's real annotations, copied into the downward API
 // file the way kubelet writes it.
 import assert from "node:assert/strict";
@@ -9,16 +9,15 @@ import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { APPLY_PATH } from "../../contract/apply-request.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
-import { WAIT_EXIT } from "../../waiter/waiter.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { scratchDir, sendSigned, signingKeyDirs, startNodeRunner, type Component } from "../support/components.ts";
 import { writeAnnotationsFile } from "../support/downward-api.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, type MeshPod } from "../support/mesh-pods.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
+import { WAIT_EXIT, waiterBinary, waiterUnavailableReason } from "../support/waiter.ts";
 
-const root = path.resolve(import.meta.dirname, "../..");
-const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
+const unavailable = testPodsUnavailableReason() ?? missingBinariesReason() ?? waiterUnavailableReason();
 const NODE = "node-a";
 const NS = "shop";
 
@@ -67,7 +66,7 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
 
   function startWaiter(pod: MeshPod, info: ReturnType<typeof podinfo>, extra: string[] = []): { child: ChildProcess; exit: Promise<{ code: number; at: number; stderr: string }> } {
     const child = pod.sandbox.spawn(
-      [process.execPath, "--import", "tsx", path.join(root, "cli/pnc.ts"), "wait", `--annotations=${info.file}`, `--termination-log=${info.terminationLog}`, "--poll=200", ...extra],
+      [waiterBinary(), `--annotations=${info.file}`, `--termination-log=${info.terminationLog}`, "--poll=200", ...extra],
       { uid: 1337, gid: 1337 },
     );
     let stderr = "";

@@ -1,0 +1,3 @@
+module podnet.local/waiter
+
+go 1.22
