@@ -34,7 +34,7 @@ ENV NODE_ENV=production
 # with V8 limits suited to a small agent.
 FROM runtime AS node-runner
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables nftables iproute2 util-linux \
+ && apt-get install -y --no-install-recommends iptables nftables iproute2 util-linux openssl \
  && rm -rf /var/lib/apt/lists/*
 ENTRYPOINT ["node", "dist/cli/pnc.js"]
 

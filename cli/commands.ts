@@ -35,6 +35,7 @@ const USAGE = `usage:
   pnc decide <pod.yaml|pod.json|-> [--namespace <namespace manifest>] [--policy <policy.yaml>] [--json]
   pnc keys generate [--namespace podnet-system] --out <dir>
   pnc keys rotate --secret <file> --configmap <file> --out <dir>
+  pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>]
 
   Prints the rules the node-runner would apply for the pod, derived the way istio-cni does
   (annotations, istio-proxy env and securityContext). --family defaults to the pod's own
@@ -47,7 +48,8 @@ const USAGE = `usage:
   public-keys.configmap.yaml (the node-runners' public keys); generate also writes the
   node-runners' TLS certificate (node-runner-tls.secret.yaml, needs openssl) and the CA the
   function trusts (node-runner-ca.configmap.yaml); rotate adds a new signing pair and keeps the
-  old ones.
+  old ones. ensure creates in the cluster whichever of those four objects are missing and keeps
+  the others (the Helm chart's keys.generate Job runs it; needs openssl for TLS).
 
   The waiter init container is its own small program (waiter/, image target waiter).
 

@@ -1,7 +1,7 @@
 // `pnc keys generate` and `pnc keys rotate`: Ed25519 signing keys as Kubernetes manifests — a
 // Secret with the private keys for the decision function, a ConfigMap with the public keys for
 // the node-runners. Key ids are fn-<UTC timestamp>, so the newest sorts last and signs.
-import { generateKeyPairSync } from "node:crypto";
+import { createPublicKey, generateKeyPairSync } from "node:crypto";
 import { parseAllDocuments } from "yaml";
 import { secretAndConfigMap } from "./manifests.ts";
 
@@ -18,7 +18,7 @@ export function newKeyId(now: Date): string {
   return `fn-${now.toISOString().replace(/[-:T]/g, "").slice(0, 14)}`;
 }
 
-function pair(): { privatePem: string; publicPem: string } {
+export function pair(): { privatePem: string; publicPem: string } {
   const { privateKey, publicKey } = generateKeyPairSync("ed25519");
   return {
     privatePem: privateKey.export({ type: "pkcs8", format: "pem" }).toString(),
@@ -41,6 +41,11 @@ export function generateKeys(namespace: string, now = new Date()): KeyManifests 
 }
 
 export class KeyManifestError extends Error {}
+
+/** The public key of a private key PEM (both PEM). */
+export function publicPemOf(privatePem: string): string {
+  return createPublicKey(privatePem).export({ type: "spki", format: "pem" }).toString();
+}
 
 function readMap(text: string, kind: "Secret" | "ConfigMap"): { namespace: string; entries: Record<string, string> } {
   // An empty stream is an empty array: "no <kind>".

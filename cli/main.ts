@@ -1,7 +1,8 @@
 // pnc — the project's command line (see `pnc help`); cli/pnc.ts is the executable that runs it.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { runPnc } from "./commands.ts";
+import { runPnc, type Io } from "./commands.ts";
+import { ensureKeysMain } from "./keys-ensure.ts";
 
 // Output piped into `head` and closed early is not an error.
 process.stdout.on("error", (err: NodeJS.ErrnoException) => {
@@ -9,7 +10,8 @@ process.stdout.on("error", (err: NodeJS.ErrnoException) => {
   throw err;
 });
 
-process.exitCode = runPnc(process.argv.slice(2), {
+const args = process.argv.slice(2);
+const io: Io = {
   stdout: (text) => process.stdout.write(text),
   stderr: (text) => process.stderr.write(text),
   readFile: (path) => readFileSync(path, "utf8"),
@@ -19,4 +21,6 @@ process.exitCode = runPnc(process.argv.slice(2), {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     writeFileSync(path, text, { mode: path.endsWith(".secret.yaml") ? 0o600 : 0o644 });
   },
-});
+};
+// The one command that talks to the API server (the chart's key Job) is asynchronous.
+process.exitCode = args[0] === "keys" && args[1] === "ensure" ? await ensureKeysMain(args.slice(2), io) : runPnc(args, io);

@@ -2,7 +2,7 @@
 // project's label, a comment line saying what each file is.
 import { stringify } from "yaml";
 
-const LABELS = { "app.kubernetes.io/part-of": "podnet" };
+export const LABELS = { "app.kubernetes.io/part-of": "podnet" };
 
 export function secretAndConfigMap(
   namespace: string,

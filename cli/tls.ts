@@ -38,11 +38,16 @@ export function generateTls(options: { days?: number } = {}): TlsFiles {
   }
 }
 
+/** The TLS Secret's entries; its CA certificate too, so that a lost CA ConfigMap can be remade. */
+export function tlsSecretData(tls: TlsFiles): Record<string, string> {
+  return { "tls.crt": tls.cert, "tls.key": tls.key, "ca.crt": tls.ca };
+}
+
 /** The Secret the node-runners serve with, and the CA ConfigMap the function trusts. */
 export function tlsManifests(namespace: string, tls: TlsFiles): { secret: string; configMap: string } {
   return secretAndConfigMap(
     namespace,
-    { name: TLS_SECRET_NAME, type: "kubernetes.io/tls", stringData: { "tls.crt": tls.cert, "tls.key": tls.key }, comment: "The node-runners' serving certificate and key. Keep out of version control." },
+    { name: TLS_SECRET_NAME, type: "kubernetes.io/tls", stringData: tlsSecretData(tls), comment: "The node-runners' serving certificate and key. Keep out of version control." },
     { name: CA_CONFIGMAP_NAME, data: { "ca.crt": tls.ca }, comment: "The CA the decision function trusts for the node-runners' certificate." },
   );
 }

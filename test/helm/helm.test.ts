@@ -3,19 +3,22 @@
 // Istio's own istiod chart with this project's values renders an injector that carries the
 // template in CNI mode.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
+import { createPrivateKey, createPublicKey, sign, verify, X509Certificate } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { parseAllDocuments } from "yaml";
+import { NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
 import { BIN, CACHE_DIR, missingBinariesReason } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
 import { controlPlaneForSuite } from "../support/suite.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 const HELM = path.join(CACHE_DIR, "bin", "helm");
-const missing = existsSync(HELM) ? missingBinariesReason() : `helm not built (${HELM}): run test/controlplane/build.sh`;
+const KUBECTL = path.join(CACHE_DIR, "bin", "kubectl");
+const missing = [HELM, KUBECTL].map((bin) => (existsSync(bin) ? undefined : `${path.basename(bin)} not built (${bin}): run test/controlplane/build.sh`)).find((m) => m !== undefined) ?? missingBinariesReason();
 
 interface K8sObject {
   apiVersion: string;
@@ -46,6 +49,8 @@ function objects(text: string): Map<string, K8sObject> {
   return out;
 }
 
+const isHook = (o: K8sObject): boolean => (o.metadata as { annotations?: Record<string, string> }).annotations?.["helm.sh/hook"] !== undefined;
+
 const raw = (text: string): K8sObject[] =>
   parseAllDocuments(text)
     .map((d) => d.toJS() as K8sObject | null)
@@ -58,13 +63,31 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     assert.match(helm("lint", path.join(root, "charts/podnet")), /1 chart\(s\) linted, 0 chart\(s\) failed/);
   });
 
-  test("the chart renders exactly the kustomize overlays' objects (kubernetes and OpenShift)", () => {
+  test("the chart renders exactly the kustomize overlays' objects (kubernetes and OpenShift), but the namespace and the key Job's hooks", () => {
     for (const [set, overlay] of [[[], "config/overlays/kubernetes"], [["platform.openshift=true"], "config/overlays/openshift"]] as const) {
-      const fromHelm = objects(chart([...set]));
+      const rendered = objects(chart([...set]));
+      const hooks = [...rendered].filter(([, o]) => isHook(o)).map(([key]) => key).sort();
+      assert.deepEqual(hooks, ["Job/podnet-system/podnet-keys", "Role/podnet-system/podnet-keys", "RoleBinding/podnet-system/podnet-keys", "ServiceAccount/podnet-system/podnet-keys"], "keys.generate (the default) adds only its hook objects");
+      const fromHelm = new Map([...rendered].filter(([, o]) => !isHook(o)));
       const fromKustomize = objects(kustomize(overlay));
+      // Helm keeps its release record in the namespace, so it exists before the chart (README).
+      assert.ok(fromKustomize.delete("Namespace//podnet-system"), `${overlay} has the namespace`);
       assert.deepEqual([...fromHelm.keys()].sort(), [...fromKustomize.keys()].sort(), overlay);
       for (const [key, o] of fromKustomize) assert.deepEqual(fromHelm.get(key), o, `${overlay}: ${key}`);
     }
+  });
+
+  test("keys.generate: a pre-install/pre-upgrade Job in the node-runner image runs `pnc keys ensure` as non-root, restricted", () => {
+    const rendered = objects(chart(["images.nodeRunner=registry.example/nr:1"]));
+    const job = rendered.get("Job/podnet-system/podnet-keys") as K8sObject & { metadata: { annotations: Record<string, string> } };
+    assert.equal(job.metadata.annotations["helm.sh/hook"], "pre-install,pre-upgrade");
+    const pod = (job.spec as { template: { spec: { containers: [{ image: string; args: string[]; securityContext: Record<string, unknown> }]; securityContext: Record<string, unknown> } } }).template.spec;
+    assert.equal(pod.containers[0].image, "registry.example/nr:1");
+    assert.deepEqual(pod.containers[0].args, ["keys", "ensure", "--namespace", "podnet-system"]);
+    assert.equal(pod.securityContext.runAsNonRoot, true);
+    assert.deepEqual(pod.containers[0].securityContext.capabilities, { drop: ["ALL"] });
+    const off = objects(chart(["keys.generate=false"]));
+    assert.equal([...off.values()].some(isHook), false);
   });
 
   test("values reach the objects: images, port, backend, cgroup root, broker delivery, public keys, no GKE quota", () => {
@@ -76,6 +99,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
         "nodeRunner.backend=nftables",
         "nodeRunner.cgroupRoot=/kubelet",
         "eventing.delivery=broker",
+        "keys.generate=false",
         "keys.publicKeys.fn-20261125000000=PEM",
         "platform.nodeCriticalQuota=false",
       ]),
@@ -91,9 +115,14 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
   });
 
   test("invalid values are refused with a clear error", () => {
-    for (const [set, message] of [["eventing.delivery=kafka", /eventing.delivery must be direct or broker/], ["nodeRunner.backend=ebpf", /nodeRunner.backend must be/]] as const) {
+    for (const [set, message] of [
+      ["eventing.delivery=kafka", /eventing.delivery must be direct or broker/],
+      ["nodeRunner.backend=ebpf", /nodeRunner.backend must be/],
+      ["keys.publicKeys.fn-1=PEM", /keys.publicKeys needs keys.generate=false/],
+    ] as const) {
       assert.throws(() => chart([set]), (err: unknown) => message.test(String((err as { stderr?: string }).stderr)));
     }
+    assert.throws(() => helm("template", "podnet", path.join(root, "charts/podnet"), "--namespace", "default"), (err: unknown) => /install into the podnet-system namespace/.test(String((err as { stderr?: string }).stderr)));
   });
 
   test("each platform's rendering is accepted by the real API server with Knative's CRDs", async () => {
@@ -101,15 +130,72 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     // so each rendering is judged on its own.
     const client = k8s.KubernetesObjectApi.makeApiClient(controlPlane().kubeConfig());
     await controlPlane().ensureNamespace("podnet-system");
-    for (const set of [[], ["eventing.delivery=broker", "keys.publicKeys.fn-1=PEM"], ["platform.openshift=true", "nodeRunner.cgroupRoot=/kubelet"]]) {
+    for (const set of [[], ["eventing.delivery=broker", "keys.generate=false", "keys.publicKeys.fn-1=PEM"], ["platform.openshift=true", "nodeRunner.cgroupRoot=/kubelet"]]) {
       // SecurityContextConstraints is OpenShift's own API: its rendering is checked above.
-      const docs = raw(chart(set)).filter((o) => o.kind !== "SecurityContextConstraints" && !(o.kind === "Namespace"));
+      const docs = raw(chart(set)).filter((o) => o.kind !== "SecurityContextConstraints");
       for (const doc of docs) {
         await client.create(doc as k8s.KubernetesObject, undefined, "All").catch((err: unknown) => {
           assert.fail(`${set.join(",") || "defaults"}: ${doc.kind}/${doc.metadata.name} refused: ${err instanceof Error ? err.message : String(err)}`);
         });
       }
     }
+  });
+
+  test("installed as the README says (namespace first, then helm upgrade --install, twice); the key Job's command, with the Job's own RBAC, creates the keys once and keeps them", async () => {
+    const cp = controlPlane();
+    const admin = cp.writeKubeconfig("helm-admin", cp.adminToken);
+    const kubectl = (...args: string[]): string => execFileSync(KUBECTL, [...args, "--kubeconfig", admin], quiet);
+    kubectl("create", "namespace", "podnet-system", "--dry-run=client", "-o", "yaml"); // the README's command, checked offline: an earlier test made it
+    kubectl("label", "namespace", "podnet-system", "pod-security.kubernetes.io/enforce=privileged", "istio-injection=disabled", "--overwrite");
+    const chartDir = path.join(root, "charts/podnet");
+    // Hooks need a kubelet to run the Job: installed without them, the Job's objects made below.
+    for (let i = 0; i < 2; i++) helm("upgrade", "--install", "podnet", chartDir, "--namespace", "podnet-system", "--no-hooks", "--kubeconfig", admin);
+    assert.match(helm("status", "podnet", "--namespace", "podnet-system", "--kubeconfig", admin), /STATUS: deployed/);
+    assert.match(kubectl("-n", "podnet-system", "get", "daemonset/podnet-node-runner", "services.serving.knative.dev/podnet-decision", "-o", "name"), /daemonset.apps\/podnet-node-runner\nservice.serving.knative.dev\/podnet-decision/);
+
+    const objectsApi = k8s.KubernetesObjectApi.makeApiClient(cp.kubeConfig());
+    for (const hook of raw(chart()).filter((o) => isHook(o) && o.kind !== "Job")) await objectsApi.create(hook);
+    const jobKubeconfig = cp.writeKubeconfig("podnet-keys", await cp.serviceAccountToken("podnet-system", "podnet-keys"));
+    const ensure = () => spawnSync(process.execPath, ["--import", "tsx", path.join(root, "cli/pnc.ts"), "keys", "ensure", "--kubeconfig", jobKubeconfig], { cwd: root, encoding: "utf8" });
+    const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+    const ns = "podnet-system";
+
+    const first = ensure();
+    assert.equal(first.status, 0, first.stderr);
+    assert.equal(first.stdout.match(/created/g)?.length, 4, first.stdout);
+    const signing = await core.readNamespacedSecret({ namespace: ns, name: "podnet-signing-keys" });
+    assert.equal(signing.metadata?.annotations?.["kubectl.kubernetes.io/last-applied-configuration"], undefined, "no copy of the private key in an annotation");
+    const [keyFile, privateB64] = Object.entries(signing.data ?? {})[0] ?? [];
+    const publicKeys = await core.readNamespacedConfigMap({ namespace: ns, name: "podnet-public-keys" });
+    const message = Buffer.from("apply");
+    assert.ok(verify(null, message, createPublicKey(publicKeys.data?.[keyFile ?? ""] ?? ""), sign(null, message, createPrivateKey(Buffer.from(privateB64 ?? "", "base64").toString()))), "a working pair");
+    const tls = await core.readNamespacedSecret({ namespace: ns, name: "podnet-node-runner-tls" });
+    const ca = new X509Certificate((await core.readNamespacedConfigMap({ namespace: ns, name: "podnet-node-runner-ca" })).data?.["ca.crt"] ?? "");
+    const cert = new X509Certificate(Buffer.from(tls.data?.["tls.crt"] ?? "", "base64"));
+    assert.ok(cert.verify(ca.publicKey) && cert.checkHost(NODE_RUNNER_SERVER_NAME) !== undefined, "the serving certificate is the CA's, for the node-runners' name");
+
+    const again = ensure();
+    assert.equal(again.status, 0, again.stderr);
+    assert.equal(again.stdout.match(/kept/g)?.length, 4, again.stdout);
+    assert.equal((await core.readNamespacedSecret({ namespace: ns, name: "podnet-signing-keys" })).metadata?.resourceVersion, signing.metadata?.resourceVersion, "an upgrade replaces no key");
+
+    await core.deleteNamespacedConfigMap({ namespace: ns, name: "podnet-public-keys" });
+    const repaired = ensure();
+    assert.match(repaired.stdout, /created ConfigMap podnet-system\/podnet-public-keys/);
+    assert.deepEqual((await core.readNamespacedConfigMap({ namespace: ns, name: "podnet-public-keys" })).data, publicKeys.data, "remade from the private key, not a new pair");
+
+    await core.deleteNamespacedSecret({ namespace: ns, name: "podnet-signing-keys" });
+    const refused = ensure();
+    assert.equal(refused.status, 3, refused.stdout + refused.stderr);
+    assert.match(refused.stderr, /public keys without their private keys.*nothing replaced/);
+    await assert.rejects(core.readNamespacedSecret({ namespace: ns, name: "podnet-signing-keys" }), "nothing created");
+
+    await core.createNamespacedSecret({ namespace: ns, body: { metadata: { name: "someone-elses" }, stringData: { a: "b" } } });
+    const jobCore = cp.kubeConfig(await cp.serviceAccountToken(ns, "podnet-keys")).makeApiClient(k8s.CoreV1Api);
+    await assert.rejects(jobCore.readNamespacedSecret({ namespace: ns, name: "someone-elses" }), (err: unknown) => (err as { code?: number }).code === 403, "the Job reads only its own objects");
+
+    helm("uninstall", "podnet", "--namespace", "podnet-system", "--kubeconfig", admin);
+    assert.ok(await core.readNamespacedSecret({ namespace: ns, name: "podnet-node-runner-tls" }), "keys outlive the release (README)");
   });
 
   test("Istio's own istiod chart with config/istio/istiod-values.yaml: the injector carries the template in CNI mode", () => {

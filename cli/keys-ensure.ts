@@ -1,0 +1,135 @@
+// `pnc keys ensure`: the chart's key generation (keys.generate=true). A Helm hook Job runs it in
+// the cluster, so no private key passes through Helm (whose release record keeps every rendered
+// manifest) and an upgrade never replaces a key: it creates what is missing and keeps what is
+// there. The plan is pure (what exists in, what to create out); the API calls are at the edge.
+import { parseArgs } from "node:util";
+import { errorMessage } from "../contract/errors.ts";
+import { ApiError, apiConnection, apiGetIfExists, apiRequest, type ApiConnection } from "../contract/kube-http.ts";
+import { CONFIGMAP_NAME, KeyManifestError, newKeyId, pair, publicPemOf, SECRET_NAME } from "./keys.ts";
+import { LABELS } from "./manifests.ts";
+import { CA_CONFIGMAP_NAME, generateTls, TLS_SECRET_NAME, tlsSecretData, type TlsFiles } from "./tls.ts";
+
+/** What the namespace holds: each object's entries (Secret data decoded), absent when missing. */
+export interface StoredKeys {
+  readonly signingSecret?: Readonly<Record<string, string>>;
+  readonly publicKeys?: Readonly<Record<string, string>>;
+  readonly tlsSecret?: Readonly<Record<string, string>>;
+  readonly caConfigMap?: Readonly<Record<string, string>>;
+}
+
+export interface KeyObject {
+  readonly kind: "Secret" | "ConfigMap";
+  readonly name: string;
+  readonly type?: string;
+  readonly entries: Readonly<Record<string, string>>;
+}
+
+export interface KeyGenerators {
+  readonly signing: () => { keyid: string; privatePem: string; publicPem: string };
+  readonly tls: () => TlsFiles;
+}
+
+export const defaultGenerators: KeyGenerators = {
+  signing: () => ({ keyid: newKeyId(new Date()), ...pair() }),
+  tls: () => generateTls(),
+};
+
+/**
+ * The objects to create, Secrets first: a run cut short after a Secret is completed by the next
+ * (the public keys are derived from the private ones, the CA ConfigMap from the TLS Secret's
+ * ca.crt). Public halves without their private halves are refused: an operator's keys are
+ * never replaced.
+ */
+export function planMissingKeys(stored: StoredKeys, generate: KeyGenerators): KeyObject[] {
+  const create: KeyObject[] = [];
+  const refuse = (configMap: string, secret: string): never => {
+    throw new KeyManifestError(`ConfigMap ${configMap} exists but Secret ${secret} does not: public keys without their private keys. Apply the Secret, or delete the ConfigMap to have a new pair made.`);
+  };
+
+  if (stored.signingSecret === undefined) {
+    if (stored.publicKeys !== undefined) refuse(CONFIGMAP_NAME, SECRET_NAME);
+    const { keyid, privatePem, publicPem } = generate.signing();
+    create.push({ kind: "Secret", name: SECRET_NAME, type: "Opaque", entries: { [`${keyid}.pem`]: privatePem } });
+    create.push({ kind: "ConfigMap", name: CONFIGMAP_NAME, entries: { [`${keyid}.pem`]: publicPem } });
+  } else if (stored.publicKeys === undefined) {
+    const pems = Object.entries(stored.signingSecret).filter(([name]) => name.endsWith(".pem"));
+    if (pems.length === 0) throw new KeyManifestError(`Secret ${SECRET_NAME} holds no <keyid>.pem private key`);
+    create.push({ kind: "ConfigMap", name: CONFIGMAP_NAME, entries: Object.fromEntries(pems.map(([name, pem]) => [name, publicPemOf(pem)])) });
+  }
+
+  if (stored.tlsSecret === undefined) {
+    if (stored.caConfigMap !== undefined) refuse(CA_CONFIGMAP_NAME, TLS_SECRET_NAME);
+    const tls = generate.tls();
+    create.push({ kind: "Secret", name: TLS_SECRET_NAME, type: "kubernetes.io/tls", entries: tlsSecretData(tls) });
+    create.push({ kind: "ConfigMap", name: CA_CONFIGMAP_NAME, entries: { "ca.crt": tls.ca } });
+  } else if (stored.caConfigMap === undefined) {
+    const ca = stored.tlsSecret["ca.crt"];
+    if (ca === undefined) throw new KeyManifestError(`Secret ${TLS_SECRET_NAME} has no ca.crt to remake ConfigMap ${CA_CONFIGMAP_NAME} from: apply the CA ConfigMap, or delete the Secret to have new TLS made`);
+    create.push({ kind: "ConfigMap", name: CA_CONFIGMAP_NAME, entries: { "ca.crt": ca } });
+  }
+  return [...create.filter((o) => o.kind === "Secret"), ...create.filter((o) => o.kind === "ConfigMap")];
+}
+
+const objectPath = (namespace: string, kind: KeyObject["kind"], name = ""): string =>
+  `/api/v1/namespaces/${encodeURIComponent(namespace)}/${kind === "Secret" ? "secrets" : "configmaps"}${name === "" ? "" : `/${encodeURIComponent(name)}`}`;
+
+async function readStored(conn: ApiConnection, namespace: string): Promise<StoredKeys> {
+  const entries = async (kind: KeyObject["kind"], name: string): Promise<Record<string, string> | undefined> => {
+    const o = (await apiGetIfExists(conn, objectPath(namespace, kind, name))) as { data?: Record<string, string> } | undefined;
+    if (o === undefined) return undefined;
+    const data = o.data ?? {};
+    return kind === "Secret" ? Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")])) : data;
+  };
+  const [signingSecret, publicKeys, tlsSecret, caConfigMap] = await Promise.all([
+    entries("Secret", SECRET_NAME),
+    entries("ConfigMap", CONFIGMAP_NAME),
+    entries("Secret", TLS_SECRET_NAME),
+    entries("ConfigMap", CA_CONFIGMAP_NAME),
+  ]);
+  return { ...(signingSecret && { signingSecret }), ...(publicKeys && { publicKeys }), ...(tlsSecret && { tlsSecret }), ...(caConfigMap && { caConfigMap }) };
+}
+
+/** Create what is missing; returns one line per object. A concurrent run (409) is re-read once. */
+export async function ensureKeys(conn: ApiConnection, namespace: string, generate: KeyGenerators = defaultGenerators): Promise<string[]> {
+  const lines: string[] = [];
+  for (let attempt = 1; ; attempt++) {
+    const plan = planMissingKeys(await readStored(conn, namespace), generate);
+    try {
+      for (const o of plan) {
+        const body = {
+          apiVersion: "v1",
+          kind: o.kind,
+          metadata: { name: o.name, namespace, labels: LABELS },
+          ...(o.kind === "Secret" ? { type: o.type, stringData: o.entries } : { data: o.entries }),
+        };
+        await apiRequest(conn, "POST", objectPath(namespace, o.kind), { contentType: "application/json", value: body });
+        lines.push(`created ${o.kind} ${namespace}/${o.name}`);
+      }
+    } catch (err) {
+      if (err instanceof ApiError && err.code === 409 && attempt === 1) continue;
+      throw err;
+    }
+    const created = new Set(lines.map((line) => line.split("/").pop()));
+    for (const name of [SECRET_NAME, CONFIGMAP_NAME, TLS_SECRET_NAME, CA_CONFIGMAP_NAME]) if (!created.has(name)) lines.push(`kept ${namespace}/${name}`);
+    return lines;
+  }
+}
+
+/** `pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>]` (in a pod: its ServiceAccount). */
+export async function ensureKeysMain(args: readonly string[], io: { stdout: (text: string) => void; stderr: (text: string) => void }): Promise<number> {
+  let values: { namespace: string; kubeconfig?: string | undefined };
+  try {
+    values = parseArgs({ args: [...args], options: { namespace: { type: "string", default: "podnet-system" }, kubeconfig: { type: "string" } } }).values;
+  } catch (err) {
+    io.stderr(`pnc keys ensure: ${errorMessage(err)}\n`);
+    return 64;
+  }
+  try {
+    const conn = await apiConnection(values.kubeconfig ?? process.env.KUBECONFIG);
+    for (const line of await ensureKeys(conn, values.namespace)) io.stdout(`pnc keys ensure: ${line}\n`);
+    return 0;
+  } catch (err) {
+    io.stderr(`pnc keys ensure: ${errorMessage(err)}; nothing replaced\n`);
+    return err instanceof KeyManifestError ? 3 : 1;
+  }
+}
