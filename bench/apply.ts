@@ -14,6 +14,7 @@ import path from "node:path";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../contract/capture-config.ts";
 import { detectVariant, IptablesApplier, RecordStore, type IptablesVariant } from "../node-runner/apply.ts";
 import { helperRunner } from "../node-runner/helper-runner.ts";
+import { goProgram } from "../test/support/go-programs.ts";
 import { openNetns, resolvePodNetns } from "../node-runner/netns.ts";
 import { renderIptables, type IptablesRule } from "../node-runner/rules/iptables.ts";
 import { replaceTransaction } from "../node-runner/rules/iptables-text.ts";
@@ -50,9 +51,8 @@ function perRule(netnsPath: string, rules: readonly IptablesRule[]): void {
 }
 
 const idle = await idleProcesses(extraProcesses);
-// The command helper as the image runs it: compiled JavaScript.
-execFileSync("npm", ["run", "--silent", "build"], { stdio: "inherit" });
-const helper = helperRunner({ entry: path.join(import.meta.dirname, "../dist/node-runner/command-helper.js") });
+// The command helper as the image runs it.
+const helper = helperRunner(goProgram("podnet-netns-exec"));
 try {
   const processes = processCount();
   // As main.ts runs it: commands through the long-lived helper.

@@ -1,21 +1,42 @@
-// A NetnsRunner that hands commands to the command helper (command-helper.ts), started once and
-// again if it ever exits, instead of forking the node-runner for each command.
+// A NetnsRunner that hands commands to the command helper (node-runner/netns-exec, a small Go
+// program), started once and again if it ever exits, instead of forking the node-runner for
+// each command. The protocol is the helper's (netns-exec/main.go).
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { accessSync, constants } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import type { CommandResult, NetnsRunner } from "./apply.ts";
 
-export function helperRunner(options: { maxOldSpaceMb?: number; entry?: string } = {}): { run: NetnsRunner; stop: () => void } {
+export const NETNS_EXEC = "podnet-netns-exec";
+
+/** The helper's path: `command` itself when it has a slash, else the first match on PATH; undefined when none. */
+export function resolveExecutable(command: string, searchPath = process.env.PATH ?? ""): string | undefined {
+  const candidates = command.includes("/") ? [command] : searchPath.split(":").filter((d) => d !== "").map((d) => path.join(d, command));
+  return candidates.find((file) => {
+    try {
+      accessSync(file, constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+export function helperRunner(executable: string): { run: NetnsRunner; stop: () => void } {
   // Each helper answers only its own requests: one that exits fails only what it was given.
   let helper: { child: ChildProcessWithoutNullStreams; waiting: Map<number, (r: CommandResult) => void> } | undefined;
   let nextId = 1;
 
   const start = (): NonNullable<typeof helper> => {
     const waiting = new Map<number, (r: CommandResult) => void>();
-    // The helper is this file's sibling, .ts under tsx (the runner's own loader flags passed on),
-    // .js when compiled; or the compiled helper named by `entry` (benchmarks run what images run).
-    const entry = options.entry ?? path.join(import.meta.dirname, `command-helper${path.extname(import.meta.filename)}`);
-    const child = spawn(process.execPath, [...(options.entry === undefined ? process.execArgv : []), `--max-old-space-size=${options.maxOldSpaceMb ?? 32}`, entry], { stdio: ["pipe", "pipe", "pipe"] });
+    const child = spawn(executable, [], { stdio: ["pipe", "pipe", "pipe"] });
+    const failAll = (why: string): void => {
+      if (helper?.child === child) helper = undefined;
+      for (const [id, resolve] of waiting) {
+        waiting.delete(id);
+        resolve({ code: 125, stdout: "", stderr: why });
+      }
+    };
     createInterface({ input: child.stdout }).on("line", (line) => {
       const reply = JSON.parse(line) as { id: number } & CommandResult;
       const resolve = waiting.get(reply.id);
@@ -23,12 +44,12 @@ export function helperRunner(options: { maxOldSpaceMb?: number; entry?: string }
       resolve?.({ code: reply.code, stdout: reply.stdout, stderr: reply.stderr });
     });
     child.stderr.resume();
+    child.stdin.on("error", () => undefined); // reported by "exit" or "error"
+    child.on("error", (err) => {
+      failAll(`the command helper ${executable} cannot run: ${err.message}`);
+    });
     child.on("exit", (code, signal) => {
-      if (helper?.child === child) helper = undefined;
-      for (const [id, resolve] of waiting) {
-        waiting.delete(id);
-        resolve({ code: 125, stdout: "", stderr: `the command helper exited (${signal ?? String(code)})` });
-      }
+      failAll(`the command helper exited (${signal ?? String(code)})`);
     });
     return { child, waiting };
   };
@@ -40,7 +61,7 @@ export function helperRunner(options: { maxOldSpaceMb?: number; entry?: string }
         const id = nextId++;
         helper.waiting.set(id, resolve);
         // The node-runner's own descriptor of the namespace, by path: /proc/<pid>/fd/<n>.
-        helper.child.stdin.write(`${JSON.stringify({ id, netns: `/proc/${process.pid}/fd/${netns.fd}`, argv, input })}\n`);
+        helper.child.stdin.write(`${JSON.stringify({ id, netns: `/proc/${process.pid}/fd/${netns.fd}`, argv, input: input ?? "" })}\n`);
       }),
     stop: () => {
       helper?.child.stdin.end();

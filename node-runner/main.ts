@@ -18,6 +18,8 @@
 //   --tls-cert, --tls-key / TLS_CERT, TLS_KEY   serve HTTPS with these files           (HTTP when unset)
 //   --max-concurrent / MAX_CONCURRENT  pods programmed at once                        8
 //   --api-timeout-ms / API_TIMEOUT_MS  deadline of every Kubernetes API call          5000
+//   --netns-exec / NETNS_EXEC          the command helper (node-runner/netns-exec)     podnet-netns-exec
+//                                      (a path, or looked up on PATH)
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync } from "node:fs";
 import path from "node:path";
@@ -26,7 +28,7 @@ import https from "node:https";
 import { parseArgs } from "node:util";
 import { pino } from "pino";
 import { RecordStore, detectVariant, type IptablesVariant } from "./apply.ts";
-import { helperRunner } from "./helper-runner.ts";
+import { helperRunner, NETNS_EXEC, resolveExecutable } from "./helper-runner.ts";
 import { BACKEND, BACKENDS, isBackendName, type BackendName, type NetnsApplier } from "./backends.ts";
 import { KubePodApi, WatchedPodApi } from "./kube.ts";
 import { apiConnection as connectTo, type ApiConnection } from "../contract/kube-http.ts";
@@ -40,6 +42,7 @@ import { errorMessage } from "../contract/errors.ts";
 const { values } = parseArgs({
   options: {
     "node-name": { type: "string" },
+    "netns-exec": { type: "string" },
     listen: { type: "string" },
     "keys-dir": { type: "string" },
     kubeconfig: { type: "string" },
@@ -117,7 +120,8 @@ const records = new RecordStore(stateDir);
 mkdirSync(stateDir, { recursive: true });
 const replay = new ReplayCache(100_000, { path: path.join(stateDir, "nonces.jsonl"), nowMs: startedAtMs });
 // Commands run through a small long-lived helper: no fork of this large process per command.
-const helper = helperRunner();
+const netnsExec = values["netns-exec"] ?? env.NETNS_EXEC ?? NETNS_EXEC;
+const helper = helperRunner(resolveExecutable(netnsExec) ?? fail(`the command helper ${netnsExec} is not found (--netns-exec, NETNS_EXEC, or PATH)`));
 const appliers = Object.fromEntries(BACKENDS.map((name) => [name, BACKEND[name].applier(records, helper.run)])) as Record<BackendName, NetnsApplier>;
 
 const keys = new KeyDirectory(values["keys-dir"] ?? env.PUBLIC_KEYS_DIR ?? "/etc/podnet/keys", "public", log);

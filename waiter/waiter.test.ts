@@ -9,11 +9,11 @@ import path from "node:path";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import { assertAvailable, skipUnlessCI } from "../test/support/environment.ts";
-import { WAIT_EXIT, waiterBinary, waiterUnavailableReason } from "../test/support/waiter.ts";
+import { WAIT_EXIT, goProgram, goProgramsUnavailableReason } from "../test/support/go-programs.ts";
 import { CONTRACT_GO_FILE, contractGo } from "./generate-contract.ts";
 
 const dir = import.meta.dirname;
-const unavailable = waiterUnavailableReason();
+const unavailable = goProgramsUnavailableReason();
 
 test("waiter/contract.go is what waiter/generate-contract.ts makes of contract/", () => {
   assert.equal(readFileSync(CONTRACT_GO_FILE, "utf8"), contractGo(), "run: node --import tsx waiter/generate-contract.ts");
@@ -46,7 +46,7 @@ describe("the waiter's Go tests [needs Go]", skipUnlessCI(unavailable), () => {
 
 describe("the waiter binary with hostile input [needs Go]", skipUnlessCI(unavailable), () => {
   assertAvailable(unavailable);
-  const run = (args: string[]) => spawnSync(waiterBinary(), args, { encoding: "utf8", timeout: 10_000 });
+  const run = (args: string[]) => spawnSync(goProgram("podnet-wait"), args, { encoding: "utf8", timeout: 10_000 });
 
   // Outside a pod, with no probe and a short timeout: a file is either refused (12, with the
   // reason in the termination log) or waited on until the timeout (10); never a crash.

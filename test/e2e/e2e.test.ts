@@ -18,10 +18,10 @@ import { waitForAnnotations, type MeshPod } from "../support/mesh-pods.ts";
 import { startStack, STACK_NODE, type Stack } from "../support/stack.ts";
 import { testPodsUnavailableReason } from "../support/test-pods.ts";
 import { connectFrom, startListener } from "../support/traffic.ts";
-import { waiterBinary, waiterUnavailableReason } from "../support/waiter.ts";
+import { goProgram, goProgramsUnavailableReason } from "../support/go-programs.ts";
 import { nodeRunnerTlsOptions } from "../support/components.ts";
 
-const unavailable = testPodsUnavailableReason() ?? missingBinariesReason() ?? waiterUnavailableReason();
+const unavailable = testPodsUnavailableReason() ?? missingBinariesReason() ?? goProgramsUnavailableReason();
 const NS = "shop";
 const merge = k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch);
 const initialized = (a: Record<string, string>) => a[MARK.status] === STATUS_INITIALIZED;
@@ -51,7 +51,7 @@ describe("end to end [needs root and control plane]", skipUnlessCI(unavailable),
     // The waiter, as the pod's init container would run it: UID 1337, no capabilities.
     const file = path.join("/tmp", `pnct-annotations-${pod.uid}`);
     writeAnnotationsFile(file, annotations);
-    const waiter = pod.sandbox.spawn([waiterBinary(), `--annotations=${file}`, "--timeout=20", "--termination-log=/dev/null"], { uid: 1337 });
+    const waiter = pod.sandbox.spawn([goProgram("podnet-wait"), `--annotations=${file}`, "--timeout=20", "--termination-log=/dev/null"], { uid: 1337 });
     const code = await new Promise<number | null>((resolve) => waiter.once("exit", resolve));
     rmSync(file, { force: true });
     assert.equal(code, 0);

@@ -1,21 +1,28 @@
-// The command helper (node-runner/command-helper.ts) on real test pods: the same commands, the
-// same answers as nsenter from the node-runner itself, and a helper that dies is replaced.
+// The command helper (node-runner/netns-exec, the Go binary the image carries) on real test
+// pods: the same commands, the same answers as nsenter from the node-runner itself, each in its
+// own pod's namespace when many run at once, hostile lines ignored, a helper that dies replaced.
 import assert from "node:assert/strict";
+import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { nsenterRunner } from "../../node-runner/apply.ts";
-import { helperRunner } from "../../node-runner/helper-runner.ts";
+import { execFileSync, spawn } from "node:child_process";
+import { readlinkSync } from "node:fs";
+import fc from "fast-check";
+import { helperRunner, NETNS_EXEC, resolveExecutable } from "../../node-runner/helper-runner.ts";
 import { openNetns, resolvePodNetns, type OpenNetns } from "../../node-runner/netns.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+import { goProgram, goProgramsUnavailableReason } from "../support/go-programs.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 
-const unavailable = testPodsUnavailableReason();
+const unavailable = testPodsUnavailableReason() ?? goProgramsUnavailableReason();
 
 describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), () => {
   let pods: TestPods;
-  const helper = helperRunner();
+  let helper: ReturnType<typeof helperRunner>;
   const opened: OpenNetns[] = [];
   before(() => {
     assertAvailable(unavailable);
+    helper = helperRunner(goProgram(NETNS_EXEC));
     pods = TestPods.create();
   });
   after(async () => {
@@ -32,6 +39,12 @@ describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), (
     opened.push(netns);
     return { netns, exec: (argv) => pod.exec(argv) };
   }
+
+  test("gofmt and go vet (amd64 and arm64: setns has a number per architecture) are clean", () => {
+    const dir = path.join(import.meta.dirname, "../../node-runner/netns-exec");
+    assert.equal(execFileSync("gofmt", ["-l", "."], { cwd: dir, encoding: "utf8" }), "");
+    for (const arch of ["amd64", "arm64"]) execFileSync("go", ["vet", "./..."], { cwd: dir, env: { ...process.env, GOARCH: arch }, stdio: ["ignore", "ignore", "inherit"] });
+  });
 
   test("runs in the pod's namespace, with input, exactly as nsenter from the node-runner does", async () => {
     const { netns } = await netnsOf();
@@ -56,5 +69,58 @@ describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), (
     const { netns } = await netnsOf();
     helper.stop();
     assert.equal((await helper.run(netns, ["true"])).code, 0);
+  });
+
+  test("many commands in many namespaces at once: each runs in its own pod's namespace, the helper stays in the node's", async () => {
+    const pods3 = await Promise.all([netnsOf(), netnsOf(), netnsOf()]);
+    const expected = await Promise.all(pods3.map(({ netns }) => nsenterRunner(netns, ["readlink", "/proc/self/ns/net"])));
+    for (let round = 0; round < 5; round++) {
+      const got = await Promise.all(pods3.flatMap(({ netns }) => Array.from({ length: 6 }, () => helper.run(netns, ["readlink", "/proc/self/ns/net"]))));
+      assert.deepEqual(got.map((r) => r.stdout), pods3.flatMap((_, i) => Array.from({ length: 6 }, () => expected[i]?.stdout)));
+    }
+    const helperPid = Number((await helper.run(pods3[0].netns, ["sh", "-c", "echo $PPID"])).stdout.trim());
+    assert.equal(readlinkSync(`/proc/${helperPid}/ns/net`), readlinkSync("/proc/self/ns/net"), "the helper's main thread never leaves the node's namespace");
+  });
+
+  test("a command that cannot start: 127 with the reason; a namespace that is not one: 127, nothing run", async () => {
+    const { netns } = await netnsOf();
+    const missing = await helper.run(netns, ["/nonexistent/iptables-restore"]);
+    assert.equal(missing.code, 127);
+    assert.match(missing.stderr, /no such file/);
+    const bad = await helper.run({ ...netns, fd: 0 }, ["touch", "/tmp/pnct-must-not-exist"]);
+    assert.equal(bad.code, 127, bad.stderr);
+    assert.match(bad.stderr, /cannot (open|enter) the network namespace/);
+  });
+
+  test("property: hostile request lines are ignored; the helper still answers the next real one", async () => {
+    const child = spawn(goProgram(NETNS_EXEC), [], { stdio: ["pipe", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.setEncoding("utf8").on("data", (t: string) => (out += t));
+    const lines = fc.sample(fc.oneof(fc.string({ unit: "binary", maxLength: 200 }), fc.json(), fc.constant('{"id":1}'), fc.constant('{"id":"x","netns":"/proc/self/ns/net","argv":["true"]}'), fc.constant('{"id":2,"netns":"/proc/self/ns/net","argv":[]}')), 300);
+    for (const line of lines) child.stdin.write(`${line.replace(/\n/g, " ")}\n`);
+    child.stdin.write(`${JSON.stringify({ id: 7, netns: "/proc/self/ns/net", argv: ["echo", "alive"], input: "" })}\n`);
+    await new Promise<void>((resolve) => {
+      const poll = setInterval(() => {
+        if (out.includes('"id":7')) {
+          clearInterval(poll);
+          resolve();
+        }
+      }, 10);
+    });
+    child.stdin.end();
+    const answers = out.trim().split("\n").map((l) => JSON.parse(l) as { id: number; stdout: string });
+    assert.deepEqual(answers.map((a) => [a.id, a.stdout]), [[7, "alive\n"]], "only the real request is answered");
+  });
+
+  test("the helper's path: a path as given, a name looked up on PATH, nothing when absent; a helper that cannot start fails its commands with the reason", async () => {
+    const built = goProgram(NETNS_EXEC);
+    assert.equal(resolveExecutable(built), built);
+    assert.equal(resolveExecutable(NETNS_EXEC, `/nonexistent:${path.dirname(built)}`), built);
+    assert.equal(resolveExecutable(NETNS_EXEC, "/nonexistent"), undefined);
+    const broken = helperRunner("/nonexistent/podnet-netns-exec");
+    const { netns } = await netnsOf();
+    const r = await broken.run(netns, ["true"]);
+    assert.equal(r.code, 125);
+    assert.match(r.stderr, /cannot run.*ENOENT/);
   });
 });

@@ -1,6 +1,7 @@
 // The project's own components as real processes (their real entry points) on loopback,
 // wired to the local control plane with their own ServiceAccounts: for integration tests,
 // end-to-end tests and the demo.
+import { goProgram } from "./go-programs.ts";
 import { spawn, type ChildProcess } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -161,6 +162,7 @@ export async function startNodeRunner(
       CGROUP_ROOT: options.cgroupRoot,
       TLS_CERT: nodeRunnerTls().certFile,
       TLS_KEY: nodeRunnerTls().keyFile,
+      NETNS_EXEC: goProgram("podnet-netns-exec"),
       ...options.env,
     },
     port,

@@ -15,9 +15,9 @@ import { writeAnnotationsFile } from "../support/downward-api.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, type MeshPod } from "../support/mesh-pods.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
-import { WAIT_EXIT, waiterBinary, waiterUnavailableReason } from "../support/waiter.ts";
+import { WAIT_EXIT, goProgram, goProgramsUnavailableReason } from "../support/go-programs.ts";
 
-const unavailable = testPodsUnavailableReason() ?? missingBinariesReason() ?? waiterUnavailableReason();
+const unavailable = testPodsUnavailableReason() ?? missingBinariesReason() ?? goProgramsUnavailableReason();
 const NODE = "node-a";
 const NS = "shop";
 
@@ -66,7 +66,7 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
 
   function startWaiter(pod: MeshPod, info: ReturnType<typeof podinfo>, extra: string[] = []): { child: ChildProcess; exit: Promise<{ code: number; at: number; stderr: string }> } {
     const child = pod.sandbox.spawn(
-      [waiterBinary(), `--annotations=${info.file}`, `--termination-log=${info.terminationLog}`, "--poll=200", ...extra],
+      [goProgram("podnet-wait"), `--annotations=${info.file}`, `--termination-log=${info.terminationLog}`, "--poll=200", ...extra],
       { uid: 1337, gid: 1337 },
     );
     let stderr = "";

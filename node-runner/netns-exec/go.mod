@@ -1,0 +1,3 @@
+module podnet.local/netns-exec
+
+go 1.22
