@@ -1,6 +1,6 @@
-// Run one command inside a network namespace with nsenter and collect its answer. Shared by
-// the in-process runner (apply.ts) and the command helper process (command-helper.ts), which
-// must stay small: this module imports nothing else.
+// Run one command inside a network namespace with nsenter and collect its answer: the
+// in-process runner (apply.ts), for tests and tools. The node-runner itself sends its commands
+// through its command helper (netns-exec/, helper-runner.ts).
 import { spawn } from "node:child_process";
 
 export interface CommandResult {
