@@ -12,7 +12,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../contract/capture-config.ts";
-import { detectVariant, IptablesApplier, RecordStore, type IptablesVariant } from "../node-runner/apply.ts";
+import { RecordStore, type IptablesVariant } from "../node-runner/apply.ts";
+import { applierChooser, BACKEND, BACKENDS, type BackendName, type NetnsApplier } from "../node-runner/backends.ts";
 import { helperRunner } from "../node-runner/helper-runner.ts";
 import { goProgram } from "../test/support/go-programs.ts";
 import { openNetns, resolvePodNetns } from "../node-runner/netns.ts";
@@ -57,7 +58,8 @@ try {
   const processes = processCount();
   // As main.ts runs it: commands through the long-lived helper.
   const records = new RecordStore(stateDir);
-  const appliers = { "iptables-nft": new IptablesApplier("iptables-nft", records, helper.run), "iptables-legacy": new IptablesApplier("iptables-legacy", records, helper.run) };
+  const appliers = Object.fromEntries(BACKENDS.map((name) => [name, BACKEND[name].applier(records, helper.run)])) as Record<BackendName, NetnsApplier>;
+  const chooseApplier = applierChooser({ backend: "auto", appliers, records, nodeDefault: variant, run: helper.run, nftTables: helper.nftTables });
   const restoreMs: number[] = [];
   const floorMs: number[] = [];
   const shellFloorMs: number[] = [];
@@ -85,10 +87,10 @@ try {
       const t1 = performance.now();
       if (!resolved.found) throw new Error(resolved.detail);
       if (method === "restore") {
-        // As main.ts with --backend auto: the variant probed in a namespace it has not programmed.
+        // As main.ts with --backend auto: its own choice of engine, then the apply.
         const netns = openNetns(resolved.netns);
-        const outcome = await detectVariant(netns, variant, helper.run)
-          .then((detected) => appliers[detected].apply(netns, pod.uid, config))
+        const outcome = await chooseApplier(netns, pod.uid)
+          .then((applier) => applier.apply(netns, pod.uid, config))
           .finally(() => {
             netns.close();
           });
@@ -126,7 +128,7 @@ try {
     table(["method", "pods", "min", "median", "p95", "max"], [
       row("floor: nsenter + iptables-restore of the same rules (bare tool, forked here)", floorMs),
       row("floor: the same from a shell (no Node process in between)", shellFloorMs),
-      row("node-runner: resolve, probe variant, render, save/compare, restore (helper)", restoreMs),
+      row("node-runner: resolve, choose engine, render, compare, restore (helper)", restoreMs),
       row("resolve + render + one iptables command per rule (original controller's way)", perRuleMs),
       row("  netns resolution: the pod cgroup read directly (in the two rows above)", resolveMs),
       row("  netns resolution: /proc scan (the fallback when no pod cgroup is found)", scanMs),

@@ -379,9 +379,24 @@ export async function detectVariant(netns: NetnsTarget, nodeDefault: IptablesVar
   for (const variant of ["iptables-nft", "iptables-legacy"] as const) {
     if (variant === "iptables-legacy" && netns.legacyTables?.() === false) break;
     const command = `${variant}-save`;
-    const r = await run(netns, [command]);
-    if (r.code === 0) netns.earlierSaves?.set(command, r.stdout);
-    if (r.code === 0 && /^-A /m.test(r.stdout)) return variant;
+    let saved = netns.earlierSaves?.get(command);
+    if (saved === undefined) {
+      const r = await run(netns, [command]);
+      if (r.code === 0) netns.earlierSaves?.set(command, r.stdout);
+      saved = r.code === 0 ? r.stdout : "";
+    }
+    if (/^-A /m.test(saved)) return variant;
   }
   return nodeDefault;
+}
+
+/**
+ * A namespace without any nftables table holds no iptables-nft rule: what iptables-nft-save and
+ * ip6tables-nft-save would print there is nothing, so it is taken as their earlier saves and
+ * neither runs (`tables`: the helper's listing, undefined when it could not tell).
+ */
+export function noteEmptyNftTables(netns: NetnsTarget, tables: readonly string[] | undefined): void {
+  if (tables?.length !== 0) return;
+  netns.earlierSaves?.set(tool("iptables-nft", 4, "save"), "");
+  netns.earlierSaves?.set(tool("iptables-nft", 6, "save"), "");
 }

@@ -2,7 +2,7 @@
 // `pnc plan --backend`, the apply engines and their records all use. A new backend is one entry
 // here (its renderer and its apply engine) and nothing else.
 import type { CaptureConfig } from "../contract/capture-config.ts";
-import { IptablesApplier, nsenterRunner, type NetnsRunner, type NetnsTarget, type RecordStore } from "./apply.ts";
+import { detectVariant, IptablesApplier, noteEmptyNftTables, nsenterRunner, type IptablesVariant, type NetnsRunner, type NetnsTarget, type RecordStore } from "./apply.ts";
 import { NftApplier } from "./apply-nft.ts";
 import { renderIptables } from "./rules/iptables.ts";
 import { renderNftables } from "./rules/nftables.ts";
@@ -45,4 +45,29 @@ export const BACKEND: Readonly<Record<BackendName, Backend>> = {
 
 export function isBackendName(value: string): value is BackendName {
   return (BACKENDS as readonly string[]).includes(value);
+}
+
+/**
+ * Which engine programs a pod's namespace. `auto`: the iptables variant its rules were applied
+ * with (its record), else the one holding rules there, else the node's. Where this runner has
+ * not programmed the pod, a namespace without any nftables table (a new pod's) needs no
+ * iptables-nft save: `nftTables` (the command helper's listing) says so.
+ */
+export function applierChooser(options: {
+  readonly backend: BackendName | "auto";
+  readonly appliers: Readonly<Record<BackendName, NetnsApplier>>;
+  readonly records: RecordStore;
+  readonly nodeDefault: IptablesVariant;
+  readonly run: NetnsRunner;
+  readonly nftTables: (netns: NetnsTarget) => Promise<readonly string[] | undefined>;
+}): (netns: NetnsTarget, podUid: string) => Promise<NetnsApplier> {
+  const { backend, appliers } = options;
+  return async (netns, podUid) => {
+    const record = await options.records.get(netns.inode);
+    const programmed = record?.podUid === podUid;
+    if (!programmed && backend !== "nftables") noteEmptyNftTables(netns, await options.nftTables(netns));
+    if (backend !== "auto") return appliers[backend];
+    if (programmed && (record.variant === "iptables-nft" || record.variant === "iptables-legacy")) return appliers[record.variant];
+    return appliers[await detectVariant(netns, options.nodeDefault, options.run)];
+  };
 }

@@ -5,7 +5,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { accessSync, constants } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
-import type { CommandResult, NetnsRunner } from "./apply.ts";
+import type { CommandResult, NetnsRunner, NetnsTarget } from "./apply.ts";
 
 export const NETNS_EXEC = "podnet-netns-exec";
 
@@ -22,7 +22,14 @@ export function resolveExecutable(command: string, searchPath = process.env.PATH
   });
 }
 
-export function helperRunner(executable: string): { run: NetnsRunner; stop: () => void } {
+export interface CommandHelper {
+  readonly run: NetnsRunner;
+  /** The namespace's nftables tables ("<family> <name>"), listed by the helper; undefined when it cannot tell. */
+  readonly nftTables: (netns: NetnsTarget) => Promise<string[] | undefined>;
+  readonly stop: () => void;
+}
+
+export function helperRunner(executable: string): CommandHelper {
   // Each helper answers only its own requests: one that exits fails only what it was given.
   let helper: { child: ChildProcessWithoutNullStreams; waiting: Map<number, (r: CommandResult) => void> } | undefined;
   let nextId = 1;
@@ -54,15 +61,21 @@ export function helperRunner(executable: string): { run: NetnsRunner; stop: () =
     return { child, waiting };
   };
 
+  const send = (netns: NetnsTarget, request: { argv: readonly string[]; input: string } | { builtin: "nft-tables" }): Promise<CommandResult> =>
+    new Promise((resolve) => {
+      helper ??= start();
+      const id = nextId++;
+      helper.waiting.set(id, resolve);
+      // The node-runner's own descriptor of the namespace, by path: /proc/<pid>/fd/<n>.
+      helper.child.stdin.write(`${JSON.stringify({ id, netns: `/proc/${process.pid}/fd/${netns.fd}`, ...request })}\n`);
+    });
+
   return {
-    run: (netns, argv, input) =>
-      new Promise((resolve) => {
-        helper ??= start();
-        const id = nextId++;
-        helper.waiting.set(id, resolve);
-        // The node-runner's own descriptor of the namespace, by path: /proc/<pid>/fd/<n>.
-        helper.child.stdin.write(`${JSON.stringify({ id, netns: `/proc/${process.pid}/fd/${netns.fd}`, argv, input: input ?? "" })}\n`);
-      }),
+    run: (netns, argv, input) => send(netns, { argv, input: input ?? "" }),
+    nftTables: async (netns) => {
+      const r = await send(netns, { builtin: "nft-tables" });
+      return r.code === 0 ? r.stdout.split("\n").filter((line) => line !== "") : undefined;
+    },
     stop: () => {
       helper?.child.stdin.end();
       helper = undefined;

@@ -27,9 +27,9 @@ import http from "node:http";
 import https from "node:https";
 import { parseArgs } from "node:util";
 import { pino } from "pino";
-import { RecordStore, detectVariant, type IptablesVariant } from "./apply.ts";
+import { RecordStore, type IptablesVariant } from "./apply.ts";
 import { helperRunner, NETNS_EXEC, resolveExecutable } from "./helper-runner.ts";
-import { BACKEND, BACKENDS, isBackendName, type BackendName, type NetnsApplier } from "./backends.ts";
+import { applierChooser, BACKEND, BACKENDS, isBackendName, type BackendName, type NetnsApplier } from "./backends.ts";
 import { KubePodApi, WatchedPodApi } from "./kube.ts";
 import { apiConnection as connectTo, type ApiConnection } from "../contract/kube-http.ts";
 import { KeyDirectory } from "../contract/key-directory.ts";
@@ -151,14 +151,7 @@ const app = createNodeRunnerApp({
   replay,
   pods,
   resolveNetns: (pod) => resolvePodNetns(pod, { procRoot, cgroupRoot, cgroupFs }),
-  applierFor: async (netns, podUid) => {
-    if (backend !== "auto") return appliers[backend];
-    // The variant this pod's rules were applied with, from its record; a probe (two saves) only
-    // for a namespace this runner has not programmed for this pod.
-    const record = await records.get(netns.inode);
-    if (record?.podUid === podUid && (record.variant === "iptables-nft" || record.variant === "iptables-legacy")) return appliers[record.variant];
-    return appliers[await detectVariant(netns, defaultVariant, helper.run)];
-  },
+  applierFor: applierChooser({ backend, appliers, records, nodeDefault: defaultVariant, run: helper.run, nftTables: helper.nftTables }),
   log,
   metrics,
   maxConcurrent,

@@ -4,7 +4,8 @@
 // milliseconds of CPU. This one enters the namespace on one of its own threads (setns) and
 // forks the command from that thread: one exec per command, no nsenter.
 //
-// Protocol: one JSON request per line on stdin, {id, netns, argv, input}; one JSON answer per
+// Protocol: one JSON request per line on stdin, {id, netns, argv, input} (or {id, netns,
+// builtin: "nft-tables"}: the namespace's nftables tables, no command); one JSON answer per
 // line on stdout, {id, code, stdout, stderr}, in any order. `netns` is a path that names the
 // namespace the node-runner holds open (/proc/<node-runner>/fd/<n>): the namespace it resolved
 // and checked, whatever happens to the pod's processes meanwhile. It exits when stdin ends and
@@ -38,6 +39,8 @@ type request struct {
 	Netns string   `json:"netns"`
 	Argv  []string `json:"argv"`
 	Input string   `json:"input"`
+	// "nft-tables": no command; the namespace's nftables tables, listed by this process.
+	Builtin string `json:"builtin"`
 }
 
 type reply struct {
@@ -66,13 +69,13 @@ func main() {
 	in.Buffer(make([]byte, 64<<10), maxRequestBytes)
 	for in.Scan() {
 		var req request
-		if err := json.Unmarshal(in.Bytes(), &req); err != nil || req.ID == nil || req.Netns == "" || len(req.Argv) == 0 {
+		if err := json.Unmarshal(in.Bytes(), &req); err != nil || req.ID == nil || req.Netns == "" || (len(req.Argv) == 0) == (req.Builtin == "") || (req.Builtin != "" && req.Builtin != "nft-tables") {
 			continue // not from the node-runner
 		}
 		inFlight.Add(1)
 		go func(req request) {
 			defer inFlight.Done()
-			code, stdout, stderr := runInNetns(req.Netns, req.Argv, req.Input)
+			code, stdout, stderr := runInNetns(req.Netns, req.Argv, req.Input, req.Builtin)
 			answer(reply{ID: *req.ID, Code: code, Stdout: stdout, Stderr: stderr})
 		}(req)
 	}
@@ -83,7 +86,7 @@ func main() {
 // runInNetns runs argv in the network namespace at netnsPath with input on its stdin. The
 // exit code follows nsenter's conventions as the node-runner reads them: 127 when the command
 // cannot be started, 128 plus nothing when killed (the reason in stderr).
-func runInNetns(netnsPath string, argv []string, input string) (int, string, string) {
+func runInNetns(netnsPath string, argv []string, input string, builtin string) (int, string, string) {
 	type result struct {
 		code           int
 		stdout, stderr string
@@ -103,6 +106,15 @@ func runInNetns(netnsPath string, argv []string, input string) (int, string, str
 		_ = syscall.Close(fd)
 		if errno != 0 {
 			done <- result{127, "", fmt.Sprintf("cannot enter the network namespace %s: %v", netnsPath, errno)}
+			return
+		}
+		if builtin == "nft-tables" {
+			tables, err := listNftTables()
+			if err != nil {
+				done <- result{1, "", err.Error()}
+				return
+			}
+			done <- result{0, tables, ""}
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)

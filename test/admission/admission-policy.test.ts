@@ -39,8 +39,9 @@ describe("admission policy for the project's annotations [needs control plane]",
       const p = await admin.createNamespacedPod({ namespace: NS, body: { metadata: { name }, spec: { nodeName: node, containers: [{ name: "app", image: "example/app" }] } } });
       pods[name] = { namespace: NS, name, uid: p.metadata?.uid ?? "", ips: ["10.0.0.2"] };
     }
-    // The policy takes effect once the API server has loaded it: wait for the first denial.
-    const deadline = Date.now() + 20_000;
+    // The policy takes effect once the API server has loaded it: wait for the first denial
+    // (seconds, more on a machine busy with other suites).
+    const deadline = Date.now() + 60_000;
     for (;;) {
       try {
         await admin.patchNamespacedPod({ namespace: NS, name: "users", body: { metadata: { annotations: { [MARK.status]: "initialized" } } } }, merge);

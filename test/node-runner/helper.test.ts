@@ -4,9 +4,12 @@
 import assert from "node:assert/strict";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { nsenterRunner } from "../../node-runner/apply.ts";
+import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../../contract/capture-config.ts";
+import { nsenterRunner, RecordStore, type NetnsRunner } from "../../node-runner/apply.ts";
+import { applierChooser, BACKEND, BACKENDS, type BackendName, type NetnsApplier } from "../../node-runner/backends.ts";
 import { execFileSync, spawn } from "node:child_process";
-import { readlinkSync } from "node:fs";
+import { mkdtempSync, readlinkSync, rmSync } from "node:fs";
+import os from "node:os";
 import fc from "fast-check";
 import { helperRunner, NETNS_EXEC, resolveExecutable } from "../../node-runner/helper-runner.ts";
 import { openNetns, resolvePodNetns, type OpenNetns } from "../../node-runner/netns.ts";
@@ -96,7 +99,7 @@ describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), (
     const child = spawn(goProgram(NETNS_EXEC), [], { stdio: ["pipe", "pipe", "inherit"] });
     let out = "";
     child.stdout.setEncoding("utf8").on("data", (t: string) => (out += t));
-    const lines = fc.sample(fc.oneof(fc.string({ unit: "binary", maxLength: 200 }), fc.json(), fc.constant('{"id":1}'), fc.constant('{"id":"x","netns":"/proc/self/ns/net","argv":["true"]}'), fc.constant('{"id":2,"netns":"/proc/self/ns/net","argv":[]}')), 300);
+    const lines = fc.sample(fc.oneof(fc.string({ unit: "binary", maxLength: 200 }), fc.json(), fc.constant('{"id":1}'), fc.constant('{"id":"x","netns":"/proc/self/ns/net","argv":["true"]}'), fc.constant('{"id":2,"netns":"/proc/self/ns/net","argv":[]}'), fc.constant('{"id":3,"netns":"/proc/self/ns/net","builtin":"other"}'), fc.constant('{"id":4,"netns":"/proc/self/ns/net","builtin":"nft-tables","argv":["true"]}')), 300);
     for (const line of lines) child.stdin.write(`${line.replace(/\n/g, " ")}\n`);
     child.stdin.write(`${JSON.stringify({ id: 7, netns: "/proc/self/ns/net", argv: ["echo", "alive"], input: "" })}\n`);
     await new Promise<void>((resolve) => {
@@ -122,5 +125,47 @@ describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), (
     const r = await broken.run(netns, ["true"]);
     assert.equal(r.code, 125);
     assert.match(r.stderr, /cannot run.*ENOENT/);
+  });
+
+  test("nft-tables: the namespace's nftables tables, listed by the helper (none in a new pod's)", async () => {
+    const { netns, exec } = await netnsOf();
+    assert.deepEqual(await helper.nftTables(netns), []);
+    exec(["iptables-nft", "-t", "nat", "-N", "SOMEONE_ELSES"]);
+    exec(["nft", "add", "table", "inet", "mine"]);
+    assert.deepEqual((await helper.nftTables(netns))?.sort(), ["inet mine", "ip nat"]);
+  });
+
+  test("the node-runner's engine choice: a new pod's namespace costs one restore (no save); one holding rules is saved first; the rules are the same", async () => {
+    const stateDir = mkdtempSync(path.join(os.tmpdir(), "pnct-choose-"));
+    try {
+      const commands: string[] = [];
+      const run: NetnsRunner = (target, argv, input) => {
+        commands.push(argv[0] ?? "");
+        return helper.run(target, argv, input);
+      };
+      const records = new RecordStore(stateDir);
+      const appliers = Object.fromEntries(BACKENDS.map((name) => [name, BACKEND[name].applier(records, run)])) as Record<BackendName, NetnsApplier>;
+      const choose = applierChooser({ backend: "auto", appliers, records, nodeDefault: "iptables-nft", run, nftTables: helper.nftTables });
+      const config = parseCaptureConfig(DEFAULT_CAPTURE_CONFIG);
+      const applyIn = async (pod: { netns: OpenNetns; exec: (argv: string[]) => string }, uid: string): Promise<string[]> => {
+        commands.length = 0;
+        const target = { fd: pod.netns.fd, inode: pod.netns.inode, earlierSaves: new Map<string, string>(), legacyTables: () => false };
+        assert.equal((await (await choose(target, uid)).apply(target, uid, config)).result, "applied");
+        return [...commands];
+      };
+      const first = await netnsOf();
+      assert.deepEqual(await applyIn(first, "uid-first"), ["iptables-nft-restore", "iptables-nft-save"], "the first pod of a plan: restore, then one save to learn its saved form");
+      const fresh = await netnsOf();
+      assert.deepEqual(await applyIn(fresh, "uid-fresh"), ["iptables-nft-restore"], "a new pod's namespace: no save at all");
+      const busy = await netnsOf();
+      busy.exec(["iptables-nft", "-t", "nat", "-A", "OUTPUT", "-d", "192.0.2.1", "-j", "RETURN"]);
+      assert.deepEqual(await applyIn(busy, "uid-busy"), ["iptables-nft-save", "iptables-nft-restore"], "a namespace holding rules is saved first (the variant probe, the state before)");
+      const rules = (pod: { exec: (argv: string[]) => string }): string => pod.exec(["iptables-nft-save", "-t", "nat"]).split("\n").filter((l) => l.startsWith("-A ISTIO") || /-j ISTIO/.test(l)).join("\n");
+      assert.equal(rules(fresh), rules(first));
+      assert.equal(rules(busy), rules(first));
+      assert.match(busy.exec(["iptables-nft-save", "-t", "nat"]), /-A OUTPUT -d 192.0.2.1\/32 -j RETURN/, "the foreign rule stays");
+    } finally {
+      rmSync(stateDir, { recursive: true, force: true });
+    }
   });
 });
