@@ -91,13 +91,18 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
     assert.ok(pause !== undefined, "the sandbox's pause process");
     process.kill(pause, "SIGKILL");
     let after: k8s.V1Pod | undefined;
+    // The new sandbox's netns may get the old one's inode number back (the kernel reuses freed
+    // ones): what shows the re-creation is the waiter run again, in the netns the mark names.
+    const waiterRuns = (p: k8s.V1Pod) => p.status?.initContainerStatuses?.find((c) => c.name === WAITER_CONTAINER)?.restartCount ?? 0;
+    const runsBefore = waiterRuns(before);
     await waitFor(
       "re-programmed for the new netns",
       90_000,
       async () => {
         after = await read("mesh-server");
         const netns = after.metadata?.annotations?.[MARK.netns];
-        return netns !== undefined && netns !== oldNetns && after.status?.phase === "Running" && after.status.containerStatuses?.every((c) => c.ready) === true;
+        if (netns === undefined || waiterRuns(after) <= runsBefore || after.status?.phase !== "Running" || after.status.containerStatuses?.every((c) => c.ready) !== true) return false;
+        return netns === podNetns(after);
       },
       undefined,
       () => JSON.stringify(after?.status?.initContainerStatuses?.map((c) => [c.name, c.state, c.restartCount])),
@@ -105,6 +110,7 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
     assert.ok(after !== undefined);
     assert.equal(after.metadata?.annotations?.[MARK.netns], podNetns(after));
     assert.equal(waiterExit(after), 0);
+    if (podNetns(after) === oldNetns) process.stderr.write(`the new sandbox's netns reused inode ${oldNetns}\n`);
   });
 
   test("pods deleted while their rules are applied, and the node-runner pod restarted mid-burst: every pod that stays is programmed", async () => {
