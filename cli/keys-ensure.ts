@@ -6,7 +6,7 @@ import { parseArgs } from "node:util";
 import { errorMessage } from "../contract/errors.ts";
 import { ApiError, apiConnection, apiGetIfExists, apiRequest, type ApiConnection } from "../contract/kube-http.ts";
 import { CONFIGMAP_NAME, KeyManifestError, newKeyId, pair, publicPemOf, SECRET_NAME } from "./keys.ts";
-import { LABELS } from "./manifests.ts";
+import { keyManifest, type KeyHolder } from "./manifests.ts";
 import { CA_CONFIGMAP_NAME, generateTls, TLS_SECRET_NAME, tlsSecretData, type TlsFiles } from "./tls.ts";
 
 /** What the namespace holds: each object's entries (Secret data decoded), absent when missing. */
@@ -15,13 +15,6 @@ export interface StoredKeys {
   readonly publicKeys?: Readonly<Record<string, string>>;
   readonly tlsSecret?: Readonly<Record<string, string>>;
   readonly caConfigMap?: Readonly<Record<string, string>>;
-}
-
-export interface KeyObject {
-  readonly kind: "Secret" | "ConfigMap";
-  readonly name: string;
-  readonly type?: string;
-  readonly entries: Readonly<Record<string, string>>;
 }
 
 export interface KeyGenerators {
@@ -40,8 +33,9 @@ export const defaultGenerators: KeyGenerators = {
  * ca.crt). Public halves without their private halves are refused: an operator's keys are
  * never replaced.
  */
-export function planMissingKeys(stored: StoredKeys, generate: KeyGenerators): KeyObject[] {
-  const create: KeyObject[] = [];
+export function planMissingKeys(stored: StoredKeys, generate: KeyGenerators): KeyHolder[] {
+  const secrets: KeyHolder[] = [];
+  const configMaps: KeyHolder[] = [];
   const refuse = (configMap: string, secret: string): never => {
     throw new KeyManifestError(`ConfigMap ${configMap} exists but Secret ${secret} does not: public keys without their private keys. Apply the Secret, or delete the ConfigMap to have a new pair made.`);
   };
@@ -49,32 +43,32 @@ export function planMissingKeys(stored: StoredKeys, generate: KeyGenerators): Ke
   if (stored.signingSecret === undefined) {
     if (stored.publicKeys !== undefined) refuse(CONFIGMAP_NAME, SECRET_NAME);
     const { keyid, privatePem, publicPem } = generate.signing();
-    create.push({ kind: "Secret", name: SECRET_NAME, type: "Opaque", entries: { [`${keyid}.pem`]: privatePem } });
-    create.push({ kind: "ConfigMap", name: CONFIGMAP_NAME, entries: { [`${keyid}.pem`]: publicPem } });
+    secrets.push({ kind: "Secret", name: SECRET_NAME, type: "Opaque", entries: { [`${keyid}.pem`]: privatePem } });
+    configMaps.push({ kind: "ConfigMap", name: CONFIGMAP_NAME, entries: { [`${keyid}.pem`]: publicPem } });
   } else if (stored.publicKeys === undefined) {
     const pems = Object.entries(stored.signingSecret).filter(([name]) => name.endsWith(".pem"));
     if (pems.length === 0) throw new KeyManifestError(`Secret ${SECRET_NAME} holds no <keyid>.pem private key`);
-    create.push({ kind: "ConfigMap", name: CONFIGMAP_NAME, entries: Object.fromEntries(pems.map(([name, pem]) => [name, publicPemOf(pem)])) });
+    configMaps.push({ kind: "ConfigMap", name: CONFIGMAP_NAME, entries: Object.fromEntries(pems.map(([name, pem]) => [name, publicPemOf(pem)])) });
   }
 
   if (stored.tlsSecret === undefined) {
     if (stored.caConfigMap !== undefined) refuse(CA_CONFIGMAP_NAME, TLS_SECRET_NAME);
     const tls = generate.tls();
-    create.push({ kind: "Secret", name: TLS_SECRET_NAME, type: "kubernetes.io/tls", entries: tlsSecretData(tls) });
-    create.push({ kind: "ConfigMap", name: CA_CONFIGMAP_NAME, entries: { "ca.crt": tls.ca } });
+    secrets.push({ kind: "Secret", name: TLS_SECRET_NAME, type: "kubernetes.io/tls", entries: tlsSecretData(tls) });
+    configMaps.push({ kind: "ConfigMap", name: CA_CONFIGMAP_NAME, entries: { "ca.crt": tls.ca } });
   } else if (stored.caConfigMap === undefined) {
     const ca = stored.tlsSecret["ca.crt"];
     if (ca === undefined) throw new KeyManifestError(`Secret ${TLS_SECRET_NAME} has no ca.crt to remake ConfigMap ${CA_CONFIGMAP_NAME} from: apply the CA ConfigMap, or delete the Secret to have new TLS made`);
-    create.push({ kind: "ConfigMap", name: CA_CONFIGMAP_NAME, entries: { "ca.crt": ca } });
+    configMaps.push({ kind: "ConfigMap", name: CA_CONFIGMAP_NAME, entries: { "ca.crt": ca } });
   }
-  return [...create.filter((o) => o.kind === "Secret"), ...create.filter((o) => o.kind === "ConfigMap")];
+  return [...secrets, ...configMaps];
 }
 
-const objectPath = (namespace: string, kind: KeyObject["kind"], name = ""): string =>
+const objectPath = (namespace: string, kind: KeyHolder["kind"], name = ""): string =>
   `/api/v1/namespaces/${encodeURIComponent(namespace)}/${kind === "Secret" ? "secrets" : "configmaps"}${name === "" ? "" : `/${encodeURIComponent(name)}`}`;
 
 async function readStored(conn: ApiConnection, namespace: string): Promise<StoredKeys> {
-  const entries = async (kind: KeyObject["kind"], name: string): Promise<Record<string, string> | undefined> => {
+  const entries = async (kind: KeyHolder["kind"], name: string): Promise<Record<string, string> | undefined> => {
     const o = (await apiGetIfExists(conn, objectPath(namespace, kind, name))) as { data?: Record<string, string> } | undefined;
     if (o === undefined) return undefined;
     const data = o.data ?? {};
@@ -91,25 +85,20 @@ async function readStored(conn: ApiConnection, namespace: string): Promise<Store
 
 /** Create what is missing; returns one line per object. A concurrent run (409) is re-read once. */
 export async function ensureKeys(conn: ApiConnection, namespace: string, generate: KeyGenerators = defaultGenerators): Promise<string[]> {
+  const created = new Set<string>();
   const lines: string[] = [];
   for (let attempt = 1; ; attempt++) {
     const plan = planMissingKeys(await readStored(conn, namespace), generate);
     try {
       for (const o of plan) {
-        const body = {
-          apiVersion: "v1",
-          kind: o.kind,
-          metadata: { name: o.name, namespace, labels: LABELS },
-          ...(o.kind === "Secret" ? { type: o.type, stringData: o.entries } : { data: o.entries }),
-        };
-        await apiRequest(conn, "POST", objectPath(namespace, o.kind), { contentType: "application/json", value: body });
+        await apiRequest(conn, "POST", objectPath(namespace, o.kind), { contentType: "application/json", value: keyManifest(namespace, o) });
+        created.add(o.name);
         lines.push(`created ${o.kind} ${namespace}/${o.name}`);
       }
     } catch (err) {
       if (err instanceof ApiError && err.code === 409 && attempt === 1) continue;
       throw err;
     }
-    const created = new Set(lines.map((line) => line.split("/").pop()));
     for (const name of [SECRET_NAME, CONFIGMAP_NAME, TLS_SECRET_NAME, CA_CONFIGMAP_NAME]) if (!created.has(name)) lines.push(`kept ${namespace}/${name}`);
     return lines;
   }

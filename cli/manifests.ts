@@ -1,8 +1,26 @@
-// The Secret + ConfigMap pairs `pnc keys` writes (signing keys; node-runner TLS): one shape, the
-// project's label, a comment line saying what each file is.
+// The Secret + ConfigMap pairs `pnc keys` writes (signing keys; node-runner TLS) and `pnc keys
+// ensure` creates: one shape, the project's label; the files get a comment line saying what each is.
 import { stringify } from "yaml";
 
-export const LABELS = { "app.kubernetes.io/part-of": "podnet" };
+const LABELS = { "app.kubernetes.io/part-of": "podnet" };
+
+/** A Secret (its entries as stringData) or a ConfigMap (as data) holding keys. */
+export interface KeyHolder {
+  readonly kind: "Secret" | "ConfigMap";
+  readonly name: string;
+  readonly type?: string;
+  readonly entries: Readonly<Record<string, string>>;
+}
+
+/** The object as the API server takes it. */
+export function keyManifest(namespace: string, o: KeyHolder): Record<string, unknown> {
+  return {
+    apiVersion: "v1",
+    kind: o.kind,
+    metadata: { name: o.name, namespace, labels: LABELS },
+    ...(o.kind === "Secret" ? { type: o.type, stringData: o.entries } : { data: o.entries }),
+  };
+}
 
 export function secretAndConfigMap(
   namespace: string,
@@ -10,7 +28,7 @@ export function secretAndConfigMap(
   configMap: { readonly name: string; readonly data: Record<string, string>; readonly comment: string },
 ): { secret: string; configMap: string } {
   return {
-    secret: `# ${secret.comment}\n${stringify({ apiVersion: "v1", kind: "Secret", metadata: { name: secret.name, namespace, labels: LABELS }, type: secret.type, stringData: secret.stringData })}`,
-    configMap: `# ${configMap.comment}\n${stringify({ apiVersion: "v1", kind: "ConfigMap", metadata: { name: configMap.name, namespace, labels: LABELS }, data: configMap.data })}`,
+    secret: `# ${secret.comment}\n${stringify(keyManifest(namespace, { kind: "Secret", name: secret.name, type: secret.type, entries: secret.stringData }))}`,
+    configMap: `# ${configMap.comment}\n${stringify(keyManifest(namespace, { kind: "ConfigMap", name: configMap.name, entries: configMap.data }))}`,
   };
 }

@@ -13,4 +13,3 @@ export const ISTIO_TRAFFIC_ANNOTATION = {
   rerouteVirtualInterfaces: "istio.io/reroute-virtual-interfaces",
   kubevirtInterfaces: "traffic.sidecar.istio.io/kubevirtInterfaces",
 } as const;
-

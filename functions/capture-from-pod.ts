@@ -7,10 +7,10 @@ import {
   type CaptureField,
   type FieldSources,
 } from "../contract/capture-config.ts";
+import { ISTIO_TRAFFIC_ANNOTATION as ANNOTATION } from "../contract/istio-annotations.ts";
 import { PROXY_CONTAINER, podIPs, proxyContainer, type Pod } from "./pod.ts";
 
-export { ISTIO_TRAFFIC_ANNOTATION as ANNOTATION } from "../contract/istio-annotations.ts";
-import { ISTIO_TRAFFIC_ANNOTATION as ANNOTATION } from "../contract/istio-annotations.ts";
+export { ANNOTATION };
 
 export const PROXY_ENV = {
   dnsCapture: "ISTIO_META_DNS_CAPTURE",

@@ -65,7 +65,8 @@ export function applierChooser(options: {
   return async (netns, podUid) => {
     const record = await options.records.get(netns.inode);
     const programmed = record?.podUid === podUid;
-    if (!programmed && backend !== "nftables") noteEmptyNftTables(netns, await options.nftTables(netns));
+    // Only where an iptables-nft save could follow (not for the legacy or native engines).
+    if (!programmed && (backend === "auto" || backend === "iptables-nft")) noteEmptyNftTables(netns, await options.nftTables(netns));
     if (backend !== "auto") return appliers[backend];
     if (programmed && (record.variant === "iptables-nft" || record.variant === "iptables-legacy")) return appliers[record.variant];
     return appliers[await detectVariant(netns, options.nodeDefault, options.run)];

@@ -7,14 +7,14 @@ import { after, before, describe, test } from "node:test";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../../contract/capture-config.ts";
 import { nsenterRunner, RecordStore, type NetnsRunner } from "../../node-runner/apply.ts";
 import { applierChooser, BACKEND, BACKENDS, type BackendName, type NetnsApplier } from "../../node-runner/backends.ts";
-import { execFileSync, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { mkdtempSync, readlinkSync, rmSync } from "node:fs";
 import os from "node:os";
 import fc from "fast-check";
 import { helperRunner, NETNS_EXEC, resolveExecutable } from "../../node-runner/helper-runner.ts";
 import { openNetns, resolvePodNetns, type OpenNetns } from "../../node-runner/netns.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
-import { goProgram, goProgramsUnavailableReason } from "../support/go-programs.ts";
+import { assertGoModuleClean, goProgram, goProgramsUnavailableReason } from "../support/go-programs.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 
 const unavailable = testPodsUnavailableReason() ?? goProgramsUnavailableReason();
@@ -44,9 +44,7 @@ describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), (
   }
 
   test("gofmt and go vet (amd64 and arm64: setns has a number per architecture) are clean", () => {
-    const dir = path.join(import.meta.dirname, "../../node-runner/netns-exec");
-    assert.equal(execFileSync("gofmt", ["-l", "."], { cwd: dir, encoding: "utf8" }), "");
-    for (const arch of ["amd64", "arm64"]) execFileSync("go", ["vet", "./..."], { cwd: dir, env: { ...process.env, GOARCH: arch }, stdio: ["ignore", "ignore", "inherit"] });
+    assertGoModuleClean(path.join(import.meta.dirname, "../../node-runner/netns-exec"));
   });
 
   test("runs in the pod's namespace, with input, exactly as nsenter from the node-runner does", async () => {

@@ -2,6 +2,7 @@
 // the node-runner's command helper (node-runner/netns-exec, podnet-netns-exec), static binaries
 // that `npm run build:go` writes to bundle/ (Go's build cache makes a repeat build a fraction of
 // a second). Tests run them inside test pods and start the node-runner with the helper.
+import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 
@@ -26,6 +27,12 @@ export function goProgram(name: "podnet-wait" | "podnet-netns-exec"): string {
     built = true;
   }
   return path.join(root, "bundle", name);
+}
+
+/** gofmt finds nothing to change in a Go module and go vet passes, for each architecture the images are built for. */
+export function assertGoModuleClean(dir: string, arches: readonly string[] = ["amd64", "arm64"]): void {
+  assert.equal(execFileSync("gofmt", ["-l", "."], { cwd: dir, encoding: "utf8" }), "", "gofmt -l lists files to format");
+  for (const arch of arches) execFileSync("go", ["vet", "./..."], { cwd: dir, env: { ...process.env, GOARCH: arch }, stdio: ["ignore", "ignore", "inherit"] });
 }
 
 /** The waiter's exit codes as the README documents them. */
