@@ -87,24 +87,32 @@ export async function kubeconfigConnection(file: string): Promise<ApiConnection>
   };
 }
 
-const agents = new WeakMap<ApiConnection, https.Agent>();
-function agentFor(conn: ApiConnection): https.Agent {
-  let agent = agents.get(conn);
-  if (agent === undefined) {
-    agent = new https.Agent({ keepAlive: true, ...(conn.ca === undefined ? {} : { ca: conn.ca }) });
-    agents.set(conn, agent);
+/**
+ * Calls share a few keep-alive connections per API server (client-go multiplexes one HTTP/2
+ * connection): a burst of calls queues on them instead of opening a TLS connection per call,
+ * each a handshake for the API server and for this process. A watch holds its connection for
+ * its lifetime, so watches have their own agent and never take a call's connection.
+ */
+export const API_CONNECTIONS = 8;
+const agents = new WeakMap<ApiConnection, { calls: https.Agent; watches: https.Agent }>();
+function agentFor(conn: ApiConnection, use: "calls" | "watches"): https.Agent {
+  let pair = agents.get(conn);
+  if (pair === undefined) {
+    const tls = conn.ca === undefined ? {} : { ca: conn.ca };
+    pair = { calls: new https.Agent({ keepAlive: true, maxSockets: API_CONNECTIONS, ...tls }), watches: new https.Agent({ keepAlive: false, ...tls }) };
+    agents.set(conn, pair);
   }
-  return agent;
+  return pair[use];
 }
 
-function requestOptions(conn: ApiConnection, method: string, path: string, headers: Record<string, string>): https.RequestOptions {
+function requestOptions(conn: ApiConnection, method: string, path: string, headers: Record<string, string>, use: "calls" | "watches" = "calls"): https.RequestOptions {
   return {
     protocol: "https:",
     hostname: conn.server.hostname.replace(/^\[|\]$/g, ""),
     port: conn.server.port === "" ? 443 : Number(conn.server.port),
     path,
     method,
-    agent: agentFor(conn),
+    agent: agentFor(conn, use),
     headers: { authorization: `Bearer ${conn.token()}`, accept: "application/json", ...headers },
   };
 }
@@ -175,7 +183,7 @@ export function watchStream<T>(conn: ApiConnection, path: string, onEvent: (even
     finished = true;
     done(err);
   };
-  const req = https.request(requestOptions(conn, "GET", path, {}), (res) => {
+  const req = https.request(requestOptions(conn, "GET", path, {}, "watches"), (res) => {
     if ((res.statusCode ?? 0) !== 200) {
       res.resume();
       finish(new ApiError(res.statusCode ?? 0, `watch ${path}: ${res.statusCode ?? 0}`));

@@ -2,11 +2,12 @@
 // receiver as a CloudEvent sent by Knative's real ApiServerSource adapter, shaped as Knative
 // documents (type, source, subject, extensions; binary mode). Needs the binaries from test/controlplane/build.sh.
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import http from "node:http";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { HTTP, type CloudEventV1 } from "cloudevents";
+import { API_CONNECTIONS, apiRequest, podPath, watchStream, type ApiConnection } from "../../contract/kube-http.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { ADAPTER_HEALTH_PORT, freePort, missingBinariesReason, startControlPlane, type Adapter, type ControlPlane } from "./harness.ts";
 
@@ -134,6 +135,25 @@ describe("control plane [needs control plane]", skipUnlessCI(missing), () => {
     assert.equal(receiver.events.some((r) => r.event.subject === `/apis/v1/namespaces/${ns}/pods/plain`), false);
   });
 
+  test("kube-http: a burst of calls shares at most API_CONNECTIONS connections; open watches never hold a call up", async () => {
+    const api: ApiConnection = { server: new URL(cp.server), ca: cp.ca, token: () => cp.adminToken };
+    const port = Number(new URL(cp.server).port);
+    const others = socketsTo(port); // the other tests' clients
+    const watches = Array.from({ length: API_CONNECTIONS + 2 }, () =>
+      watchStream(api, `/api/v1/namespaces/${ns}/pods?watch=true`, () => undefined, () => undefined),
+    );
+    try {
+      const calls = await Promise.all(Array.from({ length: 60 }, (_, i) => apiRequest(api, "GET", podPath(ns, `absent-${i}`)).catch((err: unknown) => err)));
+      assert.equal(calls.length, 60);
+      for (const answer of calls) assert.match(String(answer), /404/);
+      // This process's TCP connections to the API server: every watch's, and the calls' few.
+      const open = socketsTo(port) - others;
+      assert.ok(open >= watches.length + 1 && open <= watches.length + API_CONNECTIONS, `${open} connections for ${watches.length} watches`);
+    } finally {
+      for (const w of watches) w.abort();
+    }
+  });
+
   test("the adapter's fixed health port is served while it runs", async () => {
     const status = await new Promise<number>((resolve, reject) => {
       http.get(`http://127.0.0.1:${ADAPTER_HEALTH_PORT}/`, (res) => {
@@ -216,3 +236,25 @@ describe("control plane cleanup", () => {
     assert.equal(existsSync(dir), false);
   });
 });
+
+/** Established TCP connections of this process to a local port (from /proc: its socket descriptors). */
+function socketsTo(port: number): number {
+  const mine = new Set<string>();
+  for (const fd of readdirSync("/proc/self/fd")) {
+    try {
+      const inode = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`))?.[1];
+      if (inode !== undefined) mine.add(inode);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  let count = 0;
+  for (const table of ["/proc/self/net/tcp", "/proc/self/net/tcp6"]) {
+    for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      // remote address:port in hex, state 01 = ESTABLISHED, then the socket inode.
+      if (f[2]?.endsWith(`:${port.toString(16).toUpperCase().padStart(4, "0")}`) && f[3] === "01" && mine.has(f[9] ?? "")) count++;
+    }
+  }
+  return count;
+}
