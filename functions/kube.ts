@@ -22,8 +22,11 @@ export class KubeClusterReader implements ClusterReader {
 
   constructor(private readonly conn: ApiConnection) {}
 
-  async getPod(namespace: string, name: string): Promise<Pod | undefined> {
-    const pod = await apiGetIfExists(this.conn, podPath(namespace, name));
+  async getPod(namespace: string, name: string, notOlderThan?: string): Promise<Pod | undefined> {
+    // A resource version other than "0" asks for the pod as of that version or later, which
+    // the API server answers from its watch cache instead of a quorum read from etcd.
+    const fromCache = notOlderThan !== undefined && /^[1-9][0-9]{0,19}$/.test(notOlderThan);
+    const pod = await apiGetIfExists(this.conn, `${podPath(namespace, name)}${fromCache ? `?resourceVersion=${notOlderThan}` : ""}`);
     return pod === undefined ? undefined : parsePod(pod);
   }
 

@@ -16,9 +16,11 @@ const log = pino({ level: "silent" });
 function setup(apiPods: Record<string, Pod>) {
   const offered: { decision: Decision; policyId: string }[] = [];
   const reads: string[] = [];
+  const readVersions: (string | undefined)[] = [];
   const cluster: ClusterReader = {
-    getPod: (_ns, name) => {
+    getPod: (_ns, name, notOlderThan) => {
       reads.push(name);
+      readVersions.push(notOlderThan);
       return Promise.resolve(apiPods[name]);
     },
     getNamespace: () => Promise.resolve(undefined),
@@ -38,19 +40,20 @@ function setup(apiPods: Record<string, Pod>) {
     cluster,
     metrics: createFunctionMetrics({ defaultMetrics: false }),
   });
-  return { reconciler, offered, reads };
+  return { reconciler, offered, reads, readVersions };
 }
 
 describe("reconcilePod", () => {
   const enforce = parsePolicy("mode: enforce");
 
-  test("an event's copy of a pod only triggers: the API server's pod is decided and queued, with the policy it was decided under", async () => {
+  test("an event's copy of a pod only triggers: the API server's pod (not older than the event's) is decided and queued, with the policy it was decided under", async () => {
     const apiPod = parsePod(meshPodObject("web", { uid: "uid-api", ip: "10.0.0.9" }));
-    const { reconciler, offered, reads } = setup({ web: apiPod });
+    const { reconciler, offered, reads, readVersions } = setup({ web: apiPod });
     const eventPod = parsePod(meshPodObject("web", { uid: "uid-event", ip: "10.0.0.66" }));
     const r = await reconciler.reconcilePod(eventPod, enforce, log, { fromApi: false });
     assert.equal(r.outcome, "queued");
     assert.deepEqual(reads, ["web"]);
+    assert.deepEqual(readVersions, [eventPod.metadata.resourceVersion]);
     assert.equal(offered.length, 1);
     const decision = offered[0]?.decision;
     assert.equal(decision?.action === "apply" ? decision.pod.uid : undefined, "uid-api");

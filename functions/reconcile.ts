@@ -18,7 +18,11 @@ export const MESH_POD_SELECTOR = "security.istio.io/tlsMode=istio";
 
 /** The function's view of the cluster (functions/kube.ts on a real one). */
 export interface ClusterReader {
-  getPod(namespace: string, name: string): Promise<Pod | undefined>;
+  /**
+   * The API server's pod; with `notOlderThan` (the resource version an event carried) as of
+   * that version or later: never staler than what triggered the read.
+   */
+  getPod(namespace: string, name: string, notOlderThan?: string): Promise<Pod | undefined>;
   getNamespace(name: string): Promise<NamespaceFacts | undefined>;
   /** Candidate pods cluster-wide, page by page (server-side label selector). */
   listPods(labelSelector: string): AsyncIterable<Pod[]>;
@@ -142,7 +146,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     if (decision.action !== "skip" && !source.fromApi) {
       let fresh: Pod | undefined;
       try {
-        fresh = await deps.cluster.getPod(pod.metadata.namespace ?? "", pod.metadata.name ?? "");
+        fresh = await deps.cluster.getPod(pod.metadata.namespace ?? "", pod.metadata.name ?? "", pod.metadata.resourceVersion);
       } catch (err) {
         podLog(log, pod).warn({ err: errorMessage(err) }, "cannot read the pod");
         return { pod: podName(pod), outcome: "failed", reason: "api-unavailable", transient: true };

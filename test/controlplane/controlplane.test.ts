@@ -8,6 +8,7 @@ import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { HTTP, type CloudEventV1 } from "cloudevents";
 import { API_CONNECTIONS, apiRequest, podPath, watchStream, type ApiConnection } from "../../contract/kube-http.ts";
+import { KubeClusterReader } from "../../functions/kube.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { ADAPTER_HEALTH_PORT, freePort, missingBinariesReason, startControlPlane, type Adapter, type ControlPlane } from "./harness.ts";
 
@@ -152,6 +153,22 @@ describe("control plane [needs control plane]", skipUnlessCI(missing), () => {
     } finally {
       for (const w of watches) w.abort();
     }
+  });
+
+  test("the function's read of an event's pod: as of the event's resource version or later, from the API server", async () => {
+    const api: ApiConnection = { server: new URL(cp.server), ca: cp.ca, token: () => cp.adminToken };
+    const reader = new KubeClusterReader(api);
+    const created = await core.createNamespacedPod({ namespace: ns, body: { metadata: { name: "versioned" }, spec: { containers: [{ name: "app", image: "example/app" }] } } });
+    const version = created.metadata?.resourceVersion ?? "";
+    await core.patchNamespacedPod({ name: "versioned", namespace: ns, body: { metadata: { annotations: { later: "yes" } } } }, k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch));
+    // Not older than the event: the later state, never the event's own.
+    const read = await reader.getPod(ns, "versioned", version);
+    assert.equal(read?.metadata.annotations?.later, "yes");
+    assert.equal(await reader.getPod(ns, "absent", version), undefined);
+    // "0" (any version, however stale) and what is not a version: a quorum read instead.
+    for (const odd of ["0", "", "12a", "-1", "1".repeat(30)]) assert.equal((await reader.getPod(ns, "versioned", odd))?.metadata.annotations?.later, "yes");
+    // A version the API server has not reached: it waits, then refuses (the event is retried).
+    await assert.rejects(reader.getPod(ns, "versioned", "999999999999"), /\b(504|500)\b|[Tt]oo large resource version/);
   });
 
   test("the adapter's fixed health port is served while it runs", async () => {
