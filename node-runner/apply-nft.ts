@@ -39,7 +39,7 @@ export class NftApplier {
     const plan = renderNftables(config);
     const steps = netSetupSteps(config);
     const digest = createHash("sha256").update(`nftables\n${plan.script}${JSON.stringify(steps)}`).digest("hex").slice(0, 16);
-    const previous = await this.records.get(netns.inode);
+    const previous = this.records.get(netns.inode);
     const before = await this.listing(netns);
     if (previous?.podUid === podUid && previous.variant === "nftables" && previous.digest === digest && previous.nftListing === before.hash) {
       return { result: "unchanged", digest };
@@ -50,16 +50,16 @@ export class NftApplier {
     await this.transaction(netns, `${[...stale, plan.script.trimEnd()].filter((l) => l !== "").join("\n")}\n`);
     await replaceIpSteps(this.run, netns, previous?.podUid === podUid ? previous.netSetup : [], steps);
     const after = await this.listing(netns);
-    await this.records.put({ podUid, netnsInode: netns.inode, digest, variant: "nftables", nftListing: after.hash, builtin: {}, owned: {}, netSetup: steps });
+    this.records.put({ podUid, netnsInode: netns.inode, digest, variant: "nftables", nftListing: after.hash, builtin: {}, owned: {}, netSetup: steps });
     return { result: "applied", digest };
   }
 
   async remove(netns: NetnsTarget, podUid: string): Promise<"removed" | "absent"> {
-    const previous = await this.records.get(netns.inode);
+    const previous = this.records.get(netns.inode);
     const { present } = await this.listing(netns);
     if (present.length > 0) await this.transaction(netns, `${present.flatMap((t) => [`add table inet ${t}`, `delete table inet ${t}`]).join("\n")}\n`);
     for (const step of previous?.podUid === podUid ? previous.netSetup : []) await runIpStep(this.run, netns, step, "del");
-    await this.records.delete(netns.inode);
+    this.records.delete(netns.inode);
     return present.length > 0 ? "removed" : "absent";
   }
 }

@@ -4,7 +4,7 @@
 // Commands run inside the pod's netns only, entered by a file descriptor opened once per apply
 // (a PID can be reused meanwhile; a descriptor keeps naming the same namespace), never the node's.
 import { createHash } from "node:crypto";
-import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { CaptureConfig } from "../contract/capture-config.ts";
 import { runInNetns, type CommandResult } from "./nsenter.ts";
@@ -85,13 +85,16 @@ export interface NetnsRecord {
 
 /**
  * Records live beside the namespaces they describe (a tmpfs such as /run): both end at reboot.
- * Written through to the file, read from memory after the first read (this process is the only
- * writer): an apply reads a namespace's record twice (variant, engine) and writes it twice.
- * The cache keeps the most recently used records, a node's worth of pods (110 by default).
+ * This process is the only writer, so the store keeps the list of records in its directory
+ * (read once) and the most recently used ones (a node's worth of pods, 110 by default): a new
+ * pod's namespace is known to have none without a read, and an apply reads its record from
+ * memory. The files are read and written synchronously: on a tmpfs each is a memory copy of a
+ * few KB, where every asynchronous call is a round trip through libuv's thread pool (half a
+ * millisecond per apply on a busy runner). Writes go through a temporary file and a rename.
  */
 export class RecordStore {
   private readonly cache = new Map<string, NetnsRecord | undefined>();
-  private dirMade = false;
+  private stored: Set<string> | undefined;
   constructor(
     private readonly dir: string,
     private readonly cacheLimit = 256,
@@ -100,41 +103,58 @@ export class RecordStore {
     if (!/^\d+$/.test(inode)) throw new Error(`bad netns inode ${inode}`);
     return path.join(this.dir, `${inode}.json`);
   }
+  /** The inodes that have a record file (the directory listed on first use). */
+  private storedInodes(): Set<string> {
+    if (this.stored === undefined) {
+      let names: string[] = [];
+      try {
+        names = readdirSync(this.dir);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      }
+      this.stored = new Set(names.flatMap((name) => /^(\d+)\.json$/.exec(name)?.[1] ?? []));
+    }
+    return this.stored;
+  }
   private remember(inode: string, record: NetnsRecord | undefined): void {
     this.cache.delete(inode);
     this.cache.set(inode, record);
     if (this.cache.size > this.cacheLimit) this.cache.delete(this.cache.keys().next().value as string);
   }
-  async get(inode: string): Promise<NetnsRecord | undefined> {
+  get(inode: string): NetnsRecord | undefined {
     const file = this.file(inode);
     if (this.cache.has(inode)) return this.cache.get(inode);
     let record: NetnsRecord | undefined;
-    try {
-      record = JSON.parse(await readFile(file, "utf8")) as NetnsRecord;
-    } catch {
-      record = undefined;
+    if (this.storedInodes().has(inode)) {
+      try {
+        record = JSON.parse(readFileSync(file, "utf8")) as NetnsRecord;
+      } catch {
+        record = undefined;
+      }
     }
     this.remember(inode, record);
     return record;
   }
-  async put(record: NetnsRecord): Promise<void> {
+  put(record: NetnsRecord): void {
     const file = this.file(record.netnsInode);
+    const stored = this.storedInodes();
     this.cache.delete(record.netnsInode); // a failed write leaves the file to say what is there
-    const write = () => writeFile(`${file}.tmp`, JSON.stringify(record));
-    if (!this.dirMade) await mkdir(this.dir, { recursive: true });
-    this.dirMade = true;
-    await write().catch(async (err: unknown) => {
+    try {
+      writeFileSync(`${file}.tmp`, JSON.stringify(record));
+    } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-      await mkdir(this.dir, { recursive: true }); // the directory was removed meanwhile
-      await write();
-    });
-    await rename(`${file}.tmp`, file);
+      mkdirSync(this.dir, { recursive: true }); // not made yet, or removed meanwhile
+      writeFileSync(`${file}.tmp`, JSON.stringify(record));
+    }
+    renameSync(`${file}.tmp`, file);
+    stored.add(record.netnsInode);
     this.remember(record.netnsInode, record);
   }
-  async delete(inode: string): Promise<void> {
+  delete(inode: string): void {
     const file = this.file(inode);
     this.cache.delete(inode);
-    await rm(file, { force: true });
+    rmSync(file, { force: true });
+    this.storedInodes().delete(inode);
     this.remember(inode, undefined);
   }
 }
@@ -224,7 +244,7 @@ export class IptablesApplier {
     const families = plan.v6 === null ? [plan.v4] : [plan.v4, plan.v6];
     const steps = netSetupSteps(config);
     const digest = rulesDigest(this.variant, families, steps);
-    const previous = await this.records.get(netns.inode);
+    const previous = this.records.get(netns.inode);
     const usable = previous !== undefined && previous.podUid === podUid && previous.variant === this.variant ? previous : undefined;
 
     const live = new Map<Family, ReturnType<typeof parseSave>>();
@@ -267,7 +287,7 @@ export class IptablesApplier {
         const mine = recordedBuiltin(family);
         if (mine !== undefined) carried[key] = mine;
       }
-      await this.records.put({ podUid, netnsInode: netns.inode, digest: "", variant: this.variant, builtin: carried, owned: usable?.owned ?? {}, netSetup: usable?.netSetup ?? [], pending });
+      this.records.put({ podUid, netnsInode: netns.inode, digest: "", variant: this.variant, builtin: carried, owned: usable?.owned ?? {}, netSetup: usable?.netSetup ?? [], pending });
     }
 
     const builtin: NetnsRecord["builtin"] = {};
@@ -296,13 +316,13 @@ export class IptablesApplier {
       this.savedForms.learn(this.variant, family, desired.rules, owned[key]);
     }
     await replaceIpSteps(this.run, netns, usable?.netSetup ?? [], steps);
-    await this.records.put({ podUid, netnsInode: netns.inode, digest, variant: this.variant, builtin, owned, netSetup: steps });
+    this.records.put({ podUid, netnsInode: netns.inode, digest, variant: this.variant, builtin, owned, netSetup: steps });
     return { result: "applied", digest };
   }
 
   /** Remove exactly what the last apply added (and any ISTIO_* chains). */
   async remove(netns: NetnsTarget, podUid: string): Promise<"removed" | "absent"> {
-    const previous = await this.records.get(netns.inode);
+    const previous = this.records.get(netns.inode);
     const usable = previous?.podUid === podUid ? previous : undefined;
     let removedAny = false;
     for (const family of [4, 6] as const) {
@@ -313,7 +333,7 @@ export class IptablesApplier {
       removedAny = true;
     }
     for (const step of usable?.netSetup ?? []) await runIpStep(this.run, netns, step, "del");
-    await this.records.delete(netns.inode);
+    this.records.delete(netns.inode);
     return removedAny ? "removed" : "absent";
   }
 

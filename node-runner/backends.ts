@@ -63,7 +63,7 @@ export function applierChooser(options: {
 }): (netns: NetnsTarget, podUid: string) => Promise<NetnsApplier> {
   const { backend, appliers } = options;
   return async (netns, podUid) => {
-    const record = await options.records.get(netns.inode);
+    const record = options.records.get(netns.inode);
     const programmed = record?.podUid === podUid;
     // Only where an iptables-nft save could follow (not for the legacy or native engines).
     if (!programmed && (backend === "auto" || backend === "iptables-nft")) noteEmptyNftTables(netns, await options.nftTables(netns));

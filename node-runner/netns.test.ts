@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readlinkSync, rmSync, symlinkSync, writeFileSyn
 import os from "node:os";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { cgroupBelongsToPod, expandIPv6, ipv6FromIfInet6, localIPv4FromFibTrie, NetnsGoneError, openNetns, podUidPattern, processStartTime, resolvePodNetns } from "./netns.ts";
+import { cgroupBelongsToPod, expandIPv6, ipv6FromIfInet6, localIPv4FromFibTrie, NetnsGoneError, openNetns, podCgroupDirs, podCgroupPids, podUidPattern, processStartTime, resolvePodNetns } from "./netns.ts";
 
 const UID = "6c0e5c7e-3f0a-4b8e-9d59-2f1b7c1d0a11";
 const UID_ = UID.replace(/-/g, "_");
@@ -94,6 +94,29 @@ describe("proc file parsers", () => {
     assert.deepEqual([...ipv6FromIfInet6("fd000010024400010000000000000009 02 40 00 80 eth0\nzz\n")], ["fd00:0010:0244:0001:0000:0000:0000:0009"]);
     assert.equal(expandIPv6("fd00:10:244:1::9"), "fd00:0010:0244:0001:0000:0000:0000:0009");
     assert.equal(expandIPv6("::1"), "0000:0000:0000:0000:0000:0000:0000:0001");
+  });
+});
+
+describe("podCgroupPids on a fixture cgroup filesystem", () => {
+  test("pods in every hierarchy and layout, in any order, are each found in their own cgroup and its children", () => {
+    const cgroupFs = mkdtempSync(path.join(os.tmpdir(), "pnct-cgroupfs-"));
+    try {
+      // One pod per (hierarchy, layout): the lookup that found the last one must not miss the next.
+      const pods = ["", "unified", "pids", "memory"].flatMap((hierarchy, h) =>
+        podCgroupDirs(UID).map((_, layout) => {
+          const uid = `${UID.slice(0, -4)}${String(h)}${String(layout)}00`;
+          const dir = path.join(cgroupFs, hierarchy, podCgroupDirs(uid)[layout] ?? "");
+          mkdirSync(path.join(dir, "container"), { recursive: true });
+          writeFileSync(path.join(dir, "cgroup.procs"), `${String(1000 + h * 10 + layout)}\n`);
+          writeFileSync(path.join(dir, "container", "cgroup.procs"), `${String(2000 + h * 10 + layout)}\n`);
+          return { uid, pids: [1000 + h * 10 + layout, 2000 + h * 10 + layout] };
+        }),
+      );
+      for (const pod of [...pods, ...[...pods].reverse(), ...pods.filter((_, i) => i % 3 === 0)]) assert.deepEqual(podCgroupPids(pod.uid, { cgroupFs }), pod.pids, pod.uid);
+      assert.equal(podCgroupPids(UID, { cgroupFs }), undefined, "no cgroup: the caller scans /proc");
+    } finally {
+      rmSync(cgroupFs, { recursive: true, force: true });
+    }
   });
 });
 

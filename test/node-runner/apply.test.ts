@@ -112,8 +112,8 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       const applier = new IptablesApplier(variant, records, counting, forms);
       const tproxy = config({ inboundInterceptionMode: "TPROXY", outboundIPRangesExclude: "10.0.0.0/8", inboundPortsExclude: "15020,15021" });
       // The record against what the kernel holds: the owned part of a save taken now.
-      const recordMatchesKernel = async (netns: OpenNetns, pod: { exec(argv: string[]): string }) => {
-        const record = await records.get(netns.inode);
+      const recordMatchesKernel = (netns: OpenNetns, pod: { exec(argv: string[]): string }) => {
+        const record = records.get(netns.inode);
         const held = ownedRules(parseSave(pod.exec([`${variant}-save`])), record?.builtin["4"]);
         return record?.owned["4"] !== undefined && sameRules(record.owned["4"], held) && Object.keys(held).length > 0;
       };
@@ -126,7 +126,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       saves.length = 0;
       assert.equal((await applier.apply(second.netns, second.pod.uid, tproxy)).result, "applied");
       assert.equal(saves.length, 1, "the next pod with the same plan: only the save before");
-      assert.ok(await recordMatchesKernel(second.netns, second.pod));
+      assert.ok(recordMatchesKernel(second.netns, second.pod));
       assert.equal((await applier.apply(second.netns, second.pod.uid, tproxy)).result, "unchanged");
 
       second.pod.exec([variant, "-t", "mangle", "-D", "ISTIO_DIVERT", "-j", "ACCEPT"]);
@@ -216,7 +216,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       return result;
     };
     await assert.rejects(new IptablesApplier("iptables-nft", records, crashAfterRestore).apply(netns, pod.uid, config()), /killed -9/);
-    assert.equal(await records.get(netns.inode), undefined, "no record was written");
+    assert.equal(records.get(netns.inode), undefined, "no record was written");
     const restarted = new IptablesApplier("iptables-nft", records);
     assert.equal((await restarted.apply(netns, pod.uid, config())).result, "applied");
     const save = pod.exec(["iptables-nft-save"]);
