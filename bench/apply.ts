@@ -67,9 +67,13 @@ try {
   const resolveMs: number[] = [];
   const scanMs: number[] = [];
   let ruleCount = 0;
-  const methods = ["restore", "floor", "shell-floor", "per-rule"] as const;
-  process.stderr.write(`creating ${count * methods.length} test pods `);
-  const targets = Array.from({ length: count * methods.length }, (_, i) => {
+  // The node-runner and its floors alternate, so that drift in the machine's load hits all
+  // alike; the original controller's way (30 forks per pod) and the /proc scan (thousands of
+  // reads) run in a phase of their own afterwards: interleaved, they slowed the next
+  // measurement by a millisecond or more.
+  const methods = ["restore", "floor", "shell-floor"] as const;
+  process.stderr.write(`creating ${count * (methods.length + 1)} test pods `);
+  const targets = Array.from({ length: count * (methods.length + 1) }, (_, i) => {
     if (i % 20 === 0) process.stderr.write(".");
     return pods.add();
   });
@@ -77,8 +81,8 @@ try {
   const plan = renderIptables(config);
   ruleCount = plan.v4.rules.length;
   const floorInput = replaceTransaction({}, plan.v4.rules);
+  const restored: { uid: string; ip: string }[] = [];
   for (let i = 0; i < count; i++) {
-    // Alternate the methods so that drift in the machine's load hits all alike.
     for (const [k, method] of methods.entries()) {
       const pod = targets[i * methods.length + k];
       if (pod === undefined) throw new Error("missing pod");
@@ -97,25 +101,32 @@ try {
         if (outcome.result !== "applied") throw new Error("expected applied");
         restoreMs.push(performance.now() - t0);
         resolveMs.push(t1 - t0);
-        // The fallback: every process's cgroup read (no pod cgroup where it looks).
-        const s0 = performance.now();
-        const scanned = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot, cgroupFs: "/nonexistent" });
-        if (!scanned.found || scanned.method !== "proc-scan") throw new Error("expected a /proc scan");
-        scanMs.push(performance.now() - s0);
+        restored.push(pod);
       } else if (method === "floor") {
         const f0 = performance.now();
         execFileSync("nsenter", [`--net=${resolved.netns.path}`, `${variant}-restore`, "--noflush"], { input: floorInput });
         floorMs.push(performance.now() - f0);
-      } else if (method === "shell-floor") {
+      } else {
         // Timed inside bash (no fork for the clock): the tools alone, without a Node parent.
         const us = execFileSync("bash", ["-c", `t=$EPOCHREALTIME; nsenter --net="$1" ${variant}-restore --noflush; echo $t $EPOCHREALTIME`, "bash", resolved.netns.path], { input: floorInput, encoding: "utf8" });
         const [start = 0, end = 0] = us.trim().split(" ").map(Number);
         shellFloorMs.push((end - start) * 1000);
-      } else {
-        perRule(resolved.netns.path, plan.v4.rules);
-        perRuleMs.push(performance.now() - t0);
       }
     }
+  }
+  for (const [i, pod] of restored.entries()) {
+    // The fallback: every process's cgroup read (no pod cgroup where it looks).
+    const s0 = performance.now();
+    const scanned = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot, cgroupFs: "/nonexistent" });
+    if (!scanned.found || scanned.method !== "proc-scan") throw new Error("expected a /proc scan");
+    scanMs.push(performance.now() - s0);
+    const fresh = targets[count * methods.length + i];
+    if (fresh === undefined) throw new Error("missing pod");
+    const t0 = performance.now();
+    const resolved = await resolvePodNetns({ uid: fresh.uid, ips: [fresh.ip] }, { cgroupRoot: pods.cgroupRoot });
+    if (!resolved.found) throw new Error(resolved.detail);
+    perRule(resolved.netns.path, plan.v4.rules);
+    perRuleMs.push(performance.now() - t0);
   }
   const row = (name: string, samples: number[]): (string | number)[] => {
     const s = summarize(samples);
@@ -129,9 +140,9 @@ try {
       row("floor: nsenter + iptables-restore of the same rules (bare tool, forked here)", floorMs),
       row("floor: the same from a shell (no Node process in between)", shellFloorMs),
       row("node-runner: resolve, choose engine, render, compare, restore (helper)", restoreMs),
-      row("resolve + render + one iptables command per rule (original controller's way)", perRuleMs),
-      row("  netns resolution: the pod cgroup read directly (in the two rows above)", resolveMs),
-      row("  netns resolution: /proc scan (the fallback when no pod cgroup is found)", scanMs),
+      row("resolve + one iptables command per rule (original controller's way; own phase)", perRuleMs),
+      row("  netns resolution: the pod cgroup read directly (in the node-runner row)", resolveMs),
+      row("  netns resolution: /proc scan (the fallback when no pod cgroup is found; own phase)", scanMs),
     ]),
   );
   console.log(`\nnode-runner / floor (medians): ${(median(restoreMs) / median(floorMs)).toFixed(2)}× (forked from Node), ${(median(restoreMs) / median(shellFloorMs)).toFixed(2)}× (from a shell)`);
