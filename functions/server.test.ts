@@ -85,6 +85,7 @@ describe("decision function: events as ApiServerSource sends them", () => {
 
   const malformed: [string, () => request.Test, number][] = [
     ["no CloudEvent headers", () => request(app).post("/").set("content-type", "application/json").send("{}"), 400],
+    ["a structured event without a type", () => request(app).post("/").set("content-type", "application/cloudevents+json").send(JSON.stringify({ specversion: "1.0", id: "1", source: "/s" })), 400],
     ["unknown event type", () => post({ ...apiServerSourceEvent("add", meshPodObject("x")), headers: { ...apiServerSourceEvent("add", meshPodObject("x")).headers, "ce-type": "com.example.other" } }), 400],
     ["not a pod", () => { const e = apiServerSourceEvent("add", meshPodObject("x")); return post({ ...e, body: JSON.stringify({ metadata: "nope" }) }); }, 400],
     ["invalid JSON", () => { const e = apiServerSourceEvent("add", meshPodObject("x")); return post({ ...e, body: "{not json" }); }, 400],
@@ -93,9 +94,11 @@ describe("decision function: events as ApiServerSource sends them", () => {
   ];
   for (const [what, send, status] of malformed) {
     test(`malformed: ${what} → ${status}, and the server keeps serving`, async () => {
+      const stackTraceLimit = Error.stackTraceLimit;
       const res = await send();
       assert.equal(res.status, status, JSON.stringify(res.body));
       assert.equal((await request(app).get("/healthz")).status, 200);
+      assert.equal(Error.stackTraceLimit, stackTraceLimit, "the parse's stack trace limit is given back");
     });
   }
 
