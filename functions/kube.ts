@@ -1,7 +1,7 @@
 // The decision function's Kubernetes side: read pods (Reference mode) and namespaces (opt-in
 // annotation, cached briefly), list mesh pods for resync, and record Warning Events for pods
 // whose annotations are invalid. Spoken over the shared small client (contract/kube-http.ts).
-import { apiGetIfExists, apiRequest, podPath, type ApiConnection } from "../contract/kube-http.ts";
+import { ApiError, apiGetIfExists, apiRequest, podPath, type ApiConnection } from "../contract/kube-http.ts";
 import { recordPodEvent } from "../contract/pod-event.ts";
 import type { NamespaceFacts } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
@@ -23,10 +23,22 @@ export class KubeClusterReader implements ClusterReader {
   constructor(private readonly conn: ApiConnection) {}
 
   async getPod(namespace: string, name: string, notOlderThan?: string): Promise<Pod | undefined> {
-    // A resource version other than "0" asks for the pod as of that version or later, which
-    // the API server answers from its watch cache instead of a quorum read from etcd.
-    const fromCache = notOlderThan !== undefined && /^[1-9][0-9]{0,19}$/.test(notOlderThan);
-    const pod = await apiGetIfExists(this.conn, `${podPath(namespace, name)}${fromCache ? `?resourceVersion=${notOlderThan}` : ""}`);
+    const path = podPath(namespace, name);
+    let pod: unknown;
+    if (notOlderThan !== undefined && /^[1-9][0-9]{0,19}$/.test(notOlderThan)) {
+      // A resource version other than "0" asks for the pod as of that version or later, which
+      // the API server answers from its watch cache instead of a quorum read from etcd. One
+      // it has not reached (an event that named a version of its own making) is refused after
+      // a wait: then the pod is read as it is now.
+      try {
+        pod = await apiGetIfExists(this.conn, `${path}?resourceVersion=${notOlderThan}`);
+      } catch (err) {
+        if (!(err instanceof ApiError && err.code === 504 && /too large resource version/i.test(err.message))) throw err;
+        pod = await apiGetIfExists(this.conn, path);
+      }
+    } else {
+      pod = await apiGetIfExists(this.conn, path);
+    }
     return pod === undefined ? undefined : parsePod(pod);
   }
 
