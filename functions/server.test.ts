@@ -39,6 +39,7 @@ describe("decision function: events as ApiServerSource sends them", () => {
     const res = await post(apiServerSourceEvent("add", meshPodObject("web-1")));
     assert.equal(res.status, 200);
     assert.deepEqual((res.body as { results: unknown[] }).results, [{ pod: "shop/web-1", outcome: "dry-run", reason: "needs-rules" }]);
+    assert.equal(res.headers.etag, undefined, "no ETag: nothing revalidates an answer");
   });
 
   test("updates of initialized pods, deletes and non-mesh pods are skipped with reasons", async () => {

@@ -70,6 +70,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
   const app = express() as express.Express & { inFlight: () => number };
   app.inFlight = () => inFlight;
   app.disable("x-powered-by");
+  app.disable("etag"); // no client revalidates an answer: no hash of every body
   app.get("/healthz", (_req, res) => {
     res.json({ status: "ok" });
   });

@@ -66,6 +66,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
   const programmer = createPodProgrammer(deps);
   const app = express();
   app.disable("x-powered-by");
+  app.disable("etag"); // no client revalidates an answer: no hash of every body
   app.set("trust proxy", false);
 
   app.get("/healthz", (_req, res) => {
