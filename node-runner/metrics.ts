@@ -1,11 +1,12 @@
 // Prometheus metrics of the node-runner (GET /metrics).
-import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 
 export interface NodeRunnerMetrics {
   readonly registry: Registry;
   readonly requests: Counter<"route" | "result">;
   readonly signatureFailures: Counter<"reason">;
   readonly eventFailures: Counter<"reason">;
+  readonly eventsPending: Gauge;
   readonly podReads: Counter<"source">;
   readonly watchErrors: Counter;
   readonly applyDuration: Histogram<"result">;
@@ -31,8 +32,13 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeR
     }),
     eventFailures: new Counter({
       name: "podnet_node_runner_event_failures_total",
-      help: "Kubernetes Events that could not be recorded (they follow the answer), by Event reason; <reason>-dropped: not sent, too many in flight.",
+      help: "Kubernetes Events that could not be recorded (they follow the answer), by Event reason; <reason>-dropped: not sent, too many waiting.",
       labelNames: ["reason"],
+      registers: [registry],
+    }),
+    eventsPending: new Gauge({
+      name: "podnet_node_runner_events_pending",
+      help: "Kubernetes Events being sent or waiting to be (sent two at a time, after the answers).",
       registers: [registry],
     }),
     podReads: new Counter({

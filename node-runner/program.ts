@@ -5,6 +5,7 @@
 import type { Logger } from "pino";
 import type { PodRef, ProgramOutcome } from "../contract/apply-request.ts";
 import { CaptureConfigError, parseCaptureConfig } from "../contract/capture-config.ts";
+import { ConcurrencyLimit } from "../contract/concurrency.ts";
 import { errorMessage } from "../contract/errors.ts";
 import { ApplyError, type NetnsTarget } from "./apply.ts";
 import type { NetnsApplier } from "./backends.ts";
@@ -12,8 +13,13 @@ import { apiFailureKind, type PodApi } from "./kube.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
 import { NetnsGoneError, openNetns, type NetnsResolution, type OpenNetns, type ResolvedNetns } from "./netns.ts";
 
-/** Events recorded at once, in the background; more are dropped (and counted). */
-export const MAX_EVENTS_IN_FLIGHT = 64;
+/**
+ * Events are sent two at a time, after the answers: in a burst they wait instead of holding
+ * the API server connections the marks need (the marks are awaited, the Events are not).
+ */
+export const EVENTS_AT_ONCE = 2;
+/** Events waiting to be sent at most (a slow API server must not pile them up in memory); more are dropped and counted. */
+export const MAX_EVENTS_WAITING = 1000;
 
 /** A request refused with a documented status and reason; nothing was changed. */
 export class Refusal extends Error {
@@ -84,26 +90,29 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   }
 
   /**
-   * Events follow the answer: recorded in the background, at most MAX_EVENTS_IN_FLIGHT at once
-   * (a slow API server must not pile them up in memory); one more is dropped, counted and logged.
-   * A failure is only logged and counted.
+   * Events follow the answer: recorded in the background, EVENTS_AT_ONCE at a time, at most
+   * MAX_EVENTS_WAITING waiting; one more is dropped, counted and logged. A failure is only
+   * logged and counted.
    */
-  let eventsInFlight = 0;
+  const eventSlots = new ConcurrencyLimit(EVENTS_AT_ONCE);
+  let eventsPending = 0; // being sent or waiting
   function recordEvent(pod: PodRef, type: "Normal" | "Warning", reason: string, message: string, log: Logger): void {
-    if (eventsInFlight >= MAX_EVENTS_IN_FLIGHT) {
+    if (eventsPending >= EVENTS_AT_ONCE + MAX_EVENTS_WAITING) {
       deps.metrics.eventFailures.inc({ reason: `${reason}-dropped` });
-      log.warn({ reason, inFlight: eventsInFlight }, "Kubernetes Event dropped: too many in flight");
+      log.warn({ reason, pending: eventsPending }, "Kubernetes Event dropped: too many waiting");
       return;
     }
-    eventsInFlight++;
-    deps.pods
-      .recordEvent(pod, { type, reason, message })
+    eventsPending++;
+    deps.metrics.eventsPending.set(eventsPending);
+    eventSlots
+      .run(() => deps.pods.recordEvent(pod, { type, reason, message }))
       .catch((err: unknown) => {
         deps.metrics.eventFailures.inc({ reason });
         log.warn({ err: errorMessage(err), reason }, "could not record a Kubernetes Event");
       })
       .finally(() => {
-        eventsInFlight--;
+        eventsPending--;
+        deps.metrics.eventsPending.set(eventsPending);
       });
   }
 
