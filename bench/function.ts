@@ -1,76 +1,54 @@
 // Benchmark: how fast the decision function handles events the way ApiServerSource delivers
 // them (one at a time, waiting for each answer), beside its floor: a bare express 5 server
-// answering the same requests in the same run. (a) update events of initialized pods, which
-// are skipped; (b) add events that are decided and queued (answered at once), then signed and
-// dispatched in parallel to a node-runner in its own process on loopback that verifies each
-// signature (RFC 9421, digest, replay) before answering; the time until the last is verified is reported too. The
-// API server's pod read and the node-runner's pod lookup, netns scan and apply answer from
-// memory: their cost is what `npm run bench:apply` measures.   npm run bench:function -- [events]
-import { spawn } from "node:child_process";
+// answering the same requests in the same run. Each runs in a process of its own, with the
+// function's V8 flags from its Knative Service, as in a cluster: this process is the event
+// source. (a) update events of initialized pods, which are skipped; (b) add events that are
+// decided and queued (answered at once), then signed and dispatched in parallel to a
+// node-runner in its own process on loopback that verifies each signature (RFC 9421, digest,
+// replay) before answering; the time until the last is verified is reported too. The API
+// server's pod read and the node-runner's pod lookup, netns scan and apply answer from memory:
+// their cost is what `npm run bench:apply` measures.   npm run bench:function -- [events]
+import { spawn, type ChildProcessByStdio } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import http from "node:http";
 import path from "node:path";
 import { createInterface } from "node:readline";
-import express from "express";
-import { pino } from "pino";
-import { Dispatcher } from "../functions/dispatch.ts";
-import { parsePod } from "../functions/pod.ts";
-import { parsePolicy } from "../functions/policy.ts";
-import { createFunctionMetrics } from "../functions/metrics.ts";
-import { createFunctionApp } from "../functions/server.ts";
-import { apiServerSourceEvent, meshPodObject } from "../test/support/apiserversource.ts";
+import type { Readable, Writable } from "node:stream";
+import { apiServerSourceEvent } from "../test/support/apiserversource.ts";
+import { manifestV8Flags } from "../test/support/components.ts";
+import { benchPod } from "./function-pods.ts";
 import { machineDescription, summarize, table } from "./machine.ts";
 
 const count = Number(process.argv[2] ?? "2000");
-const silent = pino({ level: "silent" });
 const { privateKey, publicKey } = generateKeyPairSync("ed25519");
 
-async function listen(handler: http.RequestListener): Promise<{ port: number; close: () => void }> {
-  const server = http.createServer({ keepAlive: true }, handler);
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const address = server.address();
-  if (address === null || typeof address === "string") throw new Error("no port");
-  return { port: address.port, close: () => server.close() };
+/** A server in its own process: its port, and its answers to lines on stdin. */
+async function startServer(args: string[], env: NodeJS.ProcessEnv, nodeFlags: readonly string[] = []): Promise<{ port: number; ask: () => Promise<Record<string, number | boolean>>; stop: () => void }> {
+  const child: ChildProcessByStdio<Writable, Readable, null> = spawn(process.execPath, [...nodeFlags, "--import", "tsx", ...args], { env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "inherit"] });
+  const lines = createInterface({ input: child.stdout });
+  const next = (): Promise<Record<string, number | boolean>> =>
+    new Promise((resolve) => {
+      lines.once("line", (line) => {
+        resolve(JSON.parse(line) as Record<string, number | boolean>);
+      });
+    });
+  const port = Number((await next()).port);
+  return {
+    port,
+    ask: () => {
+      const answer = next();
+      child.stdin.write("?\n");
+      return answer;
+    },
+    stop: () => child.kill(),
+  };
 }
 
-// The node-runner in its own process (real verification, everything else from memory).
-const runnerProcess = spawn(process.execPath, ["--import", "tsx", path.join(import.meta.dirname, "stub-node-runner.ts")], {
-  env: { ...process.env, PUBLIC_KEY_PEM: publicKey.export({ type: "spki", format: "pem" }).toString() },
-  stdio: ["pipe", "pipe", "inherit"],
-});
-const runnerLines = createInterface({ input: runnerProcess.stdout });
-const nextRunnerLine = (): Promise<Record<string, number>> =>
-  new Promise((resolve) => {
-    runnerLines.once("line", (line) => {
-      resolve(JSON.parse(line) as Record<string, number>);
-    });
-  });
-const runner = { port: (await nextRunnerLine()).port ?? 0 };
-const runnerVerified = async (): Promise<number> => {
-  const answer = nextRunnerLine();
-  runnerProcess.stdin.write("?\n");
-  return (await answer).verified ?? 0;
-};
-// The API server's view of the pods the events name (the function reads a pod before acting).
-const apiPods = new Map<string, ReturnType<typeof meshPodObject>>();
-const dispatcher = new Dispatcher({ signingKey: () => ({ keyid: "fn-1", privateKey }), port: runner.port, addressFor: () => "127.0.0.1" });
-const policy = parsePolicy("");
-const fn = await listen(
-  createFunctionApp({
-    policy: () => policy,
-    dispatcher,
-    cluster: { getPod: (_namespace, name) => Promise.resolve(apiPods.has(name) ? parsePod(apiPods.get(name)) : undefined), getNamespace: () => Promise.resolve(undefined), listPods: async function* () {}, recordPodWarning: () => Promise.resolve() },
-    log: silent,
-    metrics: createFunctionMetrics({ defaultMetrics: false }),
-  }),
-);
-
-// The floor: express 5 parsing the body and answering JSON, nothing else.
-const bare = express();
-bare.post("/", express.raw({ type: () => true, limit: 1024 * 1024 }), (_req, res) => {
-  res.status(200).json({ results: [] });
-});
-const floor = await listen(bare);
+const here = import.meta.dirname;
+// The node-runner (real verification, everything else from memory).
+const runner = await startServer([path.join(here, "stub-node-runner.ts")], { PUBLIC_KEY_PEM: publicKey.export({ type: "spki", format: "pem" }).toString() });
+const fn = await startServer([path.join(here, "function-server.ts"), "function"], { PRIVATE_KEY_PEM: privateKey.export({ type: "pkcs8", format: "pem" }).toString(), RUNNER_PORT: String(runner.port) }, manifestV8Flags().function);
+const floor = await startServer([path.join(here, "function-server.ts"), "floor"], {}, manifestV8Flags().function);
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
 let target = 0;
@@ -105,23 +83,19 @@ async function run(make: (i: number) => { headers: Record<string, string>; body:
 }
 
 const marked = { "pod-network-controller.istio.io/status": "initialized" };
-const skipEvent = (i: number) => apiServerSourceEvent("update", meshPodObject(`web-${i}`, { annotations: marked }));
+const skipEvent = (i: number) => apiServerSourceEvent("update", benchPod(`web-${i}`, { annotations: marked }));
 target = floor.port;
 const bareSkip = await run(skipEvent, () => undefined);
 target = fn.port;
 const skipped = await run(skipEvent, () => undefined);
-const addEvent = (i: number) => {
-  const pod = meshPodObject(`new-${i}`);
-  apiPods.set(pod.metadata.name, pod);
-  return apiServerSourceEvent("add", pod);
-};
+const addEvent = (i: number) => apiServerSourceEvent("add", benchPod(`new-${i}`));
 target = floor.port;
 const bareAdd = await run(addEvent, () => undefined);
 target = fn.port;
-await dispatcher.whenIdle(); // warm-up dispatches done
+await fn.ask(); // warm-up dispatches done
 const tAdd = performance.now();
 const dispatched = await run(addEvent, () => undefined);
-await dispatcher.whenIdle();
+await fn.ask(); // every dispatch answered
 const allVerifiedMs = performance.now() - tAdd;
 
 const row = (name: string, r: { latencies: number[]; perSecond: number }): (string | number)[] => {
@@ -129,7 +103,7 @@ const row = (name: string, r: { latencies: number[]; perSecond: number }): (stri
   return [name, String(r.latencies.length), r.perSecond.toFixed(0), s.median, s.p99, s.max];
 };
 console.log(machineDescription());
-console.log("one event at a time over a keep-alive connection, as the ApiServerSource adapter sends; latency in ms\n");
+console.log(`one event at a time over a keep-alive connection, as the ApiServerSource adapter sends, from a process of its own; function and floor each in its own process with the Service's V8 flags (${manifestV8Flags().function.join(" ")}); latency in ms\n`);
 console.log(
   table(["events", "count", "events/s", "median", "p99", "max"], [
     row("floor: bare express 5, the same update events", bareSkip),
@@ -139,10 +113,9 @@ console.log(
   ]),
 );
 console.log(`\n(a) skip path: ${((skipped.perSecond / bareSkip.perSecond) * 100).toFixed(0)}% of bare express 5's events/s`);
-const verifiedByRunner = await runnerVerified();
+const verifiedByRunner = Number((await runner.ask()).verified);
 console.log(`(b) dispatch path: ${((dispatched.perSecond / bareAdd.perSecond) * 100).toFixed(0)}% of bare express 5's events/s; all ${count} signed, sent and verified by the node-runner (its own process; ${verifiedByRunner} answered 200 in all, warm-up included) ${allVerifiedMs.toFixed(0)} ms after the first event (${(count / (allVerifiedMs / 1000)).toFixed(0)} pods/s)`);
-dispatcher.close();
-floor.close();
-fn.close();
-runnerProcess.kill();
+floor.stop();
+fn.stop();
+runner.stop();
 agent.destroy();
