@@ -26,3 +26,28 @@ test("ConcurrencyLimit runs at most `limit` tasks at once, in arrival order, and
   );
   assert.throws(() => new ConcurrencyLimit(0), RangeError);
 });
+
+test("ConcurrencyLimit hands a finished task's slot to the first waiter: a task arriving meanwhile waits its turn", async () => {
+  const limit = new ConcurrencyLimit(1);
+  let running = 0;
+  let peak = 0;
+  const order: string[] = [];
+  const task = (name: string) =>
+    limit.run(async () => {
+      order.push(name);
+      peak = Math.max(peak, ++running);
+      await new Promise((r) => setImmediate(r));
+      running--;
+    });
+  const first = task("first");
+  const waiter = task("waiter");
+  assert.equal(limit.pending, 2);
+  await first;
+  // The slot is the waiter's now, even before it has resumed.
+  const late = task("late");
+  await Promise.all([waiter, late]);
+  assert.equal(peak, 1);
+  assert.deepEqual(order, ["first", "waiter", "late"]);
+  assert.equal(limit.pending, 0);
+  assert.equal(limit.idle, true);
+});

@@ -1,5 +1,5 @@
 // At most `limit` tasks at once, the rest in arrival order: used by the function's dispatcher
-// (requests to node-runners) and by the node-runner (pods programmed at once).
+// (requests to node-runners) and by the node-runner (pods programmed at once, its Events).
 export class ConcurrencyLimit {
   private running = 0;
   private readonly waiting: (() => void)[] = [];
@@ -13,14 +13,22 @@ export class ConcurrencyLimit {
     return this.running === 0 && this.waiting.length === 0;
   }
 
+  /** Tasks running or waiting for a slot. */
+  get pending(): number {
+    return this.running + this.waiting.length;
+  }
+
   async run<T>(work: () => Promise<T>): Promise<T> {
-    if (this.running >= this.limit) await new Promise<void>((resolve) => this.waiting.push(resolve));
-    this.running++;
+    if (this.running < this.limit) this.running++;
+    else await new Promise<void>((resolve) => this.waiting.push(resolve)); // the slot is handed over, already counted
     try {
       return await work();
     } finally {
-      this.running--;
-      this.waiting.shift()?.();
+      // A finished task hands its slot to the first waiter: a task that arrives meanwhile
+      // cannot take it first and run one more than `limit` at once.
+      const next = this.waiting.shift();
+      if (next === undefined) this.running--;
+      else next();
     }
   }
 }

@@ -24,21 +24,15 @@ export class KubeClusterReader implements ClusterReader {
 
   async getPod(namespace: string, name: string, notOlderThan?: string): Promise<Pod | undefined> {
     const path = podPath(namespace, name);
-    let pod: unknown;
-    if (notOlderThan !== undefined && /^[1-9][0-9]{0,19}$/.test(notOlderThan)) {
-      // A resource version other than "0" asks for the pod as of that version or later, which
-      // the API server answers from its watch cache instead of a quorum read from etcd. One
-      // it has not reached (an event that named a version of its own making) is refused after
-      // a wait: then the pod is read as it is now.
-      try {
-        pod = await apiGetIfExists(this.conn, `${path}?resourceVersion=${notOlderThan}`);
-      } catch (err) {
-        if (!(err instanceof ApiError && err.code === 504 && /too large resource version/i.test(err.message))) throw err;
-        pod = await apiGetIfExists(this.conn, path);
-      }
-    } else {
-      pod = await apiGetIfExists(this.conn, path);
-    }
+    // A resource version other than "0" asks for the pod as of that version or later, which the
+    // API server answers from its watch cache instead of a quorum read from etcd. One it has not
+    // reached (an event that named a version of its own making) is refused after a wait: then
+    // the pod is read as it is now.
+    const cached = notOlderThan !== undefined && /^[1-9][0-9]{0,19}$/.test(notOlderThan) ? `${path}?resourceVersion=${notOlderThan}` : undefined;
+    const pod = await apiGetIfExists(this.conn, cached ?? path).catch((err: unknown) => {
+      if (cached !== undefined && err instanceof ApiError && err.code === 504 && /too large resource version/i.test(err.message)) return apiGetIfExists(this.conn, path);
+      throw err;
+    });
     return pod === undefined ? undefined : parsePod(pod);
   }
 

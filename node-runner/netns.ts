@@ -167,31 +167,29 @@ const HIERARCHIES = ["", "unified", "systemd", "pids", "memory", "cpu,cpuacct"];
  */
 export function podCgroupPids(uid: string, options: { readonly cgroupFs: string; readonly cgroupRoot?: string }): number[] | undefined {
   const dirs = podCgroupDirs(uid, options.cgroupRoot);
-  const places = HIERARCHIES.flatMap((hierarchy) => dirs.map((dir, layout) => ({ hierarchy, layout, dir })));
-  // A node's pods share one hierarchy and driver: where the last one was found is tried first.
-  const last = lastPodCgroup.get(options.cgroupFs);
-  if (last !== undefined) places.sort((a, b) => rank(a, last) - rank(b, last));
-  for (const place of places) {
-    const podDir = path.join(options.cgroupFs, place.hierarchy, place.dir);
-    // Most places do not exist: a stat that does not throw costs less than a failed readdir.
-    if (statSync(podDir, { throwIfNoEntry: false })?.isDirectory() !== true) continue;
-    let children: string[];
-    try {
-      children = readdirSync(podDir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => path.join(podDir, e.name));
-    } catch {
-      continue; // removed meanwhile
+  // A node's pods share one hierarchy: where the last one was found is tried first.
+  const last = lastPodHierarchy.get(options.cgroupFs);
+  const hierarchies = last === undefined ? HIERARCHIES : [last, ...HIERARCHIES.filter((h) => h !== last)];
+  for (const hierarchy of hierarchies) {
+    for (const dir of dirs) {
+      const podDir = path.join(options.cgroupFs, hierarchy, dir);
+      // Most places do not exist: a stat that does not throw costs less than a failed readdir.
+      if (statSync(podDir, { throwIfNoEntry: false })?.isDirectory() !== true) continue;
+      let children: string[];
+      try {
+        children = readdirSync(podDir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => path.join(podDir, e.name));
+      } catch {
+        continue; // removed meanwhile
+      }
+      lastPodHierarchy.set(options.cgroupFs, hierarchy);
+      return [podDir, ...children].flatMap((cgroup) => (readText(path.join(cgroup, "cgroup.procs")) ?? "").split("\n").filter((line) => /^\d+$/.test(line)).map(Number));
     }
-    lastPodCgroup.set(options.cgroupFs, { hierarchy: place.hierarchy, layout: place.layout });
-    return [podDir, ...children].flatMap((cgroup) => (readText(path.join(cgroup, "cgroup.procs")) ?? "").split("\n").filter((line) => /^\d+$/.test(line)).map(Number));
   }
   return undefined;
 }
 
-/** Per cgroup filesystem: the hierarchy and layout (index into podCgroupDirs) of the last pod cgroup found. */
-const lastPodCgroup = new Map<string, { hierarchy: string; layout: number }>();
-/** 0: the last place itself, 1: the same hierarchy (another QoS class), 2: elsewhere; stable sort keeps the rest in order. */
-const rank = (place: { hierarchy: string; layout: number }, last: { hierarchy: string; layout: number }): number =>
-  place.hierarchy !== last.hierarchy ? 2 : place.layout === last.layout ? 0 : 1;
+/** Per cgroup filesystem: the hierarchy the last pod cgroup was found in. */
+const lastPodHierarchy = new Map<string, string>();
 
 /** Processes scanned between two turns of the event loop: a scan of thousands never holds it long. */
 const SCAN_BATCH = 256;

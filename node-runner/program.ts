@@ -95,24 +95,21 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
    * logged and counted.
    */
   const eventSlots = new ConcurrencyLimit(EVENTS_AT_ONCE);
-  let eventsPending = 0; // being sent or waiting
   function recordEvent(pod: PodRef, type: "Normal" | "Warning", reason: string, message: string, log: Logger): void {
-    if (eventsPending >= EVENTS_AT_ONCE + MAX_EVENTS_WAITING) {
+    if (eventSlots.pending >= EVENTS_AT_ONCE + MAX_EVENTS_WAITING) {
       deps.metrics.eventFailures.inc({ reason: `${reason}-dropped` });
-      log.warn({ reason, pending: eventsPending }, "Kubernetes Event dropped: too many waiting");
+      log.warn({ reason, pending: eventSlots.pending }, "Kubernetes Event dropped: too many waiting");
       return;
     }
-    eventsPending++;
-    deps.metrics.eventsPending.set(eventsPending);
-    eventSlots
-      .run(() => deps.pods.recordEvent(pod, { type, reason, message }))
+    const sent = eventSlots.run(() => deps.pods.recordEvent(pod, { type, reason, message }));
+    deps.metrics.eventsPending.set(eventSlots.pending);
+    sent
       .catch((err: unknown) => {
         deps.metrics.eventFailures.inc({ reason });
         log.warn({ err: errorMessage(err), reason }, "could not record a Kubernetes Event");
       })
       .finally(() => {
-        eventsPending--;
-        deps.metrics.eventsPending.set(eventsPending);
+        deps.metrics.eventsPending.set(eventSlots.pending);
       });
   }
 
