@@ -16,6 +16,7 @@ import { createInterface } from "node:readline";
 import type { Readable, Writable } from "node:stream";
 import { apiServerSourceEvent } from "../test/support/apiserversource.ts";
 import { manifestV8Flags } from "../test/support/components.ts";
+import { cpuSeconds } from "../test/support/processes.ts";
 import { benchPod } from "./function-pods.ts";
 import { machineDescription, summarize, table } from "./machine.ts";
 
@@ -23,7 +24,7 @@ const count = Number(process.argv[2] ?? "2000");
 const { privateKey, publicKey } = generateKeyPairSync("ed25519");
 
 /** A server in its own process: its port, and its answers to lines on stdin. */
-async function startServer(args: string[], env: NodeJS.ProcessEnv, nodeFlags: readonly string[] = []): Promise<{ port: number; ask: () => Promise<Record<string, number | boolean>>; stop: () => void }> {
+async function startServer(args: string[], env: NodeJS.ProcessEnv, nodeFlags: readonly string[] = []): Promise<{ port: number; pid: number | undefined; ask: () => Promise<Record<string, number | boolean>>; stop: () => void }> {
   const child: ChildProcessByStdio<Writable, Readable, null> = spawn(process.execPath, [...nodeFlags, "--import", "tsx", ...args], { env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "inherit"] });
   const lines = createInterface({ input: child.stdout });
   const next = (): Promise<Record<string, number | boolean>> =>
@@ -35,6 +36,7 @@ async function startServer(args: string[], env: NodeJS.ProcessEnv, nodeFlags: re
   const port = Number((await next()).port);
   return {
     port,
+    pid: child.pid,
     ask: () => {
       const answer = next();
       child.stdin.write("?\n");
@@ -51,8 +53,7 @@ const fn = await startServer([path.join(here, "function-server.ts"), "function"]
 const floor = await startServer([path.join(here, "function-server.ts"), "floor"], {}, manifestV8Flags().function);
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-let target = 0;
-function send(event: { headers: Record<string, string>; body: string }): Promise<number> {
+function send(target: number, event: { headers: Record<string, string>; body: string }): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: "127.0.0.1", port: target, path: "/", method: "POST", agent, headers: event.headers }, (res) => {
       res.resume();
@@ -65,46 +66,64 @@ function send(event: { headers: Record<string, string>; body: string }): Promise
   });
 }
 
-async function run(make: (i: number) => { headers: Record<string, string>; body: string }): Promise<{ latencies: number[]; perSecond: number }> {
+/** CPU seconds used so far by each process taking part: the server under test, the node-runner, this one. */
+function cpuNow(server: { pid: number | undefined }): { server: number; runner: number; source: number } {
+  const own = process.cpuUsage();
+  return { server: cpuSeconds(server.pid), runner: cpuSeconds(runner.pid), source: (own.user + own.system) / 1e6 };
+}
+
+/** CPU ms per event of each process between two readings. */
+function cpuPerEvent(before: ReturnType<typeof cpuNow>, after: ReturnType<typeof cpuNow>): string[] {
+  return (["server", "runner", "source"] as const).map((k) => (((after[k] - before[k]) * 1000) / count).toFixed(2));
+}
+
+interface Run {
+  latencies: number[];
+  perSecond: number;
+  cpu: string[];
+  /** From the first event until the last answer, or the last dispatch answered when waited for. */
+  doneMs: number;
+}
+
+async function run(make: (i: number) => { headers: Record<string, string>; body: string }, server: { port: number; pid: number | undefined; ask: () => Promise<unknown> }, waitForDispatches = false): Promise<Run> {
+  const target = server.port;
   const events = Array.from({ length: count }, (_, i) => make(i)); // built before timing
-  for (let i = 0; i < 200; i++) await send(make(count + i)); // warm-up
+  for (let i = 0; i < 200; i++) await send(target, make(count + i)); // warm-up
+  if (waitForDispatches) await server.ask();
   const latencies: number[] = [];
+  const cpuBefore = cpuNow(server);
   const t0 = performance.now();
   for (let i = 0; i < count; i++) {
     const event = events[i];
     if (event === undefined) throw new Error("missing event");
     const t = performance.now();
-    const status = await send(event);
+    const status = await send(target, event);
     latencies.push(performance.now() - t);
     if (status !== 200) throw new Error(`event ${i}: status ${status}`);
   }
-  return { latencies, perSecond: count / ((performance.now() - t0) / 1000) };
+  const perSecond = count / ((performance.now() - t0) / 1000);
+  // The dispatches that follow the answers are part of each event's cost.
+  if (waitForDispatches) await server.ask();
+  return { latencies, perSecond, cpu: cpuPerEvent(cpuBefore, cpuNow(server)), doneMs: performance.now() - t0 };
 }
 
 const marked = { "pod-network-controller.istio.io/status": "initialized" };
 const skipEvent = (i: number) => apiServerSourceEvent("update", benchPod(`web-${i}`, { annotations: marked }));
-target = floor.port;
-const bareSkip = await run(skipEvent);
-target = fn.port;
-const skipped = await run(skipEvent);
+const bareSkip = await run(skipEvent, floor);
+const skipped = await run(skipEvent, fn);
 const addEvent = (i: number) => apiServerSourceEvent("add", benchPod(`new-${i}`));
-target = floor.port;
-const bareAdd = await run(addEvent);
-target = fn.port;
-await fn.ask(); // warm-up dispatches done
-const tAdd = performance.now();
-const dispatched = await run(addEvent);
-await fn.ask(); // every dispatch answered
-const allVerifiedMs = performance.now() - tAdd;
+const bareAdd = await run(addEvent, floor);
+const dispatched = await run(addEvent, fn, true);
+const allVerifiedMs = dispatched.doneMs;
 
-const row = (name: string, r: { latencies: number[]; perSecond: number }): (string | number)[] => {
+const row = (name: string, r: Run): (string | number)[] => {
   const s = summarize(r.latencies);
-  return [name, String(r.latencies.length), r.perSecond.toFixed(0), s.median, s.p99, s.max];
+  return [name, String(r.latencies.length), r.perSecond.toFixed(0), s.median, s.p99, s.max, ...r.cpu];
 };
 console.log(machineDescription());
-console.log(`one event at a time over a keep-alive connection, as the ApiServerSource adapter sends, from a process of its own; function and floor each in its own process with the Service's V8 flags (${manifestV8Flags().function.join(" ")}); latency in ms\n`);
+console.log(`one event at a time over a keep-alive connection, as the ApiServerSource adapter sends, from a process of its own; function and floor each in its own process with the Service's V8 flags (${manifestV8Flags().function.join(" ")}); latency in ms; CPU ms per event of the server (function or floor), the node-runner and the event source, for (b) until every dispatch is answered\n`);
 console.log(
-  table(["events", "count", "events/s", "median", "p99", "max"], [
+  table(["events", "count", "events/s", "median", "p99", "max", "CPU server", "CPU runner", "CPU source"], [
     row("floor: bare express 5, the same update events", bareSkip),
     row("(a) update of an initialized pod: skipped", skipped),
     row("floor: bare express 5, the same add events", bareAdd),
