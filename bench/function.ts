@@ -4,8 +4,9 @@
 // function's V8 flags from its Knative Service, as in a cluster: this process is the event
 // source. (a) update events of initialized pods, which are skipped; (b) add events that are
 // decided and queued (answered at once), then signed and dispatched in parallel to a
-// node-runner in its own process on loopback that verifies each signature (RFC 9421, digest,
-// replay) before answering; the time until the last is verified is reported too. The API
+// node-runner in its own process (its DaemonSet's V8 flags) on loopback that verifies each
+// signature (RFC 9421, digest, replay) before answering; the time until the last is verified is
+// reported too, and each process's CPU per event: the three share this machine's cores. The API
 // server's pod read and the node-runner's pod lookup, netns scan and apply answer from memory:
 // their cost is what `npm run bench:apply` measures.   npm run bench:function -- [events]
 import { spawn, type ChildProcessByStdio } from "node:child_process";
@@ -20,7 +21,7 @@ import { cpuSeconds } from "../test/support/processes.ts";
 import { benchPod } from "./function-pods.ts";
 import { machineDescription, summarize, table } from "./machine.ts";
 
-const count = Number(process.argv[2] ?? "2000");
+const count = Number(process.argv[2] ?? "4000");
 const { privateKey, publicKey } = generateKeyPairSync("ed25519");
 
 /** A server in its own process: its port, and its answers to lines on stdin. */
@@ -48,7 +49,7 @@ async function startServer(args: string[], env: NodeJS.ProcessEnv, nodeFlags: re
 
 const here = import.meta.dirname;
 // The node-runner (real verification, everything else from memory).
-const runner = await startServer([path.join(here, "stub-node-runner.ts")], { PUBLIC_KEY_PEM: publicKey.export({ type: "spki", format: "pem" }).toString() });
+const runner = await startServer([path.join(here, "stub-node-runner.ts")], { PUBLIC_KEY_PEM: publicKey.export({ type: "spki", format: "pem" }).toString() }, manifestV8Flags().nodeRunner);
 const fn = await startServer([path.join(here, "function-server.ts"), "function"], { PRIVATE_KEY_PEM: privateKey.export({ type: "pkcs8", format: "pem" }).toString(), RUNNER_PORT: String(runner.port) }, manifestV8Flags().function);
 const floor = await startServer([path.join(here, "function-server.ts"), "floor"], {}, manifestV8Flags().function);
 
