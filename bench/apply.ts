@@ -20,7 +20,7 @@ import { openNetns, resolvePodNetns } from "../node-runner/netns.ts";
 import { renderIptables, type IptablesRule } from "../node-runner/rules/iptables.ts";
 import { replaceTransaction } from "../node-runner/rules/iptables-text.ts";
 import { TestPods, testPodsUnavailableReason } from "../test/support/test-pods.ts";
-import { idleProcesses, machineDescription, processCount, summarize, table } from "./machine.ts";
+import { idleProcesses, machineDescription, processCount, summarize, table, Teardown } from "./machine.ts";
 
 const unavailable = testPodsUnavailableReason();
 if (unavailable !== undefined) {
@@ -32,8 +32,13 @@ const count = Number(positionals[0] ?? "50");
 const extraProcesses = Number(flags.processes);
 const variant: IptablesVariant = /nf_tables/.test(execFileSync("iptables", ["--version"], { encoding: "utf8" })) ? "iptables-nft" : "iptables-legacy";
 const config = parseCaptureConfig(DEFAULT_CAPTURE_CONFIG);
+const teardown = new Teardown();
 const stateDir = mkdtempSync(path.join(os.tmpdir(), "pnct-bench-"));
 const pods = TestPods.create();
+teardown.add(() => {
+  rmSync(stateDir, { recursive: true, force: true });
+});
+teardown.add(() => pods.destroy());
 
 /** The shell-script way: declare chains, then one iptables invocation per rule, in the pod's netns. */
 function perRule(netnsPath: string, rules: readonly IptablesRule[]): void {
@@ -52,8 +57,14 @@ function perRule(netnsPath: string, rules: readonly IptablesRule[]): void {
 }
 
 const idle = await idleProcesses(extraProcesses);
+teardown.add(() => {
+  idle.stop();
+});
 // The command helper as the image runs it.
 const helper = helperRunner(goProgram("podnet-netns-exec"));
+teardown.add(() => {
+  helper.stop();
+});
 try {
   const processes = processCount();
   // As main.ts runs it: commands through the long-lived helper.
@@ -147,8 +158,5 @@ try {
   );
   console.log(`\nnode-runner / floor (medians): ${(median(restoreMs) / median(floorMs)).toFixed(2)}× (forked from Node), ${(median(restoreMs) / median(shellFloorMs)).toFixed(2)}× (from a shell)`);
 } finally {
-  helper.stop();
-  idle.stop();
-  await pods.destroy();
-  rmSync(stateDir, { recursive: true, force: true });
+  await teardown.run();
 }

@@ -25,7 +25,7 @@ import { cpuSeconds, peakRssMiB, pidsWhere } from "../test/support/processes.ts"
 import { STACK_NODE, startStack } from "../test/support/stack.ts";
 import { testPodsUnavailableReason, type TestPod } from "../test/support/test-pods.ts";
 import { goProgram } from "../test/support/go-programs.ts";
-import { idleProcesses, machineDescription, processCount, summarize, table } from "./machine.ts";
+import { idleProcesses, machineDescription, processCount, summarize, table, Teardown } from "./machine.ts";
 
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
 if (unavailable !== undefined) {
@@ -52,11 +52,18 @@ async function metric(url: string, name: RegExp): Promise<number> {
 // What the images run: compiled JavaScript and the waiter binary.
 execFileSync("npm", ["run", "--silent", "build"], { cwd: root, stdio: "inherit" });
 const WAITER = goProgram("podnet-wait");
+const teardown = new Teardown();
 const idle = await idleProcesses(extraProcesses);
-
+teardown.add(() => {
+  idle.stop();
+});
 const scratch = mkdtempSync(path.join(os.tmpdir(), "pnct-bench-e2e-"));
+teardown.add(() => {
+  rmSync(scratch, { recursive: true, force: true });
+});
 chmodSync(scratch, 0o755);
 const stack = await startStack({ compiled: true, log: (l) => process.stderr.write(`${l}\n`) });
+teardown.add(() => stack.stop());
 // The load generator's own calls (IPs, the mark watch) go through the project's small client:
 // @kubernetes/client-node costs about a CPU-second more in a 200-pod burst, on the same cores.
 const api: ApiConnection = { server: new URL(stack.cp.server), ca: stack.cp.ca, token: () => stack.cp.adminToken };
@@ -205,7 +212,5 @@ try {
     ]),
   );
 } finally {
-  await stack.stop();
-  rmSync(scratch, { recursive: true, force: true });
-  idle.stop();
+  await teardown.run();
 }

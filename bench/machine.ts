@@ -50,3 +50,40 @@ export async function idleProcesses(count: number): Promise<{ stop: () => void }
     },
   };
 }
+
+/**
+ * What a benchmark made (idle processes, a control plane, namespaces, scratch directories),
+ * undone at its end and also when it is interrupted (Ctrl-C, SIGTERM): the idle processes live
+ * in a process group of their own and would otherwise outlive it. Steps run once, the last
+ * added first; a step that fails is reported and the others still run.
+ */
+export class Teardown {
+  private readonly steps: (() => unknown)[] = [];
+  private running: Promise<void> | undefined;
+
+  constructor() {
+    for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+      process.once(signal, () => {
+        console.error(`\n${signal}: cleaning up`);
+        void this.run().finally(() => process.exit(code));
+      });
+    }
+  }
+
+  add(step: () => unknown): void {
+    this.steps.push(step);
+  }
+
+  run(): Promise<void> {
+    this.running ??= (async () => {
+      for (const step of this.steps.reverse()) {
+        try {
+          await step();
+        } catch (err) {
+          console.error(`cleanup step failed: ${err instanceof Error ? err.message : String(err)}`);
+        }
+      }
+    })();
+    return this.running;
+  }
+}

@@ -12,7 +12,7 @@ import { writeFileSync } from "node:fs";
 import * as k8s from "@kubernetes/client-node";
 import { manifestV8Flags } from "../test/support/components.ts";
 import { missingRealNodeReason, podRef, startRealNodeStack, type RealNodeStack } from "../test/support/real-node-stack.ts";
-import { machineDescription, summarize, table } from "./machine.ts";
+import { machineDescription, summarize, table, Teardown } from "./machine.ts";
 
 const missing = missingRealNodeReason();
 if (missing !== undefined) {
@@ -121,7 +121,9 @@ async function run(stack: RealNodeStack, label: string, names: string[], mesh: b
 // The function as its image runs it: compiled, with the Knative Service's V8 flags.
 execFileSync("npm", ["run", "--silent", "build"], { stdio: "inherit" });
 const FUNCTION_V8_FLAGS = manifestV8Flags().function;
+const teardown = new Teardown();
 const stack = await startRealNodeStack({ namespaces: [NS], compiledFunction: { nodeArgs: FUNCTION_V8_FLAGS }, log: (l) => process.stderr.write(`${l}\n`) });
+teardown.add(() => stack.stop());
 try {
   const rows: (string | number)[][] = [];
   const span = (ts: Timeline[], from: keyof Timeline, to: keyof Timeline): string => {
@@ -149,5 +151,5 @@ try {
   console.log(out);
   if (process.env.BENCH_OUT !== undefined) writeFileSync(process.env.BENCH_OUT, `${out}\n`);
 } finally {
-  await stack.stop();
+  await teardown.run();
 }
