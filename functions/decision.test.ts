@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import fc from "fast-check";
 import { MARK } from "../contract/mark.ts";
-import { decide, WAITER_CONTAINER, type Decision } from "./decision.ts";
+import { decide, skipDecision, WAITER_CONTAINER, type Decision } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
 import { parsePolicy } from "./policy.ts";
 
@@ -133,5 +134,22 @@ capture:
     assert.ok(d.action === "apply");
     assert.equal(d.capture.outboundPortsExclude, "15020,9000");
     assert.equal(d.capture.dropInvalid, true);
+  });
+
+  test("skipDecision is decide up to its skips: the same skip, or undefined where decide applies or refuses the capture config", () => {
+    const invalidCapture = (p: RawPod): void => {
+      p.metadata.annotations["traffic.sidecar.istio.io/excludeInterfaces"] = "eth0 -j ACCEPT";
+    };
+    const changes = [...skips.map(([, change]) => change), invalidCapture];
+    fc.assert(
+      fc.property(fc.subarray(changes.map((_, i) => i)), fc.boolean(), (picked, deleted) => {
+        const pod = meshPod((p) => {
+          for (const i of picked) changes[i]?.(p);
+        });
+        const full = decide({ pod, policy: defaults, deleted });
+        assert.deepEqual(skipDecision({ pod, policy: defaults, deleted }), full.action === "skip" ? full : undefined);
+      }),
+    );
+    assert.equal(reasonOf(decide({ pod: meshPod(invalidCapture), policy: defaults })), "error:invalid-capture");
   });
 });

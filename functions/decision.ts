@@ -90,15 +90,54 @@ export interface NamespaceFacts {
   readonly annotations?: Readonly<Record<string, string>>;
 }
 
-const skip = (reason: SkipReason, detail?: string): Decision => (detail === undefined ? { action: "skip", reason } : { action: "skip", reason, detail });
+const skip = (reason: SkipReason, detail?: string): SkipDecision => (detail === undefined ? { action: "skip", reason } : { action: "skip", reason, detail });
 
-export function decide(input: {
+export interface DecisionInput {
   readonly pod: Pod;
   readonly policy: Policy;
   readonly namespace?: NamespaceFacts;
   readonly deleted?: boolean;
   readonly now?: number;
-}): Decision {
+}
+
+export type SkipDecision = Extract<Decision, { action: "skip" }>;
+
+/** What a pod that is not skipped is programmed as: the apply decision without its capture config. */
+interface Target {
+  readonly reason: "needs-rules" | "waiter-still-waiting";
+  readonly node: string;
+  readonly hostIP: string;
+  readonly pod: PodRef;
+}
+
+export function decide(input: DecisionInput): Decision {
+  const target = skipOrTarget(input);
+  if ("action" in target) return target;
+  let capture: CaptureConfigInput;
+  let warnings: readonly CaptureIssue[];
+  try {
+    const derived = deriveCaptureInput(input.pod);
+    warnings = derived.warnings;
+    capture = applyCaptureOverrides(derived.input, input.policy.document, target.pod.namespace);
+    parseCaptureConfig(capture, derived.sources, derived.issues);
+  } catch (err) {
+    if (!(err instanceof CaptureConfigError)) throw err;
+    return { action: "error", reason: "invalid-capture", detail: err.message, issues: err.issues };
+  }
+  return { action: "apply", ...target, capture, warnings };
+}
+
+/**
+ * `decide` up to its skips: the skip, or undefined for a pod that needs a capture config. An
+ * event's own copy of a pod is decided this far only (it is a trigger, not the truth): a pod it
+ * does not skip is read from the API server and decided in full.
+ */
+export function skipDecision(input: DecisionInput): SkipDecision | undefined {
+  const target = skipOrTarget(input);
+  return "action" in target ? target : undefined;
+}
+
+function skipOrTarget(input: DecisionInput): SkipDecision | Target {
   const { pod, policy } = input;
   const p = policy.document;
   const meta = pod.metadata;
@@ -143,26 +182,7 @@ export function decide(input: {
     reason = "waiter-still-waiting";
   }
 
-  let capture: CaptureConfigInput;
-  let warnings: readonly CaptureIssue[];
-  try {
-    const derived = deriveCaptureInput(pod);
-    warnings = derived.warnings;
-    capture = applyCaptureOverrides(derived.input, p, namespace);
-    parseCaptureConfig(capture, derived.sources, derived.issues);
-  } catch (err) {
-    if (!(err instanceof CaptureConfigError)) throw err;
-    return { action: "error", reason: "invalid-capture", detail: err.message, issues: err.issues };
-  }
-  return {
-    action: "apply",
-    reason,
-    node,
-    hostIP,
-    pod: { namespace, name: meta.name ?? "", uid: meta.uid ?? "", ips },
-    capture,
-    warnings,
-  };
+  return { reason, node, hostIP, pod: { namespace, name: meta.name ?? "", uid: meta.uid ?? "", ips } };
 }
 
 /**

@@ -61,6 +61,23 @@ describe("reconcilePod", () => {
     assert.equal(offered[0]?.policyId, enforce.id);
   });
 
+  test("an event's copy decides skips only: its capture annotations, valid or not, are never what is decided", async () => {
+    const invalid = { "traffic.sidecar.istio.io/excludeInterfaces": "eth0 -j ACCEPT" };
+    const valid = { "traffic.sidecar.istio.io/excludeInterfaces": "eth1" };
+    const apiValid = parsePod(meshPodObject("web", { uid: "uid-1", annotations: valid }));
+    const first = setup({ web: apiValid });
+    const r1 = await first.reconciler.reconcilePod(parsePod(meshPodObject("web", { uid: "uid-1", annotations: invalid })), enforce, log, { fromApi: false });
+    assert.equal(r1.outcome, "queued");
+    const queued = first.offered[0]?.decision;
+    assert.equal(queued?.action === "apply" ? queued.capture.excludeInterfaces : undefined, "eth1");
+
+    const apiInvalid = parsePod(meshPodObject("web", { uid: "uid-2", annotations: invalid }));
+    const second = setup({ web: apiInvalid });
+    const r2 = await second.reconciler.reconcilePod(parsePod(meshPodObject("web", { uid: "uid-2", annotations: valid })), enforce, log, { fromApi: false });
+    assert.equal(r2.outcome, "invalid");
+    assert.equal(second.offered.length, 0);
+  });
+
   test("a pod from the API server is not read again; the same version under the same policy is a duplicate, under a new policy it is decided again", async () => {
     const pod = parsePod(meshPodObject("web"));
     const { reconciler, offered, reads } = setup({});

@@ -5,7 +5,7 @@
 import type { Logger } from "pino";
 import { formatWarning } from "../contract/capture-config.ts";
 import { errorMessage } from "../contract/errors.ts";
-import { decide, LEGACY_OPT_IN, strandedWaiter, type Decision, type NamespaceFacts } from "./decision.ts";
+import { decide, LEGACY_OPT_IN, skipDecision, strandedWaiter, type Decision, type DecisionInput, type NamespaceFacts } from "./decision.ts";
 import type { Dispatcher, DispatchResult } from "./dispatch.ts";
 import type { FunctionMetrics } from "./metrics.ts";
 import { proxyContainer, type Pod } from "./pod.ts";
@@ -126,9 +126,9 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     return deps.cluster.getNamespace(pod.metadata.namespace ?? "default").catch(() => undefined);
   }
 
-  function decideTimed(pod: Pod, policy: Policy, namespace: NamespaceFacts | undefined, deleted: boolean): Decision {
+  function timed<D>(how: (input: DecisionInput) => D, pod: Pod, policy: Policy, namespace: NamespaceFacts | undefined, deleted: boolean): D {
     const t0 = performance.now();
-    const decision = decide({ pod, policy, ...(namespace === undefined ? {} : { namespace }), deleted });
+    const decision = how({ pod, policy, ...(namespace === undefined ? {} : { namespace }), deleted });
     metrics.decisionDuration.observe((performance.now() - t0) / 1000);
     return decision;
   }
@@ -142,8 +142,9 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     }
     const namespace = await namespaceFactsFor(eventPod, policy);
     let pod = eventPod;
-    let decision = decideTimed(pod, policy, namespace, deleted);
-    if (decision.action !== "skip" && !source.fromApi) {
+    // An event's copy decides skips only; the capture config comes from the API server's pod.
+    let decision: Decision | undefined = source.fromApi ? timed(decide, pod, policy, namespace, deleted) : timed(skipDecision, pod, policy, namespace, deleted);
+    if (decision === undefined) {
       let fresh: Pod | undefined;
       try {
         fresh = await deps.cluster.getPod(pod.metadata.namespace ?? "", pod.metadata.name ?? "", pod.metadata.resourceVersion);
@@ -154,7 +155,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       if (fresh === undefined) return gone(podName(pod), podLog(log, pod));
       if (fresh.metadata.uid !== eventUid) podLog(log, pod).warn({ eventUid, apiUid: fresh.metadata.uid }, "the event's pod is not the API server's: deciding on the API server's");
       pod = fresh;
-      decision = decideTimed(pod, policy, namespace, deleted);
+      decision = timed(decide, pod, policy, namespace, deleted);
     }
     const result = act(decision, pod, policy, podLog(log, pod));
     const freshVersion = versionKey(pod, policy);
