@@ -22,6 +22,7 @@ import { benchPod } from "./function-pods.ts";
 import { machineDescription, summarize, table } from "./machine.ts";
 
 const count = Number(process.argv[2] ?? "4000");
+const WARM_UP_EVENTS = 1000;
 const { privateKey, publicKey } = generateKeyPairSync("ed25519");
 
 /** A server in its own process: its port, and its answers to lines on stdin. */
@@ -73,48 +74,68 @@ function cpuNow(server: { pid: number | undefined }): { server: number; runner: 
   return { server: cpuSeconds(server.pid), runner: cpuSeconds(runner.pid), source: (own.user + own.system) / 1e6 };
 }
 
-/** CPU ms per event of each process between two readings. */
-function cpuPerEvent(before: ReturnType<typeof cpuNow>, after: ReturnType<typeof cpuNow>): string[] {
-  return (["server", "runner", "source"] as const).map((k) => (((after[k] - before[k]) * 1000) / count).toFixed(2));
-}
+type Server = Awaited<ReturnType<typeof startServer>>;
+type SourceEvent = { headers: Record<string, string>; body: string };
 
+/** A server's share of a comparison, summed over its rounds. */
 interface Run {
   latencies: number[];
+  /** Events answered per second of answering. */
   perSecond: number;
+  /** CPU ms per event of the server, the node-runner and this process. */
   cpu: string[];
-  /** From the first event until the last answer, or the last dispatch answered when waited for. */
+  /** Answering plus, where waited for, the dispatches that followed (ms). */
   doneMs: number;
 }
 
-async function run(make: (i: number) => { headers: Record<string, string>; body: string }, server: { port: number; pid: number | undefined; ask: () => Promise<unknown> }, waitForDispatches = false): Promise<Run> {
-  const target = server.port;
+const ROUNDS = 4;
+
+/**
+ * The same events to the floor and to the function, in rounds that alternate between them, so
+ * that the machine's drift hits both alike. Where dispatches follow the answers, each function
+ * round ends when its last dispatch is answered: their CPU is part of each event's cost, and
+ * none of it runs into the floor's next round.
+ */
+async function compare(make: (i: number) => SourceEvent, waitForDispatches: boolean): Promise<{ floor: Run; fn: Run }> {
   const events = Array.from({ length: count }, (_, i) => make(i)); // built before timing
-  for (let i = 0; i < 200; i++) await send(target, make(count + i)); // warm-up
-  if (waitForDispatches) await server.ask();
-  const latencies: number[] = [];
-  const cpuBefore = cpuNow(server);
-  const t0 = performance.now();
-  for (let i = 0; i < count; i++) {
-    const event = events[i];
-    if (event === undefined) throw new Error("missing event");
-    const t = performance.now();
-    const status = await send(target, event);
-    latencies.push(performance.now() - t);
-    if (status !== 200) throw new Error(`event ${i}: status ${status}`);
+  for (const server of [floor, fn]) for (let i = 0; i < WARM_UP_EVENTS; i++) await send(server.port, make(count + i));
+  if (waitForDispatches) await fn.ask();
+  const runs = new Map<Server, { latencies: number[]; answeringMs: number; doneMs: number; cpu: { server: number; runner: number; source: number } }>();
+  for (const server of [floor, fn]) runs.set(server, { latencies: [], answeringMs: 0, doneMs: 0, cpu: { server: 0, runner: 0, source: 0 } });
+  const perRound = Math.ceil(count / ROUNDS);
+  for (let round = 0; round < ROUNDS; round++) {
+    const slice = events.slice(round * perRound, (round + 1) * perRound);
+    for (const server of [floor, fn]) {
+      const run = runs.get(server);
+      if (run === undefined) throw new Error("no run");
+      const before = cpuNow(server);
+      const t0 = performance.now();
+      for (const event of slice) {
+        const t = performance.now();
+        const status = await send(server.port, event);
+        run.latencies.push(performance.now() - t);
+        if (status !== 200) throw new Error(`event answered ${status}`);
+      }
+      run.answeringMs += performance.now() - t0;
+      if (waitForDispatches && server === fn) await fn.ask();
+      run.doneMs += performance.now() - t0;
+      const after = cpuNow(server);
+      for (const k of ["server", "runner", "source"] as const) run.cpu[k] += after[k] - before[k];
+    }
   }
-  const perSecond = count / ((performance.now() - t0) / 1000);
-  // The dispatches that follow the answers are part of each event's cost.
-  if (waitForDispatches) await server.ask();
-  return { latencies, perSecond, cpu: cpuPerEvent(cpuBefore, cpuNow(server)), doneMs: performance.now() - t0 };
+  const result = (server: Server): Run => {
+    const run = runs.get(server);
+    if (run === undefined) throw new Error("no run");
+    const n = run.latencies.length;
+    return { latencies: run.latencies, perSecond: n / (run.answeringMs / 1000), doneMs: run.doneMs, cpu: [run.cpu.server, run.cpu.runner, run.cpu.source].map((c) => ((c * 1000) / n).toFixed(2)) };
+  };
+  return { floor: result(floor), fn: result(fn) };
 }
 
 const marked = { "pod-network-controller.istio.io/status": "initialized" };
-const skipEvent = (i: number) => apiServerSourceEvent("update", benchPod(`web-${i}`, { annotations: marked }));
-const bareSkip = await run(skipEvent, floor);
-const skipped = await run(skipEvent, fn);
-const addEvent = (i: number) => apiServerSourceEvent("add", benchPod(`new-${i}`));
-const bareAdd = await run(addEvent, floor);
-const dispatched = await run(addEvent, fn, true);
+const skips = await compare((i) => apiServerSourceEvent("update", benchPod(`web-${i}`, { annotations: marked })), false);
+const adds = await compare((i) => apiServerSourceEvent("add", benchPod(`new-${i}`)), true);
+const [bareSkip, skipped, bareAdd, dispatched] = [skips.floor, skips.fn, adds.floor, adds.fn];
 const allVerifiedMs = dispatched.doneMs;
 
 const row = (name: string, r: Run): (string | number)[] => {
@@ -122,7 +143,7 @@ const row = (name: string, r: Run): (string | number)[] => {
   return [name, String(r.latencies.length), r.perSecond.toFixed(0), s.median, s.p99, s.max, ...r.cpu];
 };
 console.log(machineDescription());
-console.log(`one event at a time over a keep-alive connection, as the ApiServerSource adapter sends, from a process of its own; function and floor each in its own process with the Service's V8 flags (${manifestV8Flags().function.join(" ")}); latency in ms; CPU ms per event of the server (function or floor), the node-runner and the event source, for (b) until every dispatch is answered\n`);
+console.log(`one event at a time over a keep-alive connection, as the ApiServerSource adapter sends, from a process of its own, after ${WARM_UP_EVENTS} of the same kind to warm up, in ${ROUNDS} rounds alternating between floor and function; function and floor each in its own process with the Service's V8 flags (${manifestV8Flags().function.join(" ")}); latency in ms; CPU ms per event of the server (function or floor), the node-runner and the event source, for (b) until every dispatch is answered\n`);
 console.log(
   table(["events", "count", "events/s", "median", "p99", "max", "CPU server", "CPU runner", "CPU source"], [
     row("floor: bare express 5, the same update events", bareSkip),
@@ -133,7 +154,7 @@ console.log(
 );
 console.log(`\n(a) skip path: ${((skipped.perSecond / bareSkip.perSecond) * 100).toFixed(0)}% of bare express 5's events/s`);
 const verifiedByRunner = Number((await runner.ask()).verified);
-console.log(`(b) dispatch path: ${((dispatched.perSecond / bareAdd.perSecond) * 100).toFixed(0)}% of bare express 5's events/s; all ${count} signed, sent and verified by the node-runner (its own process; ${verifiedByRunner} answered 200 in all, warm-up included) ${allVerifiedMs.toFixed(0)} ms after the first event (${(count / (allVerifiedMs / 1000)).toFixed(0)} pods/s)`);
+console.log(`(b) dispatch path: ${((dispatched.perSecond / bareAdd.perSecond) * 100).toFixed(0)}% of bare express 5's events/s; all ${count} signed, sent and verified by the node-runner (its own process; ${verifiedByRunner} answered 200 in all, warm-up included): rounds from their first event to their last dispatch answered took ${allVerifiedMs.toFixed(0)} ms in all (${(count / (allVerifiedMs / 1000)).toFixed(0)} pods/s)`);
 floor.stop();
 fn.stop();
 runner.stop();
