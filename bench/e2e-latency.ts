@@ -15,6 +15,7 @@
 // Needs root and the control plane.
 import { execFileSync, type ChildProcess } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import https from "node:https";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -42,6 +43,29 @@ const count = Number(positionals[1] ?? (mode === "burst" ? "200" : "20"));
 const extraProcesses = Number(flags.processes);
 const NS = "burst";
 const root = path.resolve(import.meta.dirname, "..");
+
+/** The API server's requests so far, by verb, resource and status code (its apiserver_request_total). */
+function apiServerRequests(server: string, ca: Buffer, token: string): Promise<Map<string, number>> {
+  return new Promise((resolve, reject) => {
+    https
+      .get(`${server}/metrics`, { ca, headers: { authorization: `Bearer ${token}` } }, (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (chunk: string) => (text += chunk));
+        res.on("end", () => {
+          const counts = new Map<string, number>();
+          for (const m of text.matchAll(/^apiserver_request_total\{(.*)\} (\d+)$/gm)) {
+            const label = (name: string): string => new RegExp(`${name}="([^"]*)"`).exec(m[1] ?? "")?.[1] ?? "";
+            if (label("resource") === "") continue; // /metrics, /healthz and the like
+            const key = `${label("verb")} ${label("resource")}${label("subresource") === "" ? "" : `/${label("subresource")}`} ${label("code")}`;
+            counts.set(key, (counts.get(key) ?? 0) + Number(m[2]));
+          }
+          resolve(counts);
+        });
+      })
+      .on("error", reject);
+  });
+}
 
 async function metric(url: string, name: RegExp): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
@@ -142,6 +166,8 @@ try {
     "this benchmark (IPs, watches)": () => [process.pid],
   };
   const cpu = (): Record<string, number> => Object.fromEntries(Object.entries(components).map(([name, pids]) => [name, pids().reduce((sum, pid) => sum + (cpuSeconds(pid) || 0), 0)]));
+  const requests = (): Promise<Map<string, number>> => apiServerRequests(stack.cp.server, stack.cp.ca, stack.cp.adminToken);
+  let requestsBefore = await requests();
   let cpuBefore = cpu();
   let t0 = Date.now();
   if (mode === "burst") {
@@ -149,6 +175,7 @@ try {
     const pods = new Map<string, TestPod>();
     for (const name of names) pods.set(name, await createPod(name));
     process.stderr.write(`${count} IPs appear at once\n`);
+    requestsBefore = await requests();
     cpuBefore = cpu();
     t0 = Date.now();
     const all = new Promise<void>((resolve) => markWaiters.set("*", resolve));
@@ -170,6 +197,7 @@ try {
     }
   }
   const cpuAfter = cpu();
+  const requestsAfter = await requests();
   finished = true;
   const wall = (Date.now() - t0) / 1000;
   const events = (await metric(stack.fn.url, /podnet_function_events_total\{[^}]*\} (\d+)/g)) - eventsBefore;
@@ -200,6 +228,11 @@ try {
     console.log(`${count} pods one at a time, each with its waiter already waiting when the IP appears; ${events} events handled by the function`);
   }
   console.log(`function: mean wait in its dispatch queue ${queueAgeMs.toFixed(1)} ms, mean queue → node-runner answer ${dispatchMs.toFixed(1)} ms; node-runner: request handled in ${summarize(runnerMs).median} ms median (p95 ${summarize(runnerMs).p95})`);
+  const requestsMeanwhile = [...requestsAfter]
+    .map(([key, n]): [string, number] => [key, n - (requestsBefore.get(key) ?? 0)])
+    .filter(([key, n]) => n > 0 && !key.startsWith("WATCH"))
+    .sort((a, b) => b[1] - a[1]);
+  console.log(`API server requests meanwhile (verb, resource, status; watches apart): ${requestsMeanwhile.map(([key, n]) => `${key} × ${n}`).join(", ")}`);
   console.log(`CPU seconds used meanwhile: ${Object.keys(cpuAfter).map((name) => `${name} ${((cpuAfter[name] ?? 0) - (cpuBefore[name] ?? 0)).toFixed(2)}`).join(", ")}`);
   console.log(`peak memory (VmHWM): node-runner ${peakRssMiB(stack.runner.process.pid).toFixed(0)} MiB, function ${peakRssMiB(stack.fn.process.pid).toFixed(0)} MiB\n`);
   console.log(
