@@ -6,7 +6,8 @@
 //   npm run bench:e2e -- burst [pods] [--processes N]
 //     The pods and their sandboxes are made first; then every pod's IP appears in its status at
 //     once, as a node hands out addresses in a burst. Per pod: IP → rules applied, IP → mark;
-//     the last mark; the peak memory of each component.
+//     the last mark; the peak memory of each component. Its floor: the same four API requests
+//     per pod (IP, read, annotation, Event) made by the benchmark alone for as many other pods.
 //   npm run bench:e2e -- single [pods] [--processes N]
 //     One pod at a time, its waiter (the Go binary of the waiter image, UID 1337, in the pod's netns)
 //     already waiting when the IP appears: IP → rules applied, IP → waiter exit. Its floor: the
@@ -116,6 +117,40 @@ try {
     ipAt.set(name, Date.now());
   };
 
+  /**
+   * The burst's floor: the API work of the system's four requests per pod without the system.
+   * For as many other pods (no mesh label: the adapter sends nothing for them), the benchmark
+   * itself stores the IP, reads the pod, patches an annotation of its own and records an Event,
+   * every pod at once through its 8 connections. What the API server, etcd and the watches
+   * cost on this machine for that work alone.
+   */
+  async function apiFloor(): Promise<{ lastMs: number; cpu: Record<string, number> }> {
+    const floorNames = names.map((name) => `floor-${name}`);
+    const uids = new Map<string, string>();
+    for (const name of floorNames) {
+      const created = await stack.core.createNamespacedPod({ namespace: NS, body: { metadata: { name }, spec: { nodeName: STACK_NODE, containers: [{ name: "app", image: "example/app" }] } } });
+      uids.set(name, created.metadata?.uid ?? "");
+    }
+    const before = cpu();
+    const start = Date.now();
+    let last = start;
+    await Promise.all(
+      floorNames.map(async (name, i) => {
+        const ip = `10.252.${Math.floor(i / 250)}.${(i % 250) + 1}`;
+        await apiRequest(api, "PATCH", `${podPath(NS, name)}/status`, { contentType: "application/merge-patch+json", value: { status: { podIP: ip, podIPs: [{ ip }], hostIP: "127.0.0.1" } } });
+        await apiRequest(api, "GET", podPath(NS, name));
+        await apiRequest(api, "PATCH", podPath(NS, name), { contentType: "application/merge-patch+json", value: { metadata: { annotations: { "bench.podnet.example/floor": "done" } } } });
+        await apiRequest(api, "POST", `/api/v1/namespaces/${NS}/events`, {
+          contentType: "application/json",
+          value: { metadata: { generateName: `${name}.` }, involvedObject: { kind: "Pod", apiVersion: "v1", namespace: NS, name, uid: uids.get(name) }, reason: "BenchFloor", message: "the API work of one pod", type: "Normal", source: { component: "bench-e2e" } },
+        });
+        last = Math.max(last, Date.now());
+      }),
+    );
+    const after = cpu();
+    return { lastMs: last - start, cpu: Object.fromEntries(Object.keys(after).map((k) => [k, (after[k] ?? 0) - (before[k] ?? 0)])) };
+  }
+
   /** The waiter as the init container runs it; resolves with its exit time (epoch ms) and code. */
   function startWaiter(pod: TestPod): { child: ChildProcess; waiting: Promise<void>; exit: Promise<{ at: number; code: number | null }> } {
     const annotations = path.join(scratch, `annotations-${pod.uid}`);
@@ -201,6 +236,7 @@ try {
   finished = true;
   const wall = (Date.now() - t0) / 1000;
   const events = (await metric(stack.fn.url, /podnet_function_events_total\{[^}]*\} (\d+)/g)) - eventsBefore;
+  const floor = mode === "burst" ? await apiFloor() : undefined;
   // Where the time went, from the components' own numbers.
   const mean = async (name: string): Promise<number> =>
     (1000 * (await metric(stack.fn.url, new RegExp(`${name}_sum(?:\\{[^}]*\\})? ([0-9.e+-]+)`, "g")))) / Math.max(1, await metric(stack.fn.url, new RegExp(`${name}_count(?:\\{[^}]*\\})? (\\d+)`, "g")));
@@ -224,6 +260,9 @@ try {
   if (mode === "burst") {
     const lastMark = Math.max(...[...markedAt.values()]) - t0;
     console.log(`${count} pods whose IPs appear at once: ${markedAt.size} marked; last mark ${(lastMark / 1000).toFixed(2)} s after the first IP (${(markedAt.size / (lastMark / 1000)).toFixed(0)} pods/s); ${events} events handled by the function in ${wall.toFixed(1)} s`);
+    if (floor !== undefined) {
+      console.log(`floor: the same four API requests per pod made by the benchmark alone (IP, read, annotation, Event; no adapter, function or node-runner), ${count} other pods at once: last done ${(floor.lastMs / 1000).toFixed(2)} s after the first IP (${(count / (floor.lastMs / 1000)).toFixed(0)} pods/s); CPU seconds: kube-apiserver ${floor.cpu["kube-apiserver"]?.toFixed(2)}, etcd ${floor.cpu.etcd?.toFixed(2)}, this benchmark ${floor.cpu["this benchmark (IPs, watches)"]?.toFixed(2)}`);
+    }
   } else {
     console.log(`${count} pods one at a time, each with its waiter already waiting when the IP appears; ${events} events handled by the function`);
   }
