@@ -26,7 +26,20 @@ const WARM_UP_EVENTS = 1000;
 const { privateKey, publicKey } = generateKeyPairSync("ed25519");
 
 /** A server in its own process: its port, and its answers to lines on stdin. */
-async function startServer(args: string[], env: NodeJS.ProcessEnv, nodeFlags: readonly string[] = []): Promise<{ port: number; pid: number | undefined; ask: () => Promise<Record<string, number | boolean>>; stop: () => void }> {
+interface Server {
+  port: number;
+  pid: number | undefined;
+  ask: () => Promise<Record<string, number | boolean>>;
+  stop: () => void;
+}
+
+/** An event as the adapter sends it. */
+interface SourceEvent {
+  headers: Record<string, string>;
+  body: string;
+}
+
+async function startServer(args: string[], env: NodeJS.ProcessEnv, nodeFlags: readonly string[] = []): Promise<Server> {
   const child: ChildProcessByStdio<Writable, Readable, null> = spawn(process.execPath, [...nodeFlags, "--import", "tsx", ...args], { env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "inherit"] });
   const lines = createInterface({ input: child.stdout });
   const next = (): Promise<Record<string, number | boolean>> =>
@@ -55,7 +68,7 @@ const fn = await startServer([path.join(here, "function-server.ts"), "function"]
 const floor = await startServer([path.join(here, "function-server.ts"), "floor"], {}, manifestV8Flags().function);
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-function send(target: number, event: { headers: Record<string, string>; body: string }): Promise<number> {
+function send(target: number, event: SourceEvent): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: "127.0.0.1", port: target, path: "/", method: "POST", agent, headers: event.headers }, (res) => {
       res.resume();
@@ -73,9 +86,6 @@ function cpuNow(server: { pid: number | undefined }): { server: number; runner: 
   const own = process.cpuUsage();
   return { server: cpuSeconds(server.pid), runner: cpuSeconds(runner.pid), source: (own.user + own.system) / 1e6 };
 }
-
-type Server = Awaited<ReturnType<typeof startServer>>;
-type SourceEvent = { headers: Record<string, string>; body: string };
 
 /** A server's share of a comparison, summed over its rounds. */
 interface Run {
@@ -100,43 +110,39 @@ async function compare(make: (i: number) => SourceEvent, waitForDispatches: bool
   const events = Array.from({ length: count }, (_, i) => make(i)); // built before timing
   for (const server of [floor, fn]) for (let i = 0; i < WARM_UP_EVENTS; i++) await send(server.port, make(count + i));
   if (waitForDispatches) await fn.ask();
-  const runs = new Map<Server, { latencies: number[]; answeringMs: number; doneMs: number; cpu: { server: number; runner: number; source: number } }>();
-  for (const server of [floor, fn]) runs.set(server, { latencies: [], answeringMs: 0, doneMs: 0, cpu: { server: 0, runner: 0, source: 0 } });
+  const tally = () => ({ latencies: [] as number[], answeringMs: 0, doneMs: 0, cpu: { server: 0, runner: 0, source: 0 } });
+  const floorTally = tally();
+  const fnTally = tally();
   const perRound = Math.ceil(count / ROUNDS);
   for (let round = 0; round < ROUNDS; round++) {
     const slice = events.slice(round * perRound, (round + 1) * perRound);
-    for (const server of [floor, fn]) {
-      const run = runs.get(server);
-      if (run === undefined) throw new Error("no run");
+    for (const [server, t] of [[floor, floorTally], [fn, fnTally]] as const) {
       const before = cpuNow(server);
       const t0 = performance.now();
       for (const event of slice) {
-        const t = performance.now();
+        const sent = performance.now();
         const status = await send(server.port, event);
-        run.latencies.push(performance.now() - t);
+        t.latencies.push(performance.now() - sent);
         if (status !== 200) throw new Error(`event answered ${status}`);
       }
-      run.answeringMs += performance.now() - t0;
+      t.answeringMs += performance.now() - t0;
       if (waitForDispatches && server === fn) await fn.ask();
-      run.doneMs += performance.now() - t0;
+      t.doneMs += performance.now() - t0;
       const after = cpuNow(server);
-      for (const k of ["server", "runner", "source"] as const) run.cpu[k] += after[k] - before[k];
+      for (const k of ["server", "runner", "source"] as const) t.cpu[k] += after[k] - before[k];
     }
   }
-  const result = (server: Server): Run => {
-    const run = runs.get(server);
-    if (run === undefined) throw new Error("no run");
-    const n = run.latencies.length;
-    return { latencies: run.latencies, perSecond: n / (run.answeringMs / 1000), doneMs: run.doneMs, cpu: [run.cpu.server, run.cpu.runner, run.cpu.source].map((c) => ((c * 1000) / n).toFixed(2)) };
+  const result = (t: ReturnType<typeof tally>): Run => {
+    const n = t.latencies.length;
+    return { latencies: t.latencies, perSecond: n / (t.answeringMs / 1000), doneMs: t.doneMs, cpu: [t.cpu.server, t.cpu.runner, t.cpu.source].map((c) => ((c * 1000) / n).toFixed(2)) };
   };
-  return { floor: result(floor), fn: result(fn) };
+  return { floor: result(floorTally), fn: result(fnTally) };
 }
 
 const marked = { "pod-network-controller.istio.io/status": "initialized" };
 const skips = await compare((i) => apiServerSourceEvent("update", benchPod(`web-${i}`, { annotations: marked })), false);
 const adds = await compare((i) => apiServerSourceEvent("add", benchPod(`new-${i}`)), true);
 const [bareSkip, skipped, bareAdd, dispatched] = [skips.floor, skips.fn, adds.floor, adds.fn];
-const allVerifiedMs = dispatched.doneMs;
 
 const row = (name: string, r: Run): (string | number)[] => {
   const s = summarize(r.latencies);
@@ -154,7 +160,7 @@ console.log(
 );
 console.log(`\n(a) skip path: ${((skipped.perSecond / bareSkip.perSecond) * 100).toFixed(0)}% of bare express 5's events/s`);
 const verifiedByRunner = Number((await runner.ask()).verified);
-console.log(`(b) dispatch path: ${((dispatched.perSecond / bareAdd.perSecond) * 100).toFixed(0)}% of bare express 5's events/s; all ${count} signed, sent and verified by the node-runner (its own process; ${verifiedByRunner} answered 200 in all, warm-up included): rounds from their first event to their last dispatch answered took ${allVerifiedMs.toFixed(0)} ms in all (${(count / (allVerifiedMs / 1000)).toFixed(0)} pods/s)`);
+console.log(`(b) dispatch path: ${((dispatched.perSecond / bareAdd.perSecond) * 100).toFixed(0)}% of bare express 5's events/s; all ${count} signed, sent and verified by the node-runner (its own process; ${verifiedByRunner} answered 200 in all, warm-up included): rounds from their first event to their last dispatch answered took ${dispatched.doneMs.toFixed(0)} ms in all (${(count / (dispatched.doneMs / 1000)).toFixed(0)} pods/s)`);
 floor.stop();
 fn.stop();
 runner.stop();

@@ -139,12 +139,13 @@ export class RecordStore {
     const file = this.file(record.netnsInode);
     const stored = this.storedInodes();
     this.cache.delete(record.netnsInode); // a failed write leaves the file to say what is there
+    const text = JSON.stringify(record);
     try {
-      writeFileSync(`${file}.tmp`, JSON.stringify(record));
+      writeFileSync(`${file}.tmp`, text);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
       mkdirSync(this.dir, { recursive: true }); // not made yet, or removed meanwhile
-      writeFileSync(`${file}.tmp`, JSON.stringify(record));
+      writeFileSync(`${file}.tmp`, text);
     }
     renameSync(`${file}.tmp`, file);
     stored.add(record.netnsInode);
