@@ -153,6 +153,18 @@ const app = createFunctionApp({
 });
 const port = number("PORT", 8080);
 const server = http.createServer(app);
+// Idle connections stay open longer than Go's transports keep them (90 s; Knative's adapters and
+// queue-proxy): a server that closes first races the sender's next POST on that connection,
+// which Go does not retry.
+server.keepAliveTimeout = 95_000;
+let draining = false;
+server.on("connection", () => {
+  metrics.connections.inc();
+});
+// While draining, a request on a kept connection is the last one on it.
+server.prependListener("request", (_req, res) => {
+  if (draining) res.setHeader("connection", "close");
+});
 server.listen(port, () => {
   log.info({ port, policy: policies.current.id, senderAuth, allowedSenders: auth === undefined ? undefined : [...allowedSenders], nodeRunner: `${scheme}://<hostIP>:${env.NODE_RUNNER_PORT ?? 19443}` }, "decision function listening");
 });
@@ -160,8 +172,14 @@ server.listen(port, () => {
 // Knative sends SIGTERM before stopping a revision: stop accepting, finish what is in flight.
 process.once("SIGTERM", () => {
   log.info({ inFlight: app.inFlight(), queued: dispatcher.busy }, "SIGTERM: draining");
-  // Stop taking events, answer those in flight, then send what was queued for them.
+  // Stop taking events, answer those in flight, then send what was queued for them. A kept
+  // connection closes once it is idle: its request in flight answered.
+  draining = true;
+  const closeIdle = setInterval(() => {
+    server.closeIdleConnections();
+  }, 50);
   server.close(() => {
+    clearInterval(closeIdle);
     void dispatcher.whenIdle().then(() => {
       dispatcher.close();
       policies.stop();

@@ -6,6 +6,7 @@ export function createFunctionMetrics(options: { defaultMetrics?: boolean } = {}
   if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: "podnet_function_" });
   return {
     registry,
+    connections: new Counter({ name: "podnet_function_http_connections_total", help: "TCP connections accepted. Senders keep theirs: one per event means a sender is not reusing them.", registers: [registry] }),
     events: new Counter({ name: "podnet_function_events_total", help: "CloudEvents by type and outcome.", labelNames: ["type", "outcome"], registers: [registry] }),
     decisions: new Counter({ name: "podnet_function_decisions_total", help: "Decisions by action and reason.", labelNames: ["action", "reason"], registers: [registry] }),
     decisionDuration: new Histogram({ name: "podnet_function_decision_duration_seconds", help: "Time to decide one pod.", buckets: [0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01], registers: [registry] }),

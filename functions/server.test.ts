@@ -10,7 +10,7 @@ import { WAITER_COMMAND } from "./decision.ts";
 import { parsePod } from "./pod.ts";
 import { parsePolicy } from "./policy.ts";
 import { createFunctionMetrics } from "./metrics.ts";
-import { createFunctionApp } from "./server.ts";
+import { createFunctionApp, wantsRepresentation } from "./server.ts";
 
 const unreachable = (what: string) => (): never => assert.fail(`${what} must not be reached`);
 const metrics = createFunctionMetrics({ defaultMetrics: false });
@@ -30,8 +30,11 @@ const app = createFunctionApp({
   metrics,
 });
 
+/** Asks for the outcome in the body, which an answer without a Prefer header leaves out. */
+const REPRESENTATION = { prefer: "return=representation" };
+
 function post(event: { headers: Record<string, string>; body: string }) {
-  return request(app).post("/").set(event.headers).send(event.body);
+  return request(app).post("/").set({ ...event.headers, ...REPRESENTATION }).send(event.body);
 }
 
 describe("decision function: events as ApiServerSource sends them", () => {
@@ -78,10 +81,41 @@ describe("decision function: events as ApiServerSource sends them", () => {
     assert.equal(one.status, 200, JSON.stringify(one.body));
     const batch = await request(app)
       .post("/")
-      .set("content-type", "application/cloudevents-batch+json")
+      .set({ "content-type": "application/cloudevents-batch+json", ...REPRESENTATION })
       .send(JSON.stringify([{ ...structured, id: "b1" }, { ...structured, id: "b2", data: meshPodObject("batch-2") }]));
     assert.equal(batch.status, 200, JSON.stringify(batch.body));
     assert.equal((batch.body as { results: unknown[] }).results.length, 2);
+  });
+
+  test("a 2xx answer has no body unless asked for (Prefer: return=representation): the adapter can keep its connection", async () => {
+    const e = apiServerSourceEvent("add", meshPodObject("minimal"));
+    const minimal = await request(app).post("/").set(e.headers).send(e.body);
+    assert.equal(minimal.status, 200);
+    assert.equal(minimal.headers["content-length"], "0");
+    assert.equal(minimal.text, "");
+    assert.equal(minimal.headers["preference-applied"], undefined);
+    const full = await post(apiServerSourceEvent("add", meshPodObject("minimal-2")));
+    assert.equal(full.headers["preference-applied"], "return=representation");
+    assert.deepEqual((full.body as { results: unknown[] }).results, [{ pod: "shop/minimal-2", outcome: "dry-run", reason: "needs-rules" }]);
+    // A refusal says why either way (the SDK reads the body of a failure).
+    const refused = await request(app).post("/").set("content-type", "application/json").send("{}");
+    assert.equal(refused.status, 400);
+    assert.equal((refused.body as { error: string }).error, "not a CloudEvent");
+  });
+
+  test("the Prefer header: return=representation among the preferences, any case, quoted or with parameters; nothing else", () => {
+    for (const yes of ["return=representation", "RETURN=Representation", ' respond-async, return="representation" ; x=1', "wait=5,return=representation"]) assert.equal(wantsRepresentation(yes), true, yes);
+    assert.equal(wantsRepresentation(["handling=lenient", "return=representation"]), true);
+    for (const no of [undefined, "", "return=minimal", "return", "representation", "return=representation2", "xreturn=representation", "return==representation", ";return=representation"]) assert.equal(wantsRepresentation(no), false, String(no));
+    // Any header value: an answer, never an exception; only a header naming the preference asks for it.
+    fc.assert(
+      fc.property(fc.oneof(fc.string(), fc.array(fc.string(), { maxLength: 3 })), (prefer) => {
+        const asked = wantsRepresentation(prefer);
+        assert.equal(typeof asked, "boolean");
+        if (asked) assert.match([prefer].flat().join(",").toLowerCase(), /return\s*=\s*"?representation/);
+      }),
+      { numRuns: 2000 },
+    );
   });
 
   const malformed: [string, () => request.Test, number][] = [

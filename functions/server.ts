@@ -4,6 +4,9 @@
 // after the answer: the source delivers one event at a time and waits for each); 503 when a
 // failure is transient or the queue is full (the adapter retries, the resync catches the
 // rest); 400 when an event can never be processed.
+// A 2xx has no body unless the request asks for one (`Prefer: return=representation`): the
+// CloudEvents SDK in Knative's adapters closes a 2xx answer without reading it, and Go then
+// drops the connection, so any body there cost the sender a new TCP connection per event.
 import express, { type Request, type Response } from "express";
 import { HTTP, type CloudEventV1 } from "cloudevents";
 import type { Logger } from "pino";
@@ -50,6 +53,21 @@ function parseCloudEvents(headers: Request["headers"], body: string): ReturnType
   } finally {
     Error.stackTraceLimit = limit;
   }
+}
+
+/**
+ * Whether a request's Prefer header (RFC 7240) asks for the outcome in the answer's body:
+ * `return=representation` among its comma-separated preferences (parameters after `;` ignored,
+ * the value may be quoted). Anything else, malformed included, is the minimal answer.
+ */
+export function wantsRepresentation(prefer: string | string[] | undefined): boolean {
+  const values = prefer === undefined ? [] : Array.isArray(prefer) ? prefer : [prefer];
+  return values.some((header) =>
+    header.split(",").some((preference) => {
+      const [name = "", value = ""] = (preference.split(";")[0] ?? "").split("=", 2).map((part) => part.trim());
+      return name.toLowerCase() === "return" && value.replace(/^"(.*)"$/, "$1").toLowerCase() === "representation";
+    }),
+  );
 }
 
 const POD_EVENT = /^dev\.knative\.apiserver\.(resource|ref)\.(add|update|delete)$/;
@@ -146,6 +164,11 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
           results.push({ pod: event.subject ?? "", outcome: "failed", reason: err.message });
         }
       }
+      if (status < 400 && !wantsRepresentation(req.headers.prefer)) {
+        res.status(status).end();
+        return;
+      }
+      if (status < 400) res.setHeader("preference-applied", "return=representation");
       res.status(status).json(resyncSummary === undefined ? { results } : { resync: resyncSummary, results });
     } catch (err) {
       log.error({ err }, "event handling failed");

@@ -46,6 +46,20 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
   });
 
+  const functionMetrics = (): Promise<string> =>
+    new Promise((resolve, reject) => {
+      http.get(`${fn.url}/metrics`, (res) => {
+        let t = "";
+        res.on("data", (c: Buffer) => (t += c.toString()));
+        res.on("end", () => {
+          resolve(t);
+        });
+      }).on("error", reject);
+    });
+  /** The sum of a counter's series. */
+  const metricSum = (text: string, name: string): number =>
+    [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+)$`, "gm"))].reduce((sum, m) => sum + Number(m[1]), 0);
+
   after(async () => {
     await adapter.stop();
     await fn.stop();
@@ -62,6 +76,20 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     assert.match(pod.sandbox.exec(["iptables-save"]), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
     await fn.waitForLog(/"msg":"dispatched: applied"/);
     assert.match(fn.log(), /"policy":"r1@sha256:/);
+  });
+
+  test("Knative's adapter keeps its connection to the function: events per pod, not connections", async () => {
+    const before = await functionMetrics();
+    for (const name of ["kept-1", "kept-2", "kept-3"]) {
+      const pod = await createMeshPod(core, pods, { namespace: NS, name, nodeName: NODE });
+      await waitForAnnotations(core, pod, (a) => a[MARK.status] === STATUS_INITIALIZED);
+    }
+    await fn.waitForLog(/"name":"kept-3".*"msg":"dispatched: applied"/);
+    const after = await functionMetrics();
+    const delta = (name: string) => metricSum(after, name) - metricSum(before, name);
+    assert.ok(delta("podnet_function_events_total") >= 6, `events: ${delta("podnet_function_events_total")}`);
+    // A 2xx answer with a body made the adapter's Go client drop the connection: one per event.
+    assert.ok(delta("podnet_function_http_connections_total") <= 1, `new connections: ${delta("podnet_function_http_connections_total")}`);
   });
 
   test("invalid annotations: nothing applied, a NetworkInitFailed Event names the annotation", async () => {
@@ -96,15 +124,7 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "observed", nodeName: NODE });
     await fn.waitForLog(/"name":"observed".*"msg":"dry-run: would apply"/, 10_000);
     assert.doesNotMatch(pod.sandbox.exec(["iptables-save"]), /ISTIO/);
-    const metrics = await new Promise<string>((resolve, reject) => {
-      http.get(`${fn.url}/metrics`, (res) => {
-        let t = "";
-        res.on("data", (c: Buffer) => (t += c.toString()));
-        res.on("end", () => {
-          resolve(t);
-        });
-      }).on("error", reject);
-    });
+    const metrics = await functionMetrics();
     assert.match(metrics, /podnet_function_policy_reload_failures_total 1/);
     assert.match(metrics, /podnet_function_policy_info\{id="r2@sha256:[0-9a-f]+",mode="dry-run"\} 1/);
   });

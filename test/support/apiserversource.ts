@@ -68,7 +68,8 @@ export function pingEvent(): { headers: Record<string, string>; body: string } {
 
 /** Deliver an event to the function as a source would; the answer's status and JSON body. */
 export async function deliver(url: string, event: { headers: Record<string, string>; body: string }, token?: string): Promise<{ status: number; body: Record<string, unknown> }> {
-  const headers = token === undefined ? event.headers : { ...event.headers, authorization: `Bearer ${token}` };
+  // The outcome in the answer's body (the adapter asks for none).
+  const headers = { ...event.headers, prefer: "return=representation", ...(token === undefined ? {} : { authorization: `Bearer ${token}` }) };
   const res = await fetch(url, { method: "POST", headers, body: event.body });
   const text = await res.text();
   let body: Record<string, unknown>;
