@@ -186,6 +186,11 @@ try {
     );
   };
   open();
+  // Unreferenced: a wait that is over must not keep the benchmark alive once it is done.
+  const giveUpAfter = (ms: number): Promise<void> =>
+    new Promise((resolve) => {
+      setTimeout(resolve, ms).unref();
+    });
   const marked = (name: string): Promise<void> => (markedAt.has(name) ? Promise.resolve() : new Promise((resolve) => markWaiters.set(name, resolve)));
   const eventsBefore = await metric(stack.fn.url, /podnet_function_events_total\{[^}]*\} (\d+)/g);
 
@@ -215,7 +220,7 @@ try {
     t0 = Date.now();
     const all = new Promise<void>((resolve) => markWaiters.set("*", resolve));
     await Promise.all(names.map((name) => giveIp(name, pods.get(name)?.ip ?? "")));
-    await Promise.race([all, new Promise((r) => setTimeout(r, 180_000))]);
+    await Promise.race([all, giveUpAfter(180_000)]);
   } else {
     for (const name of names) {
       const pod = await createPod(name);
@@ -224,7 +229,7 @@ try {
       await giveIp(name, pod.ip);
       const done = await waiter.exit;
       if (done.code === 0) waiterExitAt.set(name, done.at);
-      await Promise.race([marked(name), new Promise((r) => setTimeout(r, 10_000))]);
+      await Promise.race([marked(name), giveUpAfter(10_000)]);
       // The floor: the same waiter where the rules are already in place.
       const started = Date.now();
       const again = await startWaiter(pod).exit;
