@@ -143,7 +143,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     const namespace = await namespaceFactsFor(eventPod, policy);
     let pod = eventPod;
     // An event's copy decides skips only; the capture config comes from the API server's pod.
-    let decision: Decision | undefined = source.fromApi ? timed(decide, pod, policy, namespace, deleted) : timed(skipDecision, pod, policy, namespace, deleted);
+    let decision = timed<Decision | undefined>(source.fromApi ? decide : skipDecision, pod, policy, namespace, deleted);
     if (decision === undefined) {
       let fresh: Pod | undefined;
       try {

@@ -164,11 +164,13 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
           results.push({ pod: event.subject ?? "", outcome: "failed", reason: err.message });
         }
       }
-      if (status < 400 && !wantsRepresentation(req.headers.prefer)) {
-        res.status(status).end();
-        return;
+      if (status < 400) {
+        if (!wantsRepresentation(req.headers.prefer)) {
+          res.status(status).end();
+          return;
+        }
+        res.setHeader("preference-applied", "return=representation");
       }
-      if (status < 400) res.setHeader("preference-applied", "return=representation");
       res.status(status).json(resyncSummary === undefined ? { results } : { resync: resyncSummary, results });
     } catch (err) {
       log.error({ err }, "event handling failed");

@@ -3,7 +3,6 @@
 // pods, the kube-apiserver with each component's own ServiceAccount.
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
-import http from "node:http";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
@@ -46,16 +45,7 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
   });
 
-  const functionMetrics = (): Promise<string> =>
-    new Promise((resolve, reject) => {
-      http.get(`${fn.url}/metrics`, (res) => {
-        let t = "";
-        res.on("data", (c: Buffer) => (t += c.toString()));
-        res.on("end", () => {
-          resolve(t);
-        });
-      }).on("error", reject);
-    });
+  const functionMetrics = async (): Promise<string> => (await fetch(`${fn.url}/metrics`)).text();
   /** The sum of a counter's series. */
   const metricSum = (text: string, name: string): number =>
     [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+)$`, "gm"))].reduce((sum, m) => sum + Number(m[1]), 0);
