@@ -112,8 +112,10 @@ try {
   }
 
   // The IP appears when the API server has stored it: the answer to the status patch.
+  const storeIp = (name: string, ip: string): Promise<unknown> =>
+    apiRequest(api, "PATCH", `${podPath(NS, name)}/status`, { contentType: "application/merge-patch+json", value: { status: { podIP: ip, podIPs: [{ ip }], hostIP: "127.0.0.1" } } });
   const giveIp = async (name: string, ip: string): Promise<void> => {
-    await apiRequest(api, "PATCH", `${podPath(NS, name)}/status`, { contentType: "application/merge-patch+json", value: { status: { podIP: ip, podIPs: [{ ip }], hostIP: "127.0.0.1" } } });
+    await storeIp(name, ip);
     ipAt.set(name, Date.now());
   };
 
@@ -137,7 +139,7 @@ try {
     await Promise.all(
       floorNames.map(async (name, i) => {
         const ip = `10.252.${Math.floor(i / 250)}.${(i % 250) + 1}`;
-        await apiRequest(api, "PATCH", `${podPath(NS, name)}/status`, { contentType: "application/merge-patch+json", value: { status: { podIP: ip, podIPs: [{ ip }], hostIP: "127.0.0.1" } } });
+        await storeIp(name, ip);
         await apiRequest(api, "GET", podPath(NS, name));
         await apiRequest(api, "PATCH", podPath(NS, name), { contentType: "application/merge-patch+json", value: { metadata: { annotations: { "bench.podnet.example/floor": "done" } } } });
         await apiRequest(api, "POST", `/api/v1/namespaces/${NS}/events`, {
