@@ -194,7 +194,8 @@ try {
       setTimeout(resolve, ms).unref();
     });
   const marked = (name: string): Promise<void> => (markedAt.has(name) ? Promise.resolve() : new Promise((resolve) => markWaiters.set(name, resolve)));
-  const eventsBefore = await metric(stack.fn.url, /podnet_function_events_total\{[^}]*\} (\d+)/g);
+  const functionEvents = (): Promise<number> => metric(stack.fn.url, /podnet_function_events_total\{[^}]*\} (\d+)/g);
+  let eventsBefore = await functionEvents();
 
   // CPU used during the run, by component (the node's two cores are shared by all of them).
   const components = {
@@ -217,6 +218,8 @@ try {
     const pods = new Map<string, TestPod>();
     for (const name of names) pods.set(name, await createPod(name));
     process.stderr.write(`${count} IPs appear at once\n`);
+    // The window starts here: the pods' add events (skipped, no IP yet) are not the burst's.
+    eventsBefore = await functionEvents();
     requestsBefore = await requests();
     cpuBefore = cpu();
     t0 = Date.now();
@@ -242,7 +245,7 @@ try {
   const requestsAfter = await requests();
   finished = true;
   const wall = (Date.now() - t0) / 1000;
-  const events = (await metric(stack.fn.url, /podnet_function_events_total\{[^}]*\} (\d+)/g)) - eventsBefore;
+  const events = (await functionEvents()) - eventsBefore;
   const floor = mode === "burst" ? await apiFloor() : undefined;
   // Where the time went, from the components' own numbers.
   const mean = async (name: string): Promise<number> =>
