@@ -1,5 +1,6 @@
 // The benchmarks' teardown, in a process of its own (it takes over SIGINT and SIGTERM): what a
-// benchmark made is undone once, the last step first, at its end or when it is interrupted.
+// benchmark made is undone once, the last step first, at its end, when it fails or when it is
+// interrupted.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import path from "node:path";
@@ -45,6 +46,20 @@ describe("Teardown", () => {
       assert.match(stderr, /cleanup step failed: boom/);
     });
   }
+
+  test("a failure outside the benchmark's try/finally: its error reported, every step run once, exit 1", async () => {
+    const { code, stdout, stderr } = await withTeardown('await new Promise((r) => setTimeout(r, 10)); throw new Error("the control plane did not start");').done;
+    assert.equal(code, 1);
+    assert.deepEqual(stdout.trim().split("\n"), ["ready", "step added last", "step added first"]);
+    assert.match(stderr, /the control plane did not start/);
+    assert.match(stderr, /cleanup step failed: boom/);
+  });
+
+  test("a failure inside it, after its finally ran the steps: they do not run again, exit 1", async () => {
+    const { code, stdout } = await withTeardown('try { throw new Error("no pods marked"); } finally { await teardown.run(); }').done;
+    assert.equal(code, 1);
+    assert.deepEqual(stdout.trim().split("\n"), ["ready", "step added last", "step added first"]);
+  });
 
   test("at the end: run() as often as the benchmark's paths call it, each step once", async () => {
     const { code, stdout } = await withTeardown("await Promise.all([teardown.run(), teardown.run()]); await teardown.run();").done;

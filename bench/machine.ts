@@ -53,7 +53,7 @@ export async function idleProcesses(count: number): Promise<{ stop: () => void }
 
 /**
  * What a benchmark made (idle processes, a control plane, namespaces, scratch directories),
- * undone at its end and also when it is interrupted (Ctrl-C, SIGTERM): the idle processes live
+ * undone at its end, when it fails and when it is interrupted (Ctrl-C, SIGTERM): the idle processes live
  * in a process group of their own and would otherwise outlive it. Steps run once, the last
  * added first; a step that fails is reported and the others still run.
  */
@@ -68,6 +68,12 @@ export class Teardown {
         void this.run().finally(() => process.exit(code));
       });
     }
+    // A benchmark that fails before its own try/finally (a component that does not start) must
+    // not leave its idle processes and control plane behind: report, undo, exit 1.
+    process.once("uncaughtException", (err) => {
+      console.error(err);
+      void this.run().finally(() => process.exit(1));
+    });
   }
 
   add(step: () => unknown): void {
