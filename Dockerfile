@@ -22,20 +22,20 @@ FROM ${NODE_IMAGE} AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
-COPY tsconfig.json tsconfig.build.json ./
+COPY tsconfig.json ./
+COPY scripts/build.ts scripts/
 COPY contract contract
 COPY node-runner node-runner
 COPY functions functions
 COPY cli cli
-# Compiled JavaScript for the node-runner and the function (tsx is a dev dependency only); then
-# the dev dependencies go.
-RUN npm run build \
- && npm prune --omit=dev
+# One ES module per program with its npm dependencies bundled in (scripts/build.ts), and the
+# licences of what was bundled: the images carry no node_modules.
+RUN npm run build
 
 FROM ${NODE_IMAGE} AS runtime
 WORKDIR /app
+# package.json says the bundles are ES modules ("type": "module").
 COPY --from=build /src/package.json ./
-COPY --from=build /src/node_modules node_modules
 COPY --from=build /src/dist dist
 ENV NODE_ENV=production
 
