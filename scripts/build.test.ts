@@ -3,7 +3,7 @@
 // bundled travel with it.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -31,6 +31,17 @@ test("bundledPackageDirs: the innermost package of each input, scoped or nested,
     "node_modules/express",
     "node_modules/zod",
   ]);
+});
+
+test("buildPrograms refuses to empty a directory that holds something other than a build", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "pnct-build-"));
+  try {
+    writeFileSync(path.join(dir, "precious.txt"), "keep me");
+    await assert.rejects(buildPrograms(dir), /holds files that are not a build/);
+    assert.equal(readFileSync(path.join(dir, "precious.txt"), "utf8"), "keep me");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 describe("the built programs, in a directory of their own", () => {
