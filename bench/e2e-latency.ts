@@ -23,6 +23,7 @@ import { parseArgs } from "node:util";
 import { apiRequest, podPath, watchStream, type ApiConnection } from "../contract/kube-http.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { missingBinariesReason } from "../test/controlplane/harness.ts";
+import { metricSum, scrapeMetrics } from "../test/support/metrics.ts";
 import { cpuSeconds, peakRssMiB, pidsWhere } from "../test/support/processes.ts";
 import { STACK_NODE, startStack } from "../test/support/stack.ts";
 import { testPodsUnavailableReason, type TestPod } from "../test/support/test-pods.ts";
@@ -68,9 +69,9 @@ function apiServerRequests(server: string, ca: Buffer, token: string): Promise<M
   });
 }
 
-async function metric(url: string, name: RegExp): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  return [...text.matchAll(name)].reduce((sum, m) => sum + Number(m[1]), 0);
+/** The sum of one of a component's metrics, every label set. */
+async function metric(url: string, name: string): Promise<number> {
+  return metricSum(await scrapeMetrics(url), name);
 }
 
 
@@ -194,7 +195,7 @@ try {
       setTimeout(resolve, ms).unref();
     });
   const marked = (name: string): Promise<void> => (markedAt.has(name) ? Promise.resolve() : new Promise((resolve) => markWaiters.set(name, resolve)));
-  const functionEvents = (): Promise<number> => metric(stack.fn.url, /podnet_function_events_total\{[^}]*\} (\d+)/g);
+  const functionEvents = (): Promise<number> => metric(stack.fn.url, "podnet_function_events_total");
   let eventsBefore = await functionEvents();
 
   // CPU used during the run, by component (the node's two cores are shared by all of them).
@@ -249,7 +250,7 @@ try {
   const floor = mode === "burst" ? await apiFloor() : undefined;
   // Where the time went, from the components' own numbers.
   const mean = async (name: string): Promise<number> =>
-    (1000 * (await metric(stack.fn.url, new RegExp(`${name}_sum(?:\\{[^}]*\\})? ([0-9.e+-]+)`, "g")))) / Math.max(1, await metric(stack.fn.url, new RegExp(`${name}_count(?:\\{[^}]*\\})? (\\d+)`, "g")));
+    (1000 * (await metric(stack.fn.url, `${name}_sum`))) / Math.max(1, await metric(stack.fn.url, `${name}_count`));
   const queueAgeMs = await mean("podnet_function_dispatch_queue_age_seconds");
   const dispatchMs = await mean("podnet_function_dispatch_duration_seconds");
   const runnerMs = [...stack.runner.log().matchAll(/"durationMs":([0-9.]+).*"msg":"apply: applied"/g)].map((m) => Number(m[1]));

@@ -12,6 +12,7 @@ import { missingBinariesReason, startControlPlane, type Adapter, type ControlPla
 import { FUNCTION_AUDIENCE, scratchDir, senderToken, signingKeyDirs, startFunction, startNodeRunner, type Component } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, waitForAnnotations } from "../support/mesh-pods.ts";
+import { metricSum, scrapeMetrics } from "../support/metrics.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
@@ -45,10 +46,7 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
   });
 
-  const functionMetrics = async (): Promise<string> => (await fetch(`${fn.url}/metrics`)).text();
-  /** The sum of a counter's series. */
-  const metricSum = (text: string, name: string): number =>
-    [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+)$`, "gm"))].reduce((sum, m) => sum + Number(m[1]), 0);
+  const functionMetrics = (): Promise<string> => scrapeMetrics(fn.url);
 
   after(async () => {
     await adapter.stop();
