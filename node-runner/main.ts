@@ -36,6 +36,7 @@ import { KeyDirectory } from "../contract/key-directory.ts";
 import { createMetrics } from "./metrics.ts";
 import { podUidPattern, resolvePodNetns } from "./netns.ts";
 import { ReplayCache } from "./replay.ts";
+import { createPodProgrammer, EVENT_MAX_DELAY_MS, EVENT_QUIET_MS } from "./program.ts";
 import { createNodeRunnerApp } from "./server.ts";
 import { errorMessage } from "../contract/errors.ts";
 
@@ -56,6 +57,7 @@ const { values } = parseArgs({
     "tls-key": { type: "string" },
     "max-concurrent": { type: "string" },
     "api-timeout-ms": { type: "string" },
+    "event-quiet-ms": { type: "string" },
   },
 });
 const env = process.env;
@@ -84,6 +86,8 @@ const backend: BackendName | "auto" = backendFlag;
 const maxConcurrent = Number(values["max-concurrent"] ?? env.MAX_CONCURRENT ?? "8");
 const apiTimeoutMs = Number(values["api-timeout-ms"] ?? env.API_TIMEOUT_MS ?? "5000");
 if (!Number.isInteger(apiTimeoutMs) || apiTimeoutMs < 100) fail(`--api-timeout-ms must be an integer ≥ 100, got ${apiTimeoutMs}`);
+const eventQuietMs = Number(values["event-quiet-ms"] ?? env.EVENT_QUIET_MS ?? String(EVENT_QUIET_MS));
+if (!Number.isInteger(eventQuietMs) || eventQuietMs < 0 || eventQuietMs > 60_000) fail(`--event-quiet-ms must be an integer from 0 to 60000, got ${eventQuietMs}`);
 const procRoot = values.proc ?? env.PROC_ROOT ?? "/proc";
 const cgroupRoot = values["cgroup-root"] ?? env.CGROUP_ROOT ?? "/";
 const cgroupFs = values["cgroup-fs"] ?? env.CGROUP_FS ?? "/sys/fs/cgroup";
@@ -143,19 +147,22 @@ const pods = new WatchedPodApi(
 );
 pods.start();
 
-const app = createNodeRunnerApp({
+const runnerDeps = {
   nodeName,
   authorities,
   startedAtMs,
   keys,
   replay,
   pods,
-  resolveNetns: (pod) => resolvePodNetns(pod, { procRoot, cgroupRoot, cgroupFs }),
+  resolveNetns: (pod: { uid: string; ips: readonly string[] }) => resolvePodNetns(pod, { procRoot, cgroupRoot, cgroupFs }),
   applierFor: applierChooser({ backend, appliers, records, nodeDefault: defaultVariant, run: helper.run, nftTables: helper.nftTables }),
   log,
   metrics,
   maxConcurrent,
-});
+  eventTiming: { quietMs: eventQuietMs, maxDelayMs: Math.max(EVENT_MAX_DELAY_MS, eventQuietMs) },
+};
+const programmer = createPodProgrammer(runnerDeps);
+const app = createNodeRunnerApp(runnerDeps, programmer);
 
 const tlsCert = values["tls-cert"] ?? env.TLS_CERT;
 const tlsKey = values["tls-key"] ?? env.TLS_KEY;
@@ -168,12 +175,18 @@ server.listen(port, host, () => {
 });
 
 function shutdown(signal: string): void {
-  log.info({ signal }, "shutting down: finishing requests in flight");
+  log.info({ signal }, "shutting down: finishing requests in flight, then sending the Events still waiting");
   keys.stop();
   pods.stop();
   helper.stop();
-  server.close(() => process.exit(0));
-  setTimeout(() => process.exit(0), 10_000).unref();
+  server.close(() => {
+    void programmer.flushEvents().then(() => process.exit(0));
+  });
+  // What is not done by then is dropped (the kubelet's grace period is 30 s by default).
+  setTimeout(() => {
+    log.warn({ eventsPending: programmer.pendingEvents }, "shutting down before everything was sent");
+    process.exit(0);
+  }, 10_000).unref();
 }
 process.once("SIGTERM", () => {
   shutdown("SIGTERM");

@@ -1,21 +1,27 @@
 // One pod's pipeline with its edges replaced (an in-memory pod API): refusals before any netns
-// work, and the bound on Events waiting.
+// work, the bound on Events waiting, and Events held while pods are being programmed.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { pino } from "pino";
 import { createMetrics, type NodeRunnerMetrics } from "./metrics.ts";
-import { createPodProgrammer, EVENTS_AT_ONCE, MAX_EVENTS_WAITING, Refusal } from "./program.ts";
+import type { PodFacts } from "./kube.ts";
+import { createPodProgrammer, EVENTS_AT_ONCE, MAX_EVENTS_WAITING, Refusal, type PodProgrammer } from "./program.ts";
 
 const pod = { namespace: "shop", name: "web", uid: "uid-1", ips: ["10.0.0.2"] };
 const never = <T>(): Promise<T> => new Promise<T>(() => undefined);
 
 /** Requests whose capture is invalid: each is refused (422) and records a NetworkInitFailed Event. */
-function refusingProgrammer(recordEvent: () => Promise<void>): { metrics: NodeRunnerMetrics; refuse: (count: number) => Promise<void> } {
+function refusingProgrammer(
+  recordEvent: () => Promise<void>,
+  getPod: () => Promise<PodFacts> = () => Promise.resolve({ uid: "uid-1", nodeName: "node-a", hostNetwork: false, terminating: false }),
+): { metrics: NodeRunnerMetrics; programmer: PodProgrammer; refuse: (count: number) => Promise<void> } {
   const metrics = createMetrics({ defaultMetrics: false });
   const programmer = createPodProgrammer({
     nodeName: "node-a",
+    // No quiet time: an Event goes as soon as no pod is being programmed.
+    eventTiming: { quietMs: 0, maxDelayMs: 60_000 },
     pods: {
-      getPod: () => Promise.resolve({ uid: "uid-1", nodeName: "node-a", hostNetwork: false, terminating: false }),
+      getPod,
       markInitialized: () => assert.fail("nothing is marked"),
       clearMark: () => assert.fail("nothing is cleared"),
       recordEvent,
@@ -29,7 +35,7 @@ function refusingProgrammer(recordEvent: () => Promise<void>): { metrics: NodeRu
       await assert.rejects(programmer.apply(pod, { excludeInboundPorts: "http" }, pino({ level: "silent" })), (err: unknown) => err instanceof Refusal && err.status === 422);
     }
   };
-  return { metrics, refuse };
+  return { metrics, programmer, refuse };
 }
 
 test("a stalled API server: EVENTS_AT_ONCE Events sent, MAX_EVENTS_WAITING wait, the rest are dropped and counted; every request still gets its refusal", async () => {
@@ -60,4 +66,50 @@ test("Events wait their turn and are all sent, EVENTS_AT_ONCE at a time", async 
   while (sent < 20) await new Promise((r) => setTimeout(r, 5));
   assert.equal(most, EVENTS_AT_ONCE);
   assert.equal((await metrics.eventsPending.get()).values[0]?.value, 0);
+});
+
+test("an Event waits while another pod is being programmed, and is sent once nothing is", async () => {
+  let sent = 0;
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => (release = resolve));
+  let reads = 0;
+  const { programmer, refuse } = refusingProgrammer(
+    () => {
+      sent++;
+      return Promise.resolve();
+    },
+    async () => {
+      // The first request's identity check hangs until released: that pod is being programmed.
+      if (reads++ === 0) await held;
+      return { uid: "uid-1", nodeName: "node-a", hostNetwork: false, terminating: false };
+    },
+  );
+  const first = assert.rejects(programmer.apply(pod, { excludeInboundPorts: "http" }, pino({ level: "silent" })), (err: unknown) => err instanceof Refusal && err.status === 422);
+  await refuse(3);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(sent, 0, "held while the first pod's work runs");
+  assert.equal(programmer.pendingEvents, 3);
+  release();
+  await first;
+  const sentNow = (): number => sent;
+  for (let i = 0; i < 400 && sentNow() < 4; i++) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(sentNow(), 4);
+  assert.equal(programmer.pendingEvents, 0);
+});
+
+test("flushEvents sends the waiting Events while work still runs (shutdown)", async () => {
+  let sent = 0;
+  let reads = 0;
+  const { programmer, refuse } = refusingProgrammer(
+    () => {
+      sent++;
+      return Promise.resolve();
+    },
+    () => (reads++ === 0 ? never() : Promise.resolve({ uid: "uid-1", nodeName: "node-a", hostNetwork: false, terminating: false })),
+  );
+  void programmer.apply(pod, {}, pino({ level: "silent" })); // never ends
+  await refuse(3);
+  assert.equal(sent, 0);
+  await programmer.flushEvents();
+  assert.equal(sent, 3);
 });

@@ -17,7 +17,7 @@ import { ConcurrencyLimit } from "../contract/concurrency.ts";
 import { errorMessage, formatSchemaIssues } from "../contract/errors.ts";
 import { acceptedUntilMs, verifyRequest } from "../contract/signature.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
-import { createPodProgrammer, Refusal, type ProgramDeps } from "./program.ts";
+import { createPodProgrammer, Refusal, type PodProgrammer, type ProgramDeps } from "./program.ts";
 import type { ReplayCache } from "./replay.ts";
 
 export interface NodeRunnerDeps extends ProgramDeps {
@@ -56,14 +56,14 @@ class WorkQueue {
   }
 }
 
-export function createNodeRunnerApp(deps: NodeRunnerDeps): express.Express {
+/** `programmer`: the pods' pipeline (main.ts keeps it, to send the waiting Events on shutdown). */
+export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgrammer = createPodProgrammer(deps)): express.Express {
   const now = deps.now ?? Date.now;
   const startedAtMs = deps.startedAtMs;
   // Without the nonces of an earlier process (no journal survived), a request signed before
   // this process started cannot be told from a replay. `created` is in whole seconds.
   const acceptsSignedAt = (createdSeconds: number): boolean => deps.replay.restored || createdSeconds * 1000 > startedAtMs;
   const queue = new WorkQueue(deps.maxConcurrent ?? 8);
-  const programmer = createPodProgrammer(deps);
   const app = express();
   app.disable("x-powered-by");
   app.disable("etag"); // no client revalidates an answer: no hash of every body

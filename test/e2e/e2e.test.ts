@@ -14,7 +14,7 @@ import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { missingBinariesReason } from "../controlplane/harness.ts";
 import { apiServerSourceEvent, deliver, pingEvent } from "../support/apiserversource.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
-import { waitForAnnotations, type MeshPod } from "../support/mesh-pods.ts";
+import { waitForAnnotations, waitForPodEvent, type MeshPod } from "../support/mesh-pods.ts";
 import { startStack, STACK_NODE, type Stack } from "../support/stack.ts";
 import { testPodsUnavailableReason } from "../support/test-pods.ts";
 import { connectFrom, startListener } from "../support/traffic.ts";
@@ -73,8 +73,7 @@ describe("end to end [needs root and control plane]", skipUnlessCI(unavailable),
       const a = (await stack.core.readNamespacedPod({ namespace: p.namespace, name: p.name })).metadata?.annotations ?? {};
       assert.equal(a[MARK.status], undefined, `${p.name}: not marked`);
     }
-    const events = await stack.core.listNamespacedEvent({ namespace: NS });
-    assert.match(events.items.find((e) => e.involvedObject.uid === sneaky.uid && e.reason === "NetworkInitFailed")?.message ?? "", /traffic\.sidecar\.istio\.io\/excludeOutboundPorts: "99999"/);
+    assert.match((await waitForPodEvent(stack.core, sneaky, "NetworkInitFailed")).message ?? "", /traffic\.sidecar\.istio\.io\/excludeOutboundPorts: "99999"/);
   });
 
   test("a pod that existed before the event source started is initialized by the resync", async () => {

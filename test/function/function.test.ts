@@ -11,7 +11,7 @@ import { deliver, pingEvent } from "../support/apiserversource.ts";
 import { missingBinariesReason, startControlPlane, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
 import { FUNCTION_AUDIENCE, scratchDir, senderToken, signingKeyDirs, startFunction, startNodeRunner, type Component } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
-import { createMeshPod, waitForAnnotations } from "../support/mesh-pods.ts";
+import { createMeshPod, waitForAnnotations, waitForPodEvent } from "../support/mesh-pods.ts";
 import { metricSum, scrapeMetrics } from "../support/metrics.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 
@@ -82,13 +82,8 @@ describe("decision function end to end [needs root and control plane]", skipUnle
 
   test("invalid annotations: nothing applied, a NetworkInitFailed Event names the annotation", async () => {
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "sneaky", nodeName: NODE, annotations: { "traffic.sidecar.istio.io/excludeInterfaces": "eth0 -j ACCEPT" } });
-    const deadline = Date.now() + 10_000;
-    let event: k8s.CoreV1Event | undefined;
-    while (event === undefined && Date.now() < deadline) {
-      event = (await core.listNamespacedEvent({ namespace: NS })).items.find((e) => e.reason === "NetworkInitFailed" && e.involvedObject.uid === pod.uid);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    assert.match(event?.message ?? "", /annotation traffic\.sidecar\.istio\.io\/excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
+    const event = await waitForPodEvent(core, pod, "NetworkInitFailed", 10_000);
+    assert.match(event.message ?? "", /annotation traffic\.sidecar\.istio\.io\/excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
     assert.doesNotMatch(pod.sandbox.exec(["iptables-save"]), /ISTIO/);
   });
 

@@ -16,7 +16,8 @@ import { signRequest } from "../../contract/signature.ts";
 import { httpStatus, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { nodeRunnerTlsOptions, postToRunner, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
-import { createMeshPod } from "../support/mesh-pods.ts";
+import { createMeshPod, waitForPodEvent } from "../support/mesh-pods.ts";
+import { metricSum } from "../support/metrics.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
@@ -33,6 +34,7 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
   let dir: string;
   let core: k8s.CoreV1Api;
   let signingKey: KeyObject;
+  let runnerOptions: Parameters<typeof startNodeRunner>[1];
   const runnerLog = (): string => runner.log();
 
   before(async () => {
@@ -44,7 +46,8 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     const keys = signingKeyDirs(dir, "fn-1");
     signingKey = keys.signingKey.privateKey;
-    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(dir, "state"), cgroupRoot: pods.cgroupRoot });
+    runnerOptions = { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(dir, "state"), cgroupRoot: pods.cgroupRoot };
+    runner = await startNodeRunner(cp, runnerOptions);
     port = runner.port;
   });
 
@@ -108,8 +111,7 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     assert.equal(annotations[MARK.netns], sandbox.netnsInode());
     assert.equal(annotations[MARK.rules], first.body.rules);
 
-    const events = await core.listNamespacedEvent({ namespace: NS });
-    assert.ok(events.items.some((e) => e.reason === "NetworkInitialized" && e.involvedObject.uid === uid), `no NetworkInitialized Event; node-runner log:\n${runnerLog().slice(-3000)}`);
+    await waitForPodEvent(core, { namespace: NS, uid }, "NetworkInitialized").catch((err: unknown) => assert.fail(`${String(err)}; node-runner log:\n${runnerLog().slice(-3000)}`));
 
     const again = await signedPost(APPLY_PATH, req);
     assert.equal(again.body.result, "unchanged");
@@ -159,10 +161,9 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     }
     const pod = await core.readNamespacedPod({ name: "guarded", namespace: NS });
     assert.equal(pod.metadata?.annotations?.[MARK.status], undefined, "not marked");
-    const events = await core.listNamespacedEvent({ namespace: NS });
-    const failed = events.items.find((e) => e.reason === "NetworkInitFailed" && e.involvedObject.uid === uid);
-    assert.match(failed?.message ?? "", /excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
-    assert.equal(failed?.type, "Warning");
+    const failed = await waitForPodEvent(core, { namespace: NS, uid }, "NetworkInitFailed");
+    assert.match(failed.message ?? "", /excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
+    assert.equal(failed.type, "Warning");
   });
 
   test("under a flood of bad requests the server keeps serving", async () => {
@@ -203,8 +204,9 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     assert.equal((await signedPost(APPLY_PATH, req)).body.result, "unchanged", "the old key stays valid too");
   });
 
-  test("metrics count requests by result and signature failures by reason", async () => {
-    const text = await new Promise<string>((resolve, reject) => {
+  /** The node-runner's metrics page (over its TLS). */
+  const metricsText = (): Promise<string> =>
+    new Promise<string>((resolve, reject) => {
       https
         .get({ host: "127.0.0.1", port, path: "/metrics", ...nodeRunnerTlsOptions() }, (res) => {
           let t = "";
@@ -215,9 +217,26 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
         })
         .on("error", reject);
     });
+
+  test("metrics count requests by result and signature failures by reason", async () => {
+    const text = await metricsText();
     assert.match(text, /podnet_node_runner_requests_total\{route="apply",result="applied"\} \d+/);
     assert.match(text, /podnet_node_runner_signature_failures_total\{reason="replay"\} 1/);
     assert.match(text, /podnet_node_runner_apply_duration_seconds_bucket/);
     assert.match(text, /podnet_node_runner_netns_resolution_duration_seconds_bucket/);
+  });
+
+  test("SIGTERM: the Events still waiting are sent before the node-runner exits", async () => {
+    await runner.stop();
+    // A quiet time of a minute: the pod's Event is still waiting when the signal comes.
+    runner = await startNodeRunner(cp, { ...runnerOptions, port, env: { EVENT_QUIET_MS: "60000" } });
+    const { uid, ip } = await createPod("last-words");
+    const reply = await signedPost(APPLY_PATH, applyRequest({ name: "last-words", uid, ip }));
+    assert.equal(reply.status, 200, JSON.stringify(reply.body));
+    assert.equal(metricSum(await metricsText(), "podnet_node_runner_events_pending"), 1, "the Event waits");
+    await runner.stop(); // SIGTERM; resolves when the process has exited
+    const events = await core.listNamespacedEvent({ namespace: NS });
+    assert.ok(events.items.some((e) => e.reason === "NetworkInitialized" && e.involvedObject.uid === uid), `no NetworkInitialized Event after the exit; log:\n${runnerLog().slice(-2000)}`);
+    assert.match(runnerLog(), /sending the Events still waiting/);
   });
 });

@@ -52,3 +52,14 @@ export async function waitForAnnotations(core: k8s.CoreV1Api, pod: { namespace: 
     await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+/** Wait for an Event about the pod (by UID) with this reason: Events follow the work, later. */
+export async function waitForPodEvent(core: k8s.CoreV1Api, pod: { namespace: string; uid: string }, reason: string, timeoutMs = 15_000): Promise<k8s.CoreV1Event> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const event = (await core.listNamespacedEvent({ namespace: pod.namespace })).items.find((e) => e.reason === reason && e.involvedObject.uid === pod.uid);
+    if (event !== undefined) return event;
+    if (Date.now() > deadline) throw new Error(`pod ${pod.namespace} ${pod.uid}: no ${reason} Event after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
