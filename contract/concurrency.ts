@@ -1,5 +1,5 @@
 // At most `limit` tasks at once, the rest in arrival order: used by the function's dispatcher
-// (requests to node-runners) and by the node-runner (pods programmed at once, its Events).
+// (requests to node-runners) and by the node-runner (pods programmed at once).
 export class ConcurrencyLimit {
   private running = 0;
   private readonly waiting: (() => void)[] = [];

@@ -37,7 +37,7 @@ import { createMetrics } from "./metrics.ts";
 import { podUidPattern, resolvePodNetns } from "./netns.ts";
 import { ReplayCache } from "./replay.ts";
 import { createPodProgrammer, EVENT_MAX_DELAY_MS, EVENT_QUIET_MS } from "./program.ts";
-import { createNodeRunnerApp } from "./server.ts";
+import { createNodeRunnerApp, type NodeRunnerDeps } from "./server.ts";
 import { errorMessage } from "../contract/errors.ts";
 
 const { values } = parseArgs({
@@ -147,14 +147,14 @@ const pods = new WatchedPodApi(
 );
 pods.start();
 
-const runnerDeps = {
+const runnerDeps: NodeRunnerDeps = {
   nodeName,
   authorities,
   startedAtMs,
   keys,
   replay,
   pods,
-  resolveNetns: (pod: { uid: string; ips: readonly string[] }) => resolvePodNetns(pod, { procRoot, cgroupRoot, cgroupFs }),
+  resolveNetns: (pod) => resolvePodNetns(pod, { procRoot, cgroupRoot, cgroupFs }),
   applierFor: applierChooser({ backend, appliers, records, nodeDefault: defaultVariant, run: helper.run, nftTables: helper.nftTables }),
   log,
   metrics,

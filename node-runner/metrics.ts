@@ -38,7 +38,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeR
     }),
     eventsPending: new Gauge({
       name: "podnet_node_runner_events_pending",
-      help: "Kubernetes Events being sent or waiting to be (two at a time, once no pod has been programmed for 250 ms, or 5 s after they were recorded).",
+      help: "Kubernetes Events being sent or waiting to be (two at a time, once no pod has been programmed for --event-quiet-ms, or at the latest 5 s after they were recorded).",
       registers: [registry],
     }),
     podReads: new Counter({
