@@ -17,14 +17,13 @@
 // Needs root and the control plane.
 import { execFileSync, type ChildProcess } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import https from "node:https";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { apiRequest, podPath, watchStream, type ApiConnection } from "../contract/kube-http.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { missingBinariesReason } from "../test/controlplane/harness.ts";
-import { metricSum, scrapeMetrics } from "../test/support/metrics.ts";
+import { metricSeries, metricSum, scrapeMetrics } from "../test/support/metrics.ts";
 import { cpuSeconds, peakRssMiB, pidsWhere } from "../test/support/processes.ts";
 import { STACK_NODE, startStack } from "../test/support/stack.ts";
 import { testPodsUnavailableReason, type TestPod } from "../test/support/test-pods.ts";
@@ -48,26 +47,14 @@ const NS = "burst";
 const root = path.resolve(import.meta.dirname, "..");
 
 /** The API server's requests so far, by verb, resource and status code (its apiserver_request_total). */
-function apiServerRequests(server: string, ca: Buffer, token: string): Promise<Map<string, number>> {
-  return new Promise((resolve, reject) => {
-    https
-      .get(`${server}/metrics`, { ca, headers: { authorization: `Bearer ${token}` } }, (res) => {
-        let text = "";
-        res.setEncoding("utf8");
-        res.on("data", (chunk: string) => (text += chunk));
-        res.on("end", () => {
-          const counts = new Map<string, number>();
-          for (const m of text.matchAll(/^apiserver_request_total\{(.*)\} (\d+)$/gm)) {
-            const label = (name: string): string => new RegExp(`${name}="([^"]*)"`).exec(m[1] ?? "")?.[1] ?? "";
-            if (label("resource") === "") continue; // /metrics, /healthz and the like
-            const key = `${label("verb")} ${label("resource")}${label("subresource") === "" ? "" : `/${label("subresource")}`} ${label("code")}`;
-            counts.set(key, (counts.get(key) ?? 0) + Number(m[2]));
-          }
-          resolve(counts);
-        });
-      })
-      .on("error", reject);
-  });
+async function apiServerRequests(server: string, ca: Buffer, token: string): Promise<Map<string, number>> {
+  const counts = new Map<string, number>();
+  for (const { labels, value } of metricSeries(await scrapeMetrics(server, { ca, token }), "apiserver_request_total")) {
+    if ((labels.resource ?? "") === "") continue; // /metrics, /healthz and the like
+    const key = `${labels.verb ?? ""} ${labels.resource ?? ""}${(labels.subresource ?? "") === "" ? "" : `/${labels.subresource ?? ""}`} ${labels.code ?? ""}`;
+    counts.set(key, (counts.get(key) ?? 0) + value);
+  }
+  return counts;
 }
 
 /** The sum of one of a component's metrics, every label set. */
@@ -246,7 +233,7 @@ try {
   // The node-runner's Events follow the burst: when are they all in (one per pod marked)?
   const eventsCreated = async (): Promise<number> => ((await requests()).get("POST events 201") ?? 0) - (requestsBefore.get("POST events 201") ?? 0);
   const eventsDeadline = Date.now() + 30_000;
-  while ((await eventsCreated()) < markedAt.size && Date.now() < eventsDeadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  while ((await eventsCreated()) < markedAt.size && Date.now() < eventsDeadline) await new Promise((resolve) => setTimeout(resolve, 100));
   const podEvents = { count: await eventsCreated(), atMs: Date.now() - t0 };
   const floor = mode === "burst" ? await apiFloor() : undefined;
   // Where the time went, from the components' own numbers.

@@ -57,7 +57,7 @@ export async function buildPrograms(out: string): Promise<string> {
   mkdirSync(out, { recursive: true });
   const result = await build({
     absWorkingDir: root,
-    entryPoints: Object.fromEntries(Object.entries(PROGRAMS)),
+    entryPoints: { ...PROGRAMS },
     outdir: out,
     bundle: true,
     platform: "node",

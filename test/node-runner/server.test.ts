@@ -4,7 +4,6 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync, randomUUID, type KeyObject } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import https from "node:https";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -17,7 +16,7 @@ import { httpStatus, missingBinariesReason, startControlPlane, type ControlPlane
 import { nodeRunnerTlsOptions, postToRunner, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, waitForPodEvent } from "../support/mesh-pods.ts";
-import { metricSum } from "../support/metrics.ts";
+import { metricSum, scrapeMetrics } from "../support/metrics.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
@@ -205,18 +204,7 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
   });
 
   /** The node-runner's metrics page (over its TLS). */
-  const metricsText = (): Promise<string> =>
-    new Promise<string>((resolve, reject) => {
-      https
-        .get({ host: "127.0.0.1", port, path: "/metrics", ...nodeRunnerTlsOptions() }, (res) => {
-          let t = "";
-          res.on("data", (c: Buffer) => (t += c.toString()));
-          res.on("end", () => {
-            resolve(t);
-          });
-        })
-        .on("error", reject);
-    });
+  const metricsText = (): Promise<string> => scrapeMetrics(`https://127.0.0.1:${port}`, nodeRunnerTlsOptions());
 
   test("metrics count requests by result and signature failures by reason", async () => {
     const text = await metricsText();
