@@ -139,21 +139,39 @@ export interface CaptureIssue {
   readonly reason: string;
 }
 
+/** Longest quoted value in a message: a tenant's 256 KiB annotation is not copied into logs and Events. */
+export const MAX_QUOTED_VALUE = 120;
+/** Issues named in one message; the rest are counted. */
+export const MAX_LISTED_ISSUES = 8;
+
+/** A value as a message quotes it: JSON, cut to MAX_QUOTED_VALUE characters with its full length named. */
+export function quoteValue(value: unknown): string {
+  const json = JSON.stringify(value) ?? String(value);
+  return json.length <= MAX_QUOTED_VALUE ? json : `${json.slice(0, MAX_QUOTED_VALUE)}… (${json.length} characters)`;
+}
+
 export function formatIssue(issue: CaptureIssue): string {
   const where = issue.source ?? `capture field ${issue.field}`;
-  return `${where}: ${JSON.stringify(issue.value)} is invalid: ${issue.reason}`;
+  return `${where}: ${quoteValue(issue.value)} is invalid: ${issue.reason}`;
 }
 
 /** A value read with Istio's lenient semantics (see `DerivedCapture.warnings`). */
 export function formatWarning(issue: CaptureIssue): string {
   const where = issue.source ?? `capture field ${issue.field}`;
-  return `${where}: ${JSON.stringify(issue.value)} ${issue.reason}`;
+  return `${where}: ${quoteValue(issue.value)} ${issue.reason}`;
+}
+
+/** Issues joined by "; ", at most MAX_LISTED_ISSUES of them, then how many more there are. */
+export function formatIssues(issues: readonly CaptureIssue[], format: (issue: CaptureIssue) => string = formatIssue): string {
+  const listed = issues.slice(0, MAX_LISTED_ISSUES).map(format);
+  if (issues.length > MAX_LISTED_ISSUES) listed.push(`and ${issues.length - MAX_LISTED_ISSUES} more`);
+  return listed.join("; ");
 }
 
 export class CaptureConfigError extends Error {
   readonly issues: readonly CaptureIssue[];
   constructor(issues: readonly CaptureIssue[]) {
-    super(issues.map(formatIssue).join("; "));
+    super(formatIssues(issues));
     this.name = "CaptureConfigError";
     this.issues = issues;
   }

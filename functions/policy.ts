@@ -7,7 +7,7 @@ import {
   CaptureConfigError,
   DEFAULT_CAPTURE_CONFIG,
   captureConfigInputSchema,
-  formatIssue,
+  formatIssues,
   type CaptureConfigInput,
   parseCaptureConfig,
 } from "../contract/capture-config.ts";
@@ -91,7 +91,7 @@ export function parsePolicy(text: string, controllerNamespace?: string): Policy 
     try {
       parseCaptureConfig({ ...DEFAULT_CAPTURE_CONFIG, ...overrides });
     } catch (err) {
-      if (err instanceof CaptureConfigError) throw new PolicyError(`invalid policy: ${where}: ${err.issues.map(formatIssue).join("; ")}`);
+      if (err instanceof CaptureConfigError) throw new PolicyError(`invalid policy: ${where}: ${formatIssues(err.issues)}`);
       throw err;
     }
   };

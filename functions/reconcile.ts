@@ -3,7 +3,7 @@
 // module owns what happens to a pod after that: dedupe, the fresh read before acting, the
 // decision, Warning Events, dry-run and the dispatch queue.
 import type { Logger } from "pino";
-import { formatWarning } from "../contract/capture-config.ts";
+import { formatIssues, formatWarning } from "../contract/capture-config.ts";
 import { errorMessage } from "../contract/errors.ts";
 import { decide, LEGACY_OPT_IN, skipDecision, strandedWaiter, type Decision, type DecisionInput, type NamespaceFacts } from "./decision.ts";
 import type { Dispatcher, DispatchResult } from "./dispatch.ts";
@@ -207,8 +207,9 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       return { pod: name, outcome: "dry-run", reason: decision.reason };
     }
     if (decision.warnings.length > 0) {
-      log.warn({ warnings: decision.warnings }, "capture configuration warning");
-      warnPod(pod, "CaptureConfigWarning", decision.warnings.map(formatWarning).join("; "), log);
+      const message = formatIssues(decision.warnings, formatWarning);
+      log.warn({ detail: message }, "capture configuration warning");
+      warnPod(pod, "CaptureConfigWarning", message, log);
     }
     return queue(decision, pod, policy, log);
   }
