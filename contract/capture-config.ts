@@ -146,7 +146,8 @@ export const MAX_LISTED_ISSUES = 8;
 
 /** A value as a message quotes it: JSON, cut to MAX_QUOTED_VALUE characters with its full length named. */
 export function quoteValue(value: unknown): string {
-  const json = JSON.stringify(value) ?? String(value);
+  // undefined (a missing value) has no JSON form.
+  const json = (JSON.stringify(value) as string | undefined) ?? String(value);
   return json.length <= MAX_QUOTED_VALUE ? json : `${json.slice(0, MAX_QUOTED_VALUE)}… (${json.length} characters)`;
 }
 

@@ -143,8 +143,9 @@ function single(value: string | readonly string[] | undefined): string | undefin
 }
 
 /**
- * Verify a request against the profile, in the order of docs/architecture.md §6: digest, signature (by keyid),
- * freshness. Replay (nonce) is checked by the caller, which owns the cache.
+ * Verify a request against the profile, in the order of docs/architecture.md §6: signature (by
+ * keyid), freshness, then the body's digest. Replay (nonce) is checked by the caller, which owns
+ * the cache.
  */
 export function verifyRequest(
   message: SignedMessage,
@@ -152,6 +153,27 @@ export function verifyRequest(
   publicKeys: ReadonlyMap<string, KeyObject>,
   nowMs: number,
 ): VerifyResult {
+  const signed = verifySignature(message, publicKeys, nowMs);
+  return signed.ok ? (verifyDigest(message, body) ?? signed) : signed;
+}
+
+/**
+ * The body's RFC 9530 digest against the signed Content-Digest header: undefined when it
+ * matches. Checked after `verifySignature`, once the body has been read.
+ */
+export function verifyDigest(message: SignedMessage, body: Uint8Array): Extract<VerifyResult, { ok: false }> | undefined {
+  const declaredDigest = single(message.headers["content-digest"]);
+  if (declaredDigest === undefined || !safeEqual(declaredDigest, contentDigest(body))) {
+    return { ok: false, reason: "digest-mismatch", detail: "Content-Digest does not match the body" };
+  }
+  return undefined;
+}
+
+/**
+ * Everything but the body: the signature covers the Content-Digest header, not the body, so a
+ * receiver checks who signed (and that it is fresh) before it reads a byte of the body.
+ */
+export function verifySignature(message: SignedMessage, publicKeys: ReadonlyMap<string, KeyObject>, nowMs: number): VerifyResult {
   const inputHeader = single(message.headers["signature-input"]);
   const signatureHeader = single(message.headers.signature);
   if (inputHeader === undefined || signatureHeader === undefined) {
@@ -197,12 +219,6 @@ export function verifyRequest(
   }
   const [signatureBytes] = signatureMember;
   if (!(signatureBytes instanceof ArrayBuffer)) return fail("malformed-signature", "Signature member is not a byte sequence");
-
-  const declaredDigest = single(message.headers["content-digest"]);
-  const actualDigest = contentDigest(body);
-  if (declaredDigest === undefined || !safeEqual(declaredDigest, actualDigest)) {
-    return fail("digest-mismatch", "Content-Digest does not match the body");
-  }
 
   const key = publicKeys.get(keyid);
   if (key === undefined) return fail("unknown-key", `no public key with keyid ${JSON.stringify(keyid)}`);

@@ -4,7 +4,7 @@
 // same transaction.
 import { createHash } from "node:crypto";
 import type { CaptureConfig } from "../contract/capture-config.ts";
-import { ApplyError, nsenterRunner, RecordStore, replaceIpSteps, runIpStep, type ApplyOutcome, type NetnsRunner, type NetnsTarget } from "./apply.ts";
+import { commandError, nsenterRunner, RecordStore, replaceIpSteps, runIpStep, type ApplyOutcome, type NetnsRunner, type NetnsTarget } from "./apply.ts";
 import { NFT_TABLE, renderNftables } from "./rules/nftables.ts";
 import { netSetupSteps } from "./rules/routes.ts";
 
@@ -19,12 +19,12 @@ export class NftApplier {
   /** The Istio tables as they are now (stateless listing: no counters), hashed. */
   private async listing(netns: NetnsTarget): Promise<{ hash: string; present: string[] }> {
     const r = await this.run(netns, ["nft", "-s", "list", "tables", "inet"]);
-    if (r.code !== 0) throw new ApplyError(`nft list tables failed: ${r.stderr.trim()}`);
+    if (r.code !== 0) throw commandError("nft list tables", r);
     const present = ISTIO_TABLES.filter((t) => new RegExp(`^table inet ${t}$`, "m").test(r.stdout));
     const h = createHash("sha256");
     for (const table of present) {
       const t = await this.run(netns, ["nft", "-s", "list", "table", "inet", table]);
-      if (t.code !== 0) throw new ApplyError(`nft list table ${table} failed: ${t.stderr.trim()}`);
+      if (t.code !== 0) throw commandError(`nft list table ${table}`, t);
       h.update(t.stdout);
     }
     return { hash: h.digest("hex"), present };
@@ -32,7 +32,7 @@ export class NftApplier {
 
   private async transaction(netns: NetnsTarget, script: string): Promise<void> {
     const r = await this.run(netns, ["nft", "-f", "-"], script);
-    if (r.code !== 0) throw new ApplyError(`nft -f failed: ${r.stderr.trim()}`);
+    if (r.code !== 0) throw commandError("nft -f", r);
   }
 
   async apply(netns: NetnsTarget, podUid: string, config: CaptureConfig): Promise<ApplyOutcome> {

@@ -44,17 +44,35 @@ export const nsenterRunner: NetnsRunner = (netns, argv, input) => runInNetns("/p
  * cannot resolve is the config's fault (422); a namespace that went away is retryable; the
  * rest (a foreign rule holding an ISTIO_* chain, ...) is a conflict in the namespace.
  */
+/**
+ * What went wrong with a command of an apply, by kind (never by the command's wording): the
+ * namespace is gone, the node cannot run it now (tool missing, out of time, the helper died),
+ * or the tool refused its input. (iptables' exit status 4, "resource problem", is not a kind of
+ * its own: it means the xtables lock and a chain still in use alike.)
+ */
+export type ApplyFailureKind = "netns-gone" | "node-unavailable" | "refused";
+
 export class ApplyError extends Error {
   override name = "ApplyError";
-  readonly kind: "owner-group" | "netns-gone" | "refused";
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly kind: ApplyFailureKind = "refused",
+  ) {
     super(message);
-    this.kind = /owner.*group|group.*(unknown|not found|bad)/i.test(message)
-      ? "owner-group"
-      : /nsenter: (cannot open|reassociate to namespace)/i.test(message)
-        ? "netns-gone"
-        : "refused";
   }
+}
+
+/** The ApplyError for a command that did not succeed: its kind from how it ended, its message from its stderr. */
+export function commandError(what: string, r: CommandResult): ApplyError {
+  const detail = `${what} failed: ${r.stderr.trim()}`;
+  if (r.failure === "netns-gone") return new ApplyError(detail, "netns-gone");
+  if (r.failure !== undefined) return new ApplyError(`${detail} (${r.failure})`, "node-unavailable");
+  return new ApplyError(detail, "refused");
+}
+
+/** Record files could not be written (a full or read-only state directory): nothing is known to be applied. */
+export class StateError extends Error {
+  override name = "StateError";
 }
 
 function tool(variant: IptablesVariant, family: Family, op: "save" | "restore"): string {
@@ -141,20 +159,29 @@ export class RecordStore {
     this.cache.delete(record.netnsInode); // a failed write leaves the file to say what is there
     const text = JSON.stringify(record);
     try {
-      writeFileSync(`${file}.tmp`, text);
+      try {
+        writeFileSync(`${file}.tmp`, text);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+        mkdirSync(this.dir, { recursive: true }); // not made yet, or removed meanwhile
+        writeFileSync(`${file}.tmp`, text);
+      }
+      renameSync(`${file}.tmp`, file);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-      mkdirSync(this.dir, { recursive: true }); // not made yet, or removed meanwhile
-      writeFileSync(`${file}.tmp`, text);
+      rmSync(`${file}.tmp`, { force: true });
+      throw new StateError(`cannot write the record of netns ${record.netnsInode} in ${this.dir}: ${(err as Error).message}`);
     }
-    renameSync(`${file}.tmp`, file);
     stored.add(record.netnsInode);
     this.remember(record.netnsInode, record);
   }
   delete(inode: string): void {
     const file = this.file(inode);
     this.cache.delete(inode);
-    rmSync(file, { force: true });
+    try {
+      rmSync(file, { force: true });
+    } catch (err) {
+      throw new StateError(`cannot remove the record of netns ${inode} in ${this.dir}: ${(err as Error).message}`);
+    }
     this.storedInodes().delete(inode);
     this.remember(inode, undefined);
   }
@@ -231,13 +258,13 @@ export class IptablesApplier {
       return earlier;
     }
     const r = await this.run(netns, [command]);
-    if (r.code !== 0) throw new ApplyError(`${tool(this.variant, family, "save")} failed: ${r.stderr.trim()}`);
+    if (r.code !== 0) throw commandError(tool(this.variant, family, "save"), r);
     return r.stdout;
   }
 
   private async restore(netns: NetnsTarget, family: Family, input: string): Promise<void> {
     const r = await this.run(netns, [tool(this.variant, family, "restore"), "--noflush"], input);
-    if (r.code !== 0) throw new ApplyError(`${tool(this.variant, family, "restore")} failed: ${r.stderr.trim()}`);
+    if (r.code !== 0) throw commandError(tool(this.variant, family, "restore"), r);
   }
 
   async apply(netns: NetnsTarget, podUid: string, config: CaptureConfig): Promise<ApplyOutcome> {
@@ -358,8 +385,8 @@ export async function replaceIpSteps(run: NetnsRunner, netns: NetnsTarget, previ
 export async function runIpStep(run: NetnsRunner, netns: NetnsTarget, step: NetSetupStep, op: "add" | "del"): Promise<void> {
   const r = await run(netns, ["ip", ...ipCommand(step, op)]);
   // Adding what exists, or deleting what is gone, is the state we want.
-  if (r.code !== 0 && !/File exists|No such|Cannot find|does not exist/i.test(r.stderr)) {
-    throw new ApplyError(`ip ${ipCommand(step, op).join(" ")} failed: ${r.stderr.trim()}`);
+  if (r.code !== 0 && (r.failure !== undefined || !/File exists|No such|Cannot find|does not exist/i.test(r.stderr))) {
+    throw commandError(`ip ${ipCommand(step, op).join(" ")}`, r);
   }
 }
 

@@ -41,14 +41,14 @@ export function helperRunner(executable: string): CommandHelper {
       if (helper?.child === child) helper = undefined;
       for (const [id, resolve] of waiting) {
         waiting.delete(id);
-        resolve({ code: 125, stdout: "", stderr: why });
+        resolve({ code: 125, stdout: "", stderr: why, failure: "helper-crashed" });
       }
     };
     createInterface({ input: child.stdout }).on("line", (line) => {
       const reply = JSON.parse(line) as { id: number } & CommandResult;
       const resolve = waiting.get(reply.id);
       waiting.delete(reply.id);
-      resolve?.({ code: reply.code, stdout: reply.stdout, stderr: reply.stderr });
+      resolve?.({ code: reply.code, stdout: reply.stdout, stderr: reply.stderr, ...(reply.failure === undefined ? {} : { failure: reply.failure }) });
     });
     child.stderr.resume();
     child.stdin.on("error", () => undefined); // reported by "exit" or "error"

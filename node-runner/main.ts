@@ -37,7 +37,7 @@ import { createMetrics } from "./metrics.ts";
 import { podUidPattern, resolvePodNetns } from "./netns.ts";
 import { ReplayCache } from "./replay.ts";
 import { createPodProgrammer, EVENT_MAX_DELAY_MS, EVENT_QUIET_MS } from "./program.ts";
-import { createNodeRunnerApp, type NodeRunnerDeps } from "./server.ts";
+import { createNodeRunnerApp, HEADERS_TIMEOUT_MS, MAX_CONNECTIONS, REQUEST_TIMEOUT_MS, type NodeRunnerDeps } from "./server.ts";
 import { errorMessage } from "../contract/errors.ts";
 
 const { values } = parseArgs({
@@ -168,8 +168,16 @@ const tlsCert = values["tls-cert"] ?? env.TLS_CERT;
 const tlsKey = values["tls-key"] ?? env.TLS_KEY;
 if ((tlsCert === undefined) !== (tlsKey === undefined)) fail("--tls-cert and --tls-key go together");
 if (tlsCert === undefined) log.warn("no --tls-cert/--tls-key: serving plain HTTP (requests are signed, not encrypted)");
+// Whoever can reach the port can open connections before any signature is seen: each is
+// bounded in count and in how long its headers and body may take (checked every second, not
+// Node's default 30 s), so slow uploads cannot hold the runner's sockets or memory.
+const connectionLimits = { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: 1000 };
 const server =
-  tlsCert !== undefined && tlsKey !== undefined ? https.createServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey) }, app) : http.createServer(app);
+  tlsCert !== undefined && tlsKey !== undefined
+    ? https.createServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey), ...connectionLimits }, app)
+    : http.createServer(connectionLimits, app);
+server.maxConnections = MAX_CONNECTIONS;
+server.maxHeadersCount = 64;
 server.listen(port, host, () => {
   log.info({ nodeName, listen, authorities: [...authorities], tls: tlsCert !== undefined, backend: backend === "auto" ? `auto (iptables; node default ${defaultVariant})` : backend }, "node-runner listening");
 });

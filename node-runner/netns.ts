@@ -281,6 +281,19 @@ export async function resolvePodNetns(
 }
 
 /** An open descriptor of a pod's network namespace, for the length of one apply. */
+/**
+ * Whether the process a namespace was resolved through still lives in it: its `ns/net` link
+ * still names that inode. A PID reused meanwhile cannot pass (the inode is this namespace's,
+ * kept alive by the node-runner's descriptor, and a new process is not in it).
+ */
+export function netnsStillInhabited(netns: ResolvedNetns): boolean {
+  try {
+    return readlinkSync(netns.path) === `net:[${netns.inode}]`;
+  } catch {
+    return false;
+  }
+}
+
 export interface OpenNetns {
   readonly fd: number;
   readonly inode: string;

@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { pino } from "pino";
+import { DEFAULT_CAPTURE_CONFIG } from "../contract/capture-config.ts";
 import { createMetrics, type NodeRunnerMetrics } from "./metrics.ts";
 import type { PodFacts } from "./kube.ts";
 import { createPodProgrammer, EVENTS_AT_ONCE, MAX_EVENTS_WAITING, Refusal, type PodProgrammer } from "./program.ts";
@@ -112,4 +113,25 @@ test("flushEvents sends the waiting Events while work still runs (shutdown)", as
   assert.equal(sent, 0);
   await programmer.flushEvents();
   assert.equal(sent, 3);
+});
+
+test("a namespace left without its process during the apply: 503 netns-not-found, the pod is not marked", async () => {
+  const metrics = createMetrics({ defaultMetrics: false });
+  const netns = { fd: -1, inode: "4026532000", earlierSaves: new Map<string, string>(), legacyTables: () => undefined, close: () => undefined };
+  const programmer = createPodProgrammer({
+    nodeName: "node-a",
+    eventTiming: { quietMs: 0, maxDelayMs: 60_000 },
+    pods: {
+      getPod: () => Promise.resolve({ uid: "uid-1", nodeName: "node-a", hostNetwork: false, terminating: false }),
+      markInitialized: () => assert.fail("a namespace nobody lives in is not marked"),
+      clearMark: () => assert.fail("nothing is cleared"),
+      recordEvent: () => Promise.resolve(),
+    },
+    resolveNetns: () => Promise.resolve({ found: true, netns: { inode: netns.inode, path: "/proc/1/ns/net", pid: 1, processes: 1, hostInode: "1" } }),
+    openNetns: () => netns,
+    stillInhabited: () => false,
+    applierFor: () => Promise.resolve({ apply: () => Promise.resolve({ result: "applied", digest: "d" }), remove: () => Promise.resolve("removed") }),
+    metrics,
+  });
+  await assert.rejects(programmer.apply(pod, DEFAULT_CAPTURE_CONFIG, pino({ level: "silent" })), (err: unknown) => err instanceof Refusal && err.status === 503 && err.reason === "netns-not-found");
 });

@@ -6,12 +6,13 @@ import type { Logger } from "pino";
 import type { PodRef, ProgramOutcome } from "../contract/apply-request.ts";
 import { CaptureConfigError, parseCaptureConfig } from "../contract/capture-config.ts";
 import { errorMessage } from "../contract/errors.ts";
-import { ApplyError, type NetnsTarget } from "./apply.ts";
+import { ApplyError, StateError, type NetnsTarget } from "./apply.ts";
 import type { NetnsApplier } from "./backends.ts";
 import { EventQueue } from "./events.ts";
+import { unknownOwnerGroups } from "./groups.ts";
 import { apiFailureKind, type PodApi } from "./kube.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
-import { NetnsGoneError, openNetns, type NetnsResolution, type OpenNetns, type ResolvedNetns } from "./netns.ts";
+import { NetnsGoneError, netnsStillInhabited, openNetns, type NetnsResolution, type OpenNetns, type ResolvedNetns } from "./netns.ts";
 
 /**
  * Events follow the answers and the work (events.ts): two at a time, once no pod has been
@@ -43,9 +44,13 @@ export interface ProgramDeps {
   readonly resolveNetns: (pod: { uid: string; ips: readonly string[] }) => Promise<NetnsResolution>;
   /** The applier for a pod's namespace (the iptables backend may be detected per namespace). */
   readonly applierFor: (netns: NetnsTarget, podUid: string) => Promise<NetnsApplier>;
+  /** Whether the process the namespace was found through is still in it (default: netnsStillInhabited). */
+  readonly stillInhabited?: (netns: ResolvedNetns) => boolean;
   /** Opens the resolved namespace for one apply (default: openNetns). */
   readonly openNetns?: (netns: ResolvedNetns) => OpenNetns;
   readonly metrics: NodeRunnerMetrics;
+  /** The group database owner-group names are resolved in (default /etc/group: the tools' own). */
+  readonly groupFile?: string;
   /** When Events go (default EVENT_QUIET_MS, EVENT_MAX_DELAY_MS): tests shorten them. */
   readonly eventTiming?: { readonly quietMs: number; readonly maxDelayMs: number };
 }
@@ -62,6 +67,7 @@ export interface PodProgrammer {
 }
 
 export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
+  const stillInhabited = deps.stillInhabited ?? netnsStillInhabited;
   /** The pod exists with that UID, is bound here, and has its own network namespace. */
   async function checkPodIdentity(pod: PodRef, route: "apply" | "remove"): Promise<void> {
     const facts = await deps.pods.getPod(pod.namespace, pod.name, pod.uid).catch((err: unknown): never => {
@@ -75,7 +81,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   }
 
   /** Resolve the pod's netns and open it once: the work runs against that descriptor. */
-  async function withNetns<T>(pod: PodRef, work: (netns: OpenNetns) => Promise<T>): Promise<T> {
+  async function withNetns<T>(pod: PodRef, work: (netns: OpenNetns, resolved: ResolvedNetns) => Promise<T>): Promise<T> {
     const t0 = performance.now();
     const resolution = await deps.resolveNetns({ uid: pod.uid, ips: pod.ips });
     deps.metrics.netnsDuration.observe({ outcome: resolution.found ? "found" : resolution.reason }, (performance.now() - t0) / 1000);
@@ -93,7 +99,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
       throw err;
     }
     try {
-      return await work(netns);
+      return await work(netns, resolution.netns);
     } finally {
       netns.close();
     }
@@ -121,17 +127,22 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     }
   }
 
-  async function applyIn(pod: PodRef, capture: ReturnType<typeof parseCaptureConfig>, netns: OpenNetns, log: Logger): Promise<ProgramOutcome> {
+  async function applyIn(pod: PodRef, capture: ReturnType<typeof parseCaptureConfig>, netns: OpenNetns, resolved: ResolvedNetns, log: Logger): Promise<ProgramOutcome> {
     const t0 = performance.now();
     let result: Awaited<ReturnType<NetnsApplier["apply"]>>;
     try {
       result = await (await deps.applierFor(netns, pod.uid)).apply(netns, pod.uid, capture);
     } catch (err) {
       recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${errorMessage(err)}`, log);
-      if (err instanceof ApplyError) throw refusalFor(err);
+      if (err instanceof ApplyError || err instanceof StateError) throw refusalFor(err);
       throw err;
     }
     deps.metrics.applyDuration.observe({ result: result.result }, (performance.now() - t0) / 1000);
+    // The descriptor kept the namespace alive however the pod fared meanwhile: a sandbox that
+    // ended during the apply left rules in a namespace nobody uses, and the pod is not marked.
+    if (!stillInhabited(resolved)) {
+      throw new Refusal(503, "netns-not-found", `the pod's network namespace ${netns.inode} lost its last process while the rules were applied (sandbox ended or re-created): not marked`, 1);
+    }
     try {
       await deps.pods.markInitialized(pod, { netns: netns.inode, rules: result.digest });
     } catch (err) {
@@ -161,13 +172,25 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
           recordEvent(pod, "Warning", "NetworkInitFailed", `invalid capture configuration: ${err.message}`, log);
           throw new Refusal(422, "invalid-capture", err.message);
         }
-        return withNetns(pod, (netns) => applyIn(pod, capture, netns, log));
+        const unknownGroups = unknownOwnerGroups(capture, deps.groupFile);
+        if (unknownGroups.length > 0) {
+          const message = `owner group ${unknownGroups.map((g) => JSON.stringify(g)).join(", ")} is not known on node ${deps.nodeName}: use a numeric GID`;
+          recordEvent(pod, "Warning", "NetworkInitFailed", `invalid capture configuration: ${message}`, log);
+          throw new Refusal(422, "invalid-capture", message);
+        }
+        return withNetns(pod, (netns, resolved) => applyIn(pod, capture, netns, resolved, log));
       }),
     remove: (pod) =>
       events.during(async () => {
         await checkPodIdentity(pod, "remove");
         return withNetns(pod, async (netns) => {
-          const result = await (await deps.applierFor(netns, pod.uid)).remove(netns, pod.uid);
+          let result: Awaited<ReturnType<NetnsApplier["remove"]>>;
+          try {
+            result = await (await deps.applierFor(netns, pod.uid)).remove(netns, pod.uid);
+          } catch (err) {
+            if (err instanceof ApplyError || err instanceof StateError) throw refusalFor(err);
+            throw err;
+          }
           await deps.pods.clearMark(pod);
           return { result };
         });
@@ -180,8 +203,14 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
 }
 
 /** A command the kernel or a tool refused, as a documented answer (never a 500). */
-function refusalFor(err: ApplyError): Refusal {
-  if (err.kind === "owner-group") return new Refusal(422, "invalid-capture", `an owner group cannot be resolved on this node: ${err.message}`);
-  if (err.kind === "netns-gone") return new Refusal(503, "netns-not-found", err.message, 1);
-  return new Refusal(409, "rules-refused", err.message);
+function refusalFor(err: ApplyError | StateError): Refusal {
+  if (err instanceof StateError) return new Refusal(503, "state-unwritable", err.message, 10);
+  switch (err.kind) {
+    case "netns-gone":
+      return new Refusal(503, "netns-not-found", err.message, 1);
+    case "node-unavailable":
+      return new Refusal(503, "node-unavailable", err.message, 2);
+    case "refused":
+      return new Refusal(409, "rules-refused", err.message);
+  }
 }

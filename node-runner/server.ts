@@ -15,10 +15,17 @@ import {
 } from "../contract/apply-request.ts";
 import { ConcurrencyLimit } from "../contract/concurrency.ts";
 import { errorMessage, formatSchemaIssues } from "../contract/errors.ts";
-import { acceptedUntilMs, verifyRequest } from "../contract/signature.ts";
+import { acceptedUntilMs, verifyDigest, verifySignature, type VerifyResult } from "../contract/signature.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
 import { createPodProgrammer, Refusal, type PodProgrammer, type ProgramDeps } from "./program.ts";
 import type { ReplayCache } from "./replay.ts";
+
+/** Connections open at once (the function keeps DISPATCH_PER_NODE per replica); more are closed as they arrive. */
+export const MAX_CONNECTIONS = 256;
+/** A request's headers must arrive within this. */
+export const HEADERS_TIMEOUT_MS = 5000;
+/** A whole request (headers and at most MAX_BODY_BYTES of body) must arrive within this. */
+export const REQUEST_TIMEOUT_MS = 10_000;
 
 export interface NodeRunnerDeps extends ProgramDeps {
   /**
@@ -84,18 +91,20 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
   });
 
   const raw = express.raw({ type: () => true, limit: MAX_BODY_BYTES });
-  app.post(APPLY_PATH, raw, (req, res) => handle(req, res, "apply"));
-  app.post(REMOVE_PATH, raw, (req, res) => handle(req, res, "remove"));
+  app.post(APPLY_PATH, (req, res, next) => {
+    signedFirst(req, res, next, "apply");
+  }, raw, (req, res) => handle(req, res, "apply"));
+  app.post(REMOVE_PATH, (req, res, next) => {
+    signedFirst(req, res, next, "remove");
+  }, raw, (req, res) => handle(req, res, "remove"));
 
   // Errors from the body parser (oversize, bad encoding) and anything unexpected.
   // Express recognises an error handler by its four parameters.
   app.use((err: unknown, req: Request, res: Response, _next: express.NextFunction) => {
     const e = err as { type?: string; status?: number; message?: string };
     const route = req.path === APPLY_PATH ? "apply" : req.path === REMOVE_PATH ? "remove" : "other";
-    if (e.type === "entity.too.large") {
-      deps.metrics.requests.inc({ route, result: "too-large" });
-      deps.log.warn({ route, status: 413, reason: "too-large", limit: MAX_BODY_BYTES }, "refused: too-large");
-      res.status(413).json({ error: "payload too large", reason: "too-large", detail: `at most ${MAX_BODY_BYTES} bytes` } satisfies ErrorResponse);
+    if (e.type === "entity.too.large" && route !== "other") {
+      refuse(res, deps.log.child({ route }), route, tooLarge());
       return;
     }
     deps.metrics.requests.inc({ route, result: "bad-request" });
@@ -103,19 +112,18 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
     res.status(e.status !== undefined && e.status >= 400 && e.status < 500 ? e.status : 400).json({ error: "bad request", reason: "unreadable", detail: e.message ?? "" } satisfies ErrorResponse);
   });
 
-  async function handle(req: Request, res: Response, route: "apply" | "remove"): Promise<void> {
-    const started = performance.now();
-    const requestId = (typeof req.headers["x-request-id"] === "string" ? req.headers["x-request-id"] : undefined) ?? randomUUID();
-    let log = deps.log.child({ requestId, route });
+  /**
+   * Who signed, for this address, and fresh — from the headers alone: the signature covers the
+   * Content-Digest header, so nobody without a signing key makes this process read a body. A
+   * refusal here closes the connection with the body unread.
+   */
+  function signedFirst(req: Request, res: Response, next: express.NextFunction, route: "apply" | "remove"): void {
+    const log = deps.log.child({ requestId: requestIdOf(req), route });
     try {
-      const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
-      // 1–3: digest, signature, freshness.
-      const verified = verifyRequest(
-        { method: req.method, authority: req.headers.host ?? "", path: req.originalUrl, headers: req.headers },
-        body,
-        deps.keys.current,
-        now(),
-      );
+      // A body declared larger than any request is refused unread, signed or not.
+      if (Number(req.headers["content-length"] ?? 0) > MAX_BODY_BYTES) throw tooLarge();
+      // 1–2: signature (by keyid) and freshness.
+      const verified = verifySignature({ method: req.method, authority: req.headers.host ?? "", path: req.originalUrl, headers: req.headers }, deps.keys.current, now());
       if (!verified.ok) {
         deps.metrics.signatureFailures.inc({ reason: verified.reason });
         throw new Refusal(401, verified.reason, verified.detail);
@@ -126,11 +134,40 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       if (!deps.authorities.has(authority)) {
         throw new Refusal(421, "wrong-authority", `signed for ${JSON.stringify(authority)}, this node-runner answers as ${[...deps.authorities].join(", ")}`);
       }
-      // 4: replay (503 when signed before this process started and not judgeable: re-sign).
+      // 3: signed before this process started and not judgeable for replay: re-sign (503).
       if (!acceptsSignedAt(verified.created)) {
         deps.metrics.signatureFailures.inc({ reason: "signed-before-start" });
         throw new Refusal(503, "signed-before-start", `signed at ${verified.created}, before this node-runner started (${Math.floor(startedAtMs / 1000)}): re-sign and retry`, 1);
       }
+      res.locals.verified = verified;
+      next();
+    } catch (err) {
+      if (!(err instanceof Refusal)) throw err;
+      res.set("connection", "close");
+      refuse(res, log, route, err);
+    }
+  }
+
+  function refuse(res: Response, log: Logger, route: "apply" | "remove", err: Refusal): void {
+    deps.metrics.requests.inc({ route, result: err.reason });
+    log.warn({ status: err.status, reason: err.reason, detail: err.message }, `refused: ${err.reason}`);
+    if (err.retryAfterSeconds !== undefined) res.set("Retry-After", String(err.retryAfterSeconds));
+    res.status(err.status).json({ error: statusText(err.status), reason: err.reason, detail: err.message } satisfies ErrorResponse);
+  }
+
+  async function handle(req: Request, res: Response, route: "apply" | "remove"): Promise<void> {
+    const started = performance.now();
+    let log = deps.log.child({ requestId: requestIdOf(req), route });
+    try {
+      const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+      const verified = res.locals.verified as Extract<VerifyResult, { ok: true }>;
+      // The body is the one signed for.
+      const digest = verifyDigest({ method: req.method, authority: req.headers.host ?? "", path: req.originalUrl, headers: req.headers }, body);
+      if (digest !== undefined) {
+        deps.metrics.signatureFailures.inc({ reason: digest.reason });
+        throw new Refusal(401, digest.reason, digest.detail);
+      }
+      // 4: replay.
       let seen: ReturnType<ReplayCache["remember"]>;
       try {
         seen = deps.replay.remember(`${verified.keyid}/${verified.nonce}`, acceptedUntilMs(verified.expires), now());
@@ -168,10 +205,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       res.status(200).json({ ...outcome, durationMs } satisfies ApplyResponse);
     } catch (err) {
       if (err instanceof Refusal) {
-        deps.metrics.requests.inc({ route, result: err.reason });
-        log.warn({ status: err.status, reason: err.reason, detail: err.message }, `refused: ${err.reason}`);
-        if (err.retryAfterSeconds !== undefined) res.set("Retry-After", String(err.retryAfterSeconds));
-        res.status(err.status).json({ error: statusText(err.status), reason: err.reason, detail: err.message } satisfies ErrorResponse);
+        refuse(res, log, route, err);
         return;
       }
       deps.metrics.requests.inc({ route, result: "error" });
@@ -181,6 +215,16 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
   }
 
   return app;
+}
+
+function tooLarge(): Refusal {
+  return new Refusal(413, "too-large", `at most ${MAX_BODY_BYTES} bytes`);
+}
+
+function requestIdOf(req: Request): string {
+  const given = req.headers["x-request-id"];
+  // A caller's id is logged, so it is bounded.
+  return typeof given === "string" && given.length <= 128 ? given : randomUUID();
 }
 
 function statusText(status: number): string {

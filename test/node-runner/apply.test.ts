@@ -10,7 +10,7 @@ import { IptablesApplier, RecordStore, SavedFormCache, detectVariant, nsenterRun
 import { renderIptables } from "../../node-runner/rules/iptables.ts";
 import { ownedRules, parseSave, sameRules } from "../../node-runner/rules/iptables-text.ts";
 import { NftApplier } from "../../node-runner/apply-nft.ts";
-import { openNetns, resolvePodNetns, type OpenNetns } from "../../node-runner/netns.ts";
+import { netnsStillInhabited, openNetns, resolvePodNetns, type OpenNetns } from "../../node-runner/netns.ts";
 import { recordingRunner, transcriptScenario, type Transcript } from "../../node-runner/transcript.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
@@ -273,5 +273,16 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
     assert.equal(await applier.remove(netns, pod.uid), "removed");
     assert.doesNotMatch(tables(), /istio-proxy/);
     assert.equal(await applier.remove(netns, pod.uid), "absent");
+  });
+
+  test("a sandbox that ends while its rules are applied: the namespace is no longer inhabited, so the pod is not marked", async () => {
+    const { pod, netns, applier } = await setup();
+    const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot });
+    assert.ok(resolved.found);
+    await applier.apply(netns, pod.uid, config());
+    assert.equal(netnsStillInhabited(resolved.netns), true, "the sandbox is alive");
+    await pods.removePod(pod);
+    // The runner's descriptor keeps the namespace (and its rules) alive; nobody lives in it.
+    assert.equal(netnsStillInhabited(resolved.netns), false);
   });
 });

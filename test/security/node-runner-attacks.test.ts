@@ -6,6 +6,7 @@ import { randomUUID, type KeyObject } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import tls from "node:tls";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { APPLY_PATH } from "../../contract/apply-request.ts";
@@ -13,7 +14,7 @@ import { MARK } from "../../contract/mark.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { SIGNATURE_PROFILE, signRequest } from "../../contract/signature.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
-import { postToRunner, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
+import { nodeRunnerTlsOptions, postToRunner, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, type MeshPod } from "../support/mesh-pods.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
@@ -207,5 +208,92 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
     assert.equal(reply.body.reason, "wrong-authority");
     assert.equal(rules(pod), before);
     assert.deepEqual(await marks(pod), {});
+  });
+
+  /** A TLS connection to the runner on which the test writes by hand. */
+  function rawConnection(): Promise<tls.TLSSocket> {
+    return new Promise((resolve, reject) => {
+      const socket = tls.connect({ host: "127.0.0.1", port: runner.port, ...nodeRunnerTlsOptions() }, () => {
+        resolve(socket);
+      });
+      socket.on("error", reject);
+    });
+  }
+  /** What the server writes until it closes the connection (or `ms` passes). */
+  function readUntilClosed(socket: tls.TLSSocket, ms: number): Promise<{ text: string; closed: boolean }> {
+    return new Promise((resolve) => {
+      let text = "";
+      socket.on("data", (c: Buffer) => (text += c.toString()));
+      const timer = setTimeout(() => {
+        resolve({ text, closed: false });
+      }, ms);
+      socket.on("close", () => {
+        clearTimeout(timer);
+        resolve({ text, closed: true });
+      });
+      socket.on("error", () => undefined);
+    });
+  }
+
+  test("attack 10: an unsigned upload is refused from its headers, with its body unread, and the connection closed", async () => {
+    const socket = await rawConnection();
+    const answer = readUntilClosed(socket, 8000);
+    socket.write(`POST ${APPLY_PATH} HTTP/1.1\r\nhost: 127.0.0.1:${runner.port}\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n`);
+    // Not a byte of the body is sent: the answer comes anyway.
+    const { text, closed } = await answer;
+    socket.destroy();
+    assert.match(text, /^HTTP\/1\.1 401 /);
+    assert.match(text, /"reason":"missing-signature"/);
+    assert.ok(closed, "the connection is closed, the body never read");
+  });
+
+  test("attack 11: slow headers and slow bodies are cut off, and signed applies are served meanwhile", async () => {
+    const slow = await Promise.all(Array.from({ length: 20 }, () => rawConnection()));
+    const cut = slow.map((s) => readUntilClosed(s, 30_000));
+    // Half send headers a byte at a time and never finish; half send a signed request's
+    // headers, then its body slower than any request may take.
+    const pod = await newPod();
+    const signedSlow = signedApply(pod);
+    slow.forEach((socket, i) => {
+      if (i % 2 === 0) socket.write(`POST ${APPLY_PATH} HTTP/1.1\r\nhost: 127.0.0.1`);
+      else socket.write(`POST ${APPLY_PATH} HTTP/1.1\r\n${Object.entries({ ...signedSlow.headers, "content-type": "application/json", "content-length": String(signedSlow.body.length) }).map(([k, v]) => `${k}: ${v}`).join("\r\n")}\r\n\r\n{`);
+    });
+    const drip = setInterval(() => {
+      for (const socket of slow) if (!socket.destroyed) socket.write(" ");
+    }, 500);
+    try {
+      const t0 = Date.now();
+      const served = await post(signedApply(await newPod()));
+      assert.equal(served.status, 200, JSON.stringify(served.body));
+      const closedAfter = await Promise.all(cut);
+      assert.ok(closedAfter.every((c) => c.closed), "every slow connection was closed by the server");
+      assert.ok(Date.now() - t0 < 25_000, "within the request timeout and its check interval");
+    } finally {
+      clearInterval(drip);
+      for (const socket of slow) socket.destroy();
+    }
+    assert.deepEqual(await marks(pod), {}, "the slow signed request applied nothing");
+  });
+
+  test("attack 12: a command helper that dies is a 503 the function retries, never 409 or 500", async () => {
+    const pod = await newPod();
+    const port = runner.port;
+    await runner.stop();
+    // A helper that exits at once, answering nothing: every command it was given fails with it.
+    runner = await start({ NETNS_EXEC: "/bin/true" }, port);
+    try {
+      const before = rules(pod);
+      const reply = await post(signedApply(pod));
+      assert.equal(reply.status, 503, JSON.stringify(reply.body));
+      assert.equal(reply.body.reason, "node-unavailable");
+      assert.ok(Number(reply.headers["retry-after"]) > 0);
+      assert.equal(rules(pod), before);
+      assert.deepEqual(await marks(pod), {});
+    } finally {
+      await runner.stop();
+      runner = await start({}, port);
+    }
+    const again = await post(signedApply(pod));
+    assert.equal(again.status, 200, JSON.stringify(again.body));
   });
 });
