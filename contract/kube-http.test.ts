@@ -6,7 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, describe, test } from "node:test";
 import fc from "fast-check";
-import { inClusterConnection, KubeconfigError, kubeconfigConnection } from "./kube-http.ts";
+import { ApiError, inClusterConnection, KubeconfigError, kubeconfigConnection, ListItemSplitter } from "./kube-http.ts";
 
 const dir = mkdtempSync(path.join(os.tmpdir(), "pnct-kubeconfig-"));
 const write = (name: string, text: string): string => {
@@ -71,5 +71,39 @@ describe("kube-http configuration", () => {
 
   test("in-cluster without KUBERNETES_SERVICE_HOST says so", () => {
     assert.throws(() => inClusterConnection({}), (err: unknown) => err instanceof KubeconfigError && /KUBERNETES_SERVICE_HOST/.test(err.message));
+  });
+});
+
+describe("ListItemSplitter: a list streamed item by item", () => {
+  const splitInto = (text: string, cuts: number[]): Buffer[] => {
+    const bytes = Buffer.from(text);
+    const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
+    const pieces: Buffer[] = [];
+    let at = 0;
+    for (const p of [...points, bytes.length]) {
+      pieces.push(bytes.subarray(at, p));
+      at = p;
+    }
+    return pieces;
+  };
+
+  test("property: any list, cut anywhere, gives its items and its metadata, in order", () => {
+    const item = fc.jsonValue({ maxDepth: 4 }).map((v) => ({ metadata: { name: "x", note: "}]\\\"{[" }, value: v }));
+    fc.assert(
+      fc.property(fc.array(item, { maxLength: 12 }), fc.string(), fc.array(fc.nat(), { maxLength: 20 }), (items, cont, cuts) => {
+        const text = JSON.stringify({ kind: "PodList", apiVersion: "v1", metadata: { resourceVersion: "42", continue: cont }, items });
+        const got: unknown[] = [];
+        const splitter = new ListItemSplitter((i) => got.push(i));
+        for (const piece of splitInto(text, cuts)) splitter.push(piece);
+        assert.deepEqual(splitter.end(), { continue: cont, resourceVersion: "42" });
+        assert.deepEqual(got, JSON.parse(text).items);
+      }),
+    );
+  });
+
+  test("a truncated list is an error, not a short page", () => {
+    const splitter = new ListItemSplitter(() => undefined);
+    splitter.push(Buffer.from('{"kind":"PodList","metadata":{},"items":[{"a":1},{"b":'));
+    assert.throws(() => splitter.end(), ApiError);
   });
 });

@@ -5,7 +5,9 @@
 // of resident memory just to import, more than either component needs in all (README,
 // Performance), so both speak HTTP themselves.
 import { readFileSync } from "node:fs";
+import type { ClientRequest, IncomingMessage } from "node:http";
 import https from "node:https";
+import { DeadlineError } from "./deadline.ts";
 import { z } from "zod";
 import { formatSchemaIssues } from "../contract/errors.ts";
 
@@ -94,18 +96,25 @@ export async function kubeconfigConnection(file: string): Promise<ApiConnection>
  * its lifetime, so watches have their own agent and never take a call's connection.
  */
 export const API_CONNECTIONS = 8;
-const agents = new WeakMap<ApiConnection, { calls: https.Agent; watches: https.Agent }>();
-function agentFor(conn: ApiConnection, use: "calls" | "watches"): https.Agent {
-  let pair = agents.get(conn);
-  if (pair === undefined) {
+/** TokenReviews in flight at once: their own connections, so that a flood of them waits there. */
+export const REVIEW_CONNECTIONS = 2;
+type AgentUse = "calls" | "reviews" | "watches";
+const agents = new WeakMap<ApiConnection, Record<AgentUse, https.Agent>>();
+function agentFor(conn: ApiConnection, use: AgentUse): https.Agent {
+  let set = agents.get(conn);
+  if (set === undefined) {
     const tls = conn.ca === undefined ? {} : { ca: conn.ca };
-    pair = { calls: new https.Agent({ keepAlive: true, maxSockets: API_CONNECTIONS, ...tls }), watches: new https.Agent({ keepAlive: false, ...tls }) };
-    agents.set(conn, pair);
+    set = {
+      calls: new https.Agent({ keepAlive: true, maxSockets: API_CONNECTIONS, ...tls }),
+      reviews: new https.Agent({ keepAlive: true, maxSockets: REVIEW_CONNECTIONS, ...tls }),
+      watches: new https.Agent({ keepAlive: false, ...tls }),
+    };
+    agents.set(conn, set);
   }
-  return pair[use];
+  return set[use];
 }
 
-function requestOptions(conn: ApiConnection, method: string, path: string, headers: Record<string, string>, use: "calls" | "watches" = "calls"): https.RequestOptions {
+function requestOptions(conn: ApiConnection, method: string, path: string, headers: Record<string, string>, use: AgentUse = "calls"): https.RequestOptions {
   return {
     protocol: "https:",
     hostname: conn.server.hostname.replace(/^\[|\]$/g, ""),
@@ -126,24 +135,48 @@ export async function apiConnection(kubeconfig: string | undefined, env: NodeJS.
 export const podPath = (namespace: string, name: string): string => `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`;
 
 /** A GET whose 404 means "there is none": undefined instead of an error. */
-export async function apiGetIfExists(conn: ApiConnection, path: string): Promise<unknown> {
+export async function apiGetIfExists(conn: ApiConnection, path: string, options: CallOptions = {}): Promise<unknown> {
   try {
-    return await apiRequest(conn, "GET", path);
+    return await apiRequest(conn, "GET", path, undefined, options);
   } catch (err) {
     if (err instanceof ApiError && err.code === 404) return undefined;
     throw err;
   }
 }
 
-/** One JSON call; an error status rejects with ApiError (its message the API server's). */
-export function apiRequest(conn: ApiConnection, method: string, path: string, body?: { contentType: string; value: unknown }): Promise<unknown> {
+/** How long any call may take, unless its caller says otherwise. */
+export const DEFAULT_API_DEADLINE_MS = 5000;
+/** The largest answer a single call reads: one object of etcd's maximum (1.5 MiB) with room to spare. Lists are streamed (`apiList`). */
+export const MAX_ANSWER_BYTES = 4 * 1024 * 1024;
+
+export interface CallOptions {
+  /** The call is abandoned (its request destroyed) after this; default DEFAULT_API_DEADLINE_MS. */
+  readonly deadlineMs?: number;
+  /** Connections to use: a call's, or the TokenReviews' own (a flood of reviews never takes the pods' connections). */
+  readonly use?: "calls" | "reviews";
+}
+
+/**
+ * One JSON call; an error status rejects with ApiError (its message the API server's). At the
+ * deadline the request is destroyed, not only given up on, and a DeadlineError is the answer.
+ */
+export function apiRequest(conn: ApiConnection, method: string, path: string, body?: { contentType: string; value: unknown }, options: CallOptions = {}): Promise<unknown> {
   const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body.value));
+  const deadlineMs = options.deadlineMs ?? DEFAULT_API_DEADLINE_MS;
   return new Promise((resolve, reject) => {
     const req = https.request(
-      requestOptions(conn, method, path, payload === undefined || body === undefined ? {} : { "content-type": body.contentType, "content-length": String(payload.length) }),
+      requestOptions(conn, method, path, payload === undefined || body === undefined ? {} : { "content-type": body.contentType, "content-length": String(payload.length) }, options.use ?? "calls"),
       (res) => {
         const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
+        let size = 0;
+        res.on("data", (c: Buffer) => {
+          size += c.length;
+          if (size > MAX_ANSWER_BYTES) {
+            req.destroy(new ApiError(0, `${method} ${path}: the answer is larger than ${MAX_ANSWER_BYTES} bytes`));
+            return;
+          }
+          chunks.push(c);
+        });
         res.on("end", () => {
           const text = Buffer.concat(chunks).toString("utf8");
           let json: unknown;
@@ -162,9 +195,157 @@ export function apiRequest(conn: ApiConnection, method: string, path: string, bo
         res.on("error", reject);
       },
     );
+    cancelAtDeadline(req, deadlineMs, `${method} ${path.split("?")[0] ?? path}`);
     req.on("error", reject);
     req.end(payload);
   });
+}
+
+function cancelAtDeadline(req: ClientRequest, ms: number, what: string): void {
+  const timer = setTimeout(() => {
+    req.destroy(new DeadlineError(`${what} (API server): no answer within ${ms} ms`));
+  }, ms);
+  timer.unref();
+  req.on("close", () => {
+    clearTimeout(timer);
+  });
+}
+
+/** A page of a list: where the next page starts ("" when this was the last) and the list's version. */
+export interface ListPage {
+  readonly continue: string;
+  readonly resourceVersion: string;
+}
+
+/**
+ * A list read as a stream: each item of `items` is parsed on its own and yielded as it arrives,
+ * and the response is read no faster than the caller takes the items, so memory holds about one
+ * object at a time whatever the page holds (a node's 250 pods of 1.5 MiB each would be 375 MiB
+ * read whole). Returns the page's continue token and version. The page, the caller's work on it
+ * included, has the call's deadline.
+ */
+export async function* apiList(conn: ApiConnection, path: string, options: CallOptions = {}): AsyncGenerator<unknown, ListPage> {
+  const req = https.request(requestOptions(conn, "GET", path, {}, "calls"));
+  cancelAtDeadline(req, options.deadlineMs ?? DEFAULT_API_DEADLINE_MS, `list ${path.split("?")[0] ?? path}`);
+  const res = await new Promise<IncomingMessage>((resolve, reject) => {
+    req.once("response", resolve);
+    req.once("error", reject);
+    req.end();
+  });
+  try {
+    const status = res.statusCode ?? 0;
+    if (status < 200 || status >= 300) {
+      let text = "";
+      for await (const chunk of res) if (text.length < 1024) text += String(chunk);
+      throw new ApiError(status, `GET ${path}: ${status} ${text.slice(0, 200)}`);
+    }
+    const items: unknown[] = [];
+    const splitter = new ListItemSplitter((item) => items.push(item));
+    for await (const chunk of res) {
+      splitter.push(chunk as Buffer);
+      while (items.length > 0) yield items.shift();
+    }
+    return splitter.end();
+  } finally {
+    // A caller that stopped early, or a failure: the rest of the page is not read.
+    if (!res.complete) req.destroy();
+  }
+}
+
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const OPEN_BRACE = 0x7b;
+const CLOSE_BRACE = 0x7d;
+const OPEN_BRACKET = 0x5b;
+const CLOSE_BRACKET = 0x5d;
+
+/**
+ * Splits a Kubernetes list document ({"kind", "apiVersion", "metadata", "items": [...]}) into its
+ * items without parsing the whole: a byte scanner tracks strings and nesting, collects each
+ * element of the top-level `items` array and the top-level `metadata` object, and parses each on
+ * its own. One item larger than MAX_ANSWER_BYTES is refused.
+ */
+export class ListItemSplitter {
+  private depth = 0;
+  private inString = false;
+  private escaped = false;
+  /** The last string read at depth 1 (a top-level key when followed by a value). */
+  private key = "";
+  private keyBytes: number[] | undefined;
+  /** What is being collected: an item of items, the metadata object, or nothing. */
+  private collecting: "item" | "metadata" | undefined;
+  private pieces: Buffer[] = [];
+  private collectedBytes = 0;
+  private inItems = false;
+  private metadata: { continue?: unknown; resourceVersion?: unknown } = {};
+
+  constructor(private readonly onItem: (item: unknown) => void) {}
+
+  push(chunk: Buffer): void {
+    let start = this.collecting === undefined ? -1 : 0;
+    for (let i = 0; i < chunk.length; i++) {
+      const b = chunk[i] ?? 0;
+      if (this.inString) {
+        if (this.escaped) this.escaped = false;
+        else if (b === BACKSLASH) this.escaped = true;
+        else if (b === QUOTE) {
+          this.inString = false;
+          if (this.keyBytes !== undefined) {
+            this.key = Buffer.from(this.keyBytes).toString("utf8");
+            this.keyBytes = undefined;
+          }
+        } else if (this.keyBytes !== undefined && this.keyBytes.length < 64) this.keyBytes.push(b);
+        continue;
+      }
+      if (b === QUOTE) {
+        this.inString = true;
+        if (this.depth === 1 && this.collecting === undefined) this.keyBytes = [];
+      } else if (b === OPEN_BRACE || b === OPEN_BRACKET) {
+        this.depth++;
+        if (this.depth === 2 && b === OPEN_BRACKET && this.key === "items") this.inItems = true;
+        else if (this.depth === 2 && b === OPEN_BRACE && this.key === "metadata") this.begin("metadata", i, (s) => (start = s));
+        else if (this.depth === 3 && this.inItems && b === OPEN_BRACE) this.begin("item", i, (s) => (start = s));
+      } else if (b === CLOSE_BRACE || b === CLOSE_BRACKET) {
+        this.depth--;
+        if (this.depth === 1 && this.inItems && b === CLOSE_BRACKET) this.inItems = false;
+        else if ((this.depth === 1 && this.collecting === "metadata") || (this.depth === 2 && this.collecting === "item")) {
+          this.finish(chunk.subarray(start, i + 1));
+          start = -1;
+        }
+      }
+    }
+    if (this.collecting !== undefined && start >= 0) this.keep(chunk.subarray(start));
+  }
+
+  private begin(what: "item" | "metadata", at: number, setStart: (s: number) => void): void {
+    this.collecting = what;
+    this.pieces = [];
+    this.collectedBytes = 0;
+    setStart(at);
+  }
+
+  private keep(piece: Buffer): void {
+    this.collectedBytes += piece.length;
+    if (this.collectedBytes > MAX_ANSWER_BYTES) throw new ApiError(0, `a list item is larger than ${MAX_ANSWER_BYTES} bytes`);
+    // The chunk's buffer is reused by nothing here, but copied so that it can be released.
+    this.pieces.push(Buffer.from(piece));
+  }
+
+  private finish(last: Buffer): void {
+    this.keep(last);
+    const parsed: unknown = JSON.parse(Buffer.concat(this.pieces).toString("utf8"));
+    const what = this.collecting;
+    this.collecting = undefined;
+    this.pieces = [];
+    if (what === "metadata") this.metadata = parsed as typeof this.metadata;
+    else this.onItem(parsed);
+  }
+
+  end(): ListPage {
+    if (this.depth !== 0 || this.inString) throw new ApiError(0, "the list ended before its document did");
+    const { continue: cont, resourceVersion } = this.metadata;
+    return { continue: typeof cont === "string" ? cont : "", resourceVersion: typeof resourceVersion === "string" ? resourceVersion : "" };
+  }
 }
 
 export interface WatchEvent<T> {

@@ -2,7 +2,7 @@
 // one shape for both the function and the node-runner. core/v1 Events: events.k8s.io/v1 needs
 // a microsecond eventTime that @kubernetes/client-node cannot send.
 import type { CoreV1Event } from "@kubernetes/client-node";
-import { apiRequest, type ApiConnection } from "./kube-http.ts";
+import { apiRequest, type CallOptions, type ApiConnection } from "./kube-http.ts";
 
 export interface PodIdentity {
   readonly namespace: string;
@@ -37,6 +37,7 @@ export async function recordPodEvent(
   pod: PodIdentity,
   event: { type: "Normal" | "Warning"; reason: string; message: string },
   source: { component: string; host?: string },
+  options: CallOptions = {},
 ): Promise<void> {
-  await apiRequest(conn, "POST", `/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/events`, { contentType: "application/json", value: podEvent(pod, event, source) });
+  await apiRequest(conn, "POST", `/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/events`, { contentType: "application/json", value: podEvent(pod, event, source) }, options);
 }

@@ -1,7 +1,7 @@
 // The decision function's Kubernetes side: read pods (Reference mode) and namespaces (opt-in
 // annotation, cached briefly), list mesh pods for resync, and record Warning Events for pods
 // whose annotations are invalid. Spoken over the shared small client (contract/kube-http.ts).
-import { ApiError, apiGetIfExists, apiRequest, podPath, type ApiConnection } from "../contract/kube-http.ts";
+import { ApiError, apiGetIfExists, apiList, podPath, type ApiConnection } from "../contract/kube-http.ts";
 import { recordPodEvent } from "../contract/pod-event.ts";
 import type { NamespaceFacts } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
@@ -9,8 +9,10 @@ import type { ClusterReader, PodWarningReason } from "./reconcile.ts";
 
 /** Namespace facts change rarely; the legacy opt-in reads them for pods Istio did not inject. */
 const NAMESPACE_CACHE_MS = 30_000;
-/** Pods per page when a resync lists the mesh pods. */
+/** Pods per page when a resync lists the mesh pods (streamed: the size bounds requests, not memory). */
 const LIST_PAGE_SIZE = 500;
+/** A page, with the reconciles of its pods, must be read within this. */
+const LIST_PAGE_DEADLINE_MS = 60_000;
 
 interface ObjectMeta {
   readonly labels?: Record<string, string>;
@@ -45,15 +47,24 @@ export class KubeClusterReader implements ClusterReader {
     return facts;
   }
 
+  /**
+   * Pages of LIST_PAGE_SIZE, each streamed: every pod is yielded as soon as it is read, and the
+   * page is read no faster than the pods are reconciled, so memory holds about one pod, however
+   * large the pods or the cluster.
+   */
   async *listPods(labelSelector: string): AsyncIterable<Pod[]> {
-    let cont: string | undefined;
+    let cont = "";
     do {
-      const query = new URLSearchParams({ labelSelector, limit: String(LIST_PAGE_SIZE), ...(cont === undefined ? {} : { continue: cont }) });
-      const page = (await apiRequest(this.conn, "GET", `/api/v1/pods?${query.toString()}`)) as { items?: unknown[]; metadata?: { continue?: string } } | undefined;
-      // List items carry no kind/apiVersion; the Pod schema reads the object itself.
-      yield (page?.items ?? []).map((item) => parsePod(item));
-      cont = page?.metadata?.continue;
-    } while (cont !== undefined && cont !== "");
+      const query = new URLSearchParams({ labelSelector, limit: String(LIST_PAGE_SIZE), ...(cont === "" ? {} : { continue: cont }) });
+      const page = apiList(this.conn, `/api/v1/pods?${query.toString()}`, { deadlineMs: LIST_PAGE_DEADLINE_MS });
+      let next = await page.next();
+      while (next.done !== true) {
+        // List items carry no kind/apiVersion; the Pod schema reads the object itself.
+        yield [parsePod(next.value)];
+        next = await page.next();
+      }
+      cont = next.value.continue;
+    } while (cont !== "");
   }
 
   async recordPodWarning(pod: Pod, reason: PodWarningReason, message: string): Promise<void> {

@@ -152,7 +152,10 @@ const app = createFunctionApp({
   notReady: () => (signing.newest() === undefined ? `no usable Ed25519 private key in ${env.SIGNING_KEYS_DIR ?? "/etc/podnet/signing"} (is the Secret mounted world-readable for a non-root user?)` : undefined),
 });
 const port = number("PORT", 8080);
-const server = http.createServer(app);
+// Whoever reaches the port opens connections before any token is seen: headers and bodies must
+// arrive in time (checked every second), so slow uploads do not hold sockets or memory.
+const server = http.createServer({ headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 1000 }, app);
+server.maxHeadersCount = 64;
 // Idle connections stay open longer than Go's transports keep them (90 s; Knative's adapters and
 // queue-proxy): a server that closes first races the sender's next POST on that connection,
 // which Go does not retry.

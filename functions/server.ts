@@ -73,6 +73,17 @@ export function wantsRepresentation(prefer: string | string[] | undefined): bool
 const POD_EVENT = /^dev\.knative\.apiserver\.(resource|ref)\.(add|update|delete)$/;
 const PING_EVENT = "dev.knative.sources.ping";
 
+/** An event type as a metric label: the types the function handles, every other one "other" (a sender names the type; labels must stay few). */
+export function eventTypeLabel(type: string): string {
+  return type === PING_EVENT || POD_EVENT.test(type) ? type : "other";
+}
+
+/** A header as a log field: at most 256 characters of one value. */
+function bounded(value: string | string[] | undefined): string | undefined {
+  const text = Array.isArray(value) ? value.join(", ") : value;
+  return text === undefined || text.length <= 256 ? text : `${text.slice(0, 256)}…`;
+}
+
 export function createFunctionApp(deps: FunctionDeps): express.Express & { inFlight: () => number } {
   const { log, metrics } = deps;
   const reconciler = createReconciler({
@@ -104,28 +115,44 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
 
+  /**
+   * The sender, authenticated from the headers before the body is read: whoever is refused
+   * costs no body (the connection closes with it unread) and creates no state. True when it may go on.
+   */
+  async function authenticated(req: Request, res: Response): Promise<boolean> {
+    if (deps.auth === undefined) return true;
+    const verdict = await deps.auth.authenticate(req.headers.authorization);
+    if (verdict.ok) return true;
+    metrics.authFailures.inc({ reason: verdict.reason });
+    log.warn({ reason: verdict.reason, detail: verdict.detail }, "refused: sender not authenticated");
+    // The API server could not be asked: let the source retry.
+    const status = verdict.reason === "auth-unavailable" ? 503 : 401;
+    res.set("connection", "close");
+    res.status(status).json({ error: status === 401 ? "unauthorized" : "transient failure", reason: verdict.reason, detail: verdict.detail });
+    return false;
+  }
+  const senderFirst = (req: Request, res: Response, next: express.NextFunction): void => {
+    authenticated(req, res).then(
+      (ok) => {
+        if (ok) next();
+      },
+      (err: unknown) => {
+        next(err);
+      },
+    );
+  };
+
   // Dead-letter sink of the Broker variant: record what could not be delivered, accept it.
-  app.post("/dead-letter", express.raw({ type: () => true, limit: MAX_EVENT_BYTES }), (req: Request, res: Response) => {
+  app.post("/dead-letter", senderFirst, express.raw({ type: () => true, limit: MAX_EVENT_BYTES }), (req: Request, res: Response) => {
     const type = typeof req.headers["ce-type"] === "string" ? req.headers["ce-type"] : "unknown";
-    metrics.events.inc({ type, outcome: "dead-letter" });
-    log.warn({ ceId: req.headers["ce-id"], ceType: type, ceSubject: req.headers["ce-subject"] }, "dead letter: an event was not delivered");
+    metrics.events.inc({ type: eventTypeLabel(type), outcome: "dead-letter" });
+    log.warn({ ceId: bounded(req.headers["ce-id"]), ceType: bounded(type), ceSubject: bounded(req.headers["ce-subject"]) }, "dead letter: an event was not delivered");
     res.status(202).end();
   });
 
-  app.post("/", express.raw({ type: () => true, limit: MAX_EVENT_BYTES }), async (req: Request, res: Response) => {
+  app.post("/", senderFirst, express.raw({ type: () => true, limit: MAX_EVENT_BYTES }), async (req: Request, res: Response) => {
     inFlight++;
     try {
-      if (deps.auth !== undefined) {
-        const verdict = await deps.auth.authenticate(req.headers.authorization);
-        if (!verdict.ok) {
-          metrics.authFailures.inc({ reason: verdict.reason });
-          log.warn({ reason: verdict.reason, detail: verdict.detail }, "refused: sender not authenticated");
-          // The API server could not be asked: let the source retry.
-          const status = verdict.reason === "auth-unavailable" ? 503 : 401;
-          res.status(status).json({ error: status === 401 ? "unauthorized" : "transient failure", reason: verdict.reason, detail: verdict.detail });
-          return;
-        }
-      }
       let events: CloudEventV1<unknown>[];
       try {
         const body = Buffer.isBuffer(req.body) ? req.body.toString("utf8") : "";
@@ -154,11 +181,11 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
             r = [await handlePodEvent(event, policy, elog)];
           }
           results.push(...r);
-          metrics.events.inc({ type: event.type, outcome: r.some((x) => x.transient === true) ? "transient" : "handled" });
+          metrics.events.inc({ type: eventTypeLabel(event.type), outcome: r.some((x) => x.transient === true) ? "transient" : "handled" });
           if (r.some((x) => x.transient === true)) status = Math.max(status, 503);
         } catch (err) {
           if (!(err instanceof BadEvent)) throw err;
-          metrics.events.inc({ type: event.type, outcome: "malformed" });
+          metrics.events.inc({ type: eventTypeLabel(event.type), outcome: "malformed" });
           elog.warn({ detail: err.message }, "refused: event cannot be processed");
           status = Math.max(status, 400);
           results.push({ pod: event.subject ?? "", outcome: "failed", reason: err.message });

@@ -4,9 +4,11 @@
 // so that the server's logic does not depend on how the API is spoken (kube-http.ts).
 import { type PodRef } from "../contract/apply-request.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
-import { withDeadline } from "../contract/deadline.ts";
 import { recordPodEvent } from "../contract/pod-event.ts";
-import { ApiError, apiGetIfExists, apiRequest, podPath, watchStream, type ApiConnection, type WatchEvent } from "../contract/kube-http.ts";
+import { ApiError, apiGetIfExists, apiList, apiRequest, podPath, watchStream, type ApiConnection, type WatchEvent } from "../contract/kube-http.ts";
+
+/** Pods per page of the relist (each streamed: the page size bounds requests, not memory). */
+const RELIST_PAGE_SIZE = 100;
 
 /** The fields of a Pod the node-runner reads. */
 interface PodObject {
@@ -69,6 +71,8 @@ export class WatchedPodApi implements PodApi {
     private readonly api: PodApi,
     private readonly onRead: (source: "watch" | "api") => void = () => undefined,
     private readonly onWatchError: (err: unknown) => void = () => undefined,
+    /** Each page of the relist must arrive within this. */
+    private readonly deadlineMs = 5000,
   ) {
     this.selector = encodeURIComponent(`spec.nodeName=${nodeName}`);
   }
@@ -80,12 +84,31 @@ export class WatchedPodApi implements PodApi {
     });
   }
 
+  /**
+   * The node's pods, a page at a time, each pod streamed and kept only as its facts: memory is
+   * one pod's size whatever the node holds (pods of 1.5 MiB stay bound to a node while Failed).
+   */
   private async relist(): Promise<void> {
-    const list = (await apiRequest(this.conn, "GET", `/api/v1/pods?fieldSelector=${this.selector}`)) as { metadata?: { resourceVersion?: string }; items?: PodObject[] };
+    const seen = new Map<string, PodFacts>();
+    let cont = "";
+    let resourceVersion = "";
+    do {
+      const query = `fieldSelector=${this.selector}&limit=${RELIST_PAGE_SIZE}${cont === "" ? "" : `&continue=${encodeURIComponent(cont)}`}`;
+      const page = apiList(this.conn, `/api/v1/pods?${query}`, { deadlineMs: this.deadlineMs });
+      let next = await page.next();
+      while (next.done !== true) {
+        const pod = next.value as PodObject;
+        seen.set(key(pod), podFacts(pod));
+        next = await page.next();
+      }
+      cont = next.value.continue;
+      // Every page is of the first page's version; the watch goes on from it.
+      if (resourceVersion === "") resourceVersion = next.value.resourceVersion;
+    } while (cont !== "");
     this.pods.clear();
-    for (const pod of list.items ?? []) this.pods.set(key(pod), podFacts(pod));
+    for (const [k, facts] of seen) this.pods.set(k, facts);
     this.synced = true;
-    this.watchFrom(list.metadata?.resourceVersion ?? "");
+    this.watchFrom(resourceVersion);
   }
 
   private watchFrom(resourceVersion: string): void {
@@ -153,12 +176,8 @@ export class KubePodApi implements PodApi {
     private readonly deadlineMs = 5000,
   ) {}
 
-  private deadline<T>(what: string, call: Promise<T>): Promise<T> {
-    return withDeadline(call, this.deadlineMs, `${what} (API server)`);
-  }
-
   async getPod(namespace: string, name: string): Promise<PodFacts | undefined> {
-    const pod = (await this.deadline("read pod", apiGetIfExists(this.conn, podPath(namespace, name)))) as PodObject | undefined;
+    const pod = (await apiGetIfExists(this.conn, podPath(namespace, name), { deadlineMs: this.deadlineMs })) as PodObject | undefined;
     return pod === undefined ? undefined : podFacts(pod);
   }
 
@@ -172,13 +191,10 @@ export class KubePodApi implements PodApi {
 
   private async patchAnnotations(pod: PodRef, annotations: Record<string, string | null>): Promise<void> {
     // The UID precondition makes the patch fail rather than mark a re-created pod of the same name.
-    await this.deadline(
-      "patch pod",
-      apiRequest(this.conn, "PATCH", podPath(pod.namespace, pod.name), { contentType: "application/merge-patch+json", value: { metadata: { uid: pod.uid, annotations } } }),
-    );
+    await apiRequest(this.conn, "PATCH", podPath(pod.namespace, pod.name), { contentType: "application/merge-patch+json", value: { metadata: { uid: pod.uid, annotations } } }, { deadlineMs: this.deadlineMs });
   }
 
   async recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void> {
-    await this.deadline("create event", recordPodEvent(this.conn, pod, event, { component: "node-runner", host: this.nodeName }));
+    await recordPodEvent(this.conn, pod, event, { component: "node-runner", host: this.nodeName }, { deadlineMs: this.deadlineMs });
   }
 }

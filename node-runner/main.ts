@@ -144,6 +144,7 @@ const pods = new WatchedPodApi(
     metrics.watchErrors.inc();
     log.warn({ err: errorMessage(err) }, "pod watch failed or did not start: retrying in 2 s (identity checks use GETs meanwhile)");
   },
+  apiTimeoutMs,
 );
 pods.start();
 

@@ -7,6 +7,7 @@ import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { missingBinariesReason } from "../controlplane/harness.ts";
 import { apiServerSourceEvent, deliver, meshPodObject, pingEvent } from "../support/apiserversource.ts";
 import { FUNCTION_AUDIENCE, senderToken } from "../support/components.ts";
+import { metricSeries, scrapeMetrics } from "../support/metrics.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { waitForAnnotations } from "../support/mesh-pods.ts";
 import { startStack, type Stack } from "../support/stack.ts";
@@ -88,5 +89,42 @@ describe("attacks on the decision function [needs root and control plane]", skip
       assert.equal(again.body.resync, "rate-limited");
     }
     assert.match(await metric("podnet_function_resyncs_rate_limited_total"), / 5$/m);
+  });
+
+  test("attack 13: the dead-letter sink takes no event without a sender's token, and a sender cannot grow its metrics", async () => {
+    const before = await metric("podnet_function_events_total");
+    for (let i = 0; i < 50; i++) {
+      const res = await fetch(`${stack.fn.url}/dead-letter`, { method: "POST", headers: { "ce-type": `junk.${i}`, "ce-id": String(i) }, body: "{}" });
+      assert.equal(res.status, 401);
+    }
+    for (let i = 0; i < 50; i++) {
+      const res = await fetch(`${stack.fn.url}/dead-letter`, { method: "POST", headers: { "ce-type": `junk.${i}`, "ce-id": String(i), authorization: `Bearer ${stack.tokens.pods}` }, body: "{}" });
+      assert.equal(res.status, 202);
+    }
+    const after = await metric("podnet_function_events_total");
+    assert.doesNotMatch(after, /junk/, "no label holds a sender's type");
+    assert.match(after, /type="other",outcome="dead-letter"\} 50/);
+    assert.equal(after.split("\n").length - before.split("\n").length <= 1, true, "one new series at most");
+  });
+
+  test("attack 14: a flood of forged tokens costs no TokenReview each, and a source's events are served meanwhile", async () => {
+    const reviews = async (): Promise<number> =>
+      metricSeries(await scrapeMetrics(`${stack.cp.server}/metrics`, { ca: stack.cp.ca, token: stack.cp.adminToken }), "apiserver_request_total")
+        .filter((s) => s.labels.resource === "tokenreviews")
+        .reduce((sum, s) => sum + s.value, 0);
+    const pod = await stack.createPod({ namespace: NS, name: "during-flood" });
+    const current = await stack.core.readNamespacedPod({ namespace: NS, name: pod.name });
+    const event = apiServerSourceEvent("add", JSON.parse(JSON.stringify(current)) as { metadata: { namespace: string; name: string } });
+    const part = (o: object): string => Buffer.from(JSON.stringify(o)).toString("base64url");
+    const forged = (i: number, sub: string): string => `${part({ alg: "RS256" })}.${part({ sub, aud: [FUNCTION_AUDIENCE], exp: Math.floor(Date.now() / 1000) + 600, jti: String(i) })}.c2ln`;
+    const before = await reviews();
+    // Most claim a workload's identity (refused locally); some claim the source's (each one review at most).
+    const flood = Array.from({ length: 400 }, (_, i) => deliver(url(), event, forged(i, i % 10 === 0 ? "system:serviceaccount:podnet-system:podnet-pods-oidc-sources.knative.dev-apiserversource" : `system:serviceaccount:${NS}:w${i}`)));
+    const served = await deliver(url(), event, stack.tokens.pods);
+    assert.equal(served.status, 200, JSON.stringify(served.body));
+    const answers = await Promise.all(flood);
+    assert.ok(answers.every((a) => a.status === 401 || a.status === 503), JSON.stringify(answers.find((a) => a.status !== 401 && a.status !== 503)));
+    assert.ok((await reviews()) - before <= 40, `TokenReviews for 400 forged tokens: ${(await reviews()) - before}`);
+    await waitForAnnotations(stack.core, pod, (a) => a[MARK.status] === STATUS_INITIALIZED);
   });
 });
