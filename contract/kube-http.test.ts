@@ -96,7 +96,7 @@ describe("ListItemSplitter: a list streamed item by item", () => {
         const splitter = new ListItemSplitter((i) => got.push(i));
         for (const piece of splitInto(text, cuts)) splitter.push(piece);
         assert.deepEqual(splitter.end(), { continue: cont, resourceVersion: "42" });
-        assert.deepEqual(got, JSON.parse(text).items);
+        assert.deepEqual(got, (JSON.parse(text) as { items: unknown[] }).items);
       }),
     );
   });

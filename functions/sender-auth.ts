@@ -165,7 +165,7 @@ function unverifiedClaims(token: string): UnverifiedClaims | undefined {
   if (parts.length !== 3) return undefined;
   try {
     const payload: unknown = JSON.parse(Buffer.from(parts[1] ?? "", "base64url").toString("utf8"));
-    return typeof payload === "object" && payload !== null ? (payload as UnverifiedClaims) : undefined;
+    return typeof payload === "object" && payload !== null ? (payload) : undefined;
   } catch {
     return undefined;
   }
