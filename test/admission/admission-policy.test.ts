@@ -129,6 +129,18 @@ describe("admission policy for the project's annotations [needs control plane]",
       runnerCore.patchNamespacedPod({ namespace: NS, name: "on-a", body: { metadata: { annotations: { other: "x", [MARK.status]: "initialized" } } } }, merge),
       forbidden(/may change only/),
     );
+    // A finalizer would hold the pod in Terminating for ever; an owner would let a controller delete it.
+    await assert.rejects(
+      runnerCore.patchNamespacedPod({ namespace: NS, name: "on-a", body: { metadata: { finalizers: ["example.com/hold"] } } }, merge),
+      forbidden(/may change only/),
+    );
+    await assert.rejects(
+      runnerCore.patchNamespacedPod(
+        { namespace: NS, name: "on-a", body: { metadata: { ownerReferences: [{ apiVersion: "v1", kind: "ConfigMap", name: "x", uid: "00000000-0000-0000-0000-000000000001" }] } } },
+        merge,
+      ),
+      forbidden(/may change only/),
+    );
   });
 
   test("users keep changing their own annotations", async () => {
