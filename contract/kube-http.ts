@@ -348,6 +348,9 @@ export class ListItemSplitter {
   }
 }
 
+/** A watch that sends nothing (not even a bookmark) for this long is ended. */
+export const WATCH_IDLE_MS = 150_000;
+
 export interface WatchEvent<T> {
   readonly type: "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" | "ERROR";
   readonly object: T;
@@ -396,6 +399,11 @@ export function watchStream<T>(conn: ApiConnection, path: string, onEvent: (even
     res.on("error", finish);
   });
   req.on("error", finish);
+  // Bookmarks arrive about once a minute: a watch silent for WATCH_IDLE_MS is a dead connection
+  // (a frozen API server, a dropped route) and is ended, so that its owner lists again.
+  req.setTimeout(WATCH_IDLE_MS, () => {
+    req.destroy(new DeadlineError(`watch ${path.split("?")[0] ?? path}: nothing for ${WATCH_IDLE_MS} ms`));
+  });
   req.end();
   return {
     abort: () => {

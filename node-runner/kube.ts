@@ -7,6 +7,8 @@ import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { recordPodEvent } from "../contract/pod-event.ts";
 import { ApiError, apiGetIfExists, apiList, apiRequest, podPath, watchStream, type ApiConnection, type WatchEvent } from "../contract/kube-http.ts";
 
+/** A watch is ended by the server after this and resumed from its last version; one silent for longer is broken (watchStream's idle limit). */
+const WATCH_SECONDS = 300;
 /** Pods per page of the relist (each streamed: the page size bounds requests, not memory). */
 const RELIST_PAGE_SIZE = 100;
 
@@ -116,7 +118,7 @@ export class WatchedPodApi implements PodApi {
     let version = resourceVersion;
     this.current = watchStream<PodObject & { code?: number }>(
       this.conn,
-      `/api/v1/pods?fieldSelector=${this.selector}&watch=1&allowWatchBookmarks=true&resourceVersion=${encodeURIComponent(version)}`,
+      `/api/v1/pods?fieldSelector=${this.selector}&watch=1&allowWatchBookmarks=true&timeoutSeconds=${WATCH_SECONDS}&resourceVersion=${encodeURIComponent(version)}`,
       (event: WatchEvent<PodObject & { code?: number }>) => {
         if (event.type === "ERROR") throw new ApiError(event.object.code ?? 0, "watch error (resourceVersion too old)");
         version = event.object.metadata?.resourceVersion ?? version;
