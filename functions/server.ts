@@ -117,7 +117,7 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
 
   /**
    * The sender, authenticated from the headers before the body is read: whoever is refused
-   * costs no body (the connection closes with it unread) and creates no state. True when it may go on.
+   * has no body buffered (what it still sends is discarded) and creates no state. True when it may go on.
    */
   async function authenticated(req: Request, res: Response): Promise<boolean> {
     if (deps.auth === undefined) return true;
@@ -127,7 +127,6 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     log.warn({ reason: verdict.reason, detail: verdict.detail }, "refused: sender not authenticated");
     // The API server could not be asked: let the source retry.
     const status = verdict.reason === "auth-unavailable" ? 503 : 401;
-    res.set("connection", "close");
     res.status(status).json({ error: status === 401 ? "unauthorized" : "transient failure", reason: verdict.reason, detail: verdict.detail });
     return false;
   }

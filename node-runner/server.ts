@@ -20,8 +20,8 @@ import type { NodeRunnerMetrics } from "./metrics.ts";
 import { createPodProgrammer, Refusal, type PodProgrammer, type ProgramDeps } from "./program.ts";
 import type { ReplayCache } from "./replay.ts";
 
-/** Connections open at once (the function keeps DISPATCH_PER_NODE per replica); more are closed as they arrive. */
-export const MAX_CONNECTIONS = 256;
+/** Connections open at once (the function keeps DISPATCH_PER_NODE per replica; a flood of 600 is served); more are closed as they arrive. */
+export const MAX_CONNECTIONS = 1024;
 /** A request's headers must arrive within this. */
 export const HEADERS_TIMEOUT_MS = 5000;
 /** A whole request (headers and at most MAX_BODY_BYTES of body) must arrive within this. */
@@ -114,8 +114,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
 
   /**
    * Who signed, for this address, and fresh — from the headers alone: the signature covers the
-   * Content-Digest header, so nobody without a signing key makes this process read a body. A
-   * refusal here closes the connection with the body unread.
+   * Content-Digest header, so nobody without a signing key makes this process buffer a body.
    */
   function signedFirst(req: Request, res: Response, next: express.NextFunction, route: "apply" | "remove"): void {
     const log = deps.log.child({ requestId: requestIdOf(req), route });
@@ -143,7 +142,9 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       next();
     } catch (err) {
       if (!(err instanceof Refusal)) throw err;
-      res.set("connection", "close");
+      // Answered now; the body the client may still be sending is discarded as it arrives,
+      // never buffered (closing at once would reset the connection before the client reads
+      // the answer), within the request timeout.
       refuse(res, log, route, err);
     }
   }
