@@ -1,7 +1,7 @@
 // The capture config: what the decision function sends and the node-runner renders.
 //
-// On the wire it uses Istio's own field names and value forms (decimal strings, comma lists;
-// see conformance/istio/README.md). `parseCaptureConfig` is the only way to obtain a
+// On the wire it uses Istio's own field names and value forms (decimal strings, comma lists:
+// those of istio-iptables' configuration). `parseCaptureConfig` is the only way to obtain a
 // `CaptureConfig`, the validated form the renderers accept: a value that has not passed its
 // check cannot reach a rule.
 import { z } from "zod";

@@ -1,46 +1,34 @@
-// Loads Istio's conformance data (../shared/conformance/istio, or $ISTIO_CONFORMANCE_DIR).
-// The data is not part of this repository; tests that need it skip with a reason when it is
-// absent, except under CI, where its absence is a failure.
+// Istio's conformance data, from the istio.io/istio module the oracle is built from (built into
+// the cache by test/controlplane/build.sh, "istio-testdata"): the goldens of istio-iptables,
+// istio-nftables and istio-cni's plugin, and the capture inputs exported from Istio's own test
+// table; the cni inputs are the pods of Istio's cni test (cni-cases.ts). Tests that need it skip
+// with a reason when it is not built, except under CI, where that is a failure.
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { z } from "zod";
+import { CACHE_DIR } from "../controlplane/harness.ts";
+import { cniCasePods } from "./cni-cases.ts";
 
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-
-export const conformanceDir = path.resolve(
-  process.env.ISTIO_CONFORMANCE_DIR ?? path.join(repoRoot, "../shared/conformance/istio"),
-);
+export const conformanceDir = path.join(CACHE_DIR, "bin", "istio-testdata");
 
 /** undefined when the data is present; otherwise why the suites cannot run. */
 export function missingConformanceReason(): string | undefined {
   if (existsSync(path.join(conformanceDir, "capture", "cases.json"))) return undefined;
-  return `Istio conformance data not found at ${conformanceDir} (set ISTIO_CONFORMANCE_DIR)`;
+  return `Istio's conformance data is not built (${conformanceDir}): run scripts/setup.sh`;
 }
 
-const configCasesSchema = z.object({
-  base: z.record(z.string(), z.unknown()),
-  cases: z.array(z.object({ name: z.string(), golden: z.string(), config: z.record(z.string(), z.unknown()) })),
-});
-
-const podCasesSchema = z.object({
-  cases: z.array(z.object({ name: z.string(), golden: z.string(), pod: z.record(z.string(), z.unknown()) })),
-});
+const configCasesSchema = z.array(z.object({ name: z.string(), golden: z.string(), config: z.record(z.string(), z.unknown()) }));
 
 export interface ConfigCase {
   name: string;
   golden: string;
-  /** base with the case's overrides applied (arrays replaced, not merged). */
+  /** The whole config of the case: Istio's test base with the case's changes. */
   config: Record<string, unknown>;
 }
 
 export function loadConfigCases(suite: "capture" | "nft"): ConfigCase[] {
-  const data = configCasesSchema.parse(JSON.parse(readFileSync(path.join(conformanceDir, suite, "cases.json"), "utf8")));
-  return data.cases.map((c) => ({
-    name: c.name,
-    golden: readFileSync(path.join(conformanceDir, suite, c.golden), "utf8"),
-    config: { ...data.base, ...c.config },
-  }));
+  const cases = configCasesSchema.parse(JSON.parse(readFileSync(path.join(conformanceDir, suite, "cases.json"), "utf8")));
+  return cases.map((c) => ({ ...c, golden: readFileSync(path.join(conformanceDir, suite, c.golden), "utf8") }));
 }
 
 export interface PodCase {
@@ -50,12 +38,7 @@ export interface PodCase {
 }
 
 export function loadPodCases(): PodCase[] {
-  const data = podCasesSchema.parse(JSON.parse(readFileSync(path.join(conformanceDir, "cni", "cases.json"), "utf8")));
-  return data.cases.map((c) => ({
-    name: c.name,
-    golden: readFileSync(path.join(conformanceDir, "cni", c.golden), "utf8"),
-    pod: c.pod,
-  }));
+  return cniCasePods().map((c) => ({ ...c, golden: readFileSync(path.join(conformanceDir, "cni", c.golden), "utf8") }));
 }
 
 /** The capture/ golden form: the save commands around the restore texts, trimmed. */

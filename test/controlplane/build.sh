@@ -33,6 +33,7 @@ build_tool() {
     exit 1
   fi
   kill "$ticker" 2>/dev/null || true
+  rm -rf "$out" # a directory (the Istio testdata) is replaced, not moved into
   mv "$out.tmp" "$out"
   echo "$stamp" >"$out.stamp"
   echo
@@ -85,6 +86,31 @@ install_module() { # <binary name> <package@version> <ldflags>
 istio_version="$(awk '($1=="require" && $2=="istio.io/istio") {print $3} ($1=="istio.io/istio") {print $2}' "$oracle_dir/go.mod" | head -1)"
 build_tool istioctl "$istio_version" "about 2 min with the oracle's modules downloaded" \
   install_module istioctl "istio.io/istio/istioctl/cmd/istioctl@$istio_version" "-X istio.io/istio/pkg/version.buildVersion=$istio_version"
+
+# Istio's own conformance data for test/conformance and the parity test's harness check, from the
+# same istio.io/istio module as the oracle: the goldens of istio-iptables, istio-nftables and
+# istio-cni's plugin, and the inputs of the first two, exported from Istio's own test table
+# (getCommonTestCases) by one added test run in a writable copy of the module (files in the
+# module cache cannot be added to, and `go mod vendor` leaves tests out). A directory:
+# <cache>/bin/istio-testdata/{capture,nft,cni}/.
+build_istio_testdata() {
+  local mod src="$cache/src/istio-testdata" suite dir
+  mod="$(cd "$oracle_dir" && go mod download istio.io/istio && go list -m -f '{{.Dir}}' istio.io/istio)" || return 1
+  rm -rf "$src" && cp -r "$mod" "$src" && chmod -R u+w "$src" || return 1
+  mkdir -p "$BUILD_OUT/capture" "$BUILD_OUT/nft" "$BUILD_OUT/cni"
+  for suite in capture:tools/istio-iptables/pkg/capture nft:tools/istio-nftables/pkg/capture; do
+    dir="${suite#*:}"
+    suite="${suite%%:*}"
+    cp "$oracle_dir/_cases/zz_podnet_cases_test.go" "$src/$dir/"
+    (cd "$src" && PODNET_CASES_OUT="$BUILD_OUT/$suite/cases.json" go test -count=1 -run TestPodnetExportCases "./$dir") || return 1
+    cp "$src/$dir/testdata/"*.golden "$BUILD_OUT/$suite/"
+  done
+  cp "$src/cni/pkg/plugin/testdata/"*.golden "$BUILD_OUT/cni/"
+  cp "$src/LICENSE" "$BUILD_OUT/"
+  rm -rf "$src"
+}
+build_tool istio-testdata "$istio_version $(sha256sum <"$oracle_dir/_cases/zz_podnet_cases_test.go" | cut -c1-16)" "about 30 s with the oracle's modules downloaded" \
+  build_istio_testdata
 
 # helm, for the chart tests (charts/podnet) and Istio's own istiod chart with this project's values.
 helm_version=v3.22.0

@@ -5,7 +5,7 @@
 //	{"capture": {...flat config...}} → istio-iptables' configurator with the dependency stub
 //	{"nft": {...flat config...}}     → istio-nftables' configurator with the nftables mock
 //
-// The flat config uses the field names of the shared conformance data (cases.json).
+// The flat config uses the field names of the project's capture config (contract/capture-config.ts).
 package main
 
 import (

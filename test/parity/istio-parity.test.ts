@@ -1,7 +1,7 @@
 // Differential test against Istio's own code (test/istio-oracle): the same pod through
 // istio-cni's sidecar path (NewRedirect, then the iptables and nftables configurators with
 // Istio's dependency stub and nftables mock) and through this project's derivation and
-// renderers. The oracle must first reproduce Istio's shared goldens; then random pods must
+// renderers. The oracle must first reproduce Istio's own goldens (from its module); then random pods must
 // get the same accept/refuse verdict and, when accepted, the same rules for both backends.
 // Disagreements are allowed only where the README's "Parity with Istio" lists a deliberate
 // deviation, and each is counted.
@@ -185,7 +185,7 @@ describe("parity with Istio's own code (differential, istio-cni + istio-iptables
     oracle.close();
   });
 
-  test("harness: the oracle reproduces Istio's shared goldens (capture, nft, cni)", async () => {
+  test("harness: the oracle reproduces Istio's own goldens (capture, nft, cni)", async () => {
     const wrong: string[] = [];
     for (const c of loadConfigCases("capture")) {
       const a = await oracle.ask({ capture: c.config });
