@@ -2,8 +2,8 @@
 // list-then-watch stream. Between them they make a handful of calls (the node-runner watches its
 // node's pods, patches annotations and creates Events; the function reads pods and namespaces,
 // lists mesh pods, creates Events and TokenReviews); @kubernetes/client-node costs about 60 MiB
-// of resident memory just to import, more than either component needs in all (README,
-// Performance), so both speak HTTP themselves.
+// of resident memory just to import, more than either component needs in all (docs/performance.md,
+// "Memory"), so both speak HTTP themselves.
 import { readFileSync } from "node:fs";
 import type { ClientRequest, IncomingMessage } from "node:http";
 import https from "node:https";

@@ -18,7 +18,7 @@ import { NetnsGoneError, netnsStillInhabited, openNetns, type NetnsResolution, t
  * Events follow the answers and the work (events.ts): two at a time, once no pod has been
  * programmed for EVENT_QUIET_MS, or after EVENT_MAX_DELAY_MS on a node that is never quiet. In
  * a burst they wait instead of taking CPU and API server time from the marks the pods wait for
- * (the marks are awaited, the Events are not; README, "The whole system").
+ * (the marks are awaited, the Events are not; docs/performance.md, "The whole system").
  */
 export const EVENTS_AT_ONCE = 2;
 export const EVENT_QUIET_MS = 250;

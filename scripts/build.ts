@@ -6,7 +6,7 @@
 // the heap, and for each script a stack trace touches, the offsets of its lines. The modules'
 // sources with their indentation and comments were about 4 MiB of each component's heap and
 // their line tables 1.4 MiB; without whitespace, in one file, the node-runner's peak RSS in the
-// 200-pod burst is about 2 MiB lower and the function's 2–8 (README, "Memory"). Names are kept
+// 200-pod burst is about 2 MiB lower and the function's 2–8 (docs/performance.md, "Memory"). Names are kept
 // (stack traces stay readable); the source maps beside the bundles give file and line with
 // `node --enable-source-maps`.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";

@@ -1,4 +1,4 @@
-// podnet-wait, the waiter init container (README "The waiter init container"): the pod's first
+// podnet-wait, the waiter init container (docs/reference.md, "The waiter init container"): the pod's first
 // init container, the proxy's UID, no capabilities, no API token. It proves, every few ms, that
 // redirection works in its own network namespace and exits 0 as soon as it does, so that Envoy
 // and the application start only with interception in place. A stale or forged annotation cannot

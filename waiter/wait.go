@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// Exit codes, documented in the README.
+// Exit codes, documented in docs/reference.md (and the README's troubleshooting).
 const (
 	exitOK              = 0
 	exitTimeout         = 10

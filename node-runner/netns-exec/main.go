@@ -1,5 +1,5 @@
 // podnet-netns-exec, the node-runner's command helper: a small long-lived process that runs
-// the commands of an apply inside a network namespace (README, "The apply engine"). The
+// the commands of an apply inside a network namespace (docs/architecture.md §7). The
 // node-runner is a large Node process; a spawn from it, or from any Node process, costs
 // milliseconds of CPU. This one enters the namespace on one of its own threads (setns) and
 // forks the command from that thread: one exec per command, no nsenter.

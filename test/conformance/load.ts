@@ -50,7 +50,7 @@ export function captureTranscript(v4Restore: string, v6Restore: string | null): 
   return parts.join("\n").trim();
 }
 
-/** The cni/ comparison: table name → block text, save lines dropped (README, "cni"). */
+/** The cni/ comparison: table name → block text, save lines dropped (docs/testing.md, "Tests"). */
 export function blocksByTable(text: string): Map<string, string> {
   const out = new Map<string, string>();
   for (const piece of text.split("COMMIT")) {

@@ -3,7 +3,7 @@
 // Istio's dependency stub and nftables mock) and through this project's derivation and
 // renderers. The oracle must first reproduce Istio's own goldens (from its module); then random pods must
 // get the same accept/refuse verdict and, when accepted, the same rules for both backends.
-// Disagreements are allowed only where the README's "Parity with Istio" lists a deliberate
+// Disagreements are allowed only where docs/testing.md, "Parity with Istio", lists a deliberate
 // deviation, and each is counted.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
@@ -128,7 +128,7 @@ function project(pod: unknown): ProjectVerdict {
   }
 }
 
-// ---- deliberate deviations (README, "Parity with Istio") ----------------------------------
+// ---- deliberate deviations (docs/testing.md, "Parity with Istio") ----------------------------------
 
 const LIST_KEYS = [
   ANNOTATION.includeOutboundIPRanges, ANNOTATION.excludeOutboundIPRanges, ANNOTATION.includeInboundPorts,

@@ -35,5 +35,5 @@ export function assertGoModuleClean(dir: string, arches: readonly string[] = ["a
   for (const arch of arches) execFileSync("go", ["vet", "./..."], { cwd: dir, env: { ...process.env, GOARCH: arch }, stdio: ["ignore", "ignore", "inherit"] });
 }
 
-/** The waiter's exit codes as the README documents them. */
+/** The waiter's exit codes as docs/reference.md documents them. */
 export const WAIT_EXIT = { ok: 0, timeout: 10, probeFailed: 11, badAnnotations: 12, ownNetnsUnknown: 13, usage: 64 } as const;
