@@ -252,6 +252,22 @@ export async function* apiList(conn: ApiConnection, path: string, options: CallO
   }
 }
 
+/**
+ * Every item of a list, page after page (`limit` per page, each page streamed by `apiList` with
+ * its own deadline); returns the first page's resource version (every page is of that version).
+ */
+export async function* apiListAll(conn: ApiConnection, path: string, query: Record<string, string>, limit: number, options: CallOptions = {}): AsyncGenerator<unknown, string> {
+  let cont = "";
+  let resourceVersion: string | undefined;
+  do {
+    const params = new URLSearchParams({ ...query, limit: String(limit), ...(cont === "" ? {} : { continue: cont }) });
+    const page = yield* apiList(conn, `${path}?${params.toString()}`, options);
+    resourceVersion ??= page.resourceVersion;
+    cont = page.continue;
+  } while (cont !== "");
+  return resourceVersion;
+}
+
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
 const OPEN_BRACE = 0x7b;
@@ -282,6 +298,7 @@ export class ListItemSplitter {
   constructor(private readonly onItem: (item: unknown) => void) {}
 
   push(chunk: Buffer): void {
+    // Where, in this chunk, what is being collected begins.
     let start = this.collecting === undefined ? -1 : 0;
     for (let i = 0; i < chunk.length; i++) {
       const b = chunk[i] ?? 0;
@@ -303,8 +320,8 @@ export class ListItemSplitter {
       } else if (b === OPEN_BRACE || b === OPEN_BRACKET) {
         this.depth++;
         if (this.depth === 2 && b === OPEN_BRACKET && this.key === "items") this.inItems = true;
-        else if (this.depth === 2 && b === OPEN_BRACE && this.key === "metadata") this.begin("metadata", i, (s) => (start = s));
-        else if (this.depth === 3 && this.inItems && b === OPEN_BRACE) this.begin("item", i, (s) => (start = s));
+        else if (this.depth === 2 && b === OPEN_BRACE && this.key === "metadata") start = this.begin("metadata", i);
+        else if (this.depth === 3 && this.inItems && b === OPEN_BRACE) start = this.begin("item", i);
       } else if (b === CLOSE_BRACE || b === CLOSE_BRACKET) {
         this.depth--;
         if (this.depth === 1 && this.inItems && b === CLOSE_BRACKET) this.inItems = false;
@@ -317,11 +334,12 @@ export class ListItemSplitter {
     if (this.collecting !== undefined && start >= 0) this.keep(chunk.subarray(start));
   }
 
-  private begin(what: "item" | "metadata", at: number, setStart: (s: number) => void): void {
+  /** Starts collecting at `at` of the current chunk; returns `at`. */
+  private begin(what: "item" | "metadata", at: number): number {
     this.collecting = what;
     this.pieces = [];
     this.collectedBytes = 0;
-    setStart(at);
+    return at;
   }
 
   private keep(piece: Buffer): void {

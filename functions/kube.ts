@@ -1,7 +1,7 @@
 // The decision function's Kubernetes side: read pods (Reference mode) and namespaces (opt-in
 // annotation, cached briefly), list mesh pods for resync, and record Warning Events for pods
 // whose annotations are invalid. Spoken over the shared small client (contract/kube-http.ts).
-import { ApiError, apiGetIfExists, apiList, podPath, type ApiConnection } from "../contract/kube-http.ts";
+import { ApiError, apiGetIfExists, apiListAll, podPath, type ApiConnection } from "../contract/kube-http.ts";
 import { recordPodEvent } from "../contract/pod-event.ts";
 import type { NamespaceFacts } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
@@ -53,18 +53,8 @@ export class KubeClusterReader implements ClusterReader {
    * large the pods or the cluster.
    */
   async *listPods(labelSelector: string): AsyncIterable<Pod[]> {
-    let cont = "";
-    do {
-      const query = new URLSearchParams({ labelSelector, limit: String(LIST_PAGE_SIZE), ...(cont === "" ? {} : { continue: cont }) });
-      const page = apiList(this.conn, `/api/v1/pods?${query.toString()}`, { deadlineMs: LIST_PAGE_DEADLINE_MS });
-      let next = await page.next();
-      while (next.done !== true) {
-        // List items carry no kind/apiVersion; the Pod schema reads the object itself.
-        yield [parsePod(next.value)];
-        next = await page.next();
-      }
-      cont = next.value.continue;
-    } while (cont !== "");
+    // List items carry no kind/apiVersion; the Pod schema reads the object itself.
+    for await (const item of apiListAll(this.conn, "/api/v1/pods", { labelSelector }, LIST_PAGE_SIZE, { deadlineMs: LIST_PAGE_DEADLINE_MS })) yield [parsePod(item)];
   }
 
   async recordPodWarning(pod: Pod, reason: PodWarningReason, message: string): Promise<void> {

@@ -4,6 +4,7 @@
 // decision, Warning Events, dry-run and the dispatch queue.
 import type { Logger } from "pino";
 import { formatIssues, formatWarning } from "../contract/capture-config.ts";
+import { BoundedMap } from "../contract/bounded-map.ts";
 import { errorMessage } from "../contract/errors.ts";
 import { decide, LEGACY_OPT_IN, skipDecision, strandedWaiter, type Decision, type DecisionInput, type NamespaceFacts } from "./decision.ts";
 import type { Dispatcher, DispatchResult } from "./dispatch.ts";
@@ -73,23 +74,6 @@ export interface PodSource {
   readonly deleted?: boolean;
 }
 
-/** Bounded memory of pods already handled or already told something: oldest forgotten first. */
-class RecentMap<V> {
-  private readonly entries = new Map<string, V>();
-  constructor(private readonly limit: number) {}
-  get(key: string): V | undefined {
-    return this.entries.get(key);
-  }
-  set(key: string, value: V): void {
-    this.entries.delete(key);
-    this.entries.set(key, value);
-    if (this.entries.size > this.limit) this.entries.delete(this.entries.keys().next().value ?? "");
-  }
-  delete(key: string): void {
-    this.entries.delete(key);
-  }
-}
-
 export interface Reconciler {
   /**
    * Decide for one pod under one policy snapshot. Content that did not come from the API
@@ -107,12 +91,12 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
   const { metrics } = deps;
   // uid → "resourceVersion policy" last handled: ApiServerSource may deliver a notification
   // twice. A new policy decides again.
-  const handled = new RecentMap<string>(50_000);
+  const handled = new BoundedMap<string, string>(50_000);
   // Pods told that their waiter will time out (once per pod and reason).
-  const strandedTold = new RecentMap<string>(50_000);
+  const strandedTold = new BoundedMap<string, string>(50_000);
   let lastResync = -Infinity;
   // uid → redispatches so far, for pods whose dispatch failed and may pass later.
-  const redispatches = new RecentMap<number>(50_000);
+  const redispatches = new BoundedMap<string, number>(50_000);
 
   const versionKey = (pod: Pod, policy: Policy): string | undefined =>
     pod.metadata.resourceVersion === undefined ? undefined : `${pod.metadata.resourceVersion} ${policy.id}`;

@@ -6,6 +6,7 @@
 // before anything is signed), but without this anyone who reaches the function could make it
 // work for them (and, with PingSource events, sweep the cluster).
 import { createHash } from "node:crypto";
+import { BoundedMap } from "../contract/bounded-map.ts";
 import { errorMessage } from "../contract/errors.ts";
 import { apiRequest, type ApiConnection } from "../contract/kube-http.ts";
 
@@ -56,25 +57,6 @@ const REFUSED_ENTRIES = 1000;
 /** TokenReviews waiting or in flight at once; more tokens are answered 503 without one. */
 export const MAX_PENDING_REVIEWS = 32;
 
-/** A bounded map whose oldest-used entry goes first. */
-class LruMap<V> {
-  private readonly entries = new Map<string, V>();
-  constructor(private readonly limit: number) {}
-  get(key: string): V | undefined {
-    const value = this.entries.get(key);
-    if (value !== undefined) {
-      this.entries.delete(key);
-      this.entries.set(key, value);
-    }
-    return value;
-  }
-  set(key: string, value: V): void {
-    this.entries.delete(key);
-    this.entries.set(key, value);
-    if (this.entries.size > this.limit) this.entries.delete(this.entries.keys().next().value ?? "");
-  }
-}
-
 /** The claims of a JWT read without verifying it: only to refuse, never to accept. */
 interface UnverifiedClaims {
   readonly sub?: unknown;
@@ -85,8 +67,8 @@ interface UnverifiedClaims {
 export class SenderAuthenticator {
   // sha256(token) → verdict and until when it may be reused: sources reuse a token for its
   // lifetime, so one TokenReview per token and minute keeps the hot path in microseconds.
-  private readonly accepted = new LruMap<{ verdict: SenderVerdict; until: number }>(ACCEPTED_ENTRIES);
-  private readonly refused = new LruMap<{ verdict: SenderVerdict; until: number }>(REFUSED_ENTRIES);
+  private readonly accepted = new BoundedMap<string, { verdict: SenderVerdict; until: number }>(ACCEPTED_ENTRIES);
+  private readonly refused = new BoundedMap<string, { verdict: SenderVerdict; until: number }>(REFUSED_ENTRIES);
   /** One review per token at a time: concurrent events with the same new token share it. */
   private readonly pending = new Map<string, Promise<SenderVerdict>>();
 

@@ -130,15 +130,9 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     res.status(status).json({ error: status === 401 ? "unauthorized" : "transient failure", reason: verdict.reason, detail: verdict.detail });
     return false;
   }
-  const senderFirst = (req: Request, res: Response, next: express.NextFunction): void => {
-    authenticated(req, res).then(
-      (ok) => {
-        if (ok) next();
-      },
-      (err: unknown) => {
-        next(err);
-      },
-    );
+  // Express 5 passes a rejected middleware's error on.
+  const senderFirst = async (req: Request, res: Response, next: express.NextFunction): Promise<void> => {
+    if (await authenticated(req, res)) next();
   };
 
   // Dead-letter sink of the Broker variant: record what could not be delivered, accept it.

@@ -6,6 +6,7 @@
 import { createHash } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { BoundedMap } from "../contract/bounded-map.ts";
 import type { CaptureConfig } from "../contract/capture-config.ts";
 import { runInNetns, type CommandResult } from "./nsenter.ts";
 import { addedBuiltinLines, builtinLines, builtinLinesSelfEvident, ownedRules, parseSave, replaceTransaction, ruleLine, sameRules, type ChainRules, type SaveState } from "./rules/iptables-text.ts";
@@ -111,12 +112,14 @@ export interface NetnsRecord {
  * millisecond per apply on a busy runner). Writes go through a temporary file and a rename.
  */
 export class RecordStore {
-  private readonly cache = new Map<string, NetnsRecord | undefined>();
+  private readonly cache: BoundedMap<string, NetnsRecord | undefined>;
   private stored: Set<string> | undefined;
   constructor(
     private readonly dir: string,
-    private readonly cacheLimit = 256,
-  ) {}
+    cacheLimit = 256,
+  ) {
+    this.cache = new BoundedMap(cacheLimit);
+  }
   private file(inode: string): string {
     if (!/^\d+$/.test(inode)) throw new Error(`bad netns inode ${inode}`);
     return path.join(this.dir, `${inode}.json`);
@@ -134,11 +137,6 @@ export class RecordStore {
     }
     return this.stored;
   }
-  private remember(inode: string, record: NetnsRecord | undefined): void {
-    this.cache.delete(inode);
-    this.cache.set(inode, record);
-    if (this.cache.size > this.cacheLimit) this.cache.delete(this.cache.keys().next().value as string);
-  }
   get(inode: string): NetnsRecord | undefined {
     const file = this.file(inode);
     if (this.cache.has(inode)) return this.cache.get(inode);
@@ -150,7 +148,7 @@ export class RecordStore {
         record = undefined;
       }
     }
-    this.remember(inode, record);
+    this.cache.set(inode, record);
     return record;
   }
   put(record: NetnsRecord): void {
@@ -172,7 +170,7 @@ export class RecordStore {
       throw new StateError(`cannot write the record of netns ${record.netnsInode} in ${this.dir}: ${(err as Error).message}`);
     }
     stored.add(record.netnsInode);
-    this.remember(record.netnsInode, record);
+    this.cache.set(record.netnsInode, record);
   }
   delete(inode: string): void {
     const file = this.file(inode);
@@ -183,7 +181,7 @@ export class RecordStore {
       throw new StateError(`cannot remove the record of netns ${inode} in ${this.dir}: ${(err as Error).message}`);
     }
     this.storedInodes().delete(inode);
-    this.remember(inode, undefined);
+    this.cache.set(inode, undefined);
   }
 }
 
@@ -212,8 +210,10 @@ export interface ApplyOutcome {
  * plan is forgotten first.
  */
 export class SavedFormCache {
-  private readonly forms = new Map<string, ChainRules>();
-  constructor(private readonly limit = 256) {}
+  private readonly forms: BoundedMap<string, ChainRules>;
+  constructor(limit = 256) {
+    this.forms = new BoundedMap(limit);
+  }
 
   private static key(variant: IptablesVariant, family: Family, rules: readonly IptablesRule[]): string {
     return createHash("sha256").update(`${variant}\n${family}\n${rules.map(ruleLine).join("\n")}`).digest("hex");
@@ -231,9 +231,7 @@ export class SavedFormCache {
     const found = Object.entries(saved).flatMap(([table, chains]) => Object.entries(chains).filter(([, specs]) => specs.length > 0).map(([chain, specs]) => [`${table} ${chain}`, specs.length] as const));
     if (found.length !== planned.size || found.some(([chain, n]) => planned.get(chain) !== n)) return;
     const key = SavedFormCache.key(variant, family, rules);
-    this.forms.delete(key);
     this.forms.set(key, saved);
-    if (this.forms.size > this.limit) this.forms.delete(this.forms.keys().next().value as string);
   }
 
   /** A learned form that did not match what the tool printed later: learn it again. */

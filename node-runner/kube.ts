@@ -5,7 +5,7 @@
 import { type PodRef } from "../contract/apply-request.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { recordPodEvent } from "../contract/pod-event.ts";
-import { ApiError, apiGetIfExists, apiList, apiRequest, podPath, watchStream, type ApiConnection, type WatchEvent } from "../contract/kube-http.ts";
+import { ApiError, apiGetIfExists, apiListAll, apiRequest, podPath, watchStream, type ApiConnection, type WatchEvent } from "../contract/kube-http.ts";
 
 /** A watch is ended by the server after this and resumed from its last version; one silent for longer is broken (watchStream's idle limit). */
 const WATCH_SECONDS = 300;
@@ -65,6 +65,7 @@ export class WatchedPodApi implements PodApi {
   private synced = false;
   private stopped = false;
   private current: { abort: () => void } | undefined;
+  private readonly fieldSelector: string;
   private readonly selector: string;
 
   constructor(
@@ -76,7 +77,8 @@ export class WatchedPodApi implements PodApi {
     /** Each page of the relist must arrive within this. */
     private readonly deadlineMs = 5000,
   ) {
-    this.selector = encodeURIComponent(`spec.nodeName=${nodeName}`);
+    this.fieldSelector = `spec.nodeName=${nodeName}`;
+    this.selector = encodeURIComponent(this.fieldSelector);
   }
 
   /** List, then watch from the list's resourceVersion; on any failure, list again after a pause. */
@@ -92,25 +94,18 @@ export class WatchedPodApi implements PodApi {
    */
   private async relist(): Promise<void> {
     const seen = new Map<string, PodFacts>();
-    let cont = "";
-    let resourceVersion = "";
-    do {
-      const query = `fieldSelector=${this.selector}&limit=${RELIST_PAGE_SIZE}${cont === "" ? "" : `&continue=${encodeURIComponent(cont)}`}`;
-      const page = apiList(this.conn, `/api/v1/pods?${query}`, { deadlineMs: this.deadlineMs });
-      let next = await page.next();
-      while (next.done !== true) {
-        const pod = next.value as PodObject;
-        seen.set(key(pod), podFacts(pod));
-        next = await page.next();
-      }
-      cont = next.value.continue;
-      // Every page is of the first page's version; the watch goes on from it.
-      if (resourceVersion === "") resourceVersion = next.value.resourceVersion;
-    } while (cont !== "");
+    const pods = apiListAll(this.conn, "/api/v1/pods", { fieldSelector: this.fieldSelector }, RELIST_PAGE_SIZE, { deadlineMs: this.deadlineMs });
+    let next = await pods.next();
+    while (next.done !== true) {
+      const pod = next.value as PodObject;
+      seen.set(key(pod), podFacts(pod));
+      next = await pods.next();
+    }
     this.pods.clear();
     for (const [k, facts] of seen) this.pods.set(k, facts);
     this.synced = true;
-    this.watchFrom(resourceVersion);
+    // The watch goes on from the list's version.
+    this.watchFrom(next.value);
   }
 
   private watchFrom(resourceVersion: string): void {

@@ -127,6 +127,12 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     }
   }
 
+  /** The pod's capture configuration cannot be applied here: 422, and the pod is told. */
+  function invalidCapture(pod: PodRef, message: string, log: Logger): Refusal {
+    recordEvent(pod, "Warning", "NetworkInitFailed", `invalid capture configuration: ${message}`, log);
+    return new Refusal(422, "invalid-capture", message);
+  }
+
   async function applyIn(pod: PodRef, capture: ReturnType<typeof parseCaptureConfig>, netns: OpenNetns, resolved: ResolvedNetns, log: Logger): Promise<ProgramOutcome> {
     const t0 = performance.now();
     let result: Awaited<ReturnType<NetnsApplier["apply"]>>;
@@ -134,8 +140,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
       result = await (await deps.applierFor(netns, pod.uid)).apply(netns, pod.uid, capture);
     } catch (err) {
       recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${errorMessage(err)}`, log);
-      if (err instanceof ApplyError || err instanceof StateError) throw refusalFor(err);
-      throw err;
+      throw asRefusal(err);
     }
     deps.metrics.applyDuration.observe({ result: result.result }, (performance.now() - t0) / 1000);
     // The descriptor kept the namespace alive however the pod fared meanwhile: a sandbox that
@@ -169,14 +174,11 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
           capture = parseCaptureConfig(captureInput);
         } catch (err) {
           if (!(err instanceof CaptureConfigError)) throw err;
-          recordEvent(pod, "Warning", "NetworkInitFailed", `invalid capture configuration: ${err.message}`, log);
-          throw new Refusal(422, "invalid-capture", err.message);
+          throw invalidCapture(pod, err.message, log);
         }
         const unknownGroups = unknownOwnerGroups(capture, deps.groupFile);
         if (unknownGroups.length > 0) {
-          const message = `owner group ${unknownGroups.map((g) => JSON.stringify(g)).join(", ")} is not known on node ${deps.nodeName}: use a numeric GID`;
-          recordEvent(pod, "Warning", "NetworkInitFailed", `invalid capture configuration: ${message}`, log);
-          throw new Refusal(422, "invalid-capture", message);
+          throw invalidCapture(pod, `owner group ${unknownGroups.map((g) => JSON.stringify(g)).join(", ")} is not known on node ${deps.nodeName}: use a numeric GID`, log);
         }
         return withNetns(pod, (netns, resolved) => applyIn(pod, capture, netns, resolved, log));
       }),
@@ -188,8 +190,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
           try {
             result = await (await deps.applierFor(netns, pod.uid)).remove(netns, pod.uid);
           } catch (err) {
-            if (err instanceof ApplyError || err instanceof StateError) throw refusalFor(err);
-            throw err;
+            throw asRefusal(err);
           }
           await deps.pods.clearMark(pod);
           return { result };
@@ -202,9 +203,10 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   };
 }
 
-/** A command the kernel or a tool refused, as a documented answer (never a 500). */
-function refusalFor(err: ApplyError | StateError): Refusal {
+/** A command that failed, or state that cannot be written, as its documented answer (never a 500); anything else as it was. */
+function asRefusal(err: unknown): unknown {
   if (err instanceof StateError) return new Refusal(503, "state-unwritable", err.message, 10);
+  if (!(err instanceof ApplyError)) return err;
   switch (err.kind) {
     case "netns-gone":
       return new Refusal(503, "netns-not-found", err.message, 1);

@@ -15,7 +15,7 @@ import {
 } from "../contract/apply-request.ts";
 import { ConcurrencyLimit } from "../contract/concurrency.ts";
 import { errorMessage, formatSchemaIssues } from "../contract/errors.ts";
-import { acceptedUntilMs, verifyDigest, verifySignature, type VerifyResult } from "../contract/signature.ts";
+import { acceptedUntilMs, verifyDigest, verifySignature, type SignedMessage, type VerifyResult } from "../contract/signature.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
 import { createPodProgrammer, Refusal, type PodProgrammer, type ProgramDeps } from "./program.ts";
 import type { ReplayCache } from "./replay.ts";
@@ -122,7 +122,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       // A body declared larger than any request is refused unread, signed or not.
       if (Number(req.headers["content-length"] ?? 0) > MAX_BODY_BYTES) throw tooLarge();
       // 1–2: signature (by keyid) and freshness.
-      const verified = verifySignature({ method: req.method, authority: req.headers.host ?? "", path: req.originalUrl, headers: req.headers }, deps.keys.current, now());
+      const verified = verifySignature(signedMessage(req), deps.keys.current, now());
       if (!verified.ok) {
         deps.metrics.signatureFailures.inc({ reason: verified.reason });
         throw new Refusal(401, verified.reason, verified.detail);
@@ -163,7 +163,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
       const verified = res.locals.verified as Extract<VerifyResult, { ok: true }>;
       // The body is the one signed for.
-      const digest = verifyDigest({ method: req.method, authority: req.headers.host ?? "", path: req.originalUrl, headers: req.headers }, body);
+      const digest = verifyDigest(signedMessage(req), body);
       if (digest !== undefined) {
         deps.metrics.signatureFailures.inc({ reason: digest.reason });
         throw new Refusal(401, digest.reason, digest.detail);
@@ -216,6 +216,11 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
   }
 
   return app;
+}
+
+/** The request as RFC 9421 covers it. */
+function signedMessage(req: Request): SignedMessage {
+  return { method: req.method, authority: req.headers.host ?? "", path: req.originalUrl, headers: req.headers };
 }
 
 function tooLarge(): Refusal {
