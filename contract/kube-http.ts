@@ -221,12 +221,16 @@ export interface ListPage {
  * A list read as a stream: each item of `items` is parsed on its own and yielded as it arrives,
  * and the response is read no faster than the caller takes the items, so memory holds about one
  * object at a time whatever the page holds (a node's 250 pods of 1.5 MiB each would be 375 MiB
- * read whole). Returns the page's continue token and version. The page, the caller's work on it
- * included, has the call's deadline.
+ * read whole). Returns the page's continue token and version. The deadline bounds silence, not
+ * the page: a page of large objects takes the API server seconds to send, and is given up only
+ * when nothing arrives for that long.
  */
 export async function* apiList(conn: ApiConnection, path: string, options: CallOptions = {}): AsyncGenerator<unknown, ListPage> {
   const req = https.request(requestOptions(conn, "GET", path, {}, "calls"));
-  cancelAtDeadline(req, options.deadlineMs ?? DEFAULT_API_DEADLINE_MS, `list ${path.split("?")[0] ?? path}`);
+  const silenceMs = options.deadlineMs ?? DEFAULT_API_DEADLINE_MS;
+  req.setTimeout(silenceMs, () => {
+    req.destroy(new DeadlineError(`list ${path.split("?")[0] ?? path} (API server): nothing for ${silenceMs} ms`));
+  });
   const res = await new Promise<IncomingMessage>((resolve, reject) => {
     req.once("response", resolve);
     req.once("error", reject);

@@ -11,7 +11,7 @@ import type { ClusterReader, PodWarningReason } from "./reconcile.ts";
 const NAMESPACE_CACHE_MS = 30_000;
 /** Pods per page when a resync lists the mesh pods (streamed: the size bounds requests, not memory). */
 const LIST_PAGE_SIZE = 500;
-/** A page, with the reconciles of its pods, must be read within this. */
+/** A page is given up when nothing of it arrives for this long (its pods' reconciles included). */
 const LIST_PAGE_DEADLINE_MS = 60_000;
 
 interface ObjectMeta {

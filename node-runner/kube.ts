@@ -72,10 +72,15 @@ export class WatchedPodApi implements PodApi {
     private readonly conn: ApiConnection,
     nodeName: string,
     private readonly api: PodApi,
-    private readonly onRead: (source: "watch" | "api") => void = () => undefined,
-    private readonly onWatchError: (err: unknown) => void = () => undefined,
-    /** Each page of the relist must arrive within this. */
-    private readonly deadlineMs = 5000,
+    private readonly hooks: {
+      /** Where an identity check's answer came from. */
+      readonly onRead?: (source: "watch" | "api") => void;
+      readonly onWatchError?: (err: unknown) => void;
+      /** A relist is done: how many pods are bound to the node. */
+      readonly onListed?: (pods: number) => void;
+      /** A page of the relist is given up when nothing of it arrives for this long (default 5 s). */
+      readonly deadlineMs?: number;
+    } = {},
   ) {
     this.fieldSelector = `spec.nodeName=${nodeName}`;
     this.selector = encodeURIComponent(this.fieldSelector);
@@ -94,7 +99,7 @@ export class WatchedPodApi implements PodApi {
    */
   private async relist(): Promise<void> {
     const seen = new Map<string, PodFacts>();
-    const pods = apiListAll(this.conn, "/api/v1/pods", { fieldSelector: this.fieldSelector }, RELIST_PAGE_SIZE, { deadlineMs: this.deadlineMs });
+    const pods = apiListAll(this.conn, "/api/v1/pods", { fieldSelector: this.fieldSelector }, RELIST_PAGE_SIZE, { deadlineMs: this.hooks.deadlineMs ?? 5000 });
     let next = await pods.next();
     while (next.done !== true) {
       const pod = next.value as PodObject;
@@ -104,6 +109,7 @@ export class WatchedPodApi implements PodApi {
     this.pods.clear();
     for (const [k, facts] of seen) this.pods.set(k, facts);
     this.synced = true;
+    this.hooks.onListed?.(seen.size);
     // The watch goes on from the list's version.
     this.watchFrom(next.value);
   }
@@ -131,7 +137,7 @@ export class WatchedPodApi implements PodApi {
   /** Until the watch is back, every read is a GET; it relists after a pause. */
   private failed(err: unknown): void {
     this.synced = false;
-    this.onWatchError(err);
+    this.hooks.onWatchError?.(err);
     setTimeout(() => {
       if (!this.stopped) this.start();
     }, 2000).unref();
@@ -145,10 +151,10 @@ export class WatchedPodApi implements PodApi {
   async getPod(namespace: string, name: string, uid?: string): Promise<PodFacts | undefined> {
     const cached = this.synced ? this.pods.get(`${namespace}/${name}`) : undefined;
     if (cached !== undefined && (uid === undefined || cached.uid === uid)) {
-      this.onRead("watch");
+      this.hooks.onRead?.("watch");
       return cached;
     }
-    this.onRead("api");
+    this.hooks.onRead?.("api");
     return this.api.getPod(namespace, name);
   }
 

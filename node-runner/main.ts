@@ -137,14 +137,19 @@ const pods = new WatchedPodApi(
   apiConnection,
   nodeName,
   new KubePodApi(apiConnection, nodeName, apiTimeoutMs),
-  (source) => {
-    metrics.podReads.inc({ source });
+  {
+    onRead: (source) => {
+      metrics.podReads.inc({ source });
+    },
+    onWatchError: (err) => {
+      metrics.watchErrors.inc();
+      log.warn({ err: errorMessage(err) }, "pod watch failed or did not start: retrying in 2 s (identity checks use GETs meanwhile)");
+    },
+    onListed: (count) => {
+      log.info({ pods: count }, "listed the pods bound to this node; watching them");
+    },
+    deadlineMs: apiTimeoutMs,
   },
-  (err) => {
-    metrics.watchErrors.inc();
-    log.warn({ err: errorMessage(err) }, "pod watch failed or did not start: retrying in 2 s (identity checks use GETs meanwhile)");
-  },
-  apiTimeoutMs,
 );
 pods.start();
 

@@ -1,0 +1,74 @@
+// The node-runner's budget on a node full of the largest pods (issue 27): pods stay bound to a
+// node while Failed or Pending, and any tenant can make them as large as etcd allows. The
+// compiled node-runner, with its DaemonSet's V8 flags (a 48 MB heap), must list them at every
+// start and stay up; before the list was streamed it read the whole list into its heap at once.
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import * as k8s from "@kubernetes/client-node";
+import { buildPrograms } from "../../scripts/build.ts";
+import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { manifestV8Flags, signingKeyDirs, startNodeRunner } from "../support/components.ts";
+import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
+import { largestPod } from "../support/large-objects.ts";
+import { peakRssMiB } from "../support/processes.ts";
+
+const unavailable = missingBinariesReason();
+const root = path.resolve(import.meta.dirname, "../..");
+const NS = "crowded";
+const NODE = "node-full";
+/** A node's most pods (the kubelet's default maxPods). */
+const PODS = 250;
+/** Each pod a little under etcd's request limit (1.5 MiB), with the API server's own fields to come. */
+const POD_BYTES = 1400 * 1024;
+
+describe("budget: the node-runner lists a node of the largest pods within its heap [needs control plane]", skipUnlessCI(unavailable), () => {
+  let cp: ControlPlane;
+  let dir: string;
+  before(async () => {
+    assertAvailable(unavailable);
+    cp = await startControlPlane();
+    dir = mkdtempSync(path.join(os.tmpdir(), "pnct-budget-"));
+    await buildPrograms(path.join(root, "dist"));
+    await cp.ensureNamespace(NS);
+    const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+    const names = Array.from({ length: PODS }, (_, i) => `large-${i}`);
+    // A few at a time: each is 1.4 MiB through the API server and etcd.
+    for (let i = 0; i < names.length; i += 8) {
+      await Promise.all(
+        names.slice(i, i + 8).map((name) => {
+          const pod = largestPod({ name, namespace: NS, node: NODE, annotations: {}, fill: "env", bytes: POD_BYTES });
+          // As a client creates it: no status, no server-set metadata.
+          const { resourceVersion: _version, uid: _uid, ...metadata } = pod.metadata;
+          return core.createNamespacedPod({ namespace: NS, body: { metadata, spec: pod.spec } });
+        }),
+      );
+    }
+  });
+  after(async () => {
+    await cp.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test(`${PODS} pods of 1.4 MiB (350 MiB) bound to the node: listed at start, the runner stays up and ready`, async (t) => {
+    const keys = signingKeyDirs(dir, "fn-1");
+    const runner = await startNodeRunner(cp, {
+      nodeName: NODE,
+      publicKeysDir: keys.publicDir,
+      stateDir: path.join(dir, "state"),
+      cgroupRoot: dir,
+      compiled: { nodeArgs: manifestV8Flags().nodeRunner },
+    });
+    try {
+      assert.ok(manifestV8Flags().nodeRunner.some((f) => f.startsWith("--max-old-space-size=")), "the DaemonSet's heap limit is applied");
+      await runner.waitForLog(new RegExp(`"pods":${PODS},.*listed the pods bound to this node`), 120_000);
+      assert.equal(runner.process.exitCode, null, "still running");
+      assert.doesNotMatch(runner.log(), /heap out of memory|pod watch failed/);
+      t.diagnostic(`node-runner peak RSS: ${peakRssMiB(runner.process.pid)} MiB`);
+    } finally {
+      await runner.stop();
+    }
+  });
+});
