@@ -1,7 +1,8 @@
-// The node-runner's budget on a node full of the largest pods (issue 27): pods stay bound to a
-// node while Failed or Pending, and any tenant can make them as large as etcd allows. The
-// compiled node-runner, with its DaemonSet's V8 flags (a 48 MB heap), must list them at every
-// start and stay up; before the list was streamed it read the whole list into its heap at once.
+// The budget on a node full of the largest pods (issue 27): pods stay bound to a node while
+// Failed or Pending, and any tenant can make them as large as etcd allows. The compiled
+// node-runner, with its DaemonSet's V8 flags (a 48 MB heap), must list them at every start and
+// stay up, and the compiled function (its Service's 96 MB heap) must resync them; before the
+// lists were streamed, both read whole lists (or pages of 500) into their heaps.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
@@ -10,7 +11,8 @@ import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { buildPrograms } from "../../scripts/build.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
-import { manifestV8Flags, signingKeyDirs, startNodeRunner } from "../support/components.ts";
+import { deliver, pingEvent } from "../support/apiserversource.ts";
+import { manifestV8Flags, senderToken, signingKeyDirs, startFunction, startNodeRunner } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { largestPod } from "../support/large-objects.ts";
 import { peakRssMiB } from "../support/processes.ts";
@@ -24,7 +26,7 @@ const PODS = 250;
 /** Each pod a little under etcd's request limit (1.5 MiB), with the API server's own fields to come. */
 const POD_BYTES = 1400 * 1024;
 
-describe("budget: the node-runner lists a node of the largest pods within its heap [needs control plane]", skipUnlessCI(unavailable), () => {
+describe("budget: the node-runner and the function list a node of the largest pods within their heaps [needs control plane]", skipUnlessCI(unavailable), () => {
   let cp: ControlPlane;
   let dir: string;
   before(async () => {
@@ -69,6 +71,21 @@ describe("budget: the node-runner lists a node of the largest pods within its he
       t.diagnostic(`node-runner peak RSS: ${peakRssMiB(runner.process.pid)} MiB`);
     } finally {
       await runner.stop();
+    }
+  });
+
+  test(`the function's resync lists the same ${PODS} mesh pods within its Service's heap`, async (t) => {
+    const keys = signingKeyDirs(dir, "fn-2");
+    const fn = await startFunction(cp, { signingKeysDir: keys.privateDir, nodeRunnerPort: 1, compiled: { nodeArgs: manifestV8Flags().function } });
+    try {
+      assert.ok(manifestV8Flags().function.some((f) => f.startsWith("--max-old-space-size=")), "the Service's heap limit is applied");
+      const res = await deliver(`${fn.url}/`, pingEvent(), await senderToken(cp, "PingSource"));
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      assert.equal((res.body.resync as { seen?: number } | undefined)?.seen, PODS, JSON.stringify(res.body.resync));
+      assert.equal(fn.process.exitCode, null, "still running");
+      t.diagnostic(`function peak RSS: ${peakRssMiB(fn.process.pid)} MiB`);
+    } finally {
+      await fn.stop();
     }
   });
 });
