@@ -25,6 +25,7 @@ RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY scripts/build.ts scripts/
 COPY contract contract
+COPY lib lib
 COPY node-runner node-runner
 COPY functions functions
 COPY cli cli

@@ -17,7 +17,8 @@ import { applierChooser, BACKEND, BACKENDS, type BackendName, type NetnsApplier 
 import { helperRunner } from "../node-runner/helper-runner.ts";
 import { goProgram } from "../test/support/go-programs.ts";
 import { openNetns, resolvePodNetns } from "../node-runner/netns.ts";
-import { renderIptables, type IptablesRule } from "../node-runner/rules/iptables.ts";
+import { renderIptables } from "../node-runner/rules/iptables.ts";
+import type { IptablesRule } from "../node-runner/rules/istio.ts";
 import { replaceTransaction } from "../node-runner/rules/iptables-text.ts";
 import { TestPods, testPodsUnavailableReason } from "../test/support/test-pods.ts";
 import { idleProcesses, machineDescription, processCount, summarize, table, Teardown } from "./machine.ts";

@@ -20,7 +20,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { apiRequest, podPath, watchStream, type ApiConnection } from "../contract/kube-http.ts";
+import { apiRequest, podPath, watchStream, type ApiConnection } from "../lib/kube-http.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { missingBinariesReason } from "../test/controlplane/harness.ts";
 import { metricSeries, metricSum, scrapeMetrics } from "../test/support/metrics.ts";

@@ -18,7 +18,7 @@ import { generateKeys, KeyManifestError, rotateKeys, type KeyManifests } from ".
 import { generateTls, tlsManifests } from "./tls.ts";
 import { BACKEND, BACKENDS, isBackendName } from "../node-runner/backends.ts";
 import { ipCommand, netSetupSteps } from "../node-runner/rules/routes.ts";
-import { errorMessage } from "../contract/errors.ts";
+import { errorMessage } from "../lib/errors.ts";
 
 /** Exit codes, documented in the README. */
 export const EXIT = {

@@ -3,8 +3,8 @@
 // manifest) and an upgrade never replaces a key: it creates what is missing and keeps what is
 // there. The plan is pure (what exists in, what to create out); the API calls are at the edge.
 import { parseArgs } from "node:util";
-import { errorMessage } from "../contract/errors.ts";
-import { ApiError, apiConnection, apiGetIfExists, apiRequest, type ApiConnection } from "../contract/kube-http.ts";
+import { errorMessage } from "../lib/errors.ts";
+import { ApiError, apiConnection, apiGetIfExists, apiRequest, type ApiConnection } from "../lib/kube-http.ts";
 import { CONFIGMAP_NAME, KeyManifestError, newKeyId, pair, publicPemOf, SECRET_NAME } from "./keys.ts";
 import { keyManifest, type KeyHolder } from "./manifests.ts";
 import { CA_CONFIGMAP_NAME, generateTls, TLS_SECRET_NAME, tlsSecretData, type TlsFiles } from "./tls.ts";

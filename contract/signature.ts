@@ -7,7 +7,7 @@
 // node-runner.
 import { createHash, sign as edSign, timingSafeEqual, verify as edVerify, type KeyObject } from "node:crypto";
 import { isInnerList, parseDictionary, serializeInnerList, type BareItem, type InnerList, type Item, type Parameters } from "structured-headers";
-import { errorMessage } from "./errors.ts";
+import { errorMessage } from "../lib/errors.ts";
 
 export const SIGNATURE_PROFILE = {
   /** Dictionary key of our signature in Signature-Input / Signature. */

@@ -8,8 +8,8 @@ import https from "node:https";
 import { API_VERSION, APPLY_PATH, CONTENT_TYPE, applyResponseSchema, errorResponseSchema, type ApplyRequest } from "../contract/apply-request.ts";
 import { signRequest } from "../contract/signature.ts";
 import type { Decision } from "./decision.ts";
-import { ConcurrencyLimit } from "../contract/concurrency.ts";
-import { errorMessage } from "../contract/errors.ts";
+import { ConcurrencyLimit } from "../lib/concurrency.ts";
+import { errorMessage } from "../lib/errors.ts";
 
 export type ApplyDecision = Extract<Decision, { action: "apply" }>;
 

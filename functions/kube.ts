@@ -1,8 +1,8 @@
 // The decision function's Kubernetes side: read pods (Reference mode) and namespaces (opt-in
 // annotation, cached briefly), list mesh pods for resync, and record Warning Events for pods
-// whose annotations are invalid. Spoken over the shared small client (contract/kube-http.ts).
-import { ApiError, apiGetIfExists, apiListAll, podPath, type ApiConnection } from "../contract/kube-http.ts";
-import { recordPodEvent } from "../contract/pod-event.ts";
+// whose annotations are invalid. Spoken over the shared small client (lib/kube-http.ts).
+import { ApiError, apiGetIfExists, apiListAll, podPath, type ApiConnection } from "../lib/kube-http.ts";
+import { recordPodEvent } from "../lib/pod-event.ts";
 import type { NamespaceFacts } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
 import type { ClusterReader, PodWarningReason } from "./reconcile.ts";

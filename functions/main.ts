@@ -25,11 +25,11 @@
 //                             and redispatch after each delay in turn ("": never)          8000,15000,30000
 import { readFileSync } from "node:fs";
 import http from "node:http";
-import { errorMessage } from "../contract/errors.ts";
-import { apiConnection, type ApiConnection } from "../contract/kube-http.ts";
+import { errorMessage } from "../lib/errors.ts";
+import { apiConnection, type ApiConnection } from "../lib/kube-http.ts";
 import { pino } from "pino";
 import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
-import { KeyDirectory } from "../contract/key-directory.ts";
+import { KeyDirectory } from "../lib/key-directory.ts";
 import { Dispatcher } from "./dispatch.ts";
 import { KubeClusterReader } from "./kube.ts";
 import { REDISPATCH_DELAYS_MS } from "./reconcile.ts";

@@ -1,6 +1,6 @@
 // The parts of a Kubernetes Pod this project reads, validated where pods enter (events, the
 // API, files). Unknown fields pass through untouched; known fields must have the right type.
-import { formatSchemaIssues } from "../contract/errors.ts";
+import { formatSchemaIssues } from "../lib/errors.ts";
 import { z } from "zod";
 
 const envVarSchema = z.looseObject({

@@ -3,9 +3,9 @@
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
-import { watchMount } from "../contract/watch-mount.ts";
+import { watchMount } from "../lib/watch-mount.ts";
 import { parsePolicy, PolicyError, type Policy } from "./policy.ts";
-import { errorMessage } from "../contract/errors.ts";
+import { errorMessage } from "../lib/errors.ts";
 
 export class PolicyStore {
   private policy: Policy;

@@ -11,7 +11,7 @@ import {
   type CaptureConfigInput,
   parseCaptureConfig,
 } from "../contract/capture-config.ts";
-import { errorMessage, formatSchemaIssues } from "../contract/errors.ts";
+import { errorMessage, formatSchemaIssues } from "../lib/errors.ts";
 
 const overridesSchema = captureConfigInputSchema.partial().strict();
 

@@ -4,8 +4,8 @@
 // decision, Warning Events, dry-run and the dispatch queue.
 import type { Logger } from "pino";
 import { formatIssues, formatWarning } from "../contract/capture-config.ts";
-import { BoundedMap } from "../contract/bounded-map.ts";
-import { errorMessage } from "../contract/errors.ts";
+import { BoundedMap } from "../lib/bounded-map.ts";
+import { errorMessage } from "../lib/errors.ts";
 import { decide, LEGACY_OPT_IN, skipDecision, strandedWaiter, type Decision, type DecisionInput, type NamespaceFacts } from "./decision.ts";
 import type { Dispatcher, DispatchResult } from "./dispatch.ts";
 import type { FunctionMetrics } from "./metrics.ts";

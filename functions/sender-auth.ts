@@ -6,9 +6,9 @@
 // before anything is signed), but without this anyone who reaches the function could make it
 // work for them (and, with PingSource events, sweep the cluster).
 import { createHash } from "node:crypto";
-import { BoundedMap } from "../contract/bounded-map.ts";
-import { errorMessage } from "../contract/errors.ts";
-import { apiRequest, type ApiConnection } from "../contract/kube-http.ts";
+import { BoundedMap } from "../lib/bounded-map.ts";
+import { errorMessage } from "../lib/errors.ts";
+import { apiRequest, type ApiConnection } from "../lib/kube-http.ts";
 
 export type SenderVerdict =
   | { readonly ok: true; readonly sender: string }

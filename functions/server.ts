@@ -10,7 +10,7 @@
 import express, { type Request, type Response } from "express";
 import { HTTP, type CloudEventV1 } from "cloudevents";
 import type { Logger } from "pino";
-import { errorMessage } from "../contract/errors.ts";
+import { errorMessage } from "../lib/errors.ts";
 import type { Dispatcher } from "./dispatch.ts";
 import type { FunctionMetrics } from "./metrics.ts";
 import { parsePod, PodManifestError, type Pod } from "./pod.ts";

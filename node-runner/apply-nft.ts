@@ -5,7 +5,8 @@
 import { createHash } from "node:crypto";
 import type { CaptureConfig } from "../contract/capture-config.ts";
 import { commandError, nsenterRunner, RecordStore, replaceIpSteps, runIpStep, type ApplyOutcome, type NetnsRunner, type NetnsTarget } from "./apply.ts";
-import { NFT_TABLE, renderNftables } from "./rules/nftables.ts";
+import { NFT_TABLE } from "./rules/istio.ts";
+import { renderNftables } from "./rules/nftables.ts";
 import { netSetupSteps } from "./rules/routes.ts";
 
 const ISTIO_TABLES = Object.values(NFT_TABLE);

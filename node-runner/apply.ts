@@ -6,11 +6,12 @@
 import { createHash } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { BoundedMap } from "../contract/bounded-map.ts";
+import { BoundedMap } from "../lib/bounded-map.ts";
 import type { CaptureConfig } from "../contract/capture-config.ts";
 import { runInNetns, type CommandResult } from "./nsenter.ts";
 import { addedBuiltinLines, builtinLines, builtinLinesSelfEvident, ownedRules, parseSave, replaceTransaction, ruleLine, sameRules, type ChainRules, type SaveState } from "./rules/iptables-text.ts";
-import { renderIptables, type Family, type IptablesFamilyPlan, type IptablesRule } from "./rules/iptables.ts";
+import { renderIptables, type IptablesFamilyPlan } from "./rules/iptables.ts";
+import type { Family, IptablesRule } from "./rules/istio.ts";
 import { ipCommand, netSetupSteps, type NetSetupStep } from "./rules/routes.ts";
 
 /** The iptables variants, named as the backends are (backends.ts). */

@@ -4,8 +4,8 @@
 // so that the server's logic does not depend on how the API is spoken (kube-http.ts).
 import { type PodRef } from "../contract/apply-request.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
-import { recordPodEvent } from "../contract/pod-event.ts";
-import { ApiError, apiGetIfExists, apiListAll, apiRequest, podPath, watchStream, type ApiConnection, type WatchEvent } from "../contract/kube-http.ts";
+import { recordPodEvent } from "../lib/pod-event.ts";
+import { ApiError, apiGetIfExists, apiListAll, apiRequest, podPath, watchStream, type ApiConnection, type WatchEvent } from "../lib/kube-http.ts";
 
 /** A watch is ended by the server after this and resumed from its last version; one silent for longer is broken (watchStream's idle limit). */
 const WATCH_SECONDS = 300;

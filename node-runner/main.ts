@@ -31,14 +31,14 @@ import { RecordStore, type IptablesVariant } from "./apply.ts";
 import { helperRunner, NETNS_EXEC, resolveExecutable } from "./helper-runner.ts";
 import { applierChooser, BACKEND, BACKENDS, isBackendName, type BackendName, type NetnsApplier } from "./backends.ts";
 import { KubePodApi, WatchedPodApi } from "./kube.ts";
-import { apiConnection as connectTo, type ApiConnection } from "../contract/kube-http.ts";
-import { KeyDirectory } from "../contract/key-directory.ts";
+import { apiConnection as connectTo, type ApiConnection } from "../lib/kube-http.ts";
+import { KeyDirectory } from "../lib/key-directory.ts";
 import { createMetrics } from "./metrics.ts";
 import { podUidPattern, resolvePodNetns } from "./netns.ts";
 import { ReplayCache } from "./replay.ts";
 import { createPodProgrammer, EVENT_MAX_DELAY_MS, EVENT_QUIET_MS } from "./program.ts";
 import { createNodeRunnerApp, HEADERS_TIMEOUT_MS, MAX_CONNECTIONS, REQUEST_TIMEOUT_MS, type NodeRunnerDeps } from "./server.ts";
-import { errorMessage } from "../contract/errors.ts";
+import { errorMessage } from "../lib/errors.ts";
 
 const { values } = parseArgs({
   options: {

@@ -9,7 +9,7 @@
 // Everything is read from files under `procRoot`, so fixture trees can stand in for /proc.
 import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
 import path from "node:path";
-import { errorMessage } from "../contract/errors.ts";
+import { errorMessage } from "../lib/errors.ts";
 
 export interface ResolvedNetns {
   /** Inode number of the network namespace: its identity (also recorded on the pod). */

@@ -5,7 +5,7 @@
 import type { Logger } from "pino";
 import type { PodRef, ProgramOutcome } from "../contract/apply-request.ts";
 import { CaptureConfigError, parseCaptureConfig } from "../contract/capture-config.ts";
-import { errorMessage } from "../contract/errors.ts";
+import { errorMessage } from "../lib/errors.ts";
 import { ApplyError, StateError, type NetnsTarget } from "./apply.ts";
 import type { NetnsApplier } from "./backends.ts";
 import { EventQueue } from "./events.ts";

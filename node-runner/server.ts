@@ -13,8 +13,8 @@ import {
   type ApplyResponse,
   type ErrorResponse,
 } from "../contract/apply-request.ts";
-import { ConcurrencyLimit } from "../contract/concurrency.ts";
-import { errorMessage, formatSchemaIssues } from "../contract/errors.ts";
+import { ConcurrencyLimit } from "../lib/concurrency.ts";
+import { errorMessage, formatSchemaIssues } from "../lib/errors.ts";
 import { acceptedUntilMs, verifyDigest, verifySignature, type SignedMessage, type VerifyResult } from "../contract/signature.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
 import { createPodProgrammer, Refusal, type PodProgrammer, type ProgramDeps } from "./program.ts";

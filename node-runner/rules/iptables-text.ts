@@ -6,7 +6,7 @@
 // Owned: every ISTIO_* chain with its rules, plus the lines in built-in chains that the
 // previous apply added (recorded by the node-runner) or that jump to an ISTIO_* chain.
 // Anything else in the namespace belongs to someone else and is left alone.
-import type { IptablesRule, Table } from "./iptables.ts";
+import type { IptablesRule, Table } from "./istio.ts";
 
 export const MANAGED_TABLES: readonly Table[] = ["mangle", "nat", "raw"];
 const BUILTIN_CHAINS = new Set(["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]);

@@ -8,17 +8,8 @@ import {
 } from "../../contract/capture-config.ts";
 import type { Cidr } from "../../contract/tokens.ts";
 import { restoreText } from "./iptables-text.ts";
+import { CHAIN, DNS_PROXY_PORT, OUTBOUND_MARK, type Family, type IptablesRule, type Table } from "./istio.ts";
 
-export type Table = "filter" | "mangle" | "nat" | "raw";
-export type Family = 4 | 6;
-
-export interface IptablesRule {
-  readonly table: Table;
-  readonly chain: string;
-  /** Present for `-I <chain> <position>`; absent for `-A <chain>`. */
-  readonly position?: number;
-  readonly args: readonly string[];
-}
 
 export interface IptablesFamilyPlan {
   readonly family: Family;
@@ -32,22 +23,6 @@ export interface IptablesPlan {
   /** Null when the config does not enable IPv6. */
   readonly v6: IptablesFamilyPlan | null;
 }
-
-export const CHAIN = {
-  inbound: "ISTIO_INBOUND",
-  redirect: "ISTIO_REDIRECT",
-  inRedirect: "ISTIO_IN_REDIRECT",
-  output: "ISTIO_OUTPUT",
-  outputDns: "ISTIO_OUTPUT_DNS",
-  divert: "ISTIO_DIVERT",
-  tproxy: "ISTIO_TPROXY",
-  drop: "ISTIO_DROP",
-} as const;
-
-/** Mark Envoy's own inbound-bound packets carry in TPROXY mode (Istio's OutboundMark). */
-export const OUTBOUND_MARK = "1338";
-/** Port of the istio-agent DNS proxy. */
-export const DNS_PROXY_PORT = "15053";
 
 const V6_LOOPBACK = "::1/128";
 const V4_PASSTHROUGH_SOURCE = "127.0.0.6/32";

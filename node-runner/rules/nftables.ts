@@ -5,14 +5,7 @@ import {
   includesLoopback,
   type CaptureConfig,
 } from "../../contract/capture-config.ts";
-import { DNS_PROXY_PORT, OUTBOUND_MARK } from "./iptables.ts";
-
-export const NFT_TABLE = {
-  nat: "istio-proxy-nat",
-  mangle: "istio-proxy-mangle",
-  raw: "istio-proxy-raw",
-} as const;
-export type NftTable = keyof typeof NFT_TABLE;
+import { DNS_PROXY_PORT, NFT_TABLE, OUTBOUND_MARK, type NftTable } from "./istio.ts";
 
 const CHAIN = {
   prerouting: "prerouting",

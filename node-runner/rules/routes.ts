@@ -2,7 +2,7 @@
 // on, and the policy routing TPROXY needs so that marked packets are delivered locally to
 // Envoy. Mirrors istio-iptables' ConfigureRoutes. Pure; the node-runner executes the steps.
 import type { CaptureConfig } from "../../contract/capture-config.ts";
-import type { Family } from "./iptables.ts";
+import type { Family } from "./istio.ts";
 
 export type NetSetupStep =
   /** Envoy's inbound passthrough binds ::6 (127.0.0.6 needs nothing: 127/8 is all loopback). */

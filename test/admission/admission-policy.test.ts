@@ -6,7 +6,7 @@ import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { MARK } from "../../contract/mark.ts";
 import { KubePodApi } from "../../node-runner/kube.ts";
-import { ApiError } from "../../contract/kube-http.ts";
+import { ApiError } from "../../lib/kube-http.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 

@@ -7,7 +7,7 @@ import http from "node:http";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { HTTP, type CloudEventV1 } from "cloudevents";
-import { API_CONNECTIONS, apiRequest, podPath, watchStream, type ApiConnection } from "../../contract/kube-http.ts";
+import { API_CONNECTIONS, apiRequest, podPath, watchStream, type ApiConnection } from "../../lib/kube-http.ts";
 import { KubeClusterReader } from "../../functions/kube.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { ADAPTER_HEALTH_PORT, freePort, missingBinariesReason, startControlPlane, type Adapter, type ControlPlane } from "./harness.ts";

@@ -103,7 +103,7 @@ fi
 # The project's images: the Dockerfile's targets, nothing else. Inputs: the Dockerfile, the
 # lockfile and the sources it copies.
 project_stamp="$(cd "$repo" && cat Dockerfile package.json package-lock.json tsconfig.json scripts/build.ts \
-  $(git ls-files contract node-runner functions cli waiter 2>/dev/null || find contract node-runner functions cli waiter -type f | sort) | sha256sum | cut -c1-16)-$go_stamp"
+  $(git ls-files contract lib node-runner functions cli waiter 2>/dev/null || find contract lib node-runner functions cli waiter -type f | sort) | sha256sum | cut -c1-16)-$go_stamp"
 for target in node-runner decision waiter; do
   ref="localhost/podnet/$target:test"
   archive="$images/$target.oci.tar"

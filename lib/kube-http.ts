@@ -9,7 +9,7 @@ import type { ClientRequest, IncomingMessage } from "node:http";
 import https from "node:https";
 import { DeadlineError } from "./deadline.ts";
 import { z } from "zod";
-import { formatSchemaIssues } from "../contract/errors.ts";
+import { formatSchemaIssues } from "./errors.ts";
 
 const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
 
