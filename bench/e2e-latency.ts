@@ -58,8 +58,8 @@ async function apiServerRequests(server: string, ca: Buffer, token: string): Pro
 }
 
 /** The sum of one of a component's metrics, every label set. */
-async function metric(url: string, name: string): Promise<number> {
-  return metricSum(await scrapeMetrics(url), name);
+async function metric(component: { metrics(): Promise<string> }, name: string): Promise<number> {
+  return metricSum(await component.metrics(), name);
 }
 
 
@@ -178,7 +178,7 @@ try {
       setTimeout(resolve, ms).unref();
     });
   const marked = (name: string): Promise<void> => (markedAt.has(name) ? Promise.resolve() : new Promise((resolve) => markWaiters.set(name, resolve)));
-  const functionEvents = (): Promise<number> => metric(stack.fn.url, "podnet_function_events_total");
+  const functionEvents = (): Promise<number> => metric(stack.fn, "podnet_function_events_total");
   let eventsBefore = await functionEvents();
 
   // CPU used during the run, by component (the node's two cores are shared by all of them).
@@ -238,7 +238,7 @@ try {
   const floor = mode === "burst" ? await apiFloor() : undefined;
   // Where the time went, from the components' own numbers.
   const mean = async (name: string): Promise<number> =>
-    (1000 * (await metric(stack.fn.url, `${name}_sum`))) / Math.max(1, await metric(stack.fn.url, `${name}_count`));
+    (1000 * (await metric(stack.fn, `${name}_sum`))) / Math.max(1, await metric(stack.fn, `${name}_count`));
   const queueAgeMs = await mean("podnet_function_dispatch_queue_age_seconds");
   const dispatchMs = await mean("podnet_function_dispatch_duration_seconds");
   const runnerMs = [...stack.runner.log().matchAll(/"durationMs":([0-9.]+).*"msg":"apply: applied"/g)].map((m) => Number(m[1]));

@@ -21,6 +21,11 @@
 //                                                                                         podnet-pods ApiServerSource and
 //                                                                                         podnet-resync PingSource
 //   RESYNC_MIN_INTERVAL_MS    a resync runs at most this often                            30000
+//   METRICS_PORT              GET /metrics, on a port of its own (0: none; not one of   9095
+//                             queue-proxy's: 8012, 8013, 8022, 8112, 9090, 9091)
+//   METRICS_AUTH              none | kubernetes: whether a scrape needs a token allowed    none
+//                             to get /metrics (plain HTTP: a token would cross the pod
+//                             network in clear; the chart's NetworkPolicy guards the port)
 //   REDISPATCH_DELAYS_MS      after a dispatch that can pass failed: read the pod again    1000,2000,4000,
 //                             and redispatch after each delay in turn ("": never)          8000,15000,30000
 import { readFileSync } from "node:fs";
@@ -34,9 +39,11 @@ import { Dispatcher } from "./dispatch.ts";
 import { KubeClusterReader } from "./kube.ts";
 import { REDISPATCH_DELAYS_MS } from "./reconcile.ts";
 import { PolicyStore } from "./policy-store.ts";
-import { knativeSourceIdentity, SenderAuthenticator, tokenReviewer } from "./sender-auth.ts";
+import { tokenReviewer } from "../lib/token-review.ts";
+import { knativeSourceIdentity, SenderAuthenticator } from "./sender-auth.ts";
 import { createFunctionMetrics } from "./metrics.ts";
 import { createFunctionApp } from "./server.ts";
+import { createMetricsServer, ScrapeAuthorizer } from "../lib/metrics-server.ts";
 
 const env = process.env;
 const log = pino({ base: { component: "decision-function" } });
@@ -156,6 +163,8 @@ const port = number("PORT", 8080);
 // arrive in time (checked every second), so slow uploads do not hold sockets or memory.
 const server = http.createServer({ headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 1000 }, app);
 server.maxHeadersCount = 64;
+// Bounded whoever connects: queue-proxy is the only intended client, but the pod IP is reachable too.
+server.maxConnections = 1024;
 // Idle connections stay open longer than Go's transports keep them (90 s; Knative's adapters and
 // queue-proxy): a server that closes first races the sender's next POST on that connection,
 // which Go does not retry.
@@ -168,6 +177,31 @@ server.on("connection", () => {
 server.prependListener("request", (_req, res) => {
   if (draining) res.setHeader("connection", "close");
 });
+// Metrics apart from the events: scraping never competes with queue-proxy's requests.
+const metricsPort = Number(env.METRICS_PORT ?? 9095);
+if (!Number.isInteger(metricsPort) || metricsPort < 0 || metricsPort > 65535 || metricsPort === port) {
+  log.fatal(`METRICS_PORT must be a port other than PORT (0: none), got ${env.METRICS_PORT ?? ""}`);
+  process.exit(2);
+}
+const metricsAuth = env.METRICS_AUTH ?? "none";
+if (metricsAuth !== "kubernetes" && metricsAuth !== "none") {
+  log.fatal(`METRICS_AUTH must be none or kubernetes, got ${metricsAuth}`);
+  process.exit(2);
+}
+const metricsServer =
+  metricsPort === 0
+    ? undefined
+    : createMetricsServer({
+        registry: metrics.registry,
+        ...(metricsAuth === "kubernetes" ? { authorizer: ScrapeAuthorizer.forApiServer(kubeApi) } : {}),
+        onRefused: (status) => {
+          metrics.scrapesRefused.inc({ status: String(status) });
+        },
+      });
+metricsServer?.listen(metricsPort, () => {
+  log.info({ metricsPort, auth: metricsAuth }, "metrics served");
+});
+
 server.listen(port, () => {
   log.info({ port, policy: policies.current.id, senderAuth, allowedSenders: auth === undefined ? undefined : [...allowedSenders], nodeRunner: `${scheme}://<hostIP>:${env.NODE_RUNNER_PORT ?? 19443}` }, "decision function listening");
 });
@@ -178,6 +212,7 @@ process.once("SIGTERM", () => {
   // Stop taking events, answer those in flight, then send what was queued for them. A kept
   // connection closes once it is idle: its request in flight answered.
   draining = true;
+  metricsServer?.close();
   const closeIdle = setInterval(() => {
     server.closeIdleConnections();
   }, 50);

@@ -18,6 +18,7 @@ export function createFunctionMetrics(options: { defaultMetrics?: boolean } = {}
     redispatches: new Counter({ name: "podnet_function_redispatches_total", help: "Pods read again and reconciled after a dispatch failed in a way that can pass (node-runner not answering or 503).", registers: [registry] }),
     policyReloadFailures: new Counter({ name: "podnet_function_policy_reload_failures_total", help: "Policy documents refused (the last good policy stays).", registers: [registry] }),
     authFailures: new Counter({ name: "podnet_function_auth_failures_total", help: "Events refused because the sender is not authenticated or not allowed, by reason.", labelNames: ["reason"], registers: [registry] }),
+    scrapesRefused: new Counter({ name: "podnet_function_metrics_scrapes_refused_total", help: "Scrapes of /metrics refused (METRICS_AUTH=kubernetes), by HTTP status.", labelNames: ["status"], registers: [registry] }),
     resyncsLimited: new Counter({ name: "podnet_function_resyncs_rate_limited_total", help: "Resync requests ignored because one ran less than the minimum interval ago.", registers: [registry] }),
     policyInfo: new Gauge({ name: "podnet_function_policy_info", help: "The policy in force (value 1).", labelNames: ["id", "mode"], registers: [registry] }),
   };

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
-import { knativeSourceIdentity, MAX_PENDING_REVIEWS, SenderAuthenticator, type TokenReviewer } from "./sender-auth.ts";
+import type { TokenReviewer } from "../lib/token-review.ts";
+import { knativeSourceIdentity, MAX_PENDING_REVIEWS, SenderAuthenticator } from "./sender-auth.ts";
 
 const SENDER = knativeSourceIdentity("podnet-system", "podnet-pods", "ApiServerSource");
 
@@ -28,7 +29,7 @@ describe("sender authentication (Knative OIDC identity)", () => {
     const auth = authenticator((_token, audience) => {
       reviews++;
       assert.equal(audience, "aud");
-      return Promise.resolve({ authenticated: true, username: SENDER });
+      return Promise.resolve({ authenticated: true, user: { username: SENDER } });
     });
     const token = jwt();
     for (let i = 0; i < 3; i++) assert.deepEqual(await auth.authenticate(`Bearer ${token}`), { ok: true, sender: SENDER });
@@ -37,7 +38,7 @@ describe("sender authentication (Knative OIDC identity)", () => {
 
   test("other senders, invalid tokens and a missing header are refused with their reason", async () => {
     const good = jwt({ jti: "good" });
-    const auth = authenticator((token) => Promise.resolve(token === good ? { authenticated: true, username: "system:serviceaccount:shop:app" } : { authenticated: false, error: "bad" }));
+    const auth = authenticator((token) => Promise.resolve(token === good ? { authenticated: true, user: { username: "system:serviceaccount:shop:app" } } : { authenticated: false, error: "bad" }));
     assert.equal((await auth.authenticate(`Bearer ${good}`)).ok, false);
     assert.deepEqual(await auth.authenticate(`Bearer ${good}`), { ok: false, reason: "sender-not-allowed", detail: "system:serviceaccount:shop:app is not an allowed sender" });
     assert.deepEqual(await auth.authenticate(`Bearer ${jwt({ jti: "nope" })}`), { ok: false, reason: "invalid-token", detail: "not a valid token for audience aud: bad" });
@@ -95,7 +96,7 @@ describe("sender authentication (Knative OIDC identity)", () => {
     const real = jwt({ jti: "real" });
     const auth = authenticator((token) =>
       token === real
-        ? Promise.resolve({ authenticated: true, username: SENDER })
+        ? Promise.resolve({ authenticated: true, user: { username: SENDER } })
         : new Promise((resolve) => {
             held.push(() => {
               resolve({ authenticated: false });
@@ -125,7 +126,7 @@ describe("sender authentication (Knative OIDC identity)", () => {
     const auth = authenticator(async () => {
       reviews++;
       await new Promise((r) => setTimeout(r, 10));
-      return { authenticated: true, username: SENDER };
+      return { authenticated: true, user: { username: SENDER } };
     });
     const token = jwt();
     const verdicts = await Promise.all(Array.from({ length: 20 }, () => auth.authenticate(`Bearer ${token}`)));

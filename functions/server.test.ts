@@ -149,7 +149,8 @@ describe("decision function: events as ApiServerSource sends them", () => {
   });
 
   test("metrics count events by type and outcome and decisions by reason", async () => {
-    const text = (await request(app).get("/metrics")).text;
+    assert.equal((await request(app).get("/metrics")).status, 404, "metrics have a port of their own (lib/metrics-server.ts)");
+    const text = await metrics.registry.metrics();
     assert.match(text, /podnet_function_events_total\{type="dev\.knative\.apiserver\.resource\.add",outcome="handled"\} \d+/);
     assert.match(text, /podnet_function_decisions_total\{action="skip",reason="already-initialized"\} 1/);
     assert.match(text, /podnet_function_decision_duration_seconds_bucket/);

@@ -111,9 +111,6 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     }
     res.json({ status: "ready", policy: deps.policy().id });
   });
-  app.get("/metrics", async (_req, res) => {
-    res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
-  });
 
   /**
    * The sender, authenticated from the headers before the body is read: whoever is refused

@@ -20,6 +20,11 @@
 //   --api-timeout-ms / API_TIMEOUT_MS  deadline of every Kubernetes API call          5000
 //   --netns-exec / NETNS_EXEC          the command helper (node-runner/netns-exec)     podnet-netns-exec
 //                                      (a path, or looked up on PATH)
+//   --metrics-listen / METRICS_LISTEN  GET /metrics, on a port of its own ("" for none)  <listen host>:19090
+//                                      (HTTPS with the same certificate as the API)
+//   --metrics-auth / METRICS_AUTH      kubernetes | none: whether a scrape needs a token  kubernetes
+//                                      allowed to get /metrics (TokenReview +
+//                                      SubjectAccessReview)
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync } from "node:fs";
 import path from "node:path";
@@ -39,6 +44,7 @@ import { ReplayCache } from "./replay.ts";
 import { createPodProgrammer, EVENT_MAX_DELAY_MS, EVENT_QUIET_MS } from "./program.ts";
 import { createNodeRunnerApp, HEADERS_TIMEOUT_MS, MAX_CONNECTIONS, REQUEST_TIMEOUT_MS, type NodeRunnerDeps } from "./server.ts";
 import { errorMessage } from "../lib/errors.ts";
+import { createMetricsServer, parseListenAddress, ScrapeAuthorizer } from "../lib/metrics-server.ts";
 
 const { values } = parseArgs({
   options: {
@@ -56,6 +62,8 @@ const { values } = parseArgs({
     "tls-cert": { type: "string" },
     "tls-key": { type: "string" },
     "max-concurrent": { type: "string" },
+    "metrics-listen": { type: "string" },
+    "metrics-auth": { type: "string" },
     "api-timeout-ms": { type: "string" },
     "event-quiet-ms": { type: "string" },
   },
@@ -70,9 +78,11 @@ function fail(message: string): never {
 
 const nodeName = values["node-name"] ?? env.NODE_NAME ?? fail("--node-name (or NODE_NAME) is required");
 const listen = values.listen ?? env.LISTEN_ADDRESS ?? "0.0.0.0:19443";
-const [host = "", portText = ""] = listen.includes("]") ? [listen.slice(1, listen.indexOf("]")), listen.slice(listen.indexOf("]") + 2)] : listen.split(":");
-const port = Number(portText);
-if (!Number.isInteger(port) || port < 1 || port > 65535) fail(`--listen must be address:port, got ${listen}`);
+const { host, port } = parseListenAddress(listen) ?? fail(`--listen must be address:port ([address]:port for IPv6), got ${listen}`);
+const metricsListenText = values["metrics-listen"] ?? env.METRICS_LISTEN ?? `${host.includes(":") ? `[${host}]` : host}:19090`;
+const metricsListen = metricsListenText === "" ? undefined : (parseListenAddress(metricsListenText) ?? fail(`--metrics-listen must be address:port or "", got ${metricsListenText}`));
+const metricsAuth = values["metrics-auth"] ?? env.METRICS_AUTH ?? "kubernetes";
+if (metricsAuth !== "kubernetes" && metricsAuth !== "none") fail(`--metrics-auth must be kubernetes or none, got ${metricsAuth}`);
 // The addresses requests are signed for: the node's IP(s) (the function dispatches to the pod's
 // status.hostIP) and the listen address unless it is a wildcard.
 const startedAtMs = Date.now();
@@ -188,11 +198,30 @@ server.listen(port, host, () => {
   log.info({ nodeName, listen, authorities: [...authorities], tls: tlsCert !== undefined, backend: backend === "auto" ? `auto (iptables; node default ${defaultVariant})` : backend }, "node-runner listening");
 });
 
+// Metrics apart from the signed API: a hostNetwork port no NetworkPolicy can guard, so a
+// scrape needs a token allowed to get /metrics unless the operator says otherwise.
+const metricsServer =
+  metricsListen === undefined
+    ? undefined
+    : createMetricsServer({
+        registry: metrics.registry,
+        ...(metricsAuth === "kubernetes" ? { authorizer: ScrapeAuthorizer.forApiServer(apiConnection) } : {}),
+        ...(tlsCert !== undefined && tlsKey !== undefined ? { tls: { cert: readFileSync(tlsCert), key: readFileSync(tlsKey) } } : {}),
+        onRefused: (status) => {
+          metrics.scrapesRefused.inc({ status: String(status) });
+        },
+      });
+if (metricsAuth === "none" && metricsServer !== undefined) log.warn("--metrics-auth=none: anyone who reaches the metrics port may read it");
+metricsServer?.listen(metricsListen?.port, metricsListen?.host, () => {
+  log.info({ metrics: metricsListenText, auth: metricsAuth }, "metrics served");
+});
+
 function shutdown(signal: string): void {
   log.info({ signal }, "shutting down: finishing requests in flight, then sending the Events still waiting");
   keys.stop();
   pods.stop();
   helper.stop();
+  metricsServer?.close();
   server.close(() => {
     void programmer.flushEvents().then(() => process.exit(0));
   });

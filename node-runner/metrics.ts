@@ -1,4 +1,4 @@
-// Prometheus metrics of the node-runner (GET /metrics).
+// Prometheus metrics of the node-runner (GET /metrics on the metrics port: lib/metrics-server.ts).
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 
 export interface NodeRunnerMetrics {
@@ -9,6 +9,7 @@ export interface NodeRunnerMetrics {
   readonly eventsPending: Gauge;
   readonly podReads: Counter<"source">;
   readonly watchErrors: Counter;
+  readonly scrapesRefused: Counter<"status">;
   readonly applyDuration: Histogram<"result">;
   readonly netnsDuration: Histogram<"outcome">;
 }
@@ -22,6 +23,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeR
       name: "podnet_node_runner_requests_total",
       help: "Requests by route and result (applied, unchanged, removed, absent, or the refusal reason).",
       labelNames: ["route", "result"],
+      registers: [registry],
+    }),
+    scrapesRefused: new Counter({
+      name: "podnet_node_runner_metrics_scrapes_refused_total",
+      help: "Scrapes of /metrics refused, by HTTP status (401 no valid token, 403 not allowed, 503 reviews busy or the API server unreachable).",
+      labelNames: ["status"],
       registers: [registry],
     }),
     signatureFailures: new Counter({

@@ -86,9 +86,6 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
     const ready = deps.keys.current.size > 0 && accepting;
     res.status(ready ? 200 : 503).json({ status: ready ? "ready" : "not ready", keys: deps.keys.current.size, accepting });
   });
-  app.get("/metrics", async (_req, res) => {
-    res.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
-  });
 
   const raw = express.raw({ type: () => true, limit: MAX_BODY_BYTES });
   app.post(APPLY_PATH, (req, res, next) => {

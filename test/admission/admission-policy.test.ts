@@ -30,6 +30,7 @@ describe("admission policy for the project's annotations [needs control plane]",
     cp = await startControlPlane();
     await cp.applyManifest(path.join(root, "config/node-runner/rbac.yaml"));
     await cp.applyManifest(path.join(root, "config/admission/podnet-annotations.yaml"));
+    await cp.applyManifest(path.join(root, "config/admission/podnet-node-runner-events.yaml"));
     await cp.ensureNamespace(NS);
     admin = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     const token = await cp.serviceAccountToken("podnet-system", "podnet-node-runner", "node-a");
@@ -118,6 +119,29 @@ describe("admission policy for the project's annotations [needs control plane]",
 
   test("the node-runner cannot mark a pod on another node", async () => {
     await assert.rejects(runnerA.markInitialized(pod("on-b"), { netns: "1", rules: "x" }), forbidden(/node-runner of node node-a may only mark pods bound to that node/));
+  });
+
+  test("the node-runner's Events: its real code path passes; other nodes, reasons, objects and long messages are refused", async () => {
+    await runnerA.recordEvent(pod("on-a"), { type: "Normal", reason: "NetworkInitialized", message: "traffic capture programmed" });
+    await runnerA.recordEvent(pod("on-a"), { type: "Warning", reason: "NetworkInitFailed", message: "x".repeat(5000) });
+    const event = (overrides: Partial<k8s.CoreV1Event>): k8s.CoreV1Event => ({
+      metadata: { generateName: "forged." },
+      involvedObject: { apiVersion: "v1", kind: "Pod", namespace: NS, name: "on-a" },
+      reason: "NetworkInitialized",
+      message: "m",
+      type: "Normal",
+      source: { component: "node-runner", host: "node-a" },
+      ...overrides,
+    });
+    const create = (namespace: string, body: k8s.CoreV1Event) => runnerCore.createNamespacedEvent({ namespace, body });
+    await create(NS, event({}));
+    await assert.rejects(create(NS, event({ source: { component: "node-runner", host: "node-b" } })), forbidden(/node-runner of node node-a records Events only as that node/));
+    await assert.rejects(create(NS, event({ reportingInstance: "node-b" })), forbidden(/only as that node/));
+    await assert.rejects(create(NS, event({ reason: "Killing", message: "Stopping container app" })), forbidden(/NetworkInitialized or NetworkInitFailed/));
+    await assert.rejects(create(NS, event({ involvedObject: { apiVersion: "v1", kind: "Secret", namespace: NS, name: "db" } })), forbidden(/only about pods/));
+    await assert.rejects(create(NS, event({ message: "y".repeat(1025) })), forbidden(/at most 1024 characters/));
+    // Others' Events are none of the policy's business.
+    await admin.createNamespacedEvent({ namespace: NS, body: event({ reason: "Anything", source: { component: "someone" } }) });
   });
 
   test("the node-runner cannot change anything but its annotations", async () => {

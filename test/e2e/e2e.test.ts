@@ -4,7 +4,6 @@
 // pods → the mark → the waiter exits 0 and traffic proves interception.
 import assert from "node:assert/strict";
 import { rmSync, writeFileSync } from "node:fs";
-import https from "node:https";
 import { writeAnnotationsFile } from "../support/downward-api.ts";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -19,7 +18,6 @@ import { startStack, STACK_NODE, type Stack } from "../support/stack.ts";
 import { testPodsUnavailableReason } from "../support/test-pods.ts";
 import { connectFrom, startListener } from "../support/traffic.ts";
 import { goProgram, goProgramsUnavailableReason } from "../support/go-programs.ts";
-import { nodeRunnerTlsOptions } from "../support/components.ts";
 
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason() ?? goProgramsUnavailableReason();
 const NS = "shop";
@@ -162,18 +160,7 @@ describe("end to end [needs root and control plane]", skipUnlessCI(unavailable),
   });
 
   test("the node-runner checks a request's pod against its watch of the node's pods, not a GET per request", async () => {
-    const text = await new Promise<string>((resolve, reject) => {
-      https
-        .get({ host: "127.0.0.1", port: stack.runner.port, path: "/metrics", ...nodeRunnerTlsOptions() }, (res) => {
-          let body = "";
-          res.setEncoding("utf8");
-          res.on("data", (c: string) => (body += c));
-          res.on("end", () => {
-            resolve(body);
-          });
-        })
-        .on("error", reject);
-    });
+    const text = await stack.runner.metrics();
     const reads = (source: string) => Number(new RegExp(`podnet_node_runner_pod_reads_total\\{source="${source}"\\} (\\d+)`).exec(text)?.[1] ?? "0");
     assert.ok(reads("watch") > 0, `identity checks answered by the watch:\n${text.split("\n").filter((l) => l.includes("pod_reads")).join("\n")}`);
   });

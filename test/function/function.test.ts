@@ -12,7 +12,7 @@ import { missingBinariesReason, startControlPlane, type Adapter, type ControlPla
 import { FUNCTION_AUDIENCE, scratchDir, senderToken, signingKeyDirs, startFunction, startNodeRunner, type Component } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, waitForAnnotations, waitForPodEvent } from "../support/mesh-pods.ts";
-import { metricSum, scrapeMetrics } from "../support/metrics.ts";
+import { metricSum } from "../support/metrics.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
@@ -46,7 +46,7 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
   });
 
-  const functionMetrics = (): Promise<string> => scrapeMetrics(fn.url);
+  const functionMetrics = (): Promise<string> => fn.metrics();
 
   after(async () => {
     await adapter.stop();

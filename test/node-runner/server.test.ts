@@ -16,7 +16,7 @@ import { httpStatus, missingBinariesReason, startControlPlane, type ControlPlane
 import { nodeRunnerTlsOptions, postToRunner, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, waitForPodEvent } from "../support/mesh-pods.ts";
-import { metricSum, scrapeMetrics } from "../support/metrics.ts";
+import { metricSum } from "../support/metrics.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
@@ -203,8 +203,8 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     assert.equal((await signedPost(APPLY_PATH, req)).body.result, "unchanged", "the old key stays valid too");
   });
 
-  /** The node-runner's metrics page (over its TLS). */
-  const metricsText = (): Promise<string> => scrapeMetrics(`https://127.0.0.1:${port}`, nodeRunnerTlsOptions());
+  /** The node-runner's metrics page (its metrics port, over its TLS, with a token allowed to read it). */
+  const metricsText = (): Promise<string> => runner.metrics();
 
   test("metrics count requests by result and signature failures by reason", async () => {
     const text = await metricsText();

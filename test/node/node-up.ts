@@ -39,7 +39,7 @@ try {
       `  kubectl: ${path.join(CACHE_DIR, "bin", "kubectl")} --kubeconfig ${kubeconfig} get pods -A`,
       `  demo/web is a mesh pod (its annotations carry the mark); demo/client connects to it every 100 ms and logs`,
       `  "answer inbound 15006" (intercepted): kubectl logs is not served here; read ${path.join(stack.node.dir, "pod-logs")}`,
-      `  the function: ${stack.fn.url}/metrics; the node-runner: https://${stack.node.ip}:19443/metrics`,
+      `  metrics: the function's ${stack.fn.metricsUrl}/metrics; the node-runner's https://${stack.node.ip}:19090/metrics (a token allowed to get /metrics)`,
       "  Ctrl-C stops everything and removes what it made.",
     ].join("\n"),
   );

@@ -28,7 +28,7 @@ describe("attacks on the decision function [needs root and control plane]", skip
   });
 
   const url = (): string => `${stack.fn.url}/`;
-  const metric = async (name: string): Promise<string> => (await (await fetch(`${stack.fn.url}/metrics`)).text()).split("\n").filter((l) => l.startsWith(name)).join("\n");
+  const metric = async (name: string): Promise<string> => (await stack.fn.metrics()).split("\n").filter((l) => l.startsWith(name)).join("\n");
 
   test("attack 9b: events without a valid sender identity are refused (401) and do nothing", async () => {
     const pod = await stack.createPod({ namespace: NS, name: "no-token" });

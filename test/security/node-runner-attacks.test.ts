@@ -13,7 +13,7 @@ import { APPLY_PATH } from "../../contract/apply-request.ts";
 import { MARK } from "../../contract/mark.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { SIGNATURE_PROFILE, signRequest } from "../../contract/signature.ts";
-import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { httpStatus, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { nodeRunnerTlsOptions, postToRunner, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, type MeshPod } from "../support/mesh-pods.ts";
@@ -302,5 +302,42 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
     }
     const again = await post(signedApply(pod));
     assert.equal(again.status, 200, JSON.stringify(again.body));
+  });
+
+  test("attack 15: metrics are served only on their own port, only to a token allowed to get /metrics; a flood of junk tokens leaves the scraper served", async () => {
+    const tlsOptions = nodeRunnerTlsOptions();
+    const metricsUrl = `${runner.metricsUrl}/metrics`;
+    // Prometheus' usual grant: get on the non-resource URL /metrics, bound to its ServiceAccount.
+    await cp.applyYaml(`
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: { name: test-metrics-reader }
+rules: [{ nonResourceURLs: ["/metrics"], verbs: ["get"] }]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: { name: test-metrics-reader }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: test-metrics-reader }
+subjects: [{ kind: ServiceAccount, name: prometheus, namespace: monitoring }]
+`);
+    const scraper = await cp.serviceAccountToken("monitoring", "prometheus");
+    const tenant = await cp.serviceAccountToken(NS, "default");
+
+    assert.equal(await httpStatus(`${runner.url}/metrics`, tlsOptions), 404, "the signed API serves no metrics");
+    assert.equal(await httpStatus(metricsUrl, tlsOptions), 401, "no token");
+    assert.equal(await httpStatus(metricsUrl, { ...tlsOptions, token: "not-a-token" }), 401, "a token the API server does not know");
+    assert.equal(await httpStatus(metricsUrl, { ...tlsOptions, token: tenant }), 403, "a valid token of a user not allowed to get /metrics");
+    assert.equal(await httpStatus(metricsUrl, { ...tlsOptions, token: scraper }), 200, "Prometheus' ServiceAccount");
+
+    // 200 scrapes with distinct junk tokens at once: each costs at most a bounded number of
+    // reviews (the rest answered 503 at once), and the allowed scraper is answered meanwhile.
+    const flood = Promise.all(Array.from({ length: 200 }, (_, i) => httpStatus(metricsUrl, { ...tlsOptions, token: `junk-${i}-${randomUUID()}` }).catch(() => 0)));
+    assert.equal(await httpStatus(metricsUrl, { ...tlsOptions, token: scraper }), 200, "served from its cached verdict during the flood");
+    const statuses = await flood;
+    assert.ok(statuses.every((status) => [401, 503, 0].includes(status)), `only refusals: ${[...new Set(statuses)].join(", ")}`);
+    assert.match(await runner.metrics(), /podnet_node_runner_metrics_scrapes_refused_total\{status="401"\} [1-9]/);
+    // And the signed API kept working.
+    const pod = await newPod();
+    assert.equal((await post(signedApply(pod))).status, 200);
   });
 });

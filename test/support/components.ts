@@ -12,6 +12,7 @@ import path from "node:path";
 import { generateTls } from "../../cli/tls.ts";
 import { NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
 import { freePort, httpStatus, type ControlPlane } from "../controlplane/harness.ts";
+import { scrapeMetrics } from "./metrics.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 
@@ -24,6 +25,10 @@ export interface Component {
   waitForLog(pattern: RegExp, timeoutMs?: number): Promise<void>;
   stop(): Promise<void>;
   readonly process: ChildProcess;
+  /** Its metrics port's address (`https://…` for the node-runner). */
+  readonly metricsUrl: string;
+  /** Its metrics page, scraped as Prometheus would (on the metrics port, with a token where it needs one). */
+  metrics(): Promise<string>;
 }
 
 /**
@@ -58,8 +63,9 @@ async function startProcess(
   env: NodeJS.ProcessEnv,
   port: number,
   readyPath: string,
-  tlsClient?: { ca: Buffer; servername: string },
-  nodeArgs: readonly string[] = [],
+  tlsClient: { ca: Buffer; servername: string } | undefined,
+  nodeArgs: readonly string[],
+  metrics: { readonly url: string; readonly scrape: () => Promise<string> },
 ): Promise<Component> {
   let output = "";
   // TypeScript through tsx; compiled JavaScript (dist/, `npm run build`) with the flags given.
@@ -90,6 +96,8 @@ async function startProcess(
     port,
     url,
     process: child,
+    metricsUrl: metrics.url,
+    metrics: metrics.scrape,
     log: () => output,
     waitForLog: async (pattern, timeoutMs = 5000) => {
       const until = Date.now() + timeoutMs;
@@ -151,11 +159,13 @@ export async function startNodeRunner(
   // Bound to its node, as a DaemonSet pod's token is: the admission policy checks the node name in it.
   const token = await cp.serviceAccountToken("podnet-system", "podnet-node-runner", options.nodeName);
   const port = options.port ?? (await freePort());
+  const metricsPort = await freePort();
   return startProcess(
     options.compiled === undefined ? "node-runner/main.ts" : "dist/node-runner/main.js",
     {
       NODE_NAME: options.nodeName,
       LISTEN_ADDRESS: `127.0.0.1:${port}`,
+      METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
       PUBLIC_KEYS_DIR: options.publicKeysDir,
       KUBECONFIG: cp.writeKubeconfig("node-runner", token),
       STATE_DIR: options.stateDir,
@@ -168,7 +178,9 @@ export async function startNodeRunner(
     port,
     "/readyz",
     nodeRunnerTlsOptions(),
-    options.compiled?.nodeArgs,
+    options.compiled?.nodeArgs ?? [],
+    // The cluster admin's token: allowed to get /metrics, as Prometheus' ClusterRole is.
+    { url: `https://127.0.0.1:${metricsPort}`, scrape: () => scrapeMetrics(`https://127.0.0.1:${metricsPort}`, { ...nodeRunnerTlsOptions(), token: cp.adminToken }) },
   );
 }
 
@@ -200,10 +212,12 @@ export async function startFunction(
   await cp.applyManifest(path.join(root, "config/function/rbac.yaml"));
   const token = await cp.serviceAccountToken("podnet-system", "podnet-decision");
   const port = options.port ?? (await freePort());
+  const metricsPort = await freePort();
   return startProcess(
     options.compiled === undefined ? "functions/main.ts" : "dist/functions/main.js",
     {
       PORT: String(port),
+      METRICS_PORT: String(metricsPort),
       ...(options.policyFile === undefined ? {} : { POLICY_FILE: options.policyFile }),
       SIGNING_KEYS_DIR: options.signingKeysDir,
       NODE_RUNNER_PORT: String(options.nodeRunnerPort),
@@ -223,7 +237,8 @@ export async function startFunction(
     port,
     "/readyz",
     undefined,
-    options.compiled?.nodeArgs,
+    options.compiled?.nodeArgs ?? [],
+    { url: `http://127.0.0.1:${metricsPort}`, scrape: () => scrapeMetrics(`http://127.0.0.1:${metricsPort}`) },
   );
 }
 
