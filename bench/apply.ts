@@ -12,8 +12,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../contract/capture-config.ts";
-import { RecordStore, type IptablesVariant } from "../node-runner/apply.ts";
-import { applierChooser, BACKEND, BACKENDS, type BackendName, type NetnsApplier } from "../node-runner/backends.ts";
+import { RecordStore, type IptablesVariant } from "../node-runner/apply/records.ts";
+import { applierChooser } from "../node-runner/backends.ts";
 import { helperRunner } from "../node-runner/helper-runner.ts";
 import { goProgram } from "../test/support/go-programs.ts";
 import { openNetns, resolvePodNetns } from "../node-runner/netns.ts";
@@ -70,8 +70,7 @@ try {
   const processes = processCount();
   // As main.ts runs it: commands through the long-lived helper.
   const records = new RecordStore(stateDir);
-  const appliers = Object.fromEntries(BACKENDS.map((name) => [name, BACKEND[name].applier(records, helper.run)])) as Record<BackendName, NetnsApplier>;
-  const chooseApplier = applierChooser({ backend: "auto", appliers, records, nodeDefault: variant, run: helper.run, nftTables: helper.nftTables });
+  const chooseApplier = applierChooser({ backend: "auto", records, nodeDefault: variant, run: helper.run, nftTables: helper.nftTables });
   const restoreMs: number[] = [];
   const floorMs: number[] = [];
   const shellFloorMs: number[] = [];
@@ -106,7 +105,7 @@ try {
         // As main.ts with --backend auto: its own choice of engine, then the apply.
         const netns = openNetns(resolved.netns);
         const outcome = await chooseApplier(netns, pod.uid)
-          .then((applier) => applier.apply(netns, pod.uid, config))
+          .then((applier) => applier.apply(config))
           .finally(() => {
             netns.close();
           });

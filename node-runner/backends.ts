@@ -2,8 +2,13 @@
 // `pnc plan --backend`, the apply engines and their records all use. A new backend is one entry
 // here (its renderer and its apply engine) and nothing else.
 import type { CaptureConfig } from "../contract/capture-config.ts";
-import { detectVariant, IptablesApplier, noteEmptyNftTables, nsenterRunner, type IptablesVariant, type NetnsRunner, type NetnsTarget, type RecordStore } from "./apply.ts";
-import { NftApplier } from "./apply-nft.ts";
+import type { NetnsRunner, NetnsTarget } from "./apply/commands.ts";
+import type { ApplyEngine, ApplyOutcome } from "./apply/engine.ts";
+import { IptablesEngine } from "./apply/iptables-engine.ts";
+import { commandOps } from "./apply/namespace-ops.ts";
+import { NftEngine } from "./apply/nft-engine.ts";
+import type { IptablesVariant, RecordStore } from "./apply/records.ts";
+import { detectVariant, savesOfEmptyNftTables, type EarlierSaves } from "./apply/variant.ts";
 import { renderIptables } from "./rules/iptables.ts";
 import { renderNftables } from "./rules/nftables.ts";
 
@@ -11,17 +16,11 @@ export const BACKENDS = ["iptables-nft", "iptables-legacy", "nftables"] as const
 export type BackendName = (typeof BACKENDS)[number];
 export type IptablesBackend = Extract<BackendName, `iptables-${string}`>;
 
-/** What an apply engine offers the node-runner's server. */
-export interface NetnsApplier {
-  apply(netns: NetnsTarget, podUid: string, config: CaptureConfig): Promise<{ result: "applied" | "unchanged"; digest: string }>;
-  remove(netns: NetnsTarget, podUid: string): Promise<"removed" | "absent">;
-}
-
 export interface Backend {
   readonly name: BackendName;
   /** What `pnc plan` prints: the input of the backend's tool, per address family where it has them. */
   render(config: CaptureConfig): { readonly text: Partial<Record<"v4" | "v6" | "both", string>> };
-  applier(records: RecordStore, run?: NetnsRunner): NetnsApplier;
+  engine(records: RecordStore): ApplyEngine;
 }
 
 const iptables = (name: IptablesBackend): Backend => ({
@@ -30,7 +29,7 @@ const iptables = (name: IptablesBackend): Backend => ({
     const plan = renderIptables(config);
     return { text: { v4: plan.v4.restore, ...(plan.v6 === null ? {} : { v6: plan.v6.restore }) } };
   },
-  applier: (records, run = nsenterRunner) => new IptablesApplier(name, records, run),
+  engine: (records) => new IptablesEngine(name, records),
 });
 
 export const BACKEND: Readonly<Record<BackendName, Backend>> = {
@@ -39,7 +38,7 @@ export const BACKEND: Readonly<Record<BackendName, Backend>> = {
   nftables: {
     name: "nftables",
     render: (config) => ({ text: { both: renderNftables(config).script } }),
-    applier: (records, run = nsenterRunner) => new NftApplier(records, run),
+    engine: (records) => new NftEngine(records),
   },
 };
 
@@ -47,28 +46,52 @@ export function isBackendName(value: string): value is BackendName {
   return (BACKENDS as readonly string[]).includes(value);
 }
 
+/** One pod's namespace with the engine chosen for it: what the node-runner's pipeline calls. */
+export interface NetnsApplier {
+  apply(config: CaptureConfig): Promise<ApplyOutcome>;
+  remove(): Promise<"removed" | "absent">;
+}
+
+/** A namespace open for one request, as the chooser needs it (netns.ts's OpenNetns). */
+export interface ChoosableNetns extends NetnsTarget {
+  /** Whether legacy (x_tables) tables exist in the namespace now; undefined when unknown. */
+  legacyTables(): boolean | undefined;
+}
+
 /**
  * Which engine programs a pod's namespace. `auto`: the iptables variant its rules were applied
  * with (its record), else the one holding rules there, else the node's. Where this runner has
  * not programmed the pod, a namespace without any nftables table (a new pod's) needs no
- * iptables-nft save: `nftTables` (the command helper's listing) says so.
+ * iptables-nft save: `nftTables` (the command helper's listing) says so. The saves taken to
+ * choose are handed to the engine as the state before its apply.
  */
 export function applierChooser(options: {
   readonly backend: BackendName | "auto";
-  readonly appliers: Readonly<Record<BackendName, NetnsApplier>>;
   readonly records: RecordStore;
   readonly nodeDefault: IptablesVariant;
   readonly run: NetnsRunner;
   readonly nftTables: (netns: NetnsTarget) => Promise<readonly string[] | undefined>;
-}): (netns: NetnsTarget, podUid: string) => Promise<NetnsApplier> {
-  const { backend, appliers } = options;
+}): (netns: ChoosableNetns, podUid: string) => Promise<NetnsApplier> {
+  const { backend, records } = options;
+  const engines = Object.fromEntries(BACKENDS.map((name) => [name, BACKEND[name].engine(records)])) as Record<BackendName, ApplyEngine>;
   return async (netns, podUid) => {
-    const record = options.records.get(netns.inode);
+    const ops = commandOps(options.run, netns);
+    const record = records.get(netns.inode);
     const programmed = record?.podUid === podUid;
     // Only where an iptables-nft save could follow (not for the legacy or native engines).
-    if (!programmed && (backend === "auto" || backend === "iptables-nft")) noteEmptyNftTables(netns, await options.nftTables(netns));
-    if (backend !== "auto") return appliers[backend];
-    if (programmed && (record.variant === "iptables-nft" || record.variant === "iptables-legacy")) return appliers[record.variant];
-    return appliers[await detectVariant(netns, options.nodeDefault, options.run)];
+    let earlier: EarlierSaves = !programmed && (backend === "auto" || backend === "iptables-nft") ? savesOfEmptyNftTables(await options.nftTables(netns)) : {};
+    let name: BackendName;
+    if (backend !== "auto") name = backend;
+    else if (programmed && record.variant !== "nftables") name = record.variant;
+    else {
+      const detected = await detectVariant(ops, options.nodeDefault, earlier, () => netns.legacyTables());
+      name = detected.variant;
+      earlier = detected.saves;
+    }
+    const engine = engines[name];
+    return {
+      apply: (config) => engine.apply(ops, netns.inode, podUid, config, earlier),
+      remove: () => engine.remove(ops, netns.inode, podUid, earlier),
+    };
   };
 }

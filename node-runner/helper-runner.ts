@@ -5,7 +5,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { accessSync, constants } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
-import type { CommandResult, NetnsRunner, NetnsTarget } from "./apply.ts";
+import type { CommandResult, NetnsRunner, NetnsTarget } from "./apply/commands.ts";
 
 export const NETNS_EXEC = "podnet-netns-exec";
 

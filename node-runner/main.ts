@@ -32,9 +32,9 @@ import http from "node:http";
 import https from "node:https";
 import { parseArgs } from "node:util";
 import { pino } from "pino";
-import { RecordStore, type IptablesVariant } from "./apply.ts";
+import { RecordStore, type IptablesVariant } from "./apply/records.ts";
 import { helperRunner, NETNS_EXEC, resolveExecutable } from "./helper-runner.ts";
-import { applierChooser, BACKEND, BACKENDS, isBackendName, type BackendName, type NetnsApplier } from "./backends.ts";
+import { applierChooser, BACKENDS, isBackendName, type BackendName } from "./backends.ts";
 import { KubePodApi, WatchedPodApi } from "./kube.ts";
 import { apiConnection as connectTo, type ApiConnection } from "../lib/kube-http.ts";
 import { KeyDirectory } from "../lib/key-directory.ts";
@@ -136,7 +136,6 @@ const replay = new ReplayCache(100_000, { path: path.join(stateDir, "nonces.json
 // Commands run through a small long-lived helper: no fork of this large process per command.
 const netnsExec = values["netns-exec"] ?? env.NETNS_EXEC ?? NETNS_EXEC;
 const helper = helperRunner(resolveExecutable(netnsExec) ?? fail(`the command helper ${netnsExec} is not found (--netns-exec, NETNS_EXEC, or PATH)`));
-const appliers = Object.fromEntries(BACKENDS.map((name) => [name, BACKEND[name].applier(records, helper.run)])) as Record<BackendName, NetnsApplier>;
 
 const keys = new KeyDirectory(values["keys-dir"] ?? env.PUBLIC_KEYS_DIR ?? "/etc/podnet/keys", "public", log);
 await keys.start();
@@ -171,7 +170,7 @@ const runnerDeps: NodeRunnerDeps = {
   replay,
   pods,
   resolveNetns: (pod) => resolvePodNetns(pod, { procRoot, cgroupRoot, cgroupFs }),
-  applierFor: applierChooser({ backend, appliers, records, nodeDefault: defaultVariant, run: helper.run, nftTables: helper.nftTables }),
+  applierFor: applierChooser({ backend, records, nodeDefault: defaultVariant, run: helper.run, nftTables: helper.nftTables }),
   log,
   metrics,
   maxConcurrent,

@@ -297,9 +297,7 @@ export function netnsStillInhabited(netns: ResolvedNetns): boolean {
 export interface OpenNetns {
   readonly fd: number;
   readonly inode: string;
-  /** For one request: saves already taken in it (see NetnsTarget). */
-  readonly earlierSaves: Map<string, string>;
-  /** Whether legacy (x_tables) tables exist in the namespace now; undefined when unknown (see NetnsTarget). */
+  /** Whether legacy (x_tables) tables exist in the namespace now; undefined when unknown. */
   legacyTables(): boolean | undefined;
   close(): void;
 }
@@ -329,7 +327,6 @@ export function openNetns(netns: ResolvedNetns): OpenNetns {
   return {
     fd,
     inode,
-    earlierSaves: new Map(),
     legacyTables: () => legacyTablesIn(path.dirname(path.dirname(netns.path)), inode),
     close: () => {
       if (open) closeSync(fd);

@@ -117,7 +117,7 @@ test("flushEvents sends the waiting Events while work still runs (shutdown)", as
 
 test("a namespace left without its process during the apply: 503 netns-not-found, the pod is not marked", async () => {
   const metrics = createMetrics({ defaultMetrics: false });
-  const netns = { fd: -1, inode: "4026532000", earlierSaves: new Map<string, string>(), legacyTables: () => undefined, close: () => undefined };
+  const netns = { fd: -1, inode: "4026532000", legacyTables: () => undefined, close: () => undefined };
   const programmer = createPodProgrammer({
     nodeName: "node-a",
     eventTiming: { quietMs: 0, maxDelayMs: 60_000 },

@@ -6,8 +6,9 @@ import type { Logger } from "pino";
 import type { PodRef, ProgramOutcome } from "../contract/apply-request.ts";
 import { CaptureConfigError, parseCaptureConfig } from "../contract/capture-config.ts";
 import { errorMessage } from "../lib/errors.ts";
-import { ApplyError, StateError, type NetnsTarget } from "./apply.ts";
-import type { NetnsApplier } from "./backends.ts";
+import { ApplyError } from "./apply/commands.ts";
+import { StateError } from "./apply/records.ts";
+import type { ChoosableNetns, NetnsApplier } from "./backends.ts";
 import { EventQueue } from "./events.ts";
 import { unknownOwnerGroups } from "./groups.ts";
 import { apiFailureKind, type PodApi } from "./kube.ts";
@@ -43,7 +44,7 @@ export interface ProgramDeps {
   readonly pods: PodApi;
   readonly resolveNetns: (pod: { uid: string; ips: readonly string[] }) => Promise<NetnsResolution>;
   /** The applier for a pod's namespace (the iptables backend may be detected per namespace). */
-  readonly applierFor: (netns: NetnsTarget, podUid: string) => Promise<NetnsApplier>;
+  readonly applierFor: (netns: ChoosableNetns, podUid: string) => Promise<NetnsApplier>;
   /** Whether the process the namespace was found through is still in it (default: netnsStillInhabited). */
   readonly stillInhabited?: (netns: ResolvedNetns) => boolean;
   /** Opens the resolved namespace for one apply (default: openNetns). */
@@ -137,7 +138,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     const t0 = performance.now();
     let result: Awaited<ReturnType<NetnsApplier["apply"]>>;
     try {
-      result = await (await deps.applierFor(netns, pod.uid)).apply(netns, pod.uid, capture);
+      result = await (await deps.applierFor(netns, pod.uid)).apply(capture);
     } catch (err) {
       recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${errorMessage(err)}`, log);
       throw asRefusal(err);
@@ -188,7 +189,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
         return withNetns(pod, async (netns) => {
           let result: Awaited<ReturnType<NetnsApplier["remove"]>>;
           try {
-            result = await (await deps.applierFor(netns, pod.uid)).remove(netns, pod.uid);
+            result = await (await deps.applierFor(netns, pod.uid)).remove();
           } catch (err) {
             throw asRefusal(err);
           }

@@ -6,12 +6,17 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../../contract/capture-config.ts";
-import { IptablesApplier, RecordStore, SavedFormCache, detectVariant, nsenterRunner, type NetnsRunner } from "../../node-runner/apply.ts";
+import { nsenterRunner, type NetnsRunner } from "../../node-runner/apply/commands.ts";
+import { IptablesEngine } from "../../node-runner/apply/iptables-engine.ts";
+import { commandOps } from "../../node-runner/apply/namespace-ops.ts";
+import { NftEngine } from "../../node-runner/apply/nft-engine.ts";
+import { RecordStore } from "../../node-runner/apply/records.ts";
+import { SavedFormCache } from "../../node-runner/apply/saved-forms.ts";
+import { detectVariant } from "../../node-runner/apply/variant.ts";
 import { renderIptables } from "../../node-runner/rules/iptables.ts";
 import { ownedRules, parseSave, sameRules } from "../../node-runner/rules/iptables-text.ts";
-import { NftApplier } from "../../node-runner/apply-nft.ts";
 import { netnsStillInhabited, openNetns, resolvePodNetns, type OpenNetns } from "../../node-runner/netns.ts";
-import { recordingRunner, transcriptScenario, type Transcript } from "../../node-runner/transcript.ts";
+import { drivenEngine, recordingRunner, transcriptScenario, type Transcript } from "../../node-runner/apply/transcript.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
 import { connectFrom, startListener } from "../support/traffic.ts";
@@ -53,7 +58,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
     const pod = pods.add();
     const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot });
     assert.ok(resolved.found);
-    const applier = new IptablesApplier(variant, new RecordStore(stateDir));
+    const applier = drivenEngine(new IptablesEngine(variant, new RecordStore(stateDir)));
     return { pod, netns: track(openNetns(resolved.netns)), applier };
   }
 
@@ -66,7 +71,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       const first = await applier.apply(netns, pod.uid, config());
       assert.equal(first.result, "applied");
       assert.match(save(), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
-      assert.equal(await detectVariant(netns, variant === "iptables-nft" ? "iptables-legacy" : "iptables-nft"), variant);
+      assert.equal((await detectVariant(commandOps(nsenterRunner, netns), variant === "iptables-nft" ? "iptables-legacy" : "iptables-nft", {}, () => netns.legacyTables())).variant, variant);
 
       assert.deepEqual(await applier.apply(netns, pod.uid, config()), { result: "unchanged", digest: first.digest });
 
@@ -109,11 +114,12 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
         if (/-save$/.test(argv[0] ?? "")) saves.push(argv[0] ?? "");
         return nsenterRunner(target, argv, input);
       };
-      const applier = new IptablesApplier(variant, records, counting, forms);
+      const applier = drivenEngine(new IptablesEngine(variant, records, forms), counting);
       const tproxy = config({ inboundInterceptionMode: "TPROXY", outboundIPRangesExclude: "10.0.0.0/8", inboundPortsExclude: "15020,15021" });
       // The record against what the kernel holds: the owned part of a save taken now.
       const recordMatchesKernel = (netns: OpenNetns, pod: { exec(argv: string[]): string }) => {
-        const record = records.get(netns.inode);
+        const stored = records.get(netns.inode);
+        const record = stored?.variant === "nftables" ? undefined : stored;
         const held = ownedRules(parseSave(pod.exec([`${variant}-save`])), record?.builtin["4"]);
         return record?.owned["4"] !== undefined && sameRules(record.owned["4"], held) && Object.keys(held).length > 0;
       };
@@ -153,7 +159,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
     assert.equal(netns.legacyTables(), false);
     pod.exec(["iptables-legacy", "-t", "nat", "-L", "-n"]);
     assert.equal(netns.legacyTables(), true);
-    assert.equal(await detectVariant(netns, "iptables-nft"), "iptables-nft", "a legacy table without rules: the node default");
+    assert.equal((await detectVariant(commandOps(nsenterRunner, netns), "iptables-nft", {}, () => netns.legacyTables())).variant, "iptables-nft", "a legacy table without rules: the node default");
   });
 
   // The engine's conversation with the real kernel is the golden transcript that
@@ -192,10 +198,10 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       return result;
     };
     const iface = (name: string) => config({ excludeInterfaces: name });
-    await new IptablesApplier("iptables-nft", records).apply(netns, pod.uid, iface("ethA"));
-    await assert.rejects(new IptablesApplier("iptables-nft", records, crashAfterRestore).apply(netns, pod.uid, iface("ethB")), /killed -9/);
+    await drivenEngine(new IptablesEngine("iptables-nft", records)).apply(netns, pod.uid, iface("ethA"));
+    await assert.rejects(drivenEngine(new IptablesEngine("iptables-nft", records), crashAfterRestore).apply(netns, pod.uid, iface("ethB")), /killed -9/);
     assert.match(pod.exec(["iptables-nft-save"]), /-i ethB -j RETURN/, "the crashed apply did write its rules");
-    const restarted = new IptablesApplier("iptables-nft", records);
+    const restarted = drivenEngine(new IptablesEngine("iptables-nft", records));
     assert.equal((await restarted.apply(netns, pod.uid, iface("ethA"))).result, "applied");
     const save = pod.exec(["iptables-nft-save"]);
     assert.doesNotMatch(save, /ethB/, "no line of the crashed apply is left");
@@ -215,9 +221,9 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       if (/-restore$/.test(argv[0] ?? "")) throw new Error("killed -9 after the restore");
       return result;
     };
-    await assert.rejects(new IptablesApplier("iptables-nft", records, crashAfterRestore).apply(netns, pod.uid, config()), /killed -9/);
+    await assert.rejects(drivenEngine(new IptablesEngine("iptables-nft", records), crashAfterRestore).apply(netns, pod.uid, config()), /killed -9/);
     assert.equal(records.get(netns.inode), undefined, "no record was written");
-    const restarted = new IptablesApplier("iptables-nft", records);
+    const restarted = drivenEngine(new IptablesEngine("iptables-nft", records));
     assert.equal((await restarted.apply(netns, pod.uid, config())).result, "applied");
     const save = pod.exec(["iptables-nft-save"]);
     assert.equal(save.match(/-A OUTPUT -j ISTIO_OUTPUT/g)?.length, 1, "the jump is found again, not duplicated");
@@ -251,7 +257,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
     const resolved = await resolvePodNetns({ uid: pod.uid, ips: [pod.ip] }, { cgroupRoot: pods.cgroupRoot });
     assert.ok(resolved.found);
     const netns = track(openNetns(resolved.netns));
-    const applier = new NftApplier(new RecordStore(stateDir));
+    const applier = drivenEngine(new NftEngine(new RecordStore(stateDir)));
     const tables = () => pod.exec(["nft", "list", "tables", "inet"]);
 
     const first = await applier.apply(netns, pod.uid, config({ inboundInterceptionMode: "TPROXY" }));

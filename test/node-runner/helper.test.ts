@@ -5,8 +5,9 @@ import assert from "node:assert/strict";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../../contract/capture-config.ts";
-import { nsenterRunner, RecordStore, type NetnsRunner } from "../../node-runner/apply.ts";
-import { applierChooser, BACKEND, BACKENDS, type BackendName, type NetnsApplier } from "../../node-runner/backends.ts";
+import { nsenterRunner, type NetnsRunner } from "../../node-runner/apply/commands.ts";
+import { RecordStore } from "../../node-runner/apply/records.ts";
+import { applierChooser } from "../../node-runner/backends.ts";
 import { spawn } from "node:child_process";
 import { mkdtempSync, readlinkSync, rmSync } from "node:fs";
 import os from "node:os";
@@ -142,13 +143,12 @@ describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), (
         return helper.run(target, argv, input);
       };
       const records = new RecordStore(stateDir);
-      const appliers = Object.fromEntries(BACKENDS.map((name) => [name, BACKEND[name].applier(records, run)])) as Record<BackendName, NetnsApplier>;
-      const choose = applierChooser({ backend: "auto", appliers, records, nodeDefault: "iptables-nft", run, nftTables: helper.nftTables });
+      const choose = applierChooser({ backend: "auto", records, nodeDefault: "iptables-nft", run, nftTables: helper.nftTables });
       const config = parseCaptureConfig(DEFAULT_CAPTURE_CONFIG);
       const applyIn = async (pod: { netns: OpenNetns; exec: (argv: string[]) => string }, uid: string): Promise<string[]> => {
         commands.length = 0;
-        const target = { fd: pod.netns.fd, inode: pod.netns.inode, earlierSaves: new Map<string, string>(), legacyTables: () => false };
-        assert.equal((await (await choose(target, uid)).apply(target, uid, config)).result, "applied");
+        const target = { fd: pod.netns.fd, inode: pod.netns.inode, legacyTables: () => false };
+        assert.equal((await (await choose(target, uid)).apply(config)).result, "applied");
         return [...commands];
       };
       const first = await netnsOf();

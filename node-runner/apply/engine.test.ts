@@ -6,9 +6,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
-import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../contract/capture-config.ts";
-import { detectVariant, IptablesApplier, RecordStore, SavedFormCache, type NetnsRunner } from "./apply.ts";
-import { renderIptables } from "./rules/iptables.ts";
+import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../../contract/capture-config.ts";
+import { renderIptables } from "../rules/iptables.ts";
+import type { NetnsRunner } from "./commands.ts";
+import { IptablesEngine } from "./iptables-engine.ts";
+import { commandOps } from "./namespace-ops.ts";
+import { RecordStore } from "./records.ts";
+import { SavedFormCache } from "./saved-forms.ts";
+import { detectVariant } from "./variant.ts";
 
 for (const legacyTables of [undefined, false] as const) {
   test(`an apply after the variant probe uses the probe's save as its state before (legacy tables ${String(legacyTables)})`, async () => {
@@ -20,10 +25,10 @@ for (const legacyTables of [undefined, false] as const) {
         commands.push(argv[0] ?? "");
         return Promise.resolve({ code: 0, stdout: "", stderr: "" });
       };
-      const netns = { fd: -1, inode: "4026532999", earlierSaves: new Map<string, string>(), legacyTables: () => legacyTables };
-      const variant = await detectVariant(netns, "iptables-nft", run);
+      const ops = commandOps(run, { fd: -1, inode: "4026532999" });
+      const { variant, saves } = await detectVariant(ops, "iptables-nft", {}, () => legacyTables);
       assert.equal(variant, "iptables-nft");
-      const outcome = await new IptablesApplier(variant, new RecordStore(dir), run).apply(netns, "uid-1", parseCaptureConfig(DEFAULT_CAPTURE_CONFIG));
+      const outcome = await new IptablesEngine(variant, new RecordStore(dir)).apply(ops, "4026532999", "uid-1", parseCaptureConfig(DEFAULT_CAPTURE_CONFIG), saves);
       assert.equal(outcome.result, "applied");
       const probe = legacyTables === false ? ["iptables-nft-save"] : ["iptables-nft-save", "iptables-legacy-save"];
       // The save after the restore: this runner's saves are empty, so there is no form to keep.

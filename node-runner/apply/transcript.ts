@@ -1,10 +1,14 @@
 // The apply engine's conversation with the kernel, recorded and replayed: every command it runs
 // in a netns (argv, stdin) and what came back. Recorded once from real namespaces (root, the
 // apply tests), replayed without root, so that the engine's behaviour — apply, unchanged, drift
-// repair, replace, remove — is pinned by golden transcripts and the kernel only confirms it.
-import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig, type CaptureConfig } from "../contract/capture-config.ts";
-import type { CommandResult, NetnsRunner, NetnsTarget, RecordStore } from "./apply.ts";
-import { BACKEND, type BackendName } from "./backends.ts";
+// repair, replace, remove — is pinned by golden transcripts and the kernel only confirms it
+// (Istio's DependenciesStub plays this part for istio-iptables).
+import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig, type CaptureConfig } from "../../contract/capture-config.ts";
+import { nsenterRunner, type CommandResult, type NetnsRunner, type NetnsTarget } from "./commands.ts";
+import type { ApplyEngine, ApplyOutcome } from "./engine.ts";
+import { commandOps } from "./namespace-ops.ts";
+import type { RecordStore } from "./records.ts";
+import { BACKEND, type BackendName } from "../backends.ts";
 
 export interface TranscriptEntry {
   readonly argv: readonly string[];
@@ -53,6 +57,17 @@ export function replayRunner(entries: readonly TranscriptEntry[]): { run: NetnsR
   };
 }
 
+/** An engine driven as the node-runner drives it, each call's commands through `run` (nsenter by default) in `netns`. */
+export function drivenEngine(
+  engine: ApplyEngine,
+  run: NetnsRunner = nsenterRunner,
+): { apply(netns: NetnsTarget, podUid: string, config: CaptureConfig): Promise<ApplyOutcome>; remove(netns: NetnsTarget, podUid: string): Promise<"removed" | "absent"> } {
+  return {
+    apply: (netns, podUid, config) => engine.apply(commandOps(run, netns), netns.inode, podUid, config),
+    remove: (netns, podUid) => engine.remove(commandOps(run, netns), netns.inode, podUid),
+  };
+}
+
 const config = (overrides: object = {}): CaptureConfig => parseCaptureConfig({ ...DEFAULT_CAPTURE_CONFIG, ...overrides });
 
 /**
@@ -61,7 +76,7 @@ const config = (overrides: object = {}): CaptureConfig => parseCaptureConfig({ .
  * remove; remove again (absent).
  */
 export async function transcriptScenario(backend: TranscriptBackend, run: NetnsRunner, records: RecordStore, netns: NetnsTarget, podUid: string, drift: () => void): Promise<string[]> {
-  const applier = BACKEND[backend].applier(records, run);
+  const applier = drivenEngine(BACKEND[backend].engine(records), run);
   const outcomes: string[] = [];
   outcomes.push((await applier.apply(netns, podUid, config())).result);
   outcomes.push((await applier.apply(netns, podUid, config())).result);

@@ -1,6 +1,7 @@
-// Run one command inside a network namespace with nsenter and collect its answer: the
-// in-process runner (apply.ts), for tests and tools. The node-runner itself sends its commands
-// through its command helper (netns-exec/, helper-runner.ts).
+// The command seam of the apply engines: a command run inside a network namespace and its
+// answer, how a failed one is classified (by how it ended, never by its wording), and the
+// in-process runner (nsenter) that tests and tools use. The node-runner itself sends its
+// commands through its command helper (netns-exec/, helper-runner.ts).
 import { spawn } from "node:child_process";
 
 /**
@@ -49,4 +50,41 @@ export function runInNetns(netnsPath: string, argv: readonly string[], input: st
     child.stdin?.on("error", () => undefined);
     child.stdin?.end(input ?? "");
   });
+}
+
+/** An open network namespace: a descriptor of /proc/<pid>/ns/net and its inode. */
+export interface NetnsTarget {
+  readonly fd: number;
+  readonly inode: string;
+}
+
+/** Runs a command inside a network namespace. */
+export type NetnsRunner = (netns: NetnsTarget, argv: readonly string[], input?: string) => Promise<CommandResult>;
+
+/** In this process: the namespace descriptor becomes the child's fd 3, which nsenter enters. */
+export const nsenterRunner: NetnsRunner = (netns, argv, input) => runInNetns("/proc/self/fd/3", argv, input, netns.fd);
+
+/**
+ * What went wrong with a command of an apply, by kind (never by the command's wording): the
+ * namespace is gone, the node cannot run it now (tool missing, out of time, the helper died),
+ * or the tool refused its input.
+ */
+export type ApplyFailureKind = "netns-gone" | "node-unavailable" | "refused";
+
+export class ApplyError extends Error {
+  override name = "ApplyError";
+  constructor(
+    message: string,
+    readonly kind: ApplyFailureKind = "refused",
+  ) {
+    super(message);
+  }
+}
+
+/** The ApplyError for a command that did not succeed: its kind from how it ended, its message from its stderr. */
+export function commandError(what: string, r: CommandResult): ApplyError {
+  const detail = `${what} failed: ${r.stderr.trim()}`;
+  if (r.failure === "netns-gone") return new ApplyError(detail, "netns-gone");
+  if (r.failure !== undefined) return new ApplyError(`${detail} (${r.failure})`, "node-unavailable");
+  return new ApplyError(detail, "refused");
 }

@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "nod
 import os from "node:os";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { RecordStore, type NetnsRecord } from "./apply.ts";
+import { RecordStore, type NetnsRecord } from "./records.ts";
 
 const base = mkdtempSync(path.join(os.tmpdir(), "pnct-records-"));
 const record = (inode: string, podUid = "uid-1"): NetnsRecord => ({ podUid, netnsInode: inode, digest: "d", variant: "iptables-nft", builtin: {}, owned: {}, netSetup: [] });

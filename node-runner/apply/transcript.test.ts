@@ -6,10 +6,10 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
-import { RecordStore } from "./apply.ts";
+import { RecordStore } from "./records.ts";
 import { replayRunner, transcriptScenario, type Transcript } from "./transcript.ts";
 
-const dir = path.join(import.meta.dirname, "testdata", "transcripts");
+const dir = path.join(import.meta.dirname, "..", "testdata", "transcripts");
 
 describe("apply engine against golden transcripts (no root)", () => {
   for (const file of readdirSync(dir).filter((f) => f.endsWith(".json")).sort()) {
