@@ -2,6 +2,7 @@
 // connections, a timeout, a concurrency bound, retries with backoff on connection errors and
 // 503, and coalescing: while a request for a pod is in flight, newer decisions for that pod
 // wait and only the latest is sent next.
+import { isRetryableRefusal, REFUSAL } from "../contract/refusals.ts";
 import { randomUUID, type KeyObject } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
@@ -194,8 +195,9 @@ export class Dispatcher {
               resolve({
                 ok: false,
                 status,
-                reason: refusal.success ? refusal.data.reason : `http-${status}`,
-                retryable: status === 503 || status >= 500,
+                // A reason from the table only: it becomes a metric label.
+                reason: refusal.success && Object.hasOwn(REFUSAL, refusal.data.reason) ? refusal.data.reason : `http-${status}`,
+                retryable: isRetryableRefusal(status),
                 attempts: attempt,
                 ...(Number.isFinite(retryAfter) && retryAfter > 0 ? { retryAfterMs: retryAfter * 1000 } : {}),
               });

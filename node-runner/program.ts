@@ -2,6 +2,7 @@
 // API server's pod on this node, its network namespace is found and opened once, the rules
 // are applied against that descriptor, and the pod is marked. Every refusal is a `Refusal`
 // with its HTTP status; nothing is half-applied (the apply engine's own transaction).
+import { REFUSAL, type RefusalReason, type RefusalSpec } from "../contract/refusals.ts";
 import type { Logger } from "pino";
 import type { PodRef, ProgramOutcome } from "../contract/apply-request.ts";
 import { CaptureConfigError, parseCaptureConfig } from "../contract/capture-config.ts";
@@ -28,14 +29,16 @@ export const EVENT_MAX_DELAY_MS = 5000;
 export const MAX_EVENTS_WAITING = 1000;
 
 /** A request refused with a documented status and reason; nothing was changed. */
+/** A documented refusal: its status and Retry-After come from contract/refusals.ts, by reason. */
 export class Refusal extends Error {
+  readonly status: RefusalSpec["status"];
+  readonly retryAfterSeconds: number | undefined;
   constructor(
-    readonly status: number,
-    readonly reason: string,
+    readonly reason: RefusalReason,
     message: string,
-    readonly retryAfterSeconds?: number,
   ) {
     super(message);
+    ({ status: this.status, retryAfterSeconds: this.retryAfterSeconds } = REFUSAL[reason]);
   }
 }
 
@@ -72,13 +75,13 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   /** The pod exists with that UID, is bound here, and has its own network namespace. */
   async function checkPodIdentity(pod: PodRef, route: "apply" | "remove"): Promise<void> {
     const facts = await deps.pods.getPod(pod.namespace, pod.name, pod.uid).catch((err: unknown): never => {
-      throw new Refusal(503, "api-unavailable", `cannot read the pod: ${errorMessage(err)}`, 2);
+      throw new Refusal("api-unavailable", `cannot read the pod: ${errorMessage(err)}`);
     });
-    if (facts === undefined) throw new Refusal(409, "pod-not-found", `pod ${pod.namespace}/${pod.name} does not exist`);
-    if (facts.uid !== pod.uid) throw new Refusal(409, "uid-mismatch", `pod ${pod.namespace}/${pod.name} has UID ${facts.uid}, not ${pod.uid}`);
-    if (facts.nodeName !== deps.nodeName) throw new Refusal(409, "not-on-this-node", `pod is bound to ${facts.nodeName ?? "no node"}, not ${deps.nodeName}`);
-    if (facts.hostNetwork) throw new Refusal(409, "host-network", "the pod uses the node's network namespace: it is never programmed");
-    if (route === "apply" && facts.terminating) throw new Refusal(409, "terminating", "the pod is being deleted");
+    if (facts === undefined) throw new Refusal("pod-not-found", `pod ${pod.namespace}/${pod.name} does not exist`);
+    if (facts.uid !== pod.uid) throw new Refusal("uid-mismatch", `pod ${pod.namespace}/${pod.name} has UID ${facts.uid}, not ${pod.uid}`);
+    if (facts.nodeName !== deps.nodeName) throw new Refusal("not-on-this-node", `pod is bound to ${facts.nodeName ?? "no node"}, not ${deps.nodeName}`);
+    if (facts.hostNetwork) throw new Refusal("host-network", "the pod uses the node's network namespace: it is never programmed");
+    if (route === "apply" && facts.terminating) throw new Refusal("terminating", "the pod is being deleted");
   }
 
   /** Resolve the pod's netns and open it once: the work runs against that descriptor. */
@@ -87,16 +90,16 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     const resolution = await deps.resolveNetns({ uid: pod.uid, ips: pod.ips });
     deps.metrics.netnsDuration.observe({ outcome: resolution.found ? "found" : resolution.reason }, (performance.now() - t0) / 1000);
     if (!resolution.found) {
-      if (resolution.reason === "host-netns-only") throw new Refusal(409, "host-netns", resolution.detail);
-      if (resolution.reason === "ambiguous-netns") throw new Refusal(409, "ambiguous-netns", resolution.detail);
-      if (resolution.reason === "host-netns-unknown") throw new Refusal(503, "host-netns-unknown", resolution.detail, 10);
-      throw new Refusal(503, "netns-not-found", resolution.detail, 2);
+      if (resolution.reason === "host-netns-only") throw new Refusal("host-netns", resolution.detail);
+      if (resolution.reason === "ambiguous-netns") throw new Refusal("ambiguous-netns", resolution.detail);
+      if (resolution.reason === "host-netns-unknown") throw new Refusal("host-netns-unknown", resolution.detail);
+      throw new Refusal("netns-not-found", resolution.detail);
     }
     let netns: OpenNetns;
     try {
       netns = (deps.openNetns ?? openNetns)(resolution.netns);
     } catch (err) {
-      if (err instanceof NetnsGoneError) throw new Refusal(503, "netns-not-found", err.message, 1);
+      if (err instanceof NetnsGoneError) throw new Refusal("netns-not-found", err.message);
       throw err;
     }
     try {
@@ -131,7 +134,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   /** The pod's capture configuration cannot be applied here: 422, and the pod is told. */
   function invalidCapture(pod: PodRef, message: string, log: Logger): Refusal {
     recordEvent(pod, "Warning", "NetworkInitFailed", `invalid capture configuration: ${message}`, log);
-    return new Refusal(422, "invalid-capture", message);
+    return new Refusal("invalid-capture", message);
   }
 
   async function applyIn(pod: PodRef, capture: ReturnType<typeof parseCaptureConfig>, netns: OpenNetns, resolved: ResolvedNetns, log: Logger): Promise<ProgramOutcome> {
@@ -147,7 +150,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     // The descriptor kept the namespace alive however the pod fared meanwhile: a sandbox that
     // ended during the apply left rules in a namespace nobody uses, and the pod is not marked.
     if (!stillInhabited(resolved)) {
-      throw new Refusal(503, "netns-not-found", `the pod's network namespace ${netns.inode} lost its last process while the rules were applied (sandbox ended or re-created): not marked`, 1);
+      throw new Refusal("netns-not-found", `the pod's network namespace ${netns.inode} lost its last process while the rules were applied (sandbox ended or re-created): not marked`);
     }
     try {
       await deps.pods.markInitialized(pod, { netns: netns.inode, rules: result.digest });
@@ -155,10 +158,10 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
       const message = errorMessage(err);
       const kind = apiFailureKind(err);
       // The UID precondition of the patch: the pod is gone or is another pod now.
-      if (kind === "not-found") throw new Refusal(409, "pod-not-found", `the pod was deleted while its rules were applied: ${message}`);
-      if (kind === "conflict") throw new Refusal(409, "uid-mismatch", `the pod changed identity while its rules were applied: ${message}`);
+      if (kind === "not-found") throw new Refusal("pod-not-found", `the pod was deleted while its rules were applied: ${message}`);
+      if (kind === "conflict") throw new Refusal("uid-mismatch", `the pod changed identity while its rules were applied: ${message}`);
       // The rules are in place; a retry finds them unchanged and marks the pod then.
-      throw new Refusal(503, "api-unavailable", `rules applied but the pod could not be marked: ${message}`, 2);
+      throw new Refusal("api-unavailable", `rules applied but the pod could not be marked: ${message}`);
     }
     if (result.result === "applied") {
       recordEvent(pod, "Normal", "NetworkInitialized", `traffic capture programmed in network namespace ${netns.inode} (rules ${result.digest})`, log);
@@ -206,14 +209,14 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
 
 /** A command that failed, or state that cannot be written, as its documented answer (never a 500); anything else as it was. */
 function asRefusal(err: unknown): unknown {
-  if (err instanceof StateError) return new Refusal(503, "state-unwritable", err.message, 10);
+  if (err instanceof StateError) return new Refusal("state-unwritable", err.message);
   if (!(err instanceof ApplyError)) return err;
   switch (err.kind) {
     case "netns-gone":
-      return new Refusal(503, "netns-not-found", err.message, 1);
+      return new Refusal("netns-not-found", err.message);
     case "node-unavailable":
-      return new Refusal(503, "node-unavailable", err.message, 2);
+      return new Refusal("node-unavailable", err.message);
     case "refused":
-      return new Refusal(409, "rules-refused", err.message);
+      return new Refusal("rules-refused", err.message);
   }
 }

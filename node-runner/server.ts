@@ -1,6 +1,7 @@
 // The node-runner's HTTP API (docs/architecture.md §6–§7): verify the signature, the authority,
 // freshness and the nonce, parse the body, then hand the pod to program.ts. Every refusal has
 // its status and a log line, and changes nothing.
+import { STATUS_TEXT } from "../contract/refusals.ts";
 import { randomUUID, type KeyObject } from "node:crypto";
 import express, { type Request, type Response } from "express";
 import type { Logger } from "pino";
@@ -53,7 +54,7 @@ class WorkQueue {
   }
 
   async run<T>(podUid: string, work: () => Promise<T>): Promise<T> {
-    if (this.busyPods.has(podUid)) throw new Refusal(503, "in-progress", "work for this pod is in progress", 1);
+    if (this.busyPods.has(podUid)) throw new Refusal("in-progress", "work for this pod is in progress");
     this.busyPods.add(podUid);
     try {
       return await this.slots.run(work);
@@ -104,9 +105,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       refuse(res, deps.log.child({ route }), route, tooLarge());
       return;
     }
-    deps.metrics.requests.inc({ route, result: "bad-request" });
-    deps.log.warn({ route, status: 400, reason: "unreadable", detail: e.message }, "refused: unreadable");
-    res.status(e.status !== undefined && e.status >= 400 && e.status < 500 ? e.status : 400).json({ error: "bad request", reason: "unreadable", detail: e.message ?? "" } satisfies ErrorResponse);
+    refuse(res, deps.log.child({ route }), route, new Refusal("unreadable", e.message ?? "the body could not be read"));
   });
 
   /**
@@ -122,18 +121,18 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       const verified = verifySignature(signedMessage(req), deps.keys.current, now());
       if (!verified.ok) {
         deps.metrics.signatureFailures.inc({ reason: verified.reason });
-        throw new Refusal(401, verified.reason, verified.detail);
+        throw new Refusal(verified.reason, verified.detail);
       }
       // The signed authority must name this node-runner: a request signed for another
       // address (a forged hostIP sent the function elsewhere) is not for it.
       const authority = (req.headers.host ?? "").toLowerCase();
       if (!deps.authorities.has(authority)) {
-        throw new Refusal(421, "wrong-authority", `signed for ${JSON.stringify(authority)}, this node-runner answers as ${[...deps.authorities].join(", ")}`);
+        throw new Refusal("wrong-authority", `signed for ${JSON.stringify(authority)}, this node-runner answers as ${[...deps.authorities].join(", ")}`);
       }
       // 3: signed before this process started and not judgeable for replay: re-sign (503).
       if (!acceptsSignedAt(verified.created)) {
         deps.metrics.signatureFailures.inc({ reason: "signed-before-start" });
-        throw new Refusal(503, "signed-before-start", `signed at ${verified.created}, before this node-runner started (${Math.floor(startedAtMs / 1000)}): re-sign and retry`, 1);
+        throw new Refusal("signed-before-start", `signed at ${verified.created}, before this node-runner started (${Math.floor(startedAtMs / 1000)}): re-sign and retry`);
       }
       res.locals.verified = verified;
       next();
@@ -146,11 +145,11 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
     }
   }
 
-  function refuse(res: Response, log: Logger, route: "apply" | "remove", err: Refusal): void {
+  function refuse(res: Response, log: Logger, route: "apply" | "remove" | "other", err: Refusal): void {
     deps.metrics.requests.inc({ route, result: err.reason });
     log.warn({ status: err.status, reason: err.reason, detail: err.message }, `refused: ${err.reason}`);
     if (err.retryAfterSeconds !== undefined) res.set("Retry-After", String(err.retryAfterSeconds));
-    res.status(err.status).json({ error: statusText(err.status), reason: err.reason, detail: err.message } satisfies ErrorResponse);
+    res.status(err.status).json({ error: STATUS_TEXT[err.status], reason: err.reason, detail: err.message } satisfies ErrorResponse);
   }
 
   async function handle(req: Request, res: Response, route: "apply" | "remove"): Promise<void> {
@@ -163,37 +162,37 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       const digest = verifyDigest(signedMessage(req), body);
       if (digest !== undefined) {
         deps.metrics.signatureFailures.inc({ reason: digest.reason });
-        throw new Refusal(401, digest.reason, digest.detail);
+        throw new Refusal(digest.reason, digest.detail);
       }
       // 4: replay.
       let seen: ReturnType<ReplayCache["remember"]>;
       try {
         seen = deps.replay.remember(`${verified.keyid}/${verified.nonce}`, acceptedUntilMs(verified.expires), now());
       } catch (err) {
-        throw new Refusal(503, "replay-cache-unavailable", `the nonce journal cannot be written: ${errorMessage(err)}`, 5);
+        throw new Refusal("replay-cache-unavailable", `the nonce journal cannot be written: ${errorMessage(err)}`);
       }
       if (seen === "replay") {
         deps.metrics.signatureFailures.inc({ reason: "replay" });
-        throw new Refusal(401, "replay", "this nonce was already used");
+        throw new Refusal("replay", "this nonce was already used");
       }
-      if (seen === "full") throw new Refusal(503, "replay-cache-full", "too many requests in the signature window", 1);
+      if (seen === "full") throw new Refusal("replay-cache-full", "too many requests in the signature window");
 
       let json: unknown;
       try {
         json = JSON.parse(body.toString("utf8"));
       } catch {
-        throw new Refusal(400, "malformed", "body is not JSON");
+        throw new Refusal("malformed", "body is not JSON");
       }
       const parsed = (route === "apply" ? applyRequestSchema : removeRequestSchema).safeParse(json);
       if (!parsed.success) {
-        throw new Refusal(400, "malformed", formatSchemaIssues(parsed.error, "(body)"));
+        throw new Refusal("malformed", formatSchemaIssues(parsed.error, "(body)"));
       }
       const request = parsed.data;
       const pod = request.pod;
       log = log.child({ pod: { namespace: pod.namespace, name: pod.name, uid: pod.uid }, keyid: verified.keyid });
 
       // 5: the request is for this node.
-      if (request.node !== deps.nodeName) throw new Refusal(421, "wrong-node", `request for node ${request.node}, this is ${deps.nodeName}`);
+      if (request.node !== deps.nodeName) throw new Refusal("wrong-node", `request for node ${request.node}, this is ${deps.nodeName}`);
 
       // 6 onwards: the pod, its netns, the rules, the mark (program.ts).
       const outcome = await queue.run(pod.uid, () => ("capture" in request ? programmer.apply(pod, request.capture, log) : programmer.remove(pod, log)));
@@ -208,7 +207,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       }
       deps.metrics.requests.inc({ route, result: "error" });
       log.error({ err }, `${route} failed`);
-      res.status(500).json({ error: "internal error", reason: "error", detail: errorMessage(err) } satisfies ErrorResponse);
+      res.status(500).json({ error: STATUS_TEXT[500], reason: "error", detail: errorMessage(err) } satisfies ErrorResponse);
     }
   }
 
@@ -221,17 +220,11 @@ function signedMessage(req: Request): SignedMessage {
 }
 
 function tooLarge(): Refusal {
-  return new Refusal(413, "too-large", `at most ${MAX_BODY_BYTES} bytes`);
+  return new Refusal("too-large", `at most ${MAX_BODY_BYTES} bytes`);
 }
 
 function requestIdOf(req: Request): string {
   const given = req.headers["x-request-id"];
   // A caller's id is logged, so it is bounded.
   return typeof given === "string" && given.length <= 128 ? given : randomUUID();
-}
-
-function statusText(status: number): string {
-  return (
-    { 400: "bad request", 401: "unauthorized", 409: "pod identity mismatch", 413: "payload too large", 421: "misdirected request", 422: "invalid capture configuration", 503: "unavailable" }[status] ?? "error"
-  );
 }
