@@ -119,7 +119,11 @@ try {
         floorMs.push(performance.now() - f0);
       } else {
         // Timed inside bash (no fork for the clock): the tools alone, without a Node parent.
-        const us = execFileSync("bash", ["-c", `t=$EPOCHREALTIME; nsenter --net="$1" ${variant}-restore --noflush; echo $t $EPOCHREALTIME`, "bash", resolved.netns.path], { input: floorInput, encoding: "utf8" });
+        const us = execFileSync(
+          "bash",
+          ["-c", `t=$EPOCHREALTIME; nsenter --net="$1" ${variant}-restore --noflush; echo $t $EPOCHREALTIME`, "bash", resolved.netns.path],
+          { input: floorInput, encoding: "utf8" },
+        );
         const [start = 0, end = 0] = us.trim().split(" ").map(Number);
         shellFloorMs.push((end - start) * 1000);
       }
@@ -147,16 +151,21 @@ try {
   console.log(`Istio default capture config, IPv4: ${ruleCount} rules; ${variant}; ${processes} processes on the machine; times in ms per pod\n`);
   const median = (xs: number[]): number => summarize(xs).median;
   console.log(
-    table(["method", "pods", "min", "median", "p95", "max"], [
-      row("floor: nsenter + iptables-restore of the same rules (bare tool, forked here)", floorMs),
-      row("floor: the same from a shell (no Node process in between)", shellFloorMs),
-      row("node-runner: resolve, choose engine, render, compare, restore (helper)", restoreMs),
-      row("resolve + one iptables command per rule (original controller's way; own phase)", perRuleMs),
-      row("  netns resolution: the pod cgroup read directly (in the node-runner row)", resolveMs),
-      row("  netns resolution: /proc scan (the fallback when no pod cgroup is found; own phase)", scanMs),
-    ]),
+    table(
+      ["method", "pods", "min", "median", "p95", "max"],
+      [
+        row("floor: nsenter + iptables-restore of the same rules (bare tool, forked here)", floorMs),
+        row("floor: the same from a shell (no Node process in between)", shellFloorMs),
+        row("node-runner: resolve, choose engine, render, compare, restore (helper)", restoreMs),
+        row("resolve + one iptables command per rule (original controller's way; own phase)", perRuleMs),
+        row("  netns resolution: the pod cgroup read directly (in the node-runner row)", resolveMs),
+        row("  netns resolution: /proc scan (the fallback when no pod cgroup is found; own phase)", scanMs),
+      ],
+    ),
   );
-  console.log(`\nnode-runner / floor (medians): ${(median(restoreMs) / median(floorMs)).toFixed(2)}× (forked from Node), ${(median(restoreMs) / median(shellFloorMs)).toFixed(2)}× (from a shell)`);
+  console.log(
+    `\nnode-runner / floor (medians): ${(median(restoreMs) / median(floorMs)).toFixed(2)}× (forked from Node), ${(median(restoreMs) / median(shellFloorMs)).toFixed(2)}× (from a shell)`,
+  );
 } finally {
   await teardown.run();
 }

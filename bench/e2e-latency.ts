@@ -62,7 +62,6 @@ async function metric(component: { metrics(): Promise<string> }, name: string): 
   return metricSum(await component.metrics(), name);
 }
 
-
 // What the images run: compiled JavaScript and the waiter binary.
 execFileSync("npm", ["run", "--silent", "build"], { cwd: root, stdio: "inherit" });
 const WAITER = goProgram("podnet-wait");
@@ -94,7 +93,13 @@ try {
       namespace: NS,
       body: {
         metadata: { name, labels: { "security.istio.io/tlsMode": "istio" }, annotations: { "sidecar.istio.io/status": '{"containers":["istio-proxy"]}' } },
-        spec: { nodeName: STACK_NODE, containers: [{ name: "app", image: "example/app" }, { name: "istio-proxy", image: "istio/proxyv2" }] },
+        spec: {
+          nodeName: STACK_NODE,
+          containers: [
+            { name: "app", image: "example/app" },
+            { name: "istio-proxy", image: "istio/proxyv2" },
+          ],
+        },
       },
     });
     return stack.pods.add({ name, uid: created.metadata?.uid ?? "" });
@@ -102,7 +107,10 @@ try {
 
   // The IP appears when the API server has stored it: the answer to the status patch.
   const storeIp = (name: string, ip: string): Promise<unknown> =>
-    apiRequest(api, "PATCH", `${podPath(NS, name)}/status`, { contentType: "application/merge-patch+json", value: { status: { podIP: ip, podIPs: [{ ip }], hostIP: "127.0.0.1" } } });
+    apiRequest(api, "PATCH", `${podPath(NS, name)}/status`, {
+      contentType: "application/merge-patch+json",
+      value: { status: { podIP: ip, podIPs: [{ ip }], hostIP: "127.0.0.1" } },
+    });
   const giveIp = async (name: string, ip: string): Promise<void> => {
     await storeIp(name, ip);
     ipAt.set(name, Date.now());
@@ -119,7 +127,10 @@ try {
   async function apiFloor(): Promise<{ lastMs: number; cpu: Record<string, number> }> {
     const floorNames = names.map((name) => `floor-${name}`);
     for (const name of floorNames) {
-      await stack.core.createNamespacedPod({ namespace: NS, body: { metadata: { name }, spec: { nodeName: STACK_NODE, containers: [{ name: "app", image: "example/app" }] } } });
+      await stack.core.createNamespacedPod({
+        namespace: NS,
+        body: { metadata: { name }, spec: { nodeName: STACK_NODE, containers: [{ name: "app", image: "example/app" }] } },
+      });
     }
     const before = cpu();
     const start = Date.now();
@@ -129,7 +140,10 @@ try {
         const ip = `10.252.${Math.floor(i / 250)}.${(i % 250) + 1}`;
         await storeIp(name, ip);
         await apiRequest(api, "GET", podPath(NS, name));
-        await apiRequest(api, "PATCH", podPath(NS, name), { contentType: "application/merge-patch+json", value: { metadata: { annotations: { "bench.podnet.example/floor": "done" } } } });
+        await apiRequest(api, "PATCH", podPath(NS, name), {
+          contentType: "application/merge-patch+json",
+          value: { metadata: { annotations: { "bench.podnet.example/floor": "done" } } },
+        });
         last = Math.max(last, Date.now());
       }),
     );
@@ -147,7 +161,11 @@ try {
         if (c.toString().includes("waiting:")) resolve();
       });
     });
-    const exit = new Promise<{ at: number; code: number | null }>((resolve) => child.once("exit", (code) => { resolve({ at: Date.now(), code }); }));
+    const exit = new Promise<{ at: number; code: number | null }>((resolve) =>
+      child.once("exit", (code) => {
+        resolve({ at: Date.now(), code });
+      }),
+    );
     return { child, waiting, exit };
   }
 
@@ -192,7 +210,8 @@ try {
     // The load generator shares the two cores: what it spends is not the system's, but slows it.
     "this benchmark (IPs, watches)": () => [process.pid],
   };
-  const cpu = (): Record<string, number> => Object.fromEntries(Object.entries(components).map(([name, pids]) => [name, pids().reduce((sum, pid) => sum + (cpuSeconds(pid) || 0), 0)]));
+  const cpu = (): Record<string, number> =>
+    Object.fromEntries(Object.entries(components).map(([name, pids]) => [name, pids().reduce((sum, pid) => sum + (cpuSeconds(pid) || 0), 0)]));
   const requests = (): Promise<Map<string, number>> => apiServerRequests(stack.cp.server, stack.cp.ca, stack.cp.adminToken);
   let requestsBefore = await requests();
   let cpuBefore = cpu();
@@ -237,8 +256,7 @@ try {
   const podEvents = { count: await eventsCreated(), atMs: Date.now() - t0 };
   const floor = mode === "burst" ? await apiFloor() : undefined;
   // Where the time went, from the components' own numbers.
-  const mean = async (name: string): Promise<number> =>
-    (1000 * (await metric(stack.fn, `${name}_sum`))) / Math.max(1, await metric(stack.fn, `${name}_count`));
+  const mean = async (name: string): Promise<number> => (1000 * (await metric(stack.fn, `${name}_sum`))) / Math.max(1, await metric(stack.fn, `${name}_count`));
   const queueAgeMs = await mean("podnet_function_dispatch_queue_age_seconds");
   const dispatchMs = await mean("podnet_function_dispatch_duration_seconds");
   const runnerMs = [...stack.runner.log().matchAll(/"durationMs":([0-9.]+).*"msg":"apply: applied"/g)].map((m) => Number(m[1]));
@@ -258,30 +276,50 @@ try {
   console.log(`${processCount()} processes on the machine; node-runner and function compiled, V8 flags from their manifests`);
   if (mode === "burst") {
     const lastMark = Math.max(...[...markedAt.values()]) - t0;
-    console.log(`${count} pods whose IPs appear at once: ${markedAt.size} marked; last mark ${(lastMark / 1000).toFixed(2)} s after the first IP (${(markedAt.size / (lastMark / 1000)).toFixed(0)} pods/s); ${events} events handled by the function in ${wall.toFixed(1)} s`);
-    console.log(`the node-runner's Kubernetes Events (they wait until no pod is being programmed): ${podEvents.count} recorded by ${(podEvents.atMs / 1000).toFixed(2)} s after the first IP`);
+    console.log(
+      `${count} pods whose IPs appear at once: ${markedAt.size} marked; last mark ${(lastMark / 1000).toFixed(2)} s after the first IP (${(markedAt.size / (lastMark / 1000)).toFixed(0)} pods/s); ${events} events handled by the function in ${wall.toFixed(1)} s`,
+    );
+    console.log(
+      `the node-runner's Kubernetes Events (they wait until no pod is being programmed): ${podEvents.count} recorded by ${(podEvents.atMs / 1000).toFixed(2)} s after the first IP`,
+    );
     if (floor !== undefined) {
-      console.log(`floor: the same three API requests per pod before its mark made by the benchmark alone (IP, read, annotation; no adapter, function or node-runner), ${count} other pods at once: last done ${(floor.lastMs / 1000).toFixed(2)} s after the first IP (${(count / (floor.lastMs / 1000)).toFixed(0)} pods/s); CPU seconds: kube-apiserver ${floor.cpu["kube-apiserver"]?.toFixed(2)}, etcd ${floor.cpu.etcd?.toFixed(2)}, this benchmark ${floor.cpu["this benchmark (IPs, watches)"]?.toFixed(2)}`);
+      console.log(
+        `floor: the same three API requests per pod before its mark made by the benchmark alone (IP, read, annotation; no adapter, function or node-runner), ${count} other pods at once: last done ${(floor.lastMs / 1000).toFixed(2)} s after the first IP (${(count / (floor.lastMs / 1000)).toFixed(0)} pods/s); CPU seconds: kube-apiserver ${floor.cpu["kube-apiserver"]?.toFixed(2)}, etcd ${floor.cpu.etcd?.toFixed(2)}, this benchmark ${floor.cpu["this benchmark (IPs, watches)"]?.toFixed(2)}`,
+      );
     }
   } else {
     console.log(`${count} pods one at a time, each with its waiter already waiting when the IP appears; ${events} events handled by the function`);
   }
-  console.log(`function: mean wait in its dispatch queue ${queueAgeMs.toFixed(1)} ms, mean queue → node-runner answer ${dispatchMs.toFixed(1)} ms; node-runner: request handled in ${summarize(runnerMs).median} ms median (p95 ${summarize(runnerMs).p95})`);
+  console.log(
+    `function: mean wait in its dispatch queue ${queueAgeMs.toFixed(1)} ms, mean queue → node-runner answer ${dispatchMs.toFixed(1)} ms; node-runner: request handled in ${summarize(runnerMs).median} ms median (p95 ${summarize(runnerMs).p95})`,
+  );
   const requestsMeanwhile = [...requestsAfter]
     .map(([key, n]): [string, number] => [key, n - (requestsBefore.get(key) ?? 0)])
     .filter(([key, n]) => n > 0 && !key.startsWith("WATCH"))
     .sort((a, b) => b[1] - a[1]);
   console.log(`API server requests meanwhile (verb, resource, status; watches apart): ${requestsMeanwhile.map(([key, n]) => `${key} × ${n}`).join(", ")}`);
-  console.log(`CPU seconds used meanwhile: ${Object.keys(cpuAfter).map((name) => `${name} ${((cpuAfter[name] ?? 0) - (cpuBefore[name] ?? 0)).toFixed(2)}`).join(", ")}`);
-  console.log(`peak memory (VmHWM): node-runner ${peakRssMiB(stack.runner.process.pid).toFixed(0)} MiB, function ${peakRssMiB(stack.fn.process.pid).toFixed(0)} MiB\n`);
   console.log(
-    table(["ms after the pod's IP appeared", "pods", "min", "median", "p95", "p99", "max"], [
-      row("rules applied (node-runner)", since(appliedAt)),
-      row("pod marked (seen by a watch)", since(markedAt)),
-      ...(mode === "single"
-        ? [row("waiter exit (interception proven in the pod)", since(waiterExitAt)), row("  floor: the waiter where the rules are in place (start → exit)", waiterFloorMs)]
-        : []),
-    ]),
+    `CPU seconds used meanwhile: ${Object.keys(cpuAfter)
+      .map((name) => `${name} ${((cpuAfter[name] ?? 0) - (cpuBefore[name] ?? 0)).toFixed(2)}`)
+      .join(", ")}`,
+  );
+  console.log(
+    `peak memory (VmHWM): node-runner ${peakRssMiB(stack.runner.process.pid).toFixed(0)} MiB, function ${peakRssMiB(stack.fn.process.pid).toFixed(0)} MiB\n`,
+  );
+  console.log(
+    table(
+      ["ms after the pod's IP appeared", "pods", "min", "median", "p95", "p99", "max"],
+      [
+        row("rules applied (node-runner)", since(appliedAt)),
+        row("pod marked (seen by a watch)", since(markedAt)),
+        ...(mode === "single"
+          ? [
+              row("waiter exit (interception proven in the pod)", since(waiterExitAt)),
+              row("  floor: the waiter where the rules are in place (start → exit)", waiterFloorMs),
+            ]
+          : []),
+      ],
+    ),
   );
 } finally {
   await teardown.run();

@@ -19,13 +19,22 @@ let app: http.RequestListener;
 let whenIdle = (): Promise<void> => Promise.resolve();
 if (mode === "function") {
   const privateKey = createPrivateKey(process.env.PRIVATE_KEY_PEM ?? "");
-  const dispatcher = new Dispatcher({ signingKey: () => ({ keyid: "fn-1", privateKey }), port: Number(process.env.RUNNER_PORT), addressFor: () => "127.0.0.1" });
+  const dispatcher = new Dispatcher({
+    signingKey: () => ({ keyid: "fn-1", privateKey }),
+    port: Number(process.env.RUNNER_PORT),
+    addressFor: () => "127.0.0.1",
+  });
   whenIdle = () => dispatcher.whenIdle();
   const policy = parsePolicy("");
   app = createFunctionApp({
     policy: () => policy,
     dispatcher,
-    cluster: { getPod: (_namespace, name) => Promise.resolve(parsePod(benchPod(name))), getNamespace: () => Promise.resolve(undefined), listPods: async function* () {}, recordPodWarning: () => Promise.resolve() },
+    cluster: {
+      getPod: (_namespace, name) => Promise.resolve(parsePod(benchPod(name))),
+      getNamespace: () => Promise.resolve(undefined),
+      listPods: async function* () {},
+      recordPodWarning: () => Promise.resolve(),
+    },
     log: pino({ level: "silent" }),
     metrics: createFunctionMetrics({ defaultMetrics: false }),
   });

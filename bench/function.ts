@@ -40,7 +40,10 @@ interface SourceEvent {
 }
 
 async function startServer(args: string[], env: NodeJS.ProcessEnv, nodeFlags: readonly string[] = []): Promise<Server> {
-  const child: ChildProcessByStdio<Writable, Readable, null> = spawn(process.execPath, [...nodeFlags, "--import", "tsx", ...args], { env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "inherit"] });
+  const child: ChildProcessByStdio<Writable, Readable, null> = spawn(process.execPath, [...nodeFlags, "--import", "tsx", ...args], {
+    env: { ...process.env, ...env },
+    stdio: ["pipe", "pipe", "inherit"],
+  });
   const lines = createInterface({ input: child.stdout });
   const next = (): Promise<Record<string, number | boolean>> =>
     new Promise((resolve) => {
@@ -63,8 +66,16 @@ async function startServer(args: string[], env: NodeJS.ProcessEnv, nodeFlags: re
 
 const here = import.meta.dirname;
 // The node-runner (real verification, everything else from memory).
-const runner = await startServer([path.join(here, "stub-node-runner.ts")], { PUBLIC_KEY_PEM: publicKey.export({ type: "spki", format: "pem" }).toString() }, manifestV8Flags().nodeRunner);
-const fn = await startServer([path.join(here, "function-server.ts"), "function"], { PRIVATE_KEY_PEM: privateKey.export({ type: "pkcs8", format: "pem" }).toString(), RUNNER_PORT: String(runner.port) }, manifestV8Flags().function);
+const runner = await startServer(
+  [path.join(here, "stub-node-runner.ts")],
+  { PUBLIC_KEY_PEM: publicKey.export({ type: "spki", format: "pem" }).toString() },
+  manifestV8Flags().nodeRunner,
+);
+const fn = await startServer(
+  [path.join(here, "function-server.ts"), "function"],
+  { PRIVATE_KEY_PEM: privateKey.export({ type: "pkcs8", format: "pem" }).toString(), RUNNER_PORT: String(runner.port) },
+  manifestV8Flags().function,
+);
 const floor = await startServer([path.join(here, "function-server.ts"), "floor"], {}, manifestV8Flags().function);
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
@@ -116,7 +127,10 @@ async function compare(make: (i: number) => SourceEvent, waitForDispatches: bool
   const perRound = Math.ceil(count / ROUNDS);
   for (let round = 0; round < ROUNDS; round++) {
     const slice = events.slice(round * perRound, (round + 1) * perRound);
-    for (const [server, t] of [[floor, floorTally], [fn, fnTally]] as const) {
+    for (const [server, t] of [
+      [floor, floorTally],
+      [fn, fnTally],
+    ] as const) {
       const before = cpuNow(server);
       const t0 = performance.now();
       for (const event of slice) {
@@ -134,7 +148,12 @@ async function compare(make: (i: number) => SourceEvent, waitForDispatches: bool
   }
   const result = (t: ReturnType<typeof tally>): Run => {
     const n = t.latencies.length;
-    return { latencies: t.latencies, perSecond: n / (t.answeringMs / 1000), doneMs: t.doneMs, cpu: [t.cpu.server, t.cpu.runner, t.cpu.source].map((c) => ((c * 1000) / n).toFixed(2)) };
+    return {
+      latencies: t.latencies,
+      perSecond: n / (t.answeringMs / 1000),
+      doneMs: t.doneMs,
+      cpu: [t.cpu.server, t.cpu.runner, t.cpu.source].map((c) => ((c * 1000) / n).toFixed(2)),
+    };
   };
   return { floor: result(floorTally), fn: result(fnTally) };
 }
@@ -149,18 +168,25 @@ const row = (name: string, r: Run): (string | number)[] => {
   return [name, String(r.latencies.length), r.perSecond.toFixed(0), s.median, s.p99, s.max, ...r.cpu];
 };
 console.log(machineDescription());
-console.log(`one event at a time over a keep-alive connection, as the ApiServerSource adapter sends, from a process of its own, after ${WARM_UP_EVENTS} of the same kind to warm up, in ${ROUNDS} rounds alternating between floor and function; function and floor each in its own process with the Service's V8 flags (${manifestV8Flags().function.join(" ")}); latency in ms; CPU ms per event of the server (function or floor), the node-runner and the event source, for (b) until every dispatch is answered\n`);
 console.log(
-  table(["events", "count", "events/s", "median", "p99", "max", "CPU server", "CPU runner", "CPU source"], [
-    row("floor: bare express 5, the same update events", bareSkip),
-    row("(a) update of an initialized pod: skipped", skipped),
-    row("floor: bare express 5, the same add events", bareAdd),
-    row("(b) add: decided, read, queued (the answer)", dispatched),
-  ]),
+  `one event at a time over a keep-alive connection, as the ApiServerSource adapter sends, from a process of its own, after ${WARM_UP_EVENTS} of the same kind to warm up, in ${ROUNDS} rounds alternating between floor and function; function and floor each in its own process with the Service's V8 flags (${manifestV8Flags().function.join(" ")}); latency in ms; CPU ms per event of the server (function or floor), the node-runner and the event source, for (b) until every dispatch is answered\n`,
+);
+console.log(
+  table(
+    ["events", "count", "events/s", "median", "p99", "max", "CPU server", "CPU runner", "CPU source"],
+    [
+      row("floor: bare express 5, the same update events", bareSkip),
+      row("(a) update of an initialized pod: skipped", skipped),
+      row("floor: bare express 5, the same add events", bareAdd),
+      row("(b) add: decided, read, queued (the answer)", dispatched),
+    ],
+  ),
 );
 console.log(`\n(a) skip path: ${((skipped.perSecond / bareSkip.perSecond) * 100).toFixed(0)}% of bare express 5's events/s`);
 const verifiedByRunner = Number((await runner.ask()).verified);
-console.log(`(b) dispatch path: ${((dispatched.perSecond / bareAdd.perSecond) * 100).toFixed(0)}% of bare express 5's events/s; all ${count} signed, sent and verified by the node-runner (its own process; ${verifiedByRunner} answered 200 in all, warm-up included): rounds from their first event to their last dispatch answered took ${dispatched.doneMs.toFixed(0)} ms in all (${(count / (dispatched.doneMs / 1000)).toFixed(0)} pods/s)`);
+console.log(
+  `(b) dispatch path: ${((dispatched.perSecond / bareAdd.perSecond) * 100).toFixed(0)}% of bare express 5's events/s; all ${count} signed, sent and verified by the node-runner (its own process; ${verifiedByRunner} answered 200 in all, warm-up included): rounds from their first event to their last dispatch answered took ${dispatched.doneMs.toFixed(0)} ms in all (${(count / (dispatched.doneMs / 1000)).toFixed(0)} pods/s)`,
+);
 floor.stop();
 fn.stop();
 runner.stop();

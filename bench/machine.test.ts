@@ -9,7 +9,11 @@ import { describe, test } from "node:test";
 const machine = path.join(import.meta.dirname, "machine.ts");
 
 /** A process with three teardown steps (the middle one fails); `then` runs once they are added. */
-function withTeardown(then: string): { done: Promise<{ code: number | null; stdout: string; stderr: string }>; ready: Promise<void>; signal: (s: NodeJS.Signals) => void } {
+function withTeardown(then: string): {
+  done: Promise<{ code: number | null; stdout: string; stderr: string }>;
+  ready: Promise<void>;
+  signal: (s: NodeJS.Signals) => void;
+} {
   const script = `
     import { Teardown } from ${JSON.stringify(machine)};
     const teardown = new Teardown();
@@ -28,14 +32,19 @@ function withTeardown(then: string): { done: Promise<{ code: number | null; stdo
     });
   });
   child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
-  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.once("exit", (code) => {
-    resolve({ code, stdout, stderr });
-  }));
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
+    child.once("exit", (code) => {
+      resolve({ code, stdout, stderr });
+    }),
+  );
   return { done, ready, signal: (s) => child.kill(s) };
 }
 
 describe("Teardown", () => {
-  for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+  for (const [signal, code] of [
+    ["SIGINT", 130],
+    ["SIGTERM", 143],
+  ] as const) {
     test(`${signal}: every step runs, the last added first, a failing one reported, then exit ${code}`, async () => {
       const p = withTeardown("setInterval(() => {}, 1000);");
       await p.ready;
@@ -48,7 +57,8 @@ describe("Teardown", () => {
   }
 
   test("a failure outside the benchmark's try/finally: its error reported, every step run once, exit 1", async () => {
-    const { code, stdout, stderr } = await withTeardown('await new Promise((r) => setTimeout(r, 10)); throw new Error("the control plane did not start");').done;
+    const { code, stdout, stderr } = await withTeardown('await new Promise((r) => setTimeout(r, 10)); throw new Error("the control plane did not start");')
+      .done;
     assert.equal(code, 1);
     assert.deepEqual(stdout.trim().split("\n"), ["ready", "step added last", "step added first"]);
     assert.match(stderr, /the control plane did not start/);

@@ -62,7 +62,10 @@ export class Teardown {
   private running: Promise<void> | undefined;
 
   constructor() {
-    for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+    for (const [signal, code] of [
+      ["SIGINT", 130],
+      ["SIGTERM", 143],
+    ] as const) {
       process.once(signal, () => {
         console.error(`\n${signal}: cleaning up`);
         void this.run().finally(() => process.exit(code));

@@ -38,20 +38,28 @@ function watchPods(stack: RealNodeStack, timelines: Map<string, Timeline>): () =
     while (!stopped) {
       await new Promise<void>((resolve) => {
         void new k8s.Watch(stack.cp.kubeConfig())
-          .watch(`/api/v1/namespaces/${NS}/pods`, {}, (_type, pod: k8s.V1Pod) => {
-            const t = timelines.get(pod.metadata?.name ?? "");
-            if (t === undefined) return;
-            const now = Date.now();
-            if (t.ip === undefined && pod.status?.podIP !== undefined) t.ip = now;
-            if (t.running === undefined && pod.status?.phase === "Running" && pod.status.containerStatuses?.every((c) => c.ready) === true) t.running = now;
-          }, () => {
-            resolve();
-          })
-          .then((req) => {
-            current = req;
-          }, () => {
-            resolve();
-          });
+          .watch(
+            `/api/v1/namespaces/${NS}/pods`,
+            {},
+            (_type, pod: k8s.V1Pod) => {
+              const t = timelines.get(pod.metadata?.name ?? "");
+              if (t === undefined) return;
+              const now = Date.now();
+              if (t.ip === undefined && pod.status?.podIP !== undefined) t.ip = now;
+              if (t.running === undefined && pod.status?.phase === "Running" && pod.status.containerStatuses?.every((c) => c.ready) === true) t.running = now;
+            },
+            () => {
+              resolve();
+            },
+          )
+          .then(
+            (req) => {
+              current = req;
+            },
+            () => {
+              resolve();
+            },
+          );
       });
     }
   };
@@ -127,16 +135,36 @@ teardown.add(() => stack.stop());
 try {
   const rows: (string | number)[][] = [];
   const span = (ts: Timeline[], from: keyof Timeline, to: keyof Timeline): string => {
-    const d = ts.flatMap((t) => (t[from] !== undefined && t[to] !== undefined ? [(t[to]) - (t[from])] : []));
+    const d = ts.flatMap((t) => (t[from] !== undefined && t[to] !== undefined ? [t[to] - t[from]] : []));
     if (d.length === 0) return "-";
     const s = summarize(d);
     return `${s.median.toFixed(0)} / ${s.p95.toFixed(0)} / ${s.max.toFixed(0)}`;
   };
-  for (const [count, label] of [[1, "1 pod"], [burst, `${burst} pods at once`]] as const) {
-    const plain = await run(stack, `${label}, no mesh`, Array.from({ length: count }, (_, i) => `plain-${count}-${i}`), false);
-    const mesh = await run(stack, `${label}, mesh`, Array.from({ length: count }, (_, i) => `mesh-${count}-${i}`), true);
+  for (const [count, label] of [
+    [1, "1 pod"],
+    [burst, `${burst} pods at once`],
+  ] as const) {
+    const plain = await run(
+      stack,
+      `${label}, no mesh`,
+      Array.from({ length: count }, (_, i) => `plain-${count}-${i}`),
+      false,
+    );
+    const mesh = await run(
+      stack,
+      `${label}, mesh`,
+      Array.from({ length: count }, (_, i) => `mesh-${count}-${i}`),
+      true,
+    );
     rows.push([`${label}, no mesh (floor)`, span(plain, "created", "ip"), "-", "-", "-", span(plain, "created", "running")]);
-    rows.push([`${label}, mesh`, span(mesh, "created", "ip"), span(mesh, "ip", "waiterExit"), span(mesh, "ip", "answered"), span(mesh, "waiterExit", "running"), span(mesh, "created", "running")]);
+    rows.push([
+      `${label}, mesh`,
+      span(mesh, "created", "ip"),
+      span(mesh, "ip", "waiterExit"),
+      span(mesh, "ip", "answered"),
+      span(mesh, "waiterExit", "running"),
+      span(mesh, "created", "running"),
+    ]);
   }
   const rss = stack.peakRssMiB();
   const out = [
@@ -146,7 +174,13 @@ try {
     "ms, median / p95 / max",
     table(["pods", "create → IP", "IP → waiter exit", "IP → node-runner answered", "waiter exit → Running", "create → Running"], rows),
     "",
-    table(["process", "peak RSS (MiB)"], [["node-runner (container)", rss.nodeRunner], ["function", rss.fn]]),
+    table(
+      ["process", "peak RSS (MiB)"],
+      [
+        ["node-runner (container)", rss.nodeRunner],
+        ["function", rss.fn],
+      ],
+    ),
   ].join("\n");
   console.log(out);
   if (process.env.BENCH_OUT !== undefined) writeFileSync(process.env.BENCH_OUT, `${out}\n`);

@@ -25,7 +25,11 @@ const app = createNodeRunnerApp({
   resolveNetns: () => Promise.resolve({ found: true, netns: { inode: "4026532000", path: "/proc/1/ns/net", pid: 1, processes: 1, hostInode: "4026531840" } }),
   stillInhabited: () => true,
   openNetns: (netns) => ({ fd: -1, inode: netns.inode, legacyTables: () => false, close: () => undefined }),
-  applierFor: () => Promise.resolve({ apply: () => Promise.resolve({ result: "applied" as const, digest: "0123456789abcdef" }), remove: () => Promise.resolve("absent" as const) }),
+  applierFor: () =>
+    Promise.resolve({
+      apply: () => Promise.resolve({ result: "applied" as const, digest: "0123456789abcdef" }),
+      remove: () => Promise.resolve("absent" as const),
+    }),
   log: pino({ level: "silent" }),
   metrics: createMetrics({ defaultMetrics: false }),
 });

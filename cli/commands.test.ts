@@ -106,7 +106,9 @@ describe("pnc plan", () => {
         fc.oneof(
           fc.string({ unit: "binary", maxLength: 200 }),
           fc.jsonValue({ maxDepth: 4 }).map((v) => JSON.stringify(v)),
-          fc.record({ metadata: fc.record({ annotations: fc.dictionary(fc.string({ maxLength: 60 }), fc.string({ unit: "binary", maxLength: 30 })) }) }).map((v) => JSON.stringify(v)),
+          fc
+            .record({ metadata: fc.record({ annotations: fc.dictionary(fc.string({ maxLength: 60 }), fc.string({ unit: "binary", maxLength: 30 })) }) })
+            .map((v) => JSON.stringify(v)),
         ),
         (text) => {
           const { code, err } = run(["plan", "-"], text);
@@ -143,17 +145,31 @@ describe("pnc plan", () => {
     const apply = run(["decide", example("injected-pod.yaml")]);
     assert.equal(apply.code, EXIT.ok);
     assert.match(apply.out, /^apply \(needs-rules\): pod shop\/web-1 on node worker-3 \(192\.168\.10\.13\); policy sha256:[0-9a-f]{12}, enforce\n$/);
-    const withPolicy = JSON.parse(run(["decide", example("tproxy-dual-stack-pod.yaml"), "--policy", example("policy.yaml"), "--json"]).out) as { policy: string; capture: { outboundIPRangesExclude: string } };
+    const withPolicy = JSON.parse(run(["decide", example("tproxy-dual-stack-pod.yaml"), "--policy", example("policy.yaml"), "--json"]).out) as {
+      policy: string;
+      capture: { outboundIPRangesExclude: string };
+    };
     assert.match(withPolicy.policy, /^example-1@sha256:/);
     assert.equal(withPolicy.capture.outboundIPRangesExclude, "169.254.169.254/32");
     const refused = run(["decide", example("invalid-annotations-pod.yaml")]);
     assert.equal(refused.code, EXIT.invalidCapture);
     assert.match(refused.err, /excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
-    const ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  annotations:\n    istio-pod-network-controller/initialize: \"true\"\n";
-    const plainPod = JSON.stringify({ kind: "Pod", metadata: { name: "p", namespace: "shop" }, spec: { nodeName: "n1", containers: [{ name: "app" }] }, status: { hostIP: "10.0.0.1", podIPs: [{ ip: "10.1.0.2" }] } });
+    const ns = 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  annotations:\n    istio-pod-network-controller/initialize: "true"\n';
+    const plainPod = JSON.stringify({
+      kind: "Pod",
+      metadata: { name: "p", namespace: "shop" },
+      spec: { nodeName: "n1", containers: [{ name: "app" }] },
+      status: { hostIP: "10.0.0.1", podIPs: [{ ip: "10.1.0.2" }] },
+    });
     assert.match(run(["decide", "-"], plainPod).out, /^skip \(not-sidecar-injected\)/);
     let out = "";
-    const code = runPnc(["decide", "-", "--namespace", "/ns.yaml"], { stdout: (t) => (out += t), stderr: () => undefined, readFile: () => ns, readStdin: () => plainPod, writeFile: () => undefined });
+    const code = runPnc(["decide", "-", "--namespace", "/ns.yaml"], {
+      stdout: (t) => (out += t),
+      stderr: () => undefined,
+      readFile: () => ns,
+      readStdin: () => plainPod,
+      writeFile: () => undefined,
+    });
     assert.equal(code, EXIT.ok);
     assert.match(out, /^apply \(needs-rules\)/);
     assert.equal(run(["decide", example("injected-pod.yaml"), "--policy", example("injected-pod.yaml")]).code, EXIT.invalidPolicy);

@@ -2,13 +2,7 @@
 // the rules a pod would get, without root and without a cluster.
 import { parseArgs } from "node:util";
 import { parseAllDocuments } from "yaml";
-import {
-  CaptureConfigError,
-  formatIssue,
-  formatWarning,
-  parseCaptureConfig,
-  type CaptureConfigInput,
-} from "../contract/capture-config.ts";
+import { CaptureConfigError, formatIssue, formatWarning, parseCaptureConfig, type CaptureConfigInput } from "../contract/capture-config.ts";
 import { deriveCaptureInput } from "../functions/capture-from-pod.ts";
 import { decide, type NamespaceFacts } from "../functions/decision.ts";
 import { parsePod, PodManifestError, type Pod } from "../functions/pod.ts";
@@ -173,7 +167,10 @@ function decideCommand(args: readonly string[], io: Io): number {
   const policy = parsePolicy(values.policy === undefined ? "" : readText(values.policy, io));
   let namespace: NamespaceFacts | undefined;
   if (values.namespace !== undefined) {
-    const ns = readDocument(values.namespace, io) as { kind?: unknown; metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> } } | null;
+    const ns = readDocument(values.namespace, io) as {
+      kind?: unknown;
+      metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> };
+    } | null;
     if (ns?.kind !== "Namespace") throw new InputError(`${values.namespace}: not a Namespace manifest`);
     namespace = { labels: ns.metadata?.labels ?? {}, annotations: ns.metadata?.annotations ?? {} };
   }
@@ -181,11 +178,15 @@ function decideCommand(args: readonly string[], io: Io): number {
   if (values.json) {
     io.stdout(`${JSON.stringify({ policy: policy.id, mode: policy.document.mode, ...decision }, null, 2)}\n`);
   } else if (decision.action === "apply") {
-    io.stdout(`apply (${decision.reason}): pod ${decision.pod.namespace}/${decision.pod.name} on node ${decision.node} (${decision.hostIP}); policy ${policy.id}, ${policy.document.mode}\n`);
+    io.stdout(
+      `apply (${decision.reason}): pod ${decision.pod.namespace}/${decision.pod.name} on node ${decision.node} (${decision.hostIP}); policy ${policy.id}, ${policy.document.mode}\n`,
+    );
   } else if (decision.action === "skip") {
     io.stdout(`skip (${decision.reason})${decision.detail === undefined ? "" : `: ${decision.detail}`}; policy ${policy.id}\n`);
   } else {
-    io.stderr(`pnc: error (${decision.reason}): the pod would be refused and a NetworkInitFailed Event recorded:\n${decision.issues.map((i) => `  - ${formatIssue(i)}`).join("\n")}\n`);
+    io.stderr(
+      `pnc: error (${decision.reason}): the pod would be refused and a NetworkInitFailed Event recorded:\n${decision.issues.map((i) => `  - ${formatIssue(i)}`).join("\n")}\n`,
+    );
     return EXIT.invalidCapture;
   }
   return EXIT.ok;
@@ -206,12 +207,16 @@ function keysCommand(args: readonly string[], io: Io): number {
   } else throw new UsageError(`keys takes generate or rotate, not ${JSON.stringify(sub ?? "")}`);
   io.writeFile(`${values.out}/signing-keys.secret.yaml`, result.secret);
   io.writeFile(`${values.out}/public-keys.configmap.yaml`, result.configMap);
-  io.stdout(`new key ${result.keyid}: ${values.out}/signing-keys.secret.yaml (private; apply after the ConfigMap), ${values.out}/public-keys.configmap.yaml (public)\n`);
+  io.stdout(
+    `new key ${result.keyid}: ${values.out}/signing-keys.secret.yaml (private; apply after the ConfigMap), ${values.out}/public-keys.configmap.yaml (public)\n`,
+  );
   if (sub === "generate") {
     const tls = tlsManifests(values.namespace, generateTls());
     io.writeFile(`${values.out}/node-runner-tls.secret.yaml`, tls.secret);
     io.writeFile(`${values.out}/node-runner-ca.configmap.yaml`, tls.configMap);
-    io.stdout(`node-runner TLS for ${NODE_RUNNER_SERVER_NAME}: ${values.out}/node-runner-tls.secret.yaml (private), ${values.out}/node-runner-ca.configmap.yaml (the CA the function trusts)\n`);
+    io.stdout(
+      `node-runner TLS for ${NODE_RUNNER_SERVER_NAME}: ${values.out}/node-runner-tls.secret.yaml (private), ${values.out}/node-runner-ca.configmap.yaml (the CA the function trusts)\n`,
+    );
   }
   return EXIT.ok;
 }

@@ -37,7 +37,9 @@ export function planMissingKeys(stored: StoredKeys, generate: KeyGenerators): Ke
   const secrets: KeyHolder[] = [];
   const configMaps: KeyHolder[] = [];
   const refuse = (configMap: string, secret: string): never => {
-    throw new KeyManifestError(`ConfigMap ${configMap} exists but Secret ${secret} does not: public keys without their private keys. Apply the Secret, or delete the ConfigMap to have a new pair made.`);
+    throw new KeyManifestError(
+      `ConfigMap ${configMap} exists but Secret ${secret} does not: public keys without their private keys. Apply the Secret, or delete the ConfigMap to have a new pair made.`,
+    );
   };
 
   if (stored.signingSecret === undefined) {
@@ -58,7 +60,10 @@ export function planMissingKeys(stored: StoredKeys, generate: KeyGenerators): Ke
     configMaps.push({ kind: "ConfigMap", name: CA_CONFIGMAP_NAME, entries: { "ca.crt": tls.ca } });
   } else if (stored.caConfigMap === undefined) {
     const ca = stored.tlsSecret["ca.crt"];
-    if (ca === undefined) throw new KeyManifestError(`Secret ${TLS_SECRET_NAME} has no ca.crt to remake ConfigMap ${CA_CONFIGMAP_NAME} from: apply the CA ConfigMap, or delete the Secret to have new TLS made`);
+    if (ca === undefined)
+      throw new KeyManifestError(
+        `Secret ${TLS_SECRET_NAME} has no ca.crt to remake ConfigMap ${CA_CONFIGMAP_NAME} from: apply the CA ConfigMap, or delete the Secret to have new TLS made`,
+      );
     configMaps.push({ kind: "ConfigMap", name: CA_CONFIGMAP_NAME, entries: { "ca.crt": ca } });
   }
   return [...secrets, ...configMaps];

@@ -50,11 +50,14 @@ export function publicPemOf(privatePem: string): string {
 function readMap(text: string, kind: "Secret" | "ConfigMap"): { namespace: string; entries: Record<string, string> } {
   // An empty stream is an empty array: "no <kind>".
   const doc = parseAllDocuments(text)
-    .map((d) => d.toJS() as unknown).find((d) => typeof d === "object" && d !== null && (d as { kind?: unknown }).kind === kind) as
-    | { metadata?: { namespace?: string }; stringData?: Record<string, string>; data?: Record<string, string> }
-    | undefined;
+    .map((d) => d.toJS() as unknown)
+    .find((d) => typeof d === "object" && d !== null && (d as { kind?: unknown }).kind === kind) as
+    { metadata?: { namespace?: string }; stringData?: Record<string, string>; data?: Record<string, string> } | undefined;
   if (doc === undefined) throw new KeyManifestError(`no ${kind} in the given file`);
-  const entries = kind === "Secret" ? { ...(doc.stringData ?? {}), ...Object.fromEntries(Object.entries(doc.data ?? {}).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")])) } : (doc.data ?? {});
+  const entries =
+    kind === "Secret"
+      ? { ...(doc.stringData ?? {}), ...Object.fromEntries(Object.entries(doc.data ?? {}).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")])) }
+      : (doc.data ?? {});
   return { namespace: doc.metadata?.namespace ?? "podnet-system", entries };
 }
 

@@ -31,7 +31,23 @@ export function generateTls(options: { days?: number } = {}): TlsFiles {
     openssl(["req", "-x509", ...ec, "-keyout", file("ca.key"), "-out", file("ca.crt"), "-days", "3650", "-subj", "/CN=podnet node-runner CA"]);
     openssl(["req", ...ec, "-keyout", file("tls.key"), "-out", file("tls.csr"), "-subj", `/CN=${NODE_RUNNER_SERVER_NAME}`]);
     writeFileSync(file("ext.cnf"), `subjectAltName=DNS:${NODE_RUNNER_SERVER_NAME}\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n`);
-    openssl(["x509", "-req", "-in", file("tls.csr"), "-CA", file("ca.crt"), "-CAkey", file("ca.key"), "-CAcreateserial", "-out", file("tls.crt"), "-days", String(options.days ?? 825), "-extfile", file("ext.cnf")]);
+    openssl([
+      "x509",
+      "-req",
+      "-in",
+      file("tls.csr"),
+      "-CA",
+      file("ca.crt"),
+      "-CAkey",
+      file("ca.key"),
+      "-CAcreateserial",
+      "-out",
+      file("tls.crt"),
+      "-days",
+      String(options.days ?? 825),
+      "-extfile",
+      file("ext.cnf"),
+    ]);
     return { ca: readFileSync(file("ca.crt"), "utf8"), cert: readFileSync(file("tls.crt"), "utf8"), key: readFileSync(file("tls.key"), "utf8") };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -47,7 +63,12 @@ export function tlsSecretData(tls: TlsFiles): Record<string, string> {
 export function tlsManifests(namespace: string, tls: TlsFiles): { secret: string; configMap: string } {
   return secretAndConfigMap(
     namespace,
-    { name: TLS_SECRET_NAME, type: "kubernetes.io/tls", stringData: tlsSecretData(tls), comment: "The node-runners' serving certificate and key. Keep out of version control." },
+    {
+      name: TLS_SECRET_NAME,
+      type: "kubernetes.io/tls",
+      stringData: tlsSecretData(tls),
+      comment: "The node-runners' serving certificate and key. Keep out of version control.",
+    },
     { name: CA_CONFIGMAP_NAME, data: { "ca.crt": tls.ca }, comment: "The CA the decision function trusts for the node-runners' certificate." },
   );
 }

@@ -1,13 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
-import {
-  CaptureConfigError,
-  DEFAULT_CAPTURE_CONFIG,
-  parseCaptureConfig,
-  type CaptureConfigInput,
-  type CaptureField,
-} from "./capture-config.ts";
+import { CaptureConfigError, DEFAULT_CAPTURE_CONFIG, parseCaptureConfig, type CaptureConfigInput, type CaptureField } from "./capture-config.ts";
 
 const withField = (field: CaptureField, value: unknown): unknown => ({ ...DEFAULT_CAPTURE_CONFIG, [field]: value });
 
@@ -55,17 +49,23 @@ describe("parseCaptureConfig", () => {
   for (const [field, value, offending] of rejected) {
     test(`rejects ${field}=${JSON.stringify(value)} naming the field and the value`, () => {
       const issues = issuesOf(withField(field, value));
-      assert.deepEqual(issues.map((i) => [i.field, i.value]), [[field, offending]]);
+      assert.deepEqual(
+        issues.map((i) => [i.field, i.value]),
+        [[field, offending]],
+      );
     });
   }
 
   test("reports every problem at once, each with its source", () => {
     const input = { ...DEFAULT_CAPTURE_CONFIG, excludeInterfaces: "e\n0", outboundPortsExclude: "1,99999" };
     const issues = issuesOf(input, { excludeInterfaces: "annotation traffic.sidecar.istio.io/excludeInterfaces" });
-    assert.deepEqual(issues.map((i) => [i.field, i.source, i.value]), [
-      ["outboundPortsExclude", undefined, "99999"],
-      ["excludeInterfaces", "annotation traffic.sidecar.istio.io/excludeInterfaces", "e\n0"],
-    ]);
+    assert.deepEqual(
+      issues.map((i) => [i.field, i.source, i.value]),
+      [
+        ["outboundPortsExclude", undefined, "99999"],
+        ["excludeInterfaces", "annotation traffic.sidecar.istio.io/excludeInterfaces", "e\n0"],
+      ],
+    );
     assert.match(new CaptureConfigError(issues).message, /annotation traffic\.sidecar\.istio\.io\/excludeInterfaces: "e\\n0" is invalid/);
   });
 
@@ -87,9 +87,7 @@ describe("parseCaptureConfig", () => {
   });
 
   test("property: any string in any string field is accepted or rejected with a CaptureConfigError", () => {
-    const stringFields = (Object.keys(DEFAULT_CAPTURE_CONFIG) as CaptureField[]).filter(
-      (f) => typeof DEFAULT_CAPTURE_CONFIG[f] === "string",
-    );
+    const stringFields = (Object.keys(DEFAULT_CAPTURE_CONFIG) as CaptureField[]).filter((f) => typeof DEFAULT_CAPTURE_CONFIG[f] === "string");
     fc.assert(
       fc.property(fc.constantFrom(...stringFields), fc.string({ unit: "binary", maxLength: 80 }), (field, value) => {
         const input = { ...DEFAULT_CAPTURE_CONFIG, [field]: value };

@@ -231,11 +231,9 @@ export function parseCaptureConfig(input: unknown, sources: FieldSources = {}, p
     return [...values];
   };
 
-  const list = (field: CaptureField, check: (t: string) => TokenCheck): string[] =>
-    items(field, splitList(raw[field] as string), check);
+  const list = (field: CaptureField, check: (t: string) => TokenCheck): string[] => items(field, splitList(raw[field] as string), check);
 
-  const wildcardOrList = (field: CaptureField, check: (t: string) => TokenCheck): "*" | string[] =>
-    raw[field] === "*" ? "*" : list(field, check);
+  const wildcardOrList = (field: CaptureField, check: (t: string) => TokenCheck): "*" | string[] => (raw[field] === "*" ? "*" : list(field, check));
 
   const cidrs = (field: CaptureField): Cidr[] => {
     const out: Cidr[] = [];

@@ -14,7 +14,15 @@ interface RefusalRow {
   readonly when: string;
 }
 
-const SIGNATURE_REASONS = ["missing-signature", "malformed-signature", "profile-mismatch", "unknown-key", "bad-signature", "expired", "not-yet-valid"] as const satisfies readonly Exclude<VerifyFailureReason, "digest-mismatch">[];
+const SIGNATURE_REASONS = [
+  "missing-signature",
+  "malformed-signature",
+  "profile-mismatch",
+  "unknown-key",
+  "bad-signature",
+  "expired",
+  "not-yet-valid",
+] as const satisfies readonly Exclude<VerifyFailureReason, "digest-mismatch">[];
 
 export const REFUSAL_ROWS = [
   { status: 413, reasons: ["too-large"], when: "a `Content-Length` over 64 KiB (refused unread), or a body that grows past it" },
@@ -28,7 +36,11 @@ export const REFUSAL_ROWS = [
   },
   { status: 400, reasons: ["unreadable"], when: "the body could not be read as sent (aborted, or in an encoding the node-runner does not take)" },
   { status: 401, reasons: ["digest-mismatch"], when: "the body read is not the one signed for (RFC 9530 `Content-Digest`)" },
-  { status: 401, reasons: ["replay"], when: "the nonce was seen while its signature can still pass the freshness check (kept exactly that long, and journaled in the state directory across restarts)" },
+  {
+    status: 401,
+    reasons: ["replay"],
+    when: "the nonce was seen while its signature can still pass the freshness check (kept exactly that long, and journaled in the state directory across restarts)",
+  },
   { status: 503, reasons: ["replay-cache-full"], retryAfterSeconds: 1, when: "too many live nonces" },
   { status: 503, reasons: ["replay-cache-unavailable"], retryAfterSeconds: 5, when: "the nonce journal cannot be written" },
   { status: 400, reasons: ["malformed"], when: "not JSON, or not an `ApplyRequest` / `RemoveRequest` (parsed only after the signature verified)" },
@@ -50,7 +62,12 @@ export const REFUSAL_ROWS = [
     reasons: ["rules-refused"],
     when: "the tool ran to its end and refused the transaction (e.g. someone else's rule refers to an `ISTIO_*` chain the new config removes); nothing changed; a `NetworkInitFailed` Event",
   },
-  { status: 503, reasons: ["in-progress", "netns-not-found"], retryAfterSeconds: 1, when: "work for the pod is under way; the sandbox is not there yet, went away, or lost its last process while the rules were applied (then the pod is not marked)" },
+  {
+    status: 503,
+    reasons: ["in-progress", "netns-not-found"],
+    retryAfterSeconds: 1,
+    when: "work for the pod is under way; the sandbox is not there yet, went away, or lost its last process while the rules were applied (then the pod is not marked)",
+  },
   { status: 503, reasons: ["api-unavailable"], retryAfterSeconds: 2, when: "the API server did not answer within its deadline" },
   {
     status: 503,
@@ -75,7 +92,9 @@ export interface RefusalSpec {
 
 /** reason → status and Retry-After. */
 export const REFUSAL: Readonly<Record<RefusalReason, RefusalSpec>> = Object.fromEntries(
-  REFUSAL_ROWS.flatMap((row: RefusalRow) => row.reasons.map((reason) => [reason, { status: row.status, ...(row.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: row.retryAfterSeconds }) }])),
+  REFUSAL_ROWS.flatMap((row: RefusalRow) =>
+    row.reasons.map((reason) => [reason, { status: row.status, ...(row.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: row.retryAfterSeconds }) }]),
+  ),
 ) as Record<RefusalReason, RefusalSpec>;
 
 /** The `error` text of an answer with this status. */
@@ -97,6 +116,14 @@ export function isRetryableRefusal(status: number): boolean {
 
 /** The reference's status table (docs/reference.md), rows in the order a request is checked. */
 export function refusalTableMarkdown(): string {
-  const rows = REFUSAL_ROWS.map((row: RefusalRow) => `| ${row.status}${row.retryAfterSeconds === undefined ? "" : ` + \`Retry-After: ${row.retryAfterSeconds}\``} | ${row.reasons.map((r) => `\`${r}\``).join(", ")} | ${row.when} |`);
-  return ["| status | `reason` | when |", "|---|---|---|", ...rows, "| 200 | `applied`, `unchanged`, `removed`, `absent` | with `netns` (inode), `rules` (digest), `durationMs` |"].join("\n");
+  const rows = REFUSAL_ROWS.map(
+    (row: RefusalRow) =>
+      `| ${row.status}${row.retryAfterSeconds === undefined ? "" : ` + \`Retry-After: ${row.retryAfterSeconds}\``} | ${row.reasons.map((r) => `\`${r}\``).join(", ")} | ${row.when} |`,
+  );
+  return [
+    "| status | `reason` | when |",
+    "|---|---|---|",
+    ...rows,
+    "| 200 | `applied`, `unchanged`, `removed`, `absent` | with `netns` (inode), `rules` (digest), `durationMs` |",
+  ].join("\n");
 }

@@ -80,7 +80,12 @@ describe("podnet signature profile", () => {
     ["@authority", (m) => ({ ...m, authority: "10.0.0.4:9443" }), body, "bad-signature"],
     ["@path", (m) => ({ ...m, path: "/v1/remove" }), body, "bad-signature"],
     ["content-type", (m) => ({ ...m, headers: { ...m.headers, "content-type": "text/plain" } }), body, "bad-signature"],
-    ["content-digest (header replaced to match a new body)", (m) => ({ ...m, headers: { ...m.headers, "content-digest": contentDigest(Buffer.from("{}")) } }), Buffer.from("{}"), "bad-signature"],
+    [
+      "content-digest (header replaced to match a new body)",
+      (m) => ({ ...m, headers: { ...m.headers, "content-digest": contentDigest(Buffer.from("{}")) } }),
+      Buffer.from("{}"),
+      "bad-signature",
+    ],
     ["body (digest no longer matches)", (m) => m, Buffer.from('{"apiVersion":"podnet/v1","kind":"ApplyRequest!"}'), "digest-mismatch"],
   ];
   for (const [what, tamper, tamperedBody, reason] of tamperings) {
@@ -112,9 +117,28 @@ describe("podnet signature profile", () => {
   test("a key that is not the signer's does not verify (rotation: several keys by keyid)", () => {
     const other = generateKeyPairSync("ed25519").publicKey;
     const { request, headers } = signed();
-    const result = verifyRequest(asMessage(request, headers), body, new Map([["fn-2026-11", other], ["fn-2026-10", publicKey]]), now);
+    const result = verifyRequest(
+      asMessage(request, headers),
+      body,
+      new Map([
+        ["fn-2026-11", other],
+        ["fn-2026-10", publicKey],
+      ]),
+      now,
+    );
     assert.equal(!result.ok && result.reason, "bad-signature");
-    assert.equal(verifyRequest(asMessage(request, headers), body, new Map([["fn-2026-10", other], ["fn-2026-11", publicKey]]), now).ok, true);
+    assert.equal(
+      verifyRequest(
+        asMessage(request, headers),
+        body,
+        new Map([
+          ["fn-2026-10", other],
+          ["fn-2026-11", publicKey],
+        ]),
+        now,
+      ).ok,
+      true,
+    );
   });
 
   test("freshness: expired and future-dated signatures fail, small skew is allowed", () => {
@@ -137,10 +161,15 @@ describe("podnet signature profile", () => {
   test("property: arbitrary signature headers never throw, and never verify", () => {
     const { request } = signed();
     fc.assert(
-      fc.property(fc.string({ unit: "binary", maxLength: 200 }), fc.string({ unit: "binary", maxLength: 200 }), fc.string({ maxLength: 80 }), (input, sig, digest) => {
-        const m = asMessage(request, { "signature-input": input, signature: sig, "content-digest": digest });
-        assert.equal(verifyRequest(m, body, keys, now).ok, false);
-      }),
+      fc.property(
+        fc.string({ unit: "binary", maxLength: 200 }),
+        fc.string({ unit: "binary", maxLength: 200 }),
+        fc.string({ maxLength: 80 }),
+        (input, sig, digest) => {
+          const m = asMessage(request, { "signature-input": input, signature: sig, "content-digest": digest });
+          assert.equal(verifyRequest(m, body, keys, now).ok, false);
+        },
+      ),
       { numRuns: 3000 },
     );
   });

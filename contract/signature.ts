@@ -123,14 +123,7 @@ export function signRequest(
 }
 
 export type VerifyFailureReason =
-  | "missing-signature"
-  | "malformed-signature"
-  | "profile-mismatch"
-  | "digest-mismatch"
-  | "unknown-key"
-  | "bad-signature"
-  | "expired"
-  | "not-yet-valid";
+  "missing-signature" | "malformed-signature" | "profile-mismatch" | "digest-mismatch" | "unknown-key" | "bad-signature" | "expired" | "not-yet-valid";
 
 export type VerifyResult =
   | { readonly ok: true; readonly keyid: string; readonly nonce: string; readonly created: number; readonly expires: number }
@@ -147,12 +140,7 @@ function single(value: string | readonly string[] | undefined): string | undefin
  * keyid), freshness, then the body's digest. Replay (nonce) is checked by the caller, which owns
  * the cache.
  */
-export function verifyRequest(
-  message: SignedMessage,
-  body: Uint8Array,
-  publicKeys: ReadonlyMap<string, KeyObject>,
-  nowMs: number,
-): VerifyResult {
+export function verifyRequest(message: SignedMessage, body: Uint8Array, publicKeys: ReadonlyMap<string, KeyObject>, nowMs: number): VerifyResult {
   const signed = verifySignature(message, publicKeys, nowMs);
   return signed.ok ? (verifyDigest(message, body) ?? signed) : signed;
 }
@@ -207,10 +195,15 @@ export function verifySignature(message: SignedMessage, publicKeys: ReadonlyMap<
   const nonce = params.get("nonce");
   const keyid = params.get("keyid");
   if (
-    typeof created !== "number" || !Number.isInteger(created) ||
-    typeof expires !== "number" || !Number.isInteger(expires) ||
-    typeof nonce !== "string" || nonce.length < 16 || nonce.length > 128 ||
-    typeof keyid !== "string" || keyid === "" ||
+    typeof created !== "number" ||
+    !Number.isInteger(created) ||
+    typeof expires !== "number" ||
+    !Number.isInteger(expires) ||
+    typeof nonce !== "string" ||
+    nonce.length < 16 ||
+    nonce.length > 128 ||
+    typeof keyid !== "string" ||
+    keyid === "" ||
     params.get("alg") !== SIGNATURE_PROFILE.alg ||
     params.get("tag") !== SIGNATURE_PROFILE.tag ||
     params.size !== 6

@@ -7,8 +7,21 @@ import { captureConfigFromPod } from "../test/support/capture.ts";
 import { ANNOTATION, deriveCaptureInput, parseGoBool } from "./capture-from-pod.ts";
 import { parsePod } from "./pod.ts";
 
-function pod(options: { annotations?: Record<string, string>; env?: { name: string; value?: string; valueFrom?: object }[]; securityContext?: object; nativeSidecar?: boolean; ips?: string[] } = {}) {
-  const proxy = { name: "istio-proxy", env: options.env ?? [], securityContext: options.securityContext ?? {}, ...(options.nativeSidecar === true ? { restartPolicy: "Always" } : {}) };
+function pod(
+  options: {
+    annotations?: Record<string, string>;
+    env?: { name: string; value?: string; valueFrom?: object }[];
+    securityContext?: object;
+    nativeSidecar?: boolean;
+    ips?: string[];
+  } = {},
+) {
+  const proxy = {
+    name: "istio-proxy",
+    env: options.env ?? [],
+    securityContext: options.securityContext ?? {},
+    ...(options.nativeSidecar === true ? { restartPolicy: "Always" } : {}),
+  };
   return parsePod({
     metadata: { name: "p", namespace: "n", annotations: { "sidecar.istio.io/status": "{}", ...options.annotations } },
     spec: options.nativeSidecar === true ? { initContainers: [proxy], containers: [{ name: "app" }] } : { containers: [{ name: "app" }, proxy] },
@@ -47,7 +60,14 @@ describe("pod → capture config (istio-cni rules)", () => {
   });
 
   test("proxy env: DNS capture turns on redirect and capture-all; Go booleans", () => {
-    const { input, sources } = deriveCaptureInput(pod({ env: [{ name: "ISTIO_META_DNS_CAPTURE", value: "True" }, { name: "INVALID_DROP", value: "1" }] }));
+    const { input, sources } = deriveCaptureInput(
+      pod({
+        env: [
+          { name: "ISTIO_META_DNS_CAPTURE", value: "True" },
+          { name: "INVALID_DROP", value: "1" },
+        ],
+      }),
+    );
     assert.equal(input.redirectDNS, true);
     assert.equal(input.captureAllDNS, true);
     assert.equal(input.dropInvalid, true);
@@ -115,12 +135,15 @@ describe("pod → capture config (istio-cni rules)", () => {
     for (const key of keys) {
       const values = key.includes("Ports") ? lists.ports : key.includes("IPRanges") ? lists.ranges : lists.ifaces;
       for (const value of values) {
-        assert.throws(() => captureConfigFromPod(pod({ annotations: { [key]: value } })), (err: unknown) => {
-          assert.ok(err instanceof CaptureConfigError, `${key}=${value}`);
-          assert.equal(err.issues[0]?.source, `annotation ${key}`);
-          assert.match(err.message, /empty item/);
-          return true;
-        });
+        assert.throws(
+          () => captureConfigFromPod(pod({ annotations: { [key]: value } })),
+          (err: unknown) => {
+            assert.ok(err instanceof CaptureConfigError, `${key}=${value}`);
+            assert.equal(err.issues[0]?.source, `annotation ${key}`);
+            assert.match(err.message, /empty item/);
+            return true;
+          },
+        );
       }
     }
     // An empty value is not a list with an empty item.
@@ -130,7 +153,10 @@ describe("pod → capture config (istio-cni rules)", () => {
   // Istio parity (issue 11, case 4): interface names start with a letter.
   test("parity: an interface name starting with a digit is refused", () => {
     for (const value of ["0eth", "1"]) {
-      assert.throws(() => captureConfigFromPod(pod({ annotations: { [ANNOTATION.excludeInterfaces]: value } })), /excludeInterfaces: .* must start with a letter/);
+      assert.throws(
+        () => captureConfigFromPod(pod({ annotations: { [ANNOTATION.excludeInterfaces]: value } })),
+        /excludeInterfaces: .* must start with a letter/,
+      );
     }
   });
 
@@ -144,19 +170,28 @@ describe("pod → capture config (istio-cni rules)", () => {
   test("interception modes: TPROXY accepted, NONE and unknown refused with the annotation named", () => {
     assert.equal(captureConfigFromPod(pod({ annotations: { [ANNOTATION.interceptionMode]: "TPROXY" } })).tproxy, true);
     for (const mode of ["NONE", "tproxy", "REDIRECT "]) {
-      assert.throws(() => captureConfigFromPod(pod({ annotations: { [ANNOTATION.interceptionMode]: mode } })), (err: unknown) => {
-        assert.ok(err instanceof CaptureConfigError);
-        assert.equal(err.issues[0]?.source, `annotation ${ANNOTATION.interceptionMode}`);
-        return true;
-      });
+      assert.throws(
+        () => captureConfigFromPod(pod({ annotations: { [ANNOTATION.interceptionMode]: mode } })),
+        (err: unknown) => {
+          assert.ok(err instanceof CaptureConfigError);
+          assert.equal(err.issues[0]?.source, `annotation ${ANNOTATION.interceptionMode}`);
+          return true;
+        },
+      );
     }
   });
 
   test("bad annotation tokens are reported with the annotation as their source", () => {
-    assert.throws(() => captureConfigFromPod(pod({ annotations: { [ANNOTATION.excludeInboundPorts]: "80,http" } })), (err: unknown) => {
-      assert.ok(err instanceof CaptureConfigError);
-      assert.deepEqual(err.issues.map((i) => [i.source, i.value]), [[`annotation ${ANNOTATION.excludeInboundPorts}`, "http"]]);
-      return true;
-    });
+    assert.throws(
+      () => captureConfigFromPod(pod({ annotations: { [ANNOTATION.excludeInboundPorts]: "80,http" } })),
+      (err: unknown) => {
+        assert.ok(err instanceof CaptureConfigError);
+        assert.deepEqual(
+          err.issues.map((i) => [i.source, i.value]),
+          [[`annotation ${ANNOTATION.excludeInboundPorts}`, "http"]],
+        );
+        return true;
+      },
+    );
   });
 });

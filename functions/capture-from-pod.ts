@@ -1,12 +1,6 @@
 // Pod → capture config, the way istio-cni's sidecar plugin derives it: traffic annotations,
 // the istio-proxy container's env and securityContext, and istio-cni's fixed values. Pure.
-import {
-  type CaptureIssue,
-  DEFAULT_CAPTURE_CONFIG,
-  type CaptureConfigInput,
-  type CaptureField,
-  type FieldSources,
-} from "../contract/capture-config.ts";
+import { type CaptureIssue, DEFAULT_CAPTURE_CONFIG, type CaptureConfigInput, type CaptureField, type FieldSources } from "../contract/capture-config.ts";
 import { ISTIO_TRAFFIC_ANNOTATION as ANNOTATION } from "../contract/istio-annotations.ts";
 import { PROXY_CONTAINER, podIPs, proxyContainer, type Pod } from "./pod.ts";
 
@@ -123,8 +117,8 @@ export function deriveCaptureInput(pod: Pod): DerivedCapture {
     if (parsed !== undefined) return parsed;
     const fromRef = entry.valueFrom !== undefined && entry.valueFrom !== null;
     const reason = fromRef
-        ? "is set with valueFrom, which Istio cannot read: treated as false"
-        : "is not a boolean (true/false): treated as false, as Istio does";
+      ? "is set with valueFrom, which Istio cannot read: treated as false"
+      : "is not a boolean (true/false): treated as false, as Istio does";
     warnings.push({ field, source, value: fromRef ? "(valueFrom)" : value, reason });
     return false;
   };

@@ -15,14 +15,34 @@ interface Container {
   restartPolicy?: string;
 }
 interface RawPod {
-  metadata: { name: string; namespace: string; uid: string; resourceVersion: string; labels: Record<string, string>; annotations: Record<string, string>; deletionTimestamp?: string };
+  metadata: {
+    name: string;
+    namespace: string;
+    uid: string;
+    resourceVersion: string;
+    labels: Record<string, string>;
+    annotations: Record<string, string>;
+    deletionTimestamp?: string;
+  };
   spec: { nodeName?: string; hostNetwork?: boolean; containers: Container[]; initContainers: Container[] };
-  status: { phase: string; hostIP?: string; podIPs: { ip: string }[]; initContainerStatuses?: { name: string; restartCount?: number; state: { running: { startedAt: string } } }[] };
+  status: {
+    phase: string;
+    hostIP?: string;
+    podIPs: { ip: string }[];
+    initContainerStatuses?: { name: string; restartCount?: number; state: { running: { startedAt: string } } }[];
+  };
 }
 
 function meshPod(change: (p: RawPod) => void = () => undefined): Pod {
   const pod: RawPod = {
-    metadata: { name: "web-1", namespace: "shop", uid: UID, resourceVersion: "7", labels: { "security.istio.io/tlsMode": "istio" }, annotations: { "sidecar.istio.io/status": "{}" } },
+    metadata: {
+      name: "web-1",
+      namespace: "shop",
+      uid: UID,
+      resourceVersion: "7",
+      labels: { "security.istio.io/tlsMode": "istio" },
+      annotations: { "sidecar.istio.io/status": "{}" },
+    },
     spec: { nodeName: "worker-3", containers: [{ name: "web" }, { name: "istio-proxy", env: [] }], initContainers: [{ name: WAITER_CONTAINER }] },
     status: { phase: "Pending", hostIP: "192.168.10.13", podIPs: [{ ip: "10.244.3.17" }] },
   };
@@ -44,22 +64,118 @@ describe("decide", () => {
   });
 
   const skips: [string, (p: RawPod) => void, string][] = [
-    ["no istio-proxy container", (p) => { p.spec.containers = [{ name: "web" }]; }, "skip:not-sidecar-injected"],
-    ["no sidecar status annotation", (p) => { delete p.metadata.annotations["sidecar.istio.io/status"]; }, "skip:not-sidecar-injected"],
-    ["istio-init present (it sets its own rules)", (p) => { p.spec.initContainers.push({ name: "istio-init" }); }, "skip:istio-init-present"],
-    ["inject label false", (p) => { p.metadata.labels["sidecar.istio.io/inject"] = "false"; }, "skip:injection-disabled"],
-    ["inject annotation false", (p) => { p.metadata.annotations["sidecar.istio.io/inject"] = "false"; }, "skip:injection-disabled"],
-    ["DISABLE_ENVOY", (p) => { p.spec.containers = [{ name: "web" }, { name: "istio-proxy", env: [{ name: "DISABLE_ENVOY", value: "true" }] }]; }, "skip:envoy-disabled"],
-    ["interception mode NONE", (p) => { p.metadata.annotations["sidecar.istio.io/interceptionMode"] = "NONE"; }, "skip:interception-none"],
-    ["hostNetwork", (p) => { p.spec.hostNetwork = true; }, "skip:host-network"],
-    ["kube-system", (p) => { p.metadata.namespace = "kube-system"; }, "skip:namespace-excluded"],
-    ["the controller's own namespace", (p) => { p.metadata.namespace = "podnet-system"; }, "skip:namespace-excluded"],
-    ["not bound yet", (p) => { delete p.spec.nodeName; }, "skip:not-bound"],
-    ["no hostIP yet", (p) => { delete p.status.hostIP; }, "skip:no-host-ip"],
-    ["no pod IP yet", (p) => { p.status.podIPs = []; }, "skip:no-pod-ip"],
-    ["terminating", (p) => { p.metadata.deletionTimestamp = "2026-11-25T10:00:00Z"; }, "skip:terminating"],
-    ["finished", (p) => { p.status.phase = "Succeeded"; }, "skip:finished"],
-    ["already initialized", (p) => { p.metadata.annotations[MARK.status] = "initialized"; }, "skip:already-initialized"],
+    [
+      "no istio-proxy container",
+      (p) => {
+        p.spec.containers = [{ name: "web" }];
+      },
+      "skip:not-sidecar-injected",
+    ],
+    [
+      "no sidecar status annotation",
+      (p) => {
+        delete p.metadata.annotations["sidecar.istio.io/status"];
+      },
+      "skip:not-sidecar-injected",
+    ],
+    [
+      "istio-init present (it sets its own rules)",
+      (p) => {
+        p.spec.initContainers.push({ name: "istio-init" });
+      },
+      "skip:istio-init-present",
+    ],
+    [
+      "inject label false",
+      (p) => {
+        p.metadata.labels["sidecar.istio.io/inject"] = "false";
+      },
+      "skip:injection-disabled",
+    ],
+    [
+      "inject annotation false",
+      (p) => {
+        p.metadata.annotations["sidecar.istio.io/inject"] = "false";
+      },
+      "skip:injection-disabled",
+    ],
+    [
+      "DISABLE_ENVOY",
+      (p) => {
+        p.spec.containers = [{ name: "web" }, { name: "istio-proxy", env: [{ name: "DISABLE_ENVOY", value: "true" }] }];
+      },
+      "skip:envoy-disabled",
+    ],
+    [
+      "interception mode NONE",
+      (p) => {
+        p.metadata.annotations["sidecar.istio.io/interceptionMode"] = "NONE";
+      },
+      "skip:interception-none",
+    ],
+    [
+      "hostNetwork",
+      (p) => {
+        p.spec.hostNetwork = true;
+      },
+      "skip:host-network",
+    ],
+    [
+      "kube-system",
+      (p) => {
+        p.metadata.namespace = "kube-system";
+      },
+      "skip:namespace-excluded",
+    ],
+    [
+      "the controller's own namespace",
+      (p) => {
+        p.metadata.namespace = "podnet-system";
+      },
+      "skip:namespace-excluded",
+    ],
+    [
+      "not bound yet",
+      (p) => {
+        delete p.spec.nodeName;
+      },
+      "skip:not-bound",
+    ],
+    [
+      "no hostIP yet",
+      (p) => {
+        delete p.status.hostIP;
+      },
+      "skip:no-host-ip",
+    ],
+    [
+      "no pod IP yet",
+      (p) => {
+        p.status.podIPs = [];
+      },
+      "skip:no-pod-ip",
+    ],
+    [
+      "terminating",
+      (p) => {
+        p.metadata.deletionTimestamp = "2026-11-25T10:00:00Z";
+      },
+      "skip:terminating",
+    ],
+    [
+      "finished",
+      (p) => {
+        p.status.phase = "Succeeded";
+      },
+      "skip:finished",
+    ],
+    [
+      "already initialized",
+      (p) => {
+        p.metadata.annotations[MARK.status] = "initialized";
+      },
+      "skip:already-initialized",
+    ],
   ];
   for (const [what, change, expected] of skips) {
     test(what, () => {
@@ -104,7 +220,10 @@ describe("decide", () => {
       delete p.metadata.annotations["sidecar.istio.io/status"];
     });
     assert.equal(reasonOf(decide({ pod: plain, policy: defaults })), "skip:not-sidecar-injected");
-    assert.equal(reasonOf(decide({ pod: plain, policy: defaults, namespace: { annotations: { "istio-pod-network-controller/initialize": "true" } } })), "apply:needs-rules");
+    assert.equal(
+      reasonOf(decide({ pod: plain, policy: defaults, namespace: { annotations: { "istio-pod-network-controller/initialize": "true" } } })),
+      "apply:needs-rules",
+    );
     const annotated = meshPod((p) => {
       p.spec.containers = [{ name: "web" }];
       p.metadata.annotations = { "istio-pod-network-controller/initialize": "true" };
@@ -114,7 +233,12 @@ describe("decide", () => {
   });
 
   test("invalid annotations: an error with the annotation named", () => {
-    const d = decide({ pod: meshPod((p) => { p.metadata.annotations["traffic.sidecar.istio.io/excludeInterfaces"] = "eth0 -j ACCEPT"; }), policy: defaults });
+    const d = decide({
+      pod: meshPod((p) => {
+        p.metadata.annotations["traffic.sidecar.istio.io/excludeInterfaces"] = "eth0 -j ACCEPT";
+      }),
+      policy: defaults,
+    });
     assert.equal(reasonOf(d), "error:invalid-capture");
     assert.ok(d.action === "error");
     assert.match(d.detail, /annotation traffic\.sidecar\.istio\.io\/excludeInterfaces: "eth0 -j ACCEPT"/);
@@ -128,9 +252,24 @@ capture:
   defaults: { outboundPortsExclude: "15020,9000" }
   namespaces: { shop: { dropInvalid: true } }
 `);
-    assert.equal(reasonOf(decide({ pod: meshPod((p) => { p.metadata.namespace = "other"; }), policy })), "skip:namespace-not-included");
+    assert.equal(
+      reasonOf(
+        decide({
+          pod: meshPod((p) => {
+            p.metadata.namespace = "other";
+          }),
+          policy,
+        }),
+      ),
+      "skip:namespace-not-included",
+    );
     assert.equal(reasonOf(decide({ pod: meshPod(), policy })), "skip:selector-mismatch");
-    const d = decide({ pod: meshPod((p) => { p.metadata.labels.team = "a"; }), policy });
+    const d = decide({
+      pod: meshPod((p) => {
+        p.metadata.labels.team = "a";
+      }),
+      policy,
+    });
     assert.ok(d.action === "apply");
     assert.equal(d.capture.outboundPortsExclude, "15020,9000");
     assert.equal(d.capture.dropInvalid, true);

@@ -154,8 +154,7 @@ function skipOrTarget(input: DecisionInput): SkipDecision | Target {
   if (phase === "Succeeded" || phase === "Failed") return skip("finished", phase);
 
   // Mesh membership: injected by Istio's sidecar injector (or opted in the original way).
-  const optedIn =
-    p.legacyOptIn && (annotations[LEGACY_OPT_IN] === "true" || input.namespace?.annotations?.[LEGACY_OPT_IN] === "true");
+  const optedIn = p.legacyOptIn && (annotations[LEGACY_OPT_IN] === "true" || input.namespace?.annotations?.[LEGACY_OPT_IN] === "true");
   const proxy = proxyContainer(pod);
   if (!optedIn) {
     if (proxy === undefined || annotations["sidecar.istio.io/status"] === undefined) return skip("not-sidecar-injected");

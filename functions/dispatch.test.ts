@@ -32,7 +32,12 @@ describe("dispatcher", () => {
       req.on("data", (c: Buffer) => chunks.push(c));
       req.on("end", () => {
         const body = Buffer.concat(chunks);
-        const verified = verifyRequest({ method: req.method ?? "", authority: req.headers.host ?? "", path: req.url ?? "", headers: req.headers }, body, keys, Date.now()).ok;
+        const verified = verifyRequest(
+          { method: req.method ?? "", authority: req.headers.host ?? "", path: req.url ?? "", headers: req.headers },
+          body,
+          keys,
+          Date.now(),
+        ).ok;
         const parsed = JSON.parse(body.toString()) as { pod: { uid: string }; decision: { reason: string } };
         const s = { uid: parsed.pod.uid, reason: parsed.decision.reason, verified };
         seen.push(s);
@@ -43,7 +48,16 @@ describe("dispatcher", () => {
         setTimeout(() => {
           if (counted) concurrent--;
           if (answer.retryAfter !== undefined) res.setHeader("retry-after", answer.retryAfter);
-          res.writeHead(answer.status, { "content-type": "application/json" }).end(answer.body ?? JSON.stringify(answer.status === 200 ? { result: "applied", netns: "4026532000", rules: "sha256:0", durationMs: 1 } : { error: "scripted", reason: `scripted-${answer.status}` }));
+          res
+            .writeHead(answer.status, { "content-type": "application/json" })
+            .end(
+              answer.body ??
+                JSON.stringify(
+                  answer.status === 200
+                    ? { result: "applied", netns: "4026532000", rules: "sha256:0", durationMs: 1 }
+                    : { error: "scripted", reason: `scripted-${answer.status}` },
+                ),
+            );
         }, answer.delayMs ?? 0);
       });
     });
@@ -119,7 +133,10 @@ describe("dispatcher", () => {
       d.dispatch(decision("f", "waiter-still-waiting"), "p1"),
     ]);
     assert.ok(results.every((r) => r.ok));
-    assert.deepEqual(seen.map((s) => s.reason), ["needs-rules", "waiter-still-waiting"]);
+    assert.deepEqual(
+      seen.map((s) => s.reason),
+      ["needs-rules", "waiter-still-waiting"],
+    );
     d.close();
   });
 
@@ -164,7 +181,12 @@ describe("dispatcher", () => {
   });
 
   test("no signing key: a retryable failure, not a crash", async () => {
-    const d = new Dispatcher({ signingKey: () => { throw new Error("no signing key loaded"); }, port });
+    const d = new Dispatcher({
+      signingKey: () => {
+        throw new Error("no signing key loaded");
+      },
+      port,
+    });
     const r = await d.dispatch(decision("h"), "p1");
     assert.deepEqual(r.ok ? null : [r.reason, r.retryable], ["no signing key loaded", true]);
     d.close();

@@ -16,7 +16,14 @@ export type ApplyDecision = Extract<Decision, { action: "apply" }>;
 
 export type DispatchResult =
   | { readonly ok: true; readonly status: 200; readonly result: string; readonly attempts: number }
-  | { readonly ok: false; readonly status: number; readonly reason: string; readonly retryable: boolean; readonly attempts: number; readonly retryAfterMs?: number };
+  | {
+      readonly ok: false;
+      readonly status: number;
+      readonly reason: string;
+      readonly retryable: boolean;
+      readonly attempts: number;
+      readonly retryAfterMs?: number;
+    };
 
 /** The longest Retry-After the dispatcher honours before a retry (the resync catches the rest). */
 const MAX_RETRY_AFTER_MS = 5000;
@@ -62,7 +69,8 @@ export class Dispatcher {
   constructor(private readonly options: DispatcherOptions) {
     this.slots = new ConcurrencyLimit(options.maxConcurrent ?? 32);
     const agentOptions = { keepAlive: true, maxSockets: this.slots.limit };
-    this.agent = options.scheme === "https" ? new https.Agent({ ...agentOptions, ...(options.ca === undefined ? {} : { ca: options.ca }) }) : new http.Agent(agentOptions);
+    this.agent =
+      options.scheme === "https" ? new https.Agent({ ...agentOptions, ...(options.ca === undefined ? {} : { ca: options.ca }) }) : new http.Agent(agentOptions);
   }
 
   /** Dispatch; while a request for the same pod is under way, only the newest decision is sent next. */
@@ -154,11 +162,10 @@ export class Dispatcher {
   private once(decision: ApplyDecision, payload: Buffer, attempt: number): Promise<DispatchResult> {
     const host = this.options.addressFor?.(decision) ?? decision.hostIP;
     const authority = `${host.includes(":") ? `[${host}]` : host}:${this.options.port}`;
-    const headers = signRequest(
-      { method: "POST", authority, path: APPLY_PATH, contentType: CONTENT_TYPE, body: payload },
-      this.options.signingKey(),
-      { now: Date.now(), nonce: randomUUID() },
-    );
+    const headers = signRequest({ method: "POST", authority, path: APPLY_PATH, contentType: CONTENT_TYPE, body: payload }, this.options.signingKey(), {
+      now: Date.now(),
+      nonce: randomUUID(),
+    });
     const client = this.options.scheme === "https" ? https : http;
     return new Promise((resolve) => {
       const req = client.request(

@@ -32,7 +32,8 @@ export class KubeClusterReader implements ClusterReader {
     // the pod is read as it is now.
     const cached = notOlderThan !== undefined && /^[1-9][0-9]{0,19}$/.test(notOlderThan) ? `${path}?resourceVersion=${notOlderThan}` : undefined;
     const pod = await apiGetIfExists(this.conn, cached ?? path).catch((err: unknown) => {
-      if (cached !== undefined && err instanceof ApiError && err.code === 504 && /too large resource version/i.test(err.message)) return apiGetIfExists(this.conn, path);
+      if (cached !== undefined && err instanceof ApiError && err.code === 504 && /too large resource version/i.test(err.message))
+        return apiGetIfExists(this.conn, path);
       throw err;
     });
     return pod === undefined ? undefined : parsePod(pod);
@@ -54,7 +55,8 @@ export class KubeClusterReader implements ClusterReader {
    */
   async *listPods(labelSelector: string): AsyncIterable<Pod[]> {
     // List items carry no kind/apiVersion; the Pod schema reads the object itself.
-    for await (const item of apiListAll(this.conn, "/api/v1/pods", { labelSelector }, LIST_PAGE_SIZE, { deadlineMs: LIST_PAGE_DEADLINE_MS })) yield [parsePod(item)];
+    for await (const item of apiListAll(this.conn, "/api/v1/pods", { labelSelector }, LIST_PAGE_SIZE, { deadlineMs: LIST_PAGE_DEADLINE_MS }))
+      yield [parsePod(item)];
   }
 
   async recordPodWarning(pod: Pod, reason: PodWarningReason, message: string): Promise<void> {

@@ -50,7 +50,10 @@ const log = pino({ base: { component: "decision-function" } });
 function redispatchDelays(): readonly number[] {
   const text = env.REDISPATCH_DELAYS_MS;
   if (text === undefined) return REDISPATCH_DELAYS_MS;
-  const delays = text.split(",").filter((d) => d.trim() !== "").map(Number);
+  const delays = text
+    .split(",")
+    .filter((d) => d.trim() !== "")
+    .map(Number);
   if (delays.some((d) => !Number.isInteger(d) || d <= 0)) {
     log.fatal(`REDISPATCH_DELAYS_MS must be positive whole milliseconds, comma-separated, got ${text}`);
     process.exit(2);
@@ -131,7 +134,13 @@ if (senderAuth !== "oidc" && senderAuth !== "none") {
   process.exit(2);
 }
 const allowedSenders = new Set(
-  (env.ALLOWED_SENDERS ?? [knativeSourceIdentity(controllerNamespace, "podnet-pods", "ApiServerSource"), knativeSourceIdentity(controllerNamespace, "podnet-resync", "PingSource")].join(","))
+  (
+    env.ALLOWED_SENDERS ??
+    [
+      knativeSourceIdentity(controllerNamespace, "podnet-pods", "ApiServerSource"),
+      knativeSourceIdentity(controllerNamespace, "podnet-resync", "PingSource"),
+    ].join(",")
+  )
     .split(",")
     .map((s) => s.trim())
     .filter((s) => s !== ""),
@@ -156,7 +165,10 @@ const app = createFunctionApp({
   resyncMinIntervalMs: number("RESYNC_MIN_INTERVAL_MS", 30_000),
   redispatchDelaysMs: redispatchDelays(),
   // Without a key it can sign nothing: not ready, so the revision gets no traffic.
-  notReady: () => (signing.newest() === undefined ? `no usable Ed25519 private key in ${env.SIGNING_KEYS_DIR ?? "/etc/podnet/signing"} (is the Secret mounted world-readable for a non-root user?)` : undefined),
+  notReady: () =>
+    signing.newest() === undefined
+      ? `no usable Ed25519 private key in ${env.SIGNING_KEYS_DIR ?? "/etc/podnet/signing"} (is the Secret mounted world-readable for a non-root user?)`
+      : undefined,
 });
 const port = number("PORT", 8080);
 // Whoever reaches the port opens connections before any token is seen: headers and bodies must
@@ -203,7 +215,16 @@ metricsServer?.listen(metricsPort, () => {
 });
 
 server.listen(port, () => {
-  log.info({ port, policy: policies.current.id, senderAuth, allowedSenders: auth === undefined ? undefined : [...allowedSenders], nodeRunner: `${scheme}://<hostIP>:${env.NODE_RUNNER_PORT ?? 19443}` }, "decision function listening");
+  log.info(
+    {
+      port,
+      policy: policies.current.id,
+      senderAuth,
+      allowedSenders: auth === undefined ? undefined : [...allowedSenders],
+      nodeRunner: `${scheme}://<hostIP>:${env.NODE_RUNNER_PORT ?? 19443}`,
+    },
+    "decision function listening",
+  );
 });
 
 // Knative sends SIGTERM before stopping a revision: stop accepting, finish what is in flight.

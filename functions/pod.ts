@@ -85,10 +85,7 @@ export const PROXY_CONTAINER = "istio-proxy";
 
 /** The istio-proxy container, as a regular container or as a native sidecar (init container). */
 export function proxyContainer(pod: Pod): Container | undefined {
-  return (
-    pod.spec.containers.find((c) => c.name === PROXY_CONTAINER) ??
-    pod.spec.initContainers?.find((c) => c.name === PROXY_CONTAINER)
-  );
+  return pod.spec.containers.find((c) => c.name === PROXY_CONTAINER) ?? pod.spec.initContainers?.find((c) => c.name === PROXY_CONTAINER);
 }
 
 export function podIPs(pod: Pod): string[] {

@@ -34,7 +34,14 @@ export class PolicyStore {
   }): Promise<PolicyStore> {
     const text = options.file === undefined ? "" : await readFile(options.file, "utf8");
     const initial = parsePolicy(text, options.controllerNamespace);
-    const store = new PolicyStore(options.file, options.controllerNamespace, options.log, options.onRefused ?? (() => undefined), options.onLoaded ?? (() => undefined), initial);
+    const store = new PolicyStore(
+      options.file,
+      options.controllerNamespace,
+      options.log,
+      options.onRefused ?? (() => undefined),
+      options.onLoaded ?? (() => undefined),
+      initial,
+    );
     store.onLoaded(initial);
     options.log.info({ policy: initial.id, mode: initial.document.mode }, "policy loaded");
     return store;

@@ -29,24 +29,39 @@ describe("policy documents", () => {
   ];
   for (const [text, message] of invalid) {
     test(`refused: ${text}`, () => {
-      assert.throws(() => parsePolicy(text), (err: unknown) => err instanceof PolicyError && message.test(err.message));
+      assert.throws(
+        () => parsePolicy(text),
+        (err: unknown) => err instanceof PolicyError && message.test(err.message),
+      );
     });
   }
   test("label selectors", () => {
-    const sel = { matchLabels: { app: "web" }, matchExpressions: [{ key: "tier", operator: "In" as const, values: ["a", "b"] }, { key: "x", operator: "DoesNotExist" as const, values: [] }] };
+    const sel = {
+      matchLabels: { app: "web" },
+      matchExpressions: [
+        { key: "tier", operator: "In" as const, values: ["a", "b"] },
+        { key: "x", operator: "DoesNotExist" as const, values: [] },
+      ],
+    };
     assert.equal(matchesSelector({ app: "web", tier: "a" }, sel), true);
     assert.equal(matchesSelector({ app: "web", tier: "c" }, sel), false);
     assert.equal(matchesSelector({ app: "web", tier: "a", x: "" }, sel), false);
   });
   test("property: any text is a policy or a PolicyError, nothing else", () => {
     fc.assert(
-      fc.property(fc.oneof(fc.string({ unit: "binary", maxLength: 200 }), fc.jsonValue({ maxDepth: 3 }).map((v) => JSON.stringify(v))), (text) => {
-        try {
-          parsePolicy(text);
-        } catch (err) {
-          if (!(err instanceof PolicyError)) throw err;
-        }
-      }),
+      fc.property(
+        fc.oneof(
+          fc.string({ unit: "binary", maxLength: 200 }),
+          fc.jsonValue({ maxDepth: 3 }).map((v) => JSON.stringify(v)),
+        ),
+        (text) => {
+          try {
+            parsePolicy(text);
+          } catch (err) {
+            if (!(err instanceof PolicyError)) throw err;
+          }
+        },
+      ),
       { numRuns: 2000 },
     );
   });

@@ -117,10 +117,13 @@ export function matchesSelector(labels: Readonly<Record<string, string>>, select
   for (const e of selector.matchExpressions) {
     const value = labels[e.key];
     const ok =
-      e.operator === "In" ? value !== undefined && e.values.includes(value)
-      : e.operator === "NotIn" ? value === undefined || !e.values.includes(value)
-      : e.operator === "Exists" ? value !== undefined
-      : value === undefined;
+      e.operator === "In"
+        ? value !== undefined && e.values.includes(value)
+        : e.operator === "NotIn"
+          ? value === undefined || !e.values.includes(value)
+          : e.operator === "Exists"
+            ? value !== undefined
+            : value === undefined;
     if (!ok) return false;
   }
   return true;

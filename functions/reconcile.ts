@@ -137,7 +137,8 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
         return { pod: podName(pod), outcome: "failed", reason: "api-unavailable", transient: true };
       }
       if (fresh === undefined) return gone(podName(pod), podLog(log, pod));
-      if (fresh.metadata.uid !== eventUid) podLog(log, pod).warn({ eventUid, apiUid: fresh.metadata.uid }, "the event's pod is not the API server's: deciding on the API server's");
+      if (fresh.metadata.uid !== eventUid)
+        podLog(log, pod).warn({ eventUid, apiUid: fresh.metadata.uid }, "the event's pod is not the API server's: deciding on the API server's");
       pod = fresh;
       decision = timed(decide, pod, policy, namespace, deleted);
     }
@@ -206,7 +207,10 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       metrics.dispatchDuration.observe({ result: result.ok ? result.result : "failed" }, (performance.now() - t0) / 1000);
       if (result.ok) {
         redispatches.delete(uid);
-        log.info({ decision: "apply", reason: decision.reason, node: decision.node, result: result.result, attempts: result.attempts }, `dispatched: ${result.result}`);
+        log.info(
+          { decision: "apply", reason: decision.reason, node: decision.node, result: result.result, attempts: result.attempts },
+          `dispatched: ${result.result}`,
+        );
         return;
       }
       // Not done: the same notification, redelivered, a redispatch or the resync must try again.

@@ -38,11 +38,25 @@ describe("sender authentication (Knative OIDC identity)", () => {
 
   test("other senders, invalid tokens and a missing header are refused with their reason", async () => {
     const good = jwt({ jti: "good" });
-    const auth = authenticator((token) => Promise.resolve(token === good ? { authenticated: true, user: { username: "system:serviceaccount:shop:app" } } : { authenticated: false, error: "bad" }));
+    const auth = authenticator((token) =>
+      Promise.resolve(token === good ? { authenticated: true, user: { username: "system:serviceaccount:shop:app" } } : { authenticated: false, error: "bad" }),
+    );
     assert.equal((await auth.authenticate(`Bearer ${good}`)).ok, false);
-    assert.deepEqual(await auth.authenticate(`Bearer ${good}`), { ok: false, reason: "sender-not-allowed", detail: "system:serviceaccount:shop:app is not an allowed sender" });
-    assert.deepEqual(await auth.authenticate(`Bearer ${jwt({ jti: "nope" })}`), { ok: false, reason: "invalid-token", detail: "not a valid token for audience aud: bad" });
-    assert.deepEqual(await auth.authenticate(`Bearer ${jwt({ sub: "system:serviceaccount:shop:app" })}`), { ok: false, reason: "sender-not-allowed", detail: "system:serviceaccount:shop:app is not an allowed sender" });
+    assert.deepEqual(await auth.authenticate(`Bearer ${good}`), {
+      ok: false,
+      reason: "sender-not-allowed",
+      detail: "system:serviceaccount:shop:app is not an allowed sender",
+    });
+    assert.deepEqual(await auth.authenticate(`Bearer ${jwt({ jti: "nope" })}`), {
+      ok: false,
+      reason: "invalid-token",
+      detail: "not a valid token for audience aud: bad",
+    });
+    assert.deepEqual(await auth.authenticate(`Bearer ${jwt({ sub: "system:serviceaccount:shop:app" })}`), {
+      ok: false,
+      reason: "sender-not-allowed",
+      detail: "system:serviceaccount:shop:app is not an allowed sender",
+    });
     for (const header of [undefined, "", "Basic abc", "Bearer", "Bearer a b", "bearer abc"]) {
       const v = await auth.authenticate(header);
       assert.equal(!v.ok && v.reason, "missing-token", String(header));

@@ -71,9 +71,14 @@ export class SenderAuthenticator {
     if (claims === undefined) return { ok: false, reason: "invalid-token", detail: "not a JWT" };
     const audiences = typeof claims.aud === "string" ? [claims.aud] : Array.isArray(claims.aud) ? claims.aud : [];
     if (!audiences.includes(this.options.audience)) return { ok: false, reason: "invalid-token", detail: `not a token for audience ${this.options.audience}` };
-    if (typeof claims.exp !== "number" || claims.exp * 1000 <= now) return { ok: false, reason: "invalid-token", detail: "the token has expired or has no expiry" };
+    if (typeof claims.exp !== "number" || claims.exp * 1000 <= now)
+      return { ok: false, reason: "invalid-token", detail: "the token has expired or has no expiry" };
     if (typeof claims.sub !== "string" || !this.options.allowed.has(claims.sub)) {
-      return { ok: false, reason: "sender-not-allowed", detail: `${typeof claims.sub === "string" ? claims.sub.slice(0, 200) : "a token without a subject"} is not an allowed sender` };
+      return {
+        ok: false,
+        reason: "sender-not-allowed",
+        detail: `${typeof claims.sub === "string" ? claims.sub.slice(0, 200) : "a token without a subject"} is not an allowed sender`,
+      };
     }
     return this.verdicts.verdict(
       token,
@@ -93,9 +98,17 @@ export class SenderAuthenticator {
     }
     const username = review.user?.username;
     if (!review.authenticated || username === undefined) {
-      return { verdict: { ok: false, reason: "invalid-token", detail: `not a valid token for audience ${this.options.audience}${review.error === undefined ? "" : `: ${review.error.slice(0, 200)}`}` }, keep: true };
+      return {
+        verdict: {
+          ok: false,
+          reason: "invalid-token",
+          detail: `not a valid token for audience ${this.options.audience}${review.error === undefined ? "" : `: ${review.error.slice(0, 200)}`}`,
+        },
+        keep: true,
+      };
     }
-    if (!this.options.allowed.has(username)) return { verdict: { ok: false, reason: "sender-not-allowed", detail: `${username} is not an allowed sender` }, keep: true };
+    if (!this.options.allowed.has(username))
+      return { verdict: { ok: false, reason: "sender-not-allowed", detail: `${username} is not an allowed sender` }, keep: true };
     return { verdict: { ok: true, sender: username }, keep: true };
   }
 }
@@ -106,7 +119,7 @@ function unverifiedClaims(token: string): UnverifiedClaims | undefined {
   if (parts.length !== 3) return undefined;
   try {
     const payload: unknown = JSON.parse(Buffer.from(parts[1] ?? "", "base64url").toString("utf8"));
-    return typeof payload === "object" && payload !== null ? (payload) : undefined;
+    return typeof payload === "object" && payload !== null ? payload : undefined;
   } catch {
     return undefined;
   }

@@ -34,7 +34,10 @@ const app = createFunctionApp({
 const REPRESENTATION = { prefer: "return=representation" };
 
 function post(event: { headers: Record<string, string>; body: string }) {
-  return request(app).post("/").set({ ...event.headers, ...REPRESENTATION }).send(event.body);
+  return request(app)
+    .post("/")
+    .set({ ...event.headers, ...REPRESENTATION })
+    .send(event.body);
 }
 
 describe("decision function: events as ApiServerSource sends them", () => {
@@ -82,7 +85,12 @@ describe("decision function: events as ApiServerSource sends them", () => {
     const batch = await request(app)
       .post("/")
       .set({ "content-type": "application/cloudevents-batch+json", ...REPRESENTATION })
-      .send(JSON.stringify([{ ...structured, id: "b1" }, { ...structured, id: "b2", data: meshPodObject("batch-2") }]));
+      .send(
+        JSON.stringify([
+          { ...structured, id: "b1" },
+          { ...structured, id: "b2", data: meshPodObject("batch-2") },
+        ]),
+      );
     assert.equal(batch.status, 200, JSON.stringify(batch.body));
     assert.equal((batch.body as { results: unknown[] }).results.length, 2);
   });
@@ -104,9 +112,21 @@ describe("decision function: events as ApiServerSource sends them", () => {
   });
 
   test("the Prefer header: return=representation among the preferences, any case, quoted or with parameters; nothing else", () => {
-    for (const yes of ["return=representation", "RETURN=Representation", ' respond-async, return="representation" ; x=1', "wait=5,return=representation"]) assert.equal(wantsRepresentation(yes), true, yes);
+    for (const yes of ["return=representation", "RETURN=Representation", ' respond-async, return="representation" ; x=1', "wait=5,return=representation"])
+      assert.equal(wantsRepresentation(yes), true, yes);
     assert.equal(wantsRepresentation(["handling=lenient", "return=representation"]), true);
-    for (const no of [undefined, "", "return=minimal", "return", "representation", "return=representation2", "xreturn=representation", "return==representation", ";return=representation"]) assert.equal(wantsRepresentation(no), false, String(no));
+    for (const no of [
+      undefined,
+      "",
+      "return=minimal",
+      "return",
+      "representation",
+      "return=representation2",
+      "xreturn=representation",
+      "return==representation",
+      ";return=representation",
+    ])
+      assert.equal(wantsRepresentation(no), false, String(no));
     // Any header value: an answer, never an exception; only a header naming the preference asks for it.
     fc.assert(
       fc.property(fc.oneof(fc.string(), fc.array(fc.string(), { maxLength: 3 })), (prefer) => {
@@ -120,12 +140,56 @@ describe("decision function: events as ApiServerSource sends them", () => {
 
   const malformed: [string, () => request.Test, number][] = [
     ["no CloudEvent headers", () => request(app).post("/").set("content-type", "application/json").send("{}"), 400],
-    ["a structured event without a type", () => request(app).post("/").set("content-type", "application/cloudevents+json").send(JSON.stringify({ specversion: "1.0", id: "1", source: "/s" })), 400],
-    ["unknown event type", () => post({ ...apiServerSourceEvent("add", meshPodObject("x")), headers: { ...apiServerSourceEvent("add", meshPodObject("x")).headers, "ce-type": "com.example.other" } }), 400],
-    ["not a pod", () => { const e = apiServerSourceEvent("add", meshPodObject("x")); return post({ ...e, body: JSON.stringify({ metadata: "nope" }) }); }, 400],
-    ["invalid JSON", () => { const e = apiServerSourceEvent("add", meshPodObject("x")); return post({ ...e, body: "{not json" }); }, 400],
-    ["a 2 MiB body", () => { const e = apiServerSourceEvent("add", meshPodObject("x")); return post({ ...e, body: "x".repeat(2 * 1024 * 1024) }); }, 413],
-    ["a Reference event without a pod reference", () => { const e = apiServerSourceEvent("add", meshPodObject("x")); return post({ headers: { ...e.headers, "ce-type": "dev.knative.apiserver.ref.add" }, body: JSON.stringify({ kind: "Service" }) }); }, 400],
+    [
+      "a structured event without a type",
+      () =>
+        request(app)
+          .post("/")
+          .set("content-type", "application/cloudevents+json")
+          .send(JSON.stringify({ specversion: "1.0", id: "1", source: "/s" })),
+      400,
+    ],
+    [
+      "unknown event type",
+      () =>
+        post({
+          ...apiServerSourceEvent("add", meshPodObject("x")),
+          headers: { ...apiServerSourceEvent("add", meshPodObject("x")).headers, "ce-type": "com.example.other" },
+        }),
+      400,
+    ],
+    [
+      "not a pod",
+      () => {
+        const e = apiServerSourceEvent("add", meshPodObject("x"));
+        return post({ ...e, body: JSON.stringify({ metadata: "nope" }) });
+      },
+      400,
+    ],
+    [
+      "invalid JSON",
+      () => {
+        const e = apiServerSourceEvent("add", meshPodObject("x"));
+        return post({ ...e, body: "{not json" });
+      },
+      400,
+    ],
+    [
+      "a 2 MiB body",
+      () => {
+        const e = apiServerSourceEvent("add", meshPodObject("x"));
+        return post({ ...e, body: "x".repeat(2 * 1024 * 1024) });
+      },
+      413,
+    ],
+    [
+      "a Reference event without a pod reference",
+      () => {
+        const e = apiServerSourceEvent("add", meshPodObject("x"));
+        return post({ headers: { ...e.headers, "ce-type": "dev.knative.apiserver.ref.add" }, body: JSON.stringify({ kind: "Service" }) });
+      },
+      400,
+    ],
   ];
   for (const [what, send, status] of malformed) {
     test(`malformed: ${what} → ${status}, and the server keeps serving`, async () => {
@@ -140,10 +204,16 @@ describe("decision function: events as ApiServerSource sends them", () => {
   test("property: arbitrary bodies with ApiServerSource headers → 200 or 4xx, never 5xx", async () => {
     const headers = apiServerSourceEvent("add", meshPodObject("p")).headers;
     await fc.assert(
-      fc.asyncProperty(fc.oneof(fc.string({ unit: "binary", maxLength: 300 }), fc.jsonValue({ maxDepth: 4 }).map((v) => JSON.stringify(v))), async (body) => {
-        const res = await request(app).post("/").set(headers).send(body);
-        assert.ok(res.status === 200 || (res.status >= 400 && res.status < 500), `status ${res.status}: ${JSON.stringify(res.body)}`);
-      }),
+      fc.asyncProperty(
+        fc.oneof(
+          fc.string({ unit: "binary", maxLength: 300 }),
+          fc.jsonValue({ maxDepth: 4 }).map((v) => JSON.stringify(v)),
+        ),
+        async (body) => {
+          const res = await request(app).post("/").set(headers).send(body);
+          assert.ok(res.status === 200 || (res.status >= 400 && res.status < 500), `status ${res.status}: ${JSON.stringify(res.body)}`);
+        },
+      ),
       { numRuns: 300 },
     );
   });
@@ -242,6 +312,9 @@ describe("decision function: pods that carry the waiter but get no rules", () =>
     // `app` (above) fails the test if it records any Event.
     const e = apiServerSourceEvent("update", meshPodObject("plain", { namespace: "kube-system" }));
     const res = await post(e);
-    assert.deepEqual((res.body as { results: { reason: string }[] }).results.map((r) => r.reason), ["namespace-excluded"]);
+    assert.deepEqual(
+      (res.body as { results: { reason: string }[] }).results.map((r) => r.reason),
+      ["namespace-excluded"],
+    );
   });
 });

@@ -136,7 +136,10 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
   app.post("/dead-letter", senderFirst, express.raw({ type: () => true, limit: MAX_EVENT_BYTES }), (req: Request, res: Response) => {
     const type = typeof req.headers["ce-type"] === "string" ? req.headers["ce-type"] : "unknown";
     metrics.events.inc({ type: eventTypeLabel(type), outcome: "dead-letter" });
-    log.warn({ ceId: bounded(req.headers["ce-id"]), ceType: bounded(type), ceSubject: bounded(req.headers["ce-subject"]) }, "dead letter: an event was not delivered");
+    log.warn(
+      { ceId: bounded(req.headers["ce-id"]), ceType: bounded(type), ceSubject: bounded(req.headers["ce-subject"]) },
+      "dead letter: an event was not delivered",
+    );
     res.status(202).end();
   });
 
@@ -213,7 +216,8 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     let pod: Pod | undefined;
     if (mode === "ref") {
       const ref = event.data as { kind?: unknown; namespace?: unknown; name?: unknown } | undefined;
-      if (ref?.kind !== "Pod" || typeof ref.namespace !== "string" || typeof ref.name !== "string") throw new BadEvent("reference event without a Pod reference");
+      if (ref?.kind !== "Pod" || typeof ref.namespace !== "string" || typeof ref.name !== "string")
+        throw new BadEvent("reference event without a Pod reference");
       if (verb === "delete") return reconciler.gone(`${ref.namespace}/${ref.name}`, elog);
       try {
         pod = await deps.cluster.getPod(ref.namespace, ref.name);

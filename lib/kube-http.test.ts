@@ -49,7 +49,10 @@ describe("kube-http configuration", () => {
   });
 
   test("no token, no context, or not a kubeconfig: KubeconfigError naming the file", async () => {
-    await assert.rejects(kubeconfigConnection(write("c", kubeconfig("      username: admin"))), (err: unknown) => err instanceof KubeconfigError && /no token/.test(err.message));
+    await assert.rejects(
+      kubeconfigConnection(write("c", kubeconfig("      username: admin"))),
+      (err: unknown) => err instanceof KubeconfigError && /no token/.test(err.message),
+    );
     await assert.rejects(kubeconfigConnection(write("d", "clusters: []\nusers: []\ncontexts: []\n")), KubeconfigError);
     await assert.rejects(kubeconfigConnection(write("e", "{{{")), KubeconfigError);
     await assert.rejects(kubeconfigConnection(write("f", kubeconfig("      token: abc").replace("https://127.0.0.1:6443", "not a url"))), KubeconfigError);
@@ -70,7 +73,10 @@ describe("kube-http configuration", () => {
   });
 
   test("in-cluster without KUBERNETES_SERVICE_HOST says so", () => {
-    assert.throws(() => inClusterConnection({}), (err: unknown) => err instanceof KubeconfigError && /KUBERNETES_SERVICE_HOST/.test(err.message));
+    assert.throws(
+      () => inClusterConnection({}),
+      (err: unknown) => err instanceof KubeconfigError && /KUBERNETES_SERVICE_HOST/.test(err.message),
+    );
   });
 });
 
@@ -88,7 +94,7 @@ describe("ListItemSplitter: a list streamed item by item", () => {
   };
 
   test("property: any list, cut anywhere, gives its items and its metadata, in order", () => {
-    const item = fc.jsonValue({ maxDepth: 4 }).map((v) => ({ metadata: { name: "x", note: "}]\\\"{[" }, value: v }));
+    const item = fc.jsonValue({ maxDepth: 4 }).map((v) => ({ metadata: { name: "x", note: '}]\\"{[' }, value: v }));
     fc.assert(
       fc.property(fc.array(item, { maxLength: 12 }), fc.string(), fc.array(fc.nat(), { maxLength: 20 }), (items, cont, cuts) => {
         const text = JSON.stringify({ kind: "PodList", apiVersion: "v1", metadata: { resourceVersion: "42", continue: cont }, items });

@@ -47,7 +47,12 @@ export function inClusterConnection(env: NodeJS.ProcessEnv = process.env, dir = 
 
 const kubeconfigSchema = z.looseObject({
   "current-context": z.string().optional(),
-  clusters: z.array(z.looseObject({ name: z.string(), cluster: z.looseObject({ server: z.url(), "certificate-authority": z.string().optional(), "certificate-authority-data": z.string().optional() }) })),
+  clusters: z.array(
+    z.looseObject({
+      name: z.string(),
+      cluster: z.looseObject({ server: z.url(), "certificate-authority": z.string().optional(), "certificate-authority-data": z.string().optional() }),
+    }),
+  ),
   users: z.array(z.looseObject({ name: z.string(), user: z.looseObject({ token: z.string().optional(), tokenFile: z.string().optional() }) })),
   contexts: z.array(z.looseObject({ name: z.string(), context: z.looseObject({ cluster: z.string(), user: z.string() }) })),
 });
@@ -160,12 +165,24 @@ export interface CallOptions {
  * One JSON call; an error status rejects with ApiError (its message the API server's). At the
  * deadline the request is destroyed, not only given up on, and a DeadlineError is the answer.
  */
-export function apiRequest(conn: ApiConnection, method: string, path: string, body?: { contentType: string; value: unknown }, options: CallOptions = {}): Promise<unknown> {
+export function apiRequest(
+  conn: ApiConnection,
+  method: string,
+  path: string,
+  body?: { contentType: string; value: unknown },
+  options: CallOptions = {},
+): Promise<unknown> {
   const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body.value));
   const deadlineMs = options.deadlineMs ?? DEFAULT_API_DEADLINE_MS;
   return new Promise((resolve, reject) => {
     const req = https.request(
-      requestOptions(conn, method, path, payload === undefined || body === undefined ? {} : { "content-type": body.contentType, "content-length": String(payload.length) }, options.use ?? "calls"),
+      requestOptions(
+        conn,
+        method,
+        path,
+        payload === undefined || body === undefined ? {} : { "content-type": body.contentType, "content-length": String(payload.length) },
+        options.use ?? "calls",
+      ),
       (res) => {
         const chunks: Buffer[] = [];
         let size = 0;
@@ -260,7 +277,13 @@ export async function* apiList(conn: ApiConnection, path: string, options: CallO
  * Every item of a list, page after page (`limit` per page, each page streamed by `apiList` with
  * its own deadline); returns the first page's resource version (every page is of that version).
  */
-export async function* apiListAll(conn: ApiConnection, path: string, query: Record<string, string>, limit: number, options: CallOptions = {}): AsyncGenerator<unknown, string> {
+export async function* apiListAll(
+  conn: ApiConnection,
+  path: string,
+  query: Record<string, string>,
+  limit: number,
+  options: CallOptions = {},
+): AsyncGenerator<unknown, string> {
   let cont = "";
   let resourceVersion: string | undefined;
   do {
@@ -382,7 +405,12 @@ export interface WatchEvent<T> {
  * A watch stream: one event per line until the server ends it. `done` is called once, with
  * the error when it failed (an error status, or the connection dropped).
  */
-export function watchStream<T>(conn: ApiConnection, path: string, onEvent: (event: WatchEvent<T>) => void, done: (err?: unknown) => void): { abort: () => void } {
+export function watchStream<T>(
+  conn: ApiConnection,
+  path: string,
+  onEvent: (event: WatchEvent<T>) => void,
+  done: (err?: unknown) => void,
+): { abort: () => void } {
   let finished = false;
   const finish = (err?: unknown): void => {
     if (finished) return;

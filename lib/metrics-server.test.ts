@@ -35,7 +35,8 @@ describe("metrics scrapes: who may read them", () => {
   test("an API server that cannot be asked is 503 and is asked again next time", async () => {
     const calls = { token: 0, access: 0 };
     const auth = new ScrapeAuthorizer(reviewers(calls));
-    for (let i = 0; i < 2; i++) assert.deepEqual(await auth.authorize("Bearer down"), { ok: false, status: 503, reason: "cannot review the token now: connect ECONNREFUSED" });
+    for (let i = 0; i < 2; i++)
+      assert.deepEqual(await auth.authorize("Bearer down"), { ok: false, status: 503, reason: "cannot review the token now: connect ECONNREFUSED" });
     assert.equal(calls.token, 2);
   });
 

@@ -42,7 +42,9 @@ export class ScrapeAuthorizer {
           const review = await this.reviews.token(token);
           if (!review.authenticated || review.user === undefined) return { verdict: { ok: false, status: 401, reason: "the token is not valid" }, keep: true };
           const access = await this.reviews.access(review.user, "get", METRICS_PATH);
-          const verdict: ScrapeVerdict = access.allowed ? { ok: true, user: review.user.username } : { ok: false, status: 403, reason: `${review.user.username.slice(0, 200)} may not get ${METRICS_PATH}` };
+          const verdict: ScrapeVerdict = access.allowed
+            ? { ok: true, user: review.user.username }
+            : { ok: false, status: 403, reason: `${review.user.username.slice(0, 200)} may not get ${METRICS_PATH}` };
           return { verdict, keep: true };
         } catch (err) {
           return { verdict: { ok: false, status: 503, reason: `cannot review the token now: ${errorMessage(err).slice(0, 200)}` }, keep: false };
@@ -77,15 +79,22 @@ export function createMetricsServer(options: MetricsServerOptions): http.Server 
   const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     req.resume(); // a body, if any, is not read
     const path = (req.url ?? "").split("?")[0];
-    if (path !== METRICS_PATH) { answer(res, 404, "not found: only GET /metrics is served here\n"); return; }
-    if (req.method !== "GET" && req.method !== "HEAD") { answer(res, 405, "only GET\n"); return; }
+    if (path !== METRICS_PATH) {
+      answer(res, 404, "not found: only GET /metrics is served here\n");
+      return;
+    }
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      answer(res, 405, "only GET\n");
+      return;
+    }
     void (async () => {
       if (options.authorizer !== undefined) {
         const verdict = await options.authorizer.authorize(req.headers.authorization);
         if (!verdict.ok) {
           options.onRefused?.(verdict.status, verdict.reason);
           if (verdict.status === 401) res.setHeader("www-authenticate", 'Bearer realm="metrics"');
-          answer(res, verdict.status, `${verdict.reason}\n`); return;
+          answer(res, verdict.status, `${verdict.reason}\n`);
+          return;
         }
       }
       answer(res, 200, await render(), options.registry.contentType);
@@ -94,7 +103,8 @@ export function createMetricsServer(options: MetricsServerOptions): http.Server 
     });
   };
   const limits = { headersTimeout: 5000, requestTimeout: 10_000, connectionsCheckingInterval: 1000 };
-  const server = options.tls === undefined ? http.createServer(limits, handler) : https.createServer({ ...limits, cert: options.tls.cert, key: options.tls.key }, handler);
+  const server =
+    options.tls === undefined ? http.createServer(limits, handler) : https.createServer({ ...limits, cert: options.tls.cert, key: options.tls.key }, handler);
   server.maxConnections = MAX_CONNECTIONS;
   server.maxHeadersCount = 32;
   return server;

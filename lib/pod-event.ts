@@ -39,5 +39,11 @@ export async function recordPodEvent(
   source: { component: string; host?: string },
   options: CallOptions = {},
 ): Promise<void> {
-  await apiRequest(conn, "POST", `/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/events`, { contentType: "application/json", value: podEvent(pod, event, source) }, options);
+  await apiRequest(
+    conn,
+    "POST",
+    `/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/events`,
+    { contentType: "application/json", value: podEvent(pod, event, source) },
+    options,
+  );
 }

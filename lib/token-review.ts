@@ -35,15 +35,28 @@ interface TokenReviewStatus {
 export function tokenReviewer(conn: ApiConnection, deadlineMs = 5000): TokenReviewer {
   return async (token, audience) => {
     const spec = audience === undefined ? { token } : { token, audiences: [audience] };
-    const review = (await apiRequest(conn, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", { contentType: "application/json", value: { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec } }, { deadlineMs, use: "reviews" })) as
-      | { status?: TokenReviewStatus }
-      | undefined;
+    const review = (await apiRequest(
+      conn,
+      "POST",
+      "/apis/authentication.k8s.io/v1/tokenreviews",
+      { contentType: "application/json", value: { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec } },
+      { deadlineMs, use: "reviews" },
+    )) as { status?: TokenReviewStatus } | undefined;
     const status = review?.status;
     const forAudience = audience === undefined || (status?.audiences ?? [audience]).includes(audience);
     const user = status?.user;
     return {
       authenticated: status?.authenticated === true && forAudience && user?.username !== undefined,
-      ...(user?.username === undefined ? {} : { user: { username: user.username, ...(user.uid === undefined ? {} : { uid: user.uid }), ...(user.groups === undefined ? {} : { groups: user.groups }), ...(user.extra === undefined ? {} : { extra: user.extra }) } }),
+      ...(user?.username === undefined
+        ? {}
+        : {
+            user: {
+              username: user.username,
+              ...(user.uid === undefined ? {} : { uid: user.uid }),
+              ...(user.groups === undefined ? {} : { groups: user.groups }),
+              ...(user.extra === undefined ? {} : { extra: user.extra }),
+            },
+          }),
       ...(status?.error === undefined ? {} : { error: status.error }),
     };
   };
@@ -54,10 +67,20 @@ export type AccessReviewer = (user: ReviewedUser, verb: string, path: string) =>
 
 export function accessReviewer(conn: ApiConnection, deadlineMs = 5000): AccessReviewer {
   return async (user, verb, path) => {
-    const spec = { user: user.username, ...(user.uid === undefined ? {} : { uid: user.uid }), groups: user.groups ?? [], ...(user.extra === undefined ? {} : { extra: user.extra }), nonResourceAttributes: { verb, path } };
-    const review = (await apiRequest(conn, "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", { contentType: "application/json", value: { apiVersion: "authorization.k8s.io/v1", kind: "SubjectAccessReview", spec } }, { deadlineMs, use: "reviews" })) as
-      | { status?: { allowed?: boolean; reason?: string } }
-      | undefined;
+    const spec = {
+      user: user.username,
+      ...(user.uid === undefined ? {} : { uid: user.uid }),
+      groups: user.groups ?? [],
+      ...(user.extra === undefined ? {} : { extra: user.extra }),
+      nonResourceAttributes: { verb, path },
+    };
+    const review = (await apiRequest(
+      conn,
+      "POST",
+      "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+      { contentType: "application/json", value: { apiVersion: "authorization.k8s.io/v1", kind: "SubjectAccessReview", spec } },
+      { deadlineMs, use: "reviews" },
+    )) as { status?: { allowed?: boolean; reason?: string } } | undefined;
     return { allowed: review?.status?.allowed === true, ...(review?.status?.reason === undefined ? {} : { reason: review.status.reason }) };
   };
 }

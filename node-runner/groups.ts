@@ -14,7 +14,11 @@ export function unknownOwnerGroups(capture: CaptureConfig, groupFile = GROUP_FIL
   if (names.length === 0) return [];
   let known: Set<string>;
   try {
-    known = new Set(readFileSync(groupFile, "utf8").split("\n").map((line) => line.split(":", 1)[0] ?? ""));
+    known = new Set(
+      readFileSync(groupFile, "utf8")
+        .split("\n")
+        .map((line) => line.split(":", 1)[0] ?? ""),
+    );
   } catch {
     known = new Set();
   }

@@ -11,7 +11,12 @@ export const NETNS_EXEC = "podnet-netns-exec";
 
 /** The helper's path: `command` itself when it has a slash, else the first match on PATH; undefined when none. */
 export function resolveExecutable(command: string, searchPath = process.env.PATH ?? ""): string | undefined {
-  const candidates = command.includes("/") ? [command] : searchPath.split(":").filter((d) => d !== "").map((d) => path.join(d, command));
+  const candidates = command.includes("/")
+    ? [command]
+    : searchPath
+        .split(":")
+        .filter((d) => d !== "")
+        .map((d) => path.join(d, command));
   return candidates.find((file) => {
     try {
       accessSync(file, constants.X_OK);

@@ -14,7 +14,13 @@ const RELIST_PAGE_SIZE = 100;
 
 /** The fields of a Pod the node-runner reads. */
 interface PodObject {
-  readonly metadata?: { readonly name?: string; readonly namespace?: string; readonly uid?: string; readonly resourceVersion?: string; readonly deletionTimestamp?: string };
+  readonly metadata?: {
+    readonly name?: string;
+    readonly namespace?: string;
+    readonly uid?: string;
+    readonly resourceVersion?: string;
+    readonly deletionTimestamp?: string;
+  };
   readonly spec?: { readonly nodeName?: string; readonly hostNetwork?: boolean };
 }
 
@@ -128,7 +134,8 @@ export class WatchedPodApi implements PodApi {
       },
       (err) => {
         if (this.stopped) return;
-        if (err === undefined) this.watchFrom(version); // the server ended the watch: go on from where it was
+        if (err === undefined)
+          this.watchFrom(version); // the server ended the watch: go on from where it was
         else this.failed(err);
       },
     );
@@ -194,7 +201,13 @@ export class KubePodApi implements PodApi {
 
   private async patchAnnotations(pod: PodRef, annotations: Record<string, string | null>): Promise<void> {
     // The UID precondition makes the patch fail rather than mark a re-created pod of the same name.
-    await apiRequest(this.conn, "PATCH", podPath(pod.namespace, pod.name), { contentType: "application/merge-patch+json", value: { metadata: { uid: pod.uid, annotations } } }, { deadlineMs: this.deadlineMs });
+    await apiRequest(
+      this.conn,
+      "PATCH",
+      podPath(pod.namespace, pod.name),
+      { contentType: "application/merge-patch+json", value: { metadata: { uid: pod.uid, annotations } } },
+      { deadlineMs: this.deadlineMs },
+    );
   }
 
   async recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void> {

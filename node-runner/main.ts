@@ -80,15 +80,22 @@ const nodeName = values["node-name"] ?? env.NODE_NAME ?? fail("--node-name (or N
 const listen = values.listen ?? env.LISTEN_ADDRESS ?? "0.0.0.0:19443";
 const { host, port } = parseListenAddress(listen) ?? fail(`--listen must be address:port ([address]:port for IPv6), got ${listen}`);
 const metricsListenText = values["metrics-listen"] ?? env.METRICS_LISTEN ?? `${host.includes(":") ? `[${host}]` : host}:19090`;
-const metricsListen = metricsListenText === "" ? undefined : (parseListenAddress(metricsListenText) ?? fail(`--metrics-listen must be address:port or "", got ${metricsListenText}`));
+const metricsListen =
+  metricsListenText === ""
+    ? undefined
+    : (parseListenAddress(metricsListenText) ?? fail(`--metrics-listen must be address:port or "", got ${metricsListenText}`));
 const metricsAuth = values["metrics-auth"] ?? env.METRICS_AUTH ?? "kubernetes";
 if (metricsAuth !== "kubernetes" && metricsAuth !== "none") fail(`--metrics-auth must be kubernetes or none, got ${metricsAuth}`);
 // The addresses requests are signed for: the node's IP(s) (the function dispatches to the pod's
 // status.hostIP) and the listen address unless it is a wildcard.
 const startedAtMs = Date.now();
-const hostIPs = (values["host-ip"] ?? env.HOST_IP ?? "").split(",").map((a) => a.trim()).filter((a) => a !== "");
+const hostIPs = (values["host-ip"] ?? env.HOST_IP ?? "")
+  .split(",")
+  .map((a) => a.trim())
+  .filter((a) => a !== "");
 if (!["", "0.0.0.0", "::"].includes(host)) hostIPs.push(host);
-if (hostIPs.length === 0) fail("--host-ip (or HOST_IP, from status.hostIP) is required when listening on a wildcard address: signed requests name the address they are for");
+if (hostIPs.length === 0)
+  fail("--host-ip (or HOST_IP, from status.hostIP) is required when listening on a wildcard address: signed requests name the address they are for");
 const authorities = new Set(hostIPs.map((ip) => `${ip.includes(":") ? `[${ip.toLowerCase()}]` : ip}:${port}`));
 const backendFlag = values.backend ?? env.RULES_BACKEND ?? "auto";
 if (backendFlag !== "auto" && !isBackendName(backendFlag)) fail(`--backend must be auto, ${BACKENDS.join(", ")}; got ${backendFlag}`);
@@ -97,7 +104,8 @@ const maxConcurrent = Number(values["max-concurrent"] ?? env.MAX_CONCURRENT ?? "
 const apiTimeoutMs = Number(values["api-timeout-ms"] ?? env.API_TIMEOUT_MS ?? "5000");
 if (!Number.isInteger(apiTimeoutMs) || apiTimeoutMs < 100) fail(`--api-timeout-ms must be an integer ≥ 100, got ${apiTimeoutMs}`);
 const eventQuietMs = Number(values["event-quiet-ms"] ?? env.EVENT_QUIET_MS ?? String(EVENT_QUIET_MS));
-if (!Number.isInteger(eventQuietMs) || eventQuietMs < 0 || eventQuietMs > 60_000) fail(`--event-quiet-ms must be an integer from 0 to 60000, got ${eventQuietMs}`);
+if (!Number.isInteger(eventQuietMs) || eventQuietMs < 0 || eventQuietMs > 60_000)
+  fail(`--event-quiet-ms must be an integer from 0 to 60000, got ${eventQuietMs}`);
 const procRoot = values.proc ?? env.PROC_ROOT ?? "/proc";
 const cgroupRoot = values["cgroup-root"] ?? env.CGROUP_ROOT ?? "/";
 const cgroupFs = values["cgroup-fs"] ?? env.CGROUP_FS ?? "/sys/fs/cgroup";
@@ -142,24 +150,19 @@ await keys.start();
 
 const metrics = createMetrics();
 // The pods bound to this node come from a watch; a GET only for a pod the watch has not seen yet.
-const pods = new WatchedPodApi(
-  apiConnection,
-  nodeName,
-  new KubePodApi(apiConnection, nodeName, apiTimeoutMs),
-  {
-    onRead: (source) => {
-      metrics.podReads.inc({ source });
-    },
-    onWatchError: (err) => {
-      metrics.watchErrors.inc();
-      log.warn({ err: errorMessage(err) }, "pod watch failed or did not start: retrying in 2 s (identity checks use GETs meanwhile)");
-    },
-    onListed: (count) => {
-      log.info({ pods: count }, "listed the pods bound to this node; watching them");
-    },
-    deadlineMs: apiTimeoutMs,
+const pods = new WatchedPodApi(apiConnection, nodeName, new KubePodApi(apiConnection, nodeName, apiTimeoutMs), {
+  onRead: (source) => {
+    metrics.podReads.inc({ source });
   },
-);
+  onWatchError: (err) => {
+    metrics.watchErrors.inc();
+    log.warn({ err: errorMessage(err) }, "pod watch failed or did not start: retrying in 2 s (identity checks use GETs meanwhile)");
+  },
+  onListed: (count) => {
+    log.info({ pods: count }, "listed the pods bound to this node; watching them");
+  },
+  deadlineMs: apiTimeoutMs,
+});
 pods.start();
 
 const runnerDeps: NodeRunnerDeps = {
@@ -194,7 +197,16 @@ const server =
 server.maxConnections = MAX_CONNECTIONS;
 server.maxHeadersCount = 64;
 server.listen(port, host, () => {
-  log.info({ nodeName, listen, authorities: [...authorities], tls: tlsCert !== undefined, backend: backend === "auto" ? `auto (iptables; node default ${defaultVariant})` : backend }, "node-runner listening");
+  log.info(
+    {
+      nodeName,
+      listen,
+      authorities: [...authorities],
+      tls: tlsCert !== undefined,
+      backend: backend === "auto" ? `auto (iptables; node default ${defaultVariant})` : backend,
+    },
+    "node-runner listening",
+  );
 });
 
 // Metrics apart from the signed API: a hostNetwork port no NetworkPolicy can guard, so a

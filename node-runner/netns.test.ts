@@ -3,12 +3,25 @@ import { mkdirSync, mkdtempSync, readlinkSync, rmSync, symlinkSync, writeFileSyn
 import os from "node:os";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { cgroupBelongsToPod, expandIPv6, ipv6FromIfInet6, localIPv4FromFibTrie, NetnsGoneError, openNetns, podCgroupDirs, podCgroupPids, podUidPattern, processStartTime, resolvePodNetns } from "./netns.ts";
+import {
+  cgroupBelongsToPod,
+  expandIPv6,
+  ipv6FromIfInet6,
+  localIPv4FromFibTrie,
+  NetnsGoneError,
+  openNetns,
+  podCgroupDirs,
+  podCgroupPids,
+  podUidPattern,
+  processStartTime,
+  resolvePodNetns,
+} from "./netns.ts";
 
 const UID = "6c0e5c7e-3f0a-4b8e-9d59-2f1b7c1d0a11";
 const UID_ = UID.replace(/-/g, "_");
 
-const fibTrie = (ip: string): string => `Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     |-- ${ip}\n        /32 host LOCAL\nLocal:\n  +-- 127.0.0.0/8 2 0 2\n     |-- 127.0.0.1\n        /32 host LOCAL\n`;
+const fibTrie = (ip: string): string =>
+  `Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     |-- ${ip}\n        /32 host LOCAL\nLocal:\n  +-- 127.0.0.0/8 2 0 2\n     |-- 127.0.0.1\n        /32 host LOCAL\n`;
 
 /** A fake /proc: pid → { cgroup, netns inode, start time, IPv4 address, IPv6 (if_inet6 hex) }. */
 function procTree(entries: Record<string, { cgroup?: string; inode?: string; start?: number; ip?: string; ip6hex?: string }>): string {
@@ -19,9 +32,15 @@ function procTree(entries: Record<string, { cgroup?: string; inode?: string; sta
     mkdirSync(path.join(dir, "net"));
     if (e.cgroup !== undefined) writeFileSync(path.join(dir, "cgroup"), e.cgroup);
     if (e.inode !== undefined) symlinkSync(`net:[${e.inode}]`, path.join(dir, "ns", "net"));
-    writeFileSync(path.join(dir, "stat"), `${pid} (pause (x)) S 1 ${pid} ${pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 ${e.start ?? 1000} 1019904 1 18446744073709551615`);
+    writeFileSync(
+      path.join(dir, "stat"),
+      `${pid} (pause (x)) S 1 ${pid} ${pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 ${e.start ?? 1000} 1019904 1 18446744073709551615`,
+    );
     writeFileSync(path.join(dir, "net", "fib_trie"), e.ip === undefined ? "" : fibTrie(e.ip));
-    writeFileSync(path.join(dir, "net", "if_inet6"), e.ip6hex === undefined ? "" : `${e.ip6hex} 02 40 00 80     eth0\n00000000000000000000000000000001 01 80 10 80       lo\n`);
+    writeFileSync(
+      path.join(dir, "net", "if_inet6"),
+      e.ip6hex === undefined ? "" : `${e.ip6hex} 02 40 00 80     eth0\n00000000000000000000000000000001 01 80 10 80       lo\n`,
+    );
   }
   return root;
 }
@@ -52,7 +71,13 @@ describe("cgroup paths → pod UID", () => {
     });
   }
   test("seen from the node-runner's own cgroup namespace (a /.. prefix)", () => {
-    assert.equal(cgroupBelongsToPod(`0::/../../kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${UID_}.slice/cri-containerd-0a1b.scope\n`, podUidPattern(UID)), true);
+    assert.equal(
+      cgroupBelongsToPod(
+        `0::/../../kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${UID_}.slice/cri-containerd-0a1b.scope\n`,
+        podUidPattern(UID),
+      ),
+      true,
+    );
   });
   // Security (issue 13, attack 4): only the kubelet's pod cgroup, directly under kubepods.
   test("attack: cgroup look-alikes outside the kubelet's pod cgroup do not match", () => {
@@ -112,7 +137,8 @@ describe("podCgroupPids on a fixture cgroup filesystem", () => {
           return { uid, pids: [1000 + h * 10 + layout, 2000 + h * 10 + layout] };
         }),
       );
-      for (const pod of [...pods, ...[...pods].reverse(), ...pods.filter((_, i) => i % 3 === 0)]) assert.deepEqual(podCgroupPids(pod.uid, { cgroupFs }), pod.pids, pod.uid);
+      for (const pod of [...pods, ...[...pods].reverse(), ...pods.filter((_, i) => i % 3 === 0)])
+        assert.deepEqual(podCgroupPids(pod.uid, { cgroupFs }), pod.pids, pod.uid);
       assert.equal(podCgroupPids(UID, { cgroupFs }), undefined, "no cgroup: the caller scans /proc");
     } finally {
       rmSync(cgroupFs, { recursive: true, force: true });
@@ -130,7 +156,11 @@ describe("resolvePodNetns on fixture trees", () => {
       "400": { cgroup: "0::/kubepods/besteffort/podother/x\n", inode: "4026532600", start: 1, ip: "10.244.3.18" },
     });
     const r = await resolvePodNetns({ uid: UID, ips: ["10.244.3.17"] }, { procRoot });
-    assert.deepEqual(r, { found: true, netns: { inode: "4026532500", path: path.join(procRoot, "200", "ns", "net"), pid: 200, processes: 2, hostInode: "4026531840" }, method: "proc-scan" });
+    assert.deepEqual(r, {
+      found: true,
+      netns: { inode: "4026532500", path: path.join(procRoot, "200", "ns", "net"), pid: 200, processes: 2, hostInode: "4026531840" },
+      method: "proc-scan",
+    });
   });
 
   test("skips the host netns and unreadable entries", async () => {

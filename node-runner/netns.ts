@@ -177,12 +177,19 @@ export function podCgroupPids(uid: string, options: { readonly cgroupFs: string;
       if (statSync(podDir, { throwIfNoEntry: false })?.isDirectory() !== true) continue;
       let children: string[];
       try {
-        children = readdirSync(podDir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => path.join(podDir, e.name));
+        children = readdirSync(podDir, { withFileTypes: true })
+          .filter((e) => e.isDirectory())
+          .map((e) => path.join(podDir, e.name));
       } catch {
         continue; // removed meanwhile
       }
       lastPodHierarchy.set(options.cgroupFs, hierarchy);
-      return [podDir, ...children].flatMap((cgroup) => (readText(path.join(cgroup, "cgroup.procs")) ?? "").split("\n").filter((line) => /^\d+$/.test(line)).map(Number));
+      return [podDir, ...children].flatMap((cgroup) =>
+        (readText(path.join(cgroup, "cgroup.procs")) ?? "")
+          .split("\n")
+          .filter((line) => /^\d+$/.test(line))
+          .map(Number),
+      );
     }
   }
   return undefined;
@@ -222,7 +229,10 @@ export async function resolvePodNetns(
   const hostInode = host.inode;
   const pattern = podUidPattern(pod.uid, options.cgroupRoot);
 
-  const direct = podCgroupPids(pod.uid, { cgroupFs: options.cgroupFs ?? "/sys/fs/cgroup", ...(options.cgroupRoot === undefined ? {} : { cgroupRoot: options.cgroupRoot }) });
+  const direct = podCgroupPids(pod.uid, {
+    cgroupFs: options.cgroupFs ?? "/sys/fs/cgroup",
+    ...(options.cgroupRoot === undefined ? {} : { cgroupRoot: options.cgroupRoot }),
+  });
   const method = direct === undefined ? "proc-scan" : "cgroup";
   // With the direct read the cgroup is the kubelet's by its path; a scan checks each process's.
   const pids = direct?.map(String) ?? (await scanProcForPod(procRoot, pattern));

@@ -33,7 +33,10 @@ function refusingProgrammer(
   });
   const refuse = async (count: number): Promise<void> => {
     for (let i = 0; i < count; i++) {
-      await assert.rejects(programmer.apply(pod, { excludeInboundPorts: "http" }, pino({ level: "silent" })), (err: unknown) => err instanceof Refusal && err.status === 422);
+      await assert.rejects(
+        programmer.apply(pod, { excludeInboundPorts: "http" }, pino({ level: "silent" })),
+        (err: unknown) => err instanceof Refusal && err.status === 422,
+      );
     }
   };
   return { metrics, programmer, refuse };
@@ -85,7 +88,10 @@ test("an Event waits while another pod is being programmed, and is sent once not
       return { uid: "uid-1", nodeName: "node-a", hostNetwork: false, terminating: false };
     },
   );
-  const first = assert.rejects(programmer.apply(pod, { excludeInboundPorts: "http" }, pino({ level: "silent" })), (err: unknown) => err instanceof Refusal && err.status === 422);
+  const first = assert.rejects(
+    programmer.apply(pod, { excludeInboundPorts: "http" }, pino({ level: "silent" })),
+    (err: unknown) => err instanceof Refusal && err.status === 422,
+  );
   await refuse(3);
   await new Promise((r) => setTimeout(r, 20));
   assert.equal(sent, 0, "held while the first pod's work runs");
@@ -133,5 +139,8 @@ test("a namespace left without its process during the apply: 503 netns-not-found
     applierFor: () => Promise.resolve({ apply: () => Promise.resolve({ result: "applied", digest: "d" }), remove: () => Promise.resolve("removed") }),
     metrics,
   });
-  await assert.rejects(programmer.apply(pod, DEFAULT_CAPTURE_CONFIG, pino({ level: "silent" })), (err: unknown) => err instanceof Refusal && err.status === 503 && err.reason === "netns-not-found");
+  await assert.rejects(
+    programmer.apply(pod, DEFAULT_CAPTURE_CONFIG, pino({ level: "silent" })),
+    (err: unknown) => err instanceof Refusal && err.status === 503 && err.reason === "netns-not-found",
+  );
 });

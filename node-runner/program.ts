@@ -137,7 +137,13 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     return new Refusal("invalid-capture", message);
   }
 
-  async function applyIn(pod: PodRef, capture: ReturnType<typeof parseCaptureConfig>, netns: OpenNetns, resolved: ResolvedNetns, log: Logger): Promise<ProgramOutcome> {
+  async function applyIn(
+    pod: PodRef,
+    capture: ReturnType<typeof parseCaptureConfig>,
+    netns: OpenNetns,
+    resolved: ResolvedNetns,
+    log: Logger,
+  ): Promise<ProgramOutcome> {
     const t0 = performance.now();
     let result: Awaited<ReturnType<NetnsApplier["apply"]>>;
     try {
@@ -150,7 +156,10 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     // The descriptor kept the namespace alive however the pod fared meanwhile: a sandbox that
     // ended during the apply left rules in a namespace nobody uses, and the pod is not marked.
     if (!stillInhabited(resolved)) {
-      throw new Refusal("netns-not-found", `the pod's network namespace ${netns.inode} lost its last process while the rules were applied (sandbox ended or re-created): not marked`);
+      throw new Refusal(
+        "netns-not-found",
+        `the pod's network namespace ${netns.inode} lost its last process while the rules were applied (sandbox ended or re-created): not marked`,
+      );
     }
     try {
       await deps.pods.markInitialized(pod, { netns: netns.inode, rules: result.digest });
@@ -182,7 +191,11 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
         }
         const unknownGroups = unknownOwnerGroups(capture, deps.groupFile);
         if (unknownGroups.length > 0) {
-          throw invalidCapture(pod, `owner group ${unknownGroups.map((g) => JSON.stringify(g)).join(", ")} is not known on node ${deps.nodeName}: use a numeric GID`, log);
+          throw invalidCapture(
+            pod,
+            `owner group ${unknownGroups.map((g) => JSON.stringify(g)).join(", ")} is not known on node ${deps.nodeName}: use a numeric GID`,
+            log,
+          );
         }
         return withNetns(pod, (netns, resolved) => applyIn(pod, capture, netns, resolved, log));
       }),

@@ -34,7 +34,10 @@ describe("node-runner endpoints under hostile input", () => {
       fc.asyncProperty(
         fc.constantFrom(APPLY_PATH, REMOVE_PATH),
         fc.string({ unit: "binary", maxLength: 300 }),
-        fc.record({ input: fc.string({ maxLength: 120 }), signature: fc.string({ maxLength: 120 }), digest: fc.string({ maxLength: 80 }) }, { requiredKeys: [] }),
+        fc.record(
+          { input: fc.string({ maxLength: 120 }), signature: fc.string({ maxLength: 120 }), digest: fc.string({ maxLength: 80 }) },
+          { requiredKeys: [] },
+        ),
         async (path, body, h) => {
           const headers: Record<string, string> = { "content-type": "application/json" };
           const printable = (v: string): string => v.replace(/[^\x20-\x7e]/g, "");
@@ -52,7 +55,10 @@ describe("node-runner endpoints under hostile input", () => {
   test("property: validly signed garbage is malformed (400), never a crash", async () => {
     await fc.assert(
       fc.asyncProperty(
-        fc.oneof(fc.string({ unit: "binary", maxLength: 300 }), fc.jsonValue({ maxDepth: 4 }).map((v) => JSON.stringify(v))),
+        fc.oneof(
+          fc.string({ unit: "binary", maxLength: 300 }),
+          fc.jsonValue({ maxDepth: 4 }).map((v) => JSON.stringify(v)),
+        ),
         async (text) => {
           const body = Buffer.from(text);
           const signature = signRequest(
@@ -60,7 +66,12 @@ describe("node-runner endpoints under hostile input", () => {
             { keyid: "fn-1", privateKey },
             { now: Date.now(), nonce: randomUUID() },
           );
-          const res = await request(app).post(APPLY_PATH).set("host", "node-a.test:9443").set("content-type", "application/json").set(signature).send(body.toString("utf8"));
+          const res = await request(app)
+            .post(APPLY_PATH)
+            .set("host", "node-a.test:9443")
+            .set("content-type", "application/json")
+            .set(signature)
+            .send(body.toString("utf8"));
           assert.equal(res.status, 400, JSON.stringify(res.body));
           assert.equal((res.body as { reason: string }).reason, "malformed");
         },

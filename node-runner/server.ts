@@ -89,12 +89,22 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
   });
 
   const raw = express.raw({ type: () => true, limit: MAX_BODY_BYTES });
-  app.post(APPLY_PATH, (req, res, next) => {
-    signedFirst(req, res, next, "apply");
-  }, raw, (req, res) => handle(req, res, "apply"));
-  app.post(REMOVE_PATH, (req, res, next) => {
-    signedFirst(req, res, next, "remove");
-  }, raw, (req, res) => handle(req, res, "remove"));
+  app.post(
+    APPLY_PATH,
+    (req, res, next) => {
+      signedFirst(req, res, next, "apply");
+    },
+    raw,
+    (req, res) => handle(req, res, "apply"),
+  );
+  app.post(
+    REMOVE_PATH,
+    (req, res, next) => {
+      signedFirst(req, res, next, "remove");
+    },
+    raw,
+    (req, res) => handle(req, res, "remove"),
+  );
 
   // Errors from the body parser (oversize, bad encoding) and anything unexpected.
   // Express recognises an error handler by its four parameters.
@@ -132,7 +142,10 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       // 3: signed before this process started and not judgeable for replay: re-sign (503).
       if (!acceptsSignedAt(verified.created)) {
         deps.metrics.signatureFailures.inc({ reason: "signed-before-start" });
-        throw new Refusal("signed-before-start", `signed at ${verified.created}, before this node-runner started (${Math.floor(startedAtMs / 1000)}): re-sign and retry`);
+        throw new Refusal(
+          "signed-before-start",
+          `signed at ${verified.created}, before this node-runner started (${Math.floor(startedAtMs / 1000)}): re-sign and retry`,
+        );
       }
       res.locals.verified = verified;
       next();

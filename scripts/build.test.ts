@@ -61,7 +61,12 @@ describe("the built programs, in a directory of their own", () => {
   });
 
   const run = (program: string, args: string[] = []): { status: number | null; output: string } => {
-    const r = spawnSync(process.execPath, [path.join(dir, program), ...args], { cwd: dir, encoding: "utf8", env: { PATH: process.env.PATH ?? "" }, timeout: 30_000 });
+    const r = spawnSync(process.execPath, [path.join(dir, program), ...args], {
+      cwd: dir,
+      encoding: "utf8",
+      env: { PATH: process.env.PATH ?? "" },
+      timeout: 30_000,
+    });
     return { status: r.status, output: `${r.stdout}${r.stderr}` };
   };
 

@@ -41,7 +41,10 @@ function thirdPartyNotices(packageDirs: readonly string[]): string {
     .map((dir) => {
       const manifest = JSON.parse(readFileSync(path.join(root, dir, "package.json"), "utf8")) as { name?: string; version?: string; license?: string };
       const licenceFile = readdirSync(path.join(root, dir)).find((f) => /^(licen[cs]e|copying)(\.|$)/i.test(f));
-      const text = licenceFile === undefined ? `(no licence file in the package; its package.json says: ${manifest.license ?? "nothing"})` : readFileSync(path.join(root, dir, licenceFile), "utf8").trim();
+      const text =
+        licenceFile === undefined
+          ? `(no licence file in the package; its package.json says: ${manifest.license ?? "nothing"})`
+          : readFileSync(path.join(root, dir, licenceFile), "utf8").trim();
       return `${manifest.name ?? dir}@${manifest.version ?? "?"} (${manifest.license ?? "unknown"})\n\n${text}\n`;
     })
     .join(`\n${"-".repeat(78)}\n\n`);
@@ -72,7 +75,9 @@ export async function buildPrograms(out: string): Promise<string> {
   });
   const packages = bundledPackageDirs(result.metafile);
   writeFileSync(path.join(out, NOTICES), thirdPartyNotices(packages));
-  const bytes = Object.entries(result.metafile.outputs).filter(([file]) => file.endsWith(".js")).map(([file, o]) => `${path.relative(out, path.join(root, file))} ${(o.bytes / 1024).toFixed(0)} KiB`);
+  const bytes = Object.entries(result.metafile.outputs)
+    .filter(([file]) => file.endsWith(".js"))
+    .map(([file, o]) => `${path.relative(out, path.join(root, file))} ${(o.bytes / 1024).toFixed(0)} KiB`);
   return `${bytes.join(", ")}; ${packages.length} npm packages bundled (${NOTICES})`;
 }
 

@@ -85,22 +85,77 @@ function vocabulary(lines: string[], values: Record<string, (t: string) => boole
 
 // Vocabulary from trusted configs that between them turn every feature on.
 const trusted = [
-  { inboundInterceptionMode: "TPROXY", redirectDNS: true, captureAllDNS: true, dropInvalid: true, enableIPv6: true, excludeInterfaces: "eth9", rerouteVirtualInterfaces: "net1", outboundPortsInclude: "80", outboundPortsExclude: "81", inboundPortsExclude: "82", outboundIPRangesExclude: "10.0.0.0/8,fd00::/8" },
-  { redirectDNS: true, dnsServersV4: ["10.96.0.10"], dnsServersV6: ["fd00::a"], enableIPv6: true, inboundPortsInclude: "80,81", outboundIPRangesInclude: "10.0.0.0/8,fd00::/8", rerouteVirtualInterfaces: "net1", ownerGroupsInclude: "1,2" },
+  {
+    inboundInterceptionMode: "TPROXY",
+    redirectDNS: true,
+    captureAllDNS: true,
+    dropInvalid: true,
+    enableIPv6: true,
+    excludeInterfaces: "eth9",
+    rerouteVirtualInterfaces: "net1",
+    outboundPortsInclude: "80",
+    outboundPortsExclude: "81",
+    inboundPortsExclude: "82",
+    outboundIPRangesExclude: "10.0.0.0/8,fd00::/8",
+  },
+  {
+    redirectDNS: true,
+    dnsServersV4: ["10.96.0.10"],
+    dnsServersV6: ["fd00::a"],
+    enableIPv6: true,
+    inboundPortsInclude: "80,81",
+    outboundIPRangesInclude: "10.0.0.0/8,fd00::/8",
+    rerouteVirtualInterfaces: "net1",
+    ownerGroupsInclude: "1,2",
+  },
   { inboundInterceptionMode: "TPROXY", inboundPortsInclude: "80", ownerGroupsExclude: "3", outboundIPRangesInclude: "" },
 ].map((overrides) => parseCaptureConfig({ ...DEFAULT_CAPTURE_CONFIG, ...overrides }));
 const iptablesWords = vocabulary(
   trusted.flatMap((c) => {
     const p = renderIptables(c);
-    return [p.v4.restore, p.v6?.restore ?? ""].join("\n").split("\n").filter((l) => l !== "");
+    return [p.v4.restore, p.v6?.restore ?? ""]
+      .join("\n")
+      .split("\n")
+      .filter((l) => l !== "");
   }),
   IPTABLES_VALUES,
 );
-const nftWords = vocabulary(trusted.flatMap((c) => renderNftables(c).script.split("\n").filter((l) => l !== "")), NFT_VALUES);
+const nftWords = vocabulary(
+  trusted.flatMap((c) =>
+    renderNftables(c)
+      .script.split("\n")
+      .filter((l) => l !== ""),
+  ),
+  NFT_VALUES,
+);
 
 const hostileText = fc.oneof(
   fc.string({ unit: "binary", maxLength: 40 }),
-  fc.constantFrom("eth0 -j ACCEPT", "-j", "eth0\n-A OUTPUT -j ACCEPT", "*", ",", "1,,2", "10.0.0.0/8,*", "::/0", "0.0.0.0/0", "65535,0", "a;b", "$(id)", "`id`", "eth+", "!lo", "TPROXY", "NONE", "1e3", "0x50", " 80", "eth0 ", "\u0000", "é"),
+  fc.constantFrom(
+    "eth0 -j ACCEPT",
+    "-j",
+    "eth0\n-A OUTPUT -j ACCEPT",
+    "*",
+    ",",
+    "1,,2",
+    "10.0.0.0/8,*",
+    "::/0",
+    "0.0.0.0/0",
+    "65535,0",
+    "a;b",
+    "$(id)",
+    "`id`",
+    "eth+",
+    "!lo",
+    "TPROXY",
+    "NONE",
+    "1e3",
+    "0x50",
+    " 80",
+    "eth0 ",
+    "\u0000",
+    "é",
+  ),
   fc.array(fc.constantFrom("80", "10.0.0.0/8", "fd00::/8", "eth1", "15020", "-1", "99999", ""), { maxLength: 4 }).map((xs) => xs.join(",")),
 );
 
@@ -123,10 +178,7 @@ describe("hostile annotations", () => {
         const pod = parsePod({
           metadata: { name: "p", namespace: "n", annotations: { "sidecar.istio.io/status": "{}", ...annotations } },
           spec: {
-            containers: [
-              { name: "app" },
-              { name: "istio-proxy", env, securityContext: runAsUser === null ? {} : { runAsUser } },
-            ],
+            containers: [{ name: "app" }, { name: "istio-proxy", env, securityContext: runAsUser === null ? {} : { runAsUser } }],
           },
           status: { podIPs: ipv6 ? [{ ip: "10.0.0.2" }, { ip: "fd00::2" }] : [{ ip: "10.0.0.2" }] },
         });
@@ -142,10 +194,16 @@ describe("hostile annotations", () => {
         }
         rendered++;
         const ipt = renderIptables(config);
-        for (const line of [ipt.v4.restore, ipt.v6?.restore ?? ""].join("\n").split("\n").filter((l) => l !== "")) {
-          for (const w of fixedWords(line, IPTABLES_VALUES)) assert.ok(iptablesWords.has(w), `unexpected token ${JSON.stringify(w)} in ${JSON.stringify(line)}`);
+        for (const line of [ipt.v4.restore, ipt.v6?.restore ?? ""]
+          .join("\n")
+          .split("\n")
+          .filter((l) => l !== "")) {
+          for (const w of fixedWords(line, IPTABLES_VALUES))
+            assert.ok(iptablesWords.has(w), `unexpected token ${JSON.stringify(w)} in ${JSON.stringify(line)}`);
         }
-        for (const line of renderNftables(config).script.split("\n").filter((l) => l !== "")) {
+        for (const line of renderNftables(config)
+          .script.split("\n")
+          .filter((l) => l !== "")) {
           for (const w of fixedWords(line, NFT_VALUES)) assert.ok(nftWords.has(w), `unexpected token ${JSON.stringify(w)} in ${JSON.stringify(line)}`);
         }
       }),
@@ -160,10 +218,13 @@ describe("hostile annotations", () => {
       metadata: { annotations: { "sidecar.istio.io/status": "{}", [ANNOTATION.excludeInterfaces]: "eth0 -j ACCEPT" } },
       spec: { containers: [{ name: "istio-proxy" }] },
     });
-    assert.throws(() => captureConfigFromPod(pod), (err: unknown) => {
-      assert.ok(err instanceof CaptureConfigError);
-      assert.match(err.message, /annotation traffic\.sidecar\.istio\.io\/excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
-      return true;
-    });
+    assert.throws(
+      () => captureConfigFromPod(pod),
+      (err: unknown) => {
+        assert.ok(err instanceof CaptureConfigError);
+        assert.match(err.message, /annotation traffic\.sidecar\.istio\.io\/excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
+        return true;
+      },
+    );
   });
 });

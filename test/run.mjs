@@ -28,9 +28,8 @@ if (files.length === 0) {
   console.error(`no test files match ${filter.join(" ")}`);
   process.exit(1);
 }
-const result = spawnSync(
-  process.execPath,
-  ["--import", "tsx", "--test", "--test-reporter=spec", "--test-concurrency=1", ...files],
-  { cwd: root, stdio: "inherit" },
-);
+const result = spawnSync(process.execPath, ["--import", "tsx", "--test", "--test-reporter=spec", "--test-concurrency=1", ...files], {
+  cwd: root,
+  stdio: "inherit",
+});
 process.exit(result.status ?? 1);

@@ -33,11 +33,17 @@ describe("the waiter's Go tests [needs Go]", skipUnlessCI(unavailable), () => {
     .map((line) => JSON.parse(line) as { Action: string; Test?: string; Output?: string })
     .filter((e) => e.Test !== undefined);
   test("go test ran", () => {
-    assert.ok(results.some((e) => e.Action === "pass" || e.Action === "fail"), run.stderr || run.stdout);
+    assert.ok(
+      results.some((e) => e.Action === "pass" || e.Action === "fail"),
+      run.stderr || run.stdout,
+    );
   });
   for (const end of results.filter((e) => e.Action === "pass" || e.Action === "fail")) {
     test(`go: ${end.Test ?? ""}`, () => {
-      const output = results.filter((e) => e.Test === end.Test && e.Action === "output").map((e) => e.Output).join("");
+      const output = results
+        .filter((e) => e.Test === end.Test && e.Action === "output")
+        .map((e) => e.Output)
+        .join("");
       assert.equal(end.Action, "pass", output);
     });
   }
@@ -59,7 +65,10 @@ describe("the waiter binary with hostile input [needs Go]", skipUnlessCI(unavail
           writeFileSync(file, content);
           const r = run([`--annotations=${file}`, `--termination-log=${log}`, "--no-probe", "--timeout=0.02", "--poll=5"]);
           assert.ok(r.status === WAIT_EXIT.badAnnotations || r.status === WAIT_EXIT.timeout, `exit ${String(r.status)}: ${r.stderr}`);
-          assert.match(readFileSync(log, "utf8"), r.status === WAIT_EXIT.badAnnotations ? /^malformed annotations file .*: line \d+: / : /^timed out after 20 ms/);
+          assert.match(
+            readFileSync(log, "utf8"),
+            r.status === WAIT_EXIT.badAnnotations ? /^malformed annotations file .*: line \d+: / : /^timed out after 20 ms/,
+          );
         }),
         { numRuns: 150 },
       );
@@ -72,7 +81,9 @@ describe("the waiter binary with hostile input [needs Go]", skipUnlessCI(unavail
     fc.assert(
       fc.property(fc.constantFrom("timeout", "poll", "probe-every", "capture-port", "probe-target"), fc.string({ maxLength: 30 }), (option, value) => {
         fc.pre(!/^\s*[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$/.test(value) && !/^\d+\.\d+\.\d+\.\d+:\d+$/.test(value) && !/^0x[0-9a-f]+/i.test(value));
-        const r = run([`--${option}=${value}`, "--no-probe", "--timeout=0.01", "--annotations=/nonexistent"].filter((a, i) => i === 0 || !a.startsWith(`--${option}=`)));
+        const r = run(
+          [`--${option}=${value}`, "--no-probe", "--timeout=0.01", "--annotations=/nonexistent"].filter((a, i) => i === 0 || !a.startsWith(`--${option}=`)),
+        );
         assert.equal(r.status, WAIT_EXIT.usage, r.stderr);
         assert.match(r.stderr, /^podnet-wait: .+\n$/);
       }),

@@ -27,7 +27,9 @@ const COMMAND_TIMEOUT_MS = 10_000;
  */
 export function runInNetns(netnsPath: string, argv: readonly string[], input: string | undefined, fd?: number): Promise<CommandResult> {
   return new Promise((resolve) => {
-    const child = spawn("nsenter", [`--net=${netnsPath}`, "--", ...argv], { stdio: fd === undefined ? ["pipe", "pipe", "pipe"] : ["pipe", "pipe", "pipe", fd] });
+    const child = spawn("nsenter", [`--net=${netnsPath}`, "--", ...argv], {
+      stdio: fd === undefined ? ["pipe", "pipe", "pipe"] : ["pipe", "pipe", "pipe", fd],
+    });
     let stdout = "";
     let stderr = "";
     child.stdout?.setEncoding("utf8").on("data", (t: string) => (stdout += t));

@@ -28,7 +28,13 @@ for (const legacyTables of [undefined, false] as const) {
       const ops = commandOps(run, { fd: -1, inode: "4026532999" });
       const { variant, saves } = await detectVariant(ops, "iptables-nft", {}, () => legacyTables);
       assert.equal(variant, "iptables-nft");
-      const outcome = await new IptablesEngine(variant, new RecordStore(dir)).apply(ops, "4026532999", "uid-1", parseCaptureConfig(DEFAULT_CAPTURE_CONFIG), saves);
+      const outcome = await new IptablesEngine(variant, new RecordStore(dir)).apply(
+        ops,
+        "4026532999",
+        "uid-1",
+        parseCaptureConfig(DEFAULT_CAPTURE_CONFIG),
+        saves,
+      );
       assert.equal(outcome.result, "applied");
       const probe = legacyTables === false ? ["iptables-nft-save"] : ["iptables-nft-save", "iptables-legacy-save"];
       // The save after the restore: this runner's saves are empty, so there is no form to keep.

@@ -12,9 +12,12 @@ const ROUTE: NetSetupStep = { kind: "route", family: 4, table: "133", device: "l
 const ADDRESS: NetSetupStep = { kind: "address", family: 6, address: "::6/128", device: "lo" };
 
 // As iproute2 6.1 prints them in a namespace holding the steps.
-const RULES = '[{"priority":0,"src":"all","table":"local"},{"priority":32765,"src":"all","fwmark":"0x539","table":"133"},{"priority":32766,"src":"all","table":"main"}]';
-const ROUTES = '[{"type":"local","dst":"default","dev":"lo","table":"133","scope":"host","flags":[]},{"type":"local","dst":"127.0.0.1","dev":"lo","table":"local","protocol":"kernel","scope":"host","prefsrc":"127.0.0.1","flags":[]}]';
-const ADDRESSES = '[{"ifindex":1,"ifname":"lo","addr_info":[{"family":"inet6","local":"::6","prefixlen":128},{"family":"inet6","local":"::1","prefixlen":128}]}]';
+const RULES =
+  '[{"priority":0,"src":"all","table":"local"},{"priority":32765,"src":"all","fwmark":"0x539","table":"133"},{"priority":32766,"src":"all","table":"main"}]';
+const ROUTES =
+  '[{"type":"local","dst":"default","dev":"lo","table":"133","scope":"host","flags":[]},{"type":"local","dst":"127.0.0.1","dev":"lo","table":"local","protocol":"kernel","scope":"host","prefsrc":"127.0.0.1","flags":[]}]';
+const ADDRESSES =
+  '[{"ifindex":1,"ifname":"lo","addr_info":[{"family":"inet6","local":"::6","prefixlen":128},{"family":"inet6","local":"::1","prefixlen":128}]}]';
 
 /** NamespaceOps answering `ip -j` from `listings` and recording each change. */
 function opsWith(listings: Record<string, string>): { ops: NamespaceOps; changes: string[]; shown: string[] } {

@@ -21,9 +21,16 @@ export function ipShowArgs(step: NetSetupStep): string[] {
   }
 }
 
-const addressListing = z.array(z.looseObject({ ifname: z.string().optional(), addr_info: z.array(z.looseObject({ local: z.string().optional(), prefixlen: z.number().optional() })).optional() }));
+const addressListing = z.array(
+  z.looseObject({
+    ifname: z.string().optional(),
+    addr_info: z.array(z.looseObject({ local: z.string().optional(), prefixlen: z.number().optional() })).optional(),
+  }),
+);
 const ruleListing = z.array(z.looseObject({ fwmark: z.string().optional(), table: z.union([z.string(), z.number()]).optional() }));
-const routeListing = z.array(z.looseObject({ type: z.string().optional(), dst: z.string().optional(), dev: z.string().optional(), table: z.union([z.string(), z.number()]).optional() }));
+const routeListing = z.array(
+  z.looseObject({ type: z.string().optional(), dst: z.string().optional(), dev: z.string().optional(), table: z.union([z.string(), z.number()]).optional() }),
+);
 
 /** The kernel's named tables, as `ip` prints them. */
 const NAMED_TABLES: Readonly<Record<string, string>> = { local: "255", main: "254", default: "253" };

@@ -38,7 +38,10 @@ describe("iptables planner", () => {
     const plan = planIptablesApply(i);
     assert.equal(plan.kind, "apply");
     assert.equal(plan.intent, undefined);
-    assert.deepEqual(plan.transactions.map((t) => [t.family, t.input, t.savedForm]), [[4, replaceTransaction({}, i.desired.v4.rules), undefined]]);
+    assert.deepEqual(
+      plan.transactions.map((t) => [t.family, t.input, t.savedForm]),
+      [[4, replaceTransaction({}, i.desired.v4.rules), undefined]],
+    );
     const after = savedAfter(i.desired.v4.restore);
     const { record, learned } = completeIptablesApply(i, plan, new Map([[4, after]]));
     assert.deepEqual(record.owned["4"], ownedRules(after, record.builtin["4"]));
@@ -74,12 +77,28 @@ describe("iptables planner", () => {
   });
 
   test("IPv6 turned off: the IPv6 rules the record owns are read and taken out", () => {
-    const record: IptablesRecord = { podUid: "uid-1", netnsInode: "4026532000", digest: "x", variant: "iptables-nft", builtin: {}, owned: { "4": {}, "6": { nat: { ISTIO_OUTPUT: ["-j RETURN"] } } }, netSetup: [] };
+    const record: IptablesRecord = {
+      podUid: "uid-1",
+      netnsInode: "4026532000",
+      digest: "x",
+      variant: "iptables-nft",
+      builtin: {},
+      owned: { "4": {}, "6": { nat: { ISTIO_OUTPUT: ["-j RETURN"] } } },
+      netSetup: [],
+    };
     const desired = renderIptables(config());
     assert.deepEqual(familiesToRead(desired, record), [4, 6]);
     assert.deepEqual(familiesToRead(desired, undefined), [4]);
     const v6 = parseSave("*nat\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n");
-    const plan = planIptablesApply(input({ record, before: new Map([[4, EMPTY], [6, v6]]) }));
+    const plan = planIptablesApply(
+      input({
+        record,
+        before: new Map([
+          [4, EMPTY],
+          [6, v6],
+        ]),
+      }),
+    );
     assert.equal(plan.kind, "apply");
     const six = plan.transactions.find((t) => t.family === 6);
     assert.ok(six !== undefined);
@@ -89,8 +108,17 @@ describe("iptables planner", () => {
 
   test("remove: only families holding what the runner owns get a transaction", () => {
     const v4 = savedAfter(renderIptables(config()).v4.restore);
-    const transactions = planIptablesRemove(undefined, new Map([[4, v4], [6, EMPTY]]));
-    assert.deepEqual(transactions.map((t) => t.family), [4]);
+    const transactions = planIptablesRemove(
+      undefined,
+      new Map([
+        [4, v4],
+        [6, EMPTY],
+      ]),
+    );
+    assert.deepEqual(
+      transactions.map((t) => t.family),
+      [4],
+    );
     assert.match(transactions[0]?.input ?? "", /-X ISTIO_OUTPUT/);
   });
 });

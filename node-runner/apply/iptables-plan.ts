@@ -4,7 +4,17 @@
 // families whose saved form was not known have been saved again — the new record. Pure: data in,
 // data out; iptables-engine.ts runs it against a namespace.
 import { createHash } from "node:crypto";
-import { addedBuiltinLines, builtinLines, builtinLinesSelfEvident, ownedRules, replaceTransaction, ruleLine, sameRules, type ChainRules, type SaveState } from "../rules/iptables-text.ts";
+import {
+  addedBuiltinLines,
+  builtinLines,
+  builtinLinesSelfEvident,
+  ownedRules,
+  replaceTransaction,
+  ruleLine,
+  sameRules,
+  type ChainRules,
+  type SaveState,
+} from "../rules/iptables-text.ts";
 import type { IptablesFamilyPlan, IptablesPlan } from "../rules/iptables.ts";
 import type { Family, IptablesRule } from "../rules/istio.ts";
 import type { NetSetupStep } from "../rules/routes.ts";
@@ -97,7 +107,16 @@ export function planIptablesApply(input: IptablesApplyInput): IptablesApplyPlan 
       const mine = ownedBuiltin(record, family, state);
       if (mine !== undefined) carried[familyKey(family)] = mine;
     }
-    intent = { podUid: input.podUid, netnsInode: input.netnsInode, digest: "", variant: input.variant, builtin: carried, owned: record?.owned ?? {}, netSetup: record?.netSetup ?? [], pending };
+    intent = {
+      podUid: input.podUid,
+      netnsInode: input.netnsInode,
+      digest: "",
+      variant: input.variant,
+      builtin: carried,
+      owned: record?.owned ?? {},
+      netSetup: record?.netSetup ?? [],
+      pending,
+    };
   }
 
   const transactions: FamilyTransaction[] = [];
@@ -142,7 +161,10 @@ export function completeIptablesApply(
     owned[key] = ownedRules(saved, builtin[key]);
     learned.push({ family: t.family, rules: t.rules, saved: owned[key] });
   }
-  return { record: { podUid: input.podUid, netnsInode: input.netnsInode, digest: plan.digest, variant: input.variant, builtin, owned, netSetup: input.steps }, learned };
+  return {
+    record: { podUid: input.podUid, netnsInode: input.netnsInode, digest: plan.digest, variant: input.variant, builtin, owned, netSetup: input.steps },
+    learned,
+  };
 }
 
 /** The transactions that take out everything the runner owns, per family read (`states`). */

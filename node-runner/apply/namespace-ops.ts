@@ -39,7 +39,10 @@ export function commandOps(run: NetnsRunner, netns: NetnsTarget): NamespaceOps {
     iptablesRestore: async (variant, family, input) => {
       await must(tool(variant, family, "restore"), [tool(variant, family, "restore"), "--noflush", "-w"], input);
     },
-    nftList: (table) => (table === undefined ? must("nft list tables", ["nft", "-s", "list", "tables", "inet"]) : must(`nft list table ${table}`, ["nft", "-s", "list", "table", "inet", table])),
+    nftList: (table) =>
+      table === undefined
+        ? must("nft list tables", ["nft", "-s", "list", "tables", "inet"])
+        : must(`nft list table ${table}`, ["nft", "-s", "list", "table", "inet", table]),
     nftApply: async (script) => {
       await must("nft -f", ["nft", "-f", "-"], script);
     },

@@ -39,7 +39,10 @@ export class NftEngine implements ApplyEngine {
   async apply(ops: NamespaceOps, netnsInode: string, podUid: string, config: CaptureConfig): Promise<ApplyOutcome> {
     const plan = renderNftables(config);
     const steps = netSetupSteps(config);
-    const digest = createHash("sha256").update(`nftables\n${plan.script}${JSON.stringify(steps)}`).digest("hex").slice(0, 16);
+    const digest = createHash("sha256")
+      .update(`nftables\n${plan.script}${JSON.stringify(steps)}`)
+      .digest("hex")
+      .slice(0, 16);
     const previous = this.records.get(netnsInode);
     const mine = previous?.podUid === podUid ? previous : undefined;
     const before = await this.listing(ops);

@@ -8,7 +8,15 @@ import { after, describe, test } from "node:test";
 import { RecordStore, type NetnsRecord } from "./records.ts";
 
 const base = mkdtempSync(path.join(os.tmpdir(), "pnct-records-"));
-const record = (inode: string, podUid = "uid-1"): NetnsRecord => ({ podUid, netnsInode: inode, digest: "d", variant: "iptables-nft", builtin: {}, owned: {}, netSetup: [] });
+const record = (inode: string, podUid = "uid-1"): NetnsRecord => ({
+  podUid,
+  netnsInode: inode,
+  digest: "d",
+  variant: "iptables-nft",
+  builtin: {},
+  owned: {},
+  netSetup: [],
+});
 
 describe("RecordStore", () => {
   after(() => {
@@ -50,7 +58,9 @@ describe("RecordStore", () => {
     writeFileSync(path.join(dir, "4026532006.json"), "{not json");
     assert.equal(new RecordStore(dir).get("4026532006"), undefined);
     assert.throws(() => new RecordStore(dir).get("../etc/passwd"), /bad netns inode/);
-    assert.throws(() => { new RecordStore(dir).put(record("1; rm -rf /")); }, /bad netns inode/);
+    assert.throws(() => {
+      new RecordStore(dir).put(record("1; rm -rf /"));
+    }, /bad netns inode/);
   });
 
   test("the cache is bounded: the least recently used records are read again from their files", () => {

@@ -21,7 +21,9 @@ export class SavedFormCache {
   }
 
   private static key(variant: IptablesVariant, family: Family, rules: readonly IptablesRule[]): string {
-    return createHash("sha256").update(`${variant}\n${family}\n${rules.map(ruleLine).join("\n")}`).digest("hex");
+    return createHash("sha256")
+      .update(`${variant}\n${family}\n${rules.map(ruleLine).join("\n")}`)
+      .digest("hex");
   }
 
   get(variant: IptablesVariant, family: Family, rules: readonly IptablesRule[]): ChainRules | undefined {
@@ -33,7 +35,11 @@ export class SavedFormCache {
     if (rules.some((r) => r.args.some((arg, i) => /^--(uid|gid)-owner$/.test(r.args[i - 1] ?? "") && !/^\d+(-\d+)?$/.test(arg)))) return;
     const planned = new Map<string, number>();
     for (const r of rules) planned.set(`${r.table} ${r.chain}`, (planned.get(`${r.table} ${r.chain}`) ?? 0) + 1);
-    const found = Object.entries(saved).flatMap(([table, chains]) => Object.entries(chains).filter(([, specs]) => specs.length > 0).map(([chain, specs]) => [`${table} ${chain}`, specs.length] as const));
+    const found = Object.entries(saved).flatMap(([table, chains]) =>
+      Object.entries(chains)
+        .filter(([, specs]) => specs.length > 0)
+        .map(([chain, specs]) => [`${table} ${chain}`, specs.length] as const),
+    );
     if (found.length !== planned.size || found.some(([chain, n]) => planned.get(chain) !== n)) return;
     const key = SavedFormCache.key(variant, family, rules);
     this.forms.set(key, saved);

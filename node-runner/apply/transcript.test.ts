@@ -12,13 +12,22 @@ import { replayRunner, transcriptScenario, type Transcript } from "./transcript.
 const dir = path.join(import.meta.dirname, "..", "testdata", "transcripts");
 
 describe("apply engine against golden transcripts (no root)", () => {
-  for (const file of readdirSync(dir).filter((f) => f.endsWith(".json")).sort()) {
+  for (const file of readdirSync(dir)
+    .filter((f) => f.endsWith(".json"))
+    .sort()) {
     test(file.replace(/\.json$/, ""), async () => {
       const golden = JSON.parse(readFileSync(path.join(dir, file), "utf8")) as Transcript;
       const replay = replayRunner(golden.commands);
       const state = mkdtempSync(path.join(os.tmpdir(), "pnct-replay-"));
       try {
-        const outcomes = await transcriptScenario(golden.backend, replay.run, new RecordStore(state), { fd: -1, inode: "4026532000" }, "6c0e5c7e-3f0a-4b8e-9d59-2f1b7c1d0a11", () => undefined);
+        const outcomes = await transcriptScenario(
+          golden.backend,
+          replay.run,
+          new RecordStore(state),
+          { fd: -1, inode: "4026532000" },
+          "6c0e5c7e-3f0a-4b8e-9d59-2f1b7c1d0a11",
+          () => undefined,
+        );
         assert.deepEqual(outcomes, golden.outcomes);
         replay.done();
       } finally {
@@ -29,6 +38,9 @@ describe("apply engine against golden transcripts (no root)", () => {
 
   test("a command the transcript does not expect fails the replay, naming both", async () => {
     const replay = replayRunner([{ argv: ["iptables-nft-save"], stdin: "", code: 0, stdout: "" }]);
-    await assert.rejects(Promise.resolve().then(() => replay.run({ fd: -1, inode: "1" }, ["nft", "list"], undefined)), /recorded: iptables-nft-save[\s\S]*now: {6}nft list/);
+    await assert.rejects(
+      Promise.resolve().then(() => replay.run({ fd: -1, inode: "1" }, ["nft", "list"], undefined)),
+      /recorded: iptables-nft-save[\s\S]*now: {6}nft list/,
+    );
   });
 });

@@ -47,7 +47,8 @@ export function replayRunner(entries: readonly TranscriptEntry[]): { run: NetnsR
       const want = entries[next];
       if (want === undefined) throw new Error(`unexpected command #${next + 1}: ${argv.join(" ")}`);
       const same = JSON.stringify([want.argv, want.stdin]) === JSON.stringify([argv, input ?? ""]);
-      if (!same) throw new Error(`command #${next + 1} differs:\n  recorded: ${want.argv.join(" ")}\n${want.stdin}\n  now:      ${argv.join(" ")}\n${input ?? ""}`);
+      if (!same)
+        throw new Error(`command #${next + 1} differs:\n  recorded: ${want.argv.join(" ")}\n${want.stdin}\n  now:      ${argv.join(" ")}\n${input ?? ""}`);
       next++;
       return Promise.resolve({ code: want.code, stdout: want.stdout, stderr: "" });
     },
@@ -61,7 +62,10 @@ export function replayRunner(entries: readonly TranscriptEntry[]): { run: NetnsR
 export function drivenEngine(
   engine: ApplyEngine,
   run: NetnsRunner = nsenterRunner,
-): { apply(netns: NetnsTarget, podUid: string, config: CaptureConfig): Promise<ApplyOutcome>; remove(netns: NetnsTarget, podUid: string): Promise<"removed" | "absent"> } {
+): {
+  apply(netns: NetnsTarget, podUid: string, config: CaptureConfig): Promise<ApplyOutcome>;
+  remove(netns: NetnsTarget, podUid: string): Promise<"removed" | "absent">;
+} {
   return {
     apply: (netns, podUid, config) => engine.apply(commandOps(run, netns), netns.inode, podUid, config),
     remove: (netns, podUid) => engine.remove(commandOps(run, netns), netns.inode, podUid),
@@ -75,7 +79,14 @@ const config = (overrides: object = {}): CaptureConfig => parseCaptureConfig({ .
  * runner's deleted from outside, by `drift`) and its repair; a different config (replace); back;
  * remove; remove again (absent).
  */
-export async function transcriptScenario(backend: TranscriptBackend, run: NetnsRunner, records: RecordStore, netns: NetnsTarget, podUid: string, drift: () => void): Promise<string[]> {
+export async function transcriptScenario(
+  backend: TranscriptBackend,
+  run: NetnsRunner,
+  records: RecordStore,
+  netns: NetnsTarget,
+  podUid: string,
+  drift: () => void,
+): Promise<string[]> {
   const applier = drivenEngine(BACKEND[backend].engine(records), run);
   const outcomes: string[] = [];
   outcomes.push((await applier.apply(netns, podUid, config())).result);

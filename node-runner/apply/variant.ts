@@ -12,7 +12,12 @@ export type EarlierSaves = Readonly<Partial<Record<IptablesVariant, Readonly<Par
  * the way. The legacy save is skipped where the kernel shows no legacy table (`legacyTables`
  * false); a failing save counts as an empty one.
  */
-export async function detectVariant(ops: NamespaceOps, nodeDefault: IptablesVariant, earlier: EarlierSaves, legacyTables: () => boolean | undefined): Promise<{ variant: IptablesVariant; saves: EarlierSaves }> {
+export async function detectVariant(
+  ops: NamespaceOps,
+  nodeDefault: IptablesVariant,
+  earlier: EarlierSaves,
+  legacyTables: () => boolean | undefined,
+): Promise<{ variant: IptablesVariant; saves: EarlierSaves }> {
   const saves: Partial<Record<IptablesVariant, Partial<Record<Family, string>>>> = { ...earlier };
   for (const variant of ["iptables-nft", "iptables-legacy"] as const) {
     if (variant === "iptables-legacy" && legacyTables() === false) break;

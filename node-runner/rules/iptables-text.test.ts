@@ -68,7 +68,9 @@ describe("iptables state: what the node-runner owns", () => {
 
   test("addedBuiltinLines is a multiset difference per built-in chain", () => {
     const before = parseSave("*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -i eth1 -j RETURN\nCOMMIT\n");
-    const after = parseSave("*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -i eth1 -j RETURN\n-A PREROUTING -i eth1 -j RETURN\n-A PREROUTING -i eth2 -j RETURN\nCOMMIT\n");
+    const after = parseSave(
+      "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -i eth1 -j RETURN\n-A PREROUTING -i eth1 -j RETURN\n-A PREROUTING -i eth2 -j RETURN\nCOMMIT\n",
+    );
     assert.deepEqual(addedBuiltinLines(before, after), { nat: { PREROUTING: ["-i eth1 -j RETURN", "-i eth2 -j RETURN"] } });
     assert.deepEqual(addedBuiltinLines(after, after), {});
   });
@@ -131,5 +133,9 @@ test("built-in-chain lines are self-evident only when every one jumps to an ISTI
   assert.equal(builtinLinesSelfEvident([jump, own]), true);
   assert.equal(builtinLinesSelfEvident([jump, { table: "nat" as const, chain: "PREROUTING", args: ["-i", "eth9", "-j", "RETURN"] }]), false);
   assert.equal(builtinLinesSelfEvident([{ table: "mangle" as const, chain: "OUTPUT", args: ["-p", "tcp", "-j", "CONNMARK", "--restore-mark"] }]), false);
-  assert.equal(builtinLinesSelfEvident([{ table: "nat" as const, chain: "OUTPUT", args: ["-j", "ISTIO_OUTPUT", "--foo"] }]), false, "the target is the last argument");
+  assert.equal(
+    builtinLinesSelfEvident([{ table: "nat" as const, chain: "OUTPUT", args: ["-j", "ISTIO_OUTPUT", "--foo"] }]),
+    false,
+    "the target is the last argument",
+  );
 });

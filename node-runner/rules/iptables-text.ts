@@ -127,7 +127,12 @@ export function sameRules(a: ChainRules, b: ChainRules): boolean {
 function sortKeys(rules: ChainRules): [string, [string, string[]][]][] {
   return Object.keys(rules)
     .sort()
-    .map((t) => [t, Object.keys(rules[t] ?? {}).sort().map((c) => [c, rules[t]?.[c] ?? []] as [string, string[]])]);
+    .map((t) => [
+      t,
+      Object.keys(rules[t] ?? {})
+        .sort()
+        .map((c) => [c, rules[t]?.[c] ?? []] as [string, string[]]),
+    ]);
 }
 
 /**

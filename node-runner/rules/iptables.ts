@@ -1,15 +1,10 @@
 // Capture config → iptables-restore input, rule for rule what Istio's istio-iptables
 // generates (tools/istio-iptables/pkg/capture), so that a pod programmed from the node is
 // indistinguishable from one programmed by istio-init. Pure: no I/O.
-import {
-  effectiveRedirectDNS,
-  includesLoopback,
-  type CaptureConfig,
-} from "../../contract/capture-config.ts";
+import { effectiveRedirectDNS, includesLoopback, type CaptureConfig } from "../../contract/capture-config.ts";
 import type { Cidr } from "../../contract/tokens.ts";
 import { restoreText } from "./iptables-text.ts";
 import { CHAIN, DNS_PROXY_PORT, OUTBOUND_MARK, type Family, type IptablesRule, type Table } from "./istio.ts";
-
 
 export interface IptablesFamilyPlan {
   readonly family: Family;
@@ -102,14 +97,28 @@ export function renderIptables(c: CaptureConfig): IptablesPlan {
   // Inbound passthrough connections are made from 127.0.0.6 / ::6.
   b.appendVersioned(V4_PASSTHROUGH_SOURCE, V6_PASSTHROUGH_SOURCE, "nat", CHAIN.output, (src) => ["-o", "lo", "-s", src, "-j", "RETURN"]);
 
-  for (const [ids, match] of [[c.proxyUID, "--uid-owner"], [c.proxyGID, "--gid-owner"]] as const) {
+  for (const [ids, match] of [
+    [c.proxyUID, "--uid-owner"],
+    [c.proxyGID, "--gid-owner"],
+  ] as const) {
     for (const id of ids) {
       // App → VIP → own Envoy → own app: send back through inbound capture.
       const dnsAwareUid = redirectDNS && match === "--uid-owner";
       b.appendVersioned(hostLoopback, V6_LOOPBACK, "nat", CHAIN.output, (addr) => [
-        "-o", "lo", "!", "-d", addr, "-p", "tcp",
+        "-o",
+        "lo",
+        "!",
+        "-d",
+        addr,
+        "-p",
+        "tcp",
         ...(dnsAwareUid ? ["-m", "multiport", "!", "--dports", `53,${c.inboundTunnelPort}`] : ["!", "--dport", c.inboundTunnelPort]),
-        "-m", "owner", match, id, "-j", CHAIN.inRedirect,
+        "-m",
+        "owner",
+        match,
+        id,
+        "-j",
+        CHAIN.inRedirect,
       ]);
       // App → own endpoint over lo is not captured, unless loopback was asked for explicitly.
       if (!loopbackIncluded) {
@@ -150,8 +159,17 @@ function inboundRules(b: RuleBuilder, c: CaptureConfig): void {
     b.append("mangle", CHAIN.divert, "-j", "MARK", "--set-mark", c.inboundTProxyMark);
     b.append("mangle", CHAIN.divert, "-j", "ACCEPT");
     b.appendVersioned(c.hostIPv4LoopbackCidr, V6_LOOPBACK, "mangle", CHAIN.tproxy, (addr) => [
-      "!", "-d", addr, "-p", "tcp", "-j", "TPROXY",
-      "--tproxy-mark", `${c.inboundTProxyMark}/0xffffffff`, "--on-port", c.inboundCapturePort,
+      "!",
+      "-d",
+      addr,
+      "-p",
+      "tcp",
+      "-j",
+      "TPROXY",
+      "--tproxy-mark",
+      `${c.inboundTProxyMark}/0xffffffff`,
+      "--on-port",
+      c.inboundCapturePort,
     ]);
   }
   b.append(table, "PREROUTING", "-p", "tcp", "-j", CHAIN.inbound);
@@ -198,7 +216,10 @@ function dnsRules(b: RuleBuilder, c: CaptureConfig): void {
   if (all || v6.length > 0) b.appendV6("nat", CHAIN.output, "-j", CHAIN.outputDns);
 
   // Istio spells the TCP rule `--to-ports` and the UDP rule `--to-port`; both are accepted.
-  for (const [proto, toPort] of [["tcp", "--to-ports"], ["udp", "--to-port"]] as const) {
+  for (const [proto, toPort] of [
+    ["tcp", "--to-ports"],
+    ["udp", "--to-port"],
+  ] as const) {
     if (all) {
       b.append("nat", CHAIN.outputDns, "-p", proto, "--dport", "53", "-j", "REDIRECT", toPort, DNS_PROXY_PORT);
       continue;
@@ -208,7 +229,10 @@ function dnsRules(b: RuleBuilder, c: CaptureConfig): void {
   }
 
   // Separate conntrack zones for proxy↔upstream (1) and client↔proxy (2) DNS flows.
-  for (const [ids, match] of [[c.proxyUID, "--uid-owner"], [c.proxyGID, "--gid-owner"]] as const) {
+  for (const [ids, match] of [
+    [c.proxyUID, "--uid-owner"],
+    [c.proxyGID, "--gid-owner"],
+  ] as const) {
     for (const id of ids) {
       b.append("raw", CHAIN.outputDns, "-p", "udp", "--dport", "53", "-m", "owner", match, id, "-j", "CT", "--zone", "1");
       b.append("raw", CHAIN.outputDns, "-p", "udp", "--sport", DNS_PROXY_PORT, "-m", "owner", match, id, "-j", "CT", "--zone", "2");
@@ -259,10 +283,27 @@ function tproxyMarkRules(b: RuleBuilder, c: CaptureConfig): void {
   // Keep the mark Envoy's original_src listener sets, as a connection mark.
   b.append("mangle", "PREROUTING", "-p", "tcp", "-m", "mark", "--mark", mark, "-j", "CONNMARK", "--save-mark");
   b.append("mangle", "OUTPUT", "-p", "tcp", "-o", "lo", "-m", "mark", "--mark", mark, "-j", "RETURN");
-  for (const [ids, match] of [[c.proxyUID, "--uid-owner"], [c.proxyGID, "--gid-owner"]] as const) {
+  for (const [ids, match] of [
+    [c.proxyUID, "--uid-owner"],
+    [c.proxyGID, "--gid-owner"],
+  ] as const) {
     for (const id of ids) {
       b.appendVersioned(c.hostIPv4LoopbackCidr, V6_LOOPBACK, "mangle", "OUTPUT", (addr) => [
-        "!", "-d", addr, "-p", "tcp", "-o", "lo", "-m", "owner", match, id, "-j", "MARK", "--set-mark", OUTBOUND_MARK,
+        "!",
+        "-d",
+        addr,
+        "-p",
+        "tcp",
+        "-o",
+        "lo",
+        "-m",
+        "owner",
+        match,
+        id,
+        "-j",
+        "MARK",
+        "--set-mark",
+        OUTBOUND_MARK,
       ]);
     }
   }

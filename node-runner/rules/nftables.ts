@@ -1,10 +1,6 @@
 // Capture config → one `nft -f` transaction, rule for rule what Istio's native nftables
 // backend (tools/istio-nftables) generates. IPv4 and IPv6 share each `inet` table. Pure.
-import {
-  effectiveRedirectDNS,
-  includesLoopback,
-  type CaptureConfig,
-} from "../../contract/capture-config.ts";
+import { effectiveRedirectDNS, includesLoopback, type CaptureConfig } from "../../contract/capture-config.ts";
 import { DNS_PROXY_PORT, NFT_TABLE, OUTBOUND_MARK, type NftTable } from "./istio.ts";
 
 const CHAIN = {
@@ -128,16 +124,17 @@ export function renderNftables(c: CaptureConfig): NftPlan {
   b.add("nat", CHAIN.istioOutput, ["oifname", "lo", "ip saddr", "127.0.0.6/32"], ret);
   b.addV6("nat", CHAIN.istioOutput, ["oifname", "lo", "ip6 saddr", "::6/128"], ret);
 
-  for (const [ids, key] of [[c.proxyUID, "skuid"], [c.proxyGID, "skgid"]] as const) {
+  for (const [ids, key] of [
+    [c.proxyUID, "skuid"],
+    [c.proxyGID, "skgid"],
+  ] as const) {
     for (const id of ids) {
       const ports = redirectDNS && key === "skuid" ? `{ 53, ${c.inboundTunnelPort} }` : c.inboundTunnelPort;
       const toInbound = ["jump", CHAIN.inRedirect];
       b.add("nat", CHAIN.istioOutput, ["oifname", "lo", "meta l4proto tcp", "ip daddr", "!=", hostLoopback, "tcp dport", "!=", ports, key, id], toInbound);
       b.addV6("nat", CHAIN.istioOutput, ["oifname", "lo", "meta l4proto tcp", "ip6 daddr", "!=", V6_LOOPBACK, "tcp dport", "!=", ports, key, id], toInbound);
       if (!loopbackIncluded) {
-        const match = redirectDNS
-          ? ["oifname", "lo", "meta l4proto tcp", "tcp dport", "!=", "53", key, "!=", id]
-          : ["oifname", "lo", key, "!=", id];
+        const match = redirectDNS ? ["oifname", "lo", "meta l4proto tcp", "tcp dport", "!=", "53", key, "!=", id] : ["oifname", "lo", key, "!=", id];
         b.add("nat", CHAIN.istioOutput, match, ret);
       }
       b.add("nat", CHAIN.istioOutput, [key, id], ret);
@@ -147,7 +144,12 @@ export function renderNftables(c: CaptureConfig): NftPlan {
   if (c.ownerGroupsInclude === "*") {
     for (const group of c.ownerGroupsExclude) b.add("nat", CHAIN.istioOutput, ["skgid", group], ret);
   } else {
-    b.add("nat", CHAIN.istioOutput, c.ownerGroupsInclude.flatMap((g) => ["skgid", "!=", g]), ret);
+    b.add(
+      "nat",
+      CHAIN.istioOutput,
+      c.ownerGroupsInclude.flatMap((g) => ["skgid", "!=", g]),
+      ret,
+    );
   }
 
   if (redirectDNS) dnsRules(b, c);
@@ -219,7 +221,10 @@ function dnsRules(b: NftRuleBuilder, c: CaptureConfig): void {
       for (const s of v6) b.addV6("nat", CHAIN.outputDns, ["ip6 daddr", `${s}/128`, `${proto} dport`, "53"], toProxy);
     }
   }
-  for (const [ids, key] of [[c.proxyUID, "skuid"], [c.proxyGID, "skgid"]] as const) {
+  for (const [ids, key] of [
+    [c.proxyUID, "skuid"],
+    [c.proxyGID, "skgid"],
+  ] as const) {
     for (const id of ids) {
       b.add("raw", CHAIN.outputDns, ["udp dport", "53", "meta", key, id], ["ct", "zone", "set", "1"]);
       b.add("raw", CHAIN.outputDns, ["udp sport", DNS_PROXY_PORT, "meta", key, id], ["ct", "zone", "set", "2"]);
@@ -266,7 +271,10 @@ function tproxyMarkRules(b: NftRuleBuilder, c: CaptureConfig): void {
   const mark = c.inboundTProxyMark;
   b.add("mangle", CHAIN.prerouting, ["meta l4proto tcp", "mark", mark], ["ct mark set mark"]);
   b.add("mangle", CHAIN.output, ["oifname", "lo", "meta l4proto tcp", "mark", mark], ["return"]);
-  for (const [ids, key] of [[c.proxyUID, "skuid"], [c.proxyGID, "skgid"]] as const) {
+  for (const [ids, key] of [
+    [c.proxyUID, "skuid"],
+    [c.proxyGID, "skgid"],
+  ] as const) {
     for (const id of ids) {
       b.add("mangle", CHAIN.output, ["oifname", "lo", "meta l4proto tcp", "ip daddr", "!=", c.hostIPv4LoopbackCidr, key, id], ["meta mark set", OUTBOUND_MARK]);
       b.addV6("mangle", CHAIN.output, ["oifname", "lo", "meta l4proto tcp", "ip6 daddr", "!=", V6_LOOPBACK, key, id], ["meta mark set", OUTBOUND_MARK]);
@@ -301,9 +309,7 @@ export function transaction(rules: readonly NftRule[]): string {
       const body = [...r.match, "counter", ...r.action].join(" ");
       const seen = count.get(r.chain) ?? 0;
       lines.push(
-        r.index === undefined || r.index >= seen
-          ? `add rule inet ${name} ${r.chain} ${body}`
-          : `insert rule inet ${name} ${r.chain} index ${r.index} ${body}`,
+        r.index === undefined || r.index >= seen ? `add rule inet ${name} ${r.chain} ${body}` : `insert rule inet ${name} ${r.chain} index ${r.index} ${body}`,
       );
       count.set(r.chain, seen + 1);
     }

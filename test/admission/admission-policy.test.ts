@@ -16,7 +16,8 @@ const NS = "shop";
 const merge = k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch);
 
 /** Refused by the admission policy, through the client library (users) or the node-runner's own client. */
-const forbidden = (pattern: RegExp) => (err: unknown) => (err instanceof k8s.ApiException || err instanceof ApiError) && err.code === 403 && pattern.test(err.message);
+const forbidden = (pattern: RegExp) => (err: unknown) =>
+  (err instanceof k8s.ApiException || err instanceof ApiError) && err.code === 403 && pattern.test(err.message);
 
 describe("admission policy for the project's annotations [needs control plane]", skipUnlessCI(missing), () => {
   let cp: ControlPlane;
@@ -36,8 +37,15 @@ describe("admission policy for the project's annotations [needs control plane]",
     const token = await cp.serviceAccountToken("podnet-system", "podnet-node-runner", "node-a");
     runnerA = new KubePodApi({ server: new URL(cp.server), ca: cp.ca, token: () => token }, "node-a");
     runnerCore = cp.kubeConfig(token).makeApiClient(k8s.CoreV1Api);
-    for (const [name, node] of [["on-a", "node-a"], ["on-b", "node-b"], ["users", "node-a"]] as const) {
-      const p = await admin.createNamespacedPod({ namespace: NS, body: { metadata: { name }, spec: { nodeName: node, containers: [{ name: "app", image: "example/app" }] } } });
+    for (const [name, node] of [
+      ["on-a", "node-a"],
+      ["on-b", "node-b"],
+      ["users", "node-a"],
+    ] as const) {
+      const p = await admin.createNamespacedPod({
+        namespace: NS,
+        body: { metadata: { name }, spec: { nodeName: node, containers: [{ name: "app", image: "example/app" }] } },
+      });
       pods[name] = { namespace: NS, name, uid: p.metadata?.uid ?? "", ips: ["10.0.0.2"] };
     }
     // The policy takes effect once the API server has loaded it: wait for the first denial
@@ -47,7 +55,10 @@ describe("admission policy for the project's annotations [needs control plane]",
     const deadline = Date.now() + 60_000;
     for (;;) {
       try {
-        await admin.patchNamespacedPod({ namespace: NS, name: "users", dryRun: "All", body: { metadata: { annotations: { [MARK.status]: "initialized" } } } }, merge);
+        await admin.patchNamespacedPod(
+          { namespace: NS, name: "users", dryRun: "All", body: { metadata: { annotations: { [MARK.status]: "initialized" } } } },
+          merge,
+        );
       } catch (err) {
         if (err instanceof k8s.ApiException && err.code === 403) break;
         throw err;
@@ -93,7 +104,10 @@ describe("admission policy for the project's annotations [needs control plane]",
       await admin.createNamespacedPod({ namespace: NS, body: { metadata: { name }, spec: { containers: [{ name: "app", image: "example/app" }] } } });
     }
     await assert.rejects(
-      admin.createNamespacedBinding({ namespace: NS, body: { metadata: { name: "unbound-1", annotations: { [MARK.status]: "initialized" } }, target: { kind: "Node", name: "node-a" } } }),
+      admin.createNamespacedBinding({
+        namespace: NS,
+        body: { metadata: { name: "unbound-1", annotations: { [MARK.status]: "initialized" } }, target: { kind: "Node", name: "node-a" } },
+      }),
       forbidden(/through pods\/status or a binding/),
     );
     const unbound = await admin.readNamespacedPod({ namespace: NS, name: "unbound-1" });
@@ -105,7 +119,10 @@ describe("admission policy for the project's annotations [needs control plane]",
 
   test("nobody can create a pod that is already marked", async () => {
     await assert.rejects(
-      admin.createNamespacedPod({ namespace: NS, body: { metadata: { name: "premarked", annotations: { [MARK.status]: "initialized" } }, spec: { containers: [{ name: "app", image: "example/app" }] } } }),
+      admin.createNamespacedPod({
+        namespace: NS,
+        body: { metadata: { name: "premarked", annotations: { [MARK.status]: "initialized" } }, spec: { containers: [{ name: "app", image: "example/app" }] } },
+      }),
       forbidden(/only the podnet node-runner may set/),
     );
   });
@@ -118,7 +135,10 @@ describe("admission policy for the project's annotations [needs control plane]",
   });
 
   test("the node-runner cannot mark a pod on another node", async () => {
-    await assert.rejects(runnerA.markInitialized(pod("on-b"), { netns: "1", rules: "x" }), forbidden(/node-runner of node node-a may only mark pods bound to that node/));
+    await assert.rejects(
+      runnerA.markInitialized(pod("on-b"), { netns: "1", rules: "x" }),
+      forbidden(/node-runner of node node-a may only mark pods bound to that node/),
+    );
   });
 
   test("the node-runner's Events: its real code path passes; other nodes, reasons, objects and long messages are refused", async () => {
@@ -135,7 +155,10 @@ describe("admission policy for the project's annotations [needs control plane]",
     });
     const create = (namespace: string, body: k8s.CoreV1Event) => runnerCore.createNamespacedEvent({ namespace, body });
     await create(NS, event({}));
-    await assert.rejects(create(NS, event({ source: { component: "node-runner", host: "node-b" } })), forbidden(/node-runner of node node-a records Events only as that node/));
+    await assert.rejects(
+      create(NS, event({ source: { component: "node-runner", host: "node-b" } })),
+      forbidden(/node-runner of node node-a records Events only as that node/),
+    );
     await assert.rejects(create(NS, event({ reportingInstance: "node-b" })), forbidden(/only as that node/));
     await assert.rejects(create(NS, event({ reason: "Killing", message: "Stopping container app" })), forbidden(/NetworkInitialized or NetworkInitFailed/));
     await assert.rejects(create(NS, event({ involvedObject: { apiVersion: "v1", kind: "Secret", namespace: NS, name: "db" } })), forbidden(/only about pods/));
@@ -160,7 +183,11 @@ describe("admission policy for the project's annotations [needs control plane]",
     );
     await assert.rejects(
       runnerCore.patchNamespacedPod(
-        { namespace: NS, name: "on-a", body: { metadata: { ownerReferences: [{ apiVersion: "v1", kind: "ConfigMap", name: "x", uid: "00000000-0000-0000-0000-000000000001" }] } } },
+        {
+          namespace: NS,
+          name: "on-a",
+          body: { metadata: { ownerReferences: [{ apiVersion: "v1", kind: "ConfigMap", name: "x", uid: "00000000-0000-0000-0000-000000000001" }] } },
+        },
         merge,
       ),
       forbidden(/may change only/),

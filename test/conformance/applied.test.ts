@@ -64,7 +64,13 @@ describe("istio conformance: the transaction the engine applies, judged by the k
   for (const variant of ["iptables-nft", "iptables-legacy"] as const) {
     test(`every case of Istio's capture table (${variant})`, async (t) => {
       const engine = drivenEngine(new IptablesEngine(variant, new RecordStore(mkdtempSync(path.join(stateDir, variant)))));
-      const other = parseCaptureConfig({ ...DEFAULT_CAPTURE_CONFIG, inboundInterceptionMode: "TPROXY", excludeInterfaces: "eth9", enableIPv6: true, dropInvalid: true });
+      const other = parseCaptureConfig({
+        ...DEFAULT_CAPTURE_CONFIG,
+        inboundInterceptionMode: "TPROXY",
+        excludeInterfaces: "eth9",
+        enableIPv6: true,
+        dropInvalid: true,
+      });
       const compared: string[] = [];
       for (const c of cases) {
         const config = parseCaptureConfig(c.config);

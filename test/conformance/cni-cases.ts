@@ -37,7 +37,13 @@ const CASES: readonly CniCase[] = [
   { name: "invalid-drop", golden: "invalid-drop.txt.golden", proxyEnv: [{ name: "INVALID_DROP", value: "true" }] },
   { name: "custom-uid", golden: "custom-uid.txt.golden", runAsUser: CUSTOM_UID, runAsGroup: CUSTOM_GID },
   { name: "custom-uid-zero", golden: "basic.txt.golden", runAsUser: 0 },
-  { name: "custom-uid-tproxy", golden: "custom-uid-tproxy.txt.golden", annotations: { "sidecar.istio.io/interceptionMode": "TPROXY" }, runAsUser: CUSTOM_UID, runAsGroup: CUSTOM_GID },
+  {
+    name: "custom-uid-tproxy",
+    golden: "custom-uid-tproxy.txt.golden",
+    annotations: { "sidecar.istio.io/interceptionMode": "TPROXY" },
+    runAsUser: CUSTOM_UID,
+    runAsGroup: CUSTOM_GID,
+  },
 ];
 
 /** Each case as the pod Istio's test builds. */
@@ -55,7 +61,10 @@ export function cniCasePods(): { name: string; golden: string; pod: Record<strin
           {
             name: "istio-proxy",
             env: c.proxyEnv ?? [],
-            securityContext: { ...(c.runAsUser === undefined ? {} : { runAsUser: c.runAsUser }), ...(c.runAsGroup === undefined ? {} : { runAsGroup: c.runAsGroup }) },
+            securityContext: {
+              ...(c.runAsUser === undefined ? {} : { runAsUser: c.runAsUser }),
+              ...(c.runAsGroup === undefined ? {} : { runAsGroup: c.runAsGroup }),
+            },
           },
           { name: "istio-validate" },
         ],

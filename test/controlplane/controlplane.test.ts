@@ -20,7 +20,12 @@ interface Received {
 }
 
 /** A bare CloudEvents receiver: records every event, answers 202. */
-async function startReceiver(): Promise<{ url: string; events: Received[]; waitFor: (pred: (r: Received) => boolean, ms?: number) => Promise<Received>; close: () => Promise<void> }> {
+async function startReceiver(): Promise<{
+  url: string;
+  events: Received[];
+  waitFor: (pred: (r: Received) => boolean, ms?: number) => Promise<Received>;
+  close: () => Promise<void>;
+}> {
   const events: Received[] = [];
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
@@ -42,7 +47,8 @@ async function startReceiver(): Promise<{ url: string; events: Received[]; waitF
       for (;;) {
         const hit = events.find(pred);
         if (hit !== undefined) return hit;
-        if (Date.now() > deadline) throw new Error(`no matching event within ${ms} ms; got ${events.map((e) => `${e.event.type} ${e.event.subject ?? ""}`).join(", ") || "none"}`);
+        if (Date.now() > deadline)
+          throw new Error(`no matching event within ${ms} ms; got ${events.map((e) => `${e.event.type} ${e.event.subject ?? ""}`).join(", ") || "none"}`);
         await new Promise((r) => setTimeout(r, 100));
       }
     },
@@ -118,7 +124,11 @@ describe("control plane [needs control plane]", skipUnlessCI(missing), () => {
       k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
     );
     const update = await receiver.waitFor((r) => r.event.type === "dev.knative.apiserver.resource.update" && r.event.subject === subject);
-    assert.equal((update.event.data as { metadata: { annotations?: Record<string, string> } }).metadata.annotations?.touched, "yes", "update carries the new state");
+    assert.equal(
+      (update.event.data as { metadata: { annotations?: Record<string, string> } }).metadata.annotations?.touched,
+      "yes",
+      "update carries the new state",
+    );
     assert.notEqual(update.event.id, e.id);
 
     await core.deleteNamespacedPod({ name, namespace: ns, gracePeriodSeconds: 0 });
@@ -133,7 +143,10 @@ describe("control plane [needs control plane]", skipUnlessCI(missing), () => {
     });
     // Events arrive in order on one watch: once the later mesh pod is seen, the plain one would have been too.
     await receiver.waitFor((r) => r.event.subject === `/apis/v1/namespaces/${ns}/pods/marker`);
-    assert.equal(receiver.events.some((r) => r.event.subject === `/apis/v1/namespaces/${ns}/pods/plain`), false);
+    assert.equal(
+      receiver.events.some((r) => r.event.subject === `/apis/v1/namespaces/${ns}/pods/plain`),
+      false,
+    );
   });
 
   test("kube-http: a burst of calls shares at most API_CONNECTIONS connections; open watches never hold a call up", async () => {
@@ -141,7 +154,12 @@ describe("control plane [needs control plane]", skipUnlessCI(missing), () => {
     const port = Number(new URL(cp.server).port);
     const others = socketsTo(port); // the other tests' clients
     const watches = Array.from({ length: API_CONNECTIONS + 2 }, () =>
-      watchStream(api, `/api/v1/namespaces/${ns}/pods?watch=true`, () => undefined, () => undefined),
+      watchStream(
+        api,
+        `/api/v1/namespaces/${ns}/pods?watch=true`,
+        () => undefined,
+        () => undefined,
+      ),
     );
     try {
       const calls = await Promise.all(Array.from({ length: 60 }, (_, i) => apiRequest(api, "GET", podPath(ns, `absent-${i}`)).catch((err: unknown) => err)));
@@ -158,9 +176,15 @@ describe("control plane [needs control plane]", skipUnlessCI(missing), () => {
   test("the function's read of an event's pod: as of the event's resource version or later, from the API server", async () => {
     const api: ApiConnection = { server: new URL(cp.server), ca: cp.ca, token: () => cp.adminToken };
     const reader = new KubeClusterReader(api);
-    const created = await core.createNamespacedPod({ namespace: ns, body: { metadata: { name: "versioned" }, spec: { containers: [{ name: "app", image: "example/app" }] } } });
+    const created = await core.createNamespacedPod({
+      namespace: ns,
+      body: { metadata: { name: "versioned" }, spec: { containers: [{ name: "app", image: "example/app" }] } },
+    });
     const version = created.metadata?.resourceVersion ?? "";
-    await core.patchNamespacedPod({ name: "versioned", namespace: ns, body: { metadata: { annotations: { later: "yes" } } } }, k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch));
+    await core.patchNamespacedPod(
+      { name: "versioned", namespace: ns, body: { metadata: { annotations: { later: "yes" } } } },
+      k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
+    );
     // Not older than the event: the later state, never the event's own.
     const read = await reader.getPod(ns, "versioned", version);
     assert.equal(read?.metadata.annotations?.later, "yes");
@@ -175,10 +199,12 @@ describe("control plane [needs control plane]", skipUnlessCI(missing), () => {
 
   test("the adapter's fixed health port is served while it runs", async () => {
     const status = await new Promise<number>((resolve, reject) => {
-      http.get(`http://127.0.0.1:${ADAPTER_HEALTH_PORT}/`, (res) => {
-        res.resume();
-        resolve(res.statusCode ?? 0);
-      }).on("error", reject);
+      http
+        .get(`http://127.0.0.1:${ADAPTER_HEALTH_PORT}/`, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        })
+        .on("error", reject);
     });
     assert.ok(status > 0);
   });
@@ -196,12 +222,18 @@ describe("Knative CRDs on the local API server [needs control plane]", skipUnles
 
   test("ApiServerSource, PingSource, Broker, Trigger and Service can be created", async () => {
     const names = await cp.installKnativeCrds();
-    for (const crd of ["apiserversources.sources.knative.dev", "pingsources.sources.knative.dev", "brokers.eventing.knative.dev", "triggers.eventing.knative.dev", "services.serving.knative.dev"]) {
+    for (const crd of [
+      "apiserversources.sources.knative.dev",
+      "pingsources.sources.knative.dev",
+      "brokers.eventing.knative.dev",
+      "triggers.eventing.knative.dev",
+      "services.serving.knative.dev",
+    ]) {
       assert.ok(names.includes(crd), `${crd} installed`);
     }
     await cp.ensureNamespace("podnet-system");
     const objects = cp.kubeConfig().makeApiClient(k8s.CustomObjectsApi);
-    const created = await objects.createNamespacedCustomObject({
+    const created = (await objects.createNamespacedCustomObject({
       group: "sources.knative.dev",
       version: "v1",
       namespace: "podnet-system",
@@ -217,9 +249,9 @@ describe("Knative CRDs on the local API server [needs control plane]", skipUnles
           sink: { ref: { apiVersion: "serving.knative.dev/v1", kind: "Service", name: "podnet-decision" } },
         },
       },
-    }) as { metadata: { uid?: string } };
+    })) as { metadata: { uid?: string } };
     assert.ok(created.metadata.uid);
-    const service = await objects.createNamespacedCustomObject({
+    const service = (await objects.createNamespacedCustomObject({
       group: "serving.knative.dev",
       version: "v1",
       namespace: "podnet-system",
@@ -230,7 +262,7 @@ describe("Knative CRDs on the local API server [needs control plane]", skipUnles
         metadata: { name: "podnet-decision" },
         spec: { template: { spec: { containers: [{ image: "example/decision" }] } } },
       },
-    }) as { metadata: { uid?: string } };
+    })) as { metadata: { uid?: string } };
     assert.ok(service.metadata.uid);
   });
 });

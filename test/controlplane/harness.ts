@@ -236,14 +236,22 @@ export async function startControlPlane(options: { log?: (line: string) => void 
     // etcd
     const [etcdClient, etcdPeer] = [await freePort(), await freePort()];
     const etcd = start("etcd", BIN.etcd, [
-      "--data-dir", path.join(dir, "etcd"),
-      "--listen-client-urls", `http://127.0.0.1:${etcdClient}`,
-      "--advertise-client-urls", `http://127.0.0.1:${etcdClient}`,
-      "--listen-peer-urls", `http://127.0.0.1:${etcdPeer}`,
-      "--initial-advertise-peer-urls", `http://127.0.0.1:${etcdPeer}`,
-      "--initial-cluster", `default=http://127.0.0.1:${etcdPeer}`,
-      "--listen-metrics-urls", `http://127.0.0.1:${await freePort()}`,
-      "--log-level", "warn",
+      "--data-dir",
+      path.join(dir, "etcd"),
+      "--listen-client-urls",
+      `http://127.0.0.1:${etcdClient}`,
+      "--advertise-client-urls",
+      `http://127.0.0.1:${etcdClient}`,
+      "--listen-peer-urls",
+      `http://127.0.0.1:${etcdPeer}`,
+      "--initial-advertise-peer-urls",
+      `http://127.0.0.1:${etcdPeer}`,
+      "--initial-cluster",
+      `default=http://127.0.0.1:${etcdPeer}`,
+      "--listen-metrics-urls",
+      `http://127.0.0.1:${await freePort()}`,
+      "--log-level",
+      "warn",
       "--unsafe-no-fsync",
     ]);
     log(`etcd starting on 127.0.0.1:${etcdClient}`);
@@ -258,33 +266,52 @@ export async function startControlPlane(options: { log?: (line: string) => void 
     const apiPort = await freePort();
     const certDir = path.join(dir, "pki");
     const apiserver = start("kube-apiserver", BIN.kubeApiserver, [
-      "--etcd-servers", `http://127.0.0.1:${etcdClient}`,
-      "--bind-address", "127.0.0.1",
-      "--advertise-address", "127.0.0.1",
+      "--etcd-servers",
+      `http://127.0.0.1:${etcdClient}`,
+      "--bind-address",
+      "127.0.0.1",
+      "--advertise-address",
+      "127.0.0.1",
       // No Service endpoints for the API server itself: loopback is not allowed there, and nothing here needs them.
-      "--endpoint-reconciler-type", "none",
-      "--secure-port", String(apiPort),
-      "--cert-dir", certDir,
-      "--authorization-mode", "RBAC",
-      "--token-auth-file", path.join(dir, "tokens.csv"),
-      "--service-account-issuer", SERVICE_ACCOUNT_ISSUER,
-      "--api-audiences", SERVICE_ACCOUNT_ISSUER,
-      "--service-account-key-file", path.join(dir, "sa.pub"),
-      "--service-account-signing-key-file", path.join(dir, "sa.key"),
-      "--service-cluster-ip-range", "10.96.0.0/16",
+      "--endpoint-reconciler-type",
+      "none",
+      "--secure-port",
+      String(apiPort),
+      "--cert-dir",
+      certDir,
+      "--authorization-mode",
+      "RBAC",
+      "--token-auth-file",
+      path.join(dir, "tokens.csv"),
+      "--service-account-issuer",
+      SERVICE_ACCOUNT_ISSUER,
+      "--api-audiences",
+      SERVICE_ACCOUNT_ISSUER,
+      "--service-account-key-file",
+      path.join(dir, "sa.pub"),
+      "--service-account-signing-key-file",
+      path.join(dir, "sa.key"),
+      "--service-cluster-ip-range",
+      "10.96.0.0/16",
       "--allow-privileged",
       "--profiling=false",
-      "--v", "1",
+      "--v",
+      "1",
     ]);
     const server = `https://127.0.0.1:${apiPort}`;
     const caFile = path.join(certDir, "apiserver.crt");
     log(`kube-apiserver starting on ${server}`);
     let ca = Buffer.alloc(0);
-    await waitFor("kube-apiserver", 90_000, async () => {
-      if (!existsSync(caFile)) return false;
-      ca = readFileSync(caFile);
-      return (await httpStatus(`${server}/readyz`, { ca, token: adminToken })) === 200;
-    }, exitedEarly(apiserver));
+    await waitFor(
+      "kube-apiserver",
+      90_000,
+      async () => {
+        if (!existsSync(caFile)) return false;
+        ca = readFileSync(caFile);
+        return (await httpStatus(`${server}/readyz`, { ca, token: adminToken })) === 200;
+      },
+      exitedEarly(apiserver),
+    );
 
     const kubeConfig = (token: string = adminToken): k8s.KubeConfig => {
       const kc = new k8s.KubeConfig();
@@ -349,7 +376,15 @@ export async function startControlPlane(options: { log?: (line: string) => void 
         SYSTEM_NAMESPACE: namespace,
         POD_NAME: "podnet-pods-adapter",
         PROFILING_PORT: String(await freePort()),
-        K_LOGGING_CONFIG: JSON.stringify({ zap_logger_config: JSON.stringify({ level: "info", encoding: "json", outputPaths: ["stdout"], errorOutputPaths: ["stderr"], encoderConfig: { messageKey: "msg", levelKey: "level", timeKey: "ts" } }) }),
+        K_LOGGING_CONFIG: JSON.stringify({
+          zap_logger_config: JSON.stringify({
+            level: "info",
+            encoding: "json",
+            outputPaths: ["stdout"],
+            errorOutputPaths: ["stderr"],
+            encoderConfig: { messageKey: "msg", levelKey: "level", timeKey: "ts" },
+          }),
+        }),
       });
       log("ApiServerSource adapter starting");
       await waitFor("apiserver_receive_adapter", 30_000, async () => (await httpStatus(`http://127.0.0.1:${ADAPTER_HEALTH_PORT}/`)) > 0, exitedEarly(m));
@@ -366,7 +401,11 @@ export async function startControlPlane(options: { log?: (line: string) => void 
 
     const installKnativeCrds = async (): Promise<string[]> => {
       const crdDir = path.join(CACHE_DIR, "crds");
-      const files = existsSync(crdDir) ? readdirSync(crdDir).filter((f) => f.endsWith(".yaml")).sort() : [];
+      const files = existsSync(crdDir)
+        ? readdirSync(crdDir)
+            .filter((f) => f.endsWith(".yaml"))
+            .sort()
+        : [];
       if (files.length === 0) throw new Error(`no Knative CRDs in ${crdDir}: run test/controlplane/build.sh`);
       const api = kubeConfig().makeApiClient(k8s.ApiextensionsV1Api);
       const names: string[] = [];
@@ -470,7 +509,10 @@ async function grantOidcIdentity(kc: k8s.KubeConfig, namespace: string, adapterA
   await createIgnoringConflict(() =>
     rbac.createNamespacedRole({
       namespace,
-      body: { metadata: { name: `${identity}-token` }, rules: [{ apiGroups: [""], resources: ["serviceaccounts/token"], resourceNames: [identity], verbs: ["create"] }] },
+      body: {
+        metadata: { name: `${identity}-token` },
+        rules: [{ apiGroups: [""], resources: ["serviceaccounts/token"], resourceNames: [identity], verbs: ["create"] }],
+      },
     }),
   );
   await createIgnoringConflict(() =>

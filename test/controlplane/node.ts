@@ -45,10 +45,15 @@ const CGROUP_ROOT = "/sys/fs/cgroup";
 /** undefined when a node can start here; otherwise why not. */
 export function missingNodeReason(): string | undefined {
   if (process.getuid?.() !== 0) return "a real node needs root";
-  const missing = [NODE_BIN.kubelet, NODE_BIN.controllerManager, NODE_BIN.scheduler, path.join(NODE_BIN.cniDir, "bridge"), path.join(IMAGE_DIR, "pause.oci.tar")].filter(
-    (p) => !existsSync(p),
-  );
-  if (missing.length > 0) return `node binaries or images not built (${missing.map((p) => path.basename(p)).join(", ")}): run test/controlplane/build.sh and test/controlplane/images.sh`;
+  const missing = [
+    NODE_BIN.kubelet,
+    NODE_BIN.controllerManager,
+    NODE_BIN.scheduler,
+    path.join(NODE_BIN.cniDir, "bridge"),
+    path.join(IMAGE_DIR, "pause.oci.tar"),
+  ].filter((p) => !existsSync(p));
+  if (missing.length > 0)
+    return `node binaries or images not built (${missing.map((p) => path.basename(p)).join(", ")}): run test/controlplane/build.sh and test/controlplane/images.sh`;
   for (const tool of ["containerd", "runc", "ctr"]) {
     if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) return `${tool} is not installed (apt-get install containerd runc)`;
   }
@@ -119,7 +124,12 @@ function cleanUpNode(dir: string): void {
     // Killed before the state was written: nothing outside the directory was changed yet.
   }
   const pidsFile = path.join(dir, "pids");
-  const pids = existsSync(pidsFile) ? readFileSync(pidsFile, "utf8").split("\n").filter((l) => l !== "").map(Number) : [];
+  const pids = existsSync(pidsFile)
+    ? readFileSync(pidsFile, "utf8")
+        .split("\n")
+        .filter((l) => l !== "")
+        .map(Number)
+    : [];
   for (const pid of pids) killGroup(pid, "SIGKILL");
   // containerd's shims and the pods' processes are in no process group of ours.
   for (const pid of pidsWhere((cmdline) => cmdline.startsWith("/usr/bin/containerd-shim") && cmdline.includes(dir))) killPid(pid);
@@ -182,7 +192,10 @@ function killCgroupTree(name: string): void {
   const walk = (dir: string): void => {
     for (const child of safeReaddir(dir)) walk(path.join(dir, child));
     try {
-      for (const pid of readFileSync(path.join(dir, "cgroup.procs"), "utf8").split("\n").filter((l) => l !== "")) killPid(Number(pid));
+      for (const pid of readFileSync(path.join(dir, "cgroup.procs"), "utf8")
+        .split("\n")
+        .filter((l) => l !== ""))
+        killPid(Number(pid));
     } catch {
       // gone
     }
@@ -231,10 +244,12 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
   const pidsFile = path.join(dir, "pids");
   writeFileSync(pidsFile, "");
   const state: NodeState = {
-    sysctls: Object.fromEntries(SYSCTLS.flatMap((k) => {
-      const v = readSysctl(k);
-      return v === undefined ? [] : [[k, v]];
-    })),
+    sysctls: Object.fromEntries(
+      SYSCTLS.flatMap((k) => {
+        const v = readSysctl(k);
+        return v === undefined ? [] : [[k, v]];
+      }),
+    ),
     preexisting: FOREIGN_PATHS.filter((p) => existsSync(p)),
   };
   writeFileSync(path.join(dir, "state.json"), JSON.stringify(state));
@@ -258,7 +273,10 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
   const alive = (m: { child: ChildProcess }) => m.child.exitCode === null && m.child.signalCode === null;
   const logTail = (proc: string) => {
     try {
-      return readFileSync(path.join(dir, `${proc}.log`), "utf8").split("\n").slice(-25).join("\n");
+      return readFileSync(path.join(dir, `${proc}.log`), "utf8")
+        .split("\n")
+        .slice(-25)
+        .join("\n");
     } catch {
       return "(no log)";
     }
@@ -305,7 +323,14 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
         cniVersion: "1.0.0",
         name: "pnc",
         plugins: [
-          { type: "bridge", bridge: POD_BRIDGE, isGateway: false, ipMasq: false, hairpinMode: true, ipam: { type: "host-local", ranges: [[{ subnet: POD_SUBNET }]], dataDir: path.join(dir, "cni", "ipam") } },
+          {
+            type: "bridge",
+            bridge: POD_BRIDGE,
+            isGateway: false,
+            ipMasq: false,
+            hairpinMode: true,
+            ipam: { type: "host-local", ranges: [[{ subnet: POD_SUBNET }]], dataDir: path.join(dir, "cni", "ipam") },
+          },
         ],
       }),
     );
@@ -354,23 +379,35 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
     // The two controllers (DaemonSets, default ServiceAccounts, kube-root-ca.crt; scheduling).
     const adminKubeconfig = cp.writeKubeconfig("node-admin", cp.adminToken);
     start("kube-controller-manager", NODE_BIN.controllerManager, [
-      "--kubeconfig", adminKubeconfig,
-      "--root-ca-file", cp.caFile,
-      "--controllers", "serviceaccount,root-ca-cert-publisher,daemonset,replicaset,deployment,namespace,garbagecollector,podgc,nodelifecycle",
+      "--kubeconfig",
+      adminKubeconfig,
+      "--root-ca-file",
+      cp.caFile,
+      "--controllers",
+      "serviceaccount,root-ca-cert-publisher,daemonset,replicaset,deployment,namespace,garbagecollector,podgc,nodelifecycle",
       "--use-service-account-credentials=false",
       "--leader-elect=false",
-      "--bind-address", "127.0.0.1",
-      "--secure-port", String(await freePort()),
-      "--v", "1",
+      "--bind-address",
+      "127.0.0.1",
+      "--secure-port",
+      String(await freePort()),
+      "--v",
+      "1",
     ]);
     start("kube-scheduler", NODE_BIN.scheduler, [
-      "--kubeconfig", adminKubeconfig,
-      "--authentication-kubeconfig", adminKubeconfig,
-      "--authorization-kubeconfig", adminKubeconfig,
+      "--kubeconfig",
+      adminKubeconfig,
+      "--authentication-kubeconfig",
+      adminKubeconfig,
+      "--authorization-kubeconfig",
+      adminKubeconfig,
       "--leader-elect=false",
-      "--bind-address", "127.0.0.1",
-      "--secure-port", String(await freePort()),
-      "--v", "1",
+      "--bind-address",
+      "127.0.0.1",
+      "--secure-port",
+      String(await freePort()),
+      "--v",
+      "1",
     ]);
 
     // kubelet: cgroupfs on this host's hybrid cgroup v1 layout, out of the host's iptables.
@@ -404,13 +441,20 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
       }),
     );
     const kubelet = start("kubelet", NODE_BIN.kubelet, [
-      "--config", kubeletConfig,
-      "--kubeconfig", adminKubeconfig,
-      "--root-dir", kubeletDir,
-      "--cert-dir", path.join(dir, "kubelet-pki"),
-      "--hostname-override", name,
-      "--node-ip", NODE_IP,
-      "--v", "1",
+      "--config",
+      kubeletConfig,
+      "--kubeconfig",
+      adminKubeconfig,
+      "--root-dir",
+      kubeletDir,
+      "--cert-dir",
+      path.join(dir, "kubelet-pki"),
+      "--hostname-override",
+      name,
+      "--node-ip",
+      NODE_IP,
+      "--v",
+      "1",
     ]);
     const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     await waitWhile(
@@ -423,7 +467,11 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
 
     const containerLogLines = (pod: { namespace: string; name: string; uid: string }, container: string): { time: string; text: string }[] => {
       const logDir = path.join(dir, "pod-logs", `${pod.namespace}_${pod.name}_${pod.uid}`, container);
-      const files = existsSync(logDir) ? readdirSync(logDir).filter((f) => f.endsWith(".log")).sort() : [];
+      const files = existsSync(logDir)
+        ? readdirSync(logDir)
+            .filter((f) => f.endsWith(".log"))
+            .sort()
+        : [];
       // CRI log lines: <time> <stream> <P|F> <text>
       return files
         .flatMap((f) => readFileSync(path.join(logDir, f), "utf8").split("\n"))

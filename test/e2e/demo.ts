@@ -56,7 +56,12 @@ interface Scenario {
 
 const scenarios: Scenario[] = [
   { namespace: "shop", name: "web-1", what: "mesh pod (REDIRECT)" },
-  { namespace: "shop", name: "ledger-0", what: "mesh pod (TPROXY, one port excluded)", annotations: { "sidecar.istio.io/interceptionMode": "TPROXY", "traffic.sidecar.istio.io/excludeInboundPorts": "9901" } },
+  {
+    namespace: "shop",
+    name: "ledger-0",
+    what: "mesh pod (TPROXY, one port excluded)",
+    annotations: { "sidecar.istio.io/interceptionMode": "TPROXY", "traffic.sidecar.istio.io/excludeInboundPorts": "9901" },
+  },
   { namespace: "shop", name: "batch-7", what: "not in the mesh", injected: false },
   { namespace: "shop", name: "node-agent", what: "hostNetwork pod", hostNetwork: true },
   { namespace: "kube-system", name: "coredns-x", what: "excluded namespace" },
@@ -71,12 +76,20 @@ try {
       say(`  · ${l}`);
     },
   });
-  say(`local cluster up in ${((Date.now() - t0) / 1000).toFixed(1)} s: kube-apiserver ${stack.cp.server}, node-runner :${stack.runner.port}, function :${stack.fn.port}\n`);
+  say(
+    `local cluster up in ${((Date.now() - t0) / 1000).toFixed(1)} s: kube-apiserver ${stack.cp.server}, node-runner :${stack.runner.port}, function :${stack.fn.port}\n`,
+  );
   const policy = parsePolicy(policyText, "podnet-system");
 
   for (const s of scenarios) {
     say(`── ${s.namespace}/${s.name}: ${s.what}`);
-    const pod = await stack.createPod({ namespace: s.namespace, name: s.name, ...(s.annotations === undefined ? {} : { annotations: s.annotations }), ...(s.injected === undefined ? {} : { injected: s.injected }), ...(s.hostNetwork === undefined ? {} : { hostNetwork: s.hostNetwork }) });
+    const pod = await stack.createPod({
+      namespace: s.namespace,
+      name: s.name,
+      ...(s.annotations === undefined ? {} : { annotations: s.annotations }),
+      ...(s.injected === undefined ? {} : { injected: s.injected }),
+      ...(s.hostNetwork === undefined ? {} : { hostNetwork: s.hostNetwork }),
+    });
     const apiPod = parsePod(JSON.parse(JSON.stringify(await stack.core.readNamespacedPod({ namespace: s.namespace, name: s.name }))) as unknown);
     const decision = decide({ pod: apiPod, policy });
     say(`   decision: ${decision.action} (${decision.reason})${decision.action === "error" ? `\n     ${decision.detail}` : ""}`);
@@ -101,12 +114,19 @@ try {
       if (annotations[MARK.status] === "initialized") break;
       await new Promise((r) => setTimeout(r, 50));
     }
-    say(`   mark after ${Date.now() - created} ms: status=${annotations[MARK.status] ?? "-"} netns=${annotations[MARK.netns] ?? "-"} rules=${annotations[MARK.rules] ?? "-"}`);
-    const rules = pod.sandbox.exec(["iptables-save"]).split("\n").filter((l) => l.includes("ISTIO"));
+    say(
+      `   mark after ${Date.now() - created} ms: status=${annotations[MARK.status] ?? "-"} netns=${annotations[MARK.netns] ?? "-"} rules=${annotations[MARK.rules] ?? "-"}`,
+    );
+    const rules = pod.sandbox
+      .exec(["iptables-save"])
+      .split("\n")
+      .filter((l) => l.includes("ISTIO"));
     say(`   rules: ${rules.length} lines, e.g.`);
     for (const l of rules.filter((r) => /^-A (OUTPUT|PREROUTING)/.test(r)).slice(0, 4)) say(`     ${l}`);
     const envoy = [await startListener(pod.sandbox, 15001, "envoy-outbound"), await startListener(pod.sandbox, 15006, "envoy-inbound")];
-    say(`   traffic: app (uid 1000) → 203.0.113.9:443 lands on ${connectFrom(pod.sandbox, "203.0.113.9", 443, 1000)}; proxy (uid 1337) → same: ${connectFrom(pod.sandbox, "203.0.113.9", 443, 1337)} (not captured)`);
+    say(
+      `   traffic: app (uid 1000) → 203.0.113.9:443 lands on ${connectFrom(pod.sandbox, "203.0.113.9", 443, 1000)}; proxy (uid 1337) → same: ${connectFrom(pod.sandbox, "203.0.113.9", 443, 1337)} (not captured)`,
+    );
     for (const l of envoy) l.kill();
     say("");
   }

@@ -120,7 +120,16 @@ describe("end to end [needs root and control plane]", skipUnlessCI(unavailable),
           status: {
             podIP: sandbox.ip,
             podIPs: [{ ip: sandbox.ip }],
-            initContainerStatuses: [{ name: WAITER_CONTAINER, image: "podnet", imageID: "", ready: false, restartCount: 1, state: { running: { startedAt: new Date(Date.now() - 120_000) } } }],
+            initContainerStatuses: [
+              {
+                name: WAITER_CONTAINER,
+                image: "podnet",
+                imageID: "",
+                ready: false,
+                restartCount: 1,
+                state: { running: { startedAt: new Date(Date.now() - 120_000) } },
+              },
+            ],
           },
         },
       },
@@ -134,7 +143,9 @@ describe("end to end [needs root and control plane]", skipUnlessCI(unavailable),
   test("duplicate and out-of-order events cause no double work and no wrong state", async () => {
     const pod = await stack.createPod({ namespace: NS, name: "replayed" });
     const marked = await waitForAnnotations(stack.core, pod, initialized);
-    const current = JSON.parse(JSON.stringify(await stack.core.readNamespacedPod({ namespace: NS, name: pod.name }))) as { metadata: { namespace: string; name: string; resourceVersion: string; annotations: Record<string, string> } };
+    const current = JSON.parse(JSON.stringify(await stack.core.readNamespacedPod({ namespace: NS, name: pod.name }))) as {
+      metadata: { namespace: string; name: string; resourceVersion: string; annotations: Record<string, string> };
+    };
     const event = apiServerSourceEvent("update", current);
     await deliver(`${stack.fn.url}/`, event, stack.tokens.pods);
     const again = await deliver(`${stack.fn.url}/`, event, stack.tokens.pods);
@@ -162,6 +173,12 @@ describe("end to end [needs root and control plane]", skipUnlessCI(unavailable),
   test("the node-runner checks a request's pod against its watch of the node's pods, not a GET per request", async () => {
     const text = await stack.runner.metrics();
     const reads = (source: string) => Number(new RegExp(`podnet_node_runner_pod_reads_total\\{source="${source}"\\} (\\d+)`).exec(text)?.[1] ?? "0");
-    assert.ok(reads("watch") > 0, `identity checks answered by the watch:\n${text.split("\n").filter((l) => l.includes("pod_reads")).join("\n")}`);
+    assert.ok(
+      reads("watch") > 0,
+      `identity checks answered by the watch:\n${text
+        .split("\n")
+        .filter((l) => l.includes("pod_reads"))
+        .join("\n")}`,
+    );
   });
 });

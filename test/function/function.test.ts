@@ -40,7 +40,12 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     writeFileSync(policyFile, "mode: enforce\nrevision: r1\n");
     await cp.ensureNamespace(NS);
     core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
-    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), cgroupRoot: pods.cgroupRoot });
+    runner = await startNodeRunner(cp, {
+      nodeName: NODE,
+      publicKeysDir: keys.publicDir,
+      stateDir: path.join(scratch.dir, "state"),
+      cgroupRoot: pods.cgroupRoot,
+    });
     // No redispatch: the resync is what this suite proves catches a node-runner that was down.
     fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port, env: { REDISPATCH_DELAYS_MS: "" } });
     adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
@@ -81,7 +86,12 @@ describe("decision function end to end [needs root and control plane]", skipUnle
   });
 
   test("invalid annotations: nothing applied, a NetworkInitFailed Event names the annotation", async () => {
-    const pod = await createMeshPod(core, pods, { namespace: NS, name: "sneaky", nodeName: NODE, annotations: { "traffic.sidecar.istio.io/excludeInterfaces": "eth0 -j ACCEPT" } });
+    const pod = await createMeshPod(core, pods, {
+      namespace: NS,
+      name: "sneaky",
+      nodeName: NODE,
+      annotations: { "traffic.sidecar.istio.io/excludeInterfaces": "eth0 -j ACCEPT" },
+    });
     const event = await waitForPodEvent(core, pod, "NetworkInitFailed", 10_000);
     assert.match(event.message ?? "", /annotation traffic\.sidecar\.istio\.io\/excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
     assert.doesNotMatch(pod.sandbox.exec(["iptables-save"]), /ISTIO/);
@@ -91,7 +101,13 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     await runner.stop();
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "late", nodeName: NODE });
     await fn.waitForLog(/"msg":"dispatch failed"/, 10_000);
-    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), cgroupRoot: pods.cgroupRoot, port: runner.port });
+    runner = await startNodeRunner(cp, {
+      nodeName: NODE,
+      publicKeysDir: keys.publicDir,
+      stateDir: path.join(scratch.dir, "state"),
+      cgroupRoot: pods.cgroupRoot,
+      port: runner.port,
+    });
     const res = await deliver(`${fn.url}/`, pingEvent(), await senderToken(cp, "PingSource"));
     assert.equal(res.status, 200, JSON.stringify(res.body));
     const summary = (res.body as { resync: { seen: number; queued: number; failed: number } }).resync;

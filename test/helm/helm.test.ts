@@ -18,7 +18,10 @@ import { controlPlaneForSuite } from "../support/suite.ts";
 const root = path.resolve(import.meta.dirname, "../..");
 const HELM = path.join(CACHE_DIR, "bin", "helm");
 const KUBECTL = path.join(CACHE_DIR, "bin", "kubectl");
-const missing = [HELM, KUBECTL].map((bin) => (existsSync(bin) ? undefined : `${path.basename(bin)} not built (${bin}): run test/controlplane/build.sh`)).find((m) => m !== undefined) ?? missingBinariesReason();
+const missing =
+  [HELM, KUBECTL]
+    .map((bin) => (existsSync(bin) ? undefined : `${path.basename(bin)} not built (${bin}): run test/controlplane/build.sh`))
+    .find((m) => m !== undefined) ?? missingBinariesReason();
 
 interface K8sObject {
   apiVersion: string;
@@ -30,7 +33,8 @@ interface K8sObject {
 
 const quiet = { encoding: "utf8" as const, stdio: ["ignore", "pipe", "pipe"] as ["ignore", "pipe", "pipe"], maxBuffer: 64 * 1024 * 1024 };
 const helm = (...args: string[]): string => execFileSync(HELM, args, quiet);
-const chart = (set: string[] = []): string => helm("template", "podnet", path.join(root, "charts/podnet"), "--namespace", "podnet-system", ...set.flatMap((s) => ["--set", s]));
+const chart = (set: string[] = []): string =>
+  helm("template", "podnet", path.join(root, "charts/podnet"), "--namespace", "podnet-system", ...set.flatMap((s) => ["--set", s]));
 const kustomize = (dir: string): string => execFileSync(BIN.kustomize, ["build", path.join(root, dir)], quiet);
 
 /**
@@ -43,7 +47,9 @@ function objects(text: string): Map<string, K8sObject> {
   for (const doc of parseAllDocuments(text)) {
     const o = doc.toJS() as K8sObject | null;
     if (o === null) continue;
-    const normalized = JSON.parse(JSON.stringify(o), (_key, value: unknown) => (typeof value === "string" ? value.replace(/\s+/g, " ").trim() : value)) as K8sObject;
+    const normalized = JSON.parse(JSON.stringify(o), (_key, value: unknown) =>
+      typeof value === "string" ? value.replace(/\s+/g, " ").trim() : value,
+    ) as K8sObject;
     out.set(`${o.kind}/${o.metadata.namespace ?? ""}/${o.metadata.name}`, normalized);
   }
   return out;
@@ -64,10 +70,25 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
   });
 
   test("the chart renders exactly the kustomize overlays' objects (kubernetes and OpenShift), but the namespace and the key Job's hooks", () => {
-    for (const [set, overlay] of [[[], "config/overlays/kubernetes"], [["platform.openshift=true"], "config/overlays/openshift"]] as const) {
+    for (const [set, overlay] of [
+      [[], "config/overlays/kubernetes"],
+      [["platform.openshift=true"], "config/overlays/openshift"],
+    ] as const) {
       const rendered = objects(chart([...set]));
-      const hooks = [...rendered].filter(([, o]) => isHook(o)).map(([key]) => key).sort();
-      assert.deepEqual(hooks, ["Job/podnet-system/podnet-keys", "Role/podnet-system/podnet-keys", "RoleBinding/podnet-system/podnet-keys", "ServiceAccount/podnet-system/podnet-keys"], "keys.generate (the default) adds only its hook objects");
+      const hooks = [...rendered]
+        .filter(([, o]) => isHook(o))
+        .map(([key]) => key)
+        .sort();
+      assert.deepEqual(
+        hooks,
+        [
+          "Job/podnet-system/podnet-keys",
+          "Role/podnet-system/podnet-keys",
+          "RoleBinding/podnet-system/podnet-keys",
+          "ServiceAccount/podnet-system/podnet-keys",
+        ],
+        "keys.generate (the default) adds only its hook objects",
+      );
       const fromHelm = new Map([...rendered].filter(([, o]) => !isHook(o)));
       const fromKustomize = objects(kustomize(overlay));
       // Helm keeps its release record in the namespace, so it exists before the chart (README).
@@ -81,7 +102,13 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     const rendered = objects(chart(["images.nodeRunner=registry.example/nr:1"]));
     const job = rendered.get("Job/podnet-system/podnet-keys") as K8sObject & { metadata: { annotations: Record<string, string> } };
     assert.equal(job.metadata.annotations["helm.sh/hook"], "pre-install,pre-upgrade");
-    const pod = (job.spec as { template: { spec: { containers: [{ image: string; args: string[]; securityContext: Record<string, unknown> }]; securityContext: Record<string, unknown> } } }).template.spec;
+    const pod = (
+      job.spec as {
+        template: {
+          spec: { containers: [{ image: string; args: string[]; securityContext: Record<string, unknown> }]; securityContext: Record<string, unknown> };
+        };
+      }
+    ).template.spec;
     assert.equal(pod.containers[0].image, "registry.example/nr:1");
     assert.deepEqual(pod.containers[0].args, ["keys", "ensure", "--namespace", "podnet-system"]);
     assert.equal(pod.securityContext.runAsNonRoot, true);
@@ -105,12 +132,22 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       ]),
     );
     const ds = JSON.stringify(rendered.get("DaemonSet/podnet-system/podnet-node-runner"));
-    for (const needle of ['"image":"registry.example/nr:1"', '"value":"$(HOST_IP):20443"', '"containerPort":20443', '"value":"nftables"', '{"name":"CGROUP_ROOT","value":"/kubelet"}']) assert.ok(ds.includes(needle), needle);
+    for (const needle of [
+      '"image":"registry.example/nr:1"',
+      '"value":"$(HOST_IP):20443"',
+      '"containerPort":20443',
+      '"value":"nftables"',
+      '{"name":"CGROUP_ROOT","value":"/kubelet"}',
+    ])
+      assert.ok(ds.includes(needle), needle);
     const fn = JSON.stringify(rendered.get("Service/podnet-system/podnet-decision"));
     assert.ok(fn.includes('"image":"registry.example/fn:1"') && fn.includes('{"name":"NODE_RUNNER_PORT","value":"20443"}'), fn);
     assert.ok(rendered.has("Broker/podnet-system/podnet") && rendered.has("Trigger/podnet-system/podnet-pod-events"));
     assert.match(JSON.stringify(rendered.get("ApiServerSource/podnet-system/podnet-pods")), /"kind":"Broker","name":"podnet"/);
-    assert.equal((rendered.get("ConfigMap/podnet-system/podnet-public-keys") as { data?: Record<string, string> } | undefined)?.data?.["fn-20261125000000.pem"], "PEM");
+    assert.equal(
+      (rendered.get("ConfigMap/podnet-system/podnet-public-keys") as { data?: Record<string, string> } | undefined)?.data?.["fn-20261125000000.pem"],
+      "PEM",
+    );
     assert.equal(rendered.has("ResourceQuota/podnet-system/podnet-node-critical"), false);
   });
 
@@ -120,9 +157,15 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       ["nodeRunner.backend=ebpf", /nodeRunner.backend must be/],
       ["keys.publicKeys.fn-1=PEM", /keys.publicKeys needs keys.generate=false/],
     ] as const) {
-      assert.throws(() => chart([set]), (err: unknown) => message.test(String((err as { stderr?: string }).stderr)));
+      assert.throws(
+        () => chart([set]),
+        (err: unknown) => message.test(String((err as { stderr?: string }).stderr)),
+      );
     }
-    assert.throws(() => helm("template", "podnet", path.join(root, "charts/podnet"), "--namespace", "default"), (err: unknown) => /install into the podnet-system namespace/.test(String((err as { stderr?: string }).stderr)));
+    assert.throws(
+      () => helm("template", "podnet", path.join(root, "charts/podnet"), "--namespace", "default"),
+      (err: unknown) => /install into the podnet-system namespace/.test(String((err as { stderr?: string }).stderr)),
+    );
   });
 
   test("each platform's rendering is accepted by the real API server with Knative's CRDs", async () => {
@@ -130,7 +173,11 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     // so each rendering is judged on its own.
     const client = k8s.KubernetesObjectApi.makeApiClient(controlPlane().kubeConfig());
     await controlPlane().ensureNamespace("podnet-system");
-    for (const set of [[], ["eventing.delivery=broker", "keys.generate=false", "keys.publicKeys.fn-1=PEM"], ["platform.openshift=true", "nodeRunner.cgroupRoot=/kubelet"]]) {
+    for (const set of [
+      [],
+      ["eventing.delivery=broker", "keys.generate=false", "keys.publicKeys.fn-1=PEM"],
+      ["platform.openshift=true", "nodeRunner.cgroupRoot=/kubelet"],
+    ]) {
       // SecurityContextConstraints is OpenShift's own API: its rendering is checked above.
       const docs = raw(chart(set)).filter((o) => o.kind !== "SecurityContextConstraints");
       for (const doc of docs) {
@@ -151,12 +198,19 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     // Hooks need a kubelet to run the Job: installed without them, the Job's objects made below.
     for (let i = 0; i < 2; i++) helm("upgrade", "--install", "podnet", chartDir, "--namespace", "podnet-system", "--no-hooks", "--kubeconfig", admin);
     assert.match(helm("status", "podnet", "--namespace", "podnet-system", "--kubeconfig", admin), /STATUS: deployed/);
-    assert.match(kubectl("-n", "podnet-system", "get", "daemonset/podnet-node-runner", "services.serving.knative.dev/podnet-decision", "-o", "name"), /daemonset.apps\/podnet-node-runner\nservice.serving.knative.dev\/podnet-decision/);
+    assert.match(
+      kubectl("-n", "podnet-system", "get", "daemonset/podnet-node-runner", "services.serving.knative.dev/podnet-decision", "-o", "name"),
+      /daemonset.apps\/podnet-node-runner\nservice.serving.knative.dev\/podnet-decision/,
+    );
 
     const objectsApi = k8s.KubernetesObjectApi.makeApiClient(cp.kubeConfig());
     for (const hook of raw(chart()).filter((o) => isHook(o) && o.kind !== "Job")) await objectsApi.create(hook);
     const jobKubeconfig = cp.writeKubeconfig("podnet-keys", await cp.serviceAccountToken("podnet-system", "podnet-keys"));
-    const ensure = () => spawnSync(process.execPath, ["--import", "tsx", path.join(root, "cli/pnc.ts"), "keys", "ensure", "--kubeconfig", jobKubeconfig], { cwd: root, encoding: "utf8" });
+    const ensure = () =>
+      spawnSync(process.execPath, ["--import", "tsx", path.join(root, "cli/pnc.ts"), "keys", "ensure", "--kubeconfig", jobKubeconfig], {
+        cwd: root,
+        encoding: "utf8",
+      });
     const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     const ns = "podnet-system";
 
@@ -168,21 +222,40 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     const [keyFile, privateB64] = Object.entries(signing.data ?? {})[0] ?? [];
     const publicKeys = await core.readNamespacedConfigMap({ namespace: ns, name: "podnet-public-keys" });
     const message = Buffer.from("apply");
-    assert.ok(verify(null, message, createPublicKey(publicKeys.data?.[keyFile ?? ""] ?? ""), sign(null, message, createPrivateKey(Buffer.from(privateB64 ?? "", "base64").toString()))), "a working pair");
+    assert.ok(
+      verify(
+        null,
+        message,
+        createPublicKey(publicKeys.data?.[keyFile ?? ""] ?? ""),
+        sign(null, message, createPrivateKey(Buffer.from(privateB64 ?? "", "base64").toString())),
+      ),
+      "a working pair",
+    );
     const tls = await core.readNamespacedSecret({ namespace: ns, name: "podnet-node-runner-tls" });
     const ca = new X509Certificate((await core.readNamespacedConfigMap({ namespace: ns, name: "podnet-node-runner-ca" })).data?.["ca.crt"] ?? "");
     const cert = new X509Certificate(Buffer.from(tls.data?.["tls.crt"] ?? "", "base64"));
-    assert.ok(cert.verify(ca.publicKey) && cert.checkHost(NODE_RUNNER_SERVER_NAME) !== undefined, "the serving certificate is the CA's, for the node-runners' name");
+    assert.ok(
+      cert.verify(ca.publicKey) && cert.checkHost(NODE_RUNNER_SERVER_NAME) !== undefined,
+      "the serving certificate is the CA's, for the node-runners' name",
+    );
 
     const again = ensure();
     assert.equal(again.status, 0, again.stderr);
     assert.equal(again.stdout.match(/kept/g)?.length, 4, again.stdout);
-    assert.equal((await core.readNamespacedSecret({ namespace: ns, name: "podnet-signing-keys" })).metadata?.resourceVersion, signing.metadata?.resourceVersion, "an upgrade replaces no key");
+    assert.equal(
+      (await core.readNamespacedSecret({ namespace: ns, name: "podnet-signing-keys" })).metadata?.resourceVersion,
+      signing.metadata?.resourceVersion,
+      "an upgrade replaces no key",
+    );
 
     await core.deleteNamespacedConfigMap({ namespace: ns, name: "podnet-public-keys" });
     const repaired = ensure();
     assert.match(repaired.stdout, /created ConfigMap podnet-system\/podnet-public-keys/);
-    assert.deepEqual((await core.readNamespacedConfigMap({ namespace: ns, name: "podnet-public-keys" })).data, publicKeys.data, "remade from the private key, not a new pair");
+    assert.deepEqual(
+      (await core.readNamespacedConfigMap({ namespace: ns, name: "podnet-public-keys" })).data,
+      publicKeys.data,
+      "remade from the private key, not a new pair",
+    );
 
     await core.deleteNamespacedSecret({ namespace: ns, name: "podnet-signing-keys" });
     const refused = ensure();
@@ -192,7 +265,11 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
 
     await core.createNamespacedSecret({ namespace: ns, body: { metadata: { name: "someone-elses" }, stringData: { a: "b" } } });
     const jobCore = cp.kubeConfig(await cp.serviceAccountToken(ns, "podnet-keys")).makeApiClient(k8s.CoreV1Api);
-    await assert.rejects(jobCore.readNamespacedSecret({ namespace: ns, name: "someone-elses" }), (err: unknown) => (err as { code?: number }).code === 403, "the Job reads only its own objects");
+    await assert.rejects(
+      jobCore.readNamespacedSecret({ namespace: ns, name: "someone-elses" }),
+      (err: unknown) => (err as { code?: number }).code === 403,
+      "the Job reads only its own objects",
+    );
 
     helm("uninstall", "podnet", "--namespace", "podnet-system", "--kubeconfig", admin);
     assert.ok(await core.readNamespacedSecret({ namespace: ns, name: "podnet-node-runner-tls" }), "keys outlive the release (README)");
@@ -201,20 +278,34 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
   test("Istio's own istiod chart with config/istio/istiod-values.yaml: the injector carries the template in CNI mode", () => {
     const istioVersion = /istio\.io\/istio (\S+)/.exec(readFileSync(path.join(root, "test/istio-oracle/go.mod"), "utf8"))?.[1];
     assert.ok(istioVersion !== undefined);
-    const moduleDir = execFileSync("go", ["mod", "download", "-json", `istio.io/istio@${istioVersion}`], { ...quiet, cwd: path.join(root, "test/istio-oracle") });
+    const moduleDir = execFileSync("go", ["mod", "download", "-json", `istio.io/istio@${istioVersion}`], {
+      ...quiet,
+      cwd: path.join(root, "test/istio-oracle"),
+    });
     const dir = (JSON.parse(moduleDir) as { Dir: string }).Dir;
     const out = helm(
-      "template", "istiod", path.join(dir, "manifests/charts/istio-control/istio-discovery"), "--namespace", "istio-system",
-      "-f", path.join(root, "config/istio/istiod-values.yaml"),
-      "--set-file", `sidecarInjectorWebhook.templates.podnet=${path.join(root, "config/istio/podnet-injection-template.yaml")}`,
+      "template",
+      "istiod",
+      path.join(dir, "manifests/charts/istio-control/istio-discovery"),
+      "--namespace",
+      "istio-system",
+      "-f",
+      path.join(root, "config/istio/istiod-values.yaml"),
+      "--set-file",
+      `sidecarInjectorWebhook.templates.podnet=${path.join(root, "config/istio/podnet-injection-template.yaml")}`,
     );
-    const injector = raw(out).find((o) => o.kind === "ConfigMap" && o.metadata.name === "istio-sidecar-injector") as { data: { config: string; values: string } } | undefined;
+    const injector = raw(out).find((o) => o.kind === "ConfigMap" && o.metadata.name === "istio-sidecar-injector") as
+      { data: { config: string; values: string } } | undefined;
     assert.ok(injector !== undefined, "the chart renders the injector ConfigMap");
     const values = JSON.parse(injector.data.values) as { pilot: { cni: { enabled: boolean } }; global: { proxy: { seccompProfile: { type: string } } } };
     assert.equal(values.pilot.cni.enabled, true);
     assert.equal(values.global.proxy.seccompProfile.type, "RuntimeDefault");
     const config = parseAllDocuments(injector.data.config)[0]?.toJS() as { defaultTemplates: string[]; templates: Record<string, string> };
     assert.deepEqual(config.defaultTemplates, ["sidecar", "podnet"]);
-    assert.equal(config.templates.podnet, readFileSync(path.join(root, "config/istio/podnet-injection-template.yaml"), "utf8"), "the podnet template is among the injector's templates, as written");
+    assert.equal(
+      config.templates.podnet,
+      readFileSync(path.join(root, "config/istio/podnet-injection-template.yaml"), "utf8"),
+      "the podnet template is among the injector's templates, as written",
+    );
   });
 });

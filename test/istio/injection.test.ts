@@ -17,15 +17,28 @@ import { kubeInject, missingIstioReason, renderInjector, type InjectorFiles } fr
 const missing = missingIstioReason();
 
 type Container = k8s.V1Container & { restartPolicy?: string };
-type Pod = { metadata: { name: string; annotations?: Record<string, string> }; spec: { initContainers?: Container[]; containers: Container[]; volumes?: { name: string }[] } };
+type Pod = {
+  metadata: { name: string; annotations?: Record<string, string> };
+  spec: { initContainers?: Container[]; containers: Container[]; volumes?: { name: string }[] };
+};
 
-const APP_SECURITY = { runAsNonRoot: true, runAsUser: 1000, allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] }, seccompProfile: { type: "RuntimeDefault" } };
+const APP_SECURITY = {
+  runAsNonRoot: true,
+  runAsUser: 1000,
+  allowPrivilegeEscalation: false,
+  capabilities: { drop: ["ALL"] },
+  seccompProfile: { type: "RuntimeDefault" },
+};
 
 function appPod(name: string, o: { native: boolean; appInit: boolean; mode: "REDIRECT" | "TPROXY"; templates: string }): Pod {
   return {
     metadata: {
       name,
-      annotations: { "inject.istio.io/templates": o.templates, "sidecar.istio.io/nativeSidecar": String(o.native), "sidecar.istio.io/interceptionMode": o.mode },
+      annotations: {
+        "inject.istio.io/templates": o.templates,
+        "sidecar.istio.io/nativeSidecar": String(o.native),
+        "sidecar.istio.io/interceptionMode": o.mode,
+      },
     },
     spec: {
       ...(o.appInit ? { initContainers: [{ name: "migrate", image: "example/migrate:1", securityContext: APP_SECURITY }] } : {}),
@@ -47,10 +60,21 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
     assertAvailable(missing);
     dir = mkdtempSync(path.join(os.tmpdir(), "pnct-istio-"));
     files = renderInjector(dir);
-    assert.equal((JSON.parse(readFileSync(files.values, "utf8")) as { pilot: { cni: { enabled: boolean } } }).pilot.cni.enabled, true, "CNI mode reaches the injector as pilot.cni.enabled");
+    assert.equal(
+      (JSON.parse(readFileSync(files.values, "utf8")) as { pilot: { cni: { enabled: boolean } } }).pilot.cni.enabled,
+      true,
+      "CNI mode reaches the injector as pilot.cni.enabled",
+    );
     cp = await startControlPlane();
     core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
-    await core.createNamespace({ body: { metadata: { name: "restricted", labels: { "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest" } } } });
+    await core.createNamespace({
+      body: {
+        metadata: {
+          name: "restricted",
+          labels: { "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest" },
+        },
+      },
+    });
     await core.createNamespacedServiceAccount({ namespace: "restricted", body: { metadata: { name: "default" } } });
   });
   after(async () => {
@@ -73,13 +97,26 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
 
           assert.equal(waiter?.name, WAITER_CONTAINER, `init containers: ${inits.map((c) => c.name).join(", ")}`);
           assert.deepEqual(waiter.command, [WAITER_COMMAND]);
-          assert.ok(waiter.args?.some((a) => a === "--capture-port=15006"), JSON.stringify(waiter.args));
+          assert.ok(
+            waiter.args?.some((a) => a === "--capture-port=15006"),
+            JSON.stringify(waiter.args),
+          );
           assert.equal(waiter.restartPolicy, undefined, "the waiter runs to completion");
           assert.ok(!inits.some((c) => c.name === "istio-init"), "no istio-init");
           assert.equal(inits.filter((c) => c.name === WAITER_CONTAINER).length, 1);
-          assert.ok(waiter.volumeMounts?.some((m) => m.name === "istio-podinfo"), "the downward API annotations are mounted");
-          assert.ok(pod.spec.volumes?.some((v) => v.name === "istio-podinfo"), "Istio's template provides the istio-podinfo volume");
-          assert.equal(native, inits.some((c) => c.name === "istio-proxy"), "native sidecar: istio-proxy among the init containers");
+          assert.ok(
+            waiter.volumeMounts?.some((m) => m.name === "istio-podinfo"),
+            "the downward API annotations are mounted",
+          );
+          assert.ok(
+            pod.spec.volumes?.some((v) => v.name === "istio-podinfo"),
+            "Istio's template provides the istio-podinfo volume",
+          );
+          assert.equal(
+            native,
+            inits.some((c) => c.name === "istio-proxy"),
+            "native sidecar: istio-proxy among the init containers",
+          );
           if (native) assert.equal(inits[1]?.name, "istio-proxy", "then the native-sidecar proxy, before the app's init containers");
           if (appInit) assert.ok(inits.findIndex((c) => c.name === "migrate") > 0, "the app's init container runs after the waiter");
 
@@ -101,7 +138,8 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
           const proxy = allContainers(pod).find((c) => c.name === "istio-proxy");
           const istiosProxy = allContainers(istioOnly).find((c) => c.name === "istio-proxy");
           assert.deepEqual(capsAdded(proxy), capsAdded(istiosProxy));
-          if (mode === "TPROXY") assert.deepEqual(capsAdded(proxy), ["NET_ADMIN"], "in TPROXY mode Envoy needs NET_ADMIN for transparent sockets (Istio's own template)");
+          if (mode === "TPROXY")
+            assert.deepEqual(capsAdded(proxy), ["NET_ADMIN"], "in TPROXY mode Envoy needs NET_ADMIN for transparent sockets (Istio's own template)");
 
           // The app's containers exactly as they were.
           for (const c of [...(original.spec.initContainers ?? []), ...original.spec.containers]) {
@@ -114,7 +152,11 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
           if (mode === "REDIRECT") {
             await core.createNamespacedPod({ namespace: "restricted", body });
           } else {
-            await assert.rejects(core.createNamespacedPod({ namespace: "restricted", body }), (err: unknown) => err instanceof k8s.ApiException && err.code === 403 && /istio-proxy/.test(String(err.body)) && /NET_ADMIN/.test(String(err.body)));
+            await assert.rejects(
+              core.createNamespacedPod({ namespace: "restricted", body }),
+              (err: unknown) =>
+                err instanceof k8s.ApiException && err.code === 403 && /istio-proxy/.test(String(err.body)) && /NET_ADMIN/.test(String(err.body)),
+            );
           }
         });
       }

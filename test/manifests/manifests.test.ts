@@ -37,7 +37,9 @@ describe("manifests", () => {
     });
   }
   test("the policy in the ConfigMap and the example policy are valid policies", () => {
-    const cm = parseAllDocuments(readFileSync(path.join(root, "config/function/policy.configmap.yaml"), "utf8"))[0]?.toJS() as { data: { "policy.yaml": string } };
+    const cm = parseAllDocuments(readFileSync(path.join(root, "config/function/policy.configmap.yaml"), "utf8"))[0]?.toJS() as {
+      data: { "policy.yaml": string };
+    };
     assert.equal(parsePolicy(cm.data["policy.yaml"]).document.mode, "enforce");
     parsePolicy(readFileSync(path.join(root, "examples/policy.yaml"), "utf8"));
   });
@@ -49,11 +51,23 @@ describe("manifests on the real API server [needs control plane]", skipUnlessCI(
   test("the overlays render with kustomize", () => {
     const kinds = (text: string) => [...text.matchAll(/^kind: (\w+)$/gm)].map((m) => m[1]).sort();
     const kubernetes = kinds(kustomize("config/overlays/kubernetes"));
-    for (const kind of ["DaemonSet", "ApiServerSource", "PingSource", "Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "Namespace", "ConfigMap"]) {
+    for (const kind of [
+      "DaemonSet",
+      "ApiServerSource",
+      "PingSource",
+      "Service",
+      "ValidatingAdmissionPolicy",
+      "ValidatingAdmissionPolicyBinding",
+      "Namespace",
+      "ConfigMap",
+    ]) {
       assert.ok(kubernetes.includes(kind), `kubernetes overlay has a ${kind}`);
     }
     const openshift = kinds(kustomize("config/overlays/openshift"));
-    assert.deepEqual(openshift.filter((k) => !kubernetes.includes(k)), ["SecurityContextConstraints"]);
+    assert.deepEqual(
+      openshift.filter((k) => !kubernetes.includes(k)),
+      ["SecurityContextConstraints"],
+    );
     assert.match(kustomize("eventing/broker"), /kind: Broker\n[\s\S]*kind: Trigger/);
   });
 

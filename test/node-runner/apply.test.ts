@@ -27,7 +27,12 @@ const config = (overrides: object = {}) => parseCaptureConfig({ ...DEFAULT_CAPTU
 
 function hostRules(): string {
   // Counters change with traffic; the rules themselves must not.
-  const strip = (t: string) => t.split("\n").filter((l) => !l.startsWith("#")).map((l) => l.replace(/\[\d+:\d+\]/g, "")).join("\n");
+  const strip = (t: string) =>
+    t
+      .split("\n")
+      .filter((l) => !l.startsWith("#"))
+      .map((l) => l.replace(/\[\d+:\d+\]/g, ""))
+      .join("\n");
   return ["iptables-save", "ip6tables-save"].map((cmd) => strip(execFileSync(cmd, { encoding: "utf8" }))).join("\n");
 }
 
@@ -71,7 +76,11 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       const first = await applier.apply(netns, pod.uid, config());
       assert.equal(first.result, "applied");
       assert.match(save(), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
-      assert.equal((await detectVariant(commandOps(nsenterRunner, netns), variant === "iptables-nft" ? "iptables-legacy" : "iptables-nft", {}, () => netns.legacyTables())).variant, variant);
+      assert.equal(
+        (await detectVariant(commandOps(nsenterRunner, netns), variant === "iptables-nft" ? "iptables-legacy" : "iptables-nft", {}, () => netns.legacyTables()))
+          .variant,
+        variant,
+      );
 
       assert.deepEqual(await applier.apply(netns, pod.uid, config()), { result: "unchanged", digest: first.digest });
 
@@ -159,7 +168,11 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
     assert.equal(netns.legacyTables(), false);
     pod.exec(["iptables-legacy", "-t", "nat", "-L", "-n"]);
     assert.equal(netns.legacyTables(), true);
-    assert.equal((await detectVariant(commandOps(nsenterRunner, netns), "iptables-nft", {}, () => netns.legacyTables())).variant, "iptables-nft", "a legacy table without rules: the node default");
+    assert.equal(
+      (await detectVariant(commandOps(nsenterRunner, netns), "iptables-nft", {}, () => netns.legacyTables())).variant,
+      "iptables-nft",
+      "a legacy table without rules: the node default",
+    );
   });
 
   // The engine's conversation with the real kernel is the golden transcript that
@@ -182,7 +195,10 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       const transcript: Transcript = { backend, outcomes, commands: recorder.entries };
       if (process.env.UPDATE_TRANSCRIPTS === "1") writeFileSync(file, `${JSON.stringify(transcript, null, 1)}\n`);
       const golden = JSON.parse(readFileSync(file, "utf8")) as Transcript;
-      assert.deepEqual(transcript.commands.map((c) => [c.argv, c.stdin]), golden.commands.map((c) => [c.argv, c.stdin]));
+      assert.deepEqual(
+        transcript.commands.map((c) => [c.argv, c.stdin]),
+        golden.commands.map((c) => [c.argv, c.stdin]),
+      );
     });
   }
 

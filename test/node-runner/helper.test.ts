@@ -64,7 +64,10 @@ describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), (
   test("many commands at once get their own answers", async () => {
     const { netns } = await netnsOf();
     const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => helper.run(netns, ["sh", "-c", `echo ${i}`])));
-    assert.deepEqual(answers.map((a) => a.stdout.trim()), Array.from({ length: 20 }, (_, i) => String(i)));
+    assert.deepEqual(
+      answers.map((a) => a.stdout.trim()),
+      Array.from({ length: 20 }, (_, i) => String(i)),
+    );
   });
 
   test("a helper that is gone is started again on the next command", async () => {
@@ -78,7 +81,10 @@ describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), (
     const expected = await Promise.all(pods3.map(({ netns }) => nsenterRunner(netns, ["readlink", "/proc/self/ns/net"])));
     for (let round = 0; round < 5; round++) {
       const got = await Promise.all(pods3.flatMap(({ netns }) => Array.from({ length: 6 }, () => helper.run(netns, ["readlink", "/proc/self/ns/net"]))));
-      assert.deepEqual(got.map((r) => r.stdout), pods3.flatMap((_, i) => Array.from({ length: 6 }, () => expected[i]?.stdout)));
+      assert.deepEqual(
+        got.map((r) => r.stdout),
+        pods3.flatMap((_, i) => Array.from({ length: 6 }, () => expected[i]?.stdout)),
+      );
     }
     const helperPid = Number((await helper.run(pods3[0].netns, ["sh", "-c", "echo $PPID"])).stdout.trim());
     assert.equal(readlinkSync(`/proc/${helperPid}/ns/net`), readlinkSync("/proc/self/ns/net"), "the helper's main thread never leaves the node's namespace");
@@ -98,7 +104,18 @@ describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), (
     const child = spawn(goProgram(NETNS_EXEC), [], { stdio: ["pipe", "pipe", "inherit"] });
     let out = "";
     child.stdout.setEncoding("utf8").on("data", (t: string) => (out += t));
-    const lines = fc.sample(fc.oneof(fc.string({ unit: "binary", maxLength: 200 }), fc.json(), fc.constant('{"id":1}'), fc.constant('{"id":"x","netns":"/proc/self/ns/net","argv":["true"]}'), fc.constant('{"id":2,"netns":"/proc/self/ns/net","argv":[]}'), fc.constant('{"id":3,"netns":"/proc/self/ns/net","builtin":"other"}'), fc.constant('{"id":4,"netns":"/proc/self/ns/net","builtin":"nft-tables","argv":["true"]}')), 300);
+    const lines = fc.sample(
+      fc.oneof(
+        fc.string({ unit: "binary", maxLength: 200 }),
+        fc.json(),
+        fc.constant('{"id":1}'),
+        fc.constant('{"id":"x","netns":"/proc/self/ns/net","argv":["true"]}'),
+        fc.constant('{"id":2,"netns":"/proc/self/ns/net","argv":[]}'),
+        fc.constant('{"id":3,"netns":"/proc/self/ns/net","builtin":"other"}'),
+        fc.constant('{"id":4,"netns":"/proc/self/ns/net","builtin":"nft-tables","argv":["true"]}'),
+      ),
+      300,
+    );
     for (const line of lines) child.stdin.write(`${line.replace(/\n/g, " ")}\n`);
     child.stdin.write(`${JSON.stringify({ id: 7, netns: "/proc/self/ns/net", argv: ["echo", "alive"], input: "" })}\n`);
     await new Promise<void>((resolve) => {
@@ -110,8 +127,15 @@ describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), (
       }, 10);
     });
     child.stdin.end();
-    const answers = out.trim().split("\n").map((l) => JSON.parse(l) as { id: number; stdout: string });
-    assert.deepEqual(answers.map((a) => [a.id, a.stdout]), [[7, "alive\n"]], "only the real request is answered");
+    const answers = out
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { id: number; stdout: string });
+    assert.deepEqual(
+      answers.map((a) => [a.id, a.stdout]),
+      [[7, "alive\n"]],
+      "only the real request is answered",
+    );
   });
 
   test("the helper's path: a path as given, a name looked up on PATH, nothing when absent; a helper that cannot start fails its commands with the reason", async () => {
@@ -152,13 +176,26 @@ describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), (
         return [...commands];
       };
       const first = await netnsOf();
-      assert.deepEqual(await applyIn(first, "uid-first"), ["iptables-nft-restore", "iptables-nft-save"], "the first pod of a plan: restore, then one save to learn its saved form");
+      assert.deepEqual(
+        await applyIn(first, "uid-first"),
+        ["iptables-nft-restore", "iptables-nft-save"],
+        "the first pod of a plan: restore, then one save to learn its saved form",
+      );
       const fresh = await netnsOf();
       assert.deepEqual(await applyIn(fresh, "uid-fresh"), ["iptables-nft-restore"], "a new pod's namespace: no save at all");
       const busy = await netnsOf();
       busy.exec(["iptables-nft", "-t", "nat", "-A", "OUTPUT", "-d", "192.0.2.1", "-j", "RETURN"]);
-      assert.deepEqual(await applyIn(busy, "uid-busy"), ["iptables-nft-save", "iptables-nft-restore"], "a namespace holding rules is saved first (the variant probe, the state before)");
-      const rules = (pod: { exec: (argv: string[]) => string }): string => pod.exec(["iptables-nft-save", "-t", "nat"]).split("\n").filter((l) => l.startsWith("-A ISTIO") || /-j ISTIO/.test(l)).join("\n");
+      assert.deepEqual(
+        await applyIn(busy, "uid-busy"),
+        ["iptables-nft-save", "iptables-nft-restore"],
+        "a namespace holding rules is saved first (the variant probe, the state before)",
+      );
+      const rules = (pod: { exec: (argv: string[]) => string }): string =>
+        pod
+          .exec(["iptables-nft-save", "-t", "nat"])
+          .split("\n")
+          .filter((l) => l.startsWith("-A ISTIO") || /-j ISTIO/.test(l))
+          .join("\n");
       assert.equal(rules(fresh), rules(first));
       assert.equal(rules(busy), rules(first));
       assert.match(busy.exec(["iptables-nft-save", "-t", "nat"]), /-A OUTPUT -d 192.0.2.1\/32 -j RETURN/, "the foreign rule stays");

@@ -65,7 +65,11 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
   const get = (p: string): Promise<number> => httpStatus(`https://127.0.0.1:${port}${p}`, nodeRunnerTlsOptions());
   const send = (p: string, body: Buffer, headers: Record<string, string>): Promise<Reply> => postToRunner(port, p, body, headers);
 
-  function signed(p: string, payload: unknown, options: { now?: number; keyid?: string; key?: KeyObject } = {}): { body: Buffer; headers: Record<string, string> } {
+  function signed(
+    p: string,
+    payload: unknown,
+    options: { now?: number; keyid?: string; key?: KeyObject } = {},
+  ): { body: Buffer; headers: Record<string, string> } {
     const body = Buffer.from(JSON.stringify(payload));
     const headers = signRequest(
       { method: "POST", authority: `127.0.0.1:${port}`, path: p, contentType: "application/json", body },
@@ -81,7 +85,12 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
   }
 
   const createPod = (name: string, overrides: { nodeName?: string; hostNetwork?: boolean } = {}) =>
-    createMeshPod(core, pods, { namespace: NS, name, nodeName: overrides.nodeName ?? NODE, ...(overrides.hostNetwork === undefined ? {} : { hostNetwork: overrides.hostNetwork }) });
+    createMeshPod(core, pods, {
+      namespace: NS,
+      name,
+      nodeName: overrides.nodeName ?? NODE,
+      ...(overrides.hostNetwork === undefined ? {} : { hostNetwork: overrides.hostNetwork }),
+    });
 
   function applyRequest(pod: { name: string; uid: string; ip: string }, capture: unknown = DEFAULT_CAPTURE_CONFIG, node = NODE) {
     return {
@@ -110,7 +119,9 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     assert.equal(annotations[MARK.netns], sandbox.netnsInode());
     assert.equal(annotations[MARK.rules], first.body.rules);
 
-    await waitForPodEvent(core, { namespace: NS, uid }, "NetworkInitialized").catch((err: unknown) => assert.fail(`${String(err)}; node-runner log:\n${runnerLog().slice(-3000)}`));
+    await waitForPodEvent(core, { namespace: NS, uid }, "NetworkInitialized").catch((err: unknown) =>
+      assert.fail(`${String(err)}; node-runner log:\n${runnerLog().slice(-3000)}`),
+    );
 
     const again = await signedPost(APPLY_PATH, req);
     assert.equal(again.body.result, "unchanged");
@@ -135,11 +146,32 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     await signedPost(REMOVE_PATH, { apiVersion: "podnet/v1", kind: "RemoveRequest", node: NODE, pod: good.pod, decision: good.decision });
 
     const cases: [string, () => Promise<Reply>, number, string][] = [
-      ["malformed JSON", () => { const b = Buffer.from("{not json"); const h = signRequest({ method: "POST", authority: `127.0.0.1:${port}`, path: APPLY_PATH, contentType: "application/json", body: b }, { keyid: "fn-1", privateKey: signingKey }, { now: Date.now(), nonce: randomUUID() }); return send(APPLY_PATH, b, h); }, 400, "malformed"],
+      [
+        "malformed JSON",
+        () => {
+          const b = Buffer.from("{not json");
+          const h = signRequest(
+            { method: "POST", authority: `127.0.0.1:${port}`, path: APPLY_PATH, contentType: "application/json", body: b },
+            { keyid: "fn-1", privateKey: signingKey },
+            { now: Date.now(), nonce: randomUUID() },
+          );
+          return send(APPLY_PATH, b, h);
+        },
+        400,
+        "malformed",
+      ],
       ["wrong schema", () => signedPost(APPLY_PATH, { ...good, kind: "Something" }), 400, "malformed"],
       ["oversize body", () => send(APPLY_PATH, bigBody, {}), 413, "too-large"],
       ["missing signature", () => send(APPLY_PATH, Buffer.from(JSON.stringify(good)), {}), 401, "missing-signature"],
-      ["tampered body", () => { const s = signed(APPLY_PATH, good); return send(APPLY_PATH, Buffer.from(JSON.stringify({ ...good, node: "node-b" })), s.headers); }, 401, "digest-mismatch"],
+      [
+        "tampered body",
+        () => {
+          const s = signed(APPLY_PATH, good);
+          return send(APPLY_PATH, Buffer.from(JSON.stringify({ ...good, node: "node-b" })), s.headers);
+        },
+        401,
+        "digest-mismatch",
+      ],
       ["replay", () => send(APPLY_PATH, replayed.body, replayed.headers), 401, "replay"],
       ["expired", () => signedPost(APPLY_PATH, good, { now: Date.now() - 120_000 }), 401, "expired"],
       ["unknown keyid", () => signedPost(APPLY_PATH, good, { keyid: "fn-9" }), 401, "unknown-key"],
@@ -149,7 +181,12 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
       ["UID mismatch", () => signedPost(APPLY_PATH, applyRequest({ name: "guarded", uid: randomUUID(), ip })), 409, "uid-mismatch"],
       ["pod on another node", () => signedPost(APPLY_PATH, applyRequest({ name: "elsewhere", uid: other.uid, ip: other.ip })), 409, "not-on-this-node"],
       ["hostNetwork pod", () => signedPost(APPLY_PATH, applyRequest({ name: "hostnet", uid: hostNet.uid, ip: hostNet.ip })), 409, "host-network"],
-      ["invalid capture", () => signedPost(APPLY_PATH, applyRequest({ name: "guarded", uid, ip }, { ...DEFAULT_CAPTURE_CONFIG, excludeInterfaces: "eth0 -j ACCEPT" })), 422, "invalid-capture"],
+      [
+        "invalid capture",
+        () => signedPost(APPLY_PATH, applyRequest({ name: "guarded", uid, ip }, { ...DEFAULT_CAPTURE_CONFIG, excludeInterfaces: "eth0 -j ACCEPT" })),
+        422,
+        "invalid-capture",
+      ],
     ];
     for (const [what, call, status, reason] of cases) {
       const reply = await call();
@@ -176,7 +213,11 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
         case 2:
           return signedPost(APPLY_PATH, applyRequest({ name: "after-flood", uid: randomUUID(), ip }));
         default:
-          return send(APPLY_PATH, Buffer.from("{}"), { "signature-input": `podnet=("@method");created=${i}`, signature: "podnet=:AAAA:", "content-digest": "sha-256=:x:" });
+          return send(APPLY_PATH, Buffer.from("{}"), {
+            "signature-input": `podnet=("@method");created=${i}`,
+            signature: "podnet=:AAAA:",
+            "content-digest": "sha-256=:x:",
+          });
       }
     });
     const statuses = new Set((await Promise.all(junk)).map((r) => r.status));
@@ -224,7 +265,10 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     assert.equal(metricSum(await metricsText(), "podnet_node_runner_events_pending"), 1, "the Event waits");
     await runner.stop(); // SIGTERM; resolves when the process has exited
     const events = await core.listNamespacedEvent({ namespace: NS });
-    assert.ok(events.items.some((e) => e.reason === "NetworkInitialized" && e.involvedObject.uid === uid), `no NetworkInitialized Event after the exit; log:\n${runnerLog().slice(-2000)}`);
+    assert.ok(
+      events.items.some((e) => e.reason === "NetworkInitialized" && e.involvedObject.uid === uid),
+      `no NetworkInitialized Event after the exit; log:\n${runnerLog().slice(-2000)}`,
+    );
     assert.match(runnerLog(), /sending the Events still waiting/);
   });
 });

@@ -39,7 +39,10 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
   });
 
   const create = (body: k8s.V1Pod) => s().core.createNamespacedPod({ namespace: NS, body });
-  const plainPod = (name: string, app: k8s.V1Container): k8s.V1Pod => ({ metadata: { name }, spec: { automountServiceAccountToken: false, containers: [app] } });
+  const plainPod = (name: string, app: k8s.V1Container): k8s.V1Pod => ({
+    metadata: { name },
+    spec: { automountServiceAccountToken: false, containers: [app] },
+  });
   const read = (name: string) => s().core.readNamespacedPod({ namespace: NS, name });
   const waiterExit = (p: k8s.V1Pod) => p.status?.initContainerStatuses?.find((c) => c.name === WAITER_CONTAINER)?.state?.terminated?.exitCode;
   const netnsOf = (pid: number) => /\[(\d+)\]/.exec(readlinkSync(`/proc/${pid}/ns/net`))?.[1] ?? "";
@@ -101,7 +104,13 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
       async () => {
         after = await read("mesh-server");
         const netns = after.metadata?.annotations?.[MARK.netns];
-        if (netns === undefined || waiterRuns(after) <= runsBefore || after.status?.phase !== "Running" || after.status.containerStatuses?.every((c) => c.ready) !== true) return false;
+        if (
+          netns === undefined ||
+          waiterRuns(after) <= runsBefore ||
+          after.status?.phase !== "Running" ||
+          after.status.containerStatuses?.every((c) => c.ready) !== true
+        )
+          return false;
         return netns === podNetns(after);
       },
       undefined,
@@ -128,7 +137,11 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
       assert.equal(p.metadata?.annotations?.[MARK.netns], podNetns(p));
     }
     for (const name of doomed) {
-      await waitFor(`${name} gone`, 60_000, async () => (await core.listNamespacedPod({ namespace: NS, fieldSelector: `metadata.name=${name}` })).items.length === 0);
+      await waitFor(
+        `${name} gone`,
+        60_000,
+        async () => (await core.listNamespacedPod({ namespace: NS, fieldSelector: `metadata.name=${name}` })).items.length === 0,
+      );
     }
   });
 });

@@ -14,7 +14,12 @@ if (missing !== undefined) {
   process.exit(1);
 }
 const NS = "demo";
-const stack = await startRealNodeStack({ namespaces: [NS], log: (line) => { console.log(`node:up: ${line}`); } });
+const stack = await startRealNodeStack({
+  namespaces: [NS],
+  log: (line) => {
+    console.log(`node:up: ${line}`);
+  },
+});
 let stopping = false;
 const stop = async (): Promise<void> => {
   if (stopping) return;
@@ -30,7 +35,10 @@ try {
   writeFileSync(kubeconfig, stack.cp.kubeConfig().exportConfig(), { mode: 0o600 });
   await stack.core.createNamespacedPod({ namespace: NS, body: stack.meshPod("web", stack.appContainer("server")) });
   const web = await stack.waitRunning(NS, "web");
-  await stack.core.createNamespacedPod({ namespace: NS, body: { metadata: { name: "client" }, spec: { automountServiceAccountToken: false, containers: [stack.appContainer("client", web.status?.podIP)] } } });
+  await stack.core.createNamespacedPod({
+    namespace: NS,
+    body: { metadata: { name: "client" }, spec: { automountServiceAccountToken: false, containers: [stack.appContainer("client", web.status?.podIP)] } },
+  });
   await stack.waitRunning(NS, "client");
   console.log(
     [

@@ -6,7 +6,10 @@
 import http from "node:http";
 import net from "node:net";
 
-for (const [port, direction] of [[15001, "outbound"], [15006, "inbound"]]) {
+for (const [port, direction] of [
+  [15001, "outbound"],
+  [15006, "inbound"],
+]) {
   net
     .createServer((socket) => {
       socket.once("data", (line) => {

@@ -71,7 +71,11 @@ describe("real node [needs root, control plane and node binaries]", skipUnlessCI
     assert.ok(existsSync(podCgroup), `${podCgroup} exists`);
     const pids = readdirSync(podCgroup, { withFileTypes: true })
       .filter((d) => d.isDirectory())
-      .flatMap((d) => readFileSync(`${podCgroup}/${d.name}/cgroup.procs`, "utf8").split("\n").filter((l) => l !== ""));
+      .flatMap((d) =>
+        readFileSync(`${podCgroup}/${d.name}/cgroup.procs`, "utf8")
+          .split("\n")
+          .filter((l) => l !== ""),
+      );
     assert.ok(pids.length >= 2, "the sandbox and the app container each have a process");
     const netns = new Set(pids.map((pid) => readlinkSync(`/proc/${pid}/ns/net`)));
     assert.equal(netns.size, 1, "all of the pod's processes share one netns");
@@ -90,9 +94,13 @@ describe("real node [needs root, control plane and node binaries]", skipUnlessCI
     await node.stop();
     assert.equal(existsSync(dir), false);
     assert.equal(readFileSync("/proc/self/mountinfo", "utf8").includes(dir), false, "no mount under the node's directory");
-    for (const controller of ["pids", "memory", "cpu"]) assert.equal(existsSync(`/sys/fs/cgroup/${controller}/kubepods`), false, `no ${controller} kubepods cgroup`);
+    for (const controller of ["pids", "memory", "cpu"])
+      assert.equal(existsSync(`/sys/fs/cgroup/${controller}/kubepods`), false, `no ${controller} kubepods cgroup`);
     assert.deepEqual(readSysctls(), sysctlsBefore);
-    assert.deepEqual(FOREIGN.filter((p) => existsSync(p)), foreignBefore);
+    assert.deepEqual(
+      FOREIGN.filter((p) => existsSync(p)),
+      foreignBefore,
+    );
     const links = readdirSync("/sys/class/net");
     assert.ok(!links.includes("pnc0"), `links left: ${links.join(" ")}`);
     const ours = pidsWhere((cmdline) => cmdline.includes(dir));
@@ -119,9 +127,13 @@ describe("real node [needs root, control plane and node binaries]", skipUnlessCI
     assert.ok(reapStaleNodes() >= 1);
     reapStaleRuns();
     assert.equal(existsSync(ready), false);
-    for (const controller of ["pids", "memory", "cpu"]) assert.equal(existsSync(`/sys/fs/cgroup/${controller}/kubepods`), false, `no ${controller} kubepods cgroup`);
+    for (const controller of ["pids", "memory", "cpu"])
+      assert.equal(existsSync(`/sys/fs/cgroup/${controller}/kubepods`), false, `no ${controller} kubepods cgroup`);
     assert.deepEqual(readSysctls(), sysctlsBefore);
-    assert.deepEqual(FOREIGN.filter((p) => existsSync(p)), foreignBefore);
+    assert.deepEqual(
+      FOREIGN.filter((p) => existsSync(p)),
+      foreignBefore,
+    );
     assert.ok(!readdirSync("/sys/class/net").includes("pnc0"));
   });
 });

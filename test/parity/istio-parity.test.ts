@@ -28,8 +28,21 @@ const missing = missingOracleReason() ?? missingConformanceReason();
 const validPorts = ["80", "443", "8080", "3306", "15001", "15006", "15020", "0", "65535"];
 const hostilePorts = ["65536", "080", "*", "-1", "http", " 80", "80 ", "", "1e3", "+80"];
 const validCidrs = [
-  "10.0.0.0/8", "10.1.2.3/8", "192.168.0.0/16", "0.0.0.0/0", "127.0.0.1/32", "127.0.0.0/8", "::/0", "fd00::/8",
-  "FD00:0:0::1/64", "2001:db8::1/128", "2001:0db8::/32", "::ffff:127.0.0.1/128", "::ffff:10.0.0.0/104", "::1/128", "::1.2.3.4/128",
+  "10.0.0.0/8",
+  "10.1.2.3/8",
+  "192.168.0.0/16",
+  "0.0.0.0/0",
+  "127.0.0.1/32",
+  "127.0.0.0/8",
+  "::/0",
+  "fd00::/8",
+  "FD00:0:0::1/64",
+  "2001:db8::1/128",
+  "2001:0db8::/32",
+  "::ffff:127.0.0.1/128",
+  "::ffff:10.0.0.0/104",
+  "::1/128",
+  "::1.2.3.4/128",
 ];
 const hostileCidrs = ["10.0.0.0", "10.0.0.0/33", "10.0.0.0/08", "010.0.0.0/8", "fe80::1%eth0/64", "*", "", " 10.0.0.0/8", "10.0.0.0/8\n-A OUTPUT"];
 const validIfaces = ["eth0", "eth1", "net1", "veth-a.b_c", "abcdefghijklmno", "Eth0"];
@@ -85,10 +98,7 @@ const envValue = fc.oneof(
   fc.constantFrom("true", "false", "1", "0", "True", "FALSE", "t", "yes", "", "on").map((value) => ({ value })),
   fc.constant({ valueFrom: { fieldRef: { fieldPath: "metadata.name" } } }),
 );
-const envArb = fc.record(
-  { [PROXY_ENV.dnsCapture]: envValue, [PROXY_ENV.invalidDrop]: envValue, [PROXY_ENV.dualStack]: envValue },
-  { requiredKeys: [] },
-);
+const envArb = fc.record({ [PROXY_ENV.dnsCapture]: envValue, [PROXY_ENV.invalidDrop]: envValue, [PROXY_ENV.dualStack]: envValue }, { requiredKeys: [] });
 const idArb = fc.option(fc.oneof(fc.constantFrom(0, 1337, 1000670000), fc.integer({ min: 1, max: 2147483647 })), { nil: undefined });
 const ipsArb = fc.constantFrom(["10.0.0.2"], ["fd00::2"], ["10.0.0.2", "fd00::2"], ["fd00::2", "10.0.0.2"], ["10.244.3.17", "2001:db8::17"]);
 
@@ -112,9 +122,7 @@ const podArb = fc
 
 // ---- the project's side -----------------------------------------------------------------
 
-type ProjectVerdict =
-  | { accepted: true; iptables: string; nft: string }
-  | { accepted: false; error: CaptureConfigError };
+type ProjectVerdict = { accepted: true; iptables: string; nft: string } | { accepted: false; error: CaptureConfigError };
 
 function project(pod: unknown): ProjectVerdict {
   try {
@@ -131,9 +139,15 @@ function project(pod: unknown): ProjectVerdict {
 // ---- deliberate deviations (docs/testing.md, "Parity with Istio") ----------------------------------
 
 const LIST_KEYS = [
-  ANNOTATION.includeOutboundIPRanges, ANNOTATION.excludeOutboundIPRanges, ANNOTATION.includeInboundPorts,
-  ANNOTATION.excludeInboundPorts, ANNOTATION.includeOutboundPorts, ANNOTATION.excludeOutboundPorts,
-  ANNOTATION.excludeInterfaces, ANNOTATION.rerouteVirtualInterfaces, ANNOTATION.kubevirtInterfaces,
+  ANNOTATION.includeOutboundIPRanges,
+  ANNOTATION.excludeOutboundIPRanges,
+  ANNOTATION.includeInboundPorts,
+  ANNOTATION.excludeInboundPorts,
+  ANNOTATION.includeOutboundPorts,
+  ANNOTATION.excludeOutboundPorts,
+  ANNOTATION.excludeInterfaces,
+  ANNOTATION.rerouteVirtualInterfaces,
+  ANNOTATION.kubevirtInterfaces,
 ];
 const PORT_KEYS = [ANNOTATION.includeInboundPorts, ANNOTATION.excludeInboundPorts, ANNOTATION.includeOutboundPorts, ANNOTATION.excludeOutboundPorts];
 
@@ -142,7 +156,9 @@ function deliberateDeviation(annotations: Record<string, string>): string | unde
   const values = LIST_KEYS.map((k) => annotations[k]).filter((v): v is string => v !== undefined);
   // Istio trims items when it validates them but renders them untrimmed.
   if (values.some((v) => /[\s\u0085]/.test(v))) return "whitespace in a list";
-  const portItemsOf = PORT_KEYS.map((k) => annotations[k]).filter((v): v is string => v !== undefined).flatMap((v) => v.split(","));
+  const portItemsOf = PORT_KEYS.map((k) => annotations[k])
+    .filter((v): v is string => v !== undefined)
+    .flatMap((v) => v.split(","));
   if (portItemsOf.some((p) => /^0[0-9]+$/.test(p))) return "port with a leading zero";
   // Istio validates "*" in these and renders `--dport *`; only includeInboundPorts has a wildcard.
   if ([ANNOTATION.excludeInboundPorts, ANNOTATION.includeOutboundPorts, ANNOTATION.excludeOutboundPorts].some((k) => annotations[k] === "*")) {
@@ -237,7 +253,9 @@ describe("parity with Istio's own code (differential, istio-cni + istio-iptables
       { numRuns: RUNS, seed: SEED, includeErrorInReport: true },
     );
     const deviations = [...tally.deviations].map(([k, n]) => `${k}: ${n}`).join(", ") || "none";
-    console.log(`# parity: ${RUNS} pods (seed ${SEED}): ${tally.bothAccepted} same rules, ${tally.bothRefused} refused by both, deliberate deviations: ${deviations}`);
+    console.log(
+      `# parity: ${RUNS} pods (seed ${SEED}): ${tally.bothAccepted} same rules, ${tally.bothRefused} refused by both, deliberate deviations: ${deviations}`,
+    );
   });
 });
 

@@ -48,9 +48,18 @@ function decideBudget(name: string, pod: object): void {
 
 describe("budget: deciding the largest pods", () => {
   // One list annotation of 256 KiB of distinct ports: 40,000 items.
-  const distinctPorts = Array.from({ length: 60_000 }, (_, i) => String(1 + (i % 65535))).join(",").slice(0, MAX_ANNOTATIONS_BYTES - 1024).replace(/,[^,]*$/, "");
+  const distinctPorts = Array.from({ length: 60_000 }, (_, i) => String(1 + (i % 65535)))
+    .join(",")
+    .slice(0, MAX_ANNOTATIONS_BYTES - 1024)
+    .replace(/,[^,]*$/, "");
 
-  for (const key of [ANNOTATION.excludeInboundPorts, ANNOTATION.includeInboundPorts, ANNOTATION.excludeOutboundPorts, ANNOTATION.excludeOutboundIPRanges, ANNOTATION.excludeInterfaces]) {
+  for (const key of [
+    ANNOTATION.excludeInboundPorts,
+    ANNOTATION.includeInboundPorts,
+    ANNOTATION.excludeOutboundPorts,
+    ANNOTATION.excludeOutboundIPRanges,
+    ANNOTATION.excludeInterfaces,
+  ]) {
     test(`${key} of 256 KiB is refused in time linear in its size, with a bounded message`, () => {
       decideBudget(key, largestPod({ annotations: { [key]: distinctPorts } }));
       const decision = decide({ pod: parsePod(largestPod({ annotations: { [key]: distinctPorts } })), policy });

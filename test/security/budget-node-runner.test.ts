@@ -64,7 +64,10 @@ describe("budget: the node-runner and the function list a node of the largest po
       compiled: { nodeArgs: manifestV8Flags().nodeRunner },
     });
     try {
-      assert.ok(manifestV8Flags().nodeRunner.some((f) => f.startsWith("--max-old-space-size=")), "the DaemonSet's heap limit is applied");
+      assert.ok(
+        manifestV8Flags().nodeRunner.some((f) => f.startsWith("--max-old-space-size=")),
+        "the DaemonSet's heap limit is applied",
+      );
       await runner.waitForLog(new RegExp(`"pods":${PODS},.*listed the pods bound to this node`), 120_000);
       assert.equal(runner.process.exitCode, null, "still running");
       assert.doesNotMatch(runner.log(), /heap out of memory|pod watch failed/);
@@ -78,7 +81,10 @@ describe("budget: the node-runner and the function list a node of the largest po
     const keys = signingKeyDirs(dir, "fn-2");
     const fn = await startFunction(cp, { signingKeysDir: keys.privateDir, nodeRunnerPort: 1, compiled: { nodeArgs: manifestV8Flags().function } });
     try {
-      assert.ok(manifestV8Flags().function.some((f) => f.startsWith("--max-old-space-size=")), "the Service's heap limit is applied");
+      assert.ok(
+        manifestV8Flags().function.some((f) => f.startsWith("--max-old-space-size=")),
+        "the Service's heap limit is applied",
+      );
       const res = await deliver(`${fn.url}/`, pingEvent(), await senderToken(cp, "PingSource"));
       assert.equal(res.status, 200, JSON.stringify(res.body));
       assert.equal((res.body.resync as { seen?: number } | undefined)?.seen, PODS, JSON.stringify(res.body.resync));

@@ -28,7 +28,11 @@ describe("attacks on the decision function [needs root and control plane]", skip
   });
 
   const url = (): string => `${stack.fn.url}/`;
-  const metric = async (name: string): Promise<string> => (await stack.fn.metrics()).split("\n").filter((l) => l.startsWith(name)).join("\n");
+  const metric = async (name: string): Promise<string> =>
+    (await stack.fn.metrics())
+      .split("\n")
+      .filter((l) => l.startsWith(name))
+      .join("\n");
 
   test("attack 9b: events without a valid sender identity are refused (401) and do nothing", async () => {
     const pod = await stack.createPod({ namespace: NS, name: "no-token" });
@@ -76,7 +80,10 @@ describe("attacks on the decision function [needs root and control plane]", skip
     const ghost = meshPodObject("ghost", { namespace: NS });
     const res = await deliver(url(), apiServerSourceEvent("add", ghost), stack.tokens.pods);
     assert.equal(res.status, 200, JSON.stringify(res.body));
-    assert.deepEqual((res.body as { results: { outcome: string; reason: string }[] }).results.map((r) => [r.outcome, r.reason]), [["skipped", "deleted"]]);
+    assert.deepEqual(
+      (res.body as { results: { outcome: string; reason: string }[] }).results.map((r) => [r.outcome, r.reason]),
+      [["skipped", "deleted"]],
+    );
   });
 
   test("attack 9d: resyncs are rate-limited: a burst of PingSource events sweeps the cluster once", async () => {
@@ -98,7 +105,11 @@ describe("attacks on the decision function [needs root and control plane]", skip
       assert.equal(res.status, 401);
     }
     for (let i = 0; i < 50; i++) {
-      const res = await fetch(`${stack.fn.url}/dead-letter`, { method: "POST", headers: { "ce-type": `junk.${i}`, "ce-id": String(i), authorization: `Bearer ${stack.tokens.pods}` }, body: "{}" });
+      const res = await fetch(`${stack.fn.url}/dead-letter`, {
+        method: "POST",
+        headers: { "ce-type": `junk.${i}`, "ce-id": String(i), authorization: `Bearer ${stack.tokens.pods}` },
+        body: "{}",
+      });
       assert.equal(res.status, 202);
     }
     const after = await metric("podnet_function_events_total");
@@ -116,14 +127,27 @@ describe("attacks on the decision function [needs root and control plane]", skip
     const current = await stack.core.readNamespacedPod({ namespace: NS, name: pod.name });
     const event = apiServerSourceEvent("add", JSON.parse(JSON.stringify(current)) as { metadata: { namespace: string; name: string } });
     const part = (o: object): string => Buffer.from(JSON.stringify(o)).toString("base64url");
-    const forged = (i: number, sub: string): string => `${part({ alg: "RS256" })}.${part({ sub, aud: [FUNCTION_AUDIENCE], exp: Math.floor(Date.now() / 1000) + 600, jti: String(i) })}.c2ln`;
+    const forged = (i: number, sub: string): string =>
+      `${part({ alg: "RS256" })}.${part({ sub, aud: [FUNCTION_AUDIENCE], exp: Math.floor(Date.now() / 1000) + 600, jti: String(i) })}.c2ln`;
     const before = await reviews();
     // Most claim a workload's identity (refused locally); some claim the source's (each one review at most).
-    const flood = Array.from({ length: 400 }, (_, i) => deliver(url(), event, forged(i, i % 10 === 0 ? "system:serviceaccount:podnet-system:podnet-pods-oidc-sources.knative.dev-apiserversource" : `system:serviceaccount:${NS}:w${i}`)));
+    const flood = Array.from({ length: 400 }, (_, i) =>
+      deliver(
+        url(),
+        event,
+        forged(
+          i,
+          i % 10 === 0 ? "system:serviceaccount:podnet-system:podnet-pods-oidc-sources.knative.dev-apiserversource" : `system:serviceaccount:${NS}:w${i}`,
+        ),
+      ),
+    );
     const served = await deliver(url(), event, stack.tokens.pods);
     assert.equal(served.status, 200, JSON.stringify(served.body));
     const answers = await Promise.all(flood);
-    assert.ok(answers.every((a) => a.status === 401 || a.status === 503), JSON.stringify(answers.find((a) => a.status !== 401 && a.status !== 503)));
+    assert.ok(
+      answers.every((a) => a.status === 401 || a.status === 503),
+      JSON.stringify(answers.find((a) => a.status !== 401 && a.status !== 503)),
+    );
     assert.ok((await reviews()) - before <= 40, `TokenReviews for 400 forged tokens: ${(await reviews()) - before}`);
     await waitForAnnotations(stack.core, pod, (a) => a[MARK.status] === STATUS_INITIALIZED);
   });

@@ -60,7 +60,14 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
   });
 
   function start(env: NodeJS.ProcessEnv = {}, port?: number): Promise<Component> {
-    return startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keysDir, stateDir: stateDir(), cgroupRoot: pods.cgroupRoot, env, ...(port === undefined ? {} : { port }) });
+    return startNodeRunner(cp, {
+      nodeName: NODE,
+      publicKeysDir: keysDir,
+      stateDir: stateDir(),
+      cgroupRoot: pods.cgroupRoot,
+      env,
+      ...(port === undefined ? {} : { port }),
+    });
   }
 
   const send = (body: Buffer, headers: Record<string, string>): Promise<Reply> => postToRunner(runner.port, APPLY_PATH, body, headers);
@@ -87,7 +94,12 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
   }
 
   const rules = (pod: MeshPod): string =>
-    pod.sandbox.exec(["iptables-save"]).split("\n").filter((l) => !l.startsWith("#")).map((l) => l.replace(/\[\d+:\d+\]/g, "")).join("\n");
+    pod.sandbox
+      .exec(["iptables-save"])
+      .split("\n")
+      .filter((l) => !l.startsWith("#"))
+      .map((l) => l.replace(/\[\d+:\d+\]/g, ""))
+      .join("\n");
 
   async function marks(pod: MeshPod): Promise<Record<string, string>> {
     const p = await core.readNamespacedPod({ namespace: NS, name: pod.name });
@@ -142,7 +154,11 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
     const reply = await post(signedApply(pod));
     assert.equal(reply.status, 200, JSON.stringify(reply.body));
     assert.equal(reply.body.netns, pod.sandbox.netnsInode(), "the victim's own netns was programmed");
-    assert.deepEqual(impostors.map((x) => pods.execIn(x.netns, ["iptables-save"])), before, "the impostors' netns are untouched");
+    assert.deepEqual(
+      impostors.map((x) => pods.execIn(x.netns, ["iptables-save"])),
+      before,
+      "the impostors' netns are untouched",
+    );
     assert.equal((await marks(pod))[MARK.netns], pod.sandbox.netnsInode());
   });
 
@@ -263,7 +279,16 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
     const signedSlow = signedApply(pod);
     slow.forEach((socket, i) => {
       if (i % 2 === 0) socket.write(`POST ${APPLY_PATH} HTTP/1.1\r\nhost: 127.0.0.1`);
-      else socket.write(`POST ${APPLY_PATH} HTTP/1.1\r\n${Object.entries({ ...signedSlow.headers, "content-type": "application/json", "content-length": String(signedSlow.body.length) }).map(([k, v]) => `${k}: ${v}`).join("\r\n")}\r\n\r\n{`);
+      else
+        socket.write(
+          `POST ${APPLY_PATH} HTTP/1.1\r\n${Object.entries({
+            ...signedSlow.headers,
+            "content-type": "application/json",
+            "content-length": String(signedSlow.body.length),
+          })
+            .map(([k, v]) => `${k}: ${v}`)
+            .join("\r\n")}\r\n\r\n{`,
+        );
     });
     const drip = setInterval(() => {
       for (const socket of slow) if (!socket.destroyed) socket.write(" ");
@@ -273,7 +298,10 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
       const served = await post(signedApply(await newPod()));
       assert.equal(served.status, 200, JSON.stringify(served.body));
       const closedAfter = await Promise.all(cut);
-      assert.ok(closedAfter.every((c) => c.closed), "every slow connection was closed by the server");
+      assert.ok(
+        closedAfter.every((c) => c.closed),
+        "every slow connection was closed by the server",
+      );
       assert.ok(Date.now() - t0 < 25_000, "within the request timeout and its check interval");
     } finally {
       clearInterval(drip);
@@ -331,10 +359,15 @@ subjects: [{ kind: ServiceAccount, name: prometheus, namespace: monitoring }]
 
     // 200 scrapes with distinct junk tokens at once: each costs at most a bounded number of
     // reviews (the rest answered 503 at once), and the allowed scraper is answered meanwhile.
-    const flood = Promise.all(Array.from({ length: 200 }, (_, i) => httpStatus(metricsUrl, { ...tlsOptions, token: `junk-${i}-${randomUUID()}` }).catch(() => 0)));
+    const flood = Promise.all(
+      Array.from({ length: 200 }, (_, i) => httpStatus(metricsUrl, { ...tlsOptions, token: `junk-${i}-${randomUUID()}` }).catch(() => 0)),
+    );
     assert.equal(await httpStatus(metricsUrl, { ...tlsOptions, token: scraper }), 200, "served from its cached verdict during the flood");
     const statuses = await flood;
-    assert.ok(statuses.every((status) => [401, 503, 0].includes(status)), `only refusals: ${[...new Set(statuses)].join(", ")}`);
+    assert.ok(
+      statuses.every((status) => [401, 503, 0].includes(status)),
+      `only refusals: ${[...new Set(statuses)].join(", ")}`,
+    );
     assert.match(await runner.metrics(), /podnet_node_runner_metrics_scrapes_refused_total\{status="401"\} [1-9]/);
     // And the signed API kept working.
     const pod = await newPod();

@@ -15,7 +15,14 @@ export function apiServerSourceEvent(
     metadata: {
       ...pod.metadata,
       managedFields: [
-        { manager: "kubectl-client-side-apply", operation: "Update", apiVersion: "v1", time: "2026-11-25T10:00:00Z", fieldsType: "FieldsV1", fieldsV1: { "f:metadata": { "f:labels": {} } } },
+        {
+          manager: "kubectl-client-side-apply",
+          operation: "Update",
+          apiVersion: "v1",
+          time: "2026-11-25T10:00:00Z",
+          fieldsType: "FieldsV1",
+          fieldsV1: { "f:metadata": { "f:labels": {} } },
+        },
       ],
     },
   };
@@ -37,7 +44,10 @@ export function apiServerSourceEvent(
   };
 }
 
-export function meshPodObject(name: string, options: { namespace?: string; uid?: string; node?: string; hostIP?: string; ip?: string; annotations?: Record<string, string> } = {}) {
+export function meshPodObject(
+  name: string,
+  options: { namespace?: string; uid?: string; node?: string; hostIP?: string; ip?: string; annotations?: Record<string, string> } = {},
+) {
   return {
     metadata: {
       name,
@@ -47,7 +57,13 @@ export function meshPodObject(name: string, options: { namespace?: string; uid?:
       labels: { "security.istio.io/tlsMode": "istio" },
       annotations: { "sidecar.istio.io/status": "{}", ...options.annotations },
     },
-    spec: { nodeName: options.node ?? "node-a", containers: [{ name: "app", image: "example/app" }, { name: "istio-proxy", image: "istio/proxyv2" }] },
+    spec: {
+      nodeName: options.node ?? "node-a",
+      containers: [
+        { name: "app", image: "example/app" },
+        { name: "istio-proxy", image: "istio/proxyv2" },
+      ],
+    },
     status: { phase: "Pending", hostIP: options.hostIP ?? "127.0.0.1", podIP: options.ip ?? "10.251.0.10", podIPs: [{ ip: options.ip ?? "10.251.0.10" }] },
   };
 }
@@ -67,7 +83,11 @@ export function pingEvent(): { headers: Record<string, string>; body: string } {
 }
 
 /** Deliver an event to the function as a source would; the answer's status and JSON body. */
-export async function deliver(url: string, event: { headers: Record<string, string>; body: string }, token?: string): Promise<{ status: number; body: Record<string, unknown> }> {
+export async function deliver(
+  url: string,
+  event: { headers: Record<string, string>; body: string },
+  token?: string,
+): Promise<{ status: number; body: Record<string, unknown> }> {
   // The outcome in the answer's body (the adapter asks for none).
   const headers = { ...event.headers, prefer: "return=representation", ...(token === undefined ? {} : { authorization: `Bearer ${token}` }) };
   const res = await fetch(url, { method: "POST", headers, body: event.body });

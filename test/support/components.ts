@@ -116,7 +116,10 @@ async function startProcess(
 }
 
 /** A key pair for signing: the function's private-key directory and the node-runners' public one. */
-export function signingKeyDirs(base: string, keyid = "fn-20261125000000"): { privateDir: string; publicDir: string; signingKey: { keyid: string; privateKey: import("node:crypto").KeyObject } } {
+export function signingKeyDirs(
+  base: string,
+  keyid = "fn-20261125000000",
+): { privateDir: string; publicDir: string; signingKey: { keyid: string; privateKey: import("node:crypto").KeyObject } } {
   const { privateKey, publicKey } = generateKeyPairSync("ed25519");
   const privateDir = path.join(base, "signing");
   const publicDir = path.join(base, "public");
@@ -180,7 +183,10 @@ export async function startNodeRunner(
     nodeRunnerTlsOptions(),
     options.compiled?.nodeArgs ?? [],
     // The cluster admin's token: allowed to get /metrics, as Prometheus' ClusterRole is.
-    { url: `https://127.0.0.1:${metricsPort}`, scrape: () => scrapeMetrics(`https://127.0.0.1:${metricsPort}`, { ...nodeRunnerTlsOptions(), token: cp.adminToken }) },
+    {
+      url: `https://127.0.0.1:${metricsPort}`,
+      scrape: () => scrapeMetrics(`https://127.0.0.1:${metricsPort}`, { ...nodeRunnerTlsOptions(), token: cp.adminToken }),
+    },
   );
 }
 
@@ -295,6 +301,9 @@ export async function sendSigned(
   const { randomUUID } = await import("node:crypto");
   const body = Buffer.from(JSON.stringify(payload));
   const authority = `127.0.0.1:${runner.port}`;
-  const headers = signRequest({ method: "POST", authority, path: requestPath, contentType: "application/json", body }, key, { now: Date.now(), nonce: randomUUID() });
+  const headers = signRequest({ method: "POST", authority, path: requestPath, contentType: "application/json", body }, key, {
+    now: Date.now(),
+    nonce: randomUUID(),
+  });
   return postToRunner(runner.port, requestPath, body, { ...headers, host: authority });
 }

@@ -60,7 +60,11 @@ export function kubeInject<P extends { metadata: { name: string } }>(files: Inje
   const input = path.join(files.dir, `${pod.metadata.name}.yaml`);
   writeFileSync(input, stringify({ apiVersion: "v1", kind: "Pod", ...pod }));
   // -r default: offline (without it kube-inject looks for a cluster).
-  const out = execFileSync(ISTIOCTL, ["kube-inject", "-r", "default", "--injectConfigFile", files.config, "--valuesFile", files.values, "--meshConfigFile", files.mesh, "-f", input], { encoding: "utf8" });
+  const out = execFileSync(
+    ISTIOCTL,
+    ["kube-inject", "-r", "default", "--injectConfigFile", files.config, "--valuesFile", files.values, "--meshConfigFile", files.mesh, "-f", input],
+    { encoding: "utf8" },
+  );
   const docs = parseAllDocuments(out)
     .map((d) => d.toJS() as P | null)
     .filter((d): d is P => d !== null);

@@ -42,19 +42,30 @@ export async function createMeshPod(
 }
 
 /** Wait until the pod's annotations satisfy `check`. */
-export async function waitForAnnotations(core: k8s.CoreV1Api, pod: { namespace: string; name: string }, check: (a: Record<string, string>) => boolean, timeoutMs = 15_000): Promise<Record<string, string>> {
+export async function waitForAnnotations(
+  core: k8s.CoreV1Api,
+  pod: { namespace: string; name: string },
+  check: (a: Record<string, string>) => boolean,
+  timeoutMs = 15_000,
+): Promise<Record<string, string>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const p = await core.readNamespacedPod({ namespace: pod.namespace, name: pod.name });
     const annotations = p.metadata?.annotations ?? {};
     if (check(annotations)) return annotations;
-    if (Date.now() > deadline) throw new Error(`pod ${pod.namespace}/${pod.name}: annotations not as expected after ${timeoutMs} ms: ${JSON.stringify(annotations)}`);
+    if (Date.now() > deadline)
+      throw new Error(`pod ${pod.namespace}/${pod.name}: annotations not as expected after ${timeoutMs} ms: ${JSON.stringify(annotations)}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
 
 /** Wait for an Event about the pod (by UID) with this reason: Events follow the work, later. */
-export async function waitForPodEvent(core: k8s.CoreV1Api, pod: { namespace: string; uid: string }, reason: string, timeoutMs = 15_000): Promise<k8s.CoreV1Event> {
+export async function waitForPodEvent(
+  core: k8s.CoreV1Api,
+  pod: { namespace: string; uid: string },
+  reason: string,
+  timeoutMs = 15_000,
+): Promise<k8s.CoreV1Event> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const event = (await core.listNamespacedEvent({ namespace: pod.namespace })).items.find((e) => e.reason === reason && e.involvedObject.uid === pod.uid);

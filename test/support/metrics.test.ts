@@ -18,7 +18,12 @@ test("metricSum: every label set of the one metric, floats included; a longer na
 });
 
 test("metricSeries: each series with its labels (escaped quotes kept as written) and value", () => {
-  const page = ['api_total{verb="GET",resource="pods",code="200"} 12', 'api_total{verb="POST",resource="events",subresource="",msg="a \\"b\\""} 3', "api_total 1", "api_total_other 9"].join("\n");
+  const page = [
+    'api_total{verb="GET",resource="pods",code="200"} 12',
+    'api_total{verb="POST",resource="events",subresource="",msg="a \\"b\\""} 3',
+    "api_total 1",
+    "api_total_other 9",
+  ].join("\n");
   assert.deepEqual(metricSeries(page, "api_total"), [
     { labels: { verb: "GET", resource: "pods", code: "200" }, value: 12 },
     { labels: { verb: "POST", resource: "events", subresource: "", msg: 'a \\"b\\"' }, value: 3 },

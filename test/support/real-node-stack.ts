@@ -42,7 +42,9 @@ export function missingRealNodeReason(): string | undefined {
     missingBinariesReason() ??
     missingNodeReason() ??
     missingIstioReason() ??
-    (PROJECT_IMAGES.every((i) => existsSync(path.join(IMAGE_DIR, `${i}.oci.tar`))) ? undefined : "the project's images are not built: run test/controlplane/images.sh")
+    (PROJECT_IMAGES.every((i) => existsSync(path.join(IMAGE_DIR, `${i}.oci.tar`)))
+      ? undefined
+      : "the project's images are not built: run test/controlplane/images.sh")
   );
 }
 
@@ -113,7 +115,10 @@ export async function startRealNodeStack(
       kubeInject(injector, {
         apiVersion: "v1",
         kind: "Pod",
-        metadata: { name, annotations: { "inject.istio.io/templates": "sidecar,podnet", "sidecar.istio.io/nativeSidecar": String(o.native ?? true), ...o.annotations } },
+        metadata: {
+          name,
+          annotations: { "inject.istio.io/templates": "sidecar,podnet", "sidecar.istio.io/nativeSidecar": String(o.native ?? true), ...o.annotations },
+        },
         spec: { automountServiceAccountToken: false, containers: [app] },
       });
 
@@ -226,6 +231,10 @@ export function podPids(p: k8s.V1Pod): number[] {
   const cgroup = podCgroup(p);
   return readdirSync(cgroup, { withFileTypes: true })
     .filter((d) => d.isDirectory())
-    .flatMap((d) => readFileSync(path.join(cgroup, d.name, "cgroup.procs"), "utf8").split("\n").filter((l) => l !== ""))
+    .flatMap((d) =>
+      readFileSync(path.join(cgroup, d.name, "cgroup.procs"), "utf8")
+        .split("\n")
+        .filter((l) => l !== ""),
+    )
     .map(Number);
 }

@@ -83,7 +83,14 @@ export async function startStack(
       },
       restartNodeRunner: async () => {
         await stack.runner.stop();
-        stack.runner = await startNodeRunner(cp, { nodeName: STACK_NODE, publicKeysDir: keys.publicDir, stateDir, cgroupRoot: pods.cgroupRoot, port: stack.runner.port, ...runnerBuild });
+        stack.runner = await startNodeRunner(cp, {
+          nodeName: STACK_NODE,
+          publicKeysDir: keys.publicDir,
+          stateDir,
+          cgroupRoot: pods.cgroupRoot,
+          port: stack.runner.port,
+          ...runnerBuild,
+        });
       },
       stop: async () => {
         await stack.adapter?.stop();

@@ -45,7 +45,6 @@ function v1Root(): string | undefined {
   return undefined;
 }
 
-
 /** Remove a cgroup subtree: children first; fails (throws) while processes remain. */
 function removeCgroupTree(dir: string): void {
   if (!existsSync(dir)) return;
@@ -261,7 +260,10 @@ export class TestPods {
 
 function pidsInNetns(netns: string): number[] {
   try {
-    return sh(["ip", "netns", "pids", netns]).split("\n").filter((l) => l !== "").map(Number);
+    return sh(["ip", "netns", "pids", netns])
+      .split("\n")
+      .filter((l) => l !== "")
+      .map(Number);
   } catch {
     return [];
   }

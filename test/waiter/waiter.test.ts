@@ -39,7 +39,12 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
     keys = signingKeyDirs(scratch.dir);
     await cp.ensureNamespace(NS);
     core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
-    runner = await startNodeRunner(cp, { nodeName: NODE, publicKeysDir: keys.publicDir, stateDir: path.join(scratch.dir, "state"), cgroupRoot: pods.cgroupRoot });
+    runner = await startNodeRunner(cp, {
+      nodeName: NODE,
+      publicKeysDir: keys.publicDir,
+      stateDir: path.join(scratch.dir, "state"),
+      cgroupRoot: pods.cgroupRoot,
+    });
   });
   after(async () => {
     await runner.stop();
@@ -64,7 +69,11 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
     writeAnnotationsFile(file, p.metadata?.annotations ?? {});
   }
 
-  function startWaiter(pod: MeshPod, info: ReturnType<typeof podinfo>, extra: string[] = []): { child: ChildProcess; exit: Promise<{ code: number; at: number; stderr: string }> } {
+  function startWaiter(
+    pod: MeshPod,
+    info: ReturnType<typeof podinfo>,
+    extra: string[] = [],
+  ): { child: ChildProcess; exit: Promise<{ code: number; at: number; stderr: string }> } {
     const child = pod.sandbox.spawn(
       [goProgram("podnet-wait"), `--annotations=${info.file}`, `--termination-log=${info.terminationLog}`, "--poll=200", ...extra],
       { uid: 1337, gid: 1337 },
@@ -80,14 +89,19 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
   }
 
   const apply = (pod: MeshPod, capture: object = DEFAULT_CAPTURE_CONFIG) =>
-    sendSigned(runner, APPLY_PATH, {
-      apiVersion: "podnet/v1",
-      kind: "ApplyRequest",
-      node: NODE,
-      pod: { namespace: NS, name: pod.name, uid: pod.uid, ips: [pod.ip] },
-      capture,
-      decision: { reason: "test", policy: "test" },
-    }, keys.signingKey);
+    sendSigned(
+      runner,
+      APPLY_PATH,
+      {
+        apiVersion: "podnet/v1",
+        kind: "ApplyRequest",
+        node: NODE,
+        pod: { namespace: NS, name: pod.name, uid: pod.uid, ips: [pod.ip] },
+        capture,
+        decision: { reason: "test", policy: "test" },
+      },
+      keys.signingKey,
+    );
 
   test("waits while nothing is applied; exits 0 once the rules work, without waiting for the kubelet's annotation file", async (t) => {
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "web-1", nodeName: NODE });
@@ -116,7 +130,11 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
     ["TPROXY inbound", { inboundInterceptionMode: "TPROXY" }],
     ["IPv6 rules too", { enableIPv6: true }],
     ["DNS captured", { redirectDNS: true, captureAllDNS: true, dnsServersV4: ["10.96.0.10"] }],
-    ["the probe's port excluded from outbound capture", { outboundPortsExclude: "15999,15998" }, { "traffic.sidecar.istio.io/excludeOutboundPorts": "15999,15998" }],
+    [
+      "the probe's port excluded from outbound capture",
+      { outboundPortsExclude: "15999,15998" },
+      { "traffic.sidecar.istio.io/excludeOutboundPorts": "15999,15998" },
+    ],
     ["virtual interfaces rerouted, an interface excluded", { rerouteVirtualInterfaces: "tun0", excludeInterfaces: "eth9" }],
   ];
   for (const [what, overrides, annotations] of captures) {
@@ -149,7 +167,10 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
   test("a spoofed mark without rules ends in the probe-failure code, with the reason in the termination log", async () => {
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "spoofed", nodeName: NODE });
     const info = podinfo();
-    writeAnnotationsFile(info.file, { "pod-network-controller.istio.io/status": "initialized", "pod-network-controller.istio.io/netns": pod.sandbox.netnsInode() });
+    writeAnnotationsFile(info.file, {
+      "pod-network-controller.istio.io/status": "initialized",
+      "pod-network-controller.istio.io/netns": pod.sandbox.netnsInode(),
+    });
     const done = await startWaiter(pod, info).exit;
     assert.equal(done.code, WAIT_EXIT.probeFailed, done.stderr);
     assert.match(readFileSync(info.terminationLog, "utf8"), /^marked initialized but interception does not work: .*not redirected/);
