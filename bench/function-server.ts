@@ -24,9 +24,8 @@ if (mode === "function") {
     port: Number(process.env.RUNNER_PORT),
     addressFor: () => "127.0.0.1",
   });
-  whenIdle = () => dispatcher.whenIdle();
   const policy = parsePolicy("");
-  app = createFunctionApp({
+  const functionApp = createFunctionApp({
     policy: () => policy,
     dispatcher,
     cluster: {
@@ -38,6 +37,8 @@ if (mode === "function") {
     log: pino({ level: "silent" }),
     metrics: createFunctionMetrics({ defaultMetrics: false }),
   });
+  whenIdle = () => functionApp.queue.whenIdle();
+  app = functionApp;
 } else if (mode === "floor") {
   // Express 5 parsing the body and answering as the function does (200, no body), nothing else.
   const bare = express();

@@ -77,66 +77,47 @@ describe("dispatcher", () => {
     warnings: [],
   });
   const dispatcher = (options: Partial<ConstructorParameters<typeof Dispatcher>[0]> = {}) =>
-    new Dispatcher({ signingKey: () => ({ keyid: "fn-1", privateKey }), port, backoffMs: 10, ...options });
+    new Dispatcher({ signingKey: () => ({ keyid: "fn-1", privateKey }), port, ...options });
 
   test("signed requests verify at the peer", async () => {
     seen.length = 0;
     script = () => ({ status: 200 });
     const d = dispatcher();
-    assert.deepEqual(await d.dispatch(decision("a"), "p1"), { ok: true, status: 200, result: "applied", attempts: 1 });
+    assert.deepEqual(await d.send(decision("a"), "p1"), { ok: true, status: 200, result: "applied" });
     assert.equal(seen[0]?.verified, true);
     d.close();
   });
 
-  test("503 and connection errors are retried with backoff; 4xx is not", async () => {
-    seen.length = 0;
-    let calls = 0;
-    script = () => ({ status: ++calls < 3 ? 503 : 200, retryAfter: "1" });
-    const d = dispatcher({ attempts: 3 });
-    assert.deepEqual(await d.dispatch(decision("b"), "p1"), { ok: true, status: 200, result: "applied", attempts: 3 });
+  test("one attempt each: 503 (with its Retry-After) and connection errors can pass; 4xx cannot", async () => {
+    script = () => ({ status: 503, retryAfter: "1" });
+    const d = dispatcher();
+    const busy = await d.send(decision("b"), "p1");
+    assert.deepEqual(busy.ok ? null : [busy.status, busy.retryable, busy.retryAfterMs], [503, true, 1000]);
     script = () => ({ status: 409 });
-    const refused = await d.dispatch(decision("c"), "p1");
-    assert.deepEqual(refused.ok ? null : [refused.status, refused.retryable, refused.attempts], [409, false, 1]);
-    const nobody = dispatcher({ port: await freePort(), attempts: 2 });
-    const down = await nobody.dispatch(decision("d"), "p1");
-    assert.deepEqual(down.ok ? null : [down.reason, down.retryable, down.attempts], ["ECONNREFUSED", true, 2]);
+    const refused = await d.send(decision("c"), "p1");
+    assert.deepEqual(refused.ok ? null : [refused.status, refused.retryable], [409, false]);
+    const nobody = dispatcher({ port: await freePort() });
+    const down = await nobody.send(decision("d"), "p1");
+    assert.deepEqual(down.ok ? null : [down.reason, down.retryable], ["ECONNREFUSED", true]);
     d.close();
     nobody.close();
   });
 
   test("a 200 that is not the contract's answer is a failure (bad-response), never taken as applied", async () => {
-    const d = dispatcher({ attempts: 3 });
+    const d = dispatcher();
     for (const body of ["", "not json", "{}", '{"result":"applied"}', '{"result":"pwned","durationMs":1}', "[]"]) {
       script = () => ({ status: 200, body });
-      const r = await d.dispatch(decision(`bad-${body.length}`), "p1");
-      assert.deepEqual(r.ok ? null : [r.reason, r.retryable, r.attempts], ["bad-response", false, 1], body);
+      const r = await d.send(decision(`bad-${body.length}`), "p1");
+      assert.deepEqual(r.ok ? null : [r.reason, r.retryable], ["bad-response", false], body);
     }
     d.close();
   });
 
   test("a slow peer times out (retryable)", async () => {
     script = () => ({ status: 200, delayMs: 500 });
-    const d = dispatcher({ timeoutMs: 100, attempts: 1 });
-    const r = await d.dispatch(decision("e"), "p1");
+    const d = dispatcher({ timeoutMs: 100 });
+    const r = await d.send(decision("e"), "p1");
     assert.deepEqual(r.ok ? null : [r.reason, r.retryable], ["timeout", true]);
-    d.close();
-  });
-
-  test("events for the same pod coalesce: one in flight, only the newest sent next", async () => {
-    seen.length = 0;
-    script = () => ({ status: 200, delayMs: 100 });
-    const d = dispatcher();
-    const results = await Promise.all([
-      d.dispatch(decision("f"), "p1"),
-      d.dispatch(decision("f"), "p1"),
-      d.dispatch(decision("f"), "p1"),
-      d.dispatch(decision("f", "waiter-still-waiting"), "p1"),
-    ]);
-    assert.ok(results.every((r) => r.ok));
-    assert.deepEqual(
-      seen.map((s) => s.reason),
-      ["needs-rules", "waiter-still-waiting"],
-    );
     d.close();
   });
 
@@ -144,7 +125,7 @@ describe("dispatcher", () => {
     maxConcurrent = 0;
     script = () => ({ status: 200, delayMs: 30 });
     const d = dispatcher({ maxConcurrent: 3 });
-    await Promise.all(Array.from({ length: 12 }, (_, i) => d.dispatch(decision(`g${i}`), "p1")));
+    await Promise.all(Array.from({ length: 12 }, (_, i) => d.send(decision(`g${i}`), "p1")));
     assert.equal(maxConcurrent, 3);
     d.close();
   });
@@ -153,30 +134,11 @@ describe("dispatcher", () => {
     maxConcurrent = 0;
     script = () => ({ status: 200, delayMs: 30 });
     const d = dispatcher({ maxConcurrent: 10, maxPerNode: 2 });
-    await Promise.all(Array.from({ length: 12 }, (_, i) => d.dispatch(decision(`g${i}`), "p1")));
+    await Promise.all(Array.from({ length: 12 }, (_, i) => d.send(decision(`g${i}`), "p1")));
     assert.equal(maxConcurrent, 2, "one node");
     maxConcurrent = 0;
-    await Promise.all(Array.from({ length: 12 }, (_, i) => d.dispatch({ ...decision(`g${i}`), node: `node-${i % 3}` }, "p1")));
+    await Promise.all(Array.from({ length: 12 }, (_, i) => d.send({ ...decision(`g${i}`), node: `node-${i % 3}` }, "p1")));
     assert.equal(maxConcurrent, 6, "three nodes, two each");
-    d.close();
-  });
-
-  test("offer queues without waiting, coalesces per pod, refuses past the bound, and drains", async () => {
-    seen.length = 0;
-    script = () => ({ status: 200, delayMs: 50 });
-    const ages: number[] = [];
-    const d = dispatcher({ maxQueuedPods: 2, onQueueAge: (s) => ages.push(s) });
-    const results: string[] = [];
-    const record = (r: { ok: boolean }) => results.push(r.ok ? "ok" : "failed");
-    assert.equal(d.offer(decision("q1"), "p1", record), "queued");
-    assert.equal(d.offer(decision("q1"), "p1", record), "coalesced");
-    assert.equal(d.offer(decision("q2"), "p1", record), "queued");
-    assert.equal(d.offer(decision("q3"), "p1", record), "full", "two pods queued: the third is refused");
-    assert.equal(d.busy, 2);
-    await d.whenIdle();
-    assert.deepEqual(results, ["ok", "ok", "ok"]);
-    assert.equal(d.busy, 0);
-    assert.ok(ages.length >= 2);
     d.close();
   });
 
@@ -187,7 +149,7 @@ describe("dispatcher", () => {
       },
       port,
     });
-    const r = await d.dispatch(decision("h"), "p1");
+    const r = await d.send(decision("h"), "p1");
     assert.deepEqual(r.ok ? null : [r.reason, r.retryable], ["no signing key loaded", true]);
     d.close();
   });

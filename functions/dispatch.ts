@@ -1,7 +1,6 @@
-// Signed apply requests to the node-runner on the pod's node (docs/architecture.md §6): keep-alive
-// connections, a timeout, a concurrency bound, retries with backoff on connection errors and
-// 503, and coalescing: while a request for a pod is in flight, newer decisions for that pod
-// wait and only the latest is sent next.
+// Signed apply requests to the node-runner on the pod's node (docs/architecture.md §6): one
+// attempt each, over keep-alive connections, with a timeout and concurrency bounds (overall and
+// per node). Retries, coalescing and backoff are the work queue's (work-queue.ts).
 import { isRetryableRefusal, REFUSAL } from "../contract/refusals.ts";
 import { randomUUID, type KeyObject } from "node:crypto";
 import http from "node:http";
@@ -15,18 +14,16 @@ import { errorMessage } from "../lib/errors.ts";
 export type ApplyDecision = Extract<Decision, { action: "apply" }>;
 
 export type DispatchResult =
-  | { readonly ok: true; readonly status: 200; readonly result: string; readonly attempts: number }
+  | { readonly ok: true; readonly status: 200; readonly result: string }
   | {
       readonly ok: false;
       readonly status: number;
       readonly reason: string;
+      /** The node may take it later (no answer, 503): worth a retry. */
       readonly retryable: boolean;
-      readonly attempts: number;
+      /** The node-runner's Retry-After. */
       readonly retryAfterMs?: number;
     };
-
-/** The longest Retry-After the dispatcher honours before a retry (the resync catches the rest). */
-const MAX_RETRY_AFTER_MS = 5000;
 
 export interface DispatcherOptions {
   /** The current signing key (the newest, when several are mounted). */
@@ -44,25 +41,12 @@ export interface DispatcherOptions {
    * would only wait there, holding its memory, and one slow node would take every slot.
    */
   readonly maxPerNode?: number;
-  readonly attempts?: number;
-  readonly backoffMs?: number;
   /** Override where a node's runner is reached (tests: everything on loopback). */
   readonly addressFor?: (decision: ApplyDecision) => string;
-  /** Pods queued at most (in flight or waiting); `offer` refuses more. */
-  readonly maxQueuedPods?: number;
-  /** Seconds a decision waited in the queue before it was sent (a metric). */
-  readonly onQueueAge?: (seconds: number) => void;
-}
-
-/** Per pod: the newest decision not yet sent, and who waits for its result. */
-interface PodQueue {
-  pending: { decision: ApplyDecision; policyId: string; queuedAt: number } | undefined;
-  waiters: ((result: DispatchResult) => void)[];
 }
 
 export class Dispatcher {
   private readonly agent: http.Agent;
-  private readonly pods = new Map<string, PodQueue>();
   private readonly slots: ConcurrencyLimit;
   private readonly nodeSlots = new Map<string, ConcurrencyLimit>();
 
@@ -73,70 +57,31 @@ export class Dispatcher {
       options.scheme === "https" ? new https.Agent({ ...agentOptions, ...(options.ca === undefined ? {} : { ca: options.ca }) }) : new http.Agent(agentOptions);
   }
 
-  /** Dispatch; while a request for the same pod is under way, only the newest decision is sent next. */
-  dispatch(decision: ApplyDecision, policyId: string): Promise<DispatchResult> {
-    const uid = decision.pod.uid;
-    let q = this.pods.get(uid);
-    const idle = q === undefined;
-    if (q === undefined) {
-      q = { pending: undefined, waiters: [] };
-      this.pods.set(uid, q);
-    }
-    q.pending = { decision, policyId, queuedAt: performance.now() };
-    const result = new Promise<DispatchResult>((resolve) => q.waiters.push(resolve));
-    if (idle) void this.drain(uid, q);
-    return result;
-  }
-
   /**
-   * Queue a decision without waiting for it: the caller answers its event at once (the event
-   * source delivers one event at a time and waits). `onResult` gets the outcome, retries
-   * included. "full" when the queue holds `maxQueuedPods` other pods: nothing was queued.
+   * Send one signed apply request. The node's slot is taken first: a pod waiting for a busy node
+   * holds none of the shared ones. `onSending`: when the slots are had and the request goes.
    */
-  offer(decision: ApplyDecision, policyId: string, onResult: (result: DispatchResult) => void): "queued" | "coalesced" | "full" {
-    const known = this.pods.has(decision.pod.uid);
-    if (!known && this.pods.size >= (this.options.maxQueuedPods ?? 10_000)) return "full";
-    void this.dispatch(decision, policyId).then(onResult);
-    return known ? "coalesced" : "queued";
-  }
-
-  /** Pods queued or in flight. */
-  get busy(): number {
-    return this.pods.size;
-  }
-
-  /** Resolves once nothing is queued or in flight (drain on SIGTERM). */
-  async whenIdle(pollMs = 20): Promise<void> {
-    while (this.pods.size > 0) await new Promise((r) => setTimeout(r, pollMs));
-  }
-
-  private async drain(uid: string, q: PodQueue): Promise<void> {
-    while (q.pending !== undefined) {
-      const { decision, policyId, queuedAt } = q.pending;
-      const waiters = q.waiters;
-      q.pending = undefined;
-      q.waiters = [];
-      let node = this.nodeSlots.get(decision.node);
-      if (node === undefined) {
-        node = new ConcurrencyLimit(this.options.maxPerNode ?? 8);
-        this.nodeSlots.set(decision.node, node);
-      }
-      // The node's slot first: a pod waiting for a busy node holds none of the shared ones.
-      const result = await node
-        .run(() =>
-          this.slots.run(() => {
-            this.options.onQueueAge?.((performance.now() - queuedAt) / 1000);
-            return this.send(decision, policyId);
-          }),
-        )
-        .catch((err: unknown): DispatchResult => ({ ok: false, status: 0, reason: errorMessage(err), retryable: true, attempts: 0 }));
-      if (node.idle) this.nodeSlots.delete(decision.node);
-      for (const resolve of waiters) resolve(result);
+  async send(decision: ApplyDecision, policyId: string, onSending?: () => void): Promise<DispatchResult> {
+    let node = this.nodeSlots.get(decision.node);
+    if (node === undefined) {
+      node = new ConcurrencyLimit(this.options.maxPerNode ?? 8);
+      this.nodeSlots.set(decision.node, node);
     }
-    this.pods.delete(uid);
+    try {
+      return await node.run(() =>
+        this.slots.run(() => {
+          onSending?.();
+          return this.once(decision, this.payload(decision, policyId));
+        }),
+      );
+    } catch (err) {
+      return { ok: false, status: 0, reason: errorMessage(err), retryable: true };
+    } finally {
+      if (node.idle) this.nodeSlots.delete(decision.node);
+    }
   }
 
-  private async send(decision: ApplyDecision, policyId: string): Promise<DispatchResult> {
+  private payload(decision: ApplyDecision, policyId: string): Buffer {
     const body: ApplyRequest = {
       apiVersion: API_VERSION,
       kind: "ApplyRequest",
@@ -145,21 +90,10 @@ export class Dispatcher {
       capture: decision.capture,
       decision: { reason: decision.reason, policy: policyId },
     };
-    const payload = Buffer.from(JSON.stringify(body));
-    const attempts = this.options.attempts ?? 3;
-    let last: DispatchResult = { ok: false, status: 0, reason: "not-sent", retryable: true, attempts: 0 };
-    for (let attempt = 1; attempt <= attempts; attempt++) {
-      last = await this.once(decision, payload, attempt);
-      if (last.ok || !last.retryable || attempt === attempts) return last;
-      // The node-runner's Retry-After (capped) when it gives one, else exponential backoff.
-      const backoff = (this.options.backoffMs ?? 100) * 2 ** (attempt - 1);
-      const retryAfterMs = "retryAfterMs" in last ? (last.retryAfterMs ?? 0) : 0;
-      await new Promise((r) => setTimeout(r, Math.max(backoff, Math.min(retryAfterMs, MAX_RETRY_AFTER_MS))));
-    }
-    return last;
+    return Buffer.from(JSON.stringify(body));
   }
 
-  private once(decision: ApplyDecision, payload: Buffer, attempt: number): Promise<DispatchResult> {
+  private once(decision: ApplyDecision, payload: Buffer): Promise<DispatchResult> {
     const host = this.options.addressFor?.(decision) ?? decision.hostIP;
     const authority = `${host.includes(":") ? `[${host}]` : host}:${this.options.port}`;
     const headers = signRequest({ method: "POST", authority, path: APPLY_PATH, contentType: CONTENT_TYPE, body: payload }, this.options.signingKey(), {
@@ -194,8 +128,8 @@ export class Dispatcher {
             if (status === 200) {
               const answer = applyResponseSchema.safeParse(body);
               // A 200 that is not the contract's answer is not proof that anything was applied.
-              if (answer.success) resolve({ ok: true, status: 200, result: answer.data.result, attempts: attempt });
-              else resolve({ ok: false, status, reason: "bad-response", retryable: false, attempts: attempt });
+              if (answer.success) resolve({ ok: true, status: 200, result: answer.data.result });
+              else resolve({ ok: false, status, reason: "bad-response", retryable: false });
             } else {
               const refusal = errorResponseSchema.safeParse(body);
               const retryAfter = Number(res.headers["retry-after"]);
@@ -205,7 +139,6 @@ export class Dispatcher {
                 // A reason from the table only: it becomes a metric label.
                 reason: refusal.success && Object.hasOwn(REFUSAL, refusal.data.reason) ? refusal.data.reason : `http-${status}`,
                 retryable: isRetryableRefusal(status),
-                attempts: attempt,
                 ...(Number.isFinite(retryAfter) && retryAfter > 0 ? { retryAfterMs: retryAfter * 1000 } : {}),
               });
             }
@@ -214,7 +147,7 @@ export class Dispatcher {
       );
       req.on("timeout", () => req.destroy(new Error("timeout")));
       req.on("error", (err: NodeJS.ErrnoException) => {
-        resolve({ ok: false, status: 0, reason: err.code ?? err.message, retryable: true, attempts: attempt });
+        resolve({ ok: false, status: 0, reason: err.code ?? err.message, retryable: true });
       });
       req.end(payload);
     });

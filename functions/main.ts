@@ -7,7 +7,7 @@
 //   NODE_RUNNER_SCHEME        https | http                                            https
 //   NODE_RUNNER_CA_FILE       the CA of the node-runners' certificate (https: required)
 //   NODE_RUNNER_SERVER_NAME   the name in that certificate                            podnet-node-runner.podnet-system.svc
-//   DISPATCH_TIMEOUT_MS, DISPATCH_CONCURRENCY, DISPATCH_ATTEMPTS                      5000, 32, 3
+//   DISPATCH_TIMEOUT_MS, DISPATCH_CONCURRENCY                                         5000, 32
 //   DISPATCH_PER_NODE         requests in flight to one node-runner                        8
 //   DISPATCH_QUEUE_PODS       pods queued at most; more events are answered 503          10000
 //   CONTROLLER_NAMESPACE      always excluded (the controller's own namespace)
@@ -26,8 +26,9 @@
 //   METRICS_AUTH              none | kubernetes: whether a scrape needs a token allowed    none
 //                             to get /metrics (plain HTTP: a token would cross the pod
 //                             network in clear; the chart's NetworkPolicy guards the port)
-//   REDISPATCH_DELAYS_MS      after a dispatch that can pass failed: read the pod again    1000,2000,4000,
-//                             and redispatch after each delay in turn ("": never)          8000,15000,30000
+//   DISPATCH_RETRY_DELAYS_MS  after a dispatch that can pass failed (no answer, 503):       100,200,400,1000,
+//                             retry after each delay in turn, reading the pod again        2000,4000,8000,
+//                             from a second on ("": never; the resync catches it)          15000,30000
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import { errorMessage } from "../lib/errors.ts";
@@ -37,7 +38,7 @@ import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
 import { KeyDirectory } from "../lib/key-directory.ts";
 import { Dispatcher } from "./dispatch.ts";
 import { KubeClusterReader } from "./kube.ts";
-import { REDISPATCH_DELAYS_MS } from "./reconcile.ts";
+import { DISPATCH_RETRY_DELAYS_MS } from "./reconcile.ts";
 import { PolicyStore } from "./policy-store.ts";
 import { tokenReviewer } from "../lib/token-review.ts";
 import { knativeSourceIdentity, SenderAuthenticator } from "./sender-auth.ts";
@@ -47,15 +48,15 @@ import { createMetricsServer, ScrapeAuthorizer } from "../lib/metrics-server.ts"
 
 const env = process.env;
 const log = pino({ base: { component: "decision-function" } });
-function redispatchDelays(): readonly number[] {
-  const text = env.REDISPATCH_DELAYS_MS;
-  if (text === undefined) return REDISPATCH_DELAYS_MS;
+function retryDelays(): readonly number[] {
+  const text = env.DISPATCH_RETRY_DELAYS_MS;
+  if (text === undefined) return DISPATCH_RETRY_DELAYS_MS;
   const delays = text
     .split(",")
     .filter((d) => d.trim() !== "")
     .map(Number);
   if (delays.some((d) => !Number.isInteger(d) || d <= 0)) {
-    log.fatal(`REDISPATCH_DELAYS_MS must be positive whole milliseconds, comma-separated, got ${text}`);
+    log.fatal(`DISPATCH_RETRY_DELAYS_MS must be positive whole milliseconds, comma-separated, got ${text}`);
     process.exit(2);
   }
   return delays;
@@ -119,11 +120,6 @@ const dispatcher = new Dispatcher({
   timeoutMs: number("DISPATCH_TIMEOUT_MS", 5000),
   maxConcurrent: number("DISPATCH_CONCURRENCY", 32),
   maxPerNode: number("DISPATCH_PER_NODE", 8),
-  attempts: number("DISPATCH_ATTEMPTS", 3),
-  maxQueuedPods: number("DISPATCH_QUEUE_PODS", 10_000),
-  onQueueAge: (seconds) => {
-    metrics.queueAge.observe(seconds);
-  },
   ...(env.NODE_RUNNER_ADDRESS === undefined ? {} : { addressFor: () => env.NODE_RUNNER_ADDRESS ?? "" }),
 });
 
@@ -163,7 +159,8 @@ const app = createFunctionApp({
   metrics,
   ...(auth === undefined ? {} : { auth }),
   resyncMinIntervalMs: number("RESYNC_MIN_INTERVAL_MS", 30_000),
-  redispatchDelaysMs: redispatchDelays(),
+  retryDelaysMs: retryDelays(),
+  maxQueuedPods: number("DISPATCH_QUEUE_PODS", 10_000),
   // Without a key it can sign nothing: not ready, so the revision gets no traffic.
   notReady: () =>
     signing.newest() === undefined
@@ -229,7 +226,7 @@ server.listen(port, () => {
 
 // Knative sends SIGTERM before stopping a revision: stop accepting, finish what is in flight.
 process.once("SIGTERM", () => {
-  log.info({ inFlight: app.inFlight(), queued: dispatcher.busy }, "SIGTERM: draining");
+  log.info({ inFlight: app.inFlight(), queued: app.queue.queued }, "SIGTERM: draining");
   // Stop taking events, answer those in flight, then send what was queued for them. A kept
   // connection closes once it is idle: its request in flight answered.
   draining = true;
@@ -239,7 +236,7 @@ process.once("SIGTERM", () => {
   }, 50);
   server.close(() => {
     clearInterval(closeIdle);
-    void dispatcher.whenIdle().then(() => {
+    void app.queue.whenIdle().then(() => {
       dispatcher.close();
       policies.stop();
       signing.stop();

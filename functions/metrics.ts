@@ -56,7 +56,7 @@ export function createFunctionMetrics(options: { defaultMetrics?: boolean } = {}
     }),
     redispatches: new Counter({
       name: "podnet_function_redispatches_total",
-      help: "Pods read again and reconciled after a dispatch failed in a way that can pass (node-runner not answering or 503).",
+      help: "Retries, a second or more after the last send, that read the pod again and decided it again (the dispatch had failed in a way that can pass: no answer or 503).",
       registers: [registry],
     }),
     policyReloadFailures: new Counter({

@@ -31,14 +31,14 @@ function setup(apiPods: Record<string, Pod>) {
   };
   const reconciler = createReconciler({
     dispatcher: {
-      offer: (decision, policyId) => {
+      send: (decision, policyId) => {
         offered.push({ decision, policyId });
-        return "queued";
+        return Promise.resolve({ ok: true, status: 200, result: "applied" });
       },
-      busy: 0,
     },
     cluster,
     metrics: createFunctionMetrics({ defaultMetrics: false }),
+    policy: () => parsePolicy("mode: enforce"),
   });
   return { reconciler, offered, reads, readVersions };
 }
@@ -107,25 +107,18 @@ describe("reconcilePod", () => {
     assert.equal(offered.length, 2);
   });
 
-  test("a dispatch that fails in a way that can pass (node-runner restarting) is redispatched from a fresh read; one that cannot is not", async () => {
+  test("a dispatch that fails in a way that can pass (node-runner restarting) is retried: at once with the same decision, after a second from a fresh read; one that cannot is not", async () => {
     const apiPod = parsePod(meshPodObject("web"));
     let reads = 0;
     const results: DispatchResult[] = [
-      { ok: false, status: 0, reason: "ECONNREFUSED", retryable: true, attempts: 2 },
-      { ok: false, status: 503, reason: "netns-not-found", retryable: true, attempts: 2 },
-      { ok: true, status: 200, result: "applied", attempts: 1 },
+      { ok: false, status: 0, reason: "ECONNREFUSED", retryable: true },
+      { ok: false, status: 503, reason: "netns-not-found", retryable: true, retryAfterMs: 1000 },
+      { ok: true, status: 200, result: "applied" },
     ];
-    let offers = 0;
+    let sends = 0;
     const reconciler = createReconciler({
       dispatcher: {
-        offer: (_decision, _policy, onResult) => {
-          const result = results[offers++] ?? { ok: false, status: 409, reason: "uid-mismatch", retryable: false, attempts: 1 };
-          setImmediate(() => {
-            onResult(result);
-          });
-          return "queued";
-        },
-        busy: 0,
+        send: () => Promise.resolve(results[sends++] ?? { ok: false, status: 409, reason: "uid-mismatch", retryable: false }),
       },
       cluster: {
         getPod: () => {
@@ -139,12 +132,46 @@ describe("reconcilePod", () => {
         recordPodWarning: () => Promise.resolve(),
       },
       metrics: createFunctionMetrics({ defaultMetrics: false }),
-      redispatch: { policy: () => enforce, delaysMs: [5, 5, 5] },
+      policy: () => enforce,
+      retryDelaysMs: [5, 5, 5],
     });
     await reconciler.reconcilePod(apiPod, enforce, log, { fromApi: true });
-    for (let i = 0; i < 50 && offers < 3; i++) await new Promise((r) => setTimeout(r, 10));
-    await new Promise((r) => setTimeout(r, 50));
-    assert.equal(offers, 3, "offered, redispatched twice, then applied: no more");
-    assert.equal(reads, 2, "each redispatch reads the pod again");
+    await reconciler.whenIdle();
+    assert.equal(sends, 3, "sent, retried at once, retried after the node-runner's Retry-After, applied: no more");
+    assert.equal(reads, 1, "only the retry a second after the last send read the pod again");
+    assert.equal(reconciler.queued, 0);
+  });
+
+  test("a dispatch that cannot pass is not retried, and the queue gives up after its last delay", async () => {
+    const apiPod = parsePod(meshPodObject("web"));
+    for (const [result, expected] of [
+      [{ ok: false, status: 409, reason: "uid-mismatch", retryable: false }, 1],
+      [{ ok: false, status: 0, reason: "ECONNREFUSED", retryable: true }, 3],
+    ] as const) {
+      let sends = 0;
+      const reconciler = createReconciler({
+        dispatcher: {
+          send: () => {
+            sends++;
+            return Promise.resolve(result);
+          },
+        },
+        cluster: {
+          getPod: () => Promise.resolve(apiPod),
+          getNamespace: () => Promise.resolve(undefined),
+          listPods: async function* () {
+            yield await Promise.resolve([]);
+          },
+          recordPodWarning: () => Promise.resolve(),
+        },
+        metrics: createFunctionMetrics({ defaultMetrics: false }),
+        policy: () => enforce,
+        retryDelaysMs: [1, 1],
+      });
+      await reconciler.reconcilePod(apiPod, enforce, log, { fromApi: true });
+      for (let i = 0; i < 100 && reconciler.queued > 0; i++) await new Promise((r) => setTimeout(r, 5));
+      assert.equal(sends, expected, result.reason);
+      assert.equal(reconciler.queued, 0);
+    }
   });
 });

@@ -1,16 +1,19 @@
 // One pod, one policy snapshot: decide, and queue the pods to program (docs/architecture.md §4).
 // The HTTP side (server.ts) turns CloudEvents into calls of `reconcilePod` and `resync`; this
 // module owns what happens to a pod after that: dedupe, the fresh read before acting, the
-// decision, Warning Events, dry-run and the dispatch queue.
+// decision, Warning Events, dry-run, and the work queue (work-queue.ts) it fills and empties:
+// each queued pod is sent to its node-runner, and one that fails in a way that can pass is
+// retried with backoff, read again and decided again first once a second has gone by.
 import type { Logger } from "pino";
 import { formatIssues, formatWarning } from "../contract/capture-config.ts";
 import { BoundedMap } from "../lib/bounded-map.ts";
 import { errorMessage } from "../lib/errors.ts";
 import { decide, LEGACY_OPT_IN, skipDecision, strandedWaiter, type Decision, type DecisionInput, type NamespaceFacts } from "./decision.ts";
-import type { Dispatcher, DispatchResult } from "./dispatch.ts";
+import type { ApplyDecision, Dispatcher } from "./dispatch.ts";
 import type { FunctionMetrics } from "./metrics.ts";
 import { proxyContainer, type Pod } from "./pod.ts";
 import type { Policy } from "./policy.ts";
+import { WorkQueue, type ProcessOutcome } from "./work-queue.ts";
 
 export type PodWarningReason = "NetworkInitFailed" | "CaptureConfigWarning" | "NetworkInitSkipped";
 
@@ -52,26 +55,43 @@ export interface ResyncSummary {
 }
 
 export interface ReconcilerDeps {
-  readonly dispatcher: Pick<Dispatcher, "offer" | "busy">;
+  readonly dispatcher: Pick<Dispatcher, "send">;
   readonly cluster: ClusterReader;
   readonly metrics: FunctionMetrics;
   /** A resync runs at most this often (ms); more requests are answered and ignored. */
   readonly resyncMinIntervalMs?: number;
   readonly now?: () => number;
+  /** The policy in force now: a retry that reads its pod again decides under it. */
+  readonly policy: () => Policy;
   /**
    * After a dispatch fails in a way that can pass (no answer, 503: a node-runner restarting),
-   * the pod is read again and reconciled after each of these delays in turn, under the policy
-   * then in force; after the last, the resync catches it. Default: about a minute in all.
+   * it is retried after each of these delays in turn; from one of a second on, the pod is read
+   * and decided again first. After the last, the resync catches it. Default: about a minute.
    */
-  readonly redispatch?: { readonly policy: () => Policy; readonly delaysMs?: readonly number[] };
+  readonly retryDelaysMs?: readonly number[];
+  /** Pods queued at most; more are answered 503 (the source retries, the resync catches them). */
+  readonly maxQueuedPods?: number;
 }
 
-export const REDISPATCH_DELAYS_MS: readonly number[] = [1000, 2000, 4000, 8000, 15_000, 30_000];
+export const DISPATCH_RETRY_DELAYS_MS: readonly number[] = [100, 200, 400, 1000, 2000, 4000, 8000, 15_000, 30_000];
+/** Retries this long after the last send read the pod again first: it may have changed or gone. */
+const REREAD_AFTER_MS = 1000;
 
 /** Where a pod came from: the API server (a read or a list) or an event's copy of it. */
 export interface PodSource {
   readonly fromApi: boolean;
   readonly deleted?: boolean;
+}
+
+/** What the work queue holds per pod: the decision to send, and what it came from. */
+interface QueuedPod {
+  readonly pod: Pod;
+  readonly decision: ApplyDecision;
+  readonly policyId: string;
+  readonly log: Logger;
+  readonly queuedAt: number;
+  /** When this decision was last sent (undefined: not yet). */
+  sentAt?: number;
 }
 
 export interface Reconciler {
@@ -85,6 +105,10 @@ export interface Reconciler {
   gone(name: string, log: Logger): HandledPod;
   /** Every mesh pod, one page at a time, under one policy snapshot. */
   resync(policy: Policy, log: Logger): Promise<{ summary: ResyncSummary | "rate-limited"; results: HandledPod[] }>;
+  /** Pods queued, being sent, or waiting to be retried. */
+  readonly queued: number;
+  /** Resolves once the queue is empty (retries still waiting are given up: the resync has them). */
+  whenIdle(): Promise<void>;
 }
 
 export function createReconciler(deps: ReconcilerDeps): Reconciler {
@@ -95,8 +119,15 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
   // Pods told that their waiter will time out (once per pod and reason).
   const strandedTold = new BoundedMap<string, string>(50_000);
   let lastResync = -Infinity;
-  // uid → redispatches so far, for pods whose dispatch failed and may pass later.
-  const redispatches = new BoundedMap<string, number>(50_000);
+  const retryDelaysMs = deps.retryDelaysMs ?? DISPATCH_RETRY_DELAYS_MS;
+  const work = new WorkQueue<QueuedPod>({
+    maxKeys: deps.maxQueuedPods ?? 10_000,
+    retryDelaysMs,
+    process: send,
+    onGiveUp: (item, failures) => {
+      item.log.warn({ retries: failures - 1 }, "no more retries: the resync will catch the pod");
+    },
+  });
 
   const versionKey = (pod: Pod, policy: Policy): string | undefined =>
     pod.metadata.resourceVersion === undefined ? undefined : `${pod.metadata.resourceVersion} ${policy.id}`;
@@ -199,66 +230,58 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     return queue(decision, pod, policy, log);
   }
 
-  function queue(decision: Decision & { action: "apply" }, pod: Pod, policy: Policy, log: Logger): HandledPod {
-    const t0 = performance.now();
-    const uid = pod.metadata.uid ?? "";
-    const offered = deps.dispatcher.offer(decision, policy.id, (result: DispatchResult) => {
-      metrics.queueDepth.set(deps.dispatcher.busy);
-      metrics.dispatchDuration.observe({ result: result.ok ? result.result : "failed" }, (performance.now() - t0) / 1000);
-      if (result.ok) {
-        redispatches.delete(uid);
-        log.info(
-          { decision: "apply", reason: decision.reason, node: decision.node, result: result.result, attempts: result.attempts },
-          `dispatched: ${result.result}`,
-        );
-        return;
-      }
-      // Not done: the same notification, redelivered, a redispatch or the resync must try again.
-      handled.delete(uid);
-      metrics.dispatchFailures.inc({ status: String(result.status), reason: result.reason });
-      log.warn({ decision: "apply", node: decision.node, status: result.status, reason: result.reason, attempts: result.attempts }, "dispatch failed");
-      if (result.retryable) redispatchLater(pod, log);
-      else redispatches.delete(uid);
-    });
-    metrics.queueDepth.set(deps.dispatcher.busy);
+  function queue(decision: ApplyDecision, pod: Pod, policy: Policy, log: Logger): HandledPod {
+    const offered = work.add(pod.metadata.uid ?? "", { pod, decision, policyId: policy.id, log, queuedAt: performance.now() });
+    metrics.queueDepth.set(work.size);
     if (offered === "full") {
       metrics.queueFull.inc();
-      log.warn({ queued: deps.dispatcher.busy }, "dispatch queue full");
+      log.warn({ queued: work.size }, "dispatch queue full");
       return { pod: podName(pod), outcome: "failed", reason: "queue-full", transient: true };
     }
     return { pod: podName(pod), outcome: "queued", reason: decision.reason };
   }
 
-  /** Read the pod again after a pause and reconcile it: its node-runner may be back by then. */
-  function redispatchLater(pod: Pod, log: Logger): void {
-    const uid = pod.metadata.uid ?? "";
-    const done = redispatches.get(uid) ?? 0;
-    const delay = (deps.redispatch?.delaysMs ?? REDISPATCH_DELAYS_MS)[done];
-    if (deps.redispatch === undefined || delay === undefined) {
-      redispatches.delete(uid);
-      log.warn({ redispatches: done }, "no more redispatches: the resync will catch the pod");
-      return;
-    }
-    redispatches.set(uid, done + 1);
-    metrics.redispatches.inc();
-    log.info({ inMs: delay, redispatch: done + 1 }, "will read the pod again and redispatch");
-    setTimeout(() => {
-      void (async () => {
-        // The API server not answering: decide on the pod as last read (it is read again before acting).
-        const read = await deps.cluster.getPod(pod.metadata.namespace ?? "", pod.metadata.name ?? "").then(
-          (fresh) => ({ fresh, fromApi: true }),
-          () => ({ fresh: pod, fromApi: false }),
-        );
-        if (read.fresh === undefined || read.fresh.metadata.uid !== uid) {
-          redispatches.delete(uid);
-          return;
+  /**
+   * The queue's consumer: send a pod's decision to its node-runner. A retry a second or more
+   * after the last send reads the pod again and decides it again under the policy now in force
+   * (queueing whatever that decides; this item is then done).
+   */
+  async function send(item: QueuedPod, retry: number): Promise<ProcessOutcome> {
+    const uid = item.pod.metadata.uid ?? "";
+    if (retry > 0 && item.sentAt !== undefined && performance.now() - item.sentAt >= REREAD_AFTER_MS) {
+      metrics.redispatches.inc();
+      // The API server not answering: the decision as it was is sent again.
+      const fresh = await deps.cluster.getPod(item.pod.metadata.namespace ?? "", item.pod.metadata.name ?? "").catch(() => item.pod);
+      if (fresh?.metadata.uid !== uid) return { done: true };
+      if (fresh !== item.pod) {
+        const policy = deps.policy();
+        const decision = timed(decide, fresh, policy, await namespaceFactsFor(fresh, policy), false);
+        // Nothing to send any more (initialized meanwhile, skipped or dry-run under the policy now): said as any decision is.
+        if (decision.action !== "apply" || policy.document.mode !== "enforce") {
+          act(decision, fresh, policy, item.log);
+          return { done: true };
         }
-        const policy = deps.redispatch?.policy();
-        if (policy !== undefined) await reconcilePod(read.fresh, policy, log, { fromApi: read.fromApi });
-      })().catch((err: unknown) => {
-        log.warn({ err: errorMessage(err) }, "redispatch failed");
-      });
-    }, delay).unref();
+        item = { ...item, pod: fresh, decision, policyId: policy.id };
+      }
+    }
+    item.sentAt = performance.now();
+    const result = await deps.dispatcher.send(item.decision, item.policyId, () => {
+      metrics.queueAge.observe((performance.now() - item.queuedAt) / 1000);
+    });
+    metrics.dispatchDuration.observe({ result: result.ok ? result.result : "failed" }, (performance.now() - item.queuedAt) / 1000);
+    if (result.ok) {
+      item.log.info(
+        { decision: "apply", reason: item.decision.reason, node: item.decision.node, result: result.result, retries: retry },
+        `dispatched: ${result.result}`,
+      );
+      return { done: true };
+    }
+    // Not done: the same notification, redelivered, a retry or the resync must try again.
+    handled.delete(uid);
+    metrics.dispatchFailures.inc({ status: String(result.status), reason: result.reason });
+    item.log.warn({ decision: "apply", node: item.decision.node, status: result.status, reason: result.reason, retries: retry }, "dispatch failed");
+    if (!result.retryable) return { done: true };
+    return { done: false, ...(result.retryAfterMs === undefined ? {} : { retryAfterMs: result.retryAfterMs }) };
   }
 
   async function resync(policy: Policy, log: Logger): Promise<{ summary: ResyncSummary | "rate-limited"; results: HandledPod[] }> {
@@ -292,5 +315,13 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     return { summary, results: results.map((r) => ({ ...r, transient: false })) };
   }
 
-  return { reconcilePod, gone, resync };
+  return {
+    reconcilePod,
+    gone,
+    resync,
+    get queued() {
+      return work.size;
+    },
+    whenIdle: () => work.whenIdle(),
+  };
 }

@@ -18,7 +18,7 @@ const dryRun = parsePolicy("mode: dry-run");
 
 const app = createFunctionApp({
   policy: () => dryRun,
-  dispatcher: { offer: unreachable("dispatcher"), busy: 0 },
+  dispatcher: { send: unreachable("dispatcher") },
   cluster: {
     // The API server's view of a pod to act on: the event is only a trigger.
     getPod: (_namespace, name) => Promise.resolve(parsePod(meshPodObject(name))),
@@ -236,11 +236,10 @@ describe("decision function: capture warnings (Istio parity)", () => {
     const enforcing = createFunctionApp({
       policy: () => parsePolicy("mode: enforce"),
       dispatcher: {
-        offer: (d) => {
+        send: (d) => {
           dispatched.push(d.pod.name);
-          return "queued";
+          return Promise.resolve({ ok: true, status: 200, result: "applied" });
         },
-        busy: 0,
       },
       cluster: {
         getPod: () => Promise.resolve(parsePod(pod)),
@@ -273,7 +272,7 @@ describe("decision function: pods that carry the waiter but get no rules", () =>
     const warnings: { pod: string; reason: string; message: string }[] = [];
     const app = createFunctionApp({
       policy: () => parsePolicy(policy),
-      dispatcher: { offer: unreachable("dispatcher"), busy: 0 },
+      dispatcher: { send: unreachable("dispatcher") },
       cluster: {
         getPod: (namespace, name) => Promise.resolve(parsePod(withWaiter(name, namespace))),
         getNamespace: () => Promise.resolve(undefined),

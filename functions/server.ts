@@ -15,14 +15,14 @@ import type { Dispatcher } from "./dispatch.ts";
 import type { FunctionMetrics } from "./metrics.ts";
 import { parsePod, PodManifestError, type Pod } from "./pod.ts";
 import type { Policy } from "./policy.ts";
-import { createReconciler, type ClusterReader, type HandledPod, type ResyncSummary } from "./reconcile.ts";
+import { createReconciler, type ClusterReader, type HandledPod, type Reconciler, type ResyncSummary } from "./reconcile.ts";
 import type { SenderAuthenticator } from "./sender-auth.ts";
 
 export const MAX_EVENT_BYTES = 1024 * 1024;
 
 export interface FunctionDeps {
   readonly policy: () => Policy;
-  readonly dispatcher: Pick<Dispatcher, "offer" | "busy">;
+  readonly dispatcher: Pick<Dispatcher, "send">;
   readonly cluster: ClusterReader;
   readonly log: Logger;
   readonly metrics: FunctionMetrics;
@@ -33,8 +33,10 @@ export interface FunctionDeps {
   readonly now?: () => number;
   /** Why the function cannot work yet (e.g. no usable signing key), or undefined when it can. */
   readonly notReady?: () => string | undefined;
-  /** Delays of the redispatches after a failed dispatch (default REDISPATCH_DELAYS_MS). */
-  readonly redispatchDelaysMs?: readonly number[];
+  /** Delays of the retries after a dispatch that can pass failed (default DISPATCH_RETRY_DELAYS_MS). */
+  readonly retryDelaysMs?: readonly number[];
+  /** Pods queued at most (default 10,000). */
+  readonly maxQueuedPods?: number;
 }
 
 class BadEvent extends Error {}
@@ -84,7 +86,10 @@ function bounded(value: string | string[] | undefined): string | undefined {
   return text === undefined || text.length <= 256 ? text : `${text.slice(0, 256)}…`;
 }
 
-export function createFunctionApp(deps: FunctionDeps): express.Express & { inFlight: () => number } {
+/** The function's app, with what its drain on SIGTERM needs: events in flight, and the work queue. */
+export type FunctionApp = express.Express & { inFlight: () => number; queue: Pick<Reconciler, "queued" | "whenIdle"> };
+
+export function createFunctionApp(deps: FunctionDeps): FunctionApp {
   const { log, metrics } = deps;
   const reconciler = createReconciler({
     dispatcher: deps.dispatcher,
@@ -92,12 +97,15 @@ export function createFunctionApp(deps: FunctionDeps): express.Express & { inFli
     metrics,
     ...(deps.resyncMinIntervalMs === undefined ? {} : { resyncMinIntervalMs: deps.resyncMinIntervalMs }),
     ...(deps.now === undefined ? {} : { now: deps.now }),
-    redispatch: { policy: deps.policy, ...(deps.redispatchDelaysMs === undefined ? {} : { delaysMs: deps.redispatchDelaysMs }) },
+    policy: deps.policy,
+    ...(deps.retryDelaysMs === undefined ? {} : { retryDelaysMs: deps.retryDelaysMs }),
+    ...(deps.maxQueuedPods === undefined ? {} : { maxQueuedPods: deps.maxQueuedPods }),
   });
   let inFlight = 0;
 
-  const app = express() as express.Express & { inFlight: () => number };
+  const app = express() as FunctionApp;
   app.inFlight = () => inFlight;
+  app.queue = reconciler;
   app.disable("x-powered-by");
   app.disable("etag"); // no client revalidates an answer: no hash of every body
   app.get("/healthz", (_req, res) => {

@@ -47,7 +47,7 @@ describe("decision function end to end [needs root and control plane]", skipUnle
       cgroupRoot: pods.cgroupRoot,
     });
     // No redispatch: the resync is what this suite proves catches a node-runner that was down.
-    fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port, env: { REDISPATCH_DELAYS_MS: "" } });
+    fn = await startFunction(cp, { signingKeysDir: keys.privateDir, policyFile, nodeRunnerPort: runner.port, env: { DISPATCH_RETRY_DELAYS_MS: "100" } });
     adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
   });
 

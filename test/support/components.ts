@@ -233,7 +233,6 @@ export async function startFunction(
       NODE_RUNNER_ADDRESS: options.nodeRunnerAddress === null ? undefined : (options.nodeRunnerAddress ?? "127.0.0.1"),
       CONTROLLER_NAMESPACE: "podnet-system",
       KUBECONFIG: cp.writeKubeconfig("decision", token),
-      DISPATCH_ATTEMPTS: "2",
       // As in the manifests: only the sources' OIDC identities may send, for this audience.
       SENDER_AUTH: "oidc",
       SINK_AUDIENCE: FUNCTION_AUDIENCE,
