@@ -3,7 +3,7 @@ import type { AddressInfo } from "node:net";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import { Counter, Registry } from "prom-client";
-import { createMetricsServer, parseListenAddress, ScrapeAuthorizer } from "./metrics-server.ts";
+import { createMetricsServer, ScrapeAuthorizer } from "./metrics-server.ts";
 import type { AccessReviewer, TokenReviewer } from "./token-review.ts";
 
 const reviewers = (calls: { token: number; access: number }): { token: TokenReviewer; access: AccessReviewer } => ({
@@ -69,24 +69,5 @@ describe("metrics scrapes: who may read them", () => {
     } finally {
       server.close();
     }
-  });
-});
-
-describe("listen addresses", () => {
-  test("host:port and [v6]:port", () => {
-    assert.deepEqual(parseListenAddress("0.0.0.0:19090"), { host: "0.0.0.0", port: 19090 });
-    assert.deepEqual(parseListenAddress("[fd00::1]:19090"), { host: "fd00::1", port: 19090 });
-    assert.deepEqual(parseListenAddress(":9095"), { host: "", port: 9095 });
-    for (const bad of ["fd00::1:19090", "host", "a:0", "a:65536", "[x]:1", "a:b:1", "a:1x"]) assert.equal(parseListenAddress(bad), undefined, bad);
-  });
-
-  test("property: any string is an address or undefined, and an address's port is in range", () => {
-    fc.assert(
-      fc.property(fc.string({ maxLength: 64 }), (text) => {
-        const parsed = parseListenAddress(text);
-        assert.ok(parsed === undefined || (Number.isInteger(parsed.port) && parsed.port >= 1 && parsed.port <= 65535));
-      }),
-      { numRuns: 2000 },
-    );
   });
 });

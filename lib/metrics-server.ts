@@ -109,11 +109,3 @@ export function createMetricsServer(options: MetricsServerOptions): http.Server 
   server.maxHeadersCount = 32;
   return server;
 }
-
-/** `host:port` or `[v6]:port` → its parts; undefined when it is neither. */
-export function parseListenAddress(text: string): { host: string; port: number } | undefined {
-  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text);
-  const port = Number(m?.[3]);
-  if (m === null || !Number.isInteger(port) || port < 1 || port > 65535) return undefined;
-  return { host: m[1] ?? m[2] ?? "", port };
-}

@@ -1,7 +1,9 @@
 // node-runner entry point: configuration from flags and environment, then the HTTP(S) server.
 //
 //   --node-name / NODE_NAME            this node (downward API spec.nodeName)         required
-//   --listen / LISTEN_ADDRESS          address:port                                   0.0.0.0:19443
+//   --listen / LISTEN_ADDRESS          address:port ([address]:port for IPv6)         0.0.0.0:19443
+//   --listen-port / LISTEN_PORT        or only a port, on the node's IP (--host-ip):   (the DaemonSet's way:
+//                                      IPv4 or IPv6 alike                              HOST_IP and 19443)
 //   --keys-dir / PUBLIC_KEYS_DIR       mounted public keys, one PEM per keyid          /etc/podnet/keys
 //   --kubeconfig / KUBECONFIG          kubeconfig file; in-cluster config when unset
 //   --state-dir / STATE_DIR            per-netns records (a tmpfs)                    /run/podnet
@@ -21,6 +23,7 @@
 //   --netns-exec / NETNS_EXEC          the command helper (node-runner/netns-exec)     podnet-netns-exec
 //                                      (a path, or looked up on PATH)
 //   --metrics-listen / METRICS_LISTEN  GET /metrics, on a port of its own ("" for none)  <listen host>:19090
+//   --metrics-port / METRICS_PORT      or only its port, on the listen host
 //                                      (HTTPS with the same certificate as the API)
 //   --metrics-auth / METRICS_AUTH      kubernetes | none: whether a scrape needs a token  kubernetes
 //                                      allowed to get /metrics (TokenReview +
@@ -44,13 +47,16 @@ import { ReplayCache } from "./replay.ts";
 import { createPodProgrammer, EVENT_MAX_DELAY_MS, EVENT_QUIET_MS } from "./program.ts";
 import { createNodeRunnerApp, HEADERS_TIMEOUT_MS, MAX_CONNECTIONS, REQUEST_TIMEOUT_MS, type NodeRunnerDeps } from "./server.ts";
 import { errorMessage } from "../lib/errors.ts";
-import { createMetricsServer, parseListenAddress, ScrapeAuthorizer } from "../lib/metrics-server.ts";
+import { formatHostPort, resolveListenAddress } from "../lib/listen-address.ts";
+import { createMetricsServer, ScrapeAuthorizer } from "../lib/metrics-server.ts";
 
 const { values } = parseArgs({
   options: {
     "node-name": { type: "string" },
     "netns-exec": { type: "string" },
     listen: { type: "string" },
+    "listen-port": { type: "string" },
+    "metrics-port": { type: "string" },
     "keys-dir": { type: "string" },
     kubeconfig: { type: "string" },
     "state-dir": { type: "string" },
@@ -77,15 +83,6 @@ function fail(message: string): never {
 }
 
 const nodeName = values["node-name"] ?? env.NODE_NAME ?? fail("--node-name (or NODE_NAME) is required");
-const listen = values.listen ?? env.LISTEN_ADDRESS ?? "0.0.0.0:19443";
-const { host, port } = parseListenAddress(listen) ?? fail(`--listen must be address:port ([address]:port for IPv6), got ${listen}`);
-const metricsListenText = values["metrics-listen"] ?? env.METRICS_LISTEN ?? `${host.includes(":") ? `[${host}]` : host}:19090`;
-const metricsListen =
-  metricsListenText === ""
-    ? undefined
-    : (parseListenAddress(metricsListenText) ?? fail(`--metrics-listen must be address:port or "", got ${metricsListenText}`));
-const metricsAuth = values["metrics-auth"] ?? env.METRICS_AUTH ?? "kubernetes";
-if (metricsAuth !== "kubernetes" && metricsAuth !== "none") fail(`--metrics-auth must be kubernetes or none, got ${metricsAuth}`);
 // The addresses requests are signed for: the node's IP(s) (the function dispatches to the pod's
 // status.hostIP) and the listen address unless it is a wildcard.
 const startedAtMs = Date.now();
@@ -93,7 +90,30 @@ const hostIPs = (values["host-ip"] ?? env.HOST_IP ?? "")
   .split(",")
   .map((a) => a.trim())
   .filter((a) => a !== "");
-if (!["", "0.0.0.0", "::"].includes(host)) hostIPs.push(host);
+const listening = resolveListenAddress({
+  address: values.listen ?? env.LISTEN_ADDRESS,
+  port: values["listen-port"] ?? env.LISTEN_PORT,
+  hostIPs,
+  fallback: { host: "0.0.0.0", port: 19443 },
+});
+if ("error" in listening) fail(`--listen / --listen-port: ${listening.error}`);
+const { host, port } = listening;
+const listen = formatHostPort(host, port);
+const metricsListening =
+  (values["metrics-listen"] ?? env.METRICS_LISTEN) === ""
+    ? undefined
+    : resolveListenAddress({
+        address: values["metrics-listen"] ?? env.METRICS_LISTEN,
+        port: values["metrics-port"] ?? env.METRICS_PORT,
+        hostIPs: [host],
+        fallback: { host, port: 19090 },
+      });
+if (metricsListening !== undefined && "error" in metricsListening) fail(`--metrics-listen / --metrics-port: ${metricsListening.error}`);
+const metricsListen = metricsListening;
+const metricsListenText = metricsListen === undefined ? "" : formatHostPort(metricsListen.host, metricsListen.port);
+const metricsAuth = values["metrics-auth"] ?? env.METRICS_AUTH ?? "kubernetes";
+if (metricsAuth !== "kubernetes" && metricsAuth !== "none") fail(`--metrics-auth must be kubernetes or none, got ${metricsAuth}`);
+if (!["", "0.0.0.0", "::"].includes(host) && !hostIPs.includes(host)) hostIPs.push(host);
 if (hostIPs.length === 0)
   fail("--host-ip (or HOST_IP, from status.hostIP) is required when listening on a wildcard address: signed requests name the address they are for");
 const authorities = new Set(hostIPs.map((ip) => `${ip.includes(":") ? `[${ip.toLowerCase()}]` : ip}:${port}`));

@@ -134,7 +134,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     const ds = JSON.stringify(rendered.get("DaemonSet/podnet-system/podnet-node-runner"));
     for (const needle of [
       '"image":"registry.example/nr:1"',
-      '"value":"$(HOST_IP):20443"',
+      '{"name":"LISTEN_PORT","value":"20443"}',
       '"containerPort":20443',
       '"value":"nftables"',
       '{"name":"CGROUP_ROOT","value":"/kubelet"}',

@@ -13,7 +13,7 @@ import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { signRequest } from "../../contract/signature.ts";
 import { httpStatus, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
-import { nodeRunnerTlsOptions, postToRunner, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
+import { nodeRunnerTlsOptions, postToRunner, sendSigned, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, waitForPodEvent } from "../support/mesh-pods.ts";
 import { metricSum } from "../support/metrics.ts";
@@ -270,5 +270,22 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
       `no NetworkInitialized Event after the exit; log:\n${runnerLog().slice(-2000)}`,
     );
     assert.match(runnerLog(), /sending the Events still waiting/);
+  });
+
+  // The DaemonSet on an IPv6 node: HOST_IP is an IPv6 address and the runner is given only its
+  // port (LISTEN_PORT), so no unbracketed `fd00::1:19443` is ever built.
+  test("an IPv6 node: the runner listens on [HOST_IP]:LISTEN_PORT and applies a request signed for that authority", async () => {
+    await runner.stop();
+    const v6 = await startNodeRunner(cp, { ...runnerOptions, host: "::1" });
+    try {
+      assert.match(v6.log(), /"listen":"\[::1\]:\d+"/);
+      const pod = await createPod("ipv6-node");
+      const reply = await sendSigned(v6, APPLY_PATH, applyRequest(pod), { keyid: "fn-1", privateKey: signingKey });
+      assert.equal(reply.status, 200, JSON.stringify(reply.body));
+      assert.match(await v6.metrics(), /podnet_node_runner_requests_total\{route="apply",result="applied"\} 1/);
+    } finally {
+      await v6.stop();
+      runner = await startNodeRunner(cp, { ...runnerOptions, port });
+    }
   });
 });

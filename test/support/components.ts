@@ -13,10 +13,13 @@ import { generateTls } from "../../cli/tls.ts";
 import { NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
 import { freePort, httpStatus, type ControlPlane } from "../controlplane/harness.ts";
 import { scrapeMetrics } from "./metrics.ts";
+import { formatHostPort } from "../../lib/listen-address.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 
 export interface Component {
+  /** The loopback address it listens on: 127.0.0.1, or ::1 for a node-runner on an "IPv6 node". */
+  readonly host: string;
   readonly port: number;
   readonly url: string;
   /** Everything the process logged so far. */
@@ -63,6 +66,7 @@ async function startProcess(
   env: NodeJS.ProcessEnv,
   port: number,
   readyPath: string,
+  host: string,
   tlsClient: { ca: Buffer; servername: string } | undefined,
   nodeArgs: readonly string[],
   metrics: { readonly url: string; readonly scrape: () => Promise<string> },
@@ -83,7 +87,7 @@ async function startProcess(
       resolve();
     });
   });
-  const url = `${tlsClient === undefined ? "http" : "https"}://127.0.0.1:${port}`;
+  const url = `${tlsClient === undefined ? "http" : "https"}://${formatHostPort(host, port)}`;
   const deadline = Date.now() + 30_000;
   while ((await httpStatus(`${url}${readyPath}`, tlsClient ?? {}).catch(() => 0)) !== 200) {
     if (child.exitCode !== null || Date.now() > deadline) {
@@ -93,6 +97,7 @@ async function startProcess(
     await new Promise((r) => setTimeout(r, 100));
   }
   return {
+    host,
     port,
     url,
     process: child,
@@ -156,6 +161,8 @@ export async function startNodeRunner(
     env?: NodeJS.ProcessEnv;
     /** Run the compiled node-runner (dist/, `npm run build`) with these V8 flags, as its image does. */
     compiled?: { nodeArgs: readonly string[] };
+    /** "::1": an IPv6 node, configured as the DaemonSet configures one (HOST_IP and LISTEN_PORT). */
+    host?: "127.0.0.1" | "::1";
   },
 ): Promise<Component> {
   await cp.applyManifest(path.join(root, "config/node-runner/rbac.yaml"));
@@ -167,8 +174,9 @@ export async function startNodeRunner(
     options.compiled === undefined ? "node-runner/main.ts" : "dist/node-runner/main.js",
     {
       NODE_NAME: options.nodeName,
-      LISTEN_ADDRESS: `127.0.0.1:${port}`,
-      METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
+      ...(options.host === "::1"
+        ? { HOST_IP: "::1", LISTEN_PORT: String(port), METRICS_PORT: String(metricsPort) }
+        : { LISTEN_ADDRESS: `127.0.0.1:${port}`, METRICS_LISTEN: `127.0.0.1:${metricsPort}` }),
       PUBLIC_KEYS_DIR: options.publicKeysDir,
       KUBECONFIG: cp.writeKubeconfig("node-runner", token),
       STATE_DIR: options.stateDir,
@@ -180,12 +188,13 @@ export async function startNodeRunner(
     },
     port,
     "/readyz",
+    options.host ?? "127.0.0.1",
     nodeRunnerTlsOptions(),
     options.compiled?.nodeArgs ?? [],
     // The cluster admin's token: allowed to get /metrics, as Prometheus' ClusterRole is.
     {
-      url: `https://127.0.0.1:${metricsPort}`,
-      scrape: () => scrapeMetrics(`https://127.0.0.1:${metricsPort}`, { ...nodeRunnerTlsOptions(), token: cp.adminToken }),
+      url: `https://${formatHostPort(options.host ?? "127.0.0.1", metricsPort)}`,
+      scrape: () => scrapeMetrics(`https://${formatHostPort(options.host ?? "127.0.0.1", metricsPort)}`, { ...nodeRunnerTlsOptions(), token: cp.adminToken }),
     },
   );
 }
@@ -241,6 +250,7 @@ export async function startFunction(
     },
     port,
     "/readyz",
+    "127.0.0.1",
     undefined,
     options.compiled?.nodeArgs ?? [],
     { url: `http://127.0.0.1:${metricsPort}`, scrape: () => scrapeMetrics(`http://127.0.0.1:${metricsPort}`) },
@@ -266,10 +276,10 @@ export interface RunnerReply {
 }
 
 /** POST to a node-runner on loopback over its TLS, headers as given (the Host header included). */
-export function postToRunner(port: number, requestPath: string, body: Buffer, headers: Record<string, string>): Promise<RunnerReply> {
+export function postToRunner(port: number, requestPath: string, body: Buffer, headers: Record<string, string>, host = "127.0.0.1"): Promise<RunnerReply> {
   return new Promise((resolve, reject) => {
     const req = https.request(
-      { host: "127.0.0.1", port, path: requestPath, method: "POST", ...nodeRunnerTlsOptions(), headers: { "content-type": "application/json", ...headers } },
+      { host, port, path: requestPath, method: "POST", ...nodeRunnerTlsOptions(), headers: { "content-type": "application/json", ...headers } },
       (res) => {
         let text = "";
         res.on("data", (c: Buffer) => (text += c.toString()));
@@ -291,7 +301,7 @@ export function postToRunner(port: number, requestPath: string, body: Buffer, he
 
 /** A signed request to a node-runner, as the function sends it (authority: the runner's address). */
 export async function sendSigned(
-  runner: { port: number },
+  runner: { host: string; port: number },
   requestPath: string,
   payload: unknown,
   key: { keyid: string; privateKey: import("node:crypto").KeyObject },
@@ -299,10 +309,10 @@ export async function sendSigned(
   const { signRequest } = await import("../../contract/signature.ts");
   const { randomUUID } = await import("node:crypto");
   const body = Buffer.from(JSON.stringify(payload));
-  const authority = `127.0.0.1:${runner.port}`;
+  const authority = formatHostPort(runner.host, runner.port);
   const headers = signRequest({ method: "POST", authority, path: requestPath, contentType: "application/json", body }, key, {
     now: Date.now(),
     nonce: randomUUID(),
   });
-  return postToRunner(runner.port, requestPath, body, { ...headers, host: authority });
+  return postToRunner(runner.port, requestPath, body, { ...headers, host: authority }, runner.host);
 }
