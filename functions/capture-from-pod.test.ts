@@ -4,7 +4,7 @@ import { CaptureConfigError, formatWarning } from "../contract/capture-config.ts
 import { renderIptables } from "../node-runner/rules/iptables.ts";
 import { renderNftables } from "../node-runner/rules/nftables.ts";
 import { captureConfigFromPod } from "../test/support/capture.ts";
-import { ANNOTATION, deriveCaptureInput, parseGoBool } from "./capture-from-pod.ts";
+import { ANNOTATION, deriveCaptureInput, LIST_ANNOTATIONS, parseGoBool } from "./capture-from-pod.ts";
 import { parsePod } from "./pod.ts";
 
 function pod(
@@ -120,17 +120,7 @@ describe("pod → capture config (istio-cni rules)", () => {
 
   // Istio parity (issue 11, case 3): istio-cni refuses a list with an empty item.
   test("parity: an empty item in any list annotation is refused, naming the annotation", () => {
-    const keys = [
-      ANNOTATION.includeOutboundIPRanges,
-      ANNOTATION.excludeOutboundIPRanges,
-      ANNOTATION.includeInboundPorts,
-      ANNOTATION.excludeInboundPorts,
-      ANNOTATION.includeOutboundPorts,
-      ANNOTATION.excludeOutboundPorts,
-      ANNOTATION.excludeInterfaces,
-      ANNOTATION.rerouteVirtualInterfaces,
-      ANNOTATION.kubevirtInterfaces,
-    ];
+    const keys = LIST_ANNOTATIONS.map((a) => a.key);
     const lists = { ports: ["80,", ",80", "80,,90", ","], ranges: ["10.0.0.0/8,", ",10.0.0.0/8", ","], ifaces: ["eth1,", ",eth1", ","] };
     for (const key of keys) {
       const values = key.includes("Ports") ? lists.ports : key.includes("IPRanges") ? lists.ranges : lists.ifaces;

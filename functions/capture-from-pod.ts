@@ -31,7 +31,7 @@ export interface DerivedCapture {
 }
 
 /** The list annotations, the field each feeds, and whether `*` alone is a wildcard there. */
-const LIST_ANNOTATIONS: readonly { key: string; field: CaptureField; wildcard: boolean }[] = [
+export const LIST_ANNOTATIONS: readonly { key: string; field: CaptureField; wildcard: boolean }[] = [
   { key: ANNOTATION.includeOutboundIPRanges, field: "outboundIPRangesInclude", wildcard: true },
   { key: ANNOTATION.excludeOutboundIPRanges, field: "outboundIPRangesExclude", wildcard: false },
   { key: ANNOTATION.includeInboundPorts, field: "inboundPortsInclude", wildcard: true },

@@ -43,6 +43,27 @@ function setup(apiPods: Record<string, Pod>) {
   return { reconciler, offered, reads, readVersions };
 }
 
+/** A reconciler whose node-runner answers with `send`, over an API server that always has `apiPod`. */
+function sendingReconciler(apiPod: Pod, send: () => Promise<DispatchResult>, retryDelaysMs: readonly number[], onRead: () => void = () => undefined) {
+  return createReconciler({
+    dispatcher: { send },
+    cluster: {
+      getPod: () => {
+        onRead();
+        return Promise.resolve(apiPod);
+      },
+      getNamespace: () => Promise.resolve(undefined),
+      listPods: async function* () {
+        yield await Promise.resolve([]);
+      },
+      recordPodWarning: () => Promise.resolve(),
+    },
+    metrics: createFunctionMetrics({ defaultMetrics: false }),
+    policy: () => parsePolicy("mode: enforce"),
+    retryDelaysMs,
+  });
+}
+
 describe("reconcilePod", () => {
   const enforce = parsePolicy("mode: enforce");
 
@@ -116,25 +137,12 @@ describe("reconcilePod", () => {
       { ok: true, status: 200, result: "applied" },
     ];
     let sends = 0;
-    const reconciler = createReconciler({
-      dispatcher: {
-        send: () => Promise.resolve(results[sends++] ?? { ok: false, status: 409, reason: "uid-mismatch", retryable: false }),
-      },
-      cluster: {
-        getPod: () => {
-          reads++;
-          return Promise.resolve(apiPod);
-        },
-        getNamespace: () => Promise.resolve(undefined),
-        listPods: async function* () {
-          yield await Promise.resolve([]);
-        },
-        recordPodWarning: () => Promise.resolve(),
-      },
-      metrics: createFunctionMetrics({ defaultMetrics: false }),
-      policy: () => enforce,
-      retryDelaysMs: [5, 5, 5],
-    });
+    const reconciler = sendingReconciler(
+      apiPod,
+      () => Promise.resolve(results[sends++] ?? { ok: false, status: 409, reason: "uid-mismatch", retryable: false }),
+      [5, 5, 5],
+      () => reads++,
+    );
     await reconciler.reconcilePod(apiPod, enforce, log, { fromApi: true });
     await reconciler.whenIdle();
     assert.equal(sends, 3, "sent, retried at once, retried after the node-runner's Retry-After, applied: no more");
@@ -149,25 +157,10 @@ describe("reconcilePod", () => {
       [{ ok: false, status: 0, reason: "ECONNREFUSED", retryable: true }, 3],
     ] as const) {
       let sends = 0;
-      const reconciler = createReconciler({
-        dispatcher: {
-          send: () => {
-            sends++;
-            return Promise.resolve(result);
-          },
-        },
-        cluster: {
-          getPod: () => Promise.resolve(apiPod),
-          getNamespace: () => Promise.resolve(undefined),
-          listPods: async function* () {
-            yield await Promise.resolve([]);
-          },
-          recordPodWarning: () => Promise.resolve(),
-        },
-        metrics: createFunctionMetrics({ defaultMetrics: false }),
-        policy: () => enforce,
-        retryDelaysMs: [1, 1],
-      });
+      const reconciler = sendingReconciler(apiPod, () => {
+        sends++;
+        return Promise.resolve(result);
+      }, [1, 1]);
       await reconciler.reconcilePod(apiPod, enforce, log, { fromApi: true });
       for (let i = 0; i < 100 && reconciler.queued > 0; i++) await new Promise((r) => setTimeout(r, 5));
       assert.equal(sends, expected, result.reason);

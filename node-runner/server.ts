@@ -89,22 +89,19 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
   });
 
   const raw = express.raw({ type: () => true, limit: MAX_BODY_BYTES });
-  app.post(
-    APPLY_PATH,
-    (req, res, next) => {
-      signedFirst(req, res, next, "apply");
-    },
-    raw,
-    (req, res) => handle(req, res, "apply"),
-  );
-  app.post(
-    REMOVE_PATH,
-    (req, res, next) => {
-      signedFirst(req, res, next, "remove");
-    },
-    raw,
-    (req, res) => handle(req, res, "remove"),
-  );
+  for (const [routePath, route] of [
+    [APPLY_PATH, "apply"],
+    [REMOVE_PATH, "remove"],
+  ] as const) {
+    app.post(
+      routePath,
+      (req, res, next) => {
+        signedFirst(req, res, next, route);
+      },
+      raw,
+      (req, res) => handle(req, res, route),
+    );
+  }
 
   // Errors from the body parser (oversize, bad encoding) and anything unexpected.
   // Express recognises an error handler by its four parameters.

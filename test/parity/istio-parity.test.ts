@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import fc from "fast-check";
 import { CaptureConfigError, parseCaptureConfig } from "../../contract/capture-config.ts";
-import { ANNOTATION, deriveCaptureInput, PROXY_ENV } from "../../functions/capture-from-pod.ts";
+import { ANNOTATION, deriveCaptureInput, LIST_ANNOTATIONS, PROXY_ENV } from "../../functions/capture-from-pod.ts";
 import { parsePod } from "../../functions/pod.ts";
 import { renderIptables } from "../../node-runner/rules/iptables.ts";
 import { renderNftables } from "../../node-runner/rules/nftables.ts";
@@ -138,17 +138,7 @@ function project(pod: unknown): ProjectVerdict {
 
 // ---- deliberate deviations (docs/testing.md, "Parity with Istio") ----------------------------------
 
-const LIST_KEYS = [
-  ANNOTATION.includeOutboundIPRanges,
-  ANNOTATION.excludeOutboundIPRanges,
-  ANNOTATION.includeInboundPorts,
-  ANNOTATION.excludeInboundPorts,
-  ANNOTATION.includeOutboundPorts,
-  ANNOTATION.excludeOutboundPorts,
-  ANNOTATION.excludeInterfaces,
-  ANNOTATION.rerouteVirtualInterfaces,
-  ANNOTATION.kubevirtInterfaces,
-];
+const LIST_KEYS = LIST_ANNOTATIONS.map((a) => a.key);
 const PORT_KEYS = [ANNOTATION.includeInboundPorts, ANNOTATION.excludeInboundPorts, ANNOTATION.includeOutboundPorts, ANNOTATION.excludeOutboundPorts];
 
 /** Why the project may refuse a pod Istio accepts, or undefined when it may not. */
