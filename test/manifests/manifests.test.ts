@@ -5,6 +5,7 @@ import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
+import * as k8s from "@kubernetes/client-node";
 import { parseAllDocuments } from "yaml";
 import { generateKeys } from "../../cli/keys.ts";
 import { generateTls, tlsManifests } from "../../cli/tls.ts";
@@ -84,5 +85,29 @@ describe("manifests on the real API server [needs control plane]", skipUnlessCI(
     const tls = tlsManifests("podnet-system", generateTls());
     assert.deepEqual(await controlPlane().applyYaml(tls.secret), ["Secret/podnet-node-runner-tls"]);
     assert.deepEqual(await controlPlane().applyYaml(tls.configMap), ["ConfigMap/podnet-node-runner-ca"]);
+  });
+
+  test("the node-critical quota admits a node-runner on every node of a large cluster (100 here; it once stopped at 64)", async () => {
+    const cp = controlPlane();
+    await cp.applyYaml(readFileSync(path.join(root, "config/node-runner/resourcequota.yaml"), "utf8"));
+    const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+    // No quota controller runs here: its status is set as the controller sets it (hard from the spec).
+    const shipped = await core.readNamespacedResourceQuota({ name: "podnet-node-critical", namespace: "podnet-system" });
+    await core.replaceNamespacedResourceQuotaStatus({
+      name: "podnet-node-critical",
+      namespace: "podnet-system",
+      body: { ...shipped, status: { hard: shipped.spec?.hard ?? {}, used: { pods: "0" } } },
+    });
+    for (let node = 0; node < 100; node++) {
+      await core.createNamespacedPod({
+        namespace: "podnet-system",
+        body: {
+          metadata: { name: `podnet-node-runner-${node}` },
+          spec: { nodeName: `node-${node}`, priorityClassName: "system-node-critical", containers: [{ name: "node-runner", image: "example/node-runner" }] },
+        },
+      });
+    }
+    const quota = await core.readNamespacedResourceQuota({ name: "podnet-node-critical", namespace: "podnet-system" });
+    assert.equal(quota.status?.used?.pods, "100");
   });
 });
