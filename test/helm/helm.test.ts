@@ -37,6 +37,14 @@ const chart = (set: string[] = []): string =>
   helm("template", "podnet", path.join(root, "charts/podnet"), "--namespace", "podnet-system", ...set.flatMap((s) => ["--set", s]));
 const kustomize = (dir: string): string => execFileSync(BIN.kustomize, ["build", path.join(root, dir)], quiet);
 
+/** Istio's own istiod chart, from the istio.io/istio module the oracle is built from. */
+function istiodChart(): string {
+  const istioVersion = /istio\.io\/istio (\S+)/.exec(readFileSync(path.join(root, "test/istio-oracle/go.mod"), "utf8"))?.[1];
+  assert.ok(istioVersion !== undefined);
+  const moduleDir = execFileSync("go", ["mod", "download", "-json", `istio.io/istio@${istioVersion}`], { ...quiet, cwd: path.join(root, "test/istio-oracle") });
+  return path.join((JSON.parse(moduleDir) as { Dir: string }).Dir, "manifests/charts/istio-control/istio-discovery");
+}
+
 /**
  * Objects by kind/namespace/name, compared as data: YAML spelling aside (0444 or 292), and runs
  * of whitespace in strings as one space (kustomize keeps a blank line in one folded CEL
@@ -276,17 +284,10 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
   });
 
   test("Istio's own istiod chart with config/istio/istiod-values.yaml: the injector carries the template in CNI mode", () => {
-    const istioVersion = /istio\.io\/istio (\S+)/.exec(readFileSync(path.join(root, "test/istio-oracle/go.mod"), "utf8"))?.[1];
-    assert.ok(istioVersion !== undefined);
-    const moduleDir = execFileSync("go", ["mod", "download", "-json", `istio.io/istio@${istioVersion}`], {
-      ...quiet,
-      cwd: path.join(root, "test/istio-oracle"),
-    });
-    const dir = (JSON.parse(moduleDir) as { Dir: string }).Dir;
     const out = helm(
       "template",
       "istiod",
-      path.join(dir, "manifests/charts/istio-control/istio-discovery"),
+      istiodChart(),
       "--namespace",
       "istio-system",
       "-f",
@@ -307,5 +308,58 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       readFileSync(path.join(root, "config/istio/podnet-injection-template.yaml"), "utf8"),
       "the podnet template is among the injector's templates, as written",
     );
+  });
+
+  // An istiod already running, as a canary revision with values of its own: the README's
+  // command for it merges this project's values in and resets nothing (a plain `helm upgrade -f`
+  // would put every other value back to the chart's default).
+  test("an existing istiod (revision canary, its own values): the README's upgrade adds the template and keeps every other value", () => {
+    const cp = controlPlane();
+    const admin = cp.writeKubeconfig("istiod-admin", cp.adminToken);
+    const release = ["istiod-canary", istiodChart(), "--namespace", "istio-system", "--kubeconfig", admin];
+    helm(
+      "install",
+      ...release,
+      "--create-namespace",
+      "--set",
+      "revision=canary",
+      "--set",
+      "pilot.resources.requests.memory=123Mi",
+      "--set",
+      "meshConfig.accessLogFile=/dev/stdout",
+    );
+    try {
+      // README, "Install", step 5 for an existing istiod:
+      helm(
+        "upgrade",
+        ...release,
+        "--reset-then-reuse-values",
+        "-f",
+        path.join(root, "config/istio/istiod-values.yaml"),
+        "--set-file",
+        `sidecarInjectorWebhook.templates.podnet=${path.join(root, "config/istio/podnet-injection-template.yaml")}`,
+      );
+      const values = JSON.parse(helm("get", "values", "istiod-canary", "--namespace", "istio-system", "--kubeconfig", admin, "-o", "json")) as {
+        revision?: string;
+        pilot?: { resources?: { requests?: { memory?: string } }; cni?: { enabled?: boolean } };
+        meshConfig?: { accessLogFile?: string };
+        sidecarInjectorWebhook?: { templates?: { podnet?: string }; defaultTemplates?: string[] };
+      };
+      assert.equal(values.revision, "canary", "the revision stays");
+      assert.equal(values.pilot?.resources?.requests?.memory, "123Mi", "the running istiod's own values stay");
+      assert.equal(values.meshConfig?.accessLogFile, "/dev/stdout");
+      assert.equal(values.pilot?.cni?.enabled, true, "CNI mode on");
+      assert.deepEqual(values.sidecarInjectorWebhook?.defaultTemplates, ["sidecar", "podnet"]);
+      assert.ok(values.sidecarInjectorWebhook?.templates?.podnet?.includes("istio-validation"), "the podnet template");
+      // The revision's own injector carries it.
+      const injector = JSON.parse(
+        execFileSync(KUBECTL, ["-n", "istio-system", "get", "configmap", "istio-sidecar-injector-canary", "-o", "json", "--kubeconfig", admin], quiet),
+      ) as {
+        data: { config: string };
+      };
+      assert.match(injector.data.config, /podnet:/);
+    } finally {
+      helm("uninstall", "istiod-canary", "--namespace", "istio-system", "--kubeconfig", admin);
+    }
   });
 });
