@@ -198,3 +198,41 @@ describe("pnc plan: Istio parity", () => {
     assert.match(err, /warning: istio-proxy env ISTIO_META_DNS_CAPTURE: "\(valueFrom\)" is set with valueFrom/);
   });
 });
+
+describe("pnc istio-template", () => {
+  const template = path.join(root, "config/istio/podnet-injection-template.yaml");
+
+  test("the template with the install's waiter image as the default; everything else as written", () => {
+    const { code, out, err } = run(["istio-template", "--template", template, "--waiter-image", "registry.example:5000/team/podnet-waiter:0.1.0"]);
+    assert.equal(code, EXIT.ok, err);
+    const original = readFileSync(template, "utf8");
+    assert.equal(out, original.replace("`ghcr.io/podnet/waiter:0.1.0`", "`registry.example:5000/team/podnet-waiter:0.1.0`"));
+    const digest = `ghcr.io/podnet/waiter@sha256:${"a".repeat(64)}`;
+    assert.match(run(["istio-template", "--template", template, "--waiter-image", digest]).out, new RegExp(`\`${digest.replace(/[.]/g, "\\.")}\``));
+  });
+
+  test("refused, with nothing printed: a missing image, a file that is not the template, an unreadable file", () => {
+    assert.equal(run(["istio-template", "--template", template]).code, EXIT.usage);
+    const other = run(["istio-template", "--template", example("injected-pod.yaml"), "--waiter-image", "a/b:1"]);
+    assert.deepEqual([other.code, other.out], [EXIT.badInput, ""]);
+    assert.match(other.err, /0 times, not once/);
+    assert.equal(run(["istio-template", "--template", "/nonexistent", "--waiter-image", "a/b:1"]).code, EXIT.badInput);
+  });
+
+  test("property: any image text is written as given or refused with nothing printed; nothing can break out of the template's quotes", () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ maxLength: 80 }), fc.constantFrom("a/b:1`}}{{", "x` `y", "ghcr.io/p/w:1 }}", "ghcr.io/p/w:1\n- name: x")), (image) => {
+        const r = run(["istio-template", "--template", template, "--waiter-image", image]);
+        if (r.code === EXIT.ok) {
+          assert.ok(!/[`{}"'\s\\]/.test(image), image);
+          assert.ok(r.out.includes(`\`${image}\``));
+        } else {
+          // A value that starts with "-" reads as an option: a usage error.
+          assert.ok(r.code === EXIT.badInput || (r.code === EXIT.usage && image.startsWith("-")), `${r.code}: ${image}`);
+          assert.equal(r.out, "");
+        }
+      }),
+      { numRuns: 1000 },
+    );
+  });
+});

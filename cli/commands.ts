@@ -10,6 +10,7 @@ import { parsePolicy, PolicyError } from "../functions/policy.ts";
 import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
 import { generateKeys, KeyManifestError, rotateKeys, type KeyManifests } from "./keys.ts";
 import { generateTls, tlsManifests } from "./tls.ts";
+import { TemplateError, withWaiterImage } from "./istio-template.ts";
 import { BACKEND, BACKENDS, isBackendName } from "../node-runner/backends.ts";
 import { ipCommand, netSetupSteps } from "../node-runner/rules/routes.ts";
 import { errorMessage } from "../lib/errors.ts";
@@ -30,6 +31,7 @@ const USAGE = `usage:
   pnc keys generate [--namespace podnet-system] --out <dir>
   pnc keys rotate --secret <file> --configmap <file> --out <dir>
   pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>]
+  pnc istio-template --waiter-image <image> [--template config/istio/podnet-injection-template.yaml]
 
   Prints the rules the node-runner would apply for the pod, derived the way istio-cni does
   (annotations, istio-proxy env and securityContext). --family defaults to the pod's own
@@ -44,6 +46,10 @@ const USAGE = `usage:
   function trusts (node-runner-ca.configmap.yaml); rotate adds a new signing pair and keeps the
   old ones. ensure creates in the cluster whichever of those four objects are missing and keeps
   the others (the Helm chart's keys.generate Job runs it; needs openssl for TLS).
+
+  istio-template prints the podnet injection template with the waiter image your install uses
+  as its default (pods may still name another with podnet.istio.io/waiter-image): pass its
+  output to istiod with --set-file sidecarInjectorWebhook.templates.podnet=<file>.
 
   The waiter init container is its own small program (waiter/, image target waiter).
 
@@ -67,6 +73,7 @@ export function runPnc(argv: readonly string[], io: Io): number {
     if (command === "plan") return plan(rest, io);
     if (command === "decide") return decideCommand(rest, io);
     if (command === "keys") return keysCommand(rest, io);
+    if (command === "istio-template") return istioTemplateCommand(rest, io);
     if (command === undefined || command === "help" || command === "--help" || command === "-h") {
       io.stdout(`${USAGE}\n`);
       return command === undefined ? EXIT.usage : EXIT.ok;
@@ -85,7 +92,7 @@ export function runPnc(argv: readonly string[], io: Io): number {
       io.stderr(`pnc: ${err.message}\n`);
       return EXIT.invalidPolicy;
     }
-    if (err instanceof InputError || err instanceof PodManifestError) {
+    if (err instanceof InputError || err instanceof PodManifestError || err instanceof TemplateError) {
       io.stderr(`pnc: ${err.message}\n`);
       return EXIT.badInput;
     }
@@ -189,6 +196,25 @@ function decideCommand(args: readonly string[], io: Io): number {
     );
     return EXIT.invalidCapture;
   }
+  return EXIT.ok;
+}
+
+function istioTemplateCommand(args: readonly string[], io: Io): number {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    options: { "waiter-image": { type: "string" }, template: { type: "string", default: "config/istio/podnet-injection-template.yaml" } },
+    allowPositionals: true,
+  });
+  if (positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`);
+  const image = values["waiter-image"];
+  if (image === undefined) throw new UsageError("--waiter-image is required");
+  let template: string;
+  try {
+    template = io.readFile(values.template);
+  } catch (err) {
+    throw new InputError(`cannot read ${values.template}: ${errorMessage(err)}`);
+  }
+  io.stdout(withWaiterImage(template, image));
   return EXIT.ok;
 }
 

@@ -4,6 +4,7 @@
 // injector (its templates, the strategic merge of custom templates, reorderPod) offline. The
 // injected pods go to the real kube-apiserver with Pod Security `restricted` enforced.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -14,6 +15,7 @@ import { startControlPlane, type ControlPlane } from "../controlplane/harness.ts
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { kubeInject, missingIstioReason, renderInjector, type InjectorFiles } from "../support/istio-injector.ts";
 
+const root = path.resolve(import.meta.dirname, "../..");
 const missing = missingIstioReason();
 
 type Container = k8s.V1Container & { restartPolicy?: string };
@@ -162,4 +164,29 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
       }
     }
   }
+
+  test("pnc istio-template: the install's waiter image is every injected pod's default, and a pod's own annotation still wins", () => {
+    const out = execFileSync(
+      process.execPath,
+      ["--import", "tsx", path.join(root, "cli/pnc.ts"), "istio-template", "--waiter-image", "registry.example/podnet/waiter:9"],
+      {
+        cwd: root,
+        encoding: "utf8",
+      },
+    );
+    const own = mkdtempSync(path.join(os.tmpdir(), "pnct-template-"));
+    try {
+      const files = renderInjector(own, out);
+      const waiterImage = (pod: Pod): string | undefined => pod.spec.initContainers?.find((c) => c.name === WAITER_CONTAINER)?.image;
+      const plain = appPod("own-image", { native: true, appInit: false, mode: "REDIRECT", templates: "sidecar,podnet" });
+      assert.equal(waiterImage(kubeInject(files, plain)), "registry.example/podnet/waiter:9");
+      const chosen = {
+        ...plain,
+        metadata: { ...plain.metadata, name: "chosen-image", annotations: { ...plain.metadata.annotations, "podnet.istio.io/waiter-image": "mine/waiter:2" } },
+      };
+      assert.equal(waiterImage(kubeInject(files, chosen)), "mine/waiter:2");
+    } finally {
+      rmSync(own, { recursive: true, force: true });
+    }
+  });
 });

@@ -24,15 +24,15 @@ export interface InjectorFiles {
   readonly mesh: string;
 }
 
-/** Istio's injector ConfigMaps for an operator with the project's template, written into `dir`. */
-export function renderInjector(dir: string): InjectorFiles {
+/** Istio's injector ConfigMaps for an operator with the project's template (or `template`), written into `dir`. */
+export function renderInjector(dir: string, template = readFileSync(path.join(root, "config/istio/podnet-injection-template.yaml"), "utf8")): InjectorFiles {
   const operator = {
     apiVersion: "install.istio.io/v1alpha1",
     kind: "IstioOperator",
     spec: {
       components: { cni: { enabled: true } },
       values: {
-        sidecarInjectorWebhook: { templates: { podnet: readFileSync(path.join(root, "config/istio/podnet-injection-template.yaml"), "utf8") } },
+        sidecarInjectorWebhook: { templates: { podnet: template } },
         // Istio's own setting for the proxy's seccomp profile (restricted requires one); images
         // already on the node are used (an istioctl built from the module names proxyv2:latest,
         // which the kubelet would otherwise always pull).

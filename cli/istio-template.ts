@@ -1,0 +1,28 @@
+// The podnet injection template (config/istio/podnet-injection-template.yaml) with the waiter
+// image an install uses as its default: Istio's values cannot carry a key of ours (istioctl
+// refuses unknown fields), so the image is written into the template text the install passes to
+// istiod (`--set-file sidecarInjectorWebhook.templates.podnet=...`). Pure: text in, text out.
+
+/** The default in the template: the `podnet.istio.io/waiter-image` annotation's fallback. */
+const WAITER_IMAGE_DEFAULT = /(annotation \.ObjectMeta `podnet\.istio\.io\/waiter-image` `)([^`]*)(`)/g;
+
+/**
+ * An image reference as the kubelet pulls one: [registry[:port]/]path[:tag][@sha256:digest].
+ * Nothing a Go template would read as syntax (no backtick, brace, quote or space) can pass.
+ */
+const IMAGE_REFERENCE =
+  /^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?::[0-9]{1,5})?\/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(?:@sha256:[a-f0-9]{64})?$/;
+
+export class TemplateError extends Error {
+  override name = "TemplateError";
+}
+
+/** `template` with `image` as the waiter's default image. */
+export function withWaiterImage(template: string, image: string): string {
+  if (image.length > 255 || !IMAGE_REFERENCE.test(image)) {
+    throw new TemplateError(`not an image reference: ${JSON.stringify(image.slice(0, 120))} (registry/path:tag or @sha256:digest)`);
+  }
+  const found = template.match(WAITER_IMAGE_DEFAULT)?.length ?? 0;
+  if (found !== 1) throw new TemplateError(`the template names the waiter's default image ${found} times, not once: is it the podnet injection template?`);
+  return template.replace(WAITER_IMAGE_DEFAULT, (_all, before: string, _old: string, after: string) => `${before}${image}${after}`);
+}
