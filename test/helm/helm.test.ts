@@ -283,7 +283,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     assert.ok(await core.readNamespacedSecret({ namespace: ns, name: "podnet-node-runner-tls" }), "keys outlive the release (README)");
   });
 
-  test("Istio's own istiod chart with config/istio/istiod-values.yaml: the injector carries the template in CNI mode", () => {
+  test("Istio's own istiod chart with config/istio/istiod-values.yaml: the injector carries the template, CNI mode off", () => {
     const out = helm(
       "template",
       "istiod",
@@ -299,7 +299,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       { data: { config: string; values: string } } | undefined;
     assert.ok(injector !== undefined, "the chart renders the injector ConfigMap");
     const values = JSON.parse(injector.data.values) as { pilot: { cni: { enabled: boolean } }; global: { proxy: { seccompProfile: { type: string } } } };
-    assert.equal(values.pilot.cni.enabled, true);
+    assert.equal(values.pilot.cni.enabled, false, "CNI mode off: the template does not need it");
     assert.equal(values.global.proxy.seccompProfile.type, "RuntimeDefault");
     const config = parseAllDocuments(injector.data.config)[0]?.toJS() as { defaultTemplates: string[]; templates: Record<string, string> };
     assert.deepEqual(config.defaultTemplates, ["sidecar", "podnet"]);
@@ -345,7 +345,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
         meshConfig?: { accessLogFile?: string };
         sidecarInjectorWebhook?: { templates?: { podnet?: string }; defaultTemplates?: string[] };
       };
-      // The revision and the running istiod's own values stay; CNI mode and the podnet template come in.
+      // The revision and the running istiod's own values stay; CNI mode off and the podnet template come in.
       assert.deepEqual(
         {
           revision: values.revision,
@@ -355,7 +355,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
           defaultTemplates: values.sidecarInjectorWebhook?.defaultTemplates,
           template: values.sidecarInjectorWebhook?.templates?.podnet?.includes("istio-validation"),
         },
-        { revision: "canary", memory: "123Mi", accessLog: "/dev/stdout", cni: true, defaultTemplates: ["sidecar", "podnet"], template: true },
+        { revision: "canary", memory: "123Mi", accessLog: "/dev/stdout", cni: false, defaultTemplates: ["sidecar", "podnet"], template: true },
       );
       // The revision's own injector carries it.
       const injector = JSON.parse(

@@ -10,7 +10,9 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
+import { deriveCaptureInput } from "../../functions/capture-from-pod.ts";
 import { WAITER_COMMAND, WAITER_CONTAINER } from "../../functions/decision.ts";
+import { parsePod } from "../../functions/pod.ts";
 import { startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { kubeInject, missingIstioReason, renderInjector, type InjectorFiles } from "../support/istio-injector.ts";
@@ -64,8 +66,8 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
     files = renderInjector(dir);
     assert.equal(
       (JSON.parse(readFileSync(files.values, "utf8")) as { pilot: { cni: { enabled: boolean } } }).pilot.cni.enabled,
-      true,
-      "CNI mode reaches the injector as pilot.cni.enabled",
+      false,
+      "CNI mode off, as the README installs Istio",
     );
     cp = await startControlPlane();
     core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
@@ -176,7 +178,7 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
     );
     const own = mkdtempSync(path.join(os.tmpdir(), "pnct-template-"));
     try {
-      const files = renderInjector(own, out);
+      const files = renderInjector(own, { template: out });
       const waiterImage = (pod: Pod): string | undefined => pod.spec.initContainers?.find((c) => c.name === WAITER_CONTAINER)?.image;
       const plain = appPod("own-image", { native: true, appInit: false, mode: "REDIRECT", templates: "sidecar,podnet" });
       assert.equal(waiterImage(kubeInject(files, plain)), "registry.example/podnet/waiter:9");
@@ -187,6 +189,53 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
       assert.equal(waiterImage(kubeInject(files, chosen)), "mine/waiter:2");
     } finally {
       rmSync(own, { recursive: true, force: true });
+    }
+  });
+
+  // Istio's CNI mode changes what Istio's own template renders (istio-init or istio-validation,
+  // the capture annotations, on OpenShift a Multus network). The podnet template makes it not
+  // matter, so CNI mode stays off and istioctl installs no istio-cni agent.
+  test("CNI mode off or on: the same pod (waiter first, capture annotations, proxy), and the function derives the same capture config; off installs no istio-cni agent", () => {
+    const proxy = { includeIPRanges: "10.0.0.0/8", excludeIPRanges: "10.1.0.0/16", excludeInboundPorts: "9901" };
+    const rendered = (cni: boolean) => {
+      const own = mkdtempSync(path.join(os.tmpdir(), `pnct-cni-${String(cni)}-`));
+      return { own, files: renderInjector(own, { cni, proxy }) };
+    };
+    const off = rendered(false);
+    const on = rendered(true);
+    try {
+      assert.deepEqual(off.files.daemonSets, [], "no node agent with CNI mode off");
+      assert.deepEqual(on.files.daemonSets, ["istio-cni-node"]);
+      for (const mode of ["REDIRECT", "TPROXY"] as const) {
+        const pod = appPod(`cni-${mode.toLowerCase()}`, { native: true, appInit: true, mode, templates: "sidecar,podnet" });
+        pod.metadata.annotations = { ...pod.metadata.annotations, "traffic.sidecar.istio.io/excludeOutboundPorts": "9000" };
+        const a = kubeInject(off.files, pod);
+        const b = kubeInject(on.files, pod);
+        assert.deepEqual(a.spec, b.spec, mode);
+        assert.deepEqual(a.metadata.annotations, b.metadata.annotations, mode);
+        const capture = (p: Pod) =>
+          deriveCaptureInput(parsePod({ apiVersion: "v1", kind: "Pod", ...p, metadata: { namespace: "shop", uid: "u", ...p.metadata } })).input;
+        assert.deepEqual(capture(a), capture(b), mode);
+        assert.equal(capture(a).outboundIPRangesInclude, "10.0.0.0/8", "the mesh's values reach the pod without CNI mode");
+      }
+    } finally {
+      rmSync(off.own, { recursive: true, force: true });
+      rmSync(on.own, { recursive: true, force: true });
+    }
+  });
+
+  test("OpenShift (Istio's platform openshift): with CNI mode off no Multus network is named, so pods are created; with it on they would name Istio's", () => {
+    for (const cni of [false, true]) {
+      const own = mkdtempSync(path.join(os.tmpdir(), "pnct-openshift-"));
+      try {
+        const files = renderInjector(own, { cni, platform: "openshift" });
+        const injected = kubeInject(files, appPod(`openshift-${String(cni)}`, { native: true, appInit: false, mode: "REDIRECT", templates: "sidecar,podnet" }));
+        const networks = injected.metadata.annotations?.["k8s.v1.cni.cncf.io/networks"];
+        if (cni) assert.match(networks ?? "", /istio-cni/, "Istio's CNI mode on OpenShift names its Multus network");
+        else assert.equal(networks, undefined);
+      } finally {
+        rmSync(own, { recursive: true, force: true });
+      }
     }
   });
 });

@@ -1,7 +1,8 @@
 // Istio's real injector, offline: `istioctl manifest generate` renders Istio's own injector
 // configuration (config, values, mesh) with the project's template under
-// sidecarInjectorWebhook.templates and CNI mode on, and `istioctl kube-inject` runs the injector
-// (its templates, the strategic merge of custom templates, reorderPod) on a pod.
+// sidecarInjectorWebhook.templates (CNI mode off, as the README installs it, unless asked), and
+// `istioctl kube-inject` runs the injector (its templates, the strategic merge of custom
+// templates, reorderPod) on a pod.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
@@ -24,24 +25,45 @@ export interface InjectorFiles {
   readonly mesh: string;
 }
 
-/** Istio's injector ConfigMaps for an operator with the project's template (or `template`), written into `dir`. */
-export function renderInjector(dir: string, template = readFileSync(path.join(root, "config/istio/podnet-injection-template.yaml"), "utf8")): InjectorFiles {
+export interface InjectorOptions {
+  /** The template (default: config/istio/podnet-injection-template.yaml). */
+  readonly template?: string;
+  /** Istio's CNI mode (components.cni.enabled; default off). */
+  readonly cni?: boolean;
+  /** values.global.platform (e.g. openshift). */
+  readonly platform?: string;
+  /** More values.global.proxy settings. */
+  readonly proxy?: Record<string, unknown>;
+}
+
+/** Istio's injector ConfigMaps for an operator with the project's template, written into `dir`; `daemonSets`: what istioctl would install as node agents. */
+export function renderInjector(dir: string, options: InjectorOptions = {}): InjectorFiles & { readonly daemonSets: readonly string[] } {
   const operator = {
     apiVersion: "install.istio.io/v1alpha1",
     kind: "IstioOperator",
     spec: {
-      components: { cni: { enabled: true } },
+      components: { cni: { enabled: options.cni ?? false } },
       values: {
-        sidecarInjectorWebhook: { templates: { podnet: template } },
+        sidecarInjectorWebhook: {
+          templates: { podnet: options.template ?? readFileSync(path.join(root, "config/istio/podnet-injection-template.yaml"), "utf8") },
+        },
         // Istio's own setting for the proxy's seccomp profile (restricted requires one); images
         // already on the node are used (an istioctl built from the module names proxyv2:latest,
         // which the kubelet would otherwise always pull).
-        global: { proxy: { seccompProfile: { type: "RuntimeDefault" } }, imagePullPolicy: "IfNotPresent" },
+        global: {
+          proxy: { seccompProfile: { type: "RuntimeDefault" }, ...options.proxy },
+          imagePullPolicy: "IfNotPresent",
+          ...(options.platform === undefined ? {} : { platform: options.platform }),
+        },
       },
     },
   };
   writeFileSync(path.join(dir, "operator.yaml"), stringify(operator));
   const manifest = execFileSync(ISTIOCTL, ["manifest", "generate", "-f", path.join(dir, "operator.yaml")], { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
+  const daemonSets = parseAllDocuments(manifest)
+    .map((d) => d.toJS() as { kind?: string; metadata?: { name?: string } } | null)
+    .filter((d) => d?.kind === "DaemonSet")
+    .map((d) => d?.metadata?.name ?? "");
   const configMaps = parseAllDocuments(manifest)
     .map((d) => d.toJS() as { kind?: string; metadata?: { name?: string }; data?: Record<string, string> } | null)
     .filter((d) => d?.kind === "ConfigMap");
@@ -52,7 +74,7 @@ export function renderInjector(dir: string, template = readFileSync(path.join(ro
   writeFileSync(files.config, injector.config);
   writeFileSync(files.values, injector.values);
   writeFileSync(files.mesh, mesh);
-  return files;
+  return { ...files, daemonSets };
 }
 
 /** The pod as Istio's injector returns it. */
