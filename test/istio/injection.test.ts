@@ -238,4 +238,16 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
       }
     }
   });
+
+  test("interception mode NONE: no waiter (no rules will come) and nothing privileged; Istio adds no init container either", () => {
+    const pod = appPod("mode-none", { native: true, appInit: true, mode: "REDIRECT", templates: "sidecar,podnet" });
+    pod.metadata.annotations = { ...pod.metadata.annotations, "sidecar.istio.io/interceptionMode": "NONE" };
+    const injected = inject(pod);
+    assert.deepEqual(
+      (injected.spec.initContainers ?? []).map((c) => c.name),
+      ["istio-proxy", "migrate"],
+      "the native-sidecar proxy (Istio puts it first) and the app's init container; no waiter",
+    );
+    assert.ok(allContainers(injected).every((c) => capsAdded(c).length === 0 && c.securityContext?.privileged !== true));
+  });
 });
