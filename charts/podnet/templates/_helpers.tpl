@@ -20,3 +20,13 @@ Call with (dict "root" $ "files" (list ...)); returns them as JSON.
 {{- if eq $e.name $.name -}}{{- $_ := set $e "value" $.value -}}{{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The labels every object of the release carries (Helm's and Kubernetes' recommended ones). */}}
+{{- define "podnet.labels" -}}
+app.kubernetes.io/name: podnet
+app.kubernetes.io/part-of: podnet
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
+{{- end -}}
