@@ -29,6 +29,7 @@
 //                                      allowed to get /metrics (TokenReview +
 //                                      SubjectAccessReview)
 import { execFileSync } from "node:child_process";
+import { X509Certificate } from "node:crypto";
 import { mkdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import http from "node:http";
@@ -206,14 +207,24 @@ const tlsCert = values["tls-cert"] ?? env.TLS_CERT;
 const tlsKey = values["tls-key"] ?? env.TLS_KEY;
 if ((tlsCert === undefined) !== (tlsKey === undefined)) fail("--tls-cert and --tls-key go together");
 if (tlsCert === undefined) log.warn("no --tls-cert/--tls-key: serving plain HTTP (requests are signed, not encrypted)");
+// Read once, used by both servers; its expiry is a metric (nothing renews it in place: an alert must).
+const tls = tlsCert !== undefined && tlsKey !== undefined ? { cert: readFileSync(tlsCert), key: readFileSync(tlsKey) } : undefined;
+if (tls !== undefined) {
+  let notAfter: number;
+  try {
+    notAfter = Date.parse(new X509Certificate(tls.cert).validTo) / 1000;
+  } catch (err) {
+    fail(`--tls-cert ${tlsCert ?? ""}: not a PEM certificate: ${errorMessage(err)}`);
+  }
+  metrics.tlsCertificateNotAfter.set(notAfter);
+  if (notAfter * 1000 - Date.now() < 30 * 86_400_000)
+    log.warn({ notAfter: new Date(notAfter * 1000).toISOString() }, "the TLS certificate expires within 30 days: renew it (pnc keys generate)");
+}
 // Whoever can reach the port can open connections before any signature is seen: each is
 // bounded in count and in how long its headers and body may take (checked every second, not
 // Node's default 30 s), so slow uploads cannot hold the runner's sockets or memory.
 const connectionLimits = { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: 1000 };
-const server =
-  tlsCert !== undefined && tlsKey !== undefined
-    ? https.createServer({ cert: readFileSync(tlsCert), key: readFileSync(tlsKey), ...connectionLimits }, app)
-    : http.createServer(connectionLimits, app);
+const server = tls !== undefined ? https.createServer({ ...tls, ...connectionLimits }, app) : http.createServer(connectionLimits, app);
 server.maxConnections = MAX_CONNECTIONS;
 server.maxHeadersCount = 64;
 server.listen(port, host, () => {
@@ -237,7 +248,7 @@ const metricsServer =
     : createMetricsServer({
         registry: metrics.registry,
         ...(metricsAuth === "kubernetes" ? { authorizer: ScrapeAuthorizer.forApiServer(apiConnection) } : {}),
-        ...(tlsCert !== undefined && tlsKey !== undefined ? { tls: { cert: readFileSync(tlsCert), key: readFileSync(tlsKey) } } : {}),
+        ...(tls === undefined ? {} : { tls }),
         onRefused: (status) => {
           metrics.scrapesRefused.inc({ status: String(status) });
         },

@@ -9,6 +9,7 @@ export interface NodeRunnerMetrics {
   readonly eventsPending: Gauge;
   readonly podReads: Counter<"source">;
   readonly watchErrors: Counter;
+  readonly tlsCertificateNotAfter: Gauge;
   readonly scrapesRefused: Counter<"status">;
   readonly applyDuration: Histogram<"result">;
   readonly netnsDuration: Histogram<"outcome">;
@@ -52,6 +53,11 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeR
       name: "podnet_node_runner_pod_reads_total",
       help: "Identity checks by where the pod came from: the node's pod watch, or a GET when the watch did not know it.",
       labelNames: ["source"],
+      registers: [registry],
+    }),
+    tlsCertificateNotAfter: new Gauge({
+      name: "podnet_node_runner_tls_certificate_not_after_seconds",
+      help: "When the serving certificate (the API's and the metrics port's) expires, in Unix seconds: alert well before (nothing renews it in place).",
       registers: [registry],
     }),
     watchErrors: new Counter({

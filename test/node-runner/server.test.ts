@@ -2,8 +2,8 @@
 // the real kube-apiserver with the node-runner's own ServiceAccount under the RBAC of
 // config/node-runner/rbac.yaml. Requests are signed as the decision function signs them.
 import assert from "node:assert/strict";
-import { generateKeyPairSync, randomUUID, type KeyObject } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { generateKeyPairSync, randomUUID, X509Certificate, type KeyObject } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -13,7 +13,16 @@ import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { signRequest } from "../../contract/signature.ts";
 import { httpStatus, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
-import { nodeRunnerTlsOptions, postToRunner, sendSigned, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
+import {
+  nodeRunnerTls,
+  nodeRunnerTlsOptions,
+  postToRunner,
+  sendSigned,
+  signingKeyDirs,
+  startNodeRunner,
+  type Component,
+  type RunnerReply,
+} from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, waitForPodEvent } from "../support/mesh-pods.ts";
 import { metricSum } from "../support/metrics.ts";
@@ -253,6 +262,9 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
     assert.match(text, /podnet_node_runner_signature_failures_total\{reason="replay"\} 1/);
     assert.match(text, /podnet_node_runner_apply_duration_seconds_bucket/);
     assert.match(text, /podnet_node_runner_netns_resolution_duration_seconds_bucket/);
+    // The serving certificate's expiry, for an alert before it lapses.
+    const notAfter = Date.parse(new X509Certificate(readFileSync(nodeRunnerTls().certFile)).validTo) / 1000;
+    assert.match(text, new RegExp(`^podnet_node_runner_tls_certificate_not_after_seconds ${notAfter}$`, "m"));
   });
 
   test("SIGTERM: the Events still waiting are sent before the node-runner exits", async () => {
