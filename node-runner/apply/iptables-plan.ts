@@ -20,7 +20,7 @@ import type { Family, IptablesRule } from "../rules/istio.ts";
 import type { NetSetupStep } from "../rules/routes.ts";
 import type { FamilyKey, IptablesRecord, IptablesVariant, NetnsRecord } from "./records.ts";
 
-export const familyKey = (family: Family): FamilyKey => (family === 4 ? "4" : "6");
+const familyKey = (family: Family): FamilyKey => (family === 4 ? "4" : "6");
 
 /**
  * Short digest of what an apply installs (the rule lines of its transaction, per family, and

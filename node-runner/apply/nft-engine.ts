@@ -15,7 +15,7 @@ import type { RecordStore } from "./records.ts";
 const ISTIO_TABLES = Object.values(NFT_TABLE);
 
 /** The Istio tables present in `nft -s list tables inet`. */
-export function istioTablesIn(listing: string): string[] {
+function istioTablesIn(listing: string): string[] {
   const present = new Set(listing.split("\n").map((line) => line.trim()));
   return ISTIO_TABLES.filter((t) => present.has(`table inet ${t}`));
 }
