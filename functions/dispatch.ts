@@ -10,6 +10,7 @@ import { signRequest } from "../contract/signature.ts";
 import type { Decision } from "./decision.ts";
 import { ConcurrencyLimit } from "../lib/concurrency.ts";
 import { errorMessage } from "../lib/errors.ts";
+import { formatHostPort } from "../lib/listen-address.ts";
 
 export type ApplyDecision = Extract<Decision, { action: "apply" }>;
 
@@ -95,7 +96,7 @@ export class Dispatcher {
 
   private once(decision: ApplyDecision, payload: Buffer): Promise<DispatchResult> {
     const host = this.options.addressFor?.(decision) ?? decision.hostIP;
-    const authority = `${host.includes(":") ? `[${host}]` : host}:${this.options.port}`;
+    const authority = formatHostPort(host, this.options.port);
     const headers = signRequest({ method: "POST", authority, path: APPLY_PATH, contentType: CONTENT_TYPE, body: payload }, this.options.signingKey(), {
       now: Date.now(),
       nonce: randomUUID(),

@@ -4,6 +4,7 @@
 // lists mesh pods, creates Events and TokenReviews); @kubernetes/client-node costs about 60 MiB
 // of resident memory just to import, more than either component needs in all (docs/performance.md,
 // "Memory"), so both speak HTTP themselves.
+import { formatHostPort } from "./listen-address.ts";
 import { readFileSync } from "node:fs";
 import type { ClientRequest, IncomingMessage } from "node:http";
 import https from "node:https";
@@ -39,7 +40,7 @@ export function inClusterConnection(env: NodeJS.ProcessEnv = process.env, dir = 
   const port = env.KUBERNETES_SERVICE_PORT ?? "443";
   if (host === undefined || host === "") throw new KubeconfigError("not in a cluster: KUBERNETES_SERVICE_HOST is not set (give --kubeconfig)");
   return {
-    server: new URL(`https://${host.includes(":") ? `[${host}]` : host}:${port}`),
+    server: new URL(`https://${formatHostPort(host, port)}`),
     ca: readFileSync(`${dir}/ca.crt`),
     token: () => readFileSync(`${dir}/token`, "utf8").trim(),
   };

@@ -21,7 +21,7 @@ export function parsePort(text: string): number | undefined {
 }
 
 /** `host:port`, with brackets around an IPv6 host: what an HTTP authority and a listen flag look like. */
-export function formatHostPort(host: string, port: number): string {
+export function formatHostPort(host: string, port: number | string): string {
   return `${host.includes(":") ? `[${host}]` : host}:${port}`;
 }
 

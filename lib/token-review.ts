@@ -32,17 +32,28 @@ interface TokenReviewStatus {
   readonly error?: string;
 }
 
+/** Create a review object (TokenReview, SubjectAccessReview) and return its status, on the reviews' own connections. */
+async function review<S>(
+  conn: ApiConnection,
+  group: string,
+  kind: "TokenReview" | "SubjectAccessReview",
+  spec: object,
+  deadlineMs: number,
+): Promise<S | undefined> {
+  const answer = (await apiRequest(
+    conn,
+    "POST",
+    `/apis/${group}/v1/${kind.toLowerCase()}s`,
+    { contentType: "application/json", value: { apiVersion: `${group}/v1`, kind, spec } },
+    { deadlineMs, use: "reviews" },
+  )) as { status?: S } | undefined;
+  return answer?.status;
+}
+
 export function tokenReviewer(conn: ApiConnection, deadlineMs = 5000): TokenReviewer {
   return async (token, audience) => {
     const spec = audience === undefined ? { token } : { token, audiences: [audience] };
-    const review = (await apiRequest(
-      conn,
-      "POST",
-      "/apis/authentication.k8s.io/v1/tokenreviews",
-      { contentType: "application/json", value: { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec } },
-      { deadlineMs, use: "reviews" },
-    )) as { status?: TokenReviewStatus } | undefined;
-    const status = review?.status;
+    const status = await review<TokenReviewStatus>(conn, "authentication.k8s.io", "TokenReview", spec, deadlineMs);
     const forAudience = audience === undefined || (status?.audiences ?? [audience]).includes(audience);
     const user = status?.user;
     return {
@@ -74,14 +85,8 @@ export function accessReviewer(conn: ApiConnection, deadlineMs = 5000): AccessRe
       ...(user.extra === undefined ? {} : { extra: user.extra }),
       nonResourceAttributes: { verb, path },
     };
-    const review = (await apiRequest(
-      conn,
-      "POST",
-      "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-      { contentType: "application/json", value: { apiVersion: "authorization.k8s.io/v1", kind: "SubjectAccessReview", spec } },
-      { deadlineMs, use: "reviews" },
-    )) as { status?: { allowed?: boolean; reason?: string } } | undefined;
-    return { allowed: review?.status?.allowed === true, ...(review?.status?.reason === undefined ? {} : { reason: review.status.reason }) };
+    const status = await review<{ allowed?: boolean; reason?: string }>(conn, "authorization.k8s.io", "SubjectAccessReview", spec, deadlineMs);
+    return { allowed: status?.allowed === true, ...(status?.reason === undefined ? {} : { reason: status.reason }) };
   };
 }
 

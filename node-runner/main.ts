@@ -117,7 +117,7 @@ if (metricsAuth !== "kubernetes" && metricsAuth !== "none") fail(`--metrics-auth
 if (!["", "0.0.0.0", "::"].includes(host) && !hostIPs.includes(host)) hostIPs.push(host);
 if (hostIPs.length === 0)
   fail("--host-ip (or HOST_IP, from status.hostIP) is required when listening on a wildcard address: signed requests name the address they are for");
-const authorities = new Set(hostIPs.map((ip) => `${ip.includes(":") ? `[${ip.toLowerCase()}]` : ip}:${port}`));
+const authorities = new Set(hostIPs.map((ip) => formatHostPort(ip.toLowerCase(), port)));
 const backendFlag = values.backend ?? env.RULES_BACKEND ?? "auto";
 if (backendFlag !== "auto" && !isBackendName(backendFlag)) fail(`--backend must be auto, ${BACKENDS.join(", ")}; got ${backendFlag}`);
 const backend: BackendName | "auto" = backendFlag;
