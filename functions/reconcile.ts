@@ -127,6 +127,9 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     onGiveUp: (item, failures) => {
       item.log.warn({ retries: failures - 1 }, "no more retries: the resync will catch the pod");
     },
+    onSize: (size) => {
+      metrics.queueDepth.set(size);
+    },
   });
 
   const versionKey = (pod: Pod, policy: Policy): string | undefined =>
@@ -232,7 +235,6 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
 
   function queue(decision: ApplyDecision, pod: Pod, policy: Policy, log: Logger): HandledPod {
     const offered = work.add(pod.metadata.uid ?? "", { pod, decision, policyId: policy.id, log, queuedAt: performance.now() });
-    metrics.queueDepth.set(work.size);
     if (offered === "full") {
       metrics.queueFull.inc();
       log.warn({ queued: work.size }, "dispatch queue full");

@@ -26,8 +26,14 @@ describe("the work queue (client-go's semantics)", () => {
     assert.equal(q.size, 0);
   });
 
-  test("bounded in keys: past the bound nothing is queued; a held key still coalesces", async () => {
-    const q = new WorkQueue<string>({ maxKeys: 2, retryDelaysMs: [], process: () => tick(20).then(() => ({ done: true })) });
+  test("bounded in keys: past the bound nothing is queued; a held key still coalesces; the size is reported as it changes", async () => {
+    const sizes: number[] = [];
+    const q = new WorkQueue<string>({
+      maxKeys: 2,
+      retryDelaysMs: [],
+      process: () => tick(20).then(() => ({ done: true })),
+      onSize: (n) => sizes.push(n),
+    });
     assert.equal(q.add("a", "1"), "queued");
     assert.equal(q.add("b", "1"), "queued");
     assert.equal(q.add("c", "1"), "full");
@@ -35,6 +41,7 @@ describe("the work queue (client-go's semantics)", () => {
     assert.equal(q.size, 2);
     await q.whenIdle();
     assert.equal(q.size, 0);
+    assert.deepEqual(sizes, [1, 2, 1, 0], "up as keys come, down to 0 as they are done");
   });
 
   test("retried with backoff (a Retry-After over the delay honoured, capped), forgotten on success", async () => {

@@ -26,6 +26,8 @@ export interface WorkQueueOptions<T> {
   readonly process: (item: T, retry: number) => Promise<ProcessOutcome>;
   /** A key whose retries are spent (the resync catches it). */
   readonly onGiveUp?: (item: T, failures: number) => void;
+  /** The number of keys held, whenever it changes (a gauge). */
+  readonly onSize?: (size: number) => void;
 }
 
 export class WorkQueue<T> {
@@ -57,6 +59,7 @@ export class WorkQueue<T> {
     if (this.keys.size >= this.options.maxKeys) return "full";
     const fresh: KeyState<T> = { pending: item, failures: 0, processing: false, backoff: undefined };
     this.keys.set(key, fresh);
+    this.options.onSize?.(this.keys.size);
     void this.run(key, fresh);
     return "queued";
   }
@@ -120,6 +123,7 @@ export class WorkQueue<T> {
 
   private forget(key: string): void {
     this.keys.delete(key);
+    this.options.onSize?.(this.keys.size);
     if (this.keys.size > 0) return;
     const waiters = this.idleWaiters;
     this.idleWaiters = [];
