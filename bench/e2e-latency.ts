@@ -7,8 +7,8 @@
 //     The pods and their sandboxes are made first; then every pod's IP appears in its status at
 //     once, as a node hands out addresses in a burst. Per pod: IP → rules applied, IP → mark;
 //     the last mark; when the node-runner's Events (which wait for the burst to end) are in; the
-//     peak memory of each component. Its floor: the same three API requests per pod before its
-//     mark (IP, read, annotation) made by the benchmark alone for as many other pods.
+//     peak memory of each component. Its floor: the same four API requests per pod before its
+//     mark (IP, read, the node-runner's identity check, annotation) made by the benchmark alone for as many other pods.
 //   npm run bench:e2e -- single [pods] [--processes N]
 //     One pod at a time, its waiter (the Go binary of the waiter image, UID 1337, in the pod's netns)
 //     already waiting when the IP appears: IP → rules applied, IP → waiter exit. Its floor: the
@@ -20,7 +20,8 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { apiRequest, podPath, watchStream, type ApiConnection } from "../lib/kube-http.ts";
+import { apiRequest, podPath, type ApiConnection } from "../lib/kube-http.ts";
+import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { missingBinariesReason } from "../test/controlplane/harness.ts";
 import { metricSeries, metricSum, scrapeMetrics } from "../test/support/metrics.ts";
@@ -117,20 +118,22 @@ try {
   };
 
   /**
-   * The burst's floor: the API work of the system's three requests per pod before its mark,
+   * The burst's floor: the API work of the system's four requests per pod before its mark,
    * without the system. For as many other pods (no mesh label: the adapter sends nothing for
-   * them), the benchmark itself stores the IP, reads the pod and patches an annotation of its
-   * own, every pod at once through its 8 connections. What the API server, etcd and the
+   * them), the benchmark itself stores the IP, reads the pod, patches nothing but the UID
+   * precondition (the node-runner's identity check) and patches an annotation of its own, every pod at once through its 8 connections. What the API server, etcd and the
    * watches cost on this machine for that work alone. (The node-runner's Event per pod follows
    * once the burst is over: not in the window, not in the floor.)
    */
   async function apiFloor(): Promise<{ lastMs: number; cpu: Record<string, number> }> {
     const floorNames = names.map((name) => `floor-${name}`);
+    const uids = new Map<string, string | undefined>();
     for (const name of floorNames) {
-      await stack.core.createNamespacedPod({
+      const created = await stack.core.createNamespacedPod({
         namespace: NS,
         body: { metadata: { name }, spec: { nodeName: STACK_NODE, containers: [{ name: "app", image: "example/app" }] } },
       });
+      uids.set(name, created.metadata?.uid);
     }
     const before = cpu();
     const start = Date.now();
@@ -140,6 +143,7 @@ try {
         const ip = `10.252.${Math.floor(i / 250)}.${(i % 250) + 1}`;
         await storeIp(name, ip);
         await apiRequest(api, "GET", podPath(NS, name));
+        await apiRequest(api, "PATCH", podPath(NS, name), { contentType: "application/merge-patch+json", value: { metadata: { uid: uids.get(name) } } });
         await apiRequest(api, "PATCH", podPath(NS, name), {
           contentType: "application/merge-patch+json",
           value: { metadata: { annotations: { "bench.podnet.example/floor": "done" } } },
@@ -173,12 +177,12 @@ try {
   let finished = false;
   const markWaiters = new Map<string, () => void>();
   const open = (): void => {
-    watchStream<{ metadata: { name: string; annotations?: Record<string, string> } }>(
-      api,
-      `/api/v1/namespaces/${NS}/pods?watch=true`,
-      ({ object: pod }) => {
-        const name = pod.metadata.name;
-        if (pod.metadata.annotations?.[MARK.status] === STATUS_INITIALIZED && !markedAt.has(name)) {
+    void new k8s.Watch(stack.cp.kubeConfig()).watch(
+      `/api/v1/namespaces/${NS}/pods`,
+      {},
+      (_type: string, pod: k8s.V1Pod) => {
+        const name = pod.metadata?.name ?? "";
+        if (pod.metadata?.annotations?.[MARK.status] === STATUS_INITIALIZED && !markedAt.has(name)) {
           markedAt.set(name, Date.now());
           markWaiters.get(name)?.();
           if (markedAt.size === count) markWaiters.get("*")?.();
@@ -284,7 +288,7 @@ try {
     );
     if (floor !== undefined) {
       console.log(
-        `floor: the same three API requests per pod before its mark made by the benchmark alone (IP, read, annotation; no adapter, function or node-runner), ${count} other pods at once: last done ${(floor.lastMs / 1000).toFixed(2)} s after the first IP (${(count / (floor.lastMs / 1000)).toFixed(0)} pods/s); CPU seconds: kube-apiserver ${floor.cpu["kube-apiserver"]?.toFixed(2)}, etcd ${floor.cpu.etcd?.toFixed(2)}, this benchmark ${floor.cpu["this benchmark (IPs, watches)"]?.toFixed(2)}`,
+        `floor: the same four API requests per pod before its mark made by the benchmark alone (IP, read, identity check, annotation; no adapter, function or node-runner), ${count} other pods at once: last done ${(floor.lastMs / 1000).toFixed(2)} s after the first IP (${(count / (floor.lastMs / 1000)).toFixed(0)} pods/s); CPU seconds: kube-apiserver ${floor.cpu["kube-apiserver"]?.toFixed(2)}, etcd ${floor.cpu.etcd?.toFixed(2)}, this benchmark ${floor.cpu["this benchmark (IPs, watches)"]?.toFixed(2)}`,
       );
     }
   } else {

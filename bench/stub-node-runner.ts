@@ -17,7 +17,7 @@ const app = createNodeRunnerApp({
   replay: new ReplayCache(1_000_000),
   pods: {
     // Every pod exists, on this node, with the UID the request names.
-    getPod: (_namespace, _name, uid) => Promise.resolve({ uid: uid ?? "", nodeName: "node-a", hostNetwork: false, terminating: false, annotations: {} }),
+    identify: () => Promise.resolve({ kind: "found", terminating: false }),
     markInitialized: () => Promise.resolve(),
     clearMark: () => Promise.resolve(),
     recordEvent: () => Promise.resolve(),

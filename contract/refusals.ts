@@ -47,10 +47,10 @@ export const REFUSAL_ROWS = [
   { status: 421, reasons: ["wrong-node"], when: "`node` is not this node" },
   {
     status: 409,
-    reasons: ["pod-not-found", "uid-mismatch", "not-on-this-node", "host-network", "terminating"],
-    when: "the pod as the API server sees it (also when it is deleted or replaced while its rules are applied: the mark's UID precondition fails)",
+    reasons: ["pod-not-found", "uid-mismatch", "not-on-this-node", "terminating"],
+    when: "the pod as the API server sees it, through a patch that changes nothing: `not-on-this-node` is the admission policy's refusal (also when the pod is deleted or replaced while its rules are applied: the mark's UID precondition fails)",
   },
-  { status: 409, reasons: ["host-netns"], when: "the pod's processes are only in the node's own network namespace" },
+  { status: 409, reasons: ["host-netns"], when: "the pod's processes are only in the node's own network namespace (a hostNetwork pod)" },
   { status: 409, reasons: ["ambiguous-netns"], when: "more than one network namespace in the pod's kubelet cgroup holds the pod's IP: never choose" },
   {
     status: 422,

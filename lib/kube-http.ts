@@ -1,6 +1,6 @@
-// The connection to the API server both components use: bearer-token HTTPS with JSON, and a
-// list-then-watch stream. Between them they make a handful of calls (the node-runner watches its
-// node's pods, patches annotations and creates Events; the function reads pods and namespaces,
+// The connection to the API server both components use: bearer-token HTTPS with JSON, and lists
+// read as streams. Between them they make a handful of calls (the node-runner patches pods and
+// creates Events; the function reads pods and namespaces,
 // lists mesh pods, creates Events and TokenReviews); @kubernetes/client-node costs about 60 MiB
 // of resident memory just to import, more than either component needs in all (docs/performance.md,
 // "Memory"), so both speak HTTP themselves.
@@ -27,10 +27,18 @@ export class ApiError extends Error {
   constructor(
     readonly code: number,
     message: string,
+    /** The fields the API server's Status names as the causes (`details.causes[].field`), e.g. `metadata.uid`. */
+    readonly causeFields: readonly string[] = [],
   ) {
     super(message);
   }
 }
+
+/** The part of a failure Status the clients act on. */
+const FailureStatus = z.object({
+  message: z.string().optional(),
+  details: z.object({ causes: z.array(z.object({ field: z.string().optional() })).optional() }).optional(),
+});
 
 export class KubeconfigError extends Error {}
 
@@ -98,13 +106,12 @@ export async function kubeconfigConnection(file: string): Promise<ApiConnection>
 /**
  * Calls share a few keep-alive connections per API server (client-go multiplexes one HTTP/2
  * connection): a burst of calls queues on them instead of opening a TLS connection per call,
- * each a handshake for the API server and for this process. A watch holds its connection for
- * its lifetime, so watches have their own agent and never take a call's connection.
+ * each a handshake for the API server and for this process.
  */
 export const API_CONNECTIONS = 8;
 /** TokenReviews in flight at once: their own connections, so that a flood of them waits there. */
 export const REVIEW_CONNECTIONS = 2;
-type AgentUse = "calls" | "reviews" | "watches";
+type AgentUse = "calls" | "reviews";
 const agents = new WeakMap<ApiConnection, Record<AgentUse, https.Agent>>();
 function agentFor(conn: ApiConnection, use: AgentUse): https.Agent {
   let set = agents.get(conn);
@@ -113,7 +120,6 @@ function agentFor(conn: ApiConnection, use: AgentUse): https.Agent {
     set = {
       calls: new https.Agent({ keepAlive: true, maxSockets: API_CONNECTIONS, ...tls }),
       reviews: new https.Agent({ keepAlive: true, maxSockets: REVIEW_CONNECTIONS, ...tls }),
-      watches: new https.Agent({ keepAlive: false, ...tls }),
     };
     agents.set(conn, set);
   }
@@ -160,6 +166,8 @@ export interface CallOptions {
   readonly deadlineMs?: number;
   /** Connections to use: a call's, or the TokenReviews' own (a flood of reviews never takes the pods' connections). */
   readonly use?: "calls" | "reviews";
+  /** The media type asked for (default JSON): e.g. an object's metadata only. */
+  readonly accept?: string;
 }
 
 /**
@@ -181,7 +189,10 @@ export function apiRequest(
         conn,
         method,
         path,
-        payload === undefined || body === undefined ? {} : { "content-type": body.contentType, "content-length": String(payload.length) },
+        {
+          ...(options.accept === undefined ? {} : { accept: options.accept }),
+          ...(payload === undefined || body === undefined ? {} : { "content-type": body.contentType, "content-length": String(payload.length) }),
+        },
         options.use ?? "calls",
       ),
       (res) => {
@@ -206,8 +217,10 @@ export function apiRequest(
           const status = res.statusCode ?? 0;
           if (status >= 200 && status < 300) resolve(json);
           else {
-            const message = (json as { message?: unknown } | undefined)?.message;
-            reject(new ApiError(status, `${method} ${path}: ${status} ${typeof message === "string" ? message : text.slice(0, 200)}`));
+            const failure = FailureStatus.safeParse(json);
+            const message = failure.success ? failure.data.message : undefined;
+            const causeFields = failure.success ? (failure.data.details?.causes ?? []).flatMap((c) => (c.field === undefined ? [] : [c.field])) : [];
+            reject(new ApiError(status, `${method} ${path}: ${status} ${message ?? text.slice(0, 200)}`, causeFields));
           }
         });
         res.on("error", reject);
@@ -392,74 +405,4 @@ export class ListItemSplitter {
     const { continue: cont, resourceVersion } = this.metadata;
     return { continue: typeof cont === "string" ? cont : "", resourceVersion: typeof resourceVersion === "string" ? resourceVersion : "" };
   }
-}
-
-/** A watch that sends nothing (not even a bookmark) for this long is ended. */
-export const WATCH_IDLE_MS = 150_000;
-
-export interface WatchEvent<T> {
-  readonly type: "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" | "ERROR";
-  readonly object: T;
-}
-
-/**
- * A watch stream: one event per line until the server ends it. `done` is called once, with
- * the error when it failed (an error status, or the connection dropped).
- */
-export function watchStream<T>(
-  conn: ApiConnection,
-  path: string,
-  onEvent: (event: WatchEvent<T>) => void,
-  done: (err?: unknown) => void,
-): { abort: () => void } {
-  let finished = false;
-  const finish = (err?: unknown): void => {
-    if (finished) return;
-    finished = true;
-    done(err);
-  };
-  const req = https.request(requestOptions(conn, "GET", path, {}, "watches"), (res) => {
-    if ((res.statusCode ?? 0) !== 200) {
-      res.resume();
-      finish(new ApiError(res.statusCode ?? 0, `watch ${path}: ${res.statusCode ?? 0}`));
-      return;
-    }
-    let buffered = "";
-    res.setEncoding("utf8");
-    res.on("data", (chunk: string) => {
-      buffered += chunk;
-      let newline = buffered.indexOf("\n");
-      while (newline >= 0) {
-        const line = buffered.slice(0, newline);
-        buffered = buffered.slice(newline + 1);
-        if (line.trim() !== "") {
-          try {
-            onEvent(JSON.parse(line) as WatchEvent<T>);
-          } catch (err) {
-            req.destroy();
-            finish(err);
-            return;
-          }
-        }
-        newline = buffered.indexOf("\n");
-      }
-    });
-    res.on("end", () => {
-      finish();
-    });
-    res.on("error", finish);
-  });
-  req.on("error", finish);
-  // Bookmarks arrive about once a minute: a watch silent for WATCH_IDLE_MS is a dead connection
-  // (a frozen API server, a dropped route) and is ended, so that its owner lists again.
-  req.setTimeout(WATCH_IDLE_MS, () => {
-    req.destroy(new DeadlineError(`watch ${path.split("?")[0] ?? path}: nothing for ${WATCH_IDLE_MS} ms`));
-  });
-  req.end();
-  return {
-    abort: () => {
-      finished = true;
-      req.destroy();
-    },
-  };
 }

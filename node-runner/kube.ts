@@ -1,182 +1,53 @@
-// The node-runner's Kubernetes side: read the pod named in a request (identity check) — from a
-// watch of the pods bound to its node, with a GET only when the watch does not know the pod yet
-// — mark it with a merge patch of annotations only, and record Events. Behind small interfaces
-// so that the server's logic does not depend on how the API is spoken (kube-http.ts).
+// The node-runner's Kubernetes side: check the pod a request names, mark it with a merge patch of
+// annotations only, and record Events. It never reads a pod: RBAC cannot scope a read to one
+// node, so it has no get, list or watch at all. The identity check is a patch that changes
+// nothing, answered only for a pod bound to this node (the admission policy, with the node name
+// from the runner's bound token) and only with the pod's metadata. Behind a small interface so
+// that the server's logic does not depend on how the API is spoken (lib/kube-http.ts).
+import { z } from "zod";
 import { type PodRef } from "../contract/apply-request.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { recordPodEvent } from "../lib/pod-event.ts";
-import { ApiError, apiGetIfExists, apiListAll, apiRequest, podPath, watchStream, type ApiConnection, type WatchEvent } from "../lib/kube-http.ts";
+import { ApiError, apiRequest, podPath, type ApiConnection } from "../lib/kube-http.ts";
 
-/** A watch is ended by the server after this and resumed from its last version; one silent for longer is broken (watchStream's idle limit). */
-const WATCH_SECONDS = 300;
-/** Pods per page of the relist (each streamed: the page size bounds requests, not memory). */
-const RELIST_PAGE_SIZE = 100;
-
-/** The fields of a Pod the node-runner reads. */
-interface PodObject {
-  readonly metadata?: {
-    readonly name?: string;
-    readonly namespace?: string;
-    readonly uid?: string;
-    readonly resourceVersion?: string;
-    readonly deletionTimestamp?: string;
-  };
-  readonly spec?: { readonly nodeName?: string; readonly hostNetwork?: boolean };
-}
-
-export interface PodFacts {
-  readonly uid: string;
-  readonly nodeName: string | undefined;
-  readonly hostNetwork: boolean;
-  readonly terminating: boolean;
-}
+/**
+ * What the API server says of the pod a request names: there, with that UID, bound to this node
+ * (`found`); or why not. `detail` is the API server's own message.
+ */
+export type PodIdentity =
+  | { readonly kind: "found"; readonly terminating: boolean }
+  | { readonly kind: "not-found" }
+  | { readonly kind: "uid-mismatch"; readonly detail: string }
+  | { readonly kind: "not-on-this-node"; readonly detail: string };
 
 export interface PodApi {
-  /** undefined when the pod does not exist. `uid`: the pod the caller expects (a cache may answer for it). */
-  getPod(namespace: string, name: string, uid?: string): Promise<PodFacts | undefined>;
+  /** Throws when the API server cannot say (unavailable, deadline). */
+  identify(pod: PodRef): Promise<PodIdentity>;
   markInitialized(pod: PodRef, mark: { netns: string; rules: string }): Promise<void>;
   clearMark(pod: PodRef): Promise<void>;
   recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void>;
 }
 
-/** What a failed API call means for the request: retry later, or the pod is not what was asked. */
-export function apiFailureKind(err: unknown): "not-found" | "conflict" | "unavailable" {
-  if (err instanceof ApiError) {
-    if (err.code === 404) return "not-found";
-    if (err.code === 409) return "conflict";
-  }
-  return "unavailable";
-}
-
-function podFacts(pod: PodObject): PodFacts {
-  return {
-    uid: pod.metadata?.uid ?? "",
-    nodeName: pod.spec?.nodeName,
-    hostNetwork: pod.spec?.hostNetwork === true,
-    terminating: pod.metadata?.deletionTimestamp !== undefined,
-  };
+/**
+ * What a refused patch of the pod says about it, when it says anything: the pod is gone (404),
+ * is another pod of that name (the UID in the patch differs from the pod's, which the API server
+ * refuses as a change of an immutable field), or is not this runner's to touch (403: the
+ * admission policy, for a pod bound to another node).
+ */
+export function identityFromApiError(err: unknown): Exclude<PodIdentity, { kind: "found" }> | undefined {
+  if (!(err instanceof ApiError)) return undefined;
+  if (err.code === 404) return { kind: "not-found" };
+  if (err.code === 422 && err.causeFields.includes("metadata.uid")) return { kind: "uid-mismatch", detail: err.message };
+  if (err.code === 403) return { kind: "not-on-this-node", detail: err.message };
+  return undefined;
 }
 
 /**
- * The pods bound to this node, kept by a watch (field selector spec.nodeName): the identity check
- * of a request costs no API round trip. A pod the watch does not know (yet), or knows under
- * another UID, is read with a GET: the answer is never older than the request's pod.
+ * The answers are metadata only (a pod may be 1.5 MiB; its metadata is what the check needs):
+ * the API server transforms any object it returns when asked so.
  */
-export class WatchedPodApi implements PodApi {
-  /**
-   * namespace/name → the facts of the pod, while the watch is current: only what the identity
-   * check reads is kept (a node's pods with their specs and annotations would be megabytes).
-   */
-  private readonly pods = new Map<string, PodFacts>();
-  private synced = false;
-  private stopped = false;
-  private current: { abort: () => void } | undefined;
-  private readonly fieldSelector: string;
-  private readonly selector: string;
-
-  constructor(
-    private readonly conn: ApiConnection,
-    nodeName: string,
-    private readonly api: PodApi,
-    private readonly hooks: {
-      /** Where an identity check's answer came from. */
-      readonly onRead?: (source: "watch" | "api") => void;
-      readonly onWatchError?: (err: unknown) => void;
-      /** A relist is done: how many pods are bound to the node. */
-      readonly onListed?: (pods: number) => void;
-      /** A page of the relist is given up when nothing of it arrives for this long (default 5 s). */
-      readonly deadlineMs?: number;
-    } = {},
-  ) {
-    this.fieldSelector = `spec.nodeName=${nodeName}`;
-    this.selector = encodeURIComponent(this.fieldSelector);
-  }
-
-  /** List, then watch from the list's resourceVersion; on any failure, list again after a pause. */
-  start(): void {
-    this.relist().catch((err: unknown) => {
-      this.failed(err);
-    });
-  }
-
-  /**
-   * The node's pods, a page at a time, each pod streamed and kept only as its facts: memory is
-   * one pod's size whatever the node holds (pods of 1.5 MiB stay bound to a node while Failed).
-   */
-  private async relist(): Promise<void> {
-    const seen = new Map<string, PodFacts>();
-    const pods = apiListAll(this.conn, "/api/v1/pods", { fieldSelector: this.fieldSelector }, RELIST_PAGE_SIZE, { deadlineMs: this.hooks.deadlineMs ?? 5000 });
-    let next = await pods.next();
-    while (next.done !== true) {
-      const pod = next.value as PodObject;
-      seen.set(key(pod), podFacts(pod));
-      next = await pods.next();
-    }
-    this.pods.clear();
-    for (const [k, facts] of seen) this.pods.set(k, facts);
-    this.synced = true;
-    this.hooks.onListed?.(seen.size);
-    // The watch goes on from the list's version.
-    this.watchFrom(next.value);
-  }
-
-  private watchFrom(resourceVersion: string): void {
-    if (this.stopped) return;
-    let version = resourceVersion;
-    this.current = watchStream<PodObject & { code?: number }>(
-      this.conn,
-      `/api/v1/pods?fieldSelector=${this.selector}&watch=1&allowWatchBookmarks=true&timeoutSeconds=${WATCH_SECONDS}&resourceVersion=${encodeURIComponent(version)}`,
-      (event: WatchEvent<PodObject & { code?: number }>) => {
-        if (event.type === "ERROR") throw new ApiError(event.object.code ?? 0, "watch error (resourceVersion too old)");
-        version = event.object.metadata?.resourceVersion ?? version;
-        if (event.type === "DELETED") this.pods.delete(key(event.object));
-        else if (event.type !== "BOOKMARK") this.pods.set(key(event.object), podFacts(event.object));
-      },
-      (err) => {
-        if (this.stopped) return;
-        if (err === undefined)
-          this.watchFrom(version); // the server ended the watch: go on from where it was
-        else this.failed(err);
-      },
-    );
-  }
-
-  /** Until the watch is back, every read is a GET; it relists after a pause. */
-  private failed(err: unknown): void {
-    this.synced = false;
-    this.hooks.onWatchError?.(err);
-    setTimeout(() => {
-      if (!this.stopped) this.start();
-    }, 2000).unref();
-  }
-
-  stop(): void {
-    this.stopped = true;
-    this.current?.abort();
-  }
-
-  async getPod(namespace: string, name: string, uid?: string): Promise<PodFacts | undefined> {
-    const cached = this.synced ? this.pods.get(`${namespace}/${name}`) : undefined;
-    if (cached !== undefined && (uid === undefined || cached.uid === uid)) {
-      this.hooks.onRead?.("watch");
-      return cached;
-    }
-    this.hooks.onRead?.("api");
-    return this.api.getPod(namespace, name);
-  }
-
-  markInitialized(pod: PodRef, mark: { netns: string; rules: string }): Promise<void> {
-    return this.api.markInitialized(pod, mark);
-  }
-  clearMark(pod: PodRef): Promise<void> {
-    return this.api.clearMark(pod);
-  }
-  recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void> {
-    return this.api.recordEvent(pod, event);
-  }
-}
-
-const key = (pod: PodObject): string => `${pod.metadata?.namespace ?? ""}/${pod.metadata?.name ?? ""}`;
+export const METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+const PodMetadata = z.object({ metadata: z.object({ uid: z.string(), deletionTimestamp: z.string().optional() }) });
 
 export class KubePodApi implements PodApi {
   constructor(
@@ -186,9 +57,24 @@ export class KubePodApi implements PodApi {
     private readonly deadlineMs = 5000,
   ) {}
 
-  async getPod(namespace: string, name: string): Promise<PodFacts | undefined> {
-    const pod = (await apiGetIfExists(this.conn, podPath(namespace, name), { deadlineMs: this.deadlineMs })) as PodObject | undefined;
-    return pod === undefined ? undefined : podFacts(pod);
+  /**
+   * A merge patch of nothing but the pod's UID: the API server runs admission (the policy
+   * refuses a runner any pod not bound to its node) and, the pod unchanged, writes nothing and
+   * sends no watch event.
+   */
+  async identify(pod: PodRef): Promise<PodIdentity> {
+    let answer: unknown;
+    try {
+      answer = await this.patch(pod, {});
+    } catch (err) {
+      const identity = identityFromApiError(err);
+      if (identity === undefined) throw err;
+      return identity;
+    }
+    const parsed = PodMetadata.safeParse(answer);
+    if (!parsed.success) throw new ApiError(0, `PATCH ${podPath(pod.namespace, pod.name)}: the answer is not the pod's metadata`);
+    if (parsed.data.metadata.uid !== pod.uid) return { kind: "uid-mismatch", detail: `the pod has UID ${parsed.data.metadata.uid}` };
+    return { kind: "found", terminating: parsed.data.metadata.deletionTimestamp !== undefined };
   }
 
   async markInitialized(pod: PodRef, mark: { netns: string; rules: string }): Promise<void> {
@@ -200,13 +86,17 @@ export class KubePodApi implements PodApi {
   }
 
   private async patchAnnotations(pod: PodRef, annotations: Record<string, string | null>): Promise<void> {
-    // The UID precondition makes the patch fail rather than mark a re-created pod of the same name.
-    await apiRequest(
+    await this.patch(pod, { annotations });
+  }
+
+  /** The UID in the patch makes it fail rather than touch a re-created pod of the same name. */
+  private patch(pod: PodRef, metadata: { annotations?: Record<string, string | null> }): Promise<unknown> {
+    return apiRequest(
       this.conn,
       "PATCH",
       podPath(pod.namespace, pod.name),
-      { contentType: "application/merge-patch+json", value: { metadata: { uid: pod.uid, annotations } } },
-      { deadlineMs: this.deadlineMs },
+      { contentType: "application/merge-patch+json", value: { metadata: { uid: pod.uid, ...metadata } } },
+      { deadlineMs: this.deadlineMs, accept: METADATA_ONLY },
     );
   }
 

@@ -39,7 +39,7 @@ import { pino } from "pino";
 import { RecordStore, type IptablesVariant } from "./apply/records.ts";
 import { helperRunner, NETNS_EXEC, resolveExecutable } from "./helper-runner.ts";
 import { applierChooser, BACKENDS, isBackendName, type BackendName } from "./backends.ts";
-import { KubePodApi, WatchedPodApi } from "./kube.ts";
+import { KubePodApi } from "./kube.ts";
 import { apiConnection as connectTo, type ApiConnection } from "../lib/kube-http.ts";
 import { KeyDirectory } from "../lib/key-directory.ts";
 import { createMetrics } from "./metrics.ts";
@@ -170,21 +170,7 @@ const keys = new KeyDirectory(values["keys-dir"] ?? env.PUBLIC_KEYS_DIR ?? "/etc
 await keys.start();
 
 const metrics = createMetrics();
-// The pods bound to this node come from a watch; a GET only for a pod the watch has not seen yet.
-const pods = new WatchedPodApi(apiConnection, nodeName, new KubePodApi(apiConnection, nodeName, apiTimeoutMs), {
-  onRead: (source) => {
-    metrics.podReads.inc({ source });
-  },
-  onWatchError: (err) => {
-    metrics.watchErrors.inc();
-    log.warn({ err: errorMessage(err) }, "pod watch failed or did not start: retrying in 2 s (identity checks use GETs meanwhile)");
-  },
-  onListed: (count) => {
-    log.info({ pods: count }, "listed the pods bound to this node; watching them");
-  },
-  deadlineMs: apiTimeoutMs,
-});
-pods.start();
+const pods = new KubePodApi(apiConnection, nodeName, apiTimeoutMs);
 
 const runnerDeps: NodeRunnerDeps = {
   nodeName,
@@ -261,7 +247,6 @@ metricsServer?.listen(metricsListen?.port, metricsListen?.host, () => {
 function shutdown(signal: string): void {
   log.info({ signal }, "shutting down: finishing requests in flight, then sending the Events still waiting");
   keys.stop();
-  pods.stop();
   helper.stop();
   metricsServer?.close();
   server.close(() => {

@@ -7,8 +7,6 @@ export interface NodeRunnerMetrics {
   readonly signatureFailures: Counter<"reason">;
   readonly eventFailures: Counter<"reason">;
   readonly eventsPending: Gauge;
-  readonly podReads: Counter<"source">;
-  readonly watchErrors: Counter;
   readonly tlsCertificateNotAfter: Gauge;
   readonly scrapesRefused: Counter<"status">;
   readonly applyDuration: Histogram<"result">;
@@ -49,20 +47,9 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeR
       help: "Kubernetes Events being sent or waiting to be (two at a time, once no pod has been programmed for --event-quiet-ms, or at the latest 5 s after they were recorded).",
       registers: [registry],
     }),
-    podReads: new Counter({
-      name: "podnet_node_runner_pod_reads_total",
-      help: "Identity checks by where the pod came from: the node's pod watch, or a GET when the watch did not know it.",
-      labelNames: ["source"],
-      registers: [registry],
-    }),
     tlsCertificateNotAfter: new Gauge({
       name: "podnet_node_runner_tls_certificate_not_after_seconds",
       help: "When the serving certificate (the API's and the metrics port's) expires, in Unix seconds: alert well before (nothing renews it in place).",
-      registers: [registry],
-    }),
-    watchErrors: new Counter({
-      name: "podnet_node_runner_pod_watch_errors_total",
-      help: "Times the watch of this node's pods failed and was restarted (reads fall back to GETs meanwhile).",
       registers: [registry],
     }),
     applyDuration: new Histogram({

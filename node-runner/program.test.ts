@@ -5,7 +5,7 @@ import { test } from "node:test";
 import { pino } from "pino";
 import { DEFAULT_CAPTURE_CONFIG } from "../contract/capture-config.ts";
 import { createMetrics, type NodeRunnerMetrics } from "./metrics.ts";
-import type { PodFacts } from "./kube.ts";
+import type { PodIdentity } from "./kube.ts";
 import { createPodProgrammer, EVENTS_AT_ONCE, MAX_EVENTS_WAITING, Refusal, type PodProgrammer } from "./program.ts";
 
 const pod = { namespace: "shop", name: "web", uid: "uid-1", ips: ["10.0.0.2"] };
@@ -14,7 +14,7 @@ const never = <T>(): Promise<T> => new Promise<T>(() => undefined);
 /** Requests whose capture is invalid: each is refused (422) and records a NetworkInitFailed Event. */
 function refusingProgrammer(
   recordEvent: () => Promise<void>,
-  getPod: () => Promise<PodFacts> = () => Promise.resolve({ uid: "uid-1", nodeName: "node-a", hostNetwork: false, terminating: false }),
+  identify: () => Promise<PodIdentity> = () => Promise.resolve({ kind: "found", terminating: false }),
 ): { metrics: NodeRunnerMetrics; programmer: PodProgrammer; refuse: (count: number) => Promise<void> } {
   const metrics = createMetrics({ defaultMetrics: false });
   const programmer = createPodProgrammer({
@@ -22,7 +22,7 @@ function refusingProgrammer(
     // No quiet time: an Event goes as soon as no pod is being programmed.
     eventTiming: { quietMs: 0, maxDelayMs: 60_000 },
     pods: {
-      getPod,
+      identify,
       markInitialized: () => assert.fail("nothing is marked"),
       clearMark: () => assert.fail("nothing is cleared"),
       recordEvent,
@@ -85,7 +85,7 @@ test("an Event waits while another pod is being programmed, and is sent once not
     async () => {
       // The first request's identity check hangs until released: that pod is being programmed.
       if (reads++ === 0) await held;
-      return { uid: "uid-1", nodeName: "node-a", hostNetwork: false, terminating: false };
+      return { kind: "found", terminating: false } as const;
     },
   );
   const first = assert.rejects(
@@ -112,7 +112,7 @@ test("flushEvents sends the waiting Events while work still runs (shutdown)", as
       sent++;
       return Promise.resolve();
     },
-    () => (reads++ === 0 ? never() : Promise.resolve({ uid: "uid-1", nodeName: "node-a", hostNetwork: false, terminating: false })),
+    () => (reads++ === 0 ? never() : Promise.resolve({ kind: "found", terminating: false } as const)),
   );
   void programmer.apply(pod, {}, pino({ level: "silent" })); // never ends
   await refuse(3);
@@ -128,7 +128,7 @@ test("a namespace left without its process during the apply: 503 netns-not-found
     nodeName: "node-a",
     eventTiming: { quietMs: 0, maxDelayMs: 60_000 },
     pods: {
-      getPod: () => Promise.resolve({ uid: "uid-1", nodeName: "node-a", hostNetwork: false, terminating: false }),
+      identify: () => Promise.resolve({ kind: "found", terminating: false }),
       markInitialized: () => assert.fail("a namespace nobody lives in is not marked"),
       clearMark: () => assert.fail("nothing is cleared"),
       recordEvent: () => Promise.resolve(),

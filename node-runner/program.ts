@@ -12,7 +12,7 @@ import { StateError } from "./apply/records.ts";
 import type { ChoosableNetns, NetnsApplier } from "./backends.ts";
 import { EventQueue } from "./events.ts";
 import { unknownOwnerGroups } from "./groups.ts";
-import { apiFailureKind, type PodApi } from "./kube.ts";
+import { identityFromApiError, type PodApi, type PodIdentity } from "./kube.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
 import { NetnsGoneError, netnsStillInhabited, openNetns, type NetnsResolution, type OpenNetns, type ResolvedNetns } from "./netns.ts";
 
@@ -72,16 +72,29 @@ export interface PodProgrammer {
 
 export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   const stillInhabited = deps.stillInhabited ?? netnsStillInhabited;
-  /** The pod exists with that UID, is bound here, and has its own network namespace. */
+  /**
+   * The pod exists with that UID and is bound here (the API server's word). That it has a network
+   * namespace of its own is the netns resolution's to find: a hostNetwork pod's processes are
+   * only in the node's (`host-netns`).
+   */
   async function checkPodIdentity(pod: PodRef, route: "apply" | "remove"): Promise<void> {
-    const facts = await deps.pods.getPod(pod.namespace, pod.name, pod.uid).catch((err: unknown): never => {
-      throw new Refusal("api-unavailable", `cannot read the pod: ${errorMessage(err)}`);
+    const identity = await deps.pods.identify(pod).catch((err: unknown): never => {
+      throw new Refusal("api-unavailable", `cannot check the pod with the API server: ${errorMessage(err)}`);
     });
-    if (facts === undefined) throw new Refusal("pod-not-found", `pod ${pod.namespace}/${pod.name} does not exist`);
-    if (facts.uid !== pod.uid) throw new Refusal("uid-mismatch", `pod ${pod.namespace}/${pod.name} has UID ${facts.uid}, not ${pod.uid}`);
-    if (facts.nodeName !== deps.nodeName) throw new Refusal("not-on-this-node", `pod is bound to ${facts.nodeName ?? "no node"}, not ${deps.nodeName}`);
-    if (facts.hostNetwork) throw new Refusal("host-network", "the pod uses the node's network namespace: it is never programmed");
-    if (route === "apply" && facts.terminating) throw new Refusal("terminating", "the pod is being deleted");
+    if (identity.kind !== "found") throw identityRefusal(pod, identity, "");
+    if (route === "apply" && identity.terminating) throw new Refusal("terminating", "the pod is being deleted");
+  }
+
+  function identityRefusal(pod: PodRef, identity: Exclude<PodIdentity, { kind: "found" }>, when: string): Refusal {
+    const named = `pod ${pod.namespace}/${pod.name}`;
+    switch (identity.kind) {
+      case "not-found":
+        return new Refusal("pod-not-found", `${named} does not exist${when}`);
+      case "uid-mismatch":
+        return new Refusal("uid-mismatch", `${named} is not the one with UID ${pod.uid}${when}: ${identity.detail}`);
+      case "not-on-this-node":
+        return new Refusal("not-on-this-node", `${named} is not bound to ${deps.nodeName}${when}: ${identity.detail}`);
+    }
   }
 
   /** Resolve the pod's netns and open it once: the work runs against that descriptor. */
@@ -164,13 +177,11 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     try {
       await deps.pods.markInitialized(pod, { netns: netns.inode, rules: result.digest });
     } catch (err) {
-      const message = errorMessage(err);
-      const kind = apiFailureKind(err);
-      // The UID precondition of the patch: the pod is gone or is another pod now.
-      if (kind === "not-found") throw new Refusal("pod-not-found", `the pod was deleted while its rules were applied: ${message}`);
-      if (kind === "conflict") throw new Refusal("uid-mismatch", `the pod changed identity while its rules were applied: ${message}`);
+      // The pod went away or was replaced while its rules were applied.
+      const identity = identityFromApiError(err);
+      if (identity !== undefined) throw identityRefusal(pod, identity, " any more (after its rules were applied)");
       // The rules are in place; a retry finds them unchanged and marks the pod then.
-      throw new Refusal("api-unavailable", `rules applied but the pod could not be marked: ${message}`);
+      throw new Refusal("api-unavailable", `rules applied but the pod could not be marked: ${errorMessage(err)}`);
     }
     if (result.result === "applied") {
       recordEvent(pod, "Normal", "NetworkInitialized", `traffic capture programmed in network namespace ${netns.inode} (rules ${result.digest})`, log);

@@ -21,7 +21,7 @@ const app = createNodeRunnerApp({
   startedAtMs: Date.now() - 5000,
   keys: { current: new Map([["fn-1", publicKey]]) },
   replay: new ReplayCache(100_000),
-  pods: { getPod: unreachable("pod API"), markInitialized: unreachable("pod API"), clearMark: unreachable("pod API"), recordEvent: unreachable("pod API") },
+  pods: { identify: unreachable("pod API"), markInitialized: unreachable("pod API"), clearMark: unreachable("pod API"), recordEvent: unreachable("pod API") },
   resolveNetns: unreachable("netns resolution"),
   applierFor: unreachable("applier"),
   log: pino({ level: "silent" }),

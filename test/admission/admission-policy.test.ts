@@ -5,9 +5,10 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { MARK } from "../../contract/mark.ts";
-import { KubePodApi } from "../../node-runner/kube.ts";
-import { ApiError } from "../../lib/kube-http.ts";
+import { KubePodApi, METADATA_ONLY } from "../../node-runner/kube.ts";
+import { ApiError, apiRequest, podPath, type ApiConnection } from "../../lib/kube-http.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { installAdmissionPolicies } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
@@ -23,6 +24,7 @@ describe("admission policy for the project's annotations [needs control plane]",
   let cp: ControlPlane;
   let admin: k8s.CoreV1Api;
   let runnerA: KubePodApi;
+  let runnerConnection: ApiConnection;
   let runnerCore: k8s.CoreV1Api;
   const pods: Record<string, { namespace: string; name: string; uid: string; ips: string[] }> = {};
 
@@ -30,12 +32,11 @@ describe("admission policy for the project's annotations [needs control plane]",
     assertAvailable(missing);
     cp = await startControlPlane();
     await cp.applyManifest(path.join(root, "config/node-runner/rbac.yaml"));
-    await cp.applyManifest(path.join(root, "config/admission/podnet-annotations.yaml"));
-    await cp.applyManifest(path.join(root, "config/admission/podnet-node-runner-events.yaml"));
     await cp.ensureNamespace(NS);
     admin = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     const token = await cp.serviceAccountToken("podnet-system", "podnet-node-runner", "node-a");
-    runnerA = new KubePodApi({ server: new URL(cp.server), ca: cp.ca, token: () => token }, "node-a");
+    runnerConnection = { server: new URL(cp.server), ca: cp.ca, token: () => token };
+    runnerA = new KubePodApi(runnerConnection, "node-a");
     runnerCore = cp.kubeConfig(token).makeApiClient(k8s.CoreV1Api);
     for (const [name, node] of [
       ["on-a", "node-a"],
@@ -48,24 +49,9 @@ describe("admission policy for the project's annotations [needs control plane]",
       });
       pods[name] = { namespace: NS, name, uid: p.metadata?.uid ?? "", ips: ["10.0.0.2"] };
     }
-    // The policy takes effect once the API server has loaded it: wait for the first denial
-    // (seconds, more on a machine busy with other suites). The probe is a dry run: a real patch
-    // admitted just before the policy loads would leave the mark on the pod, and every later
-    // probe would then change nothing the policy looks at.
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      try {
-        await admin.patchNamespacedPod(
-          { namespace: NS, name: "users", dryRun: "All", body: { metadata: { annotations: { [MARK.status]: "initialized" } } } },
-          merge,
-        );
-      } catch (err) {
-        if (err instanceof k8s.ApiException && err.code === 403) break;
-        throw err;
-      }
-      if (Date.now() > deadline) throw new Error("the admission policy never took effect");
-      await new Promise((r) => setTimeout(r, 250));
-    }
+    // Waits until the API server enforces them: a probe of its own (dry run, a new pod), so
+    // that no mark is left behind on these pods if a real patch passed just before.
+    await installAdmissionPolicies(cp);
   });
   after(async () => {
     await cp.stop();
@@ -139,6 +125,56 @@ describe("admission policy for the project's annotations [needs control plane]",
       runnerA.markInitialized(pod("on-b"), { netns: "1", rules: "x" }),
       forbidden(/node-runner of node node-a may only mark pods bound to that node/),
     );
+  });
+
+  test("the node-runner's identity check: a patch of nothing, answered only for its own node's pods, writing nothing", async () => {
+    const before = await admin.readNamespacedPod({ namespace: NS, name: "on-a" });
+    assert.deepEqual(await runnerA.identify(pod("on-a")), { kind: "found", terminating: false });
+    const after = await admin.readNamespacedPod({ namespace: NS, name: "on-a" });
+    // Unchanged: no write to etcd, no watch event for the adapter, no managed-fields entry.
+    assert.equal(after.metadata?.resourceVersion, before.metadata?.resourceVersion);
+    assert.deepEqual(after.metadata?.managedFields, before.metadata?.managedFields);
+
+    const other = await runnerA.identify(pod("on-b"));
+    assert.equal(other.kind, "not-on-this-node");
+    assert.match("detail" in other ? other.detail : "", /node-runner of node node-a may only mark pods bound to that node/);
+    const replaced = await runnerA.identify({ ...pod("on-a"), uid: "00000000-0000-0000-0000-00000000beef" });
+    assert.equal(replaced.kind, "uid-mismatch");
+    assert.deepEqual(await runnerA.identify({ ...pod("on-a"), name: "absent" }), { kind: "not-found" });
+  });
+
+  test("the node-runner's identity check sees a pod being deleted; the answers carry metadata only", async () => {
+    const created = await admin.createNamespacedPod({
+      namespace: NS,
+      body: {
+        metadata: { name: "leaving", finalizers: ["example.com/hold"] },
+        spec: { nodeName: "node-a", containers: [{ name: "app", image: "example/app" }] },
+      },
+    });
+    const leaving = { namespace: NS, name: "leaving", uid: created.metadata?.uid ?? "", ips: [] };
+    try {
+      await admin.deleteNamespacedPod({ namespace: NS, name: "leaving" });
+      assert.deepEqual(await runnerA.identify(leaving), { kind: "found", terminating: true });
+      // What KubePodApi asks for: no spec, no status, whatever their size.
+      const answer = (await apiRequest(
+        runnerConnection,
+        "PATCH",
+        podPath(NS, "leaving"),
+        { contentType: "application/merge-patch+json", value: { metadata: { uid: leaving.uid } } },
+        { accept: METADATA_ONLY },
+      )) as Record<string, unknown>;
+      assert.equal(answer.kind, "PartialObjectMetadata");
+      assert.deepEqual(Object.keys(answer).sort(), ["apiVersion", "kind", "metadata"]);
+    } finally {
+      await admin.patchNamespacedPod({ namespace: NS, name: "leaving", body: { metadata: { finalizers: null } } }, merge);
+    }
+  });
+
+  test("the node-runner's token reads no pod: no get, list or watch, on its node or any other", async () => {
+    const refusedByRbac = (err: unknown) => err instanceof k8s.ApiException && err.code === 403;
+    await assert.rejects(runnerCore.readNamespacedPod({ namespace: NS, name: "on-a" }), refusedByRbac);
+    await assert.rejects(runnerCore.listPodForAllNamespaces({ fieldSelector: "spec.nodeName=node-a" }), refusedByRbac);
+    await assert.rejects(runnerCore.listNamespacedPod({ namespace: NS, watch: true }), refusedByRbac);
   });
 
   test("the node-runner's Events: its real code path passes; other nodes, reasons, objects and long messages are refused", async () => {

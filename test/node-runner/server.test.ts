@@ -2,6 +2,7 @@
 // the real kube-apiserver with the node-runner's own ServiceAccount under the RBAC of
 // config/node-runner/rbac.yaml. Requests are signed as the decision function signs them.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { generateKeyPairSync, randomUUID, X509Certificate, type KeyObject } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -189,7 +190,7 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
       ["unknown pod", () => signedPost(APPLY_PATH, applyRequest({ name: "nope", uid, ip })), 409, "pod-not-found"],
       ["UID mismatch", () => signedPost(APPLY_PATH, applyRequest({ name: "guarded", uid: randomUUID(), ip })), 409, "uid-mismatch"],
       ["pod on another node", () => signedPost(APPLY_PATH, applyRequest({ name: "elsewhere", uid: other.uid, ip: other.ip })), 409, "not-on-this-node"],
-      ["hostNetwork pod", () => signedPost(APPLY_PATH, applyRequest({ name: "hostnet", uid: hostNet.uid, ip: hostNet.ip })), 409, "host-network"],
+      ["hostNetwork pod", () => signedPost(APPLY_PATH, applyRequest({ name: "hostnet", uid: hostNet.uid, ip: hostNet.ip })), 409, "host-netns"],
       [
         "invalid capture",
         () => signedPost(APPLY_PATH, applyRequest({ name: "guarded", uid, ip }, { ...DEFAULT_CAPTURE_CONFIG, excludeInterfaces: "eth0 -j ACCEPT" })),
@@ -202,6 +203,7 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
       assert.equal(reply.status, status, `${what}: ${JSON.stringify(reply.body)}`);
       assert.equal(reply.body.reason, reason, what);
       assert.doesNotMatch(sandbox.exec(["iptables-save"]), /ISTIO/, `${what}: nothing applied`);
+      if (what === "hostNetwork pod") assert.doesNotMatch(execFileSync("iptables-save", { encoding: "utf8" }), /ISTIO/, "nothing applied to the node");
       await logged(new RegExp(`"msg":"refused: ${reason}"`), what);
     }
     const pod = await core.readNamespacedPod({ name: "guarded", namespace: NS });

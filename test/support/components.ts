@@ -9,7 +9,9 @@ import http from "node:http";
 import https from "node:https";
 import os from "node:os";
 import path from "node:path";
+import * as k8s from "@kubernetes/client-node";
 import { generateTls } from "../../cli/tls.ts";
+import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
 import { freePort, httpStatus, type ControlPlane } from "../controlplane/harness.ts";
 import { scrapeMetrics } from "./metrics.ts";
@@ -150,6 +152,32 @@ export function manifestV8Flags(): { nodeRunner: string[]; function: string[] } 
   };
 }
 
+/**
+ * The admission policies of config/admission/, as every install has them (the node-runner's
+ * identity check relies on them: its patch is refused for another node's pod). Returns once the
+ * API server enforces them: a dry-run creation of a marked pod is refused (seconds after they are
+ * stored; more on a busy machine).
+ */
+export async function installAdmissionPolicies(cp: ControlPlane): Promise<void> {
+  for (const file of ["podnet-annotations.yaml", "podnet-node-runner-events.yaml"]) await cp.applyManifest(path.join(root, "config/admission", file));
+  const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+  const marked = {
+    metadata: { generateName: "probe-", annotations: { [MARK.status]: STATUS_INITIALIZED } },
+    spec: { containers: [{ name: "app", image: "example/app" }] },
+  };
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    try {
+      await core.createNamespacedPod({ namespace: "default", body: marked, dryRun: "All" });
+    } catch (err) {
+      if (err instanceof k8s.ApiException && err.code === 403) return;
+      throw err;
+    }
+    if (Date.now() > deadline) throw new Error("the admission policies never took effect");
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
 export async function startNodeRunner(
   cp: ControlPlane,
   options: {
@@ -166,6 +194,7 @@ export async function startNodeRunner(
   },
 ): Promise<Component> {
   await cp.applyManifest(path.join(root, "config/node-runner/rbac.yaml"));
+  await installAdmissionPolicies(cp);
   // Bound to its node, as a DaemonSet pod's token is: the admission policy checks the node name in it.
   const token = await cp.serviceAccountToken("podnet-system", "podnet-node-runner", options.nodeName);
   const port = options.port ?? (await freePort());

@@ -33,7 +33,7 @@ export async function createMeshPod(
     },
   });
   const uid = created.metadata?.uid ?? "";
-  const sandbox = pods.add({ name: options.name, uid });
+  const sandbox = pods.add({ name: options.name, uid, ...(options.hostNetwork === undefined ? {} : { hostNetwork: options.hostNetwork }) });
   await core.patchNamespacedPodStatus(
     { name: options.name, namespace: options.namespace, body: { status: { podIP: sandbox.ip, podIPs: [{ ip: sandbox.ip }], hostIP: "127.0.0.1" } } },
     k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),

@@ -10,7 +10,6 @@ import { FUNCTION_AUDIENCE, manifestV8Flags, scratchDir, senderToken, signingKey
 import { createMeshPod, type MeshPod } from "./mesh-pods.ts";
 import { TestPods } from "./test-pods.ts";
 
-const root = path.resolve(import.meta.dirname, "../..");
 export const STACK_NODE = "node-a";
 
 export interface Stack {
@@ -47,7 +46,6 @@ export async function startStack(
   const flags = manifestV8Flags();
   const runnerBuild = options.compiled === true ? { compiled: { nodeArgs: flags.nodeRunner } } : {};
   try {
-    await cp.applyManifest(path.join(root, "config/admission/podnet-annotations.yaml"));
     const keys = signingKeyDirs(scratch.dir);
     const policyFile = path.join(scratch.dir, "policy.yaml");
     writeFileSync(policyFile, options.policy ?? "mode: enforce\n");

@@ -122,11 +122,18 @@ export class TestPods {
     }
   }
 
-  add(options: { layout?: CgroupLayout; name?: string; uid?: string } = {}): TestPod {
+  /**
+   * A pod's sandbox: its own network namespace on the test bridge, a pause process in the pod's
+   * kubelet cgroup. `hostNetwork`: as the kubelet runs such a pod, its process stays in the
+   * node's (here this test's) network namespace; it has no namespace to exec in, and the node's
+   * address.
+   */
+  add(options: { layout?: CgroupLayout; name?: string; uid?: string; hostNetwork?: boolean } = {}): TestPod {
     const index = this.next++;
     const layout = options.layout ?? "v2-systemd-containerd";
     const uid = options.uid ?? randomUUID();
     const name = options.name ?? `pod-${index}`;
+    if (options.hostNetwork === true) return this.addHostNetwork(name, uid, layout);
     const netns = `${this.run}-p${index}`;
     const ip = `${SUBNET}.${index}`;
     const hostSide = `vp${index}`;
@@ -166,6 +173,19 @@ export class TestPods {
     };
     this.pods.push(pod);
     return pod;
+  }
+
+  private addHostNetwork(name: string, uid: string, layout: CgroupLayout): TestPod {
+    const cgroupDir = this.cgroupFor(layout, uid);
+    mkdirSync(cgroupDir, { recursive: true });
+    const pause = spawn("sleep", ["infinity"], { stdio: "ignore", detached: true });
+    if (pause.pid === undefined) throw new Error("could not start the pause process");
+    writeFileSync(path.join(cgroupDir, "cgroup.procs"), String(pause.pid));
+    this.processes.push(pause);
+    const noNamespace = (): never => {
+      throw new Error(`pod ${name} uses the node's network namespace: nothing to exec in`);
+    };
+    return { name, uid, netns: "", ip: "127.0.0.1", pausePid: pause.pid, cgroupDir, exec: noNamespace, spawn: noNamespace, netnsInode: noNamespace };
   }
 
   private cgroupFor(layout: CgroupLayout, uid: string): string {
