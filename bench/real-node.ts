@@ -88,7 +88,7 @@ async function answeredAt(stack: RealNodeStack): Promise<Map<string, number>> {
 
 /** The waiter's exit: the CRI timestamp of its last log line. */
 function waiterExitAt(stack: RealNodeStack, pod: k8s.V1Pod): number | undefined {
-  const file = stack.node.containerLogLines(podRef(pod), "istio-validation");
+  const file = stack.nodeOf(pod).containerLogLines(podRef(pod), "istio-validation");
   const last = file[file.length - 1];
   return last === undefined ? undefined : Date.parse(last.time);
 }

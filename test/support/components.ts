@@ -4,7 +4,7 @@
 import { goProgram } from "./go-programs.ts";
 import { spawn, type ChildProcess } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createWriteStream, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import os from "node:os";
@@ -15,6 +15,7 @@ import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
 import { freePort, httpStatus, type ControlPlane } from "../controlplane/harness.ts";
 import { scrapeMetrics } from "./metrics.ts";
+import { relayInto } from "../controlplane/relays.ts";
 import { formatHostPort } from "../../lib/listen-address.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
@@ -23,7 +24,10 @@ export interface Component {
   /** The loopback address it listens on: 127.0.0.1, or ::1 for a node-runner on an "IPv6 node". */
   readonly host: string;
   readonly port: number;
+  /** Its address from this process (through a relay when it runs in a cluster's network). */
   readonly url: string;
+  /** Its address from its own network namespace (`url` unless it runs in a cluster's network). */
+  readonly inClusterUrl: string;
   /** Everything the process logged so far. */
   log(): string;
   /** Wait until a log line matches. */
@@ -71,29 +75,46 @@ async function startProcess(
   host: string,
   tlsClient: { ca: Buffer; servername: string } | undefined,
   nodeArgs: readonly string[],
-  metrics: { readonly url: string; readonly scrape: () => Promise<string> },
+  metrics: { readonly port: number; readonly scrape: (url: string) => Promise<string> },
+  /** Run it in this network namespace (a cluster's fabric), reached from here through relays. */
+  netns?: string,
+  /** Also append everything it logs to this file (for a person to read). */
+  logFile?: string,
 ): Promise<Component> {
   let output = "";
   // TypeScript through tsx; compiled JavaScript (dist/, `npm run build`) with the flags given.
   const args = entry.endsWith(".js") ? [...nodeArgs, path.join(root, entry)] : ["--import", "tsx", path.join(root, entry)];
-  const child = spawn(process.execPath, args, {
+  const [command, argv] = netns === undefined ? [process.execPath, args] : ["nsenter", [`--net=/run/netns/${netns}`, "--", process.execPath, ...args]];
+  const child = spawn(command, argv, {
     cwd: root,
     // An env value of undefined removes the variable.
     env: Object.fromEntries(Object.entries({ ...process.env, ...env }).filter(([, v]) => v !== undefined)),
     stdio: ["ignore", "pipe", "pipe"],
   });
-  child.stdout.on("data", (c: Buffer) => (output += c.toString()));
-  child.stderr.on("data", (c: Buffer) => (output += c.toString()));
+  const file = logFile === undefined ? undefined : createWriteStream(logFile, { flags: "a" });
+  for (const stream of [child.stdout, child.stderr]) {
+    stream.on("data", (c: Buffer) => (output += c.toString()));
+    if (file !== undefined) stream.pipe(file, { end: false });
+  }
   const exited = new Promise<void>((resolve) => {
     child.once("exit", () => {
+      file?.end();
       resolve();
     });
   });
-  const url = `${tlsClient === undefined ? "http" : "https"}://${formatHostPort(host, port)}`;
+  const scheme = tlsClient === undefined ? "http" : "https";
+  const relays = netns === undefined ? [] : [await relayInto(netns, { host, port }), await relayInto(netns, { host, port: metrics.port })];
+  const [mainRelay, metricsRelay] = relays;
+  const url = `${scheme}://${formatHostPort(host, mainRelay?.port ?? port)}`;
+  const metricsUrl = `${scheme}://${formatHostPort(host, metricsRelay?.port ?? metrics.port)}`;
+  const stopRelays = async (): Promise<void> => {
+    for (const r of relays) await r.stop();
+  };
   const deadline = Date.now() + 30_000;
   while ((await httpStatus(`${url}${readyPath}`, tlsClient ?? {}).catch(() => 0)) !== 200) {
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill("SIGKILL");
+      await stopRelays();
       throw new Error(`${entry} did not become ready:\n${output}`);
     }
     await new Promise((r) => setTimeout(r, 100));
@@ -102,9 +123,10 @@ async function startProcess(
     host,
     port,
     url,
+    inClusterUrl: `${scheme}://${formatHostPort(host, port)}`,
     process: child,
-    metricsUrl: metrics.url,
-    metrics: metrics.scrape,
+    metricsUrl,
+    metrics: () => metrics.scrape(metricsUrl),
     log: () => output,
     waitForLog: async (pattern, timeoutMs = 5000) => {
       const until = Date.now() + timeoutMs;
@@ -118,6 +140,7 @@ async function startProcess(
         child.kill("SIGTERM");
         await exited;
       }
+      await stopRelays();
     },
   };
 }
@@ -221,10 +244,7 @@ export async function startNodeRunner(
     nodeRunnerTlsOptions(),
     options.compiled?.nodeArgs ?? [],
     // The cluster admin's token: allowed to get /metrics, as Prometheus' ClusterRole is.
-    {
-      url: `https://${formatHostPort(options.host ?? "127.0.0.1", metricsPort)}`,
-      scrape: () => scrapeMetrics(`https://${formatHostPort(options.host ?? "127.0.0.1", metricsPort)}`, { ...nodeRunnerTlsOptions(), token: cp.adminToken }),
-    },
+    { port: metricsPort, scrape: (url) => scrapeMetrics(url, { ...nodeRunnerTlsOptions(), token: cp.adminToken }) },
   );
 }
 
@@ -251,6 +271,10 @@ export async function startFunction(
     nodeRunnerAddress?: string | null;
     /** Run the compiled function (dist/, `npm run build`) with these V8 flags, as its image does. */
     compiled?: { nodeArgs: readonly string[] };
+    /** Run it in a cluster's fabric namespace, where the nodes' addresses are routed (cluster.ts). */
+    netns?: string;
+    /** Also write its log to this file. */
+    logFile?: string;
   },
 ): Promise<Component> {
   await cp.applyManifest(path.join(root, "config/function/rbac.yaml"));
@@ -270,7 +294,7 @@ export async function startFunction(
       // Every simulated "node" is this machine: send to loopback whatever the pod's hostIP says.
       NODE_RUNNER_ADDRESS: options.nodeRunnerAddress === null ? undefined : (options.nodeRunnerAddress ?? "127.0.0.1"),
       CONTROLLER_NAMESPACE: "podnet-system",
-      KUBECONFIG: cp.writeKubeconfig("decision", token),
+      KUBECONFIG: cp.writeKubeconfig("decision", token, options.netns === undefined ? "host" : "cluster"),
       // As in the manifests: only the sources' OIDC identities may send, for this audience.
       SENDER_AUTH: "oidc",
       SINK_AUDIENCE: FUNCTION_AUDIENCE,
@@ -282,7 +306,9 @@ export async function startFunction(
     "127.0.0.1",
     undefined,
     options.compiled?.nodeArgs ?? [],
-    { url: `http://127.0.0.1:${metricsPort}`, scrape: () => scrapeMetrics(`http://127.0.0.1:${metricsPort}`) },
+    { port: metricsPort, scrape: (url) => scrapeMetrics(url) },
+    options.netns,
+    options.logFile,
   );
 }
 

@@ -1,13 +1,15 @@
-// The whole system on a real node (test/controlplane/node.ts), as an operator installs it: the
-// project's images (built from the Dockerfile) in the node's containerd, keys and TLS from
-// `pnc keys generate`, the manifests of config/overlays/kubernetes as kustomize renders them (the
-// node-runner runs as the DaemonSet), the function and Knative's ApiServerSource adapter as
-// processes (Knative Serving is out of scope here), and Istio's real injector for mesh pods.
+// The whole system on a cluster of real nodes (test/controlplane/cluster.ts), as an operator
+// installs it: the project's images (built from the Dockerfile) in every node's containerd, keys
+// and TLS from `pnc keys generate`, the chart installed with the real helm (the node-runner runs
+// as its DaemonSet, unchanged: in-cluster configuration through the `kubernetes` Service; each
+// node's kubelet has a cgroup root of its own, `/<node name>`, which the chart's
+// `nodeRunner.cgroupRoot=/$(NODE_NAME)` names), the function and Knative's ApiServerSource
+// adapter as processes in the cluster's network (Knative's controllers are out of scope here),
+// the function sending to each pod's hostIP, and Istio's real injector for mesh pods.
 //
 // Istio's proxyv2 image cannot be pulled here: the istio-proxy container runs a recorder under
 // its name (test/node/proxy-recorder.mjs) that answers on Envoy's ports with the port the
-// connection arrived on. The one test-only change to the DaemonSet: in-cluster configuration
-// points at the API server's loopback address (there is no kube-proxy on this node).
+// connection arrived on.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -15,8 +17,9 @@ import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { parse as parseYaml } from "yaml";
-import { BIN, missingBinariesReason, startControlPlane, waitFor, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
-import { IMAGE_DIR, missingNodeReason, startNode, type RealNode } from "../controlplane/node.ts";
+import { CACHE_DIR, missingBinariesReason, waitFor, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
+import { startCluster, type Cluster } from "../controlplane/cluster.ts";
+import { IMAGE_DIR, missingNodeReason, type RealNode } from "../controlplane/node.ts";
 import { FUNCTION_AUDIENCE, startFunction, type Component } from "./components.ts";
 import { peakRssMiB, pidsWhere } from "./processes.ts";
 import { kubeInject, missingIstioReason, renderInjector, type InjectorFiles } from "./istio-injector.ts";
@@ -25,8 +28,7 @@ const root = path.resolve(import.meta.dirname, "../..");
 const PROJECT_IMAGES = ["node-runner", "waiter", "proxy-recorder"];
 /** An image with Node for the apps of test pods (the recorder's: the local base plus one file). */
 export const APP_IMAGE = "localhost/pnc/proxy-recorder:test";
-/** Paths the DaemonSet's hostPath volumes create on the host (removed after, when they were not there). */
-const HOST_PATHS = ["/run/podnet", "/run/xtables.lock"];
+const HELM = path.join(CACHE_DIR, "bin", "helm");
 export const RUNNER_LABEL = "app.kubernetes.io/name=podnet-node-runner";
 
 /** PID 1 of a container ignores SIGTERM unless it handles it (else the kubelet waits 30 s). */
@@ -56,10 +58,16 @@ export interface PodRef {
 export const podRef = (p: k8s.V1Pod): PodRef => ({ namespace: p.metadata?.namespace ?? "", name: p.metadata?.name ?? "", uid: p.metadata?.uid ?? "" });
 
 export interface RealNodeStack {
+  readonly cluster: Cluster;
   readonly cp: ControlPlane;
-  readonly node: RealNode;
+  readonly nodes: readonly RealNode[];
+  /** The node a pod is bound to. */
+  readonly nodeOf: (pod: k8s.V1Pod) => RealNode;
   readonly core: k8s.CoreV1Api;
   readonly fn: Component;
+  /** Where the function's and the adapter's logs are written as they run. */
+  readonly fnLogFile: string;
+  readonly adapterLogFile: string;
   /** A pod as Istio's injector makes it from an app pod (templates sidecar,podnet; native sidecar). */
   readonly meshPod: (name: string, app: k8s.V1Container, options?: { native?: boolean; annotations?: Record<string, string> }) => k8s.V1Pod;
   readonly appContainer: (role: "server" | "client", target?: string) => k8s.V1Container;
@@ -79,29 +87,28 @@ export async function startRealNodeStack(
     functionEnv?: NodeJS.ProcessEnv;
     /** Run the compiled function (dist/) with these V8 flags, as its image does (benchmarks). */
     compiledFunction?: { nodeArgs: readonly string[] };
+    /** Nodes in the cluster (default 2). */
+    nodes?: number;
   } = {},
 ): Promise<RealNodeStack> {
   const log = options.log ?? ((): void => undefined);
-  const hostPathsBefore = HOST_PATHS.filter((p) => existsSync(p));
   const dir = mkdtempSync(path.join(os.tmpdir(), "pnct-realnode-"));
-  let cp: ControlPlane | undefined;
-  let node: RealNode | undefined;
+  let cluster: Cluster | undefined;
   let fn: Component | undefined;
   let adapter: Adapter | undefined;
   const stop = async (): Promise<void> => {
     await adapter?.stop();
-    fn?.process.kill("SIGTERM");
-    await node?.stop();
-    await cp?.stop();
-    for (const p of HOST_PATHS) if (!hostPathsBefore.includes(p)) rmSync(p, { recursive: true, force: true });
+    await fn?.stop();
+    await cluster?.stop();
     rmSync(dir, { recursive: true, force: true });
   };
   try {
     const injector: InjectorFiles = renderInjector(dir);
-    cp = await startControlPlane();
+    cluster = await startCluster({ nodes: options.nodes ?? 2, log });
+    const cp = cluster.cp;
+    const nodes = cluster.nodes;
     const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     await cp.installKnativeCrds();
-    node = await startNode(cp, { log });
 
     const appContainer = (role: "server" | "client", target?: string): k8s.V1Container => ({
       name: "app",
@@ -130,30 +137,47 @@ export async function startRealNodeStack(
       ["waiter", "localhost/podnet/waiter:test", "ghcr.io/podnet/waiter:0.1.0"],
       ["proxy-recorder", APP_IMAGE, proxyImage],
     ] as const) {
-      node.importImage(path.join(IMAGE_DIR, `${archive}.oci.tar`));
-      node.ctr("images", "tag", "--force", local, name);
+      for (const node of nodes) {
+        node.importImage(path.join(IMAGE_DIR, `${archive}.oci.tar`));
+        node.ctr("images", "tag", "--force", local, name);
+      }
     }
 
+    // The namespace first, labelled as README's Install says (the chart does not own it).
+    await core.createNamespace({
+      body: { metadata: { name: "podnet-system", labels: { "pod-security.kubernetes.io/enforce": "privileged", "istio-injection": "disabled" } } },
+    });
     // Keys and TLS as an operator makes them (`pnc keys generate`), applied as they are written.
     const keysDir = path.join(dir, "keys");
     execFileSync(process.execPath, ["--import", "tsx", path.join(root, "cli/pnc.ts"), "keys", "generate", "--out", keysDir], { cwd: root });
     for (const f of ["public-keys.configmap.yaml", "signing-keys.secret.yaml", "node-runner-tls.secret.yaml", "node-runner-ca.configmap.yaml"]) {
       await cp.applyManifest(path.join(keysDir, f));
     }
-    // The project's manifests for a Kubernetes cluster, as `kustomize build` renders them.
-    const rendered = execFileSync(BIN.kustomize, ["build", path.join(root, "config/overlays/kubernetes")], { encoding: "utf8" });
-    const docs = k8s.loadAllYaml(rendered) as k8s.KubernetesObject[];
-    for (const doc of docs) {
-      if (doc.kind !== "DaemonSet") continue;
-      const container = (doc as k8s.V1DaemonSet).spec?.template.spec?.containers[0];
-      container?.env?.push({ name: "KUBERNETES_SERVICE_HOST", value: "127.0.0.1" }, { name: "KUBERNETES_SERVICE_PORT", value: new URL(cp.server).port });
-    }
-    await cp.applyYaml(docs.map((d) => k8s.dumpYaml(d)).join("---\n"));
-    await waitFor("the node-runner pod is Ready", 90_000, async () => {
+    // The chart, installed by helm as an operator does (README, Install): the keys brought
+    // (keys.generate=false), each node's kubelet cgroup root through the value.
+    execFileSync(
+      HELM,
+      [
+        "install",
+        "podnet",
+        path.join(root, "charts/podnet"),
+        "--namespace",
+        "podnet-system",
+        "--kubeconfig",
+        cp.writeKubeconfig("helm", cp.adminToken),
+        "--set",
+        "keys.generate=false",
+        "--set",
+        "nodeRunner.cgroupRoot=/$(NODE_NAME)",
+      ],
+      { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
+    );
+    await waitFor("a node-runner pod Ready on every node", 90_000, async () => {
       const pods = await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL });
-      return pods.items.some((p) => p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"));
+      const ready = pods.items.filter((p) => p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"));
+      return nodes.every((n) => ready.some((p) => p.spec?.nodeName === n.name));
     });
-    log("node-runner DaemonSet pod Ready");
+    log(`node-runner DaemonSet pods Ready on ${nodes.length} node(s)`);
 
     // The function, with the Secret's key and the CA ConfigMap's certificate, sending to each pod's hostIP.
     const signingDir = path.join(dir, "signing");
@@ -167,10 +191,12 @@ export async function startRealNodeStack(
       nodeRunnerPort: 19443,
       nodeRunnerCaFile: path.join(dir, "node-runner-ca.crt"),
       nodeRunnerAddress: null,
+      netns: cluster.network.fabricNetns,
+      logFile: path.join(cluster.dir, "function.log"),
       ...(options.functionEnv === undefined ? {} : { env: options.functionEnv }),
       ...(options.compiledFunction === undefined ? {} : { compiled: options.compiledFunction }),
     });
-    adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
+    adapter = await cp.startAdapter({ sink: `${fn.inClusterUrl}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
 
     for (const ns of options.namespaces ?? []) {
       await cp.ensureNamespace(ns);
@@ -178,12 +204,20 @@ export async function startRealNodeStack(
       await core.createNamespacedConfigMap({ namespace: ns, body: { metadata: { name: "istio-ca-root-cert" }, data: { "root-cert.pem": "" } } });
     }
 
-    const runningNode = node;
     const runningFn = fn;
     let runnerPeak = 0;
+    const nodeOf = (pod: k8s.V1Pod): RealNode => {
+      const node = nodes.find((n) => n.name === pod.spec?.nodeName);
+      if (node === undefined) throw new Error(`pod ${pod.metadata?.name ?? "?"} is on no node of the cluster (${pod.spec?.nodeName ?? "unscheduled"})`);
+      return node;
+    };
     return {
+      cluster,
       cp,
-      node,
+      nodes,
+      nodeOf,
+      fnLogFile: path.join(cluster.dir, "function.log"),
+      adapterLogFile: adapter.logFile,
       core,
       fn,
       meshPod,
@@ -204,7 +238,7 @@ export async function startRealNodeStack(
       },
       runnerLog: async (lines = 20) => {
         const pods = await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL });
-        return pods.items.map((p) => runningNode.containerLog(podRef(p), "node-runner").split("\n").slice(-lines).join("\n")).join("\n");
+        return pods.items.map((p) => nodeOf(p).containerLog(podRef(p), "node-runner").split("\n").slice(-lines).join("\n")).join("\n");
       },
       peakRssMiB: () => {
         for (const pid of pidsWhere((cmdline) => cmdline.includes("dist/node-runner/main.js"))) runnerPeak = Math.max(runnerPeak, peakRssMiB(pid) || 0);
@@ -218,10 +252,11 @@ export async function startRealNodeStack(
   }
 }
 
-/** The kubelet's cgroup of the pod (cgroupfs driver: kubepods[/<qos>]/pod<uid>), in the pids hierarchy. */
+/** The kubelet's cgroup of the pod (cgroupfs driver: <node's root>/kubepods[/<qos>]/pod<uid>), in the pids hierarchy. */
 export function podCgroup(p: k8s.V1Pod): string {
   const uid = p.metadata?.uid ?? "";
-  const found = ["besteffort/", "burstable/", ""].map((qos) => `/sys/fs/cgroup/pids/kubepods/${qos}pod${uid}`).find((d) => existsSync(d));
+  const root = `/sys/fs/cgroup/pids/${p.spec?.nodeName ?? ""}`;
+  const found = ["besteffort/", "burstable/", ""].map((qos) => `${root}/kubepods/${qos}pod${uid}`).find((d) => existsSync(d));
   if (found === undefined) throw new Error(`no kubelet cgroup for pod ${uid}`);
   return found;
 }
