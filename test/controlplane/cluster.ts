@@ -14,12 +14,10 @@ import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { freePort, pidAlive, reapStaleRuns, startControlPlane, waitFor, type ControlPlane } from "./harness.ts";
-import { createClusterNetwork, FABRIC_ADDRESS, reapStaleNetworks, type ClusterNetwork } from "./network.ts";
+import { createClusterNetwork, reapStaleNetworks, type ClusterNetwork, type IpFamily } from "./network.ts";
 import { IMAGE_DIR, NODE_BIN, NODE_PRIVATE_DIRS, reapStaleNodes, startNode, type RealNode } from "./node.ts";
 
 const RUN_PREFIX = "pnc-cluster-";
-/** The kube-dns Service's address (coredns.yaml), in every pod's resolv.conf. */
-export const CLUSTER_DNS = "10.96.0.10";
 /** Machine-wide sysctls the kubelet changes (restored on stop). The network ones are per namespace: the nodes' own. */
 const SYSCTLS = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"];
 /** The nodes' private directories need mount points on the host: made when missing, removed on stop. */
@@ -121,7 +119,7 @@ export function reapStaleClusters(): number {
   return reaped + reapStaleNetworks();
 }
 
-export async function startCluster(options: { nodes?: number; log?: (line: string) => void } = {}): Promise<Cluster> {
+export async function startCluster(options: { nodes?: number; family?: IpFamily; log?: (line: string) => void } = {}): Promise<Cluster> {
   const log = options.log ?? ((): void => undefined);
   const count = options.nodes ?? 2;
   if (!Number.isInteger(count) || count < 1 || count > 8) throw new Error(`--nodes ${count}: between 1 and 8 nodes`);
@@ -169,9 +167,11 @@ export async function startCluster(options: { nodes?: number; log?: (line: strin
   };
 
   try {
-    network = createClusterNetwork(count);
-    log(`network: fabric ${FABRIC_ADDRESS}, ${count} node namespace(s) (${since()})`);
-    cp = await startControlPlane({ network: { netns: network.fabricNetns, address: FABRIC_ADDRESS } });
+    network = createClusterNetwork(count, options.family ?? "ipv4");
+    log(`network (${network.family}): fabric ${network.fabricAddresses.join(" ")}, ${count} node namespace(s) (${since()})`);
+    cp = await startControlPlane({
+      network: { netns: network.fabricNetns, addresses: network.fabricAddresses, serviceCidrs: network.serviceCidrs, serviceIps: network.apiServiceIps },
+    });
     log(`control plane ready: ${cp.server} from this machine, ${cp.clusterServer} in the cluster (${since()})`);
 
     // The controllers a cluster of nodes needs (DaemonSets, Deployments, Jobs, EndpointSlices,
@@ -226,20 +226,32 @@ export async function startCluster(options: { nodes?: number; log?: (line: strin
 
     // The nodes, one after another (each imports images and waits for Ready).
     for (const nodeNetwork of network.nodes) {
-      const node = await startNode(cp, { name: `pnc-node-${nodeNetwork.index}`, network: nodeNetwork, kubeconfig, clusterDns: CLUSTER_DNS, log });
+      const node = await startNode(cp, {
+        name: `pnc-node-${nodeNetwork.index}`,
+        network: nodeNetwork,
+        kubeconfig,
+        clusterDns: network.dnsServiceIp,
+        clusterPodCidrs: network.clusterPodCidrs,
+        log,
+      });
       node.importImage(path.join(IMAGE_DIR, "coredns.oci.tar"));
       nodes.push(node);
     }
 
-    // DNS: CoreDNS as a Deployment behind the kube-dns Service.
-    await cp.applyManifest(path.join(import.meta.dirname, "coredns.yaml"));
+    // DNS: CoreDNS as a Deployment behind the kube-dns Service, at the primary family's address
+    // (and an address of each family on a dual-stack cluster).
+    const dnsManifest = readFileSync(path.join(import.meta.dirname, "coredns.yaml"), "utf8").replace(
+      "clusterIP: 10.96.0.10",
+      `clusterIP: ${network.dnsServiceIp}\n  ipFamilyPolicy: ${network.family === "dual" ? "PreferDualStack" : "SingleStack"}`,
+    );
+    await cp.applyYaml(dnsManifest);
     const apps = cp.kubeConfig().makeApiClient(k8s.AppsV1Api);
     await waitFor(
       "CoreDNS available",
       60_000,
       async () => ((await apps.readNamespacedDeployment({ namespace: "kube-system", name: "coredns" })).status?.availableReplicas ?? 0) >= 1,
     );
-    log(`cluster ready: ${nodes.length} node(s), DNS at ${CLUSTER_DNS} (${since()})`);
+    log(`cluster ready: ${nodes.length} node(s), DNS at ${network.dnsServiceIp} (${since()})`);
     return { cp, nodes, network, dir, stop };
   } catch (err) {
     await stop();

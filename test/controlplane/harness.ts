@@ -15,6 +15,7 @@ import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { relayInto, RELAY_SCRIPT } from "./relays.ts";
+import { formatHostPort } from "../../lib/listen-address.ts";
 
 export const CACHE_DIR = process.env.PNC_CACHE_DIR ?? path.join(os.homedir(), ".cache", "pnc-controlplane");
 export const BIN = {
@@ -197,7 +198,11 @@ export interface ControlPlane {
  */
 export interface ControlPlaneNetwork {
   readonly netns: string;
-  readonly address: string;
+  /** The fabric's addresses, the primary first (the API server's, the `kubernetes` Service's endpoint). */
+  readonly addresses: readonly string[];
+  readonly serviceCidrs: readonly string[];
+  /** The `kubernetes` Service's addresses (the first of each Service range). */
+  readonly serviceIps: readonly string[];
 }
 
 /** The API server's port inside a cluster network (the usual one: each namespace has its own ports). */
@@ -205,15 +210,14 @@ export const CLUSTER_API_PORT = 6443;
 
 /**
  * A self-signed serving certificate (its own CA) for the API server inside a cluster network:
- * valid for the relay's 127.0.0.1, the fabric address and the `kubernetes` Service.
+ * valid for the relay's 127.0.0.1, the fabric's addresses and the `kubernetes` Service's.
  */
-function apiServingCertificate(dir: string, address: string): { cert: string; key: string } {
+function apiServingCertificate(dir: string, addresses: readonly string[]): { cert: string; key: string } {
   const cert = path.join(dir, "apiserver.crt");
   const key = path.join(dir, "apiserver.key");
   const names = [
     "IP:127.0.0.1",
-    `IP:${address}`,
-    "IP:10.96.0.1",
+    ...addresses.map((a) => `IP:${a}`),
     "DNS:localhost",
     "DNS:kubernetes",
     "DNS:kubernetes.default",
@@ -352,12 +356,13 @@ export async function startControlPlane(options: { log?: (line: string) => void;
             certDir,
           ]
         : (() => {
-            const tls = apiServingCertificate(certDir, network.address);
+            const tls = apiServingCertificate(certDir, [...network.addresses, ...network.serviceIps]);
+            const address = network.addresses[0] ?? "";
             return [
               "--bind-address",
-              network.address,
+              address,
               "--advertise-address",
-              network.address,
+              address,
               "--secure-port",
               String(CLUSTER_API_PORT),
               "--tls-cert-file",
@@ -386,7 +391,7 @@ export async function startControlPlane(options: { log?: (line: string) => void;
       "--service-account-signing-key-file",
       path.join(dir, "sa.key"),
       "--service-cluster-ip-range",
-      "10.96.0.0/16",
+      network === undefined ? "10.96.0.0/16" : network.serviceCidrs.join(","),
       "--allow-privileged",
       "--profiling=false",
       "--v",
@@ -395,13 +400,13 @@ export async function startControlPlane(options: { log?: (line: string) => void;
     if (network !== undefined) {
       // The host's way in: 127.0.0.1:apiPort → a unix socket → the fabric's API server.
       const socket = path.join(dir, "apiserver.sock");
-      start("relay-fabric", process.execPath, [RELAY_SCRIPT, `unix:${socket}`, `tcp:${network.address}:${CLUSTER_API_PORT}`]);
+      start("relay-fabric", process.execPath, [RELAY_SCRIPT, `unix:${socket}`, `tcp:${formatHostPort(network.addresses[0] ?? "", CLUSTER_API_PORT)}`]);
       start("relay-host", process.execPath, [RELAY_SCRIPT, `tcp:127.0.0.1:${apiPort}`, `unix:${socket}`], {}, false);
     }
     const server = `https://127.0.0.1:${apiPort}`;
     const caFile = path.join(certDir, "apiserver.crt");
     /** The API server as processes in the cluster network reach it. */
-    const clusterServer = network === undefined ? server : `https://${network.address}:${CLUSTER_API_PORT}`;
+    const clusterServer = network === undefined ? server : `https://${formatHostPort(network.addresses[0] ?? "", CLUSTER_API_PORT)}`;
     log(`kube-apiserver starting on ${server}`);
     let ca = Buffer.alloc(0);
     await waitFor(

@@ -1,4 +1,4 @@
-// The cluster's network on one machine, made only of network namespaces: a "fabric" namespace
+// The cluster's network on one machine (IPv4, dual-stack or IPv6-only), made only of network namespaces: a "fabric" namespace
 // with a bridge (the switch the nodes plug into, and where the control plane runs), and one
 // namespace per node, its eth0 a veth on that bridge. Each node routes its own pod subnet; the
 // fabric routes every node's pod subnet to that node. The host's own namespace gets no address,
@@ -11,25 +11,76 @@ import { spawnSync } from "node:child_process";
 import { pidAlive } from "./harness.ts";
 
 const PREFIX = "pncc-";
-/** The fabric's subnet: .1 is the fabric itself (the API server's address), nodes from .11. */
-export const FABRIC_SUBNET = "10.90.0";
-export const FABRIC_ADDRESS = `${FABRIC_SUBNET}.1`;
-/** Pods of node i (1-based) get 10.244.i.0/24; the cluster's pod CIDR covers them all. */
-export const CLUSTER_POD_CIDR = "10.244.0.0/16";
-export const SERVICE_CIDR = "10.96.0.0/16";
+
+/** The cluster's IP families: IPv4 only, dual-stack (IPv4 first), or IPv6 only. */
+export type IpFamily = "ipv4" | "dual" | "ipv6";
+
+/** One family's plan: the fabric's subnet (.1 / ::1 is the fabric, the API server's address; nodes from 11), pods, Services. */
+interface FamilyPlan {
+  readonly fabricAddress: string;
+  readonly fabricPrefix: number;
+  readonly nodeIp: (index: number) => string;
+  readonly podSubnet: (index: number) => string;
+  readonly podGateway: (index: number) => string;
+  readonly clusterPodCidr: string;
+  readonly serviceCidr: string;
+  /** The `kubernetes` Service's address (the first of the range) and the DNS Service's. */
+  readonly apiServiceIp: string;
+  readonly dnsServiceIp: string;
+  readonly defaultRoute: string;
+}
+const V4: FamilyPlan = {
+  fabricAddress: "10.90.0.1",
+  fabricPrefix: 24,
+  nodeIp: (i) => `10.90.0.${10 + i}`,
+  podSubnet: (i) => `10.244.${i}.0/24`,
+  podGateway: (i) => `10.244.${i}.1`,
+  clusterPodCidr: "10.244.0.0/16",
+  serviceCidr: "10.96.0.0/16",
+  apiServiceIp: "10.96.0.1",
+  dnsServiceIp: "10.96.0.10",
+  defaultRoute: "0.0.0.0/0",
+};
+const V6: FamilyPlan = {
+  fabricAddress: "fd00:90::1",
+  fabricPrefix: 64,
+  nodeIp: (i) => `fd00:90::${10 + i}`,
+  podSubnet: (i) => `fd00:244:${i}::/64`,
+  podGateway: (i) => `fd00:244:${i}::1`,
+  clusterPodCidr: "fd00:244::/48",
+  serviceCidr: "fd00:96::/112",
+  apiServiceIp: "fd00:96::1",
+  dnsServiceIp: "fd00:96::a",
+  defaultRoute: "::/0",
+};
+/** The plans of a cluster's families, the primary first. */
+export function familyPlans(family: IpFamily): readonly FamilyPlan[] {
+  return family === "ipv4" ? [V4] : family === "ipv6" ? [V6] : [V4, V6];
+}
 
 export interface NodeNetwork {
   readonly index: number;
   /** The node's network namespace (under /run/netns). */
   readonly netns: string;
+  /** Its primary address (its family's first), and all of them. */
   readonly ip: string;
-  readonly podSubnet: string;
-  /** The pod bridge's address: the pods' gateway, first of the pod subnet. */
-  readonly podGateway: string;
+  readonly ips: readonly string[];
+  /** Its pod subnets and the pod bridge's addresses in them (the pods' gateways), one per family. */
+  readonly podSubnets: readonly string[];
+  readonly podGateways: readonly string[];
+  readonly defaultRoutes: readonly string[];
 }
 
 export interface ClusterNetwork {
+  readonly family: IpFamily;
   readonly fabricNetns: string;
+  /** The fabric's addresses, the primary first: the API server listens on the first. */
+  readonly fabricAddresses: readonly string[];
+  readonly clusterPodCidrs: readonly string[];
+  readonly serviceCidrs: readonly string[];
+  readonly apiServiceIps: readonly string[];
+  /** The DNS Service's address (the primary family's). */
+  readonly dnsServiceIp: string;
   readonly nodes: readonly NodeNetwork[];
   /** argv that runs `command` in a network namespace (nsenter: the mount namespace stays the host's). */
   inNetns(netns: string, command: string, args: readonly string[]): { command: string; args: string[] };
@@ -67,8 +118,9 @@ export function reapStaleNetworks(): number {
   return reaped;
 }
 
-export function createClusterNetwork(nodeCount: number): ClusterNetwork {
+export function createClusterNetwork(nodeCount: number, family: IpFamily = "ipv4"): ClusterNetwork {
   reapStaleNetworks();
+  const plans = familyPlans(family);
   const run = `${PREFIX}${process.pid}`;
   const fabricNetns = `${run}-fabric`;
   const made: string[] = [];
@@ -76,35 +128,55 @@ export function createClusterNetwork(nodeCount: number): ClusterNetwork {
     for (const netns of [...made].reverse()) spawnSync("ip", ["netns", "del", netns]);
     made.length = 0;
   };
+  /** A namespace's forwarding on, and IPv6 addresses usable at once (no duplicate detection on a private bridge). */
+  const prepare = (netns: string): void => {
+    ip(["-n", netns, "link", "set", "lo", "up"]);
+    netnsSysctl(netns, "net/ipv4/ip_forward", "1");
+    netnsSysctl(netns, "net/ipv6/conf/all/forwarding", "1");
+    netnsSysctl(netns, "net/ipv6/conf/default/accept_dad", "0");
+    netnsSysctl(netns, "net/ipv6/conf/all/accept_dad", "0");
+  };
   try {
     ip(["netns", "add", fabricNetns]);
     made.push(fabricNetns);
-    ip(["-n", fabricNetns, "link", "set", "lo", "up"]);
+    prepare(fabricNetns);
     ip(["-n", fabricNetns, "link", "add", "fabric0", "type", "bridge"]);
-    ip(["-n", fabricNetns, "addr", "add", `${FABRIC_ADDRESS}/24`, "dev", "fabric0"]);
+    for (const plan of plans) ip(["-n", fabricNetns, "addr", "add", `${plan.fabricAddress}/${plan.fabricPrefix}`, "dev", "fabric0"]);
     ip(["-n", fabricNetns, "link", "set", "fabric0", "up"]);
-    netnsSysctl(fabricNetns, "net/ipv4/ip_forward", "1");
 
     const nodes: NodeNetwork[] = [];
     for (let index = 1; index <= nodeCount; index++) {
       const netns = `${run}-n${index}`;
-      const nodeIp = `${FABRIC_SUBNET}.${10 + index}`;
-      const podSubnet = `10.244.${index}.0/24`;
       ip(["netns", "add", netns]);
       made.push(netns);
-      ip(["-n", netns, "link", "set", "lo", "up"]);
+      prepare(netns);
       // The veth is made in the node's namespace; its peer is moved to the fabric's bridge.
       ip(["-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name", `node${index}`, "netns", fabricNetns]);
       ip(["-n", fabricNetns, "link", "set", `node${index}`, "master", "fabric0", "up"]);
-      ip(["-n", netns, "addr", "add", `${nodeIp}/24`, "dev", "eth0"]);
       ip(["-n", netns, "link", "set", "eth0", "up"]);
-      ip(["-n", netns, "route", "add", "default", "via", FABRIC_ADDRESS]);
-      ip(["-n", fabricNetns, "route", "add", podSubnet, "via", nodeIp]);
-      netnsSysctl(netns, "net/ipv4/ip_forward", "1");
-      nodes.push({ index, netns, ip: nodeIp, podSubnet, podGateway: `10.244.${index}.1` });
+      for (const plan of plans) {
+        ip(["-n", netns, "addr", "add", `${plan.nodeIp(index)}/${plan.fabricPrefix}`, "dev", "eth0"]);
+        ip(["-n", netns, "route", "add", "default", "via", plan.fabricAddress]);
+        ip(["-n", fabricNetns, "route", "add", plan.podSubnet(index), "via", plan.nodeIp(index)]);
+      }
+      nodes.push({
+        index,
+        netns,
+        ip: plans[0]?.nodeIp(index) ?? "",
+        ips: plans.map((p) => p.nodeIp(index)),
+        podSubnets: plans.map((p) => p.podSubnet(index)),
+        podGateways: plans.map((p) => p.podGateway(index)),
+        defaultRoutes: plans.map((p) => p.defaultRoute),
+      });
     }
     return {
+      family,
       fabricNetns,
+      fabricAddresses: plans.map((p) => p.fabricAddress),
+      clusterPodCidrs: plans.map((p) => p.clusterPodCidr),
+      serviceCidrs: plans.map((p) => p.serviceCidr),
+      apiServiceIps: plans.map((p) => p.apiServiceIp),
+      dnsServiceIp: plans[0]?.dnsServiceIp ?? "",
       nodes,
       inNetns: (netns, command, args) => ({ command: "nsenter", args: [`--net=/run/netns/${netns}`, "--", command, ...args] }),
       remove,

@@ -16,7 +16,7 @@ import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { pidsWhere } from "../support/processes.ts";
 import { CACHE_DIR, pidAlive, waitFor, type ControlPlane } from "./harness.ts";
-import { CLUSTER_POD_CIDR, type NodeNetwork } from "./network.ts";
+import { type NodeNetwork } from "./network.ts";
 
 export const NODE_BIN = {
   kubelet: path.join(CACHE_DIR, "bin", "kubelet"),
@@ -68,9 +68,12 @@ interface NodeState {
 
 export interface RealNode {
   readonly name: string;
+  /** Its primary address, and all of them (one per family). */
   readonly ip: string;
+  readonly ips: readonly string[];
   /** Its network namespace (under /run/netns). */
   readonly netns: string;
+  /** Its pods' subnet of the primary family. */
   readonly podSubnet: string;
   /** The kubelet's --cgroup-root: `/<node name>`. */
   readonly cgroupRoot: string;
@@ -240,6 +243,8 @@ export interface NodeOptions {
   readonly kubeconfig: string;
   /** The cluster DNS Service's address, for the pods' resolv.conf. */
   readonly clusterDns?: string;
+  /** Every node's pods, per family (kube-proxy tells pod traffic from the rest by it). */
+  readonly clusterPodCidrs: readonly string[];
   readonly log?: (line: string) => void;
 }
 
@@ -356,8 +361,8 @@ export async function startNode(cp: ControlPlane, options: NodeOptions): Promise
             hairpinMode: true,
             ipam: {
               type: "host-local",
-              ranges: [[{ subnet: network.podSubnet, gateway: network.podGateway }]],
-              routes: [{ dst: "0.0.0.0/0" }],
+              ranges: network.podSubnets.map((subnet, i) => [{ subnet, gateway: network.podGateways[i] }]),
+              routes: network.defaultRoutes.map((dst) => ({ dst })),
               dataDir: path.join(dir, "cni", "ipam"),
             },
           },
@@ -454,7 +459,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions): Promise
       "--hostname-override",
       name,
       "--node-ip",
-      network.ip,
+      network.ips.join(","),
       "--v",
       "1",
     ]);
@@ -470,7 +475,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions): Promise
         mode: "nftables",
         clientConnection: { kubeconfig: options.kubeconfig },
         hostnameOverride: name,
-        clusterCIDR: CLUSTER_POD_CIDR,
+        clusterCIDR: options.clusterPodCidrs.join(","),
         bindAddress: network.ip,
         healthzBindAddress: "127.0.0.1:10256",
         metricsBindAddress: "127.0.0.1:10249",
@@ -510,7 +515,8 @@ export async function startNode(cp: ControlPlane, options: NodeOptions): Promise
       name,
       ip: network.ip,
       netns: network.netns,
-      podSubnet: network.podSubnet,
+      ips: network.ips,
+      podSubnet: network.podSubnets[0] ?? "",
       cgroupRoot: `/${cgroupRoot}`,
       dir,
       containerdSocket: socket,

@@ -1,4 +1,4 @@
-// `npm run cluster:up [-- --nodes N]`: the whole system on a local cluster of real nodes
+// `npm run cluster:up [-- --nodes N] [--family ipv4|dual|ipv6]`: the whole system on a local cluster of real nodes
 // (test/controlplane/cluster.ts), to try by hand. Starts the cluster, installs the chart, runs
 // the function and the event source (as the cluster tests do), creates one mesh pod and a plain
 // pod that talks to it from the other node, prints where everything is, and keeps running until
@@ -15,10 +15,15 @@ const started = Date.now();
 const say = (line: string): void => {
   console.log(`cluster:up ${new Date().toISOString().slice(11, 19)} +${((Date.now() - started) / 1000).toFixed(1)}s ${line}`);
 };
-const { values } = parseArgs({ options: { nodes: { type: "string", default: "2" } } });
+const { values } = parseArgs({ options: { nodes: { type: "string", default: "2" }, family: { type: "string", default: "ipv4" } } });
 const nodes = Number(values.nodes);
 if (!Number.isInteger(nodes) || nodes < 1 || nodes > 8) {
   console.error(`cluster:up: --nodes ${values.nodes}: a number of nodes from 1 to 8`);
+  process.exit(64);
+}
+const family = values.family;
+if (family !== "ipv4" && family !== "dual" && family !== "ipv6") {
+  console.error(`cluster:up: --family ${family}: ipv4, dual or ipv6`);
   process.exit(64);
 }
 const missing = missingRealNodeReason();
@@ -41,9 +46,9 @@ const stop = async (signal: string): Promise<void> => {
   process.exit(0);
 };
 for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => void stop(signal));
-say(`starting a cluster of ${nodes} node(s) (process ${process.pid}; stop it with Ctrl-C or kill -INT ${process.pid})`);
+say(`starting a ${family} cluster of ${nodes} node(s) (process ${process.pid}; stop it with Ctrl-C or kill -INT ${process.pid})`);
 try {
-  stack = await startRealNodeStack({ nodes, namespaces: [NS], log: say });
+  stack = await startRealNodeStack({ nodes, family, namespaces: [NS], log: say });
   writeFileSync(kubeconfig, stack.cp.kubeConfig().exportConfig(), { mode: 0o600 });
   const [first, last] = [stack.nodes[0], stack.nodes[stack.nodes.length - 1]];
   const onNode = (name: string | undefined) => ({ nodeSelector: { "kubernetes.io/hostname": name ?? "" } });

@@ -10,7 +10,7 @@ import { existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { CLUSTER_DNS, hostNetworkState, reapStaleClusters, startCluster, type Cluster } from "../controlplane/cluster.ts";
+import { hostNetworkState, reapStaleClusters, startCluster, type Cluster } from "../controlplane/cluster.ts";
 import { missingBinariesReason, waitFor } from "../controlplane/harness.ts";
 import { missingNodeReason, NODE_PRIVATE_DIRS, PAUSE_IMAGE } from "../controlplane/node.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
@@ -147,7 +147,7 @@ describe("test cluster [needs root, control plane and node binaries]", skipUnles
     for (const pid of [pidA, pidB]) {
       const resolved = inPodNetns(
         pid,
-        `const r = new (require("dns").promises.Resolver)(); r.setServers([${JSON.stringify(CLUSTER_DNS)}]); r.resolve4("kubernetes.default.svc.cluster.local").then((a) => console.log(a.join(",")), (e) => console.log(e.code))`,
+        `const r = new (require("dns").promises.Resolver)(); r.setServers([${JSON.stringify(cluster.network.dnsServiceIp)}]); r.resolve4("kubernetes.default.svc.cluster.local").then((a) => console.log(a.join(",")), (e) => console.log(e.code))`,
       );
       assert.equal(resolved, "10.96.0.1");
       const status = inPodNetns(

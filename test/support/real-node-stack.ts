@@ -19,6 +19,7 @@ import * as k8s from "@kubernetes/client-node";
 import { parse as parseYaml } from "yaml";
 import { CACHE_DIR, missingBinariesReason, waitFor, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
 import { startCluster, type Cluster } from "../controlplane/cluster.ts";
+import type { IpFamily } from "../controlplane/network.ts";
 import { IMAGE_DIR, missingNodeReason, type RealNode } from "../controlplane/node.ts";
 import { FUNCTION_AUDIENCE, startFunction, type Component } from "./components.ts";
 import { peakRssMiB, pidsWhere } from "./processes.ts";
@@ -89,6 +90,8 @@ export async function startRealNodeStack(
     compiledFunction?: { nodeArgs: readonly string[] };
     /** Nodes in the cluster (default 2). */
     nodes?: number;
+    /** The cluster's IP families (default IPv4). */
+    family?: IpFamily;
   } = {},
 ): Promise<RealNodeStack> {
   const log = options.log ?? ((): void => undefined);
@@ -104,7 +107,7 @@ export async function startRealNodeStack(
   };
   try {
     const injector: InjectorFiles = renderInjector(dir);
-    cluster = await startCluster({ nodes: options.nodes ?? 2, log });
+    cluster = await startCluster({ nodes: options.nodes ?? 2, ...(options.family === undefined ? {} : { family: options.family }), log });
     const cp = cluster.cp;
     const nodes = cluster.nodes;
     const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
