@@ -48,7 +48,14 @@ wrapped() { # <name> <wrapper dir> <package> <expected time>
   build_tool "$1" "$(cat "$here/$2/go.mod" "$here/$2/go.sum" | sha256sum | cut -c1-16)" "$4" build_wrapped "$2" "$3"
 }
 wrapped etcd etcd go.etcd.io/etcd/server/v3 "1.5 min"
-wrapped kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "7-8 min"
+# kube-apiserver, stamped with its Kubernetes version (unstamped it reports v0.0.0-master, which
+# kubectl version cannot parse).
+apiserver_version="$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3} $1=="k8s.io/kubernetes" {print $2}' "$here/kube-apiserver/go.mod" | head -1)"
+apiserver_minor="$(echo "$apiserver_version" | cut -d. -f2)"
+build_apiserver() {
+  (cd "$here/kube-apiserver" && go build -trimpath -ldflags "-X k8s.io/component-base/version.gitVersion=$apiserver_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$apiserver_minor -X k8s.io/component-base/version.gitTreeState=clean" -o "$BUILD_OUT" k8s.io/kubernetes/cmd/kube-apiserver)
+}
+build_tool kube-apiserver "$(cat "$here/kube-apiserver/go.mod" "$here/kube-apiserver/go.sum" | sha256sum | cut -c1-16)-$apiserver_version" "7-8 min" build_apiserver
 wrapped apiserver_receive_adapter knative knative.dev/eventing/cmd/apiserver_receive_adapter "1.5-2.5 min"
 wrapped kustomize kustomize sigs.k8s.io/kustomize/kustomize/v5 "under a minute"
 

@@ -11,7 +11,7 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { hostNetworkState, reapStaleClusters, startCluster, type Cluster } from "../controlplane/cluster.ts";
-import { missingBinariesReason, waitFor } from "../controlplane/harness.ts";
+import { CACHE_DIR, missingBinariesReason, waitFor } from "../controlplane/harness.ts";
 import { missingNodeReason, NODE_PRIVATE_DIRS, PAUSE_IMAGE } from "../controlplane/node.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { pidsWhere } from "../support/processes.ts";
@@ -160,6 +160,18 @@ describe("test cluster [needs root, control plane and node binaries]", skipUnles
     const corednsPod = (await core.listNamespacedPod({ namespace: "kube-system", labelSelector: "k8s-app=kube-dns" })).items[0];
     const logs = await core.readNamespacedPodLog({ namespace: "kube-system", name: corednsPod?.metadata?.name ?? "" });
     assert.match(logs, /CoreDNS/);
+  });
+
+  test("kubectl works against it as a user meets it: version (a stamped API server) and logs", () => {
+    assertAvailable(missing);
+    assert.ok(cluster !== undefined);
+    const kubeconfig = cluster.cp.writeKubeconfig("user", cluster.cp.adminToken);
+    const kubectl = (...args: string[]): string =>
+      execFileSync(path.join(CACHE_DIR, "bin", "kubectl"), ["--kubeconfig", kubeconfig, ...args], { encoding: "utf8" });
+    const version = JSON.parse(kubectl("version", "-o", "json")) as { serverVersion?: { gitVersion?: string }; clientVersion?: { gitVersion?: string } };
+    assert.match(version.serverVersion?.gitVersion ?? "", /^v1\.\d+\.\d+$/);
+    assert.equal(version.serverVersion?.gitVersion, version.clientVersion?.gitVersion, "the API server and the node binaries are one Kubernetes version");
+    assert.match(kubectl("logs", "-n", "kube-system", "deployment/coredns"), /CoreDNS/);
   });
 
   test("nothing leaves the machine and the host's network is untouched while the cluster runs", () => {
