@@ -139,7 +139,7 @@ build_tool kube-controller-manager "$k8s_stamp" "about 2 min" build_k8s k8s.io/k
 build_tool kube-scheduler "$k8s_stamp" "about 1 min" build_k8s k8s.io/kubernetes/cmd/kube-scheduler
 # kube-proxy (nftables mode) in every node's network namespace: ClusterIP Services on the cluster.
 build_tool kube-proxy "$k8s_stamp" "about 1 min" build_k8s k8s.io/kubernetes/cmd/kube-proxy
-# kubectl, to look at the node started by `npm run node:up`.
+# kubectl, to look at the cluster started by `npm run cluster:up` (and the tests' kubectl checks).
 build_tool kubectl "$k8s_stamp" "about 1 min" build_k8s k8s.io/kubernetes/cmd/kubectl
 
 # The CNI plugins the test node's pods use (a bridge with host-local addresses, and loopback).
