@@ -19,6 +19,7 @@ const app = createNodeRunnerApp({
     // Every pod exists, on this node, with the UID the request names.
     identify: () => Promise.resolve({ kind: "found", terminating: false }),
     markInitialized: () => Promise.resolve(),
+    markRefused: () => Promise.resolve(),
     clearMark: () => Promise.resolve(),
     recordEvent: () => Promise.resolve(),
   },

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
-import { MARK } from "../contract/mark.ts";
+import { MARK, STATUS_REFUSED } from "../contract/mark.ts";
 import { decide, skipDecision, WAITER_CONTAINER, type Decision } from "./decision.ts";
 import { parsePod, type Pod } from "./pod.ts";
 import { parsePolicy } from "./policy.ts";
@@ -13,6 +13,7 @@ interface Container {
   name: string;
   env?: { name: string; value: string }[];
   restartPolicy?: string;
+  command?: string[];
 }
 interface RawPod {
   metadata: {
@@ -242,6 +243,32 @@ describe("decide", () => {
     assert.equal(reasonOf(d), "error:invalid-capture");
     assert.ok(d.action === "error");
     assert.match(d.detail, /annotation traffic\.sidecar\.istio\.io\/excludeInterfaces: "eth0 -j ACCEPT"/);
+  });
+
+  test("invalid annotations on a pod whose waiter waits: refuse, so that its node-runner marks it refused with the one-line reason; once the mark says so, only an error", () => {
+    const invalid = (p: RawPod): void => {
+      p.metadata.annotations["traffic.sidecar.istio.io/excludeOutboundPorts"] = "99999";
+      p.spec.initContainers = [{ name: WAITER_CONTAINER, command: ["/podnet-wait"] }];
+    };
+    const d = decide({ pod: meshPod(invalid), policy: defaults });
+    assert.equal(reasonOf(d), "refuse:invalid-capture");
+    assert.ok(d.action === "refuse");
+    assert.deepEqual([d.node, d.hostIP, d.pod.uid], ["worker-3", "192.168.10.13", UID]);
+    assert.match(d.refusal, /^invalid capture configuration: annotation traffic\.sidecar\.istio\.io\/excludeOutboundPorts: "99999"/);
+    assert.doesNotMatch(d.refusal, /\n/);
+    const told = meshPod((p) => {
+      invalid(p);
+      p.metadata.annotations[MARK.status] = STATUS_REFUSED;
+      p.metadata.annotations[MARK.reason] = d.refusal;
+    });
+    assert.equal(reasonOf(decide({ pod: told, policy: defaults })), "error:invalid-capture");
+    // A reason that differs (the annotations changed since): told again.
+    const stale = meshPod((p) => {
+      invalid(p);
+      p.metadata.annotations[MARK.status] = STATUS_REFUSED;
+      p.metadata.annotations[MARK.reason] = "invalid capture configuration: something else";
+    });
+    assert.equal(reasonOf(decide({ pod: stale, policy: defaults })), "refuse:invalid-capture");
   });
 
   test("policy: namespaces, selector and capture overrides", () => {

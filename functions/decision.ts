@@ -2,7 +2,7 @@
 // a decision with a machine-readable reason out. Cheap checks come first: most events are
 // updates of pods that need nothing, and they must cost microseconds.
 import { type PodRef } from "../contract/apply-request.ts";
-import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
+import { MARK, refusalReason, STATUS_INITIALIZED, STATUS_REFUSED } from "../contract/mark.ts";
 import { CaptureConfigError, parseCaptureConfig, type CaptureConfigInput, type CaptureIssue } from "../contract/capture-config.ts";
 import { ANNOTATION, deriveCaptureInput } from "./capture-from-pod.ts";
 import { podIPs, proxyContainer, type Pod } from "./pod.ts";
@@ -83,7 +83,18 @@ export type Decision =
       readonly warnings: readonly CaptureIssue[];
     }
   | { readonly action: "skip"; readonly reason: SkipReason; readonly detail?: string }
-  | { readonly action: "error"; readonly reason: "invalid-capture"; readonly detail: string; readonly issues: readonly CaptureIssue[] };
+  | { readonly action: "error"; readonly reason: "invalid-capture"; readonly detail: string; readonly issues: readonly CaptureIssue[] }
+  | {
+      /** Invalid, and the pod's waiter waits: its node-runner marks it refused with `refusal`, and the waiter fails at once saying why. */
+      readonly action: "refuse";
+      readonly reason: "invalid-capture";
+      readonly detail: string;
+      readonly issues: readonly CaptureIssue[];
+      readonly refusal: string;
+      readonly pod: PodRef;
+      readonly hostIP: string;
+      readonly node: string;
+    };
 
 export interface NamespaceFacts {
   readonly labels?: Readonly<Record<string, string>>;
@@ -122,7 +133,13 @@ export function decide(input: DecisionInput): Decision {
     parseCaptureConfig(capture, derived.sources, derived.issues);
   } catch (err) {
     if (!(err instanceof CaptureConfigError)) throw err;
-    return { action: "error", reason: "invalid-capture", detail: err.message, issues: err.issues };
+    const error = { action: "error", reason: "invalid-capture", detail: err.message, issues: err.issues } as const;
+    // A waiter that waits for rules that will never come is told so (once: not again when the mark already says it).
+    const refusal = refusalReason(`invalid capture configuration: ${err.message}`);
+    const annotations = input.pod.metadata.annotations ?? {};
+    const told = annotations[MARK.status] === STATUS_REFUSED && annotations[MARK.reason] === refusal;
+    if (!carriesWaiter(input.pod) || told) return error;
+    return { ...error, action: "refuse", refusal, pod: target.pod, hostIP: target.hostIP, node: target.node };
   }
   return { action: "apply", ...target, capture, warnings };
 }

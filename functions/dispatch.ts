@@ -1,11 +1,20 @@
-// Signed apply requests to the node-runner on the pod's node (docs/architecture.md §6): one
+// Signed apply (and refusal) requests to the node-runner on the pod's node (docs/architecture.md §6): one
 // attempt each, over keep-alive connections, with a timeout and concurrency bounds (overall and
 // per node). Retries, coalescing and backoff are the work queue's (work-queue.ts).
 import { isRetryableRefusal, REFUSAL } from "../contract/refusals.ts";
 import { randomUUID, type KeyObject } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
-import { API_VERSION, APPLY_PATH, CONTENT_TYPE, applyResponseSchema, errorResponseSchema, type ApplyRequest } from "../contract/apply-request.ts";
+import {
+  API_VERSION,
+  APPLY_PATH,
+  CONTENT_TYPE,
+  REFUSE_PATH,
+  applyResponseSchema,
+  errorResponseSchema,
+  type ApplyRequest,
+  type RefuseRequest,
+} from "../contract/apply-request.ts";
 import { signRequest } from "../contract/signature.ts";
 import type { Decision } from "./decision.ts";
 import { ConcurrencyLimit } from "../lib/concurrency.ts";
@@ -13,6 +22,9 @@ import { errorMessage } from "../lib/errors.ts";
 import { formatHostPort } from "../lib/listen-address.ts";
 
 export type ApplyDecision = Extract<Decision, { action: "apply" }>;
+export type RefuseDecision = Extract<Decision, { action: "refuse" }>;
+/** What is sent to a node-runner: rules to apply, or a refusal to mark. */
+export type DispatchDecision = ApplyDecision | RefuseDecision;
 
 export type DispatchResult =
   | { readonly ok: true; readonly status: 200; readonly result: string }
@@ -43,7 +55,7 @@ export interface DispatcherOptions {
    */
   readonly maxPerNode?: number;
   /** Override where a node's runner is reached (tests: everything on loopback). */
-  readonly addressFor?: (decision: ApplyDecision) => string;
+  readonly addressFor?: (decision: DispatchDecision) => string;
 }
 
 export class Dispatcher {
@@ -62,7 +74,7 @@ export class Dispatcher {
    * Send one signed apply request. The node's slot is taken first: a pod waiting for a busy node
    * holds none of the shared ones. `onSending`: when the slots are had and the request goes.
    */
-  async send(decision: ApplyDecision, policyId: string, onSending?: () => void): Promise<DispatchResult> {
+  async send(decision: DispatchDecision, policyId: string, onSending?: () => void): Promise<DispatchResult> {
     let node = this.nodeSlots.get(decision.node);
     if (node === undefined) {
       node = new ConcurrencyLimit(this.options.maxPerNode ?? 8);
@@ -82,22 +94,20 @@ export class Dispatcher {
     }
   }
 
-  private payload(decision: ApplyDecision, policyId: string): Buffer {
-    const body: ApplyRequest = {
-      apiVersion: API_VERSION,
-      kind: "ApplyRequest",
-      node: decision.node,
-      pod: decision.pod,
-      capture: decision.capture,
-      decision: { reason: decision.reason, policy: policyId },
-    };
+  private payload(decision: DispatchDecision, policyId: string): Buffer {
+    const common = { apiVersion: API_VERSION, node: decision.node, pod: decision.pod, decision: { reason: decision.reason, policy: policyId } } as const;
+    const body: ApplyRequest | RefuseRequest =
+      decision.action === "apply"
+        ? { ...common, kind: "ApplyRequest", capture: decision.capture }
+        : { ...common, kind: "RefuseRequest", refusal: decision.refusal };
     return Buffer.from(JSON.stringify(body));
   }
 
-  private once(decision: ApplyDecision, payload: Buffer): Promise<DispatchResult> {
+  private once(decision: DispatchDecision, payload: Buffer): Promise<DispatchResult> {
     const host = this.options.addressFor?.(decision) ?? decision.hostIP;
     const authority = formatHostPort(host, this.options.port);
-    const headers = signRequest({ method: "POST", authority, path: APPLY_PATH, contentType: CONTENT_TYPE, body: payload }, this.options.signingKey(), {
+    const requestPath = decision.action === "apply" ? APPLY_PATH : REFUSE_PATH;
+    const headers = signRequest({ method: "POST", authority, path: requestPath, contentType: CONTENT_TYPE, body: payload }, this.options.signingKey(), {
       now: Date.now(),
       nonce: randomUUID(),
     });
@@ -107,7 +117,7 @@ export class Dispatcher {
         {
           host,
           port: this.options.port,
-          path: APPLY_PATH,
+          path: requestPath,
           method: "POST",
           agent: this.agent,
           timeout: this.options.timeoutMs ?? 5000,

@@ -9,7 +9,7 @@ import { formatIssues, formatWarning } from "../contract/capture-config.ts";
 import { BoundedMap } from "../lib/bounded-map.ts";
 import { errorMessage } from "../lib/errors.ts";
 import { decide, LEGACY_OPT_IN, skipDecision, strandedWaiter, type Decision, type DecisionInput, type NamespaceFacts } from "./decision.ts";
-import type { ApplyDecision, Dispatcher } from "./dispatch.ts";
+import type { DispatchDecision, Dispatcher } from "./dispatch.ts";
 import type { FunctionMetrics } from "./metrics.ts";
 import { proxyContainer, type Pod } from "./pod.ts";
 import type { Policy } from "./policy.ts";
@@ -86,7 +86,7 @@ export interface PodSource {
 /** What the work queue holds per pod: the decision to send, and what it came from. */
 interface QueuedPod {
   readonly pod: Pod;
-  readonly decision: ApplyDecision;
+  readonly decision: DispatchDecision;
   readonly policyId: string;
   readonly log: Logger;
   readonly queuedAt: number;
@@ -216,9 +216,12 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     if (stranded !== undefined) warnStranded(pod, stranded, log);
     if (decision.action === "skip") return skipped(decision, name, log);
     metrics.decisions.inc({ action: decision.action, reason: decision.reason });
-    if (decision.action === "error") {
-      log.warn({ decision: "error", reason: decision.reason, detail: decision.detail }, "pod refused: invalid capture configuration");
-      if (policy.document.mode === "enforce") warnPod(pod, "NetworkInitFailed", `invalid capture configuration: ${decision.detail}`, log);
+    if (decision.action === "error" || decision.action === "refuse") {
+      log.warn({ decision: decision.action, reason: decision.reason, detail: decision.detail }, "pod refused: invalid capture configuration");
+      if (policy.document.mode !== "enforce") return { pod: name, outcome: "invalid", reason: decision.detail };
+      warnPod(pod, "NetworkInitFailed", `invalid capture configuration: ${decision.detail}`, log);
+      // Its waiter is told at once, through its node-runner's mark.
+      if (decision.action === "refuse") queue(decision, pod, policy, log);
       return { pod: name, outcome: "invalid", reason: decision.detail };
     }
     if (policy.document.mode === "dry-run") {
@@ -233,7 +236,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     return queue(decision, pod, policy, log);
   }
 
-  function queue(decision: ApplyDecision, pod: Pod, policy: Policy, log: Logger): HandledPod {
+  function queue(decision: DispatchDecision, pod: Pod, policy: Policy, log: Logger): HandledPod {
     const offered = work.add(pod.metadata.uid ?? "", { pod, decision, policyId: policy.id, log, queuedAt: performance.now() });
     if (offered === "full") {
       metrics.queueFull.inc();
@@ -259,7 +262,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
         const policy = deps.policy();
         const decision = timed(decide, fresh, policy, await namespaceFactsFor(fresh, policy), false);
         // Nothing to send any more (initialized meanwhile, skipped or dry-run under the policy now): said as any decision is.
-        if (decision.action !== "apply" || policy.document.mode !== "enforce") {
+        if ((decision.action !== "apply" && decision.action !== "refuse") || policy.document.mode !== "enforce") {
           act(decision, fresh, policy, item.log);
           return { done: true };
         }
@@ -273,7 +276,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     metrics.dispatchDuration.observe({ result: result.ok ? result.result : "failed" }, (performance.now() - item.queuedAt) / 1000);
     if (result.ok) {
       item.log.info(
-        { decision: "apply", reason: item.decision.reason, node: item.decision.node, result: result.result, retries: retry },
+        { decision: item.decision.action, reason: item.decision.reason, node: item.decision.node, result: result.result, retries: retry },
         `dispatched: ${result.result}`,
       );
       return { done: true };
@@ -281,7 +284,10 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     // Not done: the same notification, redelivered, a retry or the resync must try again.
     handled.delete(uid);
     metrics.dispatchFailures.inc({ status: String(result.status), reason: result.reason });
-    item.log.warn({ decision: "apply", node: item.decision.node, status: result.status, reason: result.reason, retries: retry }, "dispatch failed");
+    item.log.warn(
+      { decision: item.decision.action, node: item.decision.node, status: result.status, reason: result.reason, retries: retry },
+      "dispatch failed",
+    );
     if (!result.retryable) return { done: true };
     return { done: false, ...(result.retryAfterMs === undefined ? {} : { retryAfterMs: result.retryAfterMs }) };
   }

@@ -6,7 +6,7 @@
 // that the server's logic does not depend on how the API is spoken (lib/kube-http.ts).
 import { z } from "zod";
 import { type PodRef } from "../contract/apply-request.ts";
-import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
+import { MARK, refusalReason, STATUS_INITIALIZED, STATUS_REFUSED } from "../contract/mark.ts";
 import { recordPodEvent } from "../lib/pod-event.ts";
 import { ApiError, apiRequest, podPath, type ApiConnection } from "../lib/kube-http.ts";
 
@@ -15,7 +15,11 @@ import { ApiError, apiRequest, podPath, type ApiConnection } from "../lib/kube-h
  * (`found`); or why not. `detail` is the API server's own message.
  */
 export type PodIdentity =
-  | { readonly kind: "found"; readonly terminating: boolean }
+  | {
+      readonly kind: "found";
+      readonly terminating: boolean;
+      /** The mark's status as it is now (`initialized`, `refused`), if any. */ readonly marked?: string;
+    }
   | { readonly kind: "not-found" }
   | { readonly kind: "uid-mismatch"; readonly detail: string }
   | { readonly kind: "not-on-this-node"; readonly detail: string };
@@ -24,6 +28,8 @@ export interface PodApi {
   /** Throws when the API server cannot say (unavailable, deadline). */
   identify(pod: PodRef): Promise<PodIdentity>;
   markInitialized(pod: PodRef, mark: { netns: string; rules: string }): Promise<void>;
+  /** Mark the pod refused with the reason (one line, at most MAX_REFUSAL_REASON characters). */
+  markRefused(pod: PodRef, reason: string): Promise<void>;
   clearMark(pod: PodRef): Promise<void>;
   recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void>;
 }
@@ -47,7 +53,9 @@ export function identityFromApiError(err: unknown): Exclude<PodIdentity, { kind:
  * the API server transforms any object it returns when asked so.
  */
 export const METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
-const PodMetadata = z.object({ metadata: z.object({ uid: z.string(), deletionTimestamp: z.string().optional() }) });
+const PodMetadata = z.object({
+  metadata: z.object({ uid: z.string(), deletionTimestamp: z.string().optional(), annotations: z.record(z.string(), z.string()).optional() }),
+});
 
 export class KubePodApi implements PodApi {
   constructor(
@@ -74,15 +82,20 @@ export class KubePodApi implements PodApi {
     const parsed = PodMetadata.safeParse(answer);
     if (!parsed.success) throw new ApiError(0, `PATCH ${podPath(pod.namespace, pod.name)}: the answer is not the pod's metadata`);
     if (parsed.data.metadata.uid !== pod.uid) return { kind: "uid-mismatch", detail: `the pod has UID ${parsed.data.metadata.uid}` };
-    return { kind: "found", terminating: parsed.data.metadata.deletionTimestamp !== undefined };
+    const marked = parsed.data.metadata.annotations?.[MARK.status];
+    return { kind: "found", terminating: parsed.data.metadata.deletionTimestamp !== undefined, ...(marked === undefined ? {} : { marked }) };
   }
 
   async markInitialized(pod: PodRef, mark: { netns: string; rules: string }): Promise<void> {
-    await this.patchAnnotations(pod, { [MARK.status]: STATUS_INITIALIZED, [MARK.netns]: mark.netns, [MARK.rules]: mark.rules });
+    await this.patchAnnotations(pod, { [MARK.status]: STATUS_INITIALIZED, [MARK.netns]: mark.netns, [MARK.rules]: mark.rules, [MARK.reason]: null });
+  }
+
+  async markRefused(pod: PodRef, reason: string): Promise<void> {
+    await this.patchAnnotations(pod, { [MARK.status]: STATUS_REFUSED, [MARK.reason]: refusalReason(reason), [MARK.netns]: null, [MARK.rules]: null });
   }
 
   async clearMark(pod: PodRef): Promise<void> {
-    await this.patchAnnotations(pod, { [MARK.status]: null, [MARK.netns]: null, [MARK.rules]: null });
+    await this.patchAnnotations(pod, { [MARK.status]: null, [MARK.netns]: null, [MARK.rules]: null, [MARK.reason]: null });
   }
 
   private async patchAnnotations(pod: PodRef, annotations: Record<string, string | null>): Promise<void> {

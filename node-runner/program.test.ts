@@ -24,6 +24,7 @@ function refusingProgrammer(
     pods: {
       identify,
       markInitialized: () => assert.fail("nothing is marked"),
+      markRefused: () => Promise.resolve(),
       clearMark: () => assert.fail("nothing is cleared"),
       recordEvent,
     },
@@ -130,6 +131,7 @@ test("a namespace left without its process during the apply: 503 netns-not-found
     pods: {
       identify: () => Promise.resolve({ kind: "found", terminating: false }),
       markInitialized: () => assert.fail("a namespace nobody lives in is not marked"),
+      markRefused: () => assert.fail("nor refused"),
       clearMark: () => assert.fail("nothing is cleared"),
       recordEvent: () => Promise.resolve(),
     },
@@ -143,4 +145,36 @@ test("a namespace left without its process during the apply: 503 netns-not-found
     programmer.apply(pod, DEFAULT_CAPTURE_CONFIG, pino({ level: "silent" })),
     (err: unknown) => err instanceof Refusal && err.status === 503 && err.reason === "netns-not-found",
   );
+});
+
+test("an invalid capture marks the pod refused with the reason, unless it is initialized (what runs stays); the refusal is answered either way", async () => {
+  for (const marked of [undefined, "refused", "initialized"]) {
+    const refusedWith: string[] = [];
+    const programmer = createPodProgrammer({
+      nodeName: "node-a",
+      eventTiming: { quietMs: 0, maxDelayMs: 60_000 },
+      pods: {
+        identify: () => Promise.resolve({ kind: "found", terminating: false, ...(marked === undefined ? {} : { marked }) }),
+        markInitialized: () => assert.fail("nothing is initialized"),
+        markRefused: (_pod, reason) => {
+          refusedWith.push(reason);
+          return Promise.resolve();
+        },
+        clearMark: () => assert.fail("nothing is cleared"),
+        recordEvent: () => Promise.resolve(),
+      },
+      resolveNetns: () => assert.fail("an invalid capture never reaches the netns"),
+      applierFor: () => assert.fail("nor an applier"),
+      metrics: createMetrics({ defaultMetrics: false }),
+    });
+    await assert.rejects(
+      programmer.apply(pod, { excludeInboundPorts: "http" }, pino({ level: "silent" })),
+      (err: unknown) => err instanceof Refusal && err.status === 422,
+    );
+    if (marked === "initialized") assert.deepEqual(refusedWith, [], "an initialized pod keeps its mark");
+    else assert.match(refusedWith[0] ?? "", /^invalid capture configuration: /);
+    const asked = await programmer.refuse(pod, "invalid capture configuration: x", pino({ level: "silent" }));
+    assert.equal(asked.result, marked === "initialized" ? "kept-initialized" : "refused");
+    await programmer.flushEvents();
+  }
 });

@@ -5,6 +5,7 @@
 import { REFUSAL, type RefusalReason, type RefusalSpec } from "../contract/refusals.ts";
 import type { Logger } from "pino";
 import type { PodRef, ProgramOutcome } from "../contract/apply-request.ts";
+import { STATUS_INITIALIZED } from "../contract/mark.ts";
 import { CaptureConfigError, parseCaptureConfig } from "../contract/capture-config.ts";
 import { errorMessage } from "../lib/errors.ts";
 import { ApplyError } from "./apply/commands.ts";
@@ -64,6 +65,8 @@ export interface PodProgrammer {
   apply(pod: PodRef, capture: unknown, log: Logger): Promise<ProgramOutcome>;
   /** The pod's rules removed and its mark cleared. */
   remove(pod: PodRef, log: Logger): Promise<ProgramOutcome>;
+  /** The pod marked refused with the reason (the function found its configuration invalid), unless it is initialized. */
+  refuse(pod: PodRef, reason: string, log: Logger): Promise<ProgramOutcome>;
   /** Sends the Events still waiting, quiet or not (shutdown); resolves when none is pending. */
   flushEvents(): Promise<void>;
   /** Events being sent or waiting. */
@@ -77,12 +80,29 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
    * namespace of its own is the netns resolution's to find: a hostNetwork pod's processes are
    * only in the node's (`host-netns`).
    */
-  async function checkPodIdentity(pod: PodRef, route: "apply" | "remove"): Promise<void> {
+  async function checkPodIdentity(pod: PodRef, route: "apply" | "remove"): Promise<Extract<PodIdentity, { kind: "found" }>> {
     const identity = await deps.pods.identify(pod).catch((err: unknown): never => {
       throw new Refusal("api-unavailable", `cannot check the pod with the API server: ${errorMessage(err)}`);
     });
     if (identity.kind !== "found") throw identityRefusal(pod, identity, "");
     if (route === "apply" && identity.terminating) throw new Refusal("terminating", "the pod is being deleted");
+    return identity;
+  }
+
+  /**
+   * A pod whose configuration can never be applied is marked refused with the reason, so that
+   * its waiter fails at once saying why; never one already initialized (what runs stays, with
+   * its rules). A mark that cannot be written is only logged: the refusal is answered anyway.
+   */
+  async function markRefused(pod: PodRef, identity: Extract<PodIdentity, { kind: "found" }>, reason: string, log: Logger): Promise<boolean> {
+    if (identity.marked === STATUS_INITIALIZED) return false;
+    try {
+      await deps.pods.markRefused(pod, reason);
+      return true;
+    } catch (err) {
+      log.warn({ err: errorMessage(err) }, "could not mark the pod refused");
+      return false;
+    }
   }
 
   function identityRefusal(pod: PodRef, identity: Exclude<PodIdentity, { kind: "found" }>, when: string): Refusal {
@@ -145,13 +165,15 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   }
 
   /** The pod's capture configuration cannot be applied here: 422, and the pod is told. */
-  function invalidCapture(pod: PodRef, message: string, log: Logger): Refusal {
+  async function invalidCapture(pod: PodRef, identity: Extract<PodIdentity, { kind: "found" }>, message: string, log: Logger): Promise<Refusal> {
     recordEvent(pod, "Warning", "NetworkInitFailed", `invalid capture configuration: ${message}`, log);
+    await markRefused(pod, identity, `invalid capture configuration: ${message}`, log);
     return new Refusal("invalid-capture", message);
   }
 
   async function applyIn(
     pod: PodRef,
+    identity: Extract<PodIdentity, { kind: "found" }>,
     capture: ReturnType<typeof parseCaptureConfig>,
     netns: OpenNetns,
     resolved: ResolvedNetns,
@@ -163,7 +185,10 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
       result = await (await deps.applierFor(netns, pod.uid)).apply(capture);
     } catch (err) {
       recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${errorMessage(err)}`, log);
-      throw asRefusal(err);
+      const refusal = asRefusal(err);
+      // The namespace's tables refuse these rules (nothing changed): that stays so until someone changes them.
+      if (refusal instanceof Refusal && refusal.reason === "rules-refused") await markRefused(pod, identity, `the rules were refused: ${refusal.message}`, log);
+      throw refusal;
     }
     deps.metrics.applyDuration.observe({ result: result.result }, (performance.now() - t0) / 1000);
     // The descriptor kept the namespace alive however the pod fared meanwhile: a sandbox that
@@ -192,23 +217,38 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   return {
     apply: (pod, captureInput, log) =>
       events.during(async () => {
-        await checkPodIdentity(pod, "apply");
+        const identity = await checkPodIdentity(pod, "apply");
         let capture: ReturnType<typeof parseCaptureConfig>;
         try {
           capture = parseCaptureConfig(captureInput);
         } catch (err) {
           if (!(err instanceof CaptureConfigError)) throw err;
-          throw invalidCapture(pod, err.message, log);
+          throw await invalidCapture(pod, identity, err.message, log);
         }
         const unknownGroups = unknownOwnerGroups(capture, deps.groupFile);
         if (unknownGroups.length > 0) {
-          throw invalidCapture(
+          throw await invalidCapture(
             pod,
+            identity,
             `owner group ${unknownGroups.map((g) => JSON.stringify(g)).join(", ")} is not known on node ${deps.nodeName}: use a numeric GID`,
             log,
           );
         }
-        return withNetns(pod, (netns, resolved) => applyIn(pod, capture, netns, resolved, log));
+        return withNetns(pod, (netns, resolved) => applyIn(pod, identity, capture, netns, resolved, log));
+      }),
+    refuse: (pod, reason, log) =>
+      events.during(async () => {
+        const identity = await checkPodIdentity(pod, "apply");
+        if (identity.marked === STATUS_INITIALIZED) return { result: "kept-initialized" };
+        try {
+          await deps.pods.markRefused(pod, reason);
+        } catch (err) {
+          const gone = identityFromApiError(err);
+          if (gone !== undefined) throw identityRefusal(pod, gone, " any more");
+          throw new Refusal("api-unavailable", `the pod could not be marked refused: ${errorMessage(err)}`);
+        }
+        log.info({ refusal: reason }, "pod marked refused");
+        return { result: "refused" };
       }),
     remove: (pod) =>
       events.during(async () => {

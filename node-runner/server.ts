@@ -8,8 +8,10 @@ import type { Logger } from "pino";
 import {
   APPLY_PATH,
   MAX_BODY_BYTES,
+  REFUSE_PATH,
   REMOVE_PATH,
   applyRequestSchema,
+  refuseRequestSchema,
   removeRequestSchema,
   type ApplyResponse,
   type ErrorResponse,
@@ -18,6 +20,9 @@ import { ConcurrencyLimit } from "../lib/concurrency.ts";
 import { errorMessage, formatSchemaIssues } from "../lib/errors.ts";
 import { acceptedUntilMs, verifyDigest, verifySignature, type SignedMessage, type VerifyResult } from "../contract/signature.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
+
+/** The signed routes: what a request asks of the pod. */
+type Route = "apply" | "remove" | "refuse";
 import { createPodProgrammer, Refusal, type PodProgrammer, type ProgramDeps } from "./program.ts";
 import type { ReplayCache } from "./replay.ts";
 
@@ -92,6 +97,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
   for (const [routePath, route] of [
     [APPLY_PATH, "apply"],
     [REMOVE_PATH, "remove"],
+    [REFUSE_PATH, "refuse"],
   ] as const) {
     app.post(
       routePath,
@@ -107,7 +113,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
   // Express recognises an error handler by its four parameters.
   app.use((err: unknown, req: Request, res: Response, _next: express.NextFunction) => {
     const e = err as { type?: string; status?: number; message?: string };
-    const route = req.path === APPLY_PATH ? "apply" : req.path === REMOVE_PATH ? "remove" : "other";
+    const route = req.path === APPLY_PATH ? "apply" : req.path === REMOVE_PATH ? "remove" : req.path === REFUSE_PATH ? "refuse" : "other";
     if (e.type === "entity.too.large" && route !== "other") {
       refuse(res, deps.log.child({ route }), route, tooLarge());
       return;
@@ -119,7 +125,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
    * Who signed, for this address, and fresh — from the headers alone: the signature covers the
    * Content-Digest header, so nobody without a signing key makes this process buffer a body.
    */
-  function signedFirst(req: Request, res: Response, next: express.NextFunction, route: "apply" | "remove"): void {
+  function signedFirst(req: Request, res: Response, next: express.NextFunction, route: Route): void {
     const log = deps.log.child({ requestId: requestIdOf(req), route });
     try {
       // A body declared larger than any request is refused unread, signed or not.
@@ -155,14 +161,14 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
     }
   }
 
-  function refuse(res: Response, log: Logger, route: "apply" | "remove" | "other", err: Refusal): void {
+  function refuse(res: Response, log: Logger, route: Route | "other", err: Refusal): void {
     deps.metrics.requests.inc({ route, result: err.reason });
     log.warn({ status: err.status, reason: err.reason, detail: err.message }, `refused: ${err.reason}`);
     if (err.retryAfterSeconds !== undefined) res.set("Retry-After", String(err.retryAfterSeconds));
     res.status(err.status).json({ error: STATUS_TEXT[err.status], reason: err.reason, detail: err.message } satisfies ErrorResponse);
   }
 
-  async function handle(req: Request, res: Response, route: "apply" | "remove"): Promise<void> {
+  async function handle(req: Request, res: Response, route: Route): Promise<void> {
     const started = performance.now();
     let log = deps.log.child({ requestId: requestIdOf(req), route });
     try {
@@ -193,7 +199,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       } catch {
         throw new Refusal("malformed", "body is not JSON");
       }
-      const parsed = (route === "apply" ? applyRequestSchema : removeRequestSchema).safeParse(json);
+      const parsed = (route === "apply" ? applyRequestSchema : route === "remove" ? removeRequestSchema : refuseRequestSchema).safeParse(json);
       if (!parsed.success) {
         throw new Refusal("malformed", formatSchemaIssues(parsed.error, "(body)"));
       }
@@ -205,7 +211,13 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       if (request.node !== deps.nodeName) throw new Refusal("wrong-node", `request for node ${request.node}, this is ${deps.nodeName}`);
 
       // 6 onwards: the pod, its netns, the rules, the mark (program.ts).
-      const outcome = await queue.run(pod.uid, () => ("capture" in request ? programmer.apply(pod, request.capture, log) : programmer.remove(pod, log)));
+      const outcome = await queue.run(pod.uid, () =>
+        request.kind === "ApplyRequest"
+          ? programmer.apply(pod, request.capture, log)
+          : request.kind === "RefuseRequest"
+            ? programmer.refuse(pod, request.refusal, log)
+            : programmer.remove(pod, log),
+      );
       const durationMs = Math.round((performance.now() - started) * 10) / 10;
       deps.metrics.requests.inc({ route, result: outcome.result });
       log.info({ ...outcome, durationMs, decision: request.decision }, `${route}: ${outcome.result}`);

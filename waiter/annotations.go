@@ -55,10 +55,15 @@ const (
 	markInitialized markState = "initialized"
 	markNotYet      markState = "not-yet"
 	markOtherNetns  markState = "other-netns"
+	markRefused     markState = "refused"
 )
 
-// markStateOf tells whether the pod is marked initialized for the netns with inode own.
+// markStateOf tells whether the pod is marked initialized for the netns with inode own, or
+// refused (for whatever netns: a refusal is about the pod's configuration).
 func markStateOf(annotations map[string]string, own string) markState {
+	if annotations[markStatusKey] == statusRefused {
+		return markRefused
+	}
 	if annotations[markStatusKey] != statusInitialized {
 		return markNotYet
 	}

@@ -5,6 +5,8 @@ package main
 const (
 	markStatusKey           = "pod-network-controller.istio.io/status"
 	markNetnsKey            = "pod-network-controller.istio.io/netns"
+	markReasonKey           = "pod-network-controller.istio.io/reason"
 	statusInitialized       = "initialized"
+	statusRefused           = "refused"
 	excludeOutboundPortsKey = "traffic.sidecar.istio.io/excludeOutboundPorts"
 )

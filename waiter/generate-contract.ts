@@ -4,7 +4,7 @@
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { ISTIO_TRAFFIC_ANNOTATION } from "../contract/istio-annotations.ts";
-import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
+import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../contract/mark.ts";
 
 export const CONTRACT_GO_FILE = path.join(import.meta.dirname, "contract.go");
 
@@ -12,7 +12,9 @@ export function contractGo(): string {
   const constants: [string, string][] = [
     ["markStatusKey", MARK.status],
     ["markNetnsKey", MARK.netns],
+    ["markReasonKey", MARK.reason],
     ["statusInitialized", STATUS_INITIALIZED],
+    ["statusRefused", STATUS_REFUSED],
     ["excludeOutboundPortsKey", ISTIO_TRAFFIC_ANNOTATION.excludeOutboundPorts],
   ];
   const width = Math.max(...constants.map(([name]) => name.length));

@@ -19,6 +19,7 @@ const (
 	exitProbeFailed     = 11
 	exitBadAnnotations  = 12
 	exitOwnNetnsUnknown = 13
+	exitRefused         = 14
 	exitUsage           = 64
 )
 
@@ -167,6 +168,10 @@ func waitForInterception(o waitOptions) waitResult {
 			o.log(fmt.Sprintf("waiting: %s (own netns %s)", what, own))
 		}
 		lastState = state
+		if state == markRefused {
+			// Only the node-runner writes the mark, and a refusal can only make the pod fail: trusted at once.
+			return waitResult{exitRefused, "refused by the podnet controller: " + annotations[markReasonKey]}
+		}
 		if state == markInitialized {
 			if probe == nil {
 				if o.probe == nil {

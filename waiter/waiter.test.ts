@@ -11,6 +11,7 @@ import fc from "fast-check";
 import { assertAvailable, skipUnlessCI } from "../test/support/environment.ts";
 import { assertGoModuleClean, WAIT_EXIT, goProgram, goProgramsUnavailableReason } from "../test/support/go-programs.ts";
 import { CONTRACT_GO_FILE, contractGo } from "./generate-contract.ts";
+import { MARK, STATUS_REFUSED } from "../contract/mark.ts";
 
 const dir = import.meta.dirname;
 const unavailable = goProgramsUnavailableReason();
@@ -72,6 +73,24 @@ describe("the waiter binary with hostile input [needs Go]", skipUnlessCI(unavail
         }),
         { numRuns: 150 },
       );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a pod marked refused: the waiter exits at once with the refusal's reason in its termination message, whatever netns the mark names", () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "pnct-waiter-"));
+    try {
+      const file = path.join(dir, "annotations");
+      const log = path.join(dir, "termination-log");
+      const reason = 'invalid capture configuration: traffic.sidecar.istio.io/excludeOutboundPorts: "99999" is invalid';
+      // As the kubelet writes the file: key="Go-quoted value", one per line.
+      writeFileSync(file, `${MARK.status}=${JSON.stringify(STATUS_REFUSED)}\n${MARK.reason}=${JSON.stringify(reason)}\n`);
+      const started = Date.now();
+      const r = run([`--annotations=${file}`, `--termination-log=${log}`, "--no-probe", "--timeout=60", "--poll=5"]);
+      assert.equal(r.status, WAIT_EXIT.refused, r.stderr);
+      assert.ok(Date.now() - started < 5000, "at once, not at the timeout");
+      assert.equal(readFileSync(log, "utf8"), `refused by the podnet controller: ${reason}\n`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

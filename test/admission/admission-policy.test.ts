@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { MARK } from "../../contract/mark.ts";
+import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../../contract/mark.ts";
 import { KubePodApi, METADATA_ONLY } from "../../node-runner/kube.ts";
 import { ApiError, apiRequest, podPath, type ApiConnection } from "../../lib/kube-http.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
@@ -118,6 +118,29 @@ describe("admission policy for the project's annotations [needs control plane]",
     const marked = await admin.readNamespacedPod({ namespace: NS, name: "on-a" });
     assert.equal(marked.metadata?.annotations?.[MARK.netns], "4026532246");
     await runnerA.clearMark(pod("on-a"));
+  });
+
+  test("the node-runner marks a pod refused with a one-line reason (its real code path), then initialized (the reason goes); nobody else, no other status, no reason over 1024 characters", async () => {
+    await runnerA.markRefused(pod("on-a"), 'invalid capture configuration:\n  excludeOutboundPorts: "99999" is invalid');
+    let annotations = (await admin.readNamespacedPod({ namespace: NS, name: "on-a" })).metadata?.annotations ?? {};
+    assert.equal(annotations[MARK.status], STATUS_REFUSED);
+    assert.equal(annotations[MARK.reason], 'invalid capture configuration: excludeOutboundPorts: "99999" is invalid');
+    // A long reason is cut to the policy's bound by the runner itself.
+    await runnerA.markRefused(pod("on-a"), "x".repeat(5000));
+    assert.equal((await admin.readNamespacedPod({ namespace: NS, name: "on-a" })).metadata?.annotations?.[MARK.reason]?.length, 1024);
+    await runnerA.markInitialized(pod("on-a"), { netns: "4026532246", rules: "0123456789abcdef" });
+    annotations = (await admin.readNamespacedPod({ namespace: NS, name: "on-a" })).metadata?.annotations ?? {};
+    assert.equal(annotations[MARK.status], STATUS_INITIALIZED);
+    assert.equal(annotations[MARK.reason], undefined);
+    await runnerA.clearMark(pod("on-a"));
+
+    const annotate = (client: k8s.CoreV1Api, values: Record<string, string>) =>
+      client.patchNamespacedPod({ namespace: NS, name: "on-a", body: { metadata: { annotations: values } } }, merge);
+    await assert.rejects(annotate(admin, { [MARK.status]: STATUS_REFUSED, [MARK.reason]: "forged" }), forbidden(/only the podnet node-runner may set/));
+    await assert.rejects(annotate(admin, { [MARK.reason]: "forged" }), forbidden(/only the podnet node-runner may set/));
+    await assert.rejects(annotate(runnerCore, { [MARK.status]: "skipped" }), forbidden(/initialized or refused, nothing else/));
+    await assert.rejects(annotate(runnerCore, { [MARK.status]: STATUS_REFUSED, [MARK.reason]: "y".repeat(1025) }), forbidden(/at most 1024 characters/));
+    await assert.rejects(runnerA.markRefused(pod("on-b"), "no"), forbidden(/may only mark pods bound to that node/));
   });
 
   test("the node-runner cannot mark a pod on another node", async () => {

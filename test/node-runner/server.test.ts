@@ -9,8 +9,8 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { APPLY_PATH, REMOVE_PATH } from "../../contract/apply-request.ts";
-import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
+import { APPLY_PATH, REFUSE_PATH, REMOVE_PATH } from "../../contract/apply-request.ts";
+import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../../contract/mark.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { signRequest } from "../../contract/signature.ts";
 import { httpStatus, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
@@ -206,11 +206,52 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
       if (what === "hostNetwork pod") assert.doesNotMatch(execFileSync("iptables-save", { encoding: "utf8" }), /ISTIO/, "nothing applied to the node");
       await logged(new RegExp(`"msg":"refused: ${reason}"`), what);
     }
+    // Of these, only the invalid capture is the pod's own lasting fault: it is marked refused, saying why.
     const pod = await core.readNamespacedPod({ name: "guarded", namespace: NS });
-    assert.equal(pod.metadata?.annotations?.[MARK.status], undefined, "not marked");
+    assert.equal(pod.metadata?.annotations?.[MARK.status], STATUS_REFUSED);
+    assert.match(pod.metadata.annotations[MARK.reason] ?? "", /^invalid capture configuration: .*excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
     const failed = await waitForPodEvent(core, { namespace: NS, uid }, "NetworkInitFailed");
     assert.match(failed.message ?? "", /excludeInterfaces: "eth0 -j ACCEPT" is invalid/);
     assert.equal(failed.type, "Warning");
+  });
+
+  test("a refusal marks the pod refused; an apply then initializes it (the reason goes) and a later refusal keeps it so; bad refusals change nothing", async () => {
+    const { uid, ip, sandbox } = await createPod("refusable");
+    const other = await createPod("refusable-elsewhere", { nodeName: "node-b" });
+    const refusal = (p: { name: string; uid: string; ip: string }, text: string) => ({
+      apiVersion: "podnet/v1",
+      kind: "RefuseRequest",
+      node: NODE,
+      pod: { namespace: NS, name: p.name, uid: p.uid, ips: [p.ip] },
+      refusal: text,
+      decision: { reason: "invalid-capture", policy: "test" },
+    });
+    const annotations = async () => (await core.readNamespacedPod({ name: "refusable", namespace: NS })).metadata?.annotations ?? {};
+    const first = await signedPost(REFUSE_PATH, refusal({ name: "refusable", uid, ip }, 'invalid capture configuration: "99999" is not a port'));
+    assert.deepEqual([first.status, first.body.result], [200, "refused"], JSON.stringify(first.body));
+    assert.deepEqual(
+      [(await annotations())[MARK.status], (await annotations())[MARK.reason]],
+      [STATUS_REFUSED, 'invalid capture configuration: "99999" is not a port'],
+    );
+    assert.doesNotMatch(sandbox.exec(["iptables-save"]), /ISTIO/, "a refusal applies nothing");
+
+    const applied = await signedPost(APPLY_PATH, applyRequest({ name: "refusable", uid, ip }));
+    assert.equal(applied.status, 200, JSON.stringify(applied.body));
+    assert.equal((await annotations())[MARK.status], STATUS_INITIALIZED);
+    assert.equal((await annotations())[MARK.reason], undefined);
+    const late = await signedPost(REFUSE_PATH, refusal({ name: "refusable", uid, ip }, "invalid capture configuration: changed since"));
+    assert.deepEqual([late.status, late.body.result], [200, "kept-initialized"]);
+    assert.equal((await annotations())[MARK.status], STATUS_INITIALIZED, "what runs stays");
+
+    for (const [what, payload, status, reason] of [
+      ["another node's pod", refusal({ name: "refusable-elsewhere", uid: other.uid, ip: other.ip }, "x"), 409, "not-on-this-node"],
+      ["an empty reason", refusal({ name: "refusable", uid, ip }, ""), 400, "malformed"],
+      ["a reason over 1024 characters", refusal({ name: "refusable", uid, ip }, "y".repeat(1025)), 400, "malformed"],
+    ] as const) {
+      const reply = await signedPost(REFUSE_PATH, payload);
+      assert.deepEqual([reply.status, reply.body.reason], [status, reason], `${what}: ${JSON.stringify(reply.body)}`);
+    }
+    assert.equal((await core.readNamespacedPod({ name: "refusable-elsewhere", namespace: NS })).metadata?.annotations?.[MARK.status], undefined);
   });
 
   test("under a flood of bad requests the server keeps serving", async () => {

@@ -9,7 +9,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync, readlinkSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
+import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { waitFor } from "../controlplane/harness.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
@@ -194,5 +194,37 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
       (err: unknown) => err instanceof k8s.ApiException && err.code === 403,
     );
     assert.equal((await read("plain-client")).metadata?.annotations?.[MARK.status], undefined);
+  });
+
+  test("a pod whose capture configuration is refused says why at once: its waiter exits 14 with the reason, which kubectl describe shows", async () => {
+    const { core, meshPod, appContainer } = s();
+    // Istio's injector accepts a port written "080" (it validates the number), and would render
+    // it as written; this project refuses it (docs/testing.md, "Where the project is stricter").
+    const created = Date.now();
+    await create(onNode(1, meshPod("refused", appContainer("server"), { annotations: { "traffic.sidecar.istio.io/excludeInboundPorts": "080" } })));
+    let pod: k8s.V1Pod | undefined;
+    const waiterState = (p: k8s.V1Pod | undefined) => {
+      const status = p?.status?.initContainerStatuses?.find((c) => c.name === WAITER_CONTAINER);
+      return status?.state?.terminated ?? status?.lastState?.terminated;
+    };
+    await waitFor(
+      "the waiter ended with the refusal",
+      60_000,
+      async () => {
+        pod = await read("refused");
+        return waiterState(pod) !== undefined;
+      },
+      undefined,
+      () => JSON.stringify(pod?.status?.initContainerStatuses),
+    );
+    const ended = waiterState(pod);
+    assert.equal(ended?.exitCode, 14, JSON.stringify(ended));
+    assert.match(ended.message ?? "", /^refused by the podnet controller: invalid capture configuration: .*excludeInboundPorts: "080"/);
+    const seconds = (Date.parse(String(ended.finishedAt)) - created) / 1000;
+    console.log(`refused pod: the waiter ended ${seconds.toFixed(1)} s after the pod was created (its timeout is 120 s)`);
+    assert.ok(seconds < 60, `at once, not at the waiter's timeout (${seconds} s)`);
+    const annotations = (await read("refused")).metadata?.annotations ?? {};
+    assert.equal(annotations[MARK.status], STATUS_REFUSED);
+    await core.deleteNamespacedPod({ namespace: NS, name: "refused", gracePeriodSeconds: 0 });
   });
 });

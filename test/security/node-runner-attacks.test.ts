@@ -10,7 +10,8 @@ import tls from "node:tls";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { APPLY_PATH } from "../../contract/apply-request.ts";
-import { MARK } from "../../contract/mark.ts";
+import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../../contract/mark.ts";
+import { KubePodApi } from "../../node-runner/kube.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { SIGNATURE_PROFILE, signRequest } from "../../contract/signature.ts";
 import { httpStatus, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
@@ -134,10 +135,14 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
     runner.process.kill("SIGKILL");
     await new Promise((r) => runner.process.once("exit", r));
     runner = await start({}, port);
-    await core.patchNamespacedPod(
-      { namespace: NS, name: pod.name, body: { metadata: { annotations: { [MARK.status]: null, [MARK.netns]: null, [MARK.rules]: null } } } },
-      k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
-    );
+    // The mark cleared as only a node-runner may (the admission policy refuses anyone else).
+    const runnerToken = await cp.serviceAccountToken("podnet-system", "podnet-node-runner", NODE);
+    await new KubePodApi({ server: new URL(cp.server), ca: cp.ca, token: () => runnerToken }, NODE).clearMark({
+      namespace: pod.namespace,
+      name: pod.name,
+      uid: pod.uid,
+      ips: [pod.ip],
+    });
     const replay = await send(body, headers);
     assert.equal(replay.status, 401, JSON.stringify(replay.body));
     assert.equal(replay.body.reason, "replay");
@@ -202,7 +207,11 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
     assert.equal(group.status, 422, JSON.stringify(group.body));
     assert.equal(group.body.reason, "invalid-capture");
     assert.match(String(group.body.detail), /owner group/);
-    assert.deepEqual(await marks(pod), {});
+    // The pod's configuration can never be applied on this node: marked refused, saying why.
+    assert.deepEqual(await marks(pod), {
+      [MARK.status]: STATUS_REFUSED,
+      [MARK.reason]: 'invalid capture configuration: owner group "nosuchgroup-podnet" is not known on node node-a: use a numeric GID',
+    });
 
     const tproxy = await post(signedApply(pod, { capture: { inboundInterceptionMode: "TPROXY" } }));
     assert.equal(tproxy.status, 200, JSON.stringify(tproxy.body));
@@ -214,6 +223,7 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
     assert.equal(conflict.status, 409, JSON.stringify(conflict.body));
     assert.equal(conflict.body.reason, "rules-refused");
     assert.equal(rules(pod), before, "the refused transaction changed nothing");
+    assert.equal((await marks(pod))[MARK.status], STATUS_INITIALIZED, "an initialized pod keeps its mark: its rules still run");
   });
 
   test("attack 9c: a request signed for another address → 421, nothing applied", async () => {

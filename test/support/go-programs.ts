@@ -36,4 +36,4 @@ export function assertGoModuleClean(dir: string, arches: readonly string[] = ["a
 }
 
 /** The waiter's exit codes as docs/reference.md documents them. */
-export const WAIT_EXIT = { ok: 0, timeout: 10, probeFailed: 11, badAnnotations: 12, ownNetnsUnknown: 13, usage: 64 } as const;
+export const WAIT_EXIT = { ok: 0, timeout: 10, probeFailed: 11, badAnnotations: 12, ownNetnsUnknown: 13, refused: 14, usage: 64 } as const;

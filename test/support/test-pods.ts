@@ -7,7 +7,7 @@
 // next TestPods.create().
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, rmdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readlinkSync, rmdirSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { pidAlive } from "../controlplane/harness.ts";
 
@@ -151,6 +151,9 @@ export class TestPods {
     if (pause.pid === undefined) throw new Error("could not start the pause process");
     writeFileSync(path.join(cgroupDir, "cgroup.procs"), String(pause.pid));
     this.processes.push(pause);
+    // The sandbox exists once its process has entered the namespace (nsenter does so after it
+    // starts): a pod is handed out only then, as the kubelet reports one only after its sandbox runs.
+    waitInNetns(pause.pid, statSync(`/run/netns/${netns}`).ino);
 
     const nsArgs = (o: { uid?: number; gid?: number }): string[] => [
       `--net=/run/netns/${netns}`,
@@ -295,4 +298,19 @@ function killQuietly(pid: number): void {
   } catch {
     // gone
   }
+}
+
+/** Wait (at most 5 s) until the process is in the network namespace with this inode. */
+function waitInNetns(pid: number, inode: number): void {
+  const wanted = `net:[${inode}]`;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (let i = 0; i < 500; i++) {
+    try {
+      if (readlinkSync(`/proc/${pid}/ns/net`) === wanted) return;
+    } catch {
+      // not readable yet, or gone: tried again, then reported
+    }
+    Atomics.wait(pause, 0, 0, 10);
+  }
+  throw new Error(`the pause process ${pid} did not enter its network namespace within 5 s`);
 }
