@@ -43,7 +43,11 @@ export const REFUSAL_ROWS = [
   },
   { status: 503, reasons: ["replay-cache-full"], retryAfterSeconds: 1, when: "too many live nonces" },
   { status: 503, reasons: ["replay-cache-unavailable"], retryAfterSeconds: 5, when: "the nonce journal cannot be written" },
-  { status: 400, reasons: ["malformed"], when: "not JSON, or not an `ApplyRequest` / `RemoveRequest` / `RefuseRequest` (parsed only after the signature verified)" },
+  {
+    status: 400,
+    reasons: ["malformed"],
+    when: "not JSON, or not an `ApplyRequest` / `RemoveRequest` / `RefuseRequest` (parsed only after the signature verified)",
+  },
   { status: 421, reasons: ["wrong-node"], when: "`node` is not this node" },
   {
     status: 409,
