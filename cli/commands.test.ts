@@ -30,7 +30,7 @@ describe("pnc plan", () => {
     assert.equal(code, EXIT.ok, err);
     assert.match(out, /^# pod shop\/web-1: iptables-restore --noflush \(IPv4\)\n\* nat\n/);
     assert.match(out, /-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n/);
-    assert.match(out, /-A ISTIO_OUTPUT -j ISTIO_REDIRECT\nCOMMIT\n$/);
+    assert.match(out, /-A ISTIO_OUTPUT -j ISTIO_REDIRECT\nCOMMIT\n# rules [0-9a-f]{16}: the mark's .*\n$/);
     assert.doesNotMatch(out, /ip6tables/);
   });
 
@@ -56,6 +56,21 @@ describe("pnc plan", () => {
     const { code, out } = run(["plan", example("injected-pod.yaml"), "--backend", "nftables"]);
     assert.equal(code, EXIT.ok);
     assert.match(out, /add table inet istio-proxy-nat\nflush table inet istio-proxy-nat\n/);
+  });
+
+  test("the rules digest the mark and the Event will carry, per backend", () => {
+    for (const backend of ["iptables-nft", "iptables-legacy", "nftables"]) {
+      const { code, out } = run(["plan", example("injected-pod.yaml"), "--backend", backend]);
+      assert.equal(code, EXIT.ok);
+      const digest = new RegExp(`\\n# rules ([0-9a-f]{16}): the mark's pod-network-controller\\.istio\\.io/rules once applied with ${backend}\\n$`).exec(
+        out,
+      )?.[1];
+      assert.ok(digest !== undefined, out);
+      assert.equal(
+        (JSON.parse(run(["plan", example("injected-pod.yaml"), "--backend", backend, "--json"]).out) as { rulesDigest: string }).rulesDigest,
+        digest,
+      );
+    }
   });
 
   test("--json is machine-readable", () => {
@@ -173,6 +188,32 @@ describe("pnc plan", () => {
     assert.equal(code, EXIT.ok);
     assert.match(out, /^apply \(needs-rules\)/);
     assert.equal(run(["decide", example("injected-pod.yaml"), "--policy", example("injected-pod.yaml")]).code, EXIT.invalidPolicy);
+  });
+
+  test("pnc decide --policy takes the cluster's ConfigMap as kubectl prints it (its policy.yaml), or refuses one without it", () => {
+    const configMap = path.join(root, "config/function/policy.configmap.yaml");
+    const inCluster = JSON.parse(run(["decide", example("injected-pod.yaml"), "--policy", configMap, "--json"]).out) as { policy: string; mode: string };
+    const document = /policy\.yaml: \|\n([\s\S]*)$/.exec(readFileSync(configMap, "utf8"))?.[1]?.replace(/^ {4}/gm, "") ?? "";
+    let fromDocument = "";
+    runPnc(["decide", example("injected-pod.yaml"), "--policy", "/policy.yaml", "--json"], {
+      stdout: (t) => (fromDocument += t),
+      stderr: () => undefined,
+      readFile: (p) => (p === "/policy.yaml" ? document : readFileSync(p, "utf8")),
+      readStdin: () => "",
+      writeFile: () => undefined,
+    });
+    assert.equal(inCluster.policy, (JSON.parse(fromDocument) as { policy: string }).policy, "the same policy as its document");
+    assert.equal(inCluster.mode, "enforce");
+    let err = "";
+    const code = runPnc(["decide", example("injected-pod.yaml"), "--policy", "/cm.yaml"], {
+      stdout: () => undefined,
+      stderr: (t) => (err += t),
+      readFile: (p) => (p === "/cm.yaml" ? "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: other }\ndata: { other.yaml: x }\n" : readFileSync(p, "utf8")),
+      readStdin: () => "",
+      writeFile: () => undefined,
+    });
+    assert.equal(code, EXIT.badInput);
+    assert.match(err, /a ConfigMap without data\.policy\.yaml/);
   });
 });
 

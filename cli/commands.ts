@@ -8,6 +8,7 @@ import { decide, type NamespaceFacts } from "../functions/decision.ts";
 import { parsePod, PodManifestError, type Pod } from "../functions/pod.ts";
 import { parsePolicy, PolicyError } from "../functions/policy.ts";
 import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
+import { MARK } from "../contract/mark.ts";
 import { generateKeys, KeyManifestError, rotateKeys, type KeyManifests } from "./keys.ts";
 import { generateTls, tlsManifests } from "./tls.ts";
 import { TemplateError, withWaiterImage } from "./istio-template.ts";
@@ -27,18 +28,20 @@ export const EXIT = {
 
 const USAGE = `usage:
   pnc plan <pod.yaml|pod.json|-> [--backend iptables-nft|iptables-legacy|nftables] [--family v4|v6|both] [--json]
-  pnc decide <pod.yaml|pod.json|-> [--namespace <namespace manifest>] [--policy <policy.yaml>] [--json]
+  pnc decide <pod.yaml|pod.json|-> [--namespace <namespace manifest>] [--policy <policy.yaml|configmap.yaml>] [--json]
   pnc keys generate [--namespace podnet-system] --out <dir>
   pnc keys rotate --secret <file> --configmap <file> --out <dir>
   pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>]
   pnc istio-template --waiter-image <image> [--template config/istio/podnet-injection-template.yaml]
+  pnc status [-n <namespace>] [--kubeconfig <file>] [--json]
 
   Prints the rules the node-runner would apply for the pod, derived the way istio-cni does
   (annotations, istio-proxy env and securityContext). --family defaults to the pod's own
   addresses (v4, or both when it has an IPv6 address); v6 and both preview IPv6 rules.
 
-  decide prints what the decision function would do with the pod (apply or skip, and why)
-  under the policy given (Istio defaults when none).
+  decide prints what the decision function would do with the pod (apply, skip or refuse, and
+  why) under the policy given (Istio defaults when none): a policy document, or the cluster's
+  ConfigMap (kubectl get configmap -n podnet-system podnet-policy -o yaml > policy.yaml).
 
   keys writes signing-keys.secret.yaml (the function's private keys) and
   public-keys.configmap.yaml (the node-runners' public keys); generate also writes the
@@ -50,6 +53,10 @@ const USAGE = `usage:
   istio-template prints the podnet injection template with the waiter image your install uses
   as its default (pods may still name another with podnet.istio.io/waiter-image): pass its
   output to istiod with --set-file sidecarInjectorWebhook.templates.podnet=<file>.
+
+  status lists the cluster's mesh pods: each one's mark (initialized with its rules, refused
+  with the reason, or none yet), its waiter's state, and for a pod without a mark the last
+  Warning the project recorded about it (needs a kubeconfig that may list pods and Events).
 
   The waiter init container is its own small program (waiter/, image target waiter).
 
@@ -140,10 +147,12 @@ function plan(args: readonly string[], io: Io): number {
   const podName = `${pod.metadata.namespace ?? "default"}/${pod.metadata.name ?? "(unnamed)"}`;
 
   const { text } = BACKEND[backend].render(config);
+  // What the mark's `rules` annotation and the NetworkInitialized Event will say, with this backend.
+  const rulesDigest = BACKEND[backend].digest(config);
   if (text.both !== undefined) {
     // One tool run for both families (nftables' inet tables).
     if (values.json) {
-      io.stdout(`${JSON.stringify({ pod: podName, backend, capture: input, nft: text.both, netSetup: stepsJson(netSetup) }, null, 2)}\n`);
+      io.stdout(`${JSON.stringify({ pod: podName, backend, rulesDigest, capture: input, nft: text.both, netSetup: stepsJson(netSetup) }, null, 2)}\n`);
       return EXIT.ok;
     }
     io.stdout(`# pod ${podName}: nft -f - (one transaction, IPv4${config.enableIPv6 ? " and IPv6" : ""} in inet tables)\n${text.both}`);
@@ -151,7 +160,7 @@ function plan(args: readonly string[], io: Io): number {
     const v4 = showV4 ? (text.v4 ?? null) : null;
     const v6 = showV6 ? (text.v6 ?? null) : null;
     if (values.json) {
-      io.stdout(`${JSON.stringify({ pod: podName, backend, capture: input, iptables: { v4, v6 }, netSetup: stepsJson(netSetup) }, null, 2)}\n`);
+      io.stdout(`${JSON.stringify({ pod: podName, backend, rulesDigest, capture: input, iptables: { v4, v6 }, netSetup: stepsJson(netSetup) }, null, 2)}\n`);
       return EXIT.ok;
     }
     if (v4 !== null) io.stdout(`# pod ${podName}: iptables-restore --noflush (IPv4)\n${v4}`);
@@ -160,6 +169,7 @@ function plan(args: readonly string[], io: Io): number {
   if (netSetup.length > 0) {
     io.stdout(`# network setup\n${netSetup.map((s) => `ip ${ipCommand(s, "add").join(" ")}`).join("\n")}\n`);
   }
+  io.stdout(`# rules ${rulesDigest}: the mark's ${MARK.rules} once applied with ${backend}\n`);
   return EXIT.ok;
 }
 
@@ -171,7 +181,7 @@ function decideCommand(args: readonly string[], io: Io): number {
   });
   if (positionals.length !== 1) throw new UsageError("decide takes exactly one pod manifest (a path, or - for stdin)");
   const pod = readPod(positionals[0] as string, io);
-  const policy = parsePolicy(values.policy === undefined ? "" : readText(values.policy, io));
+  const policy = parsePolicy(values.policy === undefined ? "" : policyText(values.policy, io));
   let namespace: NamespaceFacts | undefined;
   if (values.namespace !== undefined) {
     const ns = readDocument(values.namespace, io) as {
@@ -191,8 +201,9 @@ function decideCommand(args: readonly string[], io: Io): number {
   } else if (decision.action === "skip") {
     io.stdout(`skip (${decision.reason})${decision.detail === undefined ? "" : `: ${decision.detail}`}; policy ${policy.id}\n`);
   } else {
+    const told = decision.action === "refuse" ? ", marked refused (its waiter exits 14 with the reason)" : "";
     io.stderr(
-      `pnc: error (${decision.reason}): the pod would be refused and a NetworkInitFailed Event recorded:\n${decision.issues.map((i) => `  - ${formatIssue(i)}`).join("\n")}\n`,
+      `pnc: error (${decision.reason}): the pod would be refused${told} and a NetworkInitFailed Event recorded:\n${decision.issues.map((i) => `  - ${formatIssue(i)}`).join("\n")}\n`,
     );
     return EXIT.invalidCapture;
   }
@@ -257,6 +268,28 @@ function readText(source: string, io: Io): string {
   } catch (err) {
     throw new InputError(`cannot read ${source === "-" ? "stdin" : source}: ${errorMessage(err)}`);
   }
+}
+
+/** The file the function reads from the podnet-policy ConfigMap (config/function/policy.configmap.yaml). */
+const POLICY_KEY = "policy.yaml";
+
+/**
+ * A policy document, or the cluster's own ConfigMap as `kubectl get configmap podnet-policy -o
+ * yaml` prints it (its `policy.yaml`, which the function reads).
+ */
+function policyText(source: string, io: Io): string {
+  const text = readText(source, io);
+  let doc: unknown;
+  try {
+    doc = parseAllDocuments(text)[0]?.toJS({ maxAliasCount: 50 });
+  } catch {
+    return text; // not YAML at all: the policy parser says why
+  }
+  const configMap = doc as { kind?: unknown; apiVersion?: unknown; data?: Record<string, unknown> } | null | undefined;
+  if (configMap?.kind !== "ConfigMap" || configMap.apiVersion !== "v1") return text;
+  const policy = configMap.data?.[POLICY_KEY];
+  if (typeof policy !== "string") throw new InputError(`${source}: a ConfigMap without data.${POLICY_KEY} (the function's policy lives there)`);
+  return policy;
 }
 
 /** Read one Pod from a YAML or JSON file (or stdin for "-"). */

@@ -3,6 +3,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { runPnc, type Io } from "./commands.ts";
 import { ensureKeysMain } from "./keys-ensure.ts";
+import { statusMain } from "./status.ts";
 
 // Output piped into `head` and closed early is not an error.
 process.stdout.on("error", (err: NodeJS.ErrnoException) => {
@@ -22,5 +23,10 @@ const io: Io = {
     writeFileSync(path, text, { mode: path.endsWith(".secret.yaml") ? 0o600 : 0o644 });
   },
 };
-// The one command that talks to the API server (the chart's key Job) is asynchronous.
-process.exitCode = args[0] === "keys" && args[1] === "ensure" ? await ensureKeysMain(args.slice(2), io) : runPnc(args, io);
+// The commands that talk to the API server (the chart's key Job, status) are asynchronous.
+process.exitCode =
+  args[0] === "keys" && args[1] === "ensure"
+    ? await ensureKeysMain(args.slice(2), io)
+    : args[0] === "status"
+      ? await statusMain(args.slice(1), io)
+      : runPnc(args, io);

@@ -6,7 +6,9 @@ import type { NetnsRunner, NetnsTarget } from "./apply/commands.ts";
 import type { ApplyEngine, ApplyOutcome } from "./apply/engine.ts";
 import { IptablesEngine } from "./apply/iptables-engine.ts";
 import { commandOps } from "./apply/namespace-ops.ts";
-import { NftEngine } from "./apply/nft-engine.ts";
+import { NftEngine, nftRulesDigest } from "./apply/nft-engine.ts";
+import { rulesDigest } from "./apply/iptables-plan.ts";
+import { netSetupSteps } from "./rules/routes.ts";
 import type { IptablesVariant, RecordStore } from "./apply/records.ts";
 import { detectVariant, savesOfEmptyNftTables, type EarlierSaves } from "./apply/variant.ts";
 import { renderIptables } from "./rules/iptables.ts";
@@ -20,6 +22,8 @@ export interface Backend {
   readonly name: BackendName;
   /** What `pnc plan` prints: the input of the backend's tool, per address family where it has them. */
   render(config: CaptureConfig): { readonly text: Partial<Record<"v4" | "v6" | "both", string>> };
+  /** The `rules` annotation an apply of `config` with this backend leaves on the pod. */
+  digest(config: CaptureConfig): string;
   engine(records: RecordStore): ApplyEngine;
 }
 
@@ -28,6 +32,10 @@ const iptables = (name: IptablesBackend): Backend => ({
   render: (config) => {
     const plan = renderIptables(config);
     return { text: { v4: plan.v4.restore, ...(plan.v6 === null ? {} : { v6: plan.v6.restore }) } };
+  },
+  digest: (config) => {
+    const plan = renderIptables(config);
+    return rulesDigest(name, plan.v6 === null ? [plan.v4] : [plan.v4, plan.v6], netSetupSteps(config));
   },
   engine: (records) => new IptablesEngine(name, records),
 });
@@ -38,6 +46,7 @@ export const BACKEND: Readonly<Record<BackendName, Backend>> = {
   nftables: {
     name: "nftables",
     render: (config) => ({ text: { both: renderNftables(config).script } }),
+    digest: (config) => nftRulesDigest(renderNftables(config).script, netSetupSteps(config)),
     engine: (records) => new NftEngine(records),
   },
 };

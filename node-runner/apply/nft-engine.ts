@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import type { CaptureConfig } from "../../contract/capture-config.ts";
 import { NFT_TABLE } from "../rules/istio.ts";
 import { renderNftables } from "../rules/nftables.ts";
-import { netSetupSteps } from "../rules/routes.ts";
+import { netSetupSteps, type NetSetupStep } from "../rules/routes.ts";
 import type { ApplyEngine, ApplyOutcome } from "./engine.ts";
 import { replaceIpSteps } from "./ip-steps.ts";
 import type { NamespaceOps } from "./namespace-ops.ts";
@@ -25,6 +25,14 @@ function deleteTables(tables: readonly string[]): string[] {
   return tables.flatMap((t) => [`add table inet ${t}`, `delete table inet ${t}`]);
 }
 
+/** The `rules` annotation of an nftables apply: the transaction's script and the link steps, hashed. */
+export function nftRulesDigest(script: string, steps: readonly NetSetupStep[]): string {
+  return createHash("sha256")
+    .update(`nftables\n${script}${JSON.stringify(steps)}`)
+    .digest("hex")
+    .slice(0, 16);
+}
+
 export class NftEngine implements ApplyEngine {
   constructor(private readonly records: RecordStore) {}
 
@@ -39,10 +47,7 @@ export class NftEngine implements ApplyEngine {
   async apply(ops: NamespaceOps, netnsInode: string, podUid: string, config: CaptureConfig): Promise<ApplyOutcome> {
     const plan = renderNftables(config);
     const steps = netSetupSteps(config);
-    const digest = createHash("sha256")
-      .update(`nftables\n${plan.script}${JSON.stringify(steps)}`)
-      .digest("hex")
-      .slice(0, 16);
+    const digest = nftRulesDigest(plan.script, steps);
     const previous = this.records.get(netnsInode);
     const mine = previous?.podUid === podUid ? previous : undefined;
     const before = await this.listing(ops);

@@ -1,5 +1,6 @@
 // The node-runner's apply engine on real test pods: real network namespaces, real iptables.
 import assert from "node:assert/strict";
+import { BACKEND } from "../../node-runner/backends.ts";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -75,6 +76,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
 
       const first = await applier.apply(netns, pod.uid, config());
       assert.equal(first.result, "applied");
+      assert.equal(first.digest, BACKEND[variant].digest(config()), "the digest `pnc plan` prints is the one the mark carries");
       assert.match(save(), /-A ISTIO_OUTPUT -j ISTIO_REDIRECT/);
       assert.equal(
         (await detectVariant(commandOps(nsenterRunner, netns), variant === "iptables-nft" ? "iptables-legacy" : "iptables-nft", {}, () => netns.legacyTables()))
@@ -91,6 +93,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
       const changed = await applier.apply(netns, pod.uid, config({ inboundInterceptionMode: "TPROXY", excludeInterfaces: "eth9", dropInvalid: true }));
       assert.equal(changed.result, "applied");
       assert.notEqual(changed.digest, first.digest);
+      assert.equal(changed.digest, BACKEND[variant].digest(config({ inboundInterceptionMode: "TPROXY", excludeInterfaces: "eth9", dropInvalid: true })));
       const tproxy = save();
       assert.match(tproxy, /-A PREROUTING -i eth9 -j RETURN/);
       assert.match(tproxy, /TPROXY --on-port 15006/);
@@ -278,6 +281,7 @@ describe("node-runner apply on real network namespaces [needs root]", skipUnless
 
     const first = await applier.apply(netns, pod.uid, config({ inboundInterceptionMode: "TPROXY" }));
     assert.equal(first.result, "applied");
+    assert.equal(first.digest, BACKEND.nftables.digest(config({ inboundInterceptionMode: "TPROXY" })));
     assert.match(tables(), /istio-proxy-nat[\s\S]*istio-proxy-mangle/);
     assert.deepEqual(await applier.apply(netns, pod.uid, config({ inboundInterceptionMode: "TPROXY" })), { result: "unchanged", digest: first.digest });
 

@@ -18,7 +18,8 @@ describe("npm run cluster:up [needs root, control plane, node binaries, istioctl
   test("starts with timestamped progress, serves kubectl logs of the demo, and stops on SIGINT to npm, leaving nothing", async () => {
     assertAvailable(missing);
     const hostBefore = hostNetworkState();
-    const npm = spawn("npm", ["run", "--silent", "cluster:up", "--", "--nodes", "2"], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    // Its own process group: whatever happens, the finally below stops npm and the cluster it runs.
+    const npm = spawn("npm", ["run", "--silent", "cluster:up", "--", "--nodes", "2"], { cwd: root, stdio: ["ignore", "pipe", "pipe"], detached: true });
     let out = "";
     npm.stdout.on("data", (c: Buffer) => (out += c.toString()));
     npm.stderr.on("data", (c: Buffer) => (out += c.toString()));
@@ -29,7 +30,8 @@ describe("npm run cluster:up [needs root, control plane, node binaries, istioctl
           reject(new Error(`not ready after 240 s:\n${out}`));
         }, 240_000);
         const check = (): void => {
-          if (/cluster:up \S+ \+[\d.]+s ready/.test(out)) {
+          // The ready line, and the block it prints after it (whose last line says how to stop).
+          if (/cluster:up \S+ \+[\d.]+s ready/.test(out) && /\n {2}stop: Ctrl-C/.test(out)) {
             clearTimeout(timer);
             resolve();
           }
@@ -60,9 +62,14 @@ describe("npm run cluster:up [needs root, control plane, node binaries, istioctl
       assert.equal(execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).includes("pncc-"), false, "no namespace left");
       assert.equal(hostNetworkState(), hostBefore);
     } finally {
-      if (npm.exitCode === null) {
-        npm.kill("SIGKILL");
+      if (npm.exitCode === null && npm.pid !== undefined) {
+        // SIGINT to the group: the cluster removes what it made; SIGKILL if it does not end.
+        process.kill(-npm.pid, "SIGINT");
+        const timer = setTimeout(() => {
+          if (npm.pid !== undefined) process.kill(-npm.pid, "SIGKILL");
+        }, 60_000);
         await exited;
+        clearTimeout(timer);
       }
     }
   });

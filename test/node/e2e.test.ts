@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { readFileSync, readlinkSync } from "node:fs";
+import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../../contract/mark.ts";
@@ -17,6 +18,7 @@ import { missingRealNodeReason, podPids, podRef, RUNNER_LABEL, startRealNodeStac
 
 const missing = missingRealNodeReason();
 const NS = "shop";
+const root = path.resolve(import.meta.dirname, "../..");
 
 describe("end to end on a cluster of two real nodes [needs root, control plane, node binaries, istioctl and images]", skipUnlessCI(missing), () => {
   let stack: RealNodeStack | undefined;
@@ -225,6 +227,24 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
     assert.ok(seconds < 60, `at once, not at the waiter's timeout (${seconds} s)`);
     const annotations = (await read("refused")).metadata?.annotations ?? {};
     assert.equal(annotations[MARK.status], STATUS_REFUSED);
+
+    // The CLI says the same as the cluster: `pnc status` lists the refusal and the programmed
+    // pods' rules, and `pnc plan` of a live pod prints the digest its mark carries.
+    const kubeconfig = s().cp.writeKubeconfig("pnc", s().cp.adminToken);
+    const pnc = (args: string[], input?: string) =>
+      execFileSync(process.execPath, ["--import", "tsx", path.join(root, "cli/pnc.ts"), ...args], {
+        encoding: "utf8",
+        cwd: root,
+        ...(input === undefined ? {} : { input }),
+      });
+    const status = pnc(["status", "-n", NS, "--kubeconfig", kubeconfig]);
+    assert.match(status, /^NAMESPACE\s+NAME\s+NODE\s+MARK\s+WAITER\s+DETAIL$/m);
+    assert.match(status, /^shop\s+refused\s+pnc-node-2\s+refused\s+\S.*invalid capture configuration: .*excludeInboundPorts: "080"/m);
+    const server = await read("mesh-server");
+    const marked = server.metadata?.annotations?.[MARK.rules] ?? "";
+    assert.match(status, new RegExp(`^shop\\s+mesh-server\\s+pnc-node-1\\s+initialized\\s+exited 0( \\(\\d+ restarts\\))?\\s+rules ${marked} in netns`, "m"));
+    const planned = JSON.parse(pnc(["plan", "-", "--json", "--backend", "iptables-nft"], JSON.stringify(server))) as { rulesDigest: string };
+    assert.equal(planned.rulesDigest, marked, "pnc plan's digest is the mark's (the nodes' iptables is iptables-nft)");
     await core.deleteNamespacedPod({ namespace: NS, name: "refused", gracePeriodSeconds: 0 });
   });
 });

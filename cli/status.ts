@@ -1,0 +1,129 @@
+// `pnc status`: the cluster's mesh pods as the project sees them — each pod's mark (initialized
+// with its netns and rules, refused with the reason, or none yet), its waiter's state, and the
+// last Warning the project recorded about it when it has no mark. What to read first when a pod
+// waits. The rows are built by a pure function (podStatusRows); the API calls are at the edge.
+import { parseArgs } from "node:util";
+import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../contract/mark.ts";
+import { WAITER_CONTAINER } from "../functions/decision.ts";
+import { errorMessage } from "../lib/errors.ts";
+import { apiConnection, apiListAll, type ApiConnection } from "../lib/kube-http.ts";
+
+/** The label Istio's injector puts on every pod with a sidecar (the event source selects on it too). */
+const MESH_LABEL = "security.istio.io/tlsMode=istio";
+/** The project's Warning reasons (node-runner and function), the last of which explains an unmarked pod. */
+const PROJECT_WARNINGS = ["NetworkInitFailed", "NetworkInitSkipped"];
+
+interface PodSummary {
+  readonly metadata?: { readonly namespace?: string; readonly name?: string; readonly uid?: string; readonly annotations?: Record<string, string> };
+  readonly spec?: { readonly nodeName?: string };
+  readonly status?: {
+    readonly initContainerStatuses?: readonly {
+      readonly name?: string;
+      readonly restartCount?: number;
+      readonly state?: { readonly running?: object; readonly waiting?: { readonly reason?: string }; readonly terminated?: { readonly exitCode?: number } };
+    }[];
+  };
+}
+interface EventSummary {
+  readonly involvedObject?: { readonly uid?: string };
+  readonly reason?: string;
+  readonly message?: string;
+  readonly lastTimestamp?: string | null;
+  readonly eventTime?: string | null;
+}
+
+export interface StatusRow {
+  readonly namespace: string;
+  readonly name: string;
+  readonly node: string;
+  /** initialized, refused, or none */
+  readonly mark: string;
+  /** The waiter's state: running, exited <code>, waiting (<reason>), or - without one. */
+  readonly waiter: string;
+  /** The rules digest, the refusal's reason, or the last Warning the project recorded. */
+  readonly detail: string;
+}
+
+/** One row per pod, in namespace/name order. */
+export function podStatusRows(pods: readonly PodSummary[], events: readonly EventSummary[]): StatusRow[] {
+  const lastWarning = new Map<string, { at: string; text: string }>();
+  for (const e of events) {
+    const uid = e.involvedObject?.uid;
+    if (uid === undefined || !PROJECT_WARNINGS.includes(e.reason ?? "")) continue;
+    const at = e.lastTimestamp ?? e.eventTime ?? "";
+    const seen = lastWarning.get(uid);
+    if (seen === undefined || at >= seen.at) lastWarning.set(uid, { at, text: `${e.reason ?? ""}: ${e.message ?? ""}` });
+  }
+  return pods
+    .map((p): StatusRow => {
+      const annotations = p.metadata?.annotations ?? {};
+      const status = annotations[MARK.status];
+      const mark = status === STATUS_INITIALIZED || status === STATUS_REFUSED ? status : "none";
+      const detail =
+        mark === STATUS_INITIALIZED
+          ? `rules ${annotations[MARK.rules] ?? "?"} in netns ${annotations[MARK.netns] ?? "?"}`
+          : mark === STATUS_REFUSED
+            ? (annotations[MARK.reason] ?? "")
+            : (lastWarning.get(p.metadata?.uid ?? "")?.text ?? "");
+      return { namespace: p.metadata?.namespace ?? "", name: p.metadata?.name ?? "", node: p.spec?.nodeName ?? "", mark, waiter: waiterState(p), detail };
+    })
+    .sort((a, b) => a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));
+}
+
+function waiterState(p: PodSummary): string {
+  const w = p.status?.initContainerStatuses?.find((c) => c.name === WAITER_CONTAINER);
+  if (w === undefined) return "-";
+  const restarts = (w.restartCount ?? 0) > 0 ? ` (${w.restartCount ?? 0} restarts)` : "";
+  if (w.state?.terminated !== undefined) return `exited ${w.state.terminated.exitCode ?? "?"}${restarts}`;
+  if (w.state?.running !== undefined) return `running${restarts}`;
+  return `waiting${w.state?.waiting?.reason === undefined ? "" : ` (${w.state.waiting.reason})`}${restarts}`;
+}
+
+/** Aligned columns; the detail last and cut to a line's width. */
+export function formatStatusTable(rows: readonly StatusRow[]): string {
+  const header = { namespace: "NAMESPACE", name: "NAME", node: "NODE", mark: "MARK", waiter: "WAITER", detail: "DETAIL" };
+  const all = [header, ...rows];
+  const width = (key: keyof StatusRow): number => Math.max(...all.map((r) => r[key].length));
+  const columns = ["namespace", "name", "node", "mark", "waiter"] as const;
+  return all
+    .map((r) => {
+      const detail = r.detail.length > 120 ? `${r.detail.slice(0, 119)}…` : r.detail;
+      return `${columns.map((c) => r[c].padEnd(width(c))).join("  ")}  ${detail}`.trimEnd();
+    })
+    .join("\n");
+}
+
+async function listAll<T>(conn: ApiConnection, path: string, query: Record<string, string>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const item of apiListAll(conn, path, query, 500)) out.push(item as T);
+  return out;
+}
+
+export async function statusMain(args: readonly string[], io: { stdout: (text: string) => void; stderr: (text: string) => void }): Promise<number> {
+  let values: { namespace?: string | undefined; kubeconfig?: string | undefined; json: boolean };
+  try {
+    values = parseArgs({
+      args: [...args],
+      options: { namespace: { type: "string", short: "n" }, kubeconfig: { type: "string" }, json: { type: "boolean", default: false } },
+    }).values;
+  } catch (err) {
+    io.stderr(`pnc status: ${errorMessage(err)}\nusage: pnc status [-n <namespace>] [--kubeconfig <file>] [--json]\n`);
+    return 64;
+  }
+  try {
+    const conn = await apiConnection(values.kubeconfig ?? process.env.KUBECONFIG);
+    const scope = values.namespace === undefined ? "" : `/namespaces/${encodeURIComponent(values.namespace)}`;
+    const pods = await listAll<PodSummary>(conn, `/api/v1${scope}/pods`, { labelSelector: MESH_LABEL });
+    const events = (
+      await Promise.all(
+        PROJECT_WARNINGS.map((reason) => listAll<EventSummary>(conn, `/api/v1${scope}/events`, { fieldSelector: `involvedObject.kind=Pod,reason=${reason}` })),
+      )
+    ).flat();
+    const rows = podStatusRows(pods, events);
+    io.stdout(values.json ? `${JSON.stringify(rows, null, 2)}\n` : rows.length === 0 ? "no mesh pods\n" : `${formatStatusTable(rows)}\n`);
+    return 0;
+  } catch (err) {
+    io.stderr(`pnc status: ${errorMessage(err)}\n`);
+    return 1;
+  }
+}
