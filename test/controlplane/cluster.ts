@@ -123,6 +123,8 @@ export async function startCluster(options: { nodes?: number; family?: IpFamily;
   const log = options.log ?? ((): void => undefined);
   const count = options.nodes ?? 2;
   if (!Number.isInteger(count) || count < 1 || count > 8) throw new Error(`--nodes ${count}: between 1 and 8 nodes`);
+  const family = options.family ?? "ipv4";
+  if (!["ipv4", "dual", "ipv6"].includes(family)) throw new Error(`--family ${String(family)}: ipv4, dual or ipv6`);
   reapStaleClusters();
   const running = liveClusters();
   if (running.length > 0)
@@ -167,7 +169,7 @@ export async function startCluster(options: { nodes?: number; family?: IpFamily;
   };
 
   try {
-    network = createClusterNetwork(count, options.family ?? "ipv4");
+    network = createClusterNetwork(count, family);
     log(`network (${network.family}): fabric ${network.fabricAddresses.join(" ")}, ${count} node namespace(s) (${since()})`);
     cp = await startControlPlane({
       network: { netns: network.fabricNetns, addresses: network.fabricAddresses, serviceCidrs: network.serviceCidrs, serviceIps: network.apiServiceIps },

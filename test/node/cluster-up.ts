@@ -76,7 +76,7 @@ try {
       `  demo/web is a mesh pod on ${first?.name ?? ""} (its annotations carry the mark); demo/client, on ${last?.name ?? ""}, connects to it every 100 ms:`,
       `    ${kubectl} logs -n demo client     # "answer inbound 15006": intercepted by web's proxy`,
       `  the node-runners: ${kubectl} logs -n podnet-system -l app.kubernetes.io/name=podnet-node-runner`,
-      `  the function's log: ${stack.fnLogFile}; its metrics: ${stack.fn.metricsUrl}/metrics`,
+      `  the function's log: ${stack.fnLogFile}; its metrics: ${stack.fn.metricsUrl}/metrics; the event source's (Knative's adapter) log: ${stack.adapterLogFile}`,
       `  stop: Ctrl-C, or kill -INT ${process.pid} (removes everything, the kubeconfig included)`,
     ].join("\n"),
   );

@@ -208,6 +208,14 @@ describe("test cluster [needs root, control plane and node binaries]", skipUnles
     assert.equal(hostNetworkState(), hostBefore);
   });
 
+  test("a bad size or family is refused in one line before anything is made", async () => {
+    assertAvailable(missing);
+    await assert.rejects(startCluster({ nodes: 0 }), /^Error: --nodes 0: between 1 and 8 nodes$/);
+    await assert.rejects(startCluster({ nodes: 2, family: "ipv5" as "ipv4" }), /^Error: --family ipv5: ipv4, dual or ipv6$/);
+    assert.deepEqual(netnsList(), []);
+    assert.equal(hostNetworkState(), hostBefore);
+  });
+
   test("a run killed with SIGKILL is cleaned up by the next start; a second cluster is refused while one runs", async () => {
     assertAvailable(missing);
     const child = spawn(process.execPath, ["--import", "tsx", path.join(import.meta.dirname, "killed-cluster.ts")], { stdio: ["ignore", "pipe", "inherit"] });
