@@ -8,13 +8,14 @@
 // or, after a killed run, by the next start (reapStaleClusters): the machine-wide sysctls the
 // kubelet sets, and the mount points of the nodes' private directories (node.ts). The
 // host's own network namespace is never touched: `hostNetworkState` is what the tests compare.
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { freePort, pidAlive, reapStaleRuns, startControlPlane, waitFor, type ControlPlane } from "./harness.ts";
 import { createClusterNetwork, reapStaleNetworks, type ClusterNetwork, type IpFamily } from "./network.ts";
+import { killRecordedGroups, LoggedProcesses } from "./logged-processes.ts";
 import { IMAGE_DIR, NODE_BIN, NODE_PRIVATE_DIRS, reapStaleNodes, startNode, type RealNode } from "./node.ts";
 
 const RUN_PREFIX = "pnc-cluster-";
@@ -76,17 +77,7 @@ function cleanUpCluster(dir: string): void {
   } catch {
     // killed before anything was changed
   }
-  const pidsFile = path.join(dir, "pids");
-  if (existsSync(pidsFile)) {
-    for (const line of readFileSync(pidsFile, "utf8").split("\n")) {
-      if (line === "") continue;
-      try {
-        process.kill(-Number(line), "SIGKILL");
-      } catch {
-        // gone
-      }
-    }
-  }
+  killRecordedGroups(dir);
   for (const [key, value] of Object.entries(state.sysctls)) {
     try {
       writeFileSync(path.join("/proc/sys", key), value);
@@ -124,7 +115,7 @@ export async function startCluster(options: { nodes?: number; family?: IpFamily;
   const count = options.nodes ?? 2;
   if (!Number.isInteger(count) || count < 1 || count > 8) throw new Error(`--nodes ${count}: between 1 and 8 nodes`);
   const family = options.family ?? "ipv4";
-  if (!["ipv4", "dual", "ipv6"].includes(family)) throw new Error(`--family ${String(family)}: ipv4, dual or ipv6`);
+  if (!["ipv4", "dual", "ipv6"].includes(family)) throw new Error(`--family ${family}: ipv4, dual or ipv6`);
   reapStaleClusters();
   const running = liveClusters();
   if (running.length > 0)
@@ -135,8 +126,7 @@ export async function startCluster(options: { nodes?: number; family?: IpFamily;
   const since = (): string => `${((performance.now() - started) / 1000).toFixed(1)} s`;
 
   const dir = mkdtempSync(path.join(os.tmpdir(), `${RUN_PREFIX}${process.pid}-`));
-  const pidsFile = path.join(dir, "pids");
-  writeFileSync(pidsFile, "");
+  const controllers = new LoggedProcesses(dir);
   const state: ClusterState = {
     sysctls: Object.fromEntries(
       SYSCTLS.flatMap((k) => {
@@ -152,17 +142,12 @@ export async function startCluster(options: { nodes?: number; family?: IpFamily;
   let network: ClusterNetwork | undefined;
   let cp: ControlPlane | undefined;
   const nodes: RealNode[] = [];
-  const controllers: { child: ChildProcess; exited: Promise<void> }[] = [];
   let stopped = false;
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
     for (const node of [...nodes].reverse()) await node.stop();
-    for (const c of controllers) {
-      if (c.child.exitCode !== null || c.child.signalCode !== null || c.child.pid === undefined) continue;
-      process.kill(-c.child.pid, "SIGTERM");
-      await c.exited;
-    }
+    await controllers.stop();
     await cp?.stop();
     network?.remove();
     cleanUpCluster(dir);
@@ -180,23 +165,7 @@ export async function startCluster(options: { nodes?: number; family?: IpFamily;
     // ServiceAccounts, kube-root-ca.crt, garbage collection; scheduling), in the fabric.
     const kubeconfig = cp.writeKubeconfig("cluster-admin", cp.adminToken, "cluster");
     const startController = async (name: string, command: string, args: string[]): Promise<void> => {
-      const out = createWriteStream(path.join(dir, `${name}.log`));
-      const child = spawn("nsenter", [`--net=/run/netns/${network?.fabricNetns ?? ""}`, "--", command, ...args, "--secure-port", String(await freePort())], {
-        detached: true,
-        stdio: ["ignore", "pipe", "pipe"],
-        env: { PATH: process.env.PATH },
-      });
-      child.stdout.pipe(out);
-      child.stderr.pipe(out);
-      if (child.pid !== undefined) writeFileSync(pidsFile, `${child.pid}\n`, { flag: "a" });
-      controllers.push({
-        child,
-        exited: new Promise((resolve) =>
-          child.once("exit", () => {
-            resolve();
-          }),
-        ),
-      });
+      controllers.start(name, command, [...args, "--secure-port", String(await freePort())], { netns: network?.fabricNetns ?? "" });
     };
     await startController("kube-controller-manager", NODE_BIN.controllerManager, [
       "--kubeconfig",

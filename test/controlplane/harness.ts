@@ -5,16 +5,19 @@
 // Every start gets a fresh directory named pnc-cp-<pid>-<random> under the system temp dir;
 // stop() kills every process it started (by process group) and removes the directory. A run
 // that was killed is cleaned up by the next start (see reapStaleRuns).
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, appendFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
-import { relayInto, RELAY_SCRIPT } from "./relays.ts";
+import { freePort, relayInto, RELAY_SCRIPT } from "./relays.ts";
+import { killGroup, killRecordedGroups, LoggedProcesses, running, type LoggedProcess } from "./logged-processes.ts";
+
+export { freePort };
 import { formatHostPort } from "../../lib/listen-address.ts";
 
 export const CACHE_DIR = process.env.PNC_CACHE_DIR ?? path.join(os.homedir(), ".cache", "pnc-controlplane");
@@ -37,20 +40,6 @@ export function missingBinariesReason(): string | undefined {
   return `control-plane binaries not built (${missing.map((p) => path.basename(p)).join(", ")}): run test/controlplane/build.sh`;
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => {
-        if (address === null || typeof address === "string") reject(new Error("no port"));
-        else resolve(address.port);
-      });
-    });
-  });
-}
-
 /** Is a process (still) running? */
 export function pidAlive(pid: number): boolean {
   try {
@@ -61,14 +50,6 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
-function killGroup(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pid, signal);
-  } catch {
-    // already gone
-  }
-}
-
 /** Remove what earlier runs left behind when they were killed before stop(). */
 export function reapStaleRuns(): number {
   let reaped = 0;
@@ -76,22 +57,11 @@ export function reapStaleRuns(): number {
     const match = /^pnc-cp-(\d+)-/.exec(entry);
     if (match === null || pidAlive(Number(match[1]))) continue;
     const dir = path.join(os.tmpdir(), entry);
-    const pidsFile = path.join(dir, "pids");
-    if (existsSync(pidsFile)) {
-      for (const line of readFileSync(pidsFile, "utf8").split("\n")) {
-        if (line !== "") killGroup(Number(line), "SIGKILL");
-      }
-    }
+    killRecordedGroups(dir);
     rmSync(dir, { recursive: true, force: true });
     reaped++;
   }
   return reaped;
-}
-
-interface Managed {
-  readonly name: string;
-  readonly child: ChildProcess;
-  readonly exited: Promise<void>;
 }
 
 /**
@@ -260,49 +230,14 @@ export async function startControlPlane(options: { log?: (line: string) => void;
   reapStaleRuns();
 
   const dir = mkdtempSync(path.join(os.tmpdir(), `${RUN_PREFIX}${process.pid}-`));
-  const pidsFile = path.join(dir, "pids");
-  writeFileSync(pidsFile, "");
-  const managed: Managed[] = [];
-
+  const processes = new LoggedProcesses(dir);
   const network = options.network;
   /** `inNetwork`: the process runs in the cluster's fabric namespace (when there is one). */
-  const start = (name: string, command: string, args: string[], env: NodeJS.ProcessEnv = {}, inNetwork = true): Managed => {
-    const logPath = path.join(dir, `${name}.log`);
-    const out = createWriteStream(logPath);
-    if (network !== undefined && inNetwork) {
-      args = [`--net=/run/netns/${network.netns}`, "--", command, ...args];
-      command = "nsenter";
-    }
-    // Own process group, so that stop() (and a later reap) reaches everything it forks.
-    const child = spawn(command, args, { detached: true, stdio: ["ignore", "pipe", "pipe"], env: { PATH: process.env.PATH, ...env } });
-    child.stdout.pipe(out);
-    child.stderr.pipe(out);
-    if (child.pid !== undefined) appendFileSync(pidsFile, `${child.pid}\n`);
-    const exited = new Promise<void>((resolve) => {
-      child.once("exit", () => {
-        resolve();
-      });
-    });
-    const m = { name, child, exited };
-    managed.push(m);
-    return m;
-  };
-  const exitedEarly = (m: Managed) => (): string | undefined =>
-    m.child.exitCode === null && m.child.signalCode === null
-      ? undefined
-      : `exited (${m.child.exitCode ?? m.child.signalCode ?? "?"}); log:\n${tail(path.join(dir, `${m.name}.log`))}`;
-
-  const stopAll = async (): Promise<void> => {
-    for (const m of [...managed].reverse()) {
-      if (m.child.pid === undefined || m.child.exitCode !== null || m.child.signalCode !== null) continue;
-      killGroup(m.child.pid, "SIGTERM");
-      const timer = setTimeout(() => {
-        if (m.child.pid !== undefined) killGroup(m.child.pid, "SIGKILL");
-      }, 5000);
-      await m.exited;
-      clearTimeout(timer);
-    }
-  };
+  const start = (name: string, command: string, args: string[], env: NodeJS.ProcessEnv = {}, inNetwork = true): LoggedProcess =>
+    processes.start(name, command, args, { env, ...(network !== undefined && inNetwork ? { netns: network.netns } : {}) });
+  const exitedEarly = (m: LoggedProcess) => (): string | undefined =>
+    running(m) ? undefined : `exited (${m.child.exitCode ?? m.child.signalCode ?? "?"}); log:\n${tail(path.join(dir, `${m.name}.log`))}`;
+  const stopAll = (): Promise<void> => processes.stop();
 
   try {
     // etcd
@@ -509,7 +444,7 @@ export async function startControlPlane(options: { log?: (line: string) => void;
       return {
         logFile: path.join(dir, "adapter.log"),
         stop: async () => {
-          if (m.child.pid !== undefined && m.child.exitCode === null && m.child.signalCode === null) {
+          if (m.child.pid !== undefined && running(m)) {
             killGroup(m.child.pid, "SIGTERM");
             await m.exited;
           }
@@ -575,7 +510,7 @@ export async function startControlPlane(options: { log?: (line: string) => void;
       ensureNamespace,
       serviceAccountToken,
       startAdapter,
-      pids: () => managed.filter((m) => m.child.exitCode === null && m.child.signalCode === null).map((m) => m.child.pid ?? -1),
+      pids: () => processes.pids(),
       stop: async () => {
         await stopAll();
         rmSync(dir, { recursive: true, force: true });

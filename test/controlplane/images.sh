@@ -35,33 +35,25 @@ export_image() { # <ref> <archive> <stamp> <start>
   echo "images: built $1 in $(( $(date +%s) - $4 )) s: $(bh images --format '{{.Size}}' "$1") (archive $(du -h "$2" | cut -f1))"
 }
 
-# The sandbox image: one static binary.
-pause_stamp="$(sha256sum "$cache/bin/pause" | cut -c1-16)"
-if up_to_date "$images/pause.oci.tar" "$pause_stamp"; then
-  echo "images: localhost/pnc/pause:test is up to date"
-else
+# An image of one static binary from the cache's bin/ (build.sh), from scratch.
+binary_image() { # <name> <user>
+  local ref="localhost/pnc/$1:test" stamp
+  stamp="$(sha256sum "$cache/bin/$1" | cut -c1-16)"
+  if up_to_date "$images/$1.oci.tar" "$stamp"; then
+    echo "images: $ref is up to date"
+    return
+  fi
+  local start c
   start=$(date +%s)
   c="$(bh from scratch)"
-  bh copy "$c" "$cache/bin/pause" /pause >/dev/null
-  bh config --entrypoint '["/pause"]' --user 65535:65535 "$c"
-  bh commit -q "$c" localhost/pnc/pause:test >/dev/null
+  bh copy "$c" "$cache/bin/$1" "/$1" >/dev/null
+  bh config --entrypoint "[\"/$1\"]" --user "$2" "$c"
+  bh commit -q "$c" "$ref" >/dev/null
   bh rm "$c" >/dev/null
-  export_image localhost/pnc/pause:test "$images/pause.oci.tar" "$pause_stamp" "$start"
-fi
-
-# The cluster's DNS: CoreDNS's static binary (build.sh).
-coredns_stamp="$(sha256sum "$cache/bin/coredns" | cut -c1-16)"
-if up_to_date "$images/coredns.oci.tar" "$coredns_stamp"; then
-  echo "images: localhost/pnc/coredns:test is up to date"
-else
-  start=$(date +%s)
-  c="$(bh from scratch)"
-  bh copy "$c" "$cache/bin/coredns" /coredns >/dev/null
-  bh config --entrypoint '["/coredns"]' --user 65532:65532 "$c"
-  bh commit -q "$c" localhost/pnc/coredns:test >/dev/null
-  bh rm "$c" >/dev/null
-  export_image localhost/pnc/coredns:test "$images/coredns.oci.tar" "$coredns_stamp" "$start"
-fi
+  export_image "$ref" "$images/$1.oci.tar" "$stamp" "$start"
+}
+binary_image pause 65535:65535 # the pods' sandbox process
+binary_image coredns 65532:65532 # the cluster's DNS
 
 # The Node base, at the version the Dockerfile pins. The official image trusts Node's bundled
 # CAs only; this machine reaches registries through an intercepting proxy, so the local base

@@ -9,13 +9,14 @@
 // outside its own directory — its cgroup trees and mounts — is undone by stop() or, after a
 // killed run, by the next start (reapStaleNodes); what the whole cluster changes on the host
 // (sysctls, paths the kubelet writes) is the cluster's (cluster.ts).
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, rmdirSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, rmdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { pidsWhere } from "../support/processes.ts";
 import { CACHE_DIR, pidAlive, waitFor, type ControlPlane } from "./harness.ts";
+import { killRecordedGroups, LoggedProcesses, running, type LoggedProcess } from "./logged-processes.ts";
 import { type NodeNetwork } from "./network.ts";
 
 export const NODE_BIN = {
@@ -123,14 +124,7 @@ function cleanUpNode(dir: string): void {
   } catch {
     // Killed before the state was written: nothing outside the directory was made yet.
   }
-  const pidsFile = path.join(dir, "pids");
-  const pids = existsSync(pidsFile)
-    ? readFileSync(pidsFile, "utf8")
-        .split("\n")
-        .filter((l) => l !== "")
-        .map(Number)
-    : [];
-  for (const pid of pids) killGroup(pid, "SIGKILL");
+  killRecordedGroups(dir);
   // containerd's shims and the pods' processes are in no process group of ours.
   for (const pid of pidsWhere((cmdline) => cmdline.startsWith("/usr/bin/containerd-shim") && cmdline.includes(dir))) killPid(pid);
   if (state !== undefined) killCgroupTree(state.cgroupRoot);
@@ -139,13 +133,6 @@ function cleanUpNode(dir: string): void {
   rmSync(dir, { recursive: true, force: true });
 }
 
-function killGroup(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pid, signal);
-  } catch {
-    // gone
-  }
-}
 function killPid(pid: number): void {
   try {
     process.kill(pid, "SIGKILL");
@@ -256,39 +243,18 @@ export async function startNode(cp: ControlPlane, options: NodeOptions): Promise
   const started = performance.now();
 
   const dir = mkdtempSync(path.join(os.tmpdir(), `${RUN_PREFIX}${process.pid}-`));
-  const pidsFile = path.join(dir, "pids");
-  writeFileSync(pidsFile, "");
+  const processes = new LoggedProcesses(dir);
   // The node's own tree, named after it: the chart's cgroupRoot `/$(NODE_NAME)` finds it (only
   // one cluster runs on a machine at a time: cluster.ts refuses a second).
   const cgroupRoot = name;
   const state: NodeState = { cgroupRoot };
   writeFileSync(path.join(dir, "state.json"), JSON.stringify(state));
 
-  const children: { name: string; child: ChildProcess; exited: Promise<void> }[] = [];
   /** The node's mount namespace, once made: every later process runs in it. */
   let mountNamespace: string | undefined;
   /** A process of the node, in its network (and mount) namespace, in a process group of its own. */
-  const start = (proc: string, command: string, args: string[]) => {
-    const out = createWriteStream(path.join(dir, `${proc}.log`));
-    const namespaces = [...(mountNamespace === undefined ? [] : [`--mount=${mountNamespace}`]), `--net=/run/netns/${network.netns}`];
-    const child = spawn("nsenter", [...namespaces, "--", command, ...args], {
-      detached: true,
-      stdio: ["ignore", "pipe", "pipe"],
-      env: { PATH: process.env.PATH },
-    });
-    child.stdout.pipe(out);
-    child.stderr.pipe(out);
-    if (child.pid !== undefined) writeFileSync(pidsFile, `${child.pid}\n`, { flag: "a" });
-    const exited = new Promise<void>((resolve) => {
-      child.once("exit", () => {
-        resolve();
-      });
-    });
-    const m = { name: proc, child, exited };
-    children.push(m);
-    return m;
-  };
-  const alive = (m: { child: ChildProcess }) => m.child.exitCode === null && m.child.signalCode === null;
+  const start = (proc: string, command: string, args: string[]): LoggedProcess =>
+    processes.start(proc, command, args, { netns: network.netns, ...(mountNamespace === undefined ? {} : { mountNamespace }) });
   const logText = (proc: string) => {
     try {
       return readFileSync(path.join(dir, `${proc}.log`), "utf8");
@@ -298,12 +264,12 @@ export async function startNode(cp: ControlPlane, options: NodeOptions): Promise
   };
   const logTail = (proc: string) => logText(proc).split("\n").slice(-25).join("\n");
   /** Wait for a probe while the node's process `proc` runs; its log tail tells why it failed. */
-  const waitWhile = (what: string, timeoutMs: number, probe: () => Promise<boolean> | boolean, proc: { name: string; child: ChildProcess }) =>
+  const waitWhile = (what: string, timeoutMs: number, probe: () => Promise<boolean> | boolean, proc: LoggedProcess) =>
     waitFor(
       what,
       timeoutMs,
       probe,
-      () => (alive(proc) ? undefined : `${proc.name} exited; log:\n${logTail(proc.name)}`),
+      () => (running(proc) ? undefined : `${proc.name} exited; log:\n${logTail(proc.name)}`),
       () => `${proc.name} log:\n${logTail(proc.name)}`,
     );
 
@@ -311,16 +277,7 @@ export async function startNode(cp: ControlPlane, options: NodeOptions): Promise
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
-    for (const m of [...children].reverse()) {
-      if (!alive(m) || m.child.pid === undefined) continue;
-      killGroup(m.child.pid, "SIGTERM");
-      const pid = m.child.pid;
-      const timer = setTimeout(() => {
-        killGroup(pid, "SIGKILL");
-      }, 5000);
-      await m.exited;
-      clearTimeout(timer);
-    }
+    await processes.stop();
     cleanUpNode(dir);
   };
 

@@ -10,13 +10,8 @@ import path from "node:path";
 
 export const RELAY_SCRIPT = path.join(import.meta.dirname, "relay.mjs");
 
-export interface Relay {
-  /** The port on 127.0.0.1 here. */
-  readonly port: number;
-  stop(): Promise<void>;
-}
-
-function freeLocalPort(): Promise<number> {
+/** A TCP port free on 127.0.0.1 now (the harness's, here to keep the harness's import of this module one-way). */
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once("error", reject);
@@ -28,6 +23,12 @@ function freeLocalPort(): Promise<number> {
       });
     });
   });
+}
+
+export interface Relay {
+  /** The port on 127.0.0.1 here. */
+  readonly port: number;
+  stop(): Promise<void>;
 }
 
 function started(child: ChildProcess): Promise<void> {
@@ -48,7 +49,7 @@ function started(child: ChildProcess): Promise<void> {
 export async function relayInto(netns: string, target: { host: string; port: number }): Promise<Relay> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "pnc-relay-"));
   const socket = path.join(dir, "relay.sock");
-  const port = await freeLocalPort();
+  const port = await freePort();
   const inside = spawn("nsenter", [`--net=/run/netns/${netns}`, "--", process.execPath, RELAY_SCRIPT, `unix:${socket}`, `tcp:${target.host}:${target.port}`], {
     stdio: ["ignore", "pipe", "pipe"],
   });

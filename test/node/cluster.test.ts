@@ -6,7 +6,7 @@
 // sysctls and paths are as before, while it runs and after it stops or is killed.
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { existsSync, readFileSync, readlinkSync } from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
@@ -15,6 +15,7 @@ import { CACHE_DIR, missingBinariesReason, waitFor } from "../controlplane/harne
 import { missingNodeReason, NODE_PRIVATE_DIRS, PAUSE_IMAGE } from "../controlplane/node.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { pidsWhere } from "../support/processes.ts";
+import { podPids } from "../support/real-node-stack.ts";
 
 const missing = missingBinariesReason() ?? missingNodeReason();
 const SYSCTLS = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/ipv4/ip_forward"];
@@ -36,19 +37,6 @@ describe("test cluster [needs root, control plane and node binaries]", skipUnles
   const sysctlsBefore = missing === undefined ? readSysctls() : {};
   const privateBefore = NODE_PRIVATE_DIRS.filter((p) => existsSync(p));
   const hostBefore = missing === undefined ? hostNetworkState() : "";
-  /** A running pod's processes, from its kubelet cgroup (`/<node>/kubepods/besteffort/pod<uid>`). */
-  const podPids = (pod: k8s.V1Pod): number[] => {
-    const dir = `/sys/fs/cgroup/pids/${pod.spec?.nodeName ?? ""}/kubepods/besteffort/pod${pod.metadata?.uid ?? ""}`;
-    return readdirSync(dir, { withFileTypes: true })
-      .filter((d) => d.isDirectory())
-      .flatMap((d) =>
-        readFileSync(path.join(dir, d.name, "cgroup.procs"), "utf8")
-          .split("\n")
-          .filter((l) => l !== ""),
-      )
-      .map(Number);
-  };
-
   before(async () => {
     if (missing !== undefined) return;
     const t0 = performance.now();

@@ -14,8 +14,7 @@ import { buildPrograms } from "../../scripts/build.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { deliver, pingEvent } from "../support/apiserversource.ts";
 import { APPLY_PATH } from "../../contract/apply-request.ts";
-import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
-import { manifestV8Flags, sendSigned, senderToken, signingKeyDirs, startFunction, startNodeRunner } from "../support/components.ts";
+import { applyRequestFor, manifestV8Flags, sendSigned, senderToken, signingKeyDirs, startFunction, startNodeRunner } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { largestPod } from "../support/large-objects.ts";
 import { peakRssMiB } from "../support/processes.ts";
@@ -88,14 +87,7 @@ describe(
             sendSigned(
               runner,
               APPLY_PATH,
-              {
-                apiVersion: "podnet/v1",
-                kind: "ApplyRequest",
-                node: NODE,
-                pod: { namespace: NS, name: pod.metadata?.name, uid: pod.metadata?.uid, ips: ["10.251.0.10"] },
-                capture: DEFAULT_CAPTURE_CONFIG,
-                decision: { reason: "mesh member", policy: "test" },
-              },
+              applyRequestFor(NODE, { namespace: NS, name: pod.metadata?.name ?? "", uid: pod.metadata?.uid ?? "", ips: ["10.251.0.10"] }),
               { keyid: "fn-1", privateKey: keys.signingKey.privateKey },
             ),
           ),

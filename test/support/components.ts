@@ -12,7 +12,8 @@ import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { generateTls } from "../../cli/tls.ts";
 import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
-import { NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
+import { API_VERSION, NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
+import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { freePort, httpStatus, type ControlPlane } from "../controlplane/harness.ts";
 import { scrapeMetrics } from "./metrics.ts";
 import { relayInto } from "../controlplane/relays.ts";
@@ -355,6 +356,16 @@ export function postToRunner(port: number, requestPath: string, body: Buffer, he
 }
 
 /** A signed request to a node-runner, as the function sends it (authority: the runner's address). */
+/** An ApplyRequest as the function sends one (the capture as given: invalid ones too, for refusals). */
+export function applyRequestFor(
+  node: string,
+  pod: { namespace: string; name: string; uid: string; ips: readonly string[] },
+  capture: unknown = DEFAULT_CAPTURE_CONFIG,
+) {
+  return { apiVersion: API_VERSION, kind: "ApplyRequest", node, pod, capture, decision: { reason: "test", policy: "test" } } as const;
+}
+
+/** Sign and send one request to a node-runner, as the function does. */
 export async function sendSigned(
   runner: { host: string; port: number },
   requestPath: string,

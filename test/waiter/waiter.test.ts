@@ -10,7 +10,7 @@ import * as k8s from "@kubernetes/client-node";
 import { APPLY_PATH } from "../../contract/apply-request.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
-import { scratchDir, sendSigned, signingKeyDirs, startNodeRunner, type Component } from "../support/components.ts";
+import { applyRequestFor, scratchDir, sendSigned, signingKeyDirs, startNodeRunner, type Component } from "../support/components.ts";
 import { writeAnnotationsFile } from "../support/downward-api.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, type MeshPod } from "../support/mesh-pods.ts";
@@ -89,19 +89,7 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
   }
 
   const apply = (pod: MeshPod, capture: object = DEFAULT_CAPTURE_CONFIG) =>
-    sendSigned(
-      runner,
-      APPLY_PATH,
-      {
-        apiVersion: "podnet/v1",
-        kind: "ApplyRequest",
-        node: NODE,
-        pod: { namespace: NS, name: pod.name, uid: pod.uid, ips: [pod.ip] },
-        capture,
-        decision: { reason: "test", policy: "test" },
-      },
-      keys.signingKey,
-    );
+    sendSigned(runner, APPLY_PATH, applyRequestFor(NODE, { namespace: NS, name: pod.name, uid: pod.uid, ips: [pod.ip] }, capture), keys.signingKey);
 
   test("waits while nothing is applied; exits 0 once the rules work, without waiting for the kubelet's annotation file", async (t) => {
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "web-1", nodeName: NODE });
