@@ -54,7 +54,7 @@ const V6: FamilyPlan = {
   defaultRoute: "::/0",
 };
 /** The plans of a cluster's families, the primary first. */
-export function familyPlans(family: IpFamily): readonly FamilyPlan[] {
+function familyPlans(family: IpFamily): readonly FamilyPlan[] {
   return family === "ipv4" ? [V4] : family === "ipv6" ? [V6] : [V4, V6];
 }
 
@@ -82,8 +82,6 @@ export interface ClusterNetwork {
   /** The DNS Service's address (the primary family's). */
   readonly dnsServiceIp: string;
   readonly nodes: readonly NodeNetwork[];
-  /** argv that runs `command` in a network namespace (nsenter: the mount namespace stays the host's). */
-  inNetns(netns: string, command: string, args: readonly string[]): { command: string; args: string[] };
   remove(): void;
 }
 
@@ -178,7 +176,6 @@ export function createClusterNetwork(nodeCount: number, family: IpFamily = "ipv4
       apiServiceIps: plans.map((p) => p.apiServiceIp),
       dnsServiceIp: plans[0]?.dnsServiceIp ?? "",
       nodes,
-      inNetns: (netns, command, args) => ({ command: "nsenter", args: [`--net=/run/netns/${netns}`, "--", command, ...args] }),
       remove,
     };
   } catch (err) {

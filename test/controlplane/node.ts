@@ -155,18 +155,11 @@ function cgroupHierarchies(): string[] {
   return out;
 }
 
-/** Every cgroup hierarchy's directory of `name` (v1 controllers and the v2 unified tree). */
-export function cgroupDirs(name: string): string[] {
-  const out: string[] = [];
-  const visit = (base: string): void => {
-    if (existsSync(path.join(base, "cgroup.procs"))) {
-      if (existsSync(path.join(base, name))) out.push(path.join(base, name));
-      return;
-    }
-    for (const entry of safeReaddir(base)) visit(path.join(base, entry));
-  };
-  visit(CGROUP_ROOT);
-  return out;
+/** Every cgroup hierarchy's directory of `name` (v1 controllers and the v2 unified tree), where it exists. */
+function cgroupDirs(name: string): string[] {
+  return cgroupHierarchies()
+    .map((h) => path.join(h, name))
+    .filter((d) => existsSync(d));
 }
 
 function safeReaddir(dir: string): string[] {
@@ -213,7 +206,7 @@ function removeCgroupTree(name: string): void {
 }
 
 /** Unmount every mount at or below `root`, deepest first (lazily: a busy mount goes when freed). */
-export function unmountUnder(root: string): void {
+function unmountUnder(root: string): void {
   const mounts = readFileSync("/proc/self/mountinfo", "utf8")
     .split("\n")
     .map((line) => line.split(" ")[4] ?? "")
