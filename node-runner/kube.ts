@@ -23,6 +23,10 @@ export type PodIdentity =
   | { readonly kind: "not-found" }
   | { readonly kind: "uid-mismatch"; readonly detail: string }
   | { readonly kind: "not-on-this-node"; readonly detail: string };
+/** The pod is what the request says, here. */
+export type FoundPod = Extract<PodIdentity, { kind: "found" }>;
+/** Why it is not. */
+export type MissingPod = Exclude<PodIdentity, { kind: "found" }>;
 
 export interface PodApi {
   /** Throws when the API server cannot say (unavailable, deadline). */
@@ -40,7 +44,7 @@ export interface PodApi {
  * refuses as a change of an immutable field), or is not this runner's to touch (403: the
  * admission policy, for a pod bound to another node).
  */
-export function identityFromApiError(err: unknown): Exclude<PodIdentity, { kind: "found" }> | undefined {
+export function identityFromApiError(err: unknown): MissingPod | undefined {
   if (!(err instanceof ApiError)) return undefined;
   if (err.code === 404) return { kind: "not-found" };
   if (err.code === 422 && err.causeFields.includes("metadata.uid")) return { kind: "uid-mismatch", detail: err.message };

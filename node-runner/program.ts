@@ -13,7 +13,7 @@ import { StateError } from "./apply/records.ts";
 import type { ChoosableNetns, NetnsApplier } from "./backends.ts";
 import { EventQueue } from "./events.ts";
 import { unknownOwnerGroups } from "./groups.ts";
-import { identityFromApiError, type PodApi, type PodIdentity } from "./kube.ts";
+import { identityFromApiError, type FoundPod, type MissingPod, type PodApi } from "./kube.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
 import { NetnsGoneError, netnsStillInhabited, openNetns, type NetnsResolution, type OpenNetns, type ResolvedNetns } from "./netns.ts";
 
@@ -80,7 +80,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
    * namespace of its own is the netns resolution's to find: a hostNetwork pod's processes are
    * only in the node's (`host-netns`).
    */
-  async function checkPodIdentity(pod: PodRef, route: "apply" | "remove"): Promise<Extract<PodIdentity, { kind: "found" }>> {
+  async function checkPodIdentity(pod: PodRef, route: "apply" | "remove"): Promise<FoundPod> {
     const identity = await deps.pods.identify(pod).catch((err: unknown): never => {
       throw new Refusal("api-unavailable", `cannot check the pod with the API server: ${errorMessage(err)}`);
     });
@@ -94,18 +94,14 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
    * its waiter fails at once saying why; never one already initialized (what runs stays, with
    * its rules). A mark that cannot be written is only logged: the refusal is answered anyway.
    */
-  async function markRefused(pod: PodRef, identity: Extract<PodIdentity, { kind: "found" }>, reason: string, log: Logger): Promise<boolean> {
-    if (identity.marked === STATUS_INITIALIZED) return false;
-    try {
-      await deps.pods.markRefused(pod, reason);
-      return true;
-    } catch (err) {
+  async function markRefused(pod: PodRef, identity: FoundPod, reason: string, log: Logger): Promise<void> {
+    if (identity.marked === STATUS_INITIALIZED) return;
+    await deps.pods.markRefused(pod, reason).catch((err: unknown) => {
       log.warn({ err: errorMessage(err) }, "could not mark the pod refused");
-      return false;
-    }
+    });
   }
 
-  function identityRefusal(pod: PodRef, identity: Exclude<PodIdentity, { kind: "found" }>, when: string): Refusal {
+  function identityRefusal(pod: PodRef, identity: MissingPod, when: string): Refusal {
     const named = `pod ${pod.namespace}/${pod.name}`;
     switch (identity.kind) {
       case "not-found":
@@ -165,7 +161,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   }
 
   /** The pod's capture configuration cannot be applied here: 422, and the pod is told. */
-  async function invalidCapture(pod: PodRef, identity: Extract<PodIdentity, { kind: "found" }>, message: string, log: Logger): Promise<Refusal> {
+  async function invalidCapture(pod: PodRef, identity: FoundPod, message: string, log: Logger): Promise<Refusal> {
     recordEvent(pod, "Warning", "NetworkInitFailed", `invalid capture configuration: ${message}`, log);
     await markRefused(pod, identity, `invalid capture configuration: ${message}`, log);
     return new Refusal("invalid-capture", message);
@@ -173,7 +169,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
 
   async function applyIn(
     pod: PodRef,
-    identity: Extract<PodIdentity, { kind: "found" }>,
+    identity: FoundPod,
     capture: ReturnType<typeof parseCaptureConfig>,
     netns: OpenNetns,
     resolved: ResolvedNetns,

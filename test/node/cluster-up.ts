@@ -9,7 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { CACHE_DIR } from "../controlplane/harness.ts";
-import { missingRealNodeReason, startRealNodeStack, type RealNodeStack } from "../support/real-node-stack.ts";
+import { missingRealNodeReason, onNode, startRealNodeStack, type RealNodeStack } from "../support/real-node-stack.ts";
 
 const started = Date.now();
 const say = (line: string): void => {
@@ -51,19 +51,14 @@ try {
   stack = await startRealNodeStack({ nodes, family, namespaces: [NS], log: say });
   writeFileSync(kubeconfig, stack.cp.kubeConfig().exportConfig(), { mode: 0o600 });
   const [first, last] = [stack.nodes[0], stack.nodes[stack.nodes.length - 1]];
-  const onNode = (name: string | undefined) => ({ nodeSelector: { "kubernetes.io/hostname": name ?? "" } });
-  const web = stack.meshPod("web", stack.appContainer("server"));
-  await stack.core.createNamespacedPod({
-    namespace: NS,
-    body: { ...web, spec: { ...web.spec, containers: web.spec?.containers ?? [], ...onNode(first?.name) } },
-  });
+  await stack.core.createNamespacedPod({ namespace: NS, body: onNode(first, stack.meshPod("web", stack.appContainer("server"))) });
   const running = await stack.waitRunning(NS, "web");
   await stack.core.createNamespacedPod({
     namespace: NS,
-    body: {
+    body: onNode(last, {
       metadata: { name: "client" },
-      spec: { automountServiceAccountToken: false, containers: [stack.appContainer("client", running.status?.podIP)], ...onNode(last?.name) },
-    },
+      spec: { automountServiceAccountToken: false, containers: [stack.appContainer("client", running.status?.podIP)] },
+    }),
   });
   await stack.waitRunning(NS, "client");
   const kubectl = `${path.join(CACHE_DIR, "bin", "kubectl")} --kubeconfig ${kubeconfig}`;

@@ -8,50 +8,28 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { readFileSync, readlinkSync } from "node:fs";
 import path from "node:path";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { waitFor } from "../controlplane/harness.ts";
-import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
-import { missingRealNodeReason, podPids, podRef, RUNNER_LABEL, startRealNodeStack, type RealNodeStack } from "../support/real-node-stack.ts";
+import { skipUnlessCI } from "../support/environment.ts";
+import { missingRealNodeReason, onNode as onNodeOf, podPids, podRef, realNodeStackFixture, RUNNER_LABEL } from "../support/real-node-stack.ts";
 
 const missing = missingRealNodeReason();
 const NS = "shop";
 const root = path.resolve(import.meta.dirname, "../..");
 
 describe("end to end on a cluster of two real nodes [needs root, control plane, node binaries, istioctl and images]", skipUnlessCI(missing), () => {
-  let stack: RealNodeStack | undefined;
-  const s = (): RealNodeStack => {
-    assertAvailable(missing);
-    assert.ok(stack !== undefined, "the stack started");
-    return stack;
-  };
-
-  before(async () => {
-    if (missing !== undefined) return;
-    stack = await startRealNodeStack({
-      namespaces: [NS],
-      log: (line) => {
-        console.log(`real node: ${line}`);
-      },
-    });
-  });
-  after(async () => {
-    if (stack !== undefined) console.log(`node-runner log (tail):\n${await stack.runnerLog(10).catch(() => "")}`);
-    await stack?.stop();
-  });
+  const s = realNodeStackFixture(missing, "real node", { namespaces: [NS] });
 
   const create = (body: k8s.V1Pod) => s().core.createNamespacedPod({ namespace: NS, body });
   const plainPod = (name: string, app: k8s.V1Container): k8s.V1Pod => ({
     metadata: { name },
     spec: { automountServiceAccountToken: false, containers: [app] },
   });
-  /** The pod, scheduled onto the cluster's node `index` (0-based) by the scheduler. */
-  const onNode = (index: number, pod: k8s.V1Pod): k8s.V1Pod => ({
-    ...pod,
-    spec: { ...(pod.spec as k8s.V1PodSpec), nodeSelector: { "kubernetes.io/hostname": s().nodes[index]?.name ?? "" } },
-  });
+  /** The pod, scheduled onto the cluster's node `index` (0-based). */
+  const onNode = (index: number, pod: k8s.V1Pod): k8s.V1Pod => onNodeOf(s().nodes[index], pod);
   const read = (name: string) => s().core.readNamespacedPod({ namespace: NS, name });
   const waiterExit = (p: k8s.V1Pod) => p.status?.initContainerStatuses?.find((c) => c.name === WAITER_CONTAINER)?.state?.terminated?.exitCode;
   const netnsOf = (pid: number) => /\[(\d+)\]/.exec(readlinkSync(`/proc/${pid}/ns/net`))?.[1] ?? "";

@@ -6,13 +6,13 @@
 // resolve through CoreDNS in the cluster's families.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import type * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { waitFor } from "../controlplane/harness.ts";
 import type { IpFamily } from "../controlplane/network.ts";
-import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
-import { missingRealNodeReason, podPids, podRef, RUNNER_LABEL, startRealNodeStack, type RealNodeStack } from "../support/real-node-stack.ts";
+import { skipUnlessCI } from "../support/environment.ts";
+import { missingRealNodeReason, onNode as onNodeOf, podPids, podRef, realNodeStackFixture, RUNNER_LABEL } from "../support/real-node-stack.ts";
 
 const missing = missingRealNodeReason();
 const NS = "shop";
@@ -22,31 +22,8 @@ for (const family of ["dual", "ipv6"] as const satisfies readonly IpFamily[]) {
     `${family === "dual" ? "a dual-stack" : "an IPv6-only"} cluster of two real nodes [needs root, control plane, node binaries, istioctl and images]`,
     skipUnlessCI(missing),
     () => {
-      let stack: RealNodeStack | undefined;
-      const s = (): RealNodeStack => {
-        assertAvailable(missing);
-        assert.ok(stack !== undefined, "the stack started");
-        return stack;
-      };
-      before(async () => {
-        if (missing !== undefined) return;
-        stack = await startRealNodeStack({
-          family,
-          namespaces: [NS],
-          log: (line) => {
-            console.log(`${family}: ${line}`);
-          },
-        });
-      });
-      after(async () => {
-        if (stack !== undefined) console.log(`node-runner log (tail):\n${await stack.runnerLog(10).catch(() => "")}`);
-        await stack?.stop();
-      });
-
-      const onNode = (index: number, pod: k8s.V1Pod): k8s.V1Pod => ({
-        ...pod,
-        spec: { ...(pod.spec as k8s.V1PodSpec), nodeSelector: { "kubernetes.io/hostname": s().nodes[index]?.name ?? "" } },
-      });
+      const s = realNodeStackFixture(missing, family, { family, namespaces: [NS] });
+      const onNode = (index: number, pod: k8s.V1Pod): k8s.V1Pod => onNodeOf(s().nodes[index], pod);
       const inPod = (pod: k8s.V1Pod, argv: string[]): string =>
         execFileSync("nsenter", [`--net=/proc/${podPids(pod)[0] ?? 0}/ns/net`, "--", ...argv], { encoding: "utf8", timeout: 15_000 });
 

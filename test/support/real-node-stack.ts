@@ -15,6 +15,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { after, before } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { parse as parseYaml } from "yaml";
 import { CACHE_DIR, missingBinariesReason, waitFor, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
@@ -22,6 +23,7 @@ import { startCluster, type Cluster } from "../controlplane/cluster.ts";
 import type { IpFamily } from "../controlplane/network.ts";
 import { IMAGE_DIR, missingNodeReason, type RealNode } from "../controlplane/node.ts";
 import { FUNCTION_AUDIENCE, startFunction, type Component } from "./components.ts";
+import { assertAvailable } from "./environment.ts";
 import { peakRssMiB, pidsWhere } from "./processes.ts";
 import { kubeInject, missingIstioReason, renderInjector, type InjectorFiles } from "./istio-injector.ts";
 
@@ -253,6 +255,37 @@ export async function startRealNodeStack(
     await stop();
     throw err;
   }
+}
+
+/** The pod, to be scheduled onto this node by the scheduler (its hostname label). */
+export function onNode(node: { name: string } | undefined, pod: k8s.V1Pod): k8s.V1Pod {
+  return { ...pod, spec: { ...(pod.spec as k8s.V1PodSpec), nodeSelector: { "kubernetes.io/hostname": node?.name ?? "" } } };
+}
+
+/**
+ * Inside a describe: the stack started before its tests and stopped after them (with the
+ * node-runners' log tail printed); the accessor fails a test when it could not start.
+ */
+export function realNodeStackFixture(missing: string | undefined, label: string, options: Parameters<typeof startRealNodeStack>[0] = {}): () => RealNodeStack {
+  let stack: RealNodeStack | undefined;
+  before(async () => {
+    if (missing !== undefined) return;
+    stack = await startRealNodeStack({
+      ...options,
+      log: (line) => {
+        console.log(`${label}: ${line}`);
+      },
+    });
+  });
+  after(async () => {
+    if (stack !== undefined) console.log(`node-runner log (tail):\n${await stack.runnerLog(10).catch(() => "")}`);
+    await stack?.stop();
+  });
+  return () => {
+    assertAvailable(missing);
+    assert.ok(stack !== undefined, "the stack started");
+    return stack;
+  };
 }
 
 /** The kubelet's cgroup of the pod (cgroupfs driver: <node's root>/kubepods[/<qos>]/pod<uid>), in the pids hierarchy. */
