@@ -2,8 +2,9 @@
 # Builds the upstream tools the tests and the demo run, from the Go module proxy, into a cache
 # outside the repository: etcd, kube-apiserver, Knative's ApiServerSource receive adapter and
 # kustomize (from the wrapper modules in this folder), Istio's capture code as the parity oracle,
-# istioctl and helm; for the real nodes: kubelet, kube-proxy, kube-controller-manager, kube-scheduler, the CNI
-# plugins, a pause program and CoreDNS. A tool is rebuilt only when its module (or version) changes.
+# istioctl, istiod (pilot-discovery) with Istio's base and istiod charts, and helm; for the real
+# nodes: kubelet, kube-proxy, kube-controller-manager, kube-scheduler, the CNI plugins, a pause
+# program and CoreDNS. A tool is rebuilt only when its module (or version) changes.
 #
 #   PNC_CACHE_DIR   cache directory (default: ~/.cache/pnc-controlplane)
 set -euo pipefail
@@ -93,6 +94,21 @@ install_module() { # <binary name> <package@version> <ldflags>
 istio_version="$(awk '($1=="require" && $2=="istio.io/istio") {print $3} ($1=="istio.io/istio") {print $2}' "$oracle_dir/go.mod" | head -1)"
 build_tool istioctl "$istio_version" "about 2 min with the oracle's modules downloaded" \
   install_module istioctl "istio.io/istio/istioctl/cmd/istioctl@$istio_version" "-X istio.io/istio/pkg/version.buildVersion=$istio_version"
+
+# istiod (pilot-discovery) from the same Istio version, static as Istio's release builds it: packed
+# into a local image by images.sh and installed in the test cluster by Istio's own istiod chart
+# (from the same module), so that its injection webhook injects labelled namespaces and it
+# publishes istio-ca-root-cert, as in production.
+install_static() { CGO_ENABLED=0 install_module "$@"; }
+build_tool pilot-discovery "$istio_version" "about 3.5 min with the oracle's modules downloaded" \
+  install_static pilot-discovery "istio.io/istio/pilot/cmd/pilot-discovery@$istio_version" "-s -w -X istio.io/istio/pkg/version.buildVersion=$istio_version"
+# Istio's own base (CRDs) and istiod charts, from the same module: <cache>/bin/istio-charts/{base,istio-discovery}.
+copy_istio_charts() {
+  local mod
+  mod="$(cd "$oracle_dir" && go mod download istio.io/istio && go list -m -f '{{.Dir}}' istio.io/istio)" || return 1
+  mkdir -p "$BUILD_OUT" && cp -r "$mod/manifests/charts/base" "$mod/manifests/charts/istio-control/istio-discovery" "$BUILD_OUT/" && chmod -R u+w "$BUILD_OUT"
+}
+build_tool istio-charts "$istio_version" "seconds" copy_istio_charts
 
 # Istio's own conformance data for test/conformance and the parity test's harness check, from the
 # same istio.io/istio module as the oracle: the goldens of istio-iptables, istio-nftables and

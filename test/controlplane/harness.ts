@@ -307,6 +307,9 @@ export async function startControlPlane(options: { log?: (line: string) => void;
               // kubectl logs/exec: the kubelets by their node IPs (their names resolve nowhere).
               "--kubelet-preferred-address-types",
               "InternalIP",
+              // Webhooks (istiod's injector) at their Service's endpoints: the fabric routes the
+              // pod subnets but runs no kube-proxy for ClusterIPs.
+              "--enable-aggregator-routing=true",
             ];
           })();
     const apiserver = start("kube-apiserver", BIN.kubeApiserver, [

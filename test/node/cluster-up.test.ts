@@ -14,7 +14,7 @@ import { missingRealNodeReason } from "../support/real-node-stack.ts";
 const missing = missingRealNodeReason();
 const root = path.resolve(import.meta.dirname, "../..");
 
-describe("npm run cluster:up [needs root, control plane, node binaries, istioctl and images]", skipUnlessCI(missing), () => {
+describe("npm run cluster:up [needs root, control plane, node binaries, istiod and images]", skipUnlessCI(missing), () => {
   test("starts with timestamped progress, serves kubectl logs of the demo, and stops on SIGINT to npm, leaving nothing", async () => {
     assertAvailable(missing);
     const hostBefore = hostNetworkState();

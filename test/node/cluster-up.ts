@@ -1,14 +1,16 @@
 // `npm run cluster:up [-- --nodes N] [--family ipv4|dual|ipv6]`: the whole system on a local cluster of real nodes
-// (test/controlplane/cluster.ts), to try by hand. Starts the cluster, installs the chart, runs
-// the function and the event source (as the cluster tests do), creates one mesh pod and a plain
-// pod that talks to it from the other node, prints where everything is, and keeps running until
+// (test/controlplane/cluster.ts), to try by hand. Starts the cluster, installs the chart and
+// Istio's istiod, runs the function and the event source (as the cluster tests do), creates a
+// Deployment in a namespace labelled for injection and a plain pod that talks to it from the
+// other node, prints where everything is, and keeps running until
 // it is signalled (SIGINT, SIGTERM or SIGHUP, to it or to npm), when it removes everything it
 // made, the kubeconfig included. Needs root and the set-up of `npm run setup`.
 import { rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { CACHE_DIR } from "../controlplane/harness.ts";
+import { AppsV1Api } from "@kubernetes/client-node";
+import { CACHE_DIR, waitFor } from "../controlplane/harness.ts";
 import { missingRealNodeReason, onNode, startRealNodeStack, type RealNodeStack } from "../support/real-node-stack.ts";
 
 const started = Date.now();
@@ -48,16 +50,41 @@ const stop = async (signal: string): Promise<void> => {
 for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => void stop(signal));
 say(`starting a ${family} cluster of ${nodes} node(s) (process ${process.pid}; stop it with Ctrl-C or kill -INT ${process.pid})`);
 try {
-  stack = await startRealNodeStack({ nodes, family, namespaces: [NS], log: say });
+  stack = await startRealNodeStack({ nodes, family, log: say });
   writeFileSync(kubeconfig, stack.cp.kubeConfig().exportConfig(), { mode: 0o600 });
   const [first, last] = [stack.nodes[0], stack.nodes[stack.nodes.length - 1]];
-  await stack.core.createNamespacedPod({ namespace: NS, body: onNode(first, stack.meshPod("web", stack.appContainer("server"))) });
-  const running = await stack.waitRunning(NS, "web");
+  // README's way: a namespace labelled for injection, a plain Deployment in it; istiod's webhook
+  // injects its pod with the podnet template.
+  await stack.createNamespace(NS, { "istio-injection": "enabled" });
+  const labels = { app: "web" };
+  await stack.cp
+    .kubeConfig()
+    .makeApiClient(AppsV1Api)
+    .createNamespacedDeployment({
+      namespace: NS,
+      body: {
+        metadata: { name: "web" },
+        spec: {
+          replicas: 1,
+          selector: { matchLabels: labels },
+          template: onNode(first, { metadata: { labels }, spec: { automountServiceAccountToken: false, containers: [stack.appContainer("server")] } }),
+        },
+      },
+    });
+  let web = "";
+  await waitFor("the web Deployment's pod Running", 120_000, async () => {
+    const pods = await stack?.core.listNamespacedPod({ namespace: NS, labelSelector: "app=web" });
+    const pod = pods?.items.find((p) => p.status?.phase === "Running" && p.status.containerStatuses?.every((c) => c.ready) === true);
+    web = pod?.status?.podIP ?? "";
+    return web !== "";
+  });
+  say(`demo/web's pod is Running, injected by istiod and programmed (${web})`);
+  // The client stays out of the mesh: the pod label overrides the namespace's.
   await stack.core.createNamespacedPod({
     namespace: NS,
     body: onNode(last, {
-      metadata: { name: "client" },
-      spec: { automountServiceAccountToken: false, containers: [stack.appContainer("client", running.status?.podIP)] },
+      metadata: { name: "client", labels: { "sidecar.istio.io/inject": "false" } },
+      spec: { automountServiceAccountToken: false, containers: [stack.appContainer("client", web)] },
     }),
   });
   await stack.waitRunning(NS, "client");
@@ -68,8 +95,10 @@ try {
       "",
       `  nodes: ${stack.nodes.map((n) => `${n.name} ${n.ip}`).join(", ")}; API server ${stack.cp.server} (kubeconfig ${kubeconfig})`,
       `  kubectl: ${kubectl} get pods -A -o wide`,
-      `  demo/web is a mesh pod on ${first?.name ?? ""} (its annotations carry the mark); demo/client, on ${last?.name ?? ""}, connects to it every 100 ms:`,
+      `  istiod (Istio's own, in istio-system) injects namespaces labelled istio-injection=enabled, as README's install says.`,
+      `  demo (labelled) runs the Deployment web on ${first?.name ?? ""} (its pod's annotations carry the mark); demo/client, on ${last?.name ?? ""}, out of the mesh, connects to it every 100 ms:`,
       `    ${kubectl} logs -n demo client     # "answer inbound 15006": intercepted by web's proxy`,
+      `  your own workload: label its namespace istio-injection=enabled (README, "Try it on a local cluster")`,
       `  the node-runners: ${kubectl} logs -n podnet-system -l app.kubernetes.io/name=podnet-node-runner`,
       `  the function's log: ${stack.fnLogFile}; its metrics: ${stack.fn.metricsUrl}/metrics; the event source's (Knative's adapter) log: ${stack.adapterLogFile}`,
       `  stop: Ctrl-C, or kill -INT ${process.pid} (removes everything, the kubeconfig included)`,

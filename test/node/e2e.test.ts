@@ -1,6 +1,6 @@
 // End to end on a cluster of two real nodes (test/support/real-node-stack.ts): the node-runner
 // runs as the chart's DaemonSet from the Dockerfile's image on both, mesh pods are injected by
-// Istio's real injector with the project's template, their waiter is a real init container in
+// Istio's own istiod (its webhook, installed with Istio's chart) with the project's template, their waiter is a real init container in
 // the kubelet's netns and cgroup, each pod is programmed by its own node's runner (the function
 // sends to the pod's hostIP), and interception is proven by traffic between pods on different
 // nodes.
@@ -12,7 +12,7 @@ import { describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
-import { waitFor } from "../controlplane/harness.ts";
+import { CACHE_DIR, waitFor } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
 import { missingRealNodeReason, onNode as onNodeOf, podPids, podRef, realNodeStackFixture, RUNNER_LABEL } from "../support/real-node-stack.ts";
 
@@ -20,7 +20,7 @@ const missing = missingRealNodeReason();
 const NS = "shop";
 const root = path.resolve(import.meta.dirname, "../..");
 
-describe("end to end on a cluster of two real nodes [needs root, control plane, node binaries, istioctl and images]", skipUnlessCI(missing), () => {
+describe("end to end on a cluster of two real nodes [needs root, control plane, node binaries, istiod and images]", skipUnlessCI(missing), () => {
   const s = realNodeStackFixture(missing, "real node", { namespaces: [NS] });
 
   const create = (body: k8s.V1Pod) => s().core.createNamespacedPod({ namespace: NS, body });
@@ -89,6 +89,65 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
       const rules = execFileSync("nsenter", [`--net=/proc/${podPids(p)[0] ?? 0}/ns/net`, "iptables-save"], { encoding: "utf8" });
       assert.doesNotMatch(rules, /ISTIO_/, `${p.metadata?.name ?? ""} has no Istio rules`);
     }
+  });
+
+  test("README's way: a Deployment in a namespace labelled istio-injection=enabled is injected by istiod's webhook (no kube-inject), programmed, and again after a rollout restart", async () => {
+    const { core, cp, appContainer, createNamespace } = s();
+    const ns = "store";
+    await createNamespace(ns, { "istio-injection": "enabled" });
+    const apps = cp.kubeConfig().makeApiClient(k8s.AppsV1Api);
+    const labels = { app: "web" };
+    await apps.createNamespacedDeployment({
+      namespace: ns,
+      body: {
+        metadata: { name: "web" },
+        spec: {
+          replicas: 2,
+          selector: { matchLabels: labels },
+          template: { metadata: { labels }, spec: { automountServiceAccountToken: false, containers: [appContainer("server")] } },
+        },
+      },
+    });
+    const kubectl = (...args: string[]) =>
+      execFileSync(path.join(CACHE_DIR, "bin", "kubectl"), ["--kubeconfig", cp.writeKubeconfig("kubectl", cp.adminToken), ...args], { encoding: "utf8" });
+    /** The Deployment's pods once every one of the newest ReplicaSet's is Running and ready. */
+    const rolledOut = async (): Promise<k8s.V1Pod[]> => {
+      kubectl("-n", ns, "rollout", "status", "deployment/web", "--timeout=120s");
+      let pods: k8s.V1Pod[] = [];
+      await waitFor("only the new pods left", 60_000, async () => {
+        pods = (await core.listNamespacedPod({ namespace: ns, labelSelector: "app=web" })).items;
+        return pods.length === 2 && pods.every((p) => p.metadata?.deletionTimestamp === undefined && p.status?.phase === "Running");
+      });
+      return pods;
+    };
+    const check = (pods: k8s.V1Pod[]): void => {
+      for (const p of pods) {
+        const name = p.metadata?.name ?? "";
+        const annotations = p.metadata?.annotations ?? {};
+        assert.match(annotations["sidecar.istio.io/status"] ?? "", /"istio-proxy"/, `${name}: injected by istiod's webhook`);
+        const inits = (p.spec?.initContainers ?? []).map((c) => c.name);
+        assert.equal(inits[0], WAITER_CONTAINER, `${name}: the podnet template's waiter first (${inits.join(",")})`);
+        assert.match(p.spec?.initContainers?.[0]?.image ?? "", /podnet\/waiter/);
+        assert.ok(!inits.includes("istio-init"), `${name}: no privileged istio-init`);
+        assert.equal(annotations[MARK.status], STATUS_INITIALIZED, `${name}: marked`);
+        assert.equal(waiterExit(p), 0, `${name}: the waiter exited 0`);
+        assert.equal(annotations[MARK.netns], podNetns(p), `${name}: marked for its own netns`);
+      }
+    };
+    const first = await rolledOut();
+    check(first);
+    kubectl("-n", ns, "rollout", "restart", "deployment/web");
+    await waitFor("the restart's new ReplicaSet", 30_000, async () => {
+      const pods = (await core.listNamespacedPod({ namespace: ns, labelSelector: "app=web" })).items;
+      return pods.some((p) => !first.some((f) => f.metadata?.uid === p.metadata?.uid));
+    });
+    const second = await rolledOut();
+    assert.ok(
+      second.every((p) => !first.some((f) => f.metadata?.uid === p.metadata?.uid)),
+      "new pods",
+    );
+    check(second);
+    await core.deleteNamespace({ name: ns });
   });
 
   test("a sandbox re-created by killing its pause process gets a new netns and is programmed again", async () => {

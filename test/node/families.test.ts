@@ -19,7 +19,7 @@ const NS = "shop";
 
 for (const family of ["dual", "ipv6"] as const satisfies readonly IpFamily[]) {
   describe(
-    `${family === "dual" ? "a dual-stack" : "an IPv6-only"} cluster of two real nodes [needs root, control plane, node binaries, istioctl and images]`,
+    `${family === "dual" ? "a dual-stack" : "an IPv6-only"} cluster of two real nodes [needs root, control plane, node binaries, istiod and images]`,
     skipUnlessCI(missing),
     () => {
       const s = realNodeStackFixture(missing, family, { family, namespaces: [NS] });

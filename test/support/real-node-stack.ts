@@ -5,7 +5,8 @@
 // node's kubelet has a cgroup root of its own, `/<node name>`, which the chart's
 // `nodeRunner.cgroupRoot=/$(NODE_NAME)` names), the function and Knative's ApiServerSource
 // adapter as processes in the cluster's network (Knative's controllers are out of scope here),
-// the function sending to each pod's hostIP, and Istio's real injector for mesh pods.
+// the function sending to each pod's hostIP, and Istio's own istiod (test/support/istiod.ts),
+// whose webhook injects mesh pods as they are created.
 //
 // Istio's proxyv2 image cannot be pulled here: the istio-proxy container runs a recorder under
 // its name (test/node/proxy-recorder.mjs) that answers on Envoy's ports with the port the
@@ -18,20 +19,19 @@ import path from "node:path";
 import { after, before } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { parse as parseYaml } from "yaml";
-import { CACHE_DIR, missingBinariesReason, waitFor, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
+import { missingBinariesReason, waitFor, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
 import { startCluster, type Cluster } from "../controlplane/cluster.ts";
 import type { IpFamily } from "../controlplane/network.ts";
 import { IMAGE_DIR, missingNodeReason, type RealNode } from "../controlplane/node.ts";
 import { FUNCTION_AUDIENCE, startFunction, type Component } from "./components.ts";
 import { assertAvailable } from "./environment.ts";
 import { peakRssMiB, pidsWhere } from "./processes.ts";
-import { kubeInject, missingIstioReason, renderInjector, type InjectorFiles } from "./istio-injector.ts";
+import { HELM, installIstiod, ISTIO_PROXY_IMAGE, missingIstiodReason } from "./istiod.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 const PROJECT_IMAGES = ["node-runner", "waiter", "proxy-recorder"];
 /** An image with Node for the apps of test pods (the recorder's: the local base plus one file). */
 export const APP_IMAGE = "localhost/pnc/proxy-recorder:test";
-const HELM = path.join(CACHE_DIR, "bin", "helm");
 export const RUNNER_LABEL = "app.kubernetes.io/name=podnet-node-runner";
 
 /** PID 1 of a container ignores SIGTERM unless it handles it (else the kubelet waits 30 s). */
@@ -46,7 +46,7 @@ export function missingRealNodeReason(): string | undefined {
   return (
     missingBinariesReason() ??
     missingNodeReason() ??
-    missingIstioReason() ??
+    missingIstiodReason() ??
     (PROJECT_IMAGES.every((i) => existsSync(path.join(IMAGE_DIR, `${i}.oci.tar`)))
       ? undefined
       : "the project's images are not built: run test/controlplane/images.sh")
@@ -71,9 +71,11 @@ export interface RealNodeStack {
   /** Where the function's and the adapter's logs are written as they run. */
   readonly fnLogFile: string;
   readonly adapterLogFile: string;
-  /** A pod as Istio's injector makes it from an app pod (templates sidecar,podnet; native sidecar). */
+  /** An app pod that istiod's webhook injects when it is created (label sidecar.istio.io/inject; native sidecar unless asked). */
   readonly meshPod: (name: string, app: k8s.V1Container, options?: { native?: boolean; annotations?: Record<string, string> }) => k8s.V1Pod;
   readonly appContainer: (role: "server" | "client", target?: string) => k8s.V1Container;
+  /** Creates a namespace with these labels (e.g. istio-injection=enabled); resolves once istiod has published its root certificate in it. */
+  readonly createNamespace: (name: string, labels?: Record<string, string>) => Promise<void>;
   /** Resolves when the pod is Running with every container ready. */
   readonly waitRunning: (namespace: string, name: string, timeoutMs?: number) => Promise<k8s.V1Pod>;
   /** The node-runner pods' combined log tail. */
@@ -108,7 +110,6 @@ export async function startRealNodeStack(
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    const injector: InjectorFiles = renderInjector(dir);
     cluster = await startCluster({ nodes: options.nodes ?? 2, ...(options.family === undefined ? {} : { family: options.family }), log });
     const cp = cluster.cp;
     const nodes = cluster.nodes;
@@ -123,24 +124,20 @@ export async function startRealNodeStack(
       ...(target === undefined ? {} : { env: [{ name: "TARGET", value: target }] }),
       securityContext: { runAsUser: 1000, runAsNonRoot: true, allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } },
     });
-    const meshPod = (name: string, app: k8s.V1Container, o: { native?: boolean; annotations?: Record<string, string> } = {}): k8s.V1Pod =>
-      kubeInject(injector, {
-        apiVersion: "v1",
-        kind: "Pod",
-        metadata: {
-          name,
-          annotations: { "inject.istio.io/templates": "sidecar,podnet", "sidecar.istio.io/nativeSidecar": String(o.native ?? true), ...o.annotations },
-        },
-        spec: { automountServiceAccountToken: false, containers: [app] },
-      });
+    const meshPod = (name: string, app: k8s.V1Container, o: { native?: boolean; annotations?: Record<string, string> } = {}): k8s.V1Pod => ({
+      metadata: {
+        name,
+        labels: { "sidecar.istio.io/inject": "true" },
+        annotations: { "sidecar.istio.io/nativeSidecar": String(o.native ?? true), ...o.annotations },
+      },
+      spec: { automountServiceAccountToken: false, containers: [app] },
+    });
 
     // Images under the names the manifests and Istio's injector use.
-    const proxyImage = [...(meshPod("probe", appContainer("server")).spec?.initContainers ?? [])].find((c) => c.name === "istio-proxy")?.image ?? "";
-    assert.match(proxyImage, /proxyv2/);
     for (const [archive, local, name] of [
       ["node-runner", "localhost/podnet/node-runner:test", "ghcr.io/podnet/node-runner:0.1.0"],
       ["waiter", "localhost/podnet/waiter:test", "ghcr.io/podnet/waiter:0.1.0"],
-      ["proxy-recorder", APP_IMAGE, proxyImage],
+      ["proxy-recorder", APP_IMAGE, ISTIO_PROXY_IMAGE],
     ] as const) {
       for (const node of nodes) {
         node.importImage(path.join(IMAGE_DIR, `${archive}.oci.tar`));
@@ -183,6 +180,8 @@ export async function startRealNodeStack(
       return nodes.every((n) => ready.some((p) => p.spec?.nodeName === n.name));
     });
     log(`node-runner DaemonSet pods Ready on ${nodes.length} node(s)`);
+    // Istio, README's step 5.
+    await installIstiod(cp, nodes, log);
 
     // The function, with the Secret's key and the CA ConfigMap's certificate, sending to each pod's hostIP.
     const signingDir = path.join(dir, "signing");
@@ -203,11 +202,15 @@ export async function startRealNodeStack(
     });
     adapter = await cp.startAdapter({ sink: `${fn.inClusterUrl}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
 
-    for (const ns of options.namespaces ?? []) {
-      await cp.ensureNamespace(ns);
-      // Istio's template mounts istiod's root certificate; istiod is not here.
-      await core.createNamespacedConfigMap({ namespace: ns, body: { metadata: { name: "istio-ca-root-cert" }, data: { "root-cert.pem": "" } } });
-    }
+    const createNamespace = async (name: string, labels: Record<string, string> = {}): Promise<void> => {
+      await core.createNamespace({ body: { metadata: { name, labels } } });
+      // Istio's template mounts istiod's root certificate, which istiod publishes in every namespace.
+      await waitFor(`istiod's istio-ca-root-cert in ${name}`, 30_000, async () => {
+        const found = await core.listNamespacedConfigMap({ namespace: name, fieldSelector: "metadata.name=istio-ca-root-cert" });
+        return /BEGIN CERTIFICATE/.test(found.items[0]?.data?.["root-cert.pem"] ?? "");
+      });
+    };
+    for (const ns of options.namespaces ?? []) await createNamespace(ns);
 
     const runningFn = fn;
     let runnerPeak = 0;
@@ -227,6 +230,7 @@ export async function startRealNodeStack(
       fn,
       meshPod,
       appContainer,
+      createNamespace,
       waitRunning: async (namespace, name, timeoutMs = 60_000) => {
         let pod: k8s.V1Pod | undefined;
         await waitFor(

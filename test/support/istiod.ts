@@ -1,0 +1,90 @@
+// Istio's own istiod on the test cluster, installed as README's step 5 says for a cluster with no
+// istiod yet: Istio's base chart (its CRDs) and its istiod chart, both from the istio.io/istio
+// module the oracle and istioctl are built from (build.sh copies them into the cache), with
+// config/istio/istiod-values.yaml and the podnet template. pilot-discovery runs from a local
+// image of the binary built from the same module. Its injection webhook then injects pods in
+// namespaces labelled istio-injection=enabled (or pods labelled sidecar.istio.io/inject=true) as
+// in production, and it publishes the istio-ca-root-cert ConfigMap in every namespace.
+//
+// The lab's own values beside the project's: local image names (there is no registry), no
+// autoscaler, and requests a two-core machine can schedule.
+import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import path from "node:path";
+import * as k8s from "@kubernetes/client-node";
+import { CACHE_DIR, waitFor, type ControlPlane } from "../controlplane/harness.ts";
+import { IMAGE_DIR, type RealNode } from "../controlplane/node.ts";
+
+const root = path.resolve(import.meta.dirname, "../..");
+export const HELM = path.join(CACHE_DIR, "bin", "helm");
+const CHARTS = path.join(CACHE_DIR, "bin", "istio-charts");
+export const ISTIOD_IMAGE = "localhost/pnc/pilot-discovery:test";
+/** Istio's images under the lab's hub and tag: the proxy is `<hub>/proxyv2:<tag>`. */
+const HUB = "localhost/pnc";
+const TAG = "test";
+export const ISTIO_PROXY_IMAGE = `${HUB}/proxyv2:${TAG}`;
+const ISTIO_NAMESPACE = "istio-system";
+
+/** undefined when istiod can be installed here; otherwise why not. */
+export function missingIstiodReason(): string | undefined {
+  const missing = [path.join(CHARTS, "base"), path.join(CHARTS, "istio-discovery"), path.join(IMAGE_DIR, "pilot-discovery.oci.tar")].filter(
+    (p) => !existsSync(p),
+  );
+  return missing.length === 0
+    ? undefined
+    : `istiod's charts or image not built (${missing.map((p) => path.basename(p)).join(", ")}): run test/controlplane/build.sh and test/controlplane/images.sh`;
+}
+
+/**
+ * Installs Istio's base and istiod charts; resolves once istiod is Ready and its webhook injects
+ * (a dry-run create of a labelled pod comes back with istio-proxy). The proxy's image
+ * (ISTIO_PROXY_IMAGE) is the caller's to provide on the nodes.
+ */
+export async function installIstiod(cp: ControlPlane, nodes: readonly RealNode[], log: (line: string) => void): Promise<void> {
+  const started = Date.now();
+  for (const node of nodes) node.importImage(path.join(IMAGE_DIR, "pilot-discovery.oci.tar"));
+  const kubeconfig = cp.writeKubeconfig("helm-istio", cp.adminToken);
+  const helm = (...args: string[]): string =>
+    execFileSync(HELM, [...args, "--kubeconfig", kubeconfig], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  helm("install", "istio-base", path.join(CHARTS, "base"), "--namespace", ISTIO_NAMESPACE, "--create-namespace", "--wait");
+  helm(
+    "install",
+    "istiod",
+    path.join(CHARTS, "istio-discovery"),
+    "--namespace",
+    ISTIO_NAMESPACE,
+    "-f",
+    path.join(root, "config/istio/istiod-values.yaml"),
+    "--set-file",
+    `sidecarInjectorWebhook.templates.podnet=${path.join(root, "config/istio/podnet-injection-template.yaml")}`,
+    "--set",
+    `global.hub=${HUB},global.tag=${TAG},image=${ISTIOD_IMAGE},autoscaleEnabled=false,resources.requests.cpu=100m,resources.requests.memory=256Mi`,
+  );
+  log("istiod installed with Istio's charts; waiting for its webhook");
+  const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
+  let last = "";
+  await waitFor(
+    "istiod Ready and injecting",
+    120_000,
+    async () => {
+      const pods = await core.listNamespacedPod({ namespace: ISTIO_NAMESPACE, labelSelector: "app=istiod" });
+      last = JSON.stringify(pods.items.map((p) => p.status?.containerStatuses?.map((c) => [c.ready, c.state])));
+      if (!pods.items.some((p) => p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"))) return false;
+      try {
+        const probe = await core.createNamespacedPod({
+          namespace: "default",
+          dryRun: "All",
+          body: { metadata: { name: "istiod-probe", labels: { "sidecar.istio.io/inject": "true" } }, spec: { containers: [{ name: "app", image: "probe" }] } },
+        });
+        last = `dry-run pod's containers: ${[...(probe.spec?.initContainers ?? []), ...(probe.spec?.containers ?? [])].map((c) => c.name).join(",")}`;
+        return [...(probe.spec?.initContainers ?? []), ...(probe.spec?.containers ?? [])].some((c) => c.name === "istio-proxy");
+      } catch (err) {
+        last = String(err);
+        return false;
+      }
+    },
+    undefined,
+    () => last,
+  );
+  log(`istiod Ready and its webhook injecting, ${((Date.now() - started) / 1000).toFixed(1)} s after its install began`);
+}
