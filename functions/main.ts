@@ -15,11 +15,12 @@
 //   KUBECONFIG                kubeconfig file; in-cluster config when unset
 //   SENDER_AUTH               oidc | none: who may send events (Knative's OIDC sender     oidc
 //                             identity, verified with a TokenReview)
-//   SINK_AUDIENCE             the audience senders' tokens are for (the Service's          serving.knative.dev/service/
-//                             status.address.audience)                                    <CONTROLLER_NAMESPACE>/podnet-decision
+//   SINK_AUDIENCE             the audience senders' tokens are for (the sources' and       serving.knative.dev/service/
+//                             Triggers' sink audience)                                     <CONTROLLER_NAMESPACE>/podnet-decision
 //   ALLOWED_SENDERS           ServiceAccount users allowed to send, comma-separated        the OIDC identities of the
-//                                                                                         podnet-pods ApiServerSource and
-//                                                                                         podnet-resync PingSource
+//                                                                                         podnet-pods ApiServerSource,
+//                                                                                         podnet-resync PingSource and
+//                                                                                         the Broker variant's Triggers
 //   RESYNC_MIN_INTERVAL_MS    a resync runs at most this often                            30000
 //   METRICS_PORT              GET /metrics, on a port of its own (0: none; not one of   9095
 //                             queue-proxy's: 8012, 8013, 8022, 8112, 9090, 9091)
@@ -41,7 +42,7 @@ import { KubeClusterReader } from "./kube.ts";
 import { DISPATCH_RETRY_DELAYS_MS } from "./reconcile.ts";
 import { PolicyStore } from "./policy-store.ts";
 import { tokenReviewer } from "../lib/token-review.ts";
-import { knativeSourceIdentity, SenderAuthenticator } from "./sender-auth.ts";
+import { knativeSenderIdentity, SenderAuthenticator } from "./sender-auth.ts";
 import { createFunctionMetrics } from "./metrics.ts";
 import { createFunctionApp } from "./server.ts";
 import { createMetricsServer, ScrapeAuthorizer } from "../lib/metrics-server.ts";
@@ -133,8 +134,11 @@ const allowedSenders = new Set(
   (
     env.ALLOWED_SENDERS ??
     [
-      knativeSourceIdentity(controllerNamespace, "podnet-pods", "ApiServerSource"),
-      knativeSourceIdentity(controllerNamespace, "podnet-resync", "PingSource"),
+      knativeSenderIdentity(controllerNamespace, "podnet-pods", "ApiServerSource"),
+      knativeSenderIdentity(controllerNamespace, "podnet-resync", "PingSource"),
+      // The Broker variant's Triggers (eventing/broker/broker.yaml).
+      knativeSenderIdentity(controllerNamespace, "podnet-pod-events", "Trigger"),
+      knativeSenderIdentity(controllerNamespace, "podnet-resync", "Trigger"),
     ].join(",")
   )
     .split(",")

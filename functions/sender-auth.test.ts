@@ -2,9 +2,9 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
 import type { TokenReviewer } from "../lib/token-review.ts";
-import { knativeSourceIdentity, MAX_PENDING_REVIEWS, SenderAuthenticator } from "./sender-auth.ts";
+import { knativeSenderIdentity, MAX_PENDING_REVIEWS, SenderAuthenticator } from "./sender-auth.ts";
 
-const SENDER = knativeSourceIdentity("podnet-system", "podnet-pods", "ApiServerSource");
+const SENDER = knativeSenderIdentity("podnet-system", "podnet-pods", "ApiServerSource");
 
 const NOW_MS = 1_000_000_000;
 
@@ -21,7 +21,9 @@ function jwt(claims: { sub?: string; aud?: string | string[]; exp?: number; jti?
 describe("sender authentication (Knative OIDC identity)", () => {
   test("Knative's OIDC ServiceAccount names", () => {
     assert.equal(SENDER, "system:serviceaccount:podnet-system:podnet-pods-oidc-sources.knative.dev-apiserversource");
-    assert.equal(knativeSourceIdentity("x", "tick", "PingSource"), "system:serviceaccount:x:tick-oidc-sources.knative.dev-pingsource");
+    assert.equal(knativeSenderIdentity("x", "tick", "PingSource"), "system:serviceaccount:x:tick-oidc-sources.knative.dev-pingsource");
+    // eventing's auth.GetOIDCServiceAccountNameForResource for a Trigger (the Broker filter's sender).
+    assert.equal(knativeSenderIdentity("x", "podnet-pod-events", "Trigger"), "system:serviceaccount:x:podnet-pod-events-oidc-eventing.knative.dev-trigger");
   });
 
   test("an allowed sender's token is reviewed once and then served from the cache", async () => {

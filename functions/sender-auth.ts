@@ -17,12 +17,16 @@ export function serviceAccountUser(namespace: string, name: string): string {
   return `system:serviceaccount:${namespace}:${name}`;
 }
 
+/** The API group of each Knative kind that sends events with an OIDC identity of its own. */
+const SENDER_GROUPS = { ApiServerSource: "sources.knative.dev", PingSource: "sources.knative.dev", Trigger: "eventing.knative.dev" } as const;
+
 /**
- * The ServiceAccount Knative Eventing creates for a source's OIDC identity
- * (`<name>-oidc-<group>-<kind>`, lower case), e.g. for ApiServerSource podnet-pods.
+ * The ServiceAccount Knative Eventing creates for a sender's OIDC identity
+ * (`<name>-oidc-<group>-<kind>`, lower case): a source's, or a Trigger's, with which the
+ * Broker's filter delivers to the Trigger's subscriber.
  */
-export function knativeSourceIdentity(namespace: string, name: string, kind: "ApiServerSource" | "PingSource"): string {
-  return serviceAccountUser(namespace, `${name}-oidc-sources.knative.dev-${kind}`.toLowerCase());
+export function knativeSenderIdentity(namespace: string, name: string, kind: keyof typeof SENDER_GROUPS): string {
+  return serviceAccountUser(namespace, `${name}-oidc-${SENDER_GROUPS[kind]}-${kind}`.toLowerCase());
 }
 
 /** TokenReviews waiting or in flight at once; more tokens are answered 503 without one. */
