@@ -77,10 +77,12 @@ copy_knative_config() {
   for module in eventing serving networking caching; do
     dir="$(cd "$here/knative" && go list -m -f '{{.Dir}}' "knative.dev/$module")" || return 1
     mkdir -p "$BUILD_OUT/$module" && cp -r "$dir/config/." "$BUILD_OUT/$module/" || return 1
+    # Eventing's release adds these ConfigMaps (the images of its integrations) to config/core.
+    if [ "$module" = eventing ]; then cp "$dir/third_party/eventing-integrations-latest/"*.yaml "$BUILD_OUT/eventing/core/configmaps/"; fi
   done
   chmod -R u+w "$BUILD_OUT"
 }
-build_tool knative-config "$(cat "$here/knative/go.mod" "$here/knative/go.sum" | sha256sum | cut -c1-16)" "seconds" copy_knative_config
+build_tool knative-config "$(cat "$here/knative/go.mod" "$here/knative/go.sum" | sha256sum | cut -c1-16)-2" "seconds" copy_knative_config
 # Traefik, the ingress Knative Serving routes through on the test cluster: Go, so it runs here
 # (Knative's usual ingresses are Envoy, which cannot be had), with its Knative provider (a real
 # KIngress implementation). Built as its own main module (its go.mod's replace directives apply

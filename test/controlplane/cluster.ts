@@ -161,8 +161,9 @@ export async function startCluster(options: { nodes?: number; family?: IpFamily;
     });
     log(`control plane ready: ${cp.server} from this machine, ${cp.clusterServer} in the cluster (${since()})`);
 
-    // The controllers a cluster of nodes needs (DaemonSets, Deployments, Jobs, EndpointSlices,
-    // ServiceAccounts, kube-root-ca.crt, garbage collection; scheduling), in the fabric.
+    // The controllers a cluster of nodes needs (DaemonSets, Deployments, Jobs, Endpoints and
+    // EndpointSlices, ServiceAccounts, kube-root-ca.crt, garbage collection, aggregated
+    // ClusterRoles, which Knative's RBAC is made of; scheduling), in the fabric.
     const kubeconfig = cp.writeKubeconfig("cluster-admin", cp.adminToken, "cluster");
     const startController = async (name: string, command: string, args: string[]): Promise<void> => {
       controllers.start(name, command, [...args, "--secure-port", String(await freePort())], { netns: network?.fabricNetns ?? "" });
@@ -173,7 +174,7 @@ export async function startCluster(options: { nodes?: number; family?: IpFamily;
       "--root-ca-file",
       cp.caFile,
       "--controllers",
-      "serviceaccount,root-ca-cert-publisher,daemonset,replicaset,deployment,job,endpointslice,endpointslicemirroring,namespace,garbagecollector,podgc,nodelifecycle",
+      "serviceaccount,root-ca-cert-publisher,daemonset,replicaset,deployment,job,endpoints-controller,endpointslice,endpointslicemirroring,namespace,garbagecollector,podgc,nodelifecycle,clusterrole-aggregation-controller",
       "--use-service-account-credentials=false",
       "--leader-elect=false",
       "--bind-address",

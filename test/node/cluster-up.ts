@@ -1,4 +1,4 @@
-// `npm run cluster:up [-- --nodes N] [--family ipv4|dual|ipv6]`: the whole system on a local cluster of real nodes
+// `npm run cluster:up [-- --nodes N] [--family ipv4|dual|ipv6] [--knative direct|broker]`: the whole system on a local cluster of real nodes
 // (test/controlplane/cluster.ts), to try by hand. Starts the cluster, installs the chart and
 // Istio's istiod, runs the function and the event source (as the cluster tests do), creates a
 // Deployment in a namespace labelled for injection and a plain pod that talks to it from the
@@ -11,13 +11,16 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { AppsV1Api } from "@kubernetes/client-node";
 import { CACHE_DIR, waitFor } from "../controlplane/harness.ts";
+import { missingKnativeReason } from "../support/knative.ts";
 import { missingRealNodeReason, onNode, startRealNodeStack, type RealNodeStack } from "../support/real-node-stack.ts";
 
 const started = Date.now();
 const say = (line: string): void => {
   console.log(`cluster:up ${new Date().toISOString().slice(11, 19)} +${((Date.now() - started) / 1000).toFixed(1)}s ${line}`);
 };
-const { values } = parseArgs({ options: { nodes: { type: "string", default: "2" }, family: { type: "string", default: "ipv4" } } });
+const { values } = parseArgs({
+  options: { nodes: { type: "string", default: "2" }, family: { type: "string", default: "ipv4" }, knative: { type: "string" } },
+});
 const nodes = Number(values.nodes);
 if (!Number.isInteger(nodes) || nodes < 1 || nodes > 8) {
   console.error(`cluster:up: --nodes ${values.nodes}: a number of nodes from 1 to 8`);
@@ -28,7 +31,12 @@ if (family !== "ipv4" && family !== "dual" && family !== "ipv6") {
   console.error(`cluster:up: --family ${family}: ipv4, dual or ipv6`);
   process.exit(64);
 }
-const missing = missingRealNodeReason();
+const delivery = values.knative;
+if (delivery !== undefined && delivery !== "direct" && delivery !== "broker") {
+  console.error(`cluster:up: --knative ${delivery}: direct or broker`);
+  process.exit(64);
+}
+const missing = missingRealNodeReason() ?? (delivery === undefined ? undefined : missingKnativeReason());
 if (missing !== undefined) {
   console.error(`cluster:up: ${missing}`);
   process.exit(1);
@@ -50,7 +58,7 @@ const stop = async (signal: string): Promise<void> => {
 for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => void stop(signal));
 say(`starting a ${family} cluster of ${nodes} node(s) (process ${process.pid}; stop it with Ctrl-C or kill -INT ${process.pid})`);
 try {
-  stack = await startRealNodeStack({ nodes, family, log: say });
+  stack = await startRealNodeStack({ nodes, family, log: say, ...(delivery === undefined ? {} : { knative: { delivery } }) });
   writeFileSync(kubeconfig, stack.cp.kubeConfig().exportConfig(), { mode: 0o600 });
   const [first, last] = [stack.nodes[0], stack.nodes[stack.nodes.length - 1]];
   // README's way: a namespace labelled for injection, a plain Deployment in it; istiod's webhook
@@ -100,7 +108,11 @@ try {
       `    ${kubectl} logs -n demo client     # "answer inbound 15006": intercepted by web's proxy`,
       `  your own workload: label its namespace istio-injection=enabled (README, "Try it on a local cluster")`,
       `  the node-runners: ${kubectl} logs -n podnet-system -l app.kubernetes.io/name=podnet-node-runner`,
-      `  the function's log: ${stack.fnLogFile}; its metrics: ${stack.fn.metricsUrl}/metrics; the event source's (Knative's adapter) log: ${stack.adapterLogFile}`,
+      ...(stack.processes === undefined
+        ? []
+        : [
+            `  the function's log: ${stack.processes.fnLogFile}; its metrics: ${stack.processes.fn.metricsUrl}/metrics; the event source's (Knative's adapter) log: ${stack.processes.adapterLogFile}`,
+          ]),
       `  stop: Ctrl-C, or kill -INT ${process.pid} (removes everything, the kubeconfig included)`,
     ].join("\n"),
   );

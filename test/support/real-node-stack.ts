@@ -27,11 +27,17 @@ import { FUNCTION_AUDIENCE, startFunction, type Component } from "./components.t
 import { assertAvailable } from "./environment.ts";
 import { peakRssMiB, pidsWhere } from "./processes.ts";
 import { HELM, installIstiod, ISTIO_PROXY_IMAGE, missingIstiodReason } from "./istiod.ts";
+import { installKnative, knativeReady } from "./knative.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 const PROJECT_IMAGES = ["node-runner", "waiter", "proxy-recorder"];
 /** An image with Node for the apps of test pods (the recorder's: the local base plus one file). */
 export const APP_IMAGE = "localhost/pnc/proxy-recorder:test";
+/**
+ * The function's image under a name Knative Serving resolves no tag of (dev.local is one of its
+ * default registries-skipping-tag-resolving: there is no registry here to ask for a digest).
+ */
+const DECISION_IMAGE = "dev.local/podnet/decision:test";
 export const RUNNER_LABEL = "app.kubernetes.io/name=podnet-node-runner";
 
 /** PID 1 of a container ignores SIGTERM unless it handles it (else the kubelet waits 30 s). */
@@ -67,10 +73,8 @@ export interface RealNodeStack {
   /** The node a pod is bound to. */
   readonly nodeOf: (pod: k8s.V1Pod) => RealNode;
   readonly core: k8s.CoreV1Api;
-  readonly fn: Component;
-  /** Where the function's and the adapter's logs are written as they run. */
-  readonly fnLogFile: string;
-  readonly adapterLogFile: string;
+  /** The function and the adapter as processes, with where their logs are written as they run (not with Knative: there they are pods). */
+  readonly processes?: { readonly fn: Component; readonly fnLogFile: string; readonly adapterLogFile: string };
   /** An app pod that istiod's webhook injects when it is created (label sidecar.istio.io/inject; native sidecar unless asked). */
   readonly meshPod: (name: string, app: k8s.V1Container, options?: { native?: boolean; annotations?: Record<string, string> }) => k8s.V1Pod;
   readonly appContainer: (role: "server" | "client", target?: string) => k8s.V1Container;
@@ -96,6 +100,11 @@ export async function startRealNodeStack(
     nodes?: number;
     /** The cluster's IP families (default IPv4). */
     family?: IpFamily;
+    /**
+     * Knative Eventing and Serving run the function and the event sources (test/support/knative.ts),
+     * with the chart's delivery variant; otherwise they are processes in the fabric.
+     */
+    knative?: { delivery: "direct" | "broker" };
   } = {},
 ): Promise<RealNodeStack> {
   const log = options.log ?? ((): void => undefined);
@@ -113,8 +122,11 @@ export async function startRealNodeStack(
     cluster = await startCluster({ nodes: options.nodes ?? 2, ...(options.family === undefined ? {} : { family: options.family }), log });
     const cp = cluster.cp;
     const nodes = cluster.nodes;
+    const network = cluster.network;
     const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
-    await cp.installKnativeCrds();
+    const knative = options.knative;
+    if (knative === undefined) await cp.installKnativeCrds();
+    else await installKnative(cp, nodes, { broker: knative.delivery === "broker", log });
 
     const appContainer = (role: "server" | "client", target?: string): k8s.V1Container => ({
       name: "app",
@@ -138,6 +150,7 @@ export async function startRealNodeStack(
       ["node-runner", "localhost/podnet/node-runner:test", "ghcr.io/podnet/node-runner:0.1.0"],
       ["waiter", "localhost/podnet/waiter:test", "ghcr.io/podnet/waiter:0.1.0"],
       ["proxy-recorder", APP_IMAGE, ISTIO_PROXY_IMAGE],
+      ...(knative === undefined ? [] : ([["decision", "localhost/podnet/decision:test", DECISION_IMAGE]] as const)),
     ] as const) {
       for (const node of nodes) {
         node.importImage(path.join(IMAGE_DIR, `${archive}.oci.tar`));
@@ -155,6 +168,13 @@ export async function startRealNodeStack(
     for (const f of ["public-keys.configmap.yaml", "signing-keys.secret.yaml", "node-runner-tls.secret.yaml", "node-runner-ca.configmap.yaml"]) {
       await cp.applyManifest(path.join(keysDir, f));
     }
+    // README's step 2: Knative Eventing's OIDC sender identity.
+    if (knative !== undefined) {
+      await core.patchNamespacedConfigMap(
+        { namespace: "knative-eventing", name: "config-features", body: { data: { "authentication-oidc": "enabled" } } },
+        k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
+      );
+    }
     // The chart, installed by helm as an operator does (README, Install): the keys brought
     // (keys.generate=false), each node's kubelet cgroup root through the value.
     execFileSync(
@@ -171,6 +191,7 @@ export async function startRealNodeStack(
         "keys.generate=false",
         "--set",
         "nodeRunner.cgroupRoot=/$(NODE_NAME)",
+        ...(knative === undefined ? [] : ["--set", `images.decision=${DECISION_IMAGE}`, "--set", `eventing.delivery=${knative.delivery}`]),
       ],
       { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
     );
@@ -183,24 +204,30 @@ export async function startRealNodeStack(
     // Istio, README's step 5.
     await installIstiod(cp, nodes, log);
 
-    // The function, with the Secret's key and the CA ConfigMap's certificate, sending to each pod's hostIP.
-    const signingDir = path.join(dir, "signing");
-    mkdirSync(signingDir);
-    const secret = parseYaml(readFileSync(path.join(keysDir, "signing-keys.secret.yaml"), "utf8")) as { stringData: Record<string, string> };
-    for (const [file, pem] of Object.entries(secret.stringData)) writeFileSync(path.join(signingDir, file), pem, { mode: 0o600 });
-    const caConfigMap = parseYaml(readFileSync(path.join(keysDir, "node-runner-ca.configmap.yaml"), "utf8")) as { data: { "ca.crt": string } };
-    writeFileSync(path.join(dir, "node-runner-ca.crt"), caConfigMap.data["ca.crt"]);
-    fn = await startFunction(cp, {
-      signingKeysDir: signingDir,
-      nodeRunnerPort: 19443,
-      nodeRunnerCaFile: path.join(dir, "node-runner-ca.crt"),
-      nodeRunnerAddress: null,
-      netns: cluster.network.fabricNetns,
-      logFile: path.join(cluster.dir, "function.log"),
-      ...(options.functionEnv === undefined ? {} : { env: options.functionEnv }),
-      ...(options.compiledFunction === undefined ? {} : { compiled: options.compiledFunction }),
-    });
-    adapter = await cp.startAdapter({ sink: `${fn.inClusterUrl}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
+    /** The function, with the Secret's key and the CA ConfigMap's certificate, sending to each pod's hostIP, and Knative's adapter, as processes in the fabric. */
+    async function startProcesses(): Promise<NonNullable<RealNodeStack["processes"]>> {
+      const signingDir = path.join(dir, "signing");
+      mkdirSync(signingDir);
+      const secret = parseYaml(readFileSync(path.join(keysDir, "signing-keys.secret.yaml"), "utf8")) as { stringData: Record<string, string> };
+      for (const [file, pem] of Object.entries(secret.stringData)) writeFileSync(path.join(signingDir, file), pem, { mode: 0o600 });
+      const caConfigMap = parseYaml(readFileSync(path.join(keysDir, "node-runner-ca.configmap.yaml"), "utf8")) as { data: { "ca.crt": string } };
+      writeFileSync(path.join(dir, "node-runner-ca.crt"), caConfigMap.data["ca.crt"]);
+      const fnLogFile = path.join(dir, "function.log");
+      fn = await startFunction(cp, {
+        signingKeysDir: signingDir,
+        nodeRunnerPort: 19443,
+        nodeRunnerCaFile: path.join(dir, "node-runner-ca.crt"),
+        nodeRunnerAddress: null,
+        netns: network.fabricNetns,
+        logFile: fnLogFile,
+        ...(options.functionEnv === undefined ? {} : { env: options.functionEnv }),
+        ...(options.compiledFunction === undefined ? {} : { compiled: options.compiledFunction }),
+      });
+      adapter = await cp.startAdapter({ sink: `${fn.inClusterUrl}/`, labelSelector: "security.istio.io/tlsMode=istio", audience: FUNCTION_AUDIENCE });
+      return { fn, fnLogFile, adapterLogFile: adapter.logFile };
+    }
+    const processes = knative === undefined ? await startProcesses() : undefined;
+    if (knative !== undefined) await knativeReady(cp, knative.delivery, log);
 
     const createNamespace = async (name: string, labels: Record<string, string> = {}): Promise<void> => {
       await core.createNamespace({ body: { metadata: { name, labels } } });
@@ -212,7 +239,6 @@ export async function startRealNodeStack(
     };
     for (const ns of options.namespaces ?? []) await createNamespace(ns);
 
-    const runningFn = fn;
     let runnerPeak = 0;
     const nodeOf = (pod: k8s.V1Pod): RealNode => {
       const node = nodes.find((n) => n.name === pod.spec?.nodeName);
@@ -224,10 +250,8 @@ export async function startRealNodeStack(
       cp,
       nodes,
       nodeOf,
-      fnLogFile: path.join(cluster.dir, "function.log"),
-      adapterLogFile: adapter.logFile,
+      ...(processes === undefined ? {} : { processes }),
       core,
-      fn,
       meshPod,
       appContainer,
       createNamespace,
@@ -251,7 +275,7 @@ export async function startRealNodeStack(
       },
       peakRssMiB: () => {
         for (const pid of pidsWhere((cmdline) => cmdline.includes("dist/node-runner/main.js"))) runnerPeak = Math.max(runnerPeak, peakRssMiB(pid) || 0);
-        return { nodeRunner: runnerPeak, fn: peakRssMiB(runningFn.process.pid) };
+        return { nodeRunner: runnerPeak, fn: fn === undefined ? 0 : peakRssMiB(fn.process.pid) };
       },
       stop,
     };
