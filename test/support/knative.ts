@@ -6,6 +6,7 @@
 // it, as README's install does them (the OIDC feature flag is step 2).
 //
 // The lab's own setting beside the release's: Serving's ingress class is Traefik's.
+import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
@@ -14,6 +15,7 @@ import { CACHE_DIR, waitFor, type ControlPlane } from "../controlplane/harness.t
 import { IMAGE_DIR, type RealNode } from "../controlplane/node.ts";
 
 const CONFIG = path.join(CACHE_DIR, "bin", "knative-config");
+const KUBECTL = path.join(CACHE_DIR, "bin", "kubectl");
 const TRAEFIK_MANIFEST = path.resolve(import.meta.dirname, "../controlplane/traefik/traefik.yaml");
 /** The Knative release the tests install (test/controlplane/knative/go.mod). */
 export const KNATIVE_MODULES = readFileSync(path.resolve(import.meta.dirname, "../controlplane/knative/go.mod"), "utf8");
@@ -62,21 +64,25 @@ function releaseYaml(dirs: readonly string[], skip: readonly string[] = []): str
   return files.map((f) => readFileSync(f, "utf8").replace(/ko:\/\/[\w./-]+/g, koImage)).join("\n---\n");
 }
 
-/** Creates the objects: CustomResourceDefinitions first (established before anything else), then the rest. */
-async function install(cp: ControlPlane, yaml: string): Promise<void> {
+/**
+ * Applies the objects with kubectl (server-side), as a user applies a release file:
+ * CustomResourceDefinitions first, established before anything else. (Not through the
+ * JavaScript client, whose typed models drop fields they do not know, such as a CRD schema's
+ * x-kubernetes-preserve-unknown-fields.)
+ */
+function install(cp: ControlPlane, yaml: string): void {
   const docs = (k8s.loadAllYaml(yaml) as (k8s.KubernetesObject | null)[]).filter((d): d is k8s.KubernetesObject => d !== null && typeof d === "object");
-  const crds = docs.filter((d) => d.kind === "CustomResourceDefinition");
-  const rest = docs.filter((d) => d.kind !== "CustomResourceDefinition");
   const dump = (objects: readonly k8s.KubernetesObject[]): string => objects.map((o) => stringify(o)).join("---\n");
-  await cp.applyYaml(dump(crds));
-  const ext = cp.kubeConfig().makeApiClient(k8s.ApiextensionsV1Api);
-  for (const crd of crds) {
-    const name = crd.metadata?.name ?? "";
-    await waitFor(`CRD ${name} established`, 30_000, async () =>
-      ((await ext.readCustomResourceDefinition({ name })).status?.conditions ?? []).some((c) => c.type === "Established" && c.status === "True"),
-    );
+  const kubeconfig = cp.writeKubeconfig("knative-install", cp.adminToken);
+  const kubectl = (args: string[], input: string): void => {
+    execFileSync(KUBECTL, ["--kubeconfig", kubeconfig, ...args], { input, encoding: "utf8", stdio: ["pipe", "pipe", "pipe"], maxBuffer: 64 * 1024 * 1024 });
+  };
+  const crds = dump(docs.filter((d) => d.kind === "CustomResourceDefinition"));
+  if (crds !== "") {
+    kubectl(["apply", "--server-side", "-f", "-"], crds);
+    kubectl(["wait", "--for", "condition=Established", "--timeout", "60s", "-f", "-"], crds);
   }
-  await cp.applyYaml(dump(rest));
+  kubectl(["apply", "--server-side", "-f", "-"], dump(docs.filter((d) => d.kind !== "CustomResourceDefinition")));
 }
 
 async function patchConfigMap(cp: ControlPlane, namespace: string, name: string, data: Record<string, string>): Promise<void> {
@@ -119,10 +125,10 @@ export async function installKnative(cp: ControlPlane, nodes: readonly RealNode[
   for (const node of nodes) for (const image of wanted) node.importImage(path.join(IMAGE_DIR, `${image}.oci.tar`));
   // Eventing core, as eventing-core.yaml (config/core; the job sink and request-reply, whose
   // commands are not built here, left out).
-  await install(cp, releaseYaml(["eventing/core"], ["deployments/job-sink.yaml", "deployments/request-reply.yaml"]));
+  install(cp, releaseYaml(["eventing/core"], ["deployments/job-sink.yaml", "deployments/request-reply.yaml"]));
   // Serving core, as serving-crds.yaml and serving-core.yaml (config/core with the Networking and
   // Caching files the release links into it).
-  await install(
+  install(
     cp,
     releaseYaml([
       "networking/certificate.yaml",
@@ -134,8 +140,8 @@ export async function installKnative(cp: ControlPlane, nodes: readonly RealNode[
       "networking/config-network.yaml",
     ]),
   );
-  if (options.broker === true) await install(cp, releaseYaml(["eventing/channels/in-memory-channel", "eventing/brokers/mt-channel-broker"]));
-  await install(cp, readFileSync(TRAEFIK_MANIFEST, "utf8"));
+  if (options.broker === true) install(cp, releaseYaml(["eventing/channels/in-memory-channel", "eventing/brokers/mt-channel-broker"]));
+  install(cp, readFileSync(TRAEFIK_MANIFEST, "utf8"));
   await patchConfigMap(cp, "knative-serving", "config-network", { "ingress-class": "traefik.ingress.networking.knative.dev" });
   await deploymentsAvailable(cp, ["knative-eventing", "knative-serving", "traefik"], 180_000);
   options.log(
