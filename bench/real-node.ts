@@ -6,20 +6,31 @@
 // marked: the node-runner's log line), waiter exit → Running (proxy and app start, the kubelet's
 // status). The same pods without the mesh are the floor. Peak RSS of the node-runner (compiled,
 // in its container) and the function. Needs root, the control plane, the node and the images.
-//   npm run bench:node -- [pods]
+// With --knative, Knative's own controllers run the function (a Revision with queue-proxy) and
+// the adapter (a pod) in that delivery variant (test/support/knative.ts); otherwise both are
+// processes in the cluster's network.
+//   npm run bench:node -- [pods] [--knative direct|broker]
 import { execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
 import * as k8s from "@kubernetes/client-node";
 import { manifestV8Flags } from "../test/support/components.ts";
+import { missingKnativeReason } from "../test/support/knative.ts";
 import { missingRealNodeReason, podRef, startRealNodeStack, type RealNodeStack } from "../test/support/real-node-stack.ts";
 import { machineDescription, summarize, table, Teardown } from "./machine.ts";
 
-const missing = missingRealNodeReason();
+const { values, positionals } = parseArgs({ options: { knative: { type: "string" } }, allowPositionals: true });
+const delivery = values.knative;
+if (delivery !== undefined && delivery !== "direct" && delivery !== "broker") {
+  console.error(`bench:node: --knative ${delivery}: direct or broker`);
+  process.exit(64);
+}
+const missing = missingRealNodeReason() ?? (delivery === undefined ? undefined : missingKnativeReason());
 if (missing !== undefined) {
   console.error(`bench:node: ${missing}`);
   process.exit(1);
 }
-const burst = Number(process.argv[2] ?? "50");
+const burst = Number(positionals[0] ?? "50");
 const NS = "bench";
 
 interface Timeline {
@@ -130,7 +141,11 @@ async function run(stack: RealNodeStack, label: string, names: string[], mesh: b
 execFileSync("npm", ["run", "--silent", "build"], { stdio: "inherit" });
 const FUNCTION_V8_FLAGS = manifestV8Flags().function;
 const teardown = new Teardown();
-const stack = await startRealNodeStack({ namespaces: [NS], compiledFunction: { nodeArgs: FUNCTION_V8_FLAGS }, log: (l) => process.stderr.write(`${l}\n`) });
+const stack = await startRealNodeStack({
+  namespaces: [NS],
+  ...(delivery === undefined ? { compiledFunction: { nodeArgs: FUNCTION_V8_FLAGS } } : { knative: { delivery } }),
+  log: (l) => process.stderr.write(`${l}\n`),
+});
 teardown.add(() => stack.stop());
 try {
   const rows: (string | number)[][] = [];
@@ -169,18 +184,16 @@ try {
   const rss = stack.peakRssMiB();
   const out = [
     machineDescription(),
-    `real node: kubelet, containerd, CNI bridge; node-runner as the DaemonSet (its image, compiled JS, the DaemonSet's V8 flags); function compiled (${FUNCTION_V8_FLAGS.join(" ")})`,
+    `real nodes: kubelet, containerd, CNI bridge; node-runner as the DaemonSet (its image, compiled JS, the DaemonSet's V8 flags); ${
+      delivery === undefined
+        ? `function compiled (${FUNCTION_V8_FLAGS.join(" ")}) and Knative's adapter as processes`
+        : `Knative ${delivery} delivery: the function as a Revision (its image, queue-proxy), the adapter as a pod, Traefik as Serving's ingress`
+    }`,
     "",
     "ms, median / p95 / max",
     table(["pods", "create → IP", "IP → waiter exit", "IP → node-runner answered", "waiter exit → Running", "create → Running"], rows),
     "",
-    table(
-      ["process", "peak RSS (MiB)"],
-      [
-        ["node-runner (container)", rss.nodeRunner],
-        ["function", rss.fn],
-      ],
-    ),
+    table(["process", "peak RSS (MiB)"], [["node-runner (container)", rss.nodeRunner], ...(delivery === undefined ? [["function", rss.fn]] : [])]),
   ].join("\n");
   console.log(out);
   if (process.env.BENCH_OUT !== undefined) writeFileSync(process.env.BENCH_OUT, `${out}\n`);

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the upstream tools the tests and the demo run, from the Go module proxy, into a cache
-# outside the repository: etcd, kube-apiserver, Knative's ApiServerSource receive adapter and
-# kustomize (from the wrapper modules in this folder), Istio's capture code as the parity oracle,
-# istioctl, istiod (pilot-discovery) with Istio's base and istiod charts, and helm; for the real
-# nodes: kubelet, kube-proxy, kube-controller-manager, kube-scheduler, the CNI plugins, a pause
-# program and CoreDNS. A tool is rebuilt only when its module (or version) changes.
+# outside the repository: etcd, kube-apiserver, one Knative release (Eventing and Serving, with
+# its config) and kustomize (from the wrapper modules in this folder), Traefik as Serving's
+# ingress, Istio's capture code as the parity oracle, istioctl, istiod (pilot-discovery) with
+# Istio's base and istiod charts, and helm; for the real nodes: kubelet, kube-proxy,
+# kube-controller-manager, kube-scheduler, the CNI plugins, a pause program and CoreDNS. A tool is rebuilt only when its module (or version) changes.
 #
 #   PNC_CACHE_DIR   cache directory (default: ~/.cache/pnc-controlplane)
 set -euo pipefail

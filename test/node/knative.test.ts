@@ -6,17 +6,21 @@
 // nodes are programmed through that chain: adapter pod → Traefik → queue-proxy → function →
 // node-runners. Nothing here writes a Knative object's status.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import path from "node:path";
 import { describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { waitFor, type ControlPlane } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
+import { HELM } from "../support/istiod.ts";
 import { missingKnativeReason } from "../support/knative.ts";
-import { missingRealNodeReason, onNode, podRef, realNodeStackFixture } from "../support/real-node-stack.ts";
+import { missingRealNodeReason, onNode, podRef, realNodeStackFixture, RUNNER_LABEL } from "../support/real-node-stack.ts";
 
 const missing = missingRealNodeReason() ?? missingKnativeReason();
 const NS = "shop";
+const root = path.resolve(import.meta.dirname, "../..");
 const FUNCTION_AUDIENCE = "serving.knative.dev/service/podnet-system/podnet-decision";
 const SOURCE_IDENTITY = "podnet-pods-oidc-sources.knative.dev-apiserversource";
 
@@ -82,6 +86,99 @@ for (const delivery of ["direct", "broker"] as const) {
       });
 
       if (delivery === "direct") {
+        test("a 50-pod burst while Knative recreates the deleted adapter pod and rolls the function to a new Revision: every pod is programmed, none twice with different rules", async () => {
+          const { cp, core, meshPod, appContainer, waitRunning, nodeOf } = s();
+          const custom = cp.kubeConfig().makeApiClient(k8s.CustomObjectsApi);
+          const names = Array.from({ length: 50 }, (_, i) => `burst-${String(i)}`);
+          const small = { "sidecar.istio.io/proxyCPU": "10m", "sidecar.istio.io/proxyMemory": "32Mi" };
+          for (const [i, name] of names.entries()) {
+            await core.createNamespacedPod({ namespace: NS, body: meshPod(name, appContainer("server"), { annotations: small }) });
+            if (i === 10) {
+              // Knative's Deployment makes a new adapter pod; events in between are redelivered or resynced.
+              const adapters = await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: "eventing.knative.dev/sourceName=podnet-pods" });
+              for (const p of adapters.items) await core.deleteNamespacedPod({ namespace: "podnet-system", name: p.metadata?.name ?? "" });
+            }
+            if (i === 25) {
+              // An operator's change to the Service: Serving rolls the function to a new Revision.
+              await custom.patchNamespacedCustomObject(
+                {
+                  group: "serving.knative.dev",
+                  version: "v1",
+                  namespace: "podnet-system",
+                  plural: "services",
+                  name: "podnet-decision",
+                  body: { spec: { template: { metadata: { annotations: { "podnet.test/rolled": "1" } } } } },
+                },
+                k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
+              );
+            }
+          }
+          // The resync (every two minutes) is the backstop for events the adapter never saw.
+          for (const name of names) {
+            const p = await waitRunning(NS, name, 300_000);
+            assert.equal(p.metadata?.annotations?.[MARK.status], STATUS_INITIALIZED, name);
+          }
+          const revisions = await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: "serving.knative.dev/service=podnet-decision" });
+          assert.ok(
+            revisions.items.some((p) => p.metadata?.labels?.["serving.knative.dev/revision"] === "podnet-decision-00002"),
+            "the function was rolled to a new Revision",
+          );
+          // Every apply of a pod, on whichever node and from whichever Revision, named the same rules.
+          const runners = (await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL })).items;
+          const rulesOf = new Map<string, Set<string>>();
+          for (const runner of runners) {
+            for (const line of nodeOf(runner).containerLog(podRef(runner), "node-runner").split("\n")) {
+              const entry = /"name":"(burst-\d+)"[^\n]*"rules":"([0-9a-f]+)"/.exec(line);
+              if (entry?.[1] !== undefined && entry[2] !== undefined) rulesOf.set(entry[1], new Set([...(rulesOf.get(entry[1]) ?? []), entry[2]]));
+            }
+          }
+          for (const name of names) assert.equal(rulesOf.get(name)?.size, 1, `${name}: one set of rules (${[...(rulesOf.get(name) ?? [])].join(", ")})`);
+        });
+
+        test("Knative's webhooks admit every Knative object the chart renders, for each platform and delivery value (created through admission, dry-run)", async () => {
+          const { cp } = s();
+          const custom = cp.kubeConfig().makeApiClient(k8s.CustomObjectsApi);
+          const admitted: string[] = [];
+          for (const openshift of [false, true]) {
+            for (const variant of ["direct", "broker"]) {
+              const rendered = execFileSync(
+                HELM,
+                [
+                  "template",
+                  "podnet",
+                  path.join(root, "charts/podnet"),
+                  "--namespace",
+                  "podnet-system",
+                  "--set",
+                  `platform.openshift=${String(openshift)}`,
+                  "--set",
+                  `eventing.delivery=${variant}`,
+                ],
+                { encoding: "utf8" },
+              );
+              for (const doc of k8s.loadAllYaml(rendered) as (k8s.KubernetesObject | null)[]) {
+                const [group, version] = (doc?.apiVersion ?? "").split("/");
+                if (doc === null || group === undefined || version === undefined || !group.endsWith("knative.dev")) continue;
+                // Another name beside the installed object; dry-run: Knative's mutating and validating webhooks run, nothing is stored.
+                const body = { ...doc, metadata: { ...doc.metadata, name: `${doc.metadata?.name ?? ""}-admit` } };
+                const plural = `${(doc.kind ?? "").toLowerCase()}s`;
+                await custom.createNamespacedCustomObject({ group, version, namespace: "podnet-system", plural, body, dryRun: "All" }).catch((err: unknown) => {
+                  throw new Error(`${doc.kind ?? "?"}/${doc.metadata?.name ?? "?"} (openshift=${String(openshift)}, ${variant}) refused: ${String(err)}`);
+                });
+                admitted.push(`${doc.kind ?? "?"}/${doc.metadata?.name ?? "?"}`);
+              }
+            }
+          }
+          assert.deepEqual([...new Set(admitted)].sort(), [
+            "ApiServerSource/podnet-pods",
+            "Broker/podnet",
+            "PingSource/podnet-resync",
+            "Service/podnet-decision",
+            "Trigger/podnet-pod-events",
+            "Trigger/podnet-resync",
+          ]);
+        });
+
         test("without sink.audience (the sources before the fix) Knative gives the adapter no audience: it would send no token, and the function refuses every event", async () => {
           const { cp } = s();
           const custom = cp.kubeConfig().makeApiClient(k8s.CustomObjectsApi);
@@ -117,10 +214,13 @@ for (const delivery of ["direct", "broker"] as const) {
             ),
           );
           await core.createNamespacedPod({ namespace: NS, body: meshPod("seen-without-token", appContainer("server")) });
-          const fnPod = (await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: "serving.knative.dev/service=podnet-decision" })).items[0];
-          assert.ok(fnPod !== undefined);
-          await waitFor("the function refused the token-less events", 60_000, () =>
-            /refused: sender not authenticated/.test(nodeOf(fnPod).containerLog(podRef(fnPod), "decision")),
+          // From whichever of the function's pods is serving (a Revision may have been rolled before).
+          const serving = async (): Promise<k8s.V1Pod[]> =>
+            (await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: "serving.knative.dev/service=podnet-decision" })).items.filter(
+              (p) => p.metadata?.deletionTimestamp === undefined && p.status?.phase === "Running",
+            );
+          await waitFor("the function refused the token-less events", 60_000, async () =>
+            (await serving()).some((p) => /refused: sender not authenticated/.test(nodeOf(p).containerLog(podRef(p), "decision"))),
           );
           await custom.deleteNamespacedCustomObject({
             group: "sources.knative.dev",

@@ -85,9 +85,26 @@ function install(cp: ControlPlane, yaml: string): void {
   kubectl(["apply", "--server-side", "-f", "-"], dump(docs.filter((d) => d.kind !== "CustomResourceDefinition")));
 }
 
-async function patchConfigMap(cp: ControlPlane, namespace: string, name: string, data: Record<string, string>): Promise<void> {
+/** Merges data into a ConfigMap, retried while the webhook that validates it has no endpoints yet. */
+export async function patchConfigMap(cp: ControlPlane, namespace: string, name: string, data: Record<string, string>): Promise<void> {
   const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
-  await core.patchNamespacedConfigMap({ namespace, name, body: { data } }, k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch));
+  let last = "";
+  await waitFor(
+    `ConfigMap ${namespace}/${name} patched`,
+    30_000,
+    async () => {
+      try {
+        await core.patchNamespacedConfigMap({ namespace, name, body: { data } }, k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch));
+        return true;
+      } catch (err) {
+        last = String(err);
+        if (err instanceof k8s.ApiException && err.code === 500 && /failed calling webhook/.test(String(err.body))) return false;
+        throw err;
+      }
+    },
+    undefined,
+    () => last,
+  );
 }
 
 /** Resolves once every Deployment in the namespaces has all its replicas available. */
@@ -142,8 +159,9 @@ export async function installKnative(cp: ControlPlane, nodes: readonly RealNode[
   );
   if (options.broker === true) install(cp, releaseYaml(["eventing/channels/in-memory-channel", "eventing/brokers/mt-channel-broker"]));
   install(cp, readFileSync(TRAEFIK_MANIFEST, "utf8"));
-  await patchConfigMap(cp, "knative-serving", "config-network", { "ingress-class": "traefik.ingress.networking.knative.dev" });
   await deploymentsAvailable(cp, ["knative-eventing", "knative-serving", "traefik"], 180_000);
+  // After Serving's webhook is up: it validates its ConfigMaps (the controller watches them).
+  await patchConfigMap(cp, "knative-serving", "config-network", { "ingress-class": "traefik.ingress.networking.knative.dev" });
   options.log(
     `Knative ${KNATIVE_VERSION} (Eventing and Serving${options.broker === true ? ", the MT Broker and in-memory channel" : ""}) and Traefik available, ${((Date.now() - started) / 1000).toFixed(1)} s after their install began`,
   );

@@ -27,7 +27,7 @@ import { FUNCTION_AUDIENCE, startFunction, type Component } from "./components.t
 import { assertAvailable } from "./environment.ts";
 import { peakRssMiB, pidsWhere } from "./processes.ts";
 import { HELM, installIstiod, ISTIO_PROXY_IMAGE, missingIstiodReason } from "./istiod.ts";
-import { installKnative, knativeReady } from "./knative.ts";
+import { installKnative, knativeReady, patchConfigMap } from "./knative.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 const PROJECT_IMAGES = ["node-runner", "waiter", "proxy-recorder"];
@@ -169,12 +169,7 @@ export async function startRealNodeStack(
       await cp.applyManifest(path.join(keysDir, f));
     }
     // README's step 2: Knative Eventing's OIDC sender identity.
-    if (knative !== undefined) {
-      await core.patchNamespacedConfigMap(
-        { namespace: "knative-eventing", name: "config-features", body: { data: { "authentication-oidc": "enabled" } } },
-        k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
-      );
-    }
+    if (knative !== undefined) await patchConfigMap(cp, "knative-eventing", "config-features", { "authentication-oidc": "enabled" });
     // The chart, installed by helm as an operator does (README, Install): the keys brought
     // (keys.generate=false), each node's kubelet cgroup root through the value.
     execFileSync(
