@@ -5,7 +5,7 @@
 // Every start gets a fresh directory named pnc-cp-<pid>-<random> under the system temp dir;
 // stop() kills every process it started (by process group) and removes the directory. A run
 // that was killed is cleaned up by the next start (see reapStaleRuns).
-import { spawnSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import https from "node:https";
@@ -14,6 +14,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
+import { stringify as stringifyYaml } from "yaml";
 import { freePort, relayInto, RELAY_SCRIPT } from "./relays.ts";
 import { killGroup, killRecordedGroups, LoggedProcesses, running, type LoggedProcess } from "./logged-processes.ts";
 
@@ -26,6 +27,7 @@ export const BIN = {
   kubeApiserver: path.join(CACHE_DIR, "bin", "kube-apiserver"),
   adapter: path.join(CACHE_DIR, "bin", "apiserver_receive_adapter"),
   kustomize: path.join(CACHE_DIR, "bin", "kustomize"),
+  kubectl: path.join(CACHE_DIR, "bin", "kubectl"),
 };
 /** Knative's adapter serves health probes on this fixed port: nothing else may use it. */
 export const ADAPTER_HEALTH_PORT = 8080;
@@ -152,6 +154,12 @@ export interface ControlPlane {
   applyManifest(file: string): Promise<void>;
   /** The same for YAML text; returns the objects created, as kind/name. */
   applyYaml(text: string): Promise<string[]>;
+  /**
+   * Apply YAML with kubectl, server-side, as a user applies a release file: CustomResourceDefinitions
+   * first, established before the rest. (The JavaScript client's typed models drop fields they do
+   * not name, such as a CRD schema's x-kubernetes-preserve-unknown-fields: CRDs go this way.)
+   */
+  kubectlApply(yaml: string): void;
   /** Install Knative's CRDs (ApiServerSource, PingSource, Broker, Trigger, Service, ...) and wait until they serve. */
   installKnativeCrds(): Promise<string[]>;
   /** Processes still running (for leak checks). */
@@ -455,7 +463,28 @@ export async function startControlPlane(options: { log?: (line: string) => void;
       };
     };
 
-    const installKnativeCrds = async (): Promise<string[]> => {
+    const kubectlApply = (yaml: string): void => {
+      const docs = (k8s.loadAllYaml(yaml) as (k8s.KubernetesObject | null)[]).filter((d): d is k8s.KubernetesObject => d !== null && typeof d === "object");
+      const dump = (objects: readonly k8s.KubernetesObject[]): string => objects.map((o) => stringifyYaml(o)).join("---\n");
+      const kubeconfig = writeKubeconfig("kubectl-apply", adminToken);
+      const kubectl = (args: string[], input: string): void => {
+        execFileSync(BIN.kubectl, ["--kubeconfig", kubeconfig, ...args], {
+          input,
+          encoding: "utf8",
+          stdio: ["pipe", "pipe", "pipe"],
+          maxBuffer: 64 * 1024 * 1024,
+        });
+      };
+      const crds = docs.filter((d) => d.kind === "CustomResourceDefinition");
+      if (crds.length > 0) {
+        kubectl(["apply", "--server-side", "-f", "-"], dump(crds));
+        kubectl(["wait", "--for", "condition=Established", "--timeout", "60s", "-f", "-"], dump(crds));
+      }
+      const rest = docs.filter((d) => d.kind !== "CustomResourceDefinition");
+      if (rest.length > 0) kubectl(["apply", "--server-side", "-f", "-"], dump(rest));
+    };
+
+    const installKnativeCrds = (): Promise<string[]> => {
       const crdDir = path.join(CACHE_DIR, "crds");
       const files = existsSync(crdDir)
         ? readdirSync(crdDir)
@@ -463,22 +492,11 @@ export async function startControlPlane(options: { log?: (line: string) => void;
             .sort()
         : [];
       if (files.length === 0) throw new Error(`no Knative CRDs in ${crdDir}: run test/controlplane/build.sh`);
-      const api = kubeConfig().makeApiClient(k8s.ApiextensionsV1Api);
-      const names: string[] = [];
-      for (const file of files) {
-        for (const doc of k8s.loadAllYaml(readFileSync(path.join(crdDir, file), "utf8")) as k8s.V1CustomResourceDefinition[]) {
-          if (doc.kind !== "CustomResourceDefinition") continue;
-          await createIgnoringConflict(() => api.createCustomResourceDefinition({ body: doc }));
-          names.push(doc.metadata?.name ?? "");
-        }
-      }
-      for (const name of names) {
-        await waitFor(`CRD ${name}`, 30_000, async () => {
-          const crd = await api.readCustomResourceDefinition({ name });
-          return crd.status?.conditions?.some((c) => c.type === "Established" && c.status === "True") ?? false;
-        });
-      }
-      return names;
+      const yaml = files.map((f) => readFileSync(path.join(crdDir, f), "utf8")).join("\n---\n");
+      kubectlApply(yaml);
+      return Promise.resolve(
+        (k8s.loadAllYaml(yaml) as (k8s.KubernetesObject | null)[]).flatMap((d) => (d?.kind === "CustomResourceDefinition" ? [d.metadata?.name ?? ""] : [])),
+      );
     };
 
     const applyYaml = async (text: string): Promise<string[]> => {
@@ -505,6 +523,7 @@ export async function startControlPlane(options: { log?: (line: string) => void;
       applyManifest,
       applyYaml,
       installKnativeCrds,
+      kubectlApply,
       caFile,
       ca,
       adminToken,

@@ -6,16 +6,13 @@
 // it, as README's install does them (the OIDC feature flag is step 2).
 //
 // The lab's own setting beside the release's: Serving's ingress class is Traefik's.
-import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
-import { stringify } from "yaml";
 import { CACHE_DIR, waitFor, type ControlPlane } from "../controlplane/harness.ts";
 import { IMAGE_DIR, type RealNode } from "../controlplane/node.ts";
 
 const CONFIG = path.join(CACHE_DIR, "bin", "knative-config");
-const KUBECTL = path.join(CACHE_DIR, "bin", "kubectl");
 const TRAEFIK_MANIFEST = path.resolve(import.meta.dirname, "../controlplane/traefik/traefik.yaml");
 /** The Knative release the tests install (test/controlplane/knative/go.mod). */
 export const KNATIVE_MODULES = readFileSync(path.resolve(import.meta.dirname, "../controlplane/knative/go.mod"), "utf8");
@@ -62,27 +59,6 @@ function releaseYaml(dirs: readonly string[], skip: readonly string[] = []): str
     else walk(full);
   }
   return files.map((f) => readFileSync(f, "utf8").replace(/ko:\/\/[\w./-]+/g, koImage)).join("\n---\n");
-}
-
-/**
- * Applies the objects with kubectl (server-side), as a user applies a release file:
- * CustomResourceDefinitions first, established before anything else. (Not through the
- * JavaScript client, whose typed models drop fields they do not know, such as a CRD schema's
- * x-kubernetes-preserve-unknown-fields.)
- */
-function install(cp: ControlPlane, yaml: string): void {
-  const docs = (k8s.loadAllYaml(yaml) as (k8s.KubernetesObject | null)[]).filter((d): d is k8s.KubernetesObject => d !== null && typeof d === "object");
-  const dump = (objects: readonly k8s.KubernetesObject[]): string => objects.map((o) => stringify(o)).join("---\n");
-  const kubeconfig = cp.writeKubeconfig("knative-install", cp.adminToken);
-  const kubectl = (args: string[], input: string): void => {
-    execFileSync(KUBECTL, ["--kubeconfig", kubeconfig, ...args], { input, encoding: "utf8", stdio: ["pipe", "pipe", "pipe"], maxBuffer: 64 * 1024 * 1024 });
-  };
-  const crds = dump(docs.filter((d) => d.kind === "CustomResourceDefinition"));
-  if (crds !== "") {
-    kubectl(["apply", "--server-side", "-f", "-"], crds);
-    kubectl(["wait", "--for", "condition=Established", "--timeout", "60s", "-f", "-"], crds);
-  }
-  kubectl(["apply", "--server-side", "-f", "-"], dump(docs.filter((d) => d.kind !== "CustomResourceDefinition")));
 }
 
 /** Merges data into a ConfigMap, retried while the webhook that validates it has no endpoints yet. */
@@ -142,11 +118,10 @@ export async function installKnative(cp: ControlPlane, nodes: readonly RealNode[
   for (const node of nodes) for (const image of wanted) node.importImage(path.join(IMAGE_DIR, `${image}.oci.tar`));
   // Eventing core, as eventing-core.yaml (config/core; the job sink and request-reply, whose
   // commands are not built here, left out).
-  install(cp, releaseYaml(["eventing/core"], ["deployments/job-sink.yaml", "deployments/request-reply.yaml"]));
+  cp.kubectlApply(releaseYaml(["eventing/core"], ["deployments/job-sink.yaml", "deployments/request-reply.yaml"]));
   // Serving core, as serving-crds.yaml and serving-core.yaml (config/core with the Networking and
   // Caching files the release links into it).
-  install(
-    cp,
+  cp.kubectlApply(
     releaseYaml([
       "networking/certificate.yaml",
       "networking/domain-claim.yaml",
@@ -157,8 +132,8 @@ export async function installKnative(cp: ControlPlane, nodes: readonly RealNode[
       "networking/config-network.yaml",
     ]),
   );
-  if (options.broker === true) install(cp, releaseYaml(["eventing/channels/in-memory-channel", "eventing/brokers/mt-channel-broker"]));
-  install(cp, readFileSync(TRAEFIK_MANIFEST, "utf8"));
+  if (options.broker === true) cp.kubectlApply(releaseYaml(["eventing/channels/in-memory-channel", "eventing/brokers/mt-channel-broker"]));
+  cp.kubectlApply(readFileSync(TRAEFIK_MANIFEST, "utf8"));
   await deploymentsAvailable(cp, ["knative-eventing", "knative-serving", "traefik"], 180_000);
   // After Serving's webhook is up: it validates its ConfigMaps (the controller watches them).
   await patchConfigMap(cp, "knative-serving", "config-network", { "ingress-class": "traefik.ingress.networking.knative.dev" });
