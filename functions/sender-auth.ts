@@ -63,7 +63,12 @@ export class SenderAuthenticator {
   async authenticate(authorization: string | undefined): Promise<SenderVerdict> {
     const token = bearerToken(authorization);
     if (token === undefined) {
-      return { ok: false, reason: "missing-token", detail: "the event carries no Bearer token (is Knative's authentication-oidc feature on?)" };
+      return {
+        ok: false,
+        reason: "missing-token",
+        detail:
+          "the event carries no Bearer token: Knative Eventing sends one only with its authentication-oidc feature on (ConfigMap config-features in knative-eventing) and to a sink with an audience (the source's sink.audience, a Trigger's subscriber.audience)",
+      };
     }
     const cached = this.verdicts.cached(token);
     if (cached !== undefined) return cached;

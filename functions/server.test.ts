@@ -10,6 +10,7 @@ import { WAITER_COMMAND } from "./decision.ts";
 import { parsePod } from "./pod.ts";
 import { parsePolicy } from "./policy.ts";
 import { createFunctionMetrics } from "./metrics.ts";
+import { SenderAuthenticator } from "./sender-auth.ts";
 import { createFunctionApp, wantsRepresentation } from "./server.ts";
 
 const unreachable = (what: string) => (): never => assert.fail(`${what} must not be reached`);
@@ -315,5 +316,30 @@ describe("decision function: pods that carry the waiter but get no rules", () =>
       (res.body as { results: { reason: string }[] }).results.map((r) => r.reason),
       ["namespace-excluded"],
     );
+  });
+});
+
+describe("decision function: senders refused", () => {
+  test("a source that sends no token (Knative's OIDC off, or no sink audience) is answered 401 each time, and logged once, naming both settings", async () => {
+    const lines: { reason?: string; detail?: string; msg?: string }[] = [];
+    const app = createFunctionApp({
+      policy: () => dryRun,
+      dispatcher: { send: unreachable("dispatcher") },
+      cluster: {
+        getPod: unreachable("pod"),
+        getNamespace: unreachable("namespace"),
+        listPods: unreachable("pod list"),
+        recordPodWarning: unreachable("events"),
+      },
+      log: pino({ level: "warn" }, { write: (line: string) => lines.push(JSON.parse(line) as (typeof lines)[number]) }),
+      metrics: createFunctionMetrics({ defaultMetrics: false }),
+      auth: new SenderAuthenticator({ audience: "aud", allowed: new Set(), review: unreachable("token review") }),
+    });
+    const event = apiServerSourceEvent("add", meshPodObject("web-1"));
+    for (let i = 0; i < 5; i++) assert.equal((await request(app).post("/").set(event.headers).send(event.body)).status, 401);
+    const refusals = lines.filter((l) => l.msg === "refused: sender not authenticated");
+    assert.equal(refusals.length, 1, JSON.stringify(lines));
+    assert.equal(refusals[0]?.reason, "missing-token");
+    assert.match(refusals[0].detail ?? "", /authentication-oidc .*config-features.*sink\.audience/);
   });
 });

@@ -80,6 +80,33 @@ export function eventTypeLabel(type: string): string {
   return type === PING_EVENT || POD_EVENT.test(type) ? type : "other";
 }
 
+/**
+ * Refused senders, logged once a minute per reason and detail with how many were refused since:
+ * a misconfigured source (OIDC off, no audience) sends every event, and its one cause should
+ * read as one line, not a stream. The metric counts each refusal.
+ */
+class RefusalLog {
+  private readonly last = new Map<string, { at: number; refused: number }>();
+  constructor(
+    private readonly log: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  warn(reason: string, detail: string): void {
+    const key = `${reason}\n${detail}`;
+    const seen = this.last.get(key);
+    const now = this.now();
+    if (seen !== undefined && now - seen.at < 60_000) {
+      seen.refused++;
+      return;
+    }
+    // Bounded: one entry per reason and detail; details of a few kinds (sender names, audiences).
+    if (this.last.size >= 256) this.last.clear();
+    this.last.set(key, { at: now, refused: 0 });
+    this.log.warn({ reason, detail, refusedSinceLastLine: seen?.refused ?? 0 }, "refused: sender not authenticated");
+  }
+}
+
 /** A header as a log field: at most 256 characters of one value. */
 function bounded(value: string | string[] | undefined): string | undefined {
   const text = Array.isArray(value) ? value.join(", ") : value;
@@ -91,6 +118,7 @@ export type FunctionApp = express.Express & { inFlight: () => number; queue: Pic
 
 export function createFunctionApp(deps: FunctionDeps): FunctionApp {
   const { log, metrics } = deps;
+  const refusalLog = new RefusalLog(log);
   const reconciler = createReconciler({
     dispatcher: deps.dispatcher,
     cluster: deps.cluster,
@@ -129,7 +157,7 @@ export function createFunctionApp(deps: FunctionDeps): FunctionApp {
     const verdict = await deps.auth.authenticate(req.headers.authorization);
     if (verdict.ok) return true;
     metrics.authFailures.inc({ reason: verdict.reason });
-    log.warn({ reason: verdict.reason, detail: verdict.detail }, "refused: sender not authenticated");
+    refusalLog.warn(verdict.reason, verdict.detail);
     // The API server could not be asked: let the source retry.
     const status = verdict.reason === "auth-unavailable" ? 503 : 401;
     res.status(status).json({ error: status === 401 ? "unauthorized" : "transient failure", reason: verdict.reason, detail: verdict.detail });

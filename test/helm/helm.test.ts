@@ -434,3 +434,22 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     }
   });
 });
+
+describe("Helm chart on a cluster without Knative [needs control plane]", skipUnlessCI(missing), () => {
+  const controlPlane = controlPlaneForSuite(missing);
+
+  test("the install stops at once, naming what is missing in one line", () => {
+    const cp = controlPlane();
+    const admin = cp.writeKubeconfig("helm-admin", cp.adminToken);
+    assert.throws(
+      () =>
+        helm("install", "podnet", path.join(root, "charts/podnet"), "--namespace", "podnet-system", "--create-namespace", "--no-hooks", "--kubeconfig", admin),
+      (err: unknown) =>
+        /Knative Serving is not installed on this cluster \(no serving\.knative\.dev\/v1\/Service\): install it first/.test(
+          String((err as { stderr?: string }).stderr),
+        ),
+    );
+    // helm template (no cluster to look at) still renders.
+    assert.match(chart(), /kind: ApiServerSource/);
+  });
+});

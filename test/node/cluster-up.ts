@@ -9,7 +9,6 @@ import { rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { AppsV1Api } from "@kubernetes/client-node";
 import { CACHE_DIR, waitFor } from "../controlplane/harness.ts";
 import { missingKnativeReason } from "../support/knative.ts";
 import { missingRealNodeReason, onNode, startRealNodeStack, type RealNodeStack } from "../support/real-node-stack.ts";
@@ -64,21 +63,7 @@ try {
   // README's way: a namespace labelled for injection, a plain Deployment in it; istiod's webhook
   // injects its pod with the podnet template.
   await stack.createNamespace(NS, { "istio-injection": "enabled" });
-  const labels = { app: "web" };
-  await stack.cp
-    .kubeConfig()
-    .makeApiClient(AppsV1Api)
-    .createNamespacedDeployment({
-      namespace: NS,
-      body: {
-        metadata: { name: "web" },
-        spec: {
-          replicas: 1,
-          selector: { matchLabels: labels },
-          template: onNode(first, { metadata: { labels }, spec: { automountServiceAccountToken: false, containers: [stack.appContainer("server")] } }),
-        },
-      },
-    });
+  await stack.createWebDeployment(NS, 1, first);
   let web = "";
   await waitFor("the web Deployment's pod Running", 120_000, async () => {
     const pods = await stack?.core.listNamespacedPod({ namespace: NS, labelSelector: "app=web" });

@@ -92,22 +92,10 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
   });
 
   test("README's way: a Deployment in a namespace labelled istio-injection=enabled is injected by istiod's webhook (no kube-inject), programmed, and again after a rollout restart", async () => {
-    const { core, cp, appContainer, createNamespace } = s();
+    const { core, cp, createNamespace, createWebDeployment } = s();
     const ns = "store";
     await createNamespace(ns, { "istio-injection": "enabled" });
-    const apps = cp.kubeConfig().makeApiClient(k8s.AppsV1Api);
-    const labels = { app: "web" };
-    await apps.createNamespacedDeployment({
-      namespace: ns,
-      body: {
-        metadata: { name: "web" },
-        spec: {
-          replicas: 2,
-          selector: { matchLabels: labels },
-          template: { metadata: { labels }, spec: { automountServiceAccountToken: false, containers: [appContainer("server")] } },
-        },
-      },
-    });
+    await createWebDeployment(ns, 2);
     const kubectl = (...args: string[]) =>
       execFileSync(path.join(CACHE_DIR, "bin", "kubectl"), ["--kubeconfig", cp.writeKubeconfig("kubectl", cp.adminToken), ...args], { encoding: "utf8" });
     /** The Deployment's pods once every one of the newest ReplicaSet's is Running and ready. */

@@ -78,6 +78,8 @@ export interface RealNodeStack {
   /** An app pod that istiod's webhook injects when it is created (label sidecar.istio.io/inject; native sidecar unless asked). */
   readonly meshPod: (name: string, app: k8s.V1Container, options?: { native?: boolean; annotations?: Record<string, string> }) => k8s.V1Pod;
   readonly appContainer: (role: "server" | "client", target?: string) => k8s.V1Container;
+  /** Creates the Deployment `web` (label app=web) of server pods, a plain workload as a user writes it; on one node if given. */
+  readonly createWebDeployment: (namespace: string, replicas: number, node?: RealNode) => Promise<void>;
   /** Creates a namespace with these labels (e.g. istio-injection=enabled); resolves once istiod has published its root certificate in it. */
   readonly createNamespace: (name: string, labels?: Record<string, string>) => Promise<void>;
   /** Resolves when the pod is Running with every container ready. */
@@ -233,6 +235,20 @@ export async function startRealNodeStack(
       });
     };
     for (const ns of options.namespaces ?? []) await createNamespace(ns);
+    const createWebDeployment = async (namespace: string, replicas: number, node?: RealNode): Promise<void> => {
+      const labels = { app: "web" };
+      const template: k8s.V1Pod = { metadata: { labels }, spec: { automountServiceAccountToken: false, containers: [appContainer("server")] } };
+      await cp
+        .kubeConfig()
+        .makeApiClient(k8s.AppsV1Api)
+        .createNamespacedDeployment({
+          namespace,
+          body: {
+            metadata: { name: "web" },
+            spec: { replicas, selector: { matchLabels: labels }, template: node === undefined ? template : onNode(node, template) },
+          },
+        });
+    };
 
     let runnerPeak = 0;
     const nodeOf = (pod: k8s.V1Pod): RealNode => {
@@ -250,6 +266,7 @@ export async function startRealNodeStack(
       meshPod,
       appContainer,
       createNamespace,
+      createWebDeployment,
       waitRunning: async (namespace, name, timeoutMs = 60_000) => {
         let pod: k8s.V1Pod | undefined;
         await waitFor(
