@@ -16,13 +16,21 @@ import { waitFor, type ControlPlane } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
 import { HELM } from "../support/istiod.ts";
 import { missingKnativeReason } from "../support/knative.ts";
-import { missingRealNodeReason, onNode, podRef, realNodeStackFixture, RUNNER_LABEL } from "../support/real-node-stack.ts";
+import { missingRealNodeReason, onNode, podRef, realNodeStackFixture, RUNNER_LABEL, type RealNodeStack } from "../support/real-node-stack.ts";
 
 const missing = missingRealNodeReason() ?? missingKnativeReason();
 const NS = "shop";
 const root = path.resolve(import.meta.dirname, "../..");
 const FUNCTION_AUDIENCE = "serving.knative.dev/service/podnet-system/podnet-decision";
 const SOURCE_IDENTITY = "podnet-pods-oidc-sources.knative.dev-apiserversource";
+
+/** Whether the log of one of the function's serving pods (a Revision may have been rolled) matches. */
+async function functionLogMatches(stack: RealNodeStack, pattern: RegExp): Promise<boolean> {
+  const pods = await stack.core.listNamespacedPod({ namespace: "podnet-system", labelSelector: "serving.knative.dev/service=podnet-decision" });
+  return pods.items
+    .filter((p) => p.metadata?.deletionTimestamp === undefined && p.status?.phase === "Running")
+    .some((p) => pattern.test(stack.nodeOf(p).containerLog(podRef(p), "decision")));
+}
 
 /** The sink, audience and OIDC identity in the environment of the adapter Deployment Knative made for an ApiServerSource. */
 async function adapterEnv(cp: ControlPlane, source: string): Promise<Record<string, string>> {
@@ -83,6 +91,12 @@ for (const delivery of ["direct", "broker"] as const) {
           assert.equal(p.metadata?.annotations?.[MARK.status], STATUS_INITIALIZED);
           assert.equal(p.status?.initContainerStatuses?.find((c) => c.name === WAITER_CONTAINER)?.state?.terminated?.exitCode, 0);
         }
+      });
+
+      test("the PingSource's adapter (Knative's mtping) delivers the resync, every two minutes", async () => {
+        await waitFor("a resync from the PingSource done by the function", 150_000, async () =>
+          functionLogMatches(s(), /"ceType":"dev\.knative\.sources\.ping"[^\n]*"msg":"resync done"/),
+        );
       });
 
       if (delivery === "direct") {
@@ -207,21 +221,14 @@ for (const delivery of ["direct", "broker"] as const) {
           assert.equal(env.K_SINK, "http://podnet-decision.podnet-system.svc.cluster.local");
           assert.equal(env.K_AUDIENCE, undefined, "no audience, so no token");
           // Its adapter running, a mesh pod's events reach the function from it without a token: refused.
-          const { core, meshPod, appContainer, nodeOf } = s();
+          const { core, meshPod, appContainer } = s();
           await waitFor("the audience-less adapter's pod Ready", 60_000, async () =>
             (await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: "eventing.knative.dev/sourceName=no-audience" })).items.some((p) =>
               p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"),
             ),
           );
           await core.createNamespacedPod({ namespace: NS, body: meshPod("seen-without-token", appContainer("server")) });
-          // From whichever of the function's pods is serving (a Revision may have been rolled before).
-          const serving = async (): Promise<k8s.V1Pod[]> =>
-            (await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: "serving.knative.dev/service=podnet-decision" })).items.filter(
-              (p) => p.metadata?.deletionTimestamp === undefined && p.status?.phase === "Running",
-            );
-          await waitFor("the function refused the token-less events", 60_000, async () =>
-            (await serving()).some((p) => /refused: sender not authenticated/.test(nodeOf(p).containerLog(podRef(p), "decision"))),
-          );
+          await waitFor("the function refused the token-less events", 60_000, async () => functionLogMatches(s(), /refused: sender not authenticated/));
           await custom.deleteNamespacedCustomObject({
             group: "sources.knative.dev",
             version: "v1",
