@@ -238,6 +238,38 @@ for (const delivery of ["direct", "broker"] as const) {
           });
         });
       }
+
+      if (delivery === "broker") {
+        test("a Trigger without subscriber.audience (the Triggers before the fix): Knative's filter delivers without a token, and the function refuses it", async () => {
+          const { cp } = s();
+          const custom = cp.kubeConfig().makeApiClient(k8s.CustomObjectsApi);
+          const trigger = { group: "eventing.knative.dev", version: "v1", namespace: "podnet-system", plural: "triggers" };
+          await custom.createNamespacedCustomObject({
+            ...trigger,
+            body: {
+              apiVersion: "eventing.knative.dev/v1",
+              kind: "Trigger",
+              metadata: { name: "no-audience" },
+              spec: {
+                broker: "podnet",
+                filter: { attributes: { type: "dev.knative.sources.ping" } },
+                subscriber: { ref: { apiVersion: "serving.knative.dev/v1", kind: "Service", name: "podnet-decision" } },
+              },
+            },
+          });
+          let made: { status?: { subscriberUri?: string; subscriberAudience?: string } } = {};
+          await waitFor("Knative resolved the Trigger's subscriber", 60_000, async () => {
+            made = (await custom.getNamespacedCustomObject({ ...trigger, name: "no-audience" })) as typeof made;
+            return made.status?.subscriberUri !== undefined;
+          });
+          assert.equal(made.status?.subscriberAudience, undefined, "Knative gives the Trigger no audience: Serving publishes none");
+          // The next resync ping reaches the function through this Trigger too, without a token.
+          await waitFor("the function refused the Trigger's token-less delivery", 150_000, async () =>
+            functionLogMatches(s(), /"reason":"missing-token"[^\n]*"msg":"refused: sender not authenticated"/),
+          );
+          await custom.deleteNamespacedCustomObject({ ...trigger, name: "no-audience" });
+        });
+      }
     },
   );
 }
