@@ -28,6 +28,7 @@ export const BIN = {
   adapter: path.join(CACHE_DIR, "bin", "apiserver_receive_adapter"),
   kustomize: path.join(CACHE_DIR, "bin", "kustomize"),
   kubectl: path.join(CACHE_DIR, "bin", "kubectl"),
+  helm: path.join(CACHE_DIR, "bin", "helm"),
 };
 /** Knative's adapter serves health probes on this fixed port: nothing else may use it. */
 export const ADAPTER_HEALTH_PORT = 8080;

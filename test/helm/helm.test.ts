@@ -5,23 +5,19 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import { createPrivateKey, createPublicKey, sign, verify, X509Certificate } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { parseAllDocuments } from "yaml";
 import { NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
-import { BIN, CACHE_DIR, missingBinariesReason } from "../controlplane/harness.ts";
+import { BIN, missingBinariesReason } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
 import { controlPlaneForSuite } from "../support/suite.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
-const HELM = path.join(CACHE_DIR, "bin", "helm");
-const KUBECTL = path.join(CACHE_DIR, "bin", "kubectl");
-const missing =
-  [HELM, KUBECTL]
-    .map((bin) => (existsSync(bin) ? undefined : `${path.basename(bin)} not built (${bin}): run test/controlplane/build.sh`))
-    .find((m) => m !== undefined) ?? missingBinariesReason();
+const { helm: HELM, kubectl: KUBECTL } = BIN;
+const missing = missingBinariesReason();
 
 interface K8sObject {
   apiVersion: string;

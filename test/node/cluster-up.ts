@@ -9,7 +9,7 @@ import { rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { CACHE_DIR, waitFor } from "../controlplane/harness.ts";
+import { BIN, waitFor } from "../controlplane/harness.ts";
 import { missingKnativeReason } from "../support/knative.ts";
 import { missingRealNodeReason, onNode, startRealNodeStack, type RealNodeStack } from "../support/real-node-stack.ts";
 
@@ -81,7 +81,7 @@ try {
     }),
   });
   await stack.waitRunning(NS, "client");
-  const kubectl = `${path.join(CACHE_DIR, "bin", "kubectl")} --kubeconfig ${kubeconfig}`;
+  const kubectl = `${BIN.kubectl} --kubeconfig ${kubeconfig}`;
   say("ready");
   console.log(
     [

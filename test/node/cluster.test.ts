@@ -11,7 +11,7 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { hostNetworkState, reapStaleClusters, startCluster, type Cluster } from "../controlplane/cluster.ts";
-import { CACHE_DIR, missingBinariesReason, waitFor } from "../controlplane/harness.ts";
+import { BIN, missingBinariesReason, waitFor } from "../controlplane/harness.ts";
 import { missingNodeReason, NODE_PRIVATE_DIRS, PAUSE_IMAGE } from "../controlplane/node.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { pidsWhere } from "../support/processes.ts";
@@ -154,8 +154,7 @@ describe("test cluster [needs root, control plane and node binaries]", skipUnles
     assertAvailable(missing);
     assert.ok(cluster !== undefined);
     const kubeconfig = cluster.cp.writeKubeconfig("user", cluster.cp.adminToken);
-    const kubectl = (...args: string[]): string =>
-      execFileSync(path.join(CACHE_DIR, "bin", "kubectl"), ["--kubeconfig", kubeconfig, ...args], { encoding: "utf8" });
+    const kubectl = (...args: string[]): string => execFileSync(BIN.kubectl, ["--kubeconfig", kubeconfig, ...args], { encoding: "utf8" });
     const version = JSON.parse(kubectl("version", "-o", "json")) as { serverVersion?: { gitVersion?: string }; clientVersion?: { gitVersion?: string } };
     assert.match(version.serverVersion?.gitVersion ?? "", /^v1\.\d+\.\d+$/);
     assert.equal(version.serverVersion?.gitVersion, version.clientVersion?.gitVersion, "the API server and the node binaries are one Kubernetes version");

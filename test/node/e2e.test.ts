@@ -12,7 +12,7 @@ import { describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
-import { CACHE_DIR, waitFor } from "../controlplane/harness.ts";
+import { BIN, waitFor } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
 import { missingRealNodeReason, onNode as onNodeOf, podPids, podRef, realNodeStackFixture, RUNNER_LABEL } from "../support/real-node-stack.ts";
 
@@ -97,7 +97,7 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
     await createNamespace(ns, { "istio-injection": "enabled" });
     await createWebDeployment(ns, 2);
     const kubectl = (...args: string[]) =>
-      execFileSync(path.join(CACHE_DIR, "bin", "kubectl"), ["--kubeconfig", cp.writeKubeconfig("kubectl", cp.adminToken), ...args], { encoding: "utf8" });
+      execFileSync(BIN.kubectl, ["--kubeconfig", cp.writeKubeconfig("kubectl", cp.adminToken), ...args], { encoding: "utf8" });
     /** The Deployment's pods once every one of the newest ReplicaSet's is Running and ready. */
     const rolledOut = async (): Promise<k8s.V1Pod[]> => {
       kubectl("-n", ns, "rollout", "status", "deployment/web", "--timeout=120s");

@@ -12,9 +12,8 @@ import { describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
-import { waitFor, type ControlPlane } from "../controlplane/harness.ts";
+import { BIN, waitFor, type ControlPlane } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
-import { HELM } from "../support/istiod.ts";
 import { missingKnativeReason } from "../support/knative.ts";
 import { missingRealNodeReason, onNode, podRef, realNodeStackFixture, RUNNER_LABEL, type RealNodeStack } from "../support/real-node-stack.ts";
 
@@ -156,7 +155,7 @@ for (const delivery of ["direct", "broker"] as const) {
           for (const openshift of [false, true]) {
             for (const variant of ["direct", "broker"]) {
               const rendered = execFileSync(
-                HELM,
+                BIN.helm,
                 [
                   "template",
                   "podnet",

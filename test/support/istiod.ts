@@ -12,11 +12,10 @@ import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
-import { CACHE_DIR, waitFor, type ControlPlane } from "../controlplane/harness.ts";
+import { BIN, CACHE_DIR, waitFor, type ControlPlane } from "../controlplane/harness.ts";
 import { IMAGE_DIR, type RealNode } from "../controlplane/node.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
-export const HELM = path.join(CACHE_DIR, "bin", "helm");
 const CHARTS = path.join(CACHE_DIR, "bin", "istio-charts");
 export const ISTIOD_IMAGE = "localhost/pnc/pilot-discovery:test";
 /** Istio's images under the lab's hub and tag: the proxy is `<hub>/proxyv2:<tag>`. */
@@ -45,7 +44,7 @@ export async function installIstiod(cp: ControlPlane, nodes: readonly RealNode[]
   for (const node of nodes) node.importImage(path.join(IMAGE_DIR, "pilot-discovery.oci.tar"));
   const kubeconfig = cp.writeKubeconfig("helm-istio", cp.adminToken);
   const helm = (...args: string[]): string =>
-    execFileSync(HELM, [...args, "--kubeconfig", kubeconfig], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    execFileSync(BIN.helm, [...args, "--kubeconfig", kubeconfig], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
   helm("install", "istio-base", path.join(CHARTS, "base"), "--namespace", ISTIO_NAMESPACE, "--create-namespace", "--wait");
   helm(
     "install",

@@ -15,14 +15,14 @@ import { IMAGE_DIR, type RealNode } from "../controlplane/node.ts";
 const CONFIG = path.join(CACHE_DIR, "bin", "knative-config");
 const TRAEFIK_MANIFEST = path.resolve(import.meta.dirname, "../controlplane/traefik/traefik.yaml");
 /** The Knative release the tests install (test/controlplane/knative/go.mod). */
-export const KNATIVE_MODULES = readFileSync(path.resolve(import.meta.dirname, "../controlplane/knative/go.mod"), "utf8");
+const KNATIVE_MODULES = readFileSync(path.resolve(import.meta.dirname, "../controlplane/knative/go.mod"), "utf8");
 export const KNATIVE_VERSION = /knative\.dev\/serving (v\S+)/.exec(KNATIVE_MODULES)?.[1] ?? "unknown";
 
 /** The commands the release's core (and the Broker variant) run, as images.sh names their images. */
 const EVENTING_CORE = ["controller", "webhook", "mtping", "apiserver_receive_adapter"];
 const EVENTING_BROKER = ["ingress", "filter", "mtchannel_broker", "channel_controller", "channel_dispatcher"];
 const SERVING = ["controller", "webhook", "autoscaler", "activator", "queue"];
-const images = (): string[] => [
+const IMAGES: readonly string[] = [
   ...[...EVENTING_CORE, ...EVENTING_BROKER].map((c) => `knative-eventing-${c}`),
   ...SERVING.map((c) => `knative-serving-${c}`),
   "traefik",
@@ -30,7 +30,7 @@ const images = (): string[] => [
 
 /** undefined when Knative can be installed here; otherwise why not. */
 export function missingKnativeReason(): string | undefined {
-  const missing = [CONFIG, ...images().map((i) => path.join(IMAGE_DIR, `${i}.oci.tar`))].filter((p) => !existsSync(p));
+  const missing = [CONFIG, ...IMAGES.map((i) => path.join(IMAGE_DIR, `${i}.oci.tar`))].filter((p) => !existsSync(p));
   return missing.length === 0
     ? undefined
     : `Knative's images or configuration not built (${missing.map((p) => path.basename(p)).join(", ")}): run test/controlplane/build.sh and test/controlplane/images.sh`;
@@ -114,7 +114,7 @@ export interface KnativeOptions {
 /** Installs Knative Eventing and Serving (and Traefik as Serving's ingress); resolves once every part is available. */
 export async function installKnative(cp: ControlPlane, nodes: readonly RealNode[], options: KnativeOptions): Promise<void> {
   const started = Date.now();
-  const wanted = images().filter((i) => options.broker === true || !EVENTING_BROKER.some((c) => i === `knative-eventing-${c}`));
+  const wanted = IMAGES.filter((i) => options.broker === true || !EVENTING_BROKER.some((c) => i === `knative-eventing-${c}`));
   for (const node of nodes) for (const image of wanted) node.importImage(path.join(IMAGE_DIR, `${image}.oci.tar`));
   // Eventing core, as eventing-core.yaml (config/core; the job sink and request-reply, whose
   // commands are not built here, left out).

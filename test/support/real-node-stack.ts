@@ -19,14 +19,14 @@ import path from "node:path";
 import { after, before } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { parse as parseYaml } from "yaml";
-import { missingBinariesReason, waitFor, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
+import { BIN, missingBinariesReason, waitFor, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
 import { startCluster, type Cluster } from "../controlplane/cluster.ts";
 import type { IpFamily } from "../controlplane/network.ts";
 import { IMAGE_DIR, missingNodeReason, type RealNode } from "../controlplane/node.ts";
 import { FUNCTION_AUDIENCE, startFunction, type Component } from "./components.ts";
 import { assertAvailable } from "./environment.ts";
 import { peakRssMiB, pidsWhere } from "./processes.ts";
-import { HELM, installIstiod, ISTIO_PROXY_IMAGE, missingIstiodReason } from "./istiod.ts";
+import { installIstiod, ISTIO_PROXY_IMAGE, missingIstiodReason } from "./istiod.ts";
 import { installKnative, knativeReady, patchConfigMap } from "./knative.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
@@ -175,7 +175,7 @@ export async function startRealNodeStack(
     // The chart, installed by helm as an operator does (README, Install): the keys brought
     // (keys.generate=false), each node's kubelet cgroup root through the value.
     execFileSync(
-      HELM,
+      BIN.helm,
       [
         "install",
         "podnet",
