@@ -4,9 +4,10 @@
 // as its DaemonSet, unchanged: in-cluster configuration through the `kubernetes` Service; each
 // node's kubelet has a cgroup root of its own, `/<node name>`, which the chart's
 // `nodeRunner.cgroupRoot=/$(NODE_NAME)` names), the function and Knative's ApiServerSource
-// adapter as processes in the cluster's network (Knative's controllers are out of scope here),
-// the function sending to each pod's hostIP, and Istio's own istiod (test/support/istiod.ts),
-// whose webhook injects mesh pods as they are created.
+// adapter either as processes in the cluster's network or, with the `knative` option, run by
+// Knative Eventing's and Serving's own controllers (test/support/knative.ts), the function
+// sending to each pod's hostIP, and Istio's own istiod (test/support/istiod.ts), whose webhook
+// injects mesh pods as they are created.
 //
 // Istio's proxyv2 image cannot be pulled here: the istio-proxy container runs a recorder under
 // its name (test/node/proxy-recorder.mjs) that answers on Envoy's ports with the port the
