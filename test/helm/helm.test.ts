@@ -371,10 +371,11 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     );
   });
 
-  // An istiod already running, as a canary revision with values of its own: the README's
-  // command for it merges this project's values in and resets nothing (a plain `helm upgrade -f`
-  // would put every other value back to the chart's default).
-  test("an existing istiod (revision canary, its own values): the README's upgrade adds the template and keeps every other value", () => {
+  // An istiod already running, as a canary revision with values of its own and in CNI mode with
+  // Multus (as Istio's OpenShift install with istio-cni leaves it): the README's command for it
+  // merges this project's values in and resets nothing (a plain `helm upgrade -f` would put every
+  // other value back to the chart's default), and turns CNI mode off where the chart reads it.
+  test("an existing istiod (revision canary, its own values, CNI mode with Multus): the README's upgrade adds the template, turns CNI mode off and keeps every other value", () => {
     const cp = controlPlane();
     const admin = cp.writeKubeconfig("istiod-admin", cp.adminToken);
     const release = ["istiod-canary", istiodChart(), "--namespace", "istio-system", "--kubeconfig", admin];
@@ -388,6 +389,10 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       "pilot.resources.requests.memory=123Mi",
       "--set",
       "meshConfig.accessLogFile=/dev/stdout",
+      "--set",
+      "cni.enabled=true",
+      "--set",
+      "cni.provider=multus",
     );
     try {
       // README, "Install", step 5 for an existing istiod:
@@ -402,7 +407,8 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       );
       const values = JSON.parse(helm("get", "values", "istiod-canary", "--namespace", "istio-system", "--kubeconfig", admin, "-o", "json")) as {
         revision?: string;
-        pilot?: { resources?: { requests?: { memory?: string } }; cni?: { enabled?: boolean } };
+        pilot?: { resources?: { requests?: { memory?: string } } };
+        cni?: { enabled?: boolean; provider?: string };
         meshConfig?: { accessLogFile?: string };
         sidecarInjectorWebhook?: { templates?: { podnet?: string }; defaultTemplates?: string[] };
       };
@@ -412,19 +418,28 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
           revision: values.revision,
           memory: values.pilot?.resources?.requests?.memory,
           accessLog: values.meshConfig?.accessLogFile,
-          cni: values.pilot?.cni?.enabled,
+          cni: values.cni,
           defaultTemplates: values.sidecarInjectorWebhook?.defaultTemplates,
           template: values.sidecarInjectorWebhook?.templates?.podnet?.includes("istio-validation"),
         },
-        { revision: "canary", memory: "123Mi", accessLog: "/dev/stdout", cni: false, defaultTemplates: ["sidecar", "podnet"], template: true },
+        {
+          revision: "canary",
+          memory: "123Mi",
+          accessLog: "/dev/stdout",
+          cni: { enabled: false, provider: "multus" },
+          defaultTemplates: ["sidecar", "podnet"],
+          template: true,
+        },
       );
-      // The revision's own injector carries it.
+      // The revision's own injector carries the template, and injects with CNI mode off (the
+      // value its Multus annotation depends on).
       const injector = JSON.parse(
         execFileSync(KUBECTL, ["-n", "istio-system", "get", "configmap", "istio-sidecar-injector-canary", "-o", "json", "--kubeconfig", admin], quiet),
       ) as {
-        data: { config: string };
+        data: { config: string; values: string };
       };
       assert.match(injector.data.config, /podnet:/);
+      assert.equal((JSON.parse(injector.data.values) as { pilot: { cni: { enabled: boolean } } }).pilot.cni.enabled, false);
     } finally {
       helm("uninstall", "istiod-canary", "--namespace", "istio-system", "--kubeconfig", admin);
     }
