@@ -31,9 +31,9 @@ const USAGE = `usage:
   pnc decide <pod.yaml|pod.json|-> [--namespace <namespace manifest>] [--policy <policy.yaml|configmap.yaml>] [--json]
   pnc keys generate [--namespace podnet-system] --out <dir>
   pnc keys rotate --secret <file> --configmap <file> --out <dir>
-  pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>]
+  pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>] [--context <name>]
   pnc istio-template --waiter-image <image> [--template config/istio/podnet-injection-template.yaml]
-  pnc status [-n <namespace>] [--kubeconfig <file>] [--json]
+  pnc status [-n <namespace>] [--kubeconfig <file>] [--context <name>] [--json]
 
   Prints the rules the node-runner would apply for the pod, derived the way istio-cni does
   (annotations, istio-proxy env and securityContext). --family defaults to the pod's own
@@ -57,6 +57,9 @@ const USAGE = `usage:
   status lists the cluster's mesh pods: each one's mark (initialized with its rules, refused
   with the reason, or none yet), its waiter's state, and for a pod without a mark the last
   Warning the project recorded about it (needs a kubeconfig that may list pods and Events).
+
+  ensure and status find the cluster as kubectl does: --kubeconfig, else KUBECONFIG, else
+  ~/.kube/config (in a pod, its ServiceAccount); --context picks a context of it.
 
   The waiter init container is its own small program (waiter/, image target waiter).
 

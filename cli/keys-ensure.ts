@@ -4,7 +4,8 @@
 // there. The plan is pure (what exists in, what to create out); the API calls are at the edge.
 import { parseArgs } from "node:util";
 import { errorMessage } from "../lib/errors.ts";
-import { ApiError, apiConnection, apiGetIfExists, apiRequest, type ApiConnection } from "../lib/kube-http.ts";
+import type { CoreV1Api } from "@kubernetes/client-node";
+import { apiStatusCode, CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, coreApi } from "./kube-client.ts";
 import { CONFIGMAP_NAME, KeyManifestError, newKeyId, pair, publicPemOf, SECRET_NAME } from "./keys.ts";
 import { keyManifest, type KeyHolder } from "./manifests.ts";
 import { CA_CONFIGMAP_NAME, generateTls, TLS_SECRET_NAME, tlsSecretData, type TlsFiles } from "./tls.ts";
@@ -69,39 +70,41 @@ export function planMissingKeys(stored: StoredKeys, generate: KeyGenerators): Ke
   return [...secrets, ...configMaps];
 }
 
-const objectPath = (namespace: string, kind: KeyHolder["kind"], name = ""): string =>
-  `/api/v1/namespaces/${encodeURIComponent(namespace)}/${kind === "Secret" ? "secrets" : "configmaps"}${name === "" ? "" : `/${encodeURIComponent(name)}`}`;
-
-async function readStored(conn: ApiConnection, namespace: string): Promise<StoredKeys> {
-  const entries = async (kind: KeyHolder["kind"], name: string): Promise<Record<string, string> | undefined> => {
-    const o = (await apiGetIfExists(conn, objectPath(namespace, kind, name))) as { data?: Record<string, string> } | undefined;
-    if (o === undefined) return undefined;
-    const data = o.data ?? {};
-    return kind === "Secret" ? Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")])) : data;
+async function readStored(core: CoreV1Api, namespace: string): Promise<StoredKeys> {
+  const ifExists = async <T>(read: Promise<T>): Promise<T | undefined> => {
+    try {
+      return await read;
+    } catch (err) {
+      if (apiStatusCode(err) === 404) return undefined;
+      throw err;
+    }
   };
+  const decoded = (data: Record<string, string> = {}) =>
+    Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")]));
   const [signingSecret, publicKeys, tlsSecret, caConfigMap] = await Promise.all([
-    entries("Secret", SECRET_NAME),
-    entries("ConfigMap", CONFIGMAP_NAME),
-    entries("Secret", TLS_SECRET_NAME),
-    entries("ConfigMap", CA_CONFIGMAP_NAME),
+    ifExists(core.readNamespacedSecret({ namespace, name: SECRET_NAME })).then((o) => o && decoded(o.data)),
+    ifExists(core.readNamespacedConfigMap({ namespace, name: CONFIGMAP_NAME })).then((o) => o && (o.data ?? {})),
+    ifExists(core.readNamespacedSecret({ namespace, name: TLS_SECRET_NAME })).then((o) => o && decoded(o.data)),
+    ifExists(core.readNamespacedConfigMap({ namespace, name: CA_CONFIGMAP_NAME })).then((o) => o && (o.data ?? {})),
   ]);
   return { ...(signingSecret && { signingSecret }), ...(publicKeys && { publicKeys }), ...(tlsSecret && { tlsSecret }), ...(caConfigMap && { caConfigMap }) };
 }
 
 /** Create what is missing; returns one line per object. A concurrent run (409) is re-read once. */
-export async function ensureKeys(conn: ApiConnection, namespace: string, generate: KeyGenerators = defaultGenerators): Promise<string[]> {
+export async function ensureKeys(core: CoreV1Api, namespace: string, generate: KeyGenerators = defaultGenerators): Promise<string[]> {
   const created = new Set<string>();
   const lines: string[] = [];
   for (let attempt = 1; ; attempt++) {
-    const plan = planMissingKeys(await readStored(conn, namespace), generate);
+    const plan = planMissingKeys(await readStored(core, namespace), generate);
     try {
       for (const o of plan) {
-        await apiRequest(conn, "POST", objectPath(namespace, o.kind), { contentType: "application/json", value: keyManifest(namespace, o) });
+        const body = keyManifest(namespace, o);
+        await (o.kind === "Secret" ? core.createNamespacedSecret({ namespace, body }) : core.createNamespacedConfigMap({ namespace, body }));
         created.add(o.name);
         lines.push(`created ${o.kind} ${namespace}/${o.name}`);
       }
     } catch (err) {
-      if (err instanceof ApiError && err.code === 409 && attempt === 1) continue;
+      if (apiStatusCode(err) === 409 && attempt === 1) continue;
       throw err;
     }
     for (const name of [SECRET_NAME, CONFIGMAP_NAME, TLS_SECRET_NAME, CA_CONFIGMAP_NAME]) if (!created.has(name)) lines.push(`kept ${namespace}/${name}`);
@@ -109,21 +112,20 @@ export async function ensureKeys(conn: ApiConnection, namespace: string, generat
   }
 }
 
-/** `pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>]` (in a pod: its ServiceAccount). */
+/** `pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>] [--context <name>]` (in a pod: its ServiceAccount). */
 export async function ensureKeysMain(args: readonly string[], io: { stdout: (text: string) => void; stderr: (text: string) => void }): Promise<number> {
-  let values: { namespace: string; kubeconfig?: string | undefined };
+  let values: { namespace: string; kubeconfig?: string | undefined; context?: string | undefined };
   try {
-    values = parseArgs({ args: [...args], options: { namespace: { type: "string", default: "podnet-system" }, kubeconfig: { type: "string" } } }).values;
+    values = parseArgs({ args: [...args], options: { namespace: { type: "string", default: "podnet-system" }, ...CLUSTER_OPTIONS } }).values;
   } catch (err) {
-    io.stderr(`pnc keys ensure: ${errorMessage(err)}\n`);
+    io.stderr(`pnc keys ensure: ${errorMessage(err)}\nusage: pnc keys ensure [--namespace podnet-system] ${CLUSTER_USAGE}\n`);
     return 64;
   }
   try {
-    const conn = await apiConnection(values.kubeconfig ?? process.env.KUBECONFIG);
-    for (const line of await ensureKeys(conn, values.namespace)) io.stdout(`pnc keys ensure: ${line}\n`);
+    for (const line of await ensureKeys(await coreApi(values), values.namespace)) io.stdout(`pnc keys ensure: ${line}\n`);
     return 0;
   } catch (err) {
-    io.stderr(`pnc keys ensure: ${errorMessage(err)}; nothing replaced\n`);
-    return err instanceof KeyManifestError ? 3 : 1;
+    io.stderr(`pnc keys ensure: ${clusterErrorMessage(err)}; nothing replaced\n`);
+    return err instanceof KeyManifestError ? 3 : err instanceof ClusterConfigError ? 64 : 1;
   }
 }

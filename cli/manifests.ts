@@ -12,13 +12,22 @@ export interface KeyHolder {
   readonly entries: Readonly<Record<string, string>>;
 }
 
-/** The object as the API server takes it. */
-export function keyManifest(namespace: string, o: KeyHolder): Record<string, unknown> {
+/** The object as the API server takes it (a Secret's shape and a ConfigMap's, one of them filled). */
+export interface KeyManifest {
+  readonly apiVersion: "v1";
+  readonly kind: KeyHolder["kind"];
+  readonly metadata: { readonly name: string; readonly namespace: string; readonly labels: Record<string, string> };
+  readonly type?: string;
+  readonly stringData?: Record<string, string>;
+  readonly data?: Record<string, string>;
+}
+
+export function keyManifest(namespace: string, o: KeyHolder): KeyManifest {
   return {
     apiVersion: "v1",
     kind: o.kind,
     metadata: { name: o.name, namespace, labels: LABELS },
-    ...(o.kind === "Secret" ? { type: o.type, stringData: o.entries } : { data: o.entries }),
+    ...(o.kind === "Secret" ? { ...(o.type === undefined ? {} : { type: o.type }), stringData: { ...o.entries } } : { data: { ...o.entries } }),
   };
 }
 

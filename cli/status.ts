@@ -6,7 +6,7 @@ import { parseArgs } from "node:util";
 import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../contract/mark.ts";
 import { WAITER_CONTAINER } from "../functions/decision.ts";
 import { errorMessage } from "../lib/errors.ts";
-import { apiConnection, apiListAll, type ApiConnection } from "../lib/kube-http.ts";
+import { CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, coreApi } from "./kube-client.ts";
 
 /** The label Istio's injector puts on every pod with a sidecar (the event source selects on it too). */
 const MESH_LABEL = "security.istio.io/tlsMode=istio";
@@ -28,8 +28,9 @@ interface EventSummary {
   readonly involvedObject?: { readonly uid?: string };
   readonly reason?: string;
   readonly message?: string;
-  readonly lastTimestamp?: string | null;
-  readonly eventTime?: string | null;
+  /** RFC 3339 as the API server sends it; a Date as @kubernetes/client-node reads it. */
+  readonly lastTimestamp?: string | Date | null;
+  readonly eventTime?: string | Date | null;
 }
 
 export interface StatusRow {
@@ -50,7 +51,8 @@ export function podStatusRows(pods: readonly PodSummary[], events: readonly Even
   for (const e of events) {
     const uid = e.involvedObject?.uid;
     if (uid === undefined || !PROJECT_WARNINGS.includes(e.reason ?? "")) continue;
-    const at = e.lastTimestamp ?? e.eventTime ?? "";
+    const when = e.lastTimestamp ?? e.eventTime ?? "";
+    const at = when instanceof Date ? when.toISOString() : when;
     const seen = lastWarning.get(uid);
     if (seen === undefined || at >= seen.at) lastWarning.set(uid, { at, text: `${e.reason ?? ""}: ${e.message ?? ""}` });
   }
@@ -93,37 +95,54 @@ export function formatStatusTable(rows: readonly StatusRow[]): string {
     .join("\n");
 }
 
-async function listAll<T>(conn: ApiConnection, path: string, query: Record<string, string>): Promise<T[]> {
+/** Every item of a list, a page of 500 at a time (the API server's continue token). */
+async function listAll<T>(page: (query: { limit: number; _continue?: string }) => Promise<{ items: T[]; metadata?: { _continue?: string } }>): Promise<T[]> {
   const out: T[] = [];
-  for await (const item of apiListAll(conn, path, query, 500)) out.push(item as T);
+  let token: string | undefined;
+  do {
+    const list = await page({ limit: 500, ...(token === undefined ? {} : { _continue: token }) });
+    out.push(...list.items);
+    token = list.metadata?._continue;
+  } while (token !== undefined && token !== "");
   return out;
 }
 
 export async function statusMain(args: readonly string[], io: { stdout: (text: string) => void; stderr: (text: string) => void }): Promise<number> {
-  let values: { namespace?: string | undefined; kubeconfig?: string | undefined; json: boolean };
+  let values: { namespace?: string | undefined; kubeconfig?: string | undefined; context?: string | undefined; json: boolean };
   try {
     values = parseArgs({
       args: [...args],
-      options: { namespace: { type: "string", short: "n" }, kubeconfig: { type: "string" }, json: { type: "boolean", default: false } },
+      options: { namespace: { type: "string", short: "n" }, json: { type: "boolean", default: false }, ...CLUSTER_OPTIONS },
     }).values;
   } catch (err) {
-    io.stderr(`pnc status: ${errorMessage(err)}\nusage: pnc status [-n <namespace>] [--kubeconfig <file>] [--json]\n`);
+    io.stderr(`pnc status: ${errorMessage(err)}\nusage: pnc status [-n <namespace>] ${CLUSTER_USAGE} [--json]\n`);
     return 64;
   }
   try {
-    const conn = await apiConnection(values.kubeconfig ?? process.env.KUBECONFIG);
-    const scope = values.namespace === undefined ? "" : `/namespaces/${encodeURIComponent(values.namespace)}`;
-    const pods = await listAll<PodSummary>(conn, `/api/v1${scope}/pods`, { labelSelector: MESH_LABEL });
+    const core = await coreApi(values);
+    const namespace = values.namespace;
+    const pods = await listAll<PodSummary>((page) =>
+      namespace === undefined
+        ? core.listPodForAllNamespaces({ labelSelector: MESH_LABEL, ...page })
+        : core.listNamespacedPod({ namespace, labelSelector: MESH_LABEL, ...page }),
+    );
     const events = (
       await Promise.all(
-        PROJECT_WARNINGS.map((reason) => listAll<EventSummary>(conn, `/api/v1${scope}/events`, { fieldSelector: `involvedObject.kind=Pod,reason=${reason}` })),
+        PROJECT_WARNINGS.map((reason) => {
+          const fieldSelector = `involvedObject.kind=Pod,reason=${reason}`;
+          return listAll<EventSummary>((page) =>
+            namespace === undefined
+              ? core.listEventForAllNamespaces({ fieldSelector, ...page })
+              : core.listNamespacedEvent({ namespace, fieldSelector, ...page }),
+          );
+        }),
       )
     ).flat();
     const rows = podStatusRows(pods, events);
     io.stdout(values.json ? `${JSON.stringify(rows, null, 2)}\n` : rows.length === 0 ? "no mesh pods\n" : `${formatStatusTable(rows)}\n`);
     return 0;
   } catch (err) {
-    io.stderr(`pnc status: ${errorMessage(err)}\n`);
-    return 1;
+    io.stderr(`pnc status: ${clusterErrorMessage(err)}\n`);
+    return err instanceof ClusterConfigError ? 64 : 1;
   }
 }

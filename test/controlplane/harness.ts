@@ -143,6 +143,8 @@ export interface ControlPlane {
   kubeConfig(token?: string, where?: "host" | "cluster"): k8s.KubeConfig;
   /** A kubeconfig file for a bearer token, for processes (the adapter, the node-runner). */
   writeKubeconfig(name: string, token: string, where?: "host" | "cluster"): string;
+  /** A client certificate the API server authenticates as `user` in `groups` (its --client-ca-file signed it), as PEM files. */
+  clientCertificate(user: string, groups: readonly string[]): { cert: string; key: string };
   /** Create (if missing) a namespace and its default ServiceAccount (no controller-manager runs here). */
   ensureNamespace(name: string): Promise<void>;
   /**
@@ -191,6 +193,19 @@ export const CLUSTER_API_PORT = 6443;
  * A self-signed serving certificate (its own CA) for the API server inside a cluster network:
  * valid for the relay's 127.0.0.1, the fabric's addresses and the `kubernetes` Service's.
  */
+function openssl(args: readonly string[]): void {
+  const r = spawnSync("openssl", args, { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`openssl ${args[0] ?? ""}: ${r.stderr}`);
+}
+
+/** The CA the API server trusts for client certificates (as kubeadm's clusters have one). */
+function clientCertificateAuthority(dir: string): { cert: string; key: string } {
+  const ca = { cert: path.join(dir, "client-ca.crt"), key: path.join(dir, "client-ca.key") };
+  const args = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30", "-subj", "/CN=client-ca"];
+  openssl([...args, "-keyout", ca.key, "-out", ca.cert, "-addext", "basicConstraints=critical,CA:TRUE"]);
+  return ca;
+}
+
 function apiServingCertificate(dir: string, addresses: readonly string[]): { cert: string; key: string } {
   const cert = path.join(dir, "apiserver.crt");
   const key = path.join(dir, "apiserver.key");
@@ -203,32 +218,8 @@ function apiServingCertificate(dir: string, addresses: readonly string[]): { cer
     "DNS:kubernetes.default.svc",
     "DNS:kubernetes.default.svc.cluster.local",
   ];
-  const r = spawnSync(
-    "openssl",
-    [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-days",
-      "30",
-      "-subj",
-      "/CN=kube-apiserver",
-      "-keyout",
-      key,
-      "-out",
-      cert,
-      "-addext",
-      `subjectAltName=${names.join(",")}`,
-      "-addext",
-      "basicConstraints=critical,CA:TRUE",
-    ],
-    { encoding: "utf8" },
-  );
-  if (r.status !== 0) throw new Error(`openssl: ${r.stderr}`);
+  const args = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30", "-subj", "/CN=kube-apiserver"];
+  openssl([...args, "-keyout", key, "-out", cert, "-addext", `subjectAltName=${names.join(",")}`, "-addext", "basicConstraints=critical,CA:TRUE"]);
   return { cert, key };
 }
 
@@ -284,6 +275,7 @@ export async function startControlPlane(options: { log?: (line: string) => void;
     const apiPort = await freePort();
     const certDir = path.join(dir, "pki");
     mkdirSync(certDir, { recursive: true });
+    const clientCa = clientCertificateAuthority(certDir);
     const served =
       network === undefined
         ? // No Service endpoints for the API server itself: loopback is not allowed there, and nothing here needs them.
@@ -329,6 +321,8 @@ export async function startControlPlane(options: { log?: (line: string) => void;
       "RBAC",
       "--token-auth-file",
       path.join(dir, "tokens.csv"),
+      "--client-ca-file",
+      clientCa.cert,
       "--service-account-issuer",
       SERVICE_ACCOUNT_ISSUER,
       "--api-audiences",
@@ -405,6 +399,15 @@ export async function startControlPlane(options: { log?: (line: string) => void;
       const file = path.join(dir, `${name}.kubeconfig`);
       writeFileSync(file, kubeConfig(token, where).exportConfig(), { mode: 0o600 });
       return file;
+    };
+
+    const clientCertificate = (user: string, groups: readonly string[]): { cert: string; key: string } => {
+      const base = path.join(certDir, `client-${user.replace(/[^a-z0-9-]/gi, "_")}`);
+      const files = { cert: `${base}.crt`, key: `${base}.key` };
+      const subject = `${groups.map((g) => `/O=${g}`).join("")}/CN=${user}`;
+      openssl(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", subject, "-keyout", files.key, "-out", `${base}.csr`]);
+      openssl(["x509", "-req", "-in", `${base}.csr`, "-CA", clientCa.cert, "-CAkey", clientCa.key, "-CAcreateserial", "-days", "1", "-out", files.cert]);
+      return files;
     };
 
     const startAdapter = async (a: AdapterOptions): Promise<Adapter> => {
@@ -530,6 +533,7 @@ export async function startControlPlane(options: { log?: (line: string) => void;
       adminToken,
       kubeConfig,
       writeKubeconfig,
+      clientCertificate,
       ensureNamespace,
       serviceAccountToken,
       startAdapter,

@@ -1,6 +1,6 @@
 // The whole system on a cluster of real nodes (test/controlplane/cluster.ts), as an operator
-// installs it: the project's images (built from the Dockerfile) in every node's containerd, keys
-// and TLS from `pnc keys generate`, the chart installed with the real helm (the node-runner runs
+// installs it: the project's images (built from the Dockerfile) in every node's containerd, the
+// chart installed with the real helm, its key Job making the keys and TLS (the node-runner runs
 // as its DaemonSet, unchanged: in-cluster configuration through the `kubernetes` Service; each
 // node's kubelet has a cgroup root of its own, `/<node name>`, which the chart's
 // `nodeRunner.cgroupRoot=/$(NODE_NAME)` names), the function and Knative's ApiServerSource
@@ -19,7 +19,6 @@ import os from "node:os";
 import path from "node:path";
 import { after, before } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { parse as parseYaml } from "yaml";
 import { BIN, missingBinariesReason, waitFor, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
 import { startCluster, type Cluster } from "../controlplane/cluster.ts";
 import type { IpFamily } from "../controlplane/network.ts";
@@ -165,16 +164,11 @@ export async function startRealNodeStack(
     await core.createNamespace({
       body: { metadata: { name: "podnet-system", labels: { "pod-security.kubernetes.io/enforce": "privileged", "istio-injection": "disabled" } } },
     });
-    // Keys and TLS as an operator makes them (`pnc keys generate`), applied as they are written.
-    const keysDir = path.join(dir, "keys");
-    execFileSync(process.execPath, ["--import", "tsx", path.join(root, "cli/pnc.ts"), "keys", "generate", "--out", keysDir], { cwd: root });
-    for (const f of ["public-keys.configmap.yaml", "signing-keys.secret.yaml", "node-runner-tls.secret.yaml", "node-runner-ca.configmap.yaml"]) {
-      await cp.applyManifest(path.join(keysDir, f));
-    }
     // README's step 2: Knative Eventing's OIDC sender identity.
     if (knative !== undefined) await patchConfigMap(cp, "knative-eventing", "config-features", { "authentication-oidc": "enabled" });
-    // The chart, installed by helm as an operator does (README, Install): the keys brought
-    // (keys.generate=false), each node's kubelet cgroup root through the value.
+    // The chart, installed by helm as an operator does (README, Install): the keys made in the
+    // cluster by the chart's Job (`pnc keys ensure` in the node-runner image, on a node, as its
+    // ServiceAccount), each node's kubelet cgroup root through the value.
     execFileSync(
       BIN.helm,
       [
@@ -185,8 +179,6 @@ export async function startRealNodeStack(
         "podnet-system",
         "--kubeconfig",
         cp.writeKubeconfig("helm", cp.adminToken),
-        "--set",
-        "keys.generate=false",
         "--set",
         "nodeRunner.cgroupRoot=/$(NODE_NAME)",
         ...(knative === undefined ? [] : ["--set", `images.decision=${DECISION_IMAGE}`, "--set", `eventing.delivery=${knative.delivery}`]),
@@ -206,10 +198,10 @@ export async function startRealNodeStack(
     async function startProcesses(): Promise<NonNullable<RealNodeStack["processes"]>> {
       const signingDir = path.join(dir, "signing");
       mkdirSync(signingDir);
-      const secret = parseYaml(readFileSync(path.join(keysDir, "signing-keys.secret.yaml"), "utf8")) as { stringData: Record<string, string> };
-      for (const [file, pem] of Object.entries(secret.stringData)) writeFileSync(path.join(signingDir, file), pem, { mode: 0o600 });
-      const caConfigMap = parseYaml(readFileSync(path.join(keysDir, "node-runner-ca.configmap.yaml"), "utf8")) as { data: { "ca.crt": string } };
-      writeFileSync(path.join(dir, "node-runner-ca.crt"), caConfigMap.data["ca.crt"]);
+      const secret = await core.readNamespacedSecret({ namespace: "podnet-system", name: "podnet-signing-keys" });
+      for (const [file, pem] of Object.entries(secret.data ?? {})) writeFileSync(path.join(signingDir, file), Buffer.from(pem, "base64"), { mode: 0o600 });
+      const caConfigMap = await core.readNamespacedConfigMap({ namespace: "podnet-system", name: "podnet-node-runner-ca" });
+      writeFileSync(path.join(dir, "node-runner-ca.crt"), caConfigMap.data?.["ca.crt"] ?? "");
       const fnLogFile = path.join(dir, "function.log");
       fn = await startFunction(cp, {
         signingKeysDir: signingDir,
