@@ -5,6 +5,7 @@ import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
 import fc from "fast-check";
+import { parse as parseYaml } from "yaml";
 import { EXIT, runPnc, type Io } from "./commands.ts";
 
 const root = path.resolve(import.meta.dirname, "..");
@@ -252,8 +253,28 @@ describe("pnc istio-template", () => {
     assert.match(run(["istio-template", "--template", template, "--waiter-image", digest]).out, new RegExp(`\`${digest.replace(/[.]/g, "\\.")}\``));
   });
 
-  test("refused, with nothing printed: a missing image, a file that is not the template, an unreadable file", () => {
-    assert.equal(run(["istio-template", "--template", template]).code, EXIT.usage);
+  test("without --waiter-image, the template as written", () => {
+    assert.equal(run(["istio-template", "--template", template]).out, readFileSync(template, "utf8"));
+  });
+
+  test("--istio-operator: an IstioOperator overlay with the istiod values' settings, CNI mode as a component, and the template", () => {
+    const values = path.join(root, "config/istio/istiod-values.yaml");
+    const r = run(["istio-template", "--template", template, "--values", values, "--istio-operator", "--waiter-image", "registry.example/w:1"]);
+    assert.equal(r.code, EXIT.ok, r.err);
+    const overlay = parseYaml(r.out) as {
+      kind: string;
+      spec: { components: { cni: { enabled: boolean } }; values: { sidecarInjectorWebhook: { defaultTemplates: string[]; templates: { podnet: string } } } };
+    };
+    assert.equal(overlay.kind, "IstioOperator");
+    assert.equal(overlay.spec.components.cni.enabled, false);
+    assert.deepEqual(overlay.spec.values.sidecarInjectorWebhook.defaultTemplates, ["sidecar", "podnet"]);
+    assert.match(overlay.spec.values.sidecarInjectorWebhook.templates.podnet, /`registry\.example\/w:1`/);
+    const wrong = run(["istio-template", "--template", template, "--values", example("injected-pod.yaml"), "--istio-operator"]);
+    assert.deepEqual([wrong.code, wrong.out], [EXIT.badInput, ""]);
+    assert.match(wrong.err, /do not set cni.enabled/);
+  });
+
+  test("refused, with nothing printed: a file that is not the template, an unreadable file", () => {
     const other = run(["istio-template", "--template", example("injected-pod.yaml"), "--waiter-image", "a/b:1"]);
     assert.deepEqual([other.code, other.out], [EXIT.badInput, ""]);
     assert.match(other.err, /0 times, not once/);

@@ -11,7 +11,7 @@ import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
 import { MARK } from "../contract/mark.ts";
 import { generateKeys, KeyManifestError, rotateKeys, type KeyManifests } from "./keys.ts";
 import { generateTls, tlsManifests } from "./tls.ts";
-import { TemplateError, withWaiterImage } from "./istio-template.ts";
+import { istioOperatorOverlay, TemplateError, withWaiterImage } from "./istio-template.ts";
 import { BACKEND, BACKENDS, isBackendName } from "../node-runner/backends.ts";
 import { ipCommand, netSetupSteps } from "../node-runner/rules/routes.ts";
 import { errorMessage } from "../lib/errors.ts";
@@ -32,7 +32,7 @@ const USAGE = `usage:
   pnc keys generate [--namespace podnet-system] --out <dir>
   pnc keys rotate --secret <file> --configmap <file> --out <dir>
   pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>] [--context <name>]
-  pnc istio-template --waiter-image <image> [--template config/istio/podnet-injection-template.yaml]
+  pnc istio-template [--waiter-image <image>] [--istio-operator] [--template config/istio/podnet-injection-template.yaml] [--values config/istio/istiod-values.yaml]
   pnc status [-n <namespace>] [--kubeconfig <file>] [--context <name>] [--json]
 
   Prints the rules the node-runner would apply for the pod, derived the way istio-cni does
@@ -50,9 +50,12 @@ const USAGE = `usage:
   old ones. ensure creates in the cluster whichever of those four objects are missing and keeps
   the others (the Helm chart's keys.generate Job runs it; needs openssl for TLS).
 
-  istio-template prints the podnet injection template with the waiter image your install uses
-  as its default (pods may still name another with podnet.istio.io/waiter-image): pass its
-  output to istiod with --set-file sidecarInjectorWebhook.templates.podnet=<file>.
+  istio-template prints the podnet injection template; with --waiter-image, with the waiter
+  image your install uses as its default (pods may still name another with
+  podnet.istio.io/waiter-image). Give it to istiod's chart with --set-file
+  sidecarInjectorWebhook.templates.podnet=<file>; with --istio-operator it comes inside an
+  IstioOperator overlay with the settings of config/istio/istiod-values.yaml, for
+  istioctl install -f <your IstioOperator> -f <it>.
 
   status lists the cluster's mesh pods: each one's mark (initialized with its rules, refused
   with the reason, or none yet), its waiter's state, and for a pod without a mark the last
@@ -216,19 +219,25 @@ function decideCommand(args: readonly string[], io: Io): number {
 function istioTemplateCommand(args: readonly string[], io: Io): number {
   const { values, positionals } = parseArgs({
     args: [...args],
-    options: { "waiter-image": { type: "string" }, template: { type: "string", default: "config/istio/podnet-injection-template.yaml" } },
+    options: {
+      "waiter-image": { type: "string" },
+      "istio-operator": { type: "boolean", default: false },
+      template: { type: "string", default: "config/istio/podnet-injection-template.yaml" },
+      values: { type: "string", default: "config/istio/istiod-values.yaml" },
+    },
     allowPositionals: true,
   });
   if (positionals.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`);
+  const read = (file: string): string => {
+    try {
+      return io.readFile(file);
+    } catch (err) {
+      throw new InputError(`cannot read ${file}: ${errorMessage(err)}`);
+    }
+  };
   const image = values["waiter-image"];
-  if (image === undefined) throw new UsageError("--waiter-image is required");
-  let template: string;
-  try {
-    template = io.readFile(values.template);
-  } catch (err) {
-    throw new InputError(`cannot read ${values.template}: ${errorMessage(err)}`);
-  }
-  io.stdout(withWaiterImage(template, image));
+  const template = image === undefined ? read(values.template) : withWaiterImage(read(values.template), image);
+  io.stdout(values["istio-operator"] ? istioOperatorOverlay(read(values.values), template) : template);
   return EXIT.ok;
 }
 

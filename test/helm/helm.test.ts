@@ -29,8 +29,47 @@ interface K8sObject {
 
 const quiet = { encoding: "utf8" as const, stdio: ["ignore", "pipe", "pipe"] as ["ignore", "pipe", "pipe"], maxBuffer: 64 * 1024 * 1024 };
 const helm = (...args: string[]): string => execFileSync(HELM, args, quiet);
-const chart = (set: string[] = []): string =>
-  helm("template", "podnet", path.join(root, "charts/podnet"), "--namespace", "podnet-system", ...set.flatMap((s) => ["--set", s]));
+const DIGEST = `sha256:${"ab".repeat(32)}`;
+/** A value for every image, pull, resource, scheduling and pod value the chart has. */
+const EVERY_VALUE = [
+  "images.nodeRunner.repository=registry.example:5000/mesh/nr",
+  `images.nodeRunner.digest=${DIGEST}`,
+  "images.decision.repository=registry.example:5000/mesh/fn",
+  "images.decision.tag=2.0.1",
+  "images.pullPolicy=Always",
+  "images.pullSecrets[0].name=regcred",
+  "nodeRunner.resources.requests.cpu=100m",
+  "nodeRunner.resources.limits.memory=512Mi",
+  "nodeRunner.nodeSelector.pool=mesh",
+  "nodeRunner.tolerations[0].key=dedicated",
+  "nodeRunner.tolerations[0].operator=Exists",
+  "nodeRunner.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=zone",
+  "nodeRunner.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+  "nodeRunner.priorityClassName=mesh-critical",
+  "nodeRunner.updateStrategy.type=OnDelete",
+  "nodeRunner.podLabels.team=net",
+  "nodeRunner.podLabels.app\\.kubernetes\\.io/name=not-the-selector",
+  "nodeRunner.podAnnotations.example\\.com/owner=net",
+  "decision.resources.requests.memory=128Mi",
+  "decision.podLabels.team=net",
+  "keys.resources.limits.memory=300Mi",
+  "keys.nodeSelector.pool=system",
+  "keys.tolerations[0].operator=Exists",
+  // (--set would make the number 5; annotations are strings)
+  "--set-string",
+  "decision.podAnnotations.autoscaling\\.knative\\.dev/max-scale=5",
+];
+
+/** `helm template` with `--set` for each value; a `--set-string` in the list applies to the value after it, `--namespace=<ns>` names the release's. */
+const chart = (set: readonly string[] = []): string =>
+  helm(
+    "template",
+    "podnet",
+    path.join(root, "charts/podnet"),
+    "--namespace",
+    set.find((s) => s.startsWith("--namespace="))?.slice("--namespace=".length) ?? "podnet-system",
+    ...set.flatMap((s, i) => (s.startsWith("--") ? [] : [set[i - 1] === "--set-string" ? "--set-string" : "--set", s])),
+  );
 const kustomize = (dir: string): string => execFileSync(BIN.kustomize, ["build", path.join(root, dir)], quiet);
 
 /** Istio's own istiod chart, from the istio.io/istio module the oracle is built from. */
@@ -128,13 +167,23 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     }
   });
 
-  test("values are checked by the chart's schema: a misspelt key, a port out of range, an unknown backend or delivery, an image with spaces are refused, naming the value, before anything renders", () => {
+  test("values are checked by the chart's schema: a misspelt key, a port out of range, an unknown backend or delivery, a malformed image, pull policy or label value are refused, naming the value, before anything renders", () => {
     for (const [set, field] of [
       ["nodeRunner.bakend=nftables", "bakend"],
       ["nodeRunner.port=70000", "port"],
       ["nodeRunner.backend=iptables", "backend"],
       ["eventing.delivery=kafka", "delivery"],
-      ["images.nodeRunner=registry.example/nr:1 --privileged", "nodeRunner"],
+      ["images.nodeRunner.repository=registry.example/nr:1 --privileged", "repository"],
+      ["images.nodeRunner.repository=Registry.example/NR", "repository"],
+      ["images.decision.tag=1 2", "tag"],
+      ["images.decision.digest=sha256:abc", "digest"],
+      ["images.nodeRunner=registry.example/nr:1.0.0", "nodeRunner"],
+      ["images.pullPolicy=Sometimes", "pullPolicy"],
+      ["images.pullSecrets[0].nam=regcred", "nam"],
+      ["nodeRunner.podLabels.team=7", "team"],
+      ["nodeRunner.updateStrategy.type=Recreate", "type"],
+      ["nodeRunner.resources.request.cpu=1", "request"],
+      ["decision.tolerations[0].operator=Exists", "tolerations"],
       ["platform.openshift=yes", "openshift"],
       ["nodeRunner.cgroupRoot=/$(HOSTNAME)", "cgroupRoot"],
       ["nodeRunner.cgroupRoot=/../x", "cgroupRoot"],
@@ -169,7 +218,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
   });
 
   test("keys.generate: a pre-install/pre-upgrade Job in the node-runner image runs `pnc keys ensure` as non-root, restricted", () => {
-    const rendered = objects(chart(["images.nodeRunner=registry.example/nr:1"]));
+    const rendered = objects(chart(["images.nodeRunner.repository=registry.example/nr", "images.nodeRunner.tag=1.0.0"]));
     const job = rendered.get("Job/podnet-system/podnet-keys") as K8sObject & { metadata: { annotations: Record<string, string> } };
     assert.equal(job.metadata.annotations["helm.sh/hook"], "pre-install,pre-upgrade");
     const pod = (
@@ -179,7 +228,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
         };
       }
     ).template.spec;
-    assert.equal(pod.containers[0].image, "registry.example/nr:1");
+    assert.equal(pod.containers[0].image, "registry.example/nr:1.0.0");
     assert.deepEqual(pod.containers[0].args, ["keys", "ensure", "--namespace", "podnet-system"]);
     assert.equal(pod.securityContext.runAsNonRoot, true);
     assert.deepEqual(pod.containers[0].securityContext.capabilities, { drop: ["ALL"] });
@@ -190,8 +239,10 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
   test("values reach the objects: images, port, backend, cgroup root, broker delivery, public keys, no GKE quota", () => {
     const rendered = objects(
       chart([
-        "images.nodeRunner=registry.example/nr:1",
-        "images.decision=registry.example/fn:1",
+        "images.nodeRunner.repository=registry.example/nr",
+        "images.nodeRunner.tag=1.0.0",
+        "images.decision.repository=registry.example/fn",
+        "images.decision.tag=1.0.0",
         "nodeRunner.port=20443",
         "nodeRunner.backend=nftables",
         "nodeRunner.cgroupRoot=/kubelet",
@@ -203,7 +254,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     );
     const ds = JSON.stringify(rendered.get("DaemonSet/podnet-system/podnet-node-runner"));
     for (const needle of [
-      '"image":"registry.example/nr:1"',
+      '"image":"registry.example/nr:1.0.0"',
       '{"name":"LISTEN_PORT","value":"20443"}',
       '"containerPort":20443',
       '"value":"nftables"',
@@ -211,7 +262,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     ])
       assert.ok(ds.includes(needle), needle);
     const fn = JSON.stringify(rendered.get("Service/podnet-system/podnet-decision"));
-    assert.ok(fn.includes('"image":"registry.example/fn:1"') && fn.includes('{"name":"NODE_RUNNER_PORT","value":"20443"}'), fn);
+    assert.ok(fn.includes('"image":"registry.example/fn:1.0.0"') && fn.includes('{"name":"NODE_RUNNER_PORT","value":"20443"}'), fn);
     assert.ok(rendered.has("Broker/podnet-system/podnet") && rendered.has("Trigger/podnet-system/podnet-pod-events"));
     assert.match(JSON.stringify(rendered.get("ApiServerSource/podnet-system/podnet-pods")), /"kind":"Broker","name":"podnet"/);
     assert.equal(
@@ -231,21 +282,121 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
         (err: unknown) => message.test(String((err as { stderr?: string }).stderr)),
       );
     }
-    assert.throws(
-      () => helm("template", "podnet", path.join(root, "charts/podnet"), "--namespace", "default"),
-      (err: unknown) => /install into the podnet-system namespace/.test(String((err as { stderr?: string }).stderr)),
+  });
+
+  // The values Istio's and Linkerd's charts have, each reaching its object; empty ones keep the
+  // manifests' (the kustomize comparison above is the defaults' test).
+  test("images by repository, tag and digest, pull policy and secrets, resources, scheduling, priority, update strategy, pod labels and annotations reach the node-runner, the function and the key Job", () => {
+    const rendered = objects(chart([...EVERY_VALUE]));
+    const ds = rendered.get("DaemonSet/podnet-system/podnet-node-runner") as unknown as k8s.V1DaemonSet;
+    const runner = ds.spec?.template;
+    assert.deepEqual(
+      {
+        image: runner?.spec?.containers[0]?.image,
+        pullPolicy: runner?.spec?.containers[0]?.imagePullPolicy,
+        pullSecrets: runner?.spec?.imagePullSecrets,
+        resources: runner?.spec?.containers[0]?.resources,
+        nodeSelector: runner?.spec?.nodeSelector,
+        tolerations: runner?.spec?.tolerations,
+        affinity: runner?.spec?.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms[0]?.matchExpressions?.[0],
+        priority: runner?.spec?.priorityClassName,
+        strategy: ds.spec?.updateStrategy,
+        labels: runner?.metadata?.labels,
+        annotations: runner?.metadata?.annotations,
+      },
+      {
+        image: `registry.example:5000/mesh/nr:0.1.0@${DIGEST}`,
+        pullPolicy: "Always",
+        pullSecrets: [{ name: "regcred" }],
+        resources: { requests: { cpu: "100m" }, limits: { memory: "512Mi" } },
+        nodeSelector: { "kubernetes.io/os": "linux", pool: "mesh" },
+        tolerations: [{ key: "dedicated", operator: "Exists" }],
+        affinity: { key: "zone", operator: "Exists" },
+        priority: "mesh-critical",
+        strategy: { type: "OnDelete" },
+        labels: { "app.kubernetes.io/name": "podnet-node-runner", "app.kubernetes.io/part-of": "podnet", "sidecar.istio.io/inject": "false", team: "net" },
+        annotations: { "example.com/owner": "net" },
+      },
+    );
+    const fn = (rendered.get("Service/podnet-system/podnet-decision") as unknown as { spec: { template: k8s.V1PodTemplateSpec } }).spec.template;
+    assert.deepEqual(
+      {
+        image: fn.spec?.containers[0]?.image,
+        pullPolicy: fn.spec?.containers[0]?.imagePullPolicy,
+        pullSecrets: fn.spec?.imagePullSecrets,
+        memory: fn.spec?.containers[0]?.resources,
+        team: fn.metadata?.labels?.team,
+        inject: fn.metadata?.labels?.["sidecar.istio.io/inject"],
+        maxScale: fn.metadata?.annotations?.["autoscaling.knative.dev/max-scale"],
+        minScale: fn.metadata?.annotations?.["autoscaling.knative.dev/min-scale"],
+      },
+      {
+        image: "registry.example:5000/mesh/fn:2.0.1",
+        pullPolicy: "Always",
+        pullSecrets: [{ name: "regcred" }],
+        memory: { requests: { memory: "128Mi" } },
+        team: "net",
+        inject: "false",
+        maxScale: "5",
+        minScale: "1",
+      },
+    );
+    const job = (rendered.get("Job/podnet-system/podnet-keys") as unknown as { spec: { template: k8s.V1PodTemplateSpec } }).spec.template.spec;
+    assert.deepEqual(
+      {
+        image: job?.containers[0]?.image,
+        pullPolicy: job?.containers[0]?.imagePullPolicy,
+        pullSecrets: job?.imagePullSecrets,
+        resources: job?.containers[0]?.resources,
+        nodeSelector: job?.nodeSelector,
+        tolerations: job?.tolerations,
+      },
+      {
+        image: `registry.example:5000/mesh/nr:0.1.0@${DIGEST}`,
+        pullPolicy: "Always",
+        pullSecrets: [{ name: "regcred" }],
+        resources: { limits: { memory: "300Mi" } },
+        nodeSelector: { "kubernetes.io/os": "linux", pool: "system" },
+        tolerations: [{ operator: "Exists" }],
+      },
     );
   });
 
-  test("each platform's rendering is accepted by the real API server with Knative's CRDs", async () => {
+  // The namespace is the release's: every object, every reference to it (RBAC subjects, the
+  // admission policies' ServiceAccount names, the audiences, the function's own namespace for
+  // its allowed senders), and nothing left naming podnet-system.
+  test("installed into another namespace, every object and every reference to it follow", () => {
+    for (const set of [[], ["eventing.delivery=broker"], ["platform.openshift=true"]]) {
+      const text = helm("template", "podnet", path.join(root, "charts/podnet"), "--namespace", "mesh-ops", ...set.flatMap((s) => ["--set", s]));
+      assert.doesNotMatch(text, /podnet-system/, set.join(","));
+      const rendered = [...objects(text).values()];
+      for (const o of rendered) {
+        const clusterScoped = [
+          "ClusterRole",
+          "ClusterRoleBinding",
+          "ValidatingAdmissionPolicy",
+          "ValidatingAdmissionPolicyBinding",
+          "SecurityContextConstraints",
+        ];
+        if (!clusterScoped.includes(o.kind)) assert.equal(o.metadata.namespace, "mesh-ops", `${o.kind}/${o.metadata.name}`);
+      }
+      assert.match(text, /system:serviceaccount:mesh-ops:podnet-node-runner/);
+      assert.match(text, /audience: serving\.knative\.dev\/service\/mesh-ops\/podnet-decision/);
+      assert.match(text, /name: CONTROLLER_NAMESPACE\n\s+value: mesh-ops/);
+    }
+  });
+
+  test("each platform's rendering, and one with every value set in another namespace, is accepted by the real API server with Knative's CRDs", async () => {
     // Server-side dry run: every object fully validated (schemas, CRDs, admission), none kept,
     // so each rendering is judged on its own.
     const client = k8s.KubernetesObjectApi.makeApiClient(controlPlane().kubeConfig());
     await controlPlane().ensureNamespace("podnet-system");
+    await controlPlane().ensureNamespace("mesh-ops");
     for (const set of [
       [],
       ["eventing.delivery=broker", "keys.generate=false", "keys.publicKeys.fn-1=PEM"],
       ["platform.openshift=true", "nodeRunner.cgroupRoot=/kubelet"],
+      ["--namespace=mesh-ops", ...EVERY_VALUE],
     ]) {
       // SecurityContextConstraints is OpenShift's own API: its rendering is checked above.
       const docs = raw(chart(set)).filter((o) => o.kind !== "SecurityContextConstraints");

@@ -5,11 +5,12 @@
 // injected pods go to the real kube-apiserver with Pod Security `restricted` enforced.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
+import { parseAllDocuments, stringify } from "yaml";
 import { deriveCaptureInput } from "../../functions/capture-from-pod.ts";
 import { WAITER_COMMAND, WAITER_CONTAINER } from "../../functions/decision.ts";
 import { parsePod } from "../../functions/pod.ts";
@@ -187,6 +188,58 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
         metadata: { ...plain.metadata, name: "chosen-image", annotations: { ...plain.metadata.annotations, "podnet.istio.io/waiter-image": "mine/waiter:2" } },
       };
       assert.equal(waiterImage(kubeInject(files, chosen)), "mine/waiter:2");
+    } finally {
+      rmSync(own, { recursive: true, force: true });
+    }
+  });
+
+  // README's istioctl path: the user's own IstioOperator (here Istio's OpenShift platform, values
+  // of its own) and the overlay `pnc istio-template --istio-operator` prints, merged by istioctl.
+  test("istioctl with the user's IstioOperator and the overlay pnc istio-template --istio-operator prints: the template injected (the install's waiter image), CNI mode off, no istio-cni agent, the user's values kept", () => {
+    const own = mkdtempSync(path.join(os.tmpdir(), "pnct-operator-"));
+    try {
+      const overlay = path.join(own, "podnet-istio.yaml");
+      writeFileSync(
+        overlay,
+        execFileSync(
+          process.execPath,
+          ["--import", "tsx", path.join(root, "cli/pnc.ts"), "istio-template", "--istio-operator", "--waiter-image", "registry.example/podnet/waiter:9"],
+          { cwd: root, encoding: "utf8" },
+        ),
+      );
+      const user = path.join(own, "user-operator.yaml");
+      writeFileSync(
+        user,
+        stringify({
+          apiVersion: "install.istio.io/v1alpha1",
+          kind: "IstioOperator",
+          spec: { values: { global: { platform: "openshift", imagePullPolicy: "IfNotPresent", proxy: { holdApplicationUntilProxyStarts: true } } } },
+        }),
+      );
+      const files = renderInjector(own, { operatorFiles: [user, overlay] });
+      assert.deepEqual(files.daemonSets, [], "no istio-cni agent");
+      const values = JSON.parse(readFileSync(files.values, "utf8")) as {
+        pilot: { cni: { enabled: boolean } };
+        global: { platform?: string; proxy: { holdApplicationUntilProxyStarts?: boolean; seccompProfile?: { type?: string } } };
+      };
+      assert.deepEqual(
+        [values.pilot.cni.enabled, values.global.platform, values.global.proxy.holdApplicationUntilProxyStarts, values.global.proxy.seccompProfile?.type],
+        [false, "openshift", true, "RuntimeDefault"],
+      );
+      // istiod's webhook applies the config's defaultTemplates (the cluster tests inject that way);
+      // kube-inject always defaults to Istio's own, so here the pod names them.
+      const config = parseAllDocuments(readFileSync(files.config, "utf8"))[0]?.toJS() as { defaultTemplates: string[] };
+      assert.deepEqual(config.defaultTemplates, ["sidecar", "podnet"]);
+      const injected = kubeInject(files, appPod("operator-path", { native: true, appInit: false, mode: "REDIRECT", templates: "sidecar,podnet" }));
+      const inits = injected.spec.initContainers ?? [];
+      const first = inits[0];
+      assert.ok(first !== undefined);
+      assert.deepEqual([first.name, first.image], [WAITER_CONTAINER, "registry.example/podnet/waiter:9"], "the waiter first, with the install's image");
+      assert.equal(
+        inits.some((c) => c.name === "istio-init"),
+        false,
+      );
+      assert.equal(injected.metadata.annotations?.["k8s.v1.cni.cncf.io/networks"], undefined, "no Multus network of Istio's on OpenShift");
     } finally {
       rmSync(own, { recursive: true, force: true });
     }

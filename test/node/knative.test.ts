@@ -20,46 +20,50 @@ import { missingRealNodeReason, onNode, podRef, realNodeStackFixture, RUNNER_LAB
 const missing = missingRealNodeReason() ?? missingKnativeReason();
 const NS = "shop";
 const root = path.resolve(import.meta.dirname, "../..");
-const FUNCTION_AUDIENCE = "serving.knative.dev/service/podnet-system/podnet-decision";
+/** The function's audience, as the chart's sources and Triggers name it in the namespace it is installed in. */
+const functionAudience = (namespace: string): string => `serving.knative.dev/service/${namespace}/podnet-decision`;
 const SOURCE_IDENTITY = "podnet-pods-oidc-sources.knative.dev-apiserversource";
 
 /** Whether the log of one of the function's serving pods (a Revision may have been rolled) matches. */
 async function functionLogMatches(stack: RealNodeStack, pattern: RegExp): Promise<boolean> {
-  const pods = await stack.core.listNamespacedPod({ namespace: "podnet-system", labelSelector: "serving.knative.dev/service=podnet-decision" });
+  const pods = await stack.core.listNamespacedPod({ namespace: stack.installNamespace, labelSelector: "serving.knative.dev/service=podnet-decision" });
   return pods.items
     .filter((p) => p.metadata?.deletionTimestamp === undefined && p.status?.phase === "Running")
     .some((p) => pattern.test(stack.nodeOf(p).containerLog(podRef(p), "decision")));
 }
 
 /** The sink, audience and OIDC identity in the environment of the adapter Deployment Knative made for an ApiServerSource. */
-async function adapterEnv(cp: ControlPlane, source: string): Promise<Record<string, string>> {
+async function adapterEnv(cp: ControlPlane, namespace: string, source: string): Promise<Record<string, string>> {
   const apps = cp.kubeConfig().makeApiClient(k8s.AppsV1Api);
-  const made = await apps.listNamespacedDeployment({ namespace: "podnet-system", labelSelector: `eventing.knative.dev/sourceName=${source}` });
+  const made = await apps.listNamespacedDeployment({ namespace, labelSelector: `eventing.knative.dev/sourceName=${source}` });
   assert.equal(made.items.length, 1, `one adapter Deployment for ${source}, made by Knative's controller`);
   const env = made.items[0]?.spec?.template.spec?.containers[0]?.env ?? [];
   return Object.fromEntries(env.filter((e) => ["K_SINK", "K_AUDIENCE", "K_OIDC_SERVICE_ACCOUNT"].includes(e.name)).map((e) => [e.name, e.value ?? ""]));
 }
 
 for (const delivery of ["direct", "broker"] as const) {
+  // The Broker variant is installed in a namespace of its own choosing: the chart follows it
+  // everywhere it names its namespace (audiences, senders, the admission policies' identities).
+  const system = delivery === "broker" ? "mesh-ops" : "podnet-system";
   describe(
-    `through Knative's own controllers, ${delivery} delivery [needs root, control plane, node binaries, istiod, Knative and images]`,
+    `through Knative's own controllers, ${delivery} delivery, installed in ${system} [needs root, control plane, node binaries, istiod, Knative and images]`,
     skipUnlessCI(missing),
     () => {
-      const s = realNodeStackFixture(missing, `knative ${delivery}`, { namespaces: [NS], knative: { delivery } });
+      const s = realNodeStackFixture(missing, `knative ${delivery}`, { namespaces: [NS], knative: { delivery, namespace: system } });
 
       test("Knative makes the adapter with its sink, that sink's audience and the source's OIDC identity, and runs the function as a Revision with queue-proxy", async () => {
         const { cp, core } = s();
         assert.deepEqual(
-          await adapterEnv(cp, "podnet-pods"),
+          await adapterEnv(cp, system, "podnet-pods"),
           delivery === "direct"
-            ? { K_SINK: "http://podnet-decision.podnet-system.svc.cluster.local", K_AUDIENCE: FUNCTION_AUDIENCE, K_OIDC_SERVICE_ACCOUNT: SOURCE_IDENTITY }
+            ? { K_SINK: `http://podnet-decision.${system}.svc.cluster.local`, K_AUDIENCE: functionAudience(system), K_OIDC_SERVICE_ACCOUNT: SOURCE_IDENTITY }
             : {
-                K_SINK: "http://broker-ingress.knative-eventing.svc.cluster.local/podnet-system/podnet",
-                K_AUDIENCE: "eventing.knative.dev/broker/podnet-system/podnet",
+                K_SINK: `http://broker-ingress.knative-eventing.svc.cluster.local/${system}/podnet`,
+                K_AUDIENCE: `eventing.knative.dev/broker/${system}/podnet`,
                 K_OIDC_SERVICE_ACCOUNT: SOURCE_IDENTITY,
               },
         );
-        const fnPods = await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: "serving.knative.dev/service=podnet-decision" });
+        const fnPods = await core.listNamespacedPod({ namespace: system, labelSelector: "serving.knative.dev/service=podnet-decision" });
         assert.ok(fnPods.items.length >= 1, "the function's Revision has a pod");
         assert.deepEqual(fnPods.items[0]?.spec?.containers.map((c) => c.name).sort(), ["decision", "queue-proxy"]);
         if (delivery === "broker") {
@@ -69,13 +73,13 @@ for (const delivery of ["direct", "broker"] as const) {
             const trigger = (await custom.getNamespacedCustomObject({
               group: "eventing.knative.dev",
               version: "v1",
-              namespace: "podnet-system",
+              namespace: system,
               plural: "triggers",
               name,
             })) as {
               status?: { subscriberAudience?: string; auth?: { serviceAccountName?: string } };
             };
-            assert.equal(trigger.status?.subscriberAudience, FUNCTION_AUDIENCE, name);
+            assert.equal(trigger.status?.subscriberAudience, functionAudience(system), name);
             assert.equal(trigger.status.auth?.serviceAccountName, `${name}-oidc-eventing.knative.dev-trigger`, name);
           }
         }
@@ -108,8 +112,8 @@ for (const delivery of ["direct", "broker"] as const) {
             await core.createNamespacedPod({ namespace: NS, body: meshPod(name, appContainer("server"), { annotations: small }) });
             if (i === 10) {
               // Knative's Deployment makes a new adapter pod; events in between are redelivered or resynced.
-              const adapters = await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: "eventing.knative.dev/sourceName=podnet-pods" });
-              for (const p of adapters.items) await core.deleteNamespacedPod({ namespace: "podnet-system", name: p.metadata?.name ?? "" });
+              const adapters = await core.listNamespacedPod({ namespace: system, labelSelector: "eventing.knative.dev/sourceName=podnet-pods" });
+              for (const p of adapters.items) await core.deleteNamespacedPod({ namespace: system, name: p.metadata?.name ?? "" });
             }
             if (i === 25) {
               // An operator's change to the Service: Serving rolls the function to a new Revision.
@@ -117,7 +121,7 @@ for (const delivery of ["direct", "broker"] as const) {
                 {
                   group: "serving.knative.dev",
                   version: "v1",
-                  namespace: "podnet-system",
+                  namespace: system,
                   plural: "services",
                   name: "podnet-decision",
                   body: { spec: { template: { metadata: { annotations: { "podnet.test/rolled": "1" } } } } },
@@ -131,13 +135,13 @@ for (const delivery of ["direct", "broker"] as const) {
             const p = await waitRunning(NS, name, 300_000);
             assert.equal(p.metadata?.annotations?.[MARK.status], STATUS_INITIALIZED, name);
           }
-          const revisions = await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: "serving.knative.dev/service=podnet-decision" });
+          const revisions = await core.listNamespacedPod({ namespace: system, labelSelector: "serving.knative.dev/service=podnet-decision" });
           assert.ok(
             revisions.items.some((p) => p.metadata?.labels?.["serving.knative.dev/revision"] === "podnet-decision-00002"),
             "the function was rolled to a new Revision",
           );
           // Every apply of a pod, on whichever node and from whichever Revision, named the same rules.
-          const runners = (await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL })).items;
+          const runners = (await core.listNamespacedPod({ namespace: system, labelSelector: RUNNER_LABEL })).items;
           const rulesOf = new Map<string, Set<string>>();
           for (const runner of runners) {
             for (const line of nodeOf(runner).containerLog(podRef(runner), "node-runner").split("\n")) {
@@ -161,7 +165,7 @@ for (const delivery of ["direct", "broker"] as const) {
                   "podnet",
                   path.join(root, "charts/podnet"),
                   "--namespace",
-                  "podnet-system",
+                  system,
                   "--set",
                   `platform.openshift=${String(openshift)}`,
                   "--set",
@@ -175,7 +179,7 @@ for (const delivery of ["direct", "broker"] as const) {
                 // Another name beside the installed object; dry-run: Knative's mutating and validating webhooks run, nothing is stored.
                 const body = { ...doc, metadata: { ...doc.metadata, name: `${doc.metadata?.name ?? ""}-admit` } };
                 const plural = `${(doc.kind ?? "").toLowerCase()}s`;
-                await custom.createNamespacedCustomObject({ group, version, namespace: "podnet-system", plural, body, dryRun: "All" }).catch((err: unknown) => {
+                await custom.createNamespacedCustomObject({ group, version, namespace: system, plural, body, dryRun: "All" }).catch((err: unknown) => {
                   throw new Error(`${doc.kind ?? "?"}/${doc.metadata?.name ?? "?"} (openshift=${String(openshift)}, ${variant}) refused: ${String(err)}`);
                 });
                 admitted.push(`${doc.kind ?? "?"}/${doc.metadata?.name ?? "?"}`);
@@ -198,7 +202,7 @@ for (const delivery of ["direct", "broker"] as const) {
           const source = (await custom.getNamespacedCustomObject({
             group: "sources.knative.dev",
             version: "v1",
-            namespace: "podnet-system",
+            namespace: system,
             plural: "apiserversources",
             name: "podnet-pods",
           })) as {
@@ -208,21 +212,21 @@ for (const delivery of ["direct", "broker"] as const) {
           await custom.createNamespacedCustomObject({
             group: "sources.knative.dev",
             version: "v1",
-            namespace: "podnet-system",
+            namespace: system,
             plural: "apiserversources",
             body: { apiVersion: "sources.knative.dev/v1", kind: "ApiServerSource", metadata: { name: "no-audience" }, spec: { ...source.spec, sink } },
           });
           let env: Record<string, string> = {};
           await waitFor("Knative's adapter for the source without an audience", 60_000, async () => {
-            env = await adapterEnv(cp, "no-audience").catch(() => ({}));
+            env = await adapterEnv(cp, system, "no-audience").catch(() => ({}));
             return env.K_SINK !== undefined;
           });
-          assert.equal(env.K_SINK, "http://podnet-decision.podnet-system.svc.cluster.local");
+          assert.equal(env.K_SINK, `http://podnet-decision.${system}.svc.cluster.local`);
           assert.equal(env.K_AUDIENCE, undefined, "no audience, so no token");
           // Its adapter running, a mesh pod's events reach the function from it without a token: refused.
           const { core, meshPod, appContainer } = s();
           await waitFor("the audience-less adapter's pod Ready", 60_000, async () =>
-            (await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: "eventing.knative.dev/sourceName=no-audience" })).items.some((p) =>
+            (await core.listNamespacedPod({ namespace: system, labelSelector: "eventing.knative.dev/sourceName=no-audience" })).items.some((p) =>
               p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"),
             ),
           );
@@ -231,7 +235,7 @@ for (const delivery of ["direct", "broker"] as const) {
           await custom.deleteNamespacedCustomObject({
             group: "sources.knative.dev",
             version: "v1",
-            namespace: "podnet-system",
+            namespace: system,
             plural: "apiserversources",
             name: "no-audience",
           });
@@ -242,7 +246,7 @@ for (const delivery of ["direct", "broker"] as const) {
         test("a Trigger without subscriber.audience (the Triggers before the fix): Knative's filter delivers without a token, and the function refuses it", async () => {
           const { cp } = s();
           const custom = cp.kubeConfig().makeApiClient(k8s.CustomObjectsApi);
-          const trigger = { group: "eventing.knative.dev", version: "v1", namespace: "podnet-system", plural: "triggers" };
+          const trigger = { group: "eventing.knative.dev", version: "v1", namespace: system, plural: "triggers" };
           await custom.createNamespacedCustomObject({
             ...trigger,
             body: {

@@ -34,6 +34,8 @@ export interface InjectorOptions {
   readonly platform?: string;
   /** More values.global.proxy settings. */
   readonly proxy?: Record<string, unknown>;
+  /** IstioOperator files given to istioctl in this order (-f each), instead of one built from the options above. */
+  readonly operatorFiles?: readonly string[];
 }
 
 /** Istio's injector ConfigMaps for an operator with the project's template, written into `dir`; `daemonSets`: what istioctl would install as node agents. */
@@ -59,7 +61,8 @@ export function renderInjector(dir: string, options: InjectorOptions = {}): Inje
     },
   };
   writeFileSync(path.join(dir, "operator.yaml"), stringify(operator));
-  const manifest = execFileSync(ISTIOCTL, ["manifest", "generate", "-f", path.join(dir, "operator.yaml")], { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
+  const files = options.operatorFiles ?? [path.join(dir, "operator.yaml")];
+  const manifest = execFileSync(ISTIOCTL, ["manifest", "generate", ...files.flatMap((f) => ["-f", f])], { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 });
   const daemonSets = parseAllDocuments(manifest)
     .map((d) => d.toJS() as { kind?: string; metadata?: { name?: string } } | null)
     .filter((d) => d?.kind === "DaemonSet")
@@ -70,11 +73,11 @@ export function renderInjector(dir: string, options: InjectorOptions = {}): Inje
   const injector = configMaps.find((d) => d?.metadata?.name === "istio-sidecar-injector")?.data;
   const mesh = configMaps.find((d) => d?.metadata?.name === "istio")?.data?.mesh;
   assert.ok(injector?.config !== undefined && injector.values !== undefined && mesh !== undefined, "manifest generate rendered the injector ConfigMaps");
-  const files = { dir, config: path.join(dir, "config.yaml"), values: path.join(dir, "values.yaml"), mesh: path.join(dir, "mesh.yaml") };
-  writeFileSync(files.config, injector.config);
-  writeFileSync(files.values, injector.values);
-  writeFileSync(files.mesh, mesh);
-  return { ...files, daemonSets };
+  const written = { dir, config: path.join(dir, "config.yaml"), values: path.join(dir, "values.yaml"), mesh: path.join(dir, "mesh.yaml") };
+  writeFileSync(written.config, injector.config);
+  writeFileSync(written.values, injector.values);
+  writeFileSync(written.mesh, mesh);
+  return { ...written, daemonSets };
 }
 
 /** The pod as Istio's injector returns it. */

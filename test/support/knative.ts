@@ -165,7 +165,7 @@ function projectObjects(delivery: "direct" | "broker"): [string, string, string,
 }
 
 /** Resolves once Knative reports every object of the project Ready (its controllers write that; the tests only read it). */
-export async function knativeReady(cp: ControlPlane, delivery: "direct" | "broker", log: (line: string) => void): Promise<void> {
+export async function knativeReady(cp: ControlPlane, delivery: "direct" | "broker", namespace: string, log: (line: string) => void): Promise<void> {
   const started = Date.now();
   const custom = cp.kubeConfig().makeApiClient(k8s.CustomObjectsApi);
   let notReady = "";
@@ -175,7 +175,7 @@ export async function knativeReady(cp: ControlPlane, delivery: "direct" | "broke
     async () => {
       const pending: string[] = [];
       for (const [group, version, plural, name] of projectObjects(delivery)) {
-        const object = (await custom.getNamespacedCustomObject({ group, version, namespace: "podnet-system", plural, name })) as Conditioned;
+        const object = (await custom.getNamespacedCustomObject({ group, version, namespace, plural, name })) as Conditioned;
         const ready = object.status?.conditions?.find((c) => c.type === "Ready");
         if (ready?.status !== "True") pending.push(`${plural}/${name}: ${ready?.reason ?? "no Ready condition"} ${ready?.message ?? ""}`.trim());
       }

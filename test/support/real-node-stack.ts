@@ -37,7 +37,8 @@ export const APP_IMAGE = "localhost/pnc/proxy-recorder:test";
  * The function's image under a name Knative Serving resolves no tag of (dev.local is one of its
  * default registries-skipping-tag-resolving: there is no registry here to ask for a digest).
  */
-const DECISION_IMAGE = "dev.local/podnet/decision:test";
+/** The function's image as the chart's values name it: Serving resolves no tag under dev.local. */
+const DECISION_IMAGE = { repository: "dev.local/podnet/decision", tag: "test" };
 export const RUNNER_LABEL = "app.kubernetes.io/name=podnet-node-runner";
 
 /** PID 1 of a container ignores SIGTERM unless it handles it (else the kubelet waits 30 s). */
@@ -69,6 +70,8 @@ export const podRef = (p: k8s.V1Pod): PodRef => ({ namespace: p.metadata?.namesp
 export interface RealNodeStack {
   readonly cluster: Cluster;
   readonly cp: ControlPlane;
+  /** The namespace the chart is installed in (the node-runners, the function, the sources). */
+  readonly installNamespace: string;
   readonly nodes: readonly RealNode[];
   /** The node a pod is bound to. */
   readonly nodeOf: (pod: k8s.V1Pod) => RealNode;
@@ -104,9 +107,10 @@ export async function startRealNodeStack(
     family?: IpFamily;
     /**
      * Knative Eventing and Serving run the function and the event sources (test/support/knative.ts),
-     * with the chart's delivery variant; otherwise they are processes in the fabric.
+     * with the chart's delivery variant, the chart installed in `namespace` (default
+     * podnet-system); otherwise they are processes in the fabric, the chart in podnet-system.
      */
-    knative?: { delivery: "direct" | "broker" };
+    knative?: { delivery: "direct" | "broker"; namespace?: string };
   } = {},
 ): Promise<RealNodeStack> {
   const log = options.log ?? ((): void => undefined);
@@ -127,6 +131,7 @@ export async function startRealNodeStack(
     const network = cluster.network;
     const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     const knative = options.knative;
+    const installNamespace = knative?.namespace ?? "podnet-system";
     if (knative === undefined) await cp.installKnativeCrds();
     else await installKnative(cp, nodes, { broker: knative.delivery === "broker", log });
 
@@ -152,7 +157,7 @@ export async function startRealNodeStack(
       ["node-runner", "localhost/podnet/node-runner:test", "ghcr.io/podnet/node-runner:0.1.0"],
       ["waiter", "localhost/podnet/waiter:test", "ghcr.io/podnet/waiter:0.1.0"],
       ["proxy-recorder", APP_IMAGE, ISTIO_PROXY_IMAGE],
-      ...(knative === undefined ? [] : ([["decision", "localhost/podnet/decision:test", DECISION_IMAGE]] as const)),
+      ...(knative === undefined ? [] : ([["decision", "localhost/podnet/decision:test", `${DECISION_IMAGE.repository}:${DECISION_IMAGE.tag}`]] as const)),
     ] as const) {
       for (const node of nodes) {
         node.importImage(path.join(IMAGE_DIR, `${archive}.oci.tar`));
@@ -162,7 +167,7 @@ export async function startRealNodeStack(
 
     // The namespace first, labelled as README's Install says (the chart does not own it).
     await core.createNamespace({
-      body: { metadata: { name: "podnet-system", labels: { "pod-security.kubernetes.io/enforce": "privileged", "istio-injection": "disabled" } } },
+      body: { metadata: { name: installNamespace, labels: { "pod-security.kubernetes.io/enforce": "privileged", "istio-injection": "disabled" } } },
     });
     // README's step 2: Knative Eventing's OIDC sender identity.
     if (knative !== undefined) await patchConfigMap(cp, "knative-eventing", "config-features", { "authentication-oidc": "enabled" });
@@ -176,17 +181,26 @@ export async function startRealNodeStack(
         "podnet",
         path.join(root, "charts/podnet"),
         "--namespace",
-        "podnet-system",
+        installNamespace,
         "--kubeconfig",
         cp.writeKubeconfig("helm", cp.adminToken),
         "--set",
         "nodeRunner.cgroupRoot=/$(NODE_NAME)",
-        ...(knative === undefined ? [] : ["--set", `images.decision=${DECISION_IMAGE}`, "--set", `eventing.delivery=${knative.delivery}`]),
+        ...(knative === undefined
+          ? []
+          : [
+              "--set",
+              `images.decision.repository=${DECISION_IMAGE.repository}`,
+              "--set",
+              `images.decision.tag=${DECISION_IMAGE.tag}`,
+              "--set",
+              `eventing.delivery=${knative.delivery}`,
+            ]),
       ],
       { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
     );
     await waitFor("a node-runner pod Ready on every node", 90_000, async () => {
-      const pods = await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL });
+      const pods = await core.listNamespacedPod({ namespace: installNamespace, labelSelector: RUNNER_LABEL });
       const ready = pods.items.filter((p) => p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"));
       return nodes.every((n) => ready.some((p) => p.spec?.nodeName === n.name));
     });
@@ -198,9 +212,9 @@ export async function startRealNodeStack(
     async function startProcesses(): Promise<NonNullable<RealNodeStack["processes"]>> {
       const signingDir = path.join(dir, "signing");
       mkdirSync(signingDir);
-      const secret = await core.readNamespacedSecret({ namespace: "podnet-system", name: "podnet-signing-keys" });
+      const secret = await core.readNamespacedSecret({ namespace: installNamespace, name: "podnet-signing-keys" });
       for (const [file, pem] of Object.entries(secret.data ?? {})) writeFileSync(path.join(signingDir, file), Buffer.from(pem, "base64"), { mode: 0o600 });
-      const caConfigMap = await core.readNamespacedConfigMap({ namespace: "podnet-system", name: "podnet-node-runner-ca" });
+      const caConfigMap = await core.readNamespacedConfigMap({ namespace: installNamespace, name: "podnet-node-runner-ca" });
       writeFileSync(path.join(dir, "node-runner-ca.crt"), caConfigMap.data?.["ca.crt"] ?? "");
       const fnLogFile = path.join(dir, "function.log");
       fn = await startFunction(cp, {
@@ -217,7 +231,7 @@ export async function startRealNodeStack(
       return { fn, fnLogFile, adapterLogFile: adapter.logFile };
     }
     const processes = knative === undefined ? await startProcesses() : undefined;
-    if (knative !== undefined) await knativeReady(cp, knative.delivery, log);
+    if (knative !== undefined) await knativeReady(cp, knative.delivery, installNamespace, log);
 
     const createNamespace = async (name: string, labels: Record<string, string> = {}): Promise<void> => {
       await core.createNamespace({ body: { metadata: { name, labels } } });
@@ -252,6 +266,7 @@ export async function startRealNodeStack(
     return {
       cluster,
       cp,
+      installNamespace,
       nodes,
       nodeOf,
       ...(processes === undefined ? {} : { processes }),
@@ -275,7 +290,7 @@ export async function startRealNodeStack(
         return pod as k8s.V1Pod;
       },
       runnerLog: async (lines = 20) => {
-        const pods = await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL });
+        const pods = await core.listNamespacedPod({ namespace: installNamespace, labelSelector: RUNNER_LABEL });
         return pods.items.map((p) => nodeOf(p).containerLog(podRef(p), "node-runner").split("\n").slice(-lines).join("\n")).join("\n");
       },
       peakRssMiB: () => {

@@ -6,7 +6,11 @@ Call with (dict "root" $ "files" (list ...)); returns them as JSON.
 {{- define "podnet.docs" -}}
 {{- $docs := list -}}
 {{- range $file := .files -}}
-{{- range $text := splitList "\n---\n" ($.root.Files.Get $file) -}}
+{{- /* The manifests' namespace, podnet-system, wherever it is named (metadata, RBAC subjects,
+the admission policies' ServiceAccount names, the audiences, the function's environment), is
+the release's. */ -}}
+{{- $manifest := regexReplaceAll "\\bpodnet-system\\b" ($.root.Files.Get $file) $.root.Release.Namespace -}}
+{{- range $text := splitList "\n---\n" $manifest -}}
 {{- $doc := fromYaml $text -}}
 {{- if $doc.kind -}}{{- $docs = append $docs $doc -}}{{- end -}}
 {{- end -}}
@@ -29,4 +33,40 @@ app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
+{{- end -}}
+
+{{/* An image reference from (repository, tag, digest): the tag defaults to the chart's appVersion. */}}
+{{- define "podnet.image" -}}
+{{- $tag := default .root.Chart.AppVersion .image.tag -}}
+{{- printf "%s:%s" .image.repository $tag -}}{{- with .image.digest -}}@{{ . }}{{- end -}}
+{{- end -}}
+
+{{/*
+A pod template's container and spec given the install's image values: (dict "root" $ "pod" <pod
+spec> "container" <container> "image" <image values>). Pull policy and pull secrets only when set.
+*/}}
+{{- define "podnet.setImage" -}}
+{{- $v := .root.Values.images -}}
+{{- $_ := set .container "image" (include "podnet.image" (dict "root" .root "image" .image)) -}}
+{{- with $v.pullPolicy }}{{ $_ := set $.container "imagePullPolicy" . }}{{ end -}}
+{{- with $v.pullSecrets }}{{ $_ := set $.pod "imagePullSecrets" . }}{{ end -}}
+{{- end -}}
+
+{{/*
+Scheduling and resources from values onto a pod template: (dict "pod" <template> "values"
+<values with resources, nodeSelector, tolerations, affinity, priorityClassName, podLabels,
+podAnnotations; each optional>). Empty values keep the manifest's; node selectors merge onto
+the manifest's; the manifest's labels win (selectors need them), given annotations win.
+*/}}
+{{- define "podnet.setPod" -}}
+{{- $spec := .pod.spec -}}
+{{- $c := index $spec.containers 0 -}}
+{{- $v := .values -}}
+{{- with $v.resources }}{{ $_ := set $c "resources" . }}{{ end -}}
+{{- with $v.nodeSelector }}{{ $_ := set $spec "nodeSelector" (merge (dict) . (default (dict) $spec.nodeSelector)) }}{{ end -}}
+{{- with $v.tolerations }}{{ $_ := set $spec "tolerations" . }}{{ end -}}
+{{- with $v.affinity }}{{ $_ := set $spec "affinity" . }}{{ end -}}
+{{- with $v.priorityClassName }}{{ $_ := set $spec "priorityClassName" . }}{{ end -}}
+{{- with $v.podLabels }}{{ $_ := set $.pod.metadata "labels" (merge (dict) (default (dict) $.pod.metadata.labels) .) }}{{ end -}}
+{{- with $v.podAnnotations }}{{ $_ := set $.pod.metadata "annotations" (merge (dict) . (default (dict) $.pod.metadata.annotations)) }}{{ end -}}
 {{- end -}}
