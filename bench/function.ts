@@ -15,6 +15,7 @@ import http from "node:http";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import type { Readable, Writable } from "node:stream";
+import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { apiServerSourceEvent } from "../test/support/apiserversource.ts";
 import { manifestV8Flags } from "../test/support/components.ts";
 import { cpuSeconds } from "../test/support/processes.ts";
@@ -158,7 +159,7 @@ async function compare(make: (i: number) => SourceEvent, waitForDispatches: bool
   return { floor: result(floorTally), fn: result(fnTally) };
 }
 
-const marked = { "pod-network-controller.istio.io/status": "initialized" };
+const marked = { [MARK.status]: STATUS_INITIALIZED };
 const skips = await compare((i) => apiServerSourceEvent("update", benchPod(`web-${i}`, { annotations: marked })), false);
 const adds = await compare((i) => apiServerSourceEvent("add", benchPod(`new-${i}`)), true);
 const [bareSkip, skipped, bareAdd, dispatched] = [skips.floor, skips.fn, adds.floor, adds.fn];

@@ -20,6 +20,7 @@ const app = createNodeRunnerApp({
     identify: () => Promise.resolve({ kind: "found", terminating: false }),
     markInitialized: () => Promise.resolve(),
     markRefused: () => Promise.resolve(),
+    markSkipped: () => Promise.resolve(),
     clearMark: () => Promise.resolve(),
     recordEvent: () => Promise.resolve(),
   },

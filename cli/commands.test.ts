@@ -63,9 +63,7 @@ describe("pnc plan", () => {
     for (const backend of ["iptables-nft", "iptables-legacy", "nftables"]) {
       const { code, out } = run(["plan", example("injected-pod.yaml"), "--backend", backend]);
       assert.equal(code, EXIT.ok);
-      const digest = new RegExp(`\\n# rules ([0-9a-f]{16}): the mark's pod-network-controller\\.istio\\.io/rules once applied with ${backend}\\n$`).exec(
-        out,
-      )?.[1];
+      const digest = new RegExp(`\\n# rules ([0-9a-f]{16}): the mark's podnet\\.github\\.io/rules once applied with ${backend}\\n$`).exec(out)?.[1];
       assert.ok(digest !== undefined, out);
       assert.equal(
         (JSON.parse(run(["plan", example("injected-pod.yaml"), "--backend", backend, "--json"]).out) as { rulesDigest: string }).rulesDigest,

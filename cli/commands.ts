@@ -52,7 +52,7 @@ const USAGE = `usage:
 
   istio-template prints the podnet injection template; with --waiter-image, with the waiter
   image your install uses as its default (pods may still name another with
-  podnet.istio.io/waiter-image). Give it to istiod's chart with --set-file
+  podnet.github.io/waiter-image). Give it to istiod's chart with --set-file
   sidecarInjectorWebhook.templates.podnet=<file>; with --istio-operator it comes inside an
   IstioOperator overlay with the settings of config/istio/istiod-values.yaml, for
   istioctl install -f <your IstioOperator> -f <it>.

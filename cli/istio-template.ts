@@ -4,8 +4,11 @@
 // istiod (`--set-file sidecarInjectorWebhook.templates.podnet=...`). Pure: text in, text out.
 import { parse, stringify } from "yaml";
 
-/** The default in the template: the `podnet.istio.io/waiter-image` annotation's fallback. */
-const WAITER_IMAGE_DEFAULT = /(annotation \.ObjectMeta `podnet\.istio\.io\/waiter-image` `)([^`]*)(`)/g;
+/**
+ * The default in the template: the fallback of the innermost waiter-image annotation (the
+ * project's name falls back to the legacy podnet.istio.io one, which falls back to the image).
+ */
+const WAITER_IMAGE_DEFAULT = /(annotation \.ObjectMeta `podnet\.(?:github|istio)\.io\/waiter-image` `)([^`]*)(`)/g;
 
 /**
  * An image reference as the kubelet pulls one: [registry[:port]/]path[:tag][@sha256:digest].

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../contract/mark.ts";
+import { MARK, STATUS_INITIALIZED, STATUS_REFUSED, STATUS_SKIPPED } from "../contract/mark.ts";
 import { formatStatusTable, podStatusRows } from "./status.ts";
 
 // Pure rows and table; the real command against a cluster's pods: test/node/e2e.test.ts.
@@ -26,6 +26,11 @@ describe("pnc status: rows", () => {
         ),
         pod("lost", {}, { state: { running: {} } }),
         pod("plain", { [MARK.status]: "something-else" }),
+        pod(
+          "excluded",
+          { [MARK.status]: STATUS_SKIPPED, [MARK.reason]: "the policy skips this pod (namespace-excluded: shop)" },
+          { state: { terminated: { exitCode: 0 } } },
+        ),
       ],
       [
         { involvedObject: { uid: "uid-lost" }, reason: "NetworkInitSkipped", message: "older", lastTimestamp: "2026-12-06T10:00:00Z" },
@@ -37,6 +42,7 @@ describe("pnc status: rows", () => {
       rows.map((r) => [r.name, r.mark, r.waiter, r.detail]),
       [
         ["bad", "refused", "waiting (CrashLoopBackOff) (2 restarts)", "invalid capture configuration: x"],
+        ["excluded", "skipped", "exited 0", "the policy skips this pod (namespace-excluded: shop)"],
         ["lost", "none", "running", "NetworkInitSkipped: the policy skips this pod"],
         ["plain", "none", "-", ""],
         ["web", "initialized", "exited 0", "rules 4647c2457299da60 in netns 4026532246"],
@@ -44,7 +50,7 @@ describe("pnc status: rows", () => {
     );
     const table = formatStatusTable(rows).split("\n");
     assert.match(table[0] ?? "", /^NAMESPACE\s+NAME\s+NODE\s+MARK\s+WAITER\s+DETAIL$/);
-    assert.equal(table.length, 5);
+    assert.equal(table.length, 6);
     assert.equal(new Set(table.map((l) => (l.indexOf("pnc-node-1") < 0 ? l.indexOf("NODE") : l.indexOf("pnc-node-1")))).size, 1, "aligned columns");
   });
 

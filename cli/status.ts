@@ -3,7 +3,7 @@
 // last Warning the project recorded about it when it has no mark. What to read first when a pod
 // waits. The rows are built by a pure function (podStatusRows); the API calls are at the edge.
 import { parseArgs } from "node:util";
-import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../contract/mark.ts";
+import { readMark, STATUS_INITIALIZED, STATUS_REFUSED, STATUS_SKIPPED } from "../contract/mark.ts";
 import { WAITER_CONTAINER } from "../functions/decision.ts";
 import { errorMessage } from "../lib/errors.ts";
 import { CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, coreApi } from "./kube-client.ts";
@@ -37,7 +37,7 @@ export interface StatusRow {
   readonly namespace: string;
   readonly name: string;
   readonly node: string;
-  /** initialized, refused, or none */
+  /** initialized, refused, skipped, or none */
   readonly mark: string;
   /** The waiter's state: running, exited <code>, waiting (<reason>), or - without one. */
   readonly waiter: string;
@@ -58,15 +58,14 @@ export function podStatusRows(pods: readonly PodSummary[], events: readonly Even
   }
   return pods
     .map((p): StatusRow => {
-      const annotations = p.metadata?.annotations ?? {};
-      const status = annotations[MARK.status];
-      const mark = status === STATUS_INITIALIZED || status === STATUS_REFUSED ? status : "none";
+      const found = readMark(p.metadata?.annotations ?? {});
+      const mark = found.status === STATUS_INITIALIZED || found.status === STATUS_REFUSED || found.status === STATUS_SKIPPED ? found.status : "none";
       const detail =
         mark === STATUS_INITIALIZED
-          ? `rules ${annotations[MARK.rules] ?? "?"} in netns ${annotations[MARK.netns] ?? "?"}`
-          : mark === STATUS_REFUSED
-            ? (annotations[MARK.reason] ?? "")
-            : (lastWarning.get(p.metadata?.uid ?? "")?.text ?? "");
+          ? `rules ${found.rules ?? "?"} in netns ${found.netns ?? "?"}`
+          : mark === "none"
+            ? (lastWarning.get(p.metadata?.uid ?? "")?.text ?? "")
+            : (found.reason ?? "");
       return { namespace: p.metadata?.namespace ?? "", name: p.metadata?.name ?? "", node: p.spec?.nodeName ?? "", mark, waiter: waiterState(p), detail };
     })
     .sort((a, b) => a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));

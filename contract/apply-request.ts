@@ -9,6 +9,7 @@ export const API_VERSION = "podnet/v1";
 export const APPLY_PATH = "/v1/apply";
 export const REMOVE_PATH = "/v1/remove";
 export const REFUSE_PATH = "/v1/refuse";
+export const SKIP_PATH = "/v1/skip";
 export const MAX_BODY_BYTES = 64 * 1024;
 export const CONTENT_TYPE = "application/json";
 
@@ -62,17 +63,31 @@ export const refuseRequestSchema = z.strictObject({
   decision: z.strictObject({ reason: z.string().max(512), policy: z.string().max(128) }),
 });
 
+/**
+ * The policy keeps the pod out of the mesh, and it carries the waiter: mark it skipped with this
+ * reason (its waiter then lets it start, without interception).
+ */
+export const skipRequestSchema = z.strictObject({
+  apiVersion: z.literal(API_VERSION),
+  kind: z.literal("SkipRequest"),
+  node: dnsSubdomain,
+  pod: podRefSchema,
+  skip: z.string().min(1).max(MAX_REFUSAL_REASON),
+  decision: z.strictObject({ reason: z.string().max(512), policy: z.string().max(128) }),
+});
+
 export type PodRef = z.infer<typeof podRefSchema>;
 /** `capture` is checked separately (422, not 400) with parseCaptureConfig. */
 export type ApplyRequest = Omit<z.infer<typeof applyRequestSchema>, "capture"> & { capture: z.infer<typeof captureConfigInputSchema> };
 export type RemoveRequest = z.infer<typeof removeRequestSchema>;
 export type RefuseRequest = z.infer<typeof refuseRequestSchema>;
+export type SkipRequest = z.infer<typeof skipRequestSchema>;
 
 /** The node-runner's answers: 200 with the outcome, anything else with a reason. */
 const appliedOutcome = z.object({ result: z.enum(["applied", "unchanged"]), netns: z.string(), rules: z.string() });
 const removedOutcome = z.object({ result: z.enum(["removed", "absent"]) });
-/** A refusal: marked so, or not (the pod is initialized already: what runs stays). */
-const refusedOutcome = z.object({ result: z.enum(["refused", "kept-initialized"]) });
+/** A refusal or a skip: marked so, or not (the pod is initialized already: what runs stays). */
+const refusedOutcome = z.object({ result: z.enum(["refused", "skipped", "kept-initialized"]) });
 /** What programming a pod did (the answer without its timing). */
 export type ProgramOutcome = z.infer<typeof appliedOutcome> | z.infer<typeof removedOutcome> | z.infer<typeof refusedOutcome>;
 export const applyResponseSchema = z.union([

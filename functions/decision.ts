@@ -2,7 +2,7 @@
 // a decision with a machine-readable reason out. Cheap checks come first: most events are
 // updates of pods that need nothing, and they must cost microseconds.
 import { type PodRef } from "../contract/apply-request.ts";
-import { MARK, refusalReason, STATUS_INITIALIZED, STATUS_REFUSED } from "../contract/mark.ts";
+import { readMark, refusalReason, STATUS_INITIALIZED, STATUS_REFUSED, STATUS_SKIPPED } from "../contract/mark.ts";
 import { CaptureConfigError, parseCaptureConfig, type CaptureConfigInput, type CaptureIssue } from "../contract/capture-config.ts";
 import { ANNOTATION, deriveCaptureInput } from "./capture-from-pod.ts";
 import { podIPs, proxyContainer, type Pod } from "./pod.ts";
@@ -44,12 +44,43 @@ const STRANDING_SKIPS: ReadonlySet<SkipReason> = new Set<SkipReason>([
 export function strandedWaiter(decision: Decision, pod: Pod, mode: "enforce" | "dry-run"): string | undefined {
   if (!carriesWaiter(pod)) return undefined;
   if (decision.action === "skip" && STRANDING_SKIPS.has(decision.reason)) {
-    return `the policy skips this pod (${decision.reason}${decision.detail === undefined ? "" : `: ${decision.detail}`}): no rules will be applied and its ${WAITER_CONTAINER} init container will time out`;
+    return mode === "enforce"
+      ? `${skipText(decision)}: no rules will be applied; its ${WAITER_CONTAINER} init container is released, so the pod starts without traffic interception`
+      : `${skipText(decision)}: no rules will be applied and, the policy being in dry-run mode, its ${WAITER_CONTAINER} init container will time out`;
   }
   if (decision.action === "apply" && mode === "dry-run") {
     return `the policy is in dry-run mode: no rules will be applied and its ${WAITER_CONTAINER} init container will time out`;
   }
   return undefined;
+}
+
+const skipText = (decision: SkipDecision): string =>
+  `the policy skips this pod (${decision.reason}${decision.detail === undefined ? "" : `: ${decision.detail}`})`;
+
+/**
+ * A pod the policy skips for good while it carries the waiter, in enforce mode: what its
+ * node-runner is asked to mark (skipped, with the reason), so that the waiter lets it start
+ * rather than time out. Undefined when there is nothing to send: not such a pod, not on a node
+ * with an IP yet (a later event brings it), or marked so already. (Dry-run acts on no pod.)
+ */
+export function releaseDecision(decision: Decision, pod: Pod, mode: "enforce" | "dry-run"): ReleaseDecision | undefined {
+  if (mode !== "enforce" || decision.action !== "skip" || !STRANDING_SKIPS.has(decision.reason) || !carriesWaiter(pod)) return undefined;
+  const node = pod.spec.nodeName;
+  const hostIP = pod.status?.hostIP;
+  const ips = podIPs(pod);
+  if (node === undefined || node === "" || hostIP === undefined || hostIP === "" || ips.length === 0) return undefined;
+  const skip = refusalReason(skipText(decision));
+  const mark = readMark(pod.metadata.annotations ?? {});
+  if (mark.status === STATUS_INITIALIZED || (mark.status === STATUS_SKIPPED && mark.reason === skip)) return undefined;
+  const meta = pod.metadata;
+  return {
+    action: "release",
+    reason: decision.reason,
+    skip,
+    node,
+    hostIP,
+    pod: { namespace: meta.namespace ?? "default", name: meta.name ?? "", uid: meta.uid ?? "", ips },
+  };
 }
 
 export type SkipReason =
@@ -96,6 +127,16 @@ export type Decision =
       readonly node: string;
     };
 
+/** Skipped for good, and the pod's waiter waits: its node-runner marks it skipped with `skip`, and the waiter lets it start without interception. */
+export interface ReleaseDecision {
+  readonly action: "release";
+  readonly reason: SkipReason;
+  readonly skip: string;
+  readonly pod: PodRef;
+  readonly hostIP: string;
+  readonly node: string;
+}
+
 export interface NamespaceFacts {
   readonly labels?: Readonly<Record<string, string>>;
   readonly annotations?: Readonly<Record<string, string>>;
@@ -136,8 +177,8 @@ export function decide(input: DecisionInput): Decision {
     const error = { action: "error", reason: "invalid-capture", detail: err.message, issues: err.issues } as const;
     // A waiter that waits for rules that will never come is told so (once: not again when the mark already says it).
     const refusal = refusalReason(`invalid capture configuration: ${err.message}`);
-    const annotations = input.pod.metadata.annotations ?? {};
-    const told = annotations[MARK.status] === STATUS_REFUSED && annotations[MARK.reason] === refusal;
+    const mark = readMark(input.pod.metadata.annotations ?? {});
+    const told = mark.status === STATUS_REFUSED && mark.reason === refusal;
     if (!carriesWaiter(input.pod) || told) return error;
     return { ...error, action: "refuse", refusal, pod: target.pod, hostIP: target.hostIP, node: target.node };
   }
@@ -191,7 +232,7 @@ function skipOrTarget(input: DecisionInput): SkipDecision | Target {
   if (ips.length === 0) return skip("no-pod-ip");
 
   let reason: "needs-rules" | "waiter-still-waiting" = "needs-rules";
-  if (annotations[MARK.status] === STATUS_INITIALIZED) {
+  if (readMark(annotations).status === STATUS_INITIALIZED) {
     // Marked. Only a waiter that runs again or keeps waiting (its netns differs: the sandbox
     // was re-created) brings the pod back.
     if (!waiterStuck(pod, p.redispatchWaitingAfterSeconds, input.now ?? Date.now())) return skip("already-initialized");

@@ -10,21 +10,23 @@ import {
   APPLY_PATH,
   CONTENT_TYPE,
   REFUSE_PATH,
+  SKIP_PATH,
   applyResponseSchema,
   errorResponseSchema,
   type ApplyRequest,
   type RefuseRequest,
+  type SkipRequest,
 } from "../contract/apply-request.ts";
 import { signRequest } from "../contract/signature.ts";
-import type { Decision } from "./decision.ts";
+import type { Decision, ReleaseDecision } from "./decision.ts";
 import { ConcurrencyLimit } from "../lib/concurrency.ts";
 import { errorMessage } from "../lib/errors.ts";
 import { formatHostPort } from "../lib/listen-address.ts";
 
 export type ApplyDecision = Extract<Decision, { action: "apply" }>;
 export type RefuseDecision = Extract<Decision, { action: "refuse" }>;
-/** What is sent to a node-runner: rules to apply, or a refusal to mark. */
-export type DispatchDecision = ApplyDecision | RefuseDecision;
+/** What is sent to a node-runner: rules to apply, or a refusal or a skip to mark. */
+export type DispatchDecision = ApplyDecision | RefuseDecision | ReleaseDecision;
 
 export type DispatchResult =
   | { readonly ok: true; readonly status: 200; readonly result: string }
@@ -96,17 +98,19 @@ export class Dispatcher {
 
   private payload(decision: DispatchDecision, policyId: string): Buffer {
     const common = { apiVersion: API_VERSION, node: decision.node, pod: decision.pod, decision: { reason: decision.reason, policy: policyId } } as const;
-    const body: ApplyRequest | RefuseRequest =
+    const body: ApplyRequest | RefuseRequest | SkipRequest =
       decision.action === "apply"
         ? { ...common, kind: "ApplyRequest", capture: decision.capture }
-        : { ...common, kind: "RefuseRequest", refusal: decision.refusal };
+        : decision.action === "refuse"
+          ? { ...common, kind: "RefuseRequest", refusal: decision.refusal }
+          : { ...common, kind: "SkipRequest", skip: decision.skip };
     return Buffer.from(JSON.stringify(body));
   }
 
   private once(decision: DispatchDecision, payload: Buffer): Promise<DispatchResult> {
     const host = this.options.addressFor?.(decision) ?? decision.hostIP;
     const authority = formatHostPort(host, this.options.port);
-    const requestPath = decision.action === "apply" ? APPLY_PATH : REFUSE_PATH;
+    const requestPath = decision.action === "apply" ? APPLY_PATH : decision.action === "refuse" ? REFUSE_PATH : SKIP_PATH;
     const headers = signRequest({ method: "POST", authority, path: requestPath, contentType: CONTENT_TYPE, body: payload }, this.options.signingKey(), {
       now: Date.now(),
       nonce: randomUUID(),

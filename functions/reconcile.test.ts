@@ -4,8 +4,9 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { pino } from "pino";
 import { meshPodObject } from "../test/support/apiserversource.ts";
-import type { Decision } from "./decision.ts";
-import type { DispatchResult } from "./dispatch.ts";
+import { MARK, STATUS_SKIPPED } from "../contract/mark.ts";
+import { WAITER_COMMAND, WAITER_CONTAINER } from "./decision.ts";
+import type { DispatchDecision, DispatchResult } from "./dispatch.ts";
 import { createFunctionMetrics } from "./metrics.ts";
 import { parsePod, type Pod } from "./pod.ts";
 import { parsePolicy } from "./policy.ts";
@@ -14,7 +15,7 @@ import { createReconciler, type ClusterReader } from "./reconcile.ts";
 const log = pino({ level: "silent" });
 
 function setup(apiPods: Record<string, Pod>) {
-  const offered: { decision: Decision; policyId: string }[] = [];
+  const offered: { decision: DispatchDecision; policyId: string }[] = [];
   const reads: string[] = [];
   const readVersions: (string | undefined)[] = [];
   const cluster: ClusterReader = {
@@ -63,6 +64,39 @@ function sendingReconciler(apiPod: Pod, send: () => Promise<DispatchResult>, ret
     retryDelaysMs,
   });
 }
+
+/** A mesh pod that carries the template's waiter, in `namespace`. */
+function waitingPod(name: string, namespace: string, annotations: Record<string, string> = {}): Pod {
+  const o = meshPodObject(name, { namespace, annotations });
+  return parsePod({ ...o, spec: { ...o.spec, initContainers: [{ name: WAITER_CONTAINER, image: "waiter", command: [WAITER_COMMAND] }] } });
+}
+
+describe("pods the policy keeps out of the mesh while their waiter waits", () => {
+  const excluding = parsePolicy("mode: enforce\nnamespaces:\n  exclude: [knative-serving]");
+
+  test("released: its node-runner is asked to mark it skipped with the reason, once; a pod without the waiter, or in dry-run, is not", async () => {
+    const pod = waitingPod("activator", "knative-serving");
+    const { reconciler, offered, reads } = setup({});
+    assert.equal((await reconciler.reconcilePod(pod, excluding, log, { fromApi: false })).outcome, "queued");
+    await reconciler.whenIdle();
+    assert.deepEqual(reads, [], "a skip is decided from the event's pod");
+    const sent = offered[0]?.decision;
+    assert.ok(sent?.action === "release");
+    assert.deepEqual(
+      [sent.reason, sent.skip, sent.node, sent.pod.name],
+      ["namespace-excluded", "the policy skips this pod (namespace-excluded: knative-serving)", "node-a", "activator"],
+    );
+    // Marked so already (its next event): nothing more to send.
+    const marked = waitingPod("activator", "knative-serving", { [MARK.status]: STATUS_SKIPPED, [MARK.reason]: sent.skip });
+    assert.equal((await reconciler.reconcilePod(marked, excluding, log, { fromApi: false })).outcome, "skipped");
+    const plain = parsePod(meshPodObject("plain", { namespace: "knative-serving" }));
+    assert.equal((await reconciler.reconcilePod(plain, excluding, log, { fromApi: false })).outcome, "skipped");
+    const dryRun = parsePolicy("mode: dry-run\nnamespaces:\n  exclude: [knative-serving]");
+    assert.equal((await reconciler.reconcilePod(waitingPod("other", "knative-serving"), dryRun, log, { fromApi: false })).outcome, "skipped");
+    await reconciler.whenIdle();
+    assert.equal(offered.length, 1);
+  });
+});
 
 describe("reconcilePod", () => {
   const enforce = parsePolicy("mode: enforce");

@@ -8,7 +8,7 @@ import type { Logger } from "pino";
 import { formatIssues, formatWarning } from "../contract/capture-config.ts";
 import { BoundedMap } from "../lib/bounded-map.ts";
 import { errorMessage } from "../lib/errors.ts";
-import { decide, LEGACY_OPT_IN, skipDecision, strandedWaiter, type Decision, type DecisionInput, type NamespaceFacts } from "./decision.ts";
+import { decide, LEGACY_OPT_IN, releaseDecision, skipDecision, strandedWaiter, type Decision, type DecisionInput, type NamespaceFacts } from "./decision.ts";
 import type { DispatchDecision, Dispatcher } from "./dispatch.ts";
 import type { FunctionMetrics } from "./metrics.ts";
 import { proxyContainer, type Pod } from "./pod.ts";
@@ -214,7 +214,15 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     const name = podName(pod);
     const stranded = strandedWaiter(decision, pod, policy.document.mode);
     if (stranded !== undefined) warnStranded(pod, stranded, log);
-    if (decision.action === "skip") return skipped(decision, name, log);
+    if (decision.action === "skip") {
+      // Skipped for good while its waiter waits: its node-runner marks it skipped, and it starts.
+      const release = releaseDecision(decision, pod, policy.document.mode);
+      if (release !== undefined) {
+        metrics.decisions.inc({ action: release.action, reason: release.reason });
+        return queue(release, pod, policy, log);
+      }
+      return skipped(decision, name, log);
+    }
     metrics.decisions.inc({ action: decision.action, reason: decision.reason });
     if (decision.action === "error" || decision.action === "refuse") {
       log.warn({ decision: decision.action, reason: decision.reason, detail: decision.detail }, "pod refused: invalid capture configuration");
@@ -262,7 +270,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
         const policy = deps.policy();
         const decision = timed(decide, fresh, policy, await namespaceFactsFor(fresh, policy), false);
         // Nothing to send any more (initialized meanwhile, skipped or dry-run under the policy now): said as any decision is.
-        if ((decision.action !== "apply" && decision.action !== "refuse") || policy.document.mode !== "enforce") {
+        if (decision.action === "skip" || decision.action === "error" || policy.document.mode !== "enforce") {
           act(decision, fresh, policy, item.log);
           return { done: true };
         }

@@ -5,8 +5,10 @@ import { describe, test } from "node:test";
 import fc from "fast-check";
 import { pino } from "pino";
 import request from "supertest";
+import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { apiServerSourceEvent, meshPodObject } from "../test/support/apiserversource.ts";
-import { WAITER_COMMAND } from "./decision.ts";
+import { WAITER_COMMAND, type ReleaseDecision } from "./decision.ts";
+
 import { parsePod } from "./pod.ts";
 import { parsePolicy } from "./policy.ts";
 import { createFunctionMetrics } from "./metrics.ts";
@@ -50,7 +52,7 @@ describe("decision function: events as ApiServerSource sends them", () => {
   });
 
   test("updates of initialized pods, deletes and non-mesh pods are skipped with reasons", async () => {
-    const marked = meshPodObject("web-2", { annotations: { "pod-network-controller.istio.io/status": "initialized" } });
+    const marked = meshPodObject("web-2", { annotations: { [MARK.status]: STATUS_INITIALIZED } });
     const plain = { ...meshPodObject("plain"), spec: { nodeName: "node-a", containers: [{ name: "app" }] } };
     for (const [event, reason] of [
       [apiServerSourceEvent("update", marked), "already-initialized"],
@@ -271,9 +273,17 @@ describe("decision function: pods that carry the waiter but get no rules", () =>
   };
   function appWith(policy: string) {
     const warnings: { pod: string; reason: string; message: string }[] = [];
+    const sent: ReleaseDecision[] = [];
     const app = createFunctionApp({
       policy: () => parsePolicy(policy),
-      dispatcher: { send: unreachable("dispatcher") },
+      // Only a release may be sent (a skip to mark): anything else fails the test.
+      dispatcher: {
+        send: (decision) => {
+          if (decision.action !== "release") return unreachable("dispatcher")();
+          sent.push(decision);
+          return Promise.resolve({ ok: true, status: 200, result: "skipped" });
+        },
+      },
       cluster: {
         getPod: (namespace, name) => Promise.resolve(parsePod(withWaiter(name, namespace))),
         getNamespace: () => Promise.resolve(undefined),
@@ -290,22 +300,32 @@ describe("decision function: pods that carry the waiter but get no rules", () =>
       const e = apiServerSourceEvent("update", pod);
       return request(app).post("/").set(e.headers).send(e.body);
     };
-    return { send, warnings };
+    return { send, warnings, sent };
   }
 
-  test("skipped by the policy (excluded namespace): one NetworkInitSkipped Event saying the waiter will time out", async () => {
-    const { send, warnings } = appWith("mode: enforce");
+  test("skipped by the policy (excluded namespace): its node-runner is asked to mark it skipped, so its waiter lets it start; one NetworkInitSkipped Event says so", async () => {
+    const { send, warnings, sent } = appWith("mode: enforce");
     const pod = withWaiter("stranded", "kube-system");
     for (let i = 0; i < 2; i++) assert.equal((await send({ ...pod, metadata: { ...pod.metadata, resourceVersion: String(i) } })).status, 200);
+    for (let i = 0; i < 100 && sent.length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    assert.deepEqual(
+      [...new Set(sent.map((d) => `${d.node} ${d.pod.name} ${d.skip}`))],
+      ["node-a stranded the policy skips this pod (namespace-excluded: kube-system)"],
+    );
     assert.equal(warnings.length, 1, JSON.stringify(warnings));
     assert.equal(warnings[0]?.reason, "NetworkInitSkipped");
-    assert.match(warnings.map((w) => w.message).join(), /namespace-excluded: kube-system.*istio-validation init container will time out/);
+    assert.match(warnings.map((w) => w.message).join(), /namespace-excluded: kube-system.*released, so the pod starts without traffic interception/);
   });
 
   test("dry-run: the pod is told no rules will come", async () => {
     const { send, warnings } = appWith("mode: dry-run");
     assert.equal((await send(withWaiter("dry", "shop"))).status, 200);
     assert.match(warnings.map((w) => `${w.reason} ${w.message}`).join(), /NetworkInitSkipped the policy is in dry-run mode/);
+    // Excluded in dry-run: told it will time out (dry-run acts on no pod), nothing sent.
+    const excluded = appWith("mode: dry-run");
+    assert.equal((await excluded.send(withWaiter("dry-excluded", "kube-system"))).status, 200);
+    assert.match(excluded.warnings.map((w) => w.message).join(), /namespace-excluded: kube-system.*dry-run mode.*will time out/);
+    assert.deepEqual(excluded.sent, []);
   });
 
   test("a pod without the waiter that the policy skips is left alone, silently", async () => {

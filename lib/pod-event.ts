@@ -2,6 +2,7 @@
 // one shape for both the function and the node-runner. core/v1 Events: events.k8s.io/v1 needs
 // a microsecond eventTime that @kubernetes/client-node cannot send.
 import type { CoreV1Event } from "@kubernetes/client-node";
+import { ANNOTATION_DOMAIN } from "../contract/mark.ts";
 import { apiRequest, type CallOptions, type ApiConnection } from "./kube-http.ts";
 
 export interface PodIdentity {
@@ -23,7 +24,7 @@ function podEvent(
     message: event.message.slice(0, 1024),
     type: event.type,
     source: source.host === undefined ? { component: source.component } : { component: source.component, host: source.host },
-    reportingComponent: `pod-network-controller.istio.io/${source.component}`,
+    reportingComponent: `${ANNOTATION_DOMAIN}/${source.component}`,
     ...(source.host === undefined ? {} : { reportingInstance: source.host }),
     firstTimestamp: now,
     lastTimestamp: now,

@@ -6,7 +6,7 @@
 // that the server's logic does not depend on how the API is spoken (lib/kube-http.ts).
 import { z } from "zod";
 import { type PodRef } from "../contract/apply-request.ts";
-import { MARK, refusalReason, STATUS_INITIALIZED, STATUS_REFUSED } from "../contract/mark.ts";
+import { CLEAR_LEGACY_MARK, MARK, readMark, refusalReason, STATUS_INITIALIZED, STATUS_REFUSED, STATUS_SKIPPED } from "../contract/mark.ts";
 import { recordPodEvent } from "../lib/pod-event.ts";
 import { ApiError, apiRequest, podPath, type ApiConnection } from "../lib/kube-http.ts";
 
@@ -34,6 +34,8 @@ export interface PodApi {
   markInitialized(pod: PodRef, mark: { netns: string; rules: string }): Promise<void>;
   /** Mark the pod refused with the reason (one line, at most MAX_REFUSAL_REASON characters). */
   markRefused(pod: PodRef, reason: string): Promise<void>;
+  /** The mark `skipped` with the policy's reason: the pod's waiter lets it start without interception. */
+  markSkipped(pod: PodRef, reason: string): Promise<void>;
   clearMark(pod: PodRef): Promise<void>;
   recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void>;
 }
@@ -86,20 +88,40 @@ export class KubePodApi implements PodApi {
     const parsed = PodMetadata.safeParse(answer);
     if (!parsed.success) throw new ApiError(0, `PATCH ${podPath(pod.namespace, pod.name)}: the answer is not the pod's metadata`);
     if (parsed.data.metadata.uid !== pod.uid) return { kind: "uid-mismatch", detail: `the pod has UID ${parsed.data.metadata.uid}` };
-    const marked = parsed.data.metadata.annotations?.[MARK.status];
+    const marked = readMark(parsed.data.metadata.annotations ?? {}).status;
     return { kind: "found", terminating: parsed.data.metadata.deletionTimestamp !== undefined, ...(marked === undefined ? {} : { marked }) };
   }
 
   async markInitialized(pod: PodRef, mark: { netns: string; rules: string }): Promise<void> {
-    await this.patchAnnotations(pod, { [MARK.status]: STATUS_INITIALIZED, [MARK.netns]: mark.netns, [MARK.rules]: mark.rules, [MARK.reason]: null });
+    await this.patchAnnotations(pod, {
+      ...CLEAR_LEGACY_MARK,
+      [MARK.status]: STATUS_INITIALIZED,
+      [MARK.netns]: mark.netns,
+      [MARK.rules]: mark.rules,
+      [MARK.reason]: null,
+    });
   }
 
   async markRefused(pod: PodRef, reason: string): Promise<void> {
-    await this.patchAnnotations(pod, { [MARK.status]: STATUS_REFUSED, [MARK.reason]: refusalReason(reason), [MARK.netns]: null, [MARK.rules]: null });
+    await this.markWithReason(pod, STATUS_REFUSED, reason);
+  }
+
+  async markSkipped(pod: PodRef, reason: string): Promise<void> {
+    await this.markWithReason(pod, STATUS_SKIPPED, reason);
+  }
+
+  private async markWithReason(pod: PodRef, status: typeof STATUS_REFUSED | typeof STATUS_SKIPPED, reason: string): Promise<void> {
+    await this.patchAnnotations(pod, {
+      ...CLEAR_LEGACY_MARK,
+      [MARK.status]: status,
+      [MARK.reason]: refusalReason(reason),
+      [MARK.netns]: null,
+      [MARK.rules]: null,
+    });
   }
 
   async clearMark(pod: PodRef): Promise<void> {
-    await this.patchAnnotations(pod, { [MARK.status]: null, [MARK.netns]: null, [MARK.rules]: null, [MARK.reason]: null });
+    await this.patchAnnotations(pod, { ...CLEAR_LEGACY_MARK, [MARK.status]: null, [MARK.netns]: null, [MARK.rules]: null, [MARK.reason]: null });
   }
 
   private async patchAnnotations(pod: PodRef, annotations: Record<string, string | null>): Promise<void> {

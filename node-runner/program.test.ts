@@ -25,6 +25,7 @@ function refusingProgrammer(
       identify,
       markInitialized: () => assert.fail("nothing is marked"),
       markRefused: () => Promise.resolve(),
+      markSkipped: () => assert.fail("nothing is skipped"),
       clearMark: () => assert.fail("nothing is cleared"),
       recordEvent,
     },
@@ -132,6 +133,7 @@ test("a namespace left without its process during the apply: 503 netns-not-found
       identify: () => Promise.resolve({ kind: "found", terminating: false }),
       markInitialized: () => assert.fail("a namespace nobody lives in is not marked"),
       markRefused: () => assert.fail("nor refused"),
+      markSkipped: () => assert.fail("nor skipped"),
       clearMark: () => assert.fail("nothing is cleared"),
       recordEvent: () => Promise.resolve(),
     },
@@ -160,6 +162,7 @@ test("an invalid capture marks the pod refused with the reason, unless it is ini
           refusedWith.push(reason);
           return Promise.resolve();
         },
+        markSkipped: () => assert.fail("nothing is skipped"),
         clearMark: () => assert.fail("nothing is cleared"),
         recordEvent: () => Promise.resolve(),
       },
@@ -175,6 +178,34 @@ test("an invalid capture marks the pod refused with the reason, unless it is ini
     else assert.match(refusedWith[0] ?? "", /^invalid capture configuration: /);
     const asked = await programmer.refuse(pod, "invalid capture configuration: x", pino({ level: "silent" }));
     assert.equal(asked.result, marked === "initialized" ? "kept-initialized" : "refused");
+    await programmer.flushEvents();
+  }
+});
+
+test("a skip marks the pod skipped with the policy's reason, unless it is initialized (what runs stays); nothing touches its netns", async () => {
+  for (const marked of [undefined, "skipped", "initialized"]) {
+    const skippedWith: string[] = [];
+    const programmer = createPodProgrammer({
+      nodeName: "node-a",
+      eventTiming: { quietMs: 0, maxDelayMs: 60_000 },
+      pods: {
+        identify: () => Promise.resolve({ kind: "found", terminating: false, ...(marked === undefined ? {} : { marked }) }),
+        markInitialized: () => assert.fail("nothing is initialized"),
+        markRefused: () => assert.fail("nothing is refused"),
+        markSkipped: (_pod, reason) => {
+          skippedWith.push(reason);
+          return Promise.resolve();
+        },
+        clearMark: () => assert.fail("nothing is cleared"),
+        recordEvent: () => Promise.resolve(),
+      },
+      resolveNetns: () => assert.fail("a skip never reaches the netns"),
+      applierFor: () => assert.fail("nor an applier"),
+      metrics: createMetrics({ defaultMetrics: false }),
+    });
+    const answered = await programmer.skip(pod, "the policy skips this pod (namespace-excluded: knative-serving)", pino({ level: "silent" }));
+    assert.equal(answered.result, marked === "initialized" ? "kept-initialized" : "skipped");
+    assert.deepEqual(skippedWith, marked === "initialized" ? [] : ["the policy skips this pod (namespace-excluded: knative-serving)"]);
     await programmer.flushEvents();
   }
 });

@@ -67,6 +67,8 @@ export interface PodProgrammer {
   remove(pod: PodRef, log: Logger): Promise<ProgramOutcome>;
   /** The pod marked refused with the reason (the function found its configuration invalid), unless it is initialized. */
   refuse(pod: PodRef, reason: string, log: Logger): Promise<ProgramOutcome>;
+  /** The pod marked skipped with the reason (the policy keeps it out of the mesh), unless it is initialized. */
+  skip(pod: PodRef, reason: string, log: Logger): Promise<ProgramOutcome>;
   /** Sends the Events still waiting, quiet or not (shutdown); resolves when none is pending. */
   flushEvents(): Promise<void>;
   /** Events being sent or waiting. */
@@ -94,6 +96,23 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
    * its waiter fails at once saying why; never one already initialized (what runs stays, with
    * its rules). A mark that cannot be written is only logged: the refusal is answered anyway.
    */
+  /** A refusal or a skip from the function: the mark with its reason, unless the pod is initialized (what runs stays). */
+  function markUnlessInitialized(pod: PodRef, result: "refused" | "skipped", reason: string, log: Logger): Promise<ProgramOutcome> {
+    return events.during(async () => {
+      const identity = await checkPodIdentity(pod, "apply");
+      if (identity.marked === STATUS_INITIALIZED) return { result: "kept-initialized" };
+      try {
+        await (result === "refused" ? deps.pods.markRefused(pod, reason) : deps.pods.markSkipped(pod, reason));
+      } catch (err) {
+        const gone = identityFromApiError(err);
+        if (gone !== undefined) throw identityRefusal(pod, gone, " any more");
+        throw new Refusal("api-unavailable", `the pod could not be marked ${result}: ${errorMessage(err)}`);
+      }
+      log.info({ [result === "refused" ? "refusal" : "skip"]: reason }, `pod marked ${result}`);
+      return { result };
+    });
+  }
+
   async function markRefused(pod: PodRef, identity: FoundPod, reason: string, log: Logger): Promise<void> {
     if (identity.marked === STATUS_INITIALIZED) return;
     await deps.pods.markRefused(pod, reason).catch((err: unknown) => {
@@ -232,20 +251,8 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
         }
         return withNetns(pod, (netns, resolved) => applyIn(pod, identity, capture, netns, resolved, log));
       }),
-    refuse: (pod, reason, log) =>
-      events.during(async () => {
-        const identity = await checkPodIdentity(pod, "apply");
-        if (identity.marked === STATUS_INITIALIZED) return { result: "kept-initialized" };
-        try {
-          await deps.pods.markRefused(pod, reason);
-        } catch (err) {
-          const gone = identityFromApiError(err);
-          if (gone !== undefined) throw identityRefusal(pod, gone, " any more");
-          throw new Refusal("api-unavailable", `the pod could not be marked refused: ${errorMessage(err)}`);
-        }
-        log.info({ refusal: reason }, "pod marked refused");
-        return { result: "refused" };
-      }),
+    refuse: (pod, reason, log) => markUnlessInitialized(pod, "refused", reason, log),
+    skip: (pod, reason, log) => markUnlessInitialized(pod, "skipped", reason, log),
     remove: (pod) =>
       events.during(async () => {
         await checkPodIdentity(pod, "remove");

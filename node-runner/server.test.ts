@@ -26,6 +26,7 @@ const app = createNodeRunnerApp({
     markInitialized: unreachable("pod API"),
     clearMark: unreachable("pod API"),
     markRefused: unreachable("pod API"),
+    markSkipped: unreachable("pod API"),
     recordEvent: unreachable("pod API"),
   },
   resolveNetns: unreachable("netns resolution"),

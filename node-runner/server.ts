@@ -12,6 +12,8 @@ import {
   REMOVE_PATH,
   applyRequestSchema,
   refuseRequestSchema,
+  SKIP_PATH,
+  skipRequestSchema,
   removeRequestSchema,
   type ApplyResponse,
   type ErrorResponse,
@@ -22,7 +24,7 @@ import { acceptedUntilMs, verifyDigest, verifySignature, type SignedMessage, typ
 import type { NodeRunnerMetrics } from "./metrics.ts";
 
 /** The signed routes: what a request asks of the pod. */
-type Route = "apply" | "remove" | "refuse";
+type Route = "apply" | "remove" | "refuse" | "skip";
 import { createPodProgrammer, Refusal, type PodProgrammer, type ProgramDeps } from "./program.ts";
 import type { ReplayCache } from "./replay.ts";
 
@@ -69,6 +71,14 @@ class WorkQueue {
   }
 }
 
+const ROUTES = new Map<string, Route>([
+  [APPLY_PATH, "apply"],
+  [REMOVE_PATH, "remove"],
+  [REFUSE_PATH, "refuse"],
+  [SKIP_PATH, "skip"],
+]);
+const REQUEST_SCHEMAS = { apply: applyRequestSchema, remove: removeRequestSchema, refuse: refuseRequestSchema, skip: skipRequestSchema } as const;
+
 /** `programmer`: the pods' pipeline (main.ts keeps it, to send the waiting Events on shutdown). */
 export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgrammer = createPodProgrammer(deps)): express.Express {
   const now = deps.now ?? Date.now;
@@ -94,11 +104,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
   });
 
   const raw = express.raw({ type: () => true, limit: MAX_BODY_BYTES });
-  for (const [routePath, route] of [
-    [APPLY_PATH, "apply"],
-    [REMOVE_PATH, "remove"],
-    [REFUSE_PATH, "refuse"],
-  ] as const) {
+  for (const [routePath, route] of ROUTES) {
     app.post(
       routePath,
       (req, res, next) => {
@@ -113,7 +119,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
   // Express recognises an error handler by its four parameters.
   app.use((err: unknown, req: Request, res: Response, _next: express.NextFunction) => {
     const e = err as { type?: string; status?: number; message?: string };
-    const route = req.path === APPLY_PATH ? "apply" : req.path === REMOVE_PATH ? "remove" : req.path === REFUSE_PATH ? "refuse" : "other";
+    const route = ROUTES.get(req.path) ?? "other";
     if (e.type === "entity.too.large" && route !== "other") {
       refuse(res, deps.log.child({ route }), route, tooLarge());
       return;
@@ -199,7 +205,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       } catch {
         throw new Refusal("malformed", "body is not JSON");
       }
-      const parsed = (route === "apply" ? applyRequestSchema : route === "remove" ? removeRequestSchema : refuseRequestSchema).safeParse(json);
+      const parsed = REQUEST_SCHEMAS[route].safeParse(json);
       if (!parsed.success) {
         throw new Refusal("malformed", formatSchemaIssues(parsed.error, "(body)"));
       }
@@ -216,7 +222,9 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
           ? programmer.apply(pod, request.capture, log)
           : request.kind === "RefuseRequest"
             ? programmer.refuse(pod, request.refusal, log)
-            : programmer.remove(pod, log),
+            : request.kind === "SkipRequest"
+              ? programmer.skip(pod, request.skip, log)
+              : programmer.remove(pod, log),
       );
       const durationMs = Math.round((performance.now() - started) * 10) / 10;
       deps.metrics.requests.inc({ route, result: outcome.result });

@@ -56,18 +56,33 @@ const (
 	markNotYet      markState = "not-yet"
 	markOtherNetns  markState = "other-netns"
 	markRefused     markState = "refused"
+	markSkipped     markState = "skipped"
 )
 
+// mark is the pod's mark: status, netns and reason under the current names when it has a status
+// there, else under the legacy ones (a pod an older node-runner marked; contract/mark.ts readMark).
+type mark struct{ status, netns, reason string }
+
+func markOf(annotations map[string]string) mark {
+	if _, current := annotations[markStatusKey]; current {
+		return mark{annotations[markStatusKey], annotations[markNetnsKey], annotations[markReasonKey]}
+	}
+	return mark{annotations[legacyMarkStatusKey], annotations[legacyMarkNetnsKey], annotations[legacyMarkReasonKey]}
+}
+
 // markStateOf tells whether the pod is marked initialized for the netns with inode own, or
-// refused (for whatever netns: a refusal is about the pod's configuration).
-func markStateOf(annotations map[string]string, own string) markState {
-	if annotations[markStatusKey] == statusRefused {
+// refused or skipped (for whatever netns: both are about the pod, not where it runs).
+func markStateOf(m mark, own string) markState {
+	if m.status == statusRefused {
 		return markRefused
 	}
-	if annotations[markStatusKey] != statusInitialized {
+	if m.status == statusSkipped {
+		return markSkipped
+	}
+	if m.status != statusInitialized {
 		return markNotYet
 	}
-	if annotations[markNetnsKey] == own {
+	if m.netns == own {
 		return markInitialized
 	}
 	return markOtherNetns

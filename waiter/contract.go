@@ -3,10 +3,14 @@
 package main
 
 const (
-	markStatusKey           = "pod-network-controller.istio.io/status"
-	markNetnsKey            = "pod-network-controller.istio.io/netns"
-	markReasonKey           = "pod-network-controller.istio.io/reason"
+	markStatusKey           = "podnet.github.io/status"
+	markNetnsKey            = "podnet.github.io/netns"
+	markReasonKey           = "podnet.github.io/reason"
+	legacyMarkStatusKey     = "pod-network-controller.istio.io/status"
+	legacyMarkNetnsKey      = "pod-network-controller.istio.io/netns"
+	legacyMarkReasonKey     = "pod-network-controller.istio.io/reason"
 	statusInitialized       = "initialized"
 	statusRefused           = "refused"
+	statusSkipped           = "skipped"
 	excludeOutboundPortsKey = "traffic.sidecar.istio.io/excludeOutboundPorts"
 )

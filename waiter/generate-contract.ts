@@ -4,7 +4,7 @@
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { ISTIO_TRAFFIC_ANNOTATION } from "../contract/istio-annotations.ts";
-import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../contract/mark.ts";
+import { LEGACY_MARK, MARK, STATUS_INITIALIZED, STATUS_REFUSED, STATUS_SKIPPED } from "../contract/mark.ts";
 
 export const CONTRACT_GO_FILE = path.join(import.meta.dirname, "contract.go");
 
@@ -13,8 +13,12 @@ export function contractGo(): string {
     ["markStatusKey", MARK.status],
     ["markNetnsKey", MARK.netns],
     ["markReasonKey", MARK.reason],
+    ["legacyMarkStatusKey", LEGACY_MARK.status],
+    ["legacyMarkNetnsKey", LEGACY_MARK.netns],
+    ["legacyMarkReasonKey", LEGACY_MARK.reason],
     ["statusInitialized", STATUS_INITIALIZED],
     ["statusRefused", STATUS_REFUSED],
+    ["statusSkipped", STATUS_SKIPPED],
     ["excludeOutboundPortsKey", ISTIO_TRAFFIC_ANNOTATION.excludeOutboundPorts],
   ];
   const width = Math.max(...constants.map(([name]) => name.length));

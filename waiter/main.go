@@ -16,7 +16,7 @@
 //	--capture-port <port>     inbound capture port to listen on      15006
 //	--probe-target <ip:port>  loopback address nothing listens on    127.0.0.2:15999
 //	--no-probe                skip the interception probe
-//	--termination-log <file>  one-line reason on failure             /dev/termination-log
+//	--termination-log <file>  one-line reason of the exit              /dev/termination-log
 package main
 
 import (
@@ -79,9 +79,8 @@ func run(args []string, stderr io.Writer) int {
 		log:             log,
 	})
 	log(fmt.Sprintf("%s (after %d ms)", result.reason, time.Since(started).Milliseconds()))
-	if result.code != exitOK {
-		_ = os.WriteFile(*terminationLog, []byte(result.reason+"\n"), 0o644) // no termination log outside a container
-	}
+	// Every exit says why (kubectl describe shows it): a pod let through without rules too.
+	_ = os.WriteFile(*terminationLog, []byte(result.reason+"\n"), 0o644) // no termination log outside a container
 	return result.code
 }
 

@@ -150,6 +150,7 @@ func waitForInterception(o waitOptions) waitResult {
 			lastProbe = err.Error()
 		}
 		state := markNotYet
+		var current mark
 		annotations, err := readAnnotations(o.annotationsFile)
 		switch {
 		case errors.Is(err, errAnnotationsFile):
@@ -158,7 +159,8 @@ func waitForInterception(o waitOptions) waitResult {
 		case err != nil:
 			return waitResult{exitBadAnnotations, fmt.Sprintf("cannot read %s: %v", o.annotationsFile, err)}
 		default:
-			state = markStateOf(annotations, own)
+			current = markOf(annotations)
+			state = markStateOf(current, own)
 		}
 		if state != lastState {
 			what := string(state)
@@ -168,9 +170,14 @@ func waitForInterception(o waitOptions) waitResult {
 			o.log(fmt.Sprintf("waiting: %s (own netns %s)", what, own))
 		}
 		lastState = state
+		if state == markSkipped {
+			// The policy keeps the pod out of the mesh: it starts without interception. Only the
+			// node-runner writes the mark, on the function's signed request.
+			return waitResult{exitOK, "not meshed: " + current.reason}
+		}
 		if state == markRefused {
 			// Only the node-runner writes the mark, and a refusal can only make the pod fail: trusted at once.
-			return waitResult{exitRefused, "refused by the podnet controller: " + annotations[markReasonKey]}
+			return waitResult{exitRefused, "refused by the podnet controller: " + current.reason}
 		}
 		if state == markInitialized {
 			if probe == nil {

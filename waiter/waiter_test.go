@@ -31,13 +31,28 @@ func TestKubeletAnnotationsFile(t *testing.T) {
 			t.Errorf("%s = %q, want %q", k, a[k], v)
 		}
 	}
+	// A mark under the legacy names (an older node-runner's) is read during the transition.
 	for inode, state := range map[string]markState{"4026532246": markInitialized, "4026532999": markOtherNetns} {
-		if got := markStateOf(a, inode); got != state {
+		if got := markStateOf(markOf(a), inode); got != state {
 			t.Errorf("markStateOf(%s) = %s, want %s", inode, got, state)
 		}
 	}
-	if got := markStateOf(map[string]string{}, "1"); got != markNotYet {
+	if got := markStateOf(markOf(map[string]string{}), "1"); got != markNotYet {
 		t.Errorf("empty: %s", got)
+	}
+}
+
+func TestCurrentMarkWinsOverLegacy(t *testing.T) {
+	both := map[string]string{
+		legacyMarkStatusKey: statusInitialized, legacyMarkNetnsKey: "1",
+		markStatusKey: statusRefused, markReasonKey: "bad port",
+	}
+	if m := markOf(both); m.status != statusRefused || m.reason != "bad port" || markStateOf(m, "1") != markRefused {
+		t.Errorf("current names must win: %+v", m)
+	}
+	current := map[string]string{markStatusKey: statusInitialized, markNetnsKey: "7"}
+	if got := markStateOf(markOf(current), "7"); got != markInitialized {
+		t.Errorf("current: %s", got)
 	}
 }
 
@@ -146,5 +161,12 @@ func TestUsageErrors(t *testing.T) {
 		if code := run(args, io.Discard); code != exitUsage {
 			t.Errorf("%v: exit %d, want %d", args, code, exitUsage)
 		}
+	}
+}
+
+func TestSkippedMark(t *testing.T) {
+	m := markOf(map[string]string{markStatusKey: statusSkipped, markReasonKey: "the policy skips this pod"})
+	if got := markStateOf(m, "1"); got != markSkipped || m.reason != "the policy skips this pod" {
+		t.Errorf("skipped: %s %+v", got, m)
 	}
 }

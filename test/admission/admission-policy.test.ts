@@ -1,10 +1,12 @@
 // config/admission/: the ValidatingAdmissionPolicy, enforced for real by the kube-apiserver,
 // with the node-runner's own code path (KubePodApi) and a node-bound ServiceAccount token.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../../contract/mark.ts";
+import { parseAllDocuments } from "yaml";
+import { LEGACY_MARK, MARK, readMark, STATUS_INITIALIZED, STATUS_REFUSED, STATUS_SKIPPED } from "../../contract/mark.ts";
 import { KubePodApi, METADATA_ONLY } from "../../node-runner/kube.ts";
 import { ApiError, apiRequest, podPath, type ApiConnection } from "../../lib/kube-http.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
@@ -19,6 +21,17 @@ const merge = k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch)
 /** Refused by the admission policy, through the client library (users) or the node-runner's own client. */
 const forbidden = (pattern: RegExp) => (err: unknown) =>
   (err instanceof k8s.ApiException || err instanceof ApiError) && err.code === 403 && pattern.test(err.message);
+
+// The policy is YAML with CEL; the names are defined once, in contract/mark.ts: every one of them,
+// current and legacy, is among the marks the policy protects.
+test("the admission policy protects every name of the mark in contract/mark.ts, current and legacy", () => {
+  const policy = parseAllDocuments(readFileSync(path.join(root, "config/admission/podnet-annotations.yaml"), "utf8"))[0]?.toJS() as {
+    spec: { variables: { name: string; expression: string }[] };
+  };
+  const marks = policy.spec.variables.find((v) => v.name === "marks")?.expression ?? "";
+  const listed = [...marks.matchAll(/'([^']+)'/g)].map((m) => m[1]).sort();
+  assert.deepEqual(listed, [...Object.values(MARK), ...Object.values(LEGACY_MARK)].sort());
+});
 
 describe("admission policy for the project's annotations [needs control plane]", skipUnlessCI(missing), () => {
   let cp: ControlPlane;
@@ -63,11 +76,14 @@ describe("admission policy for the project's annotations [needs control plane]",
     return p;
   };
 
-  test("a user (even cluster-admin) cannot set the mark", async () => {
-    await assert.rejects(
-      admin.patchNamespacedPod({ namespace: NS, name: "users", body: { metadata: { annotations: { [MARK.status]: "initialized" } } } }, merge),
-      forbidden(/only the podnet node-runner may set/),
-    );
+  test("a user (even cluster-admin) cannot set the mark, under its names or its legacy ones", async () => {
+    for (const key of [MARK.status, LEGACY_MARK.status, LEGACY_MARK.netns]) {
+      await assert.rejects(
+        admin.patchNamespacedPod({ namespace: NS, name: "users", body: { metadata: { annotations: { [key]: "initialized" } } } }, merge),
+        forbidden(/only the podnet node-runner may set/),
+        key,
+      );
+    }
   });
 
   // The other ways annotations reach a pod (issue 16, item 7).
@@ -120,7 +136,40 @@ describe("admission policy for the project's annotations [needs control plane]",
     await runnerA.clearMark(pod("on-a"));
   });
 
-  test("the node-runner marks a pod refused with a one-line reason (its real code path), then initialized (the reason goes); nobody else, no other status, no reason over 1024 characters", async () => {
+  // An upgrade: the pod carries the mark an older node-runner wrote under the legacy names.
+  test("a pod marked under the legacy names (an older node-runner): the node-runner's mark replaces it and removes them", async () => {
+    await runnerCore.patchNamespacedPod(
+      {
+        namespace: NS,
+        name: "on-a",
+        body: {
+          metadata: { annotations: { [LEGACY_MARK.status]: "initialized", [LEGACY_MARK.netns]: "4026530001", [LEGACY_MARK.rules]: "fedcba9876543210" } },
+        },
+      },
+      merge,
+    );
+    assert.deepEqual(readMark((await admin.readNamespacedPod({ namespace: NS, name: "on-a" })).metadata?.annotations ?? {}), {
+      status: "initialized",
+      netns: "4026530001",
+      rules: "fedcba9876543210",
+    });
+    await runnerA.markInitialized(pod("on-a"), { netns: "4026532246", rules: "0123456789abcdef" });
+    const annotations = (await admin.readNamespacedPod({ namespace: NS, name: "on-a" })).metadata?.annotations ?? {};
+    assert.deepEqual(
+      Object.keys(annotations).filter((k) => (Object.values(LEGACY_MARK) as string[]).includes(k)),
+      [],
+      "the legacy names are gone",
+    );
+    assert.deepEqual(readMark(annotations), { status: "initialized", netns: "4026532246", rules: "0123456789abcdef" });
+    await runnerA.clearMark(pod("on-a"));
+  });
+
+  test("the node-runner marks a pod refused or skipped with a one-line reason (its real code path), then initialized (the reason goes); nobody else, no other status, no reason over 1024 characters", async () => {
+    await runnerA.markSkipped(pod("on-a"), "the policy skips this pod (namespace-excluded: shop)");
+    assert.deepEqual(readMark((await admin.readNamespacedPod({ namespace: NS, name: "on-a" })).metadata?.annotations ?? {}), {
+      status: STATUS_SKIPPED,
+      reason: "the policy skips this pod (namespace-excluded: shop)",
+    });
     await runnerA.markRefused(pod("on-a"), 'invalid capture configuration:\n  excludeOutboundPorts: "99999" is invalid');
     let annotations = (await admin.readNamespacedPod({ namespace: NS, name: "on-a" })).metadata?.annotations ?? {};
     assert.equal(annotations[MARK.status], STATUS_REFUSED);
@@ -138,7 +187,9 @@ describe("admission policy for the project's annotations [needs control plane]",
       client.patchNamespacedPod({ namespace: NS, name: "on-a", body: { metadata: { annotations: values } } }, merge);
     await assert.rejects(annotate(admin, { [MARK.status]: STATUS_REFUSED, [MARK.reason]: "forged" }), forbidden(/only the podnet node-runner may set/));
     await assert.rejects(annotate(admin, { [MARK.reason]: "forged" }), forbidden(/only the podnet node-runner may set/));
-    await assert.rejects(annotate(runnerCore, { [MARK.status]: "skipped" }), forbidden(/initialized or refused, nothing else/));
+    await assert.rejects(annotate(admin, { [MARK.status]: STATUS_SKIPPED }), forbidden(/only the podnet node-runner may set/));
+    await assert.rejects(annotate(runnerCore, { [MARK.status]: "meshed" }), forbidden(/initialized, refused or skipped, nothing else/));
+    await assert.rejects(annotate(runnerCore, { [LEGACY_MARK.status]: "meshed" }), forbidden(/initialized, refused or skipped, nothing else/));
     await assert.rejects(annotate(runnerCore, { [MARK.status]: STATUS_REFUSED, [MARK.reason]: "y".repeat(1025) }), forbidden(/at most 1024 characters/));
     await assert.rejects(runnerA.markRefused(pod("on-b"), "no"), forbidden(/may only mark pods bound to that node/));
   });
@@ -229,7 +280,7 @@ describe("admission policy for the project's annotations [needs control plane]",
   test("the node-runner cannot change anything but its annotations", async () => {
     await assert.rejects(
       runnerCore.patchNamespacedPod({ namespace: NS, name: "on-a", body: { metadata: { labels: { sneaky: "yes" } } } }, merge),
-      forbidden(/may change only the pod-network-controller\.istio\.io annotations/),
+      forbidden(/may change only the podnet mark annotations/),
     );
     await assert.rejects(
       runnerCore.patchNamespacedPod({ namespace: NS, name: "on-a", body: { metadata: { annotations: { other: "x", [MARK.status]: "initialized" } } } }, merge),

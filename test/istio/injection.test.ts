@@ -183,11 +183,19 @@ describe("the injection template under Istio's real injector (istioctl kube-inje
       const waiterImage = (pod: Pod): string | undefined => pod.spec.initContainers?.find((c) => c.name === WAITER_CONTAINER)?.image;
       const plain = appPod("own-image", { native: true, appInit: false, mode: "REDIRECT", templates: "sidecar,podnet" });
       assert.equal(waiterImage(kubeInject(files, plain)), "registry.example/podnet/waiter:9");
-      const chosen = {
+      // The project's annotation, and its legacy name (read until 0.3); the project's wins.
+      const chosen = (name: string, annotations: Record<string, string>): Pod => ({
         ...plain,
-        metadata: { ...plain.metadata, name: "chosen-image", annotations: { ...plain.metadata.annotations, "podnet.istio.io/waiter-image": "mine/waiter:2" } },
-      };
-      assert.equal(waiterImage(kubeInject(files, chosen)), "mine/waiter:2");
+        metadata: { ...plain.metadata, name, annotations: { ...plain.metadata.annotations, ...annotations } },
+      });
+      assert.equal(waiterImage(kubeInject(files, chosen("chosen-image", { "podnet.github.io/waiter-image": "mine/waiter:2" }))), "mine/waiter:2");
+      assert.equal(waiterImage(kubeInject(files, chosen("legacy-image", { "podnet.istio.io/waiter-image": "old/waiter:1" }))), "old/waiter:1");
+      assert.equal(
+        waiterImage(
+          kubeInject(files, chosen("both-images", { "podnet.github.io/waiter-image": "mine/waiter:2", "podnet.istio.io/waiter-image": "old/waiter:1" })),
+        ),
+        "mine/waiter:2",
+      );
     } finally {
       rmSync(own, { recursive: true, force: true });
     }

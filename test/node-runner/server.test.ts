@@ -9,8 +9,8 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { APPLY_PATH, REFUSE_PATH, REMOVE_PATH } from "../../contract/apply-request.ts";
-import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../../contract/mark.ts";
+import { APPLY_PATH, REFUSE_PATH, REMOVE_PATH, SKIP_PATH } from "../../contract/apply-request.ts";
+import { MARK, readMark, STATUS_INITIALIZED, STATUS_REFUSED, STATUS_SKIPPED } from "../../contract/mark.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { signRequest } from "../../contract/signature.ts";
 import { httpStatus, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
@@ -252,6 +252,42 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
       assert.deepEqual([reply.status, reply.body.reason], [status, reason], `${what}: ${JSON.stringify(reply.body)}`);
     }
     assert.equal((await core.readNamespacedPod({ name: "refusable-elsewhere", namespace: NS })).metadata?.annotations?.[MARK.status], undefined);
+  });
+
+  test("a skip marks the pod skipped with the reason and applies nothing; an apply then initializes it, and a later skip keeps it so; bad skips change nothing", async () => {
+    const { uid, ip, sandbox } = await createPod("skippable");
+    const other = await createPod("skippable-elsewhere", { nodeName: "node-b" });
+    const skip = (p: { name: string; uid: string; ip: string }, text: string, kind = "SkipRequest") => ({
+      apiVersion: "podnet/v1",
+      kind,
+      node: NODE,
+      pod: { namespace: NS, name: p.name, uid: p.uid, ips: [p.ip] },
+      skip: text,
+      decision: { reason: "namespace-excluded", policy: "test" },
+    });
+    const annotations = async () => (await core.readNamespacedPod({ name: "skippable", namespace: NS })).metadata?.annotations ?? {};
+    const reason = "the policy skips this pod (namespace-excluded: shop)";
+    const first = await signedPost(SKIP_PATH, skip({ name: "skippable", uid, ip }, reason));
+    assert.deepEqual([first.status, first.body.result], [200, "skipped"], JSON.stringify(first.body));
+    assert.deepEqual(readMark(await annotations()), { status: STATUS_SKIPPED, reason });
+    assert.doesNotMatch(sandbox.exec(["iptables-save"]), /ISTIO/, "a skip applies nothing");
+
+    assert.equal((await signedPost(APPLY_PATH, applyRequest({ name: "skippable", uid, ip }))).status, 200);
+    assert.equal((await annotations())[MARK.status], STATUS_INITIALIZED);
+    const late = await signedPost(SKIP_PATH, skip({ name: "skippable", uid, ip }, reason));
+    assert.deepEqual([late.status, late.body.result], [200, "kept-initialized"]);
+    assert.equal((await annotations())[MARK.status], STATUS_INITIALIZED, "what runs stays");
+
+    for (const [what, payload, status, why] of [
+      ["another node's pod", skip({ name: "skippable-elsewhere", uid: other.uid, ip: other.ip }, "x"), 409, "not-on-this-node"],
+      ["an empty reason", skip({ name: "skippable", uid, ip }, ""), 400, "malformed"],
+      ["a reason over 1024 characters", skip({ name: "skippable", uid, ip }, "y".repeat(1025)), 400, "malformed"],
+      ["a refusal's kind on the skip route", skip({ name: "skippable", uid, ip }, "x", "RefuseRequest"), 400, "malformed"],
+    ] as const) {
+      const reply = await signedPost(SKIP_PATH, payload);
+      assert.deepEqual([reply.status, reply.body.reason], [status, why], `${what}: ${JSON.stringify(reply.body)}`);
+    }
+    assert.equal((await core.readNamespacedPod({ name: "skippable-elsewhere", namespace: NS })).metadata?.annotations?.[MARK.status], undefined);
   });
 
   test("under a flood of bad requests the server keeps serving", async () => {

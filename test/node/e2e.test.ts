@@ -5,15 +5,16 @@
 // sends to the pod's hostIP), and interception is proven by traffic between pods on different
 // nodes.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { readFileSync, readlinkSync } from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../../contract/mark.ts";
+import { MARK, readMark, STATUS_INITIALIZED, STATUS_REFUSED, STATUS_SKIPPED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { BIN, waitFor } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
+import { ISTIOCTL } from "../support/istio-injector.ts";
 import { missingRealNodeReason, onNode as onNodeOf, podPids, podRef, realNodeStackFixture, RUNNER_LABEL } from "../support/real-node-stack.ts";
 
 const missing = missingRealNodeReason();
@@ -91,7 +92,7 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
     }
   });
 
-  test("README's way: a Deployment in a namespace labelled istio-injection=enabled is injected by istiod's webhook (no kube-inject), programmed, and again after a rollout restart", async () => {
+  test("README's way: a Deployment in a namespace labelled istio-injection=enabled is injected by istiod's webhook (no kube-inject), programmed, and again after a rollout restart; istioctl analyze finds no unknown annotation of the project's", async () => {
     const { core, cp, createNamespace, createWebDeployment } = s();
     const ns = "store";
     await createNamespace(ns, { "istio-injection": "enabled" });
@@ -135,6 +136,11 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
       "new pods",
     );
     check(second);
+    // Istio's own analyzer on the live cluster, marked pods included: it reports any annotation
+    // under istio.io it does not know (IST0108), which the project's are no longer.
+    const analyze = spawnSync(ISTIOCTL, ["analyze", "--all-namespaces", "--kubeconfig", cp.writeKubeconfig("istioctl", cp.adminToken)], { encoding: "utf8" });
+    const findings = `${analyze.stdout}${analyze.stderr}`;
+    assert.ok(analyze.status === 0 && !/IST0108/.test(findings), `istioctl analyze: exit ${String(analyze.status)}\n${findings}`);
     await core.deleteNamespace({ name: ns });
   });
 
@@ -271,5 +277,28 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
     const planned = JSON.parse(pnc(["plan", "-", "--json", "--backend", "iptables-nft"], JSON.stringify(server))) as { rulesDigest: string };
     assert.equal(planned.rulesDigest, marked, "pnc plan's digest is the mark's (the nodes' iptables is iptables-nft)");
     await core.deleteNamespacedPod({ namespace: NS, name: "refused", gracePeriodSeconds: 0 });
+  });
+
+  // istio-system: Istio's webhook injects there, and the function's default policy excludes it
+  // (as the chart's excludes knative-serving, which Knative's docs label for injection).
+  test("a mesh pod in a namespace the policy excludes starts: its node-runner marks it skipped with the reason and its waiter lets it start, with no rules", async () => {
+    const { core, meshPod, appContainer, waitRunning } = s();
+    const excluded = "istio-system";
+    await core.createNamespacedPod({ namespace: excluded, body: onNode(0, meshPod("excluded", appContainer("server"))) });
+    const pod = await waitRunning(excluded, "excluded", 60_000);
+    assert.equal(pod.spec?.initContainers?.[0]?.name, WAITER_CONTAINER, "injected with the waiter");
+    const waiter = pod.status?.initContainerStatuses?.find((c) => c.name === WAITER_CONTAINER)?.state?.terminated;
+    assert.equal(waiter?.exitCode, 0);
+    assert.equal(waiter.message?.trim(), "not meshed: the policy skips this pod (namespace-excluded: istio-system)");
+    assert.deepEqual(readMark(pod.metadata?.annotations ?? {}), {
+      status: STATUS_SKIPPED,
+      reason: "the policy skips this pod (namespace-excluded: istio-system)",
+    });
+    // Nothing in its netns: no ISTIO_ chain.
+    const saved = execFileSync("nsenter", [`--net=/proc/${podPids(pod)[0] ?? 0}/ns/net`, "iptables-save"], { encoding: "utf8" });
+    assert.doesNotMatch(saved, /ISTIO_/);
+    const events = await core.listNamespacedEvent({ namespace: excluded, fieldSelector: `involvedObject.name=excluded,reason=NetworkInitSkipped` });
+    assert.match(events.items[0]?.message ?? "", /released, so the pod starts without traffic interception/);
+    await core.deleteNamespacedPod({ namespace: excluded, name: "excluded", gracePeriodSeconds: 0 });
   });
 });

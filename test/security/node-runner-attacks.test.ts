@@ -104,7 +104,7 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
 
   async function marks(pod: MeshPod): Promise<Record<string, string>> {
     const p = await core.readNamespacedPod({ namespace: NS, name: pod.name });
-    return Object.fromEntries(Object.entries(p.metadata?.annotations ?? {}).filter(([k]) => k.startsWith("pod-network-controller.istio.io/")));
+    return Object.fromEntries(Object.entries(p.metadata?.annotations ?? {}).filter(([k]) => (Object.values(MARK) as string[]).includes(k)));
   }
 
   let podCount = 0;

@@ -9,6 +9,7 @@ import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { APPLY_PATH } from "../../contract/apply-request.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
+import { LEGACY_MARK, MARK, STATUS_INITIALIZED, STATUS_SKIPPED } from "../../contract/mark.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { applyRequestFor, scratchDir, sendSigned, signingKeyDirs, startNodeRunner, type Component } from "../support/components.ts";
 import { writeAnnotationsFile } from "../support/downward-api.ts";
@@ -138,10 +139,12 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
     });
   }
 
-  test("keeps waiting while the mark names another netns (sandbox re-created); exits 0 once re-programmed", async () => {
+  // The old mark is under its legacy names, as an older node-runner wrote it: read during an
+  // upgrade; the new node-runner's mark replaces it.
+  test("keeps waiting while the mark (legacy names) names another netns (sandbox re-created); exits 0 once re-programmed", async () => {
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "recreated", nodeName: NODE });
     const info = podinfo();
-    writeAnnotationsFile(info.file, { "pod-network-controller.istio.io/status": "initialized", "pod-network-controller.istio.io/netns": "4026530000" });
+    writeAnnotationsFile(info.file, { [LEGACY_MARK.status]: STATUS_INITIALIZED, [LEGACY_MARK.netns]: "4026530000" });
     const waiter = startWaiter(pod, info);
     await new Promise((r) => setTimeout(r, 1500));
     assert.equal(waiter.child.exitCode, null, "a mark for another netns is not enough");
@@ -152,20 +155,26 @@ describe("waiter init container [needs root and control plane]", skipUnlessCI(un
     assert.match(done.stderr, /another network namespace/);
   });
 
+  test("a pod the policy keeps out of the mesh (marked skipped) starts at once, without rules: exit 0 with the reason", async () => {
+    const pod = await createMeshPod(core, pods, { namespace: NS, name: "skipped", nodeName: NODE });
+    const info = podinfo();
+    writeAnnotationsFile(info.file, { [MARK.status]: STATUS_SKIPPED, [MARK.reason]: "the policy skips this pod (namespace-excluded: knative-serving)" });
+    const done = await startWaiter(pod, info).exit;
+    assert.equal(done.code, WAIT_EXIT.ok, done.stderr);
+    assert.equal(readFileSync(info.terminationLog, "utf8"), "not meshed: the policy skips this pod (namespace-excluded: knative-serving)\n");
+  });
+
   test("a spoofed mark without rules ends in the probe-failure code, with the reason in the termination log", async () => {
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "spoofed", nodeName: NODE });
     const info = podinfo();
-    writeAnnotationsFile(info.file, {
-      "pod-network-controller.istio.io/status": "initialized",
-      "pod-network-controller.istio.io/netns": pod.sandbox.netnsInode(),
-    });
+    writeAnnotationsFile(info.file, { [MARK.status]: STATUS_INITIALIZED, [MARK.netns]: pod.sandbox.netnsInode() });
     const done = await startWaiter(pod, info).exit;
     assert.equal(done.code, WAIT_EXIT.probeFailed, done.stderr);
     assert.match(readFileSync(info.terminationLog, "utf8"), /^marked initialized but interception does not work: .*not redirected/);
   });
 
   const broken: [string, string][] = [
-    ["truncated", 'pod-network-controller.istio.io/status="initial'],
+    ["truncated", `${MARK.status}="initial`],
     ["garbled", "\u0000\u00ff\u0001=\n==="],
     ["oversize", `big="${"x".repeat(1100 * 1024)}"\n`],
   ];
