@@ -149,33 +149,42 @@ test("a namespace left without its process during the apply: 503 netns-not-found
   );
 });
 
+/** A programmer over a pod found with `marked` (or no mark); what it marks refused or skipped is recorded, anything else fails. */
+function markingProgrammer(marked: string | undefined) {
+  const marks: { refused: string[]; skipped: string[] } = { refused: [], skipped: [] };
+  const programmer = createPodProgrammer({
+    nodeName: "node-a",
+    eventTiming: { quietMs: 0, maxDelayMs: 60_000 },
+    pods: {
+      identify: () => Promise.resolve({ kind: "found", terminating: false, ...(marked === undefined ? {} : { marked }) }),
+      markInitialized: () => assert.fail("nothing is initialized"),
+      markRefused: (_pod, reason) => {
+        marks.refused.push(reason);
+        return Promise.resolve();
+      },
+      markSkipped: (_pod, reason) => {
+        marks.skipped.push(reason);
+        return Promise.resolve();
+      },
+      clearMark: () => assert.fail("nothing is cleared"),
+      recordEvent: () => Promise.resolve(),
+    },
+    resolveNetns: () => assert.fail("never reaches the netns"),
+    applierFor: () => assert.fail("nor an applier"),
+    metrics: createMetrics({ defaultMetrics: false }),
+  });
+  return { programmer, marks };
+}
+
 test("an invalid capture marks the pod refused with the reason, unless it is initialized (what runs stays); the refusal is answered either way", async () => {
   for (const marked of [undefined, "refused", "initialized"]) {
-    const refusedWith: string[] = [];
-    const programmer = createPodProgrammer({
-      nodeName: "node-a",
-      eventTiming: { quietMs: 0, maxDelayMs: 60_000 },
-      pods: {
-        identify: () => Promise.resolve({ kind: "found", terminating: false, ...(marked === undefined ? {} : { marked }) }),
-        markInitialized: () => assert.fail("nothing is initialized"),
-        markRefused: (_pod, reason) => {
-          refusedWith.push(reason);
-          return Promise.resolve();
-        },
-        markSkipped: () => assert.fail("nothing is skipped"),
-        clearMark: () => assert.fail("nothing is cleared"),
-        recordEvent: () => Promise.resolve(),
-      },
-      resolveNetns: () => assert.fail("an invalid capture never reaches the netns"),
-      applierFor: () => assert.fail("nor an applier"),
-      metrics: createMetrics({ defaultMetrics: false }),
-    });
+    const { programmer, marks } = markingProgrammer(marked);
     await assert.rejects(
       programmer.apply(pod, { excludeInboundPorts: "http" }, pino({ level: "silent" })),
       (err: unknown) => err instanceof Refusal && err.status === 422,
     );
-    if (marked === "initialized") assert.deepEqual(refusedWith, [], "an initialized pod keeps its mark");
-    else assert.match(refusedWith[0] ?? "", /^invalid capture configuration: /);
+    if (marked === "initialized") assert.deepEqual(marks.refused, [], "an initialized pod keeps its mark");
+    else assert.match(marks.refused[0] ?? "", /^invalid capture configuration: /);
     const asked = await programmer.refuse(pod, "invalid capture configuration: x", pino({ level: "silent" }));
     assert.equal(asked.result, marked === "initialized" ? "kept-initialized" : "refused");
     await programmer.flushEvents();
@@ -184,28 +193,10 @@ test("an invalid capture marks the pod refused with the reason, unless it is ini
 
 test("a skip marks the pod skipped with the policy's reason, unless it is initialized (what runs stays); nothing touches its netns", async () => {
   for (const marked of [undefined, "skipped", "initialized"]) {
-    const skippedWith: string[] = [];
-    const programmer = createPodProgrammer({
-      nodeName: "node-a",
-      eventTiming: { quietMs: 0, maxDelayMs: 60_000 },
-      pods: {
-        identify: () => Promise.resolve({ kind: "found", terminating: false, ...(marked === undefined ? {} : { marked }) }),
-        markInitialized: () => assert.fail("nothing is initialized"),
-        markRefused: () => assert.fail("nothing is refused"),
-        markSkipped: (_pod, reason) => {
-          skippedWith.push(reason);
-          return Promise.resolve();
-        },
-        clearMark: () => assert.fail("nothing is cleared"),
-        recordEvent: () => Promise.resolve(),
-      },
-      resolveNetns: () => assert.fail("a skip never reaches the netns"),
-      applierFor: () => assert.fail("nor an applier"),
-      metrics: createMetrics({ defaultMetrics: false }),
-    });
+    const { programmer, marks } = markingProgrammer(marked);
     const answered = await programmer.skip(pod, "the policy skips this pod (namespace-excluded: knative-serving)", pino({ level: "silent" }));
     assert.equal(answered.result, marked === "initialized" ? "kept-initialized" : "skipped");
-    assert.deepEqual(skippedWith, marked === "initialized" ? [] : ["the policy skips this pod (namespace-excluded: knative-serving)"]);
+    assert.deepEqual(marks, { refused: [], skipped: marked === "initialized" ? [] : ["the policy skips this pod (namespace-excluded: knative-serving)"] });
     await programmer.flushEvents();
   }
 });
