@@ -34,6 +34,8 @@ const USAGE = `usage:
   pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>] [--context <name>]
   pnc istio-template [--waiter-image <image>] [--istio-operator] [--template config/istio/podnet-injection-template.yaml] [--values config/istio/istiod-values.yaml]
   pnc status [-n <namespace>] [--kubeconfig <file>] [--context <name>] [--json]
+  pnc doctor [-n podnet-system] [--kubeconfig <file>] [--context <name>] [--json]
+  pnc uninstall-check [--istio-namespace istio-system] [--kubeconfig <file>] [--context <name>]
 
   Prints the rules the node-runner would apply for the pod, derived the way istio-cni does
   (annotations, istio-proxy env and securityContext). --family defaults to the pod's own
@@ -61,7 +63,16 @@ const USAGE = `usage:
   with the reason, or none yet), its waiter's state, and for a pod without a mark the last
   Warning the project recorded about it (needs a kubeconfig that may list pods and Events).
 
-  ensure and status find the cluster as kubectl does: --kubeconfig, else KUBECONFIG, else
+  doctor checks a live install: a Ready node-runner on every schedulable node, the keys and the
+  node-runners' certificate (expiry), the function and its sources Ready with a sink audience,
+  Knative's OIDC feature, every istiod revision's injector carrying the template with CNI mode
+  off, no istio-cni agent, pods waiting in the waiter; ok / warning / error with the fix for
+  each (exit 0 all ok, 1 warnings, 2 errors, 3 the cluster could not be read).
+
+  uninstall-check (the chart's pre-delete hook) fails, saying which, while an istiod revision
+  still injects the podnet template: new mesh pods would wait for rules that never come.
+
+  ensure, status, doctor and uninstall-check find the cluster as kubectl does: --kubeconfig, else KUBECONFIG, else
   ~/.kube/config (in a pod, its ServiceAccount); --context picks a context of it.
 
   The waiter init container is its own small program (waiter/, image target waiter).

@@ -2,7 +2,9 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { runPnc, type Io } from "./commands.ts";
+import { doctorMain } from "./doctor.ts";
 import { ensureKeysMain } from "./keys-ensure.ts";
+import { uninstallCheckMain } from "./uninstall-check.ts";
 import { statusMain } from "./status.ts";
 
 // Output piped into `head` and closed early is not an error.
@@ -23,10 +25,14 @@ const io: Io = {
     writeFileSync(path, text, { mode: path.endsWith(".secret.yaml") ? 0o600 : 0o644 });
   },
 };
-// The commands that talk to the API server (the chart's key Job, status) are asynchronous.
+// The commands that talk to the API server (the chart's key Job, status, doctor) are asynchronous.
 process.exitCode =
   args[0] === "keys" && args[1] === "ensure"
     ? await ensureKeysMain(args.slice(2), io)
     : args[0] === "status"
       ? await statusMain(args.slice(1), io)
-      : runPnc(args, io);
+      : args[0] === "doctor"
+        ? await doctorMain(args.slice(1), io)
+        : args[0] === "uninstall-check"
+          ? await uninstallCheckMain(args.slice(1), io)
+          : runPnc(args, io);

@@ -144,11 +144,15 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
         hooks,
         [
           "Job/podnet-system/podnet-keys",
+          "Job/podnet-system/podnet-uninstall-check",
+          "Role/istio-system/podnet-uninstall-check",
           "Role/podnet-system/podnet-keys",
+          "RoleBinding/istio-system/podnet-uninstall-check",
           "RoleBinding/podnet-system/podnet-keys",
           "ServiceAccount/podnet-system/podnet-keys",
+          "ServiceAccount/podnet-system/podnet-uninstall-check",
         ],
-        "keys.generate (the default) adds only its hook objects",
+        "keys.generate and uninstall.check (the defaults) add only their hook objects",
       );
       for (const [key, o] of rendered) {
         const labels = (o.metadata as { labels?: Record<string, string> }).labels ?? {};
@@ -232,8 +236,24 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     assert.deepEqual(pod.containers[0].args, ["keys", "ensure", "--namespace", "podnet-system"]);
     assert.equal(pod.securityContext.runAsNonRoot, true);
     assert.deepEqual(pod.containers[0].securityContext.capabilities, { drop: ["ALL"] });
-    const off = objects(chart(["keys.generate=false"]));
+    const off = objects(chart(["keys.generate=false", "uninstall.check=false"]));
     assert.equal([...off.values()].some(isHook), false);
+  });
+
+  test("uninstall.check: a pre-delete hook Job in the node-runner image runs `pnc uninstall-check` on Istio's namespace, reading only its ConfigMaps; a failed Job stays for its log", () => {
+    const rendered = objects(chart(["istio.namespace=mesh-istio"]));
+    const job = rendered.get("Job/podnet-system/podnet-uninstall-check") as K8sObject & { metadata: { annotations: Record<string, string> } };
+    assert.equal(job.metadata.annotations["helm.sh/hook"], "pre-delete");
+    assert.equal(job.metadata.annotations["helm.sh/hook-delete-policy"], "before-hook-creation,hook-succeeded");
+    const spec = job.spec as { backoffLimit: number; template: { spec: { serviceAccountName: string; containers: [{ args: string[] }] } } };
+    assert.deepEqual(
+      [spec.backoffLimit, spec.template.spec.serviceAccountName, spec.template.spec.containers[0].args],
+      [0, "podnet-uninstall-check", ["uninstall-check", "--istio-namespace", "mesh-istio"]],
+    );
+    assert.deepEqual((rendered.get("Role/mesh-istio/podnet-uninstall-check") as { rules?: unknown } | undefined)?.rules, [
+      { apiGroups: [""], resources: ["configmaps"], verbs: ["list"] },
+    ]);
+    assert.equal(objects(chart(["uninstall.check=false"])).has("Job/podnet-system/podnet-uninstall-check"), false);
   });
 
   test("values reach the objects: images, port, backend, cgroup root, broker delivery, public keys, no GKE quota", () => {
@@ -378,7 +398,9 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
           "ValidatingAdmissionPolicyBinding",
           "SecurityContextConstraints",
         ];
-        if (!clusterScoped.includes(o.kind)) assert.equal(o.metadata.namespace, "mesh-ops", `${o.kind}/${o.metadata.name}`);
+        // (but the uninstall check's read of istiod's ConfigMaps, in Istio's namespace)
+        if (!clusterScoped.includes(o.kind) && o.metadata.name !== "podnet-uninstall-check")
+          assert.equal(o.metadata.namespace, "mesh-ops", `${o.kind}/${o.metadata.name}`);
       }
       assert.match(text, /system:serviceaccount:mesh-ops:podnet-node-runner/);
       assert.match(text, /audience: serving\.knative\.dev\/service\/mesh-ops\/podnet-decision/);
@@ -392,6 +414,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     const client = k8s.KubernetesObjectApi.makeApiClient(controlPlane().kubeConfig());
     await controlPlane().ensureNamespace("podnet-system");
     await controlPlane().ensureNamespace("mesh-ops");
+    await controlPlane().ensureNamespace("istio-system");
     for (const set of [
       [],
       ["eventing.delivery=broker", "keys.generate=false", "keys.publicKeys.fn-1=PEM"],
@@ -424,7 +447,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     );
 
     const objectsApi = k8s.KubernetesObjectApi.makeApiClient(cp.kubeConfig());
-    for (const hook of raw(chart()).filter((o) => isHook(o) && o.kind !== "Job")) await objectsApi.create(hook);
+    for (const hook of raw(chart()).filter((o) => isHook(o) && o.kind !== "Job" && o.metadata.name === "podnet-keys")) await objectsApi.create(hook);
     const jobKubeconfig = cp.writeKubeconfig("podnet-keys", await cp.serviceAccountToken("podnet-system", "podnet-keys"));
     const ensure = () =>
       spawnSync(process.execPath, ["--import", "tsx", path.join(root, "cli/pnc.ts"), "keys", "ensure", "--kubeconfig", jobKubeconfig], {
@@ -491,7 +514,8 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       "the Job reads only its own objects",
     );
 
-    helm("uninstall", "podnet", "--namespace", "podnet-system", "--kubeconfig", admin);
+    // (no kubelet here to run the uninstall check's Job: test/node runs it)
+    helm("uninstall", "podnet", "--namespace", "podnet-system", "--no-hooks", "--kubeconfig", admin);
     assert.ok(await core.readNamespacedSecret({ namespace: ns, name: "podnet-node-runner-tls" }), "keys outlive the release (README)");
   });
 

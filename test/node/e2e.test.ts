@@ -15,6 +15,7 @@ import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { BIN, waitFor } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
 import { ISTIOCTL } from "../support/istio-injector.ts";
+import { ISTIOD_CHART } from "../support/istiod.ts";
 import { missingRealNodeReason, onNode as onNodeOf, podPids, podRef, realNodeStackFixture, RUNNER_LABEL } from "../support/real-node-stack.ts";
 
 const missing = missingRealNodeReason();
@@ -300,5 +301,48 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
     const events = await core.listNamespacedEvent({ namespace: excluded, fieldSelector: `involvedObject.name=excluded,reason=NetworkInitSkipped` });
     assert.match(events.items[0]?.message ?? "", /released, so the pod starts without traffic interception/);
     await core.deleteNamespacedPod({ namespace: excluded, name: "excluded", gracePeriodSeconds: 0 });
+  });
+
+  // Last: it uninstalls the project.
+  test("helm uninstall stops while istiod injects the podnet template (the pre-delete Job's log says which revision and what to do), and goes on once it does not", async () => {
+    const { cp, core } = s();
+    const admin = cp.writeKubeconfig("uninstall", cp.adminToken);
+    const uninstall = () =>
+      spawnSync(BIN.helm, ["uninstall", "podnet", "--namespace", "podnet-system", "--wait", "--timeout", "120s", "--kubeconfig", admin], { encoding: "utf8" });
+    const refused = uninstall();
+    assert.notEqual(refused.status, 0, "refused");
+    assert.match(refused.stderr, /job podnet-uninstall-check failed/);
+    const log = execFileSync(BIN.kubectl, ["--kubeconfig", admin, "-n", "podnet-system", "logs", "job/podnet-uninstall-check"], { encoding: "utf8" });
+    assert.match(log, /istio-system\/istio-sidecar-injector still inject the podnet template: .* helm uninstall --no-hooks/);
+    assert.equal((await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL })).items.length, 2, "the node-runners stay");
+
+    // README's Uninstall, step 1: istiod's release without the template and its default, then again.
+    execFileSync(
+      BIN.helm,
+      [
+        "upgrade",
+        "istiod",
+        ISTIOD_CHART,
+        "--namespace",
+        "istio-system",
+        "--reset-then-reuse-values",
+        "--set",
+        "sidecarInjectorWebhook.templates.podnet=null",
+        "--set",
+        "sidecarInjectorWebhook.defaultTemplates={sidecar}",
+        "--kubeconfig",
+        admin,
+      ],
+      { encoding: "utf8" },
+    );
+    const injector = await core.readNamespacedConfigMap({ namespace: "istio-system", name: "istio-sidecar-injector" });
+    assert.doesNotMatch(injector.data?.config ?? "", /^\s+podnet:/m, "the template is gone from istiod's injector");
+    const done = uninstall();
+    assert.equal(done.status, 0, done.stderr);
+    await waitFor(
+      "the node-runners gone",
+      60_000,
+      async () => (await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL })).items.length === 0,
+    );
   });
 });

@@ -17,6 +17,8 @@ import { IMAGE_DIR, type RealNode } from "../controlplane/node.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
 const CHARTS = path.join(CACHE_DIR, "bin", "istio-charts");
+/** Istio's istiod chart, from the module the oracle is built from (its release here: `istiod`). */
+export const ISTIOD_CHART = path.join(CHARTS, "istio-discovery");
 export const ISTIOD_IMAGE = "localhost/pnc/pilot-discovery:test";
 /** Istio's images under the lab's hub and tag: the proxy is `<hub>/proxyv2:<tag>`. */
 const HUB = "localhost/pnc";
@@ -26,9 +28,7 @@ const ISTIO_NAMESPACE = "istio-system";
 
 /** undefined when istiod can be installed here; otherwise why not. */
 export function missingIstiodReason(): string | undefined {
-  const missing = [path.join(CHARTS, "base"), path.join(CHARTS, "istio-discovery"), path.join(IMAGE_DIR, "pilot-discovery.oci.tar")].filter(
-    (p) => !existsSync(p),
-  );
+  const missing = [path.join(CHARTS, "base"), ISTIOD_CHART, path.join(IMAGE_DIR, "pilot-discovery.oci.tar")].filter((p) => !existsSync(p));
   return missing.length === 0
     ? undefined
     : `istiod's charts or image not built (${missing.map((p) => path.basename(p)).join(", ")}): run test/controlplane/build.sh and test/controlplane/images.sh`;
@@ -49,7 +49,7 @@ export async function installIstiod(cp: ControlPlane, nodes: readonly RealNode[]
   helm(
     "install",
     "istiod",
-    path.join(CHARTS, "istio-discovery"),
+    ISTIOD_CHART,
     "--namespace",
     ISTIO_NAMESPACE,
     "-f",

@@ -70,3 +70,35 @@ the manifest's; the manifest's labels win (selectors need them), given annotatio
 {{- with $v.podLabels }}{{ $_ := set $.pod.metadata "labels" (merge (dict) (default (dict) $.pod.metadata.labels) .) }}{{ end -}}
 {{- with $v.podAnnotations }}{{ $_ := set $.pod.metadata "annotations" (merge (dict) . (default (dict) $.pod.metadata.annotations)) }}{{ end -}}
 {{- end -}}
+
+{{/*
+The spec of a hook Job that runs one `pnc` command in the node-runner image (its entrypoint is
+`node dist/cli/pnc.js`) as its ServiceAccount podnet-<component>: non-root, no capabilities, a
+read-only root and a 1 MiB memory /tmp (openssl, for the keys). Scheduling and resources from
+the keys.* values. Call with (dict "root" $ "component" "keys" "args" (list ...)); one line of JSON.
+*/}}
+{{- define "podnet.hookJobSpec" -}}
+{{- $v := .root.Values -}}
+{{- $container := dict
+  "name" .component
+  "image" (include "podnet.image" (dict "root" .root "image" $v.images.nodeRunner))
+  "args" .args
+  "env" (list (dict "name" "TMPDIR" "value" "/tmp"))
+  "resources" ($v.keys.resources | default (dict "requests" (dict "cpu" "50m" "memory" "96Mi") "limits" (dict "memory" "192Mi")))
+  "securityContext" (dict "allowPrivilegeEscalation" false "readOnlyRootFilesystem" true "capabilities" (dict "drop" (list "ALL")))
+  "volumeMounts" (list (dict "name" "tmp" "mountPath" "/tmp")) -}}
+{{- with $v.images.pullPolicy }}{{ $_ := set $container "imagePullPolicy" . }}{{ end -}}
+{{- $pod := dict
+  "serviceAccountName" (printf "podnet-%s" .component)
+  "restartPolicy" "Never"
+  "nodeSelector" (merge (dict) $v.keys.nodeSelector (dict "kubernetes.io/os" "linux"))
+  "securityContext" (dict "runAsNonRoot" true "runAsUser" 65532 "runAsGroup" 65532 "seccompProfile" (dict "type" "RuntimeDefault"))
+  "containers" (list $container)
+  "volumes" (list (dict "name" "tmp" "emptyDir" (dict "medium" "Memory" "sizeLimit" "1Mi"))) -}}
+{{- with $v.keys.tolerations }}{{ $_ := set $pod "tolerations" . }}{{ end -}}
+{{- with $v.images.pullSecrets }}{{ $_ := set $pod "imagePullSecrets" . }}{{ end -}}
+{{- toJson (dict
+  "backoffLimit" (ternary .backoffLimit 3 (hasKey . "backoffLimit"))
+  "activeDeadlineSeconds" 300
+  "template" (dict "metadata" (dict "labels" (dict "app.kubernetes.io/part-of" "podnet" "app.kubernetes.io/component" .component)) "spec" $pod)) -}}
+{{- end -}}

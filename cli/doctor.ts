@@ -1,0 +1,355 @@
+// `pnc doctor`: one command that checks a live install and says, per check, ok / warning /
+// error with the fix. The checks are pure (a snapshot of what the cluster holds in, findings
+// out); reading the snapshot is the edge (readSnapshot, through @kubernetes/client-node).
+import { X509Certificate } from "node:crypto";
+import { parseArgs } from "node:util";
+import type { KubeConfig, V1Node } from "@kubernetes/client-node";
+import { readMark, STATUS_INITIALIZED, STATUS_REFUSED, STATUS_SKIPPED } from "../contract/mark.ts";
+import { WAITER_CONTAINER } from "../functions/decision.ts";
+import { errorMessage } from "../lib/errors.ts";
+import { CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, loadKubeConfig } from "./kube-client.ts";
+
+export type Severity = "ok" | "warning" | "error";
+
+export interface Finding {
+  readonly check: string;
+  readonly severity: Severity;
+  readonly detail: string;
+  /** What to do about it (empty when ok). */
+  readonly fix: string;
+}
+
+interface Condition {
+  readonly type?: string;
+  readonly status?: string;
+  readonly reason?: string;
+  readonly message?: string;
+}
+
+/** A Knative object as far as the checks read it. */
+export interface KnativeObject {
+  readonly name: string;
+  readonly conditions: readonly Condition[];
+  readonly sinkAudience?: string | undefined;
+}
+
+/** What the checks read from the cluster; a missing part is undefined (not installed, or not readable). */
+export interface ClusterSnapshot {
+  readonly namespace: string;
+  /** Schedulable Linux nodes by name. */
+  readonly nodes: readonly string[];
+  /** The node-runner pods: node and whether Ready. */
+  readonly runners: readonly { readonly node: string; readonly ready: boolean }[];
+  readonly functionService?: KnativeObject | undefined;
+  readonly sources: readonly KnativeObject[];
+  /** Knative Eventing's config-features `authentication-oidc`, when readable. */
+  readonly oidcFeature?: string | undefined;
+  /** Each istiod revision's injector: its name, whether it carries the podnet template, and CNI mode. */
+  readonly injectors: readonly { readonly name: string; readonly hasTemplate: boolean; readonly cniEnabled: boolean }[];
+  /** DaemonSets named like Istio's CNI agent, anywhere (namespace/name). */
+  readonly istioCniAgents: readonly string[];
+  /** The node-runners' serving certificate (PEM), when the Secret exists. */
+  readonly tlsCertificate?: string | undefined;
+  readonly signingKeys: boolean;
+  readonly publicKeys: boolean;
+  /** Mesh pods whose waiter is still running: name, seconds it has run, their mark, the project's last Warning. */
+  readonly waitingPods: readonly {
+    readonly pod: string;
+    readonly waitingSeconds: number;
+    readonly mark?: string | undefined;
+    readonly lastWarning?: string | undefined;
+  }[];
+  readonly now: number;
+}
+
+const DAY_MS = 86_400_000;
+/** A waiter running longer than this is stuck (a programmed pod's exits within a second or two). */
+const STUCK_AFTER_SECONDS = 60;
+
+const ok = (check: string, detail: string): Finding => ({ check, severity: "ok", detail, fix: "" });
+const warn = (check: string, detail: string, fix: string): Finding => ({ check, severity: "warning", detail, fix });
+const error = (check: string, detail: string, fix: string): Finding => ({ check, severity: "error", detail, fix });
+
+function readyCondition(o: KnativeObject): Condition | undefined {
+  return o.conditions.find((c) => c.type === "Ready");
+}
+
+/** Every check, in the order an operator reads them. */
+export function diagnose(s: ClusterSnapshot): Finding[] {
+  const out: Finding[] = [];
+  const ns = s.namespace;
+
+  // The node agents: one Ready runner on every schedulable node.
+  const readyOn = new Set(s.runners.filter((r) => r.ready).map((r) => r.node));
+  const without = s.nodes.filter((n) => !readyOn.has(n));
+  out.push(
+    without.length === 0
+      ? ok("node-runners", `Ready on all ${s.nodes.length} schedulable node(s)`)
+      : error(
+          "node-runners",
+          `no Ready node-runner on ${without.length} of ${s.nodes.length} node(s): ${without.slice(0, 10).join(", ")}${without.length > 10 ? ", …" : ""}; mesh pods there wait and fail`,
+          `kubectl -n ${ns} describe daemonset podnet-node-runner (taints, node selector, the node-critical quota: platform.nodeCriticalQuota)`,
+        ),
+  );
+
+  // The keys.
+  out.push(
+    s.signingKeys && s.publicKeys
+      ? ok("keys", "the function's signing key and the node-runners' public keys are there")
+      : error(
+          "keys",
+          `missing: ${[s.signingKeys ? "" : "Secret podnet-signing-keys", s.publicKeys ? "" : "ConfigMap podnet-public-keys"].filter(Boolean).join(", ")}`,
+          "helm upgrade the release (keys.generate makes them), or apply those of `pnc keys generate` (README, Install)",
+        ),
+  );
+  if (s.tlsCertificate === undefined) {
+    out.push(error("certificate", "no Secret podnet-node-runner-tls: the node-runners cannot serve", "as for the keys above"));
+  } else {
+    let notAfter: number | undefined;
+    try {
+      notAfter = Date.parse(new X509Certificate(s.tlsCertificate).validTo);
+    } catch (err) {
+      out.push(error("certificate", `podnet-node-runner-tls holds no readable certificate: ${errorMessage(err)}`, "replace the Secret (README, Install)"));
+    }
+    if (notAfter !== undefined) {
+      const days = Math.floor((notAfter - s.now) / DAY_MS);
+      const when = new Date(notAfter).toISOString();
+      out.push(
+        days < 0
+          ? error("certificate", `the node-runners' certificate expired on ${when}`, "renew it: README, Key rotation")
+          : days < 30
+            ? warn("certificate", `the node-runners' certificate expires in ${days} day(s), on ${when}`, "renew it: README, Key rotation")
+            : ok("certificate", `the node-runners' certificate is valid until ${when} (${days} days)`),
+      );
+    }
+  }
+
+  // The function and its sources.
+  const fnReady = s.functionService === undefined ? undefined : readyCondition(s.functionService);
+  out.push(
+    s.functionService === undefined
+      ? error("function", `no Knative Service podnet-decision in ${ns}`, "install the chart (README, Install, step 4)")
+      : fnReady?.status === "True"
+        ? ok("function", "the Knative Service podnet-decision is Ready")
+        : error(
+            "function",
+            `the Knative Service podnet-decision is not Ready: ${fnReady?.reason ?? "no Ready condition"}${fnReady?.message === undefined ? "" : `: ${fnReady.message}`}`,
+            `kubectl -n ${ns} get ksvc,revision; kubectl -n ${ns} logs -l serving.knative.dev/service=podnet-decision -c decision`,
+          ),
+  );
+  for (const source of s.sources) {
+    const ready = readyCondition(source);
+    out.push(
+      ready?.status === "True"
+        ? ok(`source ${source.name}`, "Ready")
+        : error(
+            `source ${source.name}`,
+            `not Ready: ${ready?.reason ?? "no Ready condition (its sink does not resolve yet: README, Troubleshooting)"}${ready?.message === undefined ? "" : `: ${ready.message}`}`,
+            `kubectl -n ${ns} describe ${source.name.startsWith("podnet-resync") ? "pingsource" : "apiserversource"} ${source.name}`,
+          ),
+    );
+    if (source.sinkAudience === undefined || source.sinkAudience === "") {
+      out.push(
+        error(
+          `source ${source.name}`,
+          "its sink names no audience: Knative sends no token, and the function refuses every event",
+          "install the chart's sources as they are (sink.audience)",
+        ),
+      );
+    }
+  }
+  out.push(
+    s.oidcFeature === "enabled"
+      ? ok("knative oidc", "Knative Eventing's authentication-oidc is enabled")
+      : error(
+          "knative oidc",
+          `Knative Eventing's authentication-oidc is ${s.oidcFeature ?? "not readable"}: its sources send no token, and the function refuses every event`,
+          `kubectl -n knative-eventing patch configmap config-features --type merge -p '{"data":{"authentication-oidc":"enabled"}}'`,
+        ),
+  );
+
+  // Istio.
+  if (s.injectors.length === 0) {
+    out.push(error("istio", "no istiod injector ConfigMap (istio-sidecar-injector*) in istio-system", "install istiod (README, Install, step 5)"));
+  }
+  for (const injector of s.injectors) {
+    out.push(
+      !injector.hasTemplate
+        ? error(
+            `istio ${injector.name}`,
+            "its injector has no podnet template: pods get Istio's privileged istio-init",
+            "README, Install, step 5, for this revision",
+          )
+        : injector.cniEnabled
+          ? warn(
+              `istio ${injector.name}`,
+              "CNI mode is on: not needed by the template, and with istio-cni it programs the same pods",
+              "cni.enabled=false (config/istio/istiod-values.yaml)",
+            )
+          : ok(`istio ${injector.name}`, "carries the podnet template, CNI mode off"),
+    );
+  }
+  out.push(
+    s.istioCniAgents.length === 0
+      ? ok("istio-cni", "no istio-cni agent")
+      : error(
+          "istio-cni",
+          `Istio's own CNI agent runs (${s.istioCniAgents.join(", ")}): it programs the same pods`,
+          "uninstall Istio's istio-cni (README, Install, step 5)",
+        ),
+  );
+
+  // Pods waiting.
+  const stuck = s.waitingPods.filter((p) => p.waitingSeconds >= STUCK_AFTER_SECONDS);
+  out.push(
+    stuck.length === 0
+      ? ok("waiting pods", `none waiting longer than ${STUCK_AFTER_SECONDS} s`)
+      : warn(
+          "waiting pods",
+          stuck
+            .slice(0, 10)
+            .map((p) => `${p.pod} (${p.waitingSeconds} s, mark ${p.mark ?? "none"}${p.lastWarning === undefined ? "" : `; ${p.lastWarning}`})`)
+            .join("; "),
+          "npm run pnc -- status; README, Troubleshooting",
+        ),
+  );
+  return out;
+}
+
+/** Exit codes for scripts: 0 all ok, 1 warnings, 2 errors. */
+export function doctorExitCode(findings: readonly Finding[]): number {
+  if (findings.some((f) => f.severity === "error")) return 2;
+  return findings.some((f) => f.severity === "warning") ? 1 : 0;
+}
+
+export function formatFindings(findings: readonly Finding[]): string {
+  const width = Math.max(...findings.map((f) => f.check.length));
+  return findings
+    .map(
+      (f) => `${f.severity.toUpperCase().padEnd(7)}  ${f.check.padEnd(width)}  ${f.detail}${f.fix === "" ? "" : `\n${" ".repeat(9 + width)}  fix: ${f.fix}`}`,
+    )
+    .join("\n");
+}
+
+interface Listed<T> {
+  readonly items: T[];
+}
+
+/** istiod's injector ConfigMaps (one per revision) among `configMaps`: whether each carries the podnet template, and its CNI mode. */
+export function istioInjectors(
+  configMaps: readonly { readonly metadata?: { readonly name?: string }; readonly data?: Readonly<Record<string, string>> }[],
+): ClusterSnapshot["injectors"] {
+  return configMaps
+    .filter((c) => /^istio-sidecar-injector(-.+)?$/.test(c.metadata?.name ?? ""))
+    .map((c) => {
+      let cniEnabled = false;
+      try {
+        cniEnabled = (JSON.parse(c.data?.values ?? "{}") as { pilot?: { cni?: { enabled?: boolean } } }).pilot?.cni?.enabled === true;
+      } catch {
+        cniEnabled = false;
+      }
+      // The template is a key of the injector config's `templates` map.
+      return { name: c.metadata?.name ?? "", hasTemplate: /^\s+podnet:/m.test(c.data?.config ?? ""), cniEnabled };
+    });
+}
+
+/** The cluster as the checks read it. Parts it may not read (RBAC, not installed) come back empty. */
+export async function readSnapshot(kc: KubeConfig, namespace: string, now: number): Promise<ClusterSnapshot> {
+  const k8s = await import("@kubernetes/client-node");
+  const core = kc.makeApiClient(k8s.CoreV1Api);
+  const apps = kc.makeApiClient(k8s.AppsV1Api);
+  const custom = kc.makeApiClient(k8s.CustomObjectsApi);
+  const absent = <T>(read: Promise<T>): Promise<T | undefined> =>
+    read.catch((err: unknown) => {
+      const code = (err as { code?: number }).code;
+      if (code === 404 || code === 403) return undefined;
+      throw err;
+    });
+  const knative = async (group: string, plural: string, name: string): Promise<KnativeObject | undefined> => {
+    const o = (await absent(custom.getNamespacedCustomObject({ group, version: "v1", namespace, plural, name }))) as
+      { status?: { conditions?: Condition[] }; spec?: { sink?: { audience?: string } } } | undefined;
+    return o === undefined ? undefined : { name, conditions: o.status?.conditions ?? [], sinkAudience: o.spec?.sink?.audience };
+  };
+
+  const [nodes, runners, fnService, pods, features, injectors, daemonSets, tls, signing, publicKeys, events] = await Promise.all([
+    core.listNode(),
+    core.listNamespacedPod({ namespace, labelSelector: "app.kubernetes.io/name=podnet-node-runner" }),
+    knative("serving.knative.dev", "services", "podnet-decision"),
+    core.listPodForAllNamespaces({ labelSelector: "security.istio.io/tlsMode=istio" }),
+    absent(core.readNamespacedConfigMap({ namespace: "knative-eventing", name: "config-features" })),
+    absent(core.listNamespacedConfigMap({ namespace: "istio-system" })),
+    apps.listDaemonSetForAllNamespaces(),
+    absent(core.readNamespacedSecret({ namespace, name: "podnet-node-runner-tls" })),
+    absent(core.readNamespacedSecret({ namespace, name: "podnet-signing-keys" })),
+    absent(core.readNamespacedConfigMap({ namespace, name: "podnet-public-keys" })),
+    absent(core.listEventForAllNamespaces({ fieldSelector: "involvedObject.kind=Pod,type=Warning" })),
+  ]);
+  const sources = (
+    await Promise.all([knative("sources.knative.dev", "apiserversources", "podnet-pods"), knative("sources.knative.dev", "pingsources", "podnet-resync")])
+  ).filter((o): o is KnativeObject => o !== undefined);
+
+  const schedulable = (nodes as Listed<V1Node>).items.filter(
+    (n) => n.spec?.unschedulable !== true && (n.metadata?.labels?.["kubernetes.io/os"] ?? "linux") === "linux",
+  );
+  const lastWarning = new Map<string, string>();
+  for (const e of events?.items ?? []) {
+    if (e.reason !== "NetworkInitFailed" && e.reason !== "NetworkInitSkipped") continue;
+    lastWarning.set(e.involvedObject.uid ?? "", `${e.reason}: ${(e.message ?? "").slice(0, 160)}`);
+  }
+  const waitingPods = pods.items.flatMap((p) => {
+    const waiter = p.status?.initContainerStatuses?.find((c) => c.name === WAITER_CONTAINER);
+    const started = waiter?.state?.running?.startedAt;
+    if (started === undefined) return [];
+    const status = readMark(p.metadata?.annotations ?? {}).status;
+    return [
+      {
+        pod: `${p.metadata?.namespace ?? ""}/${p.metadata?.name ?? ""}`,
+        waitingSeconds: Math.floor((now - new Date(started).getTime()) / 1000),
+        mark: status === STATUS_INITIALIZED || status === STATUS_REFUSED || status === STATUS_SKIPPED ? status : undefined,
+        lastWarning: lastWarning.get(p.metadata?.uid ?? ""),
+      },
+    ];
+  });
+  return {
+    namespace,
+    nodes: schedulable.map((n) => n.metadata?.name ?? ""),
+    runners: runners.items.map((p) => ({
+      node: p.spec?.nodeName ?? "",
+      ready: p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") === true,
+    })),
+    functionService: fnService,
+    sources,
+    oidcFeature: features?.data?.["authentication-oidc"],
+    injectors: istioInjectors(injectors?.items ?? []),
+    istioCniAgents: daemonSets.items
+      .filter((d) => d.metadata?.name === "istio-cni-node")
+      .map((d) => `${d.metadata?.namespace ?? ""}/${d.metadata?.name ?? ""}`),
+    tlsCertificate: tls === undefined ? undefined : Buffer.from(tls.data?.["tls.crt"] ?? "", "base64").toString("utf8"),
+    signingKeys: signing !== undefined,
+    publicKeys: publicKeys !== undefined,
+    waitingPods,
+    now,
+  };
+}
+
+/** `pnc doctor [-n <namespace>] [--kubeconfig <file>] [--context <name>] [--json]` */
+export async function doctorMain(args: readonly string[], io: { stdout: (text: string) => void; stderr: (text: string) => void }): Promise<number> {
+  let values: { namespace: string; kubeconfig?: string | undefined; context?: string | undefined; json: boolean };
+  try {
+    values = parseArgs({
+      args: [...args],
+      options: { namespace: { type: "string", short: "n", default: "podnet-system" }, json: { type: "boolean", default: false }, ...CLUSTER_OPTIONS },
+    }).values;
+  } catch (err) {
+    io.stderr(`pnc doctor: ${errorMessage(err)}\nusage: pnc doctor [-n <namespace>] ${CLUSTER_USAGE} [--json]\n`);
+    return 64;
+  }
+  try {
+    const findings = diagnose(await readSnapshot(await loadKubeConfig(values), values.namespace, Date.now()));
+    io.stdout(values.json ? `${JSON.stringify(findings, null, 2)}\n` : `${formatFindings(findings)}\n`);
+    return doctorExitCode(findings);
+  } catch (err) {
+    io.stderr(`pnc doctor: ${clusterErrorMessage(err)}\n`);
+    return err instanceof ClusterConfigError ? 64 : 3;
+  }
+}
