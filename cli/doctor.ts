@@ -7,7 +7,8 @@ import type { KubeConfig, V1Node } from "@kubernetes/client-node";
 import { readMark, STATUS_INITIALIZED, STATUS_REFUSED, STATUS_SKIPPED } from "../contract/mark.ts";
 import { WAITER_CONTAINER } from "../functions/decision.ts";
 import { errorMessage } from "../lib/errors.ts";
-import { CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, loadKubeConfig } from "./kube-client.ts";
+import { CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, ifFound, loadKubeConfig } from "./kube-client.ts";
+import { lastProjectWarnings } from "./status.ts";
 
 export type Severity = "ok" | "warning" | "error";
 
@@ -259,12 +260,8 @@ export async function readSnapshot(kc: KubeConfig, namespace: string, now: numbe
   const core = kc.makeApiClient(k8s.CoreV1Api);
   const apps = kc.makeApiClient(k8s.AppsV1Api);
   const custom = kc.makeApiClient(k8s.CustomObjectsApi);
-  const absent = <T>(read: Promise<T>): Promise<T | undefined> =>
-    read.catch((err: unknown) => {
-      const code = (err as { code?: number }).code;
-      if (code === 404 || code === 403) return undefined;
-      throw err;
-    });
+  // What is not installed (404) or not ours to read (403) is left out, and the check says so.
+  const absent = <T>(read: Promise<T>): Promise<T | undefined> => ifFound(read, [404, 403]);
   const knative = async (group: string, plural: string, name: string): Promise<KnativeObject | undefined> => {
     const o = (await absent(custom.getNamespacedCustomObject({ group, version: "v1", namespace, plural, name }))) as
       { status?: { conditions?: Condition[] }; spec?: { sink?: { audience?: string } } } | undefined;
@@ -291,11 +288,7 @@ export async function readSnapshot(kc: KubeConfig, namespace: string, now: numbe
   const schedulable = (nodes as Listed<V1Node>).items.filter(
     (n) => n.spec?.unschedulable !== true && (n.metadata?.labels?.["kubernetes.io/os"] ?? "linux") === "linux",
   );
-  const lastWarning = new Map<string, string>();
-  for (const e of events?.items ?? []) {
-    if (e.reason !== "NetworkInitFailed" && e.reason !== "NetworkInitSkipped") continue;
-    lastWarning.set(e.involvedObject.uid ?? "", `${e.reason}: ${(e.message ?? "").slice(0, 160)}`);
-  }
+  const lastWarning = lastProjectWarnings(events?.items ?? []);
   const waitingPods = pods.items.flatMap((p) => {
     const waiter = p.status?.initContainerStatuses?.find((c) => c.name === WAITER_CONTAINER);
     const started = waiter?.state?.running?.startedAt;
@@ -306,7 +299,7 @@ export async function readSnapshot(kc: KubeConfig, namespace: string, now: numbe
         pod: `${p.metadata?.namespace ?? ""}/${p.metadata?.name ?? ""}`,
         waitingSeconds: Math.floor((now - new Date(started).getTime()) / 1000),
         mark: status === STATUS_INITIALIZED || status === STATUS_REFUSED || status === STATUS_SKIPPED ? status : undefined,
-        lastWarning: lastWarning.get(p.metadata?.uid ?? ""),
+        lastWarning: lastWarning.get(p.metadata?.uid ?? "")?.slice(0, 160),
       },
     ];
   });

@@ -5,7 +5,7 @@
 import { parseArgs } from "node:util";
 import { errorMessage } from "../lib/errors.ts";
 import type { CoreV1Api } from "@kubernetes/client-node";
-import { apiStatusCode, CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, coreApi } from "./kube-client.ts";
+import { apiStatusCode, CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, coreApi, ifFound } from "./kube-client.ts";
 import { CONFIGMAP_NAME, KeyManifestError, newKeyId, pair, publicPemOf, SECRET_NAME } from "./keys.ts";
 import { keyManifest, type KeyHolder } from "./manifests.ts";
 import { CA_CONFIGMAP_NAME, generateTls, TLS_SECRET_NAME, tlsSecretData, type TlsFiles } from "./tls.ts";
@@ -71,21 +71,13 @@ export function planMissingKeys(stored: StoredKeys, generate: KeyGenerators): Ke
 }
 
 async function readStored(core: CoreV1Api, namespace: string): Promise<StoredKeys> {
-  const ifExists = async <T>(read: Promise<T>): Promise<T | undefined> => {
-    try {
-      return await read;
-    } catch (err) {
-      if (apiStatusCode(err) === 404) return undefined;
-      throw err;
-    }
-  };
   const decoded = (data: Record<string, string> = {}) =>
     Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")]));
   const [signingSecret, publicKeys, tlsSecret, caConfigMap] = await Promise.all([
-    ifExists(core.readNamespacedSecret({ namespace, name: SECRET_NAME })).then((o) => o && decoded(o.data)),
-    ifExists(core.readNamespacedConfigMap({ namespace, name: CONFIGMAP_NAME })).then((o) => o && (o.data ?? {})),
-    ifExists(core.readNamespacedSecret({ namespace, name: TLS_SECRET_NAME })).then((o) => o && decoded(o.data)),
-    ifExists(core.readNamespacedConfigMap({ namespace, name: CA_CONFIGMAP_NAME })).then((o) => o && (o.data ?? {})),
+    ifFound(core.readNamespacedSecret({ namespace, name: SECRET_NAME })).then((o) => o && decoded(o.data)),
+    ifFound(core.readNamespacedConfigMap({ namespace, name: CONFIGMAP_NAME })).then((o) => o && (o.data ?? {})),
+    ifFound(core.readNamespacedSecret({ namespace, name: TLS_SECRET_NAME })).then((o) => o && decoded(o.data)),
+    ifFound(core.readNamespacedConfigMap({ namespace, name: CA_CONFIGMAP_NAME })).then((o) => o && (o.data ?? {})),
   ]);
   return { ...(signingSecret && { signingSecret }), ...(publicKeys && { publicKeys }), ...(tlsSecret && { tlsSecret }), ...(caConfigMap && { caConfigMap }) };
 }

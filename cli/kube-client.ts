@@ -64,6 +64,16 @@ export function apiStatusCode(err: unknown): number | undefined {
   return typeof code === "number" && err instanceof Error ? code : undefined;
 }
 
+/** The answer, or undefined when the API server answers one of `codes` (not found, by default). */
+export async function ifFound<T>(read: Promise<T>, codes: readonly number[] = [404]): Promise<T | undefined> {
+  try {
+    return await read;
+  } catch (err) {
+    if (codes.includes(apiStatusCode(err) ?? 0)) return undefined;
+    throw err;
+  }
+}
+
 /**
  * One line for an operator: the API server's own message (client-node's error text carries the
  * whole body and every response header).

@@ -24,7 +24,7 @@ interface PodSummary {
     }[];
   };
 }
-interface EventSummary {
+export interface EventSummary {
   readonly involvedObject?: { readonly uid?: string };
   readonly reason?: string;
   readonly message?: string;
@@ -45,17 +45,23 @@ export interface StatusRow {
   readonly detail: string;
 }
 
-/** One row per pod, in namespace/name order. */
-export function podStatusRows(pods: readonly PodSummary[], events: readonly EventSummary[]): StatusRow[] {
-  const lastWarning = new Map<string, { at: string; text: string }>();
+/** Each pod's (by UID) latest Warning of the project's, as `<reason>: <message>`. */
+export function lastProjectWarnings(events: readonly EventSummary[]): Map<string, string> {
+  const latest = new Map<string, { at: string; text: string }>();
   for (const e of events) {
     const uid = e.involvedObject?.uid;
     if (uid === undefined || !PROJECT_WARNINGS.includes(e.reason ?? "")) continue;
     const when = e.lastTimestamp ?? e.eventTime ?? "";
     const at = when instanceof Date ? when.toISOString() : when;
-    const seen = lastWarning.get(uid);
-    if (seen === undefined || at >= seen.at) lastWarning.set(uid, { at, text: `${e.reason ?? ""}: ${e.message ?? ""}` });
+    const seen = latest.get(uid);
+    if (seen === undefined || at >= seen.at) latest.set(uid, { at, text: `${e.reason ?? ""}: ${e.message ?? ""}` });
   }
+  return new Map([...latest].map(([uid, { text }]) => [uid, text]));
+}
+
+/** One row per pod, in namespace/name order. */
+export function podStatusRows(pods: readonly PodSummary[], events: readonly EventSummary[]): StatusRow[] {
+  const lastWarning = lastProjectWarnings(events);
   return pods
     .map((p): StatusRow => {
       const found = readMark(p.metadata?.annotations ?? {});
@@ -64,7 +70,7 @@ export function podStatusRows(pods: readonly PodSummary[], events: readonly Even
         mark === STATUS_INITIALIZED
           ? `rules ${found.rules ?? "?"} in netns ${found.netns ?? "?"}`
           : mark === "none"
-            ? (lastWarning.get(p.metadata?.uid ?? "")?.text ?? "")
+            ? (lastWarning.get(p.metadata?.uid ?? "") ?? "")
             : (found.reason ?? "");
       return { namespace: p.metadata?.namespace ?? "", name: p.metadata?.name ?? "", node: p.spec?.nodeName ?? "", mark, waiter: waiterState(p), detail };
     })

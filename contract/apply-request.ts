@@ -33,48 +33,26 @@ export const podRefSchema = z.strictObject({
   ips: z.array(podIp).min(1).max(4),
 });
 
-export const applyRequestSchema = z.strictObject({
+/** What every request to a node-runner carries: its version, the node, the pod, and why the function decided so. */
+const podRequest = {
   apiVersion: z.literal(API_VERSION),
-  kind: z.literal("ApplyRequest"),
-  node: dnsSubdomain,
-  pod: podRefSchema,
-  capture: z.unknown(),
-  decision: z.strictObject({
-    reason: z.string().max(512),
-    policy: z.string().max(128),
-  }),
-});
-
-export const removeRequestSchema = z.strictObject({
-  apiVersion: z.literal(API_VERSION),
-  kind: z.literal("RemoveRequest"),
   node: dnsSubdomain,
   pod: podRefSchema,
   decision: z.strictObject({ reason: z.string().max(512), policy: z.string().max(128) }),
-});
+};
+
+export const applyRequestSchema = z.strictObject({ ...podRequest, kind: z.literal("ApplyRequest"), capture: z.unknown() });
+
+export const removeRequestSchema = z.strictObject({ ...podRequest, kind: z.literal("RemoveRequest") });
 
 /** The pod's capture configuration can never be applied: mark it refused with this reason (its waiter then fails at once, saying why). */
-export const refuseRequestSchema = z.strictObject({
-  apiVersion: z.literal(API_VERSION),
-  kind: z.literal("RefuseRequest"),
-  node: dnsSubdomain,
-  pod: podRefSchema,
-  refusal: z.string().min(1).max(MAX_REFUSAL_REASON),
-  decision: z.strictObject({ reason: z.string().max(512), policy: z.string().max(128) }),
-});
+export const refuseRequestSchema = z.strictObject({ ...podRequest, kind: z.literal("RefuseRequest"), refusal: z.string().min(1).max(MAX_REFUSAL_REASON) });
 
 /**
  * The policy keeps the pod out of the mesh, and it carries the waiter: mark it skipped with this
  * reason (its waiter then lets it start, without interception).
  */
-export const skipRequestSchema = z.strictObject({
-  apiVersion: z.literal(API_VERSION),
-  kind: z.literal("SkipRequest"),
-  node: dnsSubdomain,
-  pod: podRefSchema,
-  skip: z.string().min(1).max(MAX_REFUSAL_REASON),
-  decision: z.strictObject({ reason: z.string().max(512), policy: z.string().max(128) }),
-});
+export const skipRequestSchema = z.strictObject({ ...podRequest, kind: z.literal("SkipRequest"), skip: z.string().min(1).max(MAX_REFUSAL_REASON) });
 
 export type PodRef = z.infer<typeof podRefSchema>;
 /** `capture` is checked separately (422, not 400) with parseCaptureConfig. */
