@@ -21,7 +21,6 @@ const app = createNodeRunnerApp({
     markInitialized: () => Promise.resolve(),
     markRefused: () => Promise.resolve(),
     markSkipped: () => Promise.resolve(),
-    clearMark: () => Promise.resolve(),
     recordEvent: () => Promise.resolve(),
   },
   resolveNetns: () => Promise.resolve({ found: true, netns: { inode: "4026532000", path: "/proc/1/ns/net", pid: 1, processes: 1, hostInode: "4026531840" } }),

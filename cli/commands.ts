@@ -36,6 +36,7 @@ const USAGE = `usage:
   pnc status [-n <namespace>] [--kubeconfig <file>] [--context <name>] [--json]
   pnc doctor [-n podnet-system] [--kubeconfig <file>] [--context <name>] [--json]
   pnc uninstall-check [--istio-namespace istio-system] [--kubeconfig <file>] [--context <name>]
+  pnc fail-open on|off [-n podnet-system] [--kubeconfig <file>] [--context <name>]
 
   Prints the rules the node-runner would apply for the pod, derived the way istio-cni does
   (annotations, istio-proxy env and securityContext). --family defaults to the pod's own
@@ -72,7 +73,11 @@ const USAGE = `usage:
   uninstall-check (the chart's pre-delete hook) fails, saying which, while an istiod revision
   still injects the podnet template: new mesh pods would wait for rules that never come.
 
-  ensure, status, doctor and uninstall-check find the cluster as kubectl does: --kubeconfig, else KUBECONFIG, else
+  fail-open on is the incident switch: it sets the policy's mode to fail-open, so that every
+  pod waiting for rules starts without them (pods with rules keep them); off puts back the mode
+  it replaced. The policy ConfigMap is edited in place, its comments kept, checked first.
+
+  ensure, status, doctor, uninstall-check and fail-open find the cluster as kubectl does: --kubeconfig, else KUBECONFIG, else
   ~/.kube/config (in a pod, its ServiceAccount); --context picks a context of it.
 
   The waiter init container is its own small program (waiter/, image target waiter).

@@ -4,6 +4,7 @@ import { dirname } from "node:path";
 import { runPnc, type Io } from "./commands.ts";
 import { doctorMain } from "./doctor.ts";
 import { ensureKeysMain } from "./keys-ensure.ts";
+import { failOpenMain } from "./fail-open.ts";
 import { uninstallCheckMain } from "./uninstall-check.ts";
 import { statusMain } from "./status.ts";
 
@@ -35,4 +36,6 @@ process.exitCode =
         ? await doctorMain(args.slice(1), io)
         : args[0] === "uninstall-check"
           ? await uninstallCheckMain(args.slice(1), io)
-          : runPnc(args, io);
+          : args[0] === "fail-open"
+            ? await failOpenMain(args.slice(1), io)
+            : runPnc(args, io);

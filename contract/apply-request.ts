@@ -7,7 +7,6 @@ import { checkIPv4, checkIPv6 } from "./tokens.ts";
 
 export const API_VERSION = "podnet/v1";
 export const APPLY_PATH = "/v1/apply";
-export const REMOVE_PATH = "/v1/remove";
 export const REFUSE_PATH = "/v1/refuse";
 export const SKIP_PATH = "/v1/skip";
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -43,8 +42,6 @@ const podRequest = {
 
 export const applyRequestSchema = z.strictObject({ ...podRequest, kind: z.literal("ApplyRequest"), capture: z.unknown() });
 
-export const removeRequestSchema = z.strictObject({ ...podRequest, kind: z.literal("RemoveRequest") });
-
 /** The pod's capture configuration can never be applied: mark it refused with this reason (its waiter then fails at once, saying why). */
 export const refuseRequestSchema = z.strictObject({ ...podRequest, kind: z.literal("RefuseRequest"), refusal: z.string().min(1).max(MAX_REFUSAL_REASON) });
 
@@ -57,22 +54,16 @@ export const skipRequestSchema = z.strictObject({ ...podRequest, kind: z.literal
 export type PodRef = z.infer<typeof podRefSchema>;
 /** `capture` is checked separately (422, not 400) with parseCaptureConfig. */
 export type ApplyRequest = Omit<z.infer<typeof applyRequestSchema>, "capture"> & { capture: z.infer<typeof captureConfigInputSchema> };
-export type RemoveRequest = z.infer<typeof removeRequestSchema>;
 export type RefuseRequest = z.infer<typeof refuseRequestSchema>;
 export type SkipRequest = z.infer<typeof skipRequestSchema>;
 
 /** The node-runner's answers: 200 with the outcome, anything else with a reason. */
 const appliedOutcome = z.object({ result: z.enum(["applied", "unchanged"]), netns: z.string(), rules: z.string() });
-const removedOutcome = z.object({ result: z.enum(["removed", "absent"]) });
 /** A refusal or a skip: marked so, or not (the pod is initialized already: what runs stays). */
 const refusedOutcome = z.object({ result: z.enum(["refused", "skipped", "kept-initialized"]) });
 /** What programming a pod did (the answer without its timing). */
-export type ProgramOutcome = z.infer<typeof appliedOutcome> | z.infer<typeof removedOutcome> | z.infer<typeof refusedOutcome>;
-export const applyResponseSchema = z.union([
-  appliedOutcome.extend({ durationMs: z.number() }),
-  removedOutcome.extend({ durationMs: z.number() }),
-  refusedOutcome.extend({ durationMs: z.number() }),
-]);
+export type ProgramOutcome = z.infer<typeof appliedOutcome> | z.infer<typeof refusedOutcome>;
+export const applyResponseSchema = z.union([appliedOutcome.extend({ durationMs: z.number() }), refusedOutcome.extend({ durationMs: z.number() })]);
 export type ApplyResponse = z.infer<typeof applyResponseSchema>;
 
 export const errorResponseSchema = z.object({ error: z.string(), reason: z.string(), detail: z.string().optional() });

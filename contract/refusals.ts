@@ -46,7 +46,7 @@ export const REFUSAL_ROWS = [
   {
     status: 400,
     reasons: ["malformed"],
-    when: "not JSON, or not an `ApplyRequest` / `RemoveRequest` / `RefuseRequest` (parsed only after the signature verified)",
+    when: "not JSON, or not an `ApplyRequest` / `RefuseRequest` / `SkipRequest` (parsed only after the signature verified)",
   },
   { status: 421, reasons: ["wrong-node"], when: "`node` is not this node" },
   {

@@ -78,7 +78,7 @@ describe("podnet signature profile", () => {
   const tamperings: [string, (m: SignedMessage) => SignedMessage, Buffer, string][] = [
     ["@method", (m) => ({ ...m, method: "PUT" }), body, "bad-signature"],
     ["@authority", (m) => ({ ...m, authority: "10.0.0.4:9443" }), body, "bad-signature"],
-    ["@path", (m) => ({ ...m, path: "/v1/remove" }), body, "bad-signature"],
+    ["@path", (m) => ({ ...m, path: "/v1/skip" }), body, "bad-signature"],
     ["content-type", (m) => ({ ...m, headers: { ...m.headers, "content-type": "text/plain" } }), body, "bad-signature"],
     [
       "content-digest (header replaced to match a new body)",

@@ -6,7 +6,7 @@ import { readMark, refusalReason, STATUS_INITIALIZED, STATUS_REFUSED, STATUS_SKI
 import { CaptureConfigError, parseCaptureConfig, type CaptureConfigInput, type CaptureIssue } from "../contract/capture-config.ts";
 import { ANNOTATION, deriveCaptureInput } from "./capture-from-pod.ts";
 import { podIPs, proxyContainer, type Pod } from "./pod.ts";
-import { applyCaptureOverrides, matchesSelector, type Policy } from "./policy.ts";
+import { applyCaptureOverrides, matchesSelector, type Policy, type PolicyMode } from "./policy.ts";
 
 /**
  * The init container of the injection template that waits for interception (config/istio). It
@@ -40,16 +40,22 @@ const STRANDING_SKIPS: ReadonlySet<SkipReason> = new Set<SkipReason>([
   "selector-mismatch",
 ]);
 
+/** What a pod carrying the waiter is told in fail-open mode, the incident switch (§4). */
+export const FAIL_OPEN_TEXT = "the policy's incident switch is on (mode: fail-open)";
+
 /** Why a pod carrying the waiter will not get rules under this decision, or undefined. */
-export function strandedWaiter(decision: Decision, pod: Pod, mode: "enforce" | "dry-run"): string | undefined {
+export function strandedWaiter(decision: Decision, pod: Pod, mode: PolicyMode): string | undefined {
   if (!carriesWaiter(pod)) return undefined;
   if (decision.action === "skip" && STRANDING_SKIPS.has(decision.reason)) {
-    return mode === "enforce"
-      ? `${skipText(decision)}: no rules will be applied; its ${WAITER_CONTAINER} init container is released, so the pod starts without traffic interception`
-      : `${skipText(decision)}: no rules will be applied and, the policy being in dry-run mode, its ${WAITER_CONTAINER} init container will time out`;
+    return mode === "dry-run"
+      ? `${skipText(decision)}: no rules will be applied and, the policy being in dry-run mode, its ${WAITER_CONTAINER} init container will time out`
+      : `${skipText(decision)}: no rules will be applied; its ${WAITER_CONTAINER} init container is released, so the pod starts without traffic interception`;
   }
   if (decision.action === "apply" && mode === "dry-run") {
     return `the policy is in dry-run mode: no rules will be applied and its ${WAITER_CONTAINER} init container will time out`;
+  }
+  if (failOpenReleases(decision, mode)) {
+    return `${FAIL_OPEN_TEXT}: no rules will be applied; its ${WAITER_CONTAINER} init container is released, so the pod starts without traffic interception`;
   }
   return undefined;
 }
@@ -57,25 +63,42 @@ export function strandedWaiter(decision: Decision, pod: Pod, mode: "enforce" | "
 const skipText = (decision: SkipDecision): string =>
   `the policy skips this pod (${decision.reason}${decision.detail === undefined ? "" : `: ${decision.detail}`})`;
 
+/** In fail-open mode every pod that would get rules, or be refused, is released instead. */
+const failOpenReleases = (decision: Decision, mode: PolicyMode): decision is Extract<Decision, { action: "apply" | "refuse" }> =>
+  mode === "fail-open" && (decision.action === "apply" || decision.action === "refuse");
+
 /**
- * A pod the policy skips for good while it carries the waiter, in enforce mode: what its
+ * A pod whose waiter waits and will get no rules, in enforce or fail-open mode: what its
  * node-runner is asked to mark (skipped, with the reason), so that the waiter lets it start
- * rather than time out. Undefined when there is nothing to send: not such a pod, not on a node
- * with an IP yet (a later event brings it), or marked so already. (Dry-run acts on no pod.)
+ * rather than time out. Such a pod is one the policy skips for good, or, in fail-open mode, any
+ * pod that would get rules or be refused. Undefined when there is nothing to send: not such a
+ * pod, not on a node with an IP yet (a later event brings it), or marked so already, or
+ * initialized (rules stay where they are). Dry-run acts on no pod.
  */
-export function releaseDecision(decision: Decision, pod: Pod, mode: "enforce" | "dry-run"): ReleaseDecision | undefined {
-  if (mode !== "enforce" || decision.action !== "skip" || !STRANDING_SKIPS.has(decision.reason) || !carriesWaiter(pod)) return undefined;
+export function releaseDecision(decision: Decision, pod: Pod, mode: PolicyMode): ReleaseDecision | undefined {
+  if (mode === "dry-run" || !carriesWaiter(pod)) return undefined;
+  let reason: ReleaseDecision["reason"];
+  let text: string;
+  if (decision.action === "skip" && STRANDING_SKIPS.has(decision.reason)) {
+    reason = decision.reason;
+    text = skipText(decision);
+  } else if (failOpenReleases(decision, mode)) {
+    reason = "fail-open";
+    text = FAIL_OPEN_TEXT;
+  } else {
+    return undefined;
+  }
   const node = pod.spec.nodeName;
   const hostIP = pod.status?.hostIP;
   const ips = podIPs(pod);
   if (node === undefined || node === "" || hostIP === undefined || hostIP === "" || ips.length === 0) return undefined;
-  const skip = refusalReason(skipText(decision));
+  const skip = refusalReason(text);
   const mark = readMark(pod.metadata.annotations ?? {});
   if (mark.status === STATUS_INITIALIZED || (mark.status === STATUS_SKIPPED && mark.reason === skip)) return undefined;
   const meta = pod.metadata;
   return {
     action: "release",
-    reason: decision.reason,
+    reason,
     skip,
     node,
     hostIP,
@@ -127,10 +150,10 @@ export type Decision =
       readonly node: string;
     };
 
-/** Skipped for good, and the pod's waiter waits: its node-runner marks it skipped with `skip`, and the waiter lets it start without interception. */
+/** Skipped for good (or fail-open), and the pod's waiter waits: its node-runner marks it skipped with `skip`, and the waiter lets it start without interception. */
 export interface ReleaseDecision {
   readonly action: "release";
-  readonly reason: SkipReason;
+  readonly reason: SkipReason | "fail-open";
   readonly skip: string;
   readonly pod: PodRef;
   readonly hostIP: string;

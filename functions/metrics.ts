@@ -1,4 +1,5 @@
 // The decision function's Prometheus metrics: one registry per function instance.
+import { REFUSAL } from "../contract/refusals.ts";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 
 export function createFunctionMetrics(options: { defaultMetrics?: boolean } = {}) {
@@ -50,7 +51,7 @@ export function createFunctionMetrics(options: { defaultMetrics?: boolean } = {}
     }),
     dispatchFailures: new Counter({
       name: "podnet_function_dispatch_failures_total",
-      help: "Failed dispatches by HTTP status (0: no answer) and reason.",
+      help: "Failed dispatches by HTTP status (0: no answer) and reason (the node-runner's refusal reason, http-<status>, bad-response, timeout, Node's error code, or other).",
       labelNames: ["status", "reason"],
       registers: [registry],
     }),
@@ -85,3 +86,13 @@ export function createFunctionMetrics(options: { defaultMetrics?: boolean } = {}
   };
 }
 export type FunctionMetrics = ReturnType<typeof createFunctionMetrics>;
+
+/**
+ * A dispatch failure's reason as a label: the node-runner's refusal reasons, http-<status>,
+ * bad-response and Node's error codes are closed sets; any other text (an error message, which may
+ * name an address) becomes "other", so that the series stay bounded. The log keeps the text.
+ */
+export function dispatchFailureLabel(reason: string): string {
+  if (Object.hasOwn(REFUSAL, reason) || reason === "bad-response" || reason === "timeout") return reason;
+  return /^(?:http-\d{3}|E[A-Z0-9_]{2,40}|ERR_[A-Z0-9_]{2,60}|[A-Z][A-Z0-9_]{2,40})$/.test(reason) ? reason : "other";
+}

@@ -13,6 +13,9 @@ import {
 } from "../contract/capture-config.ts";
 import { errorMessage, formatSchemaIssues } from "../lib/errors.ts";
 
+export const POLICY_MODES = ["enforce", "dry-run", "fail-open"] as const;
+export type PolicyMode = (typeof POLICY_MODES)[number];
+
 const overridesSchema = captureConfigInputSchema.partial().strict();
 
 const labelSelectorSchema = z.strictObject({
@@ -29,8 +32,11 @@ const labelSelectorSchema = z.strictObject({
 });
 
 export const policySchema = z.strictObject({
-  /** enforce: dispatch apply requests; dry-run: decide and log, apply nothing. */
-  mode: z.enum(["enforce", "dry-run"]).default("enforce"),
+  /**
+   * enforce: dispatch apply requests; dry-run: decide and log, apply nothing; fail-open: the
+   * incident switch, every waiting pod is released to start without rules (pods with rules keep them).
+   */
+  mode: z.enum(POLICY_MODES).default("enforce"),
   /** Free text an operator sets (e.g. a Git revision); shown beside the digest. */
   revision: z.string().max(64).optional(),
   namespaces: z

@@ -96,6 +96,26 @@ describe("pods the policy keeps out of the mesh while their waiter waits", () =>
     await reconciler.whenIdle();
     assert.equal(offered.length, 1);
   });
+
+  test("fail-open (the incident switch): a pod that would get rules, or be refused, is released instead; nothing is applied; a pod with rules keeps them", async () => {
+    const failOpen = parsePolicy("mode: fail-open");
+    const waiting = waitingPod("web", "shop");
+    const invalid = waitingPod("bad", "shop", { "traffic.sidecar.istio.io/includeOutboundPorts": "not-a-port" });
+    const initialized = waitingPod("done", "shop", { [MARK.status]: "initialized" });
+    const noWaiter = parsePod(meshPodObject("legacy", { namespace: "shop" }));
+    const { reconciler, offered } = setup({ web: waiting, bad: invalid, done: initialized, legacy: noWaiter });
+    for (const pod of [waiting, invalid]) assert.equal((await reconciler.reconcilePod(pod, failOpen, log, { fromApi: true })).outcome, "queued");
+    assert.equal((await reconciler.reconcilePod(initialized, failOpen, log, { fromApi: true })).outcome, "skipped");
+    assert.equal((await reconciler.reconcilePod(noWaiter, failOpen, log, { fromApi: true })).outcome, "fail-open");
+    await reconciler.whenIdle();
+    assert.deepEqual(
+      offered.map((o) => [o.decision.action, o.decision.reason, o.decision.action === "release" ? o.decision.skip : ""]),
+      [
+        ["release", "fail-open", "the policy's incident switch is on (mode: fail-open)"],
+        ["release", "fail-open", "the policy's incident switch is on (mode: fail-open)"],
+      ],
+    );
+  });
 });
 
 describe("reconcilePod", () => {

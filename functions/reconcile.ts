@@ -10,7 +10,7 @@ import { BoundedMap } from "../lib/bounded-map.ts";
 import { errorMessage } from "../lib/errors.ts";
 import { decide, LEGACY_OPT_IN, releaseDecision, skipDecision, strandedWaiter, type Decision, type DecisionInput, type NamespaceFacts } from "./decision.ts";
 import type { DispatchDecision, Dispatcher } from "./dispatch.ts";
-import type { FunctionMetrics } from "./metrics.ts";
+import { dispatchFailureLabel, type FunctionMetrics } from "./metrics.ts";
 import { proxyContainer, type Pod } from "./pod.ts";
 import type { Policy } from "./policy.ts";
 import { WorkQueue, type ProcessOutcome } from "./work-queue.ts";
@@ -38,7 +38,7 @@ export interface ClusterReader {
   recordPodWarning(pod: Pod, reason: PodWarningReason, message: string): Promise<void>;
 }
 
-export type Outcome = "queued" | "skipped" | "dry-run" | "invalid" | "duplicate" | "failed";
+export type Outcome = "queued" | "skipped" | "dry-run" | "fail-open" | "invalid" | "duplicate" | "failed";
 export interface HandledPod {
   readonly pod: string;
   readonly outcome: Outcome;
@@ -214,15 +214,13 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     const name = podName(pod);
     const stranded = strandedWaiter(decision, pod, policy.document.mode);
     if (stranded !== undefined) warnStranded(pod, stranded, log);
-    if (decision.action === "skip") {
-      // Skipped for good while its waiter waits: its node-runner marks it skipped, and it starts.
-      const release = releaseDecision(decision, pod, policy.document.mode);
-      if (release !== undefined) {
-        metrics.decisions.inc({ action: release.action, reason: release.reason });
-        return queue(release, pod, policy, log);
-      }
-      return skipped(decision, name, log);
+    // Skipped for good (or fail-open) while its waiter waits: its node-runner marks it skipped, and it starts.
+    const release = releaseDecision(decision, pod, policy.document.mode);
+    if (release !== undefined) {
+      metrics.decisions.inc({ action: release.action, reason: release.reason });
+      return queue(release, pod, policy, log);
     }
+    if (decision.action === "skip") return skipped(decision, name, log);
     metrics.decisions.inc({ action: decision.action, reason: decision.reason });
     if (decision.action === "error" || decision.action === "refuse") {
       log.warn({ decision: decision.action, reason: decision.reason, detail: decision.detail }, "pod refused: invalid capture configuration");
@@ -232,9 +230,11 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       if (decision.action === "refuse") queue(decision, pod, policy, log);
       return { pod: name, outcome: "invalid", reason: decision.detail };
     }
-    if (policy.document.mode === "dry-run") {
-      log.info({ decision: "apply", reason: decision.reason, node: decision.node, policy: policy.id, capture: decision.capture }, "dry-run: would apply");
-      return { pod: name, outcome: "dry-run", reason: decision.reason };
+    if (policy.document.mode !== "enforce") {
+      // Dry-run, or fail-open for a pod that was not released (no waiter, or rules already there): nothing is applied.
+      const mode = policy.document.mode;
+      log.info({ decision: "apply", reason: decision.reason, node: decision.node, policy: policy.id, capture: decision.capture }, `${mode}: would apply`);
+      return { pod: name, outcome: mode, reason: decision.reason };
     }
     if (decision.warnings.length > 0) {
       const message = formatIssues(decision.warnings, formatWarning);
@@ -291,7 +291,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     }
     // Not done: the same notification, redelivered, a retry or the resync must try again.
     handled.delete(uid);
-    metrics.dispatchFailures.inc({ status: String(result.status), reason: result.reason });
+    metrics.dispatchFailures.inc({ status: String(result.status), reason: dispatchFailureLabel(result.reason) });
     item.log.warn(
       { decision: item.decision.action, node: item.decision.node, status: result.status, reason: result.reason, retries: retry },
       "dispatch failed",

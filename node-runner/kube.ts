@@ -36,7 +36,6 @@ export interface PodApi {
   markRefused(pod: PodRef, reason: string): Promise<void>;
   /** The mark `skipped` with the policy's reason: the pod's waiter lets it start without interception. */
   markSkipped(pod: PodRef, reason: string): Promise<void>;
-  clearMark(pod: PodRef): Promise<void>;
   recordEvent(pod: PodRef, event: { type: "Normal" | "Warning"; reason: string; message: string }): Promise<void>;
 }
 
@@ -118,10 +117,6 @@ export class KubePodApi implements PodApi {
       [MARK.netns]: null,
       [MARK.rules]: null,
     });
-  }
-
-  async clearMark(pod: PodRef): Promise<void> {
-    await this.patchAnnotations(pod, { ...CLEAR_LEGACY_MARK, [MARK.status]: null, [MARK.netns]: null, [MARK.rules]: null, [MARK.reason]: null });
   }
 
   private async patchAnnotations(pod: PodRef, annotations: Record<string, string | null>): Promise<void> {

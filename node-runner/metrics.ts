@@ -20,7 +20,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeR
     registry,
     requests: new Counter({
       name: "podnet_node_runner_requests_total",
-      help: "Requests by route and result (applied, unchanged, removed, absent, or the refusal reason).",
+      help: "Requests by route (apply, refuse, skip) and result (applied, unchanged, refused, skipped, kept-initialized, error, or the refusal reason).",
       labelNames: ["route", "result"],
       registers: [registry],
     }),

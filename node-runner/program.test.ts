@@ -26,7 +26,6 @@ function refusingProgrammer(
       markInitialized: () => assert.fail("nothing is marked"),
       markRefused: () => Promise.resolve(),
       markSkipped: () => assert.fail("nothing is skipped"),
-      clearMark: () => assert.fail("nothing is cleared"),
       recordEvent,
     },
     resolveNetns: () => assert.fail("an invalid capture never reaches the netns"),
@@ -134,7 +133,6 @@ test("a namespace left without its process during the apply: 503 netns-not-found
       markInitialized: () => assert.fail("a namespace nobody lives in is not marked"),
       markRefused: () => assert.fail("nor refused"),
       markSkipped: () => assert.fail("nor skipped"),
-      clearMark: () => assert.fail("nothing is cleared"),
       recordEvent: () => Promise.resolve(),
     },
     resolveNetns: () => Promise.resolve({ found: true, netns: { inode: netns.inode, path: "/proc/1/ns/net", pid: 1, processes: 1, hostInode: "1" } }),
@@ -166,7 +164,6 @@ function markingProgrammer(marked: string | undefined) {
         marks.skipped.push(reason);
         return Promise.resolve();
       },
-      clearMark: () => assert.fail("nothing is cleared"),
       recordEvent: () => Promise.resolve(),
     },
     resolveNetns: () => assert.fail("never reaches the netns"),

@@ -63,8 +63,6 @@ export interface ProgramDeps {
 export interface PodProgrammer {
   /** Rules for `capture` (wire form, validated here: 422 when invalid) in the pod's netns, then the mark. */
   apply(pod: PodRef, capture: unknown, log: Logger): Promise<ProgramOutcome>;
-  /** The pod's rules removed and its mark cleared. */
-  remove(pod: PodRef, log: Logger): Promise<ProgramOutcome>;
   /** The pod marked refused with the reason (the function found its configuration invalid), unless it is initialized. */
   refuse(pod: PodRef, reason: string, log: Logger): Promise<ProgramOutcome>;
   /** The pod marked skipped with the reason (the policy keeps it out of the mesh), unless it is initialized. */
@@ -82,12 +80,12 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
    * namespace of its own is the netns resolution's to find: a hostNetwork pod's processes are
    * only in the node's (`host-netns`).
    */
-  async function checkPodIdentity(pod: PodRef, route: "apply" | "remove"): Promise<FoundPod> {
+  async function checkPodIdentity(pod: PodRef): Promise<FoundPod> {
     const identity = await deps.pods.identify(pod).catch((err: unknown): never => {
       throw new Refusal("api-unavailable", `cannot check the pod with the API server: ${errorMessage(err)}`);
     });
     if (identity.kind !== "found") throw identityRefusal(pod, identity, "");
-    if (route === "apply" && identity.terminating) throw new Refusal("terminating", "the pod is being deleted");
+    if (identity.terminating) throw new Refusal("terminating", "the pod is being deleted");
     return identity;
   }
 
@@ -99,7 +97,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   /** A refusal or a skip from the function: the mark with its reason, unless the pod is initialized (what runs stays). */
   function markUnlessInitialized(pod: PodRef, result: "refused" | "skipped", reason: string, log: Logger): Promise<ProgramOutcome> {
     return events.during(async () => {
-      const identity = await checkPodIdentity(pod, "apply");
+      const identity = await checkPodIdentity(pod);
       if (identity.marked === STATUS_INITIALIZED) return { result: "kept-initialized" };
       try {
         await (result === "refused" ? deps.pods.markRefused(pod, reason) : deps.pods.markSkipped(pod, reason));
@@ -232,7 +230,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   return {
     apply: (pod, captureInput, log) =>
       events.during(async () => {
-        const identity = await checkPodIdentity(pod, "apply");
+        const identity = await checkPodIdentity(pod);
         let capture: ReturnType<typeof parseCaptureConfig>;
         try {
           capture = parseCaptureConfig(captureInput);
@@ -253,20 +251,6 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
       }),
     refuse: (pod, reason, log) => markUnlessInitialized(pod, "refused", reason, log),
     skip: (pod, reason, log) => markUnlessInitialized(pod, "skipped", reason, log),
-    remove: (pod) =>
-      events.during(async () => {
-        await checkPodIdentity(pod, "remove");
-        return withNetns(pod, async (netns) => {
-          let result: Awaited<ReturnType<NetnsApplier["remove"]>>;
-          try {
-            result = await (await deps.applierFor(netns, pod.uid)).remove();
-          } catch (err) {
-            throw asRefusal(err);
-          }
-          await deps.pods.clearMark(pod);
-          return { result };
-        });
-      }),
     flushEvents: () => events.flush(),
     get pendingEvents() {
       return events.pending;

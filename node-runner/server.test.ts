@@ -6,7 +6,7 @@ import { describe, test } from "node:test";
 import fc from "fast-check";
 import { pino } from "pino";
 import request from "supertest";
-import { APPLY_PATH, REMOVE_PATH } from "../contract/apply-request.ts";
+import { APPLY_PATH, REFUSE_PATH, SKIP_PATH } from "../contract/apply-request.ts";
 import { signRequest } from "../contract/signature.ts";
 import { createMetrics } from "./metrics.ts";
 import { ReplayCache } from "./replay.ts";
@@ -24,7 +24,6 @@ const app = createNodeRunnerApp({
   pods: {
     identify: unreachable("pod API"),
     markInitialized: unreachable("pod API"),
-    clearMark: unreachable("pod API"),
     markRefused: unreachable("pod API"),
     markSkipped: unreachable("pod API"),
     recordEvent: unreachable("pod API"),
@@ -39,7 +38,7 @@ describe("node-runner endpoints under hostile input", () => {
   test("property: arbitrary bodies and signature headers → 400/401/413, never a crash", async () => {
     await fc.assert(
       fc.asyncProperty(
-        fc.constantFrom(APPLY_PATH, REMOVE_PATH),
+        fc.constantFrom(APPLY_PATH, REFUSE_PATH, SKIP_PATH),
         fc.string({ unit: "binary", maxLength: 300 }),
         fc.record(
           { input: fc.string({ maxLength: 120 }), signature: fc.string({ maxLength: 120 }), digest: fc.string({ maxLength: 80 }) },

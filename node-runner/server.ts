@@ -9,12 +9,10 @@ import {
   APPLY_PATH,
   MAX_BODY_BYTES,
   REFUSE_PATH,
-  REMOVE_PATH,
   applyRequestSchema,
   refuseRequestSchema,
   SKIP_PATH,
   skipRequestSchema,
-  removeRequestSchema,
   type ApplyResponse,
   type ErrorResponse,
 } from "../contract/apply-request.ts";
@@ -24,7 +22,7 @@ import { acceptedUntilMs, verifyDigest, verifySignature, type SignedMessage, typ
 import type { NodeRunnerMetrics } from "./metrics.ts";
 
 /** The signed routes: what a request asks of the pod. */
-type Route = "apply" | "remove" | "refuse" | "skip";
+type Route = "apply" | "refuse" | "skip";
 import { createPodProgrammer, Refusal, type PodProgrammer, type ProgramDeps } from "./program.ts";
 import type { ReplayCache } from "./replay.ts";
 
@@ -73,11 +71,10 @@ class WorkQueue {
 
 const ROUTES = new Map<string, Route>([
   [APPLY_PATH, "apply"],
-  [REMOVE_PATH, "remove"],
   [REFUSE_PATH, "refuse"],
   [SKIP_PATH, "skip"],
 ]);
-const REQUEST_SCHEMAS = { apply: applyRequestSchema, remove: removeRequestSchema, refuse: refuseRequestSchema, skip: skipRequestSchema } as const;
+const REQUEST_SCHEMAS = { apply: applyRequestSchema, refuse: refuseRequestSchema, skip: skipRequestSchema } as const;
 
 /** `programmer`: the pods' pipeline (main.ts keeps it, to send the waiting Events on shutdown). */
 export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgrammer = createPodProgrammer(deps)): express.Express {
@@ -222,9 +219,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
           ? programmer.apply(pod, request.capture, log)
           : request.kind === "RefuseRequest"
             ? programmer.refuse(pod, request.refusal, log)
-            : request.kind === "SkipRequest"
-              ? programmer.skip(pod, request.skip, log)
-              : programmer.remove(pod, log),
+            : programmer.skip(pod, request.skip, log),
       );
       const durationMs = Math.round((performance.now() - started) * 10) / 10;
       deps.metrics.requests.inc({ route, result: outcome.result });

@@ -10,7 +10,7 @@ import { LEGACY_MARK, MARK, readMark, STATUS_INITIALIZED, STATUS_REFUSED, STATUS
 import { KubePodApi, METADATA_ONLY } from "../../node-runner/kube.ts";
 import { ApiError, apiRequest, podPath, type ApiConnection } from "../../lib/kube-http.ts";
 import { missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
-import { installAdmissionPolicies } from "../support/components.ts";
+import { clearMarkAs, installAdmissionPolicies } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 
 const root = path.resolve(import.meta.dirname, "../..");
@@ -133,7 +133,7 @@ describe("admission policy for the project's annotations [needs control plane]",
     await runnerA.markInitialized(pod("on-a"), { netns: "4026532246", rules: "0123456789abcdef" });
     const marked = await admin.readNamespacedPod({ namespace: NS, name: "on-a" });
     assert.equal(marked.metadata?.annotations?.[MARK.netns], "4026532246");
-    await runnerA.clearMark(pod("on-a"));
+    await clearMarkAs(runnerCore, { namespace: NS, name: "on-a" });
   });
 
   // An upgrade: the pod carries the mark an older node-runner wrote under the legacy names.
@@ -161,7 +161,7 @@ describe("admission policy for the project's annotations [needs control plane]",
       "the legacy names are gone",
     );
     assert.deepEqual(readMark(annotations), { status: "initialized", netns: "4026532246", rules: "0123456789abcdef" });
-    await runnerA.clearMark(pod("on-a"));
+    await clearMarkAs(runnerCore, { namespace: NS, name: "on-a" });
   });
 
   test("the node-runner marks a pod refused or skipped with a one-line reason (its real code path), then initialized (the reason goes); nobody else, no other status, no reason over 1024 characters", async () => {
@@ -181,7 +181,7 @@ describe("admission policy for the project's annotations [needs control plane]",
     annotations = (await admin.readNamespacedPod({ namespace: NS, name: "on-a" })).metadata?.annotations ?? {};
     assert.equal(annotations[MARK.status], STATUS_INITIALIZED);
     assert.equal(annotations[MARK.reason], undefined);
-    await runnerA.clearMark(pod("on-a"));
+    await clearMarkAs(runnerCore, { namespace: NS, name: "on-a" });
 
     const annotate = (client: k8s.CoreV1Api, values: Record<string, string>) =>
       client.patchNamespacedPod({ namespace: NS, name: "on-a", body: { metadata: { annotations: values } } }, merge);

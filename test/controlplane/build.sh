@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the upstream tools the tests and the demo run, from the Go module proxy, into a cache
 # outside the repository: etcd, kube-apiserver, one Knative release (Eventing and Serving, with
-# its config) and kustomize (from the wrapper modules in this folder), Traefik as Serving's
+# its config), kustomize and Prometheus' promtool (from the wrapper modules in this folder), Traefik as Serving's
 # ingress, Istio's capture code as the parity oracle, istioctl, istiod (pilot-discovery) with
 # Istio's base and istiod charts, and helm; for the real nodes: kubelet, kube-proxy,
 # kube-controller-manager, kube-scheduler, the CNI plugins, a pause program and CoreDNS. A tool is rebuilt only when its module (or version) changes.
@@ -109,6 +109,8 @@ build_traefik() {
 }
 build_tool traefik "$traefik_version-$(cat "$traefik_dir"/*/* | sha256sum | cut -c1-16)" "about 5 min" build_traefik
 wrapped kustomize kustomize sigs.k8s.io/kustomize/kustomize/v5 "under a minute"
+# Prometheus' promtool: checks and unit-tests the alerting rules, lints the metrics pages.
+wrapped promtool prometheus github.com/prometheus/prometheus/cmd/promtool "4.5 min"
 
 # Istio's own traffic-capture code (istio-cni's sidecar path, istio-iptables, istio-nftables) as a
 # JSON-lines oracle for the differential tests (test/parity). One file is added to Istio's
@@ -242,7 +244,7 @@ if [ "$(cat "$cache/crds/.versions" 2>/dev/null)" != "$eventing_version $serving
   echo "controlplane: fetching Knative CRDs (eventing $eventing_version, serving $serving_version)"
   eventing_dir="$(cd "$here/knative" && go mod download -json "knative.dev/eventing@$eventing_version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
   serving_dir="$(cd "$here/knative" && go mod download -json "knative.dev/serving@$serving_version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
-  rm -f "$cache/crds/"*.yaml
+  rm -f "$cache/crds/"eventing-*.yaml "$cache/crds/"serving-*.yaml
   for crd in apiserversource pingsource broker trigger; do
     cp "$eventing_dir/config/core/resources/$crd.yaml" "$cache/crds/eventing-$crd.yaml"
   done
@@ -251,6 +253,18 @@ if [ "$(cat "$cache/crds/.versions" 2>/dev/null)" != "$eventing_version $serving
   done
   chmod u+w "$cache/crds/"*.yaml
   echo "$eventing_version $serving_version" >"$cache/crds/.versions"
+fi
+# prometheus-operator's PodMonitor and PrometheusRule, for the chart's monitoring objects (the
+# newest version of its main module the proxy lists).
+prometheus_operator_version=v0.85.0
+if [ "$(cat "$cache/crds/.monitoring-version" 2>/dev/null)" != "$prometheus_operator_version" ]; then
+  echo "controlplane: fetching prometheus-operator's CRDs ($prometheus_operator_version)"
+  operator_dir="$(cd "$here/prometheus" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$prometheus_operator_version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  for crd in podmonitors prometheusrules; do
+    cp "$operator_dir/example/prometheus-operator-crd/monitoring.coreos.com_$crd.yaml" "$cache/crds/monitoring-$crd.yaml"
+  done
+  chmod u+w "$cache/crds/"monitoring-*.yaml
+  echo "$prometheus_operator_version" >"$cache/crds/.monitoring-version"
 fi
 
 du -sh "$cache" | awk '{print "controlplane: cache size " $1 " (" $2 ")"}'

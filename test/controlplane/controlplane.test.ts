@@ -209,7 +209,7 @@ describe("Knative CRDs on the local API server [needs control plane]", skipUnles
   });
 
   test("ApiServerSource, PingSource, Broker, Trigger and Service can be created", async () => {
-    const names = await cp.installKnativeCrds();
+    const names = await cp.installCrds();
     for (const crd of [
       "apiserversources.sources.knative.dev",
       "pingsources.sources.knative.dev",

@@ -29,6 +29,7 @@ export const BIN = {
   kustomize: path.join(CACHE_DIR, "bin", "kustomize"),
   kubectl: path.join(CACHE_DIR, "bin", "kubectl"),
   helm: path.join(CACHE_DIR, "bin", "helm"),
+  promtool: path.join(CACHE_DIR, "bin", "promtool"),
 };
 /** Knative's adapter serves health probes on this fixed port: nothing else may use it. */
 export const ADAPTER_HEALTH_PORT = 8080;
@@ -163,8 +164,8 @@ export interface ControlPlane {
    * not name, such as a CRD schema's x-kubernetes-preserve-unknown-fields: CRDs go this way.)
    */
   kubectlApply(yaml: string): void;
-  /** Install Knative's CRDs (ApiServerSource, PingSource, Broker, Trigger, Service, ...) and wait until they serve. */
-  installKnativeCrds(): Promise<string[]>;
+  /** Install the CRDs build.sh fetched (Knative's ApiServerSource, PingSource, Broker, Trigger, Service, ...; prometheus-operator's PodMonitor and PrometheusRule) and wait until they serve; `monitoring`: prometheus-operator's only. */
+  installCrds(only?: "monitoring"): Promise<string[]>;
   /** Processes still running (for leak checks). */
   pids(): number[];
   /** The kube-apiserver's process (tests freeze it with SIGSTOP to play a hung API server). */
@@ -488,11 +489,11 @@ export async function startControlPlane(options: { log?: (line: string) => void;
       if (rest.length > 0) kubectl(["apply", "--server-side", "-f", "-"], dump(rest));
     };
 
-    const installKnativeCrds = (): Promise<string[]> => {
+    const installCrds = (only?: "monitoring"): Promise<string[]> => {
       const crdDir = path.join(CACHE_DIR, "crds");
       const files = existsSync(crdDir)
         ? readdirSync(crdDir)
-            .filter((f) => f.endsWith(".yaml"))
+            .filter((f) => f.endsWith(".yaml") && (only === undefined || f.startsWith(`${only}-`)))
             .sort()
         : [];
       if (files.length === 0) throw new Error(`no Knative CRDs in ${crdDir}: run test/controlplane/build.sh`);
@@ -526,7 +527,7 @@ export async function startControlPlane(options: { log?: (line: string) => void;
       apiserverPid: apiserver.child.pid ?? -1,
       applyManifest,
       applyYaml,
-      installKnativeCrds,
+      installCrds,
       kubectlApply,
       caFile,
       ca,

@@ -124,7 +124,7 @@ const raw = (text: string): K8sObject[] =>
     .filter((o): o is K8sObject => o !== null);
 
 describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
-  const controlPlane = controlPlaneForSuite(missing, { knativeCrds: true });
+  const controlPlane = controlPlaneForSuite(missing, { crds: true });
 
   test("helm lint passes", () => {
     assert.match(helm("lint", path.join(root, "charts/podnet")), /1 chart\(s\) linted, 0 chart\(s\) failed/);
@@ -191,6 +191,9 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       ["platform.openshift=yes", "openshift"],
       ["nodeRunner.cgroupRoot=/$(HOSTNAME)", "cgroupRoot"],
       ["nodeRunner.cgroupRoot=/../x", "cgroupRoot"],
+      ["monitoring.podMonitors.interval=30 seconds", "interval"],
+      ["monitoring.dashboard.namespace=Grafana", "namespace"],
+      ["monitoring.serviceMonitor.enabled=true", "serviceMonitor"],
     ] as const) {
       const r = spawnSync(HELM, ["template", "podnet", path.join(root, "charts/podnet"), "--namespace", "podnet-system", "--set", set], { encoding: "utf8" });
       assert.notEqual(r.status, 0, set);
@@ -254,6 +257,69 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       { apiGroups: [""], resources: ["configmaps"], verbs: ["list"] },
     ]);
     assert.equal(objects(chart(["uninstall.check=false"])).has("Job/podnet-system/podnet-uninstall-check"), false);
+  });
+
+  test("monitoring.*: PodMonitors for the node-runners (HTTPS, their CA and server name, a token allowed to get /metrics) and the function (its metrics port), the rules file as a PrometheusRule, the dashboard for Grafana's sidecar; none by default", () => {
+    const monitoringKinds = ["PodMonitor", "PrometheusRule", "ServiceAccount/podnet-metrics-scraper", "ConfigMap/podnet-dashboard"];
+    const isMonitoring = (key: string): boolean => monitoringKinds.some((k) => key.startsWith(`${k.split("/")[0]}/`) && key.includes(k.split("/")[1] ?? ""));
+    assert.deepEqual([...objects(chart()).keys()].filter(isMonitoring), []);
+    const rendered = objects(
+      chart([
+        "--namespace=mesh-ops",
+        "monitoring.podMonitors.enabled=true",
+        "monitoring.podMonitors.labels.release=kube-prometheus-stack",
+        "monitoring.podMonitors.interval=15s",
+        "monitoring.prometheusRule.enabled=true",
+        "monitoring.prometheusRule.labels.release=kube-prometheus-stack",
+        "monitoring.dashboard.enabled=true",
+        "monitoring.dashboard.namespace=grafana",
+      ]),
+    );
+    const runner = rendered.get("PodMonitor/mesh-ops/podnet-node-runner") as K8sObject & { metadata: { labels: Record<string, string> } };
+    assert.equal(runner.metadata.labels.release, "kube-prometheus-stack");
+    const [endpoint] = (runner.spec as { podMetricsEndpoints: Record<string, unknown>[] }).podMetricsEndpoints;
+    assert.deepEqual(endpoint, {
+      port: "metrics",
+      scheme: "https",
+      interval: "15s",
+      tlsConfig: { ca: { configMap: { name: "podnet-node-runner-ca", key: "ca.crt" } }, serverName: NODE_RUNNER_SERVER_NAME },
+      authorization: { type: "Bearer", credentials: { name: "podnet-metrics-scraper-token", key: "token" } },
+    });
+    assert.deepEqual((runner.spec as { selector: unknown }).selector, { matchLabels: { "app.kubernetes.io/name": "podnet-node-runner" } });
+    const token = rendered.get("Secret/mesh-ops/podnet-metrics-scraper-token") as K8sObject & {
+      type: string;
+      metadata: { annotations: Record<string, string> };
+    };
+    assert.deepEqual(
+      [token.type, token.metadata.annotations["kubernetes.io/service-account.name"]],
+      ["kubernetes.io/service-account-token", "podnet-metrics-scraper"],
+    );
+    assert.deepEqual((rendered.get("ClusterRole//podnet-metrics-scraper-mesh-ops") as { rules?: unknown } | undefined)?.rules, [
+      { nonResourceURLs: ["/metrics"], verbs: ["get"] },
+    ]);
+    const fn = rendered.get("PodMonitor/mesh-ops/podnet-decision");
+    const fnEndpoint = (fn?.spec as { podMetricsEndpoints: { relabelings: { replacement?: string }[] }[] }).podMetricsEndpoints[0];
+    // The function's metrics port, as eventing/base/service.yaml sets it.
+    const metricsPort = /name: METRICS_PORT\s+value: "(\d+)"/.exec(readFileSync(path.join(root, "eventing/base/service.yaml"), "utf8"))?.[1];
+    assert.equal(fnEndpoint?.relabelings[1]?.replacement, `\${1}:${metricsPort ?? "?"}`);
+    const rule = rendered.get("PrometheusRule/mesh-ops/podnet");
+    assert.deepEqual(
+      JSON.parse(JSON.stringify(rule?.spec)),
+      JSON.parse(
+        JSON.stringify(
+          objects(
+            `kind: R\nmetadata: {name: r}\nspec:\n${readFileSync(path.join(root, "config/monitoring/alerts.rules.yaml"), "utf8").replace(/^/gm, "  ")}`,
+          ).get("R//r")?.spec,
+        ),
+      ),
+      "the rules file as it is",
+    );
+    const dashboard = raw(chart(["monitoring.dashboard.enabled=true", "monitoring.dashboard.namespace=grafana"])).find(
+      (o) => o.kind === "ConfigMap" && o.metadata.name === "podnet-dashboard",
+    ) as (K8sObject & { data: Record<string, string>; metadata: { labels: Record<string, string> } }) | undefined;
+    assert.equal(dashboard?.metadata.namespace, "grafana");
+    assert.equal(dashboard.metadata.labels.grafana_dashboard, "1");
+    assert.equal(dashboard.data["podnet.json"], readFileSync(path.join(root, "config/monitoring/dashboard.json"), "utf8"));
   });
 
   test("values reach the objects: images, port, backend, cgroup root, broker delivery, public keys, no GKE quota", () => {
@@ -408,7 +474,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     }
   });
 
-  test("each platform's rendering, and one with every value set in another namespace, is accepted by the real API server with Knative's CRDs", async () => {
+  test("each platform's rendering, one with every value set in another namespace, and one with its monitoring, is accepted by the real API server with Knative's and prometheus-operator's CRDs", async () => {
     // Server-side dry run: every object fully validated (schemas, CRDs, admission), none kept,
     // so each rendering is judged on its own.
     const client = k8s.KubernetesObjectApi.makeApiClient(controlPlane().kubeConfig());
@@ -420,6 +486,8 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       ["eventing.delivery=broker", "keys.generate=false", "keys.publicKeys.fn-1=PEM"],
       ["platform.openshift=true", "nodeRunner.cgroupRoot=/kubelet"],
       ["--namespace=mesh-ops", ...EVERY_VALUE],
+      // prometheus-operator's CRDs are installed too (build.sh fetches them).
+      ["monitoring.podMonitors.enabled=true", "monitoring.prometheusRule.enabled=true", "monitoring.dashboard.enabled=true"],
     ]) {
       // SecurityContextConstraints is OpenShift's own API: its rendering is checked above.
       const docs = raw(chart(set)).filter((o) => o.kind !== "SecurityContextConstraints");

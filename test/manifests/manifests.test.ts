@@ -47,7 +47,7 @@ describe("manifests", () => {
 });
 
 describe("manifests on the real API server [needs control plane]", skipUnlessCI(missing), () => {
-  const controlPlane = controlPlaneForSuite(missing, { knativeCrds: true });
+  const controlPlane = controlPlaneForSuite(missing, { crds: true });
 
   test("the overlays render with kustomize", () => {
     const kinds = (text: string) => [...text.matchAll(/^kind: (\w+)$/gm)].map((m) => m[1]).sort();

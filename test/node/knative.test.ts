@@ -103,8 +103,9 @@ for (const delivery of ["direct", "broker"] as const) {
       });
 
       if (delivery === "direct") {
-        test("a 50-pod burst while Knative recreates the deleted adapter pod and rolls the function to a new Revision: every pod is programmed, none twice with different rules", async () => {
+        test("upgrades without a gap: a 50-pod burst while Knative recreates the deleted adapter pod, rolls the function to a new Revision and the node-runner DaemonSet rolls to a new template: every pod is programmed, none twice with different rules", async () => {
           const { cp, core, meshPod, appContainer, waitRunning, nodeOf } = s();
+          const apps = cp.kubeConfig().makeApiClient(k8s.AppsV1Api);
           const custom = cp.kubeConfig().makeApiClient(k8s.CustomObjectsApi);
           const names = Array.from({ length: 50 }, (_, i) => `burst-${String(i)}`);
           const small = { "sidecar.istio.io/proxyCPU": "10m", "sidecar.istio.io/proxyMemory": "32Mi" };
@@ -129,27 +130,52 @@ for (const delivery of ["direct", "broker"] as const) {
                 k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
               );
             }
+            if (i === 35) {
+              // helm upgrade with a new node-runner image does this: the DaemonSet's RollingUpdate
+              // replaces the runner on one node, then on the other, while pods keep coming.
+              await apps.patchNamespacedDaemonSet(
+                { namespace: system, name: "podnet-node-runner", body: { spec: { template: { metadata: { annotations: { "podnet.test/rolled": "1" } } } } } },
+                k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
+              );
+            }
           }
           // The resync (every two minutes) is the backstop for events the adapter never saw.
+          const marked = new Map<string, string>();
           for (const name of names) {
             const p = await waitRunning(NS, name, 300_000);
             assert.equal(p.metadata?.annotations?.[MARK.status], STATUS_INITIALIZED, name);
+            marked.set(name, p.metadata.annotations[MARK.rules] ?? "");
           }
+          await waitFor("the DaemonSet rolled on every node", 120_000, async () => {
+            const ds = await apps.readNamespacedDaemonSet({ namespace: system, name: "podnet-node-runner" });
+            const st = ds.status;
+            return (
+              st !== undefined &&
+              (st.observedGeneration ?? 0) >= (ds.metadata?.generation ?? 1) &&
+              st.updatedNumberScheduled === st.desiredNumberScheduled &&
+              st.numberReady === st.desiredNumberScheduled
+            );
+          });
           const revisions = await core.listNamespacedPod({ namespace: system, labelSelector: "serving.knative.dev/service=podnet-decision" });
           assert.ok(
             revisions.items.some((p) => p.metadata?.labels?.["serving.knative.dev/revision"] === "podnet-decision-00002"),
             "the function was rolled to a new Revision",
           );
-          // Every apply of a pod, on whichever node and from whichever Revision, named the same rules.
-          const runners = (await core.listNamespacedPod({ namespace: system, labelSelector: RUNNER_LABEL })).items;
+          // Every apply of a pod, on whichever node, by whichever runner (the rolled ones' logs are
+          // gone: their Events stay) and from whichever Revision, named the rules of its mark.
           const rulesOf = new Map<string, Set<string>>();
-          for (const runner of runners) {
+          const saw = (name: string, rules: string): void => void rulesOf.set(name, new Set([...(rulesOf.get(name) ?? []), rules]));
+          for (const runner of (await core.listNamespacedPod({ namespace: system, labelSelector: RUNNER_LABEL })).items) {
             for (const line of nodeOf(runner).containerLog(podRef(runner), "node-runner").split("\n")) {
               const entry = /"name":"(burst-\d+)"[^\n]*"rules":"([0-9a-f]+)"/.exec(line);
-              if (entry?.[1] !== undefined && entry[2] !== undefined) rulesOf.set(entry[1], new Set([...(rulesOf.get(entry[1]) ?? []), entry[2]]));
+              if (entry?.[1] !== undefined && entry[2] !== undefined) saw(entry[1], entry[2]);
             }
           }
-          for (const name of names) assert.equal(rulesOf.get(name)?.size, 1, `${name}: one set of rules (${[...(rulesOf.get(name) ?? [])].join(", ")})`);
+          for (const e of (await core.listNamespacedEvent({ namespace: NS, fieldSelector: "reason=NetworkInitialized" })).items) {
+            const rules = /\(rules ([0-9a-f]+)\)/.exec(e.message ?? "")?.[1];
+            if (e.involvedObject.name?.startsWith("burst-") === true && rules !== undefined) saw(e.involvedObject.name, rules);
+          }
+          for (const name of names) assert.deepEqual([...(rulesOf.get(name) ?? [])], [marked.get(name)], `${name}: the rules of its mark, and no other`);
         });
 
         test("Knative's webhooks admit every Knative object the chart renders, for each platform and delivery value (created through admission, dry-run)", async () => {

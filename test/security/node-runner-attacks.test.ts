@@ -11,11 +11,10 @@ import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
 import { APPLY_PATH } from "../../contract/apply-request.ts";
 import { MARK, STATUS_INITIALIZED, STATUS_REFUSED } from "../../contract/mark.ts";
-import { KubePodApi } from "../../node-runner/kube.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { SIGNATURE_PROFILE, signRequest } from "../../contract/signature.ts";
 import { httpStatus, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
-import { nodeRunnerTlsOptions, postToRunner, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
+import { clearMarkAs, nodeRunnerTlsOptions, postToRunner, signingKeyDirs, startNodeRunner, type Component, type RunnerReply } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { createMeshPod, type MeshPod } from "../support/mesh-pods.ts";
 import { TestPods, testPodsUnavailableReason } from "../support/test-pods.ts";
@@ -137,12 +136,7 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
     runner = await start({}, port);
     // The mark cleared as only a node-runner may (the admission policy refuses anyone else).
     const runnerToken = await cp.serviceAccountToken("podnet-system", "podnet-node-runner", NODE);
-    await new KubePodApi({ server: new URL(cp.server), ca: cp.ca, token: () => runnerToken }, NODE).clearMark({
-      namespace: pod.namespace,
-      name: pod.name,
-      uid: pod.uid,
-      ips: [pod.ip],
-    });
+    await clearMarkAs(cp.kubeConfig(runnerToken).makeApiClient(k8s.CoreV1Api), pod);
     const replay = await send(body, headers);
     assert.equal(replay.status, 401, JSON.stringify(replay.body));
     assert.equal(replay.body.reason, "replay");

@@ -11,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import { generateTls } from "../../cli/tls.ts";
-import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
+import { LEGACY_MARK, MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { API_VERSION, NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { freePort, httpStatus, type ControlPlane } from "../controlplane/harness.ts";
@@ -381,4 +381,13 @@ export async function sendSigned(
     nonce: randomUUID(),
   });
   return postToRunner(runner.port, requestPath, body, { ...headers, host: authority }, runner.host);
+}
+
+/** Clear a pod's mark as a node-runner may (the client holds a runner's node-bound token): tests put a pod back between cases. */
+export async function clearMarkAs(runner: k8s.CoreV1Api, pod: { readonly namespace: string; readonly name: string }): Promise<void> {
+  const cleared = Object.fromEntries([...Object.values(MARK), ...Object.values(LEGACY_MARK)].map((key) => [key, null]));
+  await runner.patchNamespacedPod(
+    { namespace: pod.namespace, name: pod.name, body: { metadata: { annotations: cleared } } },
+    k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
+  );
 }

@@ -132,8 +132,12 @@ export async function startRealNodeStack(
     const core = cp.kubeConfig().makeApiClient(k8s.CoreV1Api);
     const knative = options.knative;
     const installNamespace = knative?.namespace ?? "podnet-system";
-    if (knative === undefined) await cp.installKnativeCrds();
-    else await installKnative(cp, nodes, { broker: knative.delivery === "broker", log });
+    if (knative === undefined) await cp.installCrds();
+    else {
+      await installKnative(cp, nodes, { broker: knative.delivery === "broker", log });
+      // The chart's monitoring objects need prometheus-operator's (Knative's come with Knative).
+      await cp.installCrds("monitoring");
+    }
 
     const appContainer = (role: "server" | "client", target?: string): k8s.V1Container => ({
       name: "app",
@@ -186,6 +190,13 @@ export async function startRealNodeStack(
         cp.writeKubeconfig("helm", cp.adminToken),
         "--set",
         "nodeRunner.cgroupRoot=/$(NODE_NAME)",
+        // README, Monitoring: PodMonitors, the alerting rules and the dashboard.
+        "--set",
+        "monitoring.podMonitors.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--set",
+        "monitoring.dashboard.enabled=true",
         ...(knative === undefined
           ? []
           : [

@@ -4,12 +4,12 @@ import { after, before } from "node:test";
 import { startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
 import { assertAvailable } from "./environment.ts";
 
-export function controlPlaneForSuite(missing: string | undefined, options: { knativeCrds?: boolean } = {}): () => ControlPlane {
+export function controlPlaneForSuite(missing: string | undefined, options: { crds?: boolean } = {}): () => ControlPlane {
   let cp: ControlPlane | undefined;
   before(async () => {
     assertAvailable(missing);
     cp = await startControlPlane();
-    if (options.knativeCrds === true) await cp.installKnativeCrds();
+    if (options.crds === true) await cp.installCrds();
   });
   after(async () => {
     await cp?.stop();
