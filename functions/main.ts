@@ -41,6 +41,7 @@ import { Dispatcher } from "./dispatch.ts";
 import { KubeClusterReader } from "./kube.ts";
 import { DISPATCH_RETRY_DELAYS_MS } from "./reconcile.ts";
 import { PolicyStore } from "./policy-store.ts";
+import type { Policy } from "./policy.ts";
 import { tokenReviewer } from "../lib/token-review.ts";
 import { knativeSenderIdentity, SenderAuthenticator } from "./sender-auth.ts";
 import { createFunctionMetrics } from "./metrics.ts";
@@ -73,6 +74,8 @@ const number = (name: string, fallback: number): number => {
 };
 
 const metrics = createFunctionMetrics();
+/** Set once the app exists: what a policy reload does beyond the metric. */
+let onPolicyReloaded: (policy: Policy) => void = () => undefined;
 const policies = await PolicyStore.open({
   file: env.POLICY_FILE,
   ...(env.CONTROLLER_NAMESPACE === undefined ? {} : { controllerNamespace: env.CONTROLLER_NAMESPACE }),
@@ -83,6 +86,7 @@ const policies = await PolicyStore.open({
   onLoaded: (p) => {
     metrics.policyInfo.reset();
     metrics.policyInfo.set({ id: p.id, mode: p.document.mode }, 1);
+    onPolicyReloaded(p);
   },
 });
 policies.watch();
@@ -171,6 +175,18 @@ const app = createFunctionApp({
       ? `no usable Ed25519 private key in ${env.SIGNING_KEYS_DIR ?? "/etc/podnet/signing"} (is the Secret mounted world-readable for a non-root user?)`
       : undefined,
 });
+// A new mode (fail-open, the incident switch, above all) reaches the pods waiting now at once,
+// not only with their next events or the next resync tick.
+let modeInForce = policies.current.document.mode;
+onPolicyReloaded = (policy) => {
+  if (policy.document.mode === modeInForce) return;
+  modeInForce = policy.document.mode;
+  const plog = log.child({ trigger: "policy-mode", mode: modeInForce });
+  app.queue.resync(policy, plog).then(
+    (done) => plog.info({ resync: done.summary }, "resync after a policy mode change"),
+    (err: unknown) => plog.warn({ err: errorMessage(err) }, "resync after a policy mode change failed; the next resync tick does it"),
+  );
+};
 const port = number("PORT", 8080);
 // Whoever reaches the port opens connections before any token is seen: headers and bodies must
 // arrive in time (checked every second), so slow uploads do not hold sockets or memory.

@@ -114,7 +114,7 @@ function bounded(value: string | string[] | undefined): string | undefined {
 }
 
 /** The function's app, with what its drain on SIGTERM needs: events in flight, and the work queue. */
-export type FunctionApp = express.Express & { inFlight: () => number; queue: Pick<Reconciler, "queued" | "whenIdle"> };
+export type FunctionApp = express.Express & { inFlight: () => number; queue: Pick<Reconciler, "queued" | "whenIdle" | "resync"> };
 
 export function createFunctionApp(deps: FunctionDeps): FunctionApp {
   const { log, metrics } = deps;

@@ -6,7 +6,7 @@ import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
+import { MARK, readMark, STATUS_INITIALIZED, STATUS_SKIPPED } from "../../contract/mark.ts";
 import { deliver, pingEvent } from "../support/apiserversource.ts";
 import { missingBinariesReason, startControlPlane, type Adapter, type ControlPlane } from "../controlplane/harness.ts";
 import { FUNCTION_AUDIENCE, scratchDir, senderToken, signingKeyDirs, startFunction, startNodeRunner, type Component } from "../support/components.ts";
@@ -136,6 +136,31 @@ describe("decision function end to end [needs root and control plane]", skipUnle
     const pod = await createMeshPod(core, pods, { namespace: NS, name: "by-reference", nodeName: NODE });
     await waitForAnnotations(core, pod, (a) => a[MARK.status] === STATUS_INITIALIZED);
     await fn.waitForLog(/"ceType":"dev\.knative\.apiserver\.ref\.(add|update)".*"name":"by-reference".*"msg":"dispatched: applied"/);
+  });
+
+  test("fail-open, the incident switch: a pod already waiting is released at once (the mode change runs a resync), so is a new one; a pod with rules keeps them; back to enforce, pods are programmed again", async () => {
+    writeFileSync(policyFile, "mode: dry-run\nrevision: r4\n");
+    await fn.waitForLog(/"to":"r4@sha256:[0-9a-f]+","mode":"dry-run"/);
+    const held = await createMeshPod(core, pods, { namespace: NS, name: "held", nodeName: NODE, waiter: true });
+    await fn.waitForLog(/"name":"held".*"msg":"dry-run: would apply"/, 10_000);
+
+    writeFileSync(policyFile, "mode: fail-open\nrevision: r5\n");
+    await fn.waitForLog(/"mode":"fail-open".*"msg":"resync after a policy mode change"/);
+    const released = { status: STATUS_SKIPPED, reason: "the policy's incident switch is on (mode: fail-open)" };
+    assert.deepEqual(readMark(await waitForAnnotations(core, held, (a) => a[MARK.status] === STATUS_SKIPPED)), released);
+    const during = await createMeshPod(core, pods, { namespace: NS, name: "during", nodeName: NODE, waiter: true });
+    assert.deepEqual(readMark(await waitForAnnotations(core, during, (a) => a[MARK.status] === STATUS_SKIPPED)), released);
+    for (const pod of [held, during]) assert.doesNotMatch(pod.sandbox.exec(["iptables-save"]), /ISTIO/, `${pod.name}: no rules`);
+    const kept = (await core.readNamespacedPod({ namespace: NS, name: "web-1" })).metadata?.annotations ?? {};
+    assert.equal(kept[MARK.status], STATUS_INITIALIZED, "a pod with rules keeps them");
+    assert.match(await functionMetrics(), /podnet_function_policy_info\{id="r5@sha256:[0-9a-f]+",mode="fail-open"\} 1/);
+    assert.match(await functionMetrics(), /podnet_function_decisions_total\{action="release",reason="fail-open"\} [1-9]/);
+
+    writeFileSync(policyFile, "mode: enforce\nrevision: r6\n");
+    await fn.waitForLog(/"to":"r6@sha256:[0-9a-f]+","mode":"enforce"/);
+    const after = await createMeshPod(core, pods, { namespace: NS, name: "after", nodeName: NODE, waiter: true });
+    await waitForAnnotations(core, after, (a) => a[MARK.status] === STATUS_INITIALIZED);
+    assert.match(after.sandbox.exec(["iptables-save"]), /ISTIO_REDIRECT/);
   });
 
   test("SIGTERM: the function drains and exits 0", async () => {

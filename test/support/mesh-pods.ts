@@ -1,6 +1,7 @@
 // A pod in the API server bound to a (simulated) node, with a real sandbox: a test pod whose
 // cgroup carries the UID the API assigned, the API status showing the sandbox's IP.
 import * as k8s from "@kubernetes/client-node";
+import { WAITER_COMMAND, WAITER_CONTAINER } from "../../functions/decision.ts";
 import type { TestPod, TestPods } from "./test-pods.ts";
 
 export interface MeshPod {
@@ -14,7 +15,16 @@ export interface MeshPod {
 export async function createMeshPod(
   core: k8s.CoreV1Api,
   pods: TestPods,
-  options: { namespace: string; name: string; nodeName: string; hostNetwork?: boolean; annotations?: Record<string, string>; injected?: boolean },
+  options: {
+    namespace: string;
+    name: string;
+    nodeName: string;
+    hostNetwork?: boolean;
+    annotations?: Record<string, string>;
+    injected?: boolean;
+    /** With the injection template's waiter init container (its first init container). */
+    waiter?: boolean;
+  },
 ): Promise<MeshPod> {
   const injected = options.injected ?? true;
   const created = await core.createNamespacedPod({
@@ -28,6 +38,7 @@ export async function createMeshPod(
       spec: {
         nodeName: options.nodeName,
         hostNetwork: options.hostNetwork ?? false,
+        ...(options.waiter === true ? { initContainers: [{ name: WAITER_CONTAINER, image: "podnet/waiter", command: [WAITER_COMMAND] }] } : {}),
         containers: [{ name: "app", image: "example/app" }, ...(injected ? [{ name: "istio-proxy", image: "istio/proxyv2" }] : [])],
       },
     },
