@@ -183,8 +183,12 @@ onPolicyReloaded = (policy) => {
   modeInForce = policy.document.mode;
   const plog = log.child({ trigger: "policy-mode", mode: modeInForce });
   app.queue.resync(policy, plog).then(
-    (done) => plog.info({ resync: done.summary }, "resync after a policy mode change"),
-    (err: unknown) => plog.warn({ err: errorMessage(err) }, "resync after a policy mode change failed; the next resync tick does it"),
+    (done) => {
+      plog.info({ resync: done.summary }, "resync after a policy mode change");
+    },
+    (err: unknown) => {
+      plog.warn({ err: errorMessage(err) }, "resync after a policy mode change failed; the next resync tick does it");
+    },
   );
 };
 const port = number("PORT", 8080);
