@@ -34,7 +34,7 @@ const USAGE = `usage:
   pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>] [--context <name>]
   pnc istio-template [--waiter-image <image>] [--istio-operator] [--template config/istio/podnet-injection-template.yaml] [--values config/istio/istiod-values.yaml]
   pnc status [-n <namespace>] [--kubeconfig <file>] [--context <name>] [--json]
-  pnc doctor [-n podnet-system] [--kubeconfig <file>] [--context <name>] [--json]
+  pnc doctor [-n podnet-system] [--istio-namespace istio-system] [--kubeconfig <file>] [--context <name>] [--json]
   pnc uninstall-check [--istio-namespace istio-system] [--kubeconfig <file>] [--context <name>]
   pnc fail-open on|off [-n podnet-system] [--kubeconfig <file>] [--context <name>]
 
@@ -64,11 +64,13 @@ const USAGE = `usage:
   with the reason, or none yet), its waiter's state, and for a pod without a mark the last
   Warning the project recorded about it (needs a kubeconfig that may list pods and Events).
 
-  doctor checks a live install: a Ready node-runner on every schedulable node, the keys and the
-  node-runners' certificate (expiry), the function and its sources Ready with a sink audience,
-  Knative's OIDC feature, every istiod revision's injector carrying the template with CNI mode
-  off, no istio-cni agent, pods waiting in the waiter; ok / warning / error with the fix for
-  each (exit 0 all ok, 1 warnings, 2 errors, 3 the cluster could not be read).
+  doctor checks a live install: a Ready node-runner on every schedulable node, their priority
+  class and its quota, the keys (the runners accept the function's) and the node-runners'
+  certificate (expiry), the function and its sources Ready with a sink audience, the policy (it
+  loads; its mode), Knative's OIDC feature, every istiod revision's injector carrying the template
+  with CNI mode off and a waiter image that can be pulled, no istio-cni agent, Istio's and
+  Knative's versions against the tested ones, pods waiting in the waiter; ok / warning / error
+  with the fix for each (exit 0 all ok, 1 warnings, 2 errors, 3 the cluster could not be read).
 
   uninstall-check (the chart's pre-delete hook) fails, saying which, while an istiod revision
   still injects the podnet template: new mesh pods would wait for rules that never come.

@@ -8,7 +8,11 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { Metafile } from "esbuild";
-import { buildPrograms, bundledPackageDirs } from "./build.ts";
+import { BIN } from "../test/controlplane/harness.ts";
+import { assertAvailable, skipUnlessCI } from "../test/support/environment.ts";
+import { buildPrograms, bundledPackageDirs, KUBECTL_PLUGIN } from "./build.ts";
+
+const missingKubectl = existsSync(BIN.kubectl) ? undefined : "kubectl not built: run test/controlplane/build.sh";
 
 const root = path.resolve(import.meta.dirname, "..");
 
@@ -75,6 +79,23 @@ describe("the built programs, in a directory of their own", () => {
     assert.equal(r.status, 0, r.output);
     assert.match(r.output, /pnc plan/);
   });
+
+  test(
+    "kubectl podnet: the real kubectl finds the build's kubectl-podnet on PATH and runs pnc with the arguments after `podnet`",
+    skipUnlessCI(missingKubectl),
+    () => {
+      assertAvailable(missingKubectl);
+      const env = { PATH: `${path.join(dir, "cli")}:${path.dirname(process.execPath)}:/usr/bin:/bin`, HOME: dir };
+      const list = spawnSync(BIN.kubectl, ["plugin", "list"], { encoding: "utf8", env });
+      assert.match(list.stdout, new RegExp(`${path.join(dir, "cli", KUBECTL_PLUGIN)}`), list.stderr);
+      const r = spawnSync(BIN.kubectl, ["podnet", "plan", path.join(root, "examples/injected-pod.yaml")], { encoding: "utf8", env, cwd: os.tmpdir() });
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, /-A ISTIO_OUTPUT/);
+      // No kubeconfig: the cluster commands say so in one line (exit 64).
+      const doctor = spawnSync(BIN.kubectl, ["podnet", "doctor"], { encoding: "utf8", env: { ...env, KUBECONFIG: "" }, cwd: os.tmpdir() });
+      assert.deepEqual([doctor.status, doctor.stderr.trim()], [64, "pnc doctor: no kubeconfig: give --kubeconfig, set KUBECONFIG, or write ~/.kube/config"]);
+    },
+  );
 
   test("node-runner: every module loads; it stops at its first missing setting, exit 2", () => {
     const r = run("node-runner/main.js");

@@ -9,7 +9,7 @@
 // 200-pod burst is about 2 MiB lower and the function's 2–8 (docs/performance.md, "Memory"). Names are kept
 // (stack traces stay readable); the source maps beside the bundles give file and line with
 // `node --enable-source-maps`.
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { build, type Metafile } from "esbuild";
@@ -28,6 +28,8 @@ const COMPONENTS = {
  * and quick as it was. The components stay one file each (above).
  */
 const CLI = { "cli/pnc": "cli/pnc.ts" } as const;
+/** The CLI under the name kubectl looks for its `podnet` plugin by. */
+export const KUBECTL_PLUGIN = "kubectl-podnet";
 
 /** The npm packages (their directories under node_modules) that a build took files from. */
 export function bundledPackageDirs(metafile: Metafile): string[] {
@@ -81,6 +83,12 @@ export async function buildPrograms(out: string): Promise<string> {
     await build({ ...options, entryPoints: { ...COMPONENTS } }),
     await build({ ...options, entryPoints: { ...CLI }, splitting: true, chunkNames: "cli/chunks/[name]-[hash]" }),
   ];
+  // The CLI runs as a program of its own (its source's hashbang asks for tsx, which a build needs
+  // not), and as kubectl's plugin `kubectl podnet`: kubectl runs kubectl-podnet found on PATH.
+  const cli = path.join(out, "cli", "pnc.js");
+  writeFileSync(cli, readFileSync(cli, "utf8").replace(/^#!.*\n/, "#!/usr/bin/env node\n"));
+  chmodSync(cli, 0o755);
+  symlinkSync("pnc.js", path.join(out, "cli", KUBECTL_PLUGIN));
   const inputs = Object.assign({}, ...results.map((r) => r.metafile.inputs)) as Metafile["inputs"];
   const packages = bundledPackageDirs({ inputs, outputs: {} });
   writeFileSync(path.join(out, NOTICES), thirdPartyNotices(packages));
