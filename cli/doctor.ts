@@ -304,7 +304,11 @@ export function diagnose(s: ClusterSnapshot): Finding[] {
 function policyFindings(text: string | undefined, ns: string): Finding[] {
   if (text === undefined)
     return [
-      warn("policy", `no ConfigMap podnet-policy in ${ns}: the function decides with its built-in defaults`, "install the chart (README, Install, step 4): it makes podnet-policy"),
+      warn(
+        "policy",
+        `no ConfigMap podnet-policy in ${ns}: the function decides with its built-in defaults`,
+        "install the chart (README, Install, step 4): it makes podnet-policy",
+      ),
     ];
   let policy: Policy;
   try {

@@ -138,3 +138,22 @@ export class KubePodApi implements PodApi {
     await recordPodEvent(this.conn, pod, event, { component: "node-runner", host: this.nodeName }, { deadlineMs: this.deadlineMs });
   }
 }
+
+/** The DaemonSet that runs the node-runners (config/node-runner/daemonset.yaml). */
+export const NODE_RUNNER_DAEMONSET = "podnet-node-runner";
+
+/**
+ * Is the node-runners' DaemonSet being deleted, or gone? Then this process stops for an
+ * uninstall, not for a rolling update or a restart, and its state on the node may go. Undefined
+ * when the API server cannot say (the state is then kept).
+ */
+export async function daemonSetLeaving(conn: ApiConnection, namespace: string, deadlineMs: number): Promise<boolean | undefined> {
+  try {
+    const ds = (await apiRequest(conn, "GET", `/apis/apps/v1/namespaces/${encodeURIComponent(namespace)}/daemonsets/${NODE_RUNNER_DAEMONSET}`, undefined, {
+      deadlineMs,
+    })) as { metadata?: { deletionTimestamp?: unknown } } | null;
+    return ds?.metadata?.deletionTimestamp !== undefined && ds.metadata.deletionTimestamp !== null;
+  } catch (err) {
+    return err instanceof ApiError && err.code === 404 ? true : undefined;
+  }
+}

@@ -7,6 +7,9 @@
 //   --keys-dir / PUBLIC_KEYS_DIR       mounted public keys, one PEM per keyid          /etc/podnet/keys
 //   --kubeconfig / KUBECONFIG          kubeconfig file; in-cluster config when unset
 //   --state-dir / STATE_DIR            per-netns records (a tmpfs)                    /run/podnet
+//   --pod-namespace / POD_NAMESPACE    the DaemonSet's namespace (downward API): on    (none: state
+//                                      SIGTERM, the state goes when the DaemonSet is   always kept)
+//                                      being deleted (an uninstall)
 //   --backend / RULES_BACKEND          auto | iptables-legacy | iptables-nft | nftables  auto
 //                                      (auto: iptables, the variant holding rules in the pod's
 //                                      netns, else the node's; nftables: native, one nft -f)
@@ -30,7 +33,7 @@
 //                                      SubjectAccessReview)
 import { execFileSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import path from "node:path";
 import http from "node:http";
 import https from "node:https";
@@ -39,7 +42,7 @@ import { pino } from "pino";
 import { RecordStore, type IptablesVariant } from "./apply/records.ts";
 import { helperRunner, NETNS_EXEC, resolveExecutable } from "./helper-runner.ts";
 import { applierChooser, BACKENDS, isBackendName, type BackendName } from "./backends.ts";
-import { KubePodApi } from "./kube.ts";
+import { daemonSetLeaving, KubePodApi } from "./kube.ts";
 import { apiConnection as connectTo, type ApiConnection } from "../lib/kube-http.ts";
 import { KeyDirectory } from "../lib/key-directory.ts";
 import { createMetrics } from "./metrics.ts";
@@ -61,6 +64,7 @@ const { values } = parseArgs({
     "keys-dir": { type: "string" },
     kubeconfig: { type: "string" },
     "state-dir": { type: "string" },
+    "pod-namespace": { type: "string" },
     backend: { type: "string" },
     proc: { type: "string" },
     "host-ip": { type: "string" },
@@ -244,13 +248,37 @@ metricsServer?.listen(metricsListen?.port, metricsListen?.host, () => {
   log.info({ metrics: metricsListenText, auth: metricsAuth }, "metrics served");
 });
 
+const podNamespace = values["pod-namespace"] ?? env.POD_NAMESPACE;
+/**
+ * An uninstall deletes the DaemonSet (the chart's pre-delete hook, in the foreground, before the
+ * runner's own RBAC goes): this runner's records and nonce journal are then of no use to anyone
+ * and leave the node with it. A rolling update or a restart keeps them.
+ */
+async function removeStateIfUninstalled(): Promise<void> {
+  if (podNamespace === undefined || podNamespace === "") return;
+  const leaving = await daemonSetLeaving(apiConnection, podNamespace, Math.min(apiTimeoutMs, 3000));
+  if (leaving === undefined) {
+    log.warn({ stateDir }, "cannot tell whether the DaemonSet is being deleted: the state stays");
+    return;
+  }
+  if (!leaving) return;
+  for (const entry of readdirSync(stateDir)) rmSync(path.join(stateDir, entry), { recursive: true, force: true });
+  log.info({ stateDir }, "the DaemonSet is being deleted (an uninstall): the state on this node is removed");
+}
+
 function shutdown(signal: string): void {
   log.info({ signal }, "shutting down: finishing requests in flight, then sending the Events still waiting");
   keys.stop();
   helper.stop();
   metricsServer?.close();
   server.close(() => {
-    void programmer.flushEvents().then(() => process.exit(0));
+    void programmer
+      .flushEvents()
+      .then(removeStateIfUninstalled)
+      .catch((err: unknown) => {
+        log.warn({ err: errorMessage(err) }, "removing the state failed");
+      })
+      .then(() => process.exit(0));
   });
   // What is not done by then is dropped (the kubelet's grace period is 30 s by default).
   setTimeout(() => {

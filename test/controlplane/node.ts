@@ -86,6 +86,8 @@ export interface RealNode {
   importImage(archive: string): void;
   /** Run `ctr` against the node's containerd. */
   ctr(...args: string[]): string;
+  /** The entries of a directory as the node sees it (its own /run, ...); undefined when it does not exist. */
+  listDir(dir: string): string[] | undefined;
   /** What a container wrote (stdout and stderr, every restart), from the kubelet's pod log files. */
   containerLog(pod: { namespace: string; name: string; uid: string }, container: string): string;
   /** The same, line by line with the runtime's timestamp (RFC 3339, nanoseconds). */
@@ -473,6 +475,10 @@ export async function startNode(cp: ControlPlane, options: NodeOptions): Promise
       kubeletLog: path.join(dir, "kubelet.log"),
       importImage,
       ctr,
+      listDir: (target) => {
+        const r = sh("nsenter", [`--mount=${mountNamespace ?? ""}`, "--", "ls", "-A", target]);
+        return r.code === 0 ? r.stdout.split("\n").filter((e) => e !== "") : undefined;
+      },
       containerLogLines,
       containerLog: (pod, container) =>
         containerLogLines(pod, container)

@@ -147,8 +147,10 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
           "Job/podnet-system/podnet-uninstall-check",
           "Role/istio-system/podnet-uninstall-check",
           "Role/podnet-system/podnet-keys",
+          "Role/podnet-system/podnet-uninstall-check-runners",
           "RoleBinding/istio-system/podnet-uninstall-check",
           "RoleBinding/podnet-system/podnet-keys",
+          "RoleBinding/podnet-system/podnet-uninstall-check-runners",
           "ServiceAccount/podnet-system/podnet-keys",
           "ServiceAccount/podnet-system/podnet-uninstall-check",
         ],
@@ -243,7 +245,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     assert.equal([...off.values()].some(isHook), false);
   });
 
-  test("uninstall.check: a pre-delete hook Job in the node-runner image runs `pnc uninstall-check` on Istio's namespace, reading only its ConfigMaps; a failed Job stays for its log", () => {
+  test("uninstall.check: a pre-delete hook Job in the node-runner image runs `pnc uninstall-check` on Istio's namespace, reading only its ConfigMaps, then stops the node-runners; a failed Job stays for its log", () => {
     const rendered = objects(chart(["istio.namespace=mesh-istio"]));
     const job = rendered.get("Job/podnet-system/podnet-uninstall-check") as K8sObject & { metadata: { annotations: Record<string, string> } };
     assert.equal(job.metadata.annotations["helm.sh/hook"], "pre-delete");
@@ -251,10 +253,14 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     const spec = job.spec as { backoffLimit: number; template: { spec: { serviceAccountName: string; containers: [{ args: string[] }] } } };
     assert.deepEqual(
       [spec.backoffLimit, spec.template.spec.serviceAccountName, spec.template.spec.containers[0].args],
-      [0, "podnet-uninstall-check", ["uninstall-check", "--istio-namespace", "mesh-istio"]],
+      [0, "podnet-uninstall-check", ["uninstall-check", "--istio-namespace", "mesh-istio", "--stop-node-runners", "--namespace", "podnet-system"]],
     );
     assert.deepEqual((rendered.get("Role/mesh-istio/podnet-uninstall-check") as { rules?: unknown } | undefined)?.rules, [
       { apiGroups: [""], resources: ["configmaps"], verbs: ["list"] },
+    ]);
+    // Then it stops the node-runners (their DaemonSet, in the foreground), and nothing else.
+    assert.deepEqual((rendered.get("Role/podnet-system/podnet-uninstall-check-runners") as { rules?: unknown } | undefined)?.rules, [
+      { apiGroups: ["apps"], resources: ["daemonsets"], resourceNames: ["podnet-node-runner"], verbs: ["get", "delete"] },
     ]);
     assert.equal(objects(chart(["uninstall.check=false"])).has("Job/podnet-system/podnet-uninstall-check"), false);
   });

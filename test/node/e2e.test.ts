@@ -304,7 +304,7 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
   });
 
   // Last: it uninstalls the project.
-  test("helm uninstall stops while istiod injects the podnet template (the pre-delete Job's log says which revision and what to do), and goes on once it does not", async () => {
+  test("helm uninstall stops while istiod injects the podnet template (the pre-delete Job's log says which revision and what to do), and goes on once it does not: the node-runners stop first and take their state from the nodes", async () => {
     const { cp, core } = s();
     const admin = cp.writeKubeconfig("uninstall", cp.adminToken);
     const uninstall = () =>
@@ -315,6 +315,7 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
     const log = execFileSync(BIN.kubectl, ["--kubeconfig", admin, "-n", "podnet-system", "logs", "job/podnet-uninstall-check"], { encoding: "utf8" });
     assert.match(log, /istio-system\/istio-sidecar-injector still inject the podnet template: .* helm uninstall --no-hooks/);
     assert.equal((await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL })).items.length, 2, "the node-runners stay");
+    for (const node of s().nodes) assert.ok((node.listDir("/run/podnet") ?? []).includes("nonces.jsonl"), `${node.name}: the runner's state is there`);
 
     // README's Uninstall, step 1: istiod's release without the template and its default, then again.
     execFileSync(
@@ -344,5 +345,7 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
       60_000,
       async () => (await core.listNamespacedPod({ namespace: "podnet-system", labelSelector: RUNNER_LABEL })).items.length === 0,
     );
+    // The hook stopped the runners before their RBAC went: each saw its DaemonSet go and removed its state.
+    for (const node of s().nodes) assert.deepEqual(node.listDir("/run/podnet"), [], `${node.name}: the runner's state is gone from the node`);
   });
 });

@@ -7,15 +7,16 @@
 // node-runners. Nothing here writes a Knative object's status.
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
-import { MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
+import { MARK, readMark, STATUS_INITIALIZED, STATUS_SKIPPED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { BIN, waitFor, type ControlPlane } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
 import { missingKnativeReason, patchConfigMap } from "../support/knative.ts";
-import { missingRealNodeReason, onNode, podRef, realNodeStackFixture, RUNNER_LABEL, type RealNodeStack } from "../support/real-node-stack.ts";
+import { missingRealNodeReason, onNode, podPids, podRef, realNodeStackFixture, RUNNER_LABEL, type RealNodeStack } from "../support/real-node-stack.ts";
 
 const missing = missingRealNodeReason() ?? missingKnativeReason();
 const NS = "shop";
@@ -339,6 +340,118 @@ for (const delivery of ["direct", "broker"] as const) {
             await core.patchNamespacedConfigMap({ namespace: "istio-system", name: "istio-sidecar-injector", body: { data: { config } } }, merge);
           }
           await healthy();
+        });
+
+        // README, The incident switch: the CLI edits the ConfigMap Knative's Revision mounts; the
+        // kubelet updates the mount, the function reloads it and releases what waits.
+        test("pnc fail-open on: the function, its policy a mounted ConfigMap, releases a new mesh pod without rules (its waiter says why); doctor warns; off: pods are programmed again", async () => {
+          const { cp, core, meshPod, appContainer, waitRunning, nodes } = s();
+          const kubeconfig = cp.writeKubeconfig("ops", cp.adminToken);
+          const pnc = (...args: string[]) =>
+            spawnSync(process.execPath, ["--import", "tsx", path.join(root, "cli/pnc.ts"), ...args, "-n", system, "--kubeconfig", kubeconfig], {
+              cwd: root,
+              encoding: "utf8",
+            });
+          const on = pnc("fail-open", "on");
+          assert.equal(on.status, 0, on.stderr);
+          assert.match(on.stdout, /mode enforce → fail-open/);
+          try {
+            await waitFor("the function reloaded the policy: fail-open", 150_000, () => functionLogMatches(s(), /"mode":"fail-open","msg":"policy reloaded"/));
+            await core.createNamespacedPod({ namespace: NS, body: onNode(nodes[0], meshPod("during-incident", appContainer("server"))) });
+            const pod = await waitRunning(NS, "during-incident", 120_000);
+            const reason = "the policy's incident switch is on (mode: fail-open)";
+            assert.deepEqual(readMark(pod.metadata?.annotations ?? {}), { status: STATUS_SKIPPED, reason });
+            const waiter = pod.status?.initContainerStatuses?.find((c) => c.name === WAITER_CONTAINER)?.state?.terminated;
+            assert.deepEqual([waiter?.exitCode, waiter?.message?.trim()], [0, `not meshed: ${reason}`]);
+            const saved = execFileSync("nsenter", [`--net=/proc/${String(podPids(pod)[0] ?? 0)}/ns/net`, "iptables-save"], { encoding: "utf8" });
+            assert.doesNotMatch(saved, /ISTIO_/);
+            const doctor = pnc("doctor", "--json");
+            assert.equal(doctor.status, 1, doctor.stderr);
+            assert.match(doctor.stdout, /"check": "policy",\s+"severity": "warning",\s+"detail": "the incident switch is on \(mode fail-open\)/);
+          } finally {
+            const off = pnc("fail-open", "off");
+            assert.equal(off.status, 0, off.stderr);
+            assert.match(off.stdout, /mode fail-open → enforce/);
+          }
+          await waitFor("the function reloaded the policy: enforce", 150_000, () => functionLogMatches(s(), /"mode":"enforce","msg":"policy reloaded"/));
+          await core.createNamespacedPod({ namespace: NS, body: onNode(nodes[0], meshPod("after-incident", appContainer("server"))) });
+          assert.equal((await waitRunning(NS, "after-incident", 120_000)).metadata?.annotations?.[MARK.status], STATUS_INITIALIZED);
+          for (const name of ["during-incident", "after-incident"]) await core.deleteNamespacedPod({ namespace: NS, name, gracePeriodSeconds: 0 });
+        });
+
+        // README, Monitoring: what the chart's PodMonitors name, followed as Prometheus follows it.
+        test("monitoring: each node-runner answers the scrape its PodMonitor describes (HTTPS to the pod's address, the CA, server name and scraper token it names; 401 without the token), the function at its PodMonitor's relabelled address; both pages pass promtool check metrics", async () => {
+          const { cp, core, cluster } = s();
+          const custom = cp.kubeConfig().makeApiClient(k8s.CustomObjectsApi);
+          type Endpoint = {
+            port?: string;
+            tlsConfig?: { ca: { configMap: { name: string; key: string } }; serverName: string };
+            authorization?: { credentials: { name: string; key: string } };
+            relabelings?: { sourceLabels?: string[]; regex?: string; replacement?: string; targetLabel?: string; action?: string }[];
+          };
+          const podMonitor = async (name: string) =>
+            (await custom.getNamespacedCustomObject({ group: "monitoring.coreos.com", version: "v1", namespace: system, plural: "podmonitors", name })) as {
+              spec: { selector: { matchLabels: Record<string, string> }; podMetricsEndpoints: Endpoint[] };
+            };
+          const selected = async (selector: Record<string, string>) =>
+            (
+              await core.listNamespacedPod({
+                namespace: system,
+                labelSelector: Object.entries(selector)
+                  .map(([k, v]) => `${k}=${v}`)
+                  .join(","),
+              })
+            ).items.filter((p) => p.status?.phase === "Running" && p.metadata?.deletionTimestamp === undefined);
+          const inFabric = (args: string[]) =>
+            spawnSync("ip", ["netns", "exec", cluster.network.fabricNetns, "curl", "-sS", "--max-time", "10", ...args], { encoding: "utf8" });
+          const promtoolProblems = (page: string): string[] =>
+            spawnSync(BIN.promtool, ["check", "metrics"], { input: page, encoding: "utf8" })
+              .stderr.split("\n")
+              .filter((line) => line.trim() !== "" && !/nodejs_active_(handles|requests|resources)_total non-counter/.test(line));
+
+          const runners = await podMonitor("podnet-node-runner");
+          const ep = runners.spec.podMetricsEndpoints[0] ?? assert.fail("an endpoint");
+          const tls = ep.tlsConfig ?? assert.fail("tlsConfig");
+          const credentials = ep.authorization?.credentials ?? assert.fail("authorization");
+          let token = "";
+          await waitFor("the scraper's token in its Secret", 60_000, async () => {
+            const secret = await core.readNamespacedSecret({ namespace: system, name: credentials.name });
+            token = Buffer.from(secret.data?.[credentials.key] ?? "", "base64").toString("utf8");
+            return token !== "";
+          });
+          const caFile = path.join(cluster.dir, "metrics-ca.crt");
+          writeFileSync(caFile, (await core.readNamespacedConfigMap({ namespace: system, name: tls.ca.configMap.name })).data?.[tls.ca.configMap.key] ?? "");
+          const runnerPods = await selected(runners.spec.selector.matchLabels);
+          assert.equal(runnerPods.length, 2, "one runner per node");
+          for (const pod of runnerPods) {
+            const port = pod.spec?.containers[0]?.ports?.find((p) => p.name === ep.port)?.containerPort ?? assert.fail(`a port named ${ep.port ?? ""}`);
+            const url = `https://${tls.serverName}:${String(port)}/metrics`;
+            const resolve = `${tls.serverName}:${String(port)}:${pod.status?.podIP ?? ""}`;
+            const page = inFabric(["--fail", "--cacert", caFile, "--resolve", resolve, "-H", `Authorization: Bearer ${token}`, url]);
+            assert.equal(page.status, 0, page.stderr);
+            assert.match(page.stdout, /^podnet_node_runner_tls_certificate_not_after_seconds \d+/m);
+            assert.deepEqual(promtoolProblems(page.stdout), []);
+            const anonymous = inFabric(["-o", "/dev/null", "-w", "%{http_code}", "--cacert", caFile, "--resolve", resolve, url]);
+            assert.equal(anonymous.stdout, "401");
+          }
+
+          const fn = await podMonitor("podnet-decision");
+          const relabel = fn.spec.podMetricsEndpoints[0]?.relabelings ?? [];
+          const keep = relabel.find((r) => r.action === "keep");
+          const address = relabel.find((r) => r.targetLabel === "__address__") ?? assert.fail("an __address__ relabelling");
+          const fnPods = await selected(fn.spec.selector.matchLabels);
+          assert.ok(fnPods.length > 0);
+          for (const pod of fnPods) {
+            // Prometheus' pod discovery: one target per declared container port; the relabelling keeps the function's and moves it to the metrics port.
+            const container = pod.spec?.containers.find((c) => new RegExp(`^(?:${keep?.regex ?? ""})$`).test(c.name)) ?? assert.fail("the kept container");
+            const declared = `${pod.status?.podIP ?? ""}:${String(container.ports?.[0]?.containerPort ?? 0)}`;
+            const target = declared.replace(new RegExp(`^(?:${address.regex ?? ""})$`), (address.replacement ?? "").replaceAll("${1}", "$1"));
+            assert.notEqual(target, declared);
+            const page = inFabric(["--fail", `http://${target}/metrics`]);
+            assert.equal(page.status, 0, page.stderr);
+            assert.match(page.stdout, /^podnet_function_policy_info\{id="[^"]+",mode="enforce"\} 1/m);
+            assert.deepEqual(promtoolProblems(page.stdout), []);
+          }
         });
       }
 
