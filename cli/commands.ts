@@ -32,6 +32,7 @@ const USAGE = `usage:
   pnc keys generate [--namespace podnet-system] --out <dir>
   pnc keys rotate --secret <file> --configmap <file> --out <dir>
   pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>] [--context <name>]
+  pnc keys renew [-n podnet-system] [--renew-before 30d] [--step-after 10m] [--kubeconfig <file>] [--context <name>]
   pnc istio-template [--waiter-image <image>] [--istio-operator] [--template config/istio/podnet-injection-template.yaml] [--values config/istio/istiod-values.yaml]
   pnc status [-n <namespace>] [--kubeconfig <file>] [--context <name>] [--json]
   pnc doctor [-n podnet-system] [--istio-namespace istio-system] [--kubeconfig <file>] [--context <name>] [--json]
@@ -51,7 +52,9 @@ const USAGE = `usage:
   node-runners' TLS certificate (node-runner-tls.secret.yaml, needs openssl) and the CA the
   function trusts (node-runner-ca.configmap.yaml); rotate adds a new signing pair and keeps the
   old ones. ensure creates in the cluster whichever of those four objects are missing and keeps
-  the others (the Helm chart's keys.generate Job runs it; needs openssl for TLS).
+  the others (the Helm chart's keys.generate Job runs it; needs openssl for TLS). renew (the
+  chart's hourly CronJob) takes one step of the node-runners' certificate rotation when it is
+  due: a new CA trusted beside the old, then the new certificate served, then the old CA dropped.
 
   istio-template prints the podnet injection template; with --waiter-image, with the waiter
   image your install uses as its default (pods may still name another with

@@ -4,6 +4,7 @@ import { dirname } from "node:path";
 import { runPnc, type Io } from "./commands.ts";
 import { doctorMain } from "./doctor.ts";
 import { ensureKeysMain } from "./keys-ensure.ts";
+import { renewKeysMain } from "./keys-renew.ts";
 import { failOpenMain } from "./fail-open.ts";
 import { uninstallCheckMain } from "./uninstall-check.ts";
 import { statusMain } from "./status.ts";
@@ -30,12 +31,14 @@ const io: Io = {
 process.exitCode =
   args[0] === "keys" && args[1] === "ensure"
     ? await ensureKeysMain(args.slice(2), io)
-    : args[0] === "status"
-      ? await statusMain(args.slice(1), io)
-      : args[0] === "doctor"
-        ? await doctorMain(args.slice(1), io)
-        : args[0] === "uninstall-check"
-          ? await uninstallCheckMain(args.slice(1), io)
-          : args[0] === "fail-open"
-            ? await failOpenMain(args.slice(1), io)
-            : runPnc(args, io);
+    : args[0] === "keys" && args[1] === "renew"
+      ? await renewKeysMain(args.slice(2), io)
+      : args[0] === "status"
+        ? await statusMain(args.slice(1), io)
+        : args[0] === "doctor"
+          ? await doctorMain(args.slice(1), io)
+          : args[0] === "uninstall-check"
+            ? await uninstallCheckMain(args.slice(1), io)
+            : args[0] === "fail-open"
+              ? await failOpenMain(args.slice(1), io)
+              : runPnc(args, io);

@@ -61,7 +61,9 @@ export interface DispatcherOptions {
 }
 
 export class Dispatcher {
-  private readonly agent: http.Agent;
+  private agent: http.Agent;
+  /** Agents replaced by trust(), closed once their requests are over. */
+  private readonly retired = new Set<http.Agent>();
   private readonly slots: ConcurrencyLimit;
   private readonly nodeSlots = new Map<string, ConcurrencyLimit>();
 
@@ -168,7 +170,23 @@ export class Dispatcher {
     });
   }
 
+  /**
+   * Trust these CA certificates (a PEM bundle: during a CA rotation, old and new) from the next
+   * request on. Requests under way finish on their connections; those close after the deadline.
+   */
+  trust(ca: Buffer): void {
+    if (this.options.scheme !== "https") return;
+    const old = this.agent;
+    this.agent = new https.Agent({ keepAlive: true, maxSockets: this.slots.limit, ca });
+    this.retired.add(old);
+    setTimeout(() => {
+      old.destroy();
+      this.retired.delete(old);
+    }, (this.options.timeoutMs ?? 5000) + 1000).unref();
+  }
+
   close(): void {
     this.agent.destroy();
+    for (const old of this.retired) old.destroy();
   }
 }

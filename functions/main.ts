@@ -37,6 +37,7 @@ import { apiConnection, type ApiConnection } from "../lib/kube-http.ts";
 import { pino } from "pino";
 import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
 import { KeyDirectory } from "../lib/key-directory.ts";
+import { followFiles } from "../lib/tls-files.ts";
 import { Dispatcher } from "./dispatch.ts";
 import { KubeClusterReader } from "./kube.ts";
 import { DISPATCH_RETRY_DELAYS_MS } from "./reconcile.ts";
@@ -127,6 +128,21 @@ const dispatcher = new Dispatcher({
   maxPerNode: number("DISPATCH_PER_NODE", 8),
   ...(env.NODE_RUNNER_ADDRESS === undefined ? {} : { addressFor: () => env.NODE_RUNNER_ADDRESS ?? "" }),
 });
+// The CA ConfigMap is followed: during a rotation it holds the old and the new CA, and the
+// function trusts both from the moment the kubelet updates the mount (README, Certificates).
+const caFile = env.NODE_RUNNER_CA_FILE;
+const stopFollowingCa =
+  caFile === undefined
+    ? undefined
+    : followFiles(
+        [caFile],
+        ([ca]) => {
+          if (ca === undefined) return;
+          dispatcher.trust(ca);
+          log.info({ certificates: (ca.toString("utf8").match(/-----BEGIN CERTIFICATE-----/g) ?? []).length }, "node-runner CA reloaded");
+        },
+        { pollMs: 10_000, log },
+      );
 
 const controllerNamespace = env.CONTROLLER_NAMESPACE ?? "podnet-system";
 const senderAuth = env.SENDER_AUTH ?? "oidc";
@@ -264,6 +280,7 @@ process.once("SIGTERM", () => {
       dispatcher.close();
       policies.stop();
       signing.stop();
+      stopFollowingCa?.();
       log.info("drained");
       process.exit(0);
     });

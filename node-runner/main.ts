@@ -32,8 +32,7 @@
 //                                      allowed to get /metrics (TokenReview +
 //                                      SubjectAccessReview)
 import { execFileSync } from "node:child_process";
-import { X509Certificate } from "node:crypto";
-import { mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import http from "node:http";
 import https from "node:https";
@@ -51,6 +50,7 @@ import { ReplayCache } from "./replay.ts";
 import { createPodProgrammer, EVENT_MAX_DELAY_MS, EVENT_QUIET_MS } from "./program.ts";
 import { createNodeRunnerApp, HEADERS_TIMEOUT_MS, MAX_CONNECTIONS, REQUEST_TIMEOUT_MS, type NodeRunnerDeps } from "./server.ts";
 import { errorMessage } from "../lib/errors.ts";
+import { followFiles, readServingTls, type ServingTls } from "../lib/tls-files.ts";
 import { formatHostPort, resolveListenAddress } from "../lib/listen-address.ts";
 import { createMetricsServer, ScrapeAuthorizer } from "../lib/metrics-server.ts";
 
@@ -197,24 +197,25 @@ const tlsCert = values["tls-cert"] ?? env.TLS_CERT;
 const tlsKey = values["tls-key"] ?? env.TLS_KEY;
 if ((tlsCert === undefined) !== (tlsKey === undefined)) fail("--tls-cert and --tls-key go together");
 if (tlsCert === undefined) log.warn("no --tls-cert/--tls-key: serving plain HTTP (requests are signed, not encrypted)");
-// Read once, used by both servers; its expiry is a metric (nothing renews it in place: an alert must).
-const tls = tlsCert !== undefined && tlsKey !== undefined ? { cert: readFileSync(tlsCert), key: readFileSync(tlsKey) } : undefined;
-if (tls !== undefined) {
-  let notAfter: number;
-  try {
-    notAfter = Date.parse(new X509Certificate(tls.cert).validTo) / 1000;
-  } catch (err) {
-    fail(`--tls-cert ${tlsCert ?? ""}: not a PEM certificate: ${errorMessage(err)}`);
-  }
+// Used by both servers, and followed: a renewed certificate (the mounted Secret updated) is
+// served from the next connection on. Its expiry is a metric.
+let tls: ServingTls | undefined;
+try {
+  tls = tlsCert !== undefined && tlsKey !== undefined ? readServingTls(tlsCert, tlsKey) : undefined;
+} catch (err) {
+  fail(`--tls-cert/--tls-key: ${errorMessage(err)}`);
+}
+const noteExpiry = (notAfter: number): void => {
   metrics.tlsCertificateNotAfter.set(notAfter);
   if (notAfter * 1000 - Date.now() < 30 * 86_400_000)
-    log.warn({ notAfter: new Date(notAfter * 1000).toISOString() }, "the TLS certificate expires within 30 days: renew it (pnc keys generate)");
-}
+    log.warn({ notAfter: new Date(notAfter * 1000).toISOString() }, "the TLS certificate expires within 30 days: renew it (README, Certificates)");
+};
+if (tls !== undefined) noteExpiry(tls.notAfter);
 // Whoever can reach the port can open connections before any signature is seen: each is
 // bounded in count and in how long its headers and body may take (checked every second, not
 // Node's default 30 s), so slow uploads cannot hold the runner's sockets or memory.
 const connectionLimits = { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: 1000 };
-const server = tls !== undefined ? https.createServer({ ...tls, ...connectionLimits }, app) : http.createServer(connectionLimits, app);
+const server = tls !== undefined ? https.createServer({ cert: tls.cert, key: tls.key, ...connectionLimits }, app) : http.createServer(connectionLimits, app);
 server.maxConnections = MAX_CONNECTIONS;
 server.maxHeadersCount = 64;
 server.listen(port, host, () => {
@@ -238,12 +239,31 @@ const metricsServer =
     : createMetricsServer({
         registry: metrics.registry,
         ...(metricsAuth === "kubernetes" ? { authorizer: ScrapeAuthorizer.forApiServer(apiConnection) } : {}),
-        ...(tls === undefined ? {} : { tls }),
+        ...(tls === undefined ? {} : { tls: { cert: tls.cert, key: tls.key } }),
         onRefused: (status) => {
           metrics.scrapesRefused.inc({ status: String(status) });
         },
       });
 if (metricsAuth === "none" && metricsServer !== undefined) log.warn("--metrics-auth=none: anyone who reaches the metrics port may read it");
+const stopFollowingTls =
+  tlsCert === undefined || tlsKey === undefined
+    ? undefined
+    : followFiles(
+        [tlsCert, tlsKey],
+        () => {
+          let next: ServingTls;
+          try {
+            next = readServingTls(tlsCert, tlsKey);
+          } catch (err) {
+            log.error({ err: errorMessage(err) }, "the renewed TLS files are not usable: still serving the certificate loaded before");
+            return;
+          }
+          for (const s of [server, metricsServer]) if (s instanceof https.Server) s.setSecureContext({ cert: next.cert, key: next.key });
+          noteExpiry(next.notAfter);
+          log.info({ notAfter: new Date(next.notAfter * 1000).toISOString() }, "TLS certificate reloaded: new connections get it");
+        },
+        { pollMs: 10_000, log },
+      );
 metricsServer?.listen(metricsListen?.port, metricsListen?.host, () => {
   log.info({ metrics: metricsListenText, auth: metricsAuth }, "metrics served");
 });
@@ -269,6 +289,7 @@ async function removeStateIfUninstalled(): Promise<void> {
 function shutdown(signal: string): void {
   log.info({ signal }, "shutting down: finishing requests in flight, then sending the Events still waiting");
   keys.stop();
+  stopFollowingTls?.();
   helper.stop();
   metricsServer?.close();
   server.close(() => {
