@@ -34,7 +34,7 @@ export const defaultGenerators: KeyGenerators = {
  * ca.crt). Public halves without their private halves are refused: an operator's keys are
  * never replaced.
  */
-export function planMissingKeys(stored: StoredKeys, generate: KeyGenerators): KeyHolder[] {
+export function planMissingKeys(stored: StoredKeys, generate: KeyGenerators, options: { tls?: boolean } = {}): KeyHolder[] {
   const secrets: KeyHolder[] = [];
   const configMaps: KeyHolder[] = [];
   const refuse = (configMap: string, secret: string): never => {
@@ -54,6 +54,8 @@ export function planMissingKeys(stored: StoredKeys, generate: KeyGenerators): Ke
     configMaps.push({ kind: "ConfigMap", name: CONFIGMAP_NAME, entries: Object.fromEntries(pems.map(([name, pem]) => [name, publicPemOf(pem)])) });
   }
 
+  // Without TLS: cert-manager makes the serving certificate (the chart's tls.certManager).
+  if (options.tls === false) return [...secrets, ...configMaps];
   if (stored.tlsSecret === undefined) {
     if (stored.caConfigMap !== undefined) refuse(CA_CONFIGMAP_NAME, TLS_SECRET_NAME);
     const tls = generate.tls();
@@ -83,11 +85,11 @@ async function readStored(core: CoreV1Api, namespace: string): Promise<StoredKey
 }
 
 /** Create what is missing; returns one line per object. A concurrent run (409) is re-read once. */
-export async function ensureKeys(core: CoreV1Api, namespace: string, generate: KeyGenerators = defaultGenerators): Promise<string[]> {
+export async function ensureKeys(core: CoreV1Api, namespace: string, generate: KeyGenerators = defaultGenerators, options: { tls?: boolean } = {}): Promise<string[]> {
   const created = new Set<string>();
   const lines: string[] = [];
   for (let attempt = 1; ; attempt++) {
-    const plan = planMissingKeys(await readStored(core, namespace), generate);
+    const plan = planMissingKeys(await readStored(core, namespace), generate, options);
     try {
       for (const o of plan) {
         const body = keyManifest(namespace, o);
@@ -99,22 +101,26 @@ export async function ensureKeys(core: CoreV1Api, namespace: string, generate: K
       if (apiStatusCode(err) === 409 && attempt === 1) continue;
       throw err;
     }
-    for (const name of [SECRET_NAME, CONFIGMAP_NAME, TLS_SECRET_NAME, CA_CONFIGMAP_NAME]) if (!created.has(name)) lines.push(`kept ${namespace}/${name}`);
+    for (const name of [SECRET_NAME, CONFIGMAP_NAME, ...(options.tls === false ? [] : [TLS_SECRET_NAME, CA_CONFIGMAP_NAME])])
+      if (!created.has(name)) lines.push(`kept ${namespace}/${name}`);
     return lines;
   }
 }
 
-/** `pnc keys ensure [--namespace podnet-system] [--kubeconfig <file>] [--context <name>]` (in a pod: its ServiceAccount). */
+/** `pnc keys ensure [--namespace podnet-system] [--no-tls] [--kubeconfig <file>] [--context <name>]` (in a pod: its ServiceAccount). */
 export async function ensureKeysMain(args: readonly string[], io: { stdout: (text: string) => void; stderr: (text: string) => void }): Promise<number> {
-  let values: { namespace: string; kubeconfig?: string | undefined; context?: string | undefined };
+  let values: { namespace: string; "no-tls": boolean; kubeconfig?: string | undefined; context?: string | undefined };
   try {
-    values = parseArgs({ args: [...args], options: { namespace: { type: "string", default: "podnet-system" }, ...CLUSTER_OPTIONS } }).values;
+    values = parseArgs({
+      args: [...args],
+      options: { namespace: { type: "string", default: "podnet-system" }, "no-tls": { type: "boolean", default: false }, ...CLUSTER_OPTIONS },
+    }).values;
   } catch (err) {
-    io.stderr(`pnc keys ensure: ${errorMessage(err)}\nusage: pnc keys ensure [--namespace podnet-system] ${CLUSTER_USAGE}\n`);
+    io.stderr(`pnc keys ensure: ${errorMessage(err)}\nusage: pnc keys ensure [--namespace podnet-system] [--no-tls] ${CLUSTER_USAGE}\n`);
     return 64;
   }
   try {
-    for (const line of await ensureKeys(await coreApi(values), values.namespace)) io.stdout(`pnc keys ensure: ${line}\n`);
+    for (const line of await ensureKeys(await coreApi(values), values.namespace, defaultGenerators, { tls: !values["no-tls"] })) io.stdout(`pnc keys ensure: ${line}\n`);
     return 0;
   } catch (err) {
     io.stderr(`pnc keys ensure: ${clusterErrorMessage(err)}; nothing replaced\n`);

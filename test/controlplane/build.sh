@@ -266,5 +266,17 @@ if [ "$(cat "$cache/crds/.monitoring-version" 2>/dev/null)" != "$prometheus_oper
   chmod u+w "$cache/crds/"monitoring-*.yaml
   echo "$prometheus_operator_version" >"$cache/crds/.monitoring-version"
 fi
+# cert-manager's Certificate and Issuer, for the chart's tls.certManager objects (its controller
+# cannot be built here: its cmd/controller module is not served by the proxy).
+cert_manager_version=v1.21.2
+if [ "$(cat "$cache/crds/.cert-manager-version" 2>/dev/null)" != "$cert_manager_version" ]; then
+  echo "controlplane: fetching cert-manager's CRDs ($cert_manager_version)"
+  cert_manager_dir="$(cd "$here/prometheus" && go mod download -json "github.com/cert-manager/cert-manager@$cert_manager_version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  for crd in certificates issuers; do
+    cp "$cert_manager_dir/deploy/crds/cert-manager.io_$crd.yaml" "$cache/crds/cert-manager-$crd.yaml"
+  done
+  chmod u+w "$cache/crds/"cert-manager-*.yaml
+  echo "$cert_manager_version" >"$cache/crds/.cert-manager-version"
+fi
 
 du -sh "$cache" | awk '{print "controlplane: cache size " $1 " (" $2 ")"}'

@@ -165,7 +165,17 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
         );
       }
       const fromKustomize = objects(kustomize(overlay));
-      const fromHelm = new Map([...rendered].filter(([, o]) => !isHook(o)).map(([key, o]) => [key, withoutReleaseLabels(o, fromKustomize.get(key))] as const));
+      // The certificate's renewal CronJob (keys.renew) is the chart's own, as the key Job is.
+      const chartOnly = (key: string): boolean => key.endsWith("/podnet-keys-renew");
+      assert.deepEqual([...rendered.keys()].filter(chartOnly).sort(), [
+        "CronJob/podnet-system/podnet-keys-renew",
+        "Role/podnet-system/podnet-keys-renew",
+        "RoleBinding/podnet-system/podnet-keys-renew",
+        "ServiceAccount/podnet-system/podnet-keys-renew",
+      ]);
+      const fromHelm = new Map(
+        [...rendered].filter(([key, o]) => !isHook(o) && !chartOnly(key)).map(([key, o]) => [key, withoutReleaseLabels(o, fromKustomize.get(key))] as const),
+      );
       // Helm keeps its release record in the namespace, so it exists before the chart (README).
       assert.ok(fromKustomize.delete("Namespace//podnet-system"), `${overlay} has the namespace`);
       assert.deepEqual([...fromHelm.keys()].sort(), [...fromKustomize.keys()].sort(), overlay);
@@ -196,6 +206,9 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       ["monitoring.podMonitors.interval=30 seconds", "interval"],
       ["monitoring.dashboard.namespace=Grafana", "namespace"],
       ["monitoring.serviceMonitor.enabled=true", "serviceMonitor"],
+      ["keys.renew.before=a month", "before"],
+      ["keys.renew.schedule=hourly", "schedule"],
+      ["tls.certManager.duration=90d", "duration"],
     ] as const) {
       const r = spawnSync(HELM, ["template", "podnet", path.join(root, "charts/podnet"), "--namespace", "podnet-system", "--set", set], { encoding: "utf8" });
       assert.notEqual(r.status, 0, set);
@@ -326,6 +339,56 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     assert.equal(dashboard?.metadata.namespace, "grafana");
     assert.equal(dashboard.metadata.labels.grafana_dashboard, "1");
     assert.equal(dashboard.data["podnet.json"], readFileSync(path.join(root, "config/monitoring/dashboard.json"), "utf8"));
+  });
+
+  test("keys.renew: an hourly CronJob in the node-runner image runs `pnc keys renew`, one run at a time, allowed to read and update only the TLS Secret and the CA ConfigMap; off with keys.renew.enabled=false or tls.certManager", () => {
+    const rendered = objects(chart(["keys.renew.before=45d", "keys.renew.stepAfter=20m"]));
+    const cron = rendered.get("CronJob/podnet-system/podnet-keys-renew") as K8sObject & {
+      spec: {
+        schedule: string;
+        concurrencyPolicy: string;
+        jobTemplate: { spec: { template: { spec: { serviceAccountName: string; containers: [{ image: string; args: string[] }] } } } };
+      };
+    };
+    const pod = cron.spec.jobTemplate.spec.template.spec;
+    assert.deepEqual(
+      [cron.spec.schedule, cron.spec.concurrencyPolicy, pod.serviceAccountName, pod.containers[0].image, pod.containers[0].args],
+      [
+        "17 * * * *",
+        "Forbid",
+        "podnet-keys-renew",
+        "ghcr.io/podnet/node-runner:0.1.0",
+        ["keys", "renew", "--namespace", "podnet-system", "--renew-before", "45d", "--step-after", "20m"],
+      ],
+    );
+    assert.deepEqual((rendered.get("Role/podnet-system/podnet-keys-renew") as { rules?: unknown } | undefined)?.rules, [
+      { apiGroups: [""], resources: ["secrets"], resourceNames: ["podnet-node-runner-tls"], verbs: ["get", "update"] },
+      { apiGroups: [""], resources: ["configmaps"], resourceNames: ["podnet-node-runner-ca"], verbs: ["get", "update", "patch"] },
+    ]);
+    for (const off of ["keys.renew.enabled=false", "tls.certManager.enabled=true"])
+      assert.equal(objects(chart([off])).has("CronJob/podnet-system/podnet-keys-renew"), false, off);
+  });
+
+  test("tls.certManager: a self-signed Issuer, a CA Certificate, a CA Issuer and the serving Certificate for the node-runners' name, in any namespace; the function trusts only the Secret's ca.crt; the key Job makes no TLS", () => {
+    const rendered = objects(
+      chart(["--namespace=mesh-ops", "tls.certManager.enabled=true", "tls.certManager.duration=720h", "tls.certManager.renewBefore=240h"]),
+    );
+    const serving = rendered.get("Certificate/mesh-ops/podnet-node-runner-tls")?.spec;
+    assert.deepEqual(
+      [serving?.secretName, serving?.dnsNames, serving?.duration, serving?.renewBefore, serving?.issuerRef],
+      ["podnet-node-runner-tls", [NODE_RUNNER_SERVER_NAME], "720h", "240h", { kind: "Issuer", name: "podnet-node-runner-ca" }],
+    );
+    assert.equal((rendered.get("Certificate/mesh-ops/podnet-node-runner-ca")?.spec as { isCA?: boolean } | undefined)?.isCA, true);
+    assert.deepEqual(rendered.get("Issuer/mesh-ops/podnet-node-runner-ca")?.spec, { ca: { secretName: "podnet-node-runner-ca-key" } });
+    assert.deepEqual(rendered.get("Issuer/mesh-ops/podnet-selfsigned")?.spec, { selfSigned: {} });
+    const fn = rendered.get("Service/mesh-ops/podnet-decision") as K8sObject & { spec: { template: { spec: { volumes: { name: string }[] } } } };
+    assert.deepEqual(
+      fn.spec.template.spec.volumes.find((v) => v.name === "node-runner-ca"),
+      { name: "node-runner-ca", secret: { secretName: "podnet-node-runner-tls", items: [{ key: "ca.crt", path: "ca.crt" }] } },
+    );
+    const job = raw(chart(["tls.certManager.enabled=true"])).find((o) => o.kind === "Job" && o.metadata.name === "podnet-keys") as
+      (K8sObject & { spec: { template: { spec: { containers: [{ args: string[] }] } } } }) | undefined;
+    assert.deepEqual(job?.spec.template.spec.containers[0].args, ["keys", "ensure", "--namespace", "podnet-system", "--no-tls"]);
   });
 
   test("values reach the objects: images, port, backend, cgroup root, broker delivery, public keys, no GKE quota", () => {
@@ -494,6 +557,8 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
       ["--namespace=mesh-ops", ...EVERY_VALUE],
       // prometheus-operator's CRDs are installed too (build.sh fetches them).
       ["monitoring.podMonitors.enabled=true", "monitoring.prometheusRule.enabled=true", "monitoring.dashboard.enabled=true"],
+      // And cert-manager's.
+      ["tls.certManager.enabled=true"],
     ]) {
       // SecurityContextConstraints is OpenShift's own API: its rendering is checked above.
       const docs = raw(chart(set)).filter((o) => o.kind !== "SecurityContextConstraints");

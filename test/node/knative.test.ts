@@ -7,10 +7,12 @@
 // node-runners. Nothing here writes a Knative object's status.
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
+import { X509Certificate } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
+import { NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
 import { MARK, readMark, STATUS_INITIALIZED, STATUS_SKIPPED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { BIN, waitFor, type ControlPlane } from "../controlplane/harness.ts";
@@ -377,6 +379,79 @@ for (const delivery of ["direct", "broker"] as const) {
           await core.createNamespacedPod({ namespace: NS, body: onNode(nodes[0], meshPod("after-incident", appContainer("server"))) });
           assert.equal((await waitRunning(NS, "after-incident", 120_000)).metadata?.annotations?.[MARK.status], STATUS_INITIALIZED);
           for (const name of ["during-incident", "after-incident"]) await core.deleteNamespacedPod({ namespace: NS, name, gracePeriodSeconds: 0 });
+        });
+
+        // README, Certificates: the chart's CronJob command, run three times at once (it waits 10 minutes between steps).
+        test("certificates renew with nothing restarted: pnc keys renew rotates to a new CA and certificate (trusted, served, pruned); the function and the node-runners follow their mounts, and mesh pods are programmed after each step", async () => {
+          const { cp, core, meshPod, appContainer, waitRunning, nodes, cluster } = s();
+          const kubeconfig = cp.writeKubeconfig("renew", cp.adminToken);
+          const renew = (before: string) => {
+            const r = spawnSync(
+              process.execPath,
+              [
+                "--import",
+                "tsx",
+                path.join(root, "cli/pnc.ts"),
+                "keys",
+                "renew",
+                "-n",
+                system,
+                "--renew-before",
+                before,
+                "--step-after",
+                "0s",
+                "--kubeconfig",
+                kubeconfig,
+              ],
+              { cwd: root, encoding: "utf8" },
+            );
+            assert.equal(r.status, 0, r.stderr);
+            return r.stdout;
+          };
+          const pods = async (selector: string) =>
+            (await core.listNamespacedPod({ namespace: system, labelSelector: selector })).items
+              .filter((p) => p.metadata?.deletionTimestamp === undefined)
+              .map((p) => `${p.metadata?.name ?? ""}:${String(p.status?.containerStatuses?.reduce((n, c) => n + c.restartCount, 0) ?? 0)}`)
+              .sort();
+          const before = [...(await pods(RUNNER_LABEL)), ...(await pods("serving.knative.dev/service=podnet-decision"))];
+          /** The fingerprint of the certificate a node-runner serves, seen from the cluster's network. */
+          const served = (ip: string): string =>
+            execFileSync(
+              "sh",
+              [
+                "-c",
+                `ip netns exec ${cluster.network.fabricNetns} openssl s_client -connect ${ip}:19443 -servername ${NODE_RUNNER_SERVER_NAME} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256`,
+              ],
+              { encoding: "utf8" },
+            ).trim();
+          const secretFingerprint = async (): Promise<string> => {
+            const secret = await core.readNamespacedSecret({ namespace: system, name: "podnet-node-runner-tls" });
+            return `sha256 Fingerprint=${new X509Certificate(Buffer.from(secret.data?.["tls.crt"] ?? "", "base64")).fingerprint256}`;
+          };
+          const programmed = async (name: string): Promise<void> => {
+            await core.createNamespacedPod({ namespace: NS, body: onNode(nodes[1], meshPod(name, appContainer("server"))) });
+            assert.equal((await waitRunning(NS, name, 120_000)).metadata?.annotations?.[MARK.status], STATUS_INITIALIZED, name);
+            await core.deleteNamespacedPod({ namespace: NS, name, gracePeriodSeconds: 0 });
+          };
+          const old = await secretFingerprint();
+
+          assert.match(renew("100000d"), /^pnc keys renew: start: /);
+          await waitFor("the function trusts both CAs", 150_000, () => functionLogMatches(s(), /"certificates":2,"msg":"node-runner CA reloaded"/));
+          for (const node of nodes) assert.equal(served(node.ip), old, "the runners still serve the old certificate");
+
+          assert.match(renew("100000d"), /^pnc keys renew: swap: /);
+          const renewed = await secretFingerprint();
+          assert.notEqual(renewed, old);
+          await waitFor("every node-runner serves the new certificate", 150_000, () => nodes.every((node) => served(node.ip) === renewed));
+          await programmed("after-swap");
+
+          assert.match(renew("100000d"), /^pnc keys renew: prune: /);
+          await waitFor("the function trusts the new CA only", 150_000, () => functionLogMatches(s(), /"certificates":1,"msg":"node-runner CA reloaded"/));
+          await programmed("after-prune");
+          assert.match(renew("30d"), /^pnc keys renew: nothing to do: the certificate is valid until/);
+
+          // Nothing restarted: the same pods, no container restarts.
+          assert.deepEqual([...(await pods(RUNNER_LABEL)), ...(await pods("serving.knative.dev/service=podnet-decision"))], before);
         });
 
         // README, Monitoring: what the chart's PodMonitors name, followed as Prometheus follows it.
