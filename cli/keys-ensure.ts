@@ -85,7 +85,12 @@ async function readStored(core: CoreV1Api, namespace: string): Promise<StoredKey
 }
 
 /** Create what is missing; returns one line per object. A concurrent run (409) is re-read once. */
-export async function ensureKeys(core: CoreV1Api, namespace: string, generate: KeyGenerators = defaultGenerators, options: { tls?: boolean } = {}): Promise<string[]> {
+export async function ensureKeys(
+  core: CoreV1Api,
+  namespace: string,
+  generate: KeyGenerators = defaultGenerators,
+  options: { tls?: boolean } = {},
+): Promise<string[]> {
   const created = new Set<string>();
   const lines: string[] = [];
   for (let attempt = 1; ; attempt++) {
@@ -120,7 +125,8 @@ export async function ensureKeysMain(args: readonly string[], io: { stdout: (tex
     return 64;
   }
   try {
-    for (const line of await ensureKeys(await coreApi(values), values.namespace, defaultGenerators, { tls: !values["no-tls"] })) io.stdout(`pnc keys ensure: ${line}\n`);
+    for (const line of await ensureKeys(await coreApi(values), values.namespace, defaultGenerators, { tls: !values["no-tls"] }))
+      io.stdout(`pnc keys ensure: ${line}\n`);
     return 0;
   } catch (err) {
     io.stderr(`pnc keys ensure: ${clusterErrorMessage(err)}; nothing replaced\n`);

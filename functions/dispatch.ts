@@ -179,10 +179,13 @@ export class Dispatcher {
     const old = this.agent;
     this.agent = new https.Agent({ keepAlive: true, maxSockets: this.slots.limit, ca });
     this.retired.add(old);
-    setTimeout(() => {
-      old.destroy();
-      this.retired.delete(old);
-    }, (this.options.timeoutMs ?? 5000) + 1000).unref();
+    setTimeout(
+      () => {
+        old.destroy();
+        this.retired.delete(old);
+      },
+      (this.options.timeoutMs ?? 5000) + 1000,
+    ).unref();
   }
 
   close(): void {
