@@ -49,7 +49,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeR
     }),
     tlsCertificateNotAfter: new Gauge({
       name: "podnet_node_runner_tls_certificate_not_after_seconds",
-      help: "When the serving certificate (the API's and the metrics port's) expires, in Unix seconds: alert well before (nothing renews it in place).",
+      help: "When the serving certificate (the API's and the metrics port's) expires, in Unix seconds (it follows a renewed certificate: alert when it comes within 30 days).",
       registers: [registry],
     }),
     applyDuration: new Histogram({
