@@ -191,9 +191,9 @@ export function diagnose(s: ClusterSnapshot): Finding[] {
       const when = new Date(notAfter).toISOString();
       out.push(
         days < 0
-          ? error("certificate", `the node-runners' certificate expired on ${when}`, "renew it: README, Key rotation")
+          ? error("certificate", `the node-runners' certificate expired on ${when}`, "renew it: README, Certificates (pnc keys renew)")
           : days < 30
-            ? warn("certificate", `the node-runners' certificate expires in ${days} day(s), on ${when}`, "renew it: README, Key rotation")
+            ? warn("certificate", `the node-runners' certificate expires in ${days} day(s), on ${when}`, "renew it: README, Certificates (pnc keys renew)")
             : ok("certificate", `the node-runners' certificate is valid until ${when} (${days} days)`),
       );
     }
