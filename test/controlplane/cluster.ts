@@ -162,7 +162,7 @@ export async function startCluster(options: { nodes?: number; family?: IpFamily;
     log(`control plane ready: ${cp.server} from this machine, ${cp.clusterServer} in the cluster (${since()})`);
 
     // The controllers a cluster of nodes needs (DaemonSets, Deployments, Jobs, Endpoints and
-    // EndpointSlices, ServiceAccounts, kube-root-ca.crt, garbage collection, aggregated
+    // EndpointSlices, ServiceAccounts and their token Secrets, kube-root-ca.crt, garbage collection, aggregated
     // ClusterRoles, which Knative's RBAC is made of; scheduling), in the fabric.
     const kubeconfig = cp.writeKubeconfig("cluster-admin", cp.adminToken, "cluster");
     const startController = async (name: string, command: string, args: string[]): Promise<void> => {
@@ -173,8 +173,12 @@ export async function startCluster(options: { nodes?: number; family?: IpFamily;
       kubeconfig,
       "--root-ca-file",
       cp.caFile,
+      // The token controller fills kubernetes.io/service-account-token Secrets (the chart's
+      // metrics scraper's), signed with the key the API server checks tokens with.
+      "--service-account-private-key-file",
+      path.join(cp.dir, "sa.key"),
       "--controllers",
-      "serviceaccount,root-ca-cert-publisher,daemonset,replicaset,deployment,job,endpoints-controller,endpointslice,endpointslicemirroring,namespace,garbagecollector,podgc,nodelifecycle,clusterrole-aggregation-controller",
+      "serviceaccount,serviceaccount-token,root-ca-cert-publisher,daemonset,replicaset,deployment,job,endpoints-controller,endpointslice,endpointslicemirroring,namespace,garbagecollector,podgc,nodelifecycle,clusterrole-aggregation-controller",
       "--use-service-account-credentials=false",
       "--leader-elect=false",
       "--bind-address",
