@@ -35,6 +35,10 @@ async function functionLogMatches(stack: RealNodeStack, pattern: RegExp): Promis
     .some((p) => pattern.test(stack.nodeOf(p).containerLog(podRef(p), "decision")));
 }
 
+/** `pnc` as an operator runs it, against the cluster of this kubeconfig. */
+const pnc = (kubeconfig: string, ...args: string[]) =>
+  spawnSync(process.execPath, ["--import", "tsx", path.join(root, "cli/pnc.ts"), ...args, "--kubeconfig", kubeconfig], { cwd: root, encoding: "utf8" });
+
 /** The sink, audience and OIDC identity in the environment of the adapter Deployment Knative made for an ApiServerSource. */
 async function adapterEnv(cp: ControlPlane, namespace: string, source: string): Promise<Record<string, string>> {
   const apps = cp.kubeConfig().makeApiClient(k8s.AppsV1Api);
@@ -276,14 +280,7 @@ for (const delivery of ["direct", "broker"] as const) {
           const { cp, core, nodes } = s();
           const kubeconfig = cp.writeKubeconfig("doctor", cp.adminToken);
           const doctor = (): { code: number | null; findings: { check: string; severity: string; detail: string }[] } => {
-            const r = spawnSync(
-              process.execPath,
-              ["--import", "tsx", path.join(root, "cli/pnc.ts"), "doctor", "-n", system, "--json", "--kubeconfig", kubeconfig],
-              {
-                cwd: root,
-                encoding: "utf8",
-              },
-            );
+            const r = pnc(kubeconfig, "doctor", "-n", system, "--json");
             assert.ok(r.status !== null && r.status <= 2, r.stderr);
             return { code: r.status, findings: JSON.parse(r.stdout) as { check: string; severity: string; detail: string }[] };
           };
@@ -349,12 +346,8 @@ for (const delivery of ["direct", "broker"] as const) {
         test("pnc fail-open on: the function, its policy a mounted ConfigMap, releases a new mesh pod without rules (its waiter says why); doctor warns; off: pods are programmed again", async () => {
           const { cp, core, meshPod, appContainer, waitRunning, nodes } = s();
           const kubeconfig = cp.writeKubeconfig("ops", cp.adminToken);
-          const pnc = (...args: string[]) =>
-            spawnSync(process.execPath, ["--import", "tsx", path.join(root, "cli/pnc.ts"), ...args, "-n", system, "--kubeconfig", kubeconfig], {
-              cwd: root,
-              encoding: "utf8",
-            });
-          const on = pnc("fail-open", "on");
+          const ops = (...args: string[]) => pnc(kubeconfig, ...args, "-n", system);
+          const on = ops("fail-open", "on");
           assert.equal(on.status, 0, on.stderr);
           assert.match(on.stdout, /mode enforce → fail-open/);
           try {
@@ -367,11 +360,11 @@ for (const delivery of ["direct", "broker"] as const) {
             assert.deepEqual([waiter?.exitCode, waiter?.message?.trim()], [0, `not meshed: ${reason}`]);
             const saved = execFileSync("nsenter", [`--net=/proc/${String(podPids(pod)[0] ?? 0)}/ns/net`, "iptables-save"], { encoding: "utf8" });
             assert.doesNotMatch(saved, /ISTIO_/);
-            const doctor = pnc("doctor", "--json");
+            const doctor = ops("doctor", "--json");
             assert.equal(doctor.status, 1, doctor.stderr);
             assert.match(doctor.stdout, /"check": "policy",\s+"severity": "warning",\s+"detail": "the incident switch is on \(mode fail-open\)/);
           } finally {
-            const off = pnc("fail-open", "off");
+            const off = ops("fail-open", "off");
             assert.equal(off.status, 0, off.stderr);
             assert.match(off.stdout, /mode fail-open → enforce/);
           }
@@ -386,25 +379,7 @@ for (const delivery of ["direct", "broker"] as const) {
           const { cp, core, meshPod, appContainer, waitRunning, nodes, cluster } = s();
           const kubeconfig = cp.writeKubeconfig("renew", cp.adminToken);
           const renew = (before: string) => {
-            const r = spawnSync(
-              process.execPath,
-              [
-                "--import",
-                "tsx",
-                path.join(root, "cli/pnc.ts"),
-                "keys",
-                "renew",
-                "-n",
-                system,
-                "--renew-before",
-                before,
-                "--step-after",
-                "0s",
-                "--kubeconfig",
-                kubeconfig,
-              ],
-              { cwd: root, encoding: "utf8" },
-            );
+            const r = pnc(kubeconfig, "keys", "renew", "-n", system, "--renew-before", before, "--step-after", "0s");
             assert.equal(r.status, 0, r.stderr);
             return r.stdout;
           };
