@@ -154,6 +154,13 @@ build_tool istioctl "$istio_version" "about 2 min with the oracle's modules down
 install_static() { CGO_ENABLED=0 install_module "$@"; }
 build_tool pilot-discovery "$istio_version" "about 3.5 min with the oracle's modules downloaded" \
   install_static pilot-discovery "istio.io/istio/pilot/cmd/pilot-discovery@$istio_version" "-s -w -X istio.io/istio/pkg/version.buildVersion=$istio_version"
+# Istio's own two ways of setting up interception, from the same Istio version, for the
+# comparison with this project on the same nodes (issue 32, bench:node): pilot-agent (its
+# `istio-iptables` is what the istio-init container runs) and istio-cni's CNI plugin and node agent.
+for istio_cmd in pilot/cmd/pilot-agent cni/cmd/istio-cni cni/cmd/install-cni; do
+  build_tool "$(basename "$istio_cmd")" "$istio_version" "15 s with pilot-discovery's build cache" \
+    install_static "$(basename "$istio_cmd")" "istio.io/istio/$istio_cmd@$istio_version" "-s -w -X istio.io/istio/pkg/version.buildVersion=$istio_version"
+done
 # Istio's own base (CRDs) and istiod charts, from the same module: <cache>/bin/istio-charts/{base,istio-discovery}.
 copy_istio_charts() {
   local mod
