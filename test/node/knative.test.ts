@@ -339,6 +339,13 @@ for (const delivery of ["direct", "broker"] as const) {
             await core.patchNamespacedConfigMap({ namespace: "istio-system", name: "istio-sidecar-injector", body: { data: { config } } }, merge);
           }
           await healthy();
+          // Doctor's checks read objects; the event path itself is back only once Knative has
+          // rolled the sources' adapters after OIDC came back on (events meanwhile were sent
+          // without a token and refused; the resync is the backstop): a new pod is programmed.
+          const { meshPod, appContainer, waitRunning } = s();
+          await core.createNamespacedPod({ namespace: NS, body: onNode(nodes[0], meshPod("after-doctor", appContainer("server"))) });
+          assert.equal((await waitRunning(NS, "after-doctor", 300_000)).metadata?.annotations?.[MARK.status], STATUS_INITIALIZED);
+          await core.deleteNamespacedPod({ namespace: NS, name: "after-doctor", gracePeriodSeconds: 0 });
         });
 
         // README, The incident switch: the CLI edits the ConfigMap Knative's Revision mounts; the
