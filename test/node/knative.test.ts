@@ -443,75 +443,78 @@ for (const delivery of ["direct", "broker"] as const) {
             assert.deepEqual(promtoolProblems(page.stdout), []);
           }
         });
+
+        // pnc doctor on the live install, healthy and with faults injected one at a time (each
+        // put back before the next): each named, with its fix and the exit code for scripts.
+        // Last of this variant: turning Knative's OIDC off and on makes it re-create the sources'
+        // OIDC ServiceAccounts, and their adapters keep sending tokens of the old ones (same name,
+        // another UID) that the TokenReview refuses until those expire. Tests after it would wait
+        // for events that are refused.
+        test("pnc doctor: all ok on the healthy install (exit 0); OIDC off, a node without a runner, an injector without the template each reported as an error (exit 2)", async () => {
+          const { cp, core, nodes } = s();
+          const kubeconfig = cp.writeKubeconfig("doctor", cp.adminToken);
+          const doctor = (): { code: number | null; findings: { check: string; severity: string; detail: string }[] } => {
+            const r = pnc(kubeconfig, "doctor", "-n", system, "--json");
+            assert.ok(r.status !== null && r.status <= 2, r.stderr);
+            return { code: r.status, findings: JSON.parse(r.stdout) as { check: string; severity: string; detail: string }[] };
+          };
+          const problems = (f: ReturnType<typeof doctor>) => f.findings.filter((x) => x.severity !== "ok").map((x) => `${x.severity} ${x.check}: ${x.detail}`);
+          const expectError = async (what: string, pattern: RegExp): Promise<void> => {
+            let last = doctor();
+            await waitFor(
+              `pnc doctor reports ${what}`,
+              90_000,
+              () => {
+                last = doctor();
+                return last.code === 2 && problems(last).some((p) => pattern.test(p));
+              },
+              undefined,
+              () => problems(last).join("\n"),
+            );
+          };
+          const healthy = async (): Promise<void> => {
+            let last = doctor();
+            await waitFor(
+              "pnc doctor: all ok",
+              90_000,
+              () => {
+                last = doctor();
+                return last.code === 0;
+              },
+              undefined,
+              () => problems(last).join("\n"),
+            );
+          };
+          await healthy();
+
+          await patchConfigMap(cp, "knative-eventing", "config-features", { "authentication-oidc": "disabled" });
+          await expectError("OIDC off", /^error knative oidc: .*authentication-oidc is disabled/);
+          await patchConfigMap(cp, "knative-eventing", "config-features", { "authentication-oidc": "enabled" });
+
+          const apps = cp.kubeConfig().makeApiClient(k8s.AppsV1Api);
+          const merge = k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch);
+          const onlyFirst = { spec: { template: { spec: { nodeSelector: { "kubernetes.io/hostname": nodes[0]?.name ?? "" } } } } };
+          await apps.patchNamespacedDaemonSet({ namespace: system, name: "podnet-node-runner", body: onlyFirst }, merge);
+          await expectError("a node without a runner", new RegExp(`^error node-runners: no Ready node-runner on 1 of 2 node\\(s\\): ${nodes[1]?.name ?? ""}`));
+          const back = { spec: { template: { spec: { nodeSelector: { "kubernetes.io/hostname": null } } } } };
+          await apps.patchNamespacedDaemonSet({ namespace: system, name: "podnet-node-runner", body: back }, merge);
+
+          const injector = await core.readNamespacedConfigMap({ namespace: "istio-system", name: "istio-sidecar-injector" });
+          const config = injector.data?.config ?? "";
+          const withoutTemplate = config.replace(/^(\s+)podnet:/m, "$1podnet-removed:");
+          assert.notEqual(withoutTemplate, config);
+          await core.patchNamespacedConfigMap(
+            { namespace: "istio-system", name: "istio-sidecar-injector", body: { data: { config: withoutTemplate } } },
+            merge,
+          );
+          try {
+            await expectError("an injector without the template", /^error istio istio-sidecar-injector: its injector has no podnet template/);
+          } finally {
+            await core.patchNamespacedConfigMap({ namespace: "istio-system", name: "istio-sidecar-injector", body: { data: { config } } }, merge);
+          }
+          await healthy();
+        });
       }
-
-      // pnc doctor on the live install, healthy and with faults injected one at a time (each
-      // put back before the next): each named, with its fix and the exit code for scripts.
-      // Last of this variant: turning Knative's OIDC off and on makes it re-create the sources'
-      // OIDC ServiceAccounts, and their adapters keep sending tokens of the old ones (same name,
-      // another UID) that the TokenReview refuses until those expire. Tests after it would wait
-      // for events that are refused.
-      test("pnc doctor: all ok on the healthy install (exit 0); OIDC off, a node without a runner, an injector without the template each reported as an error (exit 2)", async () => {
-        const { cp, core, nodes } = s();
-        const kubeconfig = cp.writeKubeconfig("doctor", cp.adminToken);
-        const doctor = (): { code: number | null; findings: { check: string; severity: string; detail: string }[] } => {
-          const r = pnc(kubeconfig, "doctor", "-n", system, "--json");
-          assert.ok(r.status !== null && r.status <= 2, r.stderr);
-          return { code: r.status, findings: JSON.parse(r.stdout) as { check: string; severity: string; detail: string }[] };
-        };
-        const problems = (f: ReturnType<typeof doctor>) => f.findings.filter((x) => x.severity !== "ok").map((x) => `${x.severity} ${x.check}: ${x.detail}`);
-        const expectError = async (what: string, pattern: RegExp): Promise<void> => {
-          let last = doctor();
-          await waitFor(
-            `pnc doctor reports ${what}`,
-            90_000,
-            () => {
-              last = doctor();
-              return last.code === 2 && problems(last).some((p) => pattern.test(p));
-            },
-            undefined,
-            () => problems(last).join("\n"),
-          );
-        };
-        const healthy = async (): Promise<void> => {
-          let last = doctor();
-          await waitFor(
-            "pnc doctor: all ok",
-            90_000,
-            () => {
-              last = doctor();
-              return last.code === 0;
-            },
-            undefined,
-            () => problems(last).join("\n"),
-          );
-        };
-        await healthy();
-
-        await patchConfigMap(cp, "knative-eventing", "config-features", { "authentication-oidc": "disabled" });
-        await expectError("OIDC off", /^error knative oidc: .*authentication-oidc is disabled/);
-        await patchConfigMap(cp, "knative-eventing", "config-features", { "authentication-oidc": "enabled" });
-
-        const apps = cp.kubeConfig().makeApiClient(k8s.AppsV1Api);
-        const merge = k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch);
-        const onlyFirst = { spec: { template: { spec: { nodeSelector: { "kubernetes.io/hostname": nodes[0]?.name ?? "" } } } } };
-        await apps.patchNamespacedDaemonSet({ namespace: system, name: "podnet-node-runner", body: onlyFirst }, merge);
-        await expectError("a node without a runner", new RegExp(`^error node-runners: no Ready node-runner on 1 of 2 node\\(s\\): ${nodes[1]?.name ?? ""}`));
-        const back = { spec: { template: { spec: { nodeSelector: { "kubernetes.io/hostname": null } } } } };
-        await apps.patchNamespacedDaemonSet({ namespace: system, name: "podnet-node-runner", body: back }, merge);
-
-        const injector = await core.readNamespacedConfigMap({ namespace: "istio-system", name: "istio-sidecar-injector" });
-        const config = injector.data?.config ?? "";
-        const withoutTemplate = config.replace(/^(\s+)podnet:/m, "$1podnet-removed:");
-        assert.notEqual(withoutTemplate, config);
-        await core.patchNamespacedConfigMap({ namespace: "istio-system", name: "istio-sidecar-injector", body: { data: { config: withoutTemplate } } }, merge);
-        try {
-          await expectError("an injector without the template", /^error istio istio-sidecar-injector: its injector has no podnet template/);
-        } finally {
-          await core.patchNamespacedConfigMap({ namespace: "istio-system", name: "istio-sidecar-injector", body: { data: { config } } }, merge);
-        }
-        await healthy();
-      });
 
       if (delivery === "broker") {
         test("a Trigger without subscriber.audience (the Triggers before the fix): Knative's filter delivers without a token, and the function refuses it", async () => {
