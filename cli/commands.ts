@@ -6,7 +6,7 @@ import { CaptureConfigError, formatIssue, formatWarning, parseCaptureConfig, typ
 import { deriveCaptureInput } from "../functions/capture-from-pod.ts";
 import { decide, type NamespaceFacts } from "../functions/decision.ts";
 import { parsePod, PodManifestError, type Pod } from "../functions/pod.ts";
-import { parsePolicy, PolicyError } from "../functions/policy.ts";
+import { parsePolicy, POLICY_KEY, PolicyError } from "../functions/policy.ts";
 import { NODE_RUNNER_SERVER_NAME } from "../contract/apply-request.ts";
 import { MARK } from "../contract/mark.ts";
 import { generateKeys, KeyManifestError, rotateKeys, type KeyManifests } from "./keys.ts";
@@ -302,9 +302,6 @@ function readText(source: string, io: Io): string {
     throw new InputError(`cannot read ${source === "-" ? "stdin" : source}: ${errorMessage(err)}`);
   }
 }
-
-/** The file the function reads from the podnet-policy ConfigMap (config/function/policy.configmap.yaml). */
-const POLICY_KEY = "policy.yaml";
 
 /**
  * A policy document, or the cluster's own ConfigMap as `kubectl get configmap podnet-policy -o

@@ -10,7 +10,10 @@ import { errorMessage } from "../lib/errors.ts";
 import { CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, ifFound, loadKubeConfig } from "./kube-client.ts";
 import { lastProjectWarnings } from "./status.ts";
 import { TESTED_VERSIONS } from "./tested-versions.ts";
-import { parsePolicy, type Policy } from "../functions/policy.ts";
+import { parsePolicy, POLICY_CONFIGMAP, POLICY_KEY, type Policy } from "../functions/policy.ts";
+import { NODE_RUNNER_DAEMONSET } from "../node-runner/kube.ts";
+import { decodedSecretData } from "./manifests.ts";
+import { TLS_SECRET_NAME } from "./tls.ts";
 
 export type Severity = "ok" | "warning" | "error";
 
@@ -516,12 +519,12 @@ export async function readSnapshot(kc: KubeConfig, namespace: string, now: numbe
     absent(core.readNamespacedConfigMap({ namespace: "knative-eventing", name: "config-features" })),
     absent(core.listNamespacedConfigMap({ namespace: istioNamespace })),
     apps.listDaemonSetForAllNamespaces(),
-    absent(core.readNamespacedSecret({ namespace, name: "podnet-node-runner-tls" })),
+    absent(core.readNamespacedSecret({ namespace, name: TLS_SECRET_NAME })),
     absent(core.readNamespacedSecret({ namespace, name: "podnet-signing-keys" })),
     absent(core.readNamespacedConfigMap({ namespace, name: "podnet-public-keys" })),
     absent(core.listEventForAllNamespaces({ fieldSelector: "involvedObject.kind=Pod,type=Warning" })),
-    absent(core.readNamespacedConfigMap({ namespace, name: "podnet-policy" })),
-    absent(apps.readNamespacedDaemonSet({ namespace, name: "podnet-node-runner" })),
+    absent(core.readNamespacedConfigMap({ namespace, name: POLICY_CONFIGMAP })),
+    absent(apps.readNamespacedDaemonSet({ namespace, name: NODE_RUNNER_DAEMONSET })),
     absent(core.listNamespacedResourceQuota({ namespace })),
     absent(core.listNamespacedEvent({ namespace, fieldSelector: "involvedObject.kind=DaemonSet,involvedObject.name=podnet-node-runner,reason=FailedCreate" })),
     absent(apps.listNamespacedDeployment({ namespace: istioNamespace, labelSelector: "app=istiod" })),
@@ -570,14 +573,11 @@ export async function readSnapshot(kc: KubeConfig, namespace: string, now: numbe
     istioCniAgents: daemonSets.items
       .filter((d) => d.metadata?.name === "istio-cni-node")
       .map((d) => `${d.metadata?.namespace ?? ""}/${d.metadata?.name ?? ""}`),
-    tlsCertificate: tls === undefined ? undefined : Buffer.from(tls.data?.["tls.crt"] ?? "", "base64").toString("utf8"),
+    tlsCertificate: tls === undefined ? undefined : (decodedSecretData(tls.data)["tls.crt"] ?? ""),
     signingKeys: signing !== undefined,
     publicKeys: publicKeys !== undefined,
-    unmatchedKeys: unmatchedSigningKeys(
-      Object.fromEntries(Object.entries(signing?.data ?? {}).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")])),
-      publicKeys?.data ?? {},
-    ),
-    policyText: policy?.data?.["policy.yaml"],
+    unmatchedKeys: unmatchedSigningKeys(decodedSecretData(signing?.data), publicKeys?.data ?? {}),
+    policyText: policy?.data?.[POLICY_KEY],
     ...(runnerDs === undefined
       ? {}
       : {

@@ -6,11 +6,9 @@
 import { parseArgs } from "node:util";
 import { Document, isMap, parseDocument } from "yaml";
 import { errorMessage } from "../lib/errors.ts";
-import { parsePolicy, POLICY_MODES, PolicyError, type PolicyMode } from "../functions/policy.ts";
-import { CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, coreApi, ifFound } from "./kube-client.ts";
+import { parsePolicy, POLICY_CONFIGMAP, POLICY_KEY, POLICY_MODES, PolicyError, type PolicyMode } from "../functions/policy.ts";
+import { apiStatusCode, CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, coreApi, ifFound } from "./kube-client.ts";
 
-export const POLICY_CONFIGMAP = "podnet-policy";
-export const POLICY_KEY = "policy.yaml";
 /** On the policy ConfigMap while fail-open is on: the mode `off` returns to. */
 export const MODE_BEFORE_FAIL_OPEN = "podnet.github.io/mode-before-fail-open";
 
@@ -89,7 +87,7 @@ export async function failOpenMain(args: readonly string[], io: { stdout: (text:
       io.stderr(`pnc fail-open: the policy in ${namespace}/${POLICY_CONFIGMAP} cannot be switched: ${err.message}; nothing changed\n`);
       return 1;
     }
-    io.stderr(`pnc fail-open: ${clusterErrorMessage(err)}${/\b409\b/.test(clusterErrorMessage(err)) ? " (the policy changed meanwhile; run again)" : ""}\n`);
+    io.stderr(`pnc fail-open: ${clusterErrorMessage(err)}${apiStatusCode(err) === 409 ? " (the policy changed meanwhile; run again)" : ""}\n`);
     return err instanceof ClusterConfigError ? 64 : 3;
   }
 }

@@ -7,7 +7,7 @@ import { errorMessage } from "../lib/errors.ts";
 import type { CoreV1Api } from "@kubernetes/client-node";
 import { apiStatusCode, CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, coreApi, ifFound } from "./kube-client.ts";
 import { CONFIGMAP_NAME, KeyManifestError, newKeyId, pair, publicPemOf, SECRET_NAME } from "./keys.ts";
-import { keyManifest, type KeyHolder } from "./manifests.ts";
+import { decodedSecretData, keyManifest, type KeyHolder } from "./manifests.ts";
 import { CA_CONFIGMAP_NAME, generateTls, TLS_SECRET_NAME, tlsSecretData, type TlsFiles } from "./tls.ts";
 
 /** What the namespace holds: each object's entries (Secret data decoded), absent when missing. */
@@ -73,12 +73,10 @@ export function planMissingKeys(stored: StoredKeys, generate: KeyGenerators, opt
 }
 
 async function readStored(core: CoreV1Api, namespace: string): Promise<StoredKeys> {
-  const decoded = (data: Record<string, string> = {}) =>
-    Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")]));
   const [signingSecret, publicKeys, tlsSecret, caConfigMap] = await Promise.all([
-    ifFound(core.readNamespacedSecret({ namespace, name: SECRET_NAME })).then((o) => o && decoded(o.data)),
+    ifFound(core.readNamespacedSecret({ namespace, name: SECRET_NAME })).then((o) => o && decodedSecretData(o.data)),
     ifFound(core.readNamespacedConfigMap({ namespace, name: CONFIGMAP_NAME })).then((o) => o && (o.data ?? {})),
-    ifFound(core.readNamespacedSecret({ namespace, name: TLS_SECRET_NAME })).then((o) => o && decoded(o.data)),
+    ifFound(core.readNamespacedSecret({ namespace, name: TLS_SECRET_NAME })).then((o) => o && decodedSecretData(o.data)),
     ifFound(core.readNamespacedConfigMap({ namespace, name: CA_CONFIGMAP_NAME })).then((o) => o && (o.data ?? {})),
   ]);
   return { ...(signingSecret && { signingSecret }), ...(publicKeys && { publicKeys }), ...(tlsSecret && { tlsSecret }), ...(caConfigMap && { caConfigMap }) };

@@ -13,7 +13,8 @@
 import { X509Certificate } from "node:crypto";
 import { parseArgs } from "node:util";
 import { errorMessage } from "../lib/errors.ts";
-import { CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, coreApi } from "./kube-client.ts";
+import { apiStatusCode, CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, coreApi } from "./kube-client.ts";
+import { decodedSecretData } from "./manifests.ts";
 import { CA_CONFIGMAP_NAME, generateTls, TLS_SECRET_NAME, type TlsFiles } from "./tls.ts";
 
 /** On the CA ConfigMap: when the last step was taken (ISO 8601). */
@@ -145,7 +146,7 @@ export async function renewKeysMain(args: readonly string[], io: { stdout: (text
       core.readNamespacedSecret({ namespace, name: TLS_SECRET_NAME }),
       core.readNamespacedConfigMap({ namespace, name: CA_CONFIGMAP_NAME }),
     ]);
-    const decoded = Object.fromEntries(Object.entries(secret.data ?? {}).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")]));
+    const decoded = decodedSecretData(secret.data);
     const stepAt = Date.parse(configMap.metadata?.annotations?.[LAST_STEP_ANNOTATION] ?? "");
     const stored: StoredTls = { secret: decoded, trusted: configMap.data?.["ca.crt"] ?? "", lastStepAt: Number.isNaN(stepAt) ? undefined : stepAt };
     const now = Date.now();
@@ -186,6 +187,6 @@ export async function renewKeysMain(args: readonly string[], io: { stdout: (text
     return 0;
   } catch (err) {
     io.stderr(`pnc keys renew: ${clusterErrorMessage(err)}\n`);
-    return err instanceof ClusterConfigError ? 64 : /answered/.test(clusterErrorMessage(err)) ? 3 : 1;
+    return err instanceof ClusterConfigError ? 64 : apiStatusCode(err) === undefined ? 1 : 3;
   }
 }

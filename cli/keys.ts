@@ -3,7 +3,7 @@
 // the node-runners. Key ids are fn-<UTC timestamp>, so the newest sorts last and signs.
 import { createPublicKey, generateKeyPairSync } from "node:crypto";
 import { parseAllDocuments } from "yaml";
-import { secretAndConfigMap } from "./manifests.ts";
+import { decodedSecretData, secretAndConfigMap } from "./manifests.ts";
 
 export const SECRET_NAME = "podnet-signing-keys";
 export const CONFIGMAP_NAME = "podnet-public-keys";
@@ -54,10 +54,7 @@ function readMap(text: string, kind: "Secret" | "ConfigMap"): { namespace: strin
     .find((d) => typeof d === "object" && d !== null && (d as { kind?: unknown }).kind === kind) as
     { metadata?: { namespace?: string }; stringData?: Record<string, string>; data?: Record<string, string> } | undefined;
   if (doc === undefined) throw new KeyManifestError(`no ${kind} in the given file`);
-  const entries =
-    kind === "Secret"
-      ? { ...(doc.stringData ?? {}), ...Object.fromEntries(Object.entries(doc.data ?? {}).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")])) }
-      : (doc.data ?? {});
+  const entries = kind === "Secret" ? { ...(doc.stringData ?? {}), ...decodedSecretData(doc.data) } : (doc.data ?? {});
   return { namespace: doc.metadata?.namespace ?? "podnet-system", entries };
 }
 

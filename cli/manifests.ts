@@ -41,3 +41,8 @@ export function secretAndConfigMap(
     configMap: `# ${configMap.comment}\n${stringify(keyManifest(namespace, { kind: "ConfigMap", name: configMap.name, entries: configMap.data }))}`,
   };
 }
+
+/** A Secret's `data` as text: each value base64-decoded (as the API server and Secret manifests hold them). */
+export function decodedSecretData(data: Readonly<Record<string, string>> | undefined): Record<string, string> {
+  return Object.fromEntries(Object.entries(data ?? {}).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")]));
+}

@@ -2,19 +2,11 @@
 // template, every new mesh pod gets the waiter; without the project nothing programs it, and it
 // fails after its timeout. So the uninstall stops here, saying which revision and what to do.
 import { parseArgs } from "node:util";
+import type { AppsV1Api } from "@kubernetes/client-node";
 import { errorMessage } from "../lib/errors.ts";
 import { istioInjectors } from "./doctor.ts";
 import { NODE_RUNNER_DAEMONSET } from "../node-runner/kube.ts";
-import {
-  CLUSTER_OPTIONS,
-  CLUSTER_USAGE,
-  ClusterConfigError,
-  clusterErrorMessage,
-  coreApi,
-  ifFound,
-  loadKubeConfig,
-  type ClusterTarget,
-} from "./kube-client.ts";
+import { CLUSTER_OPTIONS, CLUSTER_USAGE, ClusterConfigError, clusterErrorMessage, ifFound, loadKubeConfig } from "./kube-client.ts";
 
 /** The message that stops an uninstall, or undefined when nothing injects the template. */
 export function uninstallBlocker(injectors: readonly { readonly name: string; readonly hasTemplate: boolean }[], istioNamespace: string): string | undefined {
@@ -56,7 +48,9 @@ export async function uninstallCheckMain(args: readonly string[], io: { stdout: 
   }
   const namespace = values["istio-namespace"];
   try {
-    const core = await coreApi(values);
+    const kc = await loadKubeConfig(values);
+    const { AppsV1Api, CoreV1Api } = await import("@kubernetes/client-node");
+    const core = kc.makeApiClient(CoreV1Api);
     const configMaps = await core.listNamespacedConfigMap({ namespace });
     const blocker = uninstallBlocker(istioInjectors(configMaps.items), namespace);
     if (blocker !== undefined) {
@@ -65,7 +59,7 @@ export async function uninstallCheckMain(args: readonly string[], io: { stdout: 
     }
     io.stdout(`pnc uninstall-check: no istiod injector in ${namespace} carries the podnet template; the uninstall goes on\n`);
     if (values["stop-node-runners"]) {
-      const stopped = await stopNodeRunners(values, values.namespace);
+      const stopped = await stopNodeRunners(kc.makeApiClient(AppsV1Api), values.namespace);
       io.stdout(`pnc uninstall-check: ${stopped}\n`);
     }
     return 0;
@@ -76,9 +70,7 @@ export async function uninstallCheckMain(args: readonly string[], io: { stdout: 
 }
 
 /** Delete the node-runners' DaemonSet in the foreground and wait until its pods are gone. */
-async function stopNodeRunners(target: ClusterTarget, namespace: string): Promise<string> {
-  const { AppsV1Api } = await import("@kubernetes/client-node");
-  const apps = (await loadKubeConfig(target)).makeApiClient(AppsV1Api);
+async function stopNodeRunners(apps: AppsV1Api, namespace: string): Promise<string> {
   const deleted = await ifFound(apps.deleteNamespacedDaemonSet({ namespace, name: NODE_RUNNER_DAEMONSET, propagationPolicy: "Foreground" }));
   if (deleted === undefined) return `no DaemonSet ${namespace}/${NODE_RUNNER_DAEMONSET}: no node-runner to stop`;
   const deadline = Date.now() + STOP_RUNNERS_TIMEOUT_MS;

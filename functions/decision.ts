@@ -76,7 +76,8 @@ const failOpenReleases = (decision: Decision, mode: PolicyMode): decision is Ext
  * initialized (rules stay where they are). Dry-run acts on no pod.
  */
 export function releaseDecision(decision: Decision, pod: Pod, mode: PolicyMode): ReleaseDecision | undefined {
-  if (mode === "dry-run" || !carriesWaiter(pod)) return undefined;
+  // Every event's decision passes here: the decision is looked at before the pod's containers.
+  if (mode === "dry-run") return undefined;
   let reason: ReleaseDecision["reason"];
   let text: string;
   if (decision.action === "skip" && STRANDING_SKIPS.has(decision.reason)) {
@@ -88,6 +89,7 @@ export function releaseDecision(decision: Decision, pod: Pod, mode: PolicyMode):
   } else {
     return undefined;
   }
+  if (!carriesWaiter(pod)) return undefined;
   const node = pod.spec.nodeName;
   const hostIP = pod.status?.hostIP;
   const ips = podIPs(pod);

@@ -69,9 +69,7 @@ export class Dispatcher {
 
   constructor(private readonly options: DispatcherOptions) {
     this.slots = new ConcurrencyLimit(options.maxConcurrent ?? 32);
-    const agentOptions = { keepAlive: true, maxSockets: this.slots.limit };
-    this.agent =
-      options.scheme === "https" ? new https.Agent({ ...agentOptions, ...(options.ca === undefined ? {} : { ca: options.ca }) }) : new http.Agent(agentOptions);
+    this.agent = this.newAgent(options.ca);
   }
 
   /**
@@ -177,7 +175,7 @@ export class Dispatcher {
   trust(ca: Buffer): void {
     if (this.options.scheme !== "https") return;
     const old = this.agent;
-    this.agent = new https.Agent({ keepAlive: true, maxSockets: this.slots.limit, ca });
+    this.agent = this.newAgent(ca);
     this.retired.add(old);
     setTimeout(
       () => {
@@ -186,6 +184,12 @@ export class Dispatcher {
       },
       (this.options.timeoutMs ?? 5000) + 1000,
     ).unref();
+  }
+
+  /** Connections kept alive, at most as many as requests may be in flight. */
+  private newAgent(ca: Buffer | undefined): http.Agent {
+    const agentOptions = { keepAlive: true, maxSockets: this.slots.limit };
+    return this.options.scheme === "https" ? new https.Agent({ ...agentOptions, ...(ca === undefined ? {} : { ca }) }) : new http.Agent(agentOptions);
   }
 
   close(): void {

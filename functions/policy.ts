@@ -13,6 +13,10 @@ import {
 } from "../contract/capture-config.ts";
 import { errorMessage, formatSchemaIssues } from "../lib/errors.ts";
 
+/** The ConfigMap the function mounts its policy from, and its key (config/function/policy.configmap.yaml). */
+export const POLICY_CONFIGMAP = "podnet-policy";
+export const POLICY_KEY = "policy.yaml";
+
 export const POLICY_MODES = ["enforce", "dry-run", "fail-open"] as const;
 export type PolicyMode = (typeof POLICY_MODES)[number];
 
