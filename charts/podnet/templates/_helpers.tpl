@@ -102,3 +102,25 @@ the keys.* values. Call with (dict "root" $ "component" "keys" "args" (list ...)
   "activeDeadlineSeconds" 300
   "template" (dict "metadata" (dict "labels" (dict "app.kubernetes.io/part-of" "podnet" "app.kubernetes.io/component" .component)) "spec" $pod)) -}}
 {{- end -}}
+
+{{/*
+A ServiceAccount of the release's namespace with a Role and its RoleBinding (the chart's Jobs):
+(dict "root" $ "name" <ServiceAccount and Role name> "namespace" <the Role's, default the release's>
+"rules" <the rules, YAML text> "annotations" <dict, e.g. a hook's> "serviceAccount" <false: the
+ServiceAccount is rendered elsewhere>).
+*/}}
+{{- define "podnet.jobRbac" -}}
+{{- $release := .root.Release.Namespace -}}
+{{- $meta := dict "labels" (include "podnet.labels" .root | fromYaml) -}}
+{{- with .annotations }}{{ $_ := set $meta "annotations" . }}{{ end -}}
+{{- $roleMeta := merge (dict "name" .name "namespace" (default $release .namespace)) $meta -}}
+{{- if ne .serviceAccount false }}
+{{ toJson (dict "apiVersion" "v1" "kind" "ServiceAccount" "metadata" (merge (dict "name" .name "namespace" $release) $meta)) }}
+---
+{{- end }}
+{{ toJson (dict "apiVersion" "rbac.authorization.k8s.io/v1" "kind" "Role" "metadata" $roleMeta "rules" (.rules | fromYamlArray)) }}
+---
+{{ toJson (dict "apiVersion" "rbac.authorization.k8s.io/v1" "kind" "RoleBinding" "metadata" $roleMeta
+  "roleRef" (dict "apiGroup" "rbac.authorization.k8s.io" "kind" "Role" "name" .name)
+  "subjects" (list (dict "kind" "ServiceAccount" "name" (default .name .subject) "namespace" $release))) }}
+{{- end -}}
