@@ -2,7 +2,7 @@
 // ApiServerSource adapter, the decision function, a node-runner, and real network namespaces
 // as pods. Creates mesh and non-mesh pods and shows, for each, the decision and its reason,
 // the rules applied, the mark, the waiter's result and a traffic proof. Needs root.
-import { spawnSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import path from "node:path";
 import { MARK } from "../../contract/mark.ts";
 import { decide } from "../../functions/decision.ts";
@@ -96,8 +96,10 @@ try {
 
     if (decision.action !== "apply") {
       await new Promise((r) => setTimeout(r, 1500));
-      const rules = pod.sandbox.exec(["iptables-save"]);
-      say(`   rules in its namespace: ${/ISTIO/.test(rules) ? "PRESENT (unexpected!)" : "none — left alone"}`);
+      // A hostNetwork pod has no namespace of its own: the node's is the one that must stay untouched.
+      const rules = s.hostNetwork === true ? execFileSync("iptables-save", { encoding: "utf8" }) : pod.sandbox.exec(["iptables-save"]);
+      const where = s.hostNetwork === true ? "the node's namespace (the pod's)" : "its namespace";
+      say(`   rules in ${where}: ${/ISTIO/.test(rules) ? "PRESENT (unexpected!)" : "none — left alone"}`);
       if (decision.action === "error") {
         const events = await stack.core.listNamespacedEvent({ namespace: s.namespace });
         const e = events.items.find((x) => x.involvedObject.uid === pod.uid && x.reason === "NetworkInitFailed");
