@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the upstream tools the tests and the demo run, from the Go module proxy, into a cache
 # outside the repository: etcd, kube-apiserver, one Knative release (Eventing and Serving, with
-# its config), kustomize and Prometheus' promtool (from the wrapper modules in this folder), Traefik as Serving's
+# its config), kustomize, Prometheus' promtool and kwok (from the wrapper modules in this folder), Traefik as Serving's
 # ingress, Istio's capture code as the parity oracle, istioctl, istiod (pilot-discovery) with
 # Istio's base and istiod charts, and helm; for the real nodes: kubelet, kube-proxy,
 # kube-controller-manager, kube-scheduler, the CNI plugins, a pause program and CoreDNS. A tool is rebuilt only when its module (or version) changes.
@@ -111,6 +111,8 @@ build_tool traefik "$traefik_version-$(cat "$traefik_dir"/*/* | sha256sum | cut 
 wrapped kustomize kustomize sigs.k8s.io/kustomize/kustomize/v5 "under a minute"
 # Prometheus' promtool: checks and unit-tests the alerting rules, lints the metrics pages.
 wrapped promtool prometheus github.com/prometheus/prometheus/cmd/promtool "4.5 min"
+# kwok: the kubelets of a simulated 1,000-node cluster, for npm run bench:scale.
+wrapped kwok kwok sigs.k8s.io/kwok/cmd/kwok "about 1 min"
 
 # Istio's own traffic-capture code (istio-cni's sidecar path, istio-iptables, istio-nftables) as a
 # JSON-lines oracle for the differential tests (test/parity). One file is added to Istio's

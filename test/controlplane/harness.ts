@@ -30,6 +30,7 @@ export const BIN = {
   kubectl: path.join(CACHE_DIR, "bin", "kubectl"),
   helm: path.join(CACHE_DIR, "bin", "helm"),
   promtool: path.join(CACHE_DIR, "bin", "promtool"),
+  kwok: path.join(CACHE_DIR, "bin", "kwok"),
 };
 /** Knative's adapter serves health probes on this fixed port: nothing else may use it. */
 export const ADAPTER_HEALTH_PORT = 8080;
