@@ -14,7 +14,12 @@
 // (the pod's IP on a watch → its node-runner's signed request verified), pods left unmarked, and
 // the function's memory before and after.
 //
-//   npm run bench:scale -- [--nodes 1000] [--pods 1000,10000,30000] [--churn-rate 50] [--churn-seconds 60]
+// The PingSource's resync ticks are sent as it sends them, every --resync-interval seconds: the
+// pods they catch are counted, and so are the times the API server closed the adapter's watch
+// because it fell behind (its log: Knative's adapter then lists again and drops what the list
+// returns, so the events in between are lost; only the resync finds those pods).
+//
+//   npm run bench:scale -- [--nodes 1000] [--pods 1000,10000,30000] [--churn-rate 50] [--churn-seconds 60] [--resync-interval 120]
 // Needs the control plane (npm run setup) and istioctl; not root.
 import { spawn, type ChildProcessByStdio } from "node:child_process";
 import { execFileSync } from "node:child_process";
@@ -42,6 +47,7 @@ const { values: flags } = parseArgs({
     namespaces: { type: "string", default: "20" },
     "churn-rate": { type: "string", default: "50" },
     "churn-seconds": { type: "string", default: "60" },
+    "resync-interval": { type: "string", default: "120" },
   },
 });
 const NODES = Number(flags.nodes);
@@ -49,18 +55,25 @@ const POD_COUNTS = flags.pods.split(",").map(Number);
 const NAMESPACES = Number(flags.namespaces);
 const CHURN_RATE = Number(flags["churn-rate"]);
 const CHURN_SECONDS = Number(flags["churn-seconds"]);
+/** The resync's interval: the PingSource's schedule (eventing/base/pingsource.yaml, every two minutes). */
+const RESYNC_INTERVAL_S = Number(flags["resync-interval"]);
 const unavailable = missingBinariesReason() ?? missingIstioReason();
 if (unavailable !== undefined) {
   console.error(`bench:scale: ${unavailable}`);
   process.exit(1);
 }
-if (![NODES, NAMESPACES, CHURN_RATE, CHURN_SECONDS, ...POD_COUNTS].every((n) => Number.isInteger(n) && n >= 0) || NODES < 1 || NODES > 60_000) {
-  console.error("usage: npm run bench:scale -- [--nodes N] [--pods 1000,10000,30000] [--namespaces N] [--churn-rate R] [--churn-seconds S]");
+if (
+  ![NODES, NAMESPACES, CHURN_RATE, CHURN_SECONDS, RESYNC_INTERVAL_S, ...POD_COUNTS].every((n) => Number.isInteger(n) && n >= 0) ||
+  NODES < 1 ||
+  NODES > 60_000 ||
+  RESYNC_INTERVAL_S < 1
+) {
+  console.error(
+    "usage: npm run bench:scale -- [--nodes N] [--pods 1000,10000,30000] [--namespaces N] [--churn-rate R] [--churn-seconds S] [--resync-interval S]",
+  );
   process.exit(64);
 }
 const root = path.resolve(import.meta.dirname, "..");
-/** The resync's interval: the PingSource's schedule (eventing/base/pingsource.yaml, every two minutes). */
-const RESYNC_INTERVAL_S = 120;
 /** Pods the benchmark creates at once. */
 const CREATE_CONCURRENCY = 16;
 
@@ -220,12 +233,37 @@ const rssMiB = (pid: number | undefined): number => {
   }
 };
 
+/** The PingSource: a resync tick every interval, one at a time; the pods each queued are counted. */
+let caughtByResync = 0;
+const stopTicks = new AbortController();
+const ticker = (async () => {
+  for (;;) {
+    const next = Date.now() + RESYNC_INTERVAL_S * 1000;
+    while (!stopTicks.signal.aborted && Date.now() < next) await sleep(250);
+    if (stopTicks.signal.aborted) return;
+    const answer = await deliver(`${fn.url}/`, pingEvent(), resyncToken).catch(() => undefined);
+    caughtByResync += (answer?.body.resync as { queued?: number } | undefined)?.queued ?? 0;
+  }
+})();
+teardown.add(async () => {
+  stopTicks.abort();
+  await ticker;
+});
+/** How often the API server closed the adapter's watch since it started because the adapter fell behind. */
+function adapterWatchCloses(): number {
+  const log = readFileSync(path.join(cp.dir, "kube-apiserver.log"), "utf8");
+  return [...log.matchAll(/Forcing pods watcher close due to unresponsiveness: key: "\/pods\/", labels: "([^"]*)"/g)].filter((m) => m[1] === MESH_POD_SELECTOR)
+    .length;
+}
+
 interface SizeRow {
   pods: number;
   fillS: number;
   events: number;
   eventsPerS: number;
   cpuMsPerEvent: number;
+  watchCloses: number;
+  caught: number;
   fnPeak: number;
   fnNow: number;
   adapterPeak: number;
@@ -244,6 +282,8 @@ try {
   for (const target of POD_COUNTS) {
     if (target <= created) continue;
     const events0 = await fnMetric("podnet_function_events_total");
+    const closes0 = adapterWatchCloses();
+    const caught0 = caughtByResync;
     const cpu0 = cpuSeconds(fnPid);
     const t0 = performance.now();
     status(`creating pods ${created}…${target - 1}`);
@@ -280,6 +320,8 @@ try {
       events,
       eventsPerS: events / fillS,
       cpuMsPerEvent: (cpu * 1000) / events,
+      watchCloses: adapterWatchCloses() - closes0,
+      caught: caughtByResync - caught0,
       fnPeak: peakRssMiB(fnPid),
       fnNow: rssMiB(fnPid),
       adapterPeak: peakRssMiB(adapterPid),
@@ -433,13 +475,25 @@ function report(): void {
   console.log(machineDescription());
   console.log(
     table(
-      ["pods", "all marked (s)", "events", "events/s", "function CPU ms/event", `function RSS peak / now (MiB; heap ${heap} MB)`, "adapter RSS peak (MiB)"],
+      [
+        "pods",
+        "all marked (s)",
+        "events",
+        "events/s",
+        "function CPU ms/event",
+        "adapter's watch closed (behind)",
+        "pods found by a resync tick",
+        `function RSS peak / now (MiB; heap ${heap} MB)`,
+        "adapter RSS peak (MiB)",
+      ],
       sizes.map((r) => [
         String(r.pods),
         r.fillS,
         String(r.events),
         r.eventsPerS.toFixed(0),
         r.cpuMsPerEvent,
+        String(r.watchCloses),
+        String(r.caught),
         `${mib(r.fnPeak)} / ${mib(r.fnNow)}`,
         mib(r.adapterPeak),
       ]),
