@@ -83,9 +83,12 @@ export interface PodSource {
   readonly deleted?: boolean;
 }
 
-/** What the work queue holds per pod: the decision to send, and what it came from. */
+/**
+ * What the work queue holds per pod: the decision to send (it names the pod) and little else.
+ * Not the pod itself: the queue holds up to `maxQueuedPods` keys, and a resync during a burst
+ * fills it; whole pods (up to 1.5 MiB each) would not fit in the function's heap.
+ */
 interface QueuedPod {
-  readonly pod: Pod;
   readonly decision: DispatchDecision;
   readonly policyId: string;
   readonly log: Logger;
@@ -245,7 +248,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
   }
 
   function queue(decision: DispatchDecision, pod: Pod, policy: Policy, log: Logger): HandledPod {
-    const offered = work.add(pod.metadata.uid ?? "", { pod, decision, policyId: policy.id, log, queuedAt: performance.now() });
+    const offered = work.add(decision.pod.uid, { decision, policyId: policy.id, log, queuedAt: performance.now() });
     if (offered === "full") {
       metrics.queueFull.inc();
       log.warn({ queued: work.size }, "dispatch queue full");
@@ -260,21 +263,24 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
    * (queueing whatever that decides; this item is then done).
    */
   async function send(item: QueuedPod, retry: number): Promise<ProcessOutcome> {
-    const uid = item.pod.metadata.uid ?? "";
+    const ref = item.decision.pod;
     if (retry > 0 && item.sentAt !== undefined && performance.now() - item.sentAt >= REREAD_AFTER_MS) {
       metrics.redispatches.inc();
       // The API server not answering: the decision as it was is sent again.
-      const fresh = await deps.cluster.getPod(item.pod.metadata.namespace ?? "", item.pod.metadata.name ?? "").catch(() => item.pod);
-      if (fresh?.metadata.uid !== uid) return { done: true };
-      if (fresh !== item.pod) {
+      const fresh = await deps.cluster.getPod(ref.namespace, ref.name).then(
+        (pod) => ({ pod }),
+        () => undefined,
+      );
+      if (fresh !== undefined) {
+        if (fresh.pod?.metadata.uid !== ref.uid) return { done: true };
         const policy = deps.policy();
-        const decision = timed(decide, fresh, policy, await namespaceFactsFor(fresh, policy), false);
+        const decision = timed(decide, fresh.pod, policy, await namespaceFactsFor(fresh.pod, policy), false);
         // Nothing to send any more (initialized meanwhile, skipped or dry-run under the policy now): said as any decision is.
         if (decision.action === "skip" || decision.action === "error" || policy.document.mode !== "enforce") {
-          act(decision, fresh, policy, item.log);
+          act(decision, fresh.pod, policy, item.log);
           return { done: true };
         }
-        item = { ...item, pod: fresh, decision, policyId: policy.id };
+        item = { ...item, decision, policyId: policy.id };
       }
     }
     item.sentAt = performance.now();
@@ -290,7 +296,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       return { done: true };
     }
     // Not done: the same notification, redelivered, a retry or the resync must try again.
-    handled.delete(uid);
+    handled.delete(ref.uid);
     metrics.dispatchFailures.inc({ status: String(result.status), reason: dispatchFailureLabel(result.reason) });
     item.log.warn(
       { decision: item.decision.action, node: item.decision.node, status: result.status, reason: result.reason, retries: retry },

@@ -17,6 +17,7 @@ import { APPLY_PATH } from "../../contract/apply-request.ts";
 import { applyRequestFor, manifestV8Flags, sendSigned, senderToken, signingKeyDirs, startFunction, startNodeRunner } from "../support/components.ts";
 import { assertAvailable, skipUnlessCI } from "../support/environment.ts";
 import { largestPod } from "../support/large-objects.ts";
+import { metricSum } from "../support/metrics.ts";
 import { peakRssMiB } from "../support/processes.ts";
 
 const unavailable = missingBinariesReason();
@@ -54,9 +55,16 @@ describe(
               fill: "env",
               bytes: POD_BYTES,
             });
-            // As a client creates it: no status, no server-set metadata.
+            // As a client creates it: no status, no server-set metadata; then its IP, as its kubelet reports it.
             const { resourceVersion: _version, uid: _uid, ...metadata } = pod.metadata;
-            return core.createNamespacedPod({ namespace: NS, body: { metadata, spec: pod.spec } });
+            return core
+              .createNamespacedPod({ namespace: NS, body: { metadata, spec: pod.spec } })
+              .then(() =>
+                core.patchNamespacedPodStatus(
+                  { name, namespace: NS, body: { status: pod.status } },
+                  k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch),
+                ),
+              );
           }),
         );
       }
@@ -105,8 +113,9 @@ describe(
       }
     });
 
-    test(`the function's resync lists the same ${PODS} mesh pods within its Service's heap`, async (t) => {
+    test(`the function's resync lists the same ${PODS} mesh pods within its Service's heap, and holds every one in its queue at once`, async (t) => {
       const keys = signingKeyDirs(dir, "fn-2");
+      // Its node-runner does not answer (nothing listens on port 1): every pod stays queued, retried.
       const fn = await startFunction(cp, { signingKeysDir: keys.privateDir, nodeRunnerPort: 1, compiled: { nodeArgs: manifestV8Flags().function } });
       try {
         assert.ok(
@@ -115,7 +124,9 @@ describe(
         );
         const res = await deliver(`${fn.url}/`, pingEvent(), await senderToken(cp, "PingSource"));
         assert.equal(res.status, 200, JSON.stringify(res.body));
-        assert.equal((res.body.resync as { seen?: number } | undefined)?.seen, PODS, JSON.stringify(res.body.resync));
+        assert.deepEqual(res.body.resync, { seen: PODS, queued: PODS, skipped: 0, failed: 0 });
+        // The queue holds each pod's decision, not the pod: 250 pods of 1.4 MiB would not fit in 96 MB.
+        assert.equal(metricSum(await fn.metrics(), "podnet_function_dispatch_queue_pods"), PODS);
         assert.equal(fn.process.exitCode, null, "still running");
         t.diagnostic(`function peak RSS: ${peakRssMiB(fn.process.pid)} MiB`);
       } finally {
