@@ -96,6 +96,8 @@ const cp = await startControlPlane({ log: status });
 teardown.add(() => cp.stop());
 const api: ApiConnection = { server: new URL(cp.server), ca: cp.ca, token: () => cp.adminToken };
 const v8 = manifestV8Flags();
+/** The processes the run needs: one that exits ends it, with its last words. */
+const started: { name: string; process: { exitCode: number | null }; log: () => string }[] = [];
 
 /** A child process that prints one JSON line per line it is sent (its first line unasked). */
 function startChild(
@@ -150,6 +152,7 @@ kwok.stderr.on("data", (c: Buffer) => {
   kwokLog = (kwokLog + c.toString()).slice(-20_000);
 });
 teardown.add(() => kwok.kill());
+started.push({ name: "kwok", process: kwok, log: () => kwokLog });
 await until(`${NODES} nodes Ready (kwok)`, 120_000, async () => {
   let ready = 0;
   for await (const n of apiListAll(api, "/api/v1/nodes", {}, 500)) {
@@ -186,6 +189,7 @@ const fn = await startFunction(cp, {
   env: { LOG_LEVEL: "warn" },
 });
 teardown.add(() => fn.stop());
+started.push({ name: "the function", process: fn.process, log: () => fn.log() });
 const fnPid = fn.process.pid;
 const adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: MESH_POD_SELECTOR, audience: FUNCTION_AUDIENCE });
 teardown.add(() => adapter.stop());
@@ -225,13 +229,15 @@ function podLists(text: string): { requests: number; bytes: number } {
 }
 const fnMetric = async (name: string): Promise<number> => metricSum(await fn.metrics(), name);
 const mib = (n: number): string => n.toFixed(1);
-const rssMiB = (pid: number | undefined): number => {
+/** A /proc/<pid>/status figure in MiB (VmRSS: resident now; RssAnon: of it, what is not the mapped program). */
+const statusMiB = (pid: number | undefined, field: "VmRSS" | "RssAnon"): number => {
   try {
-    return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid ?? 0}/status`, "utf8"))?.[1] ?? NaN) / 1024;
+    return Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid ?? 0}/status`, "utf8"))?.[1] ?? NaN) / 1024;
   } catch {
     return NaN;
   }
 };
+const rssMiB = (pid: number | undefined): number => statusMiB(pid, "VmRSS");
 
 /** The PingSource: a resync tick every interval, one at a time; the pods each queued are counted. */
 let caughtByResync = 0;
@@ -266,6 +272,7 @@ interface SizeRow {
   caught: number;
   fnPeak: number;
   fnNow: number;
+  fnAnon: number;
   adapterPeak: number;
   resyncS: number;
   resyncSeen: number;
@@ -324,6 +331,7 @@ try {
       caught: caughtByResync - caught0,
       fnPeak: peakRssMiB(fnPid),
       fnNow: rssMiB(fnPid),
+      fnAnon: statusMiB(fnPid, "RssAnon"),
       adapterPeak: peakRssMiB(adapterPid),
       resyncS,
       resyncSeen: seen,
@@ -452,6 +460,9 @@ async function settleEvents(): Promise<void> {
 async function until(what: string, timeoutMs: number, check: () => Promise<boolean>): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
+    // A component that died ends the run at once, with what it said last.
+    const died = started.find((c) => c.process.exitCode !== null);
+    if (died !== undefined) throw new Error(`${died.name} exited (${died.process.exitCode}):\n${died.log().slice(-3000)}`);
     if (Date.now() > deadline) throw new Error(`bench:scale: not ${what} after ${timeoutMs / 1000} s`);
     await sleep(500);
   }
@@ -483,7 +494,7 @@ function report(): void {
         "function CPU ms/event",
         "adapter's watch closed (behind)",
         "pods found by a resync tick",
-        `function RSS peak / now (MiB; heap ${heap} MB)`,
+        `function RSS peak / now / anonymous now (MiB; heap ${heap} MB)`,
         "adapter RSS peak (MiB)",
       ],
       sizes.map((r) => [
@@ -494,7 +505,7 @@ function report(): void {
         r.cpuMsPerEvent,
         String(r.watchCloses),
         String(r.caught),
-        `${mib(r.fnPeak)} / ${mib(r.fnNow)}`,
+        `${mib(r.fnPeak)} / ${mib(r.fnNow)} / ${mib(r.fnAnon)}`,
         mib(r.adapterPeak),
       ]),
     ),
