@@ -17,9 +17,11 @@
 // The PingSource's resync ticks are sent as it sends them, every --resync-interval seconds: the
 // pods they catch are counted, and so are the times the API server closed the adapter's watch
 // because it fell behind (its log: Knative's adapter then lists again and drops what the list
-// returns, so the events in between are lost; only the resync finds those pods).
+// returns, so the events in between are lost; only the resync finds those pods). With
+// --watch-per-namespace the adapter watches each namespace on its own, as it does for a source
+// whose namespaceSelector is not empty, and sends their events in parallel.
 //
-//   npm run bench:scale -- [--nodes 1000] [--pods 1000,10000,30000] [--churn-rate 50] [--churn-seconds 60] [--resync-interval 120]
+//   npm run bench:scale -- [--nodes 1000] [--pods 1000,10000,30000] [--churn-rate 50] [--churn-seconds 60] [--resync-interval 120] [--watch-per-namespace]
 // Needs the control plane (npm run setup) and istioctl; not root.
 import { spawn, type ChildProcessByStdio } from "node:child_process";
 import { execFileSync } from "node:child_process";
@@ -48,6 +50,7 @@ const { values: flags } = parseArgs({
     "churn-rate": { type: "string", default: "50" },
     "churn-seconds": { type: "string", default: "60" },
     "resync-interval": { type: "string", default: "120" },
+    "watch-per-namespace": { type: "boolean", default: false },
   },
 });
 const NODES = Number(flags.nodes);
@@ -191,11 +194,16 @@ const fn = await startFunction(cp, {
 teardown.add(() => fn.stop());
 started.push({ name: "the function", process: fn.process, log: () => fn.log() });
 const fnPid = fn.process.pid;
-const adapter = await cp.startAdapter({ sink: `${fn.url}/`, labelSelector: MESH_POD_SELECTOR, audience: FUNCTION_AUDIENCE });
+for (let i = 0; i < NAMESPACES; i++) await cp.ensureNamespace(namespaceOf(i));
+const adapter = await cp.startAdapter({
+  sink: `${fn.url}/`,
+  labelSelector: MESH_POD_SELECTOR,
+  audience: FUNCTION_AUDIENCE,
+  ...(flags["watch-per-namespace"] ? { namespaces: Array.from({ length: NAMESPACES }, (_, i) => namespaceOf(i)) } : {}),
+});
 teardown.add(() => adapter.stop());
 const adapterPid = pidsWhere((c) => c.startsWith(BIN.adapter))[0];
 const resyncToken = await senderToken(cp, "PingSource");
-for (let i = 0; i < NAMESPACES; i++) await cp.ensureNamespace(namespaceOf(i));
 
 // One mesh pod as Istio's real injector renders it with the project's template.
 const injector = renderInjector(scratch.dir);
@@ -482,7 +490,10 @@ async function inBatches<T>(items: readonly T[], concurrency: number, each: (ite
 
 function report(): void {
   const heap = v8.function.find((f) => f.startsWith("--max-old-space-size="))?.split("=")[1] ?? "?";
-  console.log(`\nbench:scale — ${NODES} nodes simulated by kwok, ${NAMESPACES} namespaces, pods of ${podBytes} bytes (Istio's injector)`);
+  const watches = flags["watch-per-namespace"] ? `a watch per namespace (${NAMESPACES})` : "one watch for every namespace";
+  console.log(
+    `\nbench:scale — ${NODES} nodes simulated by kwok, ${NAMESPACES} namespaces, pods of ${podBytes} bytes (Istio's injector); the adapter: ${watches}`,
+  );
   console.log(machineDescription());
   console.log(
     table(

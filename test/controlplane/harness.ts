@@ -119,6 +119,13 @@ export interface AdapterOptions {
   readonly namespace?: string;
   /** Server-side label selector for pods. */
   readonly labelSelector?: string;
+  /**
+   * Watch only these namespaces, one watch each, as the adapter does when its source's
+   * namespaceSelector is not empty (Knative's reconciler lists the namespaces it matches): each
+   * watch delivers on its own, so events of different namespaces are sent in parallel. Default:
+   * every namespace, on one watch whose events are sent one at a time.
+   */
+  readonly namespaces?: readonly string[];
   readonly mode?: "Resource" | "Reference";
   /**
    * Send Knative's OIDC sender identity for this sink audience, as the ApiServerSource
@@ -419,8 +426,8 @@ export async function startControlPlane(options: { log?: (line: string) => void;
       if (network === undefined && !(await portFree(ADAPTER_HEALTH_PORT)))
         throw new Error(`port ${ADAPTER_HEALTH_PORT} is in use: the adapter's health port is fixed`);
       const sourceConfig = {
-        namespaces: [],
-        allNamespaces: true,
+        namespaces: a.namespaces ?? [],
+        allNamespaces: a.namespaces === undefined,
         resources: [{ gvr: { Group: "", Version: "v1", Resource: "pods" }, ...(a.labelSelector === undefined ? {} : { selector: a.labelSelector }) }],
         mode: a.mode ?? "Resource",
       };
