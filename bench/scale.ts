@@ -21,7 +21,7 @@
 // --watch-per-namespace the adapter watches each namespace on its own, as it does for a source
 // whose namespaceSelector is not empty, and sends their events in parallel.
 //
-//   npm run bench:scale -- [--nodes 1000] [--pods 1000,10000,30000] [--churn-rate 50] [--churn-seconds 60] [--resync-interval 120] [--watch-per-namespace]
+//   npm run bench:scale -- [--nodes 1000] [--pods 1000,10000,30000] [--churn-rate 50] [--churn-seconds 60] [--resync-interval 120] [--watch-per-namespace] [--create-rate 100]
 // Needs the control plane (npm run setup) and istioctl; not root.
 import { spawn, type ChildProcessByStdio } from "node:child_process";
 import { execFileSync } from "node:child_process";
@@ -51,6 +51,7 @@ const { values: flags } = parseArgs({
     "churn-seconds": { type: "string", default: "60" },
     "resync-interval": { type: "string", default: "120" },
     "watch-per-namespace": { type: "boolean", default: false },
+    "create-rate": { type: "string", default: "100" },
   },
 });
 const NODES = Number(flags.nodes);
@@ -60,13 +61,15 @@ const CHURN_RATE = Number(flags["churn-rate"]);
 const CHURN_SECONDS = Number(flags["churn-seconds"]);
 /** The resync's interval: the PingSource's schedule (eventing/base/pingsource.yaml, every two minutes). */
 const RESYNC_INTERVAL_S = Number(flags["resync-interval"]);
+/** Pods created per second while filling: as a busy cluster creates them, not all at once. */
+const CREATE_RATE = Number(flags["create-rate"]);
 const unavailable = missingBinariesReason() ?? missingIstioReason();
 if (unavailable !== undefined) {
   console.error(`bench:scale: ${unavailable}`);
   process.exit(1);
 }
 if (
-  ![NODES, NAMESPACES, CHURN_RATE, CHURN_SECONDS, RESYNC_INTERVAL_S, ...POD_COUNTS].every((n) => Number.isInteger(n) && n >= 0) ||
+  ![NODES, NAMESPACES, CHURN_RATE, CHURN_SECONDS, RESYNC_INTERVAL_S, CREATE_RATE, ...POD_COUNTS].every((n) => Number.isInteger(n) && n >= 0) ||
   NODES < 1 ||
   NODES > 60_000 ||
   RESYNC_INTERVAL_S < 1
@@ -101,6 +104,7 @@ const api: ApiConnection = { server: new URL(cp.server), ca: cp.ca, token: () =>
 const v8 = manifestV8Flags();
 /** The processes the run needs: one that exits ends it, with its last words. */
 const started: { name: string; process: { exitCode: number | null }; log: () => string }[] = [];
+let reported = false;
 
 /** A child process that prints one JSON line per line it is sent (its first line unasked). */
 function startChild(
@@ -193,6 +197,9 @@ const fn = await startFunction(cp, {
 });
 teardown.add(() => fn.stop());
 started.push({ name: "the function", process: fn.process, log: () => fn.log() });
+teardown.add(() => {
+  report();
+});
 const fnPid = fn.process.pid;
 for (let i = 0; i < NAMESPACES; i++) await cp.ensureNamespace(namespaceOf(i));
 const adapter = await cp.startAdapter({
@@ -217,10 +224,14 @@ let created = 0;
 function podBody(name: string, i: number): unknown {
   return { metadata: { ...template.metadata, name, namespace: namespaceOf(i) }, spec: { ...template.spec, nodeName: nodeName(i % NODES) } };
 }
-async function createPods(names: readonly { name: string; i: number }[]): Promise<void> {
-  await inBatches(names, CREATE_CONCURRENCY, ({ name, i }) =>
-    apiRequest(api, "POST", `/api/v1/namespaces/${namespaceOf(i)}/pods`, { contentType: "application/json", value: podBody(name, i) }),
-  );
+/** Create these pods, at most `rate` a second. */
+async function createPods(names: readonly { name: string; i: number }[], rate: number): Promise<void> {
+  const start = performance.now();
+  await inBatches(names, CREATE_CONCURRENCY, async ({ name, i }, k) => {
+    const at = start + (k * 1000) / rate - performance.now();
+    if (at > 0) await sleep(at);
+    await apiRequest(api, "POST", `/api/v1/namespaces/${namespaceOf(i)}/pods`, { contentType: "application/json", value: podBody(name, i) });
+  });
 }
 
 async function apiServerMetrics(): Promise<string> {
@@ -301,8 +312,11 @@ try {
     const caught0 = caughtByResync;
     const cpu0 = cpuSeconds(fnPid);
     const t0 = performance.now();
-    status(`creating pods ${created}…${target - 1}`);
-    await createPods(Array.from({ length: target - created }, (_, k) => ({ name: `app-${created + k}`, i: created + k })));
+    status(`creating pods ${created}…${target - 1}, ${CREATE_RATE} a second`);
+    await createPods(
+      Array.from({ length: target - created }, (_, k) => ({ name: `app-${created + k}`, i: created + k })),
+      CREATE_RATE,
+    );
     created = target;
     await until(
       `${target} pods marked`,
@@ -349,6 +363,7 @@ try {
       floorRequests: floor.requests - after.requests,
       floorMiB: (floor.bytes - after.bytes) / 2 ** 20,
     });
+    status(`measured at ${target} pods: ${JSON.stringify(sizes[sizes.length - 1])}`);
   }
   if (CHURN_SECONDS > 0 && CHURN_RATE > 0) churnReport = await churn();
 } catch (err) {
@@ -385,7 +400,7 @@ async function churn(): Promise<string> {
   for (let second = 0; second < CHURN_SECONDS; second++) {
     const batch = Array.from({ length: CHURN_RATE }, (_, k) => ({ name: `churn-${second}-${k}`, i: created + second * CHURN_RATE + k }));
     churned.push(...batch);
-    const creating = createPods(batch);
+    const creating = createPods(batch, CHURN_RATE);
     for (let k = 0; k < CHURN_RATE; k++, deleted++) {
       const i = deleted;
       deletions.push(apiRequest(api, "DELETE", `/api/v1/namespaces/${namespaceOf(i)}/pods/app-${i}`).catch(() => undefined));
@@ -488,7 +503,10 @@ async function inBatches<T>(items: readonly T[], concurrency: number, each: (ite
   );
 }
 
+/** The tables, once: at the end, or when the run is interrupted or fails. */
 function report(): void {
+  if (reported) return;
+  reported = true;
   const heap = v8.function.find((f) => f.startsWith("--max-old-space-size="))?.split("=")[1] ?? "?";
   const watches = flags["watch-per-namespace"] ? `a watch per namespace (${NAMESPACES})` : "one watch for every namespace";
   console.log(
