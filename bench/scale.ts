@@ -313,6 +313,8 @@ const statusMiB = (pid: number | undefined, field: "VmRSS" | "RssAnon"): number 
 };
 const rssMiB = (pid: number | undefined): number => statusMiB(pid, "VmRSS");
 
+/** Whether the adapter, kwok and the ticks are paused (pauseOthers). */
+const paused = { now: false };
 /** The PingSource: a resync tick every interval, one at a time; the pods each queued (not marked at that moment: lost events, or still on their way) are counted. */
 let caughtByResync = 0;
 const stopTicks = new AbortController();
@@ -321,6 +323,7 @@ const ticker = (async () => {
     const next = Date.now() + RESYNC_INTERVAL_S * 1000;
     while (!stopTicks.signal.aborted && Date.now() < next) await sleep(250);
     if (stopTicks.signal.aborted) return;
+    if (paused.now) continue;
     const answer = await deliver(`${fn.url}/`, pingEvent(), resyncToken).catch(() => undefined);
     caughtByResync += (answer?.body.resync as { queued?: number } | undefined)?.queued ?? 0;
   }
@@ -328,6 +331,15 @@ const ticker = (async () => {
 teardown.add(async () => {
   stopTicks.abort();
   await ticker;
+});
+/** Stop (SIGSTOP) or continue the adapter and kwok, and hold the resync ticks meanwhile. */
+function pauseOthers(pause: boolean): void {
+  paused.now = pause;
+  for (const pid of [adapterPid, kwok.pid]) if (pid !== undefined) process.kill(pid, pause ? "SIGSTOP" : "SIGCONT");
+}
+// A stopped process would not end on SIGTERM: continued first.
+teardown.add(() => {
+  if (paused.now) pauseOthers(false);
 });
 /** How often the API server closed the adapter's watch since it started because the adapter fell behind. */
 function adapterWatchCloses(): number {
@@ -384,7 +396,11 @@ try {
     const events = (await fnMetric("podnet_function_events_total")) - events0;
     const cpu = cpuSeconds(fnPid) - cpu0;
 
+    const watchCloses = adapterWatchCloses() - closes0;
     status(`resync of ${target} pods`);
+    // Measured with the adapter, kwok and the ticks paused: the API server's counts are then the resync's and the floor's alone.
+    pauseOthers(true);
+    await sleep(1000);
     const before = podLists(await apiServerMetrics());
     const r0 = performance.now();
     const answer = await deliver(`${fn.url}/`, pingEvent(), resyncToken);
@@ -397,6 +413,7 @@ try {
     for await (const _pod of apiListAll(api, "/api/v1/pods", { labelSelector: MESH_POD_SELECTOR }, 500, { deadlineMs: 60_000 })) listed++;
     const floorS = (performance.now() - f0) / 1000;
     const floor = podLists(await apiServerMetrics());
+    pauseOthers(false);
     if (listed !== target) status(`the floor listed ${listed} pods, not ${target}`);
     sizes.push({
       pods: target,
@@ -404,7 +421,7 @@ try {
       events,
       eventsPerS: events / fillS,
       cpuMsPerEvent: (cpu * 1000) / events,
-      watchCloses: adapterWatchCloses() - closes0,
+      watchCloses,
       caught: caughtByResync - caught0,
       fnPeak: peakRssMiB(fnPid),
       fnNow: rssMiB(fnPid),
