@@ -21,6 +21,7 @@ import { KubePodApi } from "../node-runner/kube.ts";
 import { createMetrics } from "../node-runner/metrics.ts";
 import { ReplayCache } from "../node-runner/replay.ts";
 import { createNodeRunnerApp } from "../node-runner/server.ts";
+import { inMemoryNode } from "./in-memory-node.ts";
 
 const env = process.env;
 const nodes = JSON.parse(readFileSync(env.NODES_FILE ?? "", "utf8")) as { name: string; ip: string }[];
@@ -66,16 +67,8 @@ function appFor(ip: string): express.Express | undefined {
       markSkipped: (pod, reason) => api.markSkipped(pod, reason),
       recordEvent: () => Promise.resolve(),
     },
-    resolveNetns: () => Promise.resolve({ found: true, netns: { inode: "4026532000", path: "/proc/1/ns/net", pid: 1, processes: 1, hostInode: "4026531840" } }),
-    stillInhabited: () => true,
-    openNetns: (netns) => ({ fd: -1, inode: netns.inode, legacyTables: () => false, close: () => undefined }),
-    applierFor: () =>
-      Promise.resolve({
-        // The digest of what was asked for: the same rules give the same digest.
-        apply: (config) =>
-          Promise.resolve({ result: "applied" as const, digest: createHash("sha256").update(JSON.stringify(config)).digest("hex").slice(0, 16) }),
-        remove: () => Promise.resolve("absent" as const),
-      }),
+    // The digest of what was asked for: the same rules give the same digest.
+    ...inMemoryNode((config) => createHash("sha256").update(JSON.stringify(config)).digest("hex").slice(0, 16)),
     log,
     metrics,
   });

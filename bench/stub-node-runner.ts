@@ -7,6 +7,7 @@ import { pino } from "pino";
 import { createMetrics } from "../node-runner/metrics.ts";
 import { ReplayCache } from "../node-runner/replay.ts";
 import { createNodeRunnerApp } from "../node-runner/server.ts";
+import { inMemoryNode } from "./in-memory-node.ts";
 
 const authorities = new Set<string>();
 const app = createNodeRunnerApp({
@@ -23,14 +24,7 @@ const app = createNodeRunnerApp({
     markSkipped: () => Promise.resolve(),
     recordEvent: () => Promise.resolve(),
   },
-  resolveNetns: () => Promise.resolve({ found: true, netns: { inode: "4026532000", path: "/proc/1/ns/net", pid: 1, processes: 1, hostInode: "4026531840" } }),
-  stillInhabited: () => true,
-  openNetns: (netns) => ({ fd: -1, inode: netns.inode, legacyTables: () => false, close: () => undefined }),
-  applierFor: () =>
-    Promise.resolve({
-      apply: () => Promise.resolve({ result: "applied" as const, digest: "0123456789abcdef" }),
-      remove: () => Promise.resolve("absent" as const),
-    }),
+  ...inMemoryNode(),
   log: pino({ level: "silent" }),
   metrics: createMetrics({ defaultMetrics: false }),
 });
