@@ -143,7 +143,7 @@ describe("dispatcher", () => {
     d.close();
   });
 
-  test("a connection idle for idleConnectionMs is closed; one in use is kept for the next request", async () => {
+  test("a connection idle for idleConnectionMs is closed; one in use is kept for the next request; a slow answer still arrives", async () => {
     script = () => ({ status: 200 });
     let opened = 0;
     let closed = 0;
@@ -159,6 +159,9 @@ describe("dispatcher", () => {
       assert.deepEqual([opened, closed], [1, 0], "back to back: the same connection");
       await new Promise((r) => setTimeout(r, 600));
       assert.deepEqual([opened, closed], [1, 1], "idle: closed by the function");
+      // The idle bound is not a request's deadline: an answer slower than it still arrives.
+      script = () => ({ status: 200, delayMs: 500 });
+      assert.deepEqual(await d.send(decision("i3"), "p1"), { ok: true, status: 200, result: "applied" });
       d.close();
     } finally {
       server.off("connection", onConnection);
