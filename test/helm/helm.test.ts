@@ -391,7 +391,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     assert.deepEqual(job?.spec.template.spec.containers[0].args, ["keys", "ensure", "--namespace", "podnet-system", "--no-tls"]);
   });
 
-  test("values reach the objects: images, port, backend, cgroup root, broker delivery, public keys, no GKE quota", () => {
+  test("values reach the objects: images, port, backend, cgroup root, broker delivery, the source's namespace selector, public keys, no GKE quota", () => {
     const rendered = objects(
       chart([
         "images.nodeRunner.repository=registry.example/nr",
@@ -402,6 +402,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
         "nodeRunner.backend=nftables",
         "nodeRunner.cgroupRoot=/kubelet",
         "eventing.delivery=broker",
+        "eventing.namespaceSelector.matchLabels.mesh=on",
         "keys.generate=false",
         "keys.publicKeys.fn-20261125000000=PEM",
         "platform.nodeCriticalQuota=false",
@@ -420,6 +421,7 @@ describe("Helm chart [needs control plane]", skipUnlessCI(missing), () => {
     assert.ok(fn.includes('"image":"registry.example/fn:1.0.0"') && fn.includes('{"name":"NODE_RUNNER_PORT","value":"20443"}'), fn);
     assert.ok(rendered.has("Broker/podnet-system/podnet") && rendered.has("Trigger/podnet-system/podnet-pod-events"));
     assert.match(JSON.stringify(rendered.get("ApiServerSource/podnet-system/podnet-pods")), /"kind":"Broker","name":"podnet"/);
+    assert.match(JSON.stringify(rendered.get("ApiServerSource/podnet-system/podnet-pods")), /"namespaceSelector":\{"matchLabels":\{"mesh":"on"\}\}/);
     assert.equal(
       (rendered.get("ConfigMap/podnet-system/podnet-public-keys") as { data?: Record<string, string> } | undefined)?.data?.["fn-20261125000000.pem"],
       "PEM",
