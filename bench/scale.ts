@@ -201,7 +201,6 @@ const fn = await startFunction(cp, {
   nodeRunnerPort: runnerPort,
   nodeRunnerAddress: null,
   compiled: { nodeArgs: v8.function },
-  env: { LOG_LEVEL: "warn" },
 });
 teardown.add(() => fn.stop());
 started.push({ name: "the function", process: fn.process, log: () => fn.log() });
