@@ -38,7 +38,7 @@ import { deliver, pingEvent } from "../test/support/apiserversource.ts";
 import { FUNCTION_AUDIENCE, manifestV8Flags, nodeRunnerTls, scratchDir, senderToken, signingKeyDirs, startFunction } from "../test/support/components.ts";
 import { kubeInject, missingIstioReason, renderInjector } from "../test/support/istio-injector.ts";
 import { metricSeries, metricSum, scrapeMetrics } from "../test/support/metrics.ts";
-import { cpuSeconds, peakRssMiB, pidsWhere } from "../test/support/processes.ts";
+import { cpuSeconds, peakRssMiB, pidsWhere, statusMiB } from "../test/support/processes.ts";
 import { machineDescription, summarize, table, Teardown } from "./machine.ts";
 
 const { values: flags } = parseArgs({
@@ -302,14 +302,6 @@ function podLists(text: string): { requests: number; bytes: number } {
 }
 const fnMetric = async (name: string): Promise<number> => metricSum(await fn.metrics(), name);
 const mib = (n: number): string => n.toFixed(1);
-/** A /proc/<pid>/status figure in MiB (VmRSS: resident now; RssAnon: of it, what is not the mapped program). */
-const statusMiB = (pid: number | undefined, field: "VmRSS" | "RssAnon"): number => {
-  try {
-    return Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid ?? 0}/status`, "utf8"))?.[1] ?? NaN) / 1024;
-  } catch {
-    return NaN;
-  }
-};
 const rssMiB = (pid: number | undefined): number => statusMiB(pid, "VmRSS");
 
 /** Whether the adapter, kwok and the ticks are paused (pauseOthers). */

@@ -16,15 +16,20 @@ export function pidsWhere(matches: (cmdline: string) => boolean): number[] {
     .map(Number);
 }
 
-/** A process's peak resident memory (VmHWM) in MiB; NaN when it is gone. */
-export function peakRssMiB(pid: number | undefined): number {
+/** A memory figure of /proc/<pid>/status in MiB (VmHWM: peak resident; VmRSS: resident now; RssAnon: of it, not file-backed); NaN when it is gone. */
+export function statusMiB(pid: number | undefined, field: "VmHWM" | "VmRSS" | "RssAnon"): number {
   if (pid === undefined) return NaN;
   try {
-    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, "utf8"));
     return m?.[1] === undefined ? NaN : Number(m[1]) / 1024;
   } catch {
     return NaN;
   }
+}
+
+/** A process's peak resident memory (VmHWM) in MiB; NaN when it is gone. */
+export function peakRssMiB(pid: number | undefined): number {
+  return statusMiB(pid, "VmHWM");
 }
 
 /**
