@@ -390,6 +390,12 @@ export async function startNode(cp: ControlPlane, options: NodeOptions): Promise
         authentication: { anonymous: { enabled: true }, webhook: { enabled: false } },
         authorization: { mode: "AlwaysAllow" },
         evictionHard: { "memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%", "nodefs.inodesFree": "1%" },
+        // No image garbage collection: the node's images are imported from archives and no
+        // registry serves them again. On a host disk 85% full (the kubelet counts it, not the
+        // node's share) the kubelet removed the unused pause image five minutes in, and every
+        // pod created after that waited in FailedCreatePodSandBox. 100 turns the GC off
+        // (kubelet.go, StartGarbageCollection, with imageMaximumGCAge 0, the default).
+        imageGCHighThresholdPercent: 100,
         podLogsDir: path.join(dir, "pod-logs"),
         staticPodPath: path.join(kubeletDir, "manifests"),
         resolvConf,

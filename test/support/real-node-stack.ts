@@ -297,7 +297,12 @@ export async function startRealNodeStack(
           },
           undefined,
           () => JSON.stringify(pod?.status?.initContainerStatuses?.map((s) => [s.name, s.state]) ?? pod?.status),
-        );
+        ).catch(async (err: unknown) => {
+          // The kubelet's and scheduler's warnings say why a pod never started (its sandbox, its image, its volumes).
+          const events = await core.listNamespacedEvent({ namespace, fieldSelector: `involvedObject.name=${name},type=Warning` }).catch(() => undefined);
+          const warnings = (events?.items ?? []).map((e) => `${e.reason ?? ""} (x${String(e.count ?? 1)}): ${e.message ?? ""}`);
+          throw new Error(`${err instanceof Error ? err.message : String(err)}${warnings.length === 0 ? "" : `\nits warnings:\n${warnings.join("\n")}`}`);
+        });
         return pod as k8s.V1Pod;
       },
       runnerLog: async (lines = 20) => {
