@@ -25,6 +25,12 @@ const SIGNATURE_REASONS = [
 ] as const satisfies readonly Exclude<VerifyFailureReason, "digest-mismatch">[];
 
 export const REFUSAL_ROWS = [
+  {
+    status: 503,
+    reasons: ["stopping"],
+    retryAfterSeconds: 1,
+    when: "the node-runner is stopping (a rolling update, a restart): requests already taken are finished; a new one is refused unread and its connection closed, for the function to send again to the runner that follows",
+  },
   { status: 413, reasons: ["too-large"], when: "a `Content-Length` over 64 KiB (refused unread), or a body that grows past it" },
   { status: 401, reasons: SIGNATURE_REASONS, when: "RFC 9421 checks, from the headers alone: the body is not read (what the client still sends is discarded)" },
   { status: 421, reasons: ["wrong-authority"], when: "the signed `@authority` is not this node-runner's address (`--host-ip`:port); also before the body" },

@@ -176,6 +176,8 @@ await keys.start();
 const metrics = createMetrics();
 const pods = new KubePodApi(apiConnection, nodeName, apiTimeoutMs);
 
+/** Set by SIGTERM/SIGINT: requests are then refused and connections closed (server.ts). */
+let stopping = false;
 const runnerDeps: NodeRunnerDeps = {
   nodeName,
   authorities,
@@ -189,6 +191,7 @@ const runnerDeps: NodeRunnerDeps = {
   metrics,
   maxConcurrent,
   eventTiming: { quietMs: eventQuietMs, maxDelayMs: Math.max(EVENT_MAX_DELAY_MS, eventQuietMs) },
+  stopping: () => stopping,
 };
 const programmer = createPodProgrammer(runnerDeps);
 const app = createNodeRunnerApp(runnerDeps, programmer);
@@ -288,11 +291,13 @@ async function removeStateIfUninstalled(): Promise<void> {
 
 function shutdown(signal: string): void {
   log.info({ signal }, "shutting down: finishing requests in flight, then sending the Events still waiting");
+  stopping = true;
   keys.stop();
   stopFollowingTls?.();
-  helper.stop();
   metricsServer?.close();
+  // Completes once every connection has ended: idle ones now, busy ones with their answer.
   server.close(() => {
+    helper.stop();
     void programmer
       .flushEvents()
       .then(removeStateIfUninstalled)

@@ -15,7 +15,7 @@ import { createNodeRunnerApp } from "./server.ts";
 const { privateKey, publicKey } = generateKeyPairSync("ed25519");
 const unreachable = (what: string) => (): never => assert.fail(`${what} must not be reached by hostile input`);
 
-const app = createNodeRunnerApp({
+const deps: Parameters<typeof createNodeRunnerApp>[0] = {
   nodeName: "node-a",
   authorities: new Set(["node-a.test:9443"]),
   startedAtMs: Date.now() - 5000,
@@ -32,7 +32,8 @@ const app = createNodeRunnerApp({
   applierFor: unreachable("applier"),
   log: pino({ level: "silent" }),
   metrics: createMetrics({ defaultMetrics: false }),
-});
+};
+const app = createNodeRunnerApp(deps);
 
 describe("node-runner endpoints under hostile input", () => {
   test("property: arbitrary bodies and signature headers → 400/401/413, never a crash", async () => {
@@ -92,5 +93,23 @@ describe("node-runner endpoints under hostile input", () => {
     assert.equal(health.headers.etag, undefined);
     assert.equal((await request(app).get("/readyz")).status, 200);
     assert.equal((await request(app).get("/metrics")).status, 404, "metrics have a port of their own (lib/metrics-server.ts)");
+  });
+
+  test("stopping: any request, signed or not, is refused unread (503 stopping, Retry-After, connection closed); not ready", async () => {
+    const stopping = createNodeRunnerApp({ ...deps, stopping: () => true });
+    const body = Buffer.from("{}");
+    const signature = signRequest(
+      { method: "POST", authority: "node-a.test:9443", path: APPLY_PATH, contentType: "application/json", body },
+      { keyid: "fn-1", privateKey },
+      { now: Date.now(), nonce: randomUUID() },
+    );
+    for (const headers of [signature, {}]) {
+      const res = await request(stopping).post(APPLY_PATH).set("host", "node-a.test:9443").set("content-type", "application/json").set(headers).send("{}");
+      assert.deepEqual(
+        [res.status, (res.body as { reason: string }).reason, res.headers["retry-after"], res.headers.connection],
+        [503, "stopping", "1", "close"],
+      );
+    }
+    assert.equal((await request(stopping).get("/readyz")).status, 503);
   });
 });

@@ -48,6 +48,8 @@ export interface NodeRunnerDeps extends ProgramDeps {
   readonly now?: () => number;
   /** Pods programmed at once; more requests wait for a slot. */
   readonly maxConcurrent?: number;
+  /** True once the process is stopping: new requests are refused (`stopping`), every answer closes its connection. */
+  readonly stopping?: () => boolean;
 }
 
 /** Bounded parallelism across pods, strict serialisation per pod. */
@@ -92,10 +94,12 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
   app.get("/healthz", (_req, res) => {
     res.json({ status: "ok" });
   });
+  const stopping = deps.stopping ?? (() => false);
+
   app.get("/readyz", (_req, res) => {
     // Ready once it can verify requests: at least one public key loaded, and requests signed
     // now are accepted (without a restored nonce journal, the second it started is refused).
-    const accepting = acceptsSignedAt(Math.floor(now() / 1000));
+    const accepting = acceptsSignedAt(Math.floor(now() / 1000)) && !stopping();
     const ready = deps.keys.current.size > 0 && accepting;
     res.status(ready ? 200 : 503).json({ status: ready ? "ready" : "not ready", keys: deps.keys.current.size, accepting });
   });
@@ -131,6 +135,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
   function signedFirst(req: Request, res: Response, next: express.NextFunction, route: Route): void {
     const log = deps.log.child({ requestId: requestIdOf(req), route });
     try {
+      if (stopping()) throw new Refusal("stopping", "this node-runner is stopping: send again to the one that follows it");
       // A body declared larger than any request is refused unread, signed or not.
       if (Number(req.headers["content-length"] ?? 0) > MAX_BODY_BYTES) throw tooLarge();
       // 1–2: signature (by keyid) and freshness.
@@ -168,7 +173,17 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
     deps.metrics.requests.inc({ route, result: err.reason });
     log.warn({ status: err.status, reason: err.reason, detail: err.message }, `refused: ${err.reason}`);
     if (err.retryAfterSeconds !== undefined) res.set("Retry-After", String(err.retryAfterSeconds));
-    res.status(err.status).json({ error: STATUS_TEXT[err.status], reason: err.reason, detail: err.message } satisfies ErrorResponse);
+    answer(res, err.status, { error: STATUS_TEXT[err.status], reason: err.reason, detail: err.message } satisfies ErrorResponse);
+  }
+
+  /**
+   * Every answer of a route. Once stopping, it ends its connection, those of requests taken
+   * before too: a client that keeps its connection busy would otherwise keep the server from
+   * closing until the grace period ends the process with its Events still waiting.
+   */
+  function answer(res: Response, status: number, body: ApplyResponse | ErrorResponse): void {
+    if (stopping()) res.set("Connection", "close");
+    res.status(status).json(body);
   }
 
   async function handle(req: Request, res: Response, route: Route): Promise<void> {
@@ -224,7 +239,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       const durationMs = Math.round((performance.now() - started) * 10) / 10;
       deps.metrics.requests.inc({ route, result: outcome.result });
       log.info({ ...outcome, durationMs, decision: request.decision }, `${route}: ${outcome.result}`);
-      res.status(200).json({ ...outcome, durationMs } satisfies ApplyResponse);
+      answer(res, 200, { ...outcome, durationMs } satisfies ApplyResponse);
     } catch (err) {
       if (err instanceof Refusal) {
         refuse(res, log, route, err);
@@ -232,7 +247,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       }
       deps.metrics.requests.inc({ route, result: "error" });
       log.error({ err }, `${route} failed`);
-      res.status(500).json({ error: STATUS_TEXT[500], reason: "error", detail: errorMessage(err) } satisfies ErrorResponse);
+      answer(res, 500, { error: STATUS_TEXT[500], reason: "error", detail: errorMessage(err) } satisfies ErrorResponse);
     }
   }
 

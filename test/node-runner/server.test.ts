@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { generateKeyPairSync, randomUUID, X509Certificate, type KeyObject } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import https from "node:https";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -355,6 +356,49 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
       `no NetworkInitialized Event after the exit; log:\n${runnerLog().slice(-2000)}`,
     );
     assert.match(runnerLog(), /sending the Events still waiting/);
+  });
+
+  // A rolling update while the function sends: it keeps one connection per node and reuses it,
+  // and a server's close waits for every connection to end. Without `stopping` the answers kept
+  // the connection open, the close never completed and the grace timer ended the process with
+  // its Events still waiting (a pod's NetworkInitialized lost in the Knative suite's DaemonSet roll).
+  test("SIGTERM with a request in flight on a kept-alive connection: it is answered with Connection: close, the Events are sent, the process exits at once", async () => {
+    await runner.stop();
+    runner = await startNodeRunner(cp, { ...runnerOptions, port, env: { EVENT_QUIET_MS: "60000" } });
+    const first = await createPod("before-stop");
+    assert.equal((await signedPost(APPLY_PATH, applyRequest({ ...first, name: "before-stop" }))).status, 200);
+    const second = await createPod("in-flight");
+    const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+    const viaAgent = (name: string, pod: { uid: string; ip: string }) => {
+      const { body, headers } = signed(APPLY_PATH, applyRequest({ uid: pod.uid, ip: pod.ip, name }));
+      return postToRunner(port, APPLY_PATH, body, headers, "127.0.0.1", agent);
+    };
+    // The connection is busy while the signal comes: the API server, frozen, holds the request.
+    process.kill(cp.apiserverPid, "SIGSTOP");
+    let inFlight: Promise<Reply>;
+    const exited = new Promise((resolve) => runner.process.once("exit", resolve));
+    try {
+      inFlight = viaAgent("in-flight", second);
+      await new Promise((r) => setTimeout(r, 500));
+      runner.process.kill("SIGTERM");
+      await runner.waitForLog(/shutting down: finishing requests in flight/, 5000);
+    } finally {
+      process.kill(cp.apiserverPid, "SIGCONT");
+    }
+    const reply = await inFlight;
+    assert.equal(reply.status, 200, JSON.stringify(reply.body));
+    assert.equal(reply.headers.connection, "close");
+    await exited;
+    await assert.rejects(viaAgent("in-flight", second), { code: "ECONNREFUSED" }, "the port takes no new connection");
+    agent.destroy();
+    assert.doesNotMatch(runnerLog(), /shutting down before everything was sent/);
+    const initialized = (await core.listNamespacedEvent({ namespace: NS })).items.filter((e) => e.reason === "NetworkInitialized");
+    for (const uid of [first.uid, second.uid])
+      assert.ok(
+        initialized.some((e) => e.involvedObject.uid === uid),
+        runnerLog().slice(-2000),
+      );
+    runner = await startNodeRunner(cp, { ...runnerOptions, port });
   });
 
   // The DaemonSet on an IPv6 node: HOST_IP is an IPv6 address and the runner is given only its

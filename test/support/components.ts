@@ -332,10 +332,25 @@ export interface RunnerReply {
 }
 
 /** POST to a node-runner on loopback over its TLS, headers as given (the Host header included). */
-export function postToRunner(port: number, requestPath: string, body: Buffer, headers: Record<string, string>, host = "127.0.0.1"): Promise<RunnerReply> {
+export function postToRunner(
+  port: number,
+  requestPath: string,
+  body: Buffer,
+  headers: Record<string, string>,
+  host = "127.0.0.1",
+  agent?: https.Agent,
+): Promise<RunnerReply> {
   return new Promise((resolve, reject) => {
     const req = https.request(
-      { host, port, path: requestPath, method: "POST", ...nodeRunnerTlsOptions(), headers: { "content-type": "application/json", ...headers } },
+      {
+        host,
+        port,
+        path: requestPath,
+        method: "POST",
+        ...nodeRunnerTlsOptions(),
+        headers: { "content-type": "application/json", ...headers },
+        ...(agent === undefined ? {} : { agent }),
+      },
       (res) => {
         let text = "";
         res.on("data", (c: Buffer) => (text += c.toString()));
