@@ -227,6 +227,23 @@ export async function startCluster(options: { nodes?: number; family?: IpFamily;
       60_000,
       async () => ((await apps.readNamespacedDeployment({ namespace: "kube-system", name: "coredns" })).status?.availableReplicas ?? 0) >= 1,
     );
+    // Available is the pod's readiness; each node's kube-proxy programs the Service's endpoint
+    // after it (until then a query to the Service address is refused there, as a pod saw once).
+    const dnsIp = network.dnsServiceIp;
+    const resolvesFrom = (node: RealNode): boolean =>
+      spawnSync(
+        "ip",
+        [
+          "netns",
+          "exec",
+          node.netns,
+          process.execPath,
+          "-e",
+          `const r = new (require("dns").promises.Resolver)({ timeout: 1000, tries: 1 }); r.setServers([${JSON.stringify(dnsIp)}]); const name = "kubernetes.default.svc.cluster.local"; Promise.any([r.resolve4(name), r.resolve6(name)]).then(() => process.exit(0), () => process.exit(1))`,
+        ],
+        { stdio: "ignore" },
+      ).status === 0;
+    await waitFor("the cluster's DNS answering from every node", 30_000, () => nodes.every(resolvesFrom));
     log(`cluster ready: ${nodes.length} node(s), DNS at ${network.dnsServiceIp} (${since()})`);
     return { cp, nodes, network, dir, stop };
   } catch (err) {
