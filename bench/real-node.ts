@@ -1,22 +1,35 @@
-// Benchmark on the real node (test/support/real-node-stack.ts): pods created through the API
-// server until Running, with and without the mesh, 1 at a time and N at once. Per mesh pod the
-// time is split into: create → IP (scheduler, kubelet, containerd, CNI, and the kubelet's status
-// update: seen on a watch), IP → waiter exit (rules in place, proven by the waiter inside the pod:
-// its last log line, CRI-timestamped), IP → node-runner answered (rules applied and the pod
-// marked: the node-runner's log line), waiter exit → Running (proxy and app start, the kubelet's
-// status). The same pods without the mesh are the floor. Peak RSS of the node-runner (compiled,
-// in its container) and the function. Needs root, the control plane, the node and the images.
-// With --knative, Knative's own controllers run the function (a Revision with queue-proxy) and
-// the adapter (a pod) in that delivery variant (test/support/knative.ts); otherwise both are
-// processes in the cluster's network.
-//   npm run bench:node -- [pods] [--knative direct|broker]
+// Benchmark on the real nodes (test/support/real-node-stack.ts): the same pods created through
+// the API server until Running, in four modes on the same two nodes, one after the other:
+//   none        the app alone (the floor);
+//   istio-init  Istio's own template (istiod's webhook) with its privileged istio-init container,
+//               pilot-agent's `istio-iptables` built from Istio's module;
+//   podnet      this project: Istio's template and the podnet template, the waiter, the function
+//               and the node-runners;
+//   istio-cni   Istio's own template with CNI mode on (istio-validation, pilot-agent's check)
+//               and Istio's istio-cni chart: its agent chains its plugin on every node, and the
+//               plugin programs each pod as containerd sets up its network. Installed last (its
+//               plugin then runs for every pod on the node).
+// Per mode, 1 pod and N at once: create → IP (scheduler, kubelet, containerd, CNI; seen on a
+// watch), create → interception (the init container that proves it exits: the waiter or
+// istio-validation; istio-init's exit for istio-init, which applies the rules and proves
+// nothing; its last log line, CRI-timestamped), create → Running; for podnet, IP → node-runner
+// answered. The node side's cost per pod: CPU of each mode's node agent (node-runner with its
+// command helper; istio-cni's agent) and of containerd's children (CNI plugins: istio-cni's
+// plugin in its mode), and the agents' peak RSS. Needs root, the control plane, the node and the
+// images. With --knative, Knative's own controllers run the function and the adapter
+// (test/support/knative.ts): modes none and podnet only.
+//   npm run bench:node -- [pods at once ...] [--knative direct|broker]
 import { execFileSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { parseArgs } from "node:util";
 import * as k8s from "@kubernetes/client-node";
 import { manifestV8Flags } from "../test/support/components.ts";
+import { installIstioCni, ISTIO_TEMPLATE_ONLY } from "../test/support/istiod.ts";
 import { missingKnativeReason } from "../test/support/knative.ts";
-import { missingRealNodeReason, podRef, startRealNodeStack, type RealNodeStack } from "../test/support/real-node-stack.ts";
+import { cpuSeconds, peakRssMiB, pidsWhere } from "../test/support/processes.ts";
+import { missingRealNodeReason, podPids, podRef, startRealNodeStack, type RealNodeStack } from "../test/support/real-node-stack.ts";
 import { machineDescription, summarize, table, Teardown } from "./machine.ts";
 
 const { values, positionals } = parseArgs({ options: { knative: { type: "string" } }, allowPositionals: true });
@@ -25,24 +38,38 @@ if (delivery !== undefined && delivery !== "direct" && delivery !== "broker") {
   console.error(`bench:node: --knative ${delivery}: direct or broker`);
   process.exit(64);
 }
+const bursts = (positionals.length === 0 ? ["50"] : positionals).map(Number);
+if (bursts.some((n) => !Number.isInteger(n) || n < 2 || n > 200)) {
+  console.error(`bench:node: pods at once: whole numbers from 2 to 200 (one pod alone is always measured)`);
+  process.exit(64);
+}
 const missing = missingRealNodeReason() ?? (delivery === undefined ? undefined : missingKnativeReason());
 if (missing !== undefined) {
   console.error(`bench:node: ${missing}`);
   process.exit(1);
 }
-const burst = Number(positionals[0] ?? "50");
-const NS = "bench";
+
+const MODES = delivery === undefined ? (["none", "istio-init", "podnet", "istio-cni"] as const) : (["none", "podnet"] as const);
+type Mode = (typeof MODES)[number];
+const namespaceOf = (mode: Mode): string => `bench-${mode}`;
+/** The init container whose exit is the mode's interception (none for the floor). */
+const INTERCEPTION_CONTAINER: Record<Mode, string | undefined> = {
+  none: undefined,
+  "istio-init": "istio-init",
+  podnet: "istio-validation",
+  "istio-cni": "istio-validation",
+};
 
 interface Timeline {
   created: number;
   ip?: number;
   running?: number;
   answered?: number | undefined;
-  waiterExit?: number | undefined;
+  intercepted?: number | undefined;
 }
 
 /** Watch pods in the namespace (reopened when it ends) and note when each gets an IP and is Running. */
-function watchPods(stack: RealNodeStack, timelines: Map<string, Timeline>): () => void {
+function watchPods(stack: RealNodeStack, namespace: string, timelines: Map<string, Timeline>): () => void {
   let stopped = false;
   let current: { abort: () => void } | undefined;
   const open = async (): Promise<void> => {
@@ -50,7 +77,7 @@ function watchPods(stack: RealNodeStack, timelines: Map<string, Timeline>): () =
       await new Promise<void>((resolve) => {
         void new k8s.Watch(stack.cp.kubeConfig())
           .watch(
-            `/api/v1/namespaces/${NS}/pods`,
+            `/api/v1/namespaces/${namespace}/pods`,
             {},
             (_type, pod: k8s.V1Pod) => {
               const t = timelines.get(pod.metadata?.name ?? "");
@@ -97,103 +124,221 @@ async function answeredAt(stack: RealNodeStack): Promise<Map<string, number>> {
   return out;
 }
 
-/** The waiter's exit: the CRI timestamp of its last log line. */
-function waiterExitAt(stack: RealNodeStack, pod: k8s.V1Pod): number | undefined {
-  const file = stack.nodeOf(pod).containerLogLines(podRef(pod), "istio-validation");
+/** An init container's exit: the CRI timestamp of its last log line. */
+function exitedAt(stack: RealNodeStack, pod: k8s.V1Pod, container: string): number | undefined {
+  const file = stack.nodeOf(pod).containerLogLines(podRef(pod), container);
   const last = file[file.length - 1];
   return last === undefined ? undefined : Date.parse(last.time);
 }
 
-async function run(stack: RealNodeStack, label: string, names: string[], mesh: boolean): Promise<Timeline[]> {
+/** Seconds of CPU of the processes whose command line matches, now (those that exited are not counted). */
+const cpuOf = (matches: (cmdline: string) => boolean): number => pidsWhere(matches).reduce((sum, pid) => sum + (cpuSeconds(pid) || 0), 0);
+/** Each mode's node agent, and containerd (its waited-for children: the CNI plugins). */
+const AGENTS = {
+  "node-runner": (c: string) => c.includes("dist/node-runner/main.js") || c.includes("podnet-netns-exec"),
+  "istio-cni agent": (c: string) => c.startsWith("install-cni\0") || c.includes("/install-cni\0"),
+  containerd: (c: string) => c.startsWith("containerd\0--config\0"),
+} as const;
+type Agent = keyof typeof AGENTS;
+
+interface Phase {
+  readonly mode: Mode;
+  readonly pods: number;
+  readonly timelines: Timeline[];
+  /** CPU ms per pod of each agent over the phase. */
+  readonly cpuMsPerPod: Record<Agent, number>;
+  /** The ISTIO_ rules in the first pod's network namespace (IPv4, as iptables-save lists them), by its app container's process. */
+  readonly rulesInFirstPod: number;
+}
+
+/** How many ISTIO_ rules a pod's network namespace holds: the mode did program it (or not). */
+function istioRules(pod: k8s.V1Pod): number {
+  const pid = podPids(pod)[0];
+  if (pid === undefined) return NaN;
+  const saved = execFileSync("nsenter", [`--net=/proc/${String(pid)}/ns/net`, "iptables-save"], { encoding: "utf8" });
+  return saved.split("\n").filter((line) => /^-A ISTIO_/.test(line) || /^-A (PREROUTING|OUTPUT) .*-j ISTIO_/.test(line)).length;
+}
+
+/** Istio's sizing annotations: 2 cores hold 50 proxies only with small requests. */
+const SMALL_PROXY = { "sidecar.istio.io/proxyCPU": "10m", "sidecar.istio.io/proxyMemory": "32Mi" };
+
+function podFor(stack: RealNodeStack, mode: Mode, name: string): k8s.V1Pod {
+  const app = stack.appContainer("server");
+  if (mode === "none") return { metadata: { name }, spec: { automountServiceAccountToken: false, containers: [app] } };
+  return stack.meshPod(name, app, { annotations: mode === "podnet" ? SMALL_PROXY : { ...SMALL_PROXY, ...ISTIO_TEMPLATE_ONLY } });
+}
+
+const cpuNow = (): Record<Agent, number> => ({
+  "node-runner": cpuOf(AGENTS["node-runner"]),
+  "istio-cni agent": cpuOf(AGENTS["istio-cni agent"]),
+  containerd: cpuOf(AGENTS.containerd),
+});
+
+async function run(stack: RealNodeStack, mode: Mode, count: number): Promise<Phase> {
+  const namespace = namespaceOf(mode);
+  const names = Array.from({ length: count }, (_, i) => `${mode}-${count}-${i}`);
   const timelines = new Map<string, Timeline>();
   for (const name of names) timelines.set(name, { created: 0 });
-  const stop = watchPods(stack, timelines);
+  const stop = watchPods(stack, namespace, timelines);
   await new Promise((r) => setTimeout(r, 300)); // the watch is open
+  const before = cpuNow();
   await Promise.all(
     names.map(async (name) => {
-      const app = stack.appContainer("server");
-      // Istio's sizing annotations: 2 cores hold 50 proxies only with small requests.
-      const body: k8s.V1Pod = mesh
-        ? stack.meshPod(name, app, { annotations: { "sidecar.istio.io/proxyCPU": "10m", "sidecar.istio.io/proxyMemory": "32Mi" } })
-        : { metadata: { name }, spec: { automountServiceAccountToken: false, containers: [app] } };
       const t = timelines.get(name) as Timeline;
       t.created = Date.now();
-      await stack.core.createNamespacedPod({ namespace: NS, body });
+      await stack.core.createNamespacedPod({ namespace, body: podFor(stack, mode, name) });
     }),
   );
   const deadline = Date.now() + 300_000;
   while ([...timelines.values()].some((t) => t.running === undefined) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  const after = cpuNow();
+  const perPod = (agent: Agent): number => ((after[agent] - before[agent]) * 1000) / count;
   stop();
-  if (mesh) {
-    const answered = await answeredAt(stack);
-    for (const [name, t] of timelines) {
-      t.answered = answered.get(name);
-      t.waiterExit = waiterExitAt(stack, await stack.core.readNamespacedPod({ namespace: NS, name }));
-    }
+  const answered = mode === "podnet" ? await answeredAt(stack) : new Map<string, number>();
+  const container = INTERCEPTION_CONTAINER[mode];
+  let rulesInFirstPod = NaN;
+  for (const [name, t] of timelines) {
+    const pod = await stack.core.readNamespacedPod({ namespace, name });
+    if (Number.isNaN(rulesInFirstPod)) rulesInFirstPod = istioRules(pod);
+    t.answered = answered.get(name);
+    if (container !== undefined) t.intercepted = exitedAt(stack, pod, container);
   }
-  process.stderr.write(`${label}: ${[...timelines.values()].filter((t) => t.running !== undefined).length}/${names.length} Running\n`);
-  await Promise.all(names.map((name) => stack.core.deleteNamespacedPod({ namespace: NS, name, gracePeriodSeconds: 0 })));
+  process.stderr.write(`${mode}, ${count} pod(s): ${[...timelines.values()].filter((t) => t.running !== undefined).length}/${count} Running\n`);
+  await Promise.all(names.map((name) => stack.core.deleteNamespacedPod({ namespace, name, gracePeriodSeconds: 0 })));
   await new Promise((r) => setTimeout(r, 3000));
-  return [...timelines.values()];
+  return {
+    mode,
+    pods: count,
+    timelines: [...timelines.values()],
+    cpuMsPerPod: { "node-runner": perPod("node-runner"), "istio-cni agent": perPod("istio-cni agent"), containerd: perPod("containerd") },
+    rulesInFirstPod,
+  };
 }
 
-// The function as its image runs it: compiled, with the Knative Service's V8 flags.
+// The function as its image runs it: compiled, with the Knative Service's V8 flags. Its policy
+// leaves the other modes' namespaces alone (an operator running istio-cni beside it excludes
+// its namespaces the same way).
 execFileSync("npm", ["run", "--silent", "build"], { stdio: "inherit" });
 const FUNCTION_V8_FLAGS = manifestV8Flags().function;
 const teardown = new Teardown();
+const policyDir = mkdtempSync(path.join(os.tmpdir(), "pnc-bench-node-"));
+teardown.add(() => {
+  rmSync(policyDir, { recursive: true, force: true });
+});
+const policyFile = path.join(policyDir, "policy.yaml");
+const others = MODES.filter((m) => m !== "podnet").map(namespaceOf);
+writeFileSync(policyFile, JSON.stringify({ namespaces: { exclude: ["kube-system", "istio-system", ...others] } }));
 const stack = await startRealNodeStack({
-  namespaces: [NS],
-  ...(delivery === undefined ? { compiledFunction: { nodeArgs: FUNCTION_V8_FLAGS } } : { knative: { delivery } }),
+  namespaces: MODES.map(namespaceOf),
+  ...(delivery === undefined ? { compiledFunction: { nodeArgs: FUNCTION_V8_FLAGS }, functionEnv: { POLICY_FILE: policyFile } } : { knative: { delivery } }),
   log: (l) => process.stderr.write(`${l}\n`),
 });
 teardown.add(() => stack.stop());
 try {
-  const rows: (string | number)[][] = [];
-  const span = (ts: Timeline[], from: keyof Timeline, to: keyof Timeline): string => {
+  const phases: Phase[] = [];
+  let cniAgentPeak = NaN;
+  for (const mode of MODES) {
+    if (mode === "istio-cni") {
+      const notIstioCni = MODES.filter((m) => m !== "istio-cni").map(namespaceOf);
+      await installIstioCni(stack.cp, stack.nodes, notIstioCni, (l) => process.stderr.write(`${l}\n`));
+    }
+    for (const count of [1, ...bursts]) phases.push(await run(stack, mode, count));
+    if (mode === "istio-cni") cniAgentPeak = Math.max(...pidsWhere(AGENTS["istio-cni agent"]).map(peakRssMiB));
+  }
+
+  const stat = (ts: Timeline[], from: keyof Timeline, to: keyof Timeline) => {
     const d = ts.flatMap((t) => (t[from] !== undefined && t[to] !== undefined ? [t[to] - t[from]] : []));
-    if (d.length === 0) return "-";
-    const s = summarize(d);
-    return `${s.median.toFixed(0)} / ${s.p95.toFixed(0)} / ${s.max.toFixed(0)}`;
+    return d.length === 0 ? undefined : summarize(d);
   };
-  for (const [count, label] of [
-    [1, "1 pod"],
-    [burst, `${burst} pods at once`],
-  ] as const) {
-    const plain = await run(
-      stack,
-      `${label}, no mesh`,
-      Array.from({ length: count }, (_, i) => `plain-${count}-${i}`),
-      false,
-    );
-    const mesh = await run(
-      stack,
-      `${label}, mesh`,
-      Array.from({ length: count }, (_, i) => `mesh-${count}-${i}`),
-      true,
-    );
-    rows.push([`${label}, no mesh (floor)`, span(plain, "created", "ip"), "-", "-", "-", span(plain, "created", "running")]);
-    rows.push([
-      `${label}, mesh`,
-      span(mesh, "created", "ip"),
-      span(mesh, "ip", "waiterExit"),
-      span(mesh, "ip", "answered"),
-      span(mesh, "waiterExit", "running"),
-      span(mesh, "created", "running"),
+  const span = (ts: Timeline[], from: keyof Timeline, to: keyof Timeline): string => {
+    const s = stat(ts, from, to);
+    return s === undefined ? "-" : `${s.median.toFixed(0)} / ${s.p95.toFixed(0)} / ${s.max.toFixed(0)}`;
+  };
+  const agentOf: Record<Mode, Agent | undefined> = { none: undefined, "istio-init": undefined, podnet: "node-runner", "istio-cni": "istio-cni agent" };
+  const rows = phases.map((p) => {
+    const agent = agentOf[p.mode];
+    return [
+      `${p.mode}, ${p.pods === 1 ? "1 pod" : `${p.pods} at once`}`,
+      span(p.timelines, "created", "ip"),
+      span(p.timelines, "created", "intercepted"),
+      p.mode === "podnet" ? span(p.timelines, "ip", "answered") : "-",
+      span(p.timelines, "created", "running"),
+      agent === undefined ? "-" : p.cpuMsPerPod[agent].toFixed(1),
+      p.cpuMsPerPod.containerd.toFixed(1),
+      String(p.rulesInFirstPod),
+    ];
+  });
+
+  // Issue 32's targets, each against istio-cni measured in the same run.
+  const targets: string[][] = [];
+  if (phases.some((p) => p.mode === "istio-cni")) {
+    const at = (mode: Mode, pods: number, q: "median" | "p95"): number => {
+      const p = phases.find((x) => x.mode === mode && x.pods === pods);
+      return (p === undefined ? undefined : stat(p.timelines, "created", "intercepted")?.[q]) ?? NaN;
+    };
+    const verdict = (ok: boolean): string => (ok ? "met" : "missed");
+    const one = at("podnet", 1, "median") - at("istio-cni", 1, "median");
+    targets.push(["create → interception, 1 pod: podnet − istio-cni (medians)", `${one.toFixed(0)} ms`, "≤ 50 ms", verdict(one <= 50)]);
+    const largest = Math.max(...bursts);
+    const ratio = at("podnet", largest, "p95") / at("istio-cni", largest, "p95");
+    targets.push([`create → interception p95, ${largest} at once: podnet / istio-cni`, `${ratio.toFixed(2)}×`, "≤ 1.2×", verdict(ratio <= 1.2)]);
+    // Node CPU per pod in the bursts: each mode's agent; istio-cni's plugin runs as containerd's
+    // child, so its share is containerd's CPU beyond podnet's (the same containers per pod).
+    const cpu = (mode: Mode, agent: Agent): number => {
+      const burstPhases = phases.filter((p) => p.mode === mode && p.pods > 1);
+      return burstPhases.reduce((sum, p) => sum + p.cpuMsPerPod[agent], 0) / burstPhases.length;
+    };
+    const podnetCost = cpu("podnet", "node-runner");
+    const cniCost = cpu("istio-cni", "istio-cni agent") + cpu("istio-cni", "containerd") - cpu("podnet", "containerd");
+    targets.push([
+      "node CPU per pod in the bursts: podnet (node-runner, helper) / istio-cni (agent, plugin)",
+      `${(podnetCost / cniCost).toFixed(2)}× (${podnetCost.toFixed(1)} / ${cniCost.toFixed(1)} ms)`,
+      "≤ 1×",
+      verdict(podnetCost <= cniCost),
+    ]);
+    const runnerPeak = stack.peakRssMiB().nodeRunner;
+    const rssRatio = runnerPeak / cniAgentPeak;
+    targets.push([
+      "node agent peak RSS: node-runner / istio-cni agent",
+      `${rssRatio.toFixed(2)}× (${runnerPeak.toFixed(0)} / ${cniAgentPeak.toFixed(0)} MiB)`,
+      "≤ 1.5×",
+      verdict(rssRatio <= 1.5),
     ]);
   }
+
   const rss = stack.peakRssMiB();
   const out = [
     machineDescription(),
-    `real nodes: kubelet, containerd, CNI bridge; node-runner as the DaemonSet (its image, compiled JS, the DaemonSet's V8 flags); ${
+    `real nodes: kubelet, containerd, CNI bridge, two nodes; every mesh pod injected by istiod's webhook; istio-init's and istio-validation's pilot-agent and istio-cni built from Istio's module; ${
       delivery === undefined
         ? `function compiled (${FUNCTION_V8_FLAGS.join(" ")}) and Knative's adapter as processes`
         : `Knative ${delivery} delivery: the function as a Revision (its image, queue-proxy), the adapter as a pod, Traefik as Serving's ingress`
     }`,
     "",
-    "ms, median / p95 / max",
-    table(["pods", "create → IP", "IP → waiter exit", "IP → node-runner answered", "waiter exit → Running", "create → Running"], rows),
+    "ms, median / p95 / max; CPU: ms per pod over the phase, both nodes",
+    table(
+      [
+        "mode, pods",
+        "create → IP",
+        "create → interception",
+        "IP → node-runner answered",
+        "create → Running",
+        "node agent CPU",
+        "containerd + CNI plugins CPU",
+        "ISTIO_ rules in a pod",
+      ],
+      rows,
+    ),
     "",
-    table(["process", "peak RSS (MiB)"], [["node-runner (container)", rss.nodeRunner], ...(delivery === undefined ? [["function", rss.fn]] : [])]),
+    table(
+      ["process", "peak RSS (MiB)"],
+      [
+        ["node-runner (container)", rss.nodeRunner],
+        ...(Number.isNaN(cniAgentPeak) ? [] : [["istio-cni agent (container)", cniAgentPeak]]),
+        ...(delivery === undefined ? [["function", rss.fn]] : []),
+      ],
+    ),
+    ...(targets.length === 0 ? [] : ["", table(["target (issue 32)", "measured", "target", ""], targets)]),
   ].join("\n");
   console.log(out);
   if (process.env.BENCH_OUT !== undefined) writeFileSync(process.env.BENCH_OUT, `${out}\n`);

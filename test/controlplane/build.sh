@@ -163,13 +163,15 @@ for istio_cmd in pilot/cmd/pilot-agent cni/cmd/istio-cni cni/cmd/install-cni; do
   build_tool "$(basename "$istio_cmd")" "$istio_version" "15 s with pilot-discovery's build cache" \
     install_static "$(basename "$istio_cmd")" "istio.io/istio/$istio_cmd@$istio_version" "-s -w -X istio.io/istio/pkg/version.buildVersion=$istio_version"
 done
-# Istio's own base (CRDs) and istiod charts, from the same module: <cache>/bin/istio-charts/{base,istio-discovery}.
+# Istio's own base (CRDs), istiod and istio-cni charts, from the same module:
+# <cache>/bin/istio-charts/{base,istio-discovery,istio-cni}.
 copy_istio_charts() {
   local mod
   mod="$(cd "$oracle_dir" && go mod download istio.io/istio && go list -m -f '{{.Dir}}' istio.io/istio)" || return 1
-  mkdir -p "$BUILD_OUT" && cp -r "$mod/manifests/charts/base" "$mod/manifests/charts/istio-control/istio-discovery" "$BUILD_OUT/" && chmod -R u+w "$BUILD_OUT"
+  mkdir -p "$BUILD_OUT" && cp -r "$mod/manifests/charts/base" "$mod/manifests/charts/istio-control/istio-discovery" "$mod/manifests/charts/istio-cni" "$BUILD_OUT/" &&
+    chmod -R u+w "$BUILD_OUT"
 }
-build_tool istio-charts "$istio_version" "seconds" copy_istio_charts
+build_tool istio-charts "$istio_version base istio-discovery istio-cni" "seconds" copy_istio_charts
 
 # Istio's own conformance data for test/conformance and the parity test's harness check, from the
 # same istio.io/istio module as the oracle: the goldens of istio-iptables, istio-nftables and

@@ -15,8 +15,10 @@
 #                 the official golang image has it (the waiter's build stage)    localhost/pnc/go-base:<go version>
 #   node-runner, decision, waiter
 #                 the Dockerfile's own targets, built on those bases             localhost/podnet/<target>:test
-#   proxy         test/node/proxy-recorder.mjs on the base, standing in for
-#                 Istio's proxyv2 image (tagged with Istio's name at import)     localhost/pnc/proxy-recorder:test
+#   proxy         Istio's proxyv2 as the tests need it: pilot-agent and iptables
+#                 for its init containers, test/node/proxy-recorder.mjs for
+#                 Envoy (tagged with Istio's name at import)                    localhost/pnc/proxy-recorder:test
+#   install-cni   istio-cni's plugin and node agent (build.sh)                 localhost/pnc/install-cni:test
 #
 # Needs root, buildah and mmdebstrap (scripts/setup.sh installs them) and reaches the Debian
 # mirror and the npm registry while it builds (never while tests run).
@@ -142,17 +144,39 @@ for target in node-runner decision waiter; do
   export_image "$ref" "$archive" "$project_stamp" "$start"
 done
 
-# Envoy's stand-in for the real-node tests.
-recorder_stamp="$(cat "$repo/test/node/proxy-recorder.mjs" | sha256sum | cut -c1-16)-$base_stamp"
+# Istio's proxyv2 for the real-node tests: its init containers run the real pilot-agent (built
+# from Istio's module by build.sh) with Debian's iptables, as Istio's image does; its proxy is the
+# recorder, Envoy's stand-in (test/node/proxyv2-entry.sh). Also the apps' image (Node).
+recorder_stamp="$(cat "$repo/test/node/proxy-recorder.mjs" "$repo/test/node/proxyv2-entry.sh" "$cache/bin/pilot-agent.stamp" | sha256sum | cut -c1-16)-$base_stamp"
 if up_to_date "$images/proxy-recorder.oci.tar" "$recorder_stamp"; then
   echo "images: localhost/pnc/proxy-recorder:test is up to date"
 else
   start=$(date +%s)
   c="$(bh from "$base_ref")"
+  bh run --isolation chroot "$c" -- sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends iptables >/dev/null && rm -rf /var/lib/apt/lists/*'
   bh copy "$c" "$repo/test/node/proxy-recorder.mjs" /proxy-recorder.mjs >/dev/null
-  bh config --entrypoint '["node", "/proxy-recorder.mjs"]' --cmd '[]' --user 1337:1337 "$c"
+  bh copy --chmod 0755 "$c" "$repo/test/node/proxyv2-entry.sh" /usr/local/bin/proxyv2-entry >/dev/null
+  bh copy "$c" "$cache/bin/pilot-agent" /usr/local/bin/pilot-agent >/dev/null
+  bh config --entrypoint '["/usr/local/bin/proxyv2-entry"]' --cmd '[]' --user 1337:1337 "$c"
   bh commit -q "$c" localhost/pnc/proxy-recorder:test >/dev/null
   bh rm "$c" >/dev/null
   export_image localhost/pnc/proxy-recorder:test "$images/proxy-recorder.oci.tar" "$recorder_stamp" "$start"
+fi
+
+# istio-cni as Istio's install-cni image has it (its Dockerfile.install-cni): the plugin in
+# /opt/cni/bin, where the agent copies it from onto the node, and the agent, both from Istio's
+# module (build.sh). For bench:node's comparison with Istio's own ways (issue 32).
+cni_stamp="$(cat "$cache/bin/istio-cni.stamp" "$cache/bin/install-cni.stamp" | sha256sum | cut -c1-16)-$base_stamp"
+if up_to_date "$images/install-cni.oci.tar" "$cni_stamp"; then
+  echo "images: localhost/pnc/install-cni:test is up to date"
+else
+  start=$(date +%s)
+  c="$(bh from "$base_ref")"
+  bh copy "$c" "$cache/bin/istio-cni" /opt/cni/bin/istio-cni >/dev/null
+  bh copy "$c" "$cache/bin/install-cni" /usr/local/bin/install-cni >/dev/null
+  bh config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/cni/bin --workingdir /opt/cni/bin --cmd '["/usr/local/bin/install-cni"]' "$c"
+  bh commit -q "$c" localhost/pnc/install-cni:test >/dev/null
+  bh rm "$c" >/dev/null
+  export_image localhost/pnc/install-cni:test "$images/install-cni.oci.tar" "$cni_stamp" "$start"
 fi
 echo "images: base $base_ref is $(bh images --format '{{.Size}}' "$base_ref") of each image above but pause and waiter"

@@ -10,7 +10,7 @@
 // killed run, by the next start (reapStaleNodes); what the whole cluster changes on the host
 // (sysctls, paths the kubelet writes) is the cluster's (cluster.ts).
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, rmdirSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, rmdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import * as k8s from "@kubernetes/client-node";
@@ -29,6 +29,8 @@ export const NODE_BIN = {
 export const IMAGE_DIR = path.join(CACHE_DIR, "images");
 export const PAUSE_IMAGE = "localhost/pnc/pause:test";
 
+/** The CNI plugins a node runs (build.sh builds them): its network's and containerd's loopback. */
+const CNI_PLUGINS = ["bridge", "host-local", "loopback"];
 const RUN_PREFIX = "pnc-node-";
 /**
  * What a node keeps to itself, as a node's own filesystem would: in its mount namespace /run is
@@ -49,7 +51,7 @@ export function missingNodeReason(): string | undefined {
     NODE_BIN.kubeProxy,
     NODE_BIN.controllerManager,
     NODE_BIN.scheduler,
-    path.join(NODE_BIN.cniDir, "bridge"),
+    ...CNI_PLUGINS.map((plugin) => path.join(NODE_BIN.cniDir, plugin)),
     path.join(IMAGE_DIR, "pause.oci.tar"),
     path.join(IMAGE_DIR, "coredns.oci.tar"),
   ].filter((p) => !existsSync(p));
@@ -296,9 +298,14 @@ export async function startNode(cp: ControlPlane, options: NodeOptions): Promise
     }
 
     // CNI: a bridge in the node's namespace, host-local addresses kept in the node's directory;
-    // the bridge is the pods' gateway and the node routes between it and the fabric.
-    const cniConf = path.join(dir, "cni", "net.d");
+    // the bridge is the pods' gateway and the node routes between it and the fabric. Its
+    // configuration and plugins are where a node has them, /etc/cni/net.d and /opt/cni/bin (the
+    // node's own, NODE_PRIVATE_DIRS), where a CNI agent's DaemonSet (istio-cni's) adds its own.
+    const cniConf = path.join(dir, "private", "etc", "cni", "net.d");
+    const cniBin = path.join(dir, "private", "opt", "cni", "bin");
     mkdirSync(cniConf, { recursive: true });
+    mkdirSync(cniBin, { recursive: true });
+    for (const plugin of CNI_PLUGINS) copyFileSync(path.join(NODE_BIN.cniDir, plugin), path.join(cniBin, plugin));
     writeFileSync(
       path.join(cniConf, "10-pnc.conflist"),
       JSON.stringify({
@@ -349,8 +356,8 @@ export async function startNode(cp: ControlPlane, options: NodeOptions): Promise
         '      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]',
         "        SystemdCgroup = false",
         '  [plugins."io.containerd.grpc.v1.cri".cni]',
-        `    bin_dir = ${JSON.stringify(NODE_BIN.cniDir)}`,
-        `    conf_dir = ${JSON.stringify(cniConf)}`,
+        '    bin_dir = "/opt/cni/bin"',
+        '    conf_dir = "/etc/cni/net.d"',
         "",
       ].join("\n"),
     );
