@@ -25,6 +25,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import * as k8s from "@kubernetes/client-node";
+import { waitFor } from "../test/controlplane/harness.ts";
 import { manifestV8Flags } from "../test/support/components.ts";
 import { installIstioCni, ISTIO_TEMPLATE_ONLY } from "../test/support/istiod.ts";
 import { missingKnativeReason } from "../test/support/knative.ts";
@@ -179,6 +180,9 @@ async function run(stack: RealNodeStack, mode: Mode, count: number): Promise<Pha
   const names = Array.from({ length: count }, (_, i) => `${mode}-${count}-${i}`);
   const timelines = new Map<string, Timeline>();
   for (const name of names) timelines.set(name, { created: 0 });
+  // Each phase starts on quiet nodes: as many containers in containerd as before the last one.
+  const containers = (): number[] => stack.nodes.map((node) => node.ctr("containers", "list", "--quiet").split("\n").filter(Boolean).length);
+  const baseline = containers();
   const stop = watchPods(stack, namespace, timelines);
   await new Promise((r) => setTimeout(r, 300)); // the watch is open
   const before = cpuNow();
@@ -204,8 +208,14 @@ async function run(stack: RealNodeStack, mode: Mode, count: number): Promise<Pha
     if (container !== undefined) t.intercepted = exitedAt(stack, pod, container);
   }
   process.stderr.write(`${mode}, ${count} pod(s): ${[...timelines.values()].filter((t) => t.running !== undefined).length}/${count} Running\n`);
-  await Promise.all(names.map((name) => stack.core.deleteNamespacedPod({ namespace, name, gracePeriodSeconds: 0 })));
-  await new Promise((r) => setTimeout(r, 3000));
+  // Deleted as a user deletes them (the kubelet stops them, then the API server forgets them),
+  // and the next phase waits until the nodes have taken their sandboxes down: a burst's teardown
+  // takes longer than its start, and the phase after it would measure it.
+  await Promise.all(names.map((name) => stack.core.deleteNamespacedPod({ namespace, name, gracePeriodSeconds: 1 })));
+  await waitFor(`${mode}: ${count} pod(s) gone, their containers too`, 300_000, async () => {
+    if ((await stack.core.listNamespacedPod({ namespace })).items.length > 0) return false;
+    return containers().every((n, i) => n <= (baseline[i] ?? 0));
+  });
   return {
     mode,
     pods: count,

@@ -15,7 +15,7 @@ import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { BIN, waitFor } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
 import { ISTIOCTL } from "../support/istio-injector.ts";
-import { ISTIOD_CHART } from "../support/istiod.ts";
+import { installIstioCni, ISTIO_TEMPLATE_ONLY, ISTIOD_CHART } from "../support/istiod.ts";
 import { missingRealNodeReason, onNode as onNodeOf, podPids, podRef, realNodeStackFixture, RUNNER_LABEL } from "../support/real-node-stack.ts";
 
 const missing = missingRealNodeReason();
@@ -42,6 +42,15 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
     assert.equal(inodes.size, 1, "all of the pod's processes share one netns");
     return [...inodes][0] ?? "";
   }
+
+  /** The Istio rules in a running pod's netns as iptables-save lists them (IPv4), without counters. */
+  const istioRulesOf = (p: k8s.V1Pod): string[] =>
+    execFileSync("nsenter", [`--net=/proc/${podPids(p)[0] ?? 0}/ns/net`, "iptables-save"], { encoding: "utf8" })
+      .split("\n")
+      .filter((line) => line.includes("ISTIO_"))
+      .map((line) => line.replace(/ \[\d+:\d+\]$/, ""));
+  /** What the node-runner programmed in a mesh pod (the first test), for Istio's own ways to be compared with. */
+  let podnetRules: string[] = [];
 
   test("mesh pods on both nodes are programmed by their own node's runner: the waiter exits 0, traffic between the nodes is intercepted both ways; a non-mesh pod is left alone", async () => {
     const { nodeOf, meshPod, appContainer, waitRunning } = s();
@@ -88,9 +97,9 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
     // The plain pods: never marked, no rules in their netns.
     for (const p of [plainServer, plainClient]) {
       assert.equal((await read(p.metadata?.name ?? "")).metadata?.annotations?.[MARK.status], undefined);
-      const rules = execFileSync("nsenter", [`--net=/proc/${podPids(p)[0] ?? 0}/ns/net`, "iptables-save"], { encoding: "utf8" });
-      assert.doesNotMatch(rules, /ISTIO_/, `${p.metadata?.name ?? ""} has no Istio rules`);
+      assert.deepEqual(istioRulesOf(p), [], `${p.metadata?.name ?? ""} has no Istio rules`);
     }
+    podnetRules = istioRulesOf(meshServer);
   });
 
   test("README's way: a Deployment in a namespace labelled istio-injection=enabled is injected by istiod's webhook (no kube-inject), programmed, and again after a rollout restart; istioctl analyze finds no unknown annotation of the project's", async () => {
@@ -347,5 +356,27 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
     );
     // The hook stopped the runners before their RBAC went: each saw its DaemonSet go and removed its state.
     for (const node of s().nodes) assert.deepEqual(node.listDir("/run/podnet"), [], `${node.name}: the runner's state is gone from the node`);
+  });
+
+  // After the uninstall, Istio's own two ways on the same nodes (what bench:node compares with):
+  // istio-init, and Istio's istio-cni chart, whose plugin must program a pod exactly as the
+  // node-runner did (the project claims istio-cni's rules; test/parity proves it against
+  // istio-cni's code in process, this against its installed plugin in a live pod).
+  test("then Istio's own ways on these nodes: istio-init (pilot-agent's istio-iptables) programs a pod; with Istio's istio-cni chart its plugin programs one with the very rules the node-runner gave a mesh pod", async () => {
+    const { cp, nodes, meshPod, appContainer, waitRunning } = s();
+    assert.ok(podnetRules.length > 10, "the first test saved a mesh pod's rules");
+    const exitOf = (p: k8s.V1Pod, name: string) => p.status?.initContainerStatuses?.find((c) => c.name === name)?.state?.terminated?.exitCode;
+
+    await create(onNode(0, meshPod("istio-init-server", appContainer("server"), { annotations: ISTIO_TEMPLATE_ONLY })));
+    const viaInit = await waitRunning(NS, "istio-init-server", 120_000);
+    assert.equal(exitOf(viaInit, "istio-init"), 0, "Istio's istio-init ran");
+    assert.ok(istioRulesOf(viaInit).length > 10, "and programmed the pod");
+    assert.equal(viaInit.metadata?.annotations?.[MARK.status], undefined, "nothing of the project's marked it");
+
+    await installIstioCni(cp, nodes, [], () => undefined);
+    await create(onNode(1, meshPod("istio-cni-server", appContainer("server"), { annotations: ISTIO_TEMPLATE_ONLY })));
+    const viaCni = await waitRunning(NS, "istio-cni-server", 120_000);
+    assert.equal(exitOf(viaCni, "istio-validation"), 0, "istio-validation (pilot-agent's check) saw interception");
+    assert.deepEqual(istioRulesOf(viaCni), podnetRules, "istio-cni's plugin programmed what the node-runner programmed");
   });
 });
