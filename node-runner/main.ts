@@ -28,6 +28,8 @@
 //   --metrics-listen / METRICS_LISTEN  GET /metrics, on a port of its own ("" for none)  <listen host>:19090
 //   --metrics-port / METRICS_PORT      or only its port, on the listen host
 //                                      (HTTPS with the same certificate as the API)
+//   --record-sweep-ms / RECORD_SWEEP_MS  how often the records of gone namespaces      300000
+//                                      (deleted pods) are removed (ms, ≥ 1000)
 //   --metrics-auth / METRICS_AUTH      kubernetes | none: whether a scrape needs a token  kubernetes
 //                                      allowed to get /metrics (TokenReview +
 //                                      SubjectAccessReview)
@@ -45,7 +47,7 @@ import { daemonSetLeaving, KubePodApi } from "./kube.ts";
 import { apiConnection as connectTo, type ApiConnection } from "../lib/kube-http.ts";
 import { KeyDirectory } from "../lib/key-directory.ts";
 import { createMetrics } from "./metrics.ts";
-import { podUidPattern, resolvePodNetns } from "./netns.ts";
+import { hostNetnsInode, liveNetnsInodes, podUidPattern, resolvePodNetns } from "./netns.ts";
 import { ReplayCache } from "./replay.ts";
 import { createPodProgrammer, EVENT_MAX_DELAY_MS, EVENT_QUIET_MS } from "./program.ts";
 import { createNodeRunnerApp, HEADERS_TIMEOUT_MS, MAX_CONNECTIONS, REQUEST_TIMEOUT_MS, type NodeRunnerDeps } from "./server.ts";
@@ -77,6 +79,7 @@ const { values } = parseArgs({
     "metrics-auth": { type: "string" },
     "api-timeout-ms": { type: "string" },
     "event-quiet-ms": { type: "string" },
+    "record-sweep-ms": { type: "string" },
   },
 });
 const env = process.env;
@@ -131,6 +134,8 @@ if (!Number.isInteger(apiTimeoutMs) || apiTimeoutMs < 100) fail(`--api-timeout-m
 const eventQuietMs = Number(values["event-quiet-ms"] ?? env.EVENT_QUIET_MS ?? String(EVENT_QUIET_MS));
 if (!Number.isInteger(eventQuietMs) || eventQuietMs < 0 || eventQuietMs > 60_000)
   fail(`--event-quiet-ms must be an integer from 0 to 60000, got ${eventQuietMs}`);
+const recordSweepMs = Number(values["record-sweep-ms"] ?? env.RECORD_SWEEP_MS ?? "300000");
+if (!Number.isInteger(recordSweepMs) || recordSweepMs < 1000) fail(`--record-sweep-ms must be an integer ≥ 1000, got ${recordSweepMs}`);
 const procRoot = values.proc ?? env.PROC_ROOT ?? "/proc";
 const cgroupRoot = values["cgroup-root"] ?? env.CGROUP_ROOT ?? "/";
 const cgroupFs = values["cgroup-fs"] ?? env.CGROUP_FS ?? "/sys/fs/cgroup";
@@ -234,6 +239,33 @@ server.listen(port, host, () => {
   );
 });
 
+// The records of namespaces that are gone (their pods deleted) go: kept, they would fill the
+// tmpfs with one per pod the node ever ran. The scan and the removal run in one tick, so no
+// apply writes a record in between. Without a trustworthy /proc (no hostPID) nothing is removed.
+function sweepRecords(): void {
+  const started = performance.now();
+  const host = hostNetnsInode(procRoot);
+  if ("error" in host) {
+    log.warn({ err: host.error }, "records not swept: the node's processes cannot be listed");
+    return;
+  }
+  const live = liveNetnsInodes(procRoot);
+  if (!live.has(host.inode)) {
+    log.warn({ procRoot }, "records not swept: the node's own network namespace is not among its processes' (no hostPID?)");
+    return;
+  }
+  try {
+    const { removed, kept } = records.sweep(live);
+    metrics.netnsRecords.set(kept);
+    if (removed > 0) log.info({ removed, kept, durationMs: Math.round(performance.now() - started) }, "records of gone network namespaces removed");
+  } catch (err) {
+    log.warn({ err: errorMessage(err) }, "records not swept");
+  }
+}
+sweepRecords();
+const recordSweep = setInterval(sweepRecords, recordSweepMs);
+recordSweep.unref();
+
 // Metrics apart from the signed API: a hostNetwork port no NetworkPolicy can guard, so a
 // scrape needs a token allowed to get /metrics unless the operator says otherwise.
 const metricsServer =
@@ -292,6 +324,7 @@ async function removeStateIfUninstalled(): Promise<void> {
 function shutdown(signal: string): void {
   log.info({ signal }, "shutting down: finishing requests in flight, then sending the Events still waiting");
   stopping = true;
+  clearInterval(recordSweep);
   keys.stop();
   stopFollowingTls?.();
   metricsServer?.close();

@@ -11,6 +11,7 @@ export interface NodeRunnerMetrics {
   readonly scrapesRefused: Counter<"status">;
   readonly applyDuration: Histogram<"result">;
   readonly netnsDuration: Histogram<"outcome">;
+  readonly netnsRecords: Gauge;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeRunnerMetrics {
@@ -57,6 +58,11 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): NodeR
       help: "Time to render, compare and apply a pod's rules (netns resolution excluded).",
       labelNames: ["result"],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
+    netnsRecords: new Gauge({
+      name: "podnet_node_runner_netns_records",
+      help: "Records of programmed network namespaces in the state directory after the last sweep (one per mesh pod on the node: those of gone namespaces are removed every --record-sweep-ms).",
       registers: [registry],
     }),
     netnsDuration: new Histogram({

@@ -123,6 +123,17 @@ function netnsInode(procRoot: string, pid: string): string | undefined {
   }
 }
 
+/** The network namespaces some process is in, as the node's /proc (hostPID) shows them now. */
+export function liveNetnsInodes(procRoot: string): Set<string> {
+  const live = new Set<string>();
+  for (const pid of readdirSync(procRoot)) {
+    if (!/^\d+$/.test(pid)) continue;
+    const inode = netnsInode(procRoot, pid);
+    if (inode !== undefined) live.add(inode);
+  }
+  return live;
+}
+
 /**
  * The host's own network namespace. The node-runner runs with hostNetwork, so its own netns
  * (/proc/self) is the host's; /proc/1 (hostPID) must agree. Undefined when it cannot be known

@@ -53,6 +53,19 @@ describe("RecordStore", () => {
     assert.equal(new RecordStore(dir).get("4026532005")?.podUid, "uid-5");
   });
 
+  test("sweep removes the records of namespaces not alive (files too, records of a restarted store's directory included) and keeps the others", () => {
+    const dir = mkdtempSync(path.join(base, "sweep-"));
+    writeFileSync(path.join(dir, "4026532010.json"), JSON.stringify(record("4026532010")));
+    writeFileSync(path.join(dir, "nonces.jsonl"), "");
+    const store = new RecordStore(dir);
+    for (const inode of ["4026532011", "4026532012"]) store.put(record(inode));
+    assert.deepEqual(store.sweep(new Set(["4026532012", "4026531840"])), { removed: 2, kept: 1 });
+    assert.deepEqual(readdirSync(dir).sort(), ["4026532012.json", "nonces.jsonl"], "other files of the state directory stay");
+    assert.equal(store.get("4026532011"), undefined);
+    assert.deepEqual(store.get("4026532012"), record("4026532012"));
+    assert.deepEqual(store.sweep(new Set(["4026532012"])), { removed: 0, kept: 1 });
+  });
+
   test("an unreadable record is no record; a name that is not an inode is refused", () => {
     const dir = mkdtempSync(path.join(base, "bad-"));
     writeFileSync(path.join(dir, "4026532006.json"), "{not json");

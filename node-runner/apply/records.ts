@@ -119,6 +119,26 @@ export class RecordStore {
     stored.add(record.netnsInode);
     this.cache.set(record.netnsInode, record);
   }
+  /** Records kept (one per namespace programmed and not yet swept). */
+  get size(): number {
+    return this.storedInodes().size;
+  }
+  /**
+   * Remove the records of namespaces that are gone: a deleted pod's namespace ends with it, and
+   * its record would otherwise stay in the tmpfs for as long as the node runs, one per pod the
+   * node ever ran. `live`: the namespaces some process is in, listed just before (synchronously:
+   * no apply can write a record in between).
+   */
+  sweep(live: ReadonlySet<string>): { removed: number; kept: number } {
+    let removed = 0;
+    for (const inode of [...this.storedInodes()]) {
+      if (live.has(inode)) continue;
+      this.delete(inode);
+      this.cache.delete(inode);
+      removed++;
+    }
+    return { removed, kept: this.size };
+  }
   delete(inode: string): void {
     const file = this.file(inode);
     this.cache.delete(inode);

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { generateKeyPairSync, randomUUID, X509Certificate, type KeyObject } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import os from "node:os";
 import path from "node:path";
@@ -14,7 +14,7 @@ import { APPLY_PATH, REFUSE_PATH, SKIP_PATH } from "../../contract/apply-request
 import { MARK, readMark, STATUS_INITIALIZED, STATUS_REFUSED, STATUS_SKIPPED } from "../../contract/mark.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
 import { signRequest } from "../../contract/signature.ts";
-import { httpStatus, missingBinariesReason, startControlPlane, type ControlPlane } from "../controlplane/harness.ts";
+import { httpStatus, missingBinariesReason, startControlPlane, waitFor, type ControlPlane } from "../controlplane/harness.ts";
 import {
   nodeRunnerTls,
   nodeRunnerTlsOptions,
@@ -356,6 +356,24 @@ describe("node-runner server [needs root and control plane]", skipUnlessCI(unava
       `no NetworkInitialized Event after the exit; log:\n${runnerLog().slice(-2000)}`,
     );
     assert.match(runnerLog(), /sending the Events still waiting/);
+  });
+
+  test("the records of deleted pods' namespaces are swept (RECORD_SWEEP_MS); a live pod's stays", async () => {
+    await runner.stop();
+    runner = await startNodeRunner(cp, { ...runnerOptions, port, env: { RECORD_SWEEP_MS: "1000" } });
+    const gone = await createPod("swept");
+    const stays = await createPod("kept");
+    const applied = await Promise.all([gone, stays].map(async (pod, i) => signedPost(APPLY_PATH, applyRequest({ ...pod, name: ["swept", "kept"][i] ?? "" }))));
+    const [goneNetns, staysNetns] = applied.map((reply) => String(reply.body.netns));
+    const recordFiles = () => readdirSync(runnerOptions.stateDir).filter((f) => f.endsWith(".json"));
+    assert.ok(recordFiles().includes(`${goneNetns}.json`) && recordFiles().includes(`${staysNetns}.json`), recordFiles().join(" "));
+    await pods.removePod(gone.sandbox);
+    await waitFor("the deleted pod's record swept", 10_000, () => !recordFiles().includes(`${goneNetns}.json`));
+    assert.match(runnerLog(), /"removed":\d+,"kept":\d+[^\n]*records of gone network namespaces removed/);
+    assert.ok(recordFiles().includes(`${staysNetns}.json`), "the live pod's record stays");
+    assert.equal(metricSum(await metricsText(), "podnet_node_runner_netns_records"), recordFiles().length);
+    await runner.stop();
+    runner = await startNodeRunner(cp, { ...runnerOptions, port });
   });
 
   // A rolling update while the function sends: it keeps one connection per node and reuses it,
