@@ -90,7 +90,10 @@ async function injectedContainers(core: k8s.CoreV1Api, annotations: Record<strin
   const probe = await core.createNamespacedPod({
     namespace: "default",
     dryRun: "All",
-    body: { metadata: { name: "istiod-probe", labels: { "sidecar.istio.io/inject": "true" }, annotations }, spec: { containers: [{ name: "app", image: "probe" }] } },
+    body: {
+      metadata: { name: "istiod-probe", labels: { "sidecar.istio.io/inject": "true" }, annotations },
+      spec: { containers: [{ name: "app", image: "probe" }] },
+    },
   });
   return [...(probe.spec?.initContainers ?? []), ...(probe.spec?.containers ?? [])].map((c) => c.name);
 }
@@ -136,7 +139,11 @@ export async function installIstioCni(
     "istio-cni's plugin chained on every node, and the webhook rendering istio-validation",
     120_000,
     async () => {
-      const chained = nodes.filter((n) => readdirSync(path.join(n.dir, "private/etc/cni/net.d")).some((f) => /istio-cni/.test(readFileSync(path.join(n.dir, "private/etc/cni/net.d", f), "utf8"))));
+      const chained = nodes.filter((n) =>
+        readdirSync(path.join(n.dir, "private/etc/cni/net.d")).some((f) =>
+          /istio-cni/.test(readFileSync(path.join(n.dir, "private/etc/cni/net.d", f), "utf8")),
+        ),
+      );
       const names = await injectedContainers(core, ISTIO_TEMPLATE_ONLY);
       last = `chained on ${chained.map((n) => n.name).join(", ") || "no node"}; dry-run pod's containers: ${names.join(",")}`;
       return chained.length === nodes.length && names.includes("istio-validation") && !names.includes("istio-init");
