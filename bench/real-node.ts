@@ -17,8 +17,10 @@
 // command helper; istio-cni's agent) and of containerd's children (CNI plugins: istio-cni's
 // plugin in its mode), and the agents' peak RSS. Needs root, the control plane, the node and the
 // images. With --knative, Knative's own controllers run the function and the adapter
-// (test/support/knative.ts): modes none and podnet only.
+// (test/support/knative.ts): modes none and podnet only. With --churn R, instead: podnet pods
+// created and deleted at R per second for a while (runChurn).
 //   npm run bench:node -- [pods at once ...] [--knative direct|broker]
+//   npm run bench:node -- --churn R [--churn-seconds 300] [--churn-lifetime 30] [--knative ...]
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -29,11 +31,27 @@ import { waitFor } from "../test/controlplane/harness.ts";
 import { manifestV8Flags } from "../test/support/components.ts";
 import { installIstioCni, ISTIO_TEMPLATE_ONLY } from "../test/support/istiod.ts";
 import { missingKnativeReason } from "../test/support/knative.ts";
-import { cpuSeconds, peakRssMiB, pidsWhere } from "../test/support/processes.ts";
+import { cpuSeconds, peakRssMiB, pidsWhere, statusMiB } from "../test/support/processes.ts";
+import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { missingRealNodeReason, podPids, podRef, startRealNodeStack, type RealNodeStack } from "../test/support/real-node-stack.ts";
 import { machineDescription, summarize, table, Teardown } from "./machine.ts";
 
-const { values, positionals } = parseArgs({ options: { knative: { type: "string" } }, allowPositionals: true });
+const { values, positionals } = parseArgs({
+  options: {
+    knative: { type: "string" },
+    churn: { type: "string" },
+    "churn-seconds": { type: "string", default: "300" },
+    "churn-lifetime": { type: "string", default: "30" },
+  },
+  allowPositionals: true,
+});
+/** --churn R: instead of the modes, R podnet pods created and R deleted per second (each lives --churn-lifetime s) for --churn-seconds. */
+const churn =
+  values.churn === undefined ? undefined : { rate: Number(values.churn), seconds: Number(values["churn-seconds"]), lifetime: Number(values["churn-lifetime"]) };
+if (churn !== undefined && (!(churn.rate > 0 && churn.rate <= 50) || !(churn.seconds >= 60) || !(churn.lifetime >= 5 && churn.lifetime < churn.seconds))) {
+  console.error("bench:node: --churn is pods per second (0–50], --churn-seconds at least 60, --churn-lifetime from 5 to less than --churn-seconds");
+  process.exit(64);
+}
 const delivery = values.knative;
 if (delivery !== undefined && delivery !== "direct" && delivery !== "broker") {
   console.error(`bench:node: --knative ${delivery}: direct or broker`);
@@ -65,6 +83,8 @@ interface Timeline {
   created: number;
   ip?: number;
   running?: number;
+  /** When a watch saw the node-runner's mark (initialized). */
+  marked?: number;
   answered?: number | undefined;
   intercepted?: number | undefined;
 }
@@ -85,6 +105,7 @@ function watchPods(stack: RealNodeStack, namespace: string, timelines: Map<strin
               if (t === undefined) return;
               const now = Date.now();
               if (t.ip === undefined && pod.status?.podIP !== undefined) t.ip = now;
+              if (t.marked === undefined && pod.metadata?.annotations?.[MARK.status] === STATUS_INITIALIZED) t.marked = now;
               if (t.running === undefined && pod.status?.phase === "Running" && pod.status.containerStatuses?.every((c) => c.ready) === true) t.running = now;
             },
             () => {
@@ -225,6 +246,93 @@ async function run(stack: RealNodeStack, mode: Mode, count: number): Promise<Pha
   };
 }
 
+/**
+ * Sustained churn (issue 32, item 4): podnet pods created at `rate` per second, each deleted
+ * `lifetime` seconds later, for `seconds`. Per pod IP → marked (both seen on a watch); pods that
+ * had an IP and were never marked; every 10 s the node-runners' and the function's RSS and the
+ * records on the nodes, to compare the first minute with the last; after all are deleted and a
+ * sweep has run, what stays on the nodes.
+ */
+async function runChurn(stack: RealNodeStack, c: { rate: number; seconds: number; lifetime: number }, sweepMs: number): Promise<string> {
+  const namespace = namespaceOf("podnet");
+  const timelines = new Map<string, Timeline>();
+  const stop = watchPods(stack, namespace, timelines);
+  await new Promise((r) => setTimeout(r, 300));
+  const rss = (matches: (cmdline: string) => boolean): number => Math.max(0, ...pidsWhere(matches).map((pid) => statusMiB(pid, "VmRSS") || 0));
+  const records = (): number => stack.nodes.reduce((n, node) => n + (node.listDir("/run/podnet") ?? []).filter((f) => /^\d+\.json$/.test(f)).length, 0);
+  const samples: { t: number; runner: number; fn: number; records: number }[] = [];
+  const sample = (t: number): void => {
+    samples.push({ t, runner: rss((cmd) => cmd.includes("node-runner/main.js")), fn: rss((cmd) => cmd.includes("functions/main.js")), records: records() });
+  };
+  const failures: string[] = [];
+  const alive: { name: string; created: number }[] = [];
+  const start = Date.now();
+  let nextSample = start;
+  for (let i = 0; Date.now() - start < c.seconds * 1000; i++) {
+    const wait = start + (i * 1000) / c.rate - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    const name = `churn-${String(i)}`;
+    const created = Date.now();
+    timelines.set(name, { created });
+    alive.push({ name, created });
+    void stack.core
+      .createNamespacedPod({ namespace, body: podFor(stack, "podnet", name) })
+      .catch((err: unknown) => failures.push(`create ${name}: ${String(err)}`));
+    while (alive[0] !== undefined && Date.now() - alive[0].created >= c.lifetime * 1000) {
+      const old = alive.shift() as { name: string };
+      void stack.core
+        .deleteNamespacedPod({ namespace, name: old.name, gracePeriodSeconds: 1 })
+        .catch((err: unknown) => failures.push(`delete ${old.name}: ${String(err)}`));
+    }
+    if (Date.now() >= nextSample) {
+      sample(Date.now() - start);
+      nextSample += 10_000;
+    }
+  }
+  // The last pods: marked (or not) within a minute, then all deleted and the nodes quiet again.
+  await waitFor("the last pods marked", 60_000, () => alive.every((a) => timelines.get(a.name)?.marked !== undefined)).catch(() => undefined);
+  stop();
+  await Promise.all(alive.map((a) => stack.core.deleteNamespacedPod({ namespace, name: a.name, gracePeriodSeconds: 1 }).catch(() => undefined)));
+  await waitFor("every churned pod gone", 300_000, async () => (await stack.core.listNamespacedPod({ namespace })).items.length === 0);
+  await new Promise((r) => setTimeout(r, sweepMs + 5000));
+  const recordsAfter = records();
+
+  const all = [...timelines.values()];
+  const latency = summarize(all.flatMap((t) => (t.ip !== undefined && t.marked !== undefined ? [t.marked - t.ip] : [])));
+  const unmarked = all.filter((t) => t.ip !== undefined && t.marked === undefined).length;
+  const withoutIp = all.filter((t) => t.ip === undefined).length;
+  const minute = (from: number, to: number) => samples.filter((x) => x.t >= from && x.t < to);
+  const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  const first = minute(0, 60_000);
+  const last = minute((c.seconds - 60) * 1000, c.seconds * 1000);
+  const row = (what: string, pick: (x: (typeof samples)[number]) => number): (string | number)[] => [
+    what,
+    mean(first.map(pick)).toFixed(1),
+    mean(last.map(pick)).toFixed(1),
+    Math.max(...samples.map(pick)).toFixed(1),
+  ];
+  return [
+    `churn: ${String(c.rate)} podnet pods created and ${String(c.rate)} deleted per second, each living ${String(c.lifetime)} s, for ${String(c.seconds)} s; records swept every ${String(sweepMs / 1000)} s`,
+    "",
+    table(
+      ["pods created", "IP → marked: p50 / p99 / max (ms)", "had an IP, never marked", "no IP in their lifetime", "API errors"],
+      [[all.length, `${latency.median.toFixed(0)} / ${latency.p99.toFixed(0)} / ${latency.max.toFixed(0)}`, unmarked, withoutIp, failures.length]],
+    ),
+    "",
+    table(
+      ["every 10 s", "first minute (mean)", "last minute (mean)", "peak"],
+      [
+        row("node-runner RSS, the larger of the two (MiB)", (x) => x.runner),
+        row("function RSS (MiB)", (x) => x.fn),
+        row("records on the nodes (one per programmed netns)", (x) => x.records),
+      ],
+    ),
+    "",
+    `after every pod was deleted and a sweep ran: ${String(recordsAfter)} record(s) on the nodes`,
+    ...failures.slice(0, 5),
+  ].join("\n");
+}
+
 // The function as its image runs it: compiled, with the Knative Service's V8 flags. Its policy
 // leaves the other modes' namespaces alone (an operator running istio-cni beside it excludes
 // its namespaces the same way).
@@ -244,6 +352,37 @@ const stack = await startRealNodeStack({
   log: (l) => process.stderr.write(`${l}\n`),
 });
 teardown.add(() => stack.stop());
+if (churn !== undefined) {
+  try {
+    // The runners sweep the records of gone namespaces every minute here (5 by default), so that a run shows them swept.
+    const sweepMs = 60_000;
+    const apps = stack.cp.kubeConfig().makeApiClient(k8s.AppsV1Api);
+    await apps.patchNamespacedDaemonSet(
+      {
+        namespace: "podnet-system",
+        name: "podnet-node-runner",
+        body: { spec: { template: { spec: { containers: [{ name: "node-runner", env: [{ name: "RECORD_SWEEP_MS", value: String(sweepMs) }] }] } } } },
+      },
+      k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.StrategicMergePatch),
+    );
+    await waitFor("the node-runners rolled with RECORD_SWEEP_MS", 180_000, async () => {
+      const ds = await apps.readNamespacedDaemonSet({ namespace: "podnet-system", name: "podnet-node-runner" });
+      const st = ds.status;
+      return (
+        st !== undefined &&
+        (st.observedGeneration ?? 0) >= (ds.metadata?.generation ?? 1) &&
+        st.updatedNumberScheduled === st.desiredNumberScheduled &&
+        st.numberReady === st.desiredNumberScheduled
+      );
+    });
+    const out = [machineDescription(), "", await runChurn(stack, churn, sweepMs)].join("\n");
+    console.log(out);
+    if (process.env.BENCH_OUT !== undefined) writeFileSync(process.env.BENCH_OUT, `${out}\n`);
+  } finally {
+    await teardown.run();
+  }
+  process.exit(0);
+}
 try {
   const phases: Phase[] = [];
   let cniAgentPeak = NaN;
