@@ -118,9 +118,10 @@ describe("monitoring: alerting rules, dashboard, metrics pages [needs promtool]"
     const notShown = projectMetrics()
       .flatMap((c) => c.rows.map((r) => r.name))
       .filter((n) => !shown.has(n));
-    // Left out on purpose: scrape refusals, connection counts, rate-limited resyncs, queue age and decision time (in the reference).
+    // Left out on purpose: scrape refusals, the records per node (they follow its mesh pods), connection counts, rate-limited resyncs, queue age and decision time (in the reference).
     assert.deepEqual(notShown, [
       "podnet_node_runner_metrics_scrapes_refused_total",
+      "podnet_node_runner_netns_records",
       "podnet_function_http_connections_total",
       "podnet_function_decision_duration_seconds",
       "podnet_function_dispatch_queue_age_seconds",
