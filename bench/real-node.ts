@@ -316,7 +316,7 @@ async function runChurn(stack: RealNodeStack, c: { rate: number; seconds: number
     "",
     table(
       ["pods created", "IP → marked: p50 / p99 / max (ms)", "had an IP, never marked", "no IP in their lifetime", "API errors"],
-      [[all.length, `${latency.median.toFixed(0)} / ${latency.p99.toFixed(0)} / ${latency.max.toFixed(0)}`, unmarked, withoutIp, failures.length]],
+      [[all.length, `${latency.median.toFixed(0)} / ${latency.p99.toFixed(0)} / ${latency.max.toFixed(0)}`, unmarked, withoutIp, failures.length].map(String)],
     ),
     "",
     table(
