@@ -33,7 +33,7 @@ import { installIstioCni, ISTIO_TEMPLATE_ONLY } from "../test/support/istiod.ts"
 import { missingKnativeReason } from "../test/support/knative.ts";
 import { cpuSeconds, peakRssMiB, pidsWhere, statusMiB } from "../test/support/processes.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
-import { missingRealNodeReason, podPids, podRef, startRealNodeStack, type RealNodeStack } from "../test/support/real-node-stack.ts";
+import { missingRealNodeReason, podPids, podRef, runnersRolledOut, startRealNodeStack, type RealNodeStack } from "../test/support/real-node-stack.ts";
 import { machineDescription, summarize, table, Teardown } from "./machine.ts";
 
 const { values, positionals } = parseArgs({
@@ -365,16 +365,7 @@ if (churn !== undefined) {
       },
       k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.StrategicMergePatch),
     );
-    await waitFor("the node-runners rolled with RECORD_SWEEP_MS", 180_000, async () => {
-      const ds = await apps.readNamespacedDaemonSet({ namespace: "podnet-system", name: "podnet-node-runner" });
-      const st = ds.status;
-      return (
-        st !== undefined &&
-        (st.observedGeneration ?? 0) >= (ds.metadata?.generation ?? 1) &&
-        st.updatedNumberScheduled === st.desiredNumberScheduled &&
-        st.numberReady === st.desiredNumberScheduled
-      );
-    });
+    await waitFor("the node-runners rolled with RECORD_SWEEP_MS", 180_000, () => runnersRolledOut(apps, "podnet-system"));
     const out = [machineDescription(), "", await runChurn(stack, churn, sweepMs)].join("\n");
     console.log(out);
     if (process.env.BENCH_OUT !== undefined) writeFileSync(process.env.BENCH_OUT, `${out}\n`);

@@ -18,7 +18,16 @@ import { WAITER_CONTAINER } from "../../functions/decision.ts";
 import { BIN, waitFor, type ControlPlane } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
 import { missingKnativeReason, patchConfigMap } from "../support/knative.ts";
-import { missingRealNodeReason, onNode, podPids, podRef, realNodeStackFixture, RUNNER_LABEL, type RealNodeStack } from "../support/real-node-stack.ts";
+import {
+  missingRealNodeReason,
+  onNode,
+  podPids,
+  podRef,
+  realNodeStackFixture,
+  RUNNER_LABEL,
+  runnersRolledOut,
+  type RealNodeStack,
+} from "../support/real-node-stack.ts";
 
 const missing = missingRealNodeReason() ?? missingKnativeReason();
 const NS = "shop";
@@ -153,16 +162,7 @@ for (const delivery of ["direct", "broker"] as const) {
             assert.equal(p.metadata?.annotations?.[MARK.status], STATUS_INITIALIZED, name);
             marked.set(name, p.metadata.annotations[MARK.rules] ?? "");
           }
-          await waitFor("the DaemonSet rolled on every node", 120_000, async () => {
-            const ds = await apps.readNamespacedDaemonSet({ namespace: system, name: "podnet-node-runner" });
-            const st = ds.status;
-            return (
-              st !== undefined &&
-              (st.observedGeneration ?? 0) >= (ds.metadata?.generation ?? 1) &&
-              st.updatedNumberScheduled === st.desiredNumberScheduled &&
-              st.numberReady === st.desiredNumberScheduled
-            );
-          });
+          await waitFor("the DaemonSet rolled on every node", 120_000, () => runnersRolledOut(apps, system));
           const revisions = await core.listNamespacedPod({ namespace: system, labelSelector: "serving.knative.dev/service=podnet-decision" });
           assert.ok(
             revisions.items.some((p) => p.metadata?.labels?.["serving.knative.dev/revision"] === "podnet-decision-00002"),

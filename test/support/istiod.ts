@@ -35,6 +35,12 @@ export function missingIstiodReason(): string | undefined {
     : `istiod's charts or image not built (${missing.map((p) => path.basename(p)).join(", ")}): run test/controlplane/build.sh and test/controlplane/images.sh`;
 }
 
+/** helm as the lab's Istio installs run it: the cluster's admin, output kept for errors. */
+function istioHelm(cp: ControlPlane): (...args: string[]) => string {
+  const kubeconfig = cp.writeKubeconfig("helm-istio", cp.adminToken);
+  return (...args) => execFileSync(BIN.helm, [...args, "--kubeconfig", kubeconfig], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+}
+
 /**
  * Installs Istio's base and istiod charts; resolves once istiod is Ready and its webhook injects
  * (a dry-run create of a labelled pod comes back with istio-proxy). The proxy's image
@@ -43,9 +49,7 @@ export function missingIstiodReason(): string | undefined {
 export async function installIstiod(cp: ControlPlane, nodes: readonly RealNode[], log: (line: string) => void): Promise<void> {
   const started = Date.now();
   for (const node of nodes) node.importImage(path.join(IMAGE_DIR, "pilot-discovery.oci.tar"));
-  const kubeconfig = cp.writeKubeconfig("helm-istio", cp.adminToken);
-  const helm = (...args: string[]): string =>
-    execFileSync(BIN.helm, [...args, "--kubeconfig", kubeconfig], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  const helm = istioHelm(cp);
   helm("install", "istio-base", path.join(CHARTS, "base"), "--namespace", ISTIO_NAMESPACE, "--create-namespace", "--wait");
   helm(
     "install",
@@ -118,9 +122,7 @@ export async function installIstioCni(
 ): Promise<void> {
   const started = Date.now();
   for (const node of nodes) node.importImage(path.join(IMAGE_DIR, "install-cni.oci.tar"));
-  const kubeconfig = cp.writeKubeconfig("helm-istio", cp.adminToken);
-  const helm = (...args: string[]): string =>
-    execFileSync(BIN.helm, [...args, "--kubeconfig", kubeconfig], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  const helm = istioHelm(cp);
   helm("upgrade", "istiod", ISTIOD_CHART, "--namespace", ISTIO_NAMESPACE, "--reuse-values", "--set", "cni.enabled=true");
   helm(
     "install",

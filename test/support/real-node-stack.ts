@@ -330,6 +330,18 @@ export function onNode(node: { name: string } | undefined, pod: k8s.V1Pod): k8s.
  * Inside a describe: the stack started before its tests and stopped after them (with the
  * node-runners' log tail printed); the accessor fails a test when it could not start.
  */
+/** Whether the node-runners' DaemonSet has rolled its current template out to every node, each pod Ready. */
+export async function runnersRolledOut(apps: k8s.AppsV1Api, namespace: string): Promise<boolean> {
+  const ds = await apps.readNamespacedDaemonSet({ namespace, name: "podnet-node-runner" });
+  const st = ds.status;
+  return (
+    st !== undefined &&
+    (st.observedGeneration ?? 0) >= (ds.metadata?.generation ?? 1) &&
+    st.updatedNumberScheduled === st.desiredNumberScheduled &&
+    st.numberReady === st.desiredNumberScheduled
+  );
+}
+
 export function realNodeStackFixture(missing: string | undefined, label: string, options: Parameters<typeof startRealNodeStack>[0] = {}): () => RealNodeStack {
   let stack: RealNodeStack | undefined;
   before(async () => {
