@@ -33,7 +33,7 @@ import { installIstioCni, ISTIO_TEMPLATE_ONLY } from "../test/support/istiod.ts"
 import { missingKnativeReason } from "../test/support/knative.ts";
 import { cpuSeconds, peakRssMiB, pidsWhere, statusMiB } from "../test/support/processes.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
-import { missingRealNodeReason, podPids, podRef, runnersRolledOut, startRealNodeStack, type RealNodeStack } from "../test/support/real-node-stack.ts";
+import { istioRulesOf, missingRealNodeReason, podRef, runnersRolledOut, startRealNodeStack, type RealNodeStack } from "../test/support/real-node-stack.ts";
 import { machineDescription, summarize, table, Teardown } from "./machine.ts";
 
 const { values, positionals } = parseArgs({
@@ -173,14 +173,6 @@ interface Phase {
   readonly rulesInFirstPod: number;
 }
 
-/** How many ISTIO_ rules a pod's network namespace holds: the mode did program it (or not). */
-function istioRules(pod: k8s.V1Pod): number {
-  const pid = podPids(pod)[0];
-  if (pid === undefined) return NaN;
-  const saved = execFileSync("nsenter", [`--net=/proc/${String(pid)}/ns/net`, "iptables-save"], { encoding: "utf8" });
-  return saved.split("\n").filter((line) => /^-A ISTIO_/.test(line) || /^-A (PREROUTING|OUTPUT) .*-j ISTIO_/.test(line)).length;
-}
-
 /** Istio's sizing annotations: 2 cores hold 50 proxies only with small requests. */
 const SMALL_PROXY = { "sidecar.istio.io/proxyCPU": "10m", "sidecar.istio.io/proxyMemory": "32Mi" };
 
@@ -224,7 +216,7 @@ async function run(stack: RealNodeStack, mode: Mode, count: number): Promise<Pha
   let rulesInFirstPod = NaN;
   for (const [name, t] of timelines) {
     const pod = await stack.core.readNamespacedPod({ namespace, name });
-    if (Number.isNaN(rulesInFirstPod)) rulesInFirstPod = istioRules(pod);
+    if (Number.isNaN(rulesInFirstPod)) rulesInFirstPod = istioRulesOf(pod).filter((line) => line.startsWith("-A ")).length;
     t.answered = answered.get(name);
     if (container !== undefined) t.intercepted = exitedAt(stack, pod, container);
   }

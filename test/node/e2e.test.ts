@@ -16,7 +16,7 @@ import { BIN, waitFor } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
 import { ISTIOCTL } from "../support/istio-injector.ts";
 import { installIstioCni, ISTIO_TEMPLATE_ONLY, ISTIOD_CHART } from "../support/istiod.ts";
-import { missingRealNodeReason, onNode as onNodeOf, podPids, podRef, realNodeStackFixture, RUNNER_LABEL } from "../support/real-node-stack.ts";
+import { istioRulesOf, missingRealNodeReason, onNode as onNodeOf, podPids, podRef, realNodeStackFixture, RUNNER_LABEL } from "../support/real-node-stack.ts";
 
 const missing = missingRealNodeReason();
 const NS = "shop";
@@ -43,12 +43,6 @@ describe("end to end on a cluster of two real nodes [needs root, control plane, 
     return [...inodes][0] ?? "";
   }
 
-  /** The Istio rules in a running pod's netns as iptables-save lists them (IPv4), without counters. */
-  const istioRulesOf = (p: k8s.V1Pod): string[] =>
-    execFileSync("nsenter", [`--net=/proc/${podPids(p)[0] ?? 0}/ns/net`, "iptables-save"], { encoding: "utf8" })
-      .split("\n")
-      .filter((line) => line.includes("ISTIO_"))
-      .map((line) => line.replace(/ \[\d+:\d+\]$/, ""));
   /** What the node-runner programmed in a mesh pod (the first test), for Istio's own ways to be compared with. */
   let podnetRules: string[] = [];
 

@@ -374,6 +374,14 @@ export function podCgroup(p: k8s.V1Pod): string {
 }
 
 /** The processes of a running pod (every container's, the sandbox's included). */
+/** The Istio rules in a running pod's netns as iptables-save lists them (IPv4), without counters. */
+export function istioRulesOf(p: k8s.V1Pod): string[] {
+  return execFileSync("nsenter", [`--net=/proc/${podPids(p)[0] ?? 0}/ns/net`, "iptables-save"], { encoding: "utf8" })
+    .split("\n")
+    .filter((line) => line.includes("ISTIO_"))
+    .map((line) => line.replace(/ \[\d+:\d+\]$/, ""));
+}
+
 export function podPids(p: k8s.V1Pod): number[] {
   const cgroup = podCgroup(p);
   return readdirSync(cgroup, { withFileTypes: true })
