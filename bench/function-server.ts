@@ -1,7 +1,8 @@
 // bench:function's servers, each in its own process as in a cluster (the load generator, like
 // the ApiServerSource adapter, is another process): `function` — the decision function with its
 // signing key (PRIVATE_KEY_PEM) dispatching to the node-runner stand-in at RUNNER_PORT, the API
-// server's pod reads answered from memory; `floor` — a bare express 5 answering the same requests.
+// server's pod reads answered from memory; `floor` — a bare express 5 answering the same requests;
+// `floor-json` — the same, parsing each body as JSON (the least any handler of a pod event does).
 // Prints its port; on a line on stdin, waits until its dispatch queue is empty and says so.
 import { createPrivateKey } from "node:crypto";
 import http from "node:http";
@@ -39,15 +40,17 @@ if (mode === "function") {
   });
   whenIdle = () => functionApp.queue.whenIdle();
   app = functionApp;
-} else if (mode === "floor") {
-  // Express 5 parsing the body and answering as the function does (200, no body), nothing else.
+} else if (mode === "floor" || mode === "floor-json") {
+  // Express 5 reading the body (and, for floor-json, parsing it) and answering as the function does (200, no body), nothing else.
+  const parse = mode === "floor-json";
   const bare = express();
-  bare.post("/", express.raw({ type: () => true, limit: 1024 * 1024 }), (_req, res) => {
+  bare.post("/", express.raw({ type: () => true, limit: 1024 * 1024 }), (req, res) => {
+    if (parse && Buffer.isBuffer(req.body)) JSON.parse(req.body.toString("utf8"));
     res.status(200).end();
   });
   app = bare;
 } else {
-  throw new Error("usage: function-server.ts function|floor");
+  throw new Error("usage: function-server.ts function|floor|floor-json");
 }
 const server = http.createServer({ keepAlive: true }, app);
 server.listen(0, "127.0.0.1", () => {

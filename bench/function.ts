@@ -1,6 +1,6 @@
 // Benchmark: how fast the decision function handles events the way ApiServerSource delivers
-// them (one at a time, waiting for each answer), beside its floor: a bare express 5 server
-// answering the same requests in the same run. Each runs in a process of its own, with the
+// them (one at a time, waiting for each answer), beside its floors: a bare express 5 server
+// answering the same requests, and one that also parses each body as JSON, in the same run. Each runs in a process of its own, with the
 // function's V8 flags from its Knative Service, as in a cluster: this process is the event
 // source. (a) update events of initialized pods, which are skipped; (b) add events that are
 // decided and queued (answered at once), then signed and dispatched in parallel to a
@@ -78,6 +78,7 @@ const fn = await startServer(
   manifestV8Flags().function,
 );
 const floor = await startServer([path.join(here, "function-server.ts"), "floor"], {}, manifestV8Flags().function);
+const floorJson = await startServer([path.join(here, "function-server.ts"), "floor-json"], {}, manifestV8Flags().function);
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
 function send(target: number, event: SourceEvent): Promise<number> {
@@ -113,25 +114,23 @@ interface Run {
 const ROUNDS = 4;
 
 /**
- * The same events to the floor and to the function, in rounds that alternate between them, so
- * that the machine's drift hits both alike. Where dispatches follow the answers, each function
+ * The same events to each floor and to the function, in rounds that rotate between them, so
+ * that the machine's drift hits all alike. Where dispatches follow the answers, each function
  * round ends when its last dispatch is answered: their CPU is part of each event's cost, and
- * none of it runs into the floor's next round.
+ * none of it runs into a floor's next round.
  */
-async function compare(make: (i: number) => SourceEvent, waitForDispatches: boolean): Promise<{ floor: Run; fn: Run }> {
+async function compare(make: (i: number) => SourceEvent, waitForDispatches: boolean): Promise<{ floor: Run; floorJson: Run; fn: Run }> {
   const events = Array.from({ length: count }, (_, i) => make(i)); // built before timing
-  for (const server of [floor, fn]) for (let i = 0; i < WARM_UP_EVENTS; i++) await send(server.port, make(count + i));
+  const servers = [floor, floorJson, fn] as const;
+  for (const server of servers) for (let i = 0; i < WARM_UP_EVENTS; i++) await send(server.port, make(count + i));
   if (waitForDispatches) await fn.ask();
   const tally = () => ({ latencies: [] as number[], answeringMs: 0, doneMs: 0, cpu: { server: 0, runner: 0, source: 0 } });
-  const floorTally = tally();
-  const fnTally = tally();
+  const tallies = servers.map(() => tally());
   const perRound = Math.ceil(count / ROUNDS);
   for (let round = 0; round < ROUNDS; round++) {
     const slice = events.slice(round * perRound, (round + 1) * perRound);
-    for (const [server, t] of [
-      [floor, floorTally],
-      [fn, fnTally],
-    ] as const) {
+    for (const [s, server] of servers.entries()) {
+      const t = tallies[s] ?? tally();
       const before = cpuNow(server);
       const t0 = performance.now();
       for (const event of slice) {
@@ -156,39 +155,46 @@ async function compare(make: (i: number) => SourceEvent, waitForDispatches: bool
       cpu: [t.cpu.server, t.cpu.runner, t.cpu.source].map((c) => ((c * 1000) / n).toFixed(2)),
     };
   };
-  return { floor: result(floorTally), fn: result(fnTally) };
+  const [f, fj, fnRun] = tallies.map(result);
+  if (f === undefined || fj === undefined || fnRun === undefined) throw new Error("missing run");
+  return { floor: f, floorJson: fj, fn: fnRun };
 }
 
 const marked = { [MARK.status]: STATUS_INITIALIZED };
 const skips = await compare((i) => apiServerSourceEvent("update", benchPod(`web-${i}`, { annotations: marked })), false);
 const adds = await compare((i) => apiServerSourceEvent("add", benchPod(`new-${i}`)), true);
-const [bareSkip, skipped, bareAdd, dispatched] = [skips.floor, skips.fn, adds.floor, adds.fn];
 
 const row = (name: string, r: Run): (string | number)[] => {
   const s = summarize(r.latencies);
   return [name, String(r.latencies.length), r.perSecond.toFixed(0), s.median, s.p99, s.max, ...r.cpu];
 };
+const percentOf = (r: Run, floorRun: Run): string => `${((r.perSecond / floorRun.perSecond) * 100).toFixed(0)}%`;
 console.log(machineDescription());
 console.log(
-  `one event at a time over a keep-alive connection, as the ApiServerSource adapter sends, from a process of its own, after ${WARM_UP_EVENTS} of the same kind to warm up, in ${ROUNDS} rounds alternating between floor and function; function and floor each in its own process with the Service's V8 flags (${manifestV8Flags().function.join(" ")}); latency in ms; CPU ms per event of the server (function or floor), the node-runner and the event source, for (b) until every dispatch is answered\n`,
+  `one event at a time over a keep-alive connection, as the ApiServerSource adapter sends, from a process of its own, after ${WARM_UP_EVENTS} of the same kind to warm up, in ${ROUNDS} rounds rotating between the floors and the function; function and floors each in its own process with the Service's V8 flags (${manifestV8Flags().function.join(" ")}); latency in ms; CPU ms per event of the server (function or floor), the node-runner and the event source, for (b) until every dispatch is answered\n`,
 );
 console.log(
   table(
     ["events", "count", "events/s", "median", "p99", "max", "CPU server", "CPU runner", "CPU source"],
     [
-      row("floor: bare express 5, the same update events", bareSkip),
-      row("(a) update of an initialized pod: skipped", skipped),
-      row("floor: bare express 5, the same add events", bareAdd),
-      row("(b) add: decided, read, queued (the answer)", dispatched),
+      row("floor: bare express 5, the same update events", skips.floor),
+      row("floor: bare express 5 parsing the JSON, the same update events", skips.floorJson),
+      row("(a) update of an initialized pod: skipped", skips.fn),
+      row("floor: bare express 5, the same add events", adds.floor),
+      row("floor: bare express 5 parsing the JSON, the same add events", adds.floorJson),
+      row("(b) add: decided, read, queued (the answer)", adds.fn),
     ],
   ),
 );
-console.log(`\n(a) skip path: ${((skipped.perSecond / bareSkip.perSecond) * 100).toFixed(0)}% of bare express 5's events/s`);
+console.log(
+  `\n(a) skip path: ${percentOf(skips.fn, skips.floorJson)} of the JSON-parsing floor's events/s (${percentOf(skips.fn, skips.floor)} of bare express 5's)`,
+);
 const verifiedByRunner = Number((await runner.ask()).verified);
 console.log(
-  `(b) dispatch path: ${((dispatched.perSecond / bareAdd.perSecond) * 100).toFixed(0)}% of bare express 5's events/s; all ${count} signed, sent and verified by the node-runner (its own process; ${verifiedByRunner} answered 200 in all, warm-up included): rounds from their first event to their last dispatch answered took ${dispatched.doneMs.toFixed(0)} ms in all (${(count / (dispatched.doneMs / 1000)).toFixed(0)} pods/s)`,
+  `(b) dispatch path: ${percentOf(adds.fn, adds.floorJson)} of the JSON-parsing floor's events/s (${percentOf(adds.fn, adds.floor)} of bare express 5's); all ${count} signed, sent and verified by the node-runner (its own process; ${verifiedByRunner} answered 200 in all, warm-up included): rounds from their first event to their last dispatch answered took ${adds.fn.doneMs.toFixed(0)} ms in all (${(count / (adds.fn.doneMs / 1000)).toFixed(0)} pods/s)`,
 );
 floor.stop();
+floorJson.stop();
 fn.stop();
 runner.stop();
 agent.destroy();

@@ -7,6 +7,7 @@
 import type { Logger } from "pino";
 import { formatIssues, formatWarning } from "../contract/capture-config.ts";
 import { BoundedMap } from "../lib/bounded-map.ts";
+import { deferredChild } from "../lib/deferred-logger.ts";
 import { errorMessage } from "../lib/errors.ts";
 import { decide, LEGACY_OPT_IN, releaseDecision, skipDecision, strandedWaiter, type Decision, type DecisionInput, type NamespaceFacts } from "./decision.ts";
 import type { DispatchDecision, Dispatcher } from "./dispatch.ts";
@@ -138,7 +139,8 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
   const versionKey = (pod: Pod, policy: Policy): string | undefined =>
     pod.metadata.resourceVersion === undefined ? undefined : `${pod.metadata.resourceVersion} ${policy.id}`;
   const podName = (pod: Pod): string => `${pod.metadata.namespace ?? ""}/${pod.metadata.name ?? ""}`;
-  const podLog = (log: Logger, pod: Pod): Logger => log.child({ pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid: pod.metadata.uid } });
+  const podLog = (log: Logger, pod: Pod): Logger =>
+    deferredChild(log, { pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid: pod.metadata.uid } });
 
   async function namespaceFactsFor(pod: Pod, policy: Policy): Promise<NamespaceFacts | undefined> {
     // Only the original controller's namespace-level opt-in, for pods Istio did not inject, needs the namespace.

@@ -8,9 +8,10 @@
 // CloudEvents SDK in Knative's adapters closes a 2xx answer without reading it, and Go then
 // drops the connection, so any body there cost the sender a new TCP connection per event.
 import express, { type Request, type Response } from "express";
-import { HTTP, type CloudEventV1 } from "cloudevents";
 import type { Logger } from "pino";
+import { deferredChild } from "../lib/deferred-logger.ts";
 import { errorMessage } from "../lib/errors.ts";
+import { readCloudEvents, type IncomingEvent } from "./cloudevents.ts";
 import type { Dispatcher } from "./dispatch.ts";
 import type { FunctionMetrics } from "./metrics.ts";
 import { parsePod, PodManifestError, type Pod } from "./pod.ts";
@@ -40,22 +41,6 @@ export interface FunctionDeps {
 }
 
 class BadEvent extends Error {}
-
-/**
- * The CloudEvents SDK's parse. It builds a ValidationError for every check it makes, thrown or
- * not, and each captures a stack trace: a tenth of an event's cost here. Only the message of
- * one that is thrown is ever used, so no stack is captured while it parses (synchronous: the
- * limit is back before anything else runs).
- */
-function parseCloudEvents(headers: Request["headers"], body: string): ReturnType<typeof HTTP.toEvent> {
-  const limit = Error.stackTraceLimit;
-  Error.stackTraceLimit = 0;
-  try {
-    return HTTP.toEvent({ headers, body });
-  } finally {
-    Error.stackTraceLimit = limit;
-  }
-}
 
 /**
  * Whether a request's Prefer header (RFC 7240) asks for the outcome in the answer's body:
@@ -182,11 +167,9 @@ export function createFunctionApp(deps: FunctionDeps): FunctionApp {
   app.post("/", senderFirst, express.raw({ type: () => true, limit: MAX_EVENT_BYTES }), async (req: Request, res: Response) => {
     inFlight++;
     try {
-      let events: CloudEventV1<unknown>[];
+      let events: IncomingEvent[];
       try {
-        const body = Buffer.isBuffer(req.body) ? req.body.toString("utf8") : "";
-        const parsed = parseCloudEvents(req.headers, body);
-        events = Array.isArray(parsed) ? parsed : [parsed];
+        events = readCloudEvents(req.headers, Buffer.isBuffer(req.body) ? req.body.toString("utf8") : "");
       } catch (err) {
         metrics.events.inc({ type: "unknown", outcome: "malformed" });
         log.warn({ err: errorMessage(err) }, "refused: not a CloudEvent");
@@ -197,7 +180,7 @@ export function createFunctionApp(deps: FunctionDeps): FunctionApp {
       let resyncSummary: ResyncSummary | "rate-limited" | undefined;
       let status = 200;
       for (const event of events) {
-        const elog = log.child({ ceId: event.id, ceType: event.type });
+        const elog = deferredChild(log, { ceId: event.id, ceType: event.type });
         // One policy snapshot per event: what is decided is what is signed.
         const policy = deps.policy();
         try {
@@ -210,11 +193,11 @@ export function createFunctionApp(deps: FunctionDeps): FunctionApp {
             r = [await handlePodEvent(event, policy, elog)];
           }
           results.push(...r);
-          metrics.events.inc({ type: eventTypeLabel(event.type), outcome: r.some((x) => x.transient === true) ? "transient" : "handled" });
+          metrics.events.inc({ type: eventTypeLabel(event.type ?? ""), outcome: r.some((x) => x.transient === true) ? "transient" : "handled" });
           if (r.some((x) => x.transient === true)) status = Math.max(status, 503);
         } catch (err) {
           if (!(err instanceof BadEvent)) throw err;
-          metrics.events.inc({ type: eventTypeLabel(event.type), outcome: "malformed" });
+          metrics.events.inc({ type: eventTypeLabel(event.type ?? ""), outcome: "malformed" });
           elog.warn({ detail: err.message }, "refused: event cannot be processed");
           status = Math.max(status, 400);
           results.push({ pod: event.subject ?? "", outcome: "failed", reason: err.message });
@@ -245,9 +228,9 @@ export function createFunctionApp(deps: FunctionDeps): FunctionApp {
   });
 
   /** A pod event in either ApiServerSource mode, to the pod it names. */
-  async function handlePodEvent(event: CloudEventV1<unknown>, policy: Policy, elog: Logger): Promise<HandledPod> {
-    const match = POD_EVENT.exec(event.type);
-    if (match === null) throw new BadEvent(`unsupported event type ${event.type}`);
+  async function handlePodEvent(event: IncomingEvent, policy: Policy, elog: Logger): Promise<HandledPod> {
+    const match = POD_EVENT.exec(event.type ?? "");
+    if (match === null) throw new BadEvent(`unsupported event type ${event.type ?? "(none)"}`);
     const [, mode, verb] = match;
     let pod: Pod | undefined;
     if (mode === "ref") {

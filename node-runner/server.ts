@@ -17,6 +17,7 @@ import {
   type ErrorResponse,
 } from "../contract/apply-request.ts";
 import { ConcurrencyLimit } from "../lib/concurrency.ts";
+import { deferredChild } from "../lib/deferred-logger.ts";
 import { errorMessage, formatSchemaIssues } from "../lib/errors.ts";
 import { acceptedUntilMs, verifyDigest, verifySignature, type SignedMessage, type VerifyResult } from "../contract/signature.ts";
 import type { NodeRunnerMetrics } from "./metrics.ts";
@@ -133,7 +134,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
    * Content-Digest header, so nobody without a signing key makes this process buffer a body.
    */
   function signedFirst(req: Request, res: Response, next: express.NextFunction, route: Route): void {
-    const log = deps.log.child({ requestId: requestIdOf(req), route });
+    const log = deferredChild(deps.log, { requestId: requestIdOf(req), route });
     try {
       if (stopping()) throw new Refusal("stopping", "this node-runner is stopping: send again to the one that follows it");
       // A body declared larger than any request is refused unread, signed or not.
@@ -188,7 +189,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
 
   async function handle(req: Request, res: Response, route: Route): Promise<void> {
     const started = performance.now();
-    let log = deps.log.child({ requestId: requestIdOf(req), route });
+    let log = deferredChild(deps.log, { requestId: requestIdOf(req), route });
     try {
       const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
       const verified = res.locals.verified as Extract<VerifyResult, { ok: true }>;
@@ -223,7 +224,7 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
       }
       const request = parsed.data;
       const pod = request.pod;
-      log = log.child({ pod: { namespace: pod.namespace, name: pod.name, uid: pod.uid }, keyid: verified.keyid });
+      log = deferredChild(log, { pod: { namespace: pod.namespace, name: pod.name, uid: pod.uid }, keyid: verified.keyid });
 
       // 5: the request is for this node.
       if (request.node !== deps.nodeName) throw new Refusal("wrong-node", `request for node ${request.node}, this is ${deps.nodeName}`);
