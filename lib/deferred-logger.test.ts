@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Writable } from "node:stream";
 import { describe, test } from "node:test";
-import { pino, type Logger } from "pino";
+import { pino, type Bindings, type Logger } from "pino";
 import { deferredChild } from "./deferred-logger.ts";
 
 function capture(level: string): { log: Logger; lines: Record<string, unknown>[]; children: () => number } {
@@ -14,12 +14,14 @@ function capture(level: string): { log: Logger; lines: Record<string, unknown>[]
   });
   const log = pino({ level }, stream);
   let made = 0;
-  const original = Reflect.get(log, "child") as (this: Logger, ...args: Parameters<Logger["child"]>) => Logger;
+  type Child = (this: Logger, bindings: Bindings) => Logger;
+  const original = Reflect.get(log, "child") as unknown as Child;
   // pino's children inherit from their parent: every child made below this logger is counted.
-  log.child = function (this: Logger, ...args: Parameters<Logger["child"]>) {
+  const counted: Child = function (this: Logger, bindings: Bindings) {
     made++;
-    return original.apply(this, args);
-  } as Logger["child"];
+    return original.call(this, bindings);
+  };
+  log.child = counted as unknown as Logger["child"];
   return { log, lines, children: () => made };
 }
 
