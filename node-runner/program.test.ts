@@ -1,11 +1,13 @@
-// One pod's pipeline with its edges replaced (an in-memory pod API): refusals before any netns
-// work, the bound on Events waiting, and Events held while pods are being programmed.
+// One pod's pipeline with its edges replaced (an in-memory pod API): nothing changed before the
+// identity check has answered (the namespace is only found and read meanwhile), the bound on
+// Events waiting, and Events held while pods are being programmed.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { pino } from "pino";
 import { DEFAULT_CAPTURE_CONFIG } from "../contract/capture-config.ts";
 import { createMetrics, type NodeRunnerMetrics } from "./metrics.ts";
 import type { PodIdentity } from "./kube.ts";
+import type { NetnsResolution } from "./netns.ts";
 import { createPodProgrammer, EVENTS_AT_ONCE, MAX_EVENTS_WAITING, Refusal, type PodProgrammer } from "./program.ts";
 
 const pod = { namespace: "shop", name: "web", uid: "uid-1", ips: ["10.0.0.2"] };
@@ -146,6 +148,80 @@ test("a namespace left without its process during the apply: 503 netns-not-found
     (err: unknown) => err instanceof Refusal && err.status === 503 && err.reason === "netns-not-found",
   );
 });
+
+/** A programmer whose identity check answers when the test says; what each edge was asked, in order. */
+function orderedProgrammer(options: { found: boolean; chooseFails?: boolean }) {
+  const calls: string[] = [];
+  let answer!: (identity: PodIdentity) => void;
+  const identity = new Promise<PodIdentity>((resolve) => (answer = resolve));
+  const netns = { fd: -1, inode: "4026532000", legacyTables: () => undefined, close: () => calls.push("close") };
+  const programmer = createPodProgrammer({
+    nodeName: "node-a",
+    eventTiming: { quietMs: 0, maxDelayMs: 60_000 },
+    pods: {
+      identify: () => {
+        calls.push("identify");
+        return identity;
+      },
+      markInitialized: () => {
+        calls.push("mark");
+        return Promise.resolve();
+      },
+      markRefused: () => assert.fail("nothing is refused"),
+      markSkipped: () => assert.fail("nor skipped"),
+      recordEvent: () => Promise.resolve(),
+    },
+    resolveNetns: () => {
+      calls.push("resolve");
+      const resolution: NetnsResolution = options.found
+        ? { found: true, netns: { inode: netns.inode, path: "/proc/1/ns/net", pid: 1, processes: 1, hostInode: "1" } }
+        : { found: false, reason: "no-process", detail: "no process of the pod" };
+      return Promise.resolve(resolution);
+    },
+    openNetns: () => netns,
+    stillInhabited: () => true,
+    applierFor: () => {
+      calls.push("choose");
+      if (options.chooseFails === true) return Promise.reject(new Error("the helper failed"));
+      return Promise.resolve({
+        apply: () => {
+          calls.push("apply");
+          return Promise.resolve({ result: "applied", digest: "d" });
+        },
+        remove: () => assert.fail("nothing is removed"),
+      });
+    },
+    metrics: createMetrics({ defaultMetrics: false }),
+  });
+  return { programmer, calls, answer };
+}
+
+const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 10));
+
+test("the namespace is found and its engine chosen while the identity check is answered; the rules wait for its answer", async () => {
+  const { programmer, calls, answer } = orderedProgrammer({ found: true });
+  const applied = programmer.apply(pod, DEFAULT_CAPTURE_CONFIG, pino({ level: "silent" }));
+  await settle();
+  assert.deepEqual(calls, ["identify", "resolve", "choose"], "nothing applied before the API server answered");
+  answer({ kind: "found", terminating: false });
+  assert.equal((await applied).result, "applied");
+  assert.deepEqual(calls, ["identify", "resolve", "choose", "apply", "mark", "close"]);
+});
+
+for (const [name, options] of [
+  ["its namespace found", { found: true }],
+  ["no namespace found", { found: false }],
+  ["the engine's choice failing", { found: true, chooseFails: true }],
+] as const) {
+  test(`a pod the API server does not have, ${name}: 409 pod-not-found, nothing applied or marked`, async () => {
+    const { programmer, calls, answer } = orderedProgrammer(options);
+    const applied = programmer.apply(pod, DEFAULT_CAPTURE_CONFIG, pino({ level: "silent" }));
+    await settle();
+    answer({ kind: "not-found" });
+    await assert.rejects(applied, (err: unknown) => err instanceof Refusal && err.status === 409 && err.reason === "pod-not-found");
+    assert.ok(!calls.includes("apply") && !calls.includes("mark"), calls.join(", "));
+  });
+}
 
 /** A programmer over a pod found with `marked` (or no mark); what it marks refused or skipped is recorded, anything else fails. */
 function markingProgrammer(marked: string | undefined) {

@@ -130,12 +130,21 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     }
   }
 
-  /** Resolve the pod's netns and open it once: the work runs against that descriptor. */
-  async function withNetns<T>(pod: PodRef, work: (netns: OpenNetns, resolved: ResolvedNetns) => Promise<T>): Promise<T> {
+  /**
+   * Resolve the pod's netns and open it once: the work runs against that descriptor. `identity`
+   * is the pod's identity check, still running: where the namespace is not found, its refusal
+   * (the pod is gone, or not this node's) is the answer, as it was checked first.
+   */
+  async function withNetns<T>(
+    pod: PodRef,
+    identity: Promise<FoundPod>,
+    work: (netns: OpenNetns, resolved: ResolvedNetns) => Promise<T>,
+  ): Promise<T> {
     const t0 = performance.now();
     const resolution = await deps.resolveNetns({ uid: pod.uid, ips: pod.ips });
     deps.metrics.netnsDuration.observe({ outcome: resolution.found ? "found" : resolution.reason }, (performance.now() - t0) / 1000);
     if (!resolution.found) {
+      await identity;
       if (resolution.reason === "host-netns-only") throw new Refusal("host-netns", resolution.detail);
       if (resolution.reason === "ambiguous-netns") throw new Refusal("ambiguous-netns", resolution.detail);
       if (resolution.reason === "host-netns-unknown") throw new Refusal("host-netns-unknown", resolution.detail);
@@ -145,6 +154,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     try {
       netns = (deps.openNetns ?? openNetns)(resolution.netns);
     } catch (err) {
+      await identity;
       if (err instanceof NetnsGoneError) throw new Refusal("netns-not-found", err.message);
       throw err;
     }
@@ -186,24 +196,37 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
 
   async function applyIn(
     pod: PodRef,
-    identity: FoundPod,
+    identified: Promise<FoundPod>,
     capture: ReturnType<typeof parseCaptureConfig>,
     netns: OpenNetns,
     resolved: ResolvedNetns,
     log: Logger,
   ): Promise<ProgramOutcome> {
-    const t0 = performance.now();
+    let identity: FoundPod | undefined;
     let result: Awaited<ReturnType<NetnsApplier["apply"]>>;
+    // The engine's time (choosing it, then the apply), without the wait for the API server between.
+    let engineMs = 0;
     try {
-      result = await (await deps.applierFor(netns, pod.uid)).apply(capture);
+      // Choosing the engine only reads the namespace; the rules wait for the identity check,
+      // whose refusal, if any, is the answer.
+      const t0 = performance.now();
+      const applier = await deps.applierFor(netns, pod.uid).finally(async () => {
+        engineMs = performance.now() - t0;
+        identity = await identified;
+      });
+      const t1 = performance.now();
+      result = await applier.apply(capture);
+      engineMs += performance.now() - t1;
     } catch (err) {
+      if (identity === undefined) throw err;
+
       recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${errorMessage(err)}`, log);
       const refusal = asRefusal(err);
       // The namespace's tables refuse these rules (nothing changed): that stays so until someone changes them.
       if (refusal instanceof Refusal && refusal.reason === "rules-refused") await markRefused(pod, identity, `the rules were refused: ${refusal.message}`, log);
       throw refusal;
     }
-    deps.metrics.applyDuration.observe({ result: result.result }, (performance.now() - t0) / 1000);
+    deps.metrics.applyDuration.observe({ result: result.result }, engineMs / 1000);
     // The descriptor kept the namespace alive however the pod fared meanwhile: a sandbox that
     // ended during the apply left rules in a namespace nobody uses, and the pod is not marked.
     if (!stillInhabited(resolved)) {
@@ -230,24 +253,27 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   return {
     apply: (pod, captureInput, log) =>
       events.during(async () => {
-        const identity = await checkPodIdentity(pod);
+        // The identity check is an API round trip: it runs while the namespace is found and its
+        // engine chosen, which only read; nothing is changed before it has answered.
+        const identified = checkPodIdentity(pod);
+        identified.catch(() => undefined); // awaited below, on every path
         let capture: ReturnType<typeof parseCaptureConfig>;
         try {
           capture = parseCaptureConfig(captureInput);
         } catch (err) {
           if (!(err instanceof CaptureConfigError)) throw err;
-          throw await invalidCapture(pod, identity, err.message, log);
+          throw await invalidCapture(pod, await identified, err.message, log);
         }
         const unknownGroups = unknownOwnerGroups(capture, deps.groupFile);
         if (unknownGroups.length > 0) {
           throw await invalidCapture(
             pod,
-            identity,
+            await identified,
             `owner group ${unknownGroups.map((g) => JSON.stringify(g)).join(", ")} is not known on node ${deps.nodeName}: use a numeric GID`,
             log,
           );
         }
-        return withNetns(pod, (netns, resolved) => applyIn(pod, identity, capture, netns, resolved, log));
+        return withNetns(pod, identified, (netns, resolved) => applyIn(pod, identified, capture, netns, resolved, log));
       }),
     refuse: (pod, reason, log) => markUnlessInitialized(pod, "refused", reason, log),
     skip: (pod, reason, log) => markUnlessInitialized(pod, "skipped", reason, log),
