@@ -135,11 +135,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
    * is the pod's identity check, still running: where the namespace is not found, its refusal
    * (the pod is gone, or not this node's) is the answer, as it was checked first.
    */
-  async function withNetns<T>(
-    pod: PodRef,
-    identity: Promise<FoundPod>,
-    work: (netns: OpenNetns, resolved: ResolvedNetns) => Promise<T>,
-  ): Promise<T> {
+  async function withNetns<T>(pod: PodRef, identity: Promise<FoundPod>, work: (netns: OpenNetns, resolved: ResolvedNetns) => Promise<T>): Promise<T> {
     const t0 = performance.now();
     const resolution = await deps.resolveNetns({ uid: pod.uid, ips: pod.ips });
     deps.metrics.netnsDuration.observe({ outcome: resolution.found ? "found" : resolution.reason }, (performance.now() - t0) / 1000);
