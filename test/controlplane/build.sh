@@ -93,7 +93,7 @@ traefik_dir="$here/traefik"
 build_traefik() {
   local mod lego src="$cache/src/traefik"
   mod="$(go mod download -json "github.com/traefik/traefik/v3@$traefik_version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')" || return 1
-  rm -rf "$src" && cp -r "$mod" "$src" && chmod -R u+w "$src" || return 1
+  rm -rf "$src" && mkdir -p "$(dirname "$src")" && cp -r "$mod" "$src" && chmod -R u+w "$src" || return 1
   lego="$(awk '$1=="github.com/go-acme/lego/v5" {print $2}' "$src/go.mod" | head -1)"
   (cd "$src" && go mod download -json "github.com/go-acme/lego/v5@$lego" "github.com/abbot/go-http-auth@v0.4.0" >/dev/null) || return 1
   cp -r "$(go env GOMODCACHE)/github.com/go-acme/lego/v5@$lego" "$src/_lego"
@@ -182,7 +182,7 @@ build_tool istio-charts "$istio_version base istio-discovery istio-cni" "seconds
 build_istio_testdata() {
   local mod src="$cache/src/istio-testdata" suite dir
   mod="$(cd "$oracle_dir" && go mod download istio.io/istio && go list -m -f '{{.Dir}}' istio.io/istio)" || return 1
-  rm -rf "$src" && cp -r "$mod" "$src" && chmod -R u+w "$src" || return 1
+  rm -rf "$src" && mkdir -p "$(dirname "$src")" && cp -r "$mod" "$src" && chmod -R u+w "$src" || return 1
   mkdir -p "$BUILD_OUT/capture" "$BUILD_OUT/nft" "$BUILD_OUT/cni"
   for suite in capture:tools/istio-iptables/pkg/capture nft:tools/istio-nftables/pkg/capture; do
     dir="${suite#*:}"
