@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
 import http from "node:http";
+import type { Socket } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { verifyRequest } from "../contract/signature.ts";
 import { freePort } from "../test/controlplane/harness.ts";
@@ -140,6 +141,31 @@ describe("dispatcher", () => {
     await Promise.all(Array.from({ length: 12 }, (_, i) => d.send({ ...decision(`g${i}`), node: `node-${i % 3}` }, "p1")));
     assert.equal(maxConcurrent, 6, "three nodes, two each");
     d.close();
+  });
+
+  test("a connection idle for idleConnectionMs is closed; one in use is kept for the next request; a slow answer still arrives", async () => {
+    script = () => ({ status: 200 });
+    let opened = 0;
+    let closed = 0;
+    const onConnection = (socket: Socket): void => {
+      opened++;
+      socket.once("close", () => closed++);
+    };
+    server.on("connection", onConnection);
+    try {
+      const d = dispatcher({ idleConnectionMs: 200 });
+      await d.send(decision("i1"), "p1");
+      await d.send(decision("i2"), "p1");
+      assert.deepEqual([opened, closed], [1, 0], "back to back: the same connection");
+      await new Promise((r) => setTimeout(r, 600));
+      assert.deepEqual([opened, closed], [1, 1], "idle: closed by the function");
+      // The idle bound is not a request's deadline: an answer slower than it still arrives.
+      script = () => ({ status: 200, delayMs: 500 });
+      assert.deepEqual(await d.send(decision("i3"), "p1"), { ok: true, status: 200, result: "applied" });
+      d.close();
+    } finally {
+      server.off("connection", onConnection);
+    }
   });
 
   test("no signing key: a retryable failure, not a crash", async () => {
