@@ -13,6 +13,7 @@ export function inMemoryNode(
     openNetns: (netns) => ({ fd: -1, inode: netns.inode, legacyTables: () => false, close: () => undefined }),
     applierFor: () =>
       Promise.resolve({
+        untouched: false,
         apply: (config) => Promise.resolve({ result: "applied" as const, digest: digest(config) }),
         remove: () => Promise.resolve("absent" as const),
       }),

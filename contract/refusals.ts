@@ -58,7 +58,7 @@ export const REFUSAL_ROWS = [
   {
     status: 409,
     reasons: ["pod-not-found", "uid-mismatch", "not-on-this-node", "terminating"],
-    when: "the pod as the API server sees it, through a patch that changes nothing: `not-on-this-node` is the admission policy's refusal (also when the pod is deleted or replaced while its rules are applied: the mark's UID precondition fails)",
+    when: "the pod as the API server sees it: for a namespace that holds rules, a refusal or a skip, through a patch that changes nothing, before anything changes; for a new pod's namespace (no rules in it), through the mark's own patch, after which the rules just applied are taken out again (`terminating` is not checked there). `not-on-this-node` is the admission policy's refusal; `uid-mismatch` the mark's UID precondition (also when the pod is deleted or replaced while its rules are applied)",
   },
   { status: 409, reasons: ["host-netns"], when: "the pod's processes are only in the node's own network namespace (a hostNetwork pod)" },
   { status: 409, reasons: ["ambiguous-netns"], when: "more than one network namespace in the pod's kubelet cgroup holds the pod's IP: never choose" },

@@ -59,6 +59,11 @@ export function isBackendName(value: string): value is BackendName {
 export interface NetnsApplier {
   apply(config: CaptureConfig): Promise<ApplyOutcome>;
   remove(): Promise<"removed" | "absent">;
+  /**
+   * The namespace held no rules when the engine was chosen (no nftables table, no legacy table)
+   * and this runner has no record of it: an apply there is undone by `remove()`.
+   */
+  readonly untouched: boolean;
 }
 
 /** A namespace open for one request, as the chooser needs it (netns.ts's OpenNetns). */
@@ -88,7 +93,9 @@ export function applierChooser(options: {
     const record = records.get(netns.inode);
     const programmed = record?.podUid === podUid;
     // Only where an iptables-nft save could follow (not for the legacy or native engines).
-    let earlier: EarlierSaves = !programmed && (backend === "auto" || backend === "iptables-nft") ? savesOfEmptyNftTables(await options.nftTables(netns)) : {};
+    const nftTables = !programmed && (backend === "auto" || backend === "iptables-nft") ? await options.nftTables(netns) : undefined;
+    const untouched = record === undefined && nftTables?.length === 0 && netns.legacyTables() === false;
+    let earlier: EarlierSaves = savesOfEmptyNftTables(nftTables);
     let name: BackendName;
     if (backend !== "auto") name = backend;
     else if (programmed && record.variant !== "nftables") name = record.variant;
@@ -99,8 +106,10 @@ export function applierChooser(options: {
     }
     const engine = engines[name];
     return {
+      untouched,
       apply: (config) => engine.apply(ops, netns.inode, podUid, config, earlier),
-      remove: () => engine.remove(ops, netns.inode, podUid, earlier),
+      // After an apply, the saves taken before it are no longer the namespace's.
+      remove: () => engine.remove(ops, netns.inode, podUid, untouched ? {} : earlier),
     };
   };
 }

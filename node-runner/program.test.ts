@@ -1,12 +1,13 @@
-// One pod's pipeline with its edges replaced (an in-memory pod API): nothing changed before the
-// identity check has answered (the namespace is only found and read meanwhile), the bound on
-// Events waiting, and Events held while pods are being programmed.
+// One pod's pipeline with its edges replaced (an in-memory pod API): a namespace holding rules
+// changed only after the identity check, a new pod's checked by its mark and emptied again when
+// that is refused, the bound on Events waiting, and Events held while pods are being programmed.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { pino } from "pino";
 import { DEFAULT_CAPTURE_CONFIG } from "../contract/capture-config.ts";
 import { createMetrics, type NodeRunnerMetrics } from "./metrics.ts";
 import type { PodIdentity } from "./kube.ts";
+import { ApiError } from "../lib/kube-http.ts";
 import type { NetnsResolution } from "./netns.ts";
 import { createPodProgrammer, EVENTS_AT_ONCE, MAX_EVENTS_WAITING, Refusal, type PodProgrammer } from "./program.ts";
 
@@ -140,7 +141,8 @@ test("a namespace left without its process during the apply: 503 netns-not-found
     resolveNetns: () => Promise.resolve({ found: true, netns: { inode: netns.inode, path: "/proc/1/ns/net", pid: 1, processes: 1, hostInode: "1" } }),
     openNetns: () => netns,
     stillInhabited: () => false,
-    applierFor: () => Promise.resolve({ apply: () => Promise.resolve({ result: "applied", digest: "d" }), remove: () => Promise.resolve("removed") }),
+    applierFor: () =>
+      Promise.resolve({ untouched: false, apply: () => Promise.resolve({ result: "applied", digest: "d" }), remove: () => Promise.resolve("removed") }),
     metrics,
   });
   await assert.rejects(
@@ -149,8 +151,11 @@ test("a namespace left without its process during the apply: 503 netns-not-found
   );
 });
 
-/** A programmer whose identity check answers when the test says; what each edge was asked, in order. */
-function orderedProgrammer(options: { found: boolean; chooseFails?: boolean }) {
+/**
+ * A programmer whose identity check answers when the test says, and whose mark is refused with
+ * `markRefusal` (an API error) if given; what each edge was asked, in order.
+ */
+function orderedProgrammer(options: { found: boolean; chooseFails?: boolean; untouched?: boolean; markRefusal?: ApiError }) {
   const calls: string[] = [];
   let answer!: (identity: PodIdentity) => void;
   const identity = new Promise<PodIdentity>((resolve) => (answer = resolve));
@@ -165,7 +170,7 @@ function orderedProgrammer(options: { found: boolean; chooseFails?: boolean }) {
       },
       markInitialized: () => {
         calls.push("mark");
-        return Promise.resolve();
+        return options.markRefusal === undefined ? Promise.resolve() : Promise.reject(options.markRefusal);
       },
       markRefused: () => assert.fail("nothing is refused"),
       markSkipped: () => assert.fail("nor skipped"),
@@ -184,11 +189,15 @@ function orderedProgrammer(options: { found: boolean; chooseFails?: boolean }) {
       calls.push("choose");
       if (options.chooseFails === true) return Promise.reject(new Error("the helper failed"));
       return Promise.resolve({
+        untouched: options.untouched ?? false,
         apply: () => {
           calls.push("apply");
           return Promise.resolve({ result: "applied", digest: "d" });
         },
-        remove: () => assert.fail("nothing is removed"),
+        remove: () => {
+          calls.push("remove");
+          return Promise.resolve("removed" as const);
+        },
       });
     },
     metrics: createMetrics({ defaultMetrics: false }),
@@ -198,18 +207,39 @@ function orderedProgrammer(options: { found: boolean; chooseFails?: boolean }) {
 
 const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 10));
 
-test("the namespace is found and its engine chosen while the identity check is answered; the rules wait for its answer", async () => {
+test("a namespace that holds no rules (a new pod's) is programmed and marked in one API call: the mark's patch is the identity check", async () => {
+  const { programmer, calls } = orderedProgrammer({ found: true, untouched: true });
+  assert.equal((await programmer.apply(pod, DEFAULT_CAPTURE_CONFIG, pino({ level: "silent" }))).result, "applied");
+  assert.deepEqual(calls, ["resolve", "choose", "apply", "mark", "close"]);
+});
+
+for (const [name, refusal, reason] of [
+  ["gone", new ApiError(404, 'pods "web" not found'), "pod-not-found"],
+  ["replaced (another UID)", new ApiError(422, "Precondition failed: UID in precondition", ["metadata.uid"]), "uid-mismatch"],
+  ["not bound to this node", new ApiError(403, "denied by the admission policy"), "not-on-this-node"],
+] as const) {
+  test(`a new pod's namespace programmed, the mark refused (the pod ${name}): its rules are taken out again, 409 ${reason}`, async () => {
+    const { programmer, calls } = orderedProgrammer({ found: true, untouched: true, markRefusal: refusal });
+    await assert.rejects(
+      programmer.apply(pod, DEFAULT_CAPTURE_CONFIG, pino({ level: "silent" })),
+      (err: unknown) => err instanceof Refusal && err.status === 409 && err.reason === reason,
+    );
+    assert.deepEqual(calls, ["resolve", "choose", "apply", "mark", "remove", "close"]);
+  });
+}
+
+test("a namespace that holds rules is changed only once the identity check has answered", async () => {
   const { programmer, calls, answer } = orderedProgrammer({ found: true });
   const applied = programmer.apply(pod, DEFAULT_CAPTURE_CONFIG, pino({ level: "silent" }));
   await settle();
-  assert.deepEqual(calls, ["identify", "resolve", "choose"], "nothing applied before the API server answered");
+  assert.deepEqual(calls, ["resolve", "choose", "identify"], "nothing applied before the API server answered");
   answer({ kind: "found", terminating: false });
   assert.equal((await applied).result, "applied");
-  assert.deepEqual(calls, ["identify", "resolve", "choose", "apply", "mark", "close"]);
+  assert.deepEqual(calls, ["resolve", "choose", "identify", "apply", "mark", "close"]);
 });
 
 for (const [name, options] of [
-  ["its namespace found", { found: true }],
+  ["its namespace holding rules", { found: true }],
   ["no namespace found", { found: false }],
   ["the engine's choice failing", { found: true, chooseFails: true }],
 ] as const) {

@@ -131,16 +131,16 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   }
 
   /**
-   * Resolve the pod's netns and open it once: the work runs against that descriptor. `identity`
-   * is the pod's identity check, still running: where the namespace is not found, its refusal
-   * (the pod is gone, or not this node's) is the answer, as it was checked first.
+   * Resolve the pod's netns and open it once: the work runs against that descriptor. Where the
+   * namespace is not found, the pod's identity check's refusal (it is gone, or not this node's),
+   * if it refuses, is the answer.
    */
-  async function withNetns<T>(pod: PodRef, identity: Promise<FoundPod>, work: (netns: OpenNetns, resolved: ResolvedNetns) => Promise<T>): Promise<T> {
+  async function withNetns<T>(pod: PodRef, identity: () => Promise<FoundPod>, work: (netns: OpenNetns, resolved: ResolvedNetns) => Promise<T>): Promise<T> {
     const t0 = performance.now();
     const resolution = await deps.resolveNetns({ uid: pod.uid, ips: pod.ips });
     deps.metrics.netnsDuration.observe({ outcome: resolution.found ? "found" : resolution.reason }, (performance.now() - t0) / 1000);
     if (!resolution.found) {
-      await identity;
+      await identity();
       if (resolution.reason === "host-netns-only") throw new Refusal("host-netns", resolution.detail);
       if (resolution.reason === "ambiguous-netns") throw new Refusal("ambiguous-netns", resolution.detail);
       if (resolution.reason === "host-netns-unknown") throw new Refusal("host-netns-unknown", resolution.detail);
@@ -150,7 +150,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     try {
       netns = (deps.openNetns ?? openNetns)(resolution.netns);
     } catch (err) {
-      await identity;
+      await identity();
       if (err instanceof NetnsGoneError) throw new Refusal("netns-not-found", err.message);
       throw err;
     }
@@ -190,39 +190,55 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     return new Refusal("invalid-capture", message);
   }
 
+  /** The rules could not be applied (nothing changed: the engine's transaction): the pod is told, and refused where its tables refuse them. */
+  async function applyFailed(pod: PodRef, identity: FoundPod, err: unknown, log: Logger): Promise<unknown> {
+    recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${errorMessage(err)}`, log);
+    const refusal = asRefusal(err);
+    // The namespace's tables refuse these rules (nothing changed): that stays so until someone changes them.
+    if (refusal instanceof Refusal && refusal.reason === "rules-refused") await markRefused(pod, identity, `the rules were refused: ${refusal.message}`, log);
+    return refusal;
+  }
+
+  /** Rules applied to a new pod's namespace before the API server refused the pod: taken out, so that the refusal leaves nothing behind. */
+  async function takeOut(applier: NetnsApplier, log: Logger): Promise<void> {
+    try {
+      await applier.remove();
+      log.info("rules taken out again: the API server refused the pod's mark");
+    } catch (err) {
+      log.error({ err: errorMessage(err) }, "the API server refused the pod's mark, and its rules could not be taken out");
+    }
+  }
+
   async function applyIn(
     pod: PodRef,
-    identified: Promise<FoundPod>,
+    identity: () => Promise<FoundPod>,
     capture: ReturnType<typeof parseCaptureConfig>,
     netns: OpenNetns,
     resolved: ResolvedNetns,
     log: Logger,
   ): Promise<ProgramOutcome> {
-    let identity: FoundPod | undefined;
-    let result: Awaited<ReturnType<NetnsApplier["apply"]>>;
-    // The engine's time (choosing it, then the apply), without the wait for the API server between.
-    let engineMs = 0;
+    let t0 = performance.now();
+    let applier: NetnsApplier;
     try {
-      // Choosing the engine only reads the namespace; the rules wait for the identity check,
-      // whose refusal, if any, is the answer.
-      const t0 = performance.now();
-      const applier = await deps.applierFor(netns, pod.uid).finally(async () => {
-        engineMs = performance.now() - t0;
-        identity = await identified;
-      });
-      const t1 = performance.now();
-      result = await applier.apply(capture);
-      engineMs += performance.now() - t1;
+      applier = await deps.applierFor(netns, pod.uid);
     } catch (err) {
-      if (identity === undefined) throw err;
-
-      recordEvent(pod, "Warning", "NetworkInitFailed", `applying the rules failed: ${errorMessage(err)}`, log);
-      const refusal = asRefusal(err);
-      // The namespace's tables refuse these rules (nothing changed): that stays so until someone changes them.
-      if (refusal instanceof Refusal && refusal.reason === "rules-refused") await markRefused(pod, identity, `the rules were refused: ${refusal.message}`, log);
-      throw refusal;
+      throw await applyFailed(pod, await identity(), err, log); // the identity check's refusal first
     }
-    deps.metrics.applyDuration.observe({ result: result.result }, engineMs / 1000);
+    // A namespace that holds rules is changed only once the identity check has answered. One
+    // that holds none (a new pod's) is programmed at once: the mark's patch checks the same (the
+    // pod's UID, bound to this node), and where it refuses, the rules are taken out again.
+    if (!applier.untouched) {
+      const waitStarted = performance.now();
+      await identity();
+      t0 += performance.now() - waitStarted; // the engine's time, not the API server's
+    }
+    let result: Awaited<ReturnType<NetnsApplier["apply"]>>;
+    try {
+      result = await applier.apply(capture);
+    } catch (err) {
+      throw await applyFailed(pod, await identity(), err, log);
+    }
+    deps.metrics.applyDuration.observe({ result: result.result }, (performance.now() - t0) / 1000);
     // The descriptor kept the namespace alive however the pod fared meanwhile: a sandbox that
     // ended during the apply left rules in a namespace nobody uses, and the pod is not marked.
     if (!stillInhabited(resolved)) {
@@ -234,9 +250,13 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     try {
       await deps.pods.markInitialized(pod, { netns: netns.inode, rules: result.digest });
     } catch (err) {
-      // The pod went away or was replaced while its rules were applied.
-      const identity = identityFromApiError(err);
-      if (identity !== undefined) throw identityRefusal(pod, identity, " any more (after its rules were applied)");
+      // The pod is gone, replaced or not this node's (a new pod's namespace, not checked before), or went away while its rules were applied.
+      const missing = identityFromApiError(err);
+      if (missing !== undefined && applier.untouched) {
+        await takeOut(applier, log);
+        throw identityRefusal(pod, missing, " (its rules were taken out again)");
+      }
+      if (missing !== undefined) throw identityRefusal(pod, missing, " any more (after its rules were applied)");
       // The rules are in place; a retry finds them unchanged and marks the pod then.
       throw new Refusal("api-unavailable", `rules applied but the pod could not be marked: ${errorMessage(err)}`);
     }
@@ -249,27 +269,26 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
   return {
     apply: (pod, captureInput, log) =>
       events.during(async () => {
-        // The identity check is an API round trip: it runs while the namespace is found and its
-        // engine chosen, which only read; nothing is changed before it has answered.
-        const identified = checkPodIdentity(pod);
-        identified.catch(() => undefined); // awaited below, on every path
+        // The identity check (an API round trip), asked once, where the answer needs it.
+        let identifying: Promise<FoundPod> | undefined;
+        const identity = (): Promise<FoundPod> => (identifying ??= checkPodIdentity(pod));
         let capture: ReturnType<typeof parseCaptureConfig>;
         try {
           capture = parseCaptureConfig(captureInput);
         } catch (err) {
           if (!(err instanceof CaptureConfigError)) throw err;
-          throw await invalidCapture(pod, await identified, err.message, log);
+          throw await invalidCapture(pod, await identity(), err.message, log);
         }
         const unknownGroups = unknownOwnerGroups(capture, deps.groupFile);
         if (unknownGroups.length > 0) {
           throw await invalidCapture(
             pod,
-            await identified,
+            await identity(),
             `owner group ${unknownGroups.map((g) => JSON.stringify(g)).join(", ")} is not known on node ${deps.nodeName}: use a numeric GID`,
             log,
           );
         }
-        return withNetns(pod, identified, (netns, resolved) => applyIn(pod, identified, capture, netns, resolved, log));
+        return withNetns(pod, identity, (netns, resolved) => applyIn(pod, identity, capture, netns, resolved, log));
       }),
     refuse: (pod, reason, log) => markUnlessInitialized(pod, "refused", reason, log),
     skip: (pod, reason, log) => markUnlessInitialized(pod, "skipped", reason, log),

@@ -238,9 +238,10 @@ export function createNodeRunnerApp(deps: NodeRunnerDeps, programmer: PodProgram
             : programmer.skip(pod, request.skip, log),
       );
       const durationMs = Math.round((performance.now() - started) * 10) / 10;
+      // The pod's init container waits on this answer's mark; the line and the count can follow it.
+      answer(res, 200, { ...outcome, durationMs } satisfies ApplyResponse);
       deps.metrics.requests.inc({ route, result: outcome.result });
       log.info({ ...outcome, durationMs, decision: request.decision }, `${route}: ${outcome.result}`);
-      answer(res, 200, { ...outcome, durationMs } satisfies ApplyResponse);
     } catch (err) {
       if (err instanceof Refusal) {
         refuse(res, log, route, err);

@@ -199,6 +199,21 @@ describe("node-runner command helper [needs root]", skipUnlessCI(unavailable), (
       assert.equal(rules(fresh), rules(first));
       assert.equal(rules(busy), rules(first));
       assert.match(busy.exec(["iptables-nft-save", "-t", "nat"]), /-A OUTPUT -d 192.0.2.1\/32 -j RETURN/, "the foreign rule stays");
+
+      // Untouched (programmed while the identity check is answered, undone by remove): only a
+      // namespace holding no table at all that this runner has no record of.
+      const targetOf = (pod: { netns: OpenNetns }) => ({ fd: pod.netns.fd, inode: pod.netns.inode, legacyTables: () => false });
+      const blank = await netnsOf();
+      const chosen = await choose(targetOf(blank), "uid-blank");
+      assert.equal(chosen.untouched, true, "a new pod's namespace");
+      assert.equal((await choose(targetOf(busy), "uid-busy")).untouched, false, "one this runner programmed");
+      const foreign = await netnsOf();
+      foreign.exec(["iptables-nft", "-t", "filter", "-A", "INPUT", "-s", "192.0.2.2", "-j", "ACCEPT"]);
+      assert.equal((await choose(targetOf(foreign), "uid-foreign")).untouched, false, "one holding someone else's rules");
+      // Applied and removed again: no ISTIO_ rule is left.
+      assert.equal((await chosen.apply(config)).result, "applied");
+      assert.equal(await chosen.remove(), "removed");
+      assert.doesNotMatch(blank.exec(["iptables-nft-save"]), /ISTIO/);
     } finally {
       rmSync(stateDir, { recursive: true, force: true });
     }
