@@ -142,7 +142,8 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
   const podLog = (log: Logger, pod: Pod): Logger =>
     deferredChild(log, { pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid: pod.metadata.uid } });
 
-  async function namespaceFactsFor(pod: Pod, policy: Policy): Promise<NamespaceFacts | undefined> {
+  /** Undefined, not awaited, where the namespace is not needed (nearly always: every event takes this path). */
+  function namespaceFactsFor(pod: Pod, policy: Policy): Promise<NamespaceFacts | undefined> | undefined {
     // Only the original controller's namespace-level opt-in, for pods Istio did not inject, needs the namespace.
     const injected = proxyContainer(pod) !== undefined && pod.metadata.annotations?.["sidecar.istio.io/status"] !== undefined;
     if (injected || !policy.document.legacyOptIn || pod.metadata.annotations?.[LEGACY_OPT_IN] !== undefined) return undefined;
@@ -163,7 +164,8 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     if (!deleted && eventVersion !== undefined && handled.get(eventUid) === eventVersion) {
       return skipped({ action: "skip", reason: "duplicate" }, podName(eventPod), log, "duplicate");
     }
-    const namespace = await namespaceFactsFor(eventPod, policy);
+    const reading = namespaceFactsFor(eventPod, policy);
+    const namespace = reading === undefined ? undefined : await reading;
     let pod = eventPod;
     // An event's copy decides skips only; the capture config comes from the API server's pod.
     let decision = timed<Decision | undefined>(source.fromApi ? decide : skipDecision, pod, policy, namespace, deleted);

@@ -8,23 +8,32 @@ import type { Bindings, Logger } from "pino";
 const LEVEL_METHODS = new Set(["trace", "debug", "info", "warn", "error", "fatal"]);
 const noop = (): void => {};
 
+/** What a deferred child holds: the proxy's target. One handler serves them all (nothing is made per child but this). */
+interface Deferred {
+  readonly parent: Logger;
+  readonly bindings: Bindings;
+  child: Logger | undefined;
+}
+
+const made = (d: Deferred): Logger => (d.child ??= d.parent.child(d.bindings));
+
+const handler: ProxyHandler<Deferred> = {
+  get(d, key) {
+    if (d.child === undefined) {
+      if (key === "level" || key === "levelVal") return Reflect.get(d.parent, key, d.parent) as unknown;
+      if (key === "isLevelEnabled") return d.parent.isLevelEnabled.bind(d.parent);
+      if (typeof key === "string" && LEVEL_METHODS.has(key) && !d.parent.isLevelEnabled(key)) return noop;
+    }
+    const logger = made(d);
+    const value = Reflect.get(logger, key, logger) as unknown;
+    return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(logger) : value;
+  },
+  // A level set on it is the child's own, never the parent's.
+  set(d, key, value) {
+    return Reflect.set(made(d), key, value);
+  },
+};
+
 export function deferredChild(parent: Logger, bindings: Bindings): Logger {
-  let child: Logger | undefined;
-  const made = (): Logger => (child ??= parent.child(bindings));
-  return new Proxy(parent, {
-    get(target, key) {
-      if (child === undefined) {
-        if (key === "level" || key === "levelVal") return Reflect.get(target, key, target) as unknown;
-        if (key === "isLevelEnabled") return target.isLevelEnabled.bind(target);
-        if (typeof key === "string" && LEVEL_METHODS.has(key) && !target.isLevelEnabled(key)) return noop;
-      }
-      const logger = made();
-      const value = Reflect.get(logger, key, logger) as unknown;
-      return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(logger) : value;
-    },
-    // A level set on it is the child's own, never the parent's.
-    set(_target, key, value) {
-      return Reflect.set(made(), key, value);
-    },
-  });
+  return new Proxy<Deferred>({ parent, bindings, child: undefined }, handler) as unknown as Logger;
 }
