@@ -239,6 +239,36 @@ async function run(stack: RealNodeStack, mode: Mode, count: number): Promise<Pha
 }
 
 /**
+ * Each component's RSS by minute, and its trend over the minutes after the first two (least
+ * squares, MiB per minute): flat memory is a trend near zero, however the first minutes rose.
+ */
+function perMinute(samples: readonly { t: number; runner: number; fn: number }[], seconds: number): string[] {
+  const minutes = Math.floor(seconds / 60);
+  const means = (pick: (x: (typeof samples)[number]) => number): number[] =>
+    Array.from({ length: minutes }, (_, m) => {
+      const xs = samples.filter((x) => x.t >= m * 60_000 && x.t < (m + 1) * 60_000).map(pick);
+      return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+    });
+  const slope = (ys: number[]): number => {
+    const pts = ys.map((y, i) => [i, y] as const).slice(2);
+    const n = pts.length;
+    if (n < 2) return Number.NaN;
+    const mx = pts.reduce((a, [x]) => a + x, 0) / n;
+    const my = pts.reduce((a, [, y]) => a + y, 0) / n;
+    return pts.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0) / pts.reduce((a, [x]) => a + (x - mx) ** 2, 0);
+  };
+  return (
+    [
+      ["node-runner", (x: (typeof samples)[number]) => x.runner],
+      ["function", (x: (typeof samples)[number]) => x.fn],
+    ] as const
+  ).map(([name, pick]) => {
+    const ys = means(pick);
+    return `${name} RSS by minute (MiB): ${ys.map((y) => y.toFixed(1)).join(" ")}; trend from minute 3: ${slope(ys).toFixed(2)} MiB/min`;
+  });
+}
+
+/**
  * Sustained churn (issue 32, item 4): podnet pods created at `rate` per second, each deleted
  * `lifetime` seconds later, for `seconds`. Per pod IP → marked (both seen on a watch); pods that
  * had an IP and were never marked; every 10 s the node-runners' and the function's RSS and the
@@ -258,6 +288,10 @@ async function runChurn(stack: RealNodeStack, c: { rate: number; seconds: number
   };
   const failures: string[] = [];
   const alive: { name: string; created: number }[] = [];
+  /** The function's metric series (lines of its /metrics): none may be left per deleted pod. */
+  const functionSeries = async (): Promise<number | undefined> =>
+    stack.processes === undefined ? undefined : (await stack.processes.fn.metrics()).split("\n").filter((l) => l !== "" && !l.startsWith("#")).length;
+  let seriesAfterFirstMinute: number | undefined;
   const start = Date.now();
   let nextSample = start;
   for (let i = 0; Date.now() - start < c.seconds * 1000; i++) {
@@ -279,6 +313,7 @@ async function runChurn(stack: RealNodeStack, c: { rate: number; seconds: number
     if (Date.now() >= nextSample) {
       sample(Date.now() - start);
       nextSample += 10_000;
+      if (seriesAfterFirstMinute === undefined && Date.now() - start >= 60_000) seriesAfterFirstMinute = await functionSeries();
     }
   }
   // The last pods: marked (or not) within a minute, then all deleted and the nodes quiet again.
@@ -288,6 +323,7 @@ async function runChurn(stack: RealNodeStack, c: { rate: number; seconds: number
   await waitFor("every churned pod gone", 300_000, async () => (await stack.core.listNamespacedPod({ namespace })).items.length === 0);
   await new Promise((r) => setTimeout(r, sweepMs + 5000));
   const recordsAfter = records();
+  const seriesAfter = await functionSeries();
 
   const all = [...timelines.values()];
   const latency = summarize(all.flatMap((t) => (t.ip !== undefined && t.marked !== undefined ? [t.marked - t.ip] : [])));
@@ -320,7 +356,9 @@ async function runChurn(stack: RealNodeStack, c: { rate: number; seconds: number
       ],
     ),
     "",
-    `after every pod was deleted and a sweep ran: ${String(recordsAfter)} record(s) on the nodes`,
+    ...perMinute(samples, c.seconds),
+    "",
+    `after every pod was deleted and a sweep ran: ${String(recordsAfter)} record(s) on the nodes; the function's metric series ${String(seriesAfterFirstMinute ?? "?")} after the first minute, ${String(seriesAfter ?? "?")} at the end`,
     ...failures.slice(0, 5),
   ].join("\n");
 }
