@@ -34,6 +34,7 @@ import { missingKnativeReason } from "../test/support/knative.ts";
 import { cpuSeconds, peakRssMiB, pidsWhere, statusMiB } from "../test/support/processes.ts";
 import { MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
 import { istioRulesOf, missingRealNodeReason, podRef, runnersRolledOut, startRealNodeStack, type RealNodeStack } from "../test/support/real-node-stack.ts";
+import { metricSeries } from "../test/support/metrics.ts";
 import { machineDescription, summarize, table, Teardown } from "./machine.ts";
 
 const { values, positionals } = parseArgs({
@@ -242,13 +243,14 @@ async function run(stack: RealNodeStack, mode: Mode, count: number): Promise<Pha
  * Each component's RSS by minute, and its trend over the minutes after the first two (least
  * squares, MiB per minute): flat memory is a trend near zero, however the first minutes rose.
  */
-function perMinute(samples: readonly { t: number; runner: number; fn: number }[], seconds: number): string[] {
+function perMinute(samples: readonly { t: number; runner: number; fn: number; fnHeap?: number }[], seconds: number): string[] {
   const minutes = Math.floor(seconds / 60);
-  const means = (pick: (x: (typeof samples)[number]) => number): number[] =>
-    Array.from({ length: minutes }, (_, m) => {
-      const xs = samples.filter((x) => x.t >= m * 60_000 && x.t < (m + 1) * 60_000).map(pick);
-      return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
-    });
+  const byMinute = (pick: (x: (typeof samples)[number]) => number | undefined, of: (xs: number[]) => number): number[] =>
+    Array.from({ length: minutes }, (_, m) =>
+      of(samples.filter((x) => x.t >= m * 60_000 && x.t < (m + 1) * 60_000).flatMap((x) => (pick(x) === undefined ? [] : [pick(x) as number]))),
+    );
+  const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  const least = (xs: number[]): number => (xs.length === 0 ? Number.NaN : Math.min(...xs));
   const slope = (ys: number[]): number => {
     const pts = ys.map((y, i) => [i, y] as const).slice(2);
     const n = pts.length;
@@ -259,13 +261,11 @@ function perMinute(samples: readonly { t: number; runner: number; fn: number }[]
   };
   return (
     [
-      ["node-runner", (x: (typeof samples)[number]) => x.runner],
-      ["function", (x: (typeof samples)[number]) => x.fn],
+      ["node-runner RSS by minute (mean, MiB)", byMinute((x) => x.runner, mean)],
+      ["function RSS by minute (mean, MiB)", byMinute((x) => x.fn, mean)],
+      ["function V8 heap in use by minute (least, MiB)", byMinute((x) => x.fnHeap, least)],
     ] as const
-  ).map(([name, pick]) => {
-    const ys = means(pick);
-    return `${name} RSS by minute (MiB): ${ys.map((y) => y.toFixed(1)).join(" ")}; trend from minute 3: ${slope(ys).toFixed(2)} MiB/min`;
-  });
+  ).map(([name, ys]) => `${name}: ${ys.map((y) => y.toFixed(1)).join(" ")}; trend from minute 3: ${slope(ys).toFixed(2)} MiB/min`);
 }
 
 /**
@@ -282,9 +282,23 @@ async function runChurn(stack: RealNodeStack, c: { rate: number; seconds: number
   await new Promise((r) => setTimeout(r, 300));
   const rss = (matches: (cmdline: string) => boolean): number => Math.max(0, ...pidsWhere(matches).map((pid) => statusMiB(pid, "VmRSS") || 0));
   const records = (): number => stack.nodes.reduce((n, node) => n + (node.listDir("/run/podnet") ?? []).filter((f) => /^\d+\.json$/.test(f)).length, 0);
-  const samples: { t: number; runner: number; fn: number; records: number }[] = [];
-  const sample = (t: number): void => {
-    samples.push({ t, runner: rss((cmd) => cmd.includes("node-runner/main.js")), fn: rss((cmd) => cmd.includes("functions/main.js")), records: records() });
+  const samples: { t: number; runner: number; fn: number; records: number; fnHeap?: number }[] = [];
+  /** The function's V8 heap in use (MiB, its own metric): the least of a minute's samples is about what survives a collection. */
+  const functionHeap = async (): Promise<number | undefined> => {
+    if (stack.processes === undefined) return undefined;
+    const text = await stack.processes.fn.metrics().catch(() => "");
+    const used = metricSeries(text, "podnet_function_nodejs_heap_size_used_bytes")[0]?.value;
+    return used === undefined ? undefined : used / 1024 / 1024;
+  };
+  const sample = async (t: number): Promise<void> => {
+    const fnHeap = await functionHeap();
+    samples.push({
+      t,
+      runner: rss((cmd) => cmd.includes("node-runner/main.js")),
+      fn: rss((cmd) => cmd.includes("functions/main.js")),
+      records: records(),
+      ...(fnHeap === undefined ? {} : { fnHeap }),
+    });
   };
   const failures: string[] = [];
   const alive: { name: string; created: number }[] = [];
@@ -311,7 +325,7 @@ async function runChurn(stack: RealNodeStack, c: { rate: number; seconds: number
         .catch((err: unknown) => failures.push(`delete ${old.name}: ${String(err)}`));
     }
     if (Date.now() >= nextSample) {
-      sample(Date.now() - start);
+      await sample(Date.now() - start);
       nextSample += 10_000;
       if (seriesAfterFirstMinute === undefined && Date.now() - start >= 60_000) seriesAfterFirstMinute = await functionSeries();
     }
