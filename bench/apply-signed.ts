@@ -9,7 +9,6 @@
 // idle processes on the machine (a busy node). Needs root and the control plane.
 //   npm run bench:apply-signed -- [pods] [--processes N]
 import { execFileSync } from "node:child_process";
-import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import https from "node:https";
 import path from "node:path";
@@ -17,7 +16,6 @@ import { parseArgs } from "node:util";
 import { APPLY_PATH } from "../contract/apply-request.ts";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../contract/capture-config.ts";
 import { CLEAR_LEGACY_MARK, MARK, STATUS_INITIALIZED } from "../contract/mark.ts";
-import { signRequest } from "../contract/signature.ts";
 import { METADATA_ONLY } from "../node-runner/kube.ts";
 import { renderIptables } from "../node-runner/rules/iptables.ts";
 import { replaceTransaction } from "../node-runner/rules/iptables-text.ts";
@@ -29,13 +27,14 @@ import {
   nodeRunnerTlsOptions,
   postToRunner,
   scratchDir,
+  signedFor,
   signingKeyDirs,
   startNodeRunner,
 } from "../test/support/components.ts";
 import { createMeshPod, type MeshPod } from "../test/support/mesh-pods.ts";
 import { metricSeries } from "../test/support/metrics.ts";
 import { TestPods, testPodsUnavailableReason } from "../test/support/test-pods.ts";
-import { idleProcesses, machineDescription, processCount, summarize, table, Teardown } from "./machine.ts";
+import { idleProcesses, machineDescription, machineIptablesVariant, processCount, shellTimedRestore, summarize, table, Teardown } from "./machine.ts";
 import * as k8s from "@kubernetes/client-node";
 
 const unavailable = testPodsUnavailableReason() ?? missingBinariesReason();
@@ -49,7 +48,7 @@ const extraProcesses = Number(flags.processes);
 const NODE = "node-a";
 const NS = "bench";
 const root = path.resolve(import.meta.dirname, "..");
-const variant = /nf_tables/.test(execFileSync("iptables", ["--version"], { encoding: "utf8" })) ? "iptables-nft" : "iptables-legacy";
+const variant = machineIptablesVariant();
 
 // What the image runs: compiled JavaScript.
 execFileSync("npm", ["run", "--silent", "build"], { cwd: root, stdio: "inherit" });
@@ -124,28 +123,17 @@ try {
     });
   }
 
-  /** The shell floor of the restore: the tools alone, timed inside bash (no fork for the clock). */
   const restoreInput = replaceTransaction({}, renderIptables(parseCaptureConfig(DEFAULT_CAPTURE_CONFIG)).v4.rules);
-  function bareRestore(pod: MeshPod): number {
-    const out = execFileSync(
-      "bash",
-      ["-c", `t=$EPOCHREALTIME; nsenter --net="$1" ${variant}-restore --noflush; echo $t $EPOCHREALTIME`, "bash", `/var/run/netns/${pod.sandbox.netns}`],
-      { input: restoreInput, encoding: "utf8" },
-    );
-    const [start = 0, end = 0] = out.trim().split(" ").map(Number);
-    return (end - start) * 1000;
-  }
 
-  const authority = `127.0.0.1:${runner.port}`;
   async function signedApply(pod: MeshPod): Promise<number> {
-    const body = Buffer.from(JSON.stringify(applyRequestFor(NODE, { namespace: NS, name: pod.name, uid: pod.uid, ips: [pod.ip] })));
-    const headers = signRequest(
-      { method: "POST", authority, path: APPLY_PATH, contentType: "application/json", body },
-      { keyid: keys.signingKey.keyid, privateKey: keys.signingKey.privateKey },
-      { now: Date.now(), nonce: randomUUID() },
+    const { body, headers } = signedFor(
+      runner,
+      APPLY_PATH,
+      applyRequestFor(NODE, { namespace: NS, name: pod.name, uid: pod.uid, ips: [pod.ip] }),
+      keys.signingKey,
     );
     const t0 = performance.now();
-    const reply = await postToRunner(runner.port, APPLY_PATH, body, { ...headers, host: authority }, "127.0.0.1", runnerAgent);
+    const reply = await postToRunner(runner.port, APPLY_PATH, body, headers, runner.host, runnerAgent);
     const ms = performance.now() - t0;
     if (reply.status !== 200 || reply.body.result !== "applied") throw new Error(`apply answered ${reply.status} ${JSON.stringify(reply.body)}`);
     return ms;
@@ -170,7 +158,7 @@ try {
     const [forApply, forFloor] = [made[2 * i], made[2 * i + 1]];
     if (forApply === undefined || forFloor === undefined) throw new Error("missing pod");
     const applied = await signedApply(forApply);
-    const restored = bareRestore(forFloor);
+    const restored = shellTimedRestore(variant, `/var/run/netns/${forFloor.sandbox.netns}`, restoreInput);
     const identified = await barePatch(forFloor, {});
     const patched = await barePatch(forFloor, { annotations: mark });
     if (i < WARM_UP) continue; // connections, JIT and the plan's saved form

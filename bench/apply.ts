@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { DEFAULT_CAPTURE_CONFIG, parseCaptureConfig } from "../contract/capture-config.ts";
-import { RecordStore, type IptablesVariant } from "../node-runner/apply/records.ts";
+import { RecordStore } from "../node-runner/apply/records.ts";
 import { applierChooser } from "../node-runner/backends.ts";
 import { helperRunner } from "../node-runner/helper-runner.ts";
 import { goProgram } from "../test/support/go-programs.ts";
@@ -21,7 +21,7 @@ import { renderIptables } from "../node-runner/rules/iptables.ts";
 import type { IptablesRule } from "../node-runner/rules/istio.ts";
 import { replaceTransaction } from "../node-runner/rules/iptables-text.ts";
 import { TestPods, testPodsUnavailableReason } from "../test/support/test-pods.ts";
-import { idleProcesses, machineDescription, processCount, summarize, table, Teardown } from "./machine.ts";
+import { idleProcesses, machineDescription, machineIptablesVariant, processCount, shellTimedRestore, summarize, table, Teardown } from "./machine.ts";
 
 const unavailable = testPodsUnavailableReason();
 if (unavailable !== undefined) {
@@ -31,7 +31,7 @@ if (unavailable !== undefined) {
 const { values: flags, positionals } = parseArgs({ allowPositionals: true, options: { processes: { type: "string", default: "0" } } });
 const count = Number(positionals[0] ?? "50");
 const extraProcesses = Number(flags.processes);
-const variant: IptablesVariant = /nf_tables/.test(execFileSync("iptables", ["--version"], { encoding: "utf8" })) ? "iptables-nft" : "iptables-legacy";
+const variant = machineIptablesVariant();
 const config = parseCaptureConfig(DEFAULT_CAPTURE_CONFIG);
 const teardown = new Teardown();
 const stateDir = mkdtempSync(path.join(os.tmpdir(), "pnct-bench-"));
@@ -118,14 +118,7 @@ try {
         execFileSync("nsenter", [`--net=${resolved.netns.path}`, `${variant}-restore`, "--noflush"], { input: floorInput });
         floorMs.push(performance.now() - f0);
       } else {
-        // Timed inside bash (no fork for the clock): the tools alone, without a Node parent.
-        const us = execFileSync(
-          "bash",
-          ["-c", `t=$EPOCHREALTIME; nsenter --net="$1" ${variant}-restore --noflush; echo $t $EPOCHREALTIME`, "bash", resolved.netns.path],
-          { input: floorInput, encoding: "utf8" },
-        );
-        const [start = 0, end = 0] = us.trim().split(" ").map(Number);
-        shellFloorMs.push((end - start) * 1000);
+        shellFloorMs.push(shellTimedRestore(variant, resolved.netns.path, floorInput));
       }
     }
   }

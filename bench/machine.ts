@@ -2,6 +2,25 @@
 import { execFileSync, spawn } from "node:child_process";
 import { readdirSync } from "node:fs";
 import os from "node:os";
+import type { IptablesVariant } from "../node-runner/apply/records.ts";
+
+/** The iptables variant this machine's `iptables` is: the floors run the tool the node-runner would. */
+export function machineIptablesVariant(): IptablesVariant {
+  return /nf_tables/.test(execFileSync("iptables", ["--version"], { encoding: "utf8" })) ? "iptables-nft" : "iptables-legacy";
+}
+
+/**
+ * The floor of a restore: `nsenter` + `<variant>-restore --noflush` of `input` in a namespace,
+ * timed inside bash (no fork for the clock) — the tools alone, without a Node parent. In ms.
+ */
+export function shellTimedRestore(variant: IptablesVariant, netnsPath: string, input: string): number {
+  const out = execFileSync("bash", ["-c", `t=$EPOCHREALTIME; nsenter --net="$1" ${variant}-restore --noflush; echo $t $EPOCHREALTIME`, "bash", netnsPath], {
+    input,
+    encoding: "utf8",
+  });
+  const [start = 0, end = 0] = out.trim().split(" ").map(Number);
+  return (end - start) * 1000;
+}
 
 export function machineDescription(): string {
   const cpus = os.cpus();

@@ -246,9 +246,7 @@ async function run(stack: RealNodeStack, mode: Mode, count: number): Promise<Pha
 function perMinute(samples: readonly { t: number; runner: number; fn: number; fnHeap?: number }[], seconds: number): string[] {
   const minutes = Math.floor(seconds / 60);
   const byMinute = (pick: (x: (typeof samples)[number]) => number | undefined, of: (xs: number[]) => number): number[] =>
-    Array.from({ length: minutes }, (_, m) =>
-      of(samples.filter((x) => x.t >= m * 60_000 && x.t < (m + 1) * 60_000).flatMap((x) => (pick(x) === undefined ? [] : [pick(x) as number]))),
-    );
+    Array.from({ length: minutes }, (_, m) => of(samples.filter((x) => x.t >= m * 60_000 && x.t < (m + 1) * 60_000).flatMap((x) => pick(x) ?? [])));
   const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
   const least = (xs: number[]): number => (xs.length === 0 ? Number.NaN : Math.min(...xs));
   const slope = (ys: number[]): number => {
@@ -283,29 +281,30 @@ async function runChurn(stack: RealNodeStack, c: { rate: number; seconds: number
   const rss = (matches: (cmdline: string) => boolean): number => Math.max(0, ...pidsWhere(matches).map((pid) => statusMiB(pid, "VmRSS") || 0));
   const records = (): number => stack.nodes.reduce((n, node) => n + (node.listDir("/run/podnet") ?? []).filter((f) => /^\d+\.json$/.test(f)).length, 0);
   const samples: { t: number; runner: number; fn: number; records: number; fnHeap?: number }[] = [];
-  /** The function's V8 heap in use (MiB, its own metric): the least of a minute's samples is about what survives a collection. */
-  const functionHeap = async (): Promise<number | undefined> => {
-    if (stack.processes === undefined) return undefined;
+  /**
+   * The function's own metrics: its V8 heap in use (MiB; the least of a minute's samples is
+   * about what survives a collection) and its series (lines: none may be left per deleted pod).
+   */
+  const functionMetrics = async (): Promise<{ heapMiB?: number; series?: number }> => {
+    if (stack.processes === undefined) return {};
     const text = await stack.processes.fn.metrics().catch(() => "");
     const used = metricSeries(text, "podnet_function_nodejs_heap_size_used_bytes")[0]?.value;
-    return used === undefined ? undefined : used / 1024 / 1024;
+    return { ...(used === undefined ? {} : { heapMiB: used / 1024 / 1024 }), series: text.split("\n").filter((l) => l !== "" && !l.startsWith("#")).length };
   };
+  let seriesAfterFirstMinute: number | undefined;
   const sample = async (t: number): Promise<void> => {
-    const fnHeap = await functionHeap();
+    const fn = await functionMetrics();
+    if (seriesAfterFirstMinute === undefined && t >= 60_000) seriesAfterFirstMinute = fn.series;
     samples.push({
       t,
       runner: rss((cmd) => cmd.includes("node-runner/main.js")),
       fn: rss((cmd) => cmd.includes("functions/main.js")),
       records: records(),
-      ...(fnHeap === undefined ? {} : { fnHeap }),
+      ...(fn.heapMiB === undefined ? {} : { fnHeap: fn.heapMiB }),
     });
   };
   const failures: string[] = [];
   const alive: { name: string; created: number }[] = [];
-  /** The function's metric series (lines of its /metrics): none may be left per deleted pod. */
-  const functionSeries = async (): Promise<number | undefined> =>
-    stack.processes === undefined ? undefined : (await stack.processes.fn.metrics()).split("\n").filter((l) => l !== "" && !l.startsWith("#")).length;
-  let seriesAfterFirstMinute: number | undefined;
   const start = Date.now();
   let nextSample = start;
   for (let i = 0; Date.now() - start < c.seconds * 1000; i++) {
@@ -327,7 +326,6 @@ async function runChurn(stack: RealNodeStack, c: { rate: number; seconds: number
     if (Date.now() >= nextSample) {
       await sample(Date.now() - start);
       nextSample += 10_000;
-      if (seriesAfterFirstMinute === undefined && Date.now() - start >= 60_000) seriesAfterFirstMinute = await functionSeries();
     }
   }
   // The last pods: marked (or not) within a minute, then all deleted and the nodes quiet again.
@@ -337,7 +335,7 @@ async function runChurn(stack: RealNodeStack, c: { rate: number; seconds: number
   await waitFor("every churned pod gone", 300_000, async () => (await stack.core.listNamespacedPod({ namespace })).items.length === 0);
   await new Promise((r) => setTimeout(r, sweepMs + 5000));
   const recordsAfter = records();
-  const seriesAfter = await functionSeries();
+  const seriesAfter = (await functionMetrics()).series;
 
   const all = [...timelines.values()];
   const latency = summarize(all.flatMap((t) => (t.ip !== undefined && t.marked !== undefined ? [t.marked - t.ip] : [])));

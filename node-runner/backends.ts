@@ -105,11 +105,15 @@ export function applierChooser(options: {
       earlier = detected.saves;
     }
     const engine = engines[name];
+    let applied = false;
     return {
       untouched,
-      apply: (config) => engine.apply(ops, netns.inode, podUid, config, earlier),
+      apply: (config) => {
+        applied = true;
+        return engine.apply(ops, netns.inode, podUid, config, earlier);
+      },
       // After an apply, the saves taken before it are no longer the namespace's.
-      remove: () => engine.remove(ops, netns.inode, podUid, untouched ? {} : earlier),
+      remove: () => engine.remove(ops, netns.inode, podUid, applied ? {} : earlier),
     };
   };
 }

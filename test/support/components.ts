@@ -3,7 +3,7 @@
 // end-to-end tests and the demo.
 import { goProgram } from "./go-programs.ts";
 import { spawn, type ChildProcess } from "node:child_process";
-import { generateKeyPairSync } from "node:crypto";
+import { generateKeyPairSync, randomUUID, type KeyObject } from "node:crypto";
 import { createWriteStream, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
@@ -14,6 +14,7 @@ import { generateTls } from "../../cli/tls.ts";
 import { LEGACY_MARK, MARK, STATUS_INITIALIZED } from "../../contract/mark.ts";
 import { API_VERSION, NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
 import { DEFAULT_CAPTURE_CONFIG } from "../../contract/capture-config.ts";
+import { signRequest } from "../../contract/signature.ts";
 import { freePort, httpStatus, type ControlPlane } from "../controlplane/harness.ts";
 import { scrapeMetrics } from "./metrics.ts";
 import { relayInto } from "../controlplane/relays.ts";
@@ -150,7 +151,7 @@ async function startProcess(
 export function signingKeyDirs(
   base: string,
   keyid = "fn-20261125000000",
-): { privateDir: string; publicDir: string; signingKey: { keyid: string; privateKey: import("node:crypto").KeyObject } } {
+): { privateDir: string; publicDir: string; signingKey: { keyid: string; privateKey: KeyObject } } {
   const { privateKey, publicKey } = generateKeyPairSync("ed25519");
   const privateDir = path.join(base, "signing");
   const publicDir = path.join(base, "public");
@@ -380,22 +381,31 @@ export function applyRequestFor(
   return { apiVersion: API_VERSION, kind: "ApplyRequest", node, pod, capture, decision: { reason: "test", policy: "test" } } as const;
 }
 
-/** Sign and send one request to a node-runner, as the function does. */
-export async function sendSigned(
+/** One request to a node-runner signed as the function signs it: its body and headers (the Host header included). */
+export function signedFor(
   runner: { host: string; port: number },
   requestPath: string,
   payload: unknown,
-  key: { keyid: string; privateKey: import("node:crypto").KeyObject },
-): Promise<RunnerReply> {
-  const { signRequest } = await import("../../contract/signature.ts");
-  const { randomUUID } = await import("node:crypto");
+  key: { keyid: string; privateKey: KeyObject },
+): { body: Buffer; headers: Record<string, string> } {
   const body = Buffer.from(JSON.stringify(payload));
   const authority = formatHostPort(runner.host, runner.port);
   const headers = signRequest({ method: "POST", authority, path: requestPath, contentType: "application/json", body }, key, {
     now: Date.now(),
     nonce: randomUUID(),
   });
-  return postToRunner(runner.port, requestPath, body, { ...headers, host: authority }, runner.host);
+  return { body, headers: { ...headers, host: authority } };
+}
+
+/** Sign and send one request to a node-runner, as the function does. */
+export async function sendSigned(
+  runner: { host: string; port: number },
+  requestPath: string,
+  payload: unknown,
+  key: { keyid: string; privateKey: KeyObject },
+): Promise<RunnerReply> {
+  const { body, headers } = signedFor(runner, requestPath, payload, key);
+  return postToRunner(runner.port, requestPath, body, headers, runner.host);
 }
 
 /** Clear a pod's mark as a node-runner may (the client holds a runner's node-bound token): tests put a pod back between cases. */

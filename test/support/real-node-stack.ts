@@ -12,6 +12,7 @@
 // Istio's proxyv2 image cannot be pulled here: the istio-proxy container runs a recorder under
 // its name (test/node/proxy-recorder.mjs) that answers on Envoy's ports with the port the
 // connection arrived on.
+import { NODE_RUNNER_DAEMONSET } from "../../node-runner/kube.ts";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -326,13 +327,9 @@ export function onNode(node: { name: string } | undefined, pod: k8s.V1Pod): k8s.
   return { ...pod, spec: { ...(pod.spec as k8s.V1PodSpec), nodeSelector: { "kubernetes.io/hostname": node?.name ?? "" } } };
 }
 
-/**
- * Inside a describe: the stack started before its tests and stopped after them (with the
- * node-runners' log tail printed); the accessor fails a test when it could not start.
- */
 /** Whether the node-runners' DaemonSet has rolled its current template out to every node, each pod Ready. */
 export async function runnersRolledOut(apps: k8s.AppsV1Api, namespace: string): Promise<boolean> {
-  const ds = await apps.readNamespacedDaemonSet({ namespace, name: "podnet-node-runner" });
+  const ds = await apps.readNamespacedDaemonSet({ namespace, name: NODE_RUNNER_DAEMONSET });
   const st = ds.status;
   return (
     st !== undefined &&
@@ -342,6 +339,10 @@ export async function runnersRolledOut(apps: k8s.AppsV1Api, namespace: string): 
   );
 }
 
+/**
+ * Inside a describe: the stack started before its tests and stopped after them (with the
+ * node-runners' log tail printed); the accessor fails a test when it could not start.
+ */
 export function realNodeStackFixture(missing: string | undefined, label: string, options: Parameters<typeof startRealNodeStack>[0] = {}): () => RealNodeStack {
   let stack: RealNodeStack | undefined;
   before(async () => {
@@ -373,7 +374,6 @@ export function podCgroup(p: k8s.V1Pod): string {
   return found;
 }
 
-/** The processes of a running pod (every container's, the sandbox's included). */
 /** The Istio rules in a running pod's netns as iptables-save lists them (IPv4), without counters. */
 export function istioRulesOf(p: k8s.V1Pod): string[] {
   return execFileSync("nsenter", [`--net=/proc/${podPids(p)[0] ?? 0}/ns/net`, "iptables-save"], { encoding: "utf8" })
@@ -382,6 +382,7 @@ export function istioRulesOf(p: k8s.V1Pod): string[] {
     .map((line) => line.replace(/ \[\d+:\d+\]$/, ""));
 }
 
+/** The processes of a running pod (every container's, the sandbox's included). */
 export function podPids(p: k8s.V1Pod): number[] {
   const cgroup = podCgroup(p);
   return readdirSync(cgroup, { withFileTypes: true })
