@@ -4,8 +4,10 @@
 // network namespace and the pod is marked in the real kube-apiserver — beside its floor in the
 // same run, pod by pod alternating: a bare `nsenter` + `iptables-restore` of the same rules
 // timed inside a shell, plus one bare PATCH of the same mark (a merge patch with the
-// node-runner's own token over a kept-alive connection). Where the rest goes: the bare PATCH the
-// node-runner's identity check makes, and its own apply and netns histograms. Optionally with N
+// node-runner's own token over a kept-alive connection, the pod's first patch as the runner's
+// mark is). Where the rest goes: the runner's own time (its answer's durationMs), a signed
+// request it refuses before any work (the request's own path), the bare PATCH its identity check
+// makes, and its apply and netns histograms. Optionally with N
 // idle processes on the machine (a busy node). Needs root and the control plane.
 //   npm run bench:apply-signed -- [pods] [--processes N]
 import { execFileSync } from "node:child_process";
@@ -125,7 +127,8 @@ try {
 
   const restoreInput = replaceTransaction({}, renderIptables(parseCaptureConfig(DEFAULT_CAPTURE_CONFIG)).v4.rules);
 
-  async function signedApply(pod: MeshPod): Promise<number> {
+  /** The POST's time from outside, and the node-runner's own (`durationMs` of its answer: from the body read to the answer). */
+  async function signedApply(pod: MeshPod): Promise<{ ms: number; ownMs: number }> {
     const { body, headers } = signedFor(
       runner,
       APPLY_PATH,
@@ -136,6 +139,21 @@ try {
     const reply = await postToRunner(runner.port, APPLY_PATH, body, headers, runner.host, runnerAgent);
     const ms = performance.now() - t0;
     if (reply.status !== 200 || reply.body.result !== "applied") throw new Error(`apply answered ${reply.status} ${JSON.stringify(reply.body)}`);
+    return { ms, ownMs: Number(reply.body.durationMs) };
+  }
+
+  /** A signed request the node-runner refuses after its signature, digest, nonce and schema (it names another node): the request's own path. */
+  async function signedForAnotherNode(pod: MeshPod): Promise<number> {
+    const { body, headers } = signedFor(
+      runner,
+      APPLY_PATH,
+      applyRequestFor("another-node", { namespace: NS, name: pod.name, uid: pod.uid, ips: [pod.ip] }),
+      keys.signingKey,
+    );
+    const t0 = performance.now();
+    const reply = await postToRunner(runner.port, APPLY_PATH, body, headers, runner.host, runnerAgent);
+    const ms = performance.now() - t0;
+    if (reply.body.reason !== "wrong-node") throw new Error(`a request for another node answered ${reply.status} ${JSON.stringify(reply.body)}`);
     return ms;
   }
 
@@ -149,23 +167,30 @@ try {
   process.stderr.write("\n");
   const mark = { ...CLEAR_LEGACY_MARK, [MARK.status]: STATUS_INITIALIZED, [MARK.netns]: "4026532000", [MARK.rules]: "sha256:0", [MARK.reason]: null };
   const applyMs: number[] = [];
+  const ownMs: number[] = [];
   const floorMs: number[] = [];
   const restoreMs: number[] = [];
   const patchMs: number[] = [];
   const identityMs: number[] = [];
+  const refusedMs: number[] = [];
   const histogramsBefore = await runner.metrics();
   for (let i = 0; i < count + WARM_UP; i++) {
     const [forApply, forFloor] = [made[2 * i], made[2 * i + 1]];
     if (forApply === undefined || forFloor === undefined) throw new Error("missing pod");
     const applied = await signedApply(forApply);
+    const refused = await signedForAnotherNode(forApply);
     const restored = shellTimedRestore(variant, `/var/run/netns/${forFloor.sandbox.netns}`, restoreInput);
-    const identified = await barePatch(forFloor, {});
+    // The mark is the floor pod's first patch, as the node-runner's mark is its pod's (a pod's
+    // first patch costs the API server about a millisecond more than its next).
     const patched = await barePatch(forFloor, { annotations: mark });
+    const identified = await barePatch(forFloor, {});
     if (i < WARM_UP) continue; // connections, JIT and the plan's saved form
-    applyMs.push(applied);
+    applyMs.push(applied.ms);
+    ownMs.push(applied.ownMs);
     restoreMs.push(restored);
     patchMs.push(patched);
     identityMs.push(identified);
+    refusedMs.push(refused);
     floorMs.push(restored + patched);
   }
   const histogramsAfter = await runner.metrics();
@@ -197,7 +222,9 @@ try {
         row("  the restore: nsenter + iptables-restore of the same rules, from a shell", restoreMs),
         row("  one bare PATCH of the mark (the node-runner's token, kept-alive connection)", patchMs),
         row("node-runner: signed POST /v1/apply → 200, rules in place and the pod marked", applyMs),
-        row("  its identity check alone: one bare PATCH of nothing but the UID", identityMs),
+        row("  of which the node-runner's own (its answer's durationMs: body read → answer)", ownMs),
+        row("  the request alone: one refused after signature, digest, nonce, schema (another node's)", refusedMs),
+        row("  the identity check's bare PATCH (nothing but the UID; the floor pod's second patch)", identityMs),
       ],
     ),
   );
