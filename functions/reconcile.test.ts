@@ -222,3 +222,29 @@ describe("reconcilePod", () => {
     }
   });
 });
+
+test("a dispatch's log line says where the pod waited: in the queue (queuedMs) and for its node-runner (sendMs), with the pod it was for", async () => {
+  const lines: Record<string, unknown>[] = [];
+  const captured = pino({ level: "info" }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
+  const pod = waitingPod("late", "shop");
+  const RUNNER_MS = 30;
+  const reconciler = sendingReconciler(
+    pod,
+    () =>
+      new Promise((resolve) =>
+        setTimeout(() => {
+          resolve({ ok: true, status: 200, result: "applied" });
+        }, RUNNER_MS),
+      ),
+    [],
+  );
+  assert.equal((await reconciler.reconcilePod(pod, parsePolicy("mode: enforce"), captured, { fromApi: true })).outcome, "queued");
+  await reconciler.whenIdle();
+  const dispatched = lines.find((l) => l.msg === "dispatched: applied");
+  assert.ok(dispatched !== undefined, JSON.stringify(lines));
+  assert.deepEqual(dispatched.pod, { namespace: "shop", name: "late", uid: pod.metadata.uid });
+  const { queuedMs, sendMs } = dispatched as { queuedMs: unknown; sendMs: unknown };
+  assert.ok(Number.isInteger(queuedMs) && (queuedMs as number) >= 0, `queuedMs ${String(queuedMs)}`);
+  // A timer never fires before its delay: the runner's answer took at least that long.
+  assert.ok(Number.isInteger(sendMs) && (sendMs as number) >= RUNNER_MS - 1, `sendMs ${String(sendMs)}`);
+});

@@ -287,14 +287,17 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
         item = { ...item, decision, policyId: policy.id };
       }
     }
-    item.sentAt = performance.now();
+    const sentAt = (item.sentAt = performance.now());
     const result = await deps.dispatcher.send(item.decision, item.policyId, () => {
       metrics.queueAge.observe((performance.now() - item.queuedAt) / 1000);
     });
-    metrics.dispatchDuration.observe({ result: result.ok ? result.result : "failed" }, (performance.now() - item.queuedAt) / 1000);
+    const answeredAt = performance.now();
+    metrics.dispatchDuration.observe({ result: result.ok ? result.result : "failed" }, (answeredAt - item.queuedAt) / 1000);
+    // Where a late pod waited: in the queue (since it was first queued), or for its node-runner.
+    const waited = { queuedMs: Math.round(sentAt - item.queuedAt), sendMs: Math.round(answeredAt - sentAt) };
     if (result.ok) {
       item.log.info(
-        { decision: item.decision.action, reason: item.decision.reason, node: item.decision.node, result: result.result, retries: retry },
+        { decision: item.decision.action, reason: item.decision.reason, node: item.decision.node, result: result.result, retries: retry, ...waited },
         `dispatched: ${result.result}`,
       );
       return { done: true };
@@ -303,7 +306,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     handled.delete(ref.uid);
     metrics.dispatchFailures.inc({ status: String(result.status), reason: dispatchFailureLabel(result.reason) });
     item.log.warn(
-      { decision: item.decision.action, node: item.decision.node, status: result.status, reason: result.reason, retries: retry },
+      { decision: item.decision.action, node: item.decision.node, status: result.status, reason: result.reason, retries: retry, ...waited },
       "dispatch failed",
     );
     if (!result.retryable) return { done: true };
