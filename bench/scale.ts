@@ -195,7 +195,10 @@ teardown.add(() => runners.child.kill());
 const runnerPort = (await runners.ask()).port ?? 0;
 const policyFile = path.join(scratch.dir, "policy.yaml");
 writeFileSync(policyFile, "mode: enforce\n");
+// Its log, whole: each pod's `dispatched` line says where the pod waited (the churn's stages).
+const fnLogFile = path.join(scratch.dir, "function.log");
 const fn = await startFunction(cp, {
+  logFile: fnLogFile,
   signingKeysDir: keys.privateDir,
   policyFile,
   nodeRunnerPort: runnerPort,
@@ -304,6 +307,26 @@ const fnMetric = async (name: string): Promise<number> => metricSum(await fn.met
 const mib = (n: number): string => n.toFixed(1);
 const rssMiB = (pid: number | undefined): number => statusMiB(pid, "VmRSS");
 
+/** The function's anonymous memory now, by owner: the V8 heap (committed, and in use), external buffers, the rest (allocator, TLS, threads). */
+interface FunctionMemory {
+  anon: number;
+  heapCommitted: number;
+  heapUsed: number;
+  external: number;
+}
+async function functionMemory(): Promise<FunctionMemory> {
+  const text = await fn.metrics(); // the gauges are read as the scrape is answered
+  const mibOf = (name: string): number => metricSum(text, `podnet_function_nodejs_${name}`) / 2 ** 20;
+  return {
+    anon: statusMiB(fnPid, "RssAnon"),
+    heapCommitted: mibOf("heap_size_total_bytes"),
+    heapUsed: mibOf("heap_size_used_bytes"),
+    external: mibOf("external_memory_bytes"),
+  };
+}
+const memoryText = (m: FunctionMemory): string =>
+  `${mib(m.anon)} = ${mib(m.heapCommitted)} (${mib(m.heapUsed)}) + ${mib(m.external)} + ${mib(m.anon - m.heapCommitted - m.external)}`;
+
 /** Whether the adapter, kwok and the ticks are paused (pauseOthers). */
 const paused = { now: false };
 /** The PingSource: a resync tick every interval, one at a time; the pods each queued (not marked at that moment: lost events, or still on their way) are counted. */
@@ -349,7 +372,7 @@ interface SizeRow {
   caught: number;
   fnPeak: number;
   fnNow: number;
-  fnAnon: number;
+  fnMemory: FunctionMemory;
   adapterPeak: number;
   resyncS: number;
   resyncSeen: number;
@@ -416,7 +439,7 @@ try {
       caught: caughtByResync - caught0,
       fnPeak: peakRssMiB(fnPid),
       fnNow: rssMiB(fnPid),
-      fnAnon: statusMiB(fnPid, "RssAnon"),
+      fnMemory: await functionMemory(),
       adapterPeak: peakRssMiB(adapterPid),
       resyncS,
       resyncSeen: seen,
@@ -501,6 +524,8 @@ async function churn(): Promise<string> {
     if (meta?.deletionTimestamp === undefined && meta?.annotations?.[MARK.status] === undefined) unmarked++;
   }
   const s = summarize(latencies.filter((l) => Number.isFinite(l)));
+  const stages = churnStages(ipAt, markedAt);
+  const fnAfter = await functionMemory();
   return [
     `Churn at ${total} pods on ${NODES} nodes: ${churned.length} created and ${deleted} deleted in ${churnS.toFixed(1)} s (${(churned.length / churnS).toFixed(1)} pods/s each way)`,
     table(
@@ -527,6 +552,52 @@ async function churn(): Promise<string> {
           String(stats.conflicting ?? NaN),
           `${mib(fnBefore)} → ${mib(rssMiB(fnPid))}`,
         ],
+      ],
+    ),
+    `the function's anonymous memory after the churn = V8 heap committed (in use) + external + the rest: ${memoryText(fnAfter)} MiB`,
+    stages,
+  ].join("\n");
+}
+
+/**
+ * Where the churned pods waited, from each one's first `dispatched` line in the function's log
+ * (its time, less `sendMs` and `queuedMs`): IP → its event decided and queued (the adapter's
+ * watch and send, the function's read of the pod), in the function's queue, and sent → its
+ * node-runner verified it. The three add up to the pod's IP → dispatch.
+ */
+function churnStages(ipAt: ReadonlyMap<string, number>, markedAt: ReadonlyMap<string, { at: number }>): string {
+  const pods: { total: number; decided: number; queued: number; toRunner: number }[] = [];
+  const seen = new Set<string>();
+  for (const line of readFileSync(fnLogFile, "utf8").split("\n")) {
+    if (!line.includes('"msg":"dispatched: ')) continue;
+    let entry: { time: number; pod?: { uid?: string }; queuedMs: number; sendMs: number };
+    try {
+      entry = JSON.parse(line) as typeof entry;
+    } catch {
+      continue; // a line its stderr broke into
+    }
+    const uid = entry.pod?.uid ?? "";
+    const ip = ipAt.get(uid);
+    const marked = markedAt.get(uid);
+    if (ip === undefined || marked === undefined || seen.has(uid)) continue;
+    seen.add(uid);
+    const sentAt = entry.time - entry.sendMs;
+    pods.push({ total: marked.at - ip, decided: sentAt - entry.queuedMs - ip, queued: entry.queuedMs, toRunner: marked.at - sentAt });
+  }
+  const slowest = [...pods].sort((a, b) => b.total - a.total).slice(0, Math.max(1, Math.ceil(pods.length / 100)));
+  const row = (name: string, of: (p: (typeof pods)[number]) => number): string[] => {
+    const all = summarize(pods.map(of));
+    return [name, all.median.toFixed(0), all.p99.toFixed(0), all.max.toFixed(0), summarize(slowest.map(of)).median.toFixed(0)];
+  };
+  return [
+    `Where the churned pods waited (${pods.length} with a dispatched line in the function's log; the slowest 1%: ${slowest.length} pods by IP → dispatch):`,
+    table(
+      ["stage", "p50 ms", "p99 ms", "max ms", "the slowest 1%: median ms"],
+      [
+        row("IP → its event decided and queued (adapter's watch and send, the function's read)", (p) => p.decided),
+        row("in the function's queue", (p) => p.queued),
+        row("sent → its node-runner verified it", (p) => p.toRunner),
+        row("IP → dispatch (the sum)", (p) => p.total),
       ],
     ),
   ].join("\n");
@@ -586,7 +657,8 @@ function report(): void {
         "function CPU ms/event",
         "adapter's watch closed (behind)",
         "pods a resync tick queued (unmarked then)",
-        `function RSS peak / now / anonymous now (MiB; heap ${heap} MB)`,
+        `function RSS peak / now (MiB; heap ${heap} MB)`,
+        "function anonymous now = V8 heap committed (in use) + external + the rest (MiB)",
         "adapter RSS peak (MiB)",
       ],
       sizes.map((r) => [
@@ -597,7 +669,8 @@ function report(): void {
         r.cpuMsPerEvent,
         String(r.watchCloses),
         String(r.caught),
-        `${mib(r.fnPeak)} / ${mib(r.fnNow)} / ${mib(r.fnAnon)}`,
+        `${mib(r.fnPeak)} / ${mib(r.fnNow)}`,
+        memoryText(r.fnMemory),
         mib(r.adapterPeak),
       ]),
     ),
