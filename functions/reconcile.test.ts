@@ -160,10 +160,14 @@ describe("reconcilePod", () => {
     assert.equal((await reconciler.reconcilePod(pod, enforce, log, { fromApi: true })).outcome, "duplicate");
     const next = parsePolicy("mode: enforce\nnamespaces:\n  exclude: [other]");
     assert.equal((await reconciler.reconcilePod(pod, next, log, { fromApi: true })).outcome, "queued");
+    assert.equal((await reconciler.reconcilePod(pod, next, log, { fromApi: true })).outcome, "duplicate");
+    // Back to the first policy (a reload undone): decided again under it.
+    assert.equal((await reconciler.reconcilePod(pod, enforce, log, { fromApi: true })).outcome, "queued");
+    await reconciler.whenIdle();
     assert.deepEqual(reads, []);
     assert.deepEqual(
       offered.map((o) => o.policyId),
-      [enforce.id, next.id],
+      [enforce.id, next.id, enforce.id],
     );
   });
 
@@ -223,7 +227,7 @@ describe("reconcilePod", () => {
   });
 });
 
-test("a dispatch's log line says where the pod waited: in the queue (queuedMs) and for its node-runner (sendMs), with the pod it was for", async () => {
+test("a dispatch's log line says where the pod waited: deciding its event (decidedMs), in the queue (queuedMs), for its node-runner (sendMs), with the pod it was for", async () => {
   const lines: Record<string, unknown>[] = [];
   const captured = pino({ level: "info" }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
   const pod = waitingPod("late", "shop");
@@ -238,12 +242,14 @@ test("a dispatch's log line says where the pod waited: in the queue (queuedMs) a
       ),
     [],
   );
-  assert.equal((await reconciler.reconcilePod(pod, parsePolicy("mode: enforce"), captured, { fromApi: true })).outcome, "queued");
+  const receivedAt = performance.now();
+  assert.equal((await reconciler.reconcilePod(pod, parsePolicy("mode: enforce"), captured, { fromApi: true, receivedAt })).outcome, "queued");
   await reconciler.whenIdle();
   const dispatched = lines.find((l) => l.msg === "dispatched: applied");
   assert.ok(dispatched !== undefined, JSON.stringify(lines));
   assert.deepEqual(dispatched.pod, { namespace: "shop", name: "late", uid: pod.metadata.uid });
-  const { queuedMs, sendMs } = dispatched as { queuedMs: unknown; sendMs: unknown };
+  const { decidedMs, queuedMs, sendMs } = dispatched as { decidedMs: unknown; queuedMs: unknown; sendMs: unknown };
+  assert.ok(Number.isInteger(decidedMs) && (decidedMs as number) >= 0, `decidedMs ${String(decidedMs)}`);
   assert.ok(Number.isInteger(queuedMs) && (queuedMs as number) >= 0, `queuedMs ${String(queuedMs)}`);
   // A timer never fires before its delay: the runner's answer took at least that long.
   assert.ok(Number.isInteger(sendMs) && (sendMs as number) >= RUNNER_MS - 1, `sendMs ${String(sendMs)}`);

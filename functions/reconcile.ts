@@ -82,6 +82,8 @@ const REREAD_AFTER_MS = 1000;
 export interface PodSource {
   readonly fromApi: boolean;
   readonly deleted?: boolean;
+  /** When the event arrived (performance.now()), for the dispatch's log line: how long deciding it took, the pod's read included. */
+  readonly receivedAt?: number;
 }
 
 /**
@@ -94,6 +96,8 @@ interface QueuedPod {
   readonly policyId: string;
   readonly log: Logger;
   readonly queuedAt: number;
+  /** From the event's arrival to this decision's queueing (undefined: queued by the resync). */
+  readonly decidedMs?: number;
   /** When this decision was last sent (undefined: not yet). */
   sentAt?: number;
 }
@@ -117,9 +121,11 @@ export interface Reconciler {
 
 export function createReconciler(deps: ReconcilerDeps): Reconciler {
   const { metrics } = deps;
-  // uid → "resourceVersion policy" last handled: ApiServerSource may deliver a notification
-  // twice. A new policy decides again.
+  // uid → the resourceVersion last handled under `handledPolicy`: ApiServerSource may deliver a
+  // notification twice. A new policy decides every pod again: the map is emptied (the policy's
+  // id kept beside each version doubled what an entry held; this map is per pod).
   const handled = new BoundedMap<string, string>(50_000);
+  let handledPolicy: string | undefined;
   // Pods told that their waiter will time out (once per pod and reason).
   const strandedTold = new BoundedMap<string, string>(50_000);
   let lastResync = -Infinity;
@@ -136,8 +142,14 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     },
   });
 
-  const versionKey = (pod: Pod, policy: Policy): string | undefined =>
-    pod.metadata.resourceVersion === undefined ? undefined : `${pod.metadata.resourceVersion} ${policy.id}`;
+  /** The versions handled under `policy` (emptied when they were handled under another). */
+  const handledUnder = (policy: Policy): BoundedMap<string, string> => {
+    if (policy.id !== handledPolicy) {
+      handled.clear();
+      handledPolicy = policy.id;
+    }
+    return handled;
+  };
   const podName = (pod: Pod): string => `${pod.metadata.namespace ?? ""}/${pod.metadata.name ?? ""}`;
   const podLog = (log: Logger, pod: Pod): Logger =>
     deferredChild(log, { pod: { namespace: pod.metadata.namespace, name: pod.metadata.name, uid: pod.metadata.uid } });
@@ -160,8 +172,8 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
   async function reconcilePod(eventPod: Pod, policy: Policy, log: Logger, source: PodSource): Promise<HandledPod> {
     const deleted = source.deleted ?? false;
     const eventUid = eventPod.metadata.uid ?? "";
-    const eventVersion = versionKey(eventPod, policy);
-    if (!deleted && eventVersion !== undefined && handled.get(eventUid) === eventVersion) {
+    const eventVersion = eventPod.metadata.resourceVersion;
+    if (!deleted && eventVersion !== undefined && handledUnder(policy).get(eventUid) === eventVersion) {
       return skipped({ action: "skip", reason: "duplicate" }, podName(eventPod), log, "duplicate");
     }
     const reading = namespaceFactsFor(eventPod, policy);
@@ -183,10 +195,10 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       pod = fresh;
       decision = timed(decide, pod, policy, namespace, deleted);
     }
-    const result = act(decision, pod, policy, podLog(log, pod));
-    const freshVersion = versionKey(pod, policy);
+    const result = act(decision, pod, policy, podLog(log, pod), source.receivedAt);
+    const freshVersion = pod.metadata.resourceVersion;
     if (result.transient !== true && freshVersion !== undefined) {
-      handled.set(pod.metadata.uid ?? "", freshVersion);
+      handledUnder(policy).set(pod.metadata.uid ?? "", freshVersion);
       if (eventVersion !== undefined && eventVersion !== freshVersion) handled.set(eventUid, eventVersion);
     }
     return result;
@@ -217,7 +229,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     });
   }
 
-  function act(decision: Decision, pod: Pod, policy: Policy, log: Logger): HandledPod {
+  function act(decision: Decision, pod: Pod, policy: Policy, log: Logger, receivedAt?: number): HandledPod {
     const name = podName(pod);
     const stranded = strandedWaiter(decision, pod, policy.document.mode);
     if (stranded !== undefined) warnStranded(pod, stranded, log);
@@ -225,7 +237,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     const release = releaseDecision(decision, pod, policy.document.mode);
     if (release !== undefined) {
       metrics.decisions.inc({ action: release.action, reason: release.reason });
-      return queue(release, pod, policy, log);
+      return queue(release, pod, policy, log, receivedAt);
     }
     if (decision.action === "skip") return skipped(decision, name, log);
     metrics.decisions.inc({ action: decision.action, reason: decision.reason });
@@ -234,7 +246,7 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       if (policy.document.mode !== "enforce") return { pod: name, outcome: "invalid", reason: decision.detail };
       warnPod(pod, "NetworkInitFailed", `invalid capture configuration: ${decision.detail}`, log);
       // Its waiter is told at once, through its node-runner's mark.
-      if (decision.action === "refuse") queue(decision, pod, policy, log);
+      if (decision.action === "refuse") queue(decision, pod, policy, log, receivedAt);
       return { pod: name, outcome: "invalid", reason: decision.detail };
     }
     if (policy.document.mode !== "enforce") {
@@ -248,11 +260,13 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
       log.warn({ detail: message }, "capture configuration warning");
       warnPod(pod, "CaptureConfigWarning", message, log);
     }
-    return queue(decision, pod, policy, log);
+    return queue(decision, pod, policy, log, receivedAt);
   }
 
-  function queue(decision: DispatchDecision, pod: Pod, policy: Policy, log: Logger): HandledPod {
-    const offered = work.add(decision.pod.uid, { decision, policyId: policy.id, log, queuedAt: performance.now() });
+  function queue(decision: DispatchDecision, pod: Pod, policy: Policy, log: Logger, receivedAt: number | undefined): HandledPod {
+    const queuedAt = performance.now();
+    const decidedMs = receivedAt === undefined ? undefined : Math.round(queuedAt - receivedAt);
+    const offered = work.add(decision.pod.uid, { decision, policyId: policy.id, log, queuedAt, ...(decidedMs === undefined ? {} : { decidedMs }) });
     if (offered === "full") {
       metrics.queueFull.inc();
       log.warn({ queued: work.size }, "dispatch queue full");
@@ -293,8 +307,9 @@ export function createReconciler(deps: ReconcilerDeps): Reconciler {
     });
     const answeredAt = performance.now();
     metrics.dispatchDuration.observe({ result: result.ok ? result.result : "failed" }, (answeredAt - item.queuedAt) / 1000);
-    // Where a late pod waited: in the queue (since it was first queued), or for its node-runner.
-    const waited = { queuedMs: Math.round(sentAt - item.queuedAt), sendMs: Math.round(answeredAt - sentAt) };
+    // Where a late pod waited: deciding its event (the pod's read), in the queue (since it was
+    // first queued), or for its node-runner.
+    const waited = { decidedMs: item.decidedMs, queuedMs: Math.round(sentAt - item.queuedAt), sendMs: Math.round(answeredAt - sentAt) };
     if (result.ok) {
       item.log.info(
         { decision: item.decision.action, reason: item.decision.reason, node: item.decision.node, result: result.result, retries: retry, ...waited },

@@ -165,6 +165,7 @@ export function createFunctionApp(deps: FunctionDeps): FunctionApp {
   });
 
   app.post("/", senderFirst, express.raw({ type: () => true, limit: MAX_EVENT_BYTES }), async (req: Request, res: Response) => {
+    const receivedAt = performance.now();
     inFlight++;
     try {
       let events: IncomingEvent[];
@@ -190,7 +191,7 @@ export function createFunctionApp(deps: FunctionDeps): FunctionApp {
             resyncSummary = done.summary;
             r = done.results;
           } else {
-            r = [await handlePodEvent(event, policy, elog)];
+            r = [await handlePodEvent(event, policy, elog, receivedAt)];
           }
           results.push(...r);
           metrics.events.inc({ type: eventTypeLabel(event.type ?? ""), outcome: r.some((x) => x.transient === true) ? "transient" : "handled" });
@@ -228,7 +229,7 @@ export function createFunctionApp(deps: FunctionDeps): FunctionApp {
   });
 
   /** A pod event in either ApiServerSource mode, to the pod it names. */
-  async function handlePodEvent(event: IncomingEvent, policy: Policy, elog: Logger): Promise<HandledPod> {
+  async function handlePodEvent(event: IncomingEvent, policy: Policy, elog: Logger, receivedAt: number): Promise<HandledPod> {
     const match = POD_EVENT.exec(event.type ?? "");
     if (match === null) throw new BadEvent(`unsupported event type ${event.type ?? "(none)"}`);
     const [, mode, verb] = match;
@@ -253,7 +254,7 @@ export function createFunctionApp(deps: FunctionDeps): FunctionApp {
       }
     }
     // Resource mode carries the pod as the sender saw it: a trigger, not the truth.
-    return reconciler.reconcilePod(pod, policy, elog, { deleted: verb === "delete", fromApi: mode === "ref" });
+    return reconciler.reconcilePod(pod, policy, elog, { deleted: verb === "delete", fromApi: mode === "ref", receivedAt });
   }
 
   return app;

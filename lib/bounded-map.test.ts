@@ -13,6 +13,14 @@ test("the entry used longest ago goes first; reads count as use", () => {
   assert.deepEqual([m.get("a"), m.get("c")], [1, 3]);
 });
 
+test("clear forgets every entry", () => {
+  const m = new BoundedMap<string, number>(2);
+  m.set("a", 1);
+  m.set("b", 2);
+  m.clear();
+  assert.deepEqual([m.size, m.has("a"), m.get("b")], [0, false, undefined]);
+});
+
 test("undefined values are kept and told apart from absence", () => {
   const m = new BoundedMap<string, number | undefined>(2);
   m.set("x", undefined);
