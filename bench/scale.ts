@@ -331,6 +331,8 @@ const memoryText = (m: FunctionMemory): string =>
 const paused = { now: false };
 /** The PingSource: a resync tick every interval, one at a time; the pods each queued (not marked at that moment: lost events, or still on their way) are counted. */
 let caughtByResync = 0;
+/** The tick being delivered, if one is: a measurement waits for it (two resyncs at once would be counted as one). */
+let tickInFlight: Promise<unknown> = Promise.resolve();
 const stopTicks = new AbortController();
 const ticker = (async () => {
   for (;;) {
@@ -338,7 +340,9 @@ const ticker = (async () => {
     while (!stopTicks.signal.aborted && Date.now() < next) await sleep(250);
     if (stopTicks.signal.aborted) return;
     if (paused.now) continue;
-    const answer = await deliver(`${fn.url}/`, pingEvent(), resyncToken).catch(() => undefined);
+    const delivery = deliver(`${fn.url}/`, pingEvent(), resyncToken).catch(() => undefined);
+    tickInFlight = delivery;
+    const answer = await delivery;
     caughtByResync += (answer?.body.resync as { queued?: number } | undefined)?.queued ?? 0;
   }
 })();
@@ -414,6 +418,7 @@ try {
     status(`resync of ${target} pods`);
     // Measured with the adapter, kwok and the ticks paused: the API server's counts are then the resync's and the floor's alone.
     pauseOthers(true);
+    await tickInFlight;
     await sleep(1000);
     const before = podLists(await apiServerMetrics());
     const r0 = performance.now();

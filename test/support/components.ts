@@ -166,6 +166,12 @@ export function signingKeyDirs(
  * The V8 flags each image runs with, from the manifests themselves (the DaemonSet's command,
  * the Service's NODE_OPTIONS): benchmarks of compiled components use exactly these.
  */
+/** The glibc allocator settings (MALLOC_* variables) of the function's container in its Service. */
+export function manifestFunctionMallocEnv(): Record<string, string> {
+  const service = readFileSync(path.join(root, "eventing/base/service.yaml"), "utf8");
+  return Object.fromEntries([...service.matchAll(/name: (MALLOC_[A-Z_]+)\s+value: "([^"]*)"/g)].map((m) => [m[1] ?? "", m[2] ?? ""]));
+}
+
 export function manifestV8Flags(): { nodeRunner: string[]; function: string[] } {
   const daemonSet = readFileSync(path.join(root, "config/node-runner/daemonset.yaml"), "utf8");
   const service = readFileSync(path.join(root, "eventing/base/service.yaml"), "utf8");
@@ -301,6 +307,8 @@ export async function startFunction(
       SENDER_AUTH: "oidc",
       SINK_AUDIENCE: FUNCTION_AUDIENCE,
       RESYNC_MIN_INTERVAL_MS: "1",
+      // Compiled, it runs as its image does: the Service's allocator settings too.
+      ...(options.compiled === undefined ? {} : manifestFunctionMallocEnv()),
       ...options.env,
     },
     port,
