@@ -29,8 +29,7 @@ export const EVENT_MAX_DELAY_MS = 5000;
 /** Events waiting to be sent at most (a slow API server must not pile them up in memory); more are dropped and counted. */
 export const MAX_EVENTS_WAITING = 1000;
 
-/** A request refused with a documented status and reason; nothing was changed. */
-/** A documented refusal: its status and Retry-After come from contract/refusals.ts, by reason. */
+/** A request refused with a documented status and reason (its Retry-After from contract/refusals.ts); nothing was changed. */
 export class Refusal extends Error {
   readonly status: RefusalSpec["status"];
   readonly retryAfterSeconds: number | undefined;
@@ -89,11 +88,6 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     return identity;
   }
 
-  /**
-   * A pod whose configuration can never be applied is marked refused with the reason, so that
-   * its waiter fails at once saying why; never one already initialized (what runs stays, with
-   * its rules). A mark that cannot be written is only logged: the refusal is answered anyway.
-   */
   /** A refusal or a skip from the function: the mark with its reason, unless the pod is initialized (what runs stays). */
   function markUnlessInitialized(pod: PodRef, result: "refused" | "skipped", reason: string, log: Logger): Promise<ProgramOutcome> {
     return events.during(async () => {
@@ -111,6 +105,11 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     });
   }
 
+  /**
+   * A pod whose configuration can never be applied is marked refused with the reason, so that
+   * its waiter fails at once saying why; never one already initialized (what runs stays, with
+   * its rules). A mark that cannot be written is only logged: the refusal is answered anyway.
+   */
   async function markRefused(pod: PodRef, identity: FoundPod, reason: string, log: Logger): Promise<void> {
     if (identity.marked === STATUS_INITIALIZED) return;
     await deps.pods.markRefused(pod, reason).catch((err: unknown) => {

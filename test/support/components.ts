@@ -162,19 +162,22 @@ export function signingKeyDirs(
   return { privateDir, publicDir, signingKey: { keyid, privateKey } };
 }
 
+const manifest = (file: string): string => readFileSync(path.join(root, file), "utf8");
+
+/** The glibc allocator settings (MALLOC_* variables) of the function's container in its Service. */
+export function manifestFunctionMallocEnv(): Record<string, string> {
+  return Object.fromEntries(
+    [...manifest("eventing/base/service.yaml").matchAll(/name: (MALLOC_[A-Z_]+)\s+value: "([^"]*)"/g)].map((m) => [m[1] ?? "", m[2] ?? ""]),
+  );
+}
+
 /**
  * The V8 flags each image runs with, from the manifests themselves (the DaemonSet's command,
  * the Service's NODE_OPTIONS): benchmarks of compiled components use exactly these.
  */
-/** The glibc allocator settings (MALLOC_* variables) of the function's container in its Service. */
-export function manifestFunctionMallocEnv(): Record<string, string> {
-  const service = readFileSync(path.join(root, "eventing/base/service.yaml"), "utf8");
-  return Object.fromEntries([...service.matchAll(/name: (MALLOC_[A-Z_]+)\s+value: "([^"]*)"/g)].map((m) => [m[1] ?? "", m[2] ?? ""]));
-}
-
 export function manifestV8Flags(): { nodeRunner: string[]; function: string[] } {
-  const daemonSet = readFileSync(path.join(root, "config/node-runner/daemonset.yaml"), "utf8");
-  const service = readFileSync(path.join(root, "eventing/base/service.yaml"), "utf8");
+  const daemonSet = manifest("config/node-runner/daemonset.yaml");
+  const service = manifest("eventing/base/service.yaml");
   const command = /command: \[([^\]]*dist\/node-runner\/main\.js[^\]]*)\]/.exec(daemonSet)?.[1] ?? "";
   const nodeOptions = /name: NODE_OPTIONS\s+value: "([^"]*)"/.exec(service)?.[1] ?? "";
   return {
