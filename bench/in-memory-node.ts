@@ -14,6 +14,7 @@ export function inMemoryNode(
     applierFor: () =>
       Promise.resolve({
         untouched: false,
+        digest,
         apply: (config) => Promise.resolve({ result: "applied" as const, digest: digest(config) }),
         remove: () => Promise.resolve("absent" as const),
       }),

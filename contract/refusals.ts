@@ -69,8 +69,13 @@ export const REFUSAL_ROWS = [
   },
   {
     status: 409,
+    reasons: ["initialized-with-other-rules"],
+    when: "the pod is marked `initialized` in this network namespace with other rules than these (e.g. two function replicas deciding under a policy before and after a change): the rules a pod started with stay for its sandbox's life, and a re-created sandbox (a new namespace) takes the policy's rules then; nothing changed. Checked only where the namespace holds rules",
+  },
+  {
+    status: 409,
     reasons: ["rules-refused"],
-    when: "the tool ran to its end and refused the transaction (e.g. someone else's rule refers to an `ISTIO_*` chain the new config removes); nothing changed; a `NetworkInitFailed` Event",
+    when: "the tool ran to its end and refused the transaction (e.g. someone else's rule refers to an `ISTIO_*` chain these rules do not keep); nothing changed; a `NetworkInitFailed` Event",
   },
   {
     status: 503,

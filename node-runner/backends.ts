@@ -58,6 +58,8 @@ export function isBackendName(value: string): value is BackendName {
 /** One pod's namespace with the engine chosen for it: what the node-runner's pipeline calls. */
 export interface NetnsApplier {
   apply(config: CaptureConfig): Promise<ApplyOutcome>;
+  /** The `rules` mark an apply of `config` here would leave (the chosen engine's digest), nothing applied. */
+  digest(config: CaptureConfig): string;
   remove(): Promise<"removed" | "absent">;
   /**
    * The namespace held no rules when the engine was chosen (no nftables table, no legacy table)
@@ -108,6 +110,7 @@ export function applierChooser(options: {
     let applied = false;
     return {
       untouched,
+      digest: (config) => BACKEND[name].digest(config),
       apply: (config) => {
         applied = true;
         return engine.apply(ops, netns.inode, podUid, config, earlier);

@@ -19,6 +19,8 @@ export type PodIdentity =
       readonly kind: "found";
       readonly terminating: boolean;
       /** The mark's status as it is now (`initialized`, `refused`), if any. */ readonly marked?: string;
+      /** Where and with which rules, when the mark is `initialized` (its `netns` and `rules`). */
+      readonly initializedWith?: { readonly netns: string; readonly rules: string };
     }
   | { readonly kind: "not-found" }
   | { readonly kind: "uid-mismatch"; readonly detail: string }
@@ -87,8 +89,13 @@ export class KubePodApi implements PodApi {
     const parsed = PodMetadata.safeParse(answer);
     if (!parsed.success) throw new ApiError(0, `PATCH ${podPath(pod.namespace, pod.name)}: the answer is not the pod's metadata`);
     if (parsed.data.metadata.uid !== pod.uid) return { kind: "uid-mismatch", detail: `the pod has UID ${parsed.data.metadata.uid}` };
-    const marked = readMark(parsed.data.metadata.annotations ?? {}).status;
-    return { kind: "found", terminating: parsed.data.metadata.deletionTimestamp !== undefined, ...(marked === undefined ? {} : { marked }) };
+    const mark = readMark(parsed.data.metadata.annotations ?? {});
+    return {
+      kind: "found",
+      terminating: parsed.data.metadata.deletionTimestamp !== undefined,
+      ...(mark.status === undefined ? {} : { marked: mark.status }),
+      ...(mark.status === STATUS_INITIALIZED ? { initializedWith: { netns: mark.netns ?? "", rules: mark.rules ?? "" } } : {}),
+    };
   }
 
   async markInitialized(pod: PodRef, mark: { netns: string; rules: string }): Promise<void> {

@@ -142,7 +142,12 @@ test("a namespace left without its process during the apply: 503 netns-not-found
     openNetns: () => netns,
     stillInhabited: () => false,
     applierFor: () =>
-      Promise.resolve({ untouched: false, apply: () => Promise.resolve({ result: "applied", digest: "d" }), remove: () => Promise.resolve("removed") }),
+      Promise.resolve({
+        untouched: false,
+        digest: () => "d",
+        apply: () => Promise.resolve({ result: "applied", digest: "d" }),
+        remove: () => Promise.resolve("removed"),
+      }),
     metrics,
   });
   await assert.rejects(
@@ -190,9 +195,11 @@ function orderedProgrammer(options: { found: boolean; chooseFails?: boolean; unt
       if (options.chooseFails === true) return Promise.reject(new Error("the helper failed"));
       return Promise.resolve({
         untouched: options.untouched ?? false,
-        apply: () => {
+        // The rules digest of a capture: its excluded inbound ports, enough to tell two apart.
+        digest: (config) => `d${config.inboundPortsExclude.join(",")}`,
+        apply: (config) => {
           calls.push("apply");
-          return Promise.resolve({ result: "applied", digest: "d" });
+          return Promise.resolve({ result: "applied", digest: `d${config.inboundPortsExclude.join(",")}` });
         },
         remove: () => {
           calls.push("remove");
@@ -252,6 +259,37 @@ for (const [name, options] of [
     assert.ok(!calls.includes("apply") && !calls.includes("mark"), calls.join(", "));
   });
 }
+
+test("a pod initialized in this namespace keeps its rules: other rules are refused 409 before anything changes; the same rules, or another namespace, pass", async () => {
+  const initialized = (netns: string, rules: string): PodIdentity => ({
+    kind: "found",
+    terminating: false,
+    marked: "initialized",
+    initializedWith: { netns, rules },
+  });
+  const other = { ...DEFAULT_CAPTURE_CONFIG, inboundPortsExclude: "15020,9090" };
+  const marked = `d${DEFAULT_CAPTURE_CONFIG.inboundPortsExclude}`;
+  for (const [name, identity, capture, expected] of [
+    ["other rules, this namespace", initialized("4026532000", marked), other, "initialized-with-other-rules"],
+    ["the same rules, this namespace", initialized("4026532000", marked), DEFAULT_CAPTURE_CONFIG, "applied"],
+    ["other rules, another namespace (a re-created sandbox)", initialized("4026539999", marked), other, "applied"],
+    ["other rules, a pod marked refused", { kind: "found", terminating: false, marked: "refused" } as const, other, "applied"],
+  ] as const) {
+    const { programmer, calls, answer } = orderedProgrammer({ found: true });
+    const applied = programmer.apply(pod, capture, pino({ level: "silent" }));
+    await settle();
+    answer(identity);
+    if (expected === "applied") assert.equal((await applied).result, "applied", name);
+    else {
+      await assert.rejects(
+        applied,
+        (err: unknown) => err instanceof Refusal && err.status === 409 && err.reason === expected && err.message.includes(marked),
+        name,
+      );
+      assert.deepEqual(calls, ["resolve", "choose", "identify", "close"], `${name}: nothing applied or marked`);
+    }
+  }
+});
 
 /** A programmer over a pod found with `marked` (or no mark); what it marks refused or skipped is recorded, anything else fails. */
 function markingProgrammer(marked: string | undefined) {

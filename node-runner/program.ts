@@ -228,7 +228,7 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
     // pod's UID, bound to this node), and where it refuses, the rules are taken out again.
     if (!applier.untouched) {
       const waitStarted = performance.now();
-      await identity();
+      keepRulesOfInitialized(await identity(), netns.inode, applier.digest(capture));
       t0 += performance.now() - waitStarted; // the engine's time, not the API server's
     }
     let result: Awaited<ReturnType<NetnsApplier["apply"]>>;
@@ -296,6 +296,21 @@ export function createPodProgrammer(deps: ProgramDeps): PodProgrammer {
       return events.pending;
     },
   };
+}
+
+/**
+ * A pod marked initialized in this namespace keeps the rules its mark names: an apply of other
+ * rules (a replica that decided under an older or newer policy) is refused before anything
+ * changes. The same rules pass (a repeat is `unchanged`, or repairs drift); a new namespace (a
+ * re-created sandbox) takes whatever the policy says now.
+ */
+function keepRulesOfInitialized(identity: FoundPod, netnsInode: string, rules: string): void {
+  const mark = identity.initializedWith;
+  if (mark === undefined || mark.netns !== netnsInode || mark.rules === rules) return;
+  throw new Refusal(
+    "initialized-with-other-rules",
+    `the pod is initialized in network namespace ${netnsInode} with rules ${mark.rules}; these would be ${rules}: what runs keeps its rules (a new sandbox takes the policy's)`,
+  );
 }
 
 /** A command that failed, or state that cannot be written, as its documented answer (never a 500); anything else as it was. */

@@ -195,7 +195,7 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
     assert.equal(again.status, 200, JSON.stringify(again.body));
   });
 
-  test("attack 8: an unresolvable owner group is 422 naming the field; a foreign rule on an ISTIO_ chain is 409; never 500", async () => {
+  test("attack 8: an unresolvable owner group is 422 naming the field; a foreign rule on an ISTIO_ chain is 409; other rules for an initialized pod are 409; never 500", async () => {
     const pod = await newPod();
     const group = await post(signedApply(pod, { capture: { ownerGroupsInclude: "nosuchgroup-podnet" } }));
     assert.equal(group.status, 422, JSON.stringify(group.body));
@@ -207,17 +207,34 @@ describe("attacks on the node-runner [needs root and control plane]", skipUnless
       [MARK.reason]: 'invalid capture configuration: owner group "nosuchgroup-podnet" is not known on node node-a: use a numeric GID',
     });
 
-    const tproxy = await post(signedApply(pod, { capture: { inboundInterceptionMode: "TPROXY" } }));
-    assert.equal(tproxy.status, 200, JSON.stringify(tproxy.body));
-    // Someone else's chain now jumps to one the next config no longer needs: -X must fail.
+    // Someone else's chain jumps to an ISTIO_ chain these rules do not keep: -X must fail.
+    pod.sandbox.exec(["iptables", "-t", "mangle", "-N", "ISTIO_DIVERT"]);
     pod.sandbox.exec(["iptables", "-t", "mangle", "-N", "FOREIGN"]);
     pod.sandbox.exec(["iptables", "-t", "mangle", "-A", "FOREIGN", "-j", "ISTIO_DIVERT"]);
-    const before = rules(pod);
+    const foreign = rules(pod);
     const conflict = await post(signedApply(pod));
     assert.equal(conflict.status, 409, JSON.stringify(conflict.body));
     assert.equal(conflict.body.reason, "rules-refused");
-    assert.equal(rules(pod), before, "the refused transaction changed nothing");
-    assert.equal((await marks(pod))[MARK.status], STATUS_INITIALIZED, "an initialized pod keeps its mark: its rules still run");
+    assert.equal(rules(pod), foreign, "the refused transaction changed nothing");
+    assert.match((await marks(pod))[MARK.reason] ?? "", /^the rules were refused: /);
+
+    pod.sandbox.exec(["iptables", "-t", "mangle", "-F", "FOREIGN"]);
+    pod.sandbox.exec(["iptables", "-t", "mangle", "-X", "FOREIGN"]);
+    const tproxy = await post(signedApply(pod, { capture: { inboundInterceptionMode: "TPROXY" } }));
+    assert.equal(tproxy.status, 200, JSON.stringify(tproxy.body));
+    const initialized = await marks(pod);
+    assert.equal(initialized[MARK.status], STATUS_INITIALIZED);
+    // A replica deciding under another policy: the pod keeps the rules it started with.
+    const before = rules(pod);
+    const other = await post(signedApply(pod));
+    assert.equal(other.status, 409, JSON.stringify(other.body));
+    assert.equal(other.body.reason, "initialized-with-other-rules");
+    assert.match(String(other.body.detail), new RegExp(`with rules ${String(tproxy.body.rules)}`));
+    assert.equal(rules(pod), before, "nothing changed");
+    assert.deepEqual(await marks(pod), initialized, "its mark names the rules that run");
+    const same = await post(signedApply(pod, { capture: { inboundInterceptionMode: "TPROXY" } }));
+    assert.equal(same.status, 200, JSON.stringify(same.body));
+    assert.equal(same.body.result, "unchanged");
   });
 
   test("attack 9c: a request signed for another address → 421, nothing applied", async () => {
