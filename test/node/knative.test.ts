@@ -12,9 +12,11 @@ import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
 import * as k8s from "@kubernetes/client-node";
+import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
 import { NODE_RUNNER_SERVER_NAME } from "../../contract/apply-request.ts";
 import { MARK, readMark, STATUS_INITIALIZED, STATUS_SKIPPED } from "../../contract/mark.ts";
 import { WAITER_CONTAINER } from "../../functions/decision.ts";
+import { POLICY_CONFIGMAP, POLICY_KEY } from "../../functions/policy.ts";
 import { BIN, waitFor, type ControlPlane } from "../controlplane/harness.ts";
 import { skipUnlessCI } from "../support/environment.ts";
 import { missingKnativeReason, patchConfigMap } from "../support/knative.ts";
@@ -183,6 +185,124 @@ for (const delivery of ["direct", "broker"] as const) {
             if (e.involvedObject.name?.startsWith("burst-") === true && rules !== undefined) saw(e.involvedObject.name, rules);
           }
           for (const name of names) assert.deepEqual([...(rulesOf.get(name) ?? [])], [marked.get(name)], `${name}: the rules of its mark, and no other`);
+        });
+
+        test("three replicas while the policy changes: with a watch per namespace the adapter sends in parallel and Traefik spreads a 30-pod burst over the function's replicas, each reloading the policy in its own time; every pod runs the rules of its mark (the old policy's or the new), none was programmed with others, and a pod created after the change has the new rules", async () => {
+          const { cp, core, meshPod, appContainer, waitRunning, nodeOf, nodes, createNamespace } = s();
+          const apps = cp.kubeConfig().makeApiClient(k8s.AppsV1Api);
+          const custom = cp.kubeConfig().makeApiClient(k8s.CustomObjectsApi);
+          const mergePatch = k8s.setHeaderOptions("Content-Type", k8s.PatchStrategy.MergePatch);
+          const service = { group: "serving.knative.dev", version: "v1", namespace: system, plural: "services", name: "podnet-decision" };
+          const source = { group: "sources.knative.dev", version: "v1", namespace: system, plural: "apiserversources", name: "podnet-pods" };
+          const readyRevision = async (): Promise<string> =>
+            ((await custom.getNamespacedCustomObject(service)) as { status?: { latestReadyRevisionName?: string } }).status?.latestReadyRevisionName ?? "";
+          const minScale = (n: string) =>
+            custom.patchNamespacedCustomObject(
+              { ...service, body: { spec: { template: { metadata: { annotations: { "autoscaling.knative.dev/min-scale": n } } } } } },
+              mergePatch,
+            );
+          const replicasOf = async (revision: string): Promise<k8s.V1Pod[]> =>
+            (await core.listNamespacedPod({ namespace: system, labelSelector: `serving.knative.dev/revision=${revision}` })).items.filter(
+              (p) => p.metadata?.deletionTimestamp === undefined && p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") === true,
+            );
+          // Knative's controller rolls the adapter's Deployment when the source's selector changes.
+          const adapterRolled = async (): Promise<boolean> => {
+            const made = await apps.listNamespacedDeployment({ namespace: system, labelSelector: "eventing.knative.dev/sourceName=podnet-pods" });
+            return made.items.every((d) => {
+              const st = d.status;
+              const want = d.spec?.replicas ?? 1;
+              return (
+                (st?.observedGeneration ?? 0) >= (d.metadata?.generation ?? 1) &&
+                st?.updatedReplicas === want &&
+                st.availableReplicas === want &&
+                st.replicas === want
+              );
+            });
+          };
+          const namespaces = Array.from({ length: 6 }, (_, i) => `replicas-${String(i)}`);
+          const policyBefore =
+            (await core.readNamespacedConfigMap({ namespace: system, name: POLICY_CONFIGMAP })).data?.[POLICY_KEY] ?? assert.fail("the chart's policy");
+          const changed = parseYaml(policyBefore) as { revision?: string; capture?: { defaults?: Record<string, unknown> } } | null;
+          const policyAfter = stringifyYaml({
+            ...changed,
+            revision: "replicas-test",
+            capture: { ...changed?.capture, defaults: { ...changed?.capture?.defaults, outboundPortsExclude: "9999" } },
+          });
+          const names = Array.from({ length: 30 }, (_, i) => ({ namespace: namespaces[i % namespaces.length] ?? NS, name: `replica-${String(i)}` }));
+          const rolledFrom = await readyRevision();
+          for (const ns of namespaces) await createNamespace(ns);
+          await minScale("3");
+          // What README's "Large clusters" sets: a watch per namespace, each sending on its own.
+          await custom.patchNamespacedCustomObject(
+            {
+              ...source,
+              body: {
+                spec: { namespaceSelector: { matchExpressions: [{ key: "kubernetes.io/metadata.name", operator: "In", values: [NS, ...namespaces] }] } },
+              },
+            },
+            mergePatch,
+          );
+          try {
+            let revision = "";
+            await waitFor("a Revision with three ready replicas", 240_000, async () => {
+              revision = await readyRevision();
+              return revision !== rolledFrom && (await replicasOf(revision)).length === 3;
+            });
+            await waitFor("the adapter rolled to a watch per namespace", 120_000, adapterRolled);
+            await core.createNamespacedPod({ namespace: NS, body: onNode(nodes[0], meshPod("before-change", appContainer("server"))) });
+            const rulesBefore = (await waitRunning(NS, "before-change", 120_000)).metadata?.annotations?.[MARK.rules] ?? assert.fail("marked");
+            const small = { "sidecar.istio.io/proxyCPU": "10m", "sidecar.istio.io/proxyMemory": "32Mi" };
+            for (const [i, { namespace, name }] of names.entries()) {
+              await core.createNamespacedPod({ namespace, body: meshPod(name, appContainer("server"), { annotations: small }) });
+              // Each replica's kubelet refreshes the mounted ConfigMap on its own schedule.
+              if (i === 5) await patchConfigMap(cp, system, POLICY_CONFIGMAP, { [POLICY_KEY]: policyAfter });
+            }
+            const marked = new Map<string, string>();
+            for (const { namespace, name } of names) {
+              const p = await waitRunning(namespace, name, 300_000);
+              assert.equal(p.metadata?.annotations?.[MARK.status], STATUS_INITIALIZED, name);
+              marked.set(name, p.metadata.annotations[MARK.rules] ?? "");
+            }
+            const replicas = await replicasOf(revision);
+            const logOf = (p: k8s.V1Pod): string => nodeOf(p).containerLog(podRef(p), "decision");
+            await waitFor("every replica reloaded the new policy", 150_000, async () =>
+              (await replicasOf(revision)).every((p) => /"to":"replicas-test@sha256:[0-9a-f]+"[^\n]*"msg":"policy reloaded"/.test(logOf(p))),
+            );
+            await core.createNamespacedPod({ namespace: NS, body: onNode(nodes[1] ?? nodes[0], meshPod("after-change", appContainer("server"))) });
+            const rulesAfter = (await waitRunning(NS, "after-change", 120_000)).metadata?.annotations?.[MARK.rules] ?? assert.fail("marked");
+            assert.notEqual(rulesAfter, rulesBefore, "the new policy's rules differ");
+
+            const dispatched = replicas.map((p) => logOf(p).match(/"name":"replica-\d+"[^\n]*"msg":"dispatched: applied"/g)?.length ?? 0);
+            assert.ok(
+              dispatched.filter((n) => n > 0).length >= 2,
+              `the burst was spread over the replicas (pods dispatched by each: ${dispatched.join(", ")})`,
+            );
+            // Every apply of a pod, by whichever node-runner, named the rules of its mark: the old policy's or the new.
+            const rulesOf = new Map<string, Set<string>>();
+            for (const runner of (await core.listNamespacedPod({ namespace: system, labelSelector: RUNNER_LABEL })).items) {
+              for (const line of nodeOf(runner).containerLog(podRef(runner), "node-runner").split("\n")) {
+                const entry = /"name":"(replica-\d+)"[^\n]*"rules":"([0-9a-f]+)"/.exec(line);
+                if (entry?.[1] !== undefined && entry[2] !== undefined) rulesOf.set(entry[1], new Set([...(rulesOf.get(entry[1]) ?? []), entry[2]]));
+              }
+            }
+            for (const { name } of names) {
+              assert.deepEqual([...(rulesOf.get(name) ?? [])], [marked.get(name)], `${name}: the rules of its mark, and no other`);
+              assert.ok([rulesBefore, rulesAfter].includes(marked.get(name) ?? ""), `${name}: the old policy's rules or the new`);
+            }
+            const conflicts = replicas.map((p) => logOf(p).match(/"reason":"initialized-with-other-rules"/g)?.length ?? 0).reduce((a, b) => a + b, 0);
+            const byPolicy = [rulesBefore, rulesAfter].map((r) => names.filter(({ name }) => marked.get(name) === r).length);
+            console.log(
+              `replicas: pods dispatched by each ${dispatched.join(", ")}; ${String(byPolicy[0])} pods with the old rules, ${String(byPolicy[1])} with the new; ${String(conflicts)} applies refused initialized-with-other-rules`,
+            );
+          } finally {
+            await patchConfigMap(cp, system, POLICY_CONFIGMAP, { [POLICY_KEY]: policyBefore });
+            await custom.patchNamespacedCustomObject({ ...source, body: { spec: { namespaceSelector: { matchExpressions: null } } } }, mergePatch);
+            await minScale("1");
+            for (const { namespace, name } of names) await core.deleteNamespacedPod({ namespace, name, gracePeriodSeconds: 0 }).catch(() => undefined);
+            for (const name of ["before-change", "after-change"])
+              await core.deleteNamespacedPod({ namespace: NS, name, gracePeriodSeconds: 0 }).catch(() => undefined);
+            await waitFor("the adapter rolled back to one watch", 120_000, adapterRolled);
+          }
         });
 
         test("Knative's webhooks admit every Knative object the chart renders, for each platform and delivery value (created through admission, dry-run)", async () => {
