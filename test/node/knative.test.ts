@@ -302,6 +302,17 @@ for (const delivery of ["direct", "broker"] as const) {
             for (const name of ["before-change", "after-change"])
               await core.deleteNamespacedPod({ namespace: NS, name, gracePeriodSeconds: 0 }).catch(() => undefined);
             await waitFor("the adapter rolled back to one watch", 120_000, adapterRolled);
+            // The tests that follow read the function's one pod: the other Revisions' pods go once Knative has scaled them to zero.
+            await waitFor("one replica of the newest Revision, and no other function pod", 300_000, async () => {
+              const newest = await readyRevision();
+              const fnPods = (await core.listNamespacedPod({ namespace: system, labelSelector: "serving.knative.dev/service=podnet-decision" })).items;
+              return (
+                newest !== rolledFrom &&
+                fnPods.length === 1 &&
+                fnPods[0]?.metadata?.labels?.["serving.knative.dev/revision"] === newest &&
+                (await replicasOf(newest)).length === 1
+              );
+            });
           }
         });
 
