@@ -46,6 +46,29 @@ async function functionLogMatches(stack: RealNodeStack, pattern: RegExp): Promis
     .some((p) => pattern.test(stack.nodeOf(p).containerLog(podRef(p), "decision")));
 }
 
+/**
+ * The rules each pod whose name starts with `prefix` was applied with, by whichever node-runner:
+ * from the runners' logs and, for runners rolled away (their logs gone), the pods' Events.
+ */
+async function rulesApplied(stack: RealNodeStack, system: string, prefix: string, namespaces: readonly string[]): Promise<Map<string, Set<string>>> {
+  const rulesOf = new Map<string, Set<string>>();
+  const saw = (name: string, rules: string): void => void rulesOf.set(name, new Set([...(rulesOf.get(name) ?? []), rules]));
+  const applied = new RegExp(`"name":"(${prefix}[^"]*)"[^\\n]*"rules":"([0-9a-f]+)"`);
+  for (const runner of (await stack.core.listNamespacedPod({ namespace: system, labelSelector: RUNNER_LABEL })).items) {
+    for (const line of stack.nodeOf(runner).containerLog(podRef(runner), "node-runner").split("\n")) {
+      const entry = applied.exec(line);
+      if (entry?.[1] !== undefined && entry[2] !== undefined) saw(entry[1], entry[2]);
+    }
+  }
+  for (const namespace of namespaces) {
+    for (const e of (await stack.core.listNamespacedEvent({ namespace, fieldSelector: "reason=NetworkInitialized" })).items) {
+      const rules = /\(rules ([0-9a-f]+)\)/.exec(e.message ?? "")?.[1];
+      if (e.involvedObject.name?.startsWith(prefix) === true && rules !== undefined) saw(e.involvedObject.name, rules);
+    }
+  }
+  return rulesOf;
+}
+
 /** `pnc` as an operator runs it, against the cluster of this kubeconfig. */
 const pnc = (kubeconfig: string, ...args: string[]) =>
   spawnSync(process.execPath, ["--import", "tsx", path.join(root, "cli/pnc.ts"), ...args, "--kubeconfig", kubeconfig], { cwd: root, encoding: "utf8" });
@@ -122,7 +145,7 @@ for (const delivery of ["direct", "broker"] as const) {
 
       if (delivery === "direct") {
         test("upgrades without a gap: a 50-pod burst while Knative recreates the deleted adapter pod, rolls the function to a new Revision and the node-runner DaemonSet rolls to a new template: every pod is programmed, none twice with different rules", async () => {
-          const { cp, core, meshPod, appContainer, waitRunning, nodeOf } = s();
+          const { cp, core, meshPod, appContainer, waitRunning } = s();
           const apps = cp.kubeConfig().makeApiClient(k8s.AppsV1Api);
           const custom = cp.kubeConfig().makeApiClient(k8s.CustomObjectsApi);
           const names = Array.from({ length: 50 }, (_, i) => `burst-${String(i)}`);
@@ -172,18 +195,7 @@ for (const delivery of ["direct", "broker"] as const) {
           );
           // Every apply of a pod, on whichever node, by whichever runner (the rolled ones' logs are
           // gone: their Events stay) and from whichever Revision, named the rules of its mark.
-          const rulesOf = new Map<string, Set<string>>();
-          const saw = (name: string, rules: string): void => void rulesOf.set(name, new Set([...(rulesOf.get(name) ?? []), rules]));
-          for (const runner of (await core.listNamespacedPod({ namespace: system, labelSelector: RUNNER_LABEL })).items) {
-            for (const line of nodeOf(runner).containerLog(podRef(runner), "node-runner").split("\n")) {
-              const entry = /"name":"(burst-\d+)"[^\n]*"rules":"([0-9a-f]+)"/.exec(line);
-              if (entry?.[1] !== undefined && entry[2] !== undefined) saw(entry[1], entry[2]);
-            }
-          }
-          for (const e of (await core.listNamespacedEvent({ namespace: NS, fieldSelector: "reason=NetworkInitialized" })).items) {
-            const rules = /\(rules ([0-9a-f]+)\)/.exec(e.message ?? "")?.[1];
-            if (e.involvedObject.name?.startsWith("burst-") === true && rules !== undefined) saw(e.involvedObject.name, rules);
-          }
+          const rulesOf = await rulesApplied(s(), system, "burst-", [NS]);
           for (const name of names) assert.deepEqual([...(rulesOf.get(name) ?? [])], [marked.get(name)], `${name}: the rules of its mark, and no other`);
         });
 
@@ -278,13 +290,7 @@ for (const delivery of ["direct", "broker"] as const) {
               `the burst was spread over the replicas (pods dispatched by each: ${dispatched.join(", ")})`,
             );
             // Every apply of a pod, by whichever node-runner, named the rules of its mark: the old policy's or the new.
-            const rulesOf = new Map<string, Set<string>>();
-            for (const runner of (await core.listNamespacedPod({ namespace: system, labelSelector: RUNNER_LABEL })).items) {
-              for (const line of nodeOf(runner).containerLog(podRef(runner), "node-runner").split("\n")) {
-                const entry = /"name":"(replica-\d+)"[^\n]*"rules":"([0-9a-f]+)"/.exec(line);
-                if (entry?.[1] !== undefined && entry[2] !== undefined) rulesOf.set(entry[1], new Set([...(rulesOf.get(entry[1]) ?? []), entry[2]]));
-              }
-            }
+            const rulesOf = await rulesApplied(s(), system, "replica-", namespaces);
             for (const { name } of names) {
               assert.deepEqual([...(rulesOf.get(name) ?? [])], [marked.get(name)], `${name}: the rules of its mark, and no other`);
               assert.ok([rulesBefore, rulesAfter].includes(marked.get(name) ?? ""), `${name}: the old policy's rules or the new`);
