@@ -41,12 +41,17 @@ build_tool() {
   echo "controlplane: built $name in $(( $(date +%s) - start )) s"
 }
 
-# A package of a wrapper module in this folder (its go.mod pins the versions).
-build_wrapped() { # <wrapper dir> <package>
-  (cd "$here/$1" && go build -trimpath -o "$BUILD_OUT" "$2")
+# A package of a wrapper module in this folder (its go.mod pins the versions), stamped with the
+# module's requirements and the build's flags.
+build_wrapped() { # <wrapper dir> <package> [go build flags...]
+  local dir="$1" package="$2"
+  shift 2
+  (cd "$here/$dir" && go build -trimpath "$@" -o "$BUILD_OUT" "$package")
 }
-wrapped() { # <name> <wrapper dir> <package> <expected time>
-  build_tool "$1" "$(cat "$here/$2/go.mod" "$here/$2/go.sum" | sha256sum | cut -c1-16)" "$4" build_wrapped "$2" "$3"
+wrapped() { # <name> <wrapper dir> <package> <expected time> [go build flags...]
+  local name="$1" dir="$2" package="$3" expected="$4"
+  shift 4
+  build_tool "$name" "$(cat "$here/$dir/go.mod" "$here/$dir/go.sum" | sha256sum | cut -c1-16)$*" "$expected" build_wrapped "$dir" "$package" "$@"
 }
 wrapped etcd etcd go.etcd.io/etcd/server/v3 "1.5 min"
 # kube-apiserver, stamped with its Kubernetes version (unstamped it reports v0.0.0-master, which
@@ -57,9 +62,9 @@ build_apiserver() {
   (cd "$here/kube-apiserver" && go build -trimpath -ldflags "-X k8s.io/component-base/version.gitVersion=$apiserver_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$apiserver_minor -X k8s.io/component-base/version.gitTreeState=clean" -o "$BUILD_OUT" k8s.io/kubernetes/cmd/kube-apiserver)
 }
 build_tool kube-apiserver "$(cat "$here/kube-apiserver/go.mod" "$here/kube-apiserver/go.sum" | sha256sum | cut -c1-16)-$apiserver_version" "7-8 min" build_apiserver
-wrapped apiserver_receive_adapter knative knative.dev/eventing/cmd/apiserver_receive_adapter "1.5-2.5 min"
 # One Knative release's commands (test/controlplane/knative pins Eventing and Serving at the same
 # knative.dev/pkg), static as ko builds them, for images.sh: <cache>/bin/knative/{eventing,serving}/<command>.
+# The control-plane tests run the same ApiServerSource adapter binary on the host.
 build_knative() {
   local eventing=(controller webhook mtping apiserver_receive_adapter broker/ingress broker/filter mtchannel_broker in_memory/channel_controller in_memory/channel_dispatcher)
   local serving=(controller webhook autoscaler activator queue)
@@ -109,16 +114,53 @@ build_traefik() {
 }
 build_tool traefik "$traefik_version-$(cat "$traefik_dir"/*/* | sha256sum | cut -c1-16)" "about 5 min" build_traefik
 wrapped kustomize kustomize sigs.k8s.io/kustomize/kustomize/v5 "under a minute"
-# Prometheus' promtool: checks and unit-tests the alerting rules, lints the metrics pages.
-wrapped promtool prometheus github.com/prometheus/prometheus/cmd/promtool "4.5 min"
+# Prometheus' promtool: checks and unit-tests the alerting rules, lints the metrics pages. Static as
+# Prometheus' release builds it, and without the service-discovery plugins (Prometheus' own
+# remove_all_sd build tag: cloud SDKs nothing here uses; measured cold 176 s with it, about 350
+# without).
+CGO_ENABLED=0 wrapped promtool prometheus github.com/prometheus/prometheus/cmd/promtool "3 min" -tags remove_all_sd
 # kwok: the kubelets of a simulated 1,000-node cluster, for npm run bench:scale.
 wrapped kwok kwok sigs.k8s.io/kwok/cmd/kwok "about 1 min"
+
+# Istio, one version (the oracle's go.mod pins it): every command static, as Istio's release builds
+# them (CGO_ENABLED=0), so that they share one build cache: pilot-discovery compiles the shared
+# packages, the others mostly link (measured: istioctl 136 s alone, 58 s after it; the oracle 183
+# s alone, 7 s after it).
+oracle_dir="$here/../istio-oracle"
+istio_version="$(awk '($1=="require" && $2=="istio.io/istio") {print $3} ($1=="istio.io/istio") {print $2}' "$oracle_dir/go.mod" | head -1)"
+
+# A command-line tool installed straight from its module at a version, stamped with it.
+install_module() { # <binary name> <package@version> <ldflags>
+  local bin
+  bin="$(mktemp -d)"
+  GOBIN="$bin" go install -trimpath -ldflags "$3" "$2" && mv "$bin/$1" "$BUILD_OUT" && rmdir "$bin"
+}
+install_static() { CGO_ENABLED=0 install_module "$@"; }
+
+# istiod (pilot-discovery): packed into a local image by images.sh and installed in the test
+# cluster by Istio's own istiod chart (from the same module), so that its injection webhook injects
+# labelled namespaces and it publishes istio-ca-root-cert, as in production.
+build_tool pilot-discovery "$istio_version" "about 4.5 min" \
+  install_static pilot-discovery "istio.io/istio/pilot/cmd/pilot-discovery@$istio_version" "-s -w -X istio.io/istio/pkg/version.buildVersion=$istio_version"
+# Istio's own two ways of setting up interception, for the comparison with this project on the same
+# nodes (issue 32, bench:node): pilot-agent (its `istio-iptables` is what the istio-init container
+# runs) and istio-cni's CNI plugin and node agent.
+for istio_cmd in pilot/cmd/pilot-agent cni/cmd/istio-cni cni/cmd/install-cni; do
+  build_tool "$(basename "$istio_cmd")" "$istio_version" "15 s with pilot-discovery's build cache" \
+    install_static "$(basename "$istio_cmd")" "istio.io/istio/$istio_cmd@$istio_version" "-s -w -X istio.io/istio/pkg/version.buildVersion=$istio_version"
+done
+# istioctl: its offline `manifest generate` renders Istio's own injector configuration and
+# `kube-inject` runs Istio's real injector (template merge and reordering) for the
+# injection-template tests (test/istio).
+build_tool istioctl "$istio_version static" "about 1 min with pilot-discovery's build cache" \
+  install_static istioctl "istio.io/istio/istioctl/cmd/istioctl@$istio_version" "-X istio.io/istio/pkg/version.buildVersion=$istio_version"
 
 # Istio's own traffic-capture code (istio-cni's sidecar path, istio-iptables, istio-nftables) as a
 # JSON-lines oracle for the differential tests (test/parity). One file is added to Istio's
 # cni/pkg/plugin package with `go build -overlay`; the overlay needs a vendored copy, since
-# files in the module cache cannot be replaced, and Istio's own files stay untouched.
-oracle_dir="$here/../istio-oracle"
+# files in the module cache cannot be replaced, and Istio's own files stay untouched. (With
+# -trimpath a vendored package has the same build-cache key as the module's: only the overlaid
+# package and main are compiled here.)
 build_oracle() {
   local src="$cache/src/istio-oracle" overlay='{"Replace":{' sep=''
   rm -rf "$src" && mkdir -p "$src"
@@ -129,40 +171,11 @@ build_oracle() {
     sep=','
   done
   echo "$overlay}}" >"$src/overlay.json"
-  (cd "$src" && go build -mod=vendor -trimpath -overlay overlay.json -o "$BUILD_OUT" .) || return 1
+  (cd "$src" && CGO_ENABLED=0 go build -mod=vendor -trimpath -overlay overlay.json -o "$BUILD_OUT" .) || return 1
   rm -rf "$src/vendor"
 }
-build_tool istio-oracle "$(cat "$oracle_dir/go.mod" "$oracle_dir/go.sum" "$oracle_dir/main.go" "$oracle_dir/_overlay/"*.go | sha256sum | cut -c1-16)" \
-  "about 4.5 min" build_oracle
-
-# A command-line tool installed straight from its module at a version, stamped with it.
-install_module() { # <binary name> <package@version> <ldflags>
-  local bin
-  bin="$(mktemp -d)"
-  GOBIN="$bin" go install -trimpath -ldflags "$3" "$2" && mv "$bin/$1" "$BUILD_OUT" && rmdir "$bin"
-}
-
-# istioctl from the same Istio version: its offline `manifest generate` renders Istio's own
-# injector configuration and `kube-inject` runs Istio's real injector (template merge and
-# reordering) for the injection-template tests (test/istio).
-istio_version="$(awk '($1=="require" && $2=="istio.io/istio") {print $3} ($1=="istio.io/istio") {print $2}' "$oracle_dir/go.mod" | head -1)"
-build_tool istioctl "$istio_version" "about 2 min with the oracle's modules downloaded" \
-  install_module istioctl "istio.io/istio/istioctl/cmd/istioctl@$istio_version" "-X istio.io/istio/pkg/version.buildVersion=$istio_version"
-
-# istiod (pilot-discovery) from the same Istio version, static as Istio's release builds it: packed
-# into a local image by images.sh and installed in the test cluster by Istio's own istiod chart
-# (from the same module), so that its injection webhook injects labelled namespaces and it
-# publishes istio-ca-root-cert, as in production.
-install_static() { CGO_ENABLED=0 install_module "$@"; }
-build_tool pilot-discovery "$istio_version" "about 3.5 min with the oracle's modules downloaded" \
-  install_static pilot-discovery "istio.io/istio/pilot/cmd/pilot-discovery@$istio_version" "-s -w -X istio.io/istio/pkg/version.buildVersion=$istio_version"
-# Istio's own two ways of setting up interception, from the same Istio version, for the
-# comparison with this project on the same nodes (issue 32, bench:node): pilot-agent (its
-# `istio-iptables` is what the istio-init container runs) and istio-cni's CNI plugin and node agent.
-for istio_cmd in pilot/cmd/pilot-agent cni/cmd/istio-cni cni/cmd/install-cni; do
-  build_tool "$(basename "$istio_cmd")" "$istio_version" "15 s with pilot-discovery's build cache" \
-    install_static "$(basename "$istio_cmd")" "istio.io/istio/$istio_cmd@$istio_version" "-s -w -X istio.io/istio/pkg/version.buildVersion=$istio_version"
-done
+build_tool istio-oracle "static-$(cat "$oracle_dir/go.mod" "$oracle_dir/go.sum" "$oracle_dir/main.go" "$oracle_dir/_overlay/"*.go | sha256sum | cut -c1-16)" \
+  "seconds with pilot-discovery's build cache" build_oracle
 # Istio's own base (CRDs), istiod and istio-cni charts, from the same module:
 # <cache>/bin/istio-charts/{base,istio-discovery,istio-cni}.
 copy_istio_charts() {
@@ -231,10 +244,11 @@ done
 
 # CoreDNS, the test cluster's DNS (test/controlplane/cluster.ts): static, packed into a local
 # image by test/controlplane/images.sh and run as a Deployment with a ClusterIP Service.
+# Only the plugins its Corefile names (test/controlplane/coredns/main.go).
 build_coredns() {
-  (cd "$here/coredns" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BUILD_OUT" github.com/coredns/coredns)
+  (cd "$here/coredns" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BUILD_OUT" .)
 }
-build_tool coredns "$(cat "$here/coredns/go.mod" "$here/coredns/go.sum" | sha256sum | cut -c1-16)" "about 3 min" build_coredns
+build_tool coredns "$(cat "$here/coredns/go.mod" "$here/coredns/go.sum" "$here/coredns/main.go" | sha256sum | cut -c1-16)" "about 1.5 min" build_coredns
 
 # The sandbox process of the test node's pods (test/controlplane/pause): static, packed into a
 # local image by test/controlplane/images.sh.

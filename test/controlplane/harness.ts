@@ -25,7 +25,8 @@ export const CACHE_DIR = process.env.PNC_CACHE_DIR ?? path.join(os.homedir(), ".
 export const BIN = {
   etcd: path.join(CACHE_DIR, "bin", "etcd"),
   kubeApiserver: path.join(CACHE_DIR, "bin", "kube-apiserver"),
-  adapter: path.join(CACHE_DIR, "bin", "apiserver_receive_adapter"),
+  // Knative's own build of the ApiServerSource adapter, the binary its image holds.
+  adapter: path.join(CACHE_DIR, "bin", "knative", "eventing", "apiserver_receive_adapter"),
   kustomize: path.join(CACHE_DIR, "bin", "kustomize"),
   kubectl: path.join(CACHE_DIR, "bin", "kubectl"),
   helm: path.join(CACHE_DIR, "bin", "helm"),
