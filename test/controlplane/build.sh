@@ -72,7 +72,7 @@ build_knative() {
   (cd "$here/knative" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BUILD_OUT/eventing/" "${eventing[@]/#/knative.dev/eventing/cmd/}") || return 1
   (cd "$here/knative" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BUILD_OUT/serving/" "${serving[@]/#/knative.dev/serving/cmd/}")
 }
-build_tool knative "$(cat "$here/knative/go.mod" "$here/knative/go.sum" | sha256sum | cut -c1-16)" "about 10 min" build_knative
+build_tool knative "$(cat "$here/knative/go.mod" "$here/knative/go.sum" | sha256sum | cut -c1-16)" "about 4 min" build_knative
 # That release's own configuration (the config/ YAML its release files are made from, images still
 # ko:// references), with Knative Networking's and Caching's at the versions Serving pins (the
 # release links them into Serving's config/, and module zips drop links):
@@ -116,9 +116,9 @@ build_tool traefik "$traefik_version-$(cat "$traefik_dir"/*/* | sha256sum | cut 
 wrapped kustomize kustomize sigs.k8s.io/kustomize/kustomize/v5 "under a minute"
 # Prometheus' promtool: checks and unit-tests the alerting rules, lints the metrics pages. Static as
 # Prometheus' release builds it, and without the service-discovery plugins (Prometheus' own
-# remove_all_sd build tag: cloud SDKs nothing here uses; measured cold 176 s with it, about 350
+# remove_all_sd build tag: cloud SDKs nothing here uses; measured alone, cold: 176 s with it, 407
 # without).
-CGO_ENABLED=0 wrapped promtool prometheus github.com/prometheus/prometheus/cmd/promtool "3 min" -tags remove_all_sd
+CGO_ENABLED=0 wrapped promtool prometheus github.com/prometheus/prometheus/cmd/promtool "2.5 min" -tags remove_all_sd
 # kwok: the kubelets of a simulated 1,000-node cluster, for npm run bench:scale.
 wrapped kwok kwok sigs.k8s.io/kwok/cmd/kwok "about 1 min"
 
